@@ -1,0 +1,122 @@
+"""The Timeline contract (simulated or measured) and its Chrome/Perfetto trace export."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from profiles.contract import Fields, read_json, schema_id, write_json
+
+__all__ = ["Event", "Transfer", "RankStats", "Timeline", "load_timeline", "trace_events", "write_trace"]
+
+KIND, MAJOR = "timeline", 1
+EVENT_KINDS = ("F", "B", "I", "W")
+
+
+@dataclass(frozen=True)
+class Event:
+    rank: int
+    stage: int
+    kind: str  # F | B | I | W
+    microbatch: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class Transfer:
+    src: int
+    dst: int
+    stage: int  # the stage whose output (F) or input gradient (B/I) travels
+    kind: str  # "F" activation forward, "B" gradient backward
+    microbatch: int
+    start_s: float
+    end_s: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class RankStats:
+    rank: int
+    busy_s: float
+    bubble_fraction: float
+    peak_bytes: int
+    peak_at_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Timeline:
+    step_s: float
+    ranks: tuple[RankStats, ...]
+    events: tuple[Event, ...]
+    transfers: tuple[Transfer, ...] = ()
+    memory: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # rank -> [(t, bytes)]
+    critical_path: tuple[str, ...] = ()  # e.g. ("0F0", "send 0->1", "1F0", ...)
+    source: str = "simulated"  # "simulated" | "measured"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": schema_id(KIND, MAJOR),
+            "source": self.source,
+            "step_s": self.step_s,
+            "ranks": [asdict(r) for r in self.ranks],
+            "events": [asdict(e) for e in self.events],
+            "transfers": [asdict(t) for t in self.transfers],
+            "memory": {str(r): [[t, b] for t, b in pts] for r, pts in self.memory.items()},
+            "critical_path": list(self.critical_path),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_dict())
+
+    @staticmethod
+    def from_fields(f: Fields) -> "Timeline":
+        ranks = tuple(RankStats(r.int("rank"), r.num("busy_s"), r.num("bubble_fraction"), r.int("peak_bytes"),
+                                r.num("peak_at_s", default=0.0)) for r in f.objs("ranks"))
+        events = []
+        for e in f.objs("events"):
+            start, end = e.num("start_s", min=None), e.num("end_s", min=None)
+            if end < start:
+                raise e.fail("end_s", f"ends before it starts ({end} < {start})")
+            events.append(Event(e.int("rank"), e.int("stage"), e.str("kind", choices=EVENT_KINDS),
+                                e.int("microbatch"), start, end))
+        transfers = tuple(Transfer(t.int("src"), t.int("dst"), t.int("stage"), t.str("kind"), t.int("microbatch"),
+                                   t.num("start_s", min=None), t.num("end_s", min=None), t.int("bytes"))
+                          for t in f.objs("transfers")) if f.has("transfers") else ()
+        mem_raw = f.raw("memory", {})
+        memory = {int(r): [(float(t), int(b)) for t, b in pts] for r, pts in mem_raw.items()} \
+            if isinstance(mem_raw, dict) else {}
+        return Timeline(f.num("step_s"), ranks, tuple(events), transfers, memory,
+                        tuple(f.raw("critical_path", [])), f.str("source", default="simulated"))
+
+    def with_source(self, source: str) -> "Timeline":
+        return replace(self, source=source)
+
+
+def load_timeline(path: str | Path) -> Timeline:
+    return Timeline.from_fields(read_json(path, KIND, MAJOR))
+
+
+def trace_events(timeline: Timeline, label: str = "") -> list[dict[str, Any]]:
+    """Chrome/Perfetto ``traceEvents``: pid = rank, tid 0 compute, tid 1 sends; microseconds."""
+    name = label or timeline.source
+    out: list[dict[str, Any]] = []
+    for r in sorted({s.rank for s in timeline.ranks} | {e.rank for e in timeline.events}):
+        out.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": f"rank {r} ({name})"}})
+        out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 0, "args": {"name": "compute"}})
+        out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 1, "args": {"name": "send"}})
+    for e in timeline.events:
+        out.append({"ph": "X", "name": f"{e.stage}{e.kind}{e.microbatch}", "cat": e.kind, "pid": e.rank, "tid": 0,
+                    "ts": e.start_s * 1e6, "dur": max(0.0, e.end_s - e.start_s) * 1e6,
+                    "args": {"stage": e.stage, "microbatch": e.microbatch}})
+    for t in timeline.transfers:
+        out.append({"ph": "X", "name": f"send {t.kind}{t.microbatch} {t.src}->{t.dst}", "cat": "comm", "pid": t.src,
+                    "tid": 1, "ts": t.start_s * 1e6, "dur": max(0.0, t.end_s - t.start_s) * 1e6,
+                    "args": {"bytes": t.bytes, "stage": t.stage}})
+    return out
+
+
+def write_trace(timeline: Timeline, path: str | Path, label: str = "") -> Path:
+    return write_json(path, {"traceEvents": trace_events(timeline, label), "displayTimeUnit": "ms"})
+
