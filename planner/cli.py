@@ -1,0 +1,144 @@
+"""``pipeplan plan`` and ``pipeplan simulate`` (a PLAN, or the simulator's what-if forms)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from profiles.clikit import Command
+from profiles.contract import UserError
+from profiles.types import load_profile
+from simulator import cli as simcli
+from simulator.actions import write_csv
+from simulator.engine import simulate
+
+from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, parse_bytes
+from .plan import Plan, load_plan
+from .search import plan as make_plans
+from .search import score_split
+
+__all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("profile", help="a Profile JSON file (from pipeplan profile)")
+    p.add_argument("--devices", type=int, help="devices in all (default: the cluster's, else 2)")
+    p.add_argument("--device-memory", help="usable memory per device, e.g. 80GiB (default: the cluster's)")
+    p.add_argument("--cluster", help=f"cluster JSON file (pipeplan calibrate) or preset: {', '.join(PRESET_CLUSTERS)}")
+    p.add_argument("--global-batch", type=int, default=8, help="samples per optimizer step (default 8)")
+    p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
+    p.add_argument("--schedules", default="1F1B,GPipe", help="comma list of allowed schedules (default 1F1B,GPipe)")
+    p.add_argument("--pp", type=_ints, default=(), help="allowed pipeline degrees, comma list (default: any)")
+    p.add_argument("--microbatches", type=_ints, default=(), help="allowed microbatch counts (default: any)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
+    p.add_argument("--top", type=int, default=3, help="how many plans to show (default 3)")
+    p.add_argument("--split", help="score this split instead of searching: first unit of stages 1..p-1 "
+                                   "(e.g. 5,9), or 'even' with --pp")
+    p.add_argument("--time-limit", type=float, default=20.0, help="solver time limit per MILP, seconds")
+    p.add_argument("--explain", action="store_true", help="say why the winner wins")
+    p.add_argument("-o", "--output", type=Path, default=Path("plan.json"),
+                   help="write the best Plan here (default plan.json) and its schedule CSV beside it")
+    p.add_argument("--json", action="store_true", help="print the best Plan JSON on stdout")
+
+
+def _cluster_from(args: argparse.Namespace) -> Cluster:
+    cluster = load_cluster(args.cluster) if args.cluster else PRESET_CLUSTERS["cpu-local"]
+    if args.devices is not None:
+        if args.devices < 1:
+            raise UserError("--devices must be >= 1")
+        cluster = replace(cluster, devices=args.devices)
+    if args.device_memory is not None:
+        cluster = replace(cluster, memory_bytes=parse_bytes(args.device_memory))
+    return cluster
+
+
+def format_plans(plans: list[Plan]) -> str:
+    lines = [f"{'#':>2} {'schedule':<16} {'pp':>3} {'dp':>3} {'m':>4} {'mbs':>4} {'step ms':>9} {'bubble':>7} "
+             f"{'peak GiB':>9} {'vs even':>8}  layout"]
+    for i, p in enumerate(plans, 1):
+        pr = p.predicted
+        base = next((b for b in p.baselines if b.get("name") == "even-1F1B"), None)
+        vs = f"{base['speedup']:.2f}x" if base else "-"
+        bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
+        lines.append(f"{i:>2} {p.schedule:<16} {p.pp:>3} {p.dp:>3} {p.microbatches:>4} {p.microbatch_size:>4} "
+                     f"{pr.step_s * 1e3:9.2f} {bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} {vs:>8}  {p.layout()}")
+    return "\n".join(lines)
+
+
+def write_plan_files(plan: Plan, path: Path) -> list[Path]:
+    """The Plan JSON and its torch-loadable schedule CSV (``<plan>.csv``)."""
+    return [plan.save(path), write_csv(plan.table, path.with_suffix(".csv"))]
+
+
+def _explain(plans: list[Plan]) -> str:
+    best = plans[0]
+    tl = simulate(best)
+    stage_work = [sum(e.end_s - e.start_s for e in tl.events if e.stage == s.index) for s in best.stages]
+    slow = max(range(len(stage_work)), key=stage_work.__getitem__)
+    cap = best.cluster.memory_bytes
+    lines = [f"why plan 1 wins: stage {slow} is the bottleneck ({stage_work[slow] * 1e3:.1f} ms of work per step); "
+             f"mean bubble {sum(r.bubble_fraction for r in tl.ranks) / len(tl.ranks):.1%}; memory headroom "
+             f"{(cap - max(r.peak_bytes for r in tl.ranks)) / 2**30:.2f} GiB of {cap / 2**30:.2f} GiB."]
+    for b in best.baselines:
+        lines.append(f"the {b['name']} split {b['split']} would take {b['step_s'] * 1e3:.1f} ms "
+                     f"({b['speedup']:.2f}x slower)" + ("" if b.get("fits_memory", True) else " and does not fit"))
+    if len(plans) > 1:
+        r = plans[1]
+        lines.append(f"runner-up ({r.schedule}, pp={r.pp}, m={r.microbatches}, {r.layout()}) is "
+                     f"{r.predicted.step_s / best.predicted.step_s:.3f}x slower, peak "
+                     f"{max(r.predicted.peak_bytes) / 2**30:.2f} GiB vs {max(best.predicted.peak_bytes) / 2**30:.2f} GiB")
+    return "\n".join(lines)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    cluster = _cluster_from(args)
+    job = Job(global_batch=args.global_batch, microbatch_size=args.microbatch_size,
+              microbatches=args.microbatches, schedules=tuple(s for s in args.schedules.split(",") if s),
+              pp=args.pp, dtypes=(args.dtype,))
+    if args.split:
+        split = "even" if args.split == "even" else list(_ints(args.split))
+        plans = [score_split(profile, cluster, job, split, job.schedules[0],
+                             args.microbatches[0] if args.microbatches else None,
+                             args.pp[0] if args.pp else None, profile_path=args.profile)]
+    else:
+        plans = make_plans(profile, cluster, job, top=args.top, profile_path=args.profile, time_limit=args.time_limit)
+    written = write_plan_files(plans[0], args.output)
+    if args.json:
+        print(json.dumps(plans[0].to_dict()))
+        return 0
+    print(format_plans(plans))
+    if args.explain:
+        print(_explain(plans))
+    print(f"wrote {written[0]} and {written[1]}")
+    print(f"run it: {plans[0].torchrun_command(str(args.output))}")
+    return 0
+
+
+def _add_simulate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", nargs="?", help="a Plan JSON file (or use the what-if flags below)")
+    simcli.add_whatif_arguments(p)
+    simcli.add_output_arguments(p)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    if args.plan:
+        if args.schedule or args.table:
+            raise UserError("give either a PLAN file or --schedule/--table, not both")
+        return simcli.report(simulate(load_plan(args.plan)), args, f"simulated {Path(args.plan).name}")
+    return simcli.report(simulate(simcli.whatif_input(args)), args, "what-if", unit="")
+
+
+PLAN = Command("plan", "Choose split, schedule and microbatches with a MILP; every candidate simulated.",
+               _add_plan, _run_plan)
+SIMULATE = Command("simulate", "Simulate a Plan (or a schedule with uniform costs, or any CSV table).",
+                   _add_simulate, _run_simulate)

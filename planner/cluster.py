@@ -1,0 +1,127 @@
+"""Cluster and job specs: what the hardware is and what the job asks for.
+
+Both are typed configs: every field documented, unknown keys refused (STYLE.md 7).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from profiles.contract import ContractError, Fields, UserError, read_json, schema_id, write_json
+from simulator.costs import Links
+
+__all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "parse_bytes"]
+
+KIND, MAJOR = "cluster", 1
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | int | float, flag: str = "--device-memory") -> int:
+    """``80GiB``, ``512MB``, ``1e9`` -> bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise UserError(f"{flag} {text!r}: write a size like 80GiB, 512MiB or 24GB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str = "custom"
+    device: str = "cpu"  #: device kind, informational ("h100", "cpu", ...)
+    devices: int = 2  #: accelerators in all
+    memory_bytes: int = 8 * 2**30  #: usable memory per device
+    devices_per_node: int = 8  #: devices that share the fast intra-node link
+    intra_bandwidth_Bps: float = 1e9  #: point-to-point bandwidth inside a node, bytes/s
+    intra_latency_s: float = 50e-6  #: point-to-point latency inside a node
+    inter_bandwidth_Bps: float = 1e9  #: bandwidth across nodes
+    inter_latency_s: float = 50e-6  #: latency across nodes
+    overlap: bool = True  #: sends overlap compute (False: the sender waits for its send)
+    action_overhead_s: float = 0.0  #: fixed runtime cost added to every action (measured by calibrate)
+
+    def links(self) -> Links:
+        return Links(self.intra_latency_s + self.action_overhead_s, self.intra_bandwidth_Bps,
+                     self.inter_latency_s + self.action_overhead_s, self.inter_bandwidth_Bps,
+                     self.devices_per_node, self.overlap)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, {"schema": schema_id(KIND, MAJOR), **self.to_dict()})
+
+    @staticmethod
+    def from_fields(f: Fields) -> "Cluster":
+        known = {x.name for x in fields(Cluster)}
+        unknown = set(f.data) - known - {"schema"}
+        if unknown:
+            raise f.fail(sorted(unknown)[0], f"unknown field; known fields: {', '.join(sorted(known))}")
+        d = Cluster()
+        return Cluster(
+            name=f.str("name", default=d.name), device=f.str("device", default=d.device),
+            devices=f.int("devices", min=1, default=d.devices),
+            memory_bytes=f.int("memory_bytes", min=1, default=d.memory_bytes),
+            devices_per_node=f.int("devices_per_node", min=1, default=d.devices_per_node),
+            intra_bandwidth_Bps=f.num("intra_bandwidth_Bps", default=d.intra_bandwidth_Bps),
+            intra_latency_s=f.num("intra_latency_s", default=d.intra_latency_s),
+            inter_bandwidth_Bps=f.num("inter_bandwidth_Bps", default=d.inter_bandwidth_Bps),
+            inter_latency_s=f.num("inter_latency_s", default=d.inter_latency_s),
+            overlap=f.bool("overlap", default=d.overlap),
+            action_overhead_s=f.num("action_overhead_s", default=d.action_overhead_s),
+        )
+
+
+#: Common machines. Bandwidths are per direction, per device pair, as vendors state them.
+PRESET_CLUSTERS: dict[str, Cluster] = {
+    # NVLink 4 (H100 SXM): 450 GB/s per direction; 8x400 Gb/s InfiniBand NDR per node = 50 GB/s per GPU
+    "h100-node": Cluster("h100-node", "h100", 8, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6),
+    "h100x64": Cluster("h100x64", "h100", 64, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6),
+    "h200x64": Cluster("h200x64", "h200", 64, 141 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6),
+    # this machine's CPU ranks over gloo/loopback (pipeplan calibrate measures the real figures)
+    "cpu-local": Cluster("cpu-local", "cpu", 2, 8 * 2**30, 2, 1.5e9, 150e-6, 1.5e9, 150e-6),
+}
+
+
+def load_cluster(spec: str | Path) -> Cluster:
+    """A preset name or a cluster JSON file (as written by ``pipeplan calibrate``)."""
+    if str(spec) in PRESET_CLUSTERS:
+        return PRESET_CLUSTERS[str(spec)]
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"--cluster {spec}: no such file or preset (presets: {', '.join(PRESET_CLUSTERS)})")
+    return Cluster.from_fields(read_json(path, KIND, MAJOR))
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the user wants trained (or served)."""
+
+    global_batch: int = 8  #: samples per optimizer step, across all data-parallel replicas
+    microbatch_size: int | None = None  #: samples per microbatch (None: the planner chooses)
+    microbatches: tuple[int, ...] = ()  #: allowed microbatch counts per replica (empty: planner chooses)
+    schedules: tuple[str, ...] = ("1F1B",)  #: schedules the planner may choose from
+    pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that fits)
+    dtypes: tuple[str, ...] = ("fp32",)  #: precisions the planner may choose per stage
+    recompute: bool = False  #: whether the planner may recompute activations per stage
+    optimizer_bytes_per_param: float = 8.0  #: optimizer state per parameter (AdamW: two fp32 moments)
+    forward_only: bool = False  #: inference: forward actions only, objective latency/throughput
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any], where: str = "job") -> "Job":
+        known = {x.name for x in fields(Job)}
+        for k in d:
+            if k not in known:
+                raise ContractError(f"{where}: field {k}: unknown field; known fields: {', '.join(sorted(known))}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return Job(**d)
+

@@ -1,0 +1,232 @@
+"""The Plan contract: how a model is cut, placed and scheduled, and what that should do."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from profiles.contract import ContractError, Fields, read_json, schema_id, sha256_of, write_json
+from profiles.types import DTYPES, Profile, load_profile
+from simulator.actions import Table, stage_ranks, table_from_text, table_to_text, validate_table
+from simulator.costs import stage_costs
+from simulator.engine import SimInput
+from simulator.schedules import canonical_name
+
+from .cluster import Cluster, Job
+
+__all__ = ["StagePlan", "Prediction", "Plan", "load_plan"]
+
+KIND, MAJOR = "plan", 1
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    first: int  # first unit (inclusive)
+    end: int  # last unit + 1
+    rank: int  # pipeline rank that runs it
+    dtype: str = "fp32"
+    recompute: bool = False
+
+
+@dataclass(frozen=True)
+class Prediction:
+    step_s: float
+    bubble_fraction: tuple[float, ...]
+    peak_bytes: tuple[int, ...]
+    throughput: float = 0.0  # samples per second (all replicas)
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile_path: str  # as stored: relative to the plan file's folder when saved next to it
+    profile_sha256: str
+    model_name: str
+    pp: int
+    dp: int
+    virtual: int
+    microbatches: int
+    microbatch_size: int
+    stages: tuple[StagePlan, ...]
+    schedule: str
+    table: Table
+    cluster: Cluster
+    job: Job
+    predicted: Prediction | None = None
+    solver: dict[str, Any] = field(default_factory=dict)  # status, solver, time_s, gap, objective
+    baselines: tuple[dict[str, Any], ...] = ()  # [{name, step_s, speedup}]
+    notes: tuple[str, ...] = ()  # explanations
+    profile: Profile | None = field(default=None, compare=False, repr=False)  # loaded, not stored
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        return [(s.first, s.end) for s in self.stages]
+
+    @property
+    def split(self) -> list[int]:
+        """First unit of stages 1..S-1 (the ``--split`` form)."""
+        return [s.first for s in self.stages[1:]]
+
+    @property
+    def world_size(self) -> int:
+        return self.pp * self.dp
+
+    def layout(self, unit_names: list[str] | None = None) -> str:
+        """Megatron-style layout: stages separated by ``|``, e.g. ``E,t*4|t*4,L``."""
+        names = unit_names or (self.profile.unit_names if self.profile else None)
+        parts = []
+        for s in self.stages:
+            if names is None:
+                parts.append(f"{s.first}-{s.end - 1}")
+                continue
+            codes = [_code(names[u]) for u in range(s.first, s.end)]
+            parts.append(",".join(_runs(codes)))
+        return "|".join(parts)
+
+    def load_profile(self, plan_dir: str | Path | None = None) -> Profile:
+        if self.profile is not None:
+            return self.profile
+        path = Path(self.profile_path)
+        if not path.is_absolute() and plan_dir is not None and (Path(plan_dir) / path).exists():
+            path = Path(plan_dir) / path
+        if not path.exists():
+            raise ContractError(f"plan: field profile.path: {self.profile_path} does not exist "
+                                f"(keep the profile beside the plan, or re-plan)")
+        if sha256_of(path) != self.profile_sha256:
+            raise ContractError(f"plan: field profile.sha256: {path} changed since this plan was made: re-plan")
+        return load_profile(path)
+
+    def with_profile(self, profile: Profile) -> "Plan":
+        return replace(self, profile=profile)
+
+    def sim_input(self) -> SimInput:
+        """What the simulator needs (the simulator never imports the planner)."""
+        profile = self.load_profile()
+        costs = stage_costs(profile, self.bounds, dtype=[s.dtype for s in self.stages],
+                            microbatch_size=self.microbatch_size, recompute=[s.recompute for s in self.stages],
+                            optimizer_bytes_per_param=self.job.optimizer_bytes_per_param)
+        return SimInput(self.table, costs, self.cluster.links(), dp=self.dp, forward_only=self.job.forward_only)
+
+    def torchrun_command(self, plan_path: str = "plan.json") -> str:
+        return (f"OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {self.world_size} "
+                f"-m executor {plan_path}")
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        pred = self.predicted
+        return {
+            "schema": schema_id(KIND, MAJOR),
+            "profile": {"path": self.profile_path, "sha256": self.profile_sha256, "model": self.model_name},
+            "pp": self.pp, "dp": self.dp, "virtual": self.virtual,
+            "microbatches": self.microbatches, "microbatch_size": self.microbatch_size,
+            "stages": [{"index": s.index, "units": [s.first, s.end], "rank": s.rank, "dtype": s.dtype,
+                        "recompute": s.recompute} for s in self.stages],
+            "schedule": {"name": self.schedule, "table": table_to_text(self.table)},
+            "predicted": None if pred is None else {
+                "step_s": pred.step_s, "bubble_fraction": list(pred.bubble_fraction),
+                "peak_bytes": list(pred.peak_bytes), "throughput": pred.throughput},
+            "cluster": self.cluster.to_dict(),
+            "job": self.job.to_dict(),
+            "solver": self.solver,
+            "baselines": list(self.baselines),
+            "layout": self.layout(),
+            "notes": list(self.notes),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically; the profile path is stored relative to the plan's folder when possible."""
+        path = Path(path)
+        prof = Path(self.profile_path)
+        stored = self.profile_path
+        if prof.exists():
+            try:
+                stored = os.path.relpath(prof.resolve(), path.parent.resolve())
+            except ValueError:
+                stored = str(prof.resolve())
+        return write_json(path, replace(self, profile_path=stored).to_dict())
+
+    @staticmethod
+    def from_fields(f: Fields) -> "Plan":
+        prof = f.obj("profile")
+        pp, dp, v = f.int("pp", min=1), f.int("dp", min=1), f.int("virtual", min=1)
+        m, mbs = f.int("microbatches", min=1), f.int("microbatch_size", min=1)
+        stages = []
+        for i, s in enumerate(f.objs("stages", nonempty=True)):
+            units = s.list("units")
+            if len(units) != 2 or not all(isinstance(u, int) and not isinstance(u, bool) for u in units) \
+                    or not 0 <= units[0] < units[1]:
+                raise s.fail("units", f"expected [first, end) with 0 <= first < end, got {units!r}")
+            stages.append(StagePlan(s.int("index"), units[0], units[1], s.int("rank"),
+                                    s.str("dtype", choices=DTYPES, default="fp32"),
+                                    s.bool("recompute", default=False)))
+        if [s.index for s in stages] != list(range(len(stages))):
+            raise f.fail("stages", "indices must be 0, 1, 2, ... in order")
+        for a, b in zip(stages, stages[1:]):
+            if a.end != b.first:
+                raise f.fail("stages", f"stage {b.index} starts at unit {b.first} but stage {a.index} ends at {a.end}")
+        if stages[0].first != 0:
+            raise f.fail("stages[0].units", "the first stage must start at unit 0")
+        sched = f.obj("schedule")
+        try:
+            name = canonical_name(sched.str("name"))
+        except ContractError:
+            raise
+        except ValueError as e:
+            raise sched.fail("name", str(e)) from None
+        raw_table = sched.raw("table")
+        if not isinstance(raw_table, dict):
+            raise sched.fail("table", "expected an object mapping rank to actions")
+        try:
+            table = table_from_text(raw_table)
+            validate_table(table, len(stages), m, forward_only=f.obj("job", default={}).data.get("forward_only", False))
+            owner = stage_ranks(table)
+        except ValueError as e:
+            raise sched.fail("table", str(e).splitlines()[0]) from None
+        for s in stages:
+            if owner.get(s.index) != s.rank:
+                raise f.fail(f"stages[{s.index}].rank", f"is {s.rank} but the schedule table runs it on rank "
+                             f"{owner.get(s.index)}")
+        if max(owner.values()) + 1 != pp:
+            raise f.fail("pp", f"is {pp} but the schedule table uses {max(owner.values()) + 1} ranks")
+        pred = None
+        if f.has("predicted"):
+            p = f.obj("predicted")
+            pred = Prediction(p.num("step_s"), tuple(p.nums("bubble_fraction")),
+                              tuple(int(x) for x in p.nums("peak_bytes")), p.num("throughput", default=0.0))
+        cluster = Cluster.from_fields(f.obj("cluster"))
+        job = Job.from_dict(f.raw("job", {}), f"{f.where}: job")
+        return Plan(prof.str("path"), prof.str("sha256"), prof.str("model", default=""), pp, dp, v, m, mbs,
+                    tuple(stages), name, table, cluster, job, pred, f.raw("solver", {}) or {},
+                    tuple(f.raw("baselines", [])), tuple(f.raw("notes", [])))
+
+
+def load_plan(path: str | Path, with_profile: bool = True) -> Plan:
+    """Load and validate a Plan file (and, by default, the profile it refers to)."""
+    plan = Plan.from_fields(read_json(path, KIND, MAJOR))
+    if with_profile:
+        plan = plan.with_profile(plan.load_profile(Path(path).parent))
+        if plan.profile.num_units != plan.stages[-1].end:
+            raise ContractError(f"{path}: field stages: cover {plan.stages[-1].end} units but the profile has "
+                                f"{plan.profile.num_units}")
+    return plan
+
+
+def _code(name: str) -> str:
+    if name.startswith("embed"):
+        return "E"
+    if name.startswith("head"):
+        return "L"
+    return "t"
+
+
+def _runs(codes: list[str]) -> list[str]:
+    out: list[list] = []
+    for c in codes:
+        if out and out[-1][0] == c:
+            out[-1][1] += 1
+        else:
+            out.append([c, 1])
+    return [c if n == 1 else f"{c}*{n}" for c, n in out]
