@@ -54,8 +54,7 @@ def in_flight(schedule: str, p: int, s: int, m: int) -> int:
 
 
 def _solver(time_limit: float):
-    if "HiGHS" in pulp.listSolvers(onlyAvailable=True):
-        return pulp.HiGHS(msg=False, timeLimit=time_limit), "HiGHS"
+    # CBC (bundled with PuLP 3.x) by default: HiGHS through highspy prints a banner on stdout.
     return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit), "CBC"
 
 

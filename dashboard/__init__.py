@@ -1,0 +1,1 @@
+"""The Streamlit dashboard over profiles, plans, simulations and runs (nothing imports it)."""

@@ -1,0 +1,77 @@
+"""The RunReport contract: what a real run did, in the Timeline's shape, and how far off the prediction was."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiles.contract import Fields, read_json, schema_id, write_json
+from simulator.timeline import Timeline
+
+__all__ = ["RunReport", "load_report"]
+
+KIND, MAJOR = "runreport", 1
+
+
+@dataclass(frozen=True)
+class RunReport:
+    plan_path: str
+    plan_sha256: str
+    world_size: int
+    backend: str
+    device: str
+    step_s: tuple[float, ...]  # measured steps (warm-up excluded)
+    timeline: Timeline  # the median step's events and per-rank stats, source "measured"
+    losses: tuple[float, ...] = ()  # loss per step (all steps, warm-up included)
+    check: dict[str, Any] = field(default_factory=dict)  # {passed, max_rel_diff, ...} when --check ran
+    predicted_step_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # schedule runtime, torch version, settings
+
+    @property
+    def step_s_median(self) -> float:
+        return statistics.median(self.step_s)
+
+    @property
+    def error(self) -> float | None:
+        """(measured - predicted) / predicted, from the median step."""
+        if not self.predicted_step_s:
+            return None
+        return (self.step_s_median - self.predicted_step_s) / self.predicted_step_s
+
+    def to_dict(self) -> dict[str, Any]:
+        tl = self.timeline.to_dict()
+        return {
+            "schema": schema_id(KIND, MAJOR),
+            "plan": {"path": self.plan_path, "sha256": self.plan_sha256},
+            "world_size": self.world_size, "backend": self.backend, "device": self.device,
+            "step_s": list(self.step_s), "step_s_median": self.step_s_median,
+            "ranks": tl["ranks"], "events": tl["events"], "memory": tl["memory"],
+            "losses": list(self.losses), "check": self.check,
+            "predicted_step_s": self.predicted_step_s, "error": self.error, "extra": self.extra,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_dict())
+
+    @staticmethod
+    def from_fields(f: Fields) -> "RunReport":
+        plan = f.obj("plan")
+        steps = tuple(f.nums("step_s"))
+        if not steps:
+            raise f.fail("step_s", "must list at least one measured step")
+        tl = Timeline.from_fields(Fields({"step_s": statistics.median(steps), "ranks": f.raw("ranks"),
+                                          "events": f.raw("events"), "memory": f.raw("memory", {}),
+                                          "source": "measured"}, f.where, f.prefix))
+        pred = f.raw("predicted_step_s", None)
+        if pred is not None:
+            pred = f.num("predicted_step_s")
+        check = f.raw("check", {})
+        return RunReport(plan.str("path"), plan.str("sha256"), f.int("world_size", min=1), f.str("backend"),
+                         f.str("device"), steps, tl, tuple(f.nums("losses", min=None)) if f.has("losses") else (),
+                         check if isinstance(check, dict) else {}, pred, f.raw("extra", {}) or {})
+
+
+def load_report(path: str | Path) -> RunReport:
+    return RunReport.from_fields(read_json(path, KIND, MAJOR))
