@@ -354,8 +354,8 @@ def _deadlock_message(table: Table, blocked: dict[int, int], owner: dict[int, in
         act = table[a][blocked[a]]
         lead = "  rank" if i == 0 else "  which waits: rank"
         lines.append(f"{lead} {a} at step {blocked[a]} ({act}) waits for {what} on rank {b}")
-    lines.append(f"  and rank {cycle[0][0]} is where the chain started" if len(cycle) > 1 or cycle[0][2] == cycle[0][0]
-                 else "")
+    if r in seen:
+        lines.append(f"  back to rank {cycle[0][0]}: each waits for an action queued behind its own, so none can run")
     others = sorted(set(blocked) - {c[0] for c in cycle})
     if others:
         lines.append("  also blocked: " + ", ".join(f"rank {o} at step {blocked[o]} ({table[o][blocked[o]]})"
