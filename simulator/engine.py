@@ -254,15 +254,6 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
         acts, st, en = table[r], starts[r], ends[r]
         events += [new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)) for a, b, e in zip(acts, st, en)]
         busy[r] = sum(en) - sum(st)
-    # transfers: every output that crosses ranks, from the producer's end to its arrival
-    for r in ranks:
-        for (s, k, m), e in zip(table[r], ends[r]):
-            if k is _F:
-                if s < last and owner[s + 1] != r:
-                    transfers.append(new(Transfer, (r, owner[s + 1], s, "F", m, e, e + fx[s], costs[s].output_bytes)))
-            elif k is not _W and s > 0 and owner[s - 1] != r:
-                transfers.append(new(Transfer, (r, owner[s - 1], s, "B", m, e, e + gx[s], costs[s].input_bytes)))
-
     # end of step: gradient all-reduce across replicas, then the optimizer
     dp_links = inp.dp_links or links
     finish = {}
@@ -272,30 +263,44 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
         finish[r] = run.free[r] + tail
     step = max(finish.values()) if finish else 0.0
 
-    # memory: activations from F's start until the backward frees them; rank order is time order
-    act = [c.activation_bytes for c in costs]
-    keep = [int(c.activation_bytes * c.w_keep_fraction) for c in costs]
+    # One pass per rank builds its sends and its memory curve. Sends: every output that
+    # crosses ranks, from the producer's end to its arrival. Memory: activations from F's
+    # start until the backward frees them; a rank's actions are in time order, so its
+    # memory points are too (no sort).
+    fdst = [owner[s + 1] if s < last and owner[s + 1] != owner[s] else -1 for s in range(S)]
+    gdst = [owner[s - 1] if s > 0 and owner[s - 1] != owner[s] else -1 for s in range(S)]
+    out_b = [c.output_bytes for c in costs]
+    in_b = [c.input_bytes for c in costs]
+    zero = [0] * S
+    act = zero if forward_only else [c.activation_bytes for c in costs]
+    keep = zero if forward_only else [int(c.activation_bytes * c.w_keep_fraction) for c in costs]
+    ta = transfers.append
     for r in ranks:
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
         level = peak = static
         peak_at = 0.0
         pts = [(0.0, static)]
-        if not forward_only:
-            for (s, k, _), b, e in zip(table[r], starts[r], ends[r]):
-                if k is _F:
+        pa = pts.append
+        for (s, k, m), b, e in zip(table[r], starts[r], ends[r]):
+            if k is _F:
+                d = fdst[s]
+                if d >= 0:
+                    ta(new(Transfer, (r, d, s, "F", m, e, e + fx[s], out_b[s])))
+                if not forward_only:
                     level += act[s]
-                    pts.append((b, level))
+                    pa((b, level))
                     if level > peak:
                         peak, peak_at = level, b
-                    continue
-                if k is _B:
-                    level -= act[s]
-                elif k is _I:
-                    level -= act[s] - keep[s]
-                else:
-                    level -= keep[s]
-                pts.append((e, level))
+                continue
+            if k is _W:
+                level -= keep[s]
+            else:
+                d = gdst[s]
+                if d >= 0:
+                    ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
+                level -= act[s] if k is _B else act[s] - keep[s]
+            pa((e, level))
         memory[r] = pts
         stats.append(RankStats(r, busy[r], 1.0 - busy[r] / step if step > 0 else 0.0, peak, peak_at))
     path = _critical_path(table, owner, M, run)
