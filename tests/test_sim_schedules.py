@@ -140,3 +140,10 @@ def test_cli_deadlocking_or_invalid_table_exits_2(tmp_path, _cli):
     assert r.returncode == 2 and "runs before its forward" in r.stderr and "^ here" in r.stderr
     r = _cli("schedule", "DualPipeV", "--pp", "4", "--microbatches", "4", "--virtual", "2")
     assert r.returncode == 2 and "at least 8 microbatches" in r.stderr
+
+
+def test_simulator_sources_do_not_import_torch():
+    # the simulator must run without torch; (importing ``profiles`` may still pull it in today)
+    for path in (ROOT / "simulator").glob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "from torch" not in text, path.name
