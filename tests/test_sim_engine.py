@@ -161,3 +161,28 @@ def test_plan_like_objects_are_accepted():
 def test_cost_count_must_match_stages():
     with pytest.raises(ScheduleError, match="4 stages but 2 stage costs"):
         simulate(SimInput(make_schedule("1F1B", 4, 4), [cost()] * 2))
+
+
+def test_costs_from_a_profile_drive_the_engine():
+    from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
+
+    from simulator import stage_costs
+
+    unit = UnitCost("block", "block", forward_s=1.0, backward_s=2.0, backward_input_s=1.0, backward_weight_s=1.0,
+                    params=10, param_bytes=40, saved_bytes=100, output_bytes=1000, forward_flops=0.0)
+    entry = ProfileEntry("fp32", 1, (unit,) * 4, WholeModel(4.0, 8.0, 400))
+    profile = Profile("toy", {}, "cpu", "cpu", 8, "analytic", (entry,))
+    costs = stage_costs(profile, [(0, 2), (2, 4)])
+    # per stage: F = 2, B = 4, saved 200 B; static = weights 80 + grads 80 + AdamW 8 B x 20 params = 320
+    assert (costs[0].forward_s, costs[0].backward_s, costs[0].activation_bytes, costs[0].static_bytes) == \
+        (2.0, 4.0, 200, 320)
+    assert (costs[0].output_bytes, costs[1].input_bytes, costs[1].output_bytes) == (1000, 1000, 0)
+    links = Links(bandwidth_Bps=1000.0, inter_bandwidth_Bps=1000.0)  # 1 s per boundary crossing
+    tl = simulate(SimInput(make_schedule("1F1B", 2, 4), costs, links))
+    # 1F1B, p=2, m=4, F=2, B=4, one-second hops:
+    # rank 0: 0F0 [0,2] 0F1 [2,4] 0B0 [10,14] 0F2 [14,16] 0B1 [16,20] 0F3 [20,22] 0B2 [24,28] 0B3 [30,34]
+    # rank 1: 1F0 [3,5] 1B0 [5,9] 1F1 [9,11] 1B1 [11,15] 1F2 [17,19] 1B2 [19,23] 1F3 [23,25] 1B3 [25,29]
+    assert [(e.start_s, e.end_s) for e in tl.events if e.rank == 0] == \
+        [(0, 2), (2, 4), (10, 14), (14, 16), (16, 20), (20, 22), (24, 28), (30, 34)]
+    assert tl.step_s == pytest.approx(34.0)
+    assert [r.peak_bytes for r in tl.ranks] == [320 + 2 * 200, 320 + 1 * 200]
