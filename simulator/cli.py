@@ -114,8 +114,8 @@ def whatif_input(args: argparse.Namespace) -> SimInput:
 
 def format_timeline(tl: Timeline, unit: str = "ms") -> str:
     scale = 1e3 if unit == "ms" else 1.0
-    lines = [f"step time {tl.step_s * scale:.3f} {unit}",
-             f"{'rank':>4} {'busy ' + unit:>10} {'bubble':>7} {'peak MiB':>9}"]
+    lines = [f"step time {tl.step_s * scale:.3f} {unit}".rstrip(),
+             f"{'rank':>4} {('busy ' + unit).rstrip():>10} {'bubble':>7} {'peak MiB':>9}"]
     for r in tl.ranks:
         lines.append(f"{r.rank:>4} {r.busy_s * scale:10.3f} {r.bubble_fraction:7.1%} {r.peak_bytes / 2**20:9.1f}")
     if tl.critical_path:
