@@ -274,8 +274,8 @@ def _repeat(run: _Runner, keep: bool, samples: dict, whole_f: list, whole_b: lis
         whole_b.append(wb)
 
 
-def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: str,
-                   repeats: int, warmup: int, tick: Callable[[], None]) -> ProfileEntry:
+def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: str, repeats: int, warmup: int,
+                   budget_s: float | None, tick: Callable[[], None], done: dict) -> ProfileEntry:
     inputs, target = model.make_batch(mb, seq_len, 0)
     run = _Runner(model, dtype, inputs.to(device), target.to(device), device)
     n = len(model.units)
@@ -283,11 +283,15 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
     whole_f, whole_b = [], []
     gc_was_on = gc.isenabled()
     gc.disable()
+    t0 = time.perf_counter()
     try:
         for r in range(warmup + repeats):
             _repeat(run, r >= warmup, samples, whole_f, whole_b)
             gc.collect()
             tick()
+            # a slow case (bf16 on a CPU without bf16 units) stops early, after 2 timed repeats
+            if budget_s is not None and len(whole_f) >= 2 and time.perf_counter() - t0 > budget_s:
+                break
     finally:
         if gc_was_on:
             gc.enable()
@@ -320,6 +324,7 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
             loss = model.loss_fn(model.forward(run.inputs), run.target)
     del loss
     run.clear_grads()
+    done[f"{dtype}/mb{mb}"] = len(whole_f)
     return ProfileEntry(dtype, mb, tuple(units),
                         WholeModel(statistics.median(whole_f), statistics.median(whole_b), int(saved[0])))
 
@@ -327,8 +332,12 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
 def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = ("fp32",),
                   microbatch_sizes: tuple[int, ...] = (1,), seq_len: int = 128,
                   overrides: dict | None = None, repeats: int = 5, warmup: int = 2,
-                  progress: bool = False, seed: int = 0) -> Profile:
-    """Build model ``name`` (a preset or ``module:function``) and measure every unit on ``device``."""
+                  progress: bool = False, seed: int = 0, budget_s: float | None = 60.0) -> Profile:
+    """Build model ``name`` (a preset or ``module:function``) and measure every unit on ``device``.
+
+    ``budget_s`` caps the seconds spent on one (dtype, microbatch size): past it, timing
+    stops once 2 repeats are in; ``measurement.repeats_done`` says how many each got.
+    """
     for d in dtypes:
         if d not in DTYPES:
             raise UserError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
@@ -353,8 +362,9 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     bar = _progress(total, f"profiling {name}") if progress else None
     tick = bar.update if bar is not None else (lambda *a: None)
     t0 = time.perf_counter()
+    done: dict[str, int] = {}
     try:
-        entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, tick)
+        entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done)
                         for d in dtypes for mb in sorted(set(microbatch_sizes)))
     finally:
         if bar is not None:
@@ -363,7 +373,7 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     return Profile(
         model_name=name, model_config=model.config, device_name=_device_name(device), device_kind=device,
         seq_len=seq_len, method="measured", entries=entries,
-        measurement={"repeats": repeats, "warmup": warmup, "threads": 1 if device == "cpu" else threads,
+        measurement={"repeats": repeats, "repeats_done": done, "budget_s_per_entry": budget_s, "warmup": warmup, "threads": 1 if device == "cpu" else threads,
                      "statistic": "median", "spread": "median absolute deviation / median over the repeats",
                      "attention": attention, "cpu_allocator_keeps_freed_memory": kept, "attention_reason": attention_why, "seed": seed,
                      "torch": torch.__version__, "profiling_s": round(time.perf_counter() - t0, 3),
