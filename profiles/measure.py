@@ -19,7 +19,7 @@ Assumptions (written into the profile's ``measurement``):
 - on CPU (glibc) freed memory is kept for reuse (mallopt: no mmap for large blocks, no
   trim), as CUDA's caching allocator does, so big tensors do not pay first-touch page
   faults anew every pass; this setting stays for the rest of the process;
-- Python's garbage collector is off while timing and runs between repeats;
+- Python's garbage collector runs once before the repeats and is off while they run;
 - CPU timing runs with one thread, as each executor rank does; CUDA timing uses events;
 - 16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);
 - saved bytes are counted with saved-tensor hooks, each storage once, parameters excluded.
@@ -170,16 +170,17 @@ class _Runner:
 
     def chain_forward(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
         """Forward through all units; returns unit inputs (leaves), outputs and F times."""
-        xs, outs, marks = [], [], [self.clock.mark()]
+        xs, outs, marks = [], [], []
         x = self.inputs
         for idx in range(len(self.model.units)):
             x_in = _leaf(x)
+            m0 = self.clock.mark()
             out = self.unit_forward(idx, x_in)
-            marks.append(self.clock.mark())
+            marks.append((m0, self.clock.mark()))
             xs.append(x_in)
             outs.append(out)
             x = out
-        return xs, outs, self.clock.between(marks)
+        return xs, outs, [self.clock.between(list(pair))[0] for pair in marks]
 
     def chain_full_backward(self, xs, outs) -> list[float]:
         """B per unit, last unit first; each unit gets the input gradient of the next."""
@@ -282,12 +283,12 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
     samples = {k: [[] for _ in range(n)] for k in TIMES}
     whole_f, whole_b = [], []
     gc_was_on = gc.isenabled()
+    gc.collect()  # once, before: a full collection between repeats would cool the caches
     gc.disable()
     t0 = time.perf_counter()
     try:
         for r in range(warmup + repeats):
             _repeat(run, r >= warmup, samples, whole_f, whole_b)
-            gc.collect()
             tick()
             # a slow case (bf16 on a CPU without bf16 units) stops early, after 2 timed repeats
             if budget_s is not None and len(whole_f) >= 2 and time.perf_counter() - t0 > budget_s:

@@ -112,7 +112,8 @@ class Profile:
         measured sizes of ``dtype``, and the largest relative error of the fit at those sizes.
 
         With one measured size the line goes through the origin (cost proportional to
-        the microbatch size) and its error is unknown (reported as null).
+        the microbatch size). With fewer than three sizes the line meets every point, so
+        its error is unknown and reported as null: measure three or more sizes to know it.
         """
         entries = sorted((e for e in self.entries if e.dtype == dtype), key=lambda e: e.microbatch_size)
         if not entries:
@@ -126,7 +127,7 @@ class Profile:
                 ys = [float(getattr(e.units[i], f)) for e in entries]
                 a, b = _line(xs, ys)
                 units[name][f] = [a, b]
-                if len(xs) > 1:
+                if len(xs) > 2:
                     err = max((abs(a + b * x - y) / y if y > 0 else 0.0) for x, y in zip(xs, ys))
                     worst[f] = max(worst.get(f) or 0.0, err)
                 else:
