@@ -20,7 +20,8 @@ Assumptions (written into the profile's ``measurement``):
   trim), as CUDA's caching allocator does, so big tensors do not pay first-touch page
   faults anew every pass; this setting stays for the rest of the process;
 - Python's garbage collector runs once before the repeats and is off while they run;
-- CPU timing runs with one thread, as each executor rank does; CUDA timing uses events;
+- CPU timing runs with one thread, as each executor rank does; CUDA timing uses events,
+  and each unit's peak memory (max_memory_allocated over its F + B) is recorded;
 - 16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);
 - saved bytes are counted with saved-tensor hooks, each storage once, parameters excluded.
 """
@@ -275,6 +276,19 @@ def _repeat(run: _Runner, keep: bool, samples: dict, whole_f: list, whole_b: lis
         whole_b.append(wb)
 
 
+def _peak_bytes(run: _Runner, idx: int, x_in: torch.Tensor) -> int:
+    """CUDA: the most memory the unit's forward + backward allocates above what was there."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = run.unit_forward(idx, x_in)
+    targets = run.params[idx] + ([x_in] if x_in.requires_grad else [])
+    torch.autograd.backward(out, None if idx == run.last else torch.ones_like(out), inputs=targets)
+    torch.cuda.synchronize()
+    del out
+    return max(0, torch.cuda.max_memory_allocated() - base)
+
+
 def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: str, repeats: int, warmup: int,
                    budget_s: float | None, tick: Callable[[], None], done: dict) -> ProfileEntry:
     inputs, target = model.make_batch(mb, seq_len, 0)
@@ -306,6 +320,7 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
         del out
         with FlopCounterMode(display=False) as fc:
             run.unit_forward(idx, x_in)
+        peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
         with torch.no_grad(), run.autocast:
             y = unit(x_in)
         med = {k: _median_spread(samples[k][idx]) for k in TIMES}
@@ -317,7 +332,7 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
             param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
             saved_bytes=int(saved[0]), output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
             forward_flops=float(fc.get_total_flops()),
-            spread={k: round(v[1], 4) for k, v in med.items()},
+            spread={k: round(v[1], 4) for k, v in med.items()}, peak_bytes=peak,
         ))
         x = y.detach()
     with count_saved_bytes(exclude=run.all_params) as saved:

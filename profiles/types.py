@@ -38,6 +38,7 @@ class UnitCost:
     output_bytes: int  # bytes handed to the next unit (what a stage boundary sends)
     forward_flops: float
     spread: dict[str, float] = field(default_factory=dict)  # relative spread of each time, e.g. {"forward_s": 0.03}
+    peak_bytes: int = 0  # CUDA only: max_memory_allocated above the baseline during the unit's F + B (0: not measured)
 
     @staticmethod
     def from_fields(f: Fields) -> "UnitCost":
@@ -55,6 +56,7 @@ class UnitCost:
             output_bytes=f.int("output_bytes"),
             forward_flops=f.num("forward_flops"),
             spread={k: spread.num(k) for k in spread.data},
+            peak_bytes=f.int("peak_bytes", default=0),
         )
 
 
