@@ -31,12 +31,13 @@ def _roots() -> list[Path]:
 
 
 def _settings(profile) -> data.PlanSettings:
-    """The planner controls in the sidebar, as one hashable value."""
+    """The planner controls in the sidebar, as one hashable value (the numbers also live in the URL)."""
     sb = st.sidebar
     sb.header("Plan settings")
-    devices = int(sb.number_input("devices", 1, 4096, 2, key="devices"))
-    mem = float(sb.number_input("memory per device (GiB)", 0.001, 4096.0, 4.0, step=0.5, format="%.3f", key="mem"))
-    per_node = int(sb.number_input("devices per node", 1, 1024, 8, key="per_node"))
+    devices = int(sb.number_input("devices", 1, 4096, 2, key="devices", bind="query-params"))
+    mem = float(sb.number_input("memory per device (GiB)", 0.001, 4096.0, 4.0, step=0.5, format="%.3f", key="mem",
+                                bind="query-params"))
+    per_node = int(sb.number_input("devices per node", 1, 1024, 8, key="per_node", bind="query-params"))
     known = list(SCHEDULES)
     schedules = sb.multiselect("schedules", known, [s for s in ("1F1B", "GPipe") if s in known] or known[:1],
                                key="schedules")
@@ -44,7 +45,7 @@ def _settings(profile) -> data.PlanSettings:
     chosen_dtypes = sb.multiselect("dtypes", dtypes, dtypes[:1], key="dtypes",
                                    help="the profile's precisions; the planner uses the first chosen") or dtypes[:1]
     recompute = sb.checkbox("allow recompute", False, key="recompute") if data.job_supports_recompute() else False
-    batch = int(sb.number_input("global batch", 1, 1 << 20, 8, key="batch"))
+    batch = int(sb.number_input("global batch", 1, 1 << 20, 8, key="batch", bind="query-params"))
     sizes = sorted({e.microbatch_size for e in profile.entries if e.dtype == chosen_dtypes[0]})
     mbs = sb.selectbox("microbatch size", [None, *sizes], key="mbs",
                        format_func=lambda v: "planner chooses" if v is None else str(v))

@@ -28,14 +28,14 @@ def stacked_units(df: pd.DataFrame, parts: list[str], title: str, unit_label: st
     long = df.melt(id_vars=["#", "unit", "kind"], value_vars=parts, var_name="part", value_name="value")
     long["label"] = long["#"].map("{:02d}".format) + " " + long["unit"]
     return alt.Chart(long, title=title).mark_bar().encode(
-        x=alt.X("label:N", sort=None, title="unit (model order)", axis=alt.Axis(labelAngle=-60, labelLimit=140)),
+        x=alt.X("label:N", sort=None, title="unit (model order)", axis=alt.Axis(labelAngle=-45, labelLimit=120)),
         y=alt.Y("sum(value):Q", title=unit_label, stack="zero"),
         color=alt.Color("part:N", sort=parts, title=None,
                         scale=alt.Scale(domain=parts, range=[_PART_COLORS.get(p, "#999") for p in parts]),
                         legend=alt.Legend(orient="top")),
         order=alt.Order("part_order:Q"),
         tooltip=["label:N", "kind:N", "part:N", alt.Tooltip("value:Q", format=".3f")],
-    ).transform_calculate(part_order=f"indexof({parts!r}, datum.part)").properties(height=300)
+    ).transform_calculate(part_order=f"indexof({parts!r}, datum.part)").properties(height=380)
 
 
 def _rank_axis(nranks: int) -> alt.Axis:
@@ -112,14 +112,15 @@ def split_strip(split: pd.DataFrame, chosen: int) -> alt.Chart:
     palette = "tableau10" if nstages <= 10 else "tableau20" if nstages <= 20 else "turbo"
     base = alt.Chart(data, title="split over the model's units (colour = stage)").encode(
         x=alt.X("unit #:O", title="unit", axis=alt.Axis(labelAngle=0, values=_sparse(list(range(nunits)), 32))),
-        y=alt.Y("candidate:N", sort=alt.SortField("#"), title=None))
+        y=alt.Y("candidate:N", sort=list(dict.fromkeys(data.sort_values("#")["candidate"])), title=None,
+                axis=alt.Axis(labelLimit=220)))
     rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
         color=alt.Color("stage:N", scale=alt.Scale(scheme=palette), legend=alt.Legend(orient="top", columns=16)),
         opacity=alt.condition("datum.chosen", alt.value(1.0), alt.value(0.45)),
         tooltip=["candidate:N", "unit #:O", "unit:N", "stage:Q", "rank:Q", alt.Tooltip("F+B ms:Q", format=".3f")])
     text = base.mark_text(fontSize=9, color="white").encode(text="stage:Q") if nunits <= 48 else None
     chart = rect + text if text is not None else rect
-    return chart.properties(height=max(60, 30 * data["#"].nunique()))
+    return chart.properties(height=max(60, 32 * data["#"].nunique()))
 
 
 def _sparse(values: list, most: int = 16) -> list:

@@ -40,12 +40,11 @@ def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
     base = next((b for b in plan.baselines if b.get("name") == "even-1F1B"), None)
     peak = max(pred.peak_bytes)
     return {"#": rank, "schedule": plan.schedule, "pp": plan.pp, "dp": plan.dp, "microbatches": plan.microbatches,
-            "mb size": plan.microbatch_size, "dtype": plan.stages[0].dtype,
-            "recompute": any(s.recompute for s in plan.stages),
-            "step ms": pred.step_s * 1e3,
-            "bubble %": 100 * sum(pred.bubble_fraction) / len(pred.bubble_fraction),
-            "peak GiB": peak / 2**30, "cap GiB": cap_bytes / 2**30, "peak / cap %": 100 * peak / cap_bytes,
+            "mb size": plan.microbatch_size, "step ms": pred.step_s * 1e3,
             "vs even split": base["speedup"] if base else None,
+            "bubble %": 100 * sum(pred.bubble_fraction) / len(pred.bubble_fraction),
+            "peak GiB": peak / 2**30, "peak / cap %": 100 * peak / cap_bytes,
+            "dtype": plan.stages[0].dtype, "recompute": any(s.recompute for s in plan.stages),
             "samples/s": pred.throughput, "layout": plan.layout()}
 
 

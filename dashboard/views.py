@@ -35,6 +35,13 @@ class Context:
     files: dict[str, list[str]]
 
 
+def _chart(where, chart, width: str = "stretch") -> None:
+    """Draw an altair chart at its own height plus room for title, legend and axis labels (Streamlit would
+    otherwise squeeze a chart whose width stretches)."""
+    h = getattr(chart, "height", None)
+    where.altair_chart(chart, width=width, height=int(h) + 150 if isinstance(h, (int, float)) else "content")
+
+
 # -- Profile ----------------------------------------------------------------------------------------------------------
 def show_profile(ctx: Context) -> None:
     p = ctx.profile
@@ -50,7 +57,7 @@ def show_profile(ctx: Context) -> None:
     df = frames.profile_frame(entry)
     cons = entry.consistency
     m = st.columns(4)
-    m[0].metric("step of one microbatch (F+B, ms)", f"{(df['F ms'].sum() + df['B ms'].sum()):.2f}")
+    m[0].metric("one microbatch, all units, F+B (ms)", f"{(df['F ms'].sum() + df['B ms'].sum()):.2f}")
     m[1].metric("forward: units / whole model", f"{cons['forward']:.2f}")
     m[2].metric("backward: units / whole model", f"{cons['backward']:.2f}")
     m[3].metric("saved bytes: units / whole model", f"{cons['saved_bytes']:.3f}")
@@ -58,9 +65,9 @@ def show_profile(ctx: Context) -> None:
         st.warning("A consistency ratio is far from 1: the per-unit times do not add up to the whole model's, "
                    "so stage times built from them are less certain (profile again with more repeats, or fewer "
                    "threads).")
-    st.altair_chart(charts.stacked_units(df, ["F ms", "I ms", "W ms"], f"time per unit ({dtype}, microbatch {mbs})",
+    _chart(st, charts.stacked_units(df, ["F ms", "I ms", "W ms"], f"time per unit ({dtype}, microbatch {mbs})",
                                          "ms per microbatch"), width="stretch")
-    st.altair_chart(charts.stacked_units(df, ["weights MiB", "activations MiB"], "memory per unit", "MiB"),
+    _chart(st, charts.stacked_units(df, ["weights MiB", "activations MiB"], "memory per unit", "MiB"),
                     width="stretch")
     st.dataframe(df, hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f") for k in
@@ -95,7 +102,6 @@ def show_plan(ctx: Context) -> None:
         "step ms": st.column_config.NumberColumn(format="%.2f"),
         "bubble %": st.column_config.NumberColumn(format="%.1f"),
         "peak GiB": st.column_config.NumberColumn(format="%.3f"),
-        "cap GiB": st.column_config.NumberColumn(format="%.2f"),
         "peak / cap %": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100),
         "vs even split": st.column_config.NumberColumn(format="%.2fx", help="even split's step time / this one's"),
         "samples/s": st.column_config.NumberColumn(format="%.1f")})
@@ -108,13 +114,13 @@ def show_plan(ctx: Context) -> None:
     entry = ctx.profile.entry(plan.stages[0].dtype, plan.microbatch_size)
     unit_ms = [(u.forward_s + u.backward_s) * 1e3 for u in entry.units]
     split = frames.split_frame(plans, ctx.profile.unit_names, unit_ms)
-    st.altair_chart(charts.split_strip(split, pick), width="stretch")
+    _chart(st, charts.split_strip(split, pick), width="stretch")
     tl = data.candidate_timeline(ctx.profile_path, ctx.version, s, pick - 1)
     ranks = frames.ranks_frame(tl, s.memory_bytes)
     c1, c2 = st.columns(2)
-    c1.altair_chart(charts.peak_bars(ranks, s.memory_bytes / 2**20, f"#{pick}: peak memory per rank vs the cap"),
+    _chart(c1, charts.peak_bars(ranks, s.memory_bytes / 2**20, f"#{pick}: peak memory per rank vs the cap"),
                     width="stretch")
-    c2.altair_chart(charts.bubble_bars(ranks, f"#{pick}: bubble share per rank"), width="stretch")
+    _chart(c2, charts.bubble_bars(ranks, f"#{pick}: bubble share per rank"), width="stretch")
     st.caption(f"layout `{plan.layout()}` · split at units {plan.split or '—'} · solver "
                f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s"
                + "".join(f" · {b['name']}: {b['step_s'] * 1e3:.1f} ms ({b['speedup']:.2f}x)" for b in plan.baselines))
@@ -125,9 +131,11 @@ def show_plan(ctx: Context) -> None:
 # -- Pipeline -------------------------------------------------------------------------------------------------------------
 def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Plan | None, int | None]:
     """(title, timeline, plan, cap bytes) of what the user chose to look at in view ``where``."""
-    sources = ["chosen candidate", "saved plan", "what-if (uniform costs)"]
-    src = st.radio("timeline of", sources, horizontal=True, key=f"{where}_source")
-    if src == "chosen candidate":
+    # short options: the choice is also the URL's value (?pipe_source=what-if)
+    src = st.radio("timeline of", ["candidate", "saved plan", "what-if"], horizontal=True, key=f"{where}_source",
+                   bind="query-params", help="the candidate chosen in the Plan view, a plan file, or uniform "
+                                             "stage costs (any number of ranks)")
+    if src == "candidate":
         plans, error = _solve(ctx)
         if error:
             st.error(error)
@@ -186,11 +194,11 @@ def show_pipeline(ctx: Context) -> None:
     show_sends = st.checkbox("show sends (grey, under each rank)", value=len(ev) <= _RANGE_SHOW_SENDS,
                              key=f"sends_{title}")
     tr = _in_range(tr, domain) if show_sends else None
-    st.altair_chart(charts.gantt(ev, tr, nranks, domain, title), width="stretch")
+    _chart(st, charts.gantt(ev, tr, nranks, domain, title), width="stretch")
     c1, c2 = st.columns(2)
-    c1.altair_chart(charts.bubble_bars(ranks, "bubble share per rank"), width="stretch")
+    _chart(c1, charts.bubble_bars(ranks, "bubble share per rank"), width="stretch")
     mem = frames.memory_frame(tl)
-    c2.altair_chart(charts.memory_lines(mem, cap / 2**20 if cap else None, domain,
+    _chart(c2, charts.memory_lines(mem, cap / 2**20 if cap else None, domain,
                                         "memory over the step per rank" + (" (red: device cap)" if cap else "")),
                     width="stretch")
     if tl.critical_path:
@@ -229,7 +237,7 @@ def show_compare(ctx: Context) -> None:
     for tl, label in tls:
         ev = _in_range(frames.events_frame(tl, label), domain)
         tr = _in_range(frames.transfers_frame(tl, label), domain)
-        st.altair_chart(charts.gantt(ev, tr, nranks, domain, f"{label}: step {tl.step_s * 1e3:.1f} ms"),
+        _chart(st, charts.gantt(ev, tr, nranks, domain, f"{label}: step {tl.step_s * 1e3:.1f} ms"),
                         width="stretch")
     if predicted is not None:
         st.subheader("predicted vs measured")
