@@ -5,9 +5,9 @@
 Starts ``pipeplan dashboard --port P --root DIR`` on 127.0.0.1, waits for it to be
 healthy, drives headless Chromium over its DevTools protocol to each view (chosen by
 URL: ``?view=Plan`` ...), waits until Streamlit has stopped running and every chart has
-drawn, saves one PNG per view, prints the folder, and stops the server and the browser. Without ``--root`` it writes a synthetic profile and
-a saved plan to a temporary folder (the Compare view then explains how to get a run
-report). Installs Debian's ``chromium`` with apt-get when it is missing and we are root.
+drawn, saves one PNG per view, prints the folder, and stops the server and the browser.
+Without ``--root`` it writes a synthetic profile and a saved plan to a temporary folder
+(the Compare view then explains how to get a run report). Installs Debian's ``chromium`` with apt-get when it is missing and we are root.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ _STATE_JS = """(() => {
   const charts = document.querySelectorAll('[data-testid="stVegaLiteChart"]').length;
   const drawn = document.querySelectorAll('[data-testid="stVegaLiteChart"] canvas, '
                                           + '[data-testid="stVegaLiteChart"] svg.marks').length;
-  const blocks = document.querySelectorAll('[data-testid="stMainBlockContainer"] [data-testid="stElementContainer"]').length;
+  const blocks = document.querySelectorAll('[data-testid="stMainBlockContainer"] '
+                                           + '[data-testid="stElementContainer"]').length;
   return JSON.stringify({running, skeleton, charts, drawn, blocks});
 })()"""
 

@@ -41,7 +41,7 @@ def _settings(profile) -> data.PlanSettings:
     known = list(SCHEDULES)
     schedules = sb.multiselect("schedules", known, [s for s in ("1F1B", "GPipe") if s in known] or known[:1],
                                key="schedules")
-    dtypes = sorted({e.dtype for e in profile.entries})
+    dtypes = data.profile_dtypes(profile)
     chosen_dtypes = sb.multiselect("dtypes", dtypes, dtypes[:1], key="dtypes",
                                    help="the profile's precisions; the planner uses the first chosen") or dtypes[:1]
     recompute = sb.checkbox("allow recompute", False, key="recompute") if data.job_supports_recompute() else False

@@ -23,7 +23,7 @@ from planner.cluster import Cluster, Job
 from planner.plan import Plan, load_plan
 from planner.search import plan as make_plans
 from profiles.contract import UserError
-from profiles.types import Profile, load_profile
+from profiles.types import DTYPES, Profile, load_profile
 from simulator.actions import write_csv
 from simulator.costs import Links, StageCost
 from simulator.engine import SimInput, simulate
@@ -32,7 +32,7 @@ from simulator.timeline import Timeline, trace_events
 
 __all__ = ["PlanSettings", "Stamp", "stamp", "find_files", "cached_profile", "plan_candidates", "candidate_timeline",
            "saved_plan", "saved_plan_timeline", "run_report", "whatif_timeline", "plan_json", "schedule_csv",
-           "trace_json", "job_supports_recompute", "TOP"]
+           "trace_json", "job_supports_recompute", "profile_dtypes", "TOP"]
 
 _KINDS = {"pipeplan.profile/1": "profile", "pipeplan.plan/1": "plan", "pipeplan.runreport/1": "runreport"}
 TOP = 5  #: candidates shown per solve
@@ -46,6 +46,12 @@ def stamp(path: str | Path) -> Stamp:
     except OSError:
         return (0, 0)
     return (s.st_mtime_ns, s.st_size)
+
+
+def profile_dtypes(profile: Profile) -> list[str]:
+    """The profile's precisions, fp32 first (the order of ``profiles.types.DTYPES``)."""
+    have = {e.dtype for e in profile.entries}
+    return [d for d in DTYPES if d in have] + sorted(have - set(DTYPES))
 
 
 def job_supports_recompute() -> bool:
@@ -165,11 +171,14 @@ def whatif_timeline(schedule: str, pp: int, microbatches: int, f: float, b: floa
     return simulate(SimInput(table, [cost] * pp, links))
 
 
-def plan_json(plan: Plan) -> str:
+def plan_json(plan: Plan, plan_dir: str | Path | None = None) -> str:
     """The Plan file's text, as ``Plan.save`` writes it, naming the profile by its absolute path so the
-    file works wherever it is saved on this machine."""
-    return json.dumps(dataclasses.replace(plan, profile_path=str(Path(plan.profile_path).resolve())).to_dict(),
-                      indent=1)
+    file works wherever it is saved on this machine. ``plan_dir``: the folder of the file the plan was
+    loaded from (a stored profile path is relative to it)."""
+    prof = Path(plan.profile_path)
+    if not prof.is_absolute() and plan_dir is not None and (Path(plan_dir) / prof).exists():
+        prof = Path(plan_dir) / prof
+    return json.dumps(dataclasses.replace(plan, profile_path=str(prof.resolve())).to_dict(), indent=1)
 
 
 def schedule_csv(plan: Plan) -> str:

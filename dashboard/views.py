@@ -42,13 +42,13 @@ def _chart(where, chart, width: str = "stretch") -> None:
     where.altair_chart(chart, width=width, height=int(h) + 150 if isinstance(h, (int, float)) else "content")
 
 
-# -- Profile ----------------------------------------------------------------------------------------------------------
+# -- Profile ---------------------------------------------------------------------------------------
 def show_profile(ctx: Context) -> None:
     p = ctx.profile
     st.caption(f"**{p.model_name}** on {p.device_name} ({p.device_kind}), {p.method}, sequence length {p.seq_len}, "
                f"{p.num_units} units — `{ctx.profile_path}`")
     c1, c2 = st.columns(2)
-    dtypes = sorted({e.dtype for e in p.entries})
+    dtypes = data.profile_dtypes(p)
     dtype = c1.segmented_control("dtype", dtypes, default=dtypes[0], key="profile_dtype", required=True) or dtypes[0]
     sizes = sorted({e.microbatch_size for e in p.entries if e.dtype == dtype})
     mbs = c2.segmented_control("microbatch size", sizes, default=sizes[0], key=f"profile_mbs_{dtype}",
@@ -74,7 +74,7 @@ def show_profile(ctx: Context) -> None:
                                 ("F ms", "I ms", "W ms", "B ms", "weights MiB", "activations MiB", "GFLOP")})
 
 
-# -- Plan ---------------------------------------------------------------------------------------------------------------
+# -- Plan ------------------------------------------------------------------------------------------
 def _solve(ctx: Context) -> tuple[list[Plan], str | None]:
     with st.spinner("the planner is solving…"):
         return data.plan_candidates(ctx.profile_path, ctx.version, ctx.settings)
@@ -128,7 +128,7 @@ def show_plan(ctx: Context) -> None:
         st.caption(note)
 
 
-# -- Pipeline -------------------------------------------------------------------------------------------------------------
+# -- Pipeline --------------------------------------------------------------------------------------
 def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Plan | None, int | None]:
     """(title, timeline, plan, cap bytes) of what the user chose to look at in view ``where``."""
     # short options: the choice is also the URL's value (?pipe_source=what-if)
@@ -153,8 +153,8 @@ def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Pl
         if plan is None:
             st.error(err)
             return "", None, None, None
-        return f"{Path(path).name}: {plan.schedule} {plan.layout()}", data.saved_plan_timeline(path, data.stamp(path)), \
-            plan, plan.cluster.memory_bytes
+        tl = data.saved_plan_timeline(path, data.stamp(path))
+        return f"{Path(path).name}: {plan.schedule} {plan.layout()}", tl, plan, plan.cluster.memory_bytes
     c = st.columns(6)
     sched = c[0].selectbox("schedule", list(SCHEDULES), key=f"{where}_wi_sched")
     pp = int(c[1].number_input("ranks", 2, 256, 64, key=f"{where}_wi_pp"))
@@ -208,7 +208,7 @@ def show_pipeline(ctx: Context) -> None:
         st.dataframe(ranks, hide_index=True, width="stretch")
 
 
-# -- Compare ----------------------------------------------------------------------------------------------------------------
+# -- Compare ---------------------------------------------------------------------------------------
 def show_compare(ctx: Context) -> None:
     if not ctx.files["runreport"]:
         st.info("No run report found: run `pipeplan validate runs/NAME/plan.json` (or `make demo`), then reload.")
@@ -257,7 +257,7 @@ def show_compare(ctx: Context) -> None:
                            key="dl_runsim_trace")
 
 
-# -- Export -------------------------------------------------------------------------------------------------------------------
+# -- Export ----------------------------------------------------------------------------------------
 def show_export(ctx: Context) -> None:
     src = st.radio("plan to export", ["chosen candidate", "saved plan"], horizontal=True, key="export_source")
     if src == "chosen candidate":
@@ -269,6 +269,7 @@ def show_export(ctx: Context) -> None:
         plan = plans[pick - 1]
         tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.settings, pick - 1)
         name = f"plan{pick}"
+        plan_dir = None
     else:
         if not ctx.files["plan"]:
             st.info("No plan file found under the roots.")
@@ -280,12 +281,13 @@ def show_export(ctx: Context) -> None:
             return
         tl = data.saved_plan_timeline(path, data.stamp(path))
         name = Path(path).stem
+        plan_dir = Path(path).parent
     st.markdown(f"**{plan.model_name}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp}, {plan.microbatches} "
                 f"microbatches of {plan.microbatch_size}, layout `{plan.layout()}`, predicted "
                 f"{plan.predicted.step_s * 1e3:.2f} ms per step" if plan.predicted else "")
     c = st.columns(3)
-    c[0].download_button("plan JSON", data.plan_json(plan), file_name=f"{name}.json", mime="application/json",
-                         key="dl_plan")
+    c[0].download_button("plan JSON", data.plan_json(plan, plan_dir), file_name=f"{name}.json",
+                         mime="application/json", key="dl_plan")
     c[1].download_button("schedule CSV (torch)", data.schedule_csv(plan), file_name=f"{name}.csv", mime="text/csv",
                          key="dl_csv")
     c[2].download_button("simulated trace (Perfetto JSON)", data.trace_json(tl, "simulated"),
