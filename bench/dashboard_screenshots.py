@@ -7,7 +7,8 @@ healthy, drives headless Chromium over its DevTools protocol to each view (chose
 URL: ``?view=Plan`` ...), waits until Streamlit has stopped running and every chart has
 drawn, saves one PNG per view, prints the folder, and stops the server and the browser.
 Without ``--root`` it writes a synthetic profile and a saved plan to a temporary folder
-(the Compare view then explains how to get a run report). Installs Debian's ``chromium`` with apt-get when it is missing and we are root.
+(the Compare view then explains how to get a run report). Installs Debian's ``chromium``
+with apt-get when it is missing and we are root.
 """
 
 from __future__ import annotations

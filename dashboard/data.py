@@ -111,13 +111,34 @@ def cached_profile(path: str, version: Stamp) -> Profile:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings) -> tuple[list[Plan], str | None]:
-    """The planner's top plans for ``settings`` (best first), or an error line that says what to change."""
+    """The planner's top plans for ``settings`` (best first), or an error line that says what to change.
+
+    When the planner fails with a bug rather than a user error, the pipeline degrees are planned one
+    at a time so the ones that work still show; the error names the degrees that failed.
+    """
     profile = load_profile(profile_path)
+    cluster, job = settings.cluster(), settings.job()
     try:
-        plans = make_plans(profile, settings.cluster(), settings.job(), top=TOP, profile_path=profile_path)
+        return make_plans(profile, cluster, job, top=TOP, profile_path=profile_path), None
     except UserError as e:
         return [], str(e)
-    return plans, None
+    except Exception as e:  # a planner bug: salvage what the other pipeline degrees give
+        first_bug = f"{type(e).__name__}: {e}"
+    plans, failed = [], []
+    for pp in (p for p in range(1, min(profile.num_units, cluster.devices) + 1) if cluster.devices % p == 0):
+        try:
+            plans += make_plans(profile, cluster, dataclasses.replace(job, pp=(pp,)), top=TOP,
+                                profile_path=profile_path)
+        except UserError:
+            continue
+        except Exception:  # noqa: BLE001 - reported below, with the first error's text
+            failed.append(pp)
+    plans.sort(key=lambda p: (p.predicted.step_s, p.pp, p.schedule, p.split))
+    note = (f"the planner failed for pipeline degree {', '.join(map(str, failed))} ({first_bug}): a planner bug; "
+            f"showing the other degrees" if failed else None)
+    if not plans:
+        return [], note or f"the planner failed: {first_bug}"
+    return plans[:TOP], "warning: " + note if note else None
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

@@ -76,8 +76,13 @@ def show_profile(ctx: Context) -> None:
 
 # -- Plan ------------------------------------------------------------------------------------------
 def _solve(ctx: Context) -> tuple[list[Plan], str | None]:
+    """The candidates (cached), with a spinner while the planner solves; a warning shows, an error stops."""
     with st.spinner("the planner is solving…"):
-        return data.plan_candidates(ctx.profile_path, ctx.version, ctx.settings)
+        plans, error = data.plan_candidates(ctx.profile_path, ctx.version, ctx.settings)
+    if error and plans:
+        st.warning(error.removeprefix("warning: "))
+        return plans, None
+    return plans, error
 
 
 def chosen_index(plans: list[Plan]) -> int:
