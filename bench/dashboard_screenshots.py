@@ -25,20 +25,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-#: (file name, query string, window height or 0 for --size's): every view, plus a 64-rank what-if pipeline
+#: (file name, query string, window height or 0 for --size's): every view, a 64-rank what-if, a 64-device plan
+#: (``synthetic64`` stands for the path of the 64-unit profile this script writes)
 SHOTS = [
     ("1-profile", "view=Profile", 0),
     ("2-plan", "view=Plan", 0),
     ("3-pipeline", "view=Pipeline", 0),
     ("4-pipeline-64-ranks-whatif", "view=Pipeline&pipe_source=what-if", 2200),
-    ("5-compare", "view=Compare", 0),
-    ("6-export", "view=Export", 1000),
+    ("5-pipeline-64-device-plan", "view=Pipeline&profile=synthetic64&devices=64&batch=128&pp=64", 2200),
+    ("6-compare", "view=Compare", 0),
+    ("7-export", "view=Export", 1000),
 ]
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -76,6 +79,16 @@ def _synthetic_root(folder: Path) -> Path:
                 profile_path=run / "profile.json")[0]
     best.save(run / "plan.json")
     return folder / "runs"
+
+
+def _profile_64(folder: Path) -> Path:
+    """A 64-unit synthetic profile (for the 64-device plan), in a root of its own."""
+    from dashboard.synthetic import synthetic_profile
+
+    path = folder / "wide" / "synthetic64" / "profile.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    synthetic_profile(62, microbatch_sizes=(1,), name="synthetic64").save(path)
+    return path
 
 
 def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 60) -> None:
@@ -163,7 +176,7 @@ async def _shoot(page: _Page, url: str, png: Path, width: int, height: int, time
     return state
 
 
-async def _shoot_all(chrome: str, port: int, out: Path, width: int, height: int) -> list[Path]:
+async def _shoot_all(chrome: str, port: int, out: Path, width: int, height: int, names: dict[str, str]) -> list[Path]:
     debug_port = _free_port()
     with tempfile.TemporaryDirectory(prefix="pipeplan-chrome-") as profile_dir:
         browser = subprocess.Popen([chrome, *CHROME_FLAGS, f"--user-data-dir={profile_dir}",
@@ -176,6 +189,8 @@ async def _shoot_all(chrome: str, port: int, out: Path, width: int, height: int)
             for name, query, h in SHOTS:
                 png = out / f"{name}.png"
                 t0 = time.time()
+                for short, value in names.items():
+                    query = query.replace(f"={short}", f"={value}")
                 state = await _shoot(page, f"http://127.0.0.1:{port}/?{query}", png, width, h or height)
                 print(f"{png}  ({time.time() - t0:.1f} s, {state.get('drawn', 0)}/{state.get('charts', 0)} charts "
                       f"drawn)", flush=True)
@@ -199,15 +214,17 @@ def main() -> int:
     root = args.root or _synthetic_root(work)
     out = args.out or work / "png"
     out.mkdir(parents=True, exist_ok=True)
+    wide = _profile_64(work)
     port = args.port or _free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     server = subprocess.Popen([sys.executable, str(ROOT / "pipeplan.py"), "dashboard", "--port", str(port),
-                               "--root", str(root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               "--root", str(root), "--root", str(wide.parent.parent)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
         _wait_healthy(port, server)
         width, height = (int(x) for x in args.size.split(","))
-        asyncio.run(_shoot_all(chrome, port, out, width, height))
+        names = {"synthetic64": urllib.parse.quote(str(wide))}
+        asyncio.run(_shoot_all(chrome, port, out, width, height, names))
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the streamlit child it started, nothing else
         try:

@@ -3,7 +3,8 @@
 Reads Profile, Plan and RunReport JSON files only, through the validated loaders (never
 executes or unpickles user files). Run with ``pipeplan dashboard [--root DIR]``; the
 folders to scan arrive after ``--`` as ``--root DIR`` (default ``runs/`` and ``profiles/``).
-The view is a tab bound to the URL: ``?view=Profile|Plan|Pipeline|Compare|Export``.
+The view is a tab bound to the URL (``?view=Profile|Plan|Pipeline|Compare|Export``), and so are
+the profile and the planner's numbers (``&profile=PATH&devices=64&mem=80&batch=128&pp=8``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def _settings(profile) -> data.PlanSettings:
     sizes = sorted({e.microbatch_size for e in profile.entries if e.dtype == chosen_dtypes[0]})
     mbs = sb.selectbox("microbatch size", [None, *sizes], key="mbs",
                        format_func=lambda v: "planner chooses" if v is None else str(v))
+    pp = sb.multiselect("pipeline degrees", data.pipeline_degrees(profile.num_units, devices), [], key="pp",
+                        bind="query-params", placeholder="any", help="limit the search (a 64-device search "
+                        "over every degree can take a minute the first time)")
     return data.PlanSettings(devices, mem, per_node, tuple(schedules), tuple(chosen_dtypes), bool(recompute), batch,
-                             mbs)
+                             mbs, tuple(sorted(pp)))
 
 
 def main() -> None:
@@ -65,7 +69,7 @@ def main() -> None:
                 "(or `make demo`, which also plans, simulates and runs it), or start the dashboard on another "
                 "folder: `pipeplan dashboard --root DIR`.")
         return
-    profile_path = st.sidebar.selectbox("Profile", files["profile"], key="profile_path")
+    profile_path = st.sidebar.selectbox("Profile", files["profile"], key="profile", bind="query-params")
     version = data.stamp(profile_path)
     try:
         profile = data.cached_profile(profile_path, version)

@@ -76,6 +76,8 @@ def memory_lines(mem: pd.DataFrame, cap_mib: float | None, domain: tuple[float, 
         y=alt.Y("MiB:Q", title="memory (MiB)"),
         color=alt.Color("rank:N", legend=legend, sort=sorted(mem["rank"].unique().tolist()) if nranks else None),
         tooltip=["rank:N", alt.Tooltip("ms:Q", format=".3f"), alt.Tooltip("MiB:Q", format=".1f")])
+    if cap_mib and len(mem) and cap_mib > 4 * mem["MiB"].max():  # the rule would flatten every line
+        return lines.properties(height=260, title=f"{title}; the cap, {cap_mib:,.0f} MiB, is far above")
     if cap_mib:
         rule = alt.Chart(pd.DataFrame({"cap MiB": [cap_mib], "label": ["device cap"]})).mark_rule(
             color="#C44E52", strokeDash=[6, 3], strokeWidth=2).encode(y="cap MiB:Q", tooltip=["label:N", "cap MiB:Q"])

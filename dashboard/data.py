@@ -32,7 +32,7 @@ from simulator.timeline import Timeline, trace_events
 
 __all__ = ["PlanSettings", "Stamp", "stamp", "find_files", "cached_profile", "plan_candidates", "candidate_timeline",
            "saved_plan", "saved_plan_timeline", "run_report", "whatif_timeline", "plan_json", "schedule_csv",
-           "trace_json", "job_supports_recompute", "profile_dtypes", "TOP"]
+           "trace_json", "job_supports_recompute", "profile_dtypes", "pipeline_degrees", "TOP"]
 
 _KINDS = {"pipeplan.profile/1": "profile", "pipeplan.plan/1": "plan", "pipeplan.runreport/1": "runreport"}
 TOP = 5  #: candidates shown per solve
@@ -54,6 +54,11 @@ def profile_dtypes(profile: Profile) -> list[str]:
     return [d for d in DTYPES if d in have] + sorted(have - set(DTYPES))
 
 
+def pipeline_degrees(num_units: int, devices: int) -> list[int]:
+    """Pipeline degrees the planner can use: divisors of ``devices`` up to the number of units."""
+    return [p for p in range(1, min(num_units, devices) + 1) if devices % p == 0]
+
+
 def job_supports_recompute() -> bool:
     """Whether the planner's ``Job`` has a ``recompute`` field (the control is shown only then)."""
     return any(f.name == "recompute" for f in dataclasses.fields(Job))
@@ -71,6 +76,7 @@ class PlanSettings:
     recompute: bool = False  #: allow activation recompute (passed only when ``Job`` has the field)
     global_batch: int = 8  #: samples per optimizer step
     microbatch_size: int | None = None  #: None: the planner chooses among profiled sizes
+    pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that divides the devices)
 
     @property
     def memory_bytes(self) -> int:
@@ -81,7 +87,7 @@ class PlanSettings:
 
     def job(self) -> Job:
         kw = dict(global_batch=self.global_batch, schedules=self.schedules, dtypes=self.dtypes,
-                  microbatch_size=self.microbatch_size)
+                  microbatch_size=self.microbatch_size, pp=self.pp)
         if job_supports_recompute():
             kw["recompute"] = self.recompute
         return Job(**kw)
@@ -110,7 +116,8 @@ def cached_profile(path: str, version: Stamp) -> Profile:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings) -> tuple[list[Plan], str | None]:
+def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings,
+                    top: int = TOP) -> tuple[list[Plan], str | None]:
     """The planner's top plans for ``settings`` (best first), or an error line that says what to change.
 
     When the planner fails with a bug rather than a user error, the pipeline degrees are planned one
@@ -119,15 +126,15 @@ def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings) -
     profile = load_profile(profile_path)
     cluster, job = settings.cluster(), settings.job()
     try:
-        return make_plans(profile, cluster, job, top=TOP, profile_path=profile_path), None
+        return make_plans(profile, cluster, job, top=top, profile_path=profile_path), None
     except UserError as e:
         return [], str(e)
     except Exception as e:  # a planner bug: salvage what the other pipeline degrees give
         first_bug = f"{type(e).__name__}: {e}"
     plans, failed = [], []
-    for pp in (p for p in range(1, min(profile.num_units, cluster.devices) + 1) if cluster.devices % p == 0):
+    for pp in settings.pp or pipeline_degrees(profile.num_units, cluster.devices):
         try:
-            plans += make_plans(profile, cluster, dataclasses.replace(job, pp=(pp,)), top=TOP,
+            plans += make_plans(profile, cluster, dataclasses.replace(job, pp=(pp,)), top=top,
                                 profile_path=profile_path)
         except UserError:
             continue
@@ -138,7 +145,7 @@ def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings) -
             f"showing the other degrees" if failed else None)
     if not plans:
         return [], note or f"the planner failed: {first_bug}"
-    return plans[:TOP], "warning: " + note if note else None
+    return plans[:top], "warning: " + note if note else None
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

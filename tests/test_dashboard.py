@@ -233,3 +233,12 @@ def test_a_planner_bug_shows_the_degrees_that_work(monkeypatch, root):
     assert not at.exception
     assert set(at.dataframe[0].value["pp"]) == {2}
     assert any("pipeline degree 1" in w.value and "boom" in w.value for w in at.warning)
+
+
+def test_url_sets_profile_settings_and_pipeline_degrees(monkeypatch, root):
+    """A shared link reproduces the view: profile, devices, batch and the allowed pipeline degrees."""
+    at = _app(monkeypatch, root, "Plan", profile=str(root / "syn" / "profile.json"), devices=4, batch=16, pp=4)
+    _ok(at.run())
+    rows = at.dataframe[0].value
+    assert set(rows["pp"]) == {4} and set(rows["dp"]) == {1}
+    assert at.multiselect(key="pp").value == [4]
