@@ -1,0 +1,303 @@
+"""The dashboard's views: Profile, Plan, Pipeline, Compare, Export.
+
+Each ``show_*`` draws one tab from a :class:`Context` (what the sidebar chose). Data
+comes from the cached functions of ``data.py``; tables from ``frames.py``; charts
+from ``charts.py``. Session state is read here only, never inside cached functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from planner.plan import Plan
+from profiles.types import Profile
+from simulator.schedules import SCHEDULES
+from simulator.timeline import Timeline
+
+from . import charts, data, frames
+
+__all__ = ["Context", "show_profile", "show_plan", "show_pipeline", "show_compare", "show_export", "CHOSEN"]
+
+CHOSEN = "chosen_candidate"  #: session key: the candidate picked in the Plan view (1-based), kept across tabs
+_RANGE_SHOW_SENDS = 6000  #: draw sends by default while the chart has at most this many compute bars
+
+
+@dataclass(frozen=True)
+class Context:
+    profile_path: str
+    version: data.Stamp
+    profile: Profile
+    settings: data.PlanSettings
+    files: dict[str, list[str]]
+
+
+def _chart(where, chart, width: str = "stretch") -> None:
+    """Draw an altair chart at its own height plus room for title, legend and axis labels (Streamlit would
+    otherwise squeeze a chart whose width stretches)."""
+    h = getattr(chart, "height", None)
+    where.altair_chart(chart, width=width, height=int(h) + 150 if isinstance(h, (int, float)) else "content")
+
+
+# -- Profile ---------------------------------------------------------------------------------------
+def show_profile(ctx: Context) -> None:
+    p = ctx.profile
+    st.caption(f"**{p.model_name}** on {p.device_name} ({p.device_kind}), {p.method}, sequence length {p.seq_len}, "
+               f"{p.num_units} units — `{ctx.profile_path}`")
+    c1, c2 = st.columns(2)
+    dtypes = data.profile_dtypes(p)
+    dtype = c1.segmented_control("dtype", dtypes, default=dtypes[0], key="profile_dtype", required=True) or dtypes[0]
+    sizes = sorted({e.microbatch_size for e in p.entries if e.dtype == dtype})
+    mbs = c2.segmented_control("microbatch size", sizes, default=sizes[0], key=f"profile_mbs_{dtype}",
+                               required=True) or sizes[0]
+    entry = p.entry(dtype, mbs)
+    df = frames.profile_frame(entry)
+    cons = entry.consistency
+    m = st.columns(4)
+    m[0].metric("one microbatch, all units, F+B (ms)", f"{(df['F ms'].sum() + df['B ms'].sum()):.2f}")
+    m[1].metric("forward: units / whole model", f"{cons['forward']:.2f}")
+    m[2].metric("backward: units / whole model", f"{cons['backward']:.2f}")
+    m[3].metric("saved bytes: units / whole model", f"{cons['saved_bytes']:.3f}")
+    if any(abs(v - 1) > 0.25 for v in cons.values() if v == v):
+        st.warning("A consistency ratio is far from 1: the per-unit times do not add up to the whole model's, "
+                   "so stage times built from them are less certain (profile again with more repeats, or fewer "
+                   "threads).")
+    _chart(st, charts.stacked_units(df, ["F ms", "I ms", "W ms"], f"time per unit ({dtype}, microbatch {mbs})",
+                                         "ms per microbatch"), width="stretch")
+    _chart(st, charts.stacked_units(df, ["weights MiB", "activations MiB"], "memory per unit", "MiB"),
+                    width="stretch")
+    st.dataframe(df, hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in
+                                ("F ms", "I ms", "W ms", "B ms", "weights MiB", "activations MiB", "GFLOP")})
+
+
+# -- Plan ------------------------------------------------------------------------------------------
+def _solve(ctx: Context) -> tuple[list[Plan], str | None]:
+    """The candidates (cached), with a spinner while the planner solves; a warning shows, an error stops."""
+    with st.spinner("the planner is solving…"):
+        plans, error = data.plan_candidates(ctx.profile_path, ctx.version, ctx.settings)
+    if error and plans:
+        st.warning(error.removeprefix("warning: "))
+        return plans, None
+    return plans, error
+
+
+def chosen_index(plans: list[Plan]) -> int:
+    """The picked candidate (1-based), clamped to what this solve has."""
+    pick = st.session_state.get(CHOSEN, 1)
+    return pick if isinstance(pick, int) and 1 <= pick <= len(plans) else 1
+
+
+def show_plan(ctx: Context) -> None:
+    s = ctx.settings
+    if not s.schedules:
+        st.warning("Choose at least one schedule in the sidebar.")
+        return
+    plans, error = _solve(ctx)
+    if error:
+        st.error(error)
+        return
+    rows = pd.DataFrame([frames.candidate_row(i, p, s.memory_bytes) for i, p in enumerate(plans, 1)])
+    st.subheader(f"{len(plans)} best plans for {s.devices} devices × {s.memory_gib:g} GiB, global batch "
+                 f"{s.global_batch}")
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "step ms": st.column_config.NumberColumn(format="%.2f"),
+        "bubble %": st.column_config.NumberColumn(format="%.1f"),
+        "peak GiB": st.column_config.NumberColumn(format="%.3f"),
+        "peak / cap %": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100),
+        "vs even split": st.column_config.NumberColumn(format="%.2fx", help="even split's step time / this one's"),
+        "samples/s": st.column_config.NumberColumn(format="%.1f")})
+    options = list(range(1, len(plans) + 1))
+    pick = st.radio("show candidate", options, index=chosen_index(plans) - 1, horizontal=True,
+                    format_func=lambda i: f"#{i} {plans[i - 1].schedule} pp{plans[i - 1].pp} "
+                                          f"({plans[i - 1].predicted.step_s * 1e3:.1f} ms)")
+    st.session_state[CHOSEN] = pick
+    plan = plans[pick - 1]
+    entry = ctx.profile.entry(plan.stages[0].dtype, plan.microbatch_size)
+    unit_ms = [(u.forward_s + u.backward_s) * 1e3 for u in entry.units]
+    split = frames.split_frame(plans, ctx.profile.unit_names, unit_ms)
+    _chart(st, charts.split_strip(split, pick), width="stretch")
+    tl = data.candidate_timeline(ctx.profile_path, ctx.version, s, pick - 1)
+    ranks = frames.ranks_frame(tl, s.memory_bytes)
+    c1, c2 = st.columns(2)
+    _chart(c1, charts.peak_bars(ranks, s.memory_bytes / 2**20, f"#{pick}: peak memory per rank vs the cap"),
+                    width="stretch")
+    _chart(c2, charts.bubble_bars(ranks, f"#{pick}: bubble share per rank"), width="stretch")
+    st.caption(f"layout `{plan.layout()}` · split at units {plan.split or '—'} · solver "
+               f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s"
+               + "".join(f" · {b['name']}: {b['step_s'] * 1e3:.1f} ms ({b['speedup']:.2f}x)" for b in plan.baselines))
+    for note in plan.notes:
+        st.caption(note)
+
+
+# -- Pipeline --------------------------------------------------------------------------------------
+def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Plan | None, int | None]:
+    """(title, timeline, plan, cap bytes) of what the user chose to look at in view ``where``."""
+    # short options: the choice is also the URL's value (?pipe_source=what-if)
+    src = st.radio("timeline of", ["candidate", "saved plan", "what-if"], horizontal=True, key=f"{where}_source",
+                   bind="query-params", help="the candidate chosen in the Plan view, a plan file, or uniform "
+                                             "stage costs (any number of ranks)")
+    if src == "candidate":
+        plans, error = _solve(ctx)
+        if error:
+            st.error(error)
+            return "", None, None, None
+        pick = chosen_index(plans)
+        plan = plans[pick - 1]
+        tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.settings, pick - 1)
+        return f"candidate #{pick}: {plan.schedule} {plan.layout()}", tl, plan, ctx.settings.memory_bytes
+    if src == "saved plan":
+        if not ctx.files["plan"]:
+            st.info("No plan file found: write one with `pipeplan plan PROFILE ... -o runs/NAME/plan.json`.")
+            return "", None, None, None
+        path = st.selectbox("plan file", ctx.files["plan"], key=f"{where}_plan_file")
+        plan, err = data.saved_plan(path, data.stamp(path))
+        if plan is None:
+            st.error(err)
+            return "", None, None, None
+        tl = data.saved_plan_timeline(path, data.stamp(path))
+        return f"{Path(path).name}: {plan.schedule} {plan.layout()}", tl, plan, plan.cluster.memory_bytes
+    c = st.columns(6)
+    sched = c[0].selectbox("schedule", list(SCHEDULES), key=f"{where}_wi_sched")
+    pp = int(c[1].number_input("ranks", 2, 256, 64, key=f"{where}_wi_pp"))
+    m = int(c[2].number_input("microbatches", 1, 1024, 128, key=f"{where}_wi_m"))
+    f = c[3].number_input("F ms", 0.0, 1e4, 1.0, key=f"{where}_wi_f")
+    b = c[4].number_input("B ms", 0.0, 1e4, 2.0, key=f"{where}_wi_b")
+    comm = c[5].number_input("send ms", 0.0, 1e4, 0.05, key=f"{where}_wi_comm")
+    return f"what-if {sched}, {pp} ranks, {m} microbatches", data.whatif_timeline(sched, pp, m, f, b, comm), None, None
+
+
+def _zoom(step_ms: float, key: str) -> tuple[float, float]:
+    hi = max(step_ms, 1e-6)
+    lo_hi = st.slider("time range (ms): zoom into the step", 0.0, float(hi), (0.0, float(hi)), key=key,
+                      step=float(hi) / 500)
+    return (lo_hi[0], lo_hi[1]) if lo_hi[1] > lo_hi[0] else (0.0, float(hi))
+
+
+def _in_range(df: pd.DataFrame, domain: tuple[float, float]) -> pd.DataFrame:
+    return df[(df["end ms"] >= domain[0]) & (df["start ms"] <= domain[1])]
+
+
+def show_pipeline(ctx: Context) -> None:
+    title, tl, plan, cap = _pipeline_source(ctx, "pipe")
+    if tl is None:
+        return
+    nranks = len(tl.ranks)
+    ranks = frames.ranks_frame(tl, cap)
+    mean_bubble = ranks["bubble %"].mean()
+    c = st.columns(4)
+    c[0].metric("step time (ms)", f"{tl.step_s * 1e3:.2f}")
+    c[1].metric("mean bubble", f"{mean_bubble:.1f} %")
+    c[2].metric("ranks", nranks)
+    c[3].metric("peak memory (max rank, MiB)", f"{ranks['peak MiB'].max():.1f}")
+    domain = _zoom(tl.step_s * 1e3, f"zoom_{title}")
+    ev = _in_range(frames.events_frame(tl), domain)
+    tr = frames.transfers_frame(tl)
+    show_sends = st.checkbox("show sends (grey, under each rank)", value=len(ev) <= _RANGE_SHOW_SENDS,
+                             key=f"sends_{title}")
+    tr = _in_range(tr, domain) if show_sends else None
+    _chart(st, charts.gantt(ev, tr, nranks, domain, title), width="stretch")
+    c1, c2 = st.columns(2)
+    _chart(c1, charts.bubble_bars(ranks, "bubble share per rank"), width="stretch")
+    mem = frames.memory_frame(tl)
+    _chart(c2, charts.memory_lines(mem, cap / 2**20 if cap else None, domain,
+                                        "memory over the step per rank" + (" (red: device cap)" if cap else "")),
+                    width="stretch")
+    if tl.critical_path:
+        path = " › ".join(tl.critical_path)
+        st.caption("critical path: " + (path if len(path) < 400 else path[:190] + " … " + path[-190:]))
+    with st.expander("per-rank table"):
+        st.dataframe(ranks, hide_index=True, width="stretch")
+
+
+# -- Compare ---------------------------------------------------------------------------------------
+def show_compare(ctx: Context) -> None:
+    if not ctx.files["runreport"]:
+        st.info("No run report found: run `pipeplan validate runs/NAME/plan.json` (or `make demo`), then reload.")
+        return
+    path = st.selectbox("run report", ctx.files["runreport"], key="compare_report")
+    rep, plan, predicted, err = data.run_report(path, data.stamp(path))
+    if rep is None:
+        st.error(err)
+        return
+    if err:
+        st.warning(err)
+    c = st.columns(4)
+    c[0].metric("measured step (median, ms)", f"{rep.step_s_median * 1e3:.1f}",
+                f"{rep.error:+.1%} vs predicted" if rep.error is not None else None, delta_color="off")
+    c[1].metric("predicted step (ms)", f"{rep.predicted_step_s * 1e3:.1f}" if rep.predicted_step_s else "—")
+    c[2].metric("ranks", f"{rep.world_size} × {rep.device} ({rep.backend})")
+    check = rep.check.get("passed") if rep.check else None
+    c[3].metric("numerics check", "—" if check is None else ("passed" if check else "FAILED"),
+                f"max rel diff {rep.check.get('max_rel_diff', 0):.1e}" if check is not None else None,
+                delta_color="off")
+    measured = rep.timeline
+    tls = [(predicted, "simulated"), (measured, "measured")] if predicted is not None else [(measured, "measured")]
+    end = max(t.step_s for t, _ in tls) * 1e3
+    domain = _zoom(end, f"compare_zoom_{path}")
+    nranks = max(len(t.ranks) for t, _ in tls)
+    for tl, label in tls:
+        ev = _in_range(frames.events_frame(tl, label), domain)
+        tr = _in_range(frames.transfers_frame(tl, label), domain)
+        _chart(st, charts.gantt(ev, tr, nranks, domain, f"{label}: step {tl.step_s * 1e3:.1f} ms"),
+                        width="stretch")
+    if predicted is not None:
+        st.subheader("predicted vs measured")
+        st.dataframe(frames.compare_frame(predicted, rep), hide_index=True, width="stretch",
+                     column_config={"predicted": st.column_config.NumberColumn(format="%.2f"),
+                                    "measured": st.column_config.NumberColumn(format="%.2f"),
+                                    "error %": st.column_config.NumberColumn(format="%+.1f")})
+    spread = (max(rep.step_s) - min(rep.step_s)) / rep.step_s_median if rep.step_s else 0.0
+    st.caption(f"measured over {len(rep.step_s)} steps (median; spread {spread:.1%}); losses "
+               + " ".join(f"{x:.4f}" for x in rep.losses))
+    d1, d2 = st.columns(2)
+    d1.download_button("measured trace (Perfetto JSON)", data.trace_json(measured, "measured"),
+                       file_name=f"{Path(path).stem}.run.trace.json", mime="application/json", key="dl_run_trace")
+    if predicted is not None:
+        d2.download_button("simulated trace (Perfetto JSON)", data.trace_json(predicted, "simulated"),
+                           file_name=f"{Path(path).stem}.sim.trace.json", mime="application/json",
+                           key="dl_runsim_trace")
+
+
+# -- Export ----------------------------------------------------------------------------------------
+def show_export(ctx: Context) -> None:
+    src = st.radio("plan to export", ["chosen candidate", "saved plan"], horizontal=True, key="export_source")
+    if src == "chosen candidate":
+        plans, error = _solve(ctx)
+        if error:
+            st.error(error)
+            return
+        pick = chosen_index(plans)
+        plan = plans[pick - 1]
+        tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.settings, pick - 1)
+        name = f"plan{pick}"
+        plan_dir = None
+    else:
+        if not ctx.files["plan"]:
+            st.info("No plan file found under the roots.")
+            return
+        path = st.selectbox("plan file", ctx.files["plan"], key="export_plan_file")
+        plan, err = data.saved_plan(path, data.stamp(path))
+        if plan is None:
+            st.error(err)
+            return
+        tl = data.saved_plan_timeline(path, data.stamp(path))
+        name = Path(path).stem
+        plan_dir = Path(path).parent
+    st.markdown(f"**{plan.model_name}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp}, {plan.microbatches} "
+                f"microbatches of {plan.microbatch_size}, layout `{plan.layout()}`, predicted "
+                f"{plan.predicted.step_s * 1e3:.2f} ms per step" if plan.predicted else "")
+    c = st.columns(3)
+    c[0].download_button("plan JSON", data.plan_json(plan, plan_dir), file_name=f"{name}.json",
+                         mime="application/json", key="dl_plan")
+    c[1].download_button("schedule CSV (torch)", data.schedule_csv(plan), file_name=f"{name}.csv", mime="text/csv",
+                         key="dl_csv")
+    c[2].download_button("simulated trace (Perfetto JSON)", data.trace_json(tl, "simulated"),
+                         file_name=f"{name}.sim.trace.json", mime="application/json", key="dl_sim_trace")
+    st.markdown("Run it (the downloaded plan names its profile by absolute path, so save it anywhere here):")
+    st.code(plan.torchrun_command(f"{name}.json"), language="bash")
+    st.caption("or `pipeplan validate PLAN` to run it and compare with the prediction (writes the measured trace, "
+               "shown in the Compare view). Open traces at https://ui.perfetto.dev.")

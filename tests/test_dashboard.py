@@ -1,0 +1,244 @@
+"""The dashboard, driven headless with Streamlit's AppTest over tiny synthetic files (nothing is measured)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("altair")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from dashboard import data, frames  # noqa: E402
+from dashboard.synthetic import synthetic_profile  # noqa: E402
+from executor.report import RunReport, load_report  # noqa: E402
+from planner import Cluster, Job, load_plan, plan  # noqa: E402
+from profiles.contract import sha256_of  # noqa: E402
+from simulator import simulate  # noqa: E402
+from simulator.timeline import Event, RankStats  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+BIG_GIB, SMALL_GIB = 4.0, 0.28  # with the fixture profile: GPipe wins with room, only 1F1B fits the small cap
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """runs/syn/{profile,plan,plan.run}.json: a synthetic 8-unit profile, a 2-stage plan, a fake run of it."""
+    base = tmp_path_factory.mktemp("dash")
+    run = base / "runs" / "syn"
+    run.mkdir(parents=True)
+    prof = synthetic_profile(6)
+    prof.save(run / "profile.json")
+    best = plan(prof, Cluster(devices=2, memory_bytes=2**30), Job(global_batch=4, microbatch_size=1, pp=(2,)),
+                top=1, profile_path=run / "profile.json")[0]
+    best.save(run / "plan.json")
+    tl = simulate(best)
+    slow = 1.25  # the "measured" run: every action 25 % slower
+    events = tuple(dataclasses.replace(e, start_s=e.start_s * slow, end_s=e.end_s * slow) for e in tl.events)
+    ranks = tuple(RankStats(r.rank, r.busy_s * slow, r.bubble_fraction, r.peak_bytes) for r in tl.ranks)
+    measured = dataclasses.replace(tl, step_s=tl.step_s * slow, events=events, ranks=ranks, transfers=(),
+                                   source="measured")
+    RunReport("plan.json", sha256_of(run / "plan.json"), 2, "gloo", "cpu", (tl.step_s * slow,) * 3, measured,
+              losses=(2.0, 1.9, 1.8), check={"passed": True, "max_rel_diff": 1e-6},
+              predicted_step_s=tl.step_s).save(run / "plan.run.json")
+    return base / "runs"
+
+
+def _app(monkeypatch, root: Path | str, view: str | None = None, **params) -> AppTest:
+    monkeypatch.setattr(sys, "argv", ["app.py", "--root", str(root)])
+    at = AppTest.from_file(APP, default_timeout=60)
+    if view:
+        at.query_params["view"] = view
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    return at
+
+
+def _walk(node):
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _walk(child)
+
+
+def _charts(at: AppTest) -> int:
+    return sum(1 for n in _walk(at.main) if getattr(n, "type", None) == "vega_lite_chart")
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _metric(at: AppTest, label_start: str) -> str:
+    return next(m.value for m in at.metric if m.label.startswith(label_start))
+
+
+def test_no_profile_explains_how_to_make_one(monkeypatch, tmp_path):
+    at = _ok(_app(monkeypatch, tmp_path).run())
+    text = " ".join(i.value for i in at.info)
+    assert "No profile found" in text and "pipeplan profile" in text
+    assert not at.tabs
+
+
+def test_profile_view_charts_table_and_switches(monkeypatch, root):
+    at = _ok(_app(monkeypatch, root, "Profile").run())
+    assert _charts(at) == 2
+    table = at.dataframe[0].value
+    assert list(table["unit"])[:2] == ["embed", "block0"] and len(table) == 8
+    assert _metric(at, "forward: units") == "0.95"  # the synthetic whole model is 5 % slower than its units
+    f32 = table["F ms"].sum()
+    _ok(at.segmented_control(key="profile_dtype").set_value("bf16").run())
+    assert at.dataframe[0].value["F ms"].sum() == pytest.approx(f32 / 2)
+    _ok(at.segmented_control(key="profile_mbs_bf16").set_value(2).run())
+    assert at.dataframe[0].value["F ms"].sum() == pytest.approx(f32)
+
+
+def test_plan_view_ranks_candidates_and_memory_cap_changes_the_choice(monkeypatch, root):
+    at = _ok(_app(monkeypatch, root, "Plan").run())
+    rows = at.dataframe[0].value
+    assert {"schedule", "step ms", "bubble %", "peak GiB", "peak / cap %", "vs even split"} <= set(rows.columns)
+    assert list(rows["step ms"]) == sorted(rows["step ms"])
+    assert _charts(at) == 3  # split strip, peak memory vs cap, bubbles
+    roomy = rows.iloc[0]
+    _ok(at.number_input(key="mem").set_value(SMALL_GIB).run())
+    tight = at.dataframe[0].value.iloc[0]
+    assert (roomy["schedule"], roomy["peak GiB"]) != (tight["schedule"], tight["peak GiB"])
+    assert (at.dataframe[0].value["peak GiB"] <= SMALL_GIB).all()
+    at.number_input(key="mem").set_value(0.02).run()
+    assert at.error and "GiB" in at.error[0].value  # the planner's reason (raise memory...), not a traceback
+    assert not at.exception
+
+
+def test_plan_controls_follow_the_planner_and_the_profile(monkeypatch, root):
+    at = _ok(_app(monkeypatch, root, "Plan").run())
+    assert set(at.multiselect(key="dtypes").options) == {"fp32", "bf16"}
+    from simulator import SCHEDULES
+
+    assert set(at.multiselect(key="schedules").options) == set(SCHEDULES)
+    shown = any(c.key == "recompute" for c in at.sidebar.checkbox)
+    assert shown == data.job_supports_recompute()
+    _ok(at.multiselect(key="schedules").set_value([]).run())
+    assert any("at least one schedule" in w.value for w in at.warning)
+
+
+def test_pipeline_view_follows_the_chosen_candidate_and_zooms(monkeypatch, root):
+    at = _ok(_app(monkeypatch, root, "Plan").run())
+    radio = at.radio[0]
+    assert len(radio.options) >= 2
+    _ok(radio.set_value(radio.options[1]).run())
+    at.query_params["view"] = "Pipeline"
+    _ok(at.run())
+    assert _charts(at) == 3  # Gantt, bubble share, memory over time
+    assert any("candidate #2" in str(getattr(n, "proto", "")) for n in _walk(at.main))
+    slider = at.slider[0]
+    lo, hi = slider.value
+    _ok(slider.set_value((lo, hi / 4)).run())
+    assert at.slider[0].value[1] == pytest.approx(hi / 4, rel=0.01)
+
+
+def test_pipeline_view_64_ranks_whatif_and_saved_plan(monkeypatch, root):
+    at = _app(monkeypatch, root, "Pipeline", pipe_source="what-if")
+    t0 = time.perf_counter()
+    _ok(at.run())
+    assert time.perf_counter() - t0 < 20
+    assert _metric(at, "ranks") == "64" and _charts(at) == 3
+    _ok(at.radio(key="pipe_source").set_value("saved plan").run())
+    assert _metric(at, "ranks") == "2" and _charts(at) == 3
+
+
+def test_compare_view_two_gantts_and_error_table(monkeypatch, root):
+    at = _ok(_app(monkeypatch, root, "Compare").run())
+    assert _charts(at) == 2
+    table = at.dataframe[0].value
+    assert table.iloc[0]["quantity"] == "step time (ms)"
+    assert table.iloc[0]["error %"] == pytest.approx(25.0)
+    assert {"rank 0 busy (ms)", "rank 1 peak (MiB)"} <= set(table["quantity"])
+    assert _metric(at, "numerics check") == "passed"
+    assert len(at.get("download_button")) == 2
+
+
+def test_export_view_downloads_and_torchrun_command(monkeypatch, root, tmp_path):
+    at = _ok(_app(monkeypatch, root, "Export").run())
+    assert [b.proto.label for b in at.get("download_button")] == ["plan JSON", "schedule CSV (torch)",
+                                                                 "simulated trace (Perfetto JSON)"]
+    assert "torchrun" in at.code[0].value and "-m executor" in at.code[0].value
+    _ok(at.radio(key="export_source").set_value("saved plan").run())
+    assert "--nproc_per_node 2" in at.code[0].value
+
+
+def test_exported_files_load_elsewhere(root, tmp_path):
+    """The plan JSON the Export view offers loads from any folder; the CSV and trace are well formed."""
+    saved = load_plan(root / "syn" / "plan.json")
+    out = tmp_path / "elsewhere" / "plan.json"
+    out.parent.mkdir()
+    out.write_text(data.plan_json(saved, root / "syn"))
+    again = load_plan(out)
+    assert again.split == saved.split and again.table == saved.table
+    csv_rows = data.schedule_csv(saved).strip().splitlines()
+    assert len(csv_rows) == saved.pp and csv_rows[0].startswith("0F0")
+    trace = json.loads(data.trace_json(simulate(saved), "simulated"))
+    assert {e["ph"] for e in trace["traceEvents"]} == {"M", "X"}
+
+
+def test_compare_frame_matches_the_report(root):
+    rep = load_report(root / "syn" / "plan.run.json")
+    predicted = simulate(load_plan(root / "syn" / "plan.json"))
+    df = frames.compare_frame(predicted, rep)
+    assert df.iloc[0]["measured"] == pytest.approx(rep.step_s_median * 1e3)
+    busy = df[df["quantity"] == "rank 1 busy (ms)"].iloc[0]
+    assert busy["error %"] == pytest.approx(25.0)
+
+
+def test_interaction_after_the_first_solve_is_fast(monkeypatch, root):
+    """Each interaction (pick another candidate, zoom, change view) reruns within 2 s once solved."""
+    at = _ok(_app(monkeypatch, root, "Plan").run())
+    timings = []
+    for step in ("pick", "view", "zoom", "back"):
+        t0 = time.perf_counter()
+        if step == "pick":
+            at.radio[0].set_value(at.radio[0].options[-1]).run()
+        elif step == "view":
+            at.query_params["view"] = "Pipeline"
+            at.run()
+        elif step == "zoom":
+            lo, hi = at.slider[0].value
+            at.slider[0].set_value((lo, hi / 2)).run()
+        else:
+            at.query_params["view"] = "Plan"
+            at.run()
+        timings.append(time.perf_counter() - t0)
+        _ok(at)
+    assert max(timings) < 2.0, timings
+
+
+def test_a_planner_bug_shows_the_degrees_that_work(monkeypatch, root):
+    """A crash inside the planner for one pipeline degree leaves the others on screen, with a warning."""
+    real = data.make_plans
+
+    def flaky(profile, cluster, job, **kw):
+        if job.pp != (2,):
+            raise TypeError("boom")
+        return real(profile, cluster, job, **kw)
+
+    monkeypatch.setattr(data, "make_plans", flaky)
+    at = _app(monkeypatch, root, "Plan", batch=12)  # settings no other test solved (not cached)
+    at.run()
+    assert not at.exception
+    assert set(at.dataframe[0].value["pp"]) == {2}
+    assert any("pipeline degree 1" in w.value and "boom" in w.value for w in at.warning)
+
+
+def test_url_sets_profile_settings_and_pipeline_degrees(monkeypatch, root):
+    """A shared link reproduces the view: profile, devices, batch and the allowed pipeline degrees."""
+    at = _app(monkeypatch, root, "Plan", profile=str(root / "syn" / "profile.json"), devices=4, batch=16, pp=4)
+    _ok(at.run())
+    rows = at.dataframe[0].value
+    assert set(rows["pp"]) == {4} and set(rows["dp"]) == {1}
+    assert at.multiselect(key="pp").value == [4]
