@@ -40,7 +40,7 @@ def root(tmp_path_factory) -> Path:
     best.save(run / "plan.json")
     tl = simulate(best)
     slow = 1.25  # the "measured" run: every action 25 % slower
-    events = tuple(dataclasses.replace(e, start_s=e.start_s * slow, end_s=e.end_s * slow) for e in tl.events)
+    events = tuple(e._replace(start_s=e.start_s * slow, end_s=e.end_s * slow) for e in tl.events)
     ranks = tuple(RankStats(r.rank, r.busy_s * slow, r.bubble_fraction, r.peak_bytes) for r in tl.ranks)
     measured = dataclasses.replace(tl, step_s=tl.step_s * slow, events=events, ranks=ranks, transfers=(),
                                    source="measured")
