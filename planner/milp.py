@@ -63,6 +63,7 @@ class UnitData:
     act_bytes: int  # activations held per microbatch in flight
     send_s: float  # time to send this unit's output to another rank
     keep_fraction: float = 0.5  # share of act_bytes held from I until W
+    grad_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
 
     @property
     def work_s(self) -> float:
