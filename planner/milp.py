@@ -16,7 +16,8 @@ to the product ``member * c``. With one option, ``y`` is simply the membership.
 Step-time model (:class:`StepModel`), for a schedule whose stage ``s`` runs on rank
 ``rank_of[s]``, ``v`` stages per rank and ``m`` microbatches:
 
-    (m - 1) * T  +  (1 / v) * sum_s (F_s + Bcrit_s)  +  sum_cuts across ranks  hops * send
+    v = 1:  (m - 1) * T  +  sum_s (F_s + Bcrit_s)      +  sum over cuts across ranks of hops * send
+    v > 1:  m * T        +  (p - 1) * max_s (F_s + Bcrit_s)  +  the same hand-offs
 
 ``T`` bounds every rank's work per microbatch (``sum over its stages of F + B``);
 ``Bcrit`` is the backward on the critical path (B, or I for zero-bubble schedules);
@@ -307,10 +308,20 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
     boundary_s = pulp.lpSum(hops * options[labels[0]][u].send_s * cut(u, s)
                             for s in range(S - 1) if model.rank_of[s] != model.rank_of[s + 1]
                             for u in range(U - 1))
-    fill_s = (1.0 / model.virtual) * pulp.lpSum(crit(s) for s in range(S))
+    steady = (m - 1) * (TF + TB if TB is not None else TF)
+    if model.virtual == 1:
+        # one stage per rank: a microbatch's pass through every stage is the fill and drain
+        fill_s = pulp.lpSum(crit(s) for s in range(S))
+    else:
+        # several stages per rank: the rank's work per microbatch once more, and the fill and
+        # drain through p - 1 ranks at the slowest stage ((m + (p-1)/v) t when uniform)
+        t_stage = pulp.LpVariable("slowest_stage_s", lowBound=0)
+        for s in range(S):
+            prob += t_stage >= crit(s), f"slowest_stage_s{s}"
+        fill_s = (TF + TB if TB is not None else TF) + (len(ranks) - 1) * t_stage
 
-    # objective: steady state at the bottleneck, one pass through every stage, hand-offs
-    prob += (m - 1) * (TF + TB if TB is not None else TF) + fill_s + boundary_s, "step_time"
+    # objective: steady state at the bottleneck, fill and drain, hand-offs across ranks
+    prob += steady + fill_s + boundary_s, "step_time"
 
     # the bottleneck bounds every rank's work per microbatch
     for r in ranks:

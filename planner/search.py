@@ -18,6 +18,7 @@ Order of work (timed per phase in ``SearchStats``):
 from __future__ import annotations
 
 import time
+from itertools import combinations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -311,7 +312,8 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     # refine the best few with the simulator
     t0 = time.perf_counter()
     results.sort(key=_rank)
-    n_refine = min(len(results), refine if refine is not None else max(top, 2))
+    close = [p for p in results if p.predicted.step_s <= results[0].predicted.step_s * (1 + REFINE_WITHIN)]
+    n_refine = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
     refined = [_refine(p, option_cache[p.microbatch_size], time_limit, solver, stats) for p in results[:n_refine]]
     results = _dedupe(sorted(refined + results[n_refine:], key=_rank))
     stats.add("refine", t0)
@@ -345,7 +347,9 @@ def _dedupe(plans: list[Plan]) -> list[Plan]:
 
 # -- refinement: the simulated optimum near the MILP's answer ------------------------------------
 
-ALTERNATIVES = 3  # next-best MILP splits (no-good cuts) tried per refined plan
+REFINE_WITHIN = 0.15  # refine every candidate simulated within 15% of the best ...
+REFINE_AT_LEAST = 6  # ... up to max(top, this many)
+ALTERNATIVES = 1  # next-best MILP splits (no-good cuts) tried per refined plan
 
 
 def _refine(p: Plan, options: dict[str, list[UnitData]], time_limit: float, solver: str,
@@ -388,21 +392,34 @@ def _refine(p: Plan, options: dict[str, list[UnitData]], time_limit: float, solv
         q = score(res.bounds)
         if q is not None:
             starts.append(replace(q, solver={**p.solver, "refined": "next-best MILP split"}))
-    for q in starts:
-        if q.predicted.step_s < best.predicted.step_s:
-            best = q
-    # hill-climb: move one cut, or two neighbouring cuts together, by one or two units
+    q = score(even_split(p.stages[-1].end, len(p.stages)))  # and the even split, as one more start
+    if q is not None:
+        starts.append(q)
+    # hill-climb from each start: move one cut by up to three units, two cuts by one unit
+    # (same or opposite ways), or, with few cuts, any larger subset by one unit
+    for start in sorted(starts, key=lambda q: q.predicted.step_s):
+        here = _climb(start, score, lambda: budget)
+        if here.predicted.step_s < best.predicted.step_s:
+            best = here
+    return best
+
+
+def _climb(best: Plan, score, budget_left) -> Plan:
     improved = True
-    while improved and budget > 0:
+    while improved and budget_left() > 0:
         improved = False
         cuts = [f for f, _ in best.bounds[1:]]
         U = best.stages[-1].end
-        moves = [(i, d) for d in (1, -1, 2, -2) for i in range(len(cuts))]
-        moves += [((i, i + 1), d) for d in (1, -1) for i in range(len(cuts) - 1)]
+        n = len(cuts)
+        moves = [((i,), d) for d in (1, -1, 2, -2, 3, -3) for i in range(n)]
+        moves += [((i, j), d) for d in (1, -1) for i in range(n) for j in range(i + 1, n)]
+        moves += [((i, j), (d, -d)) for d in (1, -1) for i in range(n) for j in range(i + 1, n)]
+        if 2 < n <= 5:
+            moves += [(sub, d) for d in (1, -1) for k in range(3, n + 1) for sub in combinations(range(n), k)]
         for which, d in moves:
             new = list(cuts)
-            for i in (which if isinstance(which, tuple) else (which,)):
-                new[i] += d
+            for i, step in zip(which, d if isinstance(d, tuple) else (d,) * len(which)):
+                new[i] += step
             edges = [0, *new, U]
             if any(b <= a for a, b in zip(edges, edges[1:])):
                 continue
