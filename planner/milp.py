@@ -218,7 +218,7 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
     prob = pulp.LpProblem(name, sense)
 
     # z[u][s] = 1: unit u is in stage s or earlier; the last stage's column is the constant 1
-    z = [[pulp.LpVariable(f"z_{u}_{s}", cat="Binary") for s in range(S - 1)] + [1] for u in range(U)]
+    z = [[prob.add_variable(f"z_{u}_{s}", cat="Binary") for s in range(S - 1)] + [1] for u in range(U)]
 
     def member(u: int, s: int):
         return z[u][s] - (z[u][s - 1] if s > 0 else 0)
@@ -239,8 +239,8 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
         c = [{labels[0]: 1} for _ in range(S)]
         y = [[{labels[0]: member(u, s)} for s in range(S)] for u in range(U)]
     else:
-        c = [{o: pulp.LpVariable(f"c_{s}_{i}", cat="Binary") for i, o in enumerate(labels)} for s in range(S)]
-        y = [[{o: pulp.LpVariable(f"y_{u}_{s}_{i}", lowBound=0) for i, o in enumerate(labels)} for s in range(S)]
+        c = [{o: prob.add_variable(f"c_{s}_{i}", cat="Binary") for i, o in enumerate(labels)} for s in range(S)]
+        y = [[{o: prob.add_variable(f"y_{u}_{s}_{i}", lowBound=0) for i, o in enumerate(labels)} for s in range(S)]
              for u in range(U)]
         for s in range(S):
             prob += pulp.lpSum(c[s].values()) == 1, f"one_option_s{s}"
@@ -302,8 +302,8 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
                                                      (d.input_s if model.split_backward else d.backward_s)))
 
     # variables: the bottleneck per microbatch (forward and backward loads apart when phased)
-    TF = pulp.LpVariable("bottleneck_forward_s", lowBound=0)
-    TB = pulp.LpVariable("bottleneck_backward_s", lowBound=0) if model.phased else None
+    TF = prob.add_variable("bottleneck_forward_s", lowBound=0)
+    TB = prob.add_variable("bottleneck_backward_s", lowBound=0) if model.phased else None
     hops = 1 if model.forward_only else 2
     boundary_s = pulp.lpSum(hops * options[labels[0]][u].send_s * cut(u, s)
                             for s in range(S - 1) if model.rank_of[s] != model.rank_of[s + 1]
@@ -315,7 +315,7 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
     else:
         # several stages per rank: the rank's work per microbatch once more, and the fill and
         # drain through p - 1 ranks at the slowest stage ((m + (p-1)/v) t when uniform)
-        t_stage = pulp.LpVariable("slowest_stage_s", lowBound=0)
+        t_stage = prob.add_variable("slowest_stage_s", lowBound=0)
         for s in range(S):
             prob += t_stage >= crit(s), f"slowest_stage_s{s}"
         fill_s = (TF + TB if TB is not None else TF) + (len(ranks) - 1) * t_stage
@@ -357,7 +357,7 @@ def min_memory_split(options: dict[str, list[UnitData]], model: StepModel, *, ti
     S = model.stages
     U = len(next(iter(options.values())))
     prob, z, _, stage_sum, _ = _prefix_model("min_memory", options, S)
-    peak = pulp.LpVariable("peak_bytes", lowBound=0)
+    peak = prob.add_variable("peak_bytes", lowBound=0)
     prob += peak, "peak_memory"
     _memory_rows(prob, model, stage_sum, peak)
     facts = _solve(prob, time_limit, solver)
