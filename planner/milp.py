@@ -209,6 +209,19 @@ def _cbc_solve(prob, time_limit: float) -> tuple[str, float | None, float | None
 
 # -- the model ----------------------------------------------------------------------------
 
+class _Contradiction(Exception):
+    """A row without variables that does not hold: the model is infeasible as built."""
+
+
+def _add(prob: pulp.LpProblem, row, name: str) -> None:
+    """``prob += row, name``, except that rows the band left without variables are checked here."""
+    if isinstance(row, bool) or not list(row.keys()):
+        if not (row if isinstance(row, bool) else row.valid(0)):
+            raise _Contradiction(name)
+        return
+    prob += row, name
+
+
 def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=pulp.LpMinimize):
     """Variables and structure shared by every objective: prefix binaries, options, contiguity."""
     labels = list(options)
@@ -217,22 +230,36 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
         raise UserError(f"cannot cut {U} units into {S} stages: lower --pp or --virtual")
     prob = pulp.LpProblem(name, sense)
 
-    # z[u][s] = 1: unit u is in stage s or earlier; the last stage's column is the constant 1
-    z = [[prob.add_variable(f"z_{u}_{s}", cat="Binary") for s in range(S - 1)] + [1] for u in range(U)]
+    # z[u][s] = 1: unit u is in stage s or earlier. Every stage holds a unit, so unit u sits in
+    # a stage between S - U + u and u: z is the constant 1 from column u on (and in the last
+    # column), the constant 0 before column S - U + u, a binary only in the band between.
+    def prefix(u: int, s: int):
+        if s >= u or s == S - 1:
+            return 1
+        if s < S - U + u:
+            return 0
+        return prob.add_variable(f"z_{u}_{s}", cat="Binary")
+
+    z = [[prefix(u, s) for s in range(S)] for u in range(U)]
 
     def member(u: int, s: int):
         return z[u][s] - (z[u][s - 1] if s > 0 else 0)
 
+    def free(*xs) -> bool:
+        return any(isinstance(x, pulp.LpVariable) for x in xs)
+
     # contiguity: a unit in stage <= s makes every earlier unit so; stage <= s implies stage <= s+1
     for u in range(U - 1):
         for s in range(S - 1):
-            prob += z[u][s] >= z[u + 1][s], f"prefix_u{u}_s{s}"
+            if free(z[u][s], z[u + 1][s]):
+                _add(prob, z[u][s] >= z[u + 1][s], f"prefix_u{u}_s{s}")
     for u in range(U):
         for s in range(S - 2):
-            prob += z[u][s] <= z[u][s + 1], f"monotone_u{u}_s{s}"
+            if free(z[u][s], z[u][s + 1]):
+                _add(prob, z[u][s] <= z[u][s + 1], f"monotone_u{u}_s{s}")
     # every stage holds at least one unit
     for s in range(S):
-        prob += pulp.lpSum(member(u, s) for u in range(U)) >= 1, f"nonempty_s{s}"
+        _add(prob, pulp.lpSum(member(u, s) for u in range(U)) >= 1, f"nonempty_s{s}")
 
     # one option per stage; y[u][s][o] is member(u, s) * c[s][o] (see the module docstring)
     if len(labels) == 1:
@@ -243,11 +270,11 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
         y = [[{o: prob.add_variable(f"y_{u}_{s}_{i}", lowBound=0) for i, o in enumerate(labels)} for s in range(S)]
              for u in range(U)]
         for s in range(S):
-            prob += pulp.lpSum(c[s].values()) == 1, f"one_option_s{s}"
+            _add(prob, pulp.lpSum(c[s].values()) == 1, f"one_option_s{s}")
         for u in range(U):
             for s in range(S):
                 for i, o in enumerate(labels):
-                    prob += y[u][s][o] >= member(u, s) + c[s][o] - 1, f"uses_u{u}_s{s}_o{i}"
+                    _add(prob, y[u][s][o] >= member(u, s) + c[s][o] - 1, f"uses_u{u}_s{s}_o{i}")
 
     def stage_sum(s: int, value) -> pulp.LpAffineExpression:
         """sum over units of stage s of ``value(unit data)`` under the stage's option."""
@@ -268,13 +295,13 @@ def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
     for r, stages in sorted(by_rank.items()):
         if model.forward_only:
             static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
-            prob += static <= cap, f"memory_r{r}"
+            _add(prob, static <= cap, f"memory_r{r}")
             continue
         static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
         for i, vec in enumerate(model.memory.ranks[r]):
             held = pulp.lpSum(stage_sum(s, lambda d, a=a, k=k: (a + k * d.keep_fraction) * d.act_bytes)
                               for s, (a, k) in vec.items() if a or k)
-            prob += static + held <= cap, f"memory_r{r}_v{i}"
+            _add(prob, static + held <= cap, f"memory_r{r}_v{i}")
 
 
 def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_bytes: int, *,
@@ -284,6 +311,14 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
 
     ``exclude``: splits not to return again (no-good cuts), to get the next-best ones.
     """
+    try:
+        return _solve_split(options, model, memory_bytes, time_limit, solver, exclude)
+    except _Contradiction:
+        return None  # e.g. a stage forced to one unit that does not fit, or every split excluded
+
+
+def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float, solver: str,
+                 exclude) -> SplitResult | None:
     S, m = model.stages, model.microbatches
     labels = list(options)
     U = len(options[labels[0]])
@@ -317,7 +352,7 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
         # drain through p - 1 ranks at the slowest stage ((m + (p-1)/v) t when uniform)
         t_stage = prob.add_variable("slowest_stage_s", lowBound=0)
         for s in range(S):
-            prob += t_stage >= crit(s), f"slowest_stage_s{s}"
+            _add(prob, t_stage >= crit(s), f"slowest_stage_s{s}")
         fill_s = (TF + TB if TB is not None else TF) + (len(ranks) - 1) * t_stage
 
     # objective: steady state at the bottleneck, fill and drain, hand-offs across ranks
@@ -327,10 +362,10 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
     for r in ranks:
         mine = [s for s in range(S) if model.rank_of[s] == r]
         if TB is not None:
-            prob += TF >= pulp.lpSum(fwd(s) for s in mine), f"bottleneck_forward_r{r}"
-            prob += TB >= pulp.lpSum(bwd(s) for s in mine), f"bottleneck_backward_r{r}"
+            _add(prob, TF >= pulp.lpSum(fwd(s) for s in mine), f"bottleneck_forward_r{r}")
+            _add(prob, TB >= pulp.lpSum(bwd(s) for s in mine), f"bottleneck_backward_r{r}")
         else:
-            prob += TF >= pulp.lpSum(fwd(s) + bwd(s) for s in mine), f"bottleneck_r{r}"
+            _add(prob, TF >= pulp.lpSum(fwd(s) + bwd(s) for s in mine), f"bottleneck_r{r}")
 
     # memory: static bytes plus the activations the schedule holds, per rank
     _memory_rows(prob, model, stage_sum, memory_bytes)
@@ -338,7 +373,7 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
     # no-good cuts: not one of the splits already seen
     for i, bounds in enumerate(exclude):
         ends = [e for _, e in bounds[:-1]]
-        prob += pulp.lpSum(cut(e - 1, s) for s, e in enumerate(ends)) <= S - 2, f"not_seen_{i}"
+        _add(prob, pulp.lpSum(cut(e - 1, s) for s, e in enumerate(ends)) <= S - 2, f"not_seen_{i}")
 
     facts = _solve(prob, time_limit, solver)
     if facts.status == "Infeasible":
@@ -346,8 +381,8 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
     if facts.status not in ("Optimal", "TimeLimit"):
         raise SolverError(f"the {facts.solver} solver ended with status {facts.status} for {S} stages, m={m} "
                           f"after {facts.time_s:.1f} s: raise --time-limit")
-    chosen = [max(labels, key=lambda o: pulp.value(c[s][o]) if len(labels) > 1 else 1) for s in range(S)]
-    return SplitResult(_bounds(z, U, S), chosen, float(pulp.value(prob.objective)), facts.status, facts.solver,
+    chosen = [max(labels, key=lambda o: _val(c[s][o])) for s in range(S)]
+    return SplitResult(_bounds(z, U, S), chosen, _val(prob.objective), facts.status, facts.solver,
                        facts.time_s, facts.gap, facts.bound)
 
 
@@ -366,6 +401,10 @@ def min_memory_split(options: dict[str, list[UnitData]], model: StepModel, *, ti
     return float(pulp.value(peak)), _bounds(z, U, S)
 
 
+def _val(x) -> float:
+    return float(pulp.value(x)) if isinstance(x, (pulp.LpVariable, pulp.LpAffineExpression)) else float(x)
+
+
 def _bounds(z, U: int, S: int) -> list[tuple[int, int]]:
-    ends = [sum(1 for u in range(U) if pulp.value(z[u][s]) > 0.5) for s in range(S - 1)] + [U]
+    ends = [sum(1 for u in range(U) if _val(z[u][s]) > 0.5) for s in range(S - 1)] + [U]
     return list(zip([0] + ends[:-1], ends))

@@ -32,10 +32,12 @@ from simulator.schedules import canonical_name, make_schedule, schedule_spec
 from .baselines import BASELINES, even_split
 from .cluster import Cluster, Job
 from .memory import memory_pattern, peak_bytes
-from .milp import StepModel, UnitData, min_memory_split, solve_split
+from .milp import SolverError, StepModel, UnitData, min_memory_split, solve_split
+
+_FAILED = object()  # a MILP that ended without an answer (the reason is in the notes)
 from .plan import Plan, Prediction, StagePlan
 
-__all__ = ["plan", "score_split", "even_split", "InfeasibleError", "unit_options", "SearchStats", "search"]
+__all__ = ["plan", "score_split", "even_split", "balanced_split", "InfeasibleError", "unit_options", "SearchStats", "search"]
 
 MAX_VIRTUAL = 4  # stages per rank tried for schedules with no upper bound, unless the job says
 
@@ -49,7 +51,7 @@ class SearchStats:
     """What the search did, phase by phase (seconds and counts)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: {
-        "enumerate": 0.0, "bound": 0.0, "milp": 0.0, "simulate": 0.0, "refine": 0.0, "baselines": 0.0})
+        "enumerate": 0.0, "bound": 0.0, "screen": 0.0, "milp": 0.0, "simulate": 0.0, "refine": 0.0, "baselines": 0.0})
     candidates: int = 0
     pruned: int = 0
     milps: int = 0
@@ -103,6 +105,37 @@ def unit_options(profile: Profile, cluster: Cluster, job: Job, mbs: int) -> dict
                                      int(act), links.transfer_s(0, 1, u.output_bytes), grad_bytes=u.params * b))
             out[_label(dtype, rc)] = data
     return out
+
+
+def balanced_split(work: list[float], S: int) -> list[tuple[int, int]]:
+    """The contiguous split into S non-empty stages with the least largest work (binary search on
+    the largest stage with a greedy check; each stage keeps enough units for the rest)."""
+    U = len(work)
+    if S > U:
+        raise UserError(f"cannot cut {U} units into {S} stages: lower --pp or --virtual")
+
+    def cut(cap: float) -> list[int] | None:
+        ends, acc = [], 0.0
+        for u, w in enumerate(work):
+            if w > cap:
+                return None
+            stages_left = S - len(ends)  # the current one included
+            if u > 0 and len(ends) < S - 1 and (acc + w > cap or U - u == stages_left - 1):
+                ends.append(u)
+                acc = 0.0
+            acc += w
+        return ends if len(ends) == S - 1 else None
+
+    lo, hi = max(work), sum(work)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cut(mid) is None:
+            lo = mid
+        else:
+            hi = mid
+    ends = cut(hi) or [u for u in range(1, S)]
+    edges = [0, *ends, U]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def _forward_only(table: Table) -> Table:
@@ -269,10 +302,12 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     stats.candidates = len(cands)
     stats.add("bound", t0)
 
-    results: list[Plan] = []
-    answers: dict[tuple, object] = {}
-    infeasible: list[tuple[_Candidate, StepModel]] = []
+    # screen: every candidate that can still enter the top, best bound first, with the
+    # work-balanced split, simulated. A screened plan that fits is a real plan, so the
+    # bound may prune against it.
     keep = max(top, 1)
+    results: list[Plan] = []
+    screened: list[tuple[_Candidate, Table, StepModel, Plan | None]] = []
     for i, c in enumerate(cands):
         if len(results) >= keep:
             kth = sorted(p.predicted.step_s for p in results)[keep - 1]
@@ -285,15 +320,49 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         if job.forward_only:
             table = _forward_only(table)
         model = _step_model(spec, table, c.pp, c.virtual, c.m, job)
+        first = next(iter(option_cache[c.mbs]))
+        bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in option_cache[c.mbs][first]],
+                                model.stages)
+        p = _build(profile, profile_path, cluster, job, bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
+                   [first] * model.stages, c.virtual, table, {"status": "balanced split", "solver": "none"})
+        stats.simulations += 1
+        stats.add("screen", t0)
+        if _fits(p):
+            results.append(p)
+        screened.append((c, table, model, p if _fits(p) else None))
+
+    # MILP: small chains get one per screened candidate that can still beat the top; large
+    # ones only the most promising (screened fastest first, then the ones that did not fit)
+    small = profile.num_units * max(m.stages for _, _, m, _ in screened) <= SMALL_MILP if screened else True
+    order = sorted(screened, key=lambda x: (x[3] is None, x[3].predicted.step_s if x[3] else x[0].lower_bound))
+    if not small:
+        order = order[:max(2 * top, MILP_CANDIDATES)]
+    answers: dict[tuple, object] = {}
+    infeasible: list[tuple[_Candidate, StepModel]] = []
+    failed: list[str] = []
+    for c, table, model, _ in order:
+        if len(results) >= keep:
+            kth = sorted(p.predicted.step_s for p in results)[keep - 1]
+            if c.lower_bound >= kth:
+                continue
+        t0 = time.perf_counter()
         key = (c.mbs, _model_key(model))
         res = answers.get(key)
         if key in answers:
             stats.milp_reused += 1
         else:
-            res = solve_split(option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit, solver=solver)
+            try:
+                res = solve_split(option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit,
+                                  solver=solver)
+            except SolverError as e:  # said in the notes, and the candidate left out
+                stats.notes.append(f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m} mbs={c.mbs} left out: {e}")
+                failed.append(str(e))
+                res = _FAILED
             answers[key] = res
             stats.milps += 1
         stats.add("milp", t0)
+        if res is _FAILED:
+            continue
         if res is None:
             infeasible.append((c, model))
             continue
@@ -306,6 +375,9 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         stats.add("simulate", t0)
         if _fits(p):
             results.append(p)
+    results = _dedupe(sorted(results, key=_rank))
+    if not results and failed:
+        raise SolverError(f"no candidate was solved; first failure: {failed[0]}")
     if not results:
         raise _infeasible(profile, cluster, job, infeasible, option_cache, time_limit, solver)
 
@@ -347,6 +419,8 @@ def _dedupe(plans: list[Plan]) -> list[Plan]:
 
 # -- refinement: the simulated optimum near the MILP's answer ------------------------------------
 
+SMALL_MILP = 2000  # units x stages up to which every promising candidate gets its MILP
+MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
 REFINE_WITHIN = 0.15  # refine every candidate simulated within 15% of the best ...
 REFINE_AT_LEAST = 6  # ... up to max(top, this many)
 ALTERNATIVES = 1  # next-best MILP splits (no-good cuts) tried per refined plan
@@ -377,7 +451,8 @@ def _refine(p: Plan, options: dict[str, list[UnitData]], time_limit: float, solv
     # the MILP's next-best splits
     exclude = [list(p.bounds)]
     starts = [p]
-    for _ in range(ALTERNATIVES):
+    small = p.profile.num_units * len(p.stages) <= SMALL_MILP
+    for _ in range(ALTERNATIVES if small else 0):
         if budget <= 0 or p.solver.get("status") not in ("Optimal", "TimeLimit"):
             break
         res = solve_split(options, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver,
