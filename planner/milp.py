@@ -259,7 +259,7 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
                 _add(prob, z[u][s] <= z[u][s + 1], f"monotone_u{u}_s{s}")
     # every stage holds at least one unit
     for s in range(S):
-        _add(prob, pulp.lpSum(member(u, s) for u in range(U)) >= 1, f"nonempty_s{s}")
+        _add(prob, pulp.lpSum(member(u, s) for u in range(s, s + U - S + 1)) >= 1, f"nonempty_s{s}")
 
     # one option per stage; y[u][s][o] is member(u, s) * c[s][o] (see the module docstring)
     if len(labels) == 1:
@@ -267,18 +267,19 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
         y = [[{labels[0]: member(u, s)} for s in range(S)] for u in range(U)]
     else:
         c = [{o: prob.add_variable(f"c_{s}_{i}", cat="Binary") for i, o in enumerate(labels)} for s in range(S)]
-        y = [[{o: prob.add_variable(f"y_{u}_{s}_{i}", lowBound=0) for i, o in enumerate(labels)} for s in range(S)]
-             for u in range(U)]
+        y = [[{o: (prob.add_variable(f"y_{u}_{s}_{i}", lowBound=0) if s <= u <= s + U - S else 0)
+               for i, o in enumerate(labels)} for s in range(S)] for u in range(U)]
         for s in range(S):
             _add(prob, pulp.lpSum(c[s].values()) == 1, f"one_option_s{s}")
-        for u in range(U):
-            for s in range(S):
+        for s in range(S):
+            for u in range(s, s + U - S + 1):
                 for i, o in enumerate(labels):
                     _add(prob, y[u][s][o] >= member(u, s) + c[s][o] - 1, f"uses_u{u}_s{s}_o{i}")
 
     def stage_sum(s: int, value) -> pulp.LpAffineExpression:
-        """sum over units of stage s of ``value(unit data)`` under the stage's option."""
-        return pulp.lpSum(value(options[o][u]) * y[u][s][o] for u in range(U) for o in labels)
+        """sum over units of stage s of ``value(unit data)`` under the stage's option (only units
+        s .. s + U - S can sit in stage s)."""
+        return pulp.lpSum(value(options[o][u]) * y[u][s][o] for u in range(s, s + U - S + 1) for o in labels)
 
     def cut(u: int, s: int):
         """1 when stage s ends right after unit u."""
@@ -342,7 +343,7 @@ def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float
     hops = 1 if model.forward_only else 2
     boundary_s = pulp.lpSum(hops * options[labels[0]][u].send_s * cut(u, s)
                             for s in range(S - 1) if model.rank_of[s] != model.rank_of[s + 1]
-                            for u in range(U - 1))
+                            for u in range(s, min(s + U - S + 1, U - 1)))
     steady = (m - 1) * (TF + TB if TB is not None else TF)
     if model.virtual == 1:
         # one stage per rank: a microbatch's pass through every stage is the fill and drain

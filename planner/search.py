@@ -27,7 +27,7 @@ from profiles.types import Profile
 from simulator.actions import Kind, ScheduleError, Table
 from simulator.costs import DTYPE_BYTES, stage_costs
 from simulator.engine import allreduce_s, simulate
-from simulator.schedules import canonical_name, make_schedule, schedule_spec
+from simulator.schedules import SCHEDULES, canonical_name, make_schedule, schedule_spec
 
 from .baselines import BASELINES, even_split
 from .cluster import Cluster, Job
@@ -263,6 +263,12 @@ def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats)
                 except ScheduleError as e:
                     stats.notes.append(f"{name} skipped: {e}")
                     continue
+                if spec.name == "GPipe" and any(canonical_name(n) == "1F1B" for n in job.schedules
+                                                if n.lower() in {k.lower() for k in SCHEDULES}):
+                    # dominated: 1F1B has the same placement, never more memory, and a fill-drain
+                    # no longer ((m-1) max(F+B) <= (m-1) (max F + max B))
+                    stats.notes.append(f"GPipe pp={pp} m={m} skipped: dominated by 1F1B")
+                    continue
                 for v in _virtuals(spec, job, pp, U):
                     try:
                         spec.check(pp, m, v)
@@ -323,13 +329,21 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         first = next(iter(option_cache[c.mbs]))
         bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in option_cache[c.mbs][first]],
                                 model.stages)
-        p = _build(profile, profile_path, cluster, job, bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
-                   [first] * model.stages, c.virtual, table, {"status": "balanced split", "solver": "none"})
-        stats.simulations += 1
+        dtype, rc = _parse_label(first)
+        costs = stage_costs(profile, bounds, dtype=dtype, microbatch_size=c.mbs, recompute=[rc] * len(bounds),
+                            optimizer_bytes_per_param=job.optimizer_bytes_per_param)
+        if max(peak_bytes(model.memory, costs, job.forward_only).values()) > cluster.memory_bytes:
+            p = None  # does not fit: no need to simulate it (the pattern is the simulator's peak)
+        else:
+            p = _build(profile, profile_path, cluster, job, bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
+                       [first] * model.stages, c.virtual, table, {"status": "balanced split", "solver": "none"})
+            stats.simulations += 1
+            if _fits(p):
+                results.append(p)
+            else:
+                p = None
         stats.add("screen", t0)
-        if _fits(p):
-            results.append(p)
-        screened.append((c, table, model, p if _fits(p) else None))
+        screened.append((c, table, model, p))
 
     # MILP: small chains get one per screened candidate that can still beat the top; large
     # ones only the most promising (screened fastest first, then the ones that did not fit)
@@ -403,7 +417,8 @@ def plan(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_pat
 
 
 def _rank(p: Plan):
-    return (p.predicted.step_s, p.pp, p.schedule, p.virtual, p.microbatches, p.split)
+    # on a tie, the MILP's plan (with its solver facts) before the screened balanced split
+    return (p.predicted.step_s, p.solver.get("status") == "balanced split", p.pp, p.schedule, p.virtual, p.microbatches, p.split)
 
 
 def _dedupe(plans: list[Plan]) -> list[Plan]:
