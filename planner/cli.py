@@ -12,12 +12,13 @@ from profiles.contract import UserError
 from profiles.types import load_profile
 from simulator import cli as simcli
 from simulator.actions import write_csv
+from simulator.costs import DTYPE_BYTES
 from simulator.engine import simulate
 
-from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, parse_bytes
+from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
 from .plan import Plan, load_plan
-from .search import plan as make_plans
-from .search import score_split
+from .explain import explain
+from .search import score_split, search
 
 __all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
 
@@ -39,7 +40,17 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedules", default="1F1B,GPipe", help="comma list of allowed schedules (default 1F1B,GPipe)")
     p.add_argument("--pp", type=_ints, default=(), help="allowed pipeline degrees, comma list (default: any)")
     p.add_argument("--microbatches", type=_ints, default=(), help="allowed microbatch counts (default: any)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
+    p.add_argument("--dtype", default="fp32", help="precision, or a comma list the MILP chooses from per stage "
+                                                   "(fp32, bf16, fp16; default fp32)")
+    p.add_argument("--virtual", type=_ints, default=(), help="allowed stages per rank for schedules that take "
+                                                               "several (default 1..4)")
+    p.add_argument("--recompute", action="store_true", help="let the MILP choose full recompute per stage")
+    p.add_argument("--optimizer-bytes", type=float, default=8.0,
+                   help="optimizer state bytes per parameter (default 8: AdamW's two fp32 moments)")
+    p.add_argument("--forward-only", action="store_true", help="inference: forwards only, weights only")
+    p.add_argument("--job", help="a job JSON file (Job fields); flags given explicitly are ignored then")
+    p.add_argument("--solver", default="auto", choices=["auto", "highs", "cbc"],
+                   help="MILP solver (auto: HiGHS when installed, else CBC)")
     p.add_argument("--top", type=int, default=3, help="how many plans to show (default 3)")
     p.add_argument("--split", help="score this split instead of searching: first unit of stages 1..p-1 "
                                    "(e.g. 5,9), or 'even' with --pp")
@@ -62,15 +73,19 @@ def _cluster_from(args: argparse.Namespace) -> Cluster:
 
 
 def format_plans(plans: list[Plan]) -> str:
-    lines = [f"{'#':>2} {'schedule':<16} {'pp':>3} {'dp':>3} {'m':>4} {'mbs':>4} {'step ms':>9} {'bubble':>7} "
-             f"{'peak GiB':>9} {'vs even':>8}  layout"]
+    """One row per plan: configuration, simulated step, bubbles, peak memory per rank, speedups."""
+    names = [b["name"] for b in plans[0].baselines]
+    short = {"even-1F1B": "vs even", "torchtitan-1F1B": "vs titan", "deepspeed-parameters-1F1B": "vs ds-par"}
+    lines = [f"{'#':>2} {'schedule':<22} {'pp':>3} {'dp':>4} {'v':>2} {'m':>4} {'mbs':>4} {'step ms':>9} "
+             f"{'bubble':>7} {'peak GiB':>9} " + " ".join(f"{short.get(n, n):>9}" for n in names) + "  layout"]
     for i, p in enumerate(plans, 1):
         pr = p.predicted
-        base = next((b for b in p.baselines if b.get("name") == "even-1F1B"), None)
-        vs = f"{base['speedup']:.2f}x" if base else "-"
+        by_name = {b["name"]: b for b in p.baselines}
+        vs = " ".join(f"{by_name[n]['speedup']:8.2f}x" if n in by_name else f"{'-':>9}" for n in names)
         bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
-        lines.append(f"{i:>2} {p.schedule:<16} {p.pp:>3} {p.dp:>3} {p.microbatches:>4} {p.microbatch_size:>4} "
-                     f"{pr.step_s * 1e3:9.2f} {bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} {vs:>8}  {p.layout()}")
+        lines.append(f"{i:>2} {p.schedule:<22} {p.pp:>3} {p.dp:>4} {p.virtual:>2} {p.microbatches:>4} "
+                     f"{p.microbatch_size:>4} {pr.step_s * 1e3:9.2f} {bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} "
+                     f"{vs}  {p.layout()}")
     return "\n".join(lines)
 
 
@@ -79,46 +94,38 @@ def write_plan_files(plan: Plan, path: Path) -> list[Path]:
     return [plan.save(path), write_csv(plan.table, path.with_suffix(".csv"))]
 
 
-def _explain(plans: list[Plan]) -> str:
-    best = plans[0]
-    tl = simulate(best)
-    stage_work = [sum(e.end_s - e.start_s for e in tl.events if e.stage == s.index) for s in best.stages]
-    slow = max(range(len(stage_work)), key=stage_work.__getitem__)
-    cap = best.cluster.memory_bytes
-    lines = [f"why plan 1 wins: stage {slow} is the bottleneck ({stage_work[slow] * 1e3:.1f} ms of work per step); "
-             f"mean bubble {sum(r.bubble_fraction for r in tl.ranks) / len(tl.ranks):.1%}; memory headroom "
-             f"{(cap - max(r.peak_bytes for r in tl.ranks)) / 2**30:.2f} GiB of {cap / 2**30:.2f} GiB."]
-    for b in best.baselines:
-        lines.append(f"the {b['name']} split {b['split']} would take {b['step_s'] * 1e3:.1f} ms "
-                     f"({b['speedup']:.2f}x slower)" + ("" if b.get("fits_memory", True) else " and does not fit"))
-    if len(plans) > 1:
-        r = plans[1]
-        lines.append(f"runner-up ({r.schedule}, pp={r.pp}, m={r.microbatches}, {r.layout()}) is "
-                     f"{r.predicted.step_s / best.predicted.step_s:.3f}x slower, peak "
-                     f"{max(r.predicted.peak_bytes) / 2**30:.2f} GiB vs {max(best.predicted.peak_bytes) / 2**30:.2f} GiB")
-    return "\n".join(lines)
-
-
 def _run_plan(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     cluster = _cluster_from(args)
-    job = Job(global_batch=args.global_batch, microbatch_size=args.microbatch_size,
-              microbatches=args.microbatches, schedules=tuple(s for s in args.schedules.split(",") if s),
-              pp=args.pp, dtypes=(args.dtype,))
+    if args.job:
+        job = load_job(args.job)
+    else:
+        dtypes = tuple(d for d in args.dtype.split(",") if d)
+        for d in dtypes:
+            if d not in DTYPE_BYTES:
+                raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_BYTES)}")
+        job = Job(global_batch=args.global_batch, microbatch_size=args.microbatch_size,
+                  microbatches=args.microbatches, schedules=tuple(s for s in args.schedules.split(",") if s),
+                  pp=args.pp, dtypes=dtypes, virtual=args.virtual, recompute=args.recompute,
+                  optimizer_bytes_per_param=args.optimizer_bytes, forward_only=args.forward_only,
+                  objective="latency" if args.forward_only else "step")
+        job.check("flags")
     if args.split:
         split = "even" if args.split == "even" else list(_ints(args.split))
         plans = [score_split(profile, cluster, job, split, job.schedules[0],
                              args.microbatches[0] if args.microbatches else None,
-                             args.pp[0] if args.pp else None, profile_path=args.profile)]
+                             args.pp[0] if args.pp else None, profile_path=args.profile,
+                             virtual=args.virtual[0] if args.virtual else 1)]
     else:
-        plans = make_plans(profile, cluster, job, top=args.top, profile_path=args.profile, time_limit=args.time_limit)
+        plans, stats = search(profile, cluster, job, top=args.top, profile_path=args.profile,
+                              time_limit=args.time_limit, solver=args.solver)
     written = write_plan_files(plans[0], args.output)
     if args.json:
         print(json.dumps(plans[0].to_dict()))
         return 0
     print(format_plans(plans))
     if args.explain:
-        print(_explain(plans))
+        print("\n".join(explain(plans)))
     print(f"wrote {written[0]} and {written[1]}")
     print(f"run it: {plans[0].torchrun_command(str(args.output))}")
     return 0

@@ -1,0 +1,64 @@
+"""Why the winner wins: bottleneck, bubbles, memory headroom, what the runner-up traded."""
+
+from __future__ import annotations
+
+from simulator.engine import simulate
+
+from .plan import Plan
+
+__all__ = ["explain"]
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def explain(plans: list[Plan]) -> list[str]:
+    """A few sentences about ``plans[0]`` and how it compares with the rest and the baselines."""
+    best = plans[0]
+    tl = simulate(best)
+    work: dict[int, float] = {}
+    for e in tl.events:
+        work[e.stage] = work.get(e.stage, 0.0) + e.end_s - e.start_s
+    by_rank: dict[int, float] = {}
+    for s in best.stages:
+        by_rank[s.rank] = by_rank.get(s.rank, 0.0) + work.get(s.index, 0.0)
+    slow_rank = max(by_rank, key=by_rank.__getitem__)
+    slow_stage = max((s for s in best.stages if s.rank == slow_rank), key=lambda s: work.get(s.index, 0.0))
+    names = best.profile.unit_names if best.profile else None
+    units = (f"{names[slow_stage.first]}..{names[slow_stage.end - 1]}" if names
+             else f"units {slow_stage.first}..{slow_stage.end - 1}")
+    bubble = sum(r.bubble_fraction for r in tl.ranks) / len(tl.ranks)
+    cap = best.cluster.memory_bytes
+    peak = max(r.peak_bytes for r in tl.ranks)
+    peak_rank = max(tl.ranks, key=lambda r: r.peak_bytes).rank
+    lines = [
+        f"plan 1 ({best.schedule}, pp={best.pp}, dp={best.dp}, v={best.virtual}, m={best.microbatches} x "
+        f"{best.microbatch_size}, {best.layout()}) takes {best.predicted.step_s * 1e3:.1f} ms per step.",
+        f"bottleneck: rank {slow_rank} ({by_rank[slow_rank] * 1e3:.1f} ms of compute per step, "
+        f"{by_rank[slow_rank] / tl.step_s:.0%} of the step), its heaviest stage {slow_stage.index} ({units}); "
+        f"the least loaded rank computes {min(by_rank.values()) * 1e3:.1f} ms.",
+        f"bubbles: {bubble:.1%} of the step on average, {max(r.bubble_fraction for r in tl.ranks):.1%} at worst.",
+        f"memory: peak {_gib(peak)} on rank {peak_rank}, headroom {_gib(cap - peak)} of {_gib(cap)}.",
+    ]
+    recompute = [s.index for s in best.stages if s.recompute]
+    if recompute:
+        lines.append(f"stages {recompute} recompute their activations to fit.")
+    for b in best.baselines:
+        fit = "" if b.get("fits_memory", True) else f", and does not fit ({_gib(b.get('peak_bytes', 0))})"
+        lines.append(f"the {b['name']} split {b['split']} takes {b['step_s'] * 1e3:.1f} ms: this plan is "
+                     f"{b['speedup']:.2f}x faster{fit}.")
+    if len(plans) > 1:
+        r = plans[1]
+        d_peak = max(r.predicted.peak_bytes) - peak
+        r_bubble = sum(r.predicted.bubble_fraction) / len(r.predicted.bubble_fraction)
+        lines.append(f"runner-up ({r.schedule}, pp={r.pp}, v={r.virtual}, m={r.microbatches}, {r.layout()}) is "
+                     f"{r.predicted.step_s / best.predicted.step_s:.3f}x slower: bubbles {r_bubble:.1%} vs "
+                     f"{bubble:.1%}, peak memory {'+' if d_peak >= 0 else '-'}{_gib(abs(d_peak))}.")
+    solver = best.solver
+    if solver.get("solver") not in (None, "none"):
+        gap = solver.get("gap")
+        lines.append(f"split from the {solver['solver']} MILP ({solver.get('status')}, gap "
+                     f"{'?' if gap is None else f'{gap:.2%}'}, {solver.get('time_s', 0):.2f} s)"
+                     + (f", then improved by the simulator ({solver['refined']})." if solver.get("refined") else "."))
+    return lines

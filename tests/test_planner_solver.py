@@ -1,0 +1,103 @@
+"""Solver-status handling: infeasible models, time limits (never reported as Optimal), gaps,
+the HiGHS banner kept off stdout, and the exit-2 contract of ``python -m planner plan``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pulp
+import pytest
+
+from planner.memory import memory_pattern
+from planner.milp import StepModel, UnitData, _solve, available_solvers, min_memory_split, solve_split
+from simulator import make_schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+GPT2 = ROOT / "tests" / "data" / "gpt2-demo-cpu.json"
+SOLVERS = available_solvers()
+
+
+def _units(n: int = 8) -> dict[str, list[UnitData]]:
+    return {"fp32": [UnitData(1.0 + (i % 3), 2.0 + (i % 3), 1.0, 10**6, 10**6, 1e-3) for i in range(n)]}
+
+
+def _model(pp: int = 2, m: int = 4) -> StepModel:
+    table = make_schedule("1F1B", pp, m)
+    return StepModel(m, tuple(range(pp)), memory_pattern(table))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_optimal_answer_reports_zero_gap(solver):
+    res = solve_split(_units(), _model(), 10**9, solver=solver)
+    assert res.status == "Optimal" and res.solver == solver
+    assert res.gap is not None and res.gap <= 1e-4
+    assert [e - f for f, e in res.bounds] and res.bounds[0][0] == 0 and res.bounds[-1][1] == 8
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_infeasible_memory_gives_none_and_the_least_memory(solver):
+    units, model = _units(), _model()
+    assert solve_split(units, model, 10**6, solver=solver) is None
+    need, bounds = min_memory_split(units, model, solver=solver)
+    assert need > 10**6
+    assert solve_split(units, model, int(need) + 1, solver=solver) is not None
+
+
+def _hard_knapsack(n: int = 60) -> pulp.LpProblem:
+    prob = pulp.LpProblem("knapsack", pulp.LpMaximize)
+    x = [prob.add_variable(f"x_{i}", cat="Binary") for i in range(n)]
+    w = [1000 + (i * 7919) % 997 for i in range(n)]
+    prob += pulp.lpSum((wi + (i * 31) % 17) * xi for i, (wi, xi) in enumerate(zip(w, x))), "value"
+    for k in range(5):
+        prob += pulp.lpSum(((wi * (k + 3)) % 1009 + 1) * xi for wi, xi in zip(w, x)) <= 12000 + 17 * k, f"cap_{k}"
+    return prob
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_time_limit_is_never_optimal(solver):
+    facts = _solve(_hard_knapsack(), time_limit=0.05, solver=solver)
+    if facts.status == "Optimal":  # solved within the limit: then the gap must be closed
+        assert facts.gap is not None and facts.gap <= 1e-4
+    else:
+        assert facts.status in ("TimeLimit", "NoSolution")
+        if facts.status == "TimeLimit":
+            assert facts.gap is not None
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "planner", "plan", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+def test_json_stdout_is_one_object(tmp_path):
+    r = _cli(str(GPT2), "--devices", "2", "--pp", "2", "--json", "--solver", "auto", "-o", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)  # the HiGHS banner would break this
+    assert plan["schema"] == "pipeplan.plan/1" and plan["solver"]["status"] in ("Optimal", "TimeLimit", "balanced split")
+
+
+def test_infeasible_job_exits_2_with_one_line(tmp_path):
+    r = _cli(str(GPT2), "--devices", "2", "--device-memory", "100MiB", "-o", str(tmp_path / "p.json"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "GiB" in lines[0] and "lever" in lines[0]
+
+
+def test_split_over_memory_exits_2_naming_the_stage(tmp_path):
+    r = _cli(str(GPT2), "--devices", "2", "--device-memory", "300MiB", "--split", "1", "-o", str(tmp_path / "p.json"))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "stage 1" in r.stderr and "over by" in r.stderr
+
+
+def test_given_split_scores(tmp_path):
+    r = _cli(str(GPT2), "--devices", "2", "--split", "even", "--pp", "2", "--schedules", "GPipe",
+             "-o", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "p.csv").exists() and "torchrun" in r.stdout
