@@ -120,8 +120,7 @@ def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings,
                     top: int = TOP) -> tuple[list[Plan], str | None]:
     """The planner's top plans for ``settings`` (best first), or an error line that says what to change.
 
-    When the planner fails with a bug rather than a user error, the pipeline degrees are planned one
-    at a time so the ones that work still show; the error names the degrees that failed.
+    A planner bug is not caught here: it surfaces as an exception, to be fixed in the planner.
     """
     profile = load_profile(profile_path)
     cluster, job = settings.cluster(), settings.job()
@@ -129,23 +128,6 @@ def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings,
         return make_plans(profile, cluster, job, top=top, profile_path=profile_path), None
     except UserError as e:
         return [], str(e)
-    except Exception as e:  # a planner bug: salvage what the other pipeline degrees give
-        first_bug = f"{type(e).__name__}: {e}"
-    plans, failed = [], []
-    for pp in settings.pp or pipeline_degrees(profile.num_units, cluster.devices):
-        try:
-            plans += make_plans(profile, cluster, dataclasses.replace(job, pp=(pp,)), top=top,
-                                profile_path=profile_path)
-        except UserError:
-            continue
-        except Exception:  # noqa: BLE001 - reported below, with the first error's text
-            failed.append(pp)
-    plans.sort(key=lambda p: (p.predicted.step_s, p.pp, p.schedule, p.split))
-    note = (f"the planner failed for pipeline degree {', '.join(map(str, failed))} ({first_bug}): a planner bug; "
-            f"showing the other degrees" if failed else None)
-    if not plans:
-        return [], note or f"the planner failed: {first_bug}"
-    return plans[:top], "warning: " + note if note else None
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

@@ -218,23 +218,6 @@ def test_interaction_after_the_first_solve_is_fast(monkeypatch, root):
     assert max(timings) < 2.0, timings
 
 
-def test_a_planner_bug_shows_the_degrees_that_work(monkeypatch, root):
-    """A crash inside the planner for one pipeline degree leaves the others on screen, with a warning."""
-    real = data.make_plans
-
-    def flaky(profile, cluster, job, **kw):
-        if job.pp != (2,):
-            raise TypeError("boom")
-        return real(profile, cluster, job, **kw)
-
-    monkeypatch.setattr(data, "make_plans", flaky)
-    at = _app(monkeypatch, root, "Plan", batch=12)  # settings no other test solved (not cached)
-    at.run()
-    assert not at.exception
-    assert set(at.dataframe[0].value["pp"]) == {2}
-    assert any("pipeline degree 1" in w.value and "boom" in w.value for w in at.warning)
-
-
 def test_url_sets_profile_settings_and_pipeline_degrees(monkeypatch, root):
     """A shared link reproduces the view: profile, devices, batch and the allowed pipeline degrees."""
     at = _app(monkeypatch, root, "Plan", profile=str(root / "syn" / "profile.json"), devices=4, batch=16, pp=4)

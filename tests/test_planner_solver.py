@@ -101,3 +101,14 @@ def test_given_split_scores(tmp_path):
              "-o", str(tmp_path / "p.json"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.csv").exists() and "torchrun" in r.stdout
+
+
+def test_one_stage_one_microbatch_plans(tmp_path):
+    """pp = 1 with a single microbatch per replica (a MILP with no split to choose) plans, not crashes."""
+    from planner import Cluster, Job, plan
+    from profiles import load_profile
+
+    profile = load_profile(GPT2)
+    plans = plan(profile, Cluster(devices=8, memory_bytes=8 * 2**30), Job(global_batch=8, microbatch_size=1, pp=(1,)),
+                 top=1, profile_path=GPT2)
+    assert plans[0].pp == 1 and plans[0].dp == 8 and plans[0].microbatches == 1
