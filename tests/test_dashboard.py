@@ -24,7 +24,7 @@ from simulator import simulate  # noqa: E402
 from simulator.timeline import Event, RankStats  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-BIG_GIB, SMALL_GIB = 4.0, 0.28  # with the fixture profile: GPipe wins with room, only 1F1B fits the small cap
+BIG_GIB, SMALL_GIB = 4.0, 0.25  # fixture profile: with room the split is E,t*4|t*2,L (0.27 GiB); at 0.25 GiB it moves a block (E,t*3|t*3,L)
 
 
 @pytest.fixture(scope="module")
