@@ -150,7 +150,7 @@ def validate_table(table: Table, num_stages: int | None = None, num_microbatches
     """
     if not table or not any(table.values()):
         raise ScheduleError("the table is empty")
-    stage_ranks(table)
+    owner = stage_ranks(table)
     s_found, m_found = table_shape(table)
     S = num_stages if num_stages is not None else s_found
     M = num_microbatches if num_microbatches is not None else m_found
@@ -174,14 +174,20 @@ def validate_table(table: Table, num_stages: int | None = None, num_microbatches
                     a.kind is Kind.I and (a.stage, Kind.B, a.microbatch) in seen:
                 raise ScheduleError(f"rank {rank} step {step}: {a} repeats a backward already done\n{format_grid(table, rank, step)}")
             seen[key] = (rank, step)
+    def end_of(s: int) -> str:  # the grid, the arrow just past the last action of the rank holding s
+        r = owner.get(s)
+        return format_grid(table) if r is None else format_grid(table, r, len(table[r]))
+
     for s in range(S):
+        where = f"on rank {owner[s]}" if s in owner else "(stage on no rank)"
         for m in range(M):
             if (s, Kind.F, m) not in seen:
-                raise ScheduleError(f"forward {s}F{m} is missing from the table\n{format_grid(table)}")
+                raise ScheduleError(f"forward {s}F{m} is missing {where}: every stage runs every microbatch\n"
+                                    + end_of(s))
             if forward_only:
                 continue
             if (s, Kind.B, m) not in seen and (s, Kind.I, m) not in seen:
-                raise ScheduleError(f"backward of stage {s} microbatch {m} (B or I) is missing\n{format_grid(table)}")
+                raise ScheduleError(f"backward of stage {s} microbatch {m} (B or I) is missing {where}\n" + end_of(s))
             if (s, Kind.I, m) in seen and (s, Kind.W, m) not in seen:
-                raise ScheduleError(f"{s}W{m} is missing after {s}I{m}\n{format_grid(table)}")
+                raise ScheduleError(f"{s}W{m} is missing after {s}I{m} {where}\n" + end_of(s))
     return S, M

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from profiles.clikit import Command
 from profiles.contract import UserError
 
-from .actions import read_csv, table_shape, table_to_text, validate_table, write_csv
+from .actions import ScheduleError, read_csv, table_shape, table_to_text, validate_table, write_csv
 from .costs import Links, StageCost
 from .engine import SimInput, simulate
 from .gantt import write_gantt
@@ -30,16 +32,34 @@ def _schedule_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--virtual", type=int, default=1, help="stages per rank (default 1)")
 
 
+@contextmanager
+def _explained():
+    """A ScheduleError's picture (grid, waiting chain) goes to stderr; its first line is the exit-2 reason."""
+    try:
+        yield
+    except ScheduleError as e:
+        first, *rest = str(e).splitlines() or [""]
+        if rest:
+            print("\n".join(rest), file=sys.stderr)
+        raise ScheduleError(first) from None
+
+
+def _schedule_help() -> str:
+    return "; ".join(f"{s.name} (virtual {s.virtual_text}{', I/W split' if s.split_backward else ''})"
+                     for s in SCHEDULES.values())
+
+
 def _add_schedule(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help=f"schedule: {', '.join(SCHEDULES)} (any case)")
+    p.add_argument("name", help=f"schedule, any case: {_schedule_help()}")
     _schedule_args(p, required=True)
     p.add_argument("--csv", type=Path, help="write the table as torch-loadable CSV (one row per rank)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
 def _run_schedule(args: argparse.Namespace) -> int:
-    table = make_schedule(args.name, args.pp, args.microbatches, args.virtual)
-    validate_table(table)
+    with _explained():
+        table = make_schedule(args.name, args.pp, args.microbatches, args.virtual)
+        validate_table(table)
     if args.csv:
         write_csv(table, args.csv)
     if args.json:
@@ -94,8 +114,8 @@ def whatif_input(args: argparse.Namespace) -> SimInput:
 
 def format_timeline(tl: Timeline, unit: str = "ms") -> str:
     scale = 1e3 if unit == "ms" else 1.0
-    lines = [f"step time {tl.step_s * scale:.3f} {unit}",
-             f"{'rank':>4} {'busy ' + unit:>10} {'bubble':>7} {'peak MiB':>9}"]
+    lines = [f"step time {tl.step_s * scale:.3f} {unit}".rstrip(),
+             f"{'rank':>4} {('busy ' + unit).rstrip():>10} {'bubble':>7} {'peak MiB':>9}"]
     for r in tl.ranks:
         lines.append(f"{r.rank:>4} {r.busy_s * scale:10.3f} {r.bubble_fraction:7.1%} {r.peak_bytes / 2**20:9.1f}")
     if tl.critical_path:
@@ -128,7 +148,9 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    return report(simulate(whatif_input(args)), args, "what-if", unit="")
+    with _explained():
+        tl = simulate(whatif_input(args))
+    return report(tl, args, "what-if", unit="")
 
 
 SCHEDULE = Command("schedule", "Write a schedule's per-rank action table (torch-loadable CSV).",

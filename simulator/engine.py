@@ -1,28 +1,41 @@
 """The discrete-event engine: times a schedule table with per-stage costs.
 
-An action starts at max(its rank is free, its inputs have arrived). A forward of
-stage s needs the forward of s-1 (sent over a link when on another rank); a backward
-(B or I) of stage s needs its own forward and the input gradient of stage s+1; W needs
-its I. Ranks run their actions in table order. The sweep is topological: each rank
-advances while its next action's inputs are done; when no rank can advance and work
-is left, the table deadlocks and the waiting chain is reported.
+An action starts at max(its rank is free, its input has arrived). A forward of stage
+s needs the forward of s-1 (sent over a link when on another rank); a backward (B or
+I) of stage s needs the input gradient of stage s+1 (its own forward ran earlier on
+the same rank); W needs its I, also earlier on the same rank. Ranks run their
+actions in table order. The sweep is topological: each rank advances while its next
+action's input is there; when no rank can advance and work is left, the table
+deadlocks and the cycle of waits is reported before any time is reported.
 
-Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank; sends
-overlap compute unless ``Links.overlap`` is False; transfers do not contend; after
-the last backward each rank all-reduces its gradients across ``dp`` replicas and
-runs the optimizer step (``optimizer_s``). Same input, same output, byte for byte.
+Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank;
+sends overlap compute unless ``Links.overlap`` is False (then the sender is busy for
+the transfer); transfers do not contend; after the last backward each rank
+all-reduces its gradients across ``dp`` replicas and runs the optimizer step
+(``optimizer_s``). Memory: static bytes, plus each forward's activations from the
+start of F until its B ends (after I, ``w_keep_fraction`` of them stay until W); a
+forward-only table keeps no activations. Same input, same output, byte for byte.
+
+Speed: the hot loop works on private flat lists indexed by ``stage * M + microbatch``
+and records only start/end times and which dependency bound each start; events,
+transfers, memory and the critical path are built from those afterwards.
 """
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .actions import Action, Kind, ScheduleError, Table, format_grid, stage_ranks, validate_table
+from .actions import Kind, ScheduleError, Table, format_grid, stage_ranks, validate_table
 from .costs import Links, StageCost
 from .timeline import Event, RankStats, Timeline, Transfer
 
 __all__ = ["SimInput", "simulate", "allreduce_s"]
+
+_F, _B, _I, _W = Kind.F, Kind.B, Kind.I, Kind.W
+_KSTR = {Kind.F: "F", Kind.B: "B", Kind.I: "I", Kind.W: "W"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,7 @@ class SimInput:
     costs: list[StageCost]  # indexed by stage
     links: Links = field(default_factory=Links)
     dp: int = 1  # data-parallel replicas (gradient all-reduce at the end of the step)
-    dp_links: Links | None = None  # links the all-reduce runs over (default: ``links`` across nodes)
+    dp_links: Links | None = None  # links the all-reduce runs over (default: ``links``)
     optimizer_s: float = 0.0  # optimizer step per rank
     forward_only: bool = False
 
@@ -47,197 +60,310 @@ def allreduce_s(nbytes: int, dp: int, links: Links) -> float:
     return 2 * (dp - 1) * (lat + nbytes / dp / bw)
 
 
-def _duration(kind: Kind, c: StageCost) -> float:
-    if kind is Kind.F:
-        return c.forward_s
-    if kind is Kind.B:
-        return c.backward_s
-    if kind is Kind.I:
-        return c.backward_input_s
-    return c.backward_weight_s
+class _Invalid(Exception):
+    """Raised inside the sweep; the caller turns it into validate_table's picture."""
+
+
+def _shape(table: Table) -> tuple[dict[int, int], int, int]:
+    owner = stage_ranks(table)
+    mbs = [a[2] for acts in table.values() for a in acts]
+    return owner, (max(owner) + 1 if owner else 0), (max(mbs) + 1 if mbs else 0)
 
 
 def simulate(inp: "SimInput | object") -> Timeline:
     """Simulate one training (or forward-only) step. Accepts a SimInput or anything with ``sim_input()``."""
     if not isinstance(inp, SimInput):
         inp = inp.sim_input()  # a Plan, without the simulator knowing the planner
+    # The step allocates ~3 objects per action and none of them form cycles: pausing the
+    # cyclic garbage collector meanwhile saves the repeated generation scans it would run.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(inp)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _simulate(inp: SimInput) -> Timeline:
     table, costs, links = inp.table, inp.costs, inp.links
-    S, M = validate_table(table, forward_only=inp.forward_only)
+    if not table or not any(table.values()):
+        raise ScheduleError("the table is empty")
+    owner, S, M = _shape(table)
     if len(costs) != S:
         raise ScheduleError(f"the table has {S} stages but {len(costs)} stage costs were given")
-    owner = stage_ranks(table)
+    has_backward = any(a[1] is not _F for acts in table.values() for a in acts)
+    forward_only = inp.forward_only or not has_backward
+    if forward_only and has_backward:
+        validate_table(table, forward_only=True)  # raises with the picture
+    try:
+        run = _sweep(table, costs, links, owner, S, M)
+    except _Invalid:
+        validate_table(table, forward_only=forward_only)
+        raise ScheduleError("the table is invalid\n" + format_grid(table)) from None
+    if run.blocked:
+        validate_table(table, forward_only=forward_only)  # an invalid table reads better than a deadlock
+        raise ScheduleError(_deadlock_message(table, run.blocked, owner))
+    return _timeline(inp, forward_only, owner, S, M, run)
+
+
+class _Run(NamedTuple):
+    starts: dict[int, list[float]]  # rank -> start of each of its actions, in table order
+    ends: dict[int, list[float]]
+    bound: dict[int, list[bool]]  # True: the action waited for its input; False: for its rank
+    fpos: list[int]  # position of F(s, m) in its rank's list, at s*M+m
+    gpos: list[int]  # position of B/I(s, m)
+    free: dict[int, float]  # when each rank is done (including a last blocking send)
+    fx: list[float]  # transfer time of stage s's output to stage s+1 (0 on one rank)
+    gx: list[float]  # transfer time of stage s's input gradient to stage s-1
+    blocked: dict[int, int]  # rank -> step it is stuck at (empty: no deadlock)
+
+
+def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, int], S: int, M: int):
+    """The hot loop: a ``_Run`` of per-rank start/end/bound lists, producer positions, blocked ranks.
+
+    ``farr[s*M+m]``: when F(s, m)'s output is usable by stage s+1 (end + transfer);
+    ``garr[s*M+m]``: when B/I(s, m)'s input gradient is usable by stage s-1;
+    ``iend[s*M+m]``: end of I(s, m) until its W runs (then -1.0).
+    ``bound[r][j]``: True when action j of rank r waited for its input, False when for its rank.
+    """
+    SM = S * M
+    last = S - 1
+    fdur = [c.forward_s for c in costs]
+    bdur = [c.backward_s for c in costs]
+    idur = [c.backward_input_s for c in costs]
+    wdur = [c.backward_weight_s for c in costs]
+    # transfer times per stage boundary, 0 when both stages share a rank
+    fx = [links.transfer_s(owner[s], owner[s + 1], costs[s].output_bytes) if s < last else 0.0 for s in range(S)]
+    gx = [links.transfer_s(owner[s], owner[s - 1], costs[s].input_bytes) if s > 0 else 0.0 for s in range(S)]
+    busy_send = not links.overlap
+    farr: list = [None] * SM
+    garr: list = [None] * SM
+    iend: list = [None] * SM
+    fpos = [0] * SM  # position of F(s, m) in its rank's list, for the critical path
+    gpos = [0] * SM
     ranks = sorted(table)
-    done: dict[tuple[int, str, int], float] = {}  # (stage, "F"|"G"|"I", mb) -> time its output is ready (on its rank)
     ptr = {r: 0 for r in ranks}
     free = {r: 0.0 for r in ranks}
-    busy = {r: 0.0 for r in ranks}
-    waiting: dict[tuple[int, str, int], int] = {}  # key -> rank blocked on it
-    events: list[Event] = []
-    transfers: list[Transfer] = []
-    mem_delta: dict[int, list[tuple[float, int, int]]] = {r: [] for r in ranks}  # (t, order, delta)
-    order = 0
-
-    def arrival(key: tuple[int, str, int], dst: int, nbytes: int, kind: str, mb: int) -> float | None:
-        """When the output named ``key`` is usable on rank ``dst`` (None: not produced yet)."""
-        t = done.get(key)
-        if t is None:
-            return None
-        src = owner[key[0]]
-        if src == dst:
-            return t
-        return t + links.transfer_s(src, dst, nbytes)
-
-    def needs(a: Action, rank: int) -> tuple[float | None, tuple[int, str, int]]:
-        s, m = a.stage, a.microbatch
-        if a.kind is Kind.F:
-            if s == 0:
-                return 0.0, (s, "F", m)
-            key = (s - 1, "F", m)
-            return arrival(key, rank, costs[s - 1].output_bytes, "F", m), key
-        if a.kind is Kind.W:
-            key = (s, "I", m)
-            return done.get(key), key
-        key = (s, "F", m)
-        t = done.get(key)
-        if t is None:
-            return None, key
-        if s == S - 1:
-            return t, key
-        gkey = (s + 1, "G", m)
-        g = arrival(gkey, rank, costs[s + 1].input_bytes, "B", m)
-        return (None if g is None else max(t, g)), gkey
-
+    starts = {r: [] for r in ranks}
+    ends = {r: [] for r in ranks}
+    bound = {r: [] for r in ranks}
+    waiting: dict[int, int] = {}  # key (idx for F outputs, -1-idx for gradients) -> blocked rank
     queue = deque(ranks)
     queued = set(ranks)
     while queue:
         r = queue.popleft()
         queued.discard(r)
         acts = table[r]
-        while ptr[r] < len(acts):
-            a = acts[ptr[r]]
-            ready, key = needs(a, r)
-            if ready is None:
-                waiting[key] = r
-                break
-            start = max(free[r], ready)
-            c = costs[a.stage]
-            end = start + _duration(a.kind, c)
-            events.append(Event(r, a.stage, a.kind.value, a.microbatch, start, end))
-            busy[r] += end - start
-            free[r] = end
-            ptr[r] += 1
-            # memory: activations held from F until the backward frees them
-            if a.kind is Kind.F and not inp.forward_only:
-                mem_delta[r].append((start, order, c.activation_bytes))
-            elif a.kind is Kind.B:
-                mem_delta[r].append((end, order, -c.activation_bytes))
-            elif a.kind is Kind.I:
-                keep = int(c.activation_bytes * c.w_keep_fraction)
-                mem_delta[r].append((end, order, -(c.activation_bytes - keep)))
-            elif a.kind is Kind.W:
-                mem_delta[r].append((end, order, -int(c.activation_bytes * c.w_keep_fraction)))
-            order += 1
-            # record outputs and the transfers they cause
-            produced = []
-            if a.kind is Kind.F:
-                produced.append(((a.stage, "F", a.microbatch), a.stage + 1, c.output_bytes, "F"))
-            elif a.kind in (Kind.B, Kind.I):
-                produced.append(((a.stage, "G", a.microbatch), a.stage - 1, c.input_bytes, "B"))
-                if a.kind is Kind.I:
-                    produced.append(((a.stage, "I", a.microbatch), None, 0, ""))
-            for key_out, consumer_stage, nbytes, tkind in produced:
-                done[key_out] = end
-                if consumer_stage is not None and 0 <= consumer_stage < S and owner[consumer_stage] != r:
-                    dst = owner[consumer_stage]
-                    t_x = links.transfer_s(r, dst, nbytes)
-                    transfers.append(Transfer(r, dst, a.stage, tkind, a.microbatch, end, end + t_x, nbytes))
-                    if not links.overlap:
-                        free[r] += t_x
-                waiter = waiting.pop(key_out, None)
-                if waiter is not None and waiter not in queued:
-                    queue.append(waiter)
-                    queued.add(waiter)
-    if any(ptr[r] < len(table[r]) for r in ranks):
-        raise ScheduleError(_deadlock_message(table, ptr, waiting, owner))
+        n = len(acts)
+        p = ptr[r]
+        t = free[r]
+        st, en, bd = starts[r].append, ends[r].append, bound[r].append
+        while p < n:
+            s, k, m = acts[p]
+            idx = s * M + m
+            if k is _F:
+                if farr[idx] is not None:
+                    raise _Invalid
+                if s:
+                    ready = farr[idx - M]
+                    if ready is None:
+                        waiting[idx - M] = r
+                        break
+                else:
+                    ready = 0.0
+                start = ready if ready > t else t
+                bd(ready > t)
+                end = start + fdur[s]
+                x = fx[s]
+                farr[idx] = end + x
+                fpos[idx] = p
+                key = idx
+                if busy_send:
+                    t = end + x
+                else:
+                    t = end
+            elif k is _W:
+                if iend[idx] is None or iend[idx] < 0:
+                    raise _Invalid
+                iend[idx] = -1.0
+                start = t
+                bd(False)
+                end = t = start + wdur[s]
+                st(start)
+                en(end)
+                p += 1
+                continue
+            else:  # B or I
+                if farr[idx] is None or garr[idx] is not None:
+                    raise _Invalid
+                if s != last:
+                    ready = garr[idx + M]
+                    if ready is None:
+                        waiting[-1 - idx - M] = r
+                        break
+                else:
+                    ready = 0.0
+                start = ready if ready > t else t
+                bd(ready > t)
+                if k is _B:
+                    end = start + bdur[s]
+                else:
+                    end = start + idur[s]
+                    iend[idx] = end
+                x = gx[s]
+                garr[idx] = end + x
+                gpos[idx] = p
+                key = -1 - idx
+                if busy_send:
+                    t = end + x
+                else:
+                    t = end
+            st(start)
+            en(end)
+            p += 1
+            if waiting:
+                w = waiting.pop(key, None)
+                if w is not None and w not in queued:
+                    queue.append(w)
+                    queued.add(w)
+        ptr[r] = p
+        free[r] = t
+    blocked = {r: ptr[r] for r in ranks if ptr[r] < len(table[r])}
+    if not blocked:
+        fwd_missing = None in farr
+        has_bwd = any(a[1] is not _F for acts in table.values() for a in acts)
+        if fwd_missing or (has_bwd and (None in garr or any(x is not None and x >= 0 for x in iend))):
+            raise _Invalid
+    return _Run(starts, ends, bound, fpos, gpos, free, fx, gx, blocked)
 
+
+def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, M: int,
+              run: _Run) -> Timeline:
+    table, costs, links = inp.table, inp.costs, inp.links
+    starts, ends, fx, gx = run.starts, run.ends, run.fx, run.gx
+    ranks = sorted(table)
+    last = S - 1
+    new = tuple.__new__
+    events: list[Event] = []
+    transfers: list[Transfer] = []
+    memory: dict[int, list[tuple[float, int]]] = {}
+    stats = []
+    busy = {}
+    for r in ranks:
+        acts, st, en = table[r], starts[r], ends[r]
+        events += [new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)) for a, b, e in zip(acts, st, en)]
+        busy[r] = sum(en) - sum(st)
     # end of step: gradient all-reduce across replicas, then the optimizer
     dp_links = inp.dp_links or links
     finish = {}
     for r in ranks:
         grad_bytes = sum(costs[s].param_bytes for s, o in owner.items() if o == r)
-        tail = 0.0 if inp.forward_only else allreduce_s(grad_bytes, inp.dp, dp_links) + inp.optimizer_s
-        finish[r] = free[r] + tail
+        tail = 0.0 if forward_only else allreduce_s(grad_bytes, inp.dp, dp_links) + inp.optimizer_s
+        finish[r] = run.free[r] + tail
     step = max(finish.values()) if finish else 0.0
 
-    stats, memory = [], {}
+    # One pass per rank builds its sends and its memory curve. Sends: every output that
+    # crosses ranks, from the producer's end to its arrival. Memory: activations from F's
+    # start until the backward frees them; a rank's actions are in time order, so its
+    # memory points are too (no sort).
+    fdst = [owner[s + 1] if s < last and owner[s + 1] != owner[s] else -1 for s in range(S)]
+    gdst = [owner[s - 1] if s > 0 and owner[s - 1] != owner[s] else -1 for s in range(S)]
+    out_b = [c.output_bytes for c in costs]
+    in_b = [c.input_bytes for c in costs]
+    zero = [0] * S
+    act = zero if forward_only else [c.activation_bytes for c in costs]
+    keep = zero if forward_only else [int(c.activation_bytes * c.w_keep_fraction) for c in costs]
+    ta = transfers.append
     for r in ranks:
-        static = sum(costs[s].static_bytes for s, o in owner.items() if o == r)
-        if inp.forward_only:
-            static = sum(costs[s].param_bytes for s, o in owner.items() if o == r)
-        level, peak, peak_at = static, static, 0.0
+        mine = [s for s, o in owner.items() if o == r]
+        static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
+        level = peak = static
+        peak_at = 0.0
         pts = [(0.0, static)]
-        for t, _, d in sorted(mem_delta[r]):
-            level += d
-            pts.append((t, level))
-            if level > peak:
-                peak, peak_at = level, t
+        pa = pts.append
+        for (s, k, m), b, e in zip(table[r], starts[r], ends[r]):
+            if k is _F:
+                d = fdst[s]
+                if d >= 0:
+                    ta(new(Transfer, (r, d, s, "F", m, e, e + fx[s], out_b[s])))
+                if not forward_only:
+                    level += act[s]
+                    pa((b, level))
+                    if level > peak:
+                        peak, peak_at = level, b
+                continue
+            if k is _W:
+                level -= keep[s]
+            else:
+                d = gdst[s]
+                if d >= 0:
+                    ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
+                level -= act[s] if k is _B else act[s] - keep[s]
+            pa((e, level))
         memory[r] = pts
         stats.append(RankStats(r, busy[r], 1.0 - busy[r] / step if step > 0 else 0.0, peak, peak_at))
-    events.sort(key=lambda e: (e.rank, e.start_s))
-    return Timeline(step, tuple(stats), tuple(events), tuple(transfers), memory,
-                    _critical_path(events, transfers, step))
+    path = _critical_path(table, owner, M, run)
+    return Timeline(step, tuple(stats), tuple(events), tuple(transfers), memory, path)
 
 
-def _critical_path(events: list[Event], transfers: list[Transfer], step: float) -> tuple[str, ...]:
-    """Walk back from the last action: each step to whatever ended exactly when it started."""
-    if not events:
+def _critical_path(table: Table, owner: dict[int, int], M: int, run: _Run) -> tuple[str, ...]:
+    """Walk back from the last finisher along the recorded binding dependency: O(path length)."""
+    starts, ends, bound, fpos, gpos = run.starts, run.ends, run.bound, run.fpos, run.gpos
+    cands = [(ends[r][-1], -r) for r in table if ends[r]]
+    if not cands:
         return ()
-    eps = 1e-12
-    by_end: dict[float, list] = {}
-    for e in events:
-        by_end.setdefault(round(e.end_s, 12), []).append(e)
-    arrivals: dict[float, list[Transfer]] = {}
-    for t in transfers:
-        arrivals.setdefault(round(t.end_s, 12), []).append(t)
-    cur = max(events, key=lambda e: (e.end_s, -e.rank))
-    path = [f"{cur.stage}{cur.kind}{cur.microbatch}"]
-    for _ in range(len(events)):
-        if cur.start_s <= eps:
-            break
-        key = round(cur.start_s, 12)
-        same_rank = [e for e in by_end.get(key, []) if e.rank == cur.rank]
-        tr = [t for t in arrivals.get(key, []) if t.dst == cur.rank]
-        if tr:
-            t = tr[0]
-            path.append(f"send {t.kind}{t.microbatch} {t.src}->{t.dst}")
-            src = [e for e in by_end.get(round(t.start_s, 12), []) if e.rank == t.src]
-            if not src:
-                break
-            cur = src[0]
-        elif same_rank:
-            cur = same_rank[0]
+    _, neg = max(cands)
+    r, j = -neg, len(ends[-neg]) - 1
+    path = []
+    while True:
+        s, k, m = table[r][j]
+        path.append(f"{s}{_KSTR[k]}{m}")
+        if bound[r][j]:
+            if k is _F:
+                src, q = owner[s - 1], fpos[(s - 1) * M + m]
+                what = "F"
+            else:
+                src, q = owner[s + 1], gpos[(s + 1) * M + m]
+                what = "B"
+            if src != r:
+                path.append(f"send {what}{m} {src}->{r}")
+            r, j = src, q
+        elif j > 0 and starts[r][j] > 0.0:
+            j -= 1
         else:
-            other = by_end.get(key, [])
-            if not other:
-                break
-            cur = other[0]
-        path.append(f"{cur.stage}{cur.kind}{cur.microbatch}")
+            break
     return tuple(reversed(path))
 
 
-def _deadlock_message(table: Table, ptr: dict[int, int], waiting: dict, owner: dict[int, int]) -> str:
-    blocked = {}
-    for key, r in waiting.items():
-        if ptr[r] < len(table[r]):
-            blocked[r] = key
-    lines = ["the table deadlocks: no rank can run its next action"]
-    for r in sorted(blocked):
-        s, k, m = blocked[r]
-        what = {"F": f"{s}F{m}", "G": f"the input gradient from stage {s} microbatch {m}", "I": f"{s}I{m}"}[k]
-        src = owner.get(s, "?")
-        src_step = ptr.get(src, 0) if isinstance(src, int) else "?"
-        lines.append(f"  rank {r} at step {ptr[r]} ({table[r][ptr[r]]}) waits for {what} on rank {src}, "
-                     f"which is stuck at step {src_step}")
-    first = min(blocked) if blocked else None
-    lines.append(format_grid(table, first, ptr[first] if first is not None else None))
-    return "\n".join(lines)
+def _deadlock_message(table: Table, blocked: dict[int, int], owner: dict[int, int]) -> str:
+    """Name the cycle of waits: rank a waits for X on rank b, which waits for Y on rank a."""
+
+    def wait_of(r: int) -> tuple[str, int]:
+        s, k, m = table[r][blocked[r]]
+        if k is _F:
+            return f"{s - 1}F{m}", owner[s - 1]
+        return f"the gradient from stage {s + 1} microbatch {m} (its B or I)", owner[s + 1]
+
+    start = min(blocked)
+    chain, seen = [], {}
+    r = start
+    while r in blocked and r not in seen:
+        seen[r] = len(chain)
+        what, src = wait_of(r)
+        chain.append((r, what, src))
+        r = src
+    cycle = chain[seen[r]:] if r in seen else chain
+    lines = ["the table deadlocks: these ranks wait for each other in a cycle"]
+    for i, (a, what, b) in enumerate(cycle):
+        act = table[a][blocked[a]]
+        lead = "  rank" if i == 0 else "  which waits: rank"
+        lines.append(f"{lead} {a} at step {blocked[a]} ({act}) waits for {what} on rank {b}")
+    if r in seen:
+        lines.append(f"  back to rank {cycle[0][0]}: each waits for an action queued behind its own, so none can run")
+    others = sorted(set(blocked) - {c[0] for c in cycle})
+    if others:
+        lines.append("  also blocked: " + ", ".join(f"rank {o} at step {blocked[o]} ({table[o][blocked[o]]})"
+                                                    for o in others))
+    lines.append(format_grid(table, start, blocked[start]))
+    return "\n".join(x for x in lines if x)

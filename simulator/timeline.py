@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from profiles.contract import Fields, read_json, schema_id, write_json
 
@@ -14,8 +14,9 @@ KIND, MAJOR = "timeline", 1
 EVENT_KINDS = ("F", "B", "I", "W")
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """One action as it ran (or would run). A NamedTuple: tens of thousands are built per step."""
+
     rank: int
     stage: int
     kind: str  # F | B | I | W
@@ -24,8 +25,9 @@ class Event:
     end_s: float
 
 
-@dataclass(frozen=True)
-class Transfer:
+class Transfer(NamedTuple):
+    """One point-to-point send, from the end of the producing action to its arrival."""
+
     src: int
     dst: int
     stage: int  # the stage whose output (F) or input gradient (B/I) travels
@@ -61,8 +63,8 @@ class Timeline:
             "source": self.source,
             "step_s": self.step_s,
             "ranks": [asdict(r) for r in self.ranks],
-            "events": [asdict(e) for e in self.events],
-            "transfers": [asdict(t) for t in self.transfers],
+            "events": [e._asdict() for e in self.events],
+            "transfers": [t._asdict() for t in self.transfers],
             "memory": {str(r): [[t, b] for t, b in pts] for r, pts in self.memory.items()},
             "critical_path": list(self.critical_path),
         }
