@@ -1,15 +1,35 @@
-"""Measure each unit of a zoo model: forward, backward (B), input-gradient (I) and
-weight-gradient (W) time, saved-activation bytes, output bytes, parameters and FLOPs.
+"""Measure each unit of a model: forward (F), full backward (B), input-gradient (I)
+and weight-gradient (W) time, saved-activation bytes, output bytes, parameters, FLOPs.
 
 Assumptions (written into the profile's ``measurement``):
-- each unit is timed alone, on the output the previous unit really produced;
+- units are timed in the context they run in: one repeat runs the whole chain of units
+  forward then backward (each unit's input a detached leaf, as at a stage boundary), with
+  a clock mark between units, so caches are as warm or cold as in a real step;
+- F comes from two chained forwards per repeat; B from a backward unit by unit, last first,
+  each unit receiving the input gradient the next unit produced;
+- I then W are timed on one graph the way zero-bubble runtimes run them
+  (torch.distributed.pipelining stage_backward_input / stage_backward_weight): I is
+  autograd.grad for the unit's input with the graph retained and hooks keeping the
+  gradients at the nodes that lead to weights; W then starts from those gradients, after
+  all units' I. The graph analysis that finds those nodes runs before the clock starts;
 - the last unit's forward includes the loss and its backward starts from the loss;
-- CPU timing runs with one thread, as each executor rank does;
-- I and W are timed as two separate autograd calls on one graph, B as one call.
+- unit chains and whole-model runs are interleaved repeat by repeat, so drift hits both;
+- parameter gradients stay allocated between passes and every timed backward adds into
+  them, as microbatches after the first of a step do (no first-touch page faults timed);
+- on CPU (glibc) freed memory is kept for reuse (mallopt: no mmap for large blocks, no
+  trim), as CUDA's caching allocator does, so big tensors do not pay first-touch page
+  faults anew every pass; this setting stays for the rest of the process;
+- Python's garbage collector runs once before the repeats and is off while they run;
+- CPU timing runs with one thread, as each executor rank does; CUDA timing uses events,
+  and each unit's peak memory (max_memory_allocated over its F + B) is recorded;
+- 16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);
+- saved bytes are counted with saved-tensor hooks, each storage once, parameters excluded.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import platform
 import statistics
 import time
@@ -17,38 +37,67 @@ from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
-__all__ = ["profile_model", "count_saved_bytes", "TORCH_DTYPES"]
+__all__ = ["profile_model", "count_saved_bytes", "TORCH_DTYPES", "attention_impl"]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TIMES = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s")
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of a tensor's storage, shared by its views (also on the meta device)."""
+    return t.untyped_storage()._cdata
 
 
 @contextmanager
 def count_saved_bytes(exclude: list[torch.Tensor] | tuple = ()) -> Iterator[list[int]]:
-    """Count bytes autograd saves for backward, each storage once, parameters excluded.
+    """Count bytes autograd saves for backward, each storage once, ``exclude`` (parameters) not.
 
-    Yields a one-element list holding the running total.
+    Yields a one-element list holding the running total. Works on the meta device.
     """
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    skip = {storage_key(t) for t in exclude}
     seen: set[int] = set()
     total = [0]
 
     def pack(t: torch.Tensor):
         st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr not in skip and ptr not in seen and st.nbytes() > 0:
-            seen.add(ptr)
+        key = st._cdata
+        if key not in skip and key not in seen and st.nbytes() > 0:
+            seen.add(key)
             total[0] += st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield total
+
+
+def attention_impl(device: str, dtypes: tuple[str, ...]) -> tuple[str, str]:
+    """The attention implementation to build with, and why."""
+    if device != "cuda":
+        return "sdpa", "PyTorch SDPA (FlashAttention is CUDA only)"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa", "PyTorch SDPA (flash_attn is not installed)"
+    if any(d == "fp32" for d in dtypes):
+        return "sdpa", "PyTorch SDPA (FlashAttention has no fp32 kernel and fp32 was asked for)"
+    return "flash_attention_2", "FlashAttention-2 (flash_attn installed)"
+
+
+def _keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory (see the assumptions); False where that is not possible."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def _device_name(device: str) -> str:
@@ -63,148 +112,276 @@ def _device_name(device: str) -> str:
     return platform.processor() or "cpu"
 
 
-class _Timer:
+class _Clock:
+    """Marks on a timeline: ``perf_counter`` on CPU, CUDA events (read after one sync) on CUDA."""
+
     def __init__(self, device: str):
         self.cuda = device == "cuda"
 
-    def __call__(self, fn: Callable[[], object]) -> float:
+    def mark(self):
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def between(self, marks: list) -> list[float]:
+        """Seconds between consecutive marks."""
+        if self.cuda:
             torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:])]
+        return [b - a for a, b in zip(marks, marks[1:])]
 
 
 def _median_spread(xs: list[float]) -> tuple[float, float]:
+    """Median and relative spread: median absolute deviation / median of the repeats."""
     med = statistics.median(xs)
-    if len(xs) < 4 or med <= 0:
+    if len(xs) < 2 or med <= 0:
         return med, 0.0
-    q = statistics.quantiles(xs, n=4)
-    return med, (q[2] - q[0]) / med
+    return med, statistics.median(abs(x - med) for x in xs) / med
 
 
-def _grad_inputs(x: torch.Tensor) -> torch.Tensor:
+def _leaf(x: torch.Tensor) -> torch.Tensor:
     x = x.detach()
     if x.is_floating_point():
         x.requires_grad_(True)
     return x
 
 
-def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: str,
-                   repeats: int, warmup: int, tick: Callable[[], None]) -> ProfileEntry:
-    tdtype = TORCH_DTYPES[dtype]
-    timer = _Timer(device)
-    autocast = (torch.autocast(device_type=device, dtype=tdtype) if dtype != "fp32" else nullcontext())
+class _Runner:
+    """Runs one model's chain of units for one (dtype, microbatch size) and times it."""
+
+    def __init__(self, model: ZooModel, dtype: str, inputs: torch.Tensor, target: torch.Tensor, device: str):
+        self.model, self.inputs, self.target = model, inputs, target
+        self.clock = _Clock(device)
+        self.autocast = (torch.autocast(device_type=device, dtype=TORCH_DTYPES[dtype])
+                         if dtype != "fp32" else nullcontext())
+        self.params = [[p for p in u.parameters() if p.requires_grad] for u in model.units]
+        self.all_params = [p for ps in self.params for p in ps]
+        self.last = len(model.units) - 1
+
+    def unit_forward(self, idx: int, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            out = self.model.units[idx](x)
+            return self.model.loss_fn(out, self.target) if idx == self.last else out
+
+    def clear_grads(self) -> None:
+        for p in self.all_params:
+            p.grad = None
+
+    def chain_forward(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+        """Forward through all units; returns unit inputs (leaves), outputs and F times."""
+        xs, outs, marks = [], [], []
+        x = self.inputs
+        for idx in range(len(self.model.units)):
+            x_in = _leaf(x)
+            m0 = self.clock.mark()
+            out = self.unit_forward(idx, x_in)
+            marks.append((m0, self.clock.mark()))
+            xs.append(x_in)
+            outs.append(out)
+            x = out
+        return xs, outs, [self.clock.between(list(pair))[0] for pair in marks]
+
+    def chain_full_backward(self, xs, outs) -> list[float]:
+        """B per unit, last unit first; each unit gets the input gradient of the next."""
+        grad = None
+        times = [0.0] * len(xs)
+        for idx in range(self.last, -1, -1):
+            x_in, out = xs[idx], outs[idx]
+            targets = self.params[idx] + ([x_in] if x_in.requires_grad else [])
+            m0 = self.clock.mark()
+            torch.autograd.backward(out, grad, inputs=targets)
+            m1 = self.clock.mark()
+            times[idx] = self.clock.between([m0, m1])[0]
+            grad = x_in.grad
+        return times
+
+    def chain_split_backward(self, xs, outs) -> tuple[list[float], list[float]]:
+        """I for every unit (last first), then W for every unit, as a zero-bubble runtime does."""
+        from torch.distributed.pipelining._backward import stage_backward_weight
+
+        n = len(xs)
+        t_i, t_w = [0.0] * n, [0.0] * n
+        groups: list = [None] * n
+        grad = None
+        for idx in range(self.last, -1, -1):
+            x_in, out, params = xs[idx], outs[idx], self.params[idx]
+            if not x_in.requires_grad:  # the first unit's input is token ids: its backward is all W
+                m0 = self.clock.mark()
+                torch.autograd.backward(out, grad, inputs=params)
+                t_w[idx] = self.clock.between([m0, self.clock.mark()])[0]
+                continue
+            groups[idx], handles = _param_groups(out, x_in, params)
+            m0 = self.clock.mark()
+            (dx,) = torch.autograd.grad(out, x_in, grad, retain_graph=bool(params))
+            t_i[idx] = self.clock.between([m0, self.clock.mark()])[0]
+            for h in handles:
+                h.remove()
+            grad = dx
+        for idx in range(n):
+            if groups[idx] is None or not self.params[idx]:
+                continue
+            m0 = self.clock.mark()
+            stage_backward_weight(iter(self.params[idx]), groups[idx])
+            t_w[idx] = self.clock.between([m0, self.clock.mark()])[0]
+        return t_i, t_w
+
+    def whole(self) -> tuple[float, float]:
+        """The model run plainly (one graph), forward and backward times."""
+        m0 = self.clock.mark()
+        with self.autocast:
+            loss = self.model.loss_fn(self.model.forward(self.inputs), self.target)
+        m1 = self.clock.mark()
+        torch.autograd.backward(loss, inputs=self.all_params)
+        m2 = self.clock.mark()
+        f, b = self.clock.between([m0, m1, m2])
+        return f, b
+
+
+def _param_groups(out: torch.Tensor, x_in: torch.Tensor, params: list[nn.Parameter]):
+    """Torch pipelining's preparation for I/W: find the nodes W starts from, hook their grads."""
+    from torch.distributed.pipelining._backward import (_get_grad_fn_or_grad_acc, construct_reverse_graph,
+                                                        get_param_groups)
+
+    groups = get_param_groups([_get_grad_fn_or_grad_acc(x_in)], [_get_grad_fn_or_grad_acc(p) for p in params],
+                              construct_reverse_graph([out.grad_fn]))
+    handles = []
+    for group in groups:
+        group["intermediates"] = list(group["intermediates"])
+        for i, node in enumerate(group["intermediates"]):
+            def hook(grad_inputs, group=group, i=i):
+                if group.get("grads") is None:
+                    group["grads"] = [None] * len(group["intermediates"])
+                group["grads"][i] = grad_inputs
+            handles.append(node.register_prehook(hook))
+    return groups, handles
+
+
+def _repeat(run: _Runner, keep: bool, samples: dict, whole_f: list, whole_b: list) -> None:
+    """One repeat: chain F + B, chain F + I + W, whole model F + B."""
+    xs, outs, f1 = run.chain_forward()
+    b = run.chain_full_backward(xs, outs)
+    xs, outs, f2 = run.chain_forward()
+    i, w = run.chain_split_backward(xs, outs)
+    del xs, outs
+    wf, wb = run.whole()
+    if keep:
+        for idx in range(len(f1)):
+            samples["forward_s"][idx] += [f1[idx], f2[idx]]
+            samples["backward_s"][idx].append(b[idx])
+            samples["backward_input_s"][idx].append(i[idx])
+            samples["backward_weight_s"][idx].append(w[idx])
+        whole_f.append(wf)
+        whole_b.append(wb)
+
+
+def _peak_bytes(run: _Runner, idx: int, x_in: torch.Tensor) -> int:
+    """CUDA: the most memory the unit's forward + backward allocates above what was there."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = run.unit_forward(idx, x_in)
+    targets = run.params[idx] + ([x_in] if x_in.requires_grad else [])
+    torch.autograd.backward(out, None if idx == run.last else torch.ones_like(out), inputs=targets)
+    torch.cuda.synchronize()
+    del out
+    return max(0, torch.cuda.max_memory_allocated() - base)
+
+
+def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: str, repeats: int, warmup: int,
+                   budget_s: float | None, tick: Callable[[], None], done: dict) -> ProfileEntry:
     inputs, target = model.make_batch(mb, seq_len, 0)
-    inputs, target = inputs.to(device), target.to(device)
-    units: list[UnitCost] = []
-    x = inputs
-    last = len(model.units) - 1
-    for idx, unit in enumerate(model.units):
-        params = [p for p in unit.parameters() if p.requires_grad]
-        x_in = _grad_inputs(x)
-
-        def fwd() -> torch.Tensor:
-            with autocast:
-                out = unit(x_in)
-                return model.loss_fn(out, target) if idx == last else out
-
-        samples: dict[str, list[float]] = {"forward_s": [], "backward_s": [], "backward_input_s": [],
-                                           "backward_weight_s": []}
+    run = _Runner(model, dtype, inputs.to(device), target.to(device), device)
+    n = len(model.units)
+    samples = {k: [[] for _ in range(n)] for k in TIMES}
+    whole_f, whole_b = [], []
+    gc_was_on = gc.isenabled()
+    gc.collect()  # once, before: a full collection between repeats would cool the caches
+    gc.disable()
+    t0 = time.perf_counter()
+    try:
         for r in range(warmup + repeats):
-            keep = r >= warmup
-            t = timer(fwd)
-            if keep:
-                samples["forward_s"].append(t)
-            out = fwd()
-            grad = torch.ones_like(out) if idx == last else torch.randn_like(out)
-            t = timer(lambda: torch.autograd.backward(out, grad, inputs=[*params] + ([x_in] if x_in.requires_grad else [])))
-            if keep:
-                samples["backward_s"].append(t)
-            out = fwd()
-            if x_in.requires_grad:
-                t_i = timer(lambda: torch.autograd.grad(out, x_in, grad, retain_graph=True))
-            else:
-                t_i = 0.0
-            t_w = timer(lambda: torch.autograd.grad(out, params, grad)) if params else 0.0
-            if keep:
-                samples["backward_input_s"].append(t_i)
-                samples["backward_weight_s"].append(t_w)
+            _repeat(run, r >= warmup, samples, whole_f, whole_b)
             tick()
-        med = {k: _median_spread(v) for k, v in samples.items()}
-        with count_saved_bytes(exclude=params) as saved:
-            out = fwd()
+            # a slow case (bf16 on a CPU without bf16 units) stops early, after 2 timed repeats
+            if budget_s is not None and len(whole_f) >= 2 and time.perf_counter() - t0 > budget_s:
+                break
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+    units: list[UnitCost] = []
+    x = run.inputs
+    for idx, unit in enumerate(model.units):
+        x_in = _leaf(x)
+        with count_saved_bytes(exclude=run.params[idx]) as saved:
+            out = run.unit_forward(idx, x_in)
+        del out
         with FlopCounterMode(display=False) as fc:
-            fwd()
-        with torch.no_grad(), autocast:
+            run.unit_forward(idx, x_in)
+        peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
+        with torch.no_grad(), run.autocast:
             y = unit(x_in)
-        n_params = sum(p.numel() for p in unit.parameters())
+        med = {k: _median_spread(samples[k][idx]) for k in TIMES}
         units.append(UnitCost(
             name=model.unit_names[idx], kind=model.unit_kinds[idx],
             forward_s=med["forward_s"][0], backward_s=med["backward_s"][0],
             backward_input_s=med["backward_input_s"][0], backward_weight_s=med["backward_weight_s"][0],
-            params=n_params, param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
-            saved_bytes=int(saved[0]), output_bytes=0 if idx == last else y.numel() * y.element_size(),
+            params=sum(p.numel() for p in unit.parameters()),
+            param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
+            saved_bytes=int(saved[0]), output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
             forward_flops=float(fc.get_total_flops()),
-            spread={k: round(v[1], 4) for k, v in med.items()},
+            spread={k: round(v[1], 4) for k, v in med.items()}, peak_bytes=peak,
         ))
-        del out
         x = y.detach()
-
-    # Whole model, for the consistency check.
-    all_params = [p for u in model.units for p in u.parameters()]
-
-    def whole() -> torch.Tensor:
-        with autocast:
-            return model.loss_fn(model.forward(inputs), target)
-
-    fw, bw = [], []
-    for r in range(warmup + repeats):
-        t = timer(whole)
-        loss = whole()
-        tb = timer(lambda: torch.autograd.backward(loss, inputs=all_params))
-        if r >= warmup:
-            fw.append(t)
-            bw.append(tb)
-        tick()
-    with count_saved_bytes(exclude=all_params) as saved:
-        loss = whole()
+    with count_saved_bytes(exclude=run.all_params) as saved:
+        with run.autocast:
+            loss = model.loss_fn(model.forward(run.inputs), run.target)
     del loss
-    for p in all_params:
-        p.grad = None
+    run.clear_grads()
+    done[f"{dtype}/mb{mb}"] = len(whole_f)
     return ProfileEntry(dtype, mb, tuple(units),
-                        WholeModel(statistics.median(fw), statistics.median(bw), int(saved[0])))
+                        WholeModel(statistics.median(whole_f), statistics.median(whole_b), int(saved[0])))
 
 
 def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = ("fp32",),
                   microbatch_sizes: tuple[int, ...] = (1,), seq_len: int = 128,
                   overrides: dict | None = None, repeats: int = 5, warmup: int = 2,
-                  progress: bool = False) -> Profile:
-    """Build zoo model ``name`` and measure every unit on ``device``; return a Profile."""
+                  progress: bool = False, seed: int = 0, budget_s: float | None = 60.0) -> Profile:
+    """Build model ``name`` (a preset or ``module:function``) and measure every unit on ``device``.
+
+    ``budget_s`` caps the seconds spent on one (dtype, microbatch size): past it, timing
+    stops once 2 repeats are in; ``measurement.repeats_done`` says how many each got.
+    """
     for d in dtypes:
         if d not in DTYPES:
             raise UserError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    if not dtypes or not microbatch_sizes:
+        raise UserError("--dtypes and --microbatch-sizes must name at least one value")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible here; use --device cpu or --analytic")
-    if any(m < 1 for m in microbatch_sizes) or seq_len < 1 or repeats < 1:
-        raise UserError("--microbatch-sizes, --seq-len and repeats must be positive")
+    if device == "cuda" and "bf16" in dtypes and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtypes bf16: this GPU has no bf16 support; use fp16 or fp32")
+    if any(m < 1 for m in microbatch_sizes) or seq_len < 1 or repeats < 1 or warmup < 0:
+        raise UserError("--microbatch-sizes, --seq-len and --repeats must be positive, --warmup not negative")
+    attention, attention_why = attention_impl(device, dtypes)
+    model = build_model(name, overrides, seed=seed, attention=attention)
     threads = torch.get_num_threads()
+    kept = False
     if device == "cpu":
         torch.set_num_threads(1)
-    model = build_model(name, overrides)
+        kept = _keep_freed_memory()
     for u in model.units:
         u.to(device)
-    total = len(dtypes) * len(microbatch_sizes) * (len(model.units) + 1) * (warmup + repeats)
+    total = len(dtypes) * len(microbatch_sizes) * (warmup + repeats)
     bar = _progress(total, f"profiling {name}") if progress else None
     tick = bar.update if bar is not None else (lambda *a: None)
+    t0 = time.perf_counter()
+    done: dict[str, int] = {}
     try:
-        entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, tick)
-                        for d in dtypes for mb in microbatch_sizes)
+        entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done)
+                        for d in dtypes for mb in sorted(set(microbatch_sizes)))
     finally:
         if bar is not None:
             bar.close()
@@ -212,14 +389,20 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     return Profile(
         model_name=name, model_config=model.config, device_name=_device_name(device), device_kind=device,
         seq_len=seq_len, method="measured", entries=entries,
-        measurement={"repeats": repeats, "warmup": warmup, "threads": 1 if device == "cpu" else threads,
-                     "statistic": "median", "spread": "interquartile range / median",
-                     "attention": "sdpa", "torch": torch.__version__,
-                     "assumptions": __doc__.split("Assumptions (written into the profile's ``measurement``):")[1].strip()},
+        measurement={"repeats": repeats, "repeats_done": done, "budget_s_per_entry": budget_s, "warmup": warmup, "threads": 1 if device == "cpu" else threads,
+                     "statistic": "median", "spread": "median absolute deviation / median over the repeats",
+                     "attention": attention, "cpu_allocator_keeps_freed_memory": kept, "attention_reason": attention_why, "seed": seed,
+                     "torch": torch.__version__, "profiling_s": round(time.perf_counter() - t0, 3),
+                     "assumptions": _assumptions(__doc__)},
     )
+
+
+def _assumptions(doc: str) -> list[str]:
+    text = doc.split("Assumptions (written into the profile's ``measurement``):")[1]
+    return [" ".join(item.split()).removeprefix("- ") for item in text.strip().split("\n- ") if item.strip()]
 
 
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="run", leave=False)
+    return tqdm(total=total, desc=desc, unit="repeat", leave=False)

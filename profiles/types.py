@@ -5,15 +5,19 @@ Times are seconds, sizes bytes. One ``ProfileEntry`` per (dtype, microbatch size
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .contract import ContractError, Fields, read_json, schema_id, write_json
 
-__all__ = ["UnitCost", "WholeModel", "ProfileEntry", "Profile", "load_profile", "DTYPES", "METHODS"]
+__all__ = ["UnitCost", "WholeModel", "ProfileEntry", "Profile", "load_profile", "find_profile", "DTYPES",
+           "METHODS", "SCALED_FIELDS"]
 
 KIND, MAJOR = "profile", 1
+#: per-unit fields that grow with the microbatch size (fitted as a + b * microbatch_size)
+SCALED_FIELDS = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s", "saved_bytes",
+                 "output_bytes", "forward_flops")
 DTYPES = ("fp32", "bf16", "fp16")
 METHODS = ("measured", "analytic")
 
@@ -34,6 +38,7 @@ class UnitCost:
     output_bytes: int  # bytes handed to the next unit (what a stage boundary sends)
     forward_flops: float
     spread: dict[str, float] = field(default_factory=dict)  # relative spread of each time, e.g. {"forward_s": 0.03}
+    peak_bytes: int = 0  # CUDA only: max_memory_allocated above the baseline during the unit's F + B (0: not measured)
 
     @staticmethod
     def from_fields(f: Fields) -> "UnitCost":
@@ -51,6 +56,7 @@ class UnitCost:
             output_bytes=f.int("output_bytes"),
             forward_flops=f.num("forward_flops"),
             spread={k: spread.num(k) for k in spread.data},
+            peak_bytes=f.int("peak_bytes", default=0),
         )
 
 
@@ -103,6 +109,57 @@ class Profile:
     def num_units(self) -> int:
         return len(self.entries[0].units)
 
+    def fits(self, dtype: str = "fp32") -> dict[str, Any]:
+        """Per unit and field, the least-squares line ``a + b * microbatch_size`` over the
+        measured sizes of ``dtype``, and the largest relative error of the fit at those sizes.
+
+        With one measured size the line goes through the origin (cost proportional to
+        the microbatch size). With fewer than three sizes the line meets every point, so
+        its error is unknown and reported as null: measure three or more sizes to know it.
+        """
+        entries = sorted((e for e in self.entries if e.dtype == dtype), key=lambda e: e.microbatch_size)
+        if not entries:
+            self.entry(dtype)  # raises the one-line error
+        xs = [float(e.microbatch_size) for e in entries]
+        units: dict[str, dict[str, list[float]]] = {}
+        worst: dict[str, float | None] = {}
+        for i, name in enumerate(self.unit_names):
+            units[name] = {}
+            for f in SCALED_FIELDS:
+                ys = [float(getattr(e.units[i], f)) for e in entries]
+                a, b = _line(xs, ys)
+                units[name][f] = [a, b]
+                if len(xs) > 2:
+                    err = max((abs(a + b * x - y) / y if y > 0 else 0.0) for x, y in zip(xs, ys))
+                    worst[f] = max(worst.get(f) or 0.0, err)
+                else:
+                    worst[f] = None
+        return {"dtype": dtype, "microbatch_sizes": [int(x) for x in xs], "model": "a + b * microbatch_size",
+                "units": units, "max_rel_error": worst}
+
+    def entry_at(self, dtype: str, microbatch_size: float) -> ProfileEntry:
+        """The entry for any microbatch size: the measured one when there is one, else from
+        the per-unit linear fits (see :meth:`fits`); parameter counts do not scale."""
+        for e in self.entries:
+            if e.dtype == dtype and e.microbatch_size == microbatch_size:
+                return e
+        if microbatch_size <= 0:
+            raise ContractError(f"microbatch size must be positive, got {microbatch_size}")
+        fit = self.fits(dtype)
+        base = self.entry(dtype)
+        units = []
+        for u in base.units:
+            line = fit["units"][u.name]
+            vals = {f: max(0.0, line[f][0] + line[f][1] * microbatch_size) for f in SCALED_FIELDS}
+            for f in ("saved_bytes", "output_bytes"):
+                vals[f] = int(round(vals[f]))
+            units.append(replace(u, **vals, spread={}))
+        scale = microbatch_size / base.microbatch_size
+        w = base.whole_model
+        whole = WholeModel(w.forward_s * scale, w.backward_s * scale, int(w.saved_bytes * scale))
+        return ProfileEntry(dtype, int(microbatch_size) if float(microbatch_size).is_integer() else microbatch_size,
+                            tuple(units), whole)
+
     def entry(self, dtype: str = "fp32", microbatch_size: int | None = None) -> ProfileEntry:
         """The entry for ``dtype`` and ``microbatch_size`` (the smallest size when None)."""
         matches = [e for e in self.entries if e.dtype == dtype]
@@ -135,6 +192,7 @@ class Profile:
                 }
                 for e in self.entries
             ],
+            "fits": [self.fits(d) for d in dict.fromkeys(e.dtype for e in self.entries)],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -176,6 +234,40 @@ class Profile:
         )
 
 
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``; through the origin when there is one point."""
+    if len(xs) == 1:
+        return 0.0, ys[0] / xs[0]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return my - b * mx, b
+
+
+def find_profile(name: str, roots: tuple[Path, ...] | None = None) -> Path:
+    """The stored profile for model ``name``: ``profiles/<device>/<name>.json`` under the
+    current folder, then next to this package; ``cpu`` wins when several devices have one.
+    ``<device>/<name>`` picks the device."""
+    roots = roots or (Path("profiles"), Path(__file__).parent)
+    stem = name.replace(":", "__")
+    found: list[Path] = []
+    for root in roots:
+        if "/" in stem:
+            found += [p for p in [root / f"{stem}.json"] if p.is_file()]
+        else:
+            found += sorted(root.glob(f"*/{stem}.json"))
+    if not found:
+        raise ContractError(f"{name}: no such file, and no stored profile profiles/<device>/{stem}.json: "
+                            f"run `pipeplan profile {name}` first")
+    cpu = [p for p in found if p.parent.name == "cpu"]
+    return (cpu or found)[0]
+
+
 def load_profile(path: str | Path) -> Profile:
-    """Load and validate a Profile file; raises ContractError with one line on any fault."""
-    return Profile.from_fields(read_json(path, KIND, MAJOR))
+    """Load and validate a Profile file, given as a path or as a stored model name
+    (``gpt2-demo``, ``cpu/gpt2-demo``); raises ContractError with one line on any fault."""
+    p = Path(path)
+    if not p.is_file() and p.suffix != ".json":
+        p = find_profile(str(path))
+    return Profile.from_fields(read_json(p, KIND, MAJOR))

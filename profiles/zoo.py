@@ -2,13 +2,39 @@
 
 A stage of a pipeline is a run of consecutive units, so every model here is built as
 ``units[0] -> units[1] -> ... -> units[-1]`` plus a loss on the last output.
-Hugging Face models are built from their configs with random weights: nothing is
-downloaded. Dropout is switched off so runs are deterministic and comparable.
+
+Three sources of models:
+
+- **presets** (:data:`PRESETS`): Hugging Face GPT-2, Llama and BERT (see ``zoo_hf``)
+  built from their configs with random weights (nothing is downloaded), and a plain
+  MLP stack. ``overrides`` (``--set key=value``) change fields of the Hugging Face
+  config by their own names; the resulting config is ``ZooModel.config`` and is what
+  a Profile stores under ``model.config``.
+- **a user function** named ``package.module:function``: it is called as
+  ``function(**config)`` (``config`` = the overrides, e.g. ``--set width=64`` passes
+  ``width=64``) after ``torch.manual_seed(seed)``, and returns either
+
+  * a :class:`ZooModel` (full control: its units, names, kinds, batch maker and loss), or
+  * a list (or ``nn.Sequential``) of tensor-to-tensor ``nn.Module`` units. Then the
+    batch is ``torch.randn(batch, seq_len, d)`` with ``d`` the ``in_features`` of the
+    first ``nn.Linear`` in the first unit (a ``ZooError`` when there is none: return a
+    ZooModel instead), and the loss is the mean square of the last output (the targets
+    are an empty tensor). Units are named ``unit{i}`` of kind ``layer``.
+
+  The profile stores the spec as the model name and the keyword arguments as its
+  config, so ``build_model(spec, config=...)`` rebuilds the same model.
+
+Tied embeddings: presets set ``tie_word_embeddings=False``. A tied model shares one
+weight between the first and last unit, and the executor cannot yet sum such a
+weight's gradients across stages; the head therefore has its own weight here.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,7 +43,7 @@ from torch import nn
 
 from .contract import UserError
 
-__all__ = ["ZooModel", "build_model", "PRESETS", "parse_overrides", "ZooError"]
+__all__ = ["ZooModel", "build_model", "PRESETS", "parse_overrides", "ZooError", "family_of", "LAYER_KEYS"]
 
 
 class ZooError(UserError):
@@ -29,8 +55,8 @@ class ZooModel:
     """A model cut into units, with what is needed to feed it and score its output."""
 
     name: str
-    family: str
-    config: dict[str, Any]
+    family: str  # "gpt2" | "llama" | "bert" | "mlp" | "user"
+    config: dict[str, Any]  # what rebuilds this model: build_model(name, config=config)
     units: list[nn.Module]
     unit_names: list[str]
     unit_kinds: list[str]
@@ -43,76 +69,11 @@ class ZooModel:
         return x
 
 
-# -- GPT-2 -------------------------------------------------------------------------------
-
-
-class GPT2Embedding(nn.Module):
-    def __init__(self, wte: nn.Embedding, wpe: nn.Embedding):
-        super().__init__()
-        self.wte, self.wpe = wte, wpe
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(input_ids.shape[-1], device=input_ids.device)
-        return self.wte(input_ids) + self.wpe(pos)
-
-
-class HFBlock(nn.Module):
-    """A Hugging Face decoder block as a tensor-to-tensor unit (causal attention, no cache)."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.block(h)
-        return out[0] if isinstance(out, tuple) else out
-
-
-class LMHead(nn.Module):
-    def __init__(self, norm: nn.Module, lm_head: nn.Linear):
-        super().__init__()
-        self.norm, self.lm_head = norm, lm_head
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(h))
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-
-
-def _token_batch(vocab: int) -> Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]:
-    def make(batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        tokens = torch.randint(0, vocab, (batch_size, seq_len + 1), generator=g)
-        return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-
-    return make
-
-
-def _build_gpt2(name: str, config: dict[str, Any], seed: int) -> ZooModel:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(**config)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(cfg).eval()  # eval: no dropout even if a config asks for it
-    t = hf.transformer
-    units: list[nn.Module] = [GPT2Embedding(t.wte, t.wpe)]
-    units += [HFBlock(b) for b in t.h]
-    units.append(LMHead(t.ln_f, hf.lm_head))
-    names = ["embed"] + [f"block{i}" for i in range(len(t.h))] + ["head"]
-    kinds = ["embedding"] + ["block"] * len(t.h) + ["head"]
-    return ZooModel(name, "gpt2", cfg.to_diff_dict() | {"model_type": "gpt2"}, units, names, kinds,
-                    _token_batch(cfg.vocab_size), lm_loss)
-
-
 # -- plain MLP stack ----------------------------------------------------------------------
 
 
-def _build_mlp(name: str, config: dict[str, Any], seed: int) -> ZooModel:
+def _build_mlp(config: dict[str, Any], attn: str):
     width, depth = int(config["width"]), int(config["depth"])
-    torch.manual_seed(seed)
     units: list[nn.Module] = [
         nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)) for _ in range(depth)
     ]
@@ -124,30 +85,79 @@ def _build_mlp(name: str, config: dict[str, Any], seed: int) -> ZooModel:
     def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(out.float(), target.float())
 
-    return ZooModel(name, "mlp", dict(config), units, [f"layer{i}" for i in range(depth)], ["layer"] * depth, make, mse)
+    return {"width": width, "depth": depth}, units, [f"layer{i}" for i in range(depth)], ["layer"] * depth, make, mse
 
 
 # -- presets ------------------------------------------------------------------------------
 
-_NO_DROPOUT_GPT2 = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "use_cache": False}
+_NO_DROPOUT_GPT2 = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "use_cache": False,
+                    "tie_word_embeddings": False}
+_NO_DROPOUT_BERT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "use_cache": False,
+                    "tie_word_embeddings": False}
+_LLAMA3 = {"vocab_size": 128256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+           "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}, "use_cache": False,
+           "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001}
+
+
+def _llama(layers: int, hidden: int, inter: int, heads: int, kv: int, **more) -> tuple[str, dict[str, Any]]:
+    return ("llama", {**_LLAMA3, "num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": inter,
+                      "num_attention_heads": heads, "num_key_value_heads": kv, **more})
+
+
+def _gpt2(layers: int, width: int, heads: int, vocab: int = 50257, positions: int = 1024):
+    return ("gpt2", {"n_layer": layers, "n_embd": width, "n_head": heads, "vocab_size": vocab,
+                     "n_positions": positions, "bos_token_id": vocab - 1, "eos_token_id": vocab - 1, **_NO_DROPOUT_GPT2})
+
+
+def _bert(layers: int, hidden: int, heads: int, inter: int, vocab: int = 30522, positions: int = 512):
+    return ("bert", {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
+                     "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": positions,
+                     **_NO_DROPOUT_BERT})
+
 
 #: name -> (family, config). Config keys are the Hugging Face config's own field names.
+#: Real sizes follow the published configs (GPT-2 paper sizes; Llama 3.2 1B, Llama 3 8B
+#: and 70B; BERT-base), with the RoPE scaling of Llama 3.x left out (it changes no cost).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # The built-in default: few small blocks and GPT-2's real vocabulary, so the head
-    # outweighs several blocks, as it does in real models. Untied head (see README).
-    "gpt2-demo": ("gpt2", {"n_layer": 8, "n_embd": 256, "n_head": 4, "vocab_size": 50257,
-                           "n_positions": 1024, "tie_word_embeddings": False, **_NO_DROPOUT_GPT2}),
-    "gpt2-tiny": ("gpt2", {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 1000,
-                           "n_positions": 256, "tie_word_embeddings": False, **_NO_DROPOUT_GPT2}),
-    "gpt2": ("gpt2", {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
-                      "n_positions": 1024, "tie_word_embeddings": False, **_NO_DROPOUT_GPT2}),
+    # outweighs several blocks, as it does in real models.
+    "gpt2-demo": _gpt2(8, 256, 4),
+    "gpt2-tiny": _gpt2(2, 64, 2, vocab=1000, positions=256),
+    "gpt2": _gpt2(12, 768, 12),
+    "gpt2-medium": _gpt2(24, 1024, 16),
+    "gpt2-large": _gpt2(36, 1280, 20),
+    "llama-tiny": _llama(2, 64, 128, 4, 2, vocab_size=1000, max_position_embeddings=256, bos_token_id=1, eos_token_id=2),
+    "llama-small": _llama(4, 256, 688, 8, 2, vocab_size=8000, max_position_embeddings=1024, bos_token_id=1,
+                          eos_token_id=2),
+    "llama-1b": _llama(16, 2048, 8192, 32, 8, head_dim=64),
+    "llama3-8b": _llama(32, 4096, 14336, 32, 8),
+    "llama3-70b": _llama(80, 8192, 28672, 64, 8),
+    "bert-tiny": _bert(2, 64, 2, 128, vocab=1000, positions=256),
+    "bert-small": _bert(4, 256, 4, 1024),
+    "bert-base": _bert(12, 768, 12, 3072),
+    "bert-large": _bert(24, 1024, 16, 4096),
     "mlp-tiny": ("mlp", {"width": 32, "depth": 4}),
 }
 
-_BUILDERS: dict[str, Callable[[str, dict[str, Any], int], ZooModel]] = {
-    "gpt2": _build_gpt2,
-    "mlp": _build_mlp,
-}
+
+def _builders() -> dict[str, Callable]:
+    from .zoo_hf import BUILDERS
+
+    return {**BUILDERS, "mlp": _build_mlp}
+
+
+def family_of(name: str) -> str:
+    """The family of preset ``name``, or ``"user"`` for a ``module:function`` spec."""
+    if ":" in name:
+        return "user"
+    if name not in PRESETS:
+        raise ZooError(f"unknown model {name!r}: choose one of {', '.join(sorted(PRESETS))}, "
+                       "or give a user model as package.module:function")
+    return PRESETS[name][0]
+
+
+#: the config field holding the number of blocks, per family
+LAYER_KEYS = {"gpt2": "n_layer", "llama": "num_hidden_layers", "bert": "num_hidden_layers", "mlp": "depth"}
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -165,24 +175,95 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def build_model(name: str, overrides: dict[str, Any] | None = None, seed: int = 0,
-                config: dict[str, Any] | None = None) -> ZooModel:
-    """Build a zoo model by preset ``name``; ``config`` (a profile's stored config) wins over the preset."""
-    if name not in PRESETS:
-        raise ZooError(f"unknown model {name!r}: choose one of {', '.join(sorted(PRESETS))}")
-    family, preset = PRESETS[name]
-    cfg = dict(config) if config is not None else dict(preset)
-    for key, value in (overrides or {}).items():
-        if family != "mlp" and key not in _known_keys(family, cfg):
-            raise ZooError(f"--set {key}: not a field of the {family} config")
-        cfg[key] = value
+                config: dict[str, Any] | None = None, *, attention: str = "sdpa",
+                device: str | torch.device | None = None) -> ZooModel:
+    """Build model ``name`` (a preset or ``package.module:function``) with weights from ``seed``.
+
+    ``config`` (a profile's stored ``model.config``) replaces the preset's config;
+    ``overrides`` then change single fields. ``attention`` is the Hugging Face
+    attention implementation (``sdpa`` or ``flash_attention_2``); ``device`` builds
+    the parameters there directly (``"meta"`` for analytic profiles: no memory used).
+    """
+    family = family_of(name)
+    if family == "user":
+        return _build_user(name, {**(config or {}), **(overrides or {})}, seed, device)
+    cfg = dict(config) if config is not None else json.loads(json.dumps(PRESETS[name][1]))
+    if overrides:
+        known = _known_keys(family) | set(cfg)
+        for key, value in overrides.items():
+            if key not in known:
+                raise ZooError(f"--set {key}: not a field of the {family} config (e.g. "
+                               f"{LAYER_KEYS[family]}); see the Hugging Face config class")
+            cfg[key] = value
     cfg.pop("model_type", None)
+    cfg.pop("transformers_version", None)
+    torch.manual_seed(seed)
     try:
-        return _BUILDERS[family](name, cfg, seed)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ZooError(f"model {name!r} with config {cfg}: {str(e).splitlines()[0]}") from None
+        with torch.device(device) if device is not None else nullcontext():
+            stored, units, names, kinds, make, loss = _builders()[family](cfg, attention)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ZooError(f"model {name!r} cannot be built with this config: {msg}") from None
+    if family != "mlp":
+        stored = {**stored, "model_type": family}
+    return ZooModel(name, family, stored, units, names, kinds, make, loss)
 
 
-def _known_keys(family: str, cfg: dict[str, Any]) -> set[str]:
-    from transformers import GPT2Config
+def _known_keys(family: str) -> set[str]:
+    if family == "mlp":
+        return {"width", "depth"}
+    from .zoo_hf import config_fields
 
-    return set(GPT2Config().to_dict()) | set(cfg)
+    return config_fields(family)
+
+
+# -- user models --------------------------------------------------------------------------
+
+
+def _load_user_function(spec: str) -> Callable[..., Any]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ZooError(f"user model {spec!r}: expected package.module:function")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: modules in the current folder are found
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's input
+        raise ZooError(f"user model {spec!r}: cannot import {module_name}: {type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ZooError(f"user model {spec!r}: {module_name} has no function {attr!r}")
+    return fn
+
+
+def _build_user(spec: str, kwargs: dict[str, Any], seed: int, device) -> ZooModel:
+    fn = _load_user_function(spec)
+    torch.manual_seed(seed)
+    try:
+        with torch.device(device) if device is not None else nullcontext():
+            got = fn(**kwargs)
+    except TypeError as e:
+        raise ZooError(f"user model {spec!r} rejected its arguments {kwargs}: {str(e).splitlines()[0]}") from None
+    if isinstance(got, ZooModel):
+        return ZooModel(spec, "user", dict(kwargs), list(got.units), list(got.unit_names), list(got.unit_kinds),
+                        got.make_batch, got.loss_fn)
+    units = list(got) if isinstance(got, (list, tuple, nn.Sequential)) else None
+    if not units or not all(isinstance(u, nn.Module) for u in units):
+        raise ZooError(f"user model {spec!r} returned {type(got).__name__}: return a ZooModel or a list of nn.Module")
+    first_linear = next((m for m in units[0].modules() if isinstance(m, nn.Linear)), None)
+    if first_linear is None:
+        raise ZooError(f"user model {spec!r}: no nn.Linear in the first unit to size the input; return a ZooModel "
+                       "with its own make_batch")
+    d = first_linear.in_features
+
+    def make(batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch_size, seq_len, d, generator=g), torch.empty(0)
+
+    def mean_square(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return out.float().pow(2).mean()
+
+    n = len(units)
+    return ZooModel(spec, "user", dict(kwargs), units, [f"unit{i}" for i in range(n)], ["layer"] * n,
+                    make, mean_square)

@@ -1,0 +1,56 @@
+"""``python -m profiles``: bad input exits 2 with one line and writes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "profiles", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["no-such-model"], "unknown model"),
+    (["gpt2-tiny", "--set", "no_field=3"], "not a field"),
+    (["gpt2-tiny", "--set", "n_layer"], "expected key=value"),
+    (["no_such_pkg.mod:fn"], "cannot import"),
+    (["gpt2-tiny", "--dtypes", "fp8"], "unknown dtype"),
+    (["gpt2-tiny", "--analytic", "--device-spec", "tpu9"], "device-spec"),
+])
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, args, match):
+    r = _run(args, tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_profile_user_model_and_json(tmp_path):
+    (tmp_path / "tests").mkdir()
+    r = _run(["tests.user_model:build", "--set", "width=8", "--seq-len", "4", "--repeats", "1", "--warmup", "0",
+              "--json", "-o", str(tmp_path / "u.json")], ROOT)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["model"] == {"name": "tests.user_model:build", "config": {"width": 8}}
+    assert [u["name"] for u in d["entries"][0]["units"]] == ["unit0", "unit1", "unit2"]
+    from profiles.types import load_profile
+    from profiles.zoo import build_model
+
+    p = load_profile(tmp_path / "u.json")
+    assert len(build_model(p.model_name, config=p.model_config).units) == 3
+
+
+def test_profile_table_and_default_path(tmp_path):
+    r = _run(["gpt2-tiny", "--seq-len", "8", "--repeats", "1", "--warmup", "0", "--microbatch-sizes", "1,2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "profiles" / "cpu" / "gpt2-tiny.json").is_file()
+    assert "block1" in r.stdout and "microbatch 2" in r.stdout and "sum of units / whole model" in r.stdout
