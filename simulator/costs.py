@@ -35,6 +35,7 @@ class StageCost:
     input_bytes: int  # gradient sent back to the previous stage (0 for the first)
     param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
     w_keep_fraction: float = 0.5  # share of activation_bytes kept from I until W
+    optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,14 @@ class Links:
 
 def stage_costs(profile: Profile, bounds: list[tuple[int, int]], *, dtype: str | list[str] = "fp32",
                 microbatch_size: int | None = None, recompute: list[bool] | None = None,
-                optimizer_bytes_per_param: float = 8.0) -> list[StageCost]:
-    """Map a Profile plus a split ``[(first, end), ...]`` (units ``first..end-1``) to stage costs."""
+                optimizer_bytes_per_param: float = 8.0, action_overhead_s: float = 0.0,
+                optimizer_s_per_param: float = 0.0) -> list[StageCost]:
+    """Map a Profile plus a split ``[(first, end), ...]`` (units ``first..end-1``) to stage costs.
+
+    ``action_overhead_s``: the runtime's fixed cost per compute action (posting sends and
+    receives, bookkeeping), added to every F, B, I and W. ``optimizer_s_per_param``: time of
+    the end-of-step gradient scaling and optimizer update per parameter (both measured by
+    ``pipeplan calibrate``)."""
     n = len(bounds)
     dtypes = [dtype] * n if isinstance(dtype, str) else list(dtype)
     recompute = recompute or [False] * n
@@ -94,13 +101,14 @@ def stage_costs(profile: Profile, bounds: list[tuple[int, int]], *, dtype: str |
         else:
             act = sum(u.saved_bytes for u in units)
             extra = 0.0
+        oh = action_overhead_s
         out.append(StageCost(
-            forward_s=fwd,
-            backward_s=sum(u.backward_s for u in units) + extra,
-            backward_input_s=sum(u.backward_input_s for u in units) + extra,
-            backward_weight_s=sum(u.backward_weight_s for u in units),
+            forward_s=fwd + oh,
+            backward_s=sum(u.backward_s for u in units) + extra + oh,
+            backward_input_s=sum(u.backward_input_s for u in units) + extra + oh,
+            backward_weight_s=sum(u.backward_weight_s for u in units) + oh,
             activation_bytes=int(act), static_bytes=int(static),
             output_bytes=units[-1].output_bytes if s < n - 1 else 0,
-            input_bytes=prev_out, param_bytes=int(wbytes),
+            input_bytes=prev_out, param_bytes=int(wbytes), optimizer_s=params * optimizer_s_per_param,
         ))
     return out
