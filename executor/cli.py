@@ -40,10 +40,17 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
     p.add_argument("--check", action="store_true", help="compare loss and every gradient with one process")
     p.add_argument("--report", type=Path, help="RunReport path (default <plan>.run.json)")
+    p.add_argument("--torch-schedule", metavar="NAME",
+                   help="run torch's own schedule class NAME (e.g. 1F1B) on the same stages, for comparison")
+    p.add_argument("--data", type=Path, help="a small text file: its bytes as tokens (default: synthetic tokens)")
+    p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank to DIR")
 
 
 def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
     out = [str(args.plan), "--steps", str(args.steps), "--warmup", str(args.warmup), "--report", str(report)]
+    for flag in ("torch_schedule", "data", "torch_profiler"):
+        if getattr(args, flag, None):
+            out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return out + (["--check"] if args.check else [])
 
 
