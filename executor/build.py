@@ -155,9 +155,13 @@ class Recorder:
     step: int = 0
     rank: int = 0
 
-    def _enter(self, idx: int, kind: str, mb: int, args) -> float:
-        shapes = [tuple(a.shape) for a in args if torch.is_tensor(a)]
-        self.current = f"stage {idx} action {idx}{kind}{mb} input shapes {shapes or 'from the previous stage'}"
+    def _enter(self, stage: PipelineStage, kind: str, mb: int) -> float:
+        idx = stage.stage_index
+        meta = getattr(stage, "_stage_meta", None)
+        field_ = "inputs" if kind == "F" else "output_grads"  # what the action consumes
+        shapes = [tuple(t.shape) for t in (getattr(meta, field_, None) or ()) if t is not None and hasattr(t, "shape")]
+        what = "input" if kind == "F" else "output-gradient"
+        self.current = f"stage {idx} action {idx}{kind}{mb} ({what} shapes {shapes or 'not known yet'})"
         if self.fail_at == (self.step, self.rank):
             raise RuntimeError(f"injected failure (--fail-at-step {self.step}) in {self.current}")
         return time.perf_counter()
@@ -167,23 +171,26 @@ class Recorder:
         fwd, bwd, wgt = stage.forward_one_chunk, stage.backward_one_chunk, stage.backward_weight_one_chunk
 
         def forward_one_chunk(mb, *a, **k):
-            t = self._enter(idx, "F", mb, a[0] if a and isinstance(a[0], tuple) else ())
+            t = self._enter(stage, "F", mb)
             out = fwd(mb, *a, **k)
             self.events.append((idx, "F", mb, t - self.t0, time.perf_counter() - self.t0))
+            self.current = f"the schedule after {idx}F{mb} (a send, receive or loss)"
             return out
 
         def backward_one_chunk(mb, *a, **k):
             full = k.get("full_backward", a[1] if len(a) > 1 else True)
             kind = "B" if full else "I"
-            t = self._enter(idx, kind, mb, ())
+            t = self._enter(stage, kind, mb)
             out = bwd(mb, *a, **k)
             self.events.append((idx, kind, mb, t - self.t0, time.perf_counter() - self.t0))
+            self.current = f"the schedule after {idx}{kind}{mb} (a send or receive)"
             return out
 
         def backward_weight_one_chunk(mb, *a, **k):
-            t = self._enter(idx, "W", mb, ())
+            t = self._enter(stage, "W", mb)
             out = wgt(mb, *a, **k)
             self.events.append((idx, "W", mb, t - self.t0, time.perf_counter() - self.t0))
+            self.current = f"the schedule after {idx}W{mb}"
             return out
 
         stage.forward_one_chunk = forward_one_chunk

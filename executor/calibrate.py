@@ -9,7 +9,7 @@ Three figures, each measured with what the executor really runs:
   waiting for receives, divided by the compute actions: what the runtime itself costs per
   action (posting sends and receives, bookkeeping);
 - ``optimizer_s_per_param``: gradient scaling plus ``torch.optim.AdamW.step`` on a few
-  million parameters, run on every rank at once as at the end of a real step.
+  million parameters (past the caches), run on every rank at once as at the end of a real step.
 
 The result is written as a Cluster spec that ``pipeplan plan --cluster`` reads.
 """
@@ -115,21 +115,23 @@ def measure_action_overhead(repeats: int, microbatches: int = 8, width: int = 64
     return statistics.median(per_action)
 
 
-def measure_optimizer(repeats: int, params: int = 4_000_000) -> float:
-    """Seconds per parameter of ``grad.div_`` (the runtime's gradient scaling) plus ``AdamW.step``."""
-    shapes = [(params // 8 // 512, 512)] * 8
-    ps = [nn.Parameter(torch.randn(s)) for s in shapes]
-    for p in ps:
-        p.grad = torch.randn_like(p)
+def measure_optimizer(repeats: int, params: int = 16_000_000) -> float:
+    """Seconds per parameter of what a rank does with its gradients after its last backward:
+    ``grad.div_`` (the runtime's gradient scaling), ``AdamW.step`` and ``zero_grad``. Sized well
+    past the caches (16M parameters), as the models worth pipelining are."""
+    ps = [nn.Parameter(torch.randn(params // 4 // 1024, 1024)) for _ in range(4)]
     opt = torch.optim.AdamW(ps, lr=1e-4)
     n = sum(p.numel() for p in ps)
     times = []
     for i in range(repeats + 2):
+        for p in ps:
+            p.grad = torch.randn_like(p)
         dist.barrier()
         t0 = time.perf_counter()
         for p in ps:
             p.grad.div_(2.0)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return statistics.median(times) / n

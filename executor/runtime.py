@@ -219,7 +219,7 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
                    for d in range(dp)]
         x, y = (t.to(device) for t in batches[dp_rank])
         step_losses: list[torch.Tensor] = []
-        recorder.events, recorder.step = [], step
+        recorder.events, recorder.step, recorder.current = [], step, ""
         dist.barrier()
         recorder.t0 = t0 = time.perf_counter()
         if prof is not None and step == args.warmup:

@@ -1,0 +1,99 @@
+"""The executor under torchrun: every schedule's loss and gradients equal one process's, on
+2 ranks (all seven schedules, one launch) and 4 ranks (1F1B and Interleaved1F1B, one
+launch); a plan that does not fit the launch fails before compute; an exception on one
+rank brings every rank down within 60 s. Few launches: each costs ~10 s of start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+SCHEDULES_2 = [("GPipe", 1), ("1F1B", 1), ("Interleaved1F1B", 2), ("LoopedBFS", 2), ("InterleavedZeroBubble", 2),
+               ("ZBVZeroBubble", 2), ("DualPipeV", 2)]
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                        "-m", "executor", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return r, time.monotonic() - t
+
+
+@pytest.fixture(scope="module")
+def deep_profile(tmp_path_factory) -> Path:
+    """gpt2-tiny with 6 blocks: 8 units, enough for 4 ranks x 2 stages."""
+    from profiles import profile_model
+
+    path = tmp_path_factory.mktemp("exec") / "profile.json"
+    profile_model("gpt2-tiny", seq_len=16, overrides={"n_layer": 6}, repeats=2, warmup=1).save(path)
+    return path
+
+
+def _plans(profile_path: Path, pp: int, cases: list[tuple[str, int]], microbatches: int) -> list[Path]:
+    from executor.plans import validation_plan
+    from planner.cluster import Cluster
+    from profiles import load_profile
+
+    profile = load_profile(profile_path)
+    out = []
+    for name, v in cases:
+        plan = validation_plan(profile, profile_path, Cluster(devices=pp), name, pp, microbatches, v)
+        out.append(plan.save(profile_path.parent / f"{name}-pp{pp}.json"))
+    return out
+
+
+def _assert_checked(r: subprocess.CompletedProcess, plans: list[Path], expect_actions) -> None:
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    for path in plans:
+        data = json.loads(path.with_suffix(".run.json").read_text())
+        check = data["check"]
+        assert check["passed"] and check["max_rel_diff"] <= 1e-4, (path.name, check)
+        assert check["loss_rel_diff"] <= 1e-5, (path.name, check)
+        plan = json.loads(path.read_text())
+        table = {(int(r), a) for r, acts in plan["schedule"]["table"].items() for a in acts}
+        ran = {(e["rank"], f"{e['stage']}{e['kind']}{e['microbatch']}") for e in data["events"]}
+        assert ran == table, path.name  # every action of the table ran, on its rank, and nothing else
+        assert data["predicted_step_s"] > 0 and len(data["step_s"]) == 1
+        expect_actions(plan)
+
+
+def test_all_seven_schedules_on_two_ranks_match_one_process(deep_profile):
+    plans = _plans(deep_profile, 2, SCHEDULES_2, 4)
+    r, _ = torchrun(2, *map(str, plans), "--check", "--steps", "1", "--warmup", "0")
+    _assert_checked(r, plans, lambda plan: None)
+    assert r.stdout.count("check passed") == len(plans)
+
+
+def test_interleaved_on_four_ranks_match_one_process(deep_profile):
+    plans = _plans(deep_profile, 4, [("1F1B", 1), ("Interleaved1F1B", 2)], 8)
+    r, _ = torchrun(4, *map(str, plans), "--check", "--steps", "1", "--warmup", "0")
+    _assert_checked(r, plans, lambda plan: None)
+
+
+def test_mismatched_launch_and_torch_schedule_fail_before_compute(deep_profile):
+    """Wrong world size and a torch class whose placement the plan does not have: one line, exit 2."""
+    plans = _plans(deep_profile, 2, [("1F1B", 1), ("ZBVZeroBubble", 2)], 4)
+    r, secs = torchrun(2, str(plans[1]), "--torch-schedule", "Interleaved1F1B", "--steps", "1", "--warmup", "0")
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("executor rank")]
+    assert len(errors) == 2 and all("ScheduleInterleaved1F1B needs" in line for line in errors), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr.split("executor rank")[0]
+
+
+def test_exception_on_one_rank_brings_all_ranks_down_within_60s(deep_profile):
+    plans = _plans(deep_profile, 2, [("1F1B", 1)], 4)
+    r, secs = torchrun(2, str(plans[0]), "--steps", "3", "--warmup", "0", "--fail-at-step", "2", "--fail-rank", "1",
+                       timeout=120)
+    assert r.returncode != 0
+    assert secs < 60, secs
+    line = next(x for x in r.stderr.splitlines() if x.startswith("executor rank 1: step 2 failed"))
+    assert "stage 1 action 1F0 (input shapes [(1, 16, 64)])" in line, line
