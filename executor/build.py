@@ -132,13 +132,27 @@ def check_torch_schedule(plan: Plan, name: str) -> str:
     return canon
 
 
+class _StageMappingOnly(torch_schedules.PipelineScheduleMulti):
+    def _validate_and_set_stage_mapping(self, actions) -> None:
+        self.stage_index_to_group_rank = {a.stage_index: r for r, acts in actions.items() for a in acts if a}
+        for stage in self._stages:
+            stage.stage_index_to_group_rank = self.stage_index_to_group_rank
+
+
+class _ForwardOnlyRuntime(_PipelineScheduleRuntime, _StageMappingOnly):
+    """torch's runtime for a forward-only table: torch's table check insists on a backward per
+    forward, so only the stage->rank map is taken here (the table itself was checked when the
+    plan was loaded, ``validate_table(forward_only=True)``)."""
+
+
 def build_schedule(plan: Plan, stages: list[PipelineStage], loss_fn, torch_schedule: str | None = None):
     """The plan's own table through ``_PipelineScheduleRuntime`` (default), or torch's class by name."""
     m = plan.microbatches
     if torch_schedule:
         cls = getattr(torch_schedules, TORCH_SCHEDULES[torch_schedule])
         return cls(stages[0], m, loss_fn=loss_fn) if torch_schedule in _SINGLE_STAGE else cls(stages, m, loss_fn=loss_fn)
-    schedule = _PipelineScheduleRuntime(stages, m, loss_fn=loss_fn)
+    cls = _ForwardOnlyRuntime if plan.job.forward_only else _PipelineScheduleRuntime
+    schedule = cls(stages, m, loss_fn=loss_fn)
     schedule._prepare_schedule_with_comms(torch_actions(plan.table))
     return schedule
 

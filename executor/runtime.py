@@ -203,7 +203,8 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
         recorder.fail_at = (args.fail_at_step, rank)
     for st in stages:
         recorder.wrap(st)
-    schedule = build_schedule(plan, stages, loss_fn, torch_schedule)
+    # forward-only: no loss function, so torch's runtime expects (and validates) no backward
+    schedule = build_schedule(plan, stages, None if forward_only else loss_fn, torch_schedule)
     recorder.wrap_loss(schedule)
     opt = torch.optim.AdamW(params, lr=args.lr) if params and not forward_only else None
     mine_idx = {s.index for s in plan.stages if s.rank == pp_rank}
@@ -226,13 +227,15 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
             prof.start()
         try:
             with tracker.hooks() if step == 0 and not forward_only else nullcontext():
-                _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
+                out = _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
         except Exception as e:
             print(f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
                   f"({plan.schedule}, {path}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             traceback.print_exc()
             raise
         t_sched = time.perf_counter() - t0
+        if forward_only and args.check and step == 0:
+            check = _check_outputs(plan, out, x, device) if last_stage else {}
         if not forward_only:
             _finish_grads(params, dp, dp_group, loss_scale)
             if args.check and step == 0:
@@ -244,7 +247,8 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
         t_end = time.perf_counter() - t0
         if prof is not None and step >= args.warmup:
             prof.step()
-        losses.append(torch.stack(step_losses).mean().item() / loss_scale if step_losses else float("nan"))
+        if step_losses:
+            losses.append(torch.stack(step_losses).mean().item() / loss_scale)
         if step >= args.warmup:
             step_times.append(t_end)
             step_events.append(list(recorder.events))
@@ -278,14 +282,31 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
     return codes[0]
 
 
-def _one_step(schedule, x, y, losses, first: bool, last: bool, forward_only: bool) -> None:
+def _one_step(schedule, x, y, losses, first: bool, last: bool, forward_only: bool):
+    """One step; returns the last stage's output in forward-only mode (else None)."""
     args = (x,) if first else ()
-    kw = {"target": y, "losses": losses} if last else {}
     if forward_only:
         with torch.no_grad():
-            schedule.eval(*args, **kw)
-    else:
-        schedule.step(*args, **kw)
+            return schedule.eval(*args)
+    schedule.step(*args, **({"target": y, "losses": losses} if last else {}))
+    return None
+
+
+def _check_outputs(plan: Plan, out, x: torch.Tensor, device) -> dict:
+    """Forward-only plans: the last stage's output vs one process running every stage."""
+    ref = build_model(plan.profile.model_name, config=plan.profile.model_config, seed=0,
+                      attention=plan.profile.measurement.get("attention", "sdpa"))
+    with torch.no_grad():
+        want = x
+        for mod in stage_modules(plan, ref.units):
+            want = mod.to(device)(want)
+    rtol = CHECK_RTOL_16BIT if any(s.dtype != "fp32" for s in plan.stages) else CHECK_RTOL
+    if not torch.is_tensor(out) or out.shape != want.shape:
+        return {"passed": False, "max_rel_diff": float("inf"), "where": "output", "rtol": rtol,
+                "why": f"output shape {getattr(out, 'shape', None)} vs {tuple(want.shape)}"}
+    diff = ((out.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
+    return {"passed": diff <= rtol, "max_rel_diff": diff, "where": "last stage output", "rtol": rtol, "tensors": 1,
+            "why": "" if diff <= rtol else "outputs differ from the one-process forward"}
 
 
 def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: float) -> None:

@@ -67,10 +67,50 @@ def _assert_checked(r: subprocess.CompletedProcess, plans: list[Path], expect_ac
 
 
 def test_all_seven_schedules_on_two_ranks_match_one_process(deep_profile):
+    """Plus a forward-only (inference) plan in the same launch: its output vs one process."""
+    from executor.plans import validation_plan
+    from planner.cluster import Cluster
+    from profiles import load_profile
+
     plans = _plans(deep_profile, 2, SCHEDULES_2, 4)
-    r, _ = torchrun(2, *map(str, plans), "--check", "--steps", "1", "--warmup", "0")
+    fwd = validation_plan(load_profile(deep_profile), deep_profile, Cluster(devices=2), "GPipe", 2, 4,
+                          forward_only=True).save(deep_profile.parent / "forward-only.json")
+    r, _ = torchrun(2, *map(str, plans), str(fwd), "--check", "--steps", "1", "--warmup", "0")
     _assert_checked(r, plans, lambda plan: None)
-    assert r.stdout.count("check passed") == len(plans)
+    assert r.stdout.count("check passed") == len(plans) + 1
+    data = json.loads(fwd.with_suffix(".run.json").read_text())
+    assert data["check"]["passed"] and {e["kind"] for e in data["events"]} == {"F"} and not data["losses"]
+
+
+def test_precision_recompute_data_torch_schedule_and_profiler(tmp_path):
+    """bf16 and fp16 (loss-scaled) stages, per-unit recompute, --data, torch's Schedule1F1B
+    on the same stages, and --torch-profiler traces: one launch, every plan checked."""
+    from dataclasses import replace
+
+    from executor.plans import validation_plan
+    from planner.cluster import Cluster
+    from profiles import load_profile, profile_model
+
+    prof_path = tmp_path / "profile.json"
+    profile_model("gpt2-tiny", seq_len=8, dtypes=("fp32", "bf16"), repeats=1, warmup=0).save(prof_path)
+    prof, cluster = load_profile(prof_path), Cluster(devices=2)
+    bf16 = validation_plan(prof, prof_path, cluster, "1F1B", 2, 2, dtype="bf16")
+    fp16 = replace(bf16, stages=tuple(replace(s, dtype="fp16") for s in bf16.stages))
+    recompute = validation_plan(prof, prof_path, cluster, "1F1B", 2, 2, recompute=True)
+    plans = [p.save(tmp_path / f"{n}.json") for n, p in [("bf16", bf16), ("fp16", fp16), ("recompute", recompute)]]
+    text = tmp_path / "text.txt"
+    text.write_text("pipeplan runs the plan for real and holds the prediction to it. " * 4)
+    r, _ = torchrun(2, *map(str, plans), "--check", "--steps", "1", "--warmup", "0", "--data", str(text),
+                    "--torch-schedule", "1F1B", "--torch-profiler", str(tmp_path / "prof"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    for p in plans:
+        data = json.loads(p.with_suffix(".run.json").read_text())
+        assert data["check"]["passed"], (p.name, data["check"])
+        assert data["extra"]["runtime"] == "torch Schedule1F1B" and data["extra"]["data"] == str(text)
+        tol = 2e-2 if p.stem != "recompute" else 1e-4
+        assert data["check"]["rtol"] == tol
+        assert {e["kind"] for e in data["events"]} == {"F", "B"}
+    assert len(list((tmp_path / "prof").glob("*.trace.json"))) == 2 * len(plans)
 
 
 def test_interleaved_on_four_ranks_match_one_process(deep_profile):
