@@ -103,6 +103,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--perturb-grad", type=float, default=0.0, help=argparse.SUPPRESS)  # --check failure tests
     args = p.parse_args(argv)
     if args.report and len(args.plans) > 1:
         raise UserError("--report names one report: give one plan, or leave --report out")
@@ -238,6 +239,9 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
             check = _check_outputs(plan, out, x, device) if last_stage else {}
         if not forward_only:
             _finish_grads(params, dp, dp_group, loss_scale)
+            if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
+                g = params[0].grad
+                g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
             if args.check and step == 0:
                 check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank, loss_scale)
             if opt is not None:
@@ -310,11 +314,14 @@ def _check_outputs(plan: Plan, out, x: torch.Tensor, device) -> dict:
 
 
 def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: float) -> None:
-    if dp > 1:
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad, group=dp_group)
-                p.grad /= dp
+    grads = [p.grad for p in params if p.grad is not None]
+    if dp > 1 and grads:
+        # one all-reduce of all this rank's gradients, flattened (as DDP's buckets do), then the mean
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=dp_group)
+        flat /= dp
+        for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(reduced)
     if loss_scale != 1.0:
         for p in params:
             if p.grad is not None:

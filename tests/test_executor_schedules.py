@@ -114,9 +114,21 @@ def test_precision_recompute_data_torch_schedule_and_profiler(tmp_path):
 
 
 def test_interleaved_on_four_ranks_match_one_process(deep_profile):
+    """1F1B and Interleaved1F1B on 4 pipeline ranks, and the planner's pp 2 x dp 2 plan."""
+    from planner import Cluster, Job, plan
+    from profiles import load_profile
+
     plans = _plans(deep_profile, 4, [("1F1B", 1), ("Interleaved1F1B", 2)], 8)
-    r, _ = torchrun(4, *map(str, plans), "--check", "--steps", "1", "--warmup", "0")
+    pp_dp = plan(load_profile(deep_profile), Cluster(devices=4, memory_bytes=2**30),
+                 Job(global_batch=8, microbatch_size=1, schedules=("1F1B",), pp=(2,)), top=1,
+                 profile_path=deep_profile)[0]
+    assert (pp_dp.pp, pp_dp.dp) == (2, 2)
+    dp_path = pp_dp.save(deep_profile.parent / "pp2-dp2.json")
+    r, _ = torchrun(4, *map(str, plans), str(dp_path), "--check", "--steps", "1", "--warmup", "0")
     _assert_checked(r, plans, lambda plan: None)
+    dp_report = json.loads(dp_path.with_suffix(".run.json").read_text())
+    assert dp_report["check"]["passed"] and dp_report["world_size"] == 4
+    assert {e["rank"] for e in dp_report["events"]} == {0, 1, 2, 3}
 
 
 def test_mismatched_launch_and_torch_schedule_fail_before_compute(deep_profile):
@@ -127,6 +139,20 @@ def test_mismatched_launch_and_torch_schedule_fail_before_compute(deep_profile):
     errors = [line for line in r.stderr.splitlines() if line.startswith("executor rank")]
     assert len(errors) == 2 and all("ScheduleInterleaved1F1B needs" in line for line in errors), r.stderr[-2000:]
     assert "Traceback" not in r.stderr.split("executor rank")[0]
+    four = _plans(deep_profile, 4, [("1F1B", 1)], 8)[0]  # a 4-rank plan launched on 2
+    r, _ = torchrun(2, str(four), "--steps", "1", "--warmup", "0")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("executor rank")]
+    assert r.returncode != 0 and len(errors) == 2 and all("needs 4 processes" in e for e in errors), r.stderr[-2000:]
+
+
+def test_check_beyond_tolerance_fails_loudly(deep_profile):
+    """A gradient off by more than the fp32 tolerance: non-zero exit and a one-line reason."""
+    plans = _plans(deep_profile, 2, [("1F1B", 1)], 4)
+    r, _ = torchrun(2, str(plans[0]), "--check", "--steps", "1", "--warmup", "0", "--perturb-grad", "1e-3")
+    assert r.returncode != 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "check FAILED" in r.stdout
+    line = next(x for x in r.stderr.splitlines() if x.startswith("executor: CHECK FAILED"))
+    assert "tolerance 0.0001" in line, line
 
 
 def test_exception_on_one_rank_brings_all_ranks_down_within_60s(deep_profile):
