@@ -150,7 +150,7 @@ def build_schedule(plan: Plan, stages: list[PipelineStage], loss_fn, torch_sched
     m = plan.microbatches
     if torch_schedule:
         cls = getattr(torch_schedules, TORCH_SCHEDULES[torch_schedule])
-        return cls(stages[0], m, loss_fn=loss_fn) if torch_schedule in _SINGLE_STAGE else cls(stages, m, loss_fn=loss_fn)
+        return cls(stages[0] if torch_schedule in _SINGLE_STAGE else stages, m, loss_fn=loss_fn)
     cls = _ForwardOnlyRuntime if plan.job.forward_only else _PipelineScheduleRuntime
     schedule = cls(stages, m, loss_fn=loss_fn)
     schedule._prepare_schedule_with_comms(torch_actions(plan.table))

@@ -133,5 +133,5 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 RUN = Command("run", "Run a Plan for real under torchrun and write a RunReport.", _add_run, _run)
 VALIDATE = Command("validate", "Simulate a Plan, run it, and print predicted vs measured.", _add_validate, _validate)
-CALIBRATE = Command("calibrate", "Measure this machine's point-to-point links; write a cluster spec.",
+CALIBRATE = Command("calibrate", "Measure links, per-action runtime overhead and optimizer time; write a cluster spec.",
                     _add_calibrate, _calibrate)

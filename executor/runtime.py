@@ -34,8 +34,8 @@ from profiles.contract import ContractError, UserError, sha256_of
 from profiles.zoo import ZooModel, build_model
 from simulator.timeline import Event, RankStats, Timeline
 
-from .build import (FP16_LOSS_SCALE, TORCH_SCHEDULES, Recorder, TextData, build_schedule, build_stages, check_torch_schedule,
-                    keep_freed_memory, stage_modules, torch_actions)
+from .build import (FP16_LOSS_SCALE, TORCH_SCHEDULES, Recorder, TextData, build_schedule, build_stages,
+                    check_torch_schedule, keep_freed_memory, stage_modules)
 from .report import RunReport
 
 __all__ = ["main", "run_worker", "reference_grads", "CHECK_RTOL", "CHECK_RTOL_16BIT", "PG_TIMEOUT_S"]
@@ -217,8 +217,8 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
     total = args.warmup + args.steps
     prof = _profiler(args, path, rank)
     for step in range(total):
-        batches = [data.batch(batch, seq_len, step * dp + d) if data else model.make_batch(batch, seq_len, 1000 * step + d)
-                   for d in range(dp)]
+        batches = [data.batch(batch, seq_len, step * dp + d) if data
+                   else model.make_batch(batch, seq_len, 1000 * step + d) for d in range(dp)]
         x, y = (t.to(device) for t in batches[dp_rank])
         step_losses: list[torch.Tensor] = []
         recorder.events, recorder.step, recorder.current = [], step, ""
@@ -410,7 +410,8 @@ def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, devi
     return RunReport(str(path), sha256_of(path), world, "nccl" if device.type == "cuda" else "gloo",
                      device.type, tuple(steps), tl, tuple(losses), check,
                      plan.predicted.step_s if plan.predicted else None,
-                     {"runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule else "_PipelineScheduleRuntime", "torch": torch.__version__, "warmup": args.warmup,
+                     {"runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule
+                      else "_PipelineScheduleRuntime", "torch": torch.__version__, "warmup": args.warmup,
                       "schedule": plan.schedule, "microbatches": plan.microbatches,
                       "data": str(args.data) if args.data else "synthetic",
                       "schedule_end_s": [g["sched"][med] for g in sorted(gathered, key=lambda g: g["rank"])]})
