@@ -6,7 +6,10 @@ Assumptions:
   optimizer state (``optimizer_bytes_per_param``, 8 for AdamW's two fp32 moments) and an
   fp32 master copy when the dtype is 16-bit: about 16 bytes per parameter either way;
 - full recompute of a stage keeps only each unit's input and adds one forward to the backward;
-- after I, a zero-bubble stage keeps ``w_keep_fraction`` of its activations until W.
+- after I, a zero-bubble stage keeps ``w_keep_fraction`` of its activations until W;
+- the first stage has no input gradient to compute (its inputs are data): its I is empty
+  and its W runs the whole backward, keeping all activations until then (as
+  ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` is skipped on stage 0).
 """
 
 from __future__ import annotations
@@ -102,13 +105,16 @@ def stage_costs(profile: Profile, bounds: list[tuple[int, int]], *, dtype: str |
             act = sum(u.saved_bytes for u in units)
             extra = 0.0
         oh = action_overhead_s
+        full = sum(u.backward_s for u in units) + extra
+        first_stage = s == 0  # I: nothing; W: the full backward (see the assumptions)
         out.append(StageCost(
             forward_s=fwd + oh,
-            backward_s=sum(u.backward_s for u in units) + extra + oh,
-            backward_input_s=sum(u.backward_input_s for u in units) + extra + oh,
-            backward_weight_s=sum(u.backward_weight_s for u in units) + oh,
+            backward_s=full + oh,
+            backward_input_s=(0.0 if first_stage else sum(u.backward_input_s for u in units) + extra) + oh,
+            backward_weight_s=(full if first_stage else sum(u.backward_weight_s for u in units)) + oh,
             activation_bytes=int(act), static_bytes=int(static),
             output_bytes=units[-1].output_bytes if s < n - 1 else 0,
             input_bytes=prev_out, param_bytes=int(wbytes), optimizer_s=params * optimizer_s_per_param,
+            **({"w_keep_fraction": 1.0} if first_stage else {}),
         ))
     return out
