@@ -244,10 +244,12 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
                 g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
             if args.check and step == 0:
                 check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank, loss_scale)
+            t_opt = time.perf_counter()
             if opt is not None:
                 if loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
                     opt.step()
                 opt.zero_grad(set_to_none=True)
+            t_opt = time.perf_counter() - t_opt
         t_end = time.perf_counter() - t0
         if prof is not None and step >= args.warmup:
             prof.step()
@@ -256,7 +258,7 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
         if step >= args.warmup:
             step_times.append(t_end)
             step_events.append(list(recorder.events))
-            tails.append(t_sched)
+            tails.append((t_sched, 0.0 if forward_only else t_opt))
     if prof is not None:
         prof.stop()
         prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
@@ -266,6 +268,7 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
                       if torch.is_tensor(t) and t.dim() > 0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else static + tracker.peak
     mine = {"rank": rank, "steps": step_times, "events": step_events, "sched": tails,
+            "params": sum(p.numel() for p in params),
             "losses": losses if last_stage else [], "peak": int(peak), "check": check}
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
@@ -414,7 +417,9 @@ def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, devi
                       else "_PipelineScheduleRuntime", "torch": torch.__version__, "warmup": args.warmup,
                       "schedule": plan.schedule, "microbatches": plan.microbatches,
                       "data": str(args.data) if args.data else "synthetic",
-                      "schedule_end_s": [g["sched"][med] for g in sorted(gathered, key=lambda g: g["rank"])]})
+                      "schedule_end_s": [g["sched"][med][0] for g in sorted(gathered, key=lambda g: g["rank"])],
+                      "optimizer_s": [g["sched"][med][1] for g in sorted(gathered, key=lambda g: g["rank"])],
+                      "params": [g["params"] for g in sorted(gathered, key=lambda g: g["rank"])]})
 
 
 def _print_summary(report: RunReport, path: Path) -> None:
