@@ -1,8 +1,8 @@
 """Choose the pipeline: cluster and job specs, the split MILP, the outer search, the Plan contract."""
 
-from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, parse_bytes
+from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
 from .plan import Plan, Prediction, StagePlan, load_plan
-from .search import InfeasibleError, even_split, plan, score_split
+from .search import InfeasibleError, SearchStats, even_split, plan, score_split, search
 
 __all__ = ["PRESET_CLUSTERS", "Cluster", "Job", "load_cluster", "parse_bytes", "Plan", "Prediction", "StagePlan",
-           "load_plan", "InfeasibleError", "even_split", "plan", "score_split"]
+           "load_plan", "InfeasibleError", "even_split", "plan", "score_split", "search", "SearchStats", "load_job"]

@@ -13,7 +13,7 @@ from typing import Any
 from profiles.contract import ContractError, Fields, UserError, read_json, schema_id, write_json
 from simulator.costs import Links
 
-__all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "parse_bytes"]
+__all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "load_job", "parse_bytes"]
 
 KIND, MAJOR = "cluster", 1
 
@@ -112,6 +112,9 @@ class Job:
     recompute: bool = False  #: whether the planner may recompute activations per stage
     optimizer_bytes_per_param: float = 8.0  #: optimizer state per parameter (AdamW: two fp32 moments)
     forward_only: bool = False  #: inference: forward actions only, objective latency/throughput
+    virtual: tuple[int, ...] = ()  #: allowed stages per rank for schedules that take several (empty: 1..4)
+    seq_len: int | None = None  #: sequence length; must match the profile's when given
+    objective: str = "step"  #: "step": training step time; "latency"/"throughput": forward-only serving
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,5 +127,40 @@ class Job:
             if k not in known:
                 raise ContractError(f"{where}: field {k}: unknown field; known fields: {', '.join(sorted(known))}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return Job(**d)
+        job = Job(**d)
+        job.check(where)
+        return job
+
+    def check(self, where: str = "job") -> None:
+        """Raise a one-line ContractError naming the field when a value is impossible."""
+        def bad(name: str, why: str) -> ContractError:
+            return ContractError(f"{where}: field {name}: {why}")
+        if not isinstance(self.global_batch, int) or self.global_batch < 1:
+            raise bad("global_batch", f"must be a positive integer, got {self.global_batch!r}")
+        if self.microbatch_size is not None and self.microbatch_size < 1:
+            raise bad("microbatch_size", "must be >= 1")
+        if any(x < 1 for x in self.microbatches + self.pp + self.virtual):
+            raise bad("microbatches/pp/virtual", "values must be >= 1")
+        if not self.schedules:
+            raise bad("schedules", "name at least one schedule")
+        if self.optimizer_bytes_per_param < 0:
+            raise bad("optimizer_bytes_per_param", "must be >= 0")
+        if self.objective not in ("step", "latency", "throughput"):
+            raise bad("objective", f"is {self.objective!r}: choose step, latency or throughput")
+        if self.objective != "step" and not self.forward_only:
+            raise bad("objective", f"{self.objective} is for forward-only jobs: set forward_only true")
+
+
+def load_job(path: str | Path) -> Job:
+    """A job JSON file: the Job fields, unknown keys refused."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--job {path}: cannot read a JSON object: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--job {path}: expected a JSON object of job fields")
+    data.pop("schema", None)
+    return Job.from_dict(data, str(path))
 

@@ -1,27 +1,51 @@
-"""The split MILP: where to cut a chain of units into ``p`` contiguous stages.
+"""The split MILP: where to cut a chain of units into ``S`` contiguous stages, and how
+to run each stage (precision, recompute).
 
 Variables are cumulative ("prefix") binaries: ``z[u][s] = 1`` when unit ``u`` sits in
 stage ``s`` or earlier. Contiguity is then two families of inequalities, and a unit's
-membership of stage ``s`` is ``z[u][s] - z[u][s-1]``: linear, no unit x stage products.
+membership of stage ``s`` is ``z[u][s] - z[u][s-1]``: linear, no unit x stage
+assignment products. This is orders of magnitude faster to solve than one binary per
+(unit, stage) pair with explicit contiguity constraints.
 
-Step-time model (one stage per rank, GPipe or 1F1B, m microbatches):
-``(m - 1) * T + sum_s (F_s + B_s) + 2 * sum_boundaries transfer``, where ``T >= F_s + B_s``
-for every stage. ``sum_s (F_s + B_s)`` is the same for every split, so the objective is
-``(m - 1) * T`` plus the fill/drain transfers. Memory per stage: static bytes plus the
-activations of the microbatches the schedule keeps in flight there (1F1B: ``min(m, p - s)``
-on stage s; GPipe: ``m``). The simulator re-scores every answer.
+Per-stage options (a dtype, with or without full recompute) are binaries ``c[s][o]``
+with ``sum_o c[s][o] = 1``; the unit's costs under the chosen option are carried by
+continuous ``y[u][s][o] >= member(u, s) + c[s][o] - 1``, ``y >= 0``. Every ``y`` has a
+non-negative coefficient in ``<=`` rows and in the objective only, so the solver sets it
+to the product ``member * c``. With one option, ``y`` is simply the membership.
+
+Step-time model (:class:`StepModel`), for a schedule whose stage ``s`` runs on rank
+``rank_of[s]``, ``v`` stages per rank and ``m`` microbatches:
+
+    (m - 1) * T  +  (1 / v) * sum_s (F_s + Bcrit_s)  +  sum_cuts across ranks  hops * send
+
+``T`` bounds every rank's work per microbatch (``sum over its stages of F + B``);
+``Bcrit`` is the backward on the critical path (B, or I for zero-bubble schedules);
+schedules that run all forwards before all backwards (GPipe, LoopedBFS) bound the
+forward and backward loads apart (``(m - 1) * (TF + TB)``). For one stage per rank and
+uniform costs this is exactly ``(m + p - 1) * t``, the textbook GPipe/1F1B step; for the
+others it is a model, and the search re-scores every answer with the event simulator and
+searches around it. Memory per rank: static bytes plus the activations the schedule's
+own memory pattern (``memory.py``) holds, which equals the simulator's peak.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import pulp
 
 from profiles.contract import UserError
 
-__all__ = ["UnitData", "SplitResult", "solve_split", "min_memory_split", "SolverError", "in_flight"]
+from .memory import Pattern
+
+__all__ = ["UnitData", "StepModel", "SplitResult", "SolverError", "solve_split", "min_memory_split",
+           "available_solvers"]
 
 
 class SolverError(UserError):
@@ -30,118 +54,307 @@ class SolverError(UserError):
 
 @dataclass(frozen=True)
 class UnitData:
-    """Per-unit inputs of the MILP (seconds, bytes)."""
+    """One unit's costs under one option (dtype, recompute), per microbatch (seconds, bytes)."""
 
-    work_s: float  # F + B of one microbatch
+    forward_s: float
+    backward_s: float  # B (including the recomputed forward, when recomputing)
+    input_s: float  # I: the part of the backward on the critical path of zero-bubble schedules
     static_bytes: int  # weights, grads, optimizer state
-    act_bytes: int  # activations saved per microbatch in flight
+    act_bytes: int  # activations held per microbatch in flight
     send_s: float  # time to send this unit's output to another rank
+    keep_fraction: float = 0.5  # share of act_bytes held from I until W
+    grad_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
+
+    @property
+    def work_s(self) -> float:
+        return self.forward_s + self.backward_s
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """The schedule's step-time and memory model, as the MILP sees it."""
+
+    microbatches: int
+    rank_of: tuple[int, ...]  # stage -> rank (Plan.table's placement)
+    memory: Pattern  # activations held per rank (from the schedule table)
+    split_backward: bool = False  # zero-bubble family: I on the critical path, W fills bubbles
+    phased: bool = False  # all forwards before all backwards (GPipe, LoopedBFS)
+    forward_only: bool = False  # inference: F only, no activations held, weights only
+
+    @property
+    def stages(self) -> int:
+        return len(self.rank_of)
+
+    @property
+    def virtual(self) -> int:
+        return max(1, self.stages // (max(self.rank_of) + 1))
 
 
 @dataclass(frozen=True)
 class SplitResult:
     bounds: list[tuple[int, int]]
+    options: list[str]  # chosen option per stage
     objective: float
-    status: str
+    status: str  # Optimal | TimeLimit (a feasible answer, not proven optimal)
+    solver: str
+    time_s: float
+    gap: float | None  # relative gap between the answer and the best bound (0 when proven)
+    bound: float | None = None  # best bound on the objective the solver proved
+    facts: dict = field(default_factory=dict)
+
+
+# -- solvers ----------------------------------------------------------------------------
+
+def available_solvers() -> list[str]:
+    have = pulp.listSolvers(onlyAvailable=True)
+    return [name for name, key in (("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")) if key in have]
+
+
+@contextmanager
+def _quiet_stdout():
+    """Send fd 1 to /dev/null meanwhile: HiGHS prints its banner there when first built,
+    whatever its options (``--json`` must print one object and nothing else)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _pick(solver: str) -> str:
+    have = available_solvers()
+    if solver == "auto":
+        return "highs" if "highs" in have else "cbc"
+    if solver not in ("highs", "cbc"):
+        raise UserError(f"--solver {solver}: choose auto, highs or cbc")
+    if solver not in have:
+        raise UserError(f"--solver {solver} is not installed here (available: {', '.join(have) or 'none'})")
+    return solver
+
+
+@dataclass(frozen=True)
+class _Facts:
+    status: str  # Optimal | TimeLimit | Infeasible | NoSolution | <solver's own word>
     solver: str
     time_s: float
     gap: float | None
+    bound: float | None
 
 
-def in_flight(schedule: str, p: int, s: int, m: int) -> int:
-    """Microbatches whose activations stage ``s`` holds at its peak."""
-    return m if schedule == "GPipe" else min(m, p - s)
+def _solve(prob: pulp.LpProblem, time_limit: float, solver: str = "auto") -> _Facts:
+    """Solve and say what was proven. A time limit is never reported as Optimal."""
+    name = _pick(solver)
+    t0 = time.perf_counter()
+    if name == "highs":
+        with _quiet_stdout():
+            prob.solve(pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1))
+        facts = _highs_facts(prob)
+    else:
+        facts = _cbc_solve(prob, time_limit)
+    return _Facts(facts[0], name, time.perf_counter() - t0, facts[1], facts[2])
 
 
-def _solver(time_limit: float):
-    # CBC (bundled with PuLP 3.x) by default: HiGHS through highspy prints a banner on stdout.
-    return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit), "CBC"
+def _highs_facts(prob) -> tuple[str, float | None, float | None]:
+    import highspy
+
+    h = prob.solverModel
+    st = h.getModelStatus()
+    info = h.getInfo()
+    S = highspy.HighsModelStatus
+    has_answer = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    integer = any(v.cat == pulp.LpInteger for v in prob.variables())
+    bound = info.mip_dual_bound if integer else info.objective_function_value
+    gap = (info.mip_gap if integer else 0.0) if has_answer else None
+    if st == S.kOptimal:
+        return "Optimal", gap if gap is not None and gap < 1e30 else 0.0, bound
+    if st in (S.kInfeasible, S.kUnboundedOrInfeasible):
+        return "Infeasible", None, None
+    if st in (S.kTimeLimit, S.kIterationLimit, S.kInterrupt):
+        return ("TimeLimit" if has_answer else "NoSolution"), gap, bound
+    return h.modelStatusToString(st), None, None
 
 
-def _prefix_model(name: str, units: list[UnitData], p: int, sense=pulp.LpMinimize):
-    U = len(units)
-    if p > U:
-        raise UserError(f"cannot cut {U} units into {p} stages: lower --pp")
+_CBC_RESULT = re.compile(r"^Result - (.*)$", re.M)
+_CBC_GAP = re.compile(r"^Gap:\s+([0-9.eE+-]+)", re.M)
+_CBC_BOUND = re.compile(r"^Lower bound:\s+([0-9.eE+-]+)", re.M)
+
+
+def _cbc_solve(prob, time_limit: float) -> tuple[str, float | None, float | None]:
+    fd, log = tempfile.mkstemp(prefix="pipeplan-cbc-", suffix=".log")
+    os.close(fd)
+    try:
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, logPath=log, threads=1))
+        with open(log, errors="replace") as f:
+            text = f.read()
+    finally:
+        os.unlink(log)
+    result = (_CBC_RESULT.findall(text) or [""])[-1]
+    gap = float(_CBC_GAP.findall(text)[-1]) if _CBC_GAP.findall(text) else None
+    bound = float(_CBC_BOUND.findall(text)[-1]) if _CBC_BOUND.findall(text) else None
+    if "infeasible" in result.lower() or prob.status == pulp.LpStatusInfeasible:
+        return "Infeasible", None, None
+    has_answer = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if "time" in result.lower() or "Stopped" in result:
+        return ("TimeLimit" if has_answer else "NoSolution"), gap, bound
+    if prob.status == pulp.LpStatusOptimal and has_answer:
+        return "Optimal", gap if gap is not None else 0.0, bound
+    return pulp.LpStatus[prob.status], None, None
+
+
+# -- the model ----------------------------------------------------------------------------
+
+def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=pulp.LpMinimize):
+    """Variables and structure shared by every objective: prefix binaries, options, contiguity."""
+    labels = list(options)
+    U = len(options[labels[0]])
+    if S > U:
+        raise UserError(f"cannot cut {U} units into {S} stages: lower --pp or --virtual")
     prob = pulp.LpProblem(name, sense)
+
     # z[u][s] = 1: unit u is in stage s or earlier; the last stage's column is the constant 1
-    z = [[pulp.LpVariable(f"z_{u}_{s}", cat="Binary") for s in range(p - 1)] + [1] for u in range(U)]
+    z = [[pulp.LpVariable(f"z_{u}_{s}", cat="Binary") for s in range(S - 1)] + [1] for u in range(U)]
 
     def member(u: int, s: int):
         return z[u][s] - (z[u][s - 1] if s > 0 else 0)
 
-    # contiguity: earlier units sit in earlier stages; a unit in stage <= s is in stage <= s+1
+    # contiguity: a unit in stage <= s makes every earlier unit so; stage <= s implies stage <= s+1
     for u in range(U - 1):
-        for s in range(p - 1):
+        for s in range(S - 1):
             prob += z[u][s] >= z[u + 1][s], f"prefix_u{u}_s{s}"
     for u in range(U):
-        for s in range(p - 2):
+        for s in range(S - 2):
             prob += z[u][s] <= z[u][s + 1], f"monotone_u{u}_s{s}"
     # every stage holds at least one unit
-    for s in range(p):
+    for s in range(S):
         prob += pulp.lpSum(member(u, s) for u in range(U)) >= 1, f"nonempty_s{s}"
-    return prob, z, member
+
+    # one option per stage; y[u][s][o] is member(u, s) * c[s][o] (see the module docstring)
+    if len(labels) == 1:
+        c = [{labels[0]: 1} for _ in range(S)]
+        y = [[{labels[0]: member(u, s)} for s in range(S)] for u in range(U)]
+    else:
+        c = [{o: pulp.LpVariable(f"c_{s}_{i}", cat="Binary") for i, o in enumerate(labels)} for s in range(S)]
+        y = [[{o: pulp.LpVariable(f"y_{u}_{s}_{i}", lowBound=0) for i, o in enumerate(labels)} for s in range(S)]
+             for u in range(U)]
+        for s in range(S):
+            prob += pulp.lpSum(c[s].values()) == 1, f"one_option_s{s}"
+        for u in range(U):
+            for s in range(S):
+                for i, o in enumerate(labels):
+                    prob += y[u][s][o] >= member(u, s) + c[s][o] - 1, f"uses_u{u}_s{s}_o{i}"
+
+    def stage_sum(s: int, value) -> pulp.LpAffineExpression:
+        """sum over units of stage s of ``value(unit data)`` under the stage's option."""
+        return pulp.lpSum(value(options[o][u]) * y[u][s][o] for u in range(U) for o in labels)
+
+    def cut(u: int, s: int):
+        """1 when stage s ends right after unit u."""
+        return z[u][s] - z[u + 1][s]
+
+    return prob, z, c, stage_sum, cut
 
 
-def _solve(prob: pulp.LpProblem, time_limit: float) -> tuple[str, str, float, float | None]:
-    solver, solver_name = _solver(time_limit)
-    t0 = time.perf_counter()
-    prob.solve(solver)
-    elapsed = time.perf_counter() - t0
-    status = pulp.LpStatus[prob.status]
-    gap = None
-    if status == "Optimal" and elapsed >= time_limit * 0.98:
-        status = "TimeLimit"  # never trust "Optimal" after a time limit
-    if status not in ("Optimal", "TimeLimit"):
-        return status, solver_name, elapsed, gap
-    return status, solver_name, elapsed, gap
+def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
+    """Per rank and memory-pattern vector: static bytes + activations held <= cap (a number or a variable)."""
+    by_rank: dict[int, list[int]] = {}
+    for s, r in enumerate(model.rank_of):
+        by_rank.setdefault(r, []).append(s)
+    for r, stages in sorted(by_rank.items()):
+        if model.forward_only:
+            static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
+            prob += static <= cap, f"memory_r{r}"
+            continue
+        static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
+        for i, vec in enumerate(model.memory.ranks[r]):
+            held = pulp.lpSum(stage_sum(s, lambda d, a=a, k=k: (a + k * d.keep_fraction) * d.act_bytes)
+                              for s, (a, k) in vec.items() if a or k)
+            prob += static + held <= cap, f"memory_r{r}_v{i}"
 
 
-def _bounds(z, U: int, p: int) -> list[tuple[int, int]]:
-    ends = []
-    for s in range(p - 1):
-        ends.append(sum(1 for u in range(U) if pulp.value(z[u][s]) > 0.5))
-    ends.append(U)
-    firsts = [0] + ends[:-1]
-    return list(zip(firsts, ends))
+def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_bytes: int, *,
+                time_limit: float = 20.0, solver: str = "auto",
+                exclude: list[list[tuple[int, int]]] = ()) -> SplitResult | None:
+    """Best contiguous split under ``memory_bytes`` per rank by the step model; None when infeasible.
 
+    ``exclude``: splits not to return again (no-good cuts), to get the next-best ones.
+    """
+    S, m = model.stages, model.microbatches
+    labels = list(options)
+    U = len(options[labels[0]])
+    ranks = sorted(set(model.rank_of))
+    prob, z, c, stage_sum, cut = _prefix_model("split", options, S)
 
-def solve_split(units: list[UnitData], p: int, m: int, memory_bytes: int, schedule: str = "1F1B",
-                time_limit: float = 20.0) -> SplitResult | None:
-    """Best contiguous split into ``p`` stages under ``memory_bytes`` per stage; None when infeasible."""
-    U = len(units)
-    prob, z, member = _prefix_model("split", units, p)
-    T = pulp.LpVariable("bottleneck_s", lowBound=0)
-    # objective: steady-state bottleneck plus the transfers of fill and drain
-    boundary_s = pulp.lpSum(2 * units[u].send_s * (z[u][s] - z[u + 1][s]) for s in range(p - 1) for u in range(U - 1))
-    prob += (m - 1) * T + boundary_s, "step_time"
-    # the bottleneck bounds every stage's work per microbatch
-    for s in range(p):
-        prob += T >= pulp.lpSum(units[u].work_s * member(u, s) for u in range(U)), f"bottleneck_s{s}"
-    # memory: static bytes plus activations of the microbatches in flight on the stage
-    for s in range(p):
-        k = in_flight(schedule, p, s, m)
-        prob += pulp.lpSum((units[u].static_bytes + k * units[u].act_bytes) * member(u, s) for u in range(U)) \
-            <= memory_bytes, f"memory_s{s}"
-    status, solver, elapsed, gap = _solve(prob, time_limit)
-    if status == "Infeasible":
+    # data: per-stage times as expressions of the split and options
+    def fwd(s):
+        return stage_sum(s, lambda d: d.forward_s)
+
+    def bwd(s):
+        return stage_sum(s, lambda d: 0.0 if model.forward_only else d.backward_s)
+
+    def crit(s):
+        return stage_sum(s, lambda d: d.forward_s + (0.0 if model.forward_only else
+                                                     (d.input_s if model.split_backward else d.backward_s)))
+
+    # variables: the bottleneck per microbatch (forward and backward loads apart when phased)
+    TF = pulp.LpVariable("bottleneck_forward_s", lowBound=0)
+    TB = pulp.LpVariable("bottleneck_backward_s", lowBound=0) if model.phased else None
+    hops = 1 if model.forward_only else 2
+    boundary_s = pulp.lpSum(hops * options[labels[0]][u].send_s * cut(u, s)
+                            for s in range(S - 1) if model.rank_of[s] != model.rank_of[s + 1]
+                            for u in range(U - 1))
+    fill_s = (1.0 / model.virtual) * pulp.lpSum(crit(s) for s in range(S))
+
+    # objective: steady state at the bottleneck, one pass through every stage, hand-offs
+    prob += (m - 1) * (TF + TB if TB is not None else TF) + fill_s + boundary_s, "step_time"
+
+    # the bottleneck bounds every rank's work per microbatch
+    for r in ranks:
+        mine = [s for s in range(S) if model.rank_of[s] == r]
+        if TB is not None:
+            prob += TF >= pulp.lpSum(fwd(s) for s in mine), f"bottleneck_forward_r{r}"
+            prob += TB >= pulp.lpSum(bwd(s) for s in mine), f"bottleneck_backward_r{r}"
+        else:
+            prob += TF >= pulp.lpSum(fwd(s) + bwd(s) for s in mine), f"bottleneck_r{r}"
+
+    # memory: static bytes plus the activations the schedule holds, per rank
+    _memory_rows(prob, model, stage_sum, memory_bytes)
+
+    # no-good cuts: not one of the splits already seen
+    for i, bounds in enumerate(exclude):
+        ends = [e for _, e in bounds[:-1]]
+        prob += pulp.lpSum(cut(e - 1, s) for s, e in enumerate(ends)) <= S - 2, f"not_seen_{i}"
+
+    facts = _solve(prob, time_limit, solver)
+    if facts.status == "Infeasible":
         return None
-    if status not in ("Optimal", "TimeLimit") or pulp.value(T) is None:
-        raise SolverError(f"the {solver} solver ended with status {status} for p={p}, m={m}: raise the time limit")
-    return SplitResult(_bounds(z, U, p), float(pulp.value(prob.objective)), status, solver, elapsed, gap)
+    if facts.status not in ("Optimal", "TimeLimit"):
+        raise SolverError(f"the {facts.solver} solver ended with status {facts.status} for {S} stages, m={m} "
+                          f"after {facts.time_s:.1f} s: raise --time-limit")
+    chosen = [max(labels, key=lambda o: pulp.value(c[s][o]) if len(labels) > 1 else 1) for s in range(S)]
+    return SplitResult(_bounds(z, U, S), chosen, float(pulp.value(prob.objective)), facts.status, facts.solver,
+                       facts.time_s, facts.gap, facts.bound)
 
 
-def min_memory_split(units: list[UnitData], p: int, m: int, schedule: str = "1F1B",
-                     time_limit: float = 20.0) -> tuple[float, list[tuple[int, int]]]:
-    """The smallest per-device memory any split into ``p`` stages can run in, and that split."""
-    U = len(units)
-    prob, z, member = _prefix_model("min_memory", units, p)
+def min_memory_split(options: dict[str, list[UnitData]], model: StepModel, *, time_limit: float = 20.0,
+                     solver: str = "auto") -> tuple[float, list[tuple[int, int]]]:
+    """The smallest per-device memory any split (and option choice) can run in, and that split."""
+    S = model.stages
+    U = len(next(iter(options.values())))
+    prob, z, _, stage_sum, _ = _prefix_model("min_memory", options, S)
     peak = pulp.LpVariable("peak_bytes", lowBound=0)
     prob += peak, "peak_memory"
-    for s in range(p):
-        k = in_flight(schedule, p, s, m)
-        prob += peak >= pulp.lpSum((units[u].static_bytes + k * units[u].act_bytes) * member(u, s)
-                                   for u in range(U)), f"memory_s{s}"
-    status, solver, _, _ = _solve(prob, time_limit)
-    if status not in ("Optimal", "TimeLimit"):
-        raise SolverError(f"the {solver} solver ended with status {status} while bounding memory")
-    return float(pulp.value(peak)), _bounds(z, U, p)
+    _memory_rows(prob, model, stage_sum, peak)
+    facts = _solve(prob, time_limit, solver)
+    if facts.status not in ("Optimal", "TimeLimit"):
+        raise SolverError(f"the {facts.solver} solver ended with status {facts.status} while bounding memory")
+    return float(pulp.value(peak)), _bounds(z, U, S)
+
+
+def _bounds(z, U: int, S: int) -> list[tuple[int, int]]:
+    ends = [sum(1 for u in range(U) if pulp.value(z[u][s]) > 0.5) for s in range(S - 1)] + [U]
+    return list(zip([0] + ends[:-1], ends))

@@ -1,54 +1,169 @@
-"""The outer search: pipeline degree x schedule x microbatches, each split from the MILP,
-every candidate re-scored by the event simulator, ranked by simulated step time."""
+"""The outer search: pipeline degree x data-parallel degree x schedule x virtual stages x
+microbatching, each split from the MILP, every answer re-scored by the event simulator.
+
+Order of work (timed per phase in ``SearchStats``):
+1. enumerate candidates the schedules accept (``ScheduleSpec.check``; refusals become notes);
+2. a lower bound per candidate from total work (``(m * work + all-reduce) / p``, and the
+   fill/drain bound ``(m - 1) * work / p + work`` for one-stage-per-rank GPipe/1F1B);
+   candidates are visited best bound first and the visit stops once the bound reaches the
+   ``top``-th best simulated time (nothing later can enter the top);
+3. one MILP per (stages, placement, memory pattern, step model, m, microbatch size):
+   schedules that share all of those share the answer;
+4. simulate each answer;
+5. refine the best few: the MILP's next-best splits (no-good cuts) and a neighbourhood of
+   cut moves, all simulated, so the *simulated* optimum is found where the MILP's step
+   model is only a model (interleaved, zero-bubble, transfers).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from profiles.contract import UserError, sha256_of
 from profiles.types import Profile
-from simulator.actions import stage_ranks
+from simulator.actions import Kind, ScheduleError, Table
 from simulator.costs import DTYPE_BYTES, stage_costs
-from simulator.engine import simulate
-from simulator.schedules import canonical_name, make_schedule
+from simulator.engine import allreduce_s, simulate
+from simulator.schedules import canonical_name, make_schedule, schedule_spec
 
+from .baselines import BASELINES, even_split
 from .cluster import Cluster, Job
-from .milp import UnitData, in_flight, min_memory_split, solve_split
+from .memory import memory_pattern, peak_bytes
+from .milp import StepModel, UnitData, min_memory_split, solve_split
 from .plan import Plan, Prediction, StagePlan
 
-__all__ = ["plan", "score_split", "even_split", "InfeasibleError", "unit_data"]
+__all__ = ["plan", "score_split", "even_split", "InfeasibleError", "unit_options", "SearchStats", "search"]
+
+MAX_VIRTUAL = 4  # stages per rank tried for schedules with no upper bound, unless the job says
 
 
 class InfeasibleError(UserError):
     """No plan fits: the message names the smallest memory that would and the lever that helps."""
 
 
-def unit_data(profile: Profile, cluster: Cluster, job: Job, dtype: str, microbatch_size: int) -> list[UnitData]:
-    entry = profile.entry(dtype, microbatch_size)
+@dataclass
+class SearchStats:
+    """What the search did, phase by phase (seconds and counts)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: {
+        "enumerate": 0.0, "bound": 0.0, "milp": 0.0, "simulate": 0.0, "refine": 0.0, "baselines": 0.0})
+    candidates: int = 0
+    pruned: int = 0
+    milps: int = 0
+    milp_reused: int = 0
+    simulations: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, phase: str, t0: float) -> None:
+        self.seconds[phase] += time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    pp: int
+    dp: int
+    m: int
+    mbs: int
+    schedule: str
+    virtual: int
+    table: Table
+    lower_bound: float
+
+
+# -- inputs of the MILP ----------------------------------------------------------------------
+
+def _label(dtype: str, recompute: bool) -> str:
+    return f"{dtype}+recompute" if recompute else dtype
+
+
+def _parse_label(label: str) -> tuple[str, bool]:
+    dtype, _, rc = label.partition("+")
+    return dtype, rc == "recompute"
+
+
+def unit_options(profile: Profile, cluster: Cluster, job: Job, mbs: int) -> dict[str, list[UnitData]]:
+    """Per option (dtype, recompute) the per-unit costs, as ``stage_costs`` would sum them."""
     links = cluster.links()
-    out = []
-    for u in entry.units:
-        params = u.params
-        static = 2 * params * DTYPE_BYTES[dtype] + (params * 4 if DTYPE_BYTES[dtype] < 4 else 0) \
-            + int(params * job.optimizer_bytes_per_param)
-        out.append(UnitData(u.forward_s + u.backward_s, int(static), u.saved_bytes,
-                            links.transfer_s(0, 1, u.output_bytes)))
+    out: dict[str, list[UnitData]] = {}
+    for dtype in job.dtypes:
+        units = profile.entry(dtype, mbs).units
+        for rc in ((False, True) if job.recompute and not job.forward_only else (False,)):
+            data = []
+            for i, u in enumerate(units):
+                b = DTYPE_BYTES[dtype]
+                static = 2 * u.params * b + (u.params * 4 if b < 4 else 0) + int(u.params * job.optimizer_bytes_per_param)
+                if job.forward_only:
+                    static = u.params * b
+                act = (units[i - 1].output_bytes if i > 0 else 0) if rc else u.saved_bytes
+                extra = u.forward_s if rc else 0.0
+                data.append(UnitData(u.forward_s, u.backward_s + extra, u.backward_input_s + extra, int(static),
+                                     int(act), links.transfer_s(0, 1, u.output_bytes), grad_bytes=u.params * b))
+            out[_label(dtype, rc)] = data
     return out
 
 
-def even_split(num_units: int, p: int) -> list[tuple[int, int]]:
-    """Units dealt as evenly as possible, the extra ones to the first stages."""
-    if p > num_units:
-        raise UserError(f"cannot cut {num_units} units into {p} stages: lower --pp")
-    q, r = divmod(num_units, p)
-    bounds, first = [], 0
-    for s in range(p):
-        end = first + q + (1 if s < r else 0)
-        bounds.append((first, end))
-        first = end
-    return bounds
+def _forward_only(table: Table) -> Table:
+    """The table's forwards only, in order (serving runs no backward)."""
+    return {r: [a for a in acts if a.kind is Kind.F] for r, acts in table.items()}
 
+
+def _step_model(spec, table: Table, pp: int, v: int, m: int, job: Job) -> StepModel:
+    placement = spec.stage_to_rank(pp, v)
+    return StepModel(m, tuple(placement[s] for s in range(len(placement))), memory_pattern(table, job.forward_only),
+                     split_backward=spec.split_backward, phased=spec.name in ("GPipe", "LoopedBFS"),
+                     forward_only=job.forward_only)
+
+
+def _model_key(model: StepModel) -> tuple:
+    """Equal keys: the same MILP (schedules with one placement, memory pattern and step model share it)."""
+    return (model.microbatches, model.rank_of, model.memory.key(), model.split_backward, model.phased,
+            model.forward_only)
+
+
+# -- building and scoring a plan ------------------------------------------------------------
+
+def _build(profile: Profile, profile_path: str, cluster: Cluster, job: Job, bounds, schedule: str, pp: int,
+           dp: int, m: int, mbs: int, options: list[str], virtual: int = 1, table: Table | None = None,
+           solver: dict | None = None) -> Plan:
+    """A Plan for this split, simulated (``predicted`` filled)."""
+    if table is None:
+        table = make_schedule(schedule, pp, m, virtual)
+        if job.forward_only:
+            table = _forward_only(table)
+    placement = schedule_spec(schedule).stage_to_rank(pp, virtual)
+    stages = tuple(StagePlan(i, f, e, placement[i], *_parse_label(o)) for i, ((f, e), o)
+                   in enumerate(zip(bounds, options)))
+    plan = Plan(profile_path, _sha(profile_path), profile.model_name, pp, dp, virtual, m, mbs, stages,
+                canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
+    tl = simulate(plan)
+    per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
+    pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
+                      throughput=per_sample)
+    return replace(plan, predicted=pred)
+
+
+_SHA: dict[str, tuple[float, str]] = {}
+
+
+def _sha(path: str) -> str:
+    """sha256 of the profile file, computed once per modification."""
+    p = Path(path)
+    if not p.exists():
+        return ""
+    mtime = p.stat().st_mtime
+    hit = _SHA.get(path)
+    if hit is None or hit[0] != mtime:
+        _SHA[path] = hit = (mtime, sha256_of(p))
+    return hit[1]
+
+
+def _fits(plan: Plan) -> bool:
+    return max(plan.predicted.peak_bytes) <= plan.cluster.memory_bytes
+
+
+# -- enumeration and bounds -------------------------------------------------------------------
 
 def _microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
     """(microbatch count, microbatch size) pairs that make the global batch on ``dp`` replicas."""
@@ -57,8 +172,7 @@ def _microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
     per_replica = job.global_batch // dp
     if job.microbatch_size:
         if per_replica % job.microbatch_size:
-            raise UserError(f"--global-batch {job.global_batch} over {dp} replicas is not a multiple of "
-                            f"--microbatch-size {job.microbatch_size}")
+            return []
         pairs = [(per_replica // job.microbatch_size, job.microbatch_size)]
     else:
         pairs = [(per_replica // b, b) for b in range(1, per_replica + 1) if per_replica % b == 0]
@@ -67,127 +181,360 @@ def _microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def _build(profile: Profile, profile_path: str, cluster: Cluster, job: Job, bounds, schedule: str, pp: int, dp: int,
-           m: int, mbs: int, dtype: str, solver: dict | None = None) -> Plan:
-    table = make_schedule(schedule, pp, m)
-    owner = stage_ranks(table)
-    stages = tuple(StagePlan(i, f, e, owner[i], dtype, False) for i, (f, e) in enumerate(bounds))
-    plan = Plan(profile_path, sha256_of(profile_path), profile.model_name, pp, dp, 1, m, mbs, stages,
-                canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
-    tl = simulate(plan)
-    pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
-                      throughput=job.global_batch / tl.step_s if tl.step_s > 0 else 0.0)
-    return replace(plan, predicted=pred)
+def _entry_sizes(profile: Profile, dtypes: tuple[str, ...]) -> set[int]:
+    sizes = [{e.microbatch_size for e in profile.entries if e.dtype == d} for d in dtypes]
+    return set.intersection(*sizes) if sizes else set()
 
 
-def _entry_sizes(profile: Profile, dtype: str) -> set[int]:
-    return {e.microbatch_size for e in profile.entries if e.dtype == dtype}
+def _virtuals(spec, job: Job, pp: int, U: int) -> list[int]:
+    hi = spec.max_virtual if spec.max_virtual is not None else MAX_VIRTUAL
+    vs = [v for v in range(spec.min_virtual, hi + 1) if not job.virtual or v in job.virtual]
+    return [v for v in vs if spec.num_stages(pp, v) <= U]
 
 
-def plan(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_path: str | Path | None = None,
-         time_limit: float = 20.0) -> list[Plan]:
-    """The ``top`` plans for ``job`` on ``cluster``, best simulated step time first."""
-    profile_path = str(profile_path or profile.measurement.get("path", ""))
-    if not profile_path or not Path(profile_path).exists():
-        raise UserError("plan() needs the profile's file path (profile_path=...) so the plan can refer to it")
-    dtype = job.dtypes[0]
+def _lower_bound(options, cluster: Cluster, pp: int, dp: int, m: int, single_stage_1f1b: bool,
+                 forward_only: bool) -> float:
+    """No split of this candidate simulates faster than this (compute and all-reduce only)."""
+    per_unit = [min((d.forward_s if forward_only else d.work_s) for d in ds) for ds in zip(*options.values())]
+    work = sum(per_unit)
+    lb = m * work / pp
+    if not forward_only and dp > 1:
+        # every rank all-reduces its gradients after its last backward: the step is at least
+        # the mean over ranks of (work + all-reduce); bandwidth term only (latency needs grads > 0)
+        grad = sum(min(d.grad_bytes for d in ds) for ds in zip(*options.values()))
+        links = cluster.links()
+        bw = min(links.bandwidth_Bps, links.inter_bandwidth_Bps)
+        lb += 2 * (dp - 1) * grad / dp / bw / pp
+    if single_stage_1f1b:
+        lb = max(lb, (m - 1) * max(work / pp, max(per_unit)) + work)
+    return lb
+
+
+def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats) -> list[tuple]:
     U = profile.num_units
+    sizes = _entry_sizes(profile, job.dtypes)
     pps = job.pp or tuple(p for p in range(1, min(U, cluster.devices) + 1) if cluster.devices % p == 0)
-    candidates: list[Plan] = []
-    tightest: tuple[float, int, str, int] | None = None
-    for pp in pps:
-        dp = cluster.devices // pp
-        if pp * dp != cluster.devices or pp > U:
-            continue
-        for m, mbs in _microbatching(job, dp):
-            if mbs not in _entry_sizes(profile, dtype):
-                continue
-            units = unit_data(profile, cluster, job, dtype, mbs)
-            for sched in job.schedules:
-                sched = canonical_name(sched)
-                res = solve_split(units, pp, m, cluster.memory_bytes, sched, time_limit)
-                if res is None:
-                    need, _ = min_memory_split(units, pp, m, sched, time_limit)
-                    if tightest is None or need < tightest[0]:
-                        tightest = (need, pp, sched, m)
-                    continue
-                solver = {"status": res.status, "solver": res.solver, "time_s": round(res.time_s, 4),
-                          "gap": res.gap, "objective_s": res.objective}
-                candidates.append(_build(profile, profile_path, cluster, job, res.bounds, sched, pp, dp, m, mbs,
-                                         dtype, solver))
-    if not candidates:
-        if tightest is None:
-            raise InfeasibleError(f"no pipeline degree, microbatch size and schedule fit the job: global batch "
-                                  f"{job.global_batch} on {cluster.devices} devices with profiled microbatch sizes "
-                                  f"{sorted(_entry_sizes(profile, dtype))}; adjust --global-batch or --devices")
-        need, pp, sched, m = tightest
-        raise InfeasibleError(
-            f"no plan fits {cluster.memory_bytes / 2**30:.2f} GiB per device: the best split ({sched}, pp={pp}, "
-            f"m={m}) needs {need / 2**30:.2f} GiB on its fullest stage; raise --device-memory to at least that, "
-            f"add --devices, or allow recompute")
-    candidates.sort(key=lambda p: (p.predicted.step_s, p.pp, p.schedule, p.split))
-    best = candidates[:top]
-    # baselines: the even split with 1F1B at the same pp and microbatching as each plan
     out = []
-    for p in best:
-        base = _even_baseline(profile, profile_path, cluster, job, p)
-        out.append(replace(p, baselines=(base,) if base else ()))
+    for pp in pps:
+        if cluster.devices % pp or pp > U:
+            stats.notes.append(f"pp={pp} skipped: {cluster.devices} devices or {U} units do not allow it")
+            continue
+        dp = cluster.devices // pp
+        for m, mbs in _microbatching(job, dp):
+            if mbs not in sizes:
+                continue
+            for name in job.schedules:
+                try:
+                    spec = schedule_spec(name)
+                except ScheduleError as e:
+                    stats.notes.append(f"{name} skipped: {e}")
+                    continue
+                for v in _virtuals(spec, job, pp, U):
+                    try:
+                        spec.check(pp, m, v)
+                    except ScheduleError as e:
+                        stats.notes.append(f"{spec.name} pp={pp} m={m} v={v} skipped: {str(e).splitlines()[0]}")
+                        continue
+                    out.append((pp, dp, m, mbs, spec, v))
     return out
 
 
-def _even_baseline(profile, profile_path, cluster, job, p: Plan) -> dict | None:
-    bounds = even_split(profile.num_units, p.pp)
-    try:
-        even = _build(profile, profile_path, cluster, job, bounds, "1F1B", p.pp, p.dp, p.microbatches,
-                      p.microbatch_size, p.stages[0].dtype)
-    except UserError:
-        return None
-    fits = max(even.predicted.peak_bytes) <= cluster.memory_bytes
-    return {"name": "even-1F1B", "split": even.split, "step_s": even.predicted.step_s,
-            "speedup": even.predicted.step_s / p.predicted.step_s, "fits_memory": fits}
+# -- the search -------------------------------------------------------------------------------
 
+def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_path: str | Path | None = None,
+           time_limit: float = 20.0, solver: str = "auto", refine: int | None = None) -> tuple[list[Plan], SearchStats]:
+    """The ``top`` plans, best simulated step time first, and what the search did."""
+    profile_path = str(profile_path or profile.measurement.get("path", ""))
+    if not profile_path or not Path(profile_path).exists():
+        raise UserError("plan() needs the profile's file path (profile_path=...) so the plan can refer to it")
+    if job.seq_len is not None and job.seq_len != profile.seq_len:
+        raise UserError(f"the job's sequence length {job.seq_len} differs from the profile's {profile.seq_len}: "
+                        f"profile again with --seq-len {job.seq_len}")
+    stats = SearchStats()
+    t0 = time.perf_counter()
+    raw = _enumerate(profile, cluster, job, stats)
+    stats.add("enumerate", t0)
+
+    t0 = time.perf_counter()
+    option_cache: dict[int, dict[str, list[UnitData]]] = {}
+    cands: list[_Candidate] = []
+    for pp, dp, m, mbs, spec, v in raw:
+        if mbs not in option_cache:
+            option_cache[mbs] = unit_options(profile, cluster, job, mbs)
+        single = v == 1 and spec.name in ("GPipe", "1F1B")
+        lb = _lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only)
+        cands.append(_Candidate(pp, dp, m, mbs, spec.name, v, {}, lb))
+    cands.sort(key=lambda c: (c.lower_bound, c.pp, c.schedule, c.m))
+    stats.candidates = len(cands)
+    stats.add("bound", t0)
+
+    results: list[Plan] = []
+    answers: dict[tuple, object] = {}
+    infeasible: list[tuple[_Candidate, StepModel]] = []
+    keep = max(top, 1)
+    for i, c in enumerate(cands):
+        if len(results) >= keep:
+            kth = sorted(p.predicted.step_s for p in results)[keep - 1]
+            if c.lower_bound >= kth:
+                stats.pruned = len(cands) - i
+                break
+        t0 = time.perf_counter()
+        spec = schedule_spec(c.schedule)
+        table = make_schedule(c.schedule, c.pp, c.m, c.virtual)
+        if job.forward_only:
+            table = _forward_only(table)
+        model = _step_model(spec, table, c.pp, c.virtual, c.m, job)
+        key = (c.mbs, _model_key(model))
+        res = answers.get(key)
+        if key in answers:
+            stats.milp_reused += 1
+        else:
+            res = solve_split(option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit, solver=solver)
+            answers[key] = res
+            stats.milps += 1
+        stats.add("milp", t0)
+        if res is None:
+            infeasible.append((c, model))
+            continue
+        t0 = time.perf_counter()
+        facts = {"status": res.status, "solver": res.solver, "time_s": round(res.time_s, 4), "gap": res.gap,
+                 "bound": res.bound, "objective_s": res.objective}
+        p = _build(profile, profile_path, cluster, job, res.bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
+                   res.options, c.virtual, table, facts)
+        stats.simulations += 1
+        stats.add("simulate", t0)
+        if _fits(p):
+            results.append(p)
+    if not results:
+        raise _infeasible(profile, cluster, job, infeasible, option_cache, time_limit, solver)
+
+    # refine the best few with the simulator
+    t0 = time.perf_counter()
+    results.sort(key=_rank)
+    n_refine = min(len(results), refine if refine is not None else max(top, 2))
+    refined = [_refine(p, option_cache[p.microbatch_size], time_limit, solver, stats) for p in results[:n_refine]]
+    results = _dedupe(sorted(refined + results[n_refine:], key=_rank))
+    stats.add("refine", t0)
+
+    t0 = time.perf_counter()
+    out = [replace(p, baselines=_baselines(p)) for p in results[:top]]
+    stats.add("baselines", t0)
+    return out, stats
+
+
+def plan(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_path: str | Path | None = None,
+         time_limit: float = 20.0, solver: str = "auto") -> list[Plan]:
+    """The ``top`` plans for ``job`` on ``cluster``, best simulated step time first."""
+    return search(profile, cluster, job, top, profile_path, time_limit, solver)[0]
+
+
+def _rank(p: Plan):
+    return (p.predicted.step_s, p.pp, p.schedule, p.virtual, p.microbatches, p.split)
+
+
+def _dedupe(plans: list[Plan]) -> list[Plan]:
+    seen, out = set(), []
+    for p in plans:
+        key = (p.pp, p.schedule, p.virtual, p.microbatches, p.microbatch_size, tuple(p.bounds),
+               tuple((s.dtype, s.recompute) for s in p.stages))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+# -- refinement: the simulated optimum near the MILP's answer ------------------------------------
+
+ALTERNATIVES = 3  # next-best MILP splits (no-good cuts) tried per refined plan
+
+
+def _refine(p: Plan, options: dict[str, list[UnitData]], time_limit: float, solver: str,
+            stats: SearchStats) -> Plan:
+    """Best simulated plan among the MILP's next-best splits and their cut neighbourhoods."""
+    actions = sum(len(a) for a in p.table.values())
+    budget = max(12, min(400, 400_000 // max(actions, 1)))  # simulations allowed here
+    spec = schedule_spec(p.schedule)
+    model = _step_model(spec, p.table, p.pp, p.virtual, p.microbatches, p.job)
+    labels = [_label(s.dtype, s.recompute) for s in p.stages]
+    seen = {tuple(p.bounds)}
+    best = p
+
+    def score(bounds) -> Plan | None:
+        nonlocal budget
+        if tuple(bounds) in seen or budget <= 0:
+            return None
+        seen.add(tuple(bounds))
+        budget -= 1
+        stats.simulations += 1
+        q = _build(p.profile, p.profile_path, p.cluster, p.job, bounds, p.schedule, p.pp, p.dp, p.microbatches,
+                   p.microbatch_size, labels, p.virtual, p.table, {**p.solver, "refined": "neighbourhood"})
+        return q if _fits(q) else None
+
+    # the MILP's next-best splits
+    exclude = [list(p.bounds)]
+    starts = [p]
+    for _ in range(ALTERNATIVES):
+        if budget <= 0 or p.solver.get("status") not in ("Optimal", "TimeLimit"):
+            break
+        res = solve_split(options, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver,
+                          exclude=exclude)
+        stats.milps += 1
+        if res is None:
+            break
+        exclude.append(res.bounds)
+        labels_alt = res.options
+        if labels_alt != labels:
+            continue
+        q = score(res.bounds)
+        if q is not None:
+            starts.append(replace(q, solver={**p.solver, "refined": "next-best MILP split"}))
+    for q in starts:
+        if q.predicted.step_s < best.predicted.step_s:
+            best = q
+    # hill-climb: move one cut, or two neighbouring cuts together, by one or two units
+    improved = True
+    while improved and budget > 0:
+        improved = False
+        cuts = [f for f, _ in best.bounds[1:]]
+        U = best.stages[-1].end
+        moves = [(i, d) for d in (1, -1, 2, -2) for i in range(len(cuts))]
+        moves += [((i, i + 1), d) for d in (1, -1) for i in range(len(cuts) - 1)]
+        for which, d in moves:
+            new = list(cuts)
+            for i in (which if isinstance(which, tuple) else (which,)):
+                new[i] += d
+            edges = [0, *new, U]
+            if any(b <= a for a, b in zip(edges, edges[1:])):
+                continue
+            q = score(list(zip(edges[:-1], edges[1:])))
+            if q is not None and q.predicted.step_s < best.predicted.step_s * (1 - 1e-12):
+                best, improved = q, True
+                break
+    return best
+
+
+# -- baselines ------------------------------------------------------------------------------------
+
+def _baselines(p: Plan) -> tuple[dict, ...]:
+    """The hand splits (1F1B, one stage per rank, same pp, dp and microbatching), simulated."""
+    out = []
+    for name, split_fn in BASELINES.items():
+        try:
+            bounds = split_fn(p.profile, p.pp)
+            dtype = p.stages[0].dtype
+            b = _build(p.profile, p.profile_path, p.cluster, p.job, bounds, "1F1B", p.pp, p.dp, p.microbatches,
+                       p.microbatch_size, [dtype] * p.pp)
+        except UserError:
+            continue
+        out.append({"name": f"{name}-1F1B", "split": b.split, "step_s": b.predicted.step_s,
+                    "speedup": b.predicted.step_s / p.predicted.step_s, "fits_memory": _fits(b),
+                    "peak_bytes": max(b.predicted.peak_bytes)})
+    return tuple(out)
+
+
+# -- infeasible jobs --------------------------------------------------------------------------------
+
+def _infeasible(profile, cluster, job, infeasible, option_cache, time_limit, solver) -> InfeasibleError:
+    if not infeasible:
+        return InfeasibleError(
+            f"no pipeline degree, microbatch size and schedule fit the job: global batch {job.global_batch} on "
+            f"{cluster.devices} devices with profiled microbatch sizes {sorted(_entry_sizes(profile, job.dtypes))} "
+            f"and schedules {', '.join(job.schedules)}; adjust --global-batch, --devices or --schedules")
+    # the least memory any refused candidate needs (candidates with the smallest microbatch first)
+    need, where = None, None
+    seen = set()
+    for c, model in sorted(infeasible, key=lambda cm: (cm[0].mbs, -cm[0].pp))[:8]:
+        key = (c.mbs, _model_key(model))
+        if key in seen:
+            continue
+        seen.add(key)
+        n, _ = min_memory_split(option_cache[c.mbs], model, time_limit=time_limit, solver=solver)
+        if need is None or n < need:
+            need, where = n, c
+    c = where
+    levers = []
+    # more devices: twice the pipeline stages, same schedule and microbatching
+    U = profile.num_units
+    if 2 * c.pp <= U:
+        try:
+            t2 = make_schedule(c.schedule, 2 * c.pp, c.m, c.virtual)
+            m2 = _step_model(schedule_spec(c.schedule), t2, 2 * c.pp, c.virtual, c.m, job)
+            n2, _ = min_memory_split(option_cache[c.mbs], m2, time_limit=time_limit, solver=solver)
+            levers.append((n2, f"--devices {cluster.devices * 2} (pp={2 * c.pp}) needs {n2 / 2**30:.2f} GiB"))
+        except ScheduleError:
+            pass
+    if not job.recompute and not job.forward_only:
+        opts = unit_options(profile, cluster, replace(job, recompute=True), c.mbs)
+        opts = {k: v for k, v in opts.items() if k.endswith("+recompute")}
+        model = _step_model(schedule_spec(c.schedule), make_schedule(c.schedule, c.pp, c.m, c.virtual), c.pp,
+                            c.virtual, c.m, job)
+        n3, _ = min_memory_split(opts, model, time_limit=time_limit, solver=solver)
+        levers.append((n3, f"recompute (--recompute) needs {n3 / 2**30:.2f} GiB"))
+    smaller = sorted(b for b in _entry_sizes(profile, job.dtypes) if b < c.mbs)
+    if smaller:
+        levers.append((None, f"a microbatch size below {c.mbs} needs less (profile it with --microbatch-sizes)"))
+    best_lever = min((lv for lv in levers if lv[0] is not None), default=None, key=lambda lv: lv[0])
+    hint = best_lever[1] if best_lever else (levers[0][1] if levers else "add devices")
+    return InfeasibleError(
+        f"no plan fits {cluster.memory_bytes / 2**30:.2f} GiB per device: the least any split needs is "
+        f"{need / 2**30:.2f} GiB ({c.schedule}, pp={c.pp}, m={c.m}, microbatch size {c.mbs}); "
+        f"raise --device-memory to that, or the lever that helps most: {hint}")
+
+
+# -- a split the user gives ---------------------------------------------------------------------
 
 def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] | str, schedule: str = "1F1B",
                 microbatches: int | None = None, pp: int | None = None,
-                profile_path: str | Path | None = None) -> Plan:
-    """Simulate a split the user gives: first unit of stages 1..p-1, or ``"even"`` (with ``pp``)."""
+                profile_path: str | Path | None = None, virtual: int = 1) -> Plan:
+    """Simulate a split the user gives: first unit of stages 1..S-1, or ``"even"`` (with ``pp``)."""
     profile_path = str(profile_path or "")
     U = profile.num_units
+    spec = schedule_spec(schedule)
+    if virtual == 1 and spec.min_virtual > 1:
+        virtual = spec.min_virtual
     if split == "even":
         if not pp:
             raise UserError("--split even needs --pp")
-        bounds = even_split(U, pp)
+        bounds = even_split(U, spec.num_stages(pp, virtual))
     else:
         cuts = list(split)
         if cuts != sorted(set(cuts)) or not all(0 < c < U for c in cuts):
             raise UserError(f"--split {','.join(map(str, cuts))}: give increasing unit indices between 1 and {U - 1}")
-        if pp and pp != len(cuts) + 1:
-            raise UserError(f"--split has {len(cuts) + 1} stages but --pp is {pp}")
+        if (len(cuts) + 1) % virtual:
+            raise UserError(f"--split has {len(cuts) + 1} stages, not a multiple of {virtual} stages per rank")
+        if pp and spec.num_stages(pp, virtual) != len(cuts) + 1:
+            raise UserError(f"--split has {len(cuts) + 1} stages but --pp {pp} with {schedule} makes "
+                            f"{spec.num_stages(pp, virtual)}")
         edges = [0, *cuts, U]
         bounds = list(zip(edges[:-1], edges[1:]))
-    pp = len(bounds)
+    pp = len(bounds) // virtual
     if cluster.devices % pp:
-        raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} stages")
+        raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} pipeline ranks")
     dp = cluster.devices // pp
     pairs = _microbatching(job, dp)
     if microbatches:
         pairs = [(mm, b) for mm, b in pairs if mm == microbatches]
     dtype = job.dtypes[0]
-    pairs = [(mm, b) for mm, b in pairs if b in _entry_sizes(profile, dtype)]
+    pairs = [(mm, b) for mm, b in pairs if b in _entry_sizes(profile, (dtype,))]
     if not pairs:
         raise UserError(f"no profiled microbatch size gives {microbatches or 'any'} microbatches for global batch "
                         f"{job.global_batch} on {dp} replicas: adjust --microbatches or --global-batch")
     m, mbs = pairs[0]
-    p = _build(profile, profile_path, cluster, job, bounds, schedule, pp, dp, m, mbs, dtype,
-               {"status": "given", "solver": "none"})
+    table = make_schedule(schedule, pp, m, virtual)
+    if job.forward_only:
+        table = _forward_only(table)
+    p = _build(profile, profile_path, cluster, job, bounds, schedule, pp, dp, m, mbs, [dtype] * len(bounds),
+               virtual, table, {"status": "given", "solver": "none"})
     costs = stage_costs(profile, bounds, dtype=dtype, microbatch_size=mbs,
                         optimizer_bytes_per_param=job.optimizer_bytes_per_param)
-    for s, (c, (f, e)) in enumerate(zip(costs, bounds)):
-        k = in_flight(p.schedule, pp, s, m)
-        need = c.static_bytes + k * c.activation_bytes
-        if need > cluster.memory_bytes:
-            raise InfeasibleError(f"stage {s} (units {f}..{e - 1}) needs {need / 2**30:.2f} GiB but devices have "
-                                  f"{cluster.memory_bytes / 2**30:.2f} GiB: it is over by "
-                                  f"{(need - cluster.memory_bytes) / 2**30:.2f} GiB; move units off it, raise "
-                                  f"--device-memory or lower the microbatch size")
-    return p
+    peaks = peak_bytes(memory_pattern(table, job.forward_only), costs, job.forward_only)
+    over = [(r, b) for r, b in sorted(peaks.items()) if b > cluster.memory_bytes]
+    if over:
+        r, need = max(over, key=lambda x: x[1])
+        stages = [s for s in p.stages if s.rank == r]
+        what = ", ".join(f"stage {s.index} (units {s.first}..{s.end - 1})" for s in stages)
+        raise InfeasibleError(f"{what} on rank {r} needs {need / 2**30:.2f} GiB but devices have "
+                              f"{cluster.memory_bytes / 2**30:.2f} GiB: over by "
+                              f"{(need - cluster.memory_bytes) / 2**30:.2f} GiB; move units off it, raise "
+                              f"--device-memory or lower the microbatch size")
+    return replace(p, baselines=_baselines(p))

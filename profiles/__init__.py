@@ -1,8 +1,16 @@
-"""Per-unit costs of models: the zoo, the profiler and the Profile contract (bottom floor)."""
+"""Per-unit costs of models: the zoo, the profiler and the Profile contract (bottom floor).
 
-from .contract import ContractError, write_json
+The contract types load without torch; the zoo and the profiler (torch, transformers)
+load on first use, so ``import simulator`` or ``import planner`` stays light.
+"""
+
+from importlib import import_module
+
+from .contract import ContractError, UserError, write_json
 from .types import Profile, ProfileEntry, UnitCost, WholeModel, load_profile
-from .zoo import PRESETS, ZooError, ZooModel, build_model, parse_overrides
+
+_LAZY = {"PRESETS": ".zoo", "ZooError": ".zoo", "ZooModel": ".zoo", "build_model": ".zoo",
+         "parse_overrides": ".zoo"}
 
 
 def profile_model(name: str, **kwargs) -> Profile:
@@ -12,6 +20,12 @@ def profile_model(name: str, **kwargs) -> Profile:
     return _measure(name, **kwargs)
 
 
-__all__ = ["ContractError", "write_json", "Profile", "ProfileEntry", "UnitCost", "WholeModel",
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'profiles' has no attribute {name!r}")
+
+
+__all__ = ["ContractError", "UserError", "write_json", "Profile", "ProfileEntry", "UnitCost", "WholeModel",
            "load_profile", "profile_model", "PRESETS", "ZooError", "ZooModel", "build_model",
            "parse_overrides"]

@@ -143,7 +143,10 @@ def test_cli_deadlocking_or_invalid_table_exits_2(tmp_path, _cli):
 
 
 def test_simulator_sources_do_not_import_torch():
-    # the simulator must run without torch; (importing ``profiles`` may still pull it in today)
+    # the simulator (and the planner above it) must run without torch
     for path in (ROOT / "simulator").glob("*.py"):
         text = path.read_text()
         assert "import torch" not in text and "from torch" not in text, path.name
+    r = subprocess.run([sys.executable, "-c", "import sys, simulator, planner; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
