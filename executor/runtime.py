@@ -213,6 +213,9 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
     seq_len, batch = profile.seq_len, plan.microbatches * plan.microbatch_size
     data = TextData(args.data, int(profile.model_config["vocab_size"])) if args.data else None
     tracker = _LiveSaved(params)
+    # saved-tensor hooks cost Python time per tensor, so memory is counted on an untimed step, and
+    # not on step 0 when there is another: torch's first step also runs shape inference
+    track_step = 1 if args.warmup >= 2 else 0
     step_times, losses, step_events, tails, check = [], [], [], [], {}
     total = args.warmup + args.steps
     prof = _profiler(args, path, rank)
@@ -227,7 +230,7 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
         if prof is not None and step == args.warmup:
             prof.start()
         try:
-            with tracker.hooks() if step == 0 and not forward_only else nullcontext():
+            with tracker.hooks() if step == track_step and not forward_only else nullcontext():
                 out = _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
         except Exception as e:
             print(f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
