@@ -165,6 +165,8 @@ def run_worker(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         if any(p.profile.measurement.get("cpu_allocator_keeps_freed_memory") for _, p, _ in plans):
             keep_freed_memory()
+    if cuda:  # a failed NCCL collective aborts the communicator instead of hanging past the timeout
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=PG_TIMEOUT_S))
     code = 0
     try:
@@ -435,8 +437,9 @@ def _print_summary(report: RunReport, path: Path) -> None:
         print("losses: " + " ".join(f"{x:.4f}" for x in report.losses), flush=True)
     if report.check:
         c = report.check
-        print(f"check {'passed' if c['passed'] else 'FAILED'}: max relative gradient difference "
-              f"{c['max_rel_diff']:.2e} over {c.get('tensors', 0)} gradient tensors"
+        what = "output" if c.get("where") == "last stage output" else "gradient"
+        print(f"check {'passed' if c['passed'] else 'FAILED'}: max relative {what} difference "
+              f"{c['max_rel_diff']:.2e} over {c.get('tensors', 0)} {what} tensors"
               + (f", loss {c['loss']:.6f} vs {c['loss_reference']:.6f}" if "loss" in c else ""), flush=True)
     print(f"wrote {path}", flush=True)
 
