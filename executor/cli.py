@@ -61,6 +61,12 @@ def _run_plan(args: argparse.Namespace) -> tuple[int, Path]:
         raise UserError(f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp})")
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
+    if getattr(args, "torch_schedule", None):
+        from .build import check_torch_schedule  # imports torch: only when asked
+
+        check_torch_schedule(plan, args.torch_schedule)
+    if getattr(args, "data", None) and not args.data.is_file():
+        raise UserError(f"--data {args.data}: no such file")
     report = args.report or args.plan.with_suffix(".run.json")
     if report.exists():
         report.unlink()  # never leave last run's report looking like this one's
