@@ -40,10 +40,17 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
     p.add_argument("--check", action="store_true", help="compare loss and every gradient with one process")
     p.add_argument("--report", type=Path, help="RunReport path (default <plan>.run.json)")
+    p.add_argument("--torch-schedule", metavar="NAME",
+                   help="run torch's own schedule class NAME (e.g. 1F1B) on the same stages, for comparison")
+    p.add_argument("--data", type=Path, help="a small text file: its bytes as tokens (default: synthetic tokens)")
+    p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank to DIR")
 
 
 def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
     out = [str(args.plan), "--steps", str(args.steps), "--warmup", str(args.warmup), "--report", str(report)]
+    for flag in ("torch_schedule", "data", "torch_profiler"):
+        if getattr(args, flag, None):
+            out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return out + (["--check"] if args.check else [])
 
 
@@ -54,6 +61,12 @@ def _run_plan(args: argparse.Namespace) -> tuple[int, Path]:
         raise UserError(f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp})")
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
+    if getattr(args, "torch_schedule", None):
+        from .build import check_torch_schedule  # imports torch: only when asked
+
+        check_torch_schedule(plan, args.torch_schedule)
+    if getattr(args, "data", None) and not args.data.is_file():
+        raise UserError(f"--data {args.data}: no such file")
     report = args.report or args.plan.with_suffix(".run.json")
     if report.exists():
         report.unlink()  # never leave last run's report looking like this one's
@@ -126,5 +139,5 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 RUN = Command("run", "Run a Plan for real under torchrun and write a RunReport.", _add_run, _run)
 VALIDATE = Command("validate", "Simulate a Plan, run it, and print predicted vs measured.", _add_validate, _validate)
-CALIBRATE = Command("calibrate", "Measure this machine's point-to-point links; write a cluster spec.",
+CALIBRATE = Command("calibrate", "Measure links, per-action runtime overhead and optimizer time; write a cluster spec.",
                     _add_calibrate, _calibrate)

@@ -3,8 +3,15 @@
 
 Rank layout: ``rank = dp_index * pp + pp_index``. The plan's table is lowered to
 send/recv actions by torch's ``_PipelineScheduleRuntime`` (compute-only format), so the
-executor runs exactly what the simulator simulated. Clocks: every step starts after a
-barrier; each rank times its actions from there (``time.perf_counter``).
+executor runs exactly what the simulator simulated (``--torch-schedule NAME`` runs torch's
+own class instead, for comparison). Clocks: every step starts after a barrier; each rank
+times its actions from there (``time.perf_counter``). Several plans given at once run one
+after another in the same processes (one launch; each plan gets its own RunReport).
+
+Failures: a plan that does not fit the launch (world size, model, schedule placement) fails
+on every rank before any compute. An exception in a step is logged with the rank, stage,
+action and input shapes, and the process exits non-zero; torchrun then stops the other
+ranks, and a rank blocked in a collective gives up after ``PG_TIMEOUT_S`` anyway.
 """
 
 from __future__ import annotations
@@ -13,61 +20,32 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+import traceback
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.pipelining import PipelineStage
-from torch.distributed.pipelining.schedules import _Action, _ComputationType, _PipelineScheduleRuntime
 
 from planner.plan import Plan, load_plan
-from profiles.contract import UserError, sha256_of
+from profiles.contract import ContractError, UserError, sha256_of
 from profiles.zoo import ZooModel, build_model
 from simulator.timeline import Event, RankStats, Timeline
 
+from .build import (FP16_LOSS_SCALE, TORCH_SCHEDULES, Recorder, TextData, build_schedule, build_stages,
+                    check_torch_schedule, keep_freed_memory, stage_modules)
 from .report import RunReport
 
-__all__ = ["main", "run_worker", "reference_grads", "CHECK_RTOL"]
+__all__ = ["main", "run_worker", "reference_grads", "CHECK_RTOL", "CHECK_RTOL_16BIT", "PG_TIMEOUT_S"]
 
 CHECK_RTOL = 1e-4  # fp32: pipelined and single-process runs do the same ops in the same order
-
-
-@dataclass
-class _Recorder:
-    """Wraps a stage's compute entry points and records (stage, kind, microbatch, start, end)."""
-
-    t0: float = 0.0
-    events: list[tuple[int, str, int, float, float]] = field(default_factory=list)
-
-    def wrap(self, stage: PipelineStage) -> None:
-        idx = stage.stage_index
-        fwd, bwd, wgt = stage.forward_one_chunk, stage.backward_one_chunk, stage.backward_weight_one_chunk
-
-        def forward_one_chunk(mb, *a, **k):
-            t = time.perf_counter()
-            out = fwd(mb, *a, **k)
-            self.events.append((idx, "F", mb, t - self.t0, time.perf_counter() - self.t0))
-            return out
-
-        def backward_one_chunk(mb, *a, **k):
-            full = k.get("full_backward", a[1] if len(a) > 1 else True)
-            t = time.perf_counter()
-            out = bwd(mb, *a, **k)
-            self.events.append((idx, "B" if full else "I", mb, t - self.t0, time.perf_counter() - self.t0))
-            return out
-
-        def backward_weight_one_chunk(mb, *a, **k):
-            t = time.perf_counter()
-            out = wgt(mb, *a, **k)
-            self.events.append((idx, "W", mb, t - self.t0, time.perf_counter() - self.t0))
-            return out
-
-        stage.forward_one_chunk = forward_one_chunk
-        stage.backward_one_chunk = backward_one_chunk
-        stage.backward_weight_one_chunk = backward_weight_one_chunk
+#: 16-bit stages: the same ops, but 16-bit rounding makes the order of gradient accumulation
+#: and the microbatch split visible; 2% of the largest gradient element is what bf16's 8-bit
+#: mantissa (relative step 2^-8 = 0.4%) accumulates over a few microbatches.
+CHECK_RTOL_16BIT = 2e-2
+PG_TIMEOUT_S = 45  # collectives give up after this: every rank exits within 60 s of a failure
 
 
 class _LiveSaved:
@@ -112,184 +90,307 @@ class _LiveSaved:
         return torch.autograd.graph.saved_tensors_hooks(Holder, lambda h: h.t)
 
 
-def _args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="torchrun ... -m executor", description="Run a Plan (one process per rank).")
-    p.add_argument("plan", type=Path)
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="torchrun ... -m executor", description="Run Plans (one process per rank).")
+    p.add_argument("plans", type=Path, nargs="+", metavar="PLAN", help="plan files, run one after another")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--check", action="store_true", help="compare loss and gradients with one process")
-    p.add_argument("--report", type=Path, help="RunReport path (default <plan>.run.json)")
+    p.add_argument("--report", type=Path, help="RunReport path (one plan only; default <plan>.run.json)")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--torch-schedule", metavar="NAME", help="run torch's schedule class NAME instead of the table")
+    p.add_argument("--data", type=Path, help="a text file: its bytes as tokens (default: synthetic tokens)")
+    p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
-    return p.parse_args()
+    p.add_argument("--perturb-grad", type=float, default=0.0, help=argparse.SUPPRESS)  # --check failure tests
+    args = p.parse_args(argv)
+    if args.report and len(args.plans) > 1:
+        raise UserError("--report names one report: give one plan, or leave --report out")
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError("--steps must be >= 1 and --warmup >= 0")
+    return args
 
 
-def reference_grads(model: ZooModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                    microbatches: int) -> list[float]:
+def reference_grads(model: ZooModel, batches: list[tuple[torch.Tensor, torch.Tensor]], microbatches: int,
+                    modules: list[nn.Module] | None = None, loss_scale: float = 1.0) -> list[float]:
     """Gradients of one process over the same data: each replica's batch cut into the same
     microbatches, the loss averaged over microbatches and replicas (what the pipeline optimizes).
-    Returns each replica's mean loss."""
+    ``modules`` (default: the units) run in order. Returns each replica's mean loss."""
+    mods = modules or model.units
     losses = []
     scale = microbatches * len(batches)
     for inputs, targets in batches:
         mine = []
         for x, y in zip(inputs.chunk(microbatches), targets.chunk(microbatches)):
-            loss = model.loss_fn(model.forward(x), y)
-            (loss / scale).backward()
+            for mod in mods:
+                x = mod(x)
+            loss = model.loss_fn(x, y)
+            (loss * loss_scale / scale).backward()
             mine.append(loss.detach())
         losses.append(torch.stack(mine).mean().item())
     return losses
 
 
-def _build_stages(plan: Plan, model: ZooModel, pp_rank: int, device: torch.device, group) -> list[PipelineStage]:
-    stages = []
-    for s in plan.stages:
-        if s.rank != pp_rank:
-            continue
-        mod = nn.Sequential(*model.units[s.first:s.end]).to(device)
-        stages.append(PipelineStage(mod, s.index, len(plan.stages), device, group=group))
-    return stages
+def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
+    """Everything that can be wrong before compute: fail alike on every rank, one line."""
+    if plan.world_size != world:
+        raise UserError(f"{path}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp}) "
+                        f"but torchrun started {world}: use --nproc_per_node {plan.world_size}")
+    if plan.profile is None or plan.profile.model_name != plan.model_name and plan.model_name:
+        raise UserError(f"{path}: the plan is for model {plan.model_name!r} but its profile is of "
+                        f"{plan.profile.model_name if plan.profile else '?'}: re-plan")
+    torch_schedule = check_torch_schedule(plan, args.torch_schedule) if args.torch_schedule else None
+    if args.data and "vocab_size" not in plan.profile.model_config:
+        raise UserError(f"--data {args.data}: model {plan.profile.model_name} takes no tokens; leave --data out")
+    if plan.job.forward_only and torch_schedule:
+        raise UserError("--torch-schedule: a forward-only plan runs its own table only")
+    return torch_schedule
 
 
 def run_worker(args: argparse.Namespace) -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    plan = load_plan(args.plan)
-    if plan.world_size != world:
-        raise UserError(f"{args.plan}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp}) "
-                        f"but torchrun started {world}: use --nproc_per_node {plan.world_size}")
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError("--steps must be >= 1 and --warmup >= 0")
-    cuda = torch.cuda.is_available() and plan.cluster.device != "cpu"
+    plans = []
+    for path in args.plans:
+        try:
+            plan = load_plan(path)
+        except ContractError as e:
+            raise UserError(str(e)) from None
+        plans.append((path, plan, _validate_launch(plan, path, world, args)))
+    cuda = torch.cuda.is_available() and plans[0][1].cluster.device != "cpu"
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=45))
+        if any(p.profile.measurement.get("cpu_allocator_keeps_freed_memory") for _, p, _ in plans):
+            keep_freed_memory()
+    if cuda:  # a failed NCCL collective aborts the communicator instead of hanging past the timeout
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=PG_TIMEOUT_S))
+    code = 0
     try:
-        return _run(plan, args, rank, world, device)
+        for path, plan, torch_schedule in plans:
+            report = args.report or path.with_suffix(".run.json")
+            code = max(code, _run(plan, path, report, args, rank, world, device, torch_schedule))
+        dist.barrier()  # clean teardown: nobody destroys the group while another still uses it
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    return code
 
 
-def _run(plan: Plan, args, rank: int, world: int, device: torch.device) -> int:
+def _groups(pp: int, dp: int, pp_rank: int, dp_rank: int):
+    if dp == 1:
+        return None, None
+    pp_groups = [dist.new_group([d * pp + i for i in range(pp)]) for d in range(dp)]
+    dp_groups = [dist.new_group([d * pp + i for d in range(dp)]) for i in range(pp)]
+    return pp_groups[dp_rank], dp_groups[pp_rank]
+
+
+def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int, device: torch.device,
+         torch_schedule: str | None) -> int:
     pp, dp = plan.pp, plan.dp
     pp_rank, dp_rank = rank % pp, rank // pp
-    pp_groups = [dist.new_group([d * pp + i for i in range(pp)]) for d in range(dp)] if dp > 1 else [None]
-    dp_groups = [dist.new_group([d * pp + i for d in range(dp)]) for i in range(pp)] if dp > 1 else [None]
-    pp_group, dp_group = pp_groups[dp_rank if dp > 1 else 0], dp_groups[pp_rank if dp > 1 else 0]
+    pp_group, dp_group = _groups(pp, dp, pp_rank, dp_rank)
     profile = plan.profile
-    model = build_model(profile.model_name, config=profile.model_config, seed=0)
-    stages = _build_stages(plan, model, pp_rank, device, pp_group)
-    my_units = [u for s in plan.stages if s.rank == pp_rank for u in model.units[s.first:s.end]]
-    params = [p for u in my_units for p in u.parameters()]
-    recorder = _Recorder()
+    model = build_model(profile.model_name, config=profile.model_config, seed=0,
+                        attention=profile.measurement.get("attention", "sdpa"))
+    forward_only = plan.job.forward_only
+    loss_scale = FP16_LOSS_SCALE if any(s.dtype == "fp16" for s in plan.stages) and not forward_only else 1.0
+    loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
+    stages, mods = build_stages(plan, model.units, pp_rank, device, pp_group)
+    params = [p for mod in mods for p in mod.parameters()]
+    recorder = Recorder(rank=rank)
+    if args.fail_at_step is not None and rank == args.fail_rank:
+        recorder.fail_at = (args.fail_at_step, rank)
     for st in stages:
         recorder.wrap(st)
-    m = plan.microbatches
-    schedule = _PipelineScheduleRuntime(stages, m, loss_fn=model.loss_fn)
-    actions = {r: [_Action(a.stage, _ComputationType(a.kind.value), a.microbatch) for a in acts]
-               for r, acts in plan.table.items()}
-    schedule._prepare_schedule_with_comms(actions)
-    opt = torch.optim.AdamW(params, lr=args.lr) if params else None
-    first_stage = any(s.index == 0 for s in plan.stages if s.rank == pp_rank)
-    last_stage = any(s.index == len(plan.stages) - 1 for s in plan.stages if s.rank == pp_rank)
-    seq_len = profile.seq_len
-    batch = m * plan.microbatch_size
+    # forward-only: no loss function, so torch's runtime expects (and validates) no backward
+    schedule = build_schedule(plan, stages, None if forward_only else loss_fn, torch_schedule)
+    recorder.wrap_loss(schedule)
+    opt = torch.optim.AdamW(params, lr=args.lr) if params and not forward_only else None
+    mine_idx = {s.index for s in plan.stages if s.rank == pp_rank}
+    first_stage, last_stage = 0 in mine_idx, len(plan.stages) - 1 in mine_idx
+    seq_len, batch = profile.seq_len, plan.microbatches * plan.microbatch_size
+    data = TextData(args.data, int(profile.model_config["vocab_size"])) if args.data else None
     tracker = _LiveSaved(params)
-    step_times, losses, step_events, check = [], [], [], {}
+    # saved-tensor hooks cost Python time per tensor, so memory is counted on an untimed step, and
+    # not on step 0 when there is another: torch's first step also runs shape inference
+    track_step = 1 if args.warmup >= 2 else 0
+    step_times, losses, step_events, tails, check = [], [], [], [], {}
     total = args.warmup + args.steps
+    prof = _profiler(args, path, rank)
     for step in range(total):
-        x, y = model.make_batch(batch, seq_len, seed=1000 * step + dp_rank)
-        x, y = x.to(device), y.to(device)
+        batches = [data.batch(batch, seq_len, step * dp + d) if data
+                   else model.make_batch(batch, seq_len, 1000 * step + d) for d in range(dp)]
+        x, y = (t.to(device) for t in batches[dp_rank])
         step_losses: list[torch.Tensor] = []
-        recorder.events = []
-        if args.fail_at_step is not None and step == args.fail_at_step and rank == args.fail_rank:
-            raise RuntimeError(f"injected failure on rank {rank} at step {step} (--fail-at-step)")
+        recorder.events, recorder.step, recorder.current = [], step, ""
         dist.barrier()
         recorder.t0 = t0 = time.perf_counter()
-        with tracker.hooks():
-            if first_stage and last_stage:
-                schedule.step(x, target=y, losses=step_losses)
-            elif first_stage:
-                schedule.step(x)
-            elif last_stage:
-                schedule.step(target=y, losses=step_losses)
-            else:
-                schedule.step()
-        if dp > 1:
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, group=dp_group)
-                    p.grad /= dp
-        if args.check and step == 0:
-            batches = [model.make_batch(batch, seq_len, seed=1000 * step + d) for d in range(dp)]
-            check = _check(plan, model, my_units, batches, step_losses, device, dp_rank)
-        if opt is not None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        if prof is not None and step == args.warmup:
+            prof.start()
+        try:
+            with tracker.hooks() if step == track_step and not forward_only else nullcontext():
+                out = _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
+        except Exception as e:
+            print(f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
+                  f"({plan.schedule}, {path}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            raise
+        t_sched = time.perf_counter() - t0
+        if forward_only and args.check and step == 0:
+            check = _check_outputs(plan, out, x, device) if last_stage else {}
+        if not forward_only:
+            _finish_grads(params, dp, dp_group, loss_scale)
+            if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
+                g = params[0].grad
+                g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
+            if args.check and step == 0:
+                check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank, loss_scale)
+            t_opt = time.perf_counter()
+            if opt is not None:
+                if loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+            t_opt = time.perf_counter() - t_opt
         t_end = time.perf_counter() - t0
-        losses.append(torch.stack(step_losses).mean().item() if step_losses else float("nan"))
+        if prof is not None and step >= args.warmup:
+            prof.step()
+        if step_losses:
+            losses.append(torch.stack(step_losses).mean().item() / loss_scale)
         if step >= args.warmup:
             step_times.append(t_end)
             step_events.append(list(recorder.events))
-    static = sum(p.numel() * p.element_size() for p in params) * 2  # weights + gradients
+            tails.append((t_sched, 0.0 if forward_only else t_opt))
+    if prof is not None:
+        prof.stop()
+        prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
+    static = sum(p.numel() * p.element_size() for p in params) * (1 if forward_only else 2)  # weights (+ grads)
     if opt is not None:
         static += sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
                       if torch.is_tensor(t) and t.dim() > 0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else static + tracker.peak
-    mine = {"rank": rank, "pp_rank": pp_rank, "dp_rank": dp_rank, "steps": step_times, "events": step_events,
+    mine = {"rank": rank, "steps": step_times, "events": step_events, "sched": tails,
+            "params": sum(p.numel() for p in params),
             "losses": losses if last_stage else [], "peak": int(peak), "check": check}
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
+    code = 0
     if rank == 0:
-        report = _report(plan, args, gathered, world, device)
-        out = args.report or args.plan.with_suffix(".run.json")
-        report.save(out)
-        _print_summary(report, out)
-        failed = report.check and not report.check.get("passed", False)
-        code = 3 if failed else 0
-    else:
-        code = 0
+        report = _report(plan, path, args, gathered, world, device, torch_schedule)
+        report.save(report_path)
+        _print_summary(report, report_path)
+        if report.check and not report.check.get("passed", False):
+            c = report.check
+            print(f"executor: CHECK FAILED for {path}: {c.get('why', '')} (max relative gradient difference "
+                  f"{c.get('max_rel_diff', float('nan')):.2e} at {c.get('where', '?')}, tolerance {c.get('rtol')})",
+                  file=sys.stderr, flush=True)
+            code = 3
     codes = [code]
     dist.broadcast_object_list(codes, src=0)
-    dist.barrier()
+    del schedule, stages
     return codes[0]
 
 
-def _check(plan, model, my_units, batches, step_losses, device, dp_rank: int) -> dict:
-    """The same data through a single-process copy; compare this rank's gradients (and loss)."""
-    ref = build_model(plan.profile.model_name, config=plan.profile.model_config, seed=0)
-    for u in ref.units:
-        u.to(device)
-    ref_loss = reference_grads(ref, [(x.to(device), y.to(device)) for x, y in batches], plan.microbatches)[dp_rank]
-    mine = {id(u) for u in my_units}
-    worst, worst_name, compared = 0.0, "", 0
-    for i, (u, r) in enumerate(zip(model.units, ref.units)):
-        if id(u) not in mine:
-            continue
-        for (name, p), (_, q) in zip(u.named_parameters(), r.named_parameters()):
+def _one_step(schedule, x, y, losses, first: bool, last: bool, forward_only: bool):
+    """One step; returns the last stage's output in forward-only mode (else None)."""
+    args = (x,) if first else ()
+    if forward_only:
+        with torch.no_grad():
+            return schedule.eval(*args)
+    schedule.step(*args, **({"target": y, "losses": losses} if last else {}))
+    return None
+
+
+def _check_outputs(plan: Plan, out, x: torch.Tensor, device) -> dict:
+    """Forward-only plans: the last stage's output vs one process running every stage."""
+    ref = build_model(plan.profile.model_name, config=plan.profile.model_config, seed=0,
+                      attention=plan.profile.measurement.get("attention", "sdpa"))
+    with torch.no_grad():
+        want = x
+        for mod in stage_modules(plan, ref.units):
+            want = mod.to(device)(want)
+    rtol = CHECK_RTOL_16BIT if any(s.dtype != "fp32" for s in plan.stages) else CHECK_RTOL
+    if not torch.is_tensor(out) or out.shape != want.shape:
+        return {"passed": False, "max_rel_diff": float("inf"), "where": "output", "rtol": rtol,
+                "why": f"output shape {getattr(out, 'shape', None)} vs {tuple(want.shape)}"}
+    diff = ((out.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
+    return {"passed": diff <= rtol, "max_rel_diff": diff, "where": "last stage output", "rtol": rtol, "tensors": 1,
+            "why": "" if diff <= rtol else "outputs differ from the one-process forward"}
+
+
+def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: float) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if dp > 1 and grads:
+        # one all-reduce of all this rank's gradients, flattened (as DDP's buckets do), then the mean
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=dp_group)
+        flat /= dp
+        for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(reduced)
+    if loss_scale != 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad /= loss_scale
+
+
+def _profiler(args, path: Path, rank: int):
+    if not args.torch_profiler:
+        return None
+    args.torch_profiler.mkdir(parents=True, exist_ok=True)
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(activities=acts, record_shapes=True)
+
+
+def _check(plan: Plan, model: ZooModel, mods, my_stages: list[int], batches, step_losses, device, dp_rank: int,
+           loss_scale: float) -> dict:
+    """The same data through a single-process copy (same precision and recompute per stage);
+    compare this rank's gradients (and the loss)."""
+    ref = build_model(plan.profile.model_name, config=plan.profile.model_config, seed=0,
+                      attention=plan.profile.measurement.get("attention", "sdpa"))
+    ref_mods = [m.to(device) for m in stage_modules(plan, ref.units)]
+    ref_loss = reference_grads(ref, [(x.to(device), y.to(device)) for x, y in batches], plan.microbatches,
+                               ref_mods, loss_scale)[dp_rank]
+    if loss_scale != 1.0:
+        for p in (q for u in ref.units for q in u.parameters()):
+            if p.grad is not None:
+                p.grad /= loss_scale
+    rtol = CHECK_RTOL_16BIT if any(s.dtype != "fp32" for s in plan.stages) else CHECK_RTOL
+    worst, worst_name, compared, why = 0.0, "", 0, ""
+    for mod, s in zip(mods, my_stages):
+        rmod = ref_mods[s]
+        for (name, p), (_, q) in zip(mod.named_parameters(), rmod.named_parameters()):
             if p.grad is None or q.grad is None:
                 if (p.grad is None) != (q.grad is None):
-                    return {"passed": False, "max_rel_diff": float("inf"), "where": f"unit {i} {name}: grad missing"}
+                    return {"passed": False, "max_rel_diff": float("inf"), "where": f"stage {s} {name}",
+                            "why": "a gradient is missing on one side", "rtol": rtol}
                 continue
-            diff = ((p.grad - q.grad).abs().max() / q.grad.abs().max().clamp_min(1e-12)).item()
+            diff = ((p.grad.float() - q.grad.float()).abs().max()
+                    / q.grad.float().abs().max().clamp_min(1e-12)).item()
             compared += 1
-            if diff > worst:
-                worst, worst_name = diff, f"{model.unit_names[i]}.{name}"
-    out = {"passed": compared > 0 and worst <= CHECK_RTOL, "max_rel_diff": worst, "where": worst_name,
-           "rtol": CHECK_RTOL, "tensors": compared}
+            if not diff <= worst and diff == diff:
+                worst, worst_name = diff, f"stage {s} {name}"
+            if diff != diff:
+                worst, worst_name, why = float("inf"), f"stage {s} {name}", "a gradient is not finite"
+    out = {"passed": compared > 0 and worst <= rtol, "max_rel_diff": worst, "where": worst_name, "rtol": rtol,
+           "tensors": compared, "why": why or ("no gradient compared" if not compared else "")}
     if step_losses:
-        pipe_loss = torch.stack(step_losses).mean().item()
+        pipe_loss = torch.stack(step_losses).mean().item() / loss_scale
         loss_diff = abs(pipe_loss - ref_loss) / max(abs(ref_loss), 1e-12)
         out.update(loss=pipe_loss, loss_reference=ref_loss, loss_rel_diff=loss_diff)
-        out["passed"] = out["passed"] and loss_diff <= CHECK_RTOL
+        if not loss_diff <= rtol:
+            out["passed"], out["why"] = False, f"loss {pipe_loss:.6g} vs {ref_loss:.6g} one-process"
+    if not out["passed"] and not out["why"]:
+        out["why"] = "gradients differ from the one-process run beyond the tolerance"
     return out
 
 
-def _report(plan: Plan, args, gathered: list[dict], world: int, device: torch.device) -> RunReport:
+def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, device: torch.device,
+            torch_schedule: str | None) -> RunReport:
     n = len(gathered[0]["steps"])
     steps = [max(g["steps"][i] for g in gathered) for i in range(n)]
     med = sorted(range(n), key=lambda i: steps[i])[n // 2]
@@ -301,22 +402,29 @@ def _report(plan: Plan, args, gathered: list[dict], world: int, device: torch.de
         stats.append(RankStats(g["rank"], busy, 1 - busy / steps[med] if steps[med] else 0.0, g["peak"]))
     tl = Timeline(steps[med], tuple(stats), tuple(sorted(events, key=lambda e: (e.rank, e.start_s))),
                   source="measured")
-    losses = next((g["losses"] for g in gathered if g["losses"]), [])
+    last = [g["losses"] for g in gathered if g["losses"]]  # one per data-parallel replica
+    losses = [sum(xs) / len(xs) for xs in zip(*last)] if last else []
     checks = [g["check"] for g in gathered if g["check"]]
     check = {}
     if checks:
         worst = max(checks, key=lambda c: c.get("max_rel_diff", 0.0))
         check = {"passed": all(c.get("passed") for c in checks), "max_rel_diff": worst.get("max_rel_diff"),
-                 "where": worst.get("where", ""), "rtol": CHECK_RTOL,
+                 "where": worst.get("where", ""), "rtol": worst.get("rtol", CHECK_RTOL),
+                 "why": next((c["why"] for c in checks if c.get("why")), ""),
                  "tensors": sum(c.get("tensors", 0) for c in checks)}
         for c in checks:
             if "loss" in c:
                 check.update(loss=c["loss"], loss_reference=c["loss_reference"], loss_rel_diff=c["loss_rel_diff"])
-    return RunReport(str(args.plan), sha256_of(args.plan), world, "nccl" if device.type == "cuda" else "gloo",
+    return RunReport(str(path), sha256_of(path), world, "nccl" if device.type == "cuda" else "gloo",
                      device.type, tuple(steps), tl, tuple(losses), check,
                      plan.predicted.step_s if plan.predicted else None,
-                     {"runtime": "_PipelineScheduleRuntime", "torch": torch.__version__, "warmup": args.warmup,
-                      "schedule": plan.schedule, "microbatches": plan.microbatches})
+                     {"runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule
+                      else "_PipelineScheduleRuntime", "torch": torch.__version__, "warmup": args.warmup,
+                      "schedule": plan.schedule, "microbatches": plan.microbatches,
+                      "data": str(args.data) if args.data else "synthetic",
+                      "schedule_end_s": [g["sched"][med][0] for g in sorted(gathered, key=lambda g: g["rank"])],
+                      "optimizer_s": [g["sched"][med][1] for g in sorted(gathered, key=lambda g: g["rank"])],
+                      "params": [g["params"] for g in sorted(gathered, key=lambda g: g["rank"])]})
 
 
 def _print_summary(report: RunReport, path: Path) -> None:
@@ -329,18 +437,17 @@ def _print_summary(report: RunReport, path: Path) -> None:
         print("losses: " + " ".join(f"{x:.4f}" for x in report.losses), flush=True)
     if report.check:
         c = report.check
-        print(f"check {'passed' if c['passed'] else 'FAILED'}: max relative gradient difference "
-              f"{c['max_rel_diff']:.2e} over {c.get('tensors', 0)} gradient tensors"
+        what = "output" if c.get("where") == "last stage output" else "gradient"
+        print(f"check {'passed' if c['passed'] else 'FAILED'}: max relative {what} difference "
+              f"{c['max_rel_diff']:.2e} over {c.get('tensors', 0)} {what} tensors"
               + (f", loss {c['loss']:.6f} vs {c['loss_reference']:.6f}" if "loss" in c else ""), flush=True)
     print(f"wrote {path}", flush=True)
 
 
-def main() -> int:
-    args = _args()
+def main(argv: list[str] | None = None) -> int:
     try:
-        return run_worker(args)
+        return run_worker(_args(argv))
     except UserError as e:
         print(f"executor rank {os.environ.get('RANK', '?')}: error: {' '.join(str(e).split())}", file=sys.stderr,
               flush=True)
         return 2
-

@@ -43,11 +43,11 @@ class Cluster:
     inter_bandwidth_Bps: float = 1e9  #: bandwidth across nodes
     inter_latency_s: float = 50e-6  #: latency across nodes
     overlap: bool = True  #: sends overlap compute (False: the sender waits for its send)
-    action_overhead_s: float = 0.0  #: fixed runtime cost added to every action (measured by calibrate)
+    action_overhead_s: float = 0.0  #: runtime cost of every compute action, in the stage costs (calibrate)
+    optimizer_s_per_param: float = 0.0  #: gradient scaling + AdamW step time per parameter (calibrate)
 
     def links(self) -> Links:
-        return Links(self.intra_latency_s + self.action_overhead_s, self.intra_bandwidth_Bps,
-                     self.inter_latency_s + self.action_overhead_s, self.inter_bandwidth_Bps,
+        return Links(self.intra_latency_s, self.intra_bandwidth_Bps, self.inter_latency_s, self.inter_bandwidth_Bps,
                      self.devices_per_node, self.overlap)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +74,7 @@ class Cluster:
             inter_latency_s=f.num("inter_latency_s", default=d.inter_latency_s),
             overlap=f.bool("overlap", default=d.overlap),
             action_overhead_s=f.num("action_overhead_s", default=d.action_overhead_s),
+            optimizer_s_per_param=f.num("optimizer_s_per_param", default=d.optimizer_s_per_param),
         )
 
 

@@ -107,7 +107,9 @@ class Plan:
         profile = self.load_profile()
         costs = stage_costs(profile, self.bounds, dtype=[s.dtype for s in self.stages],
                             microbatch_size=self.microbatch_size, recompute=[s.recompute for s in self.stages],
-                            optimizer_bytes_per_param=self.job.optimizer_bytes_per_param)
+                            optimizer_bytes_per_param=self.job.optimizer_bytes_per_param,
+                            action_overhead_s=self.cluster.action_overhead_s,
+                            optimizer_s_per_param=self.cluster.optimizer_s_per_param)
         return SimInput(self.table, costs, self.cluster.links(), dp=self.dp, forward_only=self.job.forward_only)
 
     def torchrun_command(self, plan_path: str = "plan.json") -> str:

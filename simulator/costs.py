@@ -6,7 +6,10 @@ Assumptions:
   optimizer state (``optimizer_bytes_per_param``, 8 for AdamW's two fp32 moments) and an
   fp32 master copy when the dtype is 16-bit: about 16 bytes per parameter either way;
 - full recompute of a stage keeps only each unit's input and adds one forward to the backward;
-- after I, a zero-bubble stage keeps ``w_keep_fraction`` of its activations until W.
+- after I, a zero-bubble stage keeps ``w_keep_fraction`` of its activations until W;
+- the first stage has no input gradient to compute (its inputs are data): its I is empty
+  and its W runs the whole backward, keeping all activations until then (as
+  ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` is skipped on stage 0).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class StageCost:
     input_bytes: int  # gradient sent back to the previous stage (0 for the first)
     param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
     w_keep_fraction: float = 0.5  # share of activation_bytes kept from I until W
+    optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,14 @@ class Links:
 
 def stage_costs(profile: Profile, bounds: list[tuple[int, int]], *, dtype: str | list[str] = "fp32",
                 microbatch_size: int | None = None, recompute: list[bool] | None = None,
-                optimizer_bytes_per_param: float = 8.0) -> list[StageCost]:
-    """Map a Profile plus a split ``[(first, end), ...]`` (units ``first..end-1``) to stage costs."""
+                optimizer_bytes_per_param: float = 8.0, action_overhead_s: float = 0.0,
+                optimizer_s_per_param: float = 0.0) -> list[StageCost]:
+    """Map a Profile plus a split ``[(first, end), ...]`` (units ``first..end-1``) to stage costs.
+
+    ``action_overhead_s``: the runtime's fixed cost per compute action (posting sends and
+    receives, bookkeeping), added to every F, B, I and W. ``optimizer_s_per_param``: time of
+    the end-of-step gradient scaling and optimizer update per parameter (both measured by
+    ``pipeplan calibrate``)."""
     n = len(bounds)
     dtypes = [dtype] * n if isinstance(dtype, str) else list(dtype)
     recompute = recompute or [False] * n
@@ -94,13 +104,17 @@ def stage_costs(profile: Profile, bounds: list[tuple[int, int]], *, dtype: str |
         else:
             act = sum(u.saved_bytes for u in units)
             extra = 0.0
+        oh = action_overhead_s
+        full = sum(u.backward_s for u in units) + extra
+        first_stage = s == 0  # I: nothing; W: the full backward (see the assumptions)
         out.append(StageCost(
-            forward_s=fwd,
-            backward_s=sum(u.backward_s for u in units) + extra,
-            backward_input_s=sum(u.backward_input_s for u in units) + extra,
-            backward_weight_s=sum(u.backward_weight_s for u in units),
+            forward_s=fwd + oh,
+            backward_s=full + oh,
+            backward_input_s=(0.0 if first_stage else sum(u.backward_input_s for u in units) + extra) + oh,
+            backward_weight_s=(full if first_stage else sum(u.backward_weight_s for u in units)) + oh,
             activation_bytes=int(act), static_bytes=int(static),
             output_bytes=units[-1].output_bytes if s < n - 1 else 0,
-            input_bytes=prev_out, param_bytes=int(wbytes),
+            input_bytes=prev_out, param_bytes=int(wbytes), optimizer_s=params * optimizer_s_per_param,
+            **({"w_keep_fraction": 1.0} if first_stage else {}),
         ))
     return out

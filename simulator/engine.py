@@ -12,7 +12,7 @@ Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank
 sends overlap compute unless ``Links.overlap`` is False (then the sender is busy for
 the transfer); transfers do not contend; after the last backward each rank
 all-reduces its gradients across ``dp`` replicas and runs the optimizer step
-(``optimizer_s``). Memory: static bytes, plus each forward's activations from the
+(``optimizer_s``, plus each of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's activations from the
 start of F until its B ends (after I, ``w_keep_fraction`` of them stay until W); a
 forward-only table keeps no activations. Same input, same output, byte for byte.
 
@@ -259,7 +259,8 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
     finish = {}
     for r in ranks:
         grad_bytes = sum(costs[s].param_bytes for s, o in owner.items() if o == r)
-        tail = 0.0 if forward_only else allreduce_s(grad_bytes, inp.dp, dp_links) + inp.optimizer_s
+        opt_s = inp.optimizer_s + sum(costs[s].optimizer_s for s, o in owner.items() if o == r)
+        tail = 0.0 if forward_only else allreduce_s(grad_bytes, inp.dp, dp_links) + opt_s
         finish[r] = run.free[r] + tail
     step = max(finish.values()) if finish else 0.0
 

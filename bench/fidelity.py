@@ -1,0 +1,113 @@
+"""Prediction fidelity: simulated vs measured step time over a matrix of plans on 2 CPU ranks.
+
+    python bench/fidelity.py [--models gpt2-demo,llama-small] [--microbatches 4,8] [--steps 5]
+                             [--cluster cluster.json] [--out runs/fidelity]
+
+2 zoo models x GPipe, 1F1B, Interleaved1F1B, ZBVZeroBubble x 2 microbatch counts = 16
+plans. Each model is profiled here (one thread, as each rank runs), this machine is
+calibrated with ``pipeplan calibrate`` (links, per-action runtime overhead, optimizer time
+per parameter) unless ``--cluster`` gives a spec, the plans are cut so stages take about
+equal profiled time, and all of them run in ONE torchrun launch (the executor takes several
+plans), the whole matrix ``--rounds`` times in turn so a burst of outside load does not
+land on one config only. Error = (measured - predicted) / predicted, from the median of all
+of a config's timed steps (spread = (max - min) / median). The load average is printed before and after: other work on the machine slows the ranks down and is
+not part of the model. Target: median |error| <= 5%, max <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SCHEDULES = [("GPipe", 1), ("1F1B", 1), ("Interleaved1F1B", 2), ("ZBVZeroBubble", 2)]
+
+
+def _load() -> str:
+    a, b, c = os.getloadavg()
+    return f"{a:.2f} {b:.2f} {c:.2f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="gpt2-demo,llama-small")
+    ap.add_argument("--microbatches", default="4,8")
+    ap.add_argument("--schedules", default=",".join(n for n, _ in SCHEDULES))
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="run the whole matrix this many times, in turn")
+    ap.add_argument("--cluster", type=Path, help="a calibrated cluster spec (default: calibrate now)")
+    ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from executor.cli import launch
+    from executor.plans import validation_plan
+    from executor.report import load_report
+    from planner.cluster import load_cluster
+    from profiles import load_profile, profile_model
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    load_before = _load()
+    cluster_path = args.cluster or args.out / "cluster.json"
+    if not args.cluster and launch("executor.calibrate", [str(cluster_path)], 2) != 0:
+        print("calibration failed", file=sys.stderr)
+        return 1
+    cluster = load_cluster(cluster_path)
+    virtual = dict(SCHEDULES)
+    plans = []
+    for model in args.models.split(","):
+        prof_path = args.out / f"{model}.profile.json"
+        if not prof_path.exists():
+            print(f"profiling {model} ...", flush=True)
+            profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,)).save(prof_path)
+        profile = load_profile(prof_path)
+        for name in args.schedules.split(","):
+            for m in map(int, args.microbatches.split(",")):
+                plan = validation_plan(profile, prof_path, cluster, name, 2, m, virtual.get(name, 1))
+                plans.append((model, name, m, plan))
+    runs = [(i, plan.save(args.out / f"{model}-{name}-m{m}.r{r}.json"))
+            for r in range(args.rounds) for i, (model, name, m, plan) in enumerate(plans)]
+    load_run = _load()
+    rc = launch("executor", [*(str(p) for _, p in runs), "--steps", str(args.steps), "--warmup", str(args.warmup)], 2)
+    if rc != 0:
+        print(f"the run failed (exit code {rc})", file=sys.stderr)
+        return 1
+    steps: dict[int, list[float]] = {}
+    for i, path in runs:
+        steps.setdefault(i, []).extend(load_report(path.with_suffix(".run.json")).step_s)
+    rows, errors = [], []
+    for i, (model, name, m, plan) in enumerate(plans):
+        med = statistics.median(steps[i])
+        pred = plan.predicted.step_s
+        errors.append((med - pred) / pred)
+        spread = (max(steps[i]) - min(steps[i])) / med
+        rows.append(f"{model:<12} {name:<16} {m:>3} {pred * 1e3:10.1f} {med * 1e3:10.1f} {errors[-1]:+8.1%} "
+                    f"{spread:7.1%}")
+    print(f"\n{'model':<12} {'schedule':<16} {'m':>3} {'pred ms':>10} {'meas ms':>10} {'error':>8} {'spread':>7}")
+    print("\n".join(rows))
+    abs_err = [abs(e) for e in errors]
+    med, worst = statistics.median(abs_err), max(abs_err)
+    print(f"\n{len(errors)} configs x {args.rounds} rounds x {args.steps} steps on 2 CPU ranks (gloo): median |error| {med:.1%}, max |error| {worst:.1%}, "
+          f"mean error {statistics.mean(errors):+.1%}; target median <= 5%, max <= 10%: "
+          f"{'met' if med <= 0.05 and worst <= 0.10 else 'NOT met'}")
+    print(f"load average (1/5/15 min): before calibration {load_before}; before the run {load_run}; "
+          f"after {_load()}")
+    summary = {"configs": [{"model": mo, "schedule": n, "microbatches": m, "error": e}
+                           for (mo, n, m, _), e in zip(plans, errors)], "rounds": args.rounds,
+               "median_abs_error": med, "max_abs_error": worst, "load_before_run": load_run, "load_after": _load()}
+    (args.out / "fidelity.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""What each rank runs, built from a Plan: stage modules (precision and recompute per stage),
+``PipelineStage`` objects, the schedule (the plan's own table, or one of torch's classes by
+name), per-action timing, and the data.
+
+Everything here is checked before any compute: a plan that does not fit the launch fails
+with a ``UserError`` on every rank (all ranks read the same plan, so all fail alike).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining import schedules as torch_schedules
+from torch.distributed.pipelining.schedules import _Action, _ComputationType, _PipelineScheduleRuntime
+from torch.utils.checkpoint import checkpoint
+
+from planner.plan import Plan
+from profiles.contract import UserError
+from simulator.actions import Table
+
+__all__ = ["TORCH_SCHEDULES", "FP16_LOSS_SCALE", "Recorder", "StageModule", "build_stages", "build_schedule",
+           "torch_actions", "keep_freed_memory", "TextData"]
+
+#: torch's schedule classes by the names the plan uses (``--torch-schedule``).
+TORCH_SCHEDULES = {"GPipe": "ScheduleGPipe", "1F1B": "Schedule1F1B", "Interleaved1F1B": "ScheduleInterleaved1F1B",
+                   "LoopedBFS": "ScheduleLoopedBFS", "InterleavedZeroBubble": "ScheduleInterleavedZeroBubble",
+                   "ZBVZeroBubble": "ScheduleZBVZeroBubble", "DualPipeV": "ScheduleDualPipeV"}
+_SINGLE_STAGE = {"GPipe", "1F1B"}
+_V_SHAPED = {"ZBVZeroBubble", "DualPipeV"}
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: fp16 stages: the loss is multiplied by this before backward and gradients divided after
+#: (static loss scaling; a step whose gradients are not finite is skipped).
+FP16_LOSS_SCALE = 1024.0
+
+
+def torch_actions(table: Table) -> dict[int, list[_Action]]:
+    """Our compute-only table in torch's ``_Action`` form."""
+    return {r: [_Action(a.stage, _ComputationType(a.kind.value), a.microbatch) for a in acts]
+            for r, acts in table.items()}
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse (no mmap for large blocks, no trim), as the profiler
+    does when it measures (``measurement.cpu_allocator_keeps_freed_memory``) and as CUDA's caching
+    allocator does: without it every big gradient or activation pays first-touch page faults anew."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, (1 << 31) - 1))  # M_MMAP_/M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+class _Checkpointed(nn.Module):
+    """One unit under activation checkpointing: keeps its input, recomputes in backward."""
+
+    def __init__(self, unit: nn.Module):
+        super().__init__()
+        self.unit = unit
+
+    def forward(self, x):
+        return checkpoint(self.unit, x, use_reentrant=False)
+
+
+class StageModule(nn.Module):
+    """The units of one stage, run in order, under autocast for 16-bit stages."""
+
+    def __init__(self, units: list[nn.Module], dtype: str = "fp32", recompute: bool = False):
+        super().__init__()
+        self.units = nn.ModuleList(_Checkpointed(u) if recompute else u for u in units)
+        self.dtype = dtype
+
+    def forward(self, x):
+        cast = _AUTOCAST.get(self.dtype)
+        device = x.device.type if torch.is_tensor(x) else "cpu"
+        with torch.autocast(device, dtype=cast) if cast is not None else _nothing():
+            for u in self.units:
+                x = u(x)
+        return x
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def stage_modules(plan: Plan, units: list[nn.Module]) -> list[StageModule]:
+    """Every stage's module (for the single-process reference too)."""
+    return [StageModule(units[s.first:s.end], s.dtype, s.recompute) for s in plan.stages]
+
+
+def build_stages(plan: Plan, units: list[nn.Module], pp_rank: int, device: torch.device, group,
+                 ) -> tuple[list[PipelineStage], list[StageModule]]:
+    mods = stage_modules(plan, units)
+    stages, mine = [], []
+    for s, mod in zip(plan.stages, mods):
+        if s.rank != pp_rank:
+            continue
+        mod.to(device)
+        mine.append(mod)
+        stages.append(PipelineStage(mod, s.index, len(plan.stages), device, group=group))
+    return stages, mine
+
+
+def check_torch_schedule(plan: Plan, name: str) -> str:
+    """The canonical torch schedule name, or a UserError when the plan's placement is not the one
+    torch's class assumes (checked before any process group work)."""
+    canon = {k.lower(): k for k in TORCH_SCHEDULES}.get(name.lower())
+    if canon is None:
+        raise UserError(f"--torch-schedule {name}: unknown; one of {', '.join(TORCH_SCHEDULES)}")
+    p, S = plan.pp, len(plan.stages)
+    if canon in _SINGLE_STAGE:
+        want = list(range(p)) if S == p else None
+    elif canon in _V_SHAPED:
+        want = [i if i < p else 2 * p - 1 - i for i in range(S)] if S == 2 * p else None
+    else:
+        want = [i % p for i in range(S)] if S % p == 0 and S > p else None
+    have = [s.rank for s in plan.stages]
+    if want != have:
+        raise UserError(f"--torch-schedule {canon}: the plan places stages on ranks {have}, but torch's "
+                        f"{TORCH_SCHEDULES[canon]} needs {want or 'another number of stages'}: re-plan with "
+                        f"--schedules {canon}, or run the plan's own table (leave out --torch-schedule)")
+    return canon
+
+
+class _StageMappingOnly(torch_schedules.PipelineScheduleMulti):
+    def _validate_and_set_stage_mapping(self, actions) -> None:
+        self.stage_index_to_group_rank = {a.stage_index: r for r, acts in actions.items() for a in acts if a}
+        for stage in self._stages:
+            stage.stage_index_to_group_rank = self.stage_index_to_group_rank
+
+
+class _ForwardOnlyRuntime(_PipelineScheduleRuntime, _StageMappingOnly):
+    """torch's runtime for a forward-only table: torch's table check insists on a backward per
+    forward, so only the stage->rank map is taken here (the table itself was checked when the
+    plan was loaded, ``validate_table(forward_only=True)``)."""
+
+
+def build_schedule(plan: Plan, stages: list[PipelineStage], loss_fn, torch_schedule: str | None = None):
+    """The plan's own table through ``_PipelineScheduleRuntime`` (default), or torch's class by name."""
+    m = plan.microbatches
+    if torch_schedule:
+        cls = getattr(torch_schedules, TORCH_SCHEDULES[torch_schedule])
+        return cls(stages[0] if torch_schedule in _SINGLE_STAGE else stages, m, loss_fn=loss_fn)
+    cls = _ForwardOnlyRuntime if plan.job.forward_only else _PipelineScheduleRuntime
+    schedule = cls(stages, m, loss_fn=loss_fn)
+    schedule._prepare_schedule_with_comms(torch_actions(plan.table))
+    return schedule
+
+
+@dataclass
+class Recorder:
+    """Wraps a stage's compute entry points and records (stage, kind, microbatch, start, end);
+    remembers the action in progress (with its input shapes) for the failure log."""
+
+    t0: float = 0.0
+    events: list[tuple[int, str, int, float, float]] = field(default_factory=list)
+    current: str = ""
+    fail_at: tuple[int, int] | None = None  # (step, rank): raise inside the first action there (tests)
+    step: int = 0
+    rank: int = 0
+
+    def _enter(self, stage: PipelineStage, kind: str, mb: int) -> float:
+        idx = stage.stage_index
+        meta = getattr(stage, "_stage_meta", None)
+        field_ = "inputs" if kind == "F" else "output_grads"  # what the action consumes
+        shapes = [tuple(t.shape) for t in (getattr(meta, field_, None) or ()) if t is not None and hasattr(t, "shape")]
+        what = "input" if kind == "F" else "output-gradient"
+        self.current = f"stage {idx} action {idx}{kind}{mb} ({what} shapes {shapes or 'not known yet'})"
+        if self.fail_at == (self.step, self.rank):
+            raise RuntimeError(f"injected failure (--fail-at-step {self.step}) in {self.current}")
+        return time.perf_counter()
+
+    def wrap(self, stage: PipelineStage) -> None:
+        idx = stage.stage_index
+        fwd, bwd, wgt = stage.forward_one_chunk, stage.backward_one_chunk, stage.backward_weight_one_chunk
+
+        def forward_one_chunk(mb, *a, **k):
+            t = self._enter(stage, "F", mb)
+            out = fwd(mb, *a, **k)
+            self.events.append((idx, "F", mb, t - self.t0, time.perf_counter() - self.t0))
+            self.current = f"the schedule after {idx}F{mb} (a send, receive or loss)"
+            return out
+
+        def backward_one_chunk(mb, *a, **k):
+            full = k.get("full_backward", a[1] if len(a) > 1 else True)
+            kind = "B" if full else "I"
+            t = self._enter(stage, kind, mb)
+            out = bwd(mb, *a, **k)
+            self.events.append((idx, kind, mb, t - self.t0, time.perf_counter() - self.t0))
+            self.current = f"the schedule after {idx}{kind}{mb} (a send or receive)"
+            return out
+
+        def backward_weight_one_chunk(mb, *a, **k):
+            t = self._enter(stage, "W", mb)
+            out = wgt(mb, *a, **k)
+            self.events.append((idx, "W", mb, t - self.t0, time.perf_counter() - self.t0))
+            self.current = f"the schedule after {idx}W{mb}"
+            return out
+
+        stage.forward_one_chunk = forward_one_chunk
+        stage.backward_one_chunk = backward_one_chunk
+        stage.backward_weight_one_chunk = backward_weight_one_chunk
+
+    def wrap_loss(self, schedule) -> None:
+        """The runtime computes the loss after ``forward_one_chunk``; the profile counts it in the
+        last unit's forward, so the last stage's F event is stretched to cover it."""
+        compute = schedule._maybe_compute_loss
+
+        def _maybe_compute_loss(stage, output, target_mbs, mb_index, *a, **k):
+            out = compute(stage, output, target_mbs, mb_index, *a, **k)
+            if stage.is_last and self.events:
+                idx, kind, mb, start, _ = self.events[-1]
+                if (idx, kind, mb) == (stage.stage_index, "F", mb_index):
+                    self.events[-1] = (idx, kind, mb, start, time.perf_counter() - self.t0)
+            return out
+
+        schedule._maybe_compute_loss = _maybe_compute_loss
+
+
+class TextData:
+    """``--data FILE``: the file's bytes as tokens (byte value mod vocabulary), read in order;
+    each step takes the next ``batch x (seq_len + 1)`` window, wrapping around."""
+
+    def __init__(self, path: Path, vocab: int):
+        raw = Path(path).read_bytes()
+        if len(raw) < 2:
+            raise UserError(f"--data {path}: needs at least 2 bytes of text")
+        self.tokens = torch.tensor(list(raw), dtype=torch.long) % vocab
+
+    def batch(self, batch: int, seq_len: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = batch * (seq_len + 1)
+        reps = (n * (index + 1)) // len(self.tokens) + 2
+        flat = self.tokens.repeat(reps)[n * index:n * (index + 1)].view(batch, seq_len + 1)
+        return flat[:, :-1].contiguous(), flat[:, 1:].contiguous()

@@ -1,0 +1,44 @@
+"""``pipeplan calibrate`` measures links, per-action runtime overhead and optimizer time, and the
+cost model uses them: overhead in every stage's action times, optimizer time in the step's tail."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+from conftest import ROOT
+
+
+def test_action_overhead_and_optimizer_time_enter_the_stage_costs(tiny_plan_path):
+    from planner.plan import load_plan
+    from simulator.engine import simulate
+
+    plan = load_plan(tiny_plan_path)
+    base = simulate(plan)
+    tuned = replace(plan, cluster=replace(plan.cluster, action_overhead_s=1e-3, optimizer_s_per_param=1e-9))
+    assert tuned.cluster.links() == plan.cluster.links()  # no longer folded into link latency
+    costs, base_costs = tuned.sim_input().costs, plan.sim_input().costs
+    for c, b in zip(costs, base_costs):
+        assert abs(c.forward_s - b.forward_s - 1e-3) < 1e-12 and abs(c.backward_s - b.backward_s - 1e-3) < 1e-12
+        assert c.optimizer_s > 0
+    params = sum(u.params for u in plan.profile.entry().units)
+    tl = simulate(tuned)
+    # the busiest rank runs its 2m actions 1 ms longer each and then its optimizer step
+    assert tl.step_s > base.step_s + 2 * plan.microbatches * 1e-3
+    assert tl.step_s < base.step_s + 2 * plan.microbatches * 1e-3 * 2 + params * 1e-9 + 1e-6
+
+
+def test_calibrate_writes_the_measured_figures(tmp_path):
+    out = tmp_path / "cluster.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PIPEPLAN_CALIBRATE_REPEATS="5")
+    r = subprocess.run([sys.executable, str(ROOT / "pipeplan.py"), "calibrate", "-o", str(out)], capture_output=True,
+                       text=True, timeout=180, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["schema"] == "pipeplan.cluster/1"
+    assert 0 < data["action_overhead_s"] < 0.01 and 0 < data["optimizer_s_per_param"] < 1e-7
+    assert data["intra_latency_s"] >= 0 and data["intra_bandwidth_Bps"] > 0
+    assert "runtime overhead per compute action" in r.stdout
