@@ -122,9 +122,12 @@ def _build_gpt2(config: dict[str, Any], attn: str) -> Built:
     t = hf.transformer
     n = len(t.h)
     units: list[nn.Module] = [GPT2Embedding(t.wte, t.wpe), *(HFBlock(b) for b in t.h), LMHead(t.ln_f, hf.lm_head)]
-    names = ["embed", *(f"block{i}" for i in range(n)), "head"]
-    kinds = ["embedding", *["block"] * n, "head"]
-    return stored, units, names, kinds, token_batch(cfg.vocab_size), lm_loss
+    return stored, units, *_labels(n, "block"), token_batch(cfg.vocab_size), lm_loss
+
+
+def _labels(n: int, block: str) -> tuple[list[str], list[str]]:
+    """Unit names and kinds of an embedding, ``n`` blocks and a head."""
+    return ["embed", *(f"{block}{i}" for i in range(n)), "head"], ["embedding", *["block"] * n, "head"]
 
 
 def _build_llama(config: dict[str, Any], attn: str) -> Built:
@@ -138,9 +141,7 @@ def _build_llama(config: dict[str, Any], attn: str) -> Built:
     units: list[nn.Module] = [m.embed_tokens]
     units += [LlamaBlock(layer, copy.deepcopy(m.rotary_emb)) for layer in m.layers]
     units.append(LMHead(m.norm, hf.lm_head))
-    names = ["embed", *(f"block{i}" for i in range(n)), "head"]
-    kinds = ["embedding", *["block"] * n, "head"]
-    return stored, units, names, kinds, token_batch(cfg.vocab_size), lm_loss
+    return stored, units, *_labels(n, "block"), token_batch(cfg.vocab_size), lm_loss
 
 
 def _build_bert(config: dict[str, Any], attn: str) -> Built:
@@ -152,8 +153,7 @@ def _build_bert(config: dict[str, Any], attn: str) -> Built:
     b = hf.bert
     n = len(b.encoder.layer)
     units: list[nn.Module] = [BertEmbeddingUnit(b.embeddings), *(HFBlock(layer) for layer in b.encoder.layer), hf.cls]
-    names = ["embed", *(f"layer{i}" for i in range(n)), "head"]
-    kinds = ["embedding", *["block"] * n, "head"]
+    names, kinds = _labels(n, "layer")
     return stored, units, names, kinds, token_batch(cfg.vocab_size), lm_loss
 
 
