@@ -279,7 +279,19 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
     def stage_sum(s: int, value) -> pulp.LpAffineExpression:
         """sum over units of stage s of ``value(unit data)`` under the stage's option (only units
         s .. s + U - S can sit in stage s)."""
-        return pulp.lpSum(value(options[o][u]) * y[u][s][o] for u in range(s, s + U - S + 1) for o in labels)
+        terms: dict = {}
+        rest = []
+        for u in range(s, s + U - S + 1):
+            for o in labels:
+                var = y[u][s][o]
+                if isinstance(var, pulp.LpVariable):
+                    terms[var] = terms.get(var, 0) + value(options[o][u])
+                else:
+                    rest.append(value(options[o][u]) * var)
+        expr = pulp.LpAffineExpression(terms)
+        for e in rest:
+            expr += e
+        return expr
 
     def cut(u: int, s: int):
         """1 when stage s ends right after unit u."""
