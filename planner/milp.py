@@ -311,9 +311,20 @@ def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
             _add(prob, static <= cap, f"memory_r{r}")
             continue
         static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
+        act = {s: stage_sum(s, lambda d: d.act_bytes) for s in {s for vec in model.memory.ranks[r] for s in vec}}
+        keep = {s: stage_sum(s, lambda d: d.keep_fraction * d.act_bytes) for s in act}
         for i, vec in enumerate(model.memory.ranks[r]):
-            held = pulp.lpSum(stage_sum(s, lambda d, a=a, k=k: (a + k * d.keep_fraction) * d.act_bytes)
-                              for s, (a, k) in vec.items() if a or k)
+            terms: dict = {}
+            const = 0
+            for s, (a, k) in vec.items():
+                if not (a or k):
+                    continue
+                for e, f in ((act[s], a), (keep[s], k)):
+                    if f:
+                        const += f * e.constant
+                        for var, coef in e.items():
+                            terms[var] = terms.get(var, 0) + f * coef
+            held = pulp.LpAffineExpression(terms, constant=const)
             _add(prob, static + held <= cap, f"memory_r{r}_v{i}")
 
 
