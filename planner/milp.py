@@ -279,7 +279,19 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
     def stage_sum(s: int, value) -> pulp.LpAffineExpression:
         """sum over units of stage s of ``value(unit data)`` under the stage's option (only units
         s .. s + U - S can sit in stage s)."""
-        return pulp.lpSum(value(options[o][u]) * y[u][s][o] for u in range(s, s + U - S + 1) for o in labels)
+        terms: dict = {}
+        rest = []
+        for u in range(s, s + U - S + 1):
+            for o in labels:
+                var = y[u][s][o]
+                if isinstance(var, pulp.LpVariable):
+                    terms[var] = terms.get(var, 0) + value(options[o][u])
+                else:
+                    rest.append(value(options[o][u]) * var)
+        expr = pulp.LpAffineExpression(terms)
+        for e in rest:
+            expr += e
+        return expr
 
     def cut(u: int, s: int):
         """1 when stage s ends right after unit u."""
@@ -299,9 +311,20 @@ def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
             _add(prob, static <= cap, f"memory_r{r}")
             continue
         static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
+        act = {s: stage_sum(s, lambda d: d.act_bytes) for s in {s for vec in model.memory.ranks[r] for s in vec}}
+        keep = {s: stage_sum(s, lambda d: d.keep_fraction * d.act_bytes) for s in act}
         for i, vec in enumerate(model.memory.ranks[r]):
-            held = pulp.lpSum(stage_sum(s, lambda d, a=a, k=k: (a + k * d.keep_fraction) * d.act_bytes)
-                              for s, (a, k) in vec.items() if a or k)
+            terms: dict = {}
+            const = 0
+            for s, (a, k) in vec.items():
+                if not (a or k):
+                    continue
+                for e, f in ((act[s], a), (keep[s], k)):
+                    if f:
+                        const += f * e.constant
+                        for var, coef in e.items():
+                            terms[var] = terms.get(var, 0) + f * coef
+            held = pulp.LpAffineExpression(terms, constant=const)
             _add(prob, static + held <= cap, f"memory_r{r}_v{i}")
 
 
