@@ -21,7 +21,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	OMP_NUM_THREADS=1 $(PY) -m profiles gpt2-demo --seq-len 128 --microbatch-sizes 1 -o $(DEMO)/profile.json
-	$(PY) pipeplan.py plan $(DEMO)/profile.json --devices 2 --device-memory 4GiB --pp 2 --schedules 1F1B \
+	$(PY) pipeplan.py calibrate -o $(DEMO)/cluster.json
+	$(PY) pipeplan.py plan $(DEMO)/profile.json --cluster $(DEMO)/cluster.json --devices 2 --device-memory 4GiB \
+		--pp 2 --schedules 1F1B \
 		--global-batch 8 --microbatch-size 1 --explain -o $(DEMO)/plan.json
 	$(PY) pipeplan.py simulate $(DEMO)/plan.json -o $(DEMO)/timeline.json --trace $(DEMO)/timeline.trace.json \
 		--gantt $(DEMO)/timeline.png
