@@ -100,9 +100,8 @@ def find_files(roots: tuple[str, ...]) -> dict[str, list[str]]:
     for root in roots:
         for path in sorted(Path(root).rglob("*.json")) if Path(root).is_dir() else []:
             try:
-                with open(path) as f:
-                    head = f.read(200)
-                schema = json.loads(path.read_text()).get("schema") if '"schema"' in head else None
+                text = path.read_text()
+                schema = json.loads(text).get("schema") if '"schema"' in text[:200] else None
             except (OSError, ValueError, AttributeError):
                 continue
             if schema in _KINDS:

@@ -181,35 +181,28 @@ class Recorder:
         return time.perf_counter()
 
     def wrap(self, stage: PipelineStage) -> None:
+        def full_or_input(a: tuple, k: dict) -> str:
+            return "B" if k.get("full_backward", a[1] if len(a) > 1 else True) else "I"
+
+        stage.forward_one_chunk = self._timed(stage, stage.forward_one_chunk, lambda a, k: "F",
+                                              " (a send, receive or loss)")
+        stage.backward_one_chunk = self._timed(stage, stage.backward_one_chunk, full_or_input,
+                                               " (a send or receive)")
+        stage.backward_weight_one_chunk = self._timed(stage, stage.backward_weight_one_chunk, lambda a, k: "W", "")
+
+    def _timed(self, stage: PipelineStage, call, kind_of, after: str):
+        """``call`` wrapped to record (stage, kind, microbatch, start, end) and what runs next."""
         idx = stage.stage_index
-        fwd, bwd, wgt = stage.forward_one_chunk, stage.backward_one_chunk, stage.backward_weight_one_chunk
 
-        def forward_one_chunk(mb, *a, **k):
-            t = self._enter(stage, "F", mb)
-            out = fwd(mb, *a, **k)
-            self.events.append((idx, "F", mb, t - self.t0, time.perf_counter() - self.t0))
-            self.current = f"the schedule after {idx}F{mb} (a send, receive or loss)"
-            return out
-
-        def backward_one_chunk(mb, *a, **k):
-            full = k.get("full_backward", a[1] if len(a) > 1 else True)
-            kind = "B" if full else "I"
+        def timed(mb, *a, **k):
+            kind = kind_of(a, k)
             t = self._enter(stage, kind, mb)
-            out = bwd(mb, *a, **k)
+            out = call(mb, *a, **k)
             self.events.append((idx, kind, mb, t - self.t0, time.perf_counter() - self.t0))
-            self.current = f"the schedule after {idx}{kind}{mb} (a send or receive)"
+            self.current = f"the schedule after {idx}{kind}{mb}{after}"
             return out
 
-        def backward_weight_one_chunk(mb, *a, **k):
-            t = self._enter(stage, "W", mb)
-            out = wgt(mb, *a, **k)
-            self.events.append((idx, "W", mb, t - self.t0, time.perf_counter() - self.t0))
-            self.current = f"the schedule after {idx}W{mb}"
-            return out
-
-        stage.forward_one_chunk = forward_one_chunk
-        stage.backward_one_chunk = backward_one_chunk
-        stage.backward_weight_one_chunk = backward_weight_one_chunk
+        return timed
 
     def wrap_loss(self, schedule) -> None:
         """The runtime computes the loss after ``forward_one_chunk``; the profile counts it in the
