@@ -10,8 +10,10 @@ per parameter) unless ``--cluster`` gives a spec, the plans are cut so stages ta
 equal profiled time, and all of them run in ONE torchrun launch (the executor takes several
 plans), the whole matrix ``--rounds`` times in turn so a burst of outside load does not
 land on one config only. Error = (measured - predicted) / predicted, from the median of all
-of a config's timed steps (spread = (max - min) / median). The load average is printed before and after: other work on the machine slows the ranks down and is
-not part of the model. Target: median |error| <= 5%, max <= 10%.
+of a config's timed steps (spread = (max - min) / median). Other work on the machine slows the
+ranks down and is not part of the model: the load average is printed before and after, and the
+off-CPU column gives, per config (median over rounds, busiest rank), the share of compute time a
+rank was ready but not running. Target: median |error| <= 5%, max <= 10%.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2, help="run the whole matrix this many times, in turn")
+    ap.add_argument("--rounds", type=int, default=3, help="run the whole matrix this many times, in turn")
     ap.add_argument("--cluster", type=Path, help="a calibrated cluster spec (default: calibrate now)")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     args = ap.parse_args()
@@ -83,8 +85,11 @@ def main() -> int:
         print(f"the run failed (exit code {rc})", file=sys.stderr)
         return 1
     steps: dict[int, list[float]] = {}
+    off_cpu: dict[int, list[float]] = {}  # per round: the most any rank spent ready but off the CPU
     for i, path in runs:
-        steps.setdefault(i, []).extend(load_report(path.with_suffix(".run.json")).step_s)
+        report = load_report(path.with_suffix(".run.json"))
+        steps.setdefault(i, []).extend(report.step_s)
+        off_cpu.setdefault(i, []).append(max(report.extra.get("off_cpu_fraction") or [0.0]))
     rows, errors = [], []
     for i, (model, name, m, plan) in enumerate(plans):
         med = statistics.median(steps[i])
@@ -92,8 +97,9 @@ def main() -> int:
         errors.append((med - pred) / pred)
         spread = (max(steps[i]) - min(steps[i])) / med
         rows.append(f"{model:<12} {name:<16} {m:>3} {pred * 1e3:10.1f} {med * 1e3:10.1f} {errors[-1]:+8.1%} "
-                    f"{spread:7.1%}")
-    print(f"\n{'model':<12} {'schedule':<16} {'m':>3} {'pred ms':>10} {'meas ms':>10} {'error':>8} {'spread':>7}")
+                    f"{spread:7.1%} {statistics.median(off_cpu[i]):8.1%}")
+    print(f"\n{'model':<12} {'schedule':<16} {'m':>3} {'pred ms':>10} {'meas ms':>10} {'error':>8} {'spread':>7} "
+          f"{'off-CPU':>8}")
     print("\n".join(rows))
     abs_err = [abs(e) for e in errors]
     med, worst = statistics.median(abs_err), max(abs_err)

@@ -168,6 +168,9 @@ class Recorder:
     fail_at: tuple[int, int] | None = None  # (step, rank): raise inside the first action there (tests)
     step: int = 0
     rank: int = 0
+    #: wall minus this thread's CPU time inside the actions: time the rank was ready to compute
+    #: but not running (another process or thread had its core), summed since the last reset
+    off_cpu_s: float = 0.0
 
     def _enter(self, stage: PipelineStage, kind: str, mb: int) -> float:
         idx = stage.stage_index
@@ -197,8 +200,11 @@ class Recorder:
         def timed(mb, *a, **k):
             kind = kind_of(a, k)
             t = self._enter(stage, kind, mb)
+            cpu = time.thread_time()
             out = call(mb, *a, **k)
-            self.events.append((idx, kind, mb, t - self.t0, time.perf_counter() - self.t0))
+            end = time.perf_counter()
+            self.off_cpu_s += max(0.0, (end - t) - (time.thread_time() - cpu))
+            self.events.append((idx, kind, mb, t - self.t0, end - self.t0))
             self.current = f"the schedule after {idx}{kind}{mb}{after}"
             return out
 

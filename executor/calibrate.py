@@ -2,12 +2,20 @@
 
 Three figures, each measured with what the executor really runs:
 
-- links: rank 0 and rank 1 ping-pong tensors of several sizes over the real backend; the
-  median one-way time per size is fitted by least squares to ``latency + bytes / bandwidth``;
 - ``action_overhead_s``: the real ``_PipelineScheduleRuntime`` runs a 1F1B table on tiny
   stages; per rank, step time minus compute time (wrapped ``*_one_chunk``) minus time spent
   waiting for receives, divided by the compute actions: what the runtime itself costs per
   action (posting sends and receives, bookkeeping);
+- link latency: in that same run, every dependency that crosses ranks while the consumer
+  waits for it (F of stage 1 after F of stage 0, B of stage 0 after B of stage 1) costs the
+  gap from the producer's compute end to the consumer's compute start. The simulator puts the
+  per-action overhead inside each action, so the link latency is that gap less the overhead.
+  Medians are taken per direction and averaged, which cancels any offset between the two
+  ranks' clocks. (A bare send/recv ping-pong does not see what the runtime pays, and on a
+  shared 2-core machine its small-message medians swing between 0.2 and 2 ms.);
+- bandwidth: rank 0 and rank 1 ping-pong tensors of 256 KiB to 4 MiB over the real backend,
+  the sizes interleaved round by round so a burst of outside load hits all of them; the
+  slope of the median one-way time over the size is 1 / bandwidth;
 - ``optimizer_s_per_param``: gradient scaling plus ``torch.optim.AdamW.step`` on a few
   million parameters (past the caches), run on every rank at once as at the end of a real step.
 
@@ -30,9 +38,9 @@ from torch import nn
 
 from planner.cluster import PRESET_CLUSTERS
 
-__all__ = ["main", "fit_link", "measure_action_overhead", "measure_optimizer"]
+__all__ = ["main", "fit_link", "crossing_gaps", "measure_runtime", "measure_optimizer"]
 
-SIZES = (1 << 10, 32 << 10, 256 << 10, 1 << 20, 4 << 20)
+SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20)
 
 
 def fit_link(samples: list[tuple[int, float]]) -> tuple[float, float]:
@@ -47,11 +55,11 @@ def fit_link(samples: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def _links(rank: int, repeats: int) -> list[tuple[int, float]]:
-    samples = []
-    for size in SIZES:
-        buf = torch.zeros(size // 4, dtype=torch.float32)
-        times = []
-        for i in range(repeats + 3):
+    """Median one-way time per size; the sizes take turns, round by round."""
+    bufs = {size: torch.zeros(size // 4, dtype=torch.float32) for size in SIZES}
+    times: dict[int, list[float]] = {size: [] for size in SIZES}
+    for i in range(repeats + 2):
+        for size, buf in bufs.items():
             dist.barrier()
             t0 = time.perf_counter()
             if rank == 0:
@@ -60,14 +68,39 @@ def _links(rank: int, repeats: int) -> list[tuple[int, float]]:
             elif rank == 1:
                 dist.recv(buf, 0)
                 dist.send(buf, 0)
-            if i >= 3:
-                times.append((time.perf_counter() - t0) / 2)
-        samples.append((size, statistics.median(times)))
-    return samples
+            if i >= 2:
+                times[size].append((time.perf_counter() - t0) / 2)
+    return [(size, statistics.median(ts)) for size, ts in times.items()]
 
 
-def measure_action_overhead(repeats: int, microbatches: int = 8, width: int = 64) -> float:
-    """Median over steps of (step - compute - receive waits) / compute actions, on this rank."""
+def crossing_gaps(events: list[tuple[int, int, str, int, float, float]], owner: dict[int, int]
+                  ) -> dict[tuple[int, int], list[float]]:
+    """Gaps from a producer's end to its consumer's start, for every dependency that crosses
+    ranks while the consumer's rank waits for it, keyed by (producer rank, consumer rank).
+    ``events``: (rank, stage, kind, microbatch, start, end) on one clock; F of stage s needs F
+    of s-1, and a backward (B or I) of stage s needs the backward of s+1."""
+    end = {(s, "B" if k == "I" else k, mb): b for _, s, k, mb, _, b in events}
+    gaps: dict[tuple[int, int], list[float]] = {}
+    free: dict[int, float] = {}
+    for rank, s, kind, mb, a, b in sorted(events, key=lambda e: e[4]):
+        dep = (s - 1, "F", mb) if kind == "F" else (s + 1, "B", mb) if kind in ("B", "I") else None
+        done = end.get(dep) if dep else None
+        if done is not None and owner[dep[0]] != rank and done >= free.get(rank, 0.0):
+            gaps.setdefault((owner[dep[0]], rank), []).append(a - done)
+        free[rank] = b
+    return gaps
+
+
+def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: int = 256,
+                    ) -> tuple[float, float, int]:
+    """(per-action overhead, crossing gap, bytes sent per crossing) of the real runtime on a 1F1B
+    table. Each stage is an MLP block on ``seq x width`` activations (128 KiB in fp32, as the
+    zoo's small models at sequence length 128 send), a few milliseconds per action: long enough
+    for a waiting rank to go idle, as it does in real runs, where waking it up is part of what a
+    crossing costs (a tiny stage measures about 0.16 ms per crossing here, real runs 0.4-0.7 ms).
+    Overhead: median over steps of (step - compute - receive waits) / compute actions, on this
+    rank. Gap: the mean over the two directions of the median producer-end to consumer-start
+    time of waited-for crossings (``crossing_gaps``), the same on every rank."""
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining import schedules as torch_schedules
 
@@ -77,7 +110,8 @@ def measure_action_overhead(repeats: int, microbatches: int = 8, width: int = 64
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(rank)
-    stage = PipelineStage(nn.Linear(width, width), rank, world, torch.device("cpu"))
+    block = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+    stage = PipelineStage(block, rank, world, torch.device("cpu"))
     recorder = _Recorder()
     recorder.wrap(stage)
     table = make_schedule("1F1B", world, microbatches)
@@ -93,8 +127,9 @@ def measure_action_overhead(repeats: int, microbatches: int = 8, width: int = 64
         waited[0] += time.perf_counter() - t
 
     torch_schedules._wait_batch_p2p = timed_wait
-    x, y = torch.randn(microbatches, width), torch.randn(microbatches, width)
-    per_action = []
+    x, y = torch.randn(microbatches, seq, width), torch.randn(microbatches, seq, width)
+    owner = {r: r for r in range(world)}
+    per_action, gaps = [], {}
     try:
         for i in range(repeats + 3):
             recorder.events, waited[0] = [], 0.0
@@ -110,9 +145,14 @@ def measure_action_overhead(repeats: int, microbatches: int = 8, width: int = 64
             compute = sum(b - a for _, _, _, a, b in recorder.events)
             if i >= 3:
                 per_action.append(max(0.0, step - compute - waited[0]) / len(recorder.events))
+                everyone = [None] * world
+                dist.all_gather_object(everyone, [(rank, *e) for e in recorder.events])
+                for key, gs in crossing_gaps([e for evs in everyone for e in evs], owner).items():
+                    gaps.setdefault(key, []).extend(gs)
     finally:
         torch_schedules._wait_batch_p2p = wait
-    return statistics.median(per_action)
+    gap = statistics.mean(statistics.median(gs) for gs in gaps.values()) if gaps else 0.0
+    return statistics.median(per_action), gap, seq * width * x.element_size()
 
 
 def measure_optimizer(repeats: int, params: int = 16_000_000) -> float:
@@ -141,20 +181,24 @@ def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("cluster.json")
     repeats = int(os.environ.get("PIPEPLAN_CALIBRATE_REPEATS", "30"))
     torch.set_num_threads(1)
+    from profiles.measure import gc_paused
+
     from .build import keep_freed_memory
 
     keep_freed_memory()  # as the executor runs
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        samples = _links(rank, repeats)
-        overhead = measure_action_overhead(repeats)
-        opt = measure_optimizer(max(5, repeats // 5))
+        with gc_paused():  # as the executor runs its steps
+            samples = _links(rank, repeats)
+            overhead, gap, sent = measure_runtime(repeats)
+            opt = measure_optimizer(max(5, repeats // 5))
         figures = [None] * world
         dist.all_gather_object(figures, (overhead, opt))
         if rank == 0:
-            lat, bw = fit_link(samples)
+            _, bw = fit_link(samples)
             overhead = statistics.median(f[0] for f in figures)
+            lat = max(0.0, gap - overhead - sent / bw)  # the simulator adds both apart
             opt = max(f[1] for f in figures)
             base = PRESET_CLUSTERS["cpu-local"]
             cluster = replace(base, name="calibrated-local", devices=world, devices_per_node=world,
@@ -164,8 +208,10 @@ def main() -> int:
             print(f"{'bytes':>10} {'one-way ms':>11}")
             for size, t in samples:
                 print(f"{size:>10} {t * 1e3:11.3f}")
-            print(f"fit: latency {lat * 1e6:.1f} us, bandwidth {bw / 1e9:.2f} GB/s")
+            print(f"bandwidth (slope of the one-way times): {bw / 1e9:.2f} GB/s")
             print(f"runtime overhead per compute action: {overhead * 1e6:.1f} us")
+            print(f"cross-rank dependency in the runtime ({sent >> 10} KiB): {gap * 1e6:.1f} us from producer "
+                  f"end to consumer start = overhead + {sent >> 10} KiB / bandwidth + link latency {lat * 1e6:.1f} us")
             print(f"gradient scaling + AdamW step: {opt * 1e9:.2f} ns per parameter")
             print(f"wrote {out}")
         dist.barrier()

@@ -79,6 +79,10 @@ def _run(args: argparse.Namespace) -> int:
     return rc
 
 
+#: ``compare_table`` says so when a rank spent more than this share of its compute time off the CPU
+OFF_CPU_WARN = 0.03
+
+
 def compare_table(predicted: Timeline, report: RunReport) -> str:
     """Predicted vs measured: step time, per-rank busy time and peak memory, errors in %."""
     def err(p: float, m: float) -> str:
@@ -100,6 +104,12 @@ def compare_table(predicted: Timeline, report: RunReport) -> str:
     spread = (max(report.step_s) - min(report.step_s)) / report.step_s_median if report.step_s else 0.0
     lines.append(f"measured over {len(report.step_s)} steps (median; spread {spread:.1%}) on {report.world_size} "
                  f"{report.device} ranks, {report.backend}")
+    off = report.extra.get("off_cpu_fraction") or []
+    if off and max(off) > OFF_CPU_WARN:
+        worst = max(range(len(off)), key=off.__getitem__)
+        lines.append(f"note: rank {worst} was ready but off the CPU for {off[worst]:.0%} of its compute time (other "
+                     f"load on this machine); the prediction assumes none, so the measured time is too high by about "
+                     f"that much")
     return "\n".join(lines)
 
 

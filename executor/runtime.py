@@ -17,6 +17,7 @@ ranks, and a rank blocked in a collective gives up after ``PG_TIMEOUT_S`` anyway
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from torch import nn
 
 from planner.plan import Plan, load_plan
 from profiles.contract import ContractError, UserError, sha256_of
+from profiles.measure import gc_paused
 from profiles.zoo import ZooModel, build_model
 from simulator.timeline import Event, RankStats, Timeline
 
@@ -221,49 +223,51 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
     step_times, losses, step_events, tails, check = [], [], [], [], {}
     total = args.warmup + args.steps
     prof = _profiler(args, path, rank)
-    for step in range(total):
-        batches = [data.batch(batch, seq_len, step * dp + d) if data
-                   else model.make_batch(batch, seq_len, 1000 * step + d) for d in range(dp)]
-        x, y = (t.to(device) for t in batches[dp_rank])
-        step_losses: list[torch.Tensor] = []
-        recorder.events, recorder.step, recorder.current = [], step, ""
-        dist.barrier()
-        recorder.t0 = t0 = time.perf_counter()
-        if prof is not None and step == args.warmup:
-            prof.start()
-        try:
-            with tracker.hooks() if step == track_step and not forward_only else nullcontext():
-                out = _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
-        except Exception as e:
-            print(f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
-                  f"({plan.schedule}, {path}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            traceback.print_exc()
-            raise
-        t_sched = time.perf_counter() - t0
-        if forward_only and args.check and step == 0:
-            check = _check_outputs(plan, out, x, device) if last_stage else {}
-        if not forward_only:
-            _finish_grads(params, dp, dp_group, loss_scale)
-            if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
-                g = params[0].grad
-                g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
-            if args.check and step == 0:
-                check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank, loss_scale)
-            t_opt = time.perf_counter()
-            if opt is not None:
-                if loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-            t_opt = time.perf_counter() - t_opt
-        t_end = time.perf_counter() - t0
-        if prof is not None and step >= args.warmup:
-            prof.step()
-        if step_losses:
-            losses.append(torch.stack(step_losses).mean().item() / loss_scale)
-        if step >= args.warmup:
-            step_times.append(t_end)
-            step_events.append(list(recorder.events))
-            tails.append((t_sched, 0.0 if forward_only else t_opt))
+    with gc_paused():  # the profile was timed with it off too
+        for step in range(total):
+            gc.collect(1)  # young generations only, between steps (off the clock)
+            batches = [data.batch(batch, seq_len, step * dp + d) if data
+                       else model.make_batch(batch, seq_len, 1000 * step + d) for d in range(dp)]
+            x, y = (t.to(device) for t in batches[dp_rank])
+            step_losses: list[torch.Tensor] = []
+            recorder.events, recorder.step, recorder.current, recorder.off_cpu_s = [], step, "", 0.0
+            dist.barrier()
+            recorder.t0 = t0 = time.perf_counter()
+            if prof is not None and step == args.warmup:
+                prof.start()
+            try:
+                with tracker.hooks() if step == track_step and not forward_only else nullcontext():
+                    out = _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
+            except Exception as e:
+                print(f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
+                      f"({plan.schedule}, {path}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                traceback.print_exc()
+                raise
+            t_sched = time.perf_counter() - t0
+            if forward_only and args.check and step == 0:
+                check = _check_outputs(plan, out, x, device) if last_stage else {}
+            if not forward_only:
+                _finish_grads(params, dp, dp_group, loss_scale)
+                if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
+                    g = params[0].grad
+                    g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
+                if args.check and step == 0:
+                    check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank, loss_scale)
+                t_opt = time.perf_counter()
+                if opt is not None:
+                    if loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+                        opt.step()
+                    opt.zero_grad(set_to_none=True)
+                t_opt = time.perf_counter() - t_opt
+            t_end = time.perf_counter() - t0
+            if prof is not None and step >= args.warmup:
+                prof.step()
+            if step_losses:
+                losses.append(torch.stack(step_losses).mean().item() / loss_scale)
+            if step >= args.warmup:
+                step_times.append(t_end)
+                step_events.append(list(recorder.events))
+                tails.append((t_sched, 0.0 if forward_only else t_opt, recorder.off_cpu_s))
     if prof is not None:
         prof.stop()
         prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
@@ -424,7 +428,11 @@ def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, devi
                       "data": str(args.data) if args.data else "synthetic",
                       "schedule_end_s": [g["sched"][med][0] for g in sorted(gathered, key=lambda g: g["rank"])],
                       "optimizer_s": [g["sched"][med][1] for g in sorted(gathered, key=lambda g: g["rank"])],
-                      "params": [g["params"] for g in sorted(gathered, key=lambda g: g["rank"])]})
+                      "params": [g["params"] for g in sorted(gathered, key=lambda g: g["rank"])],
+                      # per rank, in the median step: share of its compute time spent ready but off the CPU
+                      # (other load on the machine); the simulator assumes none
+                      "off_cpu_fraction": [g["sched"][med][2] / max(1e-12, sum(e[4] - e[3] for e in g["events"][med]))
+                                           for g in sorted(gathered, key=lambda g: g["rank"])]})
 
 
 def _print_summary(report: RunReport, path: Path) -> None:

@@ -42,3 +42,35 @@ def test_calibrate_writes_the_measured_figures(tmp_path):
     assert 0 < data["action_overhead_s"] < 0.01 and 0 < data["optimizer_s_per_param"] < 1e-7
     assert data["intra_latency_s"] >= 0 and data["intra_bandwidth_Bps"] > 0
     assert "runtime overhead per compute action" in r.stdout
+
+
+def test_crossing_gaps_count_only_waited_for_dependencies_across_ranks():
+    from executor.calibrate import crossing_gaps
+
+    owner = {0: 0, 1: 1}
+    # rank 0 runs stage 0, rank 1 stage 1; 1F1B with two microbatches, times in ms
+    events = [(0, 0, "F", 0, 0.0, 1.0), (0, 0, "F", 1, 1.1, 2.0),
+              (1, 1, "F", 0, 1.3, 2.3),   # waited for 0F0 (ended 1.0): gap 0.3
+              (1, 1, "B", 0, 2.4, 3.4),   # same rank: no crossing
+              (1, 1, "F", 1, 3.5, 4.5),   # 0F1 ended at 2.0, before rank 1 was free (3.4): not waited for
+              (0, 0, "B", 0, 3.9, 4.9),   # waited for 1B0 (ended 3.4): gap 0.5
+              (1, 1, "B", 1, 4.6, 5.6),
+              (0, 0, "B", 1, 6.0, 7.0)]   # waited for 1B1 (ended 5.6): gap 0.4
+    gaps = crossing_gaps(events, owner)
+    assert set(gaps) == {(0, 1), (1, 0)}
+    assert [round(g, 6) for g in gaps[(0, 1)]] == [0.3]
+    assert [round(g, 6) for g in sorted(gaps[(1, 0)])] == [0.4, 0.5]
+
+
+def test_validate_table_says_when_other_load_took_a_ranks_cpu(tiny_plan_path):
+    from executor.cli import compare_table
+    from executor.report import RunReport
+    from planner.plan import load_plan
+    from simulator.engine import simulate
+
+    tl = simulate(load_plan(tiny_plan_path))
+    quiet = RunReport("plan.json", "0" * 64, 2, "gloo", "cpu", (tl.step_s,), tl.with_source("measured"),
+                      extra={"off_cpu_fraction": [0.01, 0.02]})
+    assert "off the CPU" not in compare_table(tl, quiet)
+    loaded = replace(quiet, extra={"off_cpu_fraction": [0.01, 0.12]})
+    assert "rank 1 was ready but off the CPU for 12% of its compute time" in compare_table(tl, loaded)
