@@ -106,7 +106,7 @@ def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: 
 
     from simulator.schedules import make_schedule
 
-    from .build import Recorder as _Recorder, torch_actions
+    from .build import Recorder as _Recorder, StepClock, torch_actions
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(rank)
@@ -129,12 +129,12 @@ def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: 
     torch_schedules._wait_batch_p2p = timed_wait
     x, y = torch.randn(microbatches, seq, width), torch.randn(microbatches, seq, width)
     owner = {r: r for r in range(world)}
+    clock = StepClock()
     per_action, gaps = [], {}
     try:
         for i in range(repeats + 3):
             recorder.events, waited[0] = [], 0.0
-            dist.barrier()
-            recorder.t0 = t0 = time.perf_counter()
+            recorder.t0 = t0 = clock.start()
             if rank == 0:
                 sched.step(x)
             elif rank == world - 1:

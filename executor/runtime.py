@@ -4,8 +4,8 @@
 Rank layout: ``rank = dp_index * pp + pp_index``. The plan's table is lowered to
 send/recv actions by torch's ``_PipelineScheduleRuntime`` (compute-only format), so the
 executor runs exactly what the simulator simulated (``--torch-schedule NAME`` runs torch's
-own class instead, for comparison). Clocks: every step starts after a barrier; each rank
-times its actions from there (``time.perf_counter``). Several plans given at once run one
+own class instead, for comparison). Clocks: every rank starts a step at one instant and times
+its actions from there (``StepClock``: a common ``time.perf_counter`` instant on one host). Several plans given at once run one
 after another in the same processes (one launch; each plan gets its own RunReport).
 
 Failures: a plan that does not fit the launch (world size, model, schedule placement) fails
@@ -36,8 +36,8 @@ from profiles.measure import gc_paused
 from profiles.zoo import ZooModel, build_model
 from simulator.timeline import Event, RankStats, Timeline
 
-from .build import (FP16_LOSS_SCALE, TORCH_SCHEDULES, Recorder, TextData, build_schedule, build_stages,
-                    check_torch_schedule, keep_freed_memory, stage_modules)
+from .build import (FP16_LOSS_SCALE, TORCH_SCHEDULES, Recorder, StepClock, TextData, build_schedule,
+                    build_stages, check_torch_schedule, keep_freed_memory, stage_modules)
 from .report import RunReport
 
 __all__ = ["main", "run_worker", "reference_grads", "CHECK_RTOL", "CHECK_RTOL_16BIT", "PG_TIMEOUT_S"]
@@ -223,6 +223,7 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
     step_times, losses, step_events, tails, check = [], [], [], [], {}
     total = args.warmup + args.steps
     prof = _profiler(args, path, rank)
+    clock = StepClock()
     with gc_paused():  # the profile was timed with it off too
         for step in range(total):
             gc.collect(1)  # young generations only, between steps (off the clock)
@@ -231,8 +232,7 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
             x, y = (t.to(device) for t in batches[dp_rank])
             step_losses: list[torch.Tensor] = []
             recorder.events, recorder.step, recorder.current, recorder.off_cpu_s = [], step, "", 0.0
-            dist.barrier()
-            recorder.t0 = t0 = time.perf_counter()
+            recorder.t0 = t0 = clock.start()
             if prof is not None and step == args.warmup:
                 prof.start()
             try:
