@@ -13,7 +13,9 @@ land on one config only. Error = (measured - predicted) / predicted, from the me
 of a config's timed steps (spread = (max - min) / median). Other work on the machine slows the
 ranks down and is not part of the model: the load average is printed before and after, and the
 off-CPU column gives, per config (median over rounds, busiest rank), the share of compute time a
-rank was ready but not running. Target: median |error| <= 5%, max <= 10%.
+rank was ready but not running. Each model is profiled again after the runs: how far that
+profile is from the first is the machine's drift, a floor under the errors.
+Target: median |error| <= 5%, max <= 10%.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def _load() -> str:
     return f"{a:.2f} {b:.2f} {c:.2f}"
 
 
+def _work(profile) -> float:
+    return sum(u.forward_s + u.backward_s for u in profile.entry("fp32", 1).units)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gpt2-demo,llama-small")
@@ -45,6 +51,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="run the whole matrix this many times, in turn")
+    ap.add_argument("--profile-repeats", type=int, default=15,
+                    help="timed repeats per unit when profiling (default 15; the profiler's own default is 5)")
     ap.add_argument("--cluster", type=Path, help="a calibrated cluster spec (default: calibrate now)")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     args = ap.parse_args()
@@ -71,7 +79,8 @@ def main() -> int:
         prof_path = args.out / f"{model}.profile.json"
         if not prof_path.exists():
             print(f"profiling {model} ...", flush=True)
-            profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,)).save(prof_path)
+            profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,),
+                          repeats=args.profile_repeats).save(prof_path)
         profile = load_profile(prof_path)
         for name in args.schedules.split(","):
             for m in map(int, args.microbatches.split(",")):
@@ -108,9 +117,17 @@ def main() -> int:
           f"{'met' if med <= 0.05 and worst <= 0.10 else 'NOT met'}")
     print(f"load average (1/5/15 min): before calibration {load_before}; before the run {load_run}; "
           f"after {_load()}")
+    drift = {}
+    for model in args.models.split(","):  # the noise floor: the same profile, taken again now
+        again = profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=args.profile_repeats)
+        before = load_profile(args.out / f"{model}.profile.json")
+        drift[model] = _work(again) / _work(before) - 1
+    print("machine drift (the profile taken again after the runs, F + B summed over units): "
+          + ", ".join(f"{model} {d:+.1%}" for model, d in drift.items()))
     summary = {"configs": [{"model": mo, "schedule": n, "microbatches": m, "error": e}
                            for (mo, n, m, _), e in zip(plans, errors)], "rounds": args.rounds,
-               "median_abs_error": med, "max_abs_error": worst, "load_before_run": load_run, "load_after": _load()}
+               "median_abs_error": med, "max_abs_error": worst, "load_before_run": load_run, "load_after": _load(),
+               "drift": drift}
     (args.out / "fidelity.json").write_text(json.dumps(summary, indent=1))
     return 0
 
