@@ -1,18 +1,21 @@
 """``torchrun --nproc_per_node 2 -m executor.calibrate OUT``: measure this machine for the cost model.
 
-Three figures, each measured with what the executor really runs:
+Four figures, each measured with what the executor really runs:
 
-- ``action_overhead_s``: the real ``_PipelineScheduleRuntime`` runs a 1F1B table on tiny
-  stages; per rank, step time minus compute time (wrapped ``*_one_chunk``) minus time spent
-  waiting for receives, divided by the compute actions: what the runtime itself costs per
-  action (posting sends and receives, bookkeeping);
+- ``action_overhead_s``: the real ``_PipelineScheduleRuntime`` runs a 1F1B table on MLP
+  stages that send 128 KiB activations; per rank, step time minus compute time (wrapped
+  ``*_one_chunk``) minus time spent waiting for receives, divided by the compute actions:
+  what the runtime itself costs per action (posting sends and receives, bookkeeping);
 - link latency: in that same run, every dependency that crosses ranks while the consumer
   waits for it (F of stage 1 after F of stage 0, B of stage 0 after B of stage 1) costs the
   gap from the producer's compute end to the consumer's compute start. The simulator puts the
-  per-action overhead inside each action, so the link latency is that gap less the overhead.
-  Medians are taken per direction and averaged, which cancels any offset between the two
-  ranks' clocks. (A bare send/recv ping-pong does not see what the runtime pays, and on a
-  shared 2-core machine its small-message medians swing between 0.2 and 2 ms.);
+  per-action overhead inside each action and adds bytes / bandwidth to each transfer, so the
+  link latency is that gap less both. Medians are taken per direction and averaged, which
+  cancels any offset between the two ranks' clocks. (A bare send/recv ping-pong does not
+  see what the runtime pays, and on a shared 2-core machine its small-message medians swung
+  between 0.2 and 2 ms.) A receiver that waited longer pays more to wake up (0.14 ms one way
+  after 1 ms idle, 0.45 ms after 50 ms, measured here); the model leaves that out: on the
+  plans of ``bench/fidelity.py`` it moved no step by more than 0.3 ms;
 - bandwidth: rank 0 and rank 1 ping-pong tensors of 256 KiB to 4 MiB over the real backend,
   the sizes interleaved round by round so a burst of outside load hits all of them; the
   slope of the median one-way time over the size is 1 / bandwidth;
@@ -95,12 +98,10 @@ def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: 
                     ) -> tuple[float, float, int]:
     """(per-action overhead, crossing gap, bytes sent per crossing) of the real runtime on a 1F1B
     table. Each stage is an MLP block on ``seq x width`` activations (128 KiB in fp32, as the
-    zoo's small models at sequence length 128 send), a few milliseconds per action: long enough
-    for a waiting rank to go idle, as it does in real runs, where waking it up is part of what a
-    crossing costs (a tiny stage measures about 0.16 ms per crossing here, real runs 0.4-0.7 ms).
-    Overhead: median over steps of (step - compute - receive waits) / compute actions, on this
-    rank. Gap: the mean over the two directions of the median producer-end to consumer-start
-    time of waited-for crossings (``crossing_gaps``), the same on every rank."""
+    zoo's small models at sequence length 128 send), a few milliseconds per action, as real
+    stages take. Overhead: median over steps of (step - compute - receive waits) / compute
+    actions, on this rank. Gap: the mean over the two directions of the median producer-end to
+    consumer-start time of waited-for crossings (``crossing_gaps``), the same on every rank."""
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining import schedules as torch_schedules
 
