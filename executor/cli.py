@@ -12,6 +12,7 @@ from pathlib import Path
 from planner.plan import load_plan
 from profiles.clikit import Command
 from profiles.contract import UserError
+from profiles.types import OFF_CPU_WARN, Profile
 from simulator.engine import simulate
 from simulator.gantt import write_gantt
 from simulator.timeline import Timeline, write_trace
@@ -79,12 +80,9 @@ def _run(args: argparse.Namespace) -> int:
     return rc
 
 
-#: ``compare_table`` says so when a rank spent more than this share of its compute time off the CPU
-OFF_CPU_WARN = 0.03
-
-
-def compare_table(predicted: Timeline, report: RunReport) -> str:
-    """Predicted vs measured: step time, per-rank busy time and peak memory, errors in %."""
+def compare_table(predicted: Timeline, report: RunReport, profile: Profile | None = None) -> str:
+    """Predicted vs measured: step time, per-rank busy time and peak memory, errors in %; a note
+    when other load on the machine disturbed the run or the profile the prediction came from."""
     def err(p: float, m: float) -> str:
         return f"{(m - p) / p:+7.1%}" if p else "      -"
 
@@ -108,8 +106,11 @@ def compare_table(predicted: Timeline, report: RunReport) -> str:
     if off and max(off) > OFF_CPU_WARN:
         worst = max(range(len(off)), key=off.__getitem__)
         lines.append(f"note: rank {worst} was ready but off the CPU for {off[worst]:.0%} of its compute time (other "
-                     f"load on this machine); the prediction assumes none, so the measured time is too high by about "
-                     f"that much")
+                     f"load on this machine): the measured times include that wait, the prediction does not")
+    profiled = (profile.measurement.get("off_cpu_fraction") or {}) if profile is not None else {}
+    if profiled and max(profiled.values()) > OFF_CPU_WARN:
+        lines.append(f"note: the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} "
+                     f"of its timing (other load): its times, and so the prediction, run high")
     return "\n".join(lines)
 
 
@@ -132,7 +133,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
-    print(compare_table(predicted, report))
+    print(compare_table(predicted, report, plan.profile))
     for f in files:
         print(f"wrote {f}")
     return 0

@@ -62,6 +62,10 @@ def format_table(profile) -> str:
             iw = sum(u.backward_input_s + u.backward_weight_s for u in e.units) / b if b > 0 else float("nan")
             lines.append(f"sum of units / whole model: forward {c['forward']:.2f}, backward {c['backward']:.2f}, "
                          f"saved bytes {c['saved_bytes']:.3f}; sum (I+W) / sum B {iw:.2f}")
+            off = (profile.measurement.get("off_cpu_fraction") or {}).get(f"{e.dtype}/mb{e.microbatch_size}", 0.0)
+            if off > OFF_CPU_WARN:
+                lines.append(f"note: the profiler was ready but off the CPU for {off:.0%} of its timing (other load "
+                             f"on this machine), so these times run high: profile again on a quiet machine")
         else:
             w = e.whole_model
             lines.append(f"whole model: forward {w.forward_s*1e3:.2f} ms, backward {w.backward_s*1e3:.2f} ms, "

@@ -309,13 +309,13 @@ def gc_paused() -> Iterator[None]:
 
 
 def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: str, repeats: int, warmup: int,
-                   budget_s: float | None, tick: Callable[[], None], done: dict) -> ProfileEntry:
+                   budget_s: float | None, tick: Callable[[], None], done: dict, off_cpu: dict) -> ProfileEntry:
     inputs, target = model.make_batch(mb, seq_len, 0)
     run = _Runner(model, dtype, inputs.to(device), target.to(device), device)
     n = len(model.units)
     samples = {k: [[] for _ in range(n)] for k in TIMES}
     whole_f, whole_b = [], []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     with gc_paused():  # no collection between repeats either: it would cool the caches
         for r in range(warmup + repeats):
             _repeat(run, r >= warmup, samples, whole_f, whole_b)
@@ -323,6 +323,9 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
             # a slow case (bf16 on a CPU without bf16 units) stops early, after 2 timed repeats
             if budget_s is not None and len(whole_f) >= 2 and time.perf_counter() - t0 > budget_s:
                 break
+    if device == "cpu":  # on CUDA the thread also sleeps in synchronisations, so this says nothing there
+        wall = time.perf_counter() - t0
+        off_cpu[f"{dtype}/mb{mb}"] = round(max(0.0, 1 - (time.thread_time() - cpu0) / wall), 4) if wall else 0.0
 
     units: list[UnitCost] = []
     x = run.inputs
@@ -392,8 +395,9 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     tick = bar.update if bar is not None else (lambda *a: None)
     t0 = time.perf_counter()
     done: dict[str, int] = {}
+    off_cpu: dict[str, float] = {}
     try:
-        entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done)
+        entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done, off_cpu)
                         for d in dtypes for mb in sorted(set(microbatch_sizes)))
     finally:
         if bar is not None:
@@ -402,7 +406,10 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     return Profile(
         model_name=name, model_config=model.config, device_name=_device_name(device), device_kind=device,
         seq_len=seq_len, method="measured", entries=entries,
-        measurement={"repeats": repeats, "repeats_done": done, "budget_s_per_entry": budget_s, "warmup": warmup, "threads": 1 if device == "cpu" else threads,
+        measurement={"repeats": repeats, "repeats_done": done, "budget_s_per_entry": budget_s, "warmup": warmup,
+                     "threads": 1 if device == "cpu" else threads,
+                     # per entry: share of the timing loop the thread was ready but off the CPU (other load)
+                     "off_cpu_fraction": off_cpu,
                      "statistic": "median", "spread": "median absolute deviation / median over the repeats",
                      "attention": attention, "cpu_allocator_keeps_freed_memory": kept, "attention_reason": attention_why, "seed": seed,
                      "torch": torch.__version__, "profiling_s": round(time.perf_counter() - t0, 3),

@@ -12,7 +12,7 @@ from typing import Any
 from .contract import ContractError, Fields, read_json, schema_id, write_json
 
 __all__ = ["UnitCost", "WholeModel", "ProfileEntry", "Profile", "load_profile", "find_profile", "DTYPES",
-           "METHODS", "SCALED_FIELDS"]
+           "METHODS", "SCALED_FIELDS", "OFF_CPU_WARN"]
 
 KIND, MAJOR = "profile", 1
 #: per-unit fields that grow with the microbatch size (fitted as a + b * microbatch_size)
@@ -20,6 +20,9 @@ SCALED_FIELDS = ("forward_s", "backward_s", "backward_input_s", "backward_weight
                  "output_bytes", "forward_flops")
 DTYPES = ("fp32", "bf16", "fp16")
 METHODS = ("measured", "analytic")
+#: a CPU measurement (profile or run) whose thread was ready but off the CPU for more than this
+#: share of its time was disturbed by other load, and says so
+OFF_CPU_WARN = 0.03
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,8 @@ def test_validate_table_says_when_other_load_took_a_ranks_cpu(tiny_plan_path):
     assert "off the CPU" not in compare_table(tl, quiet)
     loaded = replace(quiet, extra={"off_cpu_fraction": [0.01, 0.12]})
     assert "rank 1 was ready but off the CPU for 12% of its compute time" in compare_table(tl, loaded)
+    profile = load_plan(tiny_plan_path).profile
+    calm = replace(profile, measurement={**profile.measurement, "off_cpu_fraction": {"fp32/mb1": 0.01}})
+    assert "the profile was measured" not in compare_table(tl, quiet, calm)
+    busy = replace(profile, measurement={**profile.measurement, "off_cpu_fraction": {"fp32/mb1": 0.2}})
+    assert "profiler off the CPU for 20%" in compare_table(tl, quiet, busy)
