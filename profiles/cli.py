@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .clikit import Command
+from .types import OFF_CPU_WARN
 
 __all__ = ["COMMAND", "default_path", "format_table"]
 
