@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator import SCHEDULES, Links, ScheduleError, SimInput, StageCost, simulate
+from simulator.actions import flat_actions
 from simulator.schedules import make_schedule, schedule_spec
 
 EPS = 1e-9
@@ -42,7 +43,7 @@ def sim_inputs(draw):
 @given(sim_inputs())
 def test_invariants(inp):
     tl = simulate(inp)
-    owner = {a.stage: r for r, acts in inp.table.items() for a in acts}
+    owner = {a.stage: r for r, acts in inp.table.items() for a in flat_actions(acts)}
     links, costs = inp.links, inp.costs
     # one action at a time per rank, in table order
     by_rank: dict[int, list] = {}
@@ -50,7 +51,7 @@ def test_invariants(inp):
         by_rank.setdefault(e.rank, []).append(e)
     for r, evs in by_rank.items():
         assert [(e.stage, e.kind, e.microbatch) for e in evs] == \
-            [(a.stage, a.kind.value, a.microbatch) for a in inp.table[r]]
+            [(a.stage, a.kind.value, a.microbatch) for a in flat_actions(inp.table[r])]
         for a, b in zip(evs, evs[1:]):
             assert b.start_s >= a.end_s - EPS
     # every dependency respected, transfer time included

@@ -10,7 +10,7 @@ import pytest
 
 from simulator import SCHEDULES, ScheduleError, SimInput, StageCost, make_schedule, read_csv, simulate, write_csv
 from profiles.clikit import run_commands
-from simulator.actions import stage_ranks, table_from_text, table_to_text, validate_table
+from simulator.actions import flat_actions, stage_ranks, table_from_text, table_to_text, validate_table
 from simulator.cli import SCHEDULE, SIMULATE
 from simulator.schedules import canonical_name, schedule_spec
 
@@ -70,7 +70,7 @@ def test_every_allowed_table_is_valid_placed_and_deadlock_free():
         table = make_schedule(name, pp, m, v)
         assert validate_table(table) == (spec.num_stages(pp, v), m), (name, pp, m, v)
         assert stage_ranks(table) == spec.stage_to_rank(pp, v), (name, pp, m, v)
-        kinds = {a.kind.value for acts in table.values() for a in acts}
+        kinds = {a.kind.value for acts in table.values() for a in flat_actions(acts)}
         assert ("W" in kinds) <= spec.split_backward, (name, pp, m, v)
         tl = simulate(SimInput(table, [cost] * spec.num_stages(pp, v)))
         assert tl.step_s >= 3 * m * v, (name, pp, m, v)
