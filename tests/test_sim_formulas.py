@@ -54,7 +54,8 @@ def test_interleaved_1f1b(p, m, v):
 @pytest.mark.parametrize("p,m", [(2, 4), (3, 6), (4, 8), (4, 12), (4, 16), (8, 16), (8, 32)])
 @pytest.mark.parametrize("f,i,w", [(1.0, 1.0, 1.0), (1.0, 2.0, 1.0), (2.0, 1.0, 1.0), (2.0, 0.5, 0.5),
                                    (1.0, 1.0, 0.25), (2.0, 2.0, 1.5)])
-def test_zero_bubble_h1(p, m, f, i, w):
+@pytest.mark.parametrize("v", [1, 2, 3])
+def test_zero_bubble_h1(p, m, f, i, w, v):
     """ZB-H1: Qi et al., "Zero Bubble Pipeline Parallelism" (ICLR 2024), section 2.1: bubble
     (p - 1)(T_F + T_B - T_W), T_B being the input gradient only (our I). The same as the DeepSeek-V3
     report's Table 2 row ZB1P, (PP - 1)(F + B - 2W) with B the full backward (I + W).
@@ -64,10 +65,14 @@ def test_zero_bubble_h1(p, m, f, i, w):
     m >= p, and T_W <= min(T_F, T_B), so that each delayed W fits the gap it fills (the paper draws
     T_F = T_B = T_W, the first case here; with it the bubble is a third of 1F1B's).
     Step = m(T_F + T_B + T_W) + bubble, exactly.
+
+    With v looped chunks per rank (times per chunk), torch's order keeps the bubble at one chunk's
+    (p - 1)(F + I - W): ZB-H1's bubble for the rank's whole share divided by v, as interleaving
+    divides 1F1B's (Narayanan et al. 2021). That combination is ours, not a published formula.
     """
-    got = step("InterleavedZeroBubble", p, m, 1, f=f, i=i, w=w)
-    assert got == pytest.approx(m * (f + i + w) + (p - 1) * (f + i - w), abs=1e-9)
-    if f == i == w:
+    got = step("InterleavedZeroBubble", p, m, v, f=f, i=i, w=w)
+    assert got == pytest.approx(v * m * (f + i + w) + (p - 1) * (f + i - w), abs=1e-9)
+    if f == i == w and v == 1:
         one_f_one_b = step("1F1B", p, m, f=f, i=i, w=w)
         assert (got - 3 * m * f) == pytest.approx((one_f_one_b - 3 * m * f) / 3)
 

@@ -125,6 +125,12 @@ def test_cli_simulate_what_if_and_outputs(tmp_path, _cli):
              "--f", "1", "--i", "1", "--w", "1", "--comm", "0.5", "--json")
     assert r.returncode == 0, r.stderr
     assert r.stdout.lstrip().startswith("{")
+    # DualPipeV, p = 2, I = F = W = 1, F&B = 2.5 (overlapped): each rank runs 3 pairs, busy 2m(F + B) - 3 x 0.5
+    # = 22.5, plus the bubble (p-1)(F&B + B - 3W) = 1.5 (DeepSeek-V3 Table 2): step 24
+    r = _cli("simulate", "--schedule", "DualPipeV", "--pp", "2", "--microbatches", "4", "--virtual", "2",
+             "--f", "1", "--i", "1", "--w", "1", "--fb", "2.5")
+    assert r.returncode == 0, r.stderr
+    assert "step time 24.000" in r.stdout and "22.500" in r.stdout and "OVERLAP_F_B >" in r.stdout
 
 
 def test_cli_deadlocking_or_invalid_table_exits_2(tmp_path, _cli):
