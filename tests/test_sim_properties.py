@@ -32,7 +32,8 @@ def sim_inputs(draw):
         f, i, w = draw(time), draw(time), draw(time)
         costs.append(StageCost(f, i + w, i, w, activation_bytes=draw(st.integers(0, 50)),
                                static_bytes=draw(st.integers(0, 9)), output_bytes=draw(st.integers(0, 100)),
-                               input_bytes=draw(st.integers(0, 100))))
+                               input_bytes=draw(st.integers(0, 100)),
+                               overlap_f_b_s=draw(st.one_of(st.none(), time))))  # DualPipeV's F&B
     links = Links(latency_s=draw(time), bandwidth_Bps=draw(st.sampled_from([float("inf"), 100.0])),
                   inter_latency_s=draw(time), devices_per_node=draw(st.integers(1, 4)),
                   overlap=draw(st.booleans()))
