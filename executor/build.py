@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from planner.plan import Plan
 from profiles.contract import UserError
-from simulator.actions import Table
+from simulator.actions import Action, Overlap, Table
 
 __all__ = ["TORCH_SCHEDULES", "FP16_LOSS_SCALE", "Recorder", "StageModule", "build_stages", "build_schedule",
            "torch_actions", "keep_freed_memory", "TextData", "StepClock"]
@@ -40,10 +40,15 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FP16_LOSS_SCALE = 1024.0
 
 
+def _torch_action(a: Action | Overlap) -> _Action:
+    if isinstance(a, Overlap):  # torch's container action: no stage or microbatch of its own
+        return _Action(-1, _ComputationType.OVERLAP_F_B, None, (_torch_action(a.forward), _torch_action(a.backward)))
+    return _Action(a.stage, _ComputationType(a.kind.value), a.microbatch)
+
+
 def torch_actions(table: Table) -> dict[int, list[_Action]]:
-    """Our compute-only table in torch's ``_Action`` form."""
-    return {r: [_Action(a.stage, _ComputationType(a.kind.value), a.microbatch) for a in acts]
-            for r, acts in table.items()}
+    """Our compute-only table in torch's ``_Action`` form (an Overlap becomes an OVERLAP_F_B pair)."""
+    return {r: [_torch_action(a) for a in acts] for r, acts in table.items()}
 
 
 def keep_freed_memory() -> bool:

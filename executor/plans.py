@@ -13,7 +13,7 @@ from planner.cluster import Cluster, Job
 from planner.plan import Plan, Prediction, StagePlan
 from profiles.contract import sha256_of
 from profiles.types import Profile
-from simulator.actions import stage_ranks
+from simulator.actions import forward_table, stage_ranks
 from simulator.engine import simulate
 from simulator.schedules import canonical_name, make_schedule
 
@@ -48,7 +48,7 @@ def validation_plan(profile: Profile, profile_path: str | Path, cluster: Cluster
     table = make_schedule(name, pp, microbatches, virtual)
     owner = stage_ranks(table)
     if forward_only:
-        table = {r: [a for a in acts if a.kind.value == "F"] for r, acts in table.items()}
+        table = forward_table(table)
     bounds = bounds or balanced_bounds(profile, len(owner), dtype, microbatch_size)
     stages = tuple(StagePlan(i, f, e, owner[i], dtype, recompute) for i, (f, e) in enumerate(bounds))
     job = Job(global_batch=microbatches * microbatch_size, microbatch_size=microbatch_size,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.actions import Kind, Table, stage_ranks
+from simulator.actions import Kind, Table, flat_actions, stage_ranks
 from simulator.costs import StageCost
 
 __all__ = ["Pattern", "memory_pattern", "peak_bytes"]
@@ -49,7 +49,7 @@ def memory_pattern(table: Table, forward_only: bool = False) -> Pattern:
         a = {s: 0 for s in mine}
         k = {s: 0 for s in mine}
         vectors: set[tuple[tuple[int, int], ...]] = set()
-        for act in acts:
+        for act in flat_actions(acts):
             s = act.stage
             if act.kind is Kind.F:
                 if forward_only:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from profiles.contract import UserError, sha256_of
 from profiles.types import Profile
-from simulator.actions import Kind, ScheduleError, Table
+from simulator.actions import ScheduleError, Table, forward_table
 from simulator.costs import DTYPE_BYTES, stage_costs
 from simulator.engine import allreduce_s, simulate
 from simulator.schedules import SCHEDULES, canonical_name, make_schedule, schedule_spec
@@ -138,11 +138,6 @@ def balanced_split(work: list[float], S: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _forward_only(table: Table) -> Table:
-    """The table's forwards only, in order (serving runs no backward)."""
-    return {r: [a for a in acts if a.kind is Kind.F] for r, acts in table.items()}
-
-
 def _step_model(spec, table: Table, pp: int, v: int, m: int, job: Job) -> StepModel:
     placement = spec.stage_to_rank(pp, v)
     return StepModel(m, tuple(placement[s] for s in range(len(placement))), memory_pattern(table, job.forward_only),
@@ -165,7 +160,7 @@ def _build(profile: Profile, profile_path: str, cluster: Cluster, job: Job, boun
     if table is None:
         table = make_schedule(schedule, pp, m, virtual)
         if job.forward_only:
-            table = _forward_only(table)
+            table = forward_table(table)
     placement = schedule_spec(schedule).stage_to_rank(pp, virtual)
     stages = tuple(StagePlan(i, f, e, placement[i], *_parse_label(o)) for i, ((f, e), o)
                    in enumerate(zip(bounds, options)))
@@ -324,7 +319,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         spec = schedule_spec(c.schedule)
         table = make_schedule(c.schedule, c.pp, c.m, c.virtual)
         if job.forward_only:
-            table = _forward_only(table)
+            table = forward_table(table)
         model = _step_model(spec, table, c.pp, c.virtual, c.m, job)
         first = next(iter(option_cache[c.mbs]))
         bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in option_cache[c.mbs][first]],
@@ -629,7 +624,7 @@ def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] |
     m, mbs = pairs[0]
     table = make_schedule(schedule, pp, m, virtual)
     if job.forward_only:
-        table = _forward_only(table)
+        table = forward_table(table)
     p = _build(profile, profile_path, cluster, job, bounds, schedule, pp, dp, m, mbs, [dtype] * len(bounds),
                virtual, table, {"status": "given", "solver": "none"})
     costs = stage_costs(profile, bounds, dtype=dtype, microbatch_size=mbs,

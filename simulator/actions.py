@@ -3,6 +3,12 @@
 Text form ``2F0`` (stage 2, forward, microbatch 0) round-trips exactly. CSV holds one
 row per rank in the compute-only format ``torch.distributed.pipelining`` loads for
 custom schedules (``_PipelineScheduleRuntime._load_csv``).
+
+A rank's list may also hold an :class:`Overlap`: a forward and a full backward of two
+stages on that rank, issued as one action (torch's ``OVERLAP_F_B``, which DualPipeV
+uses; text ``(0F3;7B2)OVERLAP_F_B``, as torch writes it). Code that only needs the
+compute actions in order reads ``flat_actions(acts)``, which lists a pair as its
+forward then its backward.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import NamedTuple
 
 from profiles.contract import UserError
 
-__all__ = ["Kind", "Action", "Table", "ScheduleError", "parse_action", "table_to_text", "table_from_text",
-           "write_csv", "read_csv", "validate_table", "stage_ranks", "table_shape", "format_grid"]
+__all__ = ["Kind", "Action", "Overlap", "Table", "ScheduleError", "parse_action", "flat_actions", "forward_table",
+           "table_to_text", "table_from_text", "write_csv", "read_csv", "validate_table", "stage_ranks",
+           "table_shape", "format_grid"]
 
 
 class ScheduleError(UserError):
@@ -42,16 +49,61 @@ class Action(NamedTuple):
         return f"{self.stage}{self.kind.value}{self.microbatch}"
 
 
-Table = dict[int, list[Action]]
+class Overlap(NamedTuple):
+    """A forward and a full backward of two stages on one rank, run as one action.
+
+    torch's ``OVERLAP_F_B`` (DualPipeV's F&B: DeepSeek-V3 report, section 3.2.1): the pair
+    starts once both inputs have arrived, and both outputs are sent when it ends (as
+    torch's ``_add_send_recv`` lowers it). Its duration is the backward stage's
+    ``StageCost.overlap_f_b_s`` (by default forward + backward, run back to back).
+    """
+
+    forward: Action  # kind F
+    backward: Action  # kind B, of another stage or microbatch
+
+    def __str__(self) -> str:
+        return f"({self.forward};{self.backward})OVERLAP_F_B"
+
+
+Table = dict[int, list["Action | Overlap"]]
 
 _ACTION = re.compile(r"^\s*(\d+)([FBIW])(\d+)\s*$")
+_OVERLAP = re.compile(r"^\s*\((.*);(.*)\)OVERLAP_F_B\s*$")
 
 
-def parse_action(text: str) -> Action:
+def parse_action(text: str) -> "Action | Overlap":
+    """``2F0`` -> Action; ``(0F3;7B2)OVERLAP_F_B`` -> Overlap (torch's text for a pair)."""
+    pair = _OVERLAP.match(text)
+    if pair:
+        f, b = parse_action(pair.group(1)), parse_action(pair.group(2))
+        if not (isinstance(f, Action) and f.kind is Kind.F and isinstance(b, Action) and b.kind is Kind.B):
+            raise ScheduleError(f"{text!r}: an OVERLAP_F_B pair is a forward then a full backward, e.g. (0F3;7B2)OVERLAP_F_B")
+        return Overlap(f, b)
     m = _ACTION.match(text)
     if not m:
-        raise ScheduleError(f"{text!r} is not an action: write stage, kind (F, B, I or W) and microbatch, e.g. 2F0")
+        raise ScheduleError(f"{text!r} is not an action: write stage, kind (F, B, I or W) and microbatch, e.g. 2F0, "
+                            "or a pair (0F3;7B2)OVERLAP_F_B")
     return Action(int(m.group(1)), Kind(m.group(2)), int(m.group(3)))
+
+
+def flat_actions(acts: "list[Action | Overlap]") -> list[Action]:
+    """A rank's compute actions in order, each Overlap as its forward then its backward.
+
+    A list without pairs is returned as it is (not copied): read it, do not change it."""
+    if Overlap not in set(map(type, acts)):  # C-speed check: most tables hold no pair
+        return acts  # type: ignore[return-value]
+    out: list[Action] = []
+    for a in acts:
+        if a.__class__ is Overlap:
+            out += a
+        else:
+            out.append(a)
+    return out
+
+
+def forward_table(table: Table) -> Table:
+    """The table's forwards only, in order (a serving step runs no backward); pairs give their forward."""
+    return {r: [a for a in flat_actions(acts) if a.kind is Kind.F] for r, acts in table.items()}
 
 
 def table_to_text(table: Table) -> dict[str, list[str]]:
@@ -108,18 +160,20 @@ def stage_ranks(table: Table) -> dict[int, int]:
     """The stage -> rank map implied by a table (the one source of truth for placement)."""
     owner: dict[int, int] = {}
     for rank in sorted(table):
-        for a in table[rank]:
+        for a in flat_actions(table[rank]):
             if owner.setdefault(a.stage, rank) != rank:
+                step = next(i for i, e in enumerate(table[rank]) if e == a or e.__class__ is Overlap and a in e)
                 raise ScheduleError(
                     f"stage {a.stage} appears on rank {owner[a.stage]} and rank {rank}: a stage lives on one rank\n"
-                    + format_grid(table, rank, table[rank].index(a)))
+                    + format_grid(table, rank, step))
     return owner
 
 
 def table_shape(table: Table) -> tuple[int, int]:
     """(number of stages, number of microbatches) found in a table."""
-    stages = {a.stage for acts in table.values() for a in acts}
-    mbs = {a.microbatch for acts in table.values() for a in acts}
+    flat = [a for acts in table.values() for a in flat_actions(acts)]
+    stages = {a.stage for a in flat}
+    mbs = {a.microbatch for a in flat}
     return (max(stages) + 1 if stages else 0, max(mbs) + 1 if mbs else 0)
 
 
@@ -139,13 +193,31 @@ def format_grid(table: Table, rank: int | None = None, step: int | None = None, 
     return "\n".join(out)
 
 
+def _check_action(table: Table, a: Action, rank: int, step: int, S: int, M: int,
+                  seen: dict[tuple[int, Kind, int], tuple[int, int]], forward_only: bool) -> None:
+    """One action against what its rank and the ranks before it have run (validate_table's rules)."""
+    if a.stage >= S or a.microbatch >= M:
+        raise ScheduleError(f"rank {rank} step {step}: {a} is outside {S} stages x {M} microbatches\n{format_grid(table, rank, step)}")
+    if (a.stage, a.kind, a.microbatch) in seen:
+        raise ScheduleError(f"rank {rank} step {step}: {a} runs twice\n{format_grid(table, rank, step)}")
+    if forward_only and a.kind is not Kind.F:
+        raise ScheduleError(f"rank {rank} step {step}: {a} in a forward-only table\n{format_grid(table, rank, step)}")
+    if a.kind in (Kind.B, Kind.I) and (a.stage, Kind.F, a.microbatch) not in seen:
+        raise ScheduleError(f"rank {rank} step {step}: {a} runs before its forward {a.stage}F{a.microbatch}\n{format_grid(table, rank, step)}")
+    if a.kind is Kind.W and (a.stage, Kind.I, a.microbatch) not in seen:
+        raise ScheduleError(f"rank {rank} step {step}: {a} runs before its input gradient {a.stage}I{a.microbatch}\n{format_grid(table, rank, step)}")
+    if a.kind is Kind.B and (a.stage, Kind.I, a.microbatch) in seen or \
+            a.kind is Kind.I and (a.stage, Kind.B, a.microbatch) in seen:
+        raise ScheduleError(f"rank {rank} step {step}: {a} repeats a backward already done\n{format_grid(table, rank, step)}")
+
+
 def validate_table(table: Table, num_stages: int | None = None, num_microbatches: int | None = None,
                    forward_only: bool = False) -> tuple[int, int]:
     """Check a table; return (stages, microbatches). Raises ScheduleError with a picture.
 
     Rules: every stage runs each microbatch's F exactly once and its backward exactly
     once (B, or I then W); F before B/I, I before W on the stage; a stage lives on one
-    rank; stages are numbered 0..S-1. A forward-only table (F actions only) is allowed
+    rank; stages are numbered 0..S-1; an Overlap's backward is not of its own forward. A forward-only table (F actions only) is allowed
     when ``forward_only`` is set or when it has no backward action at all.
     """
     if not table or not any(table.values()):
@@ -154,26 +226,20 @@ def validate_table(table: Table, num_stages: int | None = None, num_microbatches
     s_found, m_found = table_shape(table)
     S = num_stages if num_stages is not None else s_found
     M = num_microbatches if num_microbatches is not None else m_found
-    has_backward = any(a.kind is not Kind.F for acts in table.values() for a in acts)
+    has_backward = any(a.kind is not Kind.F for acts in table.values() for a in flat_actions(acts))
     forward_only = forward_only or not has_backward
     seen: dict[tuple[int, Kind, int], tuple[int, int]] = {}
     for rank in sorted(table):
-        for step, a in enumerate(table[rank]):
-            if a.stage >= S or a.microbatch >= M:
-                raise ScheduleError(f"rank {rank} step {step}: {a} is outside {S} stages x {M} microbatches\n{format_grid(table, rank, step)}")
-            key = (a.stage, a.kind, a.microbatch)
-            if key in seen:
-                raise ScheduleError(f"rank {rank} step {step}: {a} runs twice\n{format_grid(table, rank, step)}")
-            if forward_only and a.kind is not Kind.F:
-                raise ScheduleError(f"rank {rank} step {step}: {a} in a forward-only table\n{format_grid(table, rank, step)}")
-            if a.kind in (Kind.B, Kind.I) and (a.stage, Kind.F, a.microbatch) not in seen:
-                raise ScheduleError(f"rank {rank} step {step}: {a} runs before its forward {a.stage}F{a.microbatch}\n{format_grid(table, rank, step)}")
-            if a.kind is Kind.W and (a.stage, Kind.I, a.microbatch) not in seen:
-                raise ScheduleError(f"rank {rank} step {step}: {a} runs before its input gradient {a.stage}I{a.microbatch}\n{format_grid(table, rank, step)}")
-            if a.kind is Kind.B and (a.stage, Kind.I, a.microbatch) in seen or \
-                    a.kind is Kind.I and (a.stage, Kind.B, a.microbatch) in seen:
-                raise ScheduleError(f"rank {rank} step {step}: {a} repeats a backward already done\n{format_grid(table, rank, step)}")
-            seen[key] = (rank, step)
+        for step, entry in enumerate(table[rank]):
+            if entry.__class__ is Overlap:
+                b = entry.backward
+                if (b.stage, Kind.F, b.microbatch) not in seen:  # before the pair: not its own forward
+                    raise ScheduleError(f"rank {rank} step {step}: {entry} runs {b} before its forward "
+                                        f"{b.stage}F{b.microbatch} (a pair cannot hold the backward of its own "
+                                        f"forward)\n{format_grid(table, rank, step)}")
+            for a in (entry if entry.__class__ is Overlap else (entry,)):
+                _check_action(table, a, rank, step, S, M, seen, forward_only)
+                seen[(a.stage, a.kind, a.microbatch)] = (rank, step)
     def end_of(s: int) -> str:  # the grid, the arrow just past the last action of the rank holding s
         r = owner.get(s)
         return format_grid(table) if r is None else format_grid(table, r, len(table[r]))

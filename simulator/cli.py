@@ -81,6 +81,8 @@ def add_whatif_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--b", type=float, help="full backward time (default 2, or I + W when given)")
     g.add_argument("--i", type=float, help="input-gradient time (zero-bubble schedules)")
     g.add_argument("--w", type=float, help="weight-gradient time (zero-bubble schedules)")
+    g.add_argument("--fb", type=float, help="time of an overlapped forward+backward pair, DualPipe's F&B "
+                                            "(DualPipeV; default F + B: one after the other, as torch runs it)")
     g.add_argument("--comm", type=float, default=0.0, help="transfer time between ranks (default 0)")
 
 
@@ -105,10 +107,11 @@ def whatif_input(args: argparse.Namespace) -> SimInput:
     i = args.i if args.i is not None else (args.b / 2 if args.b is not None else 1.0)
     w = args.w if args.w is not None else (args.b - i if args.b is not None else 1.0)
     b = args.b if args.b is not None else i + w
-    for flag, v in (("--f", args.f), ("--b", b), ("--i", i), ("--w", w), ("--comm", args.comm)):
-        if v < 0:
+    for flag, v in (("--f", args.f), ("--b", b), ("--i", i), ("--w", w), ("--comm", args.comm), ("--fb", args.fb)):
+        if v is not None and v < 0:
             raise UserError(f"{flag} must be >= 0, got {v}")
-    cost = StageCost(args.f, b, i, w, activation_bytes=1, static_bytes=0, output_bytes=1, input_bytes=1)
+    cost = StageCost(args.f, b, i, w, activation_bytes=1, static_bytes=0, output_bytes=1, input_bytes=1,
+                     overlap_f_b_s=args.fb)
     return SimInput(table, [cost] * stages, Links(latency_s=args.comm, inter_latency_s=args.comm))
 
 

@@ -39,6 +39,10 @@ class StageCost:
     param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
     w_keep_fraction: float = 0.5  # share of activation_bytes kept from I until W
     optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
+    # DualPipe's F&B: duration of an Overlap pair whose backward is this stage's (its forward is
+    # the other stage on the rank). None: not measured, forward_s of that stage + backward_s, as
+    # torch's runtime runs an OVERLAP_F_B without a custom overlapped function (one after the other).
+    overlap_f_b_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,14 @@
 An action starts at max(its rank is free, its input has arrived). A forward of stage
 s needs the forward of s-1 (sent over a link when on another rank); a backward (B or
 I) of stage s needs the input gradient of stage s+1 (its own forward ran earlier on
-the same rank); W needs its I, also earlier on the same rank. Ranks run their
-actions in table order. The sweep is topological: each rank advances while its next
-action's input is there; when no rank can advance and work is left, the table
-deadlocks and the cycle of waits is reported before any time is reported.
+the same rank); W needs its I, also earlier on the same rank. An ``Overlap`` pair (a
+forward and a full backward, torch's OVERLAP_F_B) is one action: it starts when both
+its inputs are there and the rank is free, lasts its backward stage's
+``overlap_f_b_s`` (default: the forward's time plus the backward's), and both outputs
+leave when it ends, as torch lowers it. Ranks run their actions in table order. The
+sweep is topological: each rank advances while its next action's input is there; when
+no rank can advance and work is left, the table deadlocks and the cycle of waits is
+reported before any time is reported.
 
 Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank;
 sends overlap compute unless ``Links.overlap`` is False (then the sender is busy for
@@ -14,7 +18,10 @@ the transfer); transfers do not contend; after the last backward each rank
 all-reduces its gradients across ``dp`` replicas and runs the optimizer step
 (``optimizer_s``, plus each of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's activations from the
 start of F until its B ends (after I, ``w_keep_fraction`` of them stay until W); a
-forward-only table keeps no activations. Same input, same output, byte for byte.
+forward-only table keeps no activations; a pair adds its forward's activations when it
+starts and frees its backward's when it ends. In the Timeline a pair is two events,
+its forward then its backward, splitting its span in proportion to their own times.
+Same input, same output, byte for byte.
 
 Speed: the hot loop works on private flat lists indexed by ``stage * M + microbatch``
 and records only start/end times and which dependency bound each start; events,
@@ -28,7 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .actions import Kind, ScheduleError, Table, format_grid, stage_ranks, validate_table
+from .actions import Kind, Overlap, ScheduleError, Table, flat_actions, format_grid, stage_ranks, validate_table
 from .costs import Links, StageCost
 from .timeline import Event, RankStats, Timeline, Transfer
 
@@ -64,11 +71,18 @@ class _Invalid(Exception):
     """Raised inside the sweep; the caller turns it into validate_table's picture."""
 
 
-def _shape(table: Table) -> tuple[dict[int, int], int, int]:
+def _shape(table: Table) -> tuple[dict[int, int], int, int, bool]:
+    """(stage -> rank, stages, microbatches, whether the table holds Overlap pairs)."""
     owner = stage_ranks(table)
-    mbs = [a[2] for acts in table.values() for a in acts]
-    return owner, (max(owner) + 1 if owner else 0), (max(mbs) + 1 if mbs else 0)
+    try:  # an Action's third field is its microbatch; an Overlap has two fields
+        mbs, pairs = [a[2] for acts in table.values() for a in acts], False
+    except IndexError:
+        mbs, pairs = [a[2] for acts in table.values() for a in flat_actions(acts)], True
+    return owner, (max(owner) + 1 if owner else 0), (max(mbs) + 1 if mbs else 0), pairs
 
+
+def _has_backward(table: Table) -> bool:
+    return any(a[1] is not _F for acts in table.values() for a in flat_actions(acts))
 
 def simulate(inp: "SimInput | object") -> Timeline:
     """Simulate one training (or forward-only) step. Accepts a SimInput or anything with ``sim_input()``."""
@@ -89,10 +103,10 @@ def _simulate(inp: SimInput) -> Timeline:
     table, costs, links = inp.table, inp.costs, inp.links
     if not table or not any(table.values()):
         raise ScheduleError("the table is empty")
-    owner, S, M = _shape(table)
+    owner, S, M, pairs = _shape(table)
     if len(costs) != S:
         raise ScheduleError(f"the table has {S} stages but {len(costs)} stage costs were given")
-    has_backward = any(a[1] is not _F for acts in table.values() for a in acts)
+    has_backward = _has_backward(table)
     forward_only = inp.forward_only or not has_backward
     if forward_only and has_backward:
         validate_table(table, forward_only=True)  # raises with the picture
@@ -104,7 +118,7 @@ def _simulate(inp: SimInput) -> Timeline:
     if run.blocked:
         validate_table(table, forward_only=forward_only)  # an invalid table reads better than a deadlock
         raise ScheduleError(_deadlock_message(table, run.blocked, owner))
-    return _timeline(inp, forward_only, owner, S, M, run)
+    return _timeline(inp, forward_only, owner, S, M, run, pairs)
 
 
 class _Run(NamedTuple):
@@ -131,6 +145,8 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
     last = S - 1
     fdur = [c.forward_s for c in costs]
     bdur = [c.backward_s for c in costs]
+    odur = [c.overlap_f_b_s for c in costs]  # None: forward + backward
+    pair_cls = Overlap  # a local name: read once per action
     idur = [c.backward_input_s for c in costs]
     wdur = [c.backward_weight_s for c in costs]
     # transfer times per stage boundary, 0 when both stages share a rank
@@ -160,7 +176,27 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
         t = free[r]
         st, en, bd = starts[r].append, ends[r].append, bound[r].append
         while p < n:
-            s, k, m = acts[p]
+            a = acts[p]
+            if a.__class__ is pair_cls:
+                out = _pair(a, M, last, farr, garr, fpos, gpos, fdur, bdur, odur, fx, gx, waiting, r, p, t)
+                if out is None:
+                    break
+                start, end, bound_in, fkey, gkey = out
+                t = end
+                if busy_send:
+                    t += fx[a[0][0]] + gx[a[1][0]]
+                bd(bound_in)
+                st(start)
+                en(end)
+                p += 1
+                if waiting:
+                    for key in (fkey, gkey):
+                        w = waiting.pop(key, None)
+                        if w is not None and w not in queued:
+                            queue.append(w)
+                            queued.add(w)
+                continue
+            s, k, m = a
             idx = s * M + m
             if k is _F:
                 if farr[idx] is not None:
@@ -232,27 +268,63 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
     blocked = {r: ptr[r] for r in ranks if ptr[r] < len(table[r])}
     if not blocked:
         fwd_missing = None in farr
-        has_bwd = any(a[1] is not _F for acts in table.values() for a in acts)
+        has_bwd = _has_backward(table)
         if fwd_missing or (has_bwd and (None in garr or any(x is not None and x >= 0 for x in iend))):
             raise _Invalid
     return _Run(starts, ends, bound, fpos, gpos, free, fx, gx, blocked)
 
 
+def _pair(a: Overlap, M: int, last: int, farr: list, garr: list, fpos: list, gpos: list, fdur: list, bdur: list,
+          odur: list, fx: list, gx: list, waiting: dict, r: int, p: int, t: float):
+    """Time an Overlap at position p of rank r, free at t: (start, end, waited for an input, the keys of
+    its two outputs), or None when an input has not arrived (the rank is then registered as waiting)."""
+    (fs, _, fm), (bs, _, bm) = a
+    fidx, bidx = fs * M + fm, bs * M + bm
+    if farr[fidx] is not None or farr[bidx] is None or garr[bidx] is not None:
+        raise _Invalid
+    ready = 0.0
+    if fs:
+        ready = farr[fidx - M]
+        if ready is None:
+            waiting[fidx - M] = r
+            return None
+    if bs != last:
+        g = garr[bidx + M]
+        if g is None:
+            waiting[-1 - bidx - M] = r
+            return None
+        if g > ready:
+            ready = g
+    start = ready if ready > t else t
+    d = odur[bs]
+    end = start + (fdur[fs] + bdur[bs] if d is None else d)
+    farr[fidx] = end + fx[fs]
+    garr[bidx] = end + gx[bs]
+    fpos[fidx] = gpos[bidx] = p
+    return start, end, ready > t, fidx, -1 - bidx
+
+
 def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, M: int,
-              run: _Run) -> Timeline:
+              run: _Run, pairs: bool) -> Timeline:
     table, costs, links = inp.table, inp.costs, inp.links
     starts, ends, fx, gx = run.starts, run.ends, run.fx, run.gx
     ranks = sorted(table)
     last = S - 1
     new = tuple.__new__
     events: list[Event] = []
+    pair_cls = Overlap  # a local name: read once per action
     transfers: list[Transfer] = []
     memory: dict[int, list[tuple[float, int]]] = {}
     stats = []
     busy = {}
     for r in ranks:
         acts, st, en = table[r], starts[r], ends[r]
-        events += [new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)) for a, b, e in zip(acts, st, en)]
+        if pairs:  # two events each
+            for a, b, e in zip(acts, st, en):
+                events += _pair_events(r, a, b, e, costs) if a.__class__ is Overlap else \
+                    (new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)),)
+        else:
+            events += [new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)) for a, b, e in zip(acts, st, en)]
         busy[r] = sum(en) - sum(st)
     # end of step: gradient all-reduce across replicas, then the optimizer
     dp_links = inp.dp_links or links
@@ -283,7 +355,23 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
         peak_at = 0.0
         pts = [(0.0, static)]
         pa = pts.append
-        for (s, k, m), b, e in zip(table[r], starts[r], ends[r]):
+        for a, b, e in zip(table[r], starts[r], ends[r]):
+            if a.__class__ is pair_cls:
+                (fs, _, fm), (s, _, m) = a
+                d = fdst[fs]
+                if d >= 0:
+                    ta(new(Transfer, (r, d, fs, "F", fm, e, e + fx[fs], out_b[fs])))
+                d = gdst[s]
+                if d >= 0:
+                    ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
+                level += act[fs]
+                pa((b, level))
+                if level > peak:
+                    peak, peak_at = level, b
+                level -= act[s]
+                pa((e, level))
+                continue
+            s, k, m = a
             if k is _F:
                 d = fdst[s]
                 if d >= 0:
@@ -308,6 +396,14 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
     return Timeline(step, tuple(stats), tuple(events), tuple(transfers), memory, path)
 
 
+def _pair_events(r: int, a: Overlap, b: float, e: float, costs: list[StageCost]) -> tuple[Event, Event]:
+    """A pair's span as its forward then its backward, split in proportion to their own times."""
+    (fs, _, fm), (bs, _, bm) = a
+    f, g = costs[fs].forward_s, costs[bs].backward_s
+    mid = b + f if costs[bs].overlap_f_b_s is None else b + (e - b) * (f / (f + g) if f + g > 0 else 0.0)
+    return Event(r, fs, "F", fm, b, mid), Event(r, bs, "B", bm, mid, e)
+
+
 def _critical_path(table: Table, owner: dict[int, int], M: int, run: _Run) -> tuple[str, ...]:
     """Walk back from the last finisher along the recorded binding dependency: O(path length)."""
     starts, ends, bound, fpos, gpos = run.starts, run.ends, run.bound, run.fpos, run.gpos
@@ -316,17 +412,26 @@ def _critical_path(table: Table, owner: dict[int, int], M: int, run: _Run) -> tu
         return ()
     _, neg = max(cands)
     r, j = -neg, len(ends[-neg]) - 1
+    last = len(run.fx) - 1
+
+    def producer(a) -> tuple[int, int, str, int, float]:  # (rank, position, "F"|"B", microbatch, arrival)
+        s, k, m = a
+        if k is _F:
+            src, q = owner[s - 1], fpos[(s - 1) * M + m]
+            return src, q, "F", m, ends[src][q] + run.fx[s - 1]
+        src, q = owner[s + 1], gpos[(s + 1) * M + m]
+        return src, q, "B", m, ends[src][q] + run.gx[s + 1]
+
     path = []
     while True:
-        s, k, m = table[r][j]
-        path.append(f"{s}{_KSTR[k]}{m}")
+        a = table[r][j]
+        path.append(str(a))
         if bound[r][j]:
-            if k is _F:
-                src, q = owner[s - 1], fpos[(s - 1) * M + m]
-                what = "F"
+            if a.__class__ is Overlap:  # the input that arrived last
+                ins = [producer(x) for x in a if (x[0] > 0 if x[1] is _F else x[0] < last)]
+                src, q, what, m, _ = max(ins, key=lambda x: x[4])
             else:
-                src, q = owner[s + 1], gpos[(s + 1) * M + m]
-                what = "B"
+                src, q, what, m, _ = producer(a)
             if src != r:
                 path.append(f"send {what}{m} {src}->{r}")
             r, j = src, q
@@ -340,11 +445,17 @@ def _critical_path(table: Table, owner: dict[int, int], M: int, run: _Run) -> tu
 def _deadlock_message(table: Table, blocked: dict[int, int], owner: dict[int, int]) -> str:
     """Name the cycle of waits: rank a waits for X on rank b, which waits for Y on rank a."""
 
+    def ran(r: int, want: set[tuple[int, Kind, int]]) -> bool:
+        return any(tuple(a) in want for a in flat_actions(table[r][:blocked.get(r, len(table[r]))]))
+
     def wait_of(r: int) -> tuple[str, int]:
-        s, k, m = table[r][blocked[r]]
-        if k is _F:
-            return f"{s - 1}F{m}", owner[s - 1]
-        return f"the gradient from stage {s + 1} microbatch {m} (its B or I)", owner[s + 1]
+        entry = table[r][blocked[r]]
+        for s, k, m in (entry if entry.__class__ is Overlap else (entry,)):
+            if k is _F and s > 0 and not ran(owner[s - 1], {(s - 1, _F, m)}):
+                return f"{s - 1}F{m}", owner[s - 1]
+            if k is not _F and s + 1 in owner and not ran(owner[s + 1], {(s + 1, _B, m), (s + 1, _I, m)}):
+                return f"the gradient from stage {s + 1} microbatch {m} (its B or I)", owner[s + 1]
+        raise AssertionError(f"rank {r} is blocked at {entry} with its inputs there")  # a bug, not a user error
 
     start = min(blocked)
     chain, seen = [], {}

@@ -12,7 +12,7 @@ Arguments are checked by ``schedules.ScheduleSpec.check`` before a generator run
 
 from __future__ import annotations
 
-from .actions import Action, Kind, Table
+from .actions import Action, Kind, Overlap, Table
 
 __all__ = ["gpipe", "one_f_one_b", "interleaved_1f1b", "looped_bfs", "interleaved_zero_bubble",
            "zbv_zero_bubble", "dualpipe_v", "rounds"]
@@ -162,9 +162,10 @@ def zbv_zero_bubble(pp: int, m: int, v: int) -> Table:
 def dualpipe_v(pp: int, m: int, v: int) -> Table:
     """DualPipeV (DeepSeek-V3 report's DualPipe folded onto a V; torch ScheduleDualPipeV).
 
-    Rank r holds stages r and 2pp-1-r. torch's overlapped forward+backward pairs are
-    written as the forward then the backward. A backward is B, except in the cool-down
-    where the second half switches to I, with each W run later from a queue.
+    Rank r holds stages r and 2pp-1-r. In the steady phase a forward of one local stage
+    and a full backward of the other run as one ``Overlap`` pair (torch's OVERLAP_F_B),
+    except the last rank's first, which torch issues apart. A backward is B, except in
+    the cool-down where the second half switches to I, with each W run later from a queue.
     """
     table: Table = {}
     for r in range(pp):
@@ -182,6 +183,10 @@ def dualpipe_v(pp: int, m: int, v: int) -> Table:
             else:
                 acts.append(Action(stage, B, a.microbatch))
 
+        def pair(forward: int, backward: int) -> None:
+            f = k.take(forward, F)
+            acts.append(Overlap(f, Action(backward, B, k.take(backward, I).microbatch)))
+
         def weight() -> None:
             if pending:
                 i = pending.pop(0)
@@ -194,15 +199,16 @@ def dualpipe_v(pp: int, m: int, v: int) -> Table:
             backward(c1, True)
             weight()
             acts.append(k.take(c1, F))
-        for _ in range(m - 2 * pp + r + 1):
-            acts.append(k.take(c0, F))
-            backward(c1, False)
-            acts.append(k.take(c1, F))
-            backward(c0, False)
+        for i in range(m - 2 * pp + r + 1):
+            if i == 0 and r == pp - 1:  # torch keeps this first one apart (a smaller bubble)
+                acts.append(k.take(c0, F))
+                backward(c1, False)
+            else:
+                pair(c0, c1)
+            pair(c1, c0)
         for _ in range(pp - r - 1):
             backward(c1, False)
-            acts.append(k.take(c1, F))
-            backward(c0, False)
+            pair(c1, c0)
         split = False
         half = (r + 1) // 2
         for i in range(r + 1):

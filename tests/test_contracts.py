@@ -9,7 +9,7 @@ import pytest
 from executor.report import RunReport, load_report
 from planner import load_plan
 from profiles import ContractError, load_profile
-from simulator import Action, Kind, ScheduleError, make_schedule, parse_action, read_csv, write_csv
+from simulator import Action, Kind, Overlap, ScheduleError, make_schedule, parse_action, read_csv, write_csv
 from simulator.actions import table_from_text, table_to_text
 from simulator.timeline import Event, RankStats, Timeline, load_timeline
 
@@ -42,6 +42,23 @@ def test_action_text_round_trip():
     assert parse_action("2I3") == Action(2, Kind.I, 3)
     with pytest.raises(ScheduleError):
         parse_action("2X3")
+    pair = parse_action("(0F3;7B2)OVERLAP_F_B")  # torch's text for an OVERLAP_F_B pair
+    assert pair == Overlap(Action(0, Kind.F, 3), Action(7, Kind.B, 2)) and str(pair) == "(0F3;7B2)OVERLAP_F_B"
+    for text in ["(7B2;0F3)OVERLAP_F_B", "(0F3;7I2)OVERLAP_F_B", "(0F3;7B2)"]:
+        with pytest.raises(ScheduleError):
+            parse_action(text)
+
+
+def test_csv_with_overlap_pairs_round_trips_and_torch_loads_it(tmp_path):
+    table = make_schedule("DualPipeV", 2, 4, 2)
+    assert any(isinstance(a, Overlap) for acts in table.values() for a in acts)
+    path = write_csv(table, tmp_path / "t.csv")
+    assert read_csv(path) == table
+    assert table_from_text(json.loads(json.dumps(table_to_text(table)))) == table
+    ts = pytest.importorskip("torch.distributed.pipelining.schedules")
+    rows = [[ts._Action.from_str(c) for c in line.split(",")] for line in path.read_text().splitlines()]
+    assert [[str(a) for a in row] for row in rows] == [[str(a) for a in table[r]] for r in range(2)]
+    assert rows[0][7].sub_actions is not None  # a real OVERLAP_F_B, not a parse of its first half
 
 
 def test_csv_round_trip_matches_torch_format(tmp_path):

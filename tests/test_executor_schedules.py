@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from simulator.actions import flat_actions, parse_action
 
 SCHEDULES_2 = [("GPipe", 1), ("1F1B", 1), ("Interleaved1F1B", 2), ("LoopedBFS", 2), ("InterleavedZeroBubble", 2),
                ("ZBVZeroBubble", 2), ("DualPipeV", 2)]
@@ -59,7 +60,8 @@ def _assert_checked(r: subprocess.CompletedProcess, plans: list[Path], expect_ac
         assert check["passed"] and check["max_rel_diff"] <= 1e-4, (path.name, check)
         assert check["loss_rel_diff"] <= 1e-5, (path.name, check)
         plan = json.loads(path.read_text())
-        table = {(int(r), a) for r, acts in plan["schedule"]["table"].items() for a in acts}
+        table = {(int(r), str(a)) for r, acts in plan["schedule"]["table"].items()
+                 for a in flat_actions([parse_action(x) for x in acts])}  # a pair ran as its F and its B
         ran = {(e["rank"], f"{e['stage']}{e['kind']}{e['microbatch']}") for e in data["events"]}
         assert ran == table, path.name  # every action of the table ran, on its rank, and nothing else
         assert data["predicted_step_s"] > 0 and len(data["step_s"]) == 1

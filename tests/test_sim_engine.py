@@ -108,6 +108,38 @@ def test_deadlock_names_the_cycle():
     assert "also blocked: rank 2" in msg and "^ here" in msg
 
 
+@pytest.mark.parametrize("fb,pair,step", [(None, (5.0, 6.0, 8.0), 18.0), (2.5, (5.0, 5.0 + 2.5 / 3, 7.5), 17.5)])
+def test_overlap_pair_is_one_action(fb, pair, step):
+    # V placement, 2 ranks: stages 0, 3 on rank 0 and 1, 2 on rank 1; F = 1, B = 2, no transfer time.
+    # rank 0: 0F0 [0,1] 0F1 [1,2]; rank 1: 1F0 [1,2] 2F0 [2,3] 1F1 [3,4] 2F1 [4,5]; rank 0: 3F0 [3,4].
+    # The pair (3F1;3B0) waits for 2F1 (5) and lasts F&B: 3 = F + B by default (torch runs the two
+    # back to back), 2.5 when measured overlapped. Its events split the span as F : B = 1 : 2.
+    # 3B0's gradient leaves when the pair ends, not when its backward half would: rank 1's 2B0 starts
+    # at the pair's end e, then 1B0, 2B1 (after 3B1 [e, e+2]), 1B1; rank 0: 0B0, 0B1 after each 1B.
+    table = T({0: "0F0 0F1 3F0 (3F1;3B0)OVERLAP_F_B 3B1 0B0 0B1", 1: "1F0 2F0 1F1 2F1 2B0 1B0 2B1 1B1"})
+    c = StageCost(1.0, 2.0, 1.0, 1.0, 1, 0, 0, 0, overlap_f_b_s=fb)
+    tl = simulate(SimInput(table, [c] * 4))
+    ev = {(e.stage, e.kind, e.microbatch): (e.start_s, e.end_s) for e in tl.events}
+    b, mid, e = pair
+    assert ev[(3, "F", 1)] == pytest.approx((b, mid)) and ev[(3, "B", 0)] == pytest.approx((mid, e))
+    assert ev[(2, "B", 0)][0] == pytest.approx(e)
+    assert tl.step_s == pytest.approx(step)
+    assert tl.ranks[0].busy_s == pytest.approx(2 + 1 + (e - b) + 2 + 2 + 2)
+    assert "(3F1;3B0)OVERLAP_F_B" in tl.critical_path
+    sends = {(x.stage, x.kind, x.microbatch): x.start_s for x in tl.transfers}
+    assert sends[(3, "B", 0)] == pytest.approx(e)  # stage 3's gradient goes to rank 1 at the pair's end
+
+
+def test_deadlock_through_an_overlap_pair():
+    # rank 0's pair waits for stage 2's gradient of microbatch 0; rank 1 first wants 1F1, queued behind the pair
+    table = T({0: "0F0 1F0 (0F1;1B0)OVERLAP_F_B 1F1 1B1 0B0 0B1", 1: "2F1 2F0 2B0 2B1"})
+    with pytest.raises(ScheduleError) as e:
+        simulate(SimInput(table, [cost()] * 3))
+    msg = str(e.value)
+    assert "rank 0 at step 2 ((0F1;1B0)OVERLAP_F_B) waits for the gradient from stage 2 microbatch 0" in msg
+    assert "rank 1 at step 0 (2F1) waits for 1F1 on rank 0" in msg
+
+
 @pytest.mark.parametrize("rows,needle", [
     ({0: "0B0 0F0", 1: "1F0 1B0"}, "runs before its forward"),
     ({0: "0F0 0B0 1F0", 1: "1F0 1B0"}, "stage 1 appears on rank 0 and rank 1"),
@@ -115,6 +147,7 @@ def test_deadlock_names_the_cycle():
     ({0: "0F0 0W0 0I0", 1: "1F0 1B0"}, "before its input gradient"),
     ({0: "0F0 0I0", 1: "1F0 1B0"}, "0W0 is missing"),
     ({0: "0F0 0F1 0B0", 1: "1F0 1B0 1F1 1B1"}, "backward of stage 0 microbatch 1"),
+    ({0: "0F0 (1F0;1B0)OVERLAP_F_B 0B0"}, "a pair cannot hold the backward of its own forward"),
 ])
 def test_invalid_tables_raise_with_a_picture(rows, needle):
     with pytest.raises(ScheduleError) as e:

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator import SCHEDULES, Links, ScheduleError, SimInput, StageCost, simulate
+from simulator.actions import flat_actions
 from simulator.schedules import make_schedule, schedule_spec
 
 EPS = 1e-9
@@ -31,7 +32,8 @@ def sim_inputs(draw):
         f, i, w = draw(time), draw(time), draw(time)
         costs.append(StageCost(f, i + w, i, w, activation_bytes=draw(st.integers(0, 50)),
                                static_bytes=draw(st.integers(0, 9)), output_bytes=draw(st.integers(0, 100)),
-                               input_bytes=draw(st.integers(0, 100))))
+                               input_bytes=draw(st.integers(0, 100)),
+                               overlap_f_b_s=draw(st.one_of(st.none(), time))))  # DualPipeV's F&B
     links = Links(latency_s=draw(time), bandwidth_Bps=draw(st.sampled_from([float("inf"), 100.0])),
                   inter_latency_s=draw(time), devices_per_node=draw(st.integers(1, 4)),
                   overlap=draw(st.booleans()))
@@ -42,7 +44,7 @@ def sim_inputs(draw):
 @given(sim_inputs())
 def test_invariants(inp):
     tl = simulate(inp)
-    owner = {a.stage: r for r, acts in inp.table.items() for a in acts}
+    owner = {a.stage: r for r, acts in inp.table.items() for a in flat_actions(acts)}
     links, costs = inp.links, inp.costs
     # one action at a time per rank, in table order
     by_rank: dict[int, list] = {}
@@ -50,7 +52,7 @@ def test_invariants(inp):
         by_rank.setdefault(e.rank, []).append(e)
     for r, evs in by_rank.items():
         assert [(e.stage, e.kind, e.microbatch) for e in evs] == \
-            [(a.stage, a.kind.value, a.microbatch) for a in inp.table[r]]
+            [(a.stage, a.kind.value, a.microbatch) for a in flat_actions(inp.table[r])]
         for a, b in zip(evs, evs[1:]):
             assert b.start_s >= a.end_s - EPS
     # every dependency respected, transfer time included

@@ -10,7 +10,7 @@ import pytest
 
 from simulator import SCHEDULES, ScheduleError, SimInput, StageCost, make_schedule, read_csv, simulate, write_csv
 from profiles.clikit import run_commands
-from simulator.actions import stage_ranks, table_from_text, table_to_text, validate_table
+from simulator.actions import flat_actions, stage_ranks, table_from_text, table_to_text, validate_table
 from simulator.cli import SCHEDULE, SIMULATE
 from simulator.schedules import canonical_name, schedule_spec
 
@@ -70,7 +70,7 @@ def test_every_allowed_table_is_valid_placed_and_deadlock_free():
         table = make_schedule(name, pp, m, v)
         assert validate_table(table) == (spec.num_stages(pp, v), m), (name, pp, m, v)
         assert stage_ranks(table) == spec.stage_to_rank(pp, v), (name, pp, m, v)
-        kinds = {a.kind.value for acts in table.values() for a in acts}
+        kinds = {a.kind.value for acts in table.values() for a in flat_actions(acts)}
         assert ("W" in kinds) <= spec.split_backward, (name, pp, m, v)
         tl = simulate(SimInput(table, [cost] * spec.num_stages(pp, v)))
         assert tl.step_s >= 3 * m * v, (name, pp, m, v)
@@ -125,6 +125,12 @@ def test_cli_simulate_what_if_and_outputs(tmp_path, _cli):
              "--f", "1", "--i", "1", "--w", "1", "--comm", "0.5", "--json")
     assert r.returncode == 0, r.stderr
     assert r.stdout.lstrip().startswith("{")
+    # DualPipeV, p = 2, I = F = W = 1, F&B = 2.5 (overlapped): each rank runs 3 pairs, busy 2m(F + B) - 3 x 0.5
+    # = 22.5, plus the bubble (p-1)(F&B + B - 3W) = 1.5 (DeepSeek-V3 Table 2): step 24
+    r = _cli("simulate", "--schedule", "DualPipeV", "--pp", "2", "--microbatches", "4", "--virtual", "2",
+             "--f", "1", "--i", "1", "--w", "1", "--fb", "2.5")
+    assert r.returncode == 0, r.stderr
+    assert "step time 24.000" in r.stdout and "22.500" in r.stdout and "OVERLAP_F_B >" in r.stdout
 
 
 def test_cli_deadlocking_or_invalid_table_exits_2(tmp_path, _cli):

@@ -6,8 +6,9 @@ Reference orders (torch 2.13, ``torch.distributed.pipelining.schedules``):
   ZBVZeroBubble, DualPipeV) subclass ``_PipelineScheduleRuntime``: their constructor
   computes ``pipeline_order`` and the runtime executes exactly that list (after
   lowering it with send/recv). We instantiate the class with mocked stages and read
-  ``pipeline_order``, dropping ``None`` (idle slots) and expanding DualPipeV's
-  ``OVERLAP_F_B`` into its sub-actions (forward, then backward) in order.
+  ``pipeline_order``, dropping ``None`` (idle slots). DualPipeV's ``OVERLAP_F_B``
+  pairs are compared as pairs: our ``Overlap`` writes the same text as torch's
+  ``_Action`` (``(0F3;3B1)OVERLAP_F_B``).
 - Single-stage schedules (GPipe, 1F1B) compute their order while running, in
   ``_step_microbatches``. We run that method with a mocked stage and no-op
   communication and record the ``forward_one_chunk`` / ``backward_one_chunk`` calls.
@@ -56,14 +57,7 @@ def _mock_stage(rank: int, pp: int, num_stages: int, index: int):
 
 
 def _compute_only(ops) -> list[str]:
-    out = []
-    for a in ops:
-        if a is None:
-            continue
-        for x in (a.sub_actions if a.sub_actions is not None else (a,)):
-            if x.computation_type in COMPUTE:
-                out.append(str(x))
-    return out
+    return [str(a) for a in ops if a is not None and (a.computation_type in COMPUTE or a.sub_actions is not None)]
 
 
 def torch_multi_order(cls, pp: int, m: int, v: int) -> dict[int, list[str]]:
