@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from executor.report import disturbance_notes
 from planner.plan import Plan
 from profiles.types import Profile
 from simulator.schedules import SCHEDULES
@@ -225,6 +226,8 @@ def show_compare(ctx: Context) -> None:
         return
     if err:
         st.warning(err)
+    for note in disturbance_notes(rep, plan.profile if plan is not None else None):
+        st.warning(note[0].upper() + note[1:])
     c = st.columns(4)
     c[0].metric("measured step (median, ms)", f"{rep.step_s_median * 1e3:.1f}",
                 f"{rep.error:+.1%} vs predicted" if rep.error is not None else None, delta_color="off")

@@ -12,12 +12,12 @@ from pathlib import Path
 from planner.plan import load_plan
 from profiles.clikit import Command
 from profiles.contract import UserError
-from profiles.types import OFF_CPU_WARN, Profile
+from profiles.types import Profile
 from simulator.engine import simulate
 from simulator.gantt import write_gantt
 from simulator.timeline import Timeline, write_trace
 
-from .report import RunReport, load_report
+from .report import RunReport, disturbance_notes, load_report
 
 __all__ = ["RUN", "VALIDATE", "CALIBRATE", "launch", "compare_table"]
 
@@ -102,15 +102,7 @@ def compare_table(predicted: Timeline, report: RunReport, profile: Profile | Non
     spread = (max(report.step_s) - min(report.step_s)) / report.step_s_median if report.step_s else 0.0
     lines.append(f"measured over {len(report.step_s)} steps (median; spread {spread:.1%}) on {report.world_size} "
                  f"{report.device} ranks, {report.backend}")
-    off = report.extra.get("off_cpu_fraction") or []
-    if off and max(off) > OFF_CPU_WARN:
-        worst = max(range(len(off)), key=off.__getitem__)
-        lines.append(f"note: rank {worst} was ready but off the CPU for {off[worst]:.0%} of its compute time (other "
-                     f"load on this machine): the measured times include that wait, the prediction does not")
-    profiled = (profile.measurement.get("off_cpu_fraction") or {}) if profile is not None else {}
-    if profiled and max(profiled.values()) > OFF_CPU_WARN:
-        lines.append(f"note: the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} "
-                     f"of its timing (other load): its times, and so the prediction, run high")
+    lines += [f"note: {note}" for note in disturbance_notes(report, profile)]
     return "\n".join(lines)
 
 

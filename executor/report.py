@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from profiles.contract import Fields, read_json, schema_id, write_json
+from profiles.types import OFF_CPU_WARN, Profile
 from simulator.timeline import Timeline
 
-__all__ = ["RunReport", "load_report"]
+__all__ = ["RunReport", "load_report", "disturbance_notes"]
 
 KIND, MAJOR = "runreport", 1
 
@@ -75,3 +76,19 @@ class RunReport:
 
 def load_report(path: str | Path) -> RunReport:
     return RunReport.from_fields(read_json(path, KIND, MAJOR))
+
+
+def disturbance_notes(report: RunReport, profile: Profile | None = None) -> list[str]:
+    """What other load on the machine did to the run, or to the profile behind its prediction
+    (a thread ready but off the CPU past ``OFF_CPU_WARN`` of its time): one sentence each."""
+    notes = []
+    off = report.extra.get("off_cpu_fraction") or []
+    if off and max(off) > OFF_CPU_WARN:
+        worst = max(range(len(off)), key=off.__getitem__)
+        notes.append(f"rank {worst} was ready but off the CPU for {off[worst]:.0%} of its compute time (other load "
+                     f"on this machine): the measured times include that wait, the prediction does not")
+    profiled = (profile.measurement.get("off_cpu_fraction") or {}) if profile is not None else {}
+    if profiled and max(profiled.values()) > OFF_CPU_WARN:
+        notes.append(f"the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} of "
+                     f"its timing (other load): its times, and so the prediction, run high")
+    return notes
