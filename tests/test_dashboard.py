@@ -46,7 +46,7 @@ def root(tmp_path_factory) -> Path:
                                    source="measured")
     RunReport("plan.json", sha256_of(run / "plan.json"), 2, "gloo", "cpu", (tl.step_s * slow,) * 3, measured,
               losses=(2.0, 1.9, 1.8), check={"passed": True, "max_rel_diff": 1e-6},
-              predicted_step_s=tl.step_s).save(run / "plan.run.json")
+              predicted_step_s=tl.step_s, extra={"off_cpu_fraction": [0.0, 0.2]}).save(run / "plan.run.json")
     return base / "runs"
 
 
@@ -161,6 +161,7 @@ def test_compare_view_two_gantts_and_error_table(monkeypatch, root):
     assert table.iloc[0]["error %"] == pytest.approx(25.0)
     assert {"rank 0 busy (ms)", "rank 1 peak (MiB)"} <= set(table["quantity"])
     assert _metric(at, "numerics check") == "passed"
+    assert any("Rank 1 was ready but off the CPU for 20%" in w.value for w in at.warning)
     assert len(at.get("download_button")) == 2
 
 
