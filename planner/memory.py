@@ -63,9 +63,19 @@ def memory_pattern(table: Table, forward_only: bool = False) -> Pattern:
                 k[s] += 1
             else:
                 k[s] -= 1
-        kept = [v for v in vectors if not any(w != v and _dominates(w, v) for w in vectors)]
-        out[r] = [dict(zip(mine, v)) for v in sorted(kept, reverse=True)] or [{s: (0, 0) for s in mine}]
+        out[r] = [dict(zip(mine, v)) for v in _pareto(vectors)] or [{s: (0, 0) for s in mine}]
     return Pattern(out)
+
+
+def _pareto(vectors) -> list[tuple]:
+    """The vectors no other one dominates, largest first. A vector's dominators sort before it
+    (descending), and a dominated dominator's own dominator is kept, so checking each vector
+    against the kept ones only is enough: O(n * kept) instead of O(n^2)."""
+    kept: list[tuple] = []
+    for v in sorted(vectors, reverse=True):
+        if not any(_dominates(w, v) for w in kept):
+            kept.append(v)
+    return kept
 
 
 def _dominates(w, v) -> bool:
