@@ -104,7 +104,7 @@ def build_plan(profile: Profile, profile_path: str, cluster: Cluster, job: Job, 
                    in enumerate(zip(bounds, options)))
     plan = Plan(profile_path, _sha(profile_path), profile.model_name, pp, dp, virtual, m, mbs, stages,
                 canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
-    tl = simulate(plan)
+    tl = simulate(plan, detail=False)
     per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
     pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
                       throughput=per_sample)
