@@ -29,11 +29,11 @@ from simulator.schedules import SCHEDULES, canonical_name, schedule_spec
 
 from .baselines import BASELINES, even_split
 from .cluster import Cluster, Job
-from .memory import peak_bytes
+from .memory import peak_bytes, static_bytes
 from .milp import SolverError, StepModel, UnitData, min_memory_split, solve_split
 from .plan import Plan
 from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN, refine as refine_plan
-from .scoring import Schedules, build_plan, fits, parse_label, unit_options
+from .scoring import Schedules, build_plan, fits, option_label, parse_label, unit_options
 
 __all__ = ["plan", "score_split", "even_split", "balanced_split", "InfeasibleError", "SearchStats", "search"]
 
@@ -198,15 +198,23 @@ def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats)
 
 
 def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: _Candidate,
-            options: dict[str, list[UnitData]], schedules: Schedules) -> Plan | None:
-    """The candidate's work-balanced split under its first option, simulated; None when the
-    memory pattern already says it does not fit (the pattern's peak is the simulator's)."""
+            options: dict[str, list[UnitData]], schedules: Schedules, splits: dict) -> Plan | None:
+    """The candidate's work-balanced split under its first option, simulated; None when its
+    weights or its memory pattern already say it does not fit (the pattern's peak is the
+    simulator's, so nothing that fits is refused). ``splits``: the balanced splits and their
+    stage costs so far, by (microbatch size, stages); candidates share them."""
     S = schedule_spec(c.schedule).num_stages(c.pp, c.virtual)
     first = next(iter(options))
-    bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in options[first]], S)
     dtype, rc = parse_label(first)
-    costs = stage_costs(profile, bounds, dtype=dtype, microbatch_size=c.mbs, recompute=[rc] * S,
-                        optimizer_bytes_per_param=job.optimizer_bytes_per_param)
+    if (c.mbs, S) not in splits:
+        bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in options[first]], S)
+        splits[c.mbs, S] = bounds, stage_costs(profile, bounds, dtype=dtype, microbatch_size=c.mbs,
+                                               recompute=[rc] * S,
+                                               optimizer_bytes_per_param=job.optimizer_bytes_per_param)
+    bounds, costs = splits[c.mbs, S]
+    placement = schedule_spec(c.schedule).stage_to_rank(c.pp, c.virtual)
+    if max(static_bytes(placement, costs, job.forward_only).values()) > cluster.memory_bytes:
+        return None  # the weights alone overflow a device: no table needed to say so
     model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
     if max(peak_bytes(model.memory, costs, job.forward_only).values()) > cluster.memory_bytes:
         return None
@@ -252,6 +260,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     schedules = Schedules(job)
     results: list[Plan] = []
     screened: list[tuple[_Candidate, Plan | None]] = []
+    splits: dict[tuple[int, int], tuple] = {}
     for i, c in enumerate(cands):
         if len(results) >= keep:
             kth = sorted(p.predicted.step_s for p in results)[keep - 1]
@@ -259,7 +268,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
                 stats.pruned = len(cands) - i
                 break
         t0 = time.perf_counter()
-        p = _screen(profile, profile_path, cluster, job, c, option_cache[c.mbs], schedules)
+        p = _screen(profile, profile_path, cluster, job, c, option_cache[c.mbs], schedules, splits)
         stats.simulations += p is not None
         if p is not None and fits(p):
             results.append(p)
@@ -280,21 +289,27 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     answers: dict[tuple, object] = {}
     infeasible: list[tuple[_Candidate, StepModel]] = []
     failed: list[str] = []
-    for c, _ in order:
+    unproductive = None  # a large MILP that ended at its time limit on its own start
+    for c, screen in order:
         if len(results) >= keep:
             kth = sorted(p.predicted.step_s for p in results)[keep - 1]
             if c.lower_bound >= kth:
                 continue
+        if unproductive and screen is not None:
+            stats.notes.append(f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m}: kept the balanced split, no MILP "
+                               f"(the MILP of {unproductive} ended at its time limit without improving on it)")
+            continue
         t0 = time.perf_counter()
         model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
         key = (c.mbs, _model_key(model))
+        start = (screen.bounds, [option_label(s.dtype, s.recompute) for s in screen.stages]) if screen else None
         res = answers.get(key)
         if key in answers:
             stats.milp_reused += 1
         else:
             try:
                 res = solve_split(option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit,
-                                  solver=solver)
+                                  solver=solver, start=start)
             except SolverError as e:  # said in the notes, and the candidate left out
                 stats.notes.append(f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m} mbs={c.mbs} left out: {e}")
                 failed.append(str(e))
@@ -310,9 +325,16 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         t0 = time.perf_counter()
         facts = {"status": res.status, "solver": res.solver, "time_s": round(res.time_s, 4), "gap": res.gap,
                  "bound": res.bound, "objective_s": res.objective}
-        p = build_plan(profile, profile_path, cluster, job, res.bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
-                       res.options, c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual), facts)
-        stats.simulations += 1
+        if start and (res.bounds, res.options) == start:
+            p = replace(screen, solver={**facts, "start": "balanced split"})  # the same split: simulated already
+            if not small and res.status == "TimeLimit":
+                # large chains: the MILPs after one that could not improve its start within the
+                # time limit keep their balanced splits (the refinement still searches around them)
+                unproductive = f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m}"
+        else:
+            p = build_plan(profile, profile_path, cluster, job, res.bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
+                           res.options, c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual), facts)
+            stats.simulations += 1
         stats.add("simulate", t0)
         if fits(p):
             results.append(p)
