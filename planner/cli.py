@@ -34,7 +34,8 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("profile", help="a Profile JSON file (from pipeplan profile)")
     p.add_argument("--devices", type=int, help="devices in all (default: the cluster's, else 2)")
     p.add_argument("--device-memory", help="usable memory per device, e.g. 80GiB (default: the cluster's)")
-    p.add_argument("--cluster", help=f"cluster JSON file (pipeplan calibrate) or preset: {', '.join(PRESET_CLUSTERS)}")
+    p.add_argument("--cluster", help=f"cluster spec: a JSON file (pipeplan calibrate), a YAML file with the same "
+                                   f"fields (.yaml/.yml), or a preset: {', '.join(PRESET_CLUSTERS)}")
     p.add_argument("--global-batch", type=int, default=8, help="samples per optimizer step (default 8)")
     p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
     p.add_argument("--schedules", default="1F1B,GPipe", help="comma list of allowed schedules (default 1F1B,GPipe)")

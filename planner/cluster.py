@@ -90,13 +90,47 @@ PRESET_CLUSTERS: dict[str, Cluster] = {
 
 
 def load_cluster(spec: str | Path) -> Cluster:
-    """A preset name or a cluster JSON file (as written by ``pipeplan calibrate``)."""
+    """A preset name, a cluster JSON file (as written by ``pipeplan calibrate``) or a YAML file
+    (``.yaml``/``.yml``) with the same fields."""
     if str(spec) in PRESET_CLUSTERS:
         return PRESET_CLUSTERS[str(spec)]
     path = Path(spec)
     if not path.exists():
         raise UserError(f"--cluster {spec}: no such file or preset (presets: {', '.join(PRESET_CLUSTERS)})")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return Cluster.from_fields(_read_yaml(path))
     return Cluster.from_fields(read_json(path, KIND, MAJOR))
+
+
+def _read_yaml(path: Path) -> Fields:
+    """A hand-written cluster spec: the JSON file's fields as a YAML mapping, validated the same
+    way. ``schema`` may be left out (when given it must be the cluster schema); ``memory_bytes``
+    may be a size (``80GiB``); numbers YAML reads as text (``450e9``) are taken as numbers."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ContractError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except UnicodeDecodeError:
+        raise ContractError(f"{path}: not a text file") from None
+    if not isinstance(data, dict):
+        raise ContractError(f"{path}: expected a mapping of cluster fields at the top level")
+    want = schema_id(KIND, MAJOR)
+    if data.get("schema", want) != want:
+        raise ContractError(f"{path}: field schema: {data['schema']!r} is not a cluster file (want {want!r})")
+    numeric = {f.name for f in fields(Cluster) if f.type == "float"}
+    for key, value in data.items():
+        if key == "memory_bytes" and isinstance(value, str):
+            data[key] = parse_bytes(value, f"{path}: field memory_bytes")
+        elif key in numeric and isinstance(value, str):
+            try:
+                data[key] = float(value)
+            except ValueError:
+                raise ContractError(f"{path}: field {key}: expected a number, got {value!r}") from None
+    return Fields(data, str(path))
 
 
 @dataclass(frozen=True)
