@@ -82,6 +82,7 @@ class StepModel:
     split_backward: bool = False  # zero-bubble family: I on the critical path, W fills bubbles
     phased: bool = False  # all forwards before all backwards (GPipe, LoopedBFS)
     forward_only: bool = False  # inference: F only, no activations held, weights only
+    latency: bool = False  # minimize one microbatch's pass (forwards and sends) instead of the step
 
     @property
     def stages(self) -> int:
@@ -404,8 +405,12 @@ def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float
             _add(prob, t_stage >= crit(s), f"slowest_stage_s{s}")
         fill_s = (TF + TB if TB is not None else TF) + (len(ranks) - 1) * t_stage
 
-    # objective: steady state at the bottleneck, fill and drain, hand-offs across ranks
-    prob += steady + fill_s + boundary_s, "step_time"
+    # objective: steady state at the bottleneck, fill and drain, hand-offs across ranks; or, for
+    # latency, one microbatch through every stage and every hand-off (the split moves only the sends)
+    if model.latency:
+        prob += pulp.lpSum(fwd(s) for s in range(S)) + boundary_s, "latency"
+    else:
+        prob += steady + fill_s + boundary_s, "step_time"
 
     # the bottleneck bounds every rank's work per microbatch
     for r in ranks:

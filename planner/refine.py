@@ -15,7 +15,7 @@ from itertools import combinations
 from .baselines import even_split
 from .milp import StepModel, UnitData, solve_split
 from .plan import Plan
-from .scoring import build_plan, fits, option_label
+from .scoring import build_plan, fits, objective_s, option_label
 
 __all__ = ["refine", "REFINE_WITHIN", "REFINE_AT_LEAST", "ALTERNATIVES"]
 
@@ -69,9 +69,9 @@ def refine(p: Plan, options: dict[str, list[UnitData]], model: StepModel, time_l
         starts.append(q)
     # hill-climb from each start: move one cut by up to three units, two cuts by one unit
     # (same or opposite ways), or, with few cuts, any larger subset by one unit
-    for start in sorted(starts, key=lambda q: q.predicted.step_s):
+    for start in sorted(starts, key=objective_s):
         here = _climb(start, score, lambda: budget)
-        if here.predicted.step_s < best.predicted.step_s:
+        if objective_s(here) < objective_s(best):
             best = here
     return best
 
@@ -96,7 +96,7 @@ def _climb(best: Plan, score, budget_left) -> Plan:
             if any(b <= a for a, b in zip(edges, edges[1:])):
                 continue
             q = score(list(zip(edges[:-1], edges[1:])))
-            if q is not None and q.predicted.step_s < best.predicted.step_s * (1 - 1e-12):
+            if q is not None and objective_s(q) < objective_s(best) * (1 - 1e-12):
                 best, improved = q, True
                 break
     return best

@@ -15,7 +15,7 @@ from profiles.contract import sha256_of
 from profiles.types import Profile
 from simulator.actions import Kind, Table
 from simulator.costs import DTYPE_BYTES
-from simulator.engine import simulate
+from simulator.engine import SimInput, simulate
 from simulator.schedules import canonical_name, make_schedule, schedule_spec
 
 from .cluster import Cluster, Job
@@ -23,7 +23,7 @@ from .memory import memory_pattern
 from .milp import StepModel, UnitData
 from .plan import Plan, Prediction, StagePlan
 
-__all__ = ["option_label", "parse_label", "unit_options", "Schedules", "build_plan", "fits"]
+__all__ = ["option_label", "parse_label", "unit_options", "Schedules", "build_plan", "fits", "objective_s"]
 
 
 def option_label(dtype: str, recompute: bool) -> str:
@@ -67,6 +67,7 @@ class Schedules:
 
     def __init__(self, job: Job):
         self.forward_only = job.forward_only
+        self.latency = job.objective == "latency"
         self._tables: dict[tuple, Table] = {}
         self._models: dict[tuple, StepModel] = {}
 
@@ -89,7 +90,7 @@ class Schedules:
                 m, tuple(placement[s] for s in range(len(placement))),
                 memory_pattern(self.table(schedule, pp, m, v), self.forward_only),
                 split_backward=spec.split_backward, phased=spec.name in ("GPipe", "LoopedBFS"),
-                forward_only=self.forward_only)
+                forward_only=self.forward_only, latency=self.latency)
         return self._models[key]
 
 
@@ -104,11 +105,31 @@ def build_plan(profile: Profile, profile_path: str, cluster: Cluster, job: Job, 
                    in enumerate(zip(bounds, options)))
     plan = Plan(profile_path, _sha(profile_path), profile.model_name, pp, dp, virtual, m, mbs, stages,
                 canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
-    tl = simulate(plan, detail=False)
+    inp = plan.sim_input()
+    tl = simulate(inp, detail=False)
     per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
     pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
-                      throughput=per_sample)
+                      throughput=per_sample, latency_s=_latency_s(inp, placement))
     return replace(plan, predicted=pred)
+
+
+def _latency_s(inp: SimInput, rank_of: dict[int, int]) -> float:
+    """One microbatch through an idle pipeline: every stage's forward and every send between
+    ranks, as the event engine would time a table of that microbatch alone."""
+    costs, links = inp.costs, inp.links
+    sends = sum(links.transfer_s(rank_of[s], rank_of[s + 1], costs[s].output_bytes) for s in range(len(costs) - 1))
+    return sum(c.forward_s for c in costs) + sends
+
+
+def objective_s(plan: Plan) -> float:
+    """What the job minimizes, in seconds: the step (training, or a forward-only batch), the
+    time per sample (``throughput``: 1 / samples per second) or one microbatch's ``latency``."""
+    pred, goal = plan.predicted, plan.job.objective
+    if goal == "latency":
+        return pred.latency_s
+    if goal == "throughput":
+        return 1.0 / pred.throughput if pred.throughput > 0 else float("inf")
+    return pred.step_s
 
 
 def fits(plan: Plan) -> bool:

@@ -33,7 +33,7 @@ from .memory import peak_bytes, static_bytes
 from .milp import SolverError, StepModel, UnitData, min_memory_split, solve_split
 from .plan import Plan
 from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN, refine as refine_plan
-from .scoring import Schedules, build_plan, fits, option_label, parse_label, unit_options
+from .scoring import Schedules, build_plan, fits, objective_s, option_label, parse_label, unit_options
 
 __all__ = ["plan", "score_split", "even_split", "balanced_split", "InfeasibleError", "SearchStats", "search"]
 
@@ -112,7 +112,7 @@ def balanced_split(work: list[float], S: int) -> list[tuple[int, int]]:
 def _model_key(model: StepModel) -> tuple:
     """Equal keys: the same MILP (schedules with one placement, memory pattern and step model share it)."""
     return (model.microbatches, model.rank_of, model.memory.key(), model.split_backward, model.phased,
-            model.forward_only)
+            model.forward_only, model.latency)
 
 
 # -- enumeration and bounds -------------------------------------------------------------------
@@ -160,6 +160,16 @@ def _lower_bound(options, cluster: Cluster, pp: int, dp: int, m: int, single_sta
     if single_stage_1f1b:
         lb = max(lb, (m - 1) * max(work / pp, max(per_unit)) + work)
     return lb
+
+
+def _objective_bound(step_lb: float, options, job: Job) -> float:
+    """The step's lower bound in the units of ``objective_s``: per sample for throughput; for
+    latency, one microbatch's forwards through every unit (sends only add)."""
+    if job.objective == "latency":
+        return sum(min(d.forward_s for d in ds) for ds in zip(*options.values()))
+    if job.objective == "throughput":
+        return step_lb / job.global_batch
+    return step_lb
 
 
 def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats) -> list[tuple]:
@@ -246,7 +256,8 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         if mbs not in option_cache:
             option_cache[mbs] = unit_options(profile, cluster, job, mbs)
         single = v == 1 and spec.name in ("GPipe", "1F1B")
-        lb = _lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only)
+        lb = _objective_bound(_lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only),
+                              option_cache[mbs], job)
         cands.append(_Candidate(pp, dp, m, mbs, spec.name, v, lb))
     cands.sort(key=lambda c: (c.lower_bound, c.pp, c.schedule, c.m))
     stats.candidates = len(cands)
@@ -263,7 +274,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     splits: dict[tuple[int, int], tuple] = {}
     for i, c in enumerate(cands):
         if len(results) >= keep:
-            kth = sorted(p.predicted.step_s for p in results)[keep - 1]
+            kth = sorted(objective_s(p) for p in results)[keep - 1]
             if c.lower_bound >= kth:
                 stats.pruned = len(cands) - i
                 break
@@ -283,7 +294,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         return schedule_spec(c.schedule).num_stages(c.pp, c.virtual)
 
     small = profile.num_units * max(stages(c) for c, _ in screened) <= SMALL_MILP if screened else True
-    order = sorted(screened, key=lambda x: (x[1] is None, x[1].predicted.step_s if x[1] else x[0].lower_bound))
+    order = sorted(screened, key=lambda x: (x[1] is None, objective_s(x[1]) if x[1] else x[0].lower_bound))
     if not small:
         order = order[:max(2 * top, MILP_CANDIDATES)]
     answers: dict[tuple, object] = {}
@@ -292,7 +303,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     unproductive = None  # a large MILP that ended at its time limit on its own start
     for c, screen in order:
         if len(results) >= keep:
-            kth = sorted(p.predicted.step_s for p in results)[keep - 1]
+            kth = sorted(objective_s(p) for p in results)[keep - 1]
             if c.lower_bound >= kth:
                 continue
         if unproductive and screen is not None:
@@ -347,7 +358,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     # refine the best few with the simulator
     t0 = time.perf_counter()
     results.sort(key=_rank)
-    close = [p for p in results if p.predicted.step_s <= results[0].predicted.step_s * (1 + REFINE_WITHIN)]
+    close = [p for p in results if objective_s(p) <= objective_s(results[0]) * (1 + REFINE_WITHIN)]
     n_refine = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
     refined = [refine_plan(p, option_cache[p.microbatch_size],
                            schedules.model(p.schedule, p.pp, p.microbatches, p.virtual), time_limit, solver, stats,
@@ -369,8 +380,9 @@ def plan(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_pat
 
 
 def _rank(p: Plan):
-    # on a tie, the MILP's plan (with its solver facts) before the screened balanced split
-    return (p.predicted.step_s, p.solver.get("status") == "balanced split", p.pp, p.schedule, p.virtual, p.microbatches, p.split)
+    # the job's objective; on a tie, the step, then the MILP's plan (with its solver facts)
+    # before the screened balanced split
+    return (objective_s(p), p.predicted.step_s, p.solver.get("status") == "balanced split", p.pp, p.schedule, p.virtual, p.microbatches, p.split)
 
 
 def _dedupe(plans: list[Plan]) -> list[Plan]:
