@@ -335,7 +335,9 @@ def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
             continue
         static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
         act = {s: stage_sum(s, lambda d: d.act_bytes) for s in {s for vec in model.memory.ranks[r] for s in vec}}
-        keep = {s: stage_sum(s, lambda d: d.keep_fraction * d.act_bytes) for s in act}
+        # the first stage has no input gradient: its I is empty and W frees everything, so it
+        # keeps all of its activations from I until W (as ``stage_costs`` says, w_keep_fraction 1)
+        keep = {s: act[s] if s == 0 else stage_sum(s, lambda d: d.keep_fraction * d.act_bytes) for s in act}
         for i, vec in enumerate(model.memory.ranks[r]):
             terms: dict = {}
             const = 0
