@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from profiles.contract import ContractError, Fields, UserError, read_json, schema_id, write_json
+from profiles.contract import ContractError, Fields, UserError, read_json, read_yaml, schema_id, write_json
 from simulator.costs import Links
 
 __all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "load_job", "parse_bytes"]
@@ -104,33 +104,19 @@ def load_cluster(spec: str | Path) -> Cluster:
 
 def _read_yaml(path: Path) -> Fields:
     """A hand-written cluster spec: the JSON file's fields as a YAML mapping, validated the same
-    way. ``schema`` may be left out (when given it must be the cluster schema); ``memory_bytes``
-    may be a size (``80GiB``); numbers YAML reads as text (``450e9``) are taken as numbers."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ContractError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    except UnicodeDecodeError:
-        raise ContractError(f"{path}: not a text file") from None
-    if not isinstance(data, dict):
-        raise ContractError(f"{path}: expected a mapping of cluster fields at the top level")
-    want = schema_id(KIND, MAJOR)
-    if data.get("schema", want) != want:
-        raise ContractError(f"{path}: field schema: {data['schema']!r} is not a cluster file (want {want!r})")
-    numeric = {f.name for f in fields(Cluster) if f.type == "float"}
-    for key, value in data.items():
+    way (``schema`` may be left out). ``memory_bytes`` may be a size (``80GiB``); numbers YAML
+    reads as text (``450e9``) are taken as numbers."""
+    f = read_yaml(path, KIND, MAJOR)
+    numeric = {x.name for x in fields(Cluster) if x.type == "float"}
+    for key, value in f.data.items():
         if key == "memory_bytes" and isinstance(value, str):
-            data[key] = parse_bytes(value, f"{path}: field memory_bytes")
+            f.data[key] = parse_bytes(value, f"{path}: field memory_bytes")
         elif key in numeric and isinstance(value, str):
             try:
-                data[key] = float(value)
+                f.data[key] = float(value)
             except ValueError:
-                raise ContractError(f"{path}: field {key}: expected a number, got {value!r}") from None
-    return Fields(data, str(path))
+                raise f.fail(key, f"expected a number, got {value!r}") from None
+    return f
 
 
 @dataclass(frozen=True)
