@@ -4,13 +4,20 @@ microbatching, each split from the MILP, every answer re-scored by the event sim
 Order of work (timed per phase in ``SearchStats``):
 1. enumerate candidates the schedules accept (``ScheduleSpec.check``; refusals become notes);
 2. a lower bound per candidate from total work (``(m * work + all-reduce) / p``, and the
-   fill/drain bound ``(m - 1) * work / p + work`` for one-stage-per-rank GPipe/1F1B);
+   fill/drain bound ``(m - 1) * work / p + work`` for one-stage-per-rank GPipe/1F1B), in
+   the units of the job's objective (step, time per sample, or one microbatch's latency);
    candidates are visited best bound first and the visit stops once the bound reaches the
-   ``top``-th best simulated time (nothing later can enter the top);
-3. one MILP per (stages, placement, memory pattern, step model, m, microbatch size):
-   schedules that share all of those share the answer;
-4. simulate each answer;
-5. refine the best few: the MILP's next-best splits (no-good cuts) and a neighbourhood of
+   ``top``-th best simulated value (nothing later can enter the top);
+3. screen each visited candidate with its work-balanced split: refused without a table
+   when its weights alone overflow, by its memory pattern when its activations do, else
+   simulated (a real plan the bound prunes against);
+4. one MILP per (stages, placement, memory pattern, step model, m, microbatch size),
+   started from the screened split: schedules that share all of those share the answer.
+   Small chains get one for every promising candidate; large ones (units x stages above
+   ``SMALL_MILP``) for the best ``MILP_CANDIDATES``, and none after one ends at its time
+   limit without improving its start (noted; those keep their balanced splits);
+5. simulate each answer;
+6. refine the best few: the MILP's next-best splits (no-good cuts) and a neighbourhood of
    cut moves, all simulated, so the *simulated* optimum is found where the MILP's step
    model is only a model (interleaved, zero-bubble, transfers).
 """
