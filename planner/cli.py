@@ -34,7 +34,8 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("profile", help="a Profile JSON file (from pipeplan profile)")
     p.add_argument("--devices", type=int, help="devices in all (default: the cluster's, else 2)")
     p.add_argument("--device-memory", help="usable memory per device, e.g. 80GiB (default: the cluster's)")
-    p.add_argument("--cluster", help=f"cluster JSON file (pipeplan calibrate) or preset: {', '.join(PRESET_CLUSTERS)}")
+    p.add_argument("--cluster", help=f"cluster spec: a JSON file (pipeplan calibrate), a YAML file with the same "
+                                   f"fields (.yaml/.yml), or a preset: {', '.join(PRESET_CLUSTERS)}")
     p.add_argument("--global-batch", type=int, default=8, help="samples per optimizer step (default 8)")
     p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
     p.add_argument("--schedules", default="1F1B,GPipe", help="comma list of allowed schedules (default 1F1B,GPipe)")
@@ -48,6 +49,10 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer-bytes", type=float, default=8.0,
                    help="optimizer state bytes per parameter (default 8: AdamW's two fp32 moments)")
     p.add_argument("--forward-only", action="store_true", help="inference: forwards only, weights only")
+    p.add_argument("--objective", choices=["step", "throughput", "latency"],
+                   help="what to minimize: step (training step time; the default), throughput (samples/s, "
+                        "the default with --forward-only) or latency (one microbatch through the pipeline); "
+                        "throughput and latency need --forward-only")
     p.add_argument("--job", help="a job JSON file (Job fields); flags given explicitly are ignored then")
     p.add_argument("--solver", default="auto", choices=["auto", "highs", "cbc"],
                    help="MILP solver (auto: HiGHS when installed, else CBC)")
@@ -76,7 +81,9 @@ def format_plans(plans: list[Plan]) -> str:
     """One row per plan: configuration, simulated step, bubbles, peak memory per rank, speedups."""
     names = [b["name"] for b in plans[0].baselines]
     short = {"even-1F1B": "vs even", "torchtitan-1F1B": "vs titan", "deepspeed-parameters-1F1B": "vs ds-par"}
-    lines = [f"{'#':>2} {'schedule':<22} {'pp':>3} {'dp':>4} {'v':>2} {'m':>4} {'mbs':>4} {'step ms':>9} "
+    serving = plans[0].job.forward_only  # then latency and throughput columns too
+    extra = f"{'lat ms':>9} {'samples/s':>10} " if serving else ""
+    lines = [f"{'#':>2} {'schedule':<22} {'pp':>3} {'dp':>4} {'v':>2} {'m':>4} {'mbs':>4} {'step ms':>9} {extra}"
              f"{'bubble':>7} {'peak GiB':>9} " + " ".join(f"{short.get(n, n):>9}" for n in names) + "  layout"]
     for i, p in enumerate(plans, 1):
         pr = p.predicted
@@ -84,7 +91,9 @@ def format_plans(plans: list[Plan]) -> str:
         vs = " ".join(f"{by_name[n]['speedup']:8.2f}x" if n in by_name else f"{'-':>9}" for n in names)
         bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
         lines.append(f"{i:>2} {p.schedule:<22} {p.pp:>3} {p.dp:>4} {p.virtual:>2} {p.microbatches:>4} "
-                     f"{p.microbatch_size:>4} {pr.step_s * 1e3:9.2f} {bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} "
+                     f"{p.microbatch_size:>4} {pr.step_s * 1e3:9.2f} "
+                     + (f"{pr.latency_s * 1e3:9.2f} {pr.throughput:10.1f} " if serving else "")
+                     + f"{bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} "
                      f"{vs}  {p.layout()}")
     return "\n".join(lines)
 
@@ -104,11 +113,15 @@ def _run_plan(args: argparse.Namespace) -> int:
         for d in dtypes:
             if d not in DTYPE_BYTES:
                 raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_BYTES)}")
+        objective = args.objective or ("throughput" if args.forward_only else "step")
+        if objective != "step" and not args.forward_only:
+            raise UserError(f"--objective {objective} ranks serving plans: add --forward-only, or drop it to "
+                            f"minimize the training step")
         job = Job(global_batch=args.global_batch, microbatch_size=args.microbatch_size,
                   microbatches=args.microbatches, schedules=tuple(s for s in args.schedules.split(",") if s),
                   pp=args.pp, dtypes=dtypes, virtual=args.virtual, recompute=args.recompute,
                   optimizer_bytes_per_param=args.optimizer_bytes, forward_only=args.forward_only,
-                  objective="latency" if args.forward_only else "step")
+                  objective=objective)
         job.check("flags")
     if args.split:
         split = "even" if args.split == "even" else list(_ints(args.split))

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from profiles.contract import ContractError, Fields, UserError, read_json, schema_id, write_json
+from profiles.contract import ContractError, Fields, UserError, read_json, read_yaml, schema_id, write_json
 from simulator.costs import Links
 
 __all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "load_job", "parse_bytes"]
@@ -90,13 +90,33 @@ PRESET_CLUSTERS: dict[str, Cluster] = {
 
 
 def load_cluster(spec: str | Path) -> Cluster:
-    """A preset name or a cluster JSON file (as written by ``pipeplan calibrate``)."""
+    """A preset name, a cluster JSON file (as written by ``pipeplan calibrate``) or a YAML file
+    (``.yaml``/``.yml``) with the same fields."""
     if str(spec) in PRESET_CLUSTERS:
         return PRESET_CLUSTERS[str(spec)]
     path = Path(spec)
     if not path.exists():
         raise UserError(f"--cluster {spec}: no such file or preset (presets: {', '.join(PRESET_CLUSTERS)})")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return Cluster.from_fields(_read_yaml(path))
     return Cluster.from_fields(read_json(path, KIND, MAJOR))
+
+
+def _read_yaml(path: Path) -> Fields:
+    """A hand-written cluster spec: the JSON file's fields as a YAML mapping, validated the same
+    way (``schema`` may be left out). ``memory_bytes`` may be a size (``80GiB``); numbers YAML
+    reads as text (``450e9``) are taken as numbers."""
+    f = read_yaml(path, KIND, MAJOR)
+    numeric = {x.name for x in fields(Cluster) if x.type == "float"}
+    for key, value in f.data.items():
+        if key == "memory_bytes" and isinstance(value, str):
+            f.data[key] = parse_bytes(value, f"{path}: field memory_bytes")
+        elif key in numeric and isinstance(value, str):
+            try:
+                f.data[key] = float(value)
+            except ValueError:
+                raise f.fail(key, f"expected a number, got {value!r}") from None
+    return f
 
 
 @dataclass(frozen=True)

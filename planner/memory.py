@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from simulator.actions import Kind, Table, flat_actions, stage_ranks
 from simulator.costs import StageCost
 
-__all__ = ["Pattern", "memory_pattern", "peak_bytes"]
+__all__ = ["Pattern", "memory_pattern", "peak_bytes", "static_bytes"]
 
 
 @dataclass(frozen=True)
@@ -48,38 +50,62 @@ def memory_pattern(table: Table, forward_only: bool = False) -> Pattern:
         mine = sorted(s for s, o in owner.items() if o == r)
         a = {s: 0 for s in mine}
         k = {s: 0 for s in mine}
-        vectors: set[tuple[tuple[int, int], ...]] = set()
+        vectors: set[tuple[int, ...]] = set()  # flat (a_0, k_0, a_1, k_1, ...) over ``mine``
+        rising = False  # forwards since the last action that frees memory
         for act in flat_actions(acts):
             s = act.stage
             if act.kind is Kind.F:
-                if forward_only:
-                    continue
-                a[s] += 1
-                vectors.add(tuple((a[t], k[t]) for t in mine))
-            elif act.kind is Kind.B:
+                if not forward_only:
+                    a[s] += 1
+                    rising = True
+                continue
+            if rising:  # a run of forwards only adds: its last vector dominates the others
+                vectors.add(tuple(x for t in mine for x in (a[t], k[t])))
+                rising = False
+            if act.kind is Kind.B:
                 a[s] -= 1
             elif act.kind is Kind.I:
                 a[s] -= 1
                 k[s] += 1
             else:
                 k[s] -= 1
-        kept = [v for v in vectors if not any(w != v and _dominates(w, v) for w in vectors)]
-        out[r] = [dict(zip(mine, v)) for v in sorted(kept, reverse=True)] or [{s: (0, 0) for s in mine}]
+        if rising:
+            vectors.add(tuple(x for t in mine for x in (a[t], k[t])))
+        out[r] = ([{t: (v[2 * i], v[2 * i + 1]) for i, t in enumerate(mine)} for v in _pareto(vectors)]
+                  or [{s: (0, 0) for s in mine}])
     return Pattern(out)
 
 
-def _dominates(w, v) -> bool:
-    return all(wa >= va and wk >= vk for (wa, wk), (va, vk) in zip(w, v))
+def _pareto(vectors: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The vectors no other one dominates (>= in every entry), largest first. The vectors are
+    distinct, so ``w >= v`` entrywise with ``w`` another vector is dominance; all pairs at once
+    (n x n x entries booleans: n is at most a rank's forwards, a few thousand entries each)."""
+    order = sorted(vectors, reverse=True)
+    if len(order) < 2:
+        return order
+    arr = np.array(order, dtype=np.int64)
+    covers = (arr[:, None, :] >= arr[None, :, :]).all(axis=2)  # covers[w, v]: w >= v in every entry
+    np.fill_diagonal(covers, False)
+    dominated = covers.any(axis=0)
+    return [v for v, d in zip(order, dominated) if not d]
+
+
+def static_bytes(rank_of: dict[int, int], costs: list[StageCost], forward_only: bool = False) -> dict[int, int]:
+    """Bytes per rank before any activation: weights, gradients and optimizer state (weights
+    only when serving). A lower bound on the peak that needs no schedule table."""
+    out: dict[int, int] = {}
+    for s, r in rank_of.items():
+        out[r] = out.get(r, 0) + (costs[s].param_bytes if forward_only else costs[s].static_bytes)
+    return out
 
 
 def peak_bytes(pattern: Pattern, costs: list[StageCost], forward_only: bool = False) -> dict[int, int]:
     """Peak bytes per rank by the pattern (what the MILP bounds), to compare with ``simulate``."""
+    static = static_bytes({s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}, costs, forward_only)
     out = {}
     for r, vectors in pattern.ranks.items():
-        stages = list(vectors[0])
-        static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in stages)
         acts = 0 if forward_only else max(
             sum(a * costs[s].activation_bytes + k * int(costs[s].activation_bytes * costs[s].w_keep_fraction)
                 for s, (a, k) in v.items()) for v in vectors)
-        out[r] = static + acts
+        out[r] = static[r] + acts
     return out

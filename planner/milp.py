@@ -39,6 +39,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import pulp
 
 from profiles.contract import UserError
@@ -81,6 +82,7 @@ class StepModel:
     split_backward: bool = False  # zero-bubble family: I on the critical path, W fills bubbles
     phased: bool = False  # all forwards before all backwards (GPipe, LoopedBFS)
     forward_only: bool = False  # inference: F only, no activations held, weights only
+    latency: bool = False  # minimize one microbatch's pass (forwards and sends) instead of the step
 
     @property
     def stages(self) -> int:
@@ -147,16 +149,35 @@ class _Facts:
     bound: float | None
 
 
-def _solve(prob: pulp.LpProblem, time_limit: float, solver: str = "auto") -> _Facts:
-    """Solve and say what was proven. A time limit is never reported as Optimal."""
+class _HiGHS(pulp.HiGHS):
+    """pulp's HiGHS, given the MIP start that pulp hands CBC (``warmStart``) but not highspy:
+    the variables with an initial value (``setInitialValue``); HiGHS completes the rest."""
+
+    def __init__(self, start: list[pulp.LpVariable], **kwargs):
+        super().__init__(**kwargs)
+        self.start = start
+
+    def callSolver(self, lp):
+        if self.start:
+            index = np.array([v.index for v in self.start], dtype=np.int32)
+            value = np.array([v.varValue for v in self.start], dtype=np.float64)
+            lp.solverModel.setSolution(len(index), index, value)
+        super().callSolver(lp)
+
+
+def _solve(prob: pulp.LpProblem, time_limit: float, solver: str = "auto",
+           start: list[pulp.LpVariable] = ()) -> _Facts:
+    """Solve and say what was proven. A time limit is never reported as Optimal. ``start``:
+    variables whose initial values form a known answer (a MIP start: an incumbent from the
+    first node, so a time limit still returns at least that answer)."""
     name = _pick(solver)
     t0 = time.perf_counter()
     if name == "highs":
         with _quiet_stdout():
-            prob.solve(pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1))
+            prob.solve(_HiGHS(list(start), msg=False, timeLimit=time_limit, threads=1))
         facts = _highs_facts(prob)
     else:
-        facts = _cbc_solve(prob, time_limit)
+        facts = _cbc_solve(prob, time_limit, warm=bool(start))
     return _Facts(facts[0], name, time.perf_counter() - t0, facts[1], facts[2])
 
 
@@ -176,7 +197,9 @@ def _highs_facts(prob) -> tuple[str, float | None, float | None]:
     if st in (S.kInfeasible, S.kUnboundedOrInfeasible):
         return "Infeasible", None, None
     if st in (S.kTimeLimit, S.kIterationLimit, S.kInterrupt):
-        return ("TimeLimit" if has_answer else "NoSolution"), gap, bound
+        # stopped before the root bound: no gap or bound to report (None, not inf: plans are JSON)
+        known = bound is not None and abs(bound) < 1e30
+        return ("TimeLimit" if has_answer else "NoSolution"), (gap if known else None), (bound if known else None)
     return h.modelStatusToString(st), None, None
 
 
@@ -185,11 +208,11 @@ _CBC_GAP = re.compile(r"^Gap:\s+([0-9.eE+-]+)", re.M)
 _CBC_BOUND = re.compile(r"^Lower bound:\s+([0-9.eE+-]+)", re.M)
 
 
-def _cbc_solve(prob, time_limit: float) -> tuple[str, float | None, float | None]:
+def _cbc_solve(prob, time_limit: float, warm: bool = False) -> tuple[str, float | None, float | None]:
     fd, log = tempfile.mkstemp(prefix="pipeplan-cbc-", suffix=".log")
     os.close(fd)
     try:
-        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, logPath=log, threads=1))
+        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, logPath=log, threads=1, warmStart=warm))
         with open(log, errors="replace") as f:
             text = f.read()
     finally:
@@ -312,7 +335,9 @@ def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
             continue
         static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
         act = {s: stage_sum(s, lambda d: d.act_bytes) for s in {s for vec in model.memory.ranks[r] for s in vec}}
-        keep = {s: stage_sum(s, lambda d: d.keep_fraction * d.act_bytes) for s in act}
+        # the first stage has no input gradient: its I is empty and W frees everything, so it
+        # keeps all of its activations from I until W (as ``stage_costs`` says, w_keep_fraction 1)
+        keep = {s: act[s] if s == 0 else stage_sum(s, lambda d: d.keep_fraction * d.act_bytes) for s in act}
         for i, vec in enumerate(model.memory.ranks[r]):
             terms: dict = {}
             const = 0
@@ -330,19 +355,22 @@ def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
 
 def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_bytes: int, *,
                 time_limit: float = 20.0, solver: str = "auto",
-                exclude: list[list[tuple[int, int]]] = ()) -> SplitResult | None:
+                exclude: list[list[tuple[int, int]]] = (),
+                start: tuple[list[tuple[int, int]], list[str]] | None = None) -> SplitResult | None:
     """Best contiguous split under ``memory_bytes`` per rank by the step model; None when infeasible.
 
     ``exclude``: splits not to return again (no-good cuts), to get the next-best ones.
+    ``start``: a known split and its option per stage, given to the solver as its first answer
+    (a MIP start); the solver drops it if it breaks a constraint.
     """
     try:
-        return _solve_split(options, model, memory_bytes, time_limit, solver, exclude)
+        return _solve_split(options, model, memory_bytes, time_limit, solver, exclude, start)
     except _Contradiction:
         return None  # e.g. a stage forced to one unit that does not fit, or every split excluded
 
 
 def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float, solver: str,
-                 exclude) -> SplitResult | None:
+                 exclude, start) -> SplitResult | None:
     S, m = model.stages, model.microbatches
     labels = list(options)
     U = len(options[labels[0]])
@@ -379,8 +407,12 @@ def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float
             _add(prob, t_stage >= crit(s), f"slowest_stage_s{s}")
         fill_s = (TF + TB if TB is not None else TF) + (len(ranks) - 1) * t_stage
 
-    # objective: steady state at the bottleneck, fill and drain, hand-offs across ranks
-    prob += steady + fill_s + boundary_s, "step_time"
+    # objective: steady state at the bottleneck, fill and drain, hand-offs across ranks; or, for
+    # latency, one microbatch through every stage and every hand-off (the split moves only the sends)
+    if model.latency:
+        prob += pulp.lpSum(fwd(s) for s in range(S)) + boundary_s, "latency"
+    else:
+        prob += steady + fill_s + boundary_s, "step_time"
 
     # the bottleneck bounds every rank's work per microbatch
     for r in ranks:
@@ -399,7 +431,7 @@ def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float
         ends = [e for _, e in bounds[:-1]]
         _add(prob, pulp.lpSum(cut(e - 1, s) for s, e in enumerate(ends)) <= S - 2, f"not_seen_{i}")
 
-    facts = _solve(prob, time_limit, solver)
+    facts = _solve(prob, time_limit, solver, _start_values(z, c, *start) if start else ())
     if facts.status == "Infeasible":
         return None
     if facts.status not in ("Optimal", "TimeLimit"):
@@ -423,6 +455,21 @@ def min_memory_split(options: dict[str, list[UnitData]], model: StepModel, *, ti
     if facts.status not in ("Optimal", "TimeLimit"):
         raise SolverError(f"the {facts.solver} solver ended with status {facts.status} while bounding memory")
     return float(pulp.value(peak)), _bounds(z, U, S)
+
+
+def _start_values(z, c, bounds: list[tuple[int, int]], labels: list[str]) -> list[pulp.LpVariable]:
+    """Set the binaries to the split ``bounds`` with option ``labels[s]`` per stage; the ones set."""
+    out = []
+    for s, (_, end) in enumerate(bounds):
+        for u in range(len(z)):
+            if isinstance(z[u][s], pulp.LpVariable):
+                z[u][s].setInitialValue(1 if u < end else 0)
+                out.append(z[u][s])
+        for o, var in c[s].items():
+            if isinstance(var, pulp.LpVariable):
+                var.setInitialValue(1 if o == labels[s] else 0)
+                out.append(var)
+    return out
 
 
 def _val(x) -> float:

@@ -37,6 +37,7 @@ class Prediction:
     bubble_fraction: tuple[float, ...]
     peak_bytes: tuple[int, ...]
     throughput: float = 0.0  # samples per second (all replicas)
+    latency_s: float = 0.0  # one microbatch through every stage of an idle pipeline (forwards and sends)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Plan:
             "schedule": {"name": self.schedule, "table": table_to_text(self.table)},
             "predicted": None if pred is None else {
                 "step_s": pred.step_s, "bubble_fraction": list(pred.bubble_fraction),
-                "peak_bytes": list(pred.peak_bytes), "throughput": pred.throughput},
+                "peak_bytes": list(pred.peak_bytes), "throughput": pred.throughput, "latency_s": pred.latency_s},
             "cluster": self.cluster.to_dict(),
             "job": self.job.to_dict(),
             "solver": self.solver,
@@ -197,7 +198,8 @@ class Plan:
         if f.has("predicted"):
             p = f.obj("predicted")
             pred = Prediction(p.num("step_s"), tuple(p.nums("bubble_fraction")),
-                              tuple(int(x) for x in p.nums("peak_bytes")), p.num("throughput", default=0.0))
+                              tuple(int(x) for x in p.nums("peak_bytes")), p.num("throughput", default=0.0),
+                              p.num("latency_s", default=0.0))
         cluster = Cluster.from_fields(f.obj("cluster"))
         job = Job.from_dict(f.raw("job", {}), f"{f.where}: job")
         return Plan(prof.str("path"), prof.str("sha256"), prof.str("model", default=""), pp, dp, v, m, mbs,

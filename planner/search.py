@@ -4,13 +4,20 @@ microbatching, each split from the MILP, every answer re-scored by the event sim
 Order of work (timed per phase in ``SearchStats``):
 1. enumerate candidates the schedules accept (``ScheduleSpec.check``; refusals become notes);
 2. a lower bound per candidate from total work (``(m * work + all-reduce) / p``, and the
-   fill/drain bound ``(m - 1) * work / p + work`` for one-stage-per-rank GPipe/1F1B);
+   fill/drain bound ``(m - 1) * work / p + work`` for one-stage-per-rank GPipe/1F1B), in
+   the units of the job's objective (step, time per sample, or one microbatch's latency);
    candidates are visited best bound first and the visit stops once the bound reaches the
-   ``top``-th best simulated time (nothing later can enter the top);
-3. one MILP per (stages, placement, memory pattern, step model, m, microbatch size):
-   schedules that share all of those share the answer;
-4. simulate each answer;
-5. refine the best few: the MILP's next-best splits (no-good cuts) and a neighbourhood of
+   ``top``-th best simulated value (nothing later can enter the top);
+3. screen each visited candidate with its work-balanced split: refused without a table
+   when its weights alone overflow, by its memory pattern when its activations do, else
+   simulated (a real plan the bound prunes against);
+4. one MILP per (stages, placement, memory pattern, step model, m, microbatch size),
+   started from the screened split: schedules that share all of those share the answer.
+   Small chains get one for every promising candidate; large ones (units x stages above
+   ``SMALL_MILP``) for the best ``MILP_CANDIDATES``, and none after one ends at its time
+   limit without improving its start (noted; those keep their balanced splits);
+5. simulate each answer;
+6. refine the best few: the MILP's next-best splits (no-good cuts) and a neighbourhood of
    cut moves, all simulated, so the *simulated* optimum is found where the MILP's step
    model is only a model (interleaved, zero-bubble, transfers).
 """
@@ -18,28 +25,30 @@ Order of work (timed per phase in ``SearchStats``):
 from __future__ import annotations
 
 import time
-from itertools import combinations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from profiles.contract import UserError, sha256_of
+from profiles.contract import UserError
 from profiles.types import Profile
-from simulator.actions import ScheduleError, Table, forward_table
-from simulator.costs import DTYPE_BYTES, stage_costs
-from simulator.engine import allreduce_s, simulate
-from simulator.schedules import SCHEDULES, canonical_name, make_schedule, schedule_spec
+from simulator.actions import ScheduleError
+from simulator.costs import stage_costs
+from simulator.schedules import SCHEDULES, canonical_name, schedule_spec
 
 from .baselines import BASELINES, even_split
 from .cluster import Cluster, Job
-from .memory import memory_pattern, peak_bytes
+from .memory import peak_bytes, static_bytes
 from .milp import SolverError, StepModel, UnitData, min_memory_split, solve_split
+from .plan import Plan
+from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN, refine as refine_plan
+from .scoring import Schedules, build_plan, fits, objective_s, option_label, parse_label, unit_options
+
+__all__ = ["plan", "score_split", "even_split", "balanced_split", "InfeasibleError", "SearchStats", "search"]
 
 _FAILED = object()  # a MILP that ended without an answer (the reason is in the notes)
-from .plan import Plan, Prediction, StagePlan
-
-__all__ = ["plan", "score_split", "even_split", "balanced_split", "InfeasibleError", "unit_options", "SearchStats", "search"]
 
 MAX_VIRTUAL = 4  # stages per rank tried for schedules with no upper bound, unless the job says
+SMALL_MILP = 2000  # units x stages up to which every promising candidate gets its MILP
+MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
 
 
 class InfeasibleError(UserError):
@@ -71,41 +80,10 @@ class _Candidate:
     mbs: int
     schedule: str
     virtual: int
-    table: Table
     lower_bound: float
 
 
 # -- inputs of the MILP ----------------------------------------------------------------------
-
-def _label(dtype: str, recompute: bool) -> str:
-    return f"{dtype}+recompute" if recompute else dtype
-
-
-def _parse_label(label: str) -> tuple[str, bool]:
-    dtype, _, rc = label.partition("+")
-    return dtype, rc == "recompute"
-
-
-def unit_options(profile: Profile, cluster: Cluster, job: Job, mbs: int) -> dict[str, list[UnitData]]:
-    """Per option (dtype, recompute) the per-unit costs, as ``stage_costs`` would sum them."""
-    links = cluster.links()
-    out: dict[str, list[UnitData]] = {}
-    for dtype in job.dtypes:
-        units = profile.entry(dtype, mbs).units
-        for rc in ((False, True) if job.recompute and not job.forward_only else (False,)):
-            data = []
-            for i, u in enumerate(units):
-                b = DTYPE_BYTES[dtype]
-                static = 2 * u.params * b + (u.params * 4 if b < 4 else 0) + int(u.params * job.optimizer_bytes_per_param)
-                if job.forward_only:
-                    static = u.params * b
-                act = (units[i - 1].output_bytes if i > 0 else 0) if rc else u.saved_bytes
-                extra = u.forward_s if rc else 0.0
-                data.append(UnitData(u.forward_s, u.backward_s + extra, u.backward_input_s + extra, int(static),
-                                     int(act), links.transfer_s(0, 1, u.output_bytes), grad_bytes=u.params * b))
-            out[_label(dtype, rc)] = data
-    return out
-
 
 def balanced_split(work: list[float], S: int) -> list[tuple[int, int]]:
     """The contiguous split into S non-empty stages with the least largest work (binary search on
@@ -138,58 +116,10 @@ def balanced_split(work: list[float], S: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _step_model(spec, table: Table, pp: int, v: int, m: int, job: Job) -> StepModel:
-    placement = spec.stage_to_rank(pp, v)
-    return StepModel(m, tuple(placement[s] for s in range(len(placement))), memory_pattern(table, job.forward_only),
-                     split_backward=spec.split_backward, phased=spec.name in ("GPipe", "LoopedBFS"),
-                     forward_only=job.forward_only)
-
-
 def _model_key(model: StepModel) -> tuple:
     """Equal keys: the same MILP (schedules with one placement, memory pattern and step model share it)."""
     return (model.microbatches, model.rank_of, model.memory.key(), model.split_backward, model.phased,
-            model.forward_only)
-
-
-# -- building and scoring a plan ------------------------------------------------------------
-
-def _build(profile: Profile, profile_path: str, cluster: Cluster, job: Job, bounds, schedule: str, pp: int,
-           dp: int, m: int, mbs: int, options: list[str], virtual: int = 1, table: Table | None = None,
-           solver: dict | None = None) -> Plan:
-    """A Plan for this split, simulated (``predicted`` filled)."""
-    if table is None:
-        table = make_schedule(schedule, pp, m, virtual)
-        if job.forward_only:
-            table = forward_table(table)
-    placement = schedule_spec(schedule).stage_to_rank(pp, virtual)
-    stages = tuple(StagePlan(i, f, e, placement[i], *_parse_label(o)) for i, ((f, e), o)
-                   in enumerate(zip(bounds, options)))
-    plan = Plan(profile_path, _sha(profile_path), profile.model_name, pp, dp, virtual, m, mbs, stages,
-                canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
-    tl = simulate(plan)
-    per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
-    pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
-                      throughput=per_sample)
-    return replace(plan, predicted=pred)
-
-
-_SHA: dict[str, tuple[float, str]] = {}
-
-
-def _sha(path: str) -> str:
-    """sha256 of the profile file, computed once per modification."""
-    p = Path(path)
-    if not p.exists():
-        return ""
-    mtime = p.stat().st_mtime
-    hit = _SHA.get(path)
-    if hit is None or hit[0] != mtime:
-        _SHA[path] = hit = (mtime, sha256_of(p))
-    return hit[1]
-
-
-def _fits(plan: Plan) -> bool:
-    return max(plan.predicted.peak_bytes) <= plan.cluster.memory_bytes
+            model.forward_only, model.latency)
 
 
 # -- enumeration and bounds -------------------------------------------------------------------
@@ -239,6 +169,16 @@ def _lower_bound(options, cluster: Cluster, pp: int, dp: int, m: int, single_sta
     return lb
 
 
+def _objective_bound(step_lb: float, options, job: Job) -> float:
+    """The step's lower bound in the units of ``objective_s``: per sample for throughput; for
+    latency, one microbatch's forwards through every unit (sends only add)."""
+    if job.objective == "latency":
+        return sum(min(d.forward_s for d in ds) for ds in zip(*options.values()))
+    if job.objective == "throughput":
+        return step_lb / job.global_batch
+    return step_lb
+
+
 def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats) -> list[tuple]:
     U = profile.num_units
     sizes = _entry_sizes(profile, job.dtypes)
@@ -274,6 +214,32 @@ def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats)
     return out
 
 
+def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: _Candidate,
+            options: dict[str, list[UnitData]], schedules: Schedules, splits: dict) -> Plan | None:
+    """The candidate's work-balanced split under its first option, simulated; None when its
+    weights or its memory pattern already say it does not fit (the pattern's peak is the
+    simulator's, so nothing that fits is refused). ``splits``: the balanced splits and their
+    stage costs so far, by (microbatch size, stages); candidates share them."""
+    S = schedule_spec(c.schedule).num_stages(c.pp, c.virtual)
+    first = next(iter(options))
+    dtype, rc = parse_label(first)
+    if (c.mbs, S) not in splits:
+        bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in options[first]], S)
+        splits[c.mbs, S] = bounds, stage_costs(profile, bounds, dtype=dtype, microbatch_size=c.mbs,
+                                               recompute=[rc] * S,
+                                               optimizer_bytes_per_param=job.optimizer_bytes_per_param)
+    bounds, costs = splits[c.mbs, S]
+    placement = schedule_spec(c.schedule).stage_to_rank(c.pp, c.virtual)
+    if max(static_bytes(placement, costs, job.forward_only).values()) > cluster.memory_bytes:
+        return None  # the weights alone overflow a device: no table needed to say so
+    model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
+    if max(peak_bytes(model.memory, costs, job.forward_only).values()) > cluster.memory_bytes:
+        return None
+    return build_plan(profile, profile_path, cluster, job, bounds, c.schedule, c.pp, c.dp, c.m, c.mbs, [first] * S,
+                      c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual),
+                      {"status": "balanced split", "solver": "none"})
+
+
 # -- the search -------------------------------------------------------------------------------
 
 def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_path: str | Path | None = None,
@@ -297,72 +263,71 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         if mbs not in option_cache:
             option_cache[mbs] = unit_options(profile, cluster, job, mbs)
         single = v == 1 and spec.name in ("GPipe", "1F1B")
-        lb = _lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only)
-        cands.append(_Candidate(pp, dp, m, mbs, spec.name, v, {}, lb))
+        lb = _objective_bound(_lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only),
+                              option_cache[mbs], job)
+        cands.append(_Candidate(pp, dp, m, mbs, spec.name, v, lb))
     cands.sort(key=lambda c: (c.lower_bound, c.pp, c.schedule, c.m))
     stats.candidates = len(cands)
     stats.add("bound", t0)
 
     # screen: every candidate that can still enter the top, best bound first, with the
     # work-balanced split, simulated. A screened plan that fits is a real plan, so the
-    # bound may prune against it.
+    # bound may prune against it. Splits whose weights alone overflow a device are refused
+    # before their table is built; the memory pattern refuses the rest without simulating.
     keep = max(top, 1)
+    schedules = Schedules(job)
     results: list[Plan] = []
-    screened: list[tuple[_Candidate, Table, StepModel, Plan | None]] = []
+    screened: list[tuple[_Candidate, Plan | None]] = []
+    splits: dict[tuple[int, int], tuple] = {}
     for i, c in enumerate(cands):
         if len(results) >= keep:
-            kth = sorted(p.predicted.step_s for p in results)[keep - 1]
+            kth = sorted(objective_s(p) for p in results)[keep - 1]
             if c.lower_bound >= kth:
                 stats.pruned = len(cands) - i
                 break
         t0 = time.perf_counter()
-        spec = schedule_spec(c.schedule)
-        table = make_schedule(c.schedule, c.pp, c.m, c.virtual)
-        if job.forward_only:
-            table = forward_table(table)
-        model = _step_model(spec, table, c.pp, c.virtual, c.m, job)
-        first = next(iter(option_cache[c.mbs]))
-        bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in option_cache[c.mbs][first]],
-                                model.stages)
-        dtype, rc = _parse_label(first)
-        costs = stage_costs(profile, bounds, dtype=dtype, microbatch_size=c.mbs, recompute=[rc] * len(bounds),
-                            optimizer_bytes_per_param=job.optimizer_bytes_per_param)
-        if max(peak_bytes(model.memory, costs, job.forward_only).values()) > cluster.memory_bytes:
-            p = None  # does not fit: no need to simulate it (the pattern is the simulator's peak)
+        p = _screen(profile, profile_path, cluster, job, c, option_cache[c.mbs], schedules, splits)
+        stats.simulations += p is not None
+        if p is not None and fits(p):
+            results.append(p)
         else:
-            p = _build(profile, profile_path, cluster, job, bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
-                       [first] * model.stages, c.virtual, table, {"status": "balanced split", "solver": "none"})
-            stats.simulations += 1
-            if _fits(p):
-                results.append(p)
-            else:
-                p = None
+            p = None
         stats.add("screen", t0)
-        screened.append((c, table, model, p))
+        screened.append((c, p))
 
     # MILP: small chains get one per screened candidate that can still beat the top; large
     # ones only the most promising (screened fastest first, then the ones that did not fit)
-    small = profile.num_units * max(m.stages for _, _, m, _ in screened) <= SMALL_MILP if screened else True
-    order = sorted(screened, key=lambda x: (x[3] is None, x[3].predicted.step_s if x[3] else x[0].lower_bound))
+    def stages(c: _Candidate) -> int:
+        return schedule_spec(c.schedule).num_stages(c.pp, c.virtual)
+
+    small = profile.num_units * max(stages(c) for c, _ in screened) <= SMALL_MILP if screened else True
+    order = sorted(screened, key=lambda x: (x[1] is None, objective_s(x[1]) if x[1] else x[0].lower_bound))
     if not small:
         order = order[:max(2 * top, MILP_CANDIDATES)]
     answers: dict[tuple, object] = {}
     infeasible: list[tuple[_Candidate, StepModel]] = []
     failed: list[str] = []
-    for c, table, model, _ in order:
+    unproductive = None  # a large MILP that ended at its time limit on its own start
+    for c, screen in order:
         if len(results) >= keep:
-            kth = sorted(p.predicted.step_s for p in results)[keep - 1]
+            kth = sorted(objective_s(p) for p in results)[keep - 1]
             if c.lower_bound >= kth:
                 continue
+        if unproductive and screen is not None:
+            stats.notes.append(f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m}: kept the balanced split, no MILP "
+                               f"(the MILP of {unproductive} ended at its time limit without improving on it)")
+            continue
         t0 = time.perf_counter()
+        model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
         key = (c.mbs, _model_key(model))
+        start = (screen.bounds, [option_label(s.dtype, s.recompute) for s in screen.stages]) if screen else None
         res = answers.get(key)
         if key in answers:
             stats.milp_reused += 1
         else:
             try:
                 res = solve_split(option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit,
-                                  solver=solver)
+                                  solver=solver, start=start)
             except SolverError as e:  # said in the notes, and the candidate left out
                 stats.notes.append(f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m} mbs={c.mbs} left out: {e}")
                 failed.append(str(e))
@@ -378,24 +343,34 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         t0 = time.perf_counter()
         facts = {"status": res.status, "solver": res.solver, "time_s": round(res.time_s, 4), "gap": res.gap,
                  "bound": res.bound, "objective_s": res.objective}
-        p = _build(profile, profile_path, cluster, job, res.bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
-                   res.options, c.virtual, table, facts)
-        stats.simulations += 1
+        if start and (res.bounds, res.options) == start:
+            p = replace(screen, solver={**facts, "start": "balanced split"})  # the same split: simulated already
+            if not small and res.status == "TimeLimit":
+                # large chains: the MILPs after one that could not improve its start within the
+                # time limit keep their balanced splits (the refinement still searches around them)
+                unproductive = f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m}"
+        else:
+            p = build_plan(profile, profile_path, cluster, job, res.bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
+                           res.options, c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual), facts)
+            stats.simulations += 1
         stats.add("simulate", t0)
-        if _fits(p):
+        if fits(p):
             results.append(p)
     results = _dedupe(sorted(results, key=_rank))
     if not results and failed:
         raise SolverError(f"no candidate was solved; first failure: {failed[0]}")
     if not results:
-        raise _infeasible(profile, cluster, job, infeasible, option_cache, time_limit, solver)
+        raise _infeasible(profile, cluster, job, infeasible, option_cache, schedules, time_limit, solver)
 
     # refine the best few with the simulator
     t0 = time.perf_counter()
     results.sort(key=_rank)
-    close = [p for p in results if p.predicted.step_s <= results[0].predicted.step_s * (1 + REFINE_WITHIN)]
+    close = [p for p in results if objective_s(p) <= objective_s(results[0]) * (1 + REFINE_WITHIN)]
     n_refine = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
-    refined = [_refine(p, option_cache[p.microbatch_size], time_limit, solver, stats) for p in results[:n_refine]]
+    refined = [refine_plan(p, option_cache[p.microbatch_size],
+                           schedules.model(p.schedule, p.pp, p.microbatches, p.virtual), time_limit, solver, stats,
+                           ALTERNATIVES if profile.num_units * len(p.stages) <= SMALL_MILP else 0)
+               for p in results[:n_refine]]
     results = _dedupe(sorted(refined + results[n_refine:], key=_rank))
     stats.add("refine", t0)
 
@@ -412,8 +387,9 @@ def plan(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_pat
 
 
 def _rank(p: Plan):
-    # on a tie, the MILP's plan (with its solver facts) before the screened balanced split
-    return (p.predicted.step_s, p.solver.get("status") == "balanced split", p.pp, p.schedule, p.virtual, p.microbatches, p.split)
+    # the job's objective; on a tie, the step, then the MILP's plan (with its solver facts)
+    # before the screened balanced split
+    return (objective_s(p), p.predicted.step_s, p.solver.get("status") == "balanced split", p.pp, p.schedule, p.virtual, p.microbatches, p.split)
 
 
 def _dedupe(plans: list[Plan]) -> list[Plan]:
@@ -427,92 +403,6 @@ def _dedupe(plans: list[Plan]) -> list[Plan]:
     return out
 
 
-# -- refinement: the simulated optimum near the MILP's answer ------------------------------------
-
-SMALL_MILP = 2000  # units x stages up to which every promising candidate gets its MILP
-MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
-REFINE_WITHIN = 0.15  # refine every candidate simulated within 15% of the best ...
-REFINE_AT_LEAST = 6  # ... up to max(top, this many)
-ALTERNATIVES = 1  # next-best MILP splits (no-good cuts) tried per refined plan
-
-
-def _refine(p: Plan, options: dict[str, list[UnitData]], time_limit: float, solver: str,
-            stats: SearchStats) -> Plan:
-    """Best simulated plan among the MILP's next-best splits and their cut neighbourhoods."""
-    actions = sum(len(a) for a in p.table.values())
-    budget = max(12, min(400, 400_000 // max(actions, 1)))  # simulations allowed here
-    spec = schedule_spec(p.schedule)
-    model = _step_model(spec, p.table, p.pp, p.virtual, p.microbatches, p.job)
-    labels = [_label(s.dtype, s.recompute) for s in p.stages]
-    seen = {tuple(p.bounds)}
-    best = p
-
-    def score(bounds) -> Plan | None:
-        nonlocal budget
-        if tuple(bounds) in seen or budget <= 0:
-            return None
-        seen.add(tuple(bounds))
-        budget -= 1
-        stats.simulations += 1
-        q = _build(p.profile, p.profile_path, p.cluster, p.job, bounds, p.schedule, p.pp, p.dp, p.microbatches,
-                   p.microbatch_size, labels, p.virtual, p.table, {**p.solver, "refined": "neighbourhood"})
-        return q if _fits(q) else None
-
-    # the MILP's next-best splits
-    exclude = [list(p.bounds)]
-    starts = [p]
-    small = p.profile.num_units * len(p.stages) <= SMALL_MILP
-    for _ in range(ALTERNATIVES if small else 0):
-        if budget <= 0 or p.solver.get("status") not in ("Optimal", "TimeLimit"):
-            break
-        res = solve_split(options, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver,
-                          exclude=exclude)
-        stats.milps += 1
-        if res is None:
-            break
-        exclude.append(res.bounds)
-        labels_alt = res.options
-        if labels_alt != labels:
-            continue
-        q = score(res.bounds)
-        if q is not None:
-            starts.append(replace(q, solver={**p.solver, "refined": "next-best MILP split"}))
-    q = score(even_split(p.stages[-1].end, len(p.stages)))  # and the even split, as one more start
-    if q is not None:
-        starts.append(q)
-    # hill-climb from each start: move one cut by up to three units, two cuts by one unit
-    # (same or opposite ways), or, with few cuts, any larger subset by one unit
-    for start in sorted(starts, key=lambda q: q.predicted.step_s):
-        here = _climb(start, score, lambda: budget)
-        if here.predicted.step_s < best.predicted.step_s:
-            best = here
-    return best
-
-
-def _climb(best: Plan, score, budget_left) -> Plan:
-    improved = True
-    while improved and budget_left() > 0:
-        improved = False
-        cuts = [f for f, _ in best.bounds[1:]]
-        U = best.stages[-1].end
-        n = len(cuts)
-        moves = [((i,), d) for d in (1, -1, 2, -2, 3, -3) for i in range(n)]
-        moves += [((i, j), d) for d in (1, -1) for i in range(n) for j in range(i + 1, n)]
-        moves += [((i, j), (d, -d)) for d in (1, -1) for i in range(n) for j in range(i + 1, n)]
-        if 2 < n <= 5:
-            moves += [(sub, d) for d in (1, -1) for k in range(3, n + 1) for sub in combinations(range(n), k)]
-        for which, d in moves:
-            new = list(cuts)
-            for i, step in zip(which, d if isinstance(d, tuple) else (d,) * len(which)):
-                new[i] += step
-            edges = [0, *new, U]
-            if any(b <= a for a, b in zip(edges, edges[1:])):
-                continue
-            q = score(list(zip(edges[:-1], edges[1:])))
-            if q is not None and q.predicted.step_s < best.predicted.step_s * (1 - 1e-12):
-                best, improved = q, True
-                break
-    return best
 
 
 # -- baselines ------------------------------------------------------------------------------------
@@ -524,19 +414,20 @@ def _baselines(p: Plan) -> tuple[dict, ...]:
         try:
             bounds = split_fn(p.profile, p.pp)
             dtype = p.stages[0].dtype
-            b = _build(p.profile, p.profile_path, p.cluster, p.job, bounds, "1F1B", p.pp, p.dp, p.microbatches,
-                       p.microbatch_size, [dtype] * p.pp)
+            b = build_plan(p.profile, p.profile_path, p.cluster, p.job, bounds, "1F1B", p.pp, p.dp,
+                           p.microbatches, p.microbatch_size, [dtype] * p.pp)
         except UserError:
             continue
         out.append({"name": f"{name}-1F1B", "split": b.split, "step_s": b.predicted.step_s,
-                    "speedup": b.predicted.step_s / p.predicted.step_s, "fits_memory": _fits(b),
+                    "speedup": b.predicted.step_s / p.predicted.step_s, "fits_memory": fits(b),
                     "peak_bytes": max(b.predicted.peak_bytes)})
     return tuple(out)
 
 
 # -- infeasible jobs --------------------------------------------------------------------------------
 
-def _infeasible(profile, cluster, job, infeasible, option_cache, time_limit, solver) -> InfeasibleError:
+def _infeasible(profile, cluster, job, infeasible, option_cache, schedules: Schedules, time_limit,
+                solver) -> InfeasibleError:
     if not infeasible:
         return InfeasibleError(
             f"no pipeline degree, microbatch size and schedule fit the job: global batch {job.global_batch} on "
@@ -559,8 +450,7 @@ def _infeasible(profile, cluster, job, infeasible, option_cache, time_limit, sol
     U = profile.num_units
     if 2 * c.pp <= U:
         try:
-            t2 = make_schedule(c.schedule, 2 * c.pp, c.m, c.virtual)
-            m2 = _step_model(schedule_spec(c.schedule), t2, 2 * c.pp, c.virtual, c.m, job)
+            m2 = schedules.model(c.schedule, 2 * c.pp, c.m, c.virtual)
             n2, _ = min_memory_split(option_cache[c.mbs], m2, time_limit=time_limit, solver=solver)
             levers.append((n2, f"--devices {cluster.devices * 2} (pp={2 * c.pp}) needs {n2 / 2**30:.2f} GiB"))
         except ScheduleError:
@@ -568,8 +458,7 @@ def _infeasible(profile, cluster, job, infeasible, option_cache, time_limit, sol
     if not job.recompute and not job.forward_only:
         opts = unit_options(profile, cluster, replace(job, recompute=True), c.mbs)
         opts = {k: v for k, v in opts.items() if k.endswith("+recompute")}
-        model = _step_model(schedule_spec(c.schedule), make_schedule(c.schedule, c.pp, c.m, c.virtual), c.pp,
-                            c.virtual, c.m, job)
+        model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
         n3, _ = min_memory_split(opts, model, time_limit=time_limit, solver=solver)
         levers.append((n3, f"recompute (--recompute) needs {n3 / 2**30:.2f} GiB"))
     smaller = sorted(b for b in _entry_sizes(profile, job.dtypes) if b < c.mbs)
@@ -622,15 +511,9 @@ def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] |
         raise UserError(f"no profiled microbatch size gives {microbatches or 'any'} microbatches for global batch "
                         f"{job.global_batch} on {dp} replicas: adjust --microbatches or --global-batch")
     m, mbs = pairs[0]
-    table = make_schedule(schedule, pp, m, virtual)
-    if job.forward_only:
-        table = forward_table(table)
-    p = _build(profile, profile_path, cluster, job, bounds, schedule, pp, dp, m, mbs, [dtype] * len(bounds),
-               virtual, table, {"status": "given", "solver": "none"})
-    costs = stage_costs(profile, bounds, dtype=dtype, microbatch_size=mbs,
-                        optimizer_bytes_per_param=job.optimizer_bytes_per_param)
-    peaks = peak_bytes(memory_pattern(table, job.forward_only), costs, job.forward_only)
-    over = [(r, b) for r, b in sorted(peaks.items()) if b > cluster.memory_bytes]
+    p = build_plan(profile, profile_path, cluster, job, bounds, schedule, pp, dp, m, mbs, [dtype] * len(bounds),
+                   virtual, None, {"status": "given", "solver": "none"})
+    over = [(r, b) for r, b in enumerate(p.predicted.peak_bytes) if b > cluster.memory_bytes]
     if over:
         r, need = max(over, key=lambda x: x[1])
         stages = [s for s in p.stages if s.rank == r]

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["UserError", "ContractError", "Fields", "write_json", "read_json", "schema_id", "sha256_of"]
+__all__ = ["UserError", "ContractError", "Fields", "write_json", "read_json", "read_yaml", "schema_id", "sha256_of"]
 
 
 class UserError(ValueError):
@@ -54,17 +54,45 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike, kind: str, major: int) -> "Fields":
     """Read a pipeplan file of ``kind`` and major version ``major``; return its top-level fields."""
+    path, text = _text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ContractError(f"{path}: not valid JSON (truncated or corrupt?) at line {e.lineno}: {e.msg}") from None
+    return _top_level(data, path, kind, major, "a JSON object")
+
+
+def read_yaml(path: str | os.PathLike, kind: str, major: int) -> "Fields":
+    """Read a file written by hand in YAML with the fields of the JSON file of ``kind``; its
+    ``schema`` may be left out (when given, it is checked as in JSON)."""
+    import yaml
+
+    path, text = _text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ContractError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if isinstance(data, dict):
+        data.setdefault("schema", schema_id(kind, major))
+    return _top_level(data, path, kind, major, "a YAML mapping")
+
+
+def _text(path: str | os.PathLike) -> tuple[Path, str]:
     path = Path(path)
     if not path.is_file():
         raise ContractError(f"{path}: no such file")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ContractError(f"{path}: not valid JSON (truncated or corrupt?) at line {e.lineno}: {e.msg}") from None
+        return path, path.read_text()
     except UnicodeDecodeError:
         raise ContractError(f"{path}: not a text file") from None
+
+
+def _top_level(data: Any, path: Path, kind: str, major: int, what: str) -> "Fields":
+    """The parsed file's top level, once it is an object of the right kind and major version."""
     if not isinstance(data, dict):
-        raise ContractError(f"{path}: expected a JSON object at the top level")
+        raise ContractError(f"{path}: expected {what} at the top level")
     want = schema_id(kind, major)
     got = data.get("schema")
     if got != want:

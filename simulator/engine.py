@@ -84,8 +84,12 @@ def _shape(table: Table) -> tuple[dict[int, int], int, int, bool]:
 def _has_backward(table: Table) -> bool:
     return any(a[1] is not _F for acts in table.values() for a in flat_actions(acts))
 
-def simulate(inp: "SimInput | object") -> Timeline:
-    """Simulate one training (or forward-only) step. Accepts a SimInput or anything with ``sim_input()``."""
+
+def simulate(inp: "SimInput | object", detail: bool = True) -> Timeline:
+    """Simulate one training (or forward-only) step. Accepts a SimInput or anything with ``sim_input()``.
+
+    ``detail=False``: the step time and the per-rank figures (busy, bubbles, peak memory) only,
+    no events, transfers, memory curves or critical path, as a search scoring many splits needs."""
     if not isinstance(inp, SimInput):
         inp = inp.sim_input()  # a Plan, without the simulator knowing the planner
     # The step allocates ~3 objects per action and none of them form cycles: pausing the
@@ -93,13 +97,13 @@ def simulate(inp: "SimInput | object") -> Timeline:
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _simulate(inp)
+        return _simulate(inp, detail)
     finally:
         if paused:
             gc.enable()
 
 
-def _simulate(inp: SimInput) -> Timeline:
+def _simulate(inp: SimInput, detail: bool = True) -> Timeline:
     table, costs, links = inp.table, inp.costs, inp.links
     if not table or not any(table.values()):
         raise ScheduleError("the table is empty")
@@ -118,7 +122,7 @@ def _simulate(inp: SimInput) -> Timeline:
     if run.blocked:
         validate_table(table, forward_only=forward_only)  # an invalid table reads better than a deadlock
         raise ScheduleError(_deadlock_message(table, run.blocked, owner))
-    return _timeline(inp, forward_only, owner, S, M, run, pairs)
+    return _timeline(inp, forward_only, owner, S, M, run, pairs, detail)
 
 
 class _Run(NamedTuple):
@@ -305,7 +309,7 @@ def _pair(a: Overlap, M: int, last: int, farr: list, garr: list, fpos: list, gpo
 
 
 def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, M: int,
-              run: _Run, pairs: bool) -> Timeline:
+              run: _Run, pairs: bool, detail: bool = True) -> Timeline:
     table, costs, links = inp.table, inp.costs, inp.links
     starts, ends, fx, gx = run.starts, run.ends, run.fx, run.gx
     ranks = sorted(table)
@@ -319,11 +323,11 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
     busy = {}
     for r in ranks:
         acts, st, en = table[r], starts[r], ends[r]
-        if pairs:  # two events each
+        if detail and pairs:  # two events each
             for a, b, e in zip(acts, st, en):
                 events += _pair_events(r, a, b, e, costs) if a.__class__ is Overlap else \
                     (new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)),)
-        else:
+        elif detail:
             events += [new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)) for a, b, e in zip(acts, st, en)]
         busy[r] = sum(en) - sum(st)
     # end of step: gradient all-reduce across replicas, then the optimizer
@@ -339,9 +343,9 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
     # One pass per rank builds its sends and its memory curve. Sends: every output that
     # crosses ranks, from the producer's end to its arrival. Memory: activations from F's
     # start until the backward frees them; a rank's actions are in time order, so its
-    # memory points are too (no sort).
-    fdst = [owner[s + 1] if s < last and owner[s + 1] != owner[s] else -1 for s in range(S)]
-    gdst = [owner[s - 1] if s > 0 and owner[s - 1] != owner[s] else -1 for s in range(S)]
+    # memory points are too (no sort). Without detail, only the peak is kept.
+    fdst = [owner[s + 1] if detail and s < last and owner[s + 1] != owner[s] else -1 for s in range(S)]
+    gdst = [owner[s - 1] if detail and s > 0 and owner[s - 1] != owner[s] else -1 for s in range(S)]
     out_b = [c.output_bytes for c in costs]
     in_b = [c.input_bytes for c in costs]
     zero = [0] * S
@@ -354,7 +358,7 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
         level = peak = static
         peak_at = 0.0
         pts = [(0.0, static)]
-        pa = pts.append
+        pa = pts.append if detail else _drop
         for a, b, e in zip(table[r], starts[r], ends[r]):
             if a.__class__ is pair_cls:
                 (fs, _, fm), (s, _, m) = a
@@ -390,9 +394,10 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
                     ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
                 level -= act[s] if k is _B else act[s] - keep[s]
             pa((e, level))
-        memory[r] = pts
+        if detail:
+            memory[r] = pts
         stats.append(RankStats(r, busy[r], 1.0 - busy[r] / step if step > 0 else 0.0, peak, peak_at))
-    path = _critical_path(table, owner, M, run)
+    path = _critical_path(table, owner, M, run) if detail else ()
     return Timeline(step, tuple(stats), tuple(events), tuple(transfers), memory, path)
 
 
@@ -402,6 +407,10 @@ def _pair_events(r: int, a: Overlap, b: float, e: float, costs: list[StageCost])
     f, g = costs[fs].forward_s, costs[bs].backward_s
     mid = b + f if costs[bs].overlap_f_b_s is None else b + (e - b) * (f / (f + g) if f + g > 0 else 0.0)
     return Event(r, fs, "F", fm, b, mid), Event(r, bs, "B", bm, mid, e)
+
+
+def _drop(_point) -> None:
+    """The memory curve's append when no curve is kept."""
 
 
 def _critical_path(table: Table, owner: dict[int, int], M: int, run: _Run) -> tuple[str, ...]:

@@ -60,3 +60,29 @@ def test_forward_only_holds_weights_only():
     table = {r: [a for a in acts if a.kind.value == "F"] for r, acts in make_schedule("GPipe", 2, 4).items()}
     costs = [StageCost(1, 2, 1, 1, 10**6, 4 * 10**6, 10, 10, 10**6) for _ in range(2)]
     assert peak_bytes(memory_pattern(table, True), costs, True) == {0: 10**6, 1: 10**6}
+
+
+
+def test_milp_memory_equals_the_simulated_peak_when_stage_0_defers_its_w(tmp_path):
+    """Stage 0 has no input gradient, so it keeps all its activations from I until W (the
+    simulator's ``w_keep_fraction`` 1): a table that defers stage 0's W holds them, and the MILP's
+    least memory is the simulated peak of its split. (The built-in schedules run stage 0's W
+    before its next forward, so only a table of one's own shows it.)"""
+    from planner import Cluster, Job
+    from planner.milp import StepModel, min_memory_split
+    from planner.scoring import build_plan, unit_options
+    from profiles.types import load_profile
+    from simulator.actions import table_from_text
+
+    from planner_synthetic import random_units, synthetic_profile
+
+    path = synthetic_profile(random_units(random.Random(7), 6), tmp_path / "p.json")
+    profile = load_profile(path)
+    table = table_from_text({"0": ["0F0", "0F1", "1F0", "1I0", "0I0", "1F1", "1I1", "0I1", "1W0", "1W1", "0W0",
+                                   "0W1"]})
+    job = Job(global_batch=2, microbatch_size=1, schedules=("1F1B",), pp=(1,))
+    cluster = Cluster(devices=1, memory_bytes=10**15)
+    model = StepModel(2, (0, 0), memory_pattern(table), split_backward=True)
+    need, bounds = min_memory_split(unit_options(profile, cluster, job, 1), model)
+    p = build_plan(profile, str(path), cluster, job, bounds, "1F1B", 1, 1, 2, 1, ["fp32"] * 2, 2, table)
+    assert max(p.predicted.peak_bytes) == pytest.approx(need, abs=4)  # keep rounds down to whole bytes

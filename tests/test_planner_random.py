@@ -10,7 +10,7 @@ import random
 import pytest
 
 from planner import Cluster, InfeasibleError, Job, search
-from planner.search import _build, _fits
+from planner.scoring import build_plan, fits
 from profiles.types import load_profile
 from simulator.actions import ScheduleError
 from simulator.schedules import schedule_spec
@@ -37,9 +37,9 @@ def exhaustive(profile, path, cluster, job, pp, m):
                 continue
             for cuts in itertools.combinations(range(1, U), S - 1):
                 edges = [0, *cuts, U]
-                p = _build(profile, str(path), cluster, job, list(zip(edges[:-1], edges[1:])), name, pp, 1, m, 1,
+                p = build_plan(profile, str(path), cluster, job, list(zip(edges[:-1], edges[1:])), name, pp, 1, m, 1,
                            ["fp32"] * S, v)
-                if _fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):
+                if fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):
                     best = p
     return best
 

@@ -112,3 +112,16 @@ def test_one_stage_one_microbatch_plans(tmp_path):
     plans = plan(profile, Cluster(devices=8, memory_bytes=8 * 2**30), Job(global_batch=8, microbatch_size=1, pp=(1,)),
                  top=1, profile_path=GPT2)
     assert plans[0].pp == 1 and plans[0].dp == 8 and plans[0].microbatches == 1
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_start_is_an_answer_even_when_the_time_limit_hits_first(solver):
+    """A MIP start (the screened split) is the solver's first incumbent: a time limit too short to
+    find any split still returns one (the start or better), never NoSolution."""
+    units = {"fp32": [UnitData(1.0 + (i * 7) % 5, 2.0 + (i * 3) % 4, 1.0, 10**6, 10**6, 1e-3) for i in range(60)]}
+    model = StepModel(16, tuple(range(16)), memory_pattern(make_schedule("1F1B", 16, 16)))
+    edges = [0, *range(4, 60, 4)] + [60]  # 15 cuts: 16 stages of 4 units (the last of 4 too)
+    start = (list(zip(edges[:-1], edges[1:])), ["fp32"] * 16)
+    res = solve_split(units, model, 10**9, time_limit=0.001, solver=solver, start=start)
+    assert res is not None and res.status in ("Optimal", "TimeLimit")
+    assert res.bounds[0][0] == 0 and res.bounds[-1][1] == 60 and len(res.bounds) == 16

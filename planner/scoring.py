@@ -1,0 +1,152 @@
+"""A split made into a simulated Plan, and what the MILP reads per unit.
+
+Shared by the search, its refinement and ``score_split``: the per-unit options
+(dtype x recompute) the MILP chooses from, the schedule tables and step models of a
+search (built once per (schedule, pp, m, v) and reused by the screen, the MILP and the
+refinement), and ``build_plan``, which turns a split into a Plan and simulates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from profiles.contract import sha256_of
+from profiles.types import Profile
+from simulator.actions import Table, forward_table
+from simulator.costs import DTYPE_BYTES
+from simulator.engine import SimInput, simulate
+from simulator.schedules import canonical_name, make_schedule, schedule_spec
+
+from .cluster import Cluster, Job
+from .memory import memory_pattern
+from .milp import StepModel, UnitData
+from .plan import Plan, Prediction, StagePlan
+
+__all__ = ["option_label", "parse_label", "unit_options", "Schedules", "build_plan", "fits", "objective_s"]
+
+
+def option_label(dtype: str, recompute: bool) -> str:
+    """The MILP's name of a per-stage option: ``bf16`` or ``bf16+recompute``."""
+    return f"{dtype}+recompute" if recompute else dtype
+
+
+def parse_label(label: str) -> tuple[str, bool]:
+    dtype, _, rc = label.partition("+")
+    return dtype, rc == "recompute"
+
+
+def unit_options(profile: Profile, cluster: Cluster, job: Job, mbs: int) -> dict[str, list[UnitData]]:
+    """Per option (dtype, recompute) the per-unit costs, as ``stage_costs`` would sum them."""
+    links = cluster.links()
+    out: dict[str, list[UnitData]] = {}
+    for dtype in job.dtypes:
+        units = profile.entry(dtype, mbs).units
+        for rc in ((False, True) if job.recompute and not job.forward_only else (False,)):
+            data = []
+            for i, u in enumerate(units):
+                b = DTYPE_BYTES[dtype]
+                static = 2 * u.params * b + (u.params * 4 if b < 4 else 0) + int(u.params * job.optimizer_bytes_per_param)
+                if job.forward_only:
+                    static = u.params * b
+                act = (units[i - 1].output_bytes if i > 0 else 0) if rc else u.saved_bytes
+                extra = u.forward_s if rc else 0.0
+                data.append(UnitData(u.forward_s, u.backward_s + extra, u.backward_input_s + extra, int(static),
+                                     int(act), links.transfer_s(0, 1, u.output_bytes), grad_bytes=u.params * b))
+            out[option_label(dtype, rc)] = data
+    return out
+
+
+class Schedules:
+    """The schedule tables and step models of one job, each built once per (schedule, pp, m, v).
+
+    Building a table and reading its memory pattern cost more than simulating it on large
+    pipelines; the screen, the MILP, the refinement and the infeasibility report all ask
+    for the same few. Tables are shared, never edited (a Plan holds its table as given).
+    """
+
+    def __init__(self, job: Job):
+        self.forward_only = job.forward_only
+        self.latency = job.objective == "latency"
+        self._tables: dict[tuple, Table] = {}
+        self._models: dict[tuple, StepModel] = {}
+
+    def table(self, schedule: str, pp: int, m: int, v: int) -> Table:
+        key = (canonical_name(schedule), pp, m, v)
+        if key not in self._tables:
+            table = make_schedule(schedule, pp, m, v)
+            if self.forward_only:  # serving runs the forwards only, in order
+                table = forward_table(table)
+            self._tables[key] = table
+        return self._tables[key]
+
+    def model(self, schedule: str, pp: int, m: int, v: int) -> StepModel:
+        """The MILP's view of the schedule: placement, memory pattern, step-time model."""
+        key = (canonical_name(schedule), pp, m, v)
+        if key not in self._models:
+            spec = schedule_spec(schedule)
+            placement = spec.stage_to_rank(pp, v)
+            self._models[key] = StepModel(
+                m, tuple(placement[s] for s in range(len(placement))),
+                memory_pattern(self.table(schedule, pp, m, v), self.forward_only),
+                split_backward=spec.split_backward, phased=spec.name in ("GPipe", "LoopedBFS"),
+                forward_only=self.forward_only, latency=self.latency)
+        return self._models[key]
+
+
+def build_plan(profile: Profile, profile_path: str, cluster: Cluster, job: Job, bounds, schedule: str, pp: int,
+               dp: int, m: int, mbs: int, options: list[str], virtual: int = 1, table: Table | None = None,
+               solver: dict | None = None) -> Plan:
+    """A Plan for this split, simulated (``predicted`` filled)."""
+    if table is None:
+        table = Schedules(job).table(schedule, pp, m, virtual)
+    placement = schedule_spec(schedule).stage_to_rank(pp, virtual)
+    stages = tuple(StagePlan(i, f, e, placement[i], *parse_label(o)) for i, ((f, e), o)
+                   in enumerate(zip(bounds, options)))
+    plan = Plan(profile_path, _sha(profile_path), profile.model_name, pp, dp, virtual, m, mbs, stages,
+                canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
+    inp = plan.sim_input()
+    tl = simulate(inp, detail=False)
+    per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
+    pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
+                      throughput=per_sample, latency_s=_latency_s(inp, placement))
+    return replace(plan, predicted=pred)
+
+
+def _latency_s(inp: SimInput, rank_of: dict[int, int]) -> float:
+    """One microbatch through an idle pipeline: every stage's forward and every send between
+    ranks, as the event engine would time a table of that microbatch alone."""
+    costs, links = inp.costs, inp.links
+    sends = sum(links.transfer_s(rank_of[s], rank_of[s + 1], costs[s].output_bytes) for s in range(len(costs) - 1))
+    return sum(c.forward_s for c in costs) + sends
+
+
+def objective_s(plan: Plan) -> float:
+    """What the job minimizes, in seconds: the step (training, or a forward-only batch), the
+    time per sample (``throughput``: 1 / samples per second) or one microbatch's ``latency``."""
+    pred, goal = plan.predicted, plan.job.objective
+    if goal == "latency":
+        return pred.latency_s
+    if goal == "throughput":
+        return 1.0 / pred.throughput if pred.throughput > 0 else float("inf")
+    return pred.step_s
+
+
+def fits(plan: Plan) -> bool:
+    """The simulated peak of every rank is within the device memory."""
+    return max(plan.predicted.peak_bytes) <= plan.cluster.memory_bytes
+
+
+_SHA: dict[str, tuple[float, str]] = {}
+
+
+def _sha(path: str) -> str:
+    """sha256 of the profile file, computed once per modification."""
+    p = Path(path)
+    if not p.exists():
+        return ""
+    mtime = p.stat().st_mtime
+    hit = _SHA.get(path)
+    if hit is None or hit[0] != mtime:
+        _SHA[path] = hit = (mtime, sha256_of(p))
+    return hit[1]
