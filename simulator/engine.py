@@ -150,7 +150,6 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
     fdur = [c.forward_s for c in costs]
     bdur = [c.backward_s for c in costs]
     odur = [c.overlap_f_b_s for c in costs]  # None: forward + backward
-    pair_cls = Overlap  # a local name: read once per action
     idur = [c.backward_input_s for c in costs]
     wdur = [c.backward_weight_s for c in costs]
     # transfer times per stage boundary, 0 when both stages share a rank
@@ -181,7 +180,9 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
         st, en, bd = starts[r].append, ends[r].append, bound[r].append
         while p < n:
             a = acts[p]
-            if a.__class__ is pair_cls:
+            try:
+                s, k, m = a
+            except ValueError:  # an Overlap pair has two fields: rare, so no type test per action
                 out = _pair(a, M, last, farr, garr, fpos, gpos, fdur, bdur, odur, fx, gx, waiting, r, p, t)
                 if out is None:
                     break
@@ -200,7 +201,6 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
                             queue.append(w)
                             queued.add(w)
                 continue
-            s, k, m = a
             idx = s * M + m
             if k is _F:
                 if farr[idx] is not None:
@@ -212,17 +212,18 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
                         break
                 else:
                     ready = 0.0
-                start = ready if ready > t else t
-                bd(ready > t)
-                end = start + fdur[s]
-                x = fx[s]
-                farr[idx] = end + x
+                if ready > t:
+                    start = ready
+                    bd(True)
+                else:
+                    start = t
+                    bd(False)
+                t = end = start + fdur[s]
+                farr[idx] = end + fx[s]
                 fpos[idx] = p
                 key = idx
                 if busy_send:
-                    t = end + x
-                else:
-                    t = end
+                    t += fx[s]
             elif k is _W:
                 if iend[idx] is None or iend[idx] < 0:
                     raise _Invalid
@@ -244,21 +245,22 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
                         break
                 else:
                     ready = 0.0
-                start = ready if ready > t else t
-                bd(ready > t)
-                if k is _B:
-                    end = start + bdur[s]
+                if ready > t:
+                    start = ready
+                    bd(True)
                 else:
-                    end = start + idur[s]
+                    start = t
+                    bd(False)
+                if k is _B:
+                    t = end = start + bdur[s]
+                else:
+                    t = end = start + idur[s]
                     iend[idx] = end
-                x = gx[s]
-                garr[idx] = end + x
+                garr[idx] = end + gx[s]
                 gpos[idx] = p
                 key = -1 - idx
                 if busy_send:
-                    t = end + x
-                else:
-                    t = end
+                    t += gx[s]
             st(start)
             en(end)
             p += 1
@@ -314,9 +316,8 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
     starts, ends, fx, gx = run.starts, run.ends, run.fx, run.gx
     ranks = sorted(table)
     last = S - 1
-    new = tuple.__new__
+    new, kstr = tuple.__new__, _KSTR
     events: list[Event] = []
-    pair_cls = Overlap  # a local name: read once per action
     transfers: list[Transfer] = []
     memory: dict[int, list[tuple[float, int]]] = {}
     stats = []
@@ -328,7 +329,7 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
                 events += _pair_events(r, a, b, e, costs) if a.__class__ is Overlap else \
                     (new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)),)
         elif detail:
-            events += [new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)) for a, b, e in zip(acts, st, en)]
+            events += [new(Event, (r, s, kstr[k], m, b, e)) for (s, k, m), b, e in zip(acts, st, en)]
         busy[r] = sum(en) - sum(st)
     # end of step: gradient all-reduce across replicas, then the optimizer
     dp_links = inp.dp_links or links
@@ -360,7 +361,9 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
         pts = [(0.0, static)]
         pa = pts.append if detail else _drop
         for a, b, e in zip(table[r], starts[r], ends[r]):
-            if a.__class__ is pair_cls:
+            try:
+                s, k, m = a
+            except ValueError:  # an Overlap pair: its forward, then its backward
                 (fs, _, fm), (s, _, m) = a
                 d = fdst[fs]
                 if d >= 0:
@@ -375,7 +378,6 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
                 level -= act[s]
                 pa((e, level))
                 continue
-            s, k, m = a
             if k is _F:
                 d = fdst[s]
                 if d >= 0:
