@@ -212,12 +212,8 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
                         break
                 else:
                     ready = 0.0
-                if ready > t:
-                    start = ready
-                    bd(True)
-                else:
-                    start = t
-                    bd(False)
+                start = ready if ready > t else t
+                bd(ready > t)
                 t = end = start + fdur[s]
                 farr[idx] = end + fx[s]
                 fpos[idx] = p
@@ -245,12 +241,8 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
                         break
                 else:
                     ready = 0.0
-                if ready > t:
-                    start = ready
-                    bd(True)
-                else:
-                    start = t
-                    bd(False)
+                start = ready if ready > t else t
+                bd(ready > t)
                 if k is _B:
                     t = end = start + bdur[s]
                 else:
