@@ -103,3 +103,19 @@ def test_custom_is_a_schedule_name_whose_placement_is_its_table(tmp_path):
     table = placement_table([0, 0, 1, 0], 5)
     assert read_csv(write_csv(table, tmp_path / "custom.csv")) == table
     assert stage_ranks(read_csv(tmp_path / "custom.csv")) == {0: 0, 1: 0, 2: 1, 3: 0}
+
+
+def test_schedule_and_simulate_commands_take_a_placement(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("schedule", "custom", "--placement", "0,1,0", "--microbatches", "2", "--csv", str(tmp_path / "c.csv"))
+    assert r.returncode == 0, r.stderr
+    assert read_csv(tmp_path / "c.csv") == placement_table([0, 1, 0], 2)
+    assert r.stdout.splitlines()[1] == "rank 1: 1F0 1F1 1B0 1B1"
+    r = run_cli("simulate", "--schedule", "Custom", "--placement", "0,1", "--microbatches", "3", "--f", "1", "--b", "2")
+    assert r.returncode == 0 and r.stdout.startswith("step time 12.000"), r.stdout + r.stderr  # 1F1B: (3+1)(1+2)
+    for args, why in ((["Custom", "--microbatches", "2"], "Custom needs --placement"),
+                      (["1F1B", "--placement", "0,1", "--microbatches", "2"], "--placement goes with the Custom"),
+                      (["Custom", "--placement", "0,1", "--pp", "3", "--microbatches", "2"], "rank 2 holds no stage")):
+        r = run_cli("schedule", *args)
+        assert r.returncode == 2 and why in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
