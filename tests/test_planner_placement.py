@@ -88,3 +88,13 @@ def test_cli_placement_scores_it_and_refuses_bad_ones_in_one_line(tmp_path):
                     "-o", str(tmp_path / "bad.json"))
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (bad, r.stderr)
         assert "--placement" in r.stderr and why in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_serving_plans_can_be_custom_too(tmp_path):
+    """Forward-only throughput: the wrap's rank loads (1 + 1 | 3 of F) beat any contiguous split's."""
+    profile, path = _profile(tmp_path, (1, 3, 1, 1), "serving")
+    job = Job(global_batch=8, microbatch_size=1, schedules=("1F1B", "Custom"), pp=(2,), forward_only=True,
+              objective="throughput")
+    best = search(profile, CLUSTER, job, top=3, profile_path=path)[0][0]
+    assert best.schedule == "Custom" and [s.rank for s in best.stages] == [0, 1, 0]
+    assert {a.kind.value for acts in best.table.values() for a in acts} == {"F"}
