@@ -90,7 +90,9 @@ class _Candidate:
 
     @property
     def stages(self) -> int:
-        return len(self.placement) if self.placement else schedule_spec(self.schedule).num_stages(self.pp, self.virtual)
+        if self.placement:
+            return len(self.placement)
+        return schedule_spec(self.schedule).num_stages(self.pp, self.virtual)
 
     @property
     def rank_of(self) -> dict[int, int]:
@@ -244,8 +246,6 @@ def _custom_placements(job: Job, pp: int, U: int) -> list[tuple[int, ...]]:
     if job.placements:
         return [tuple(pl) for pl in job.placements if max(pl) + 1 == pp and len(pl) <= U]
     return [tuple(range(pp)) + (0,)] if 2 <= pp < U else []
-
-
 
 
 def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: _Candidate,

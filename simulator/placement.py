@@ -27,6 +27,8 @@ simulator times the table with the plan's own costs and links.
 
 from __future__ import annotations
 
+import heapq
+
 from .actions import Action, Kind, ScheduleError, Table
 
 __all__ = ["placement_table", "check_placement", "parse_placement", "most_stages_per_rank"]
@@ -84,6 +86,7 @@ def placement_table(placement: list[int], microbatches: int,
     in_flight = [0] * S
     cap = [S - s for s in range(S)]
     free = [0.0] * ranks  # when each rank can start its next action
+    ends: list[float] = []  # heap: end times of the actions started so far
     table: Table = {r: [] for r in range(ranks)}
     left = {r: 2 * m * len(mine[r]) for r in range(ranks)}
     while any(left.values()):
@@ -99,6 +102,7 @@ def placement_table(placement: list[int], microbatches: int,
             table[r].append(a)
             f, b = dur[a.stage]
             free[r] = t + (f if a.kind is Kind.F else b)
+            heapq.heappush(ends, free[r])
             left[r] -= 1
             if a.kind is Kind.F:
                 f_end[a.stage][a.microbatch] = free[r]
@@ -108,11 +112,12 @@ def placement_table(placement: list[int], microbatches: int,
                 b_end[a.stage][a.microbatch] = free[r]
                 in_flight[a.stage] -= 1
         if waiting:  # idle until the next action ends anywhere
-            ends = [e for row in f_end + b_end for e in row if e is not None and e > t]
+            while ends and ends[0] <= t:
+                heapq.heappop(ends)
             if not ends:  # cannot happen (see the module docstring)
                 raise ScheduleError(f"placement {_text(placement)}: nothing can run at time {t}")
             for r in waiting:
-                free[r] = min(ends)
+                free[r] = ends[0]
     return table
 
 
