@@ -119,3 +119,23 @@ def test_schedule_and_simulate_commands_take_a_placement(tmp_path):
                       (["Custom", "--placement", "0,1", "--pp", "3", "--microbatches", "2"], "rank 2 holds no stage")):
         r = run_cli("schedule", *args)
         assert r.returncode == 2 and why in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+
+
+@pytest.mark.parametrize("placement", [[0, 1, 0], [0, 0, 1], [1, 0, 1, 0], [0, 1, 2, 0], [2, 0, 1, 1, 0]])
+def test_torch_accepts_custom_csvs_and_lowers_them_with_communication(placement, tmp_path):
+    """torch 2.13's own checks on our CSV, rank by rank: ``_validate_schedule`` (every F/B, the
+    stage -> rank map it infers) and ``_add_send_recv``, the lowering its runtime runs, which
+    fails when a receive could never be matched by a send."""
+    ts = pytest.importorskip("torch.distributed.pipelining.schedules")
+    import csv
+
+    m = 4
+    path = write_csv(placement_table(placement, m, [(1.0 + s, 2.0 + s) for s in range(len(placement))]),
+                     tmp_path / "custom.csv")
+    with open(path, newline="") as f:
+        actions = {r: [ts._Action.from_str(x) for x in row] for r, row in enumerate(csv.reader(f))}
+    ranks = max(placement) + 1
+    assert ts._validate_schedule(actions, ranks, len(placement), m) == dict(enumerate(placement))
+    lowered = ts._add_send_recv(actions, lambda s: placement[s], len(placement))
+    sends = sum(a.computation_type == ts._ComputationType.SEND_F for acts in lowered.values() for a in acts)
+    assert sends == m * sum(placement[s] != placement[s + 1] for s in range(len(placement) - 1))
