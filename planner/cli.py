@@ -132,6 +132,9 @@ def _run_plan(args: argparse.Namespace) -> int:
         if args.pp and args.pp != (pp,):
             raise UserError(f"--placement {args.placement} uses {pp} ranks but --pp is {','.join(map(str, args.pp))}: "
                             f"leave out --pp, or place stages on ranks 0..{args.pp[0] - 1}")
+        if len(placement) > profile.num_units:
+            raise UserError(f"--placement {args.placement} makes {len(placement)} stages but the model has "
+                            f"{profile.num_units} units: give at most {profile.num_units} stages")
         if cluster.devices % pp:
             raise UserError(f"--placement {args.placement} uses {pp} ranks but --devices {cluster.devices} is not a "
                             f"multiple of {pp}: use --devices {pp}")

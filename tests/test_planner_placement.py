@@ -83,7 +83,8 @@ def test_cli_placement_scores_it_and_refuses_bad_ones_in_one_line(tmp_path):
     data = json.loads(out.read_text())
     assert data["schedule"]["name"] == "Custom" and [s["rank"] for s in data["stages"]] == [0, 1, 0]
     assert stage_ranks(read_csv(out.with_suffix(".csv"))) == {0: 0, 1: 1, 2: 0}
-    for bad, why in (("0,2", "rank 1 holds no stage"), ("0,a", "comma-separated"), ("0,1,2", "--devices 3")):
+    for bad, why in (("0,2", "rank 1 holds no stage"), ("0,a", "comma-separated"), ("0,1,2", "--devices 3"),
+                     ("0,1,0,1,0", "at most 4 stages")):
         r = run_cli("plan", str(path), "--devices", "2", "--global-batch", "8", "--placement", bad,
                     "-o", str(tmp_path / "bad.json"))
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (bad, r.stderr)
