@@ -18,7 +18,7 @@ import streamlit as st
 from dashboard import data
 from dashboard.views import Context, show_compare, show_export, show_pipeline, show_plan, show_profile
 from profiles.contract import UserError
-from simulator.schedules import SCHEDULES
+from simulator.schedules import CUSTOM, SCHEDULES
 
 VIEWS = {"Profile": show_profile, "Plan": show_plan, "Pipeline": show_pipeline, "Compare": show_compare,
          "Export": show_export}
@@ -39,7 +39,7 @@ def _settings(profile) -> data.PlanSettings:
     mem = float(sb.number_input("memory per device (GiB)", 0.001, 4096.0, 4.0, step=0.5, format="%.3f", key="mem",
                                 bind="query-params"))
     per_node = int(sb.number_input("devices per node", 1, 1024, 8, key="per_node", bind="query-params"))
-    known = list(SCHEDULES)
+    known = [*SCHEDULES, CUSTOM.name]  # Custom: the planner's family of unequal placements
     schedules = sb.multiselect("schedules", known, [s for s in ("1F1B", "GPipe") if s in known] or known[:1],
                                key="schedules")
     dtypes = data.profile_dtypes(profile)

@@ -121,6 +121,10 @@ def build_stages(plan: Plan, units: list[nn.Module], pp_rank: int, device: torch
 def check_torch_schedule(plan: Plan, name: str) -> str:
     """The canonical torch schedule name, or a UserError when the plan's placement is not the one
     torch's class assumes (checked before any process group work)."""
+    if plan.schedule == "Custom":
+        raise UserError(f"--torch-schedule {name}: this plan's placement is Custom (ranks "
+                        f"{[s.rank for s in plan.stages]}), which no torch schedule class runs: leave out "
+                        f"--torch-schedule to run the plan's own table")
     canon = {k.lower(): k for k in TORCH_SCHEDULES}.get(name.lower())
     if canon is None:
         raise UserError(f"--torch-schedule {name}: unknown; one of {', '.join(TORCH_SCHEDULES)}")

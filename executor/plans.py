@@ -15,6 +15,7 @@ from profiles.contract import sha256_of
 from profiles.types import Profile
 from simulator.actions import forward_table, stage_ranks
 from simulator.engine import simulate
+from simulator.placement import most_stages_per_rank, placement_table
 from simulator.schedules import canonical_name, make_schedule
 
 __all__ = ["balanced_bounds", "validation_plan"]
@@ -42,10 +43,17 @@ def balanced_bounds(profile: Profile, stages: int, dtype: str = "fp32", microbat
 def validation_plan(profile: Profile, profile_path: str | Path, cluster: Cluster, schedule: str, pp: int,
                     microbatches: int, virtual: int = 1, microbatch_size: int = 1, dtype: str = "fp32",
                     bounds: list[tuple[int, int]] | None = None, recompute: bool = False,
-                    forward_only: bool = False) -> Plan:
-    """One plan, simulated, ready to save and run (``dp`` 1)."""
+                    forward_only: bool = False, placement: list[int] | None = None) -> Plan:
+    """One plan, simulated, ready to save and run (``dp`` 1). ``Custom`` takes ``placement``
+    (stage -> rank; ``pp`` and ``virtual`` then follow from it) and its unit-order table."""
     name = canonical_name(schedule)
-    table = make_schedule(name, pp, microbatches, virtual)
+    if name == "Custom":
+        if placement is None:
+            raise ValueError("schedule Custom needs placement=[rank of each stage]")
+        table = placement_table(placement, microbatches)
+        pp, virtual = max(placement) + 1, most_stages_per_rank(placement)
+    else:
+        table = make_schedule(name, pp, microbatches, virtual)
     owner = stage_ranks(table)
     if forward_only:
         table = forward_table(table)

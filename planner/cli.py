@@ -14,6 +14,7 @@ from simulator import cli as simcli
 from simulator.actions import write_csv
 from simulator.costs import DTYPE_BYTES
 from simulator.engine import simulate
+from simulator.placement import parse_placement
 
 from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
 from .plan import Plan, load_plan
@@ -59,6 +60,8 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=3, help="how many plans to show (default 3)")
     p.add_argument("--split", help="score this split instead of searching: first unit of stages 1..p-1 "
                                    "(e.g. 5,9), or 'even' with --pp")
+    p.add_argument("--placement", help="score this stage -> rank map as a Custom schedule, e.g. 0,1,0 (rank 0 "
+                                       "holds stages 0 and 2); with --split that split, else the MILP's")
     p.add_argument("--time-limit", type=float, default=20.0, help="solver time limit per MILP, seconds")
     p.add_argument("--explain", action="store_true", help="say why the winner wins")
     p.add_argument("-o", "--output", type=Path, default=Path("plan.json"),
@@ -123,12 +126,25 @@ def _run_plan(args: argparse.Namespace) -> int:
                   optimizer_bytes_per_param=args.optimizer_bytes, forward_only=args.forward_only,
                   objective=objective)
         job.check("flags")
+    placement = parse_placement(args.placement) if args.placement else None
+    if placement:
+        pp = max(placement) + 1
+        if args.pp and args.pp != (pp,):
+            raise UserError(f"--placement {args.placement} uses {pp} ranks but --pp is {','.join(map(str, args.pp))}: "
+                            f"leave out --pp, or place stages on ranks 0..{args.pp[0] - 1}")
+        if len(placement) > profile.num_units:
+            raise UserError(f"--placement {args.placement} makes {len(placement)} stages but the model has "
+                            f"{profile.num_units} units: give at most {profile.num_units} stages")
+        if cluster.devices % pp:
+            raise UserError(f"--placement {args.placement} uses {pp} ranks but --devices {cluster.devices} is not a "
+                            f"multiple of {pp}: use --devices {pp}")
+        job = replace(job, schedules=("Custom",), pp=(pp,), placements=(tuple(placement),))
     if args.split:
         split = "even" if args.split == "even" else list(_ints(args.split))
         plans = [score_split(profile, cluster, job, split, job.schedules[0],
                              args.microbatches[0] if args.microbatches else None,
                              args.pp[0] if args.pp else None, profile_path=args.profile,
-                             virtual=args.virtual[0] if args.virtual else 1)]
+                             virtual=args.virtual[0] if args.virtual else 1, placement=placement)]
     else:
         plans, stats = search(profile, cluster, job, top=args.top, profile_path=args.profile,
                               time_limit=args.time_limit, solver=args.solver)

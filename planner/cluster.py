@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from profiles.contract import ContractError, Fields, UserError, read_json, read_yaml, schema_id, write_json
+from simulator.actions import ScheduleError
 from simulator.costs import Links
+from simulator.placement import check_placement
 
 __all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "load_job", "parse_bytes"]
 
@@ -135,6 +137,9 @@ class Job:
     virtual: tuple[int, ...] = ()  #: allowed stages per rank for schedules that take several (empty: 1..4)
     seq_len: int | None = None  #: sequence length; must match the profile's when given
     objective: str = "step"  #: "step": training step time; "latency"/"throughput": forward-only serving
+    #: stage -> rank maps the search tries as Custom candidates (``--placement``); empty: with Custom
+    #: in ``schedules``, its own family (p ranks, p + 1 stages, the last back on rank 0)
+    placements: tuple[tuple[int, ...], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,6 +152,8 @@ class Job:
             if k not in known:
                 raise ContractError(f"{where}: field {k}: unknown field; known fields: {', '.join(sorted(known))}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if isinstance(d.get("placements"), tuple):
+            d["placements"] = tuple(tuple(p) if isinstance(p, list) else p for p in d["placements"])
         job = Job(**d)
         job.check(where)
         return job
@@ -167,6 +174,11 @@ class Job:
             raise bad("optimizer_bytes_per_param", "must be >= 0")
         if self.objective not in ("step", "latency", "throughput"):
             raise bad("objective", f"is {self.objective!r}: choose step, latency or throughput")
+        for placement in self.placements:
+            try:
+                check_placement(list(placement))
+            except (ScheduleError, TypeError) as e:
+                raise bad("placements", str(e)) from None
         if self.objective != "step" and not self.forward_only:
             raise bad("objective", f"{self.objective} is for forward-only jobs: set forward_only true")
 

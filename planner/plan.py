@@ -72,6 +72,11 @@ class Plan:
         return [s.first for s in self.stages[1:]]
 
     @property
+    def custom_placement(self) -> tuple[int, ...] | None:
+        """A ``Custom`` plan's stage -> rank map (its table's), None for a named schedule."""
+        return tuple(s.rank for s in self.stages) if self.schedule == "Custom" else None
+
+    @property
     def world_size(self) -> int:
         return self.pp * self.dp
 
@@ -194,6 +199,9 @@ class Plan:
                              f"{owner.get(s.index)}")
         if max(owner.values()) + 1 != pp:
             raise f.fail("pp", f"is {pp} but the schedule table uses {max(owner.values()) + 1} ranks")
+        idle = sorted(set(range(pp)) - set(owner.values()))
+        if idle:
+            raise sched.fail("table", f"rank {idle[0]} runs no stage: every pipeline rank holds at least one")
         pred = None
         if f.has("predicted"):
             p = f.obj("predicted")

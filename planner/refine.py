@@ -43,7 +43,8 @@ def refine(p: Plan, options: dict[str, list[UnitData]], model: StepModel, time_l
         budget -= 1
         stats.simulations += 1
         q = build_plan(p.profile, p.profile_path, p.cluster, p.job, bounds, p.schedule, p.pp, p.dp,
-                       p.microbatches, p.microbatch_size, labels, p.virtual, p.table, {**p.solver, "refined": "neighbourhood"})
+                       p.microbatches, p.microbatch_size, labels, p.virtual, p.table,
+                       {**p.solver, "refined": "neighbourhood"}, p.custom_placement)
         return q if fits(q) else None
 
     # the MILP's next-best splits

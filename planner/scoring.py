@@ -13,9 +13,10 @@ from pathlib import Path
 
 from profiles.contract import sha256_of
 from profiles.types import Profile
-from simulator.actions import Table, forward_table
+from simulator.actions import Table, forward_table, stage_ranks
 from simulator.costs import DTYPE_BYTES
 from simulator.engine import SimInput, simulate
+from simulator.placement import placement_table
 from simulator.schedules import canonical_name, make_schedule, schedule_spec
 
 from .cluster import Cluster, Job
@@ -58,7 +59,8 @@ def unit_options(profile: Profile, cluster: Cluster, job: Job, mbs: int) -> dict
 
 
 class Schedules:
-    """The schedule tables and step models of one job, each built once per (schedule, pp, m, v).
+    """The schedule tables and step models of one job, each built once per (schedule, pp, m, v),
+    or for ``Custom``, per (placement, m) (``placement``: stage -> rank; pp and v are then unused).
 
     Building a table and reading its memory pattern cost more than simulating it on large
     pipelines; the screen, the MILP, the refinement and the infeasibility report all ask
@@ -71,45 +73,60 @@ class Schedules:
         self._tables: dict[tuple, Table] = {}
         self._models: dict[tuple, StepModel] = {}
 
-    def table(self, schedule: str, pp: int, m: int, v: int) -> Table:
-        key = (canonical_name(schedule), pp, m, v)
+    def table(self, schedule: str, pp: int, m: int, v: int, placement: tuple[int, ...] | None = None) -> Table:
+        key = _key(schedule, pp, m, v, placement)
         if key not in self._tables:
-            table = make_schedule(schedule, pp, m, v)
+            table = placement_table(list(placement), m) if placement else make_schedule(schedule, pp, m, v)
             if self.forward_only:  # serving runs the forwards only, in order
                 table = forward_table(table)
             self._tables[key] = table
         return self._tables[key]
 
-    def model(self, schedule: str, pp: int, m: int, v: int) -> StepModel:
-        """The MILP's view of the schedule: placement, memory pattern, step-time model."""
-        key = (canonical_name(schedule), pp, m, v)
+    def model(self, schedule: str, pp: int, m: int, v: int, placement: tuple[int, ...] | None = None) -> StepModel:
+        """The MILP's view of the schedule: placement (its table's), memory pattern, step-time model."""
+        key = _key(schedule, pp, m, v, placement)
         if key not in self._models:
             spec = schedule_spec(schedule)
-            placement = spec.stage_to_rank(pp, v)
+            table = self.table(schedule, pp, m, v, placement)
+            owner = stage_ranks(table)
             self._models[key] = StepModel(
-                m, tuple(placement[s] for s in range(len(placement))),
-                memory_pattern(self.table(schedule, pp, m, v), self.forward_only),
+                m, tuple(owner[s] for s in range(len(owner))), memory_pattern(table, self.forward_only),
                 split_backward=spec.split_backward, phased=spec.name in ("GPipe", "LoopedBFS"),
                 forward_only=self.forward_only, latency=self.latency)
         return self._models[key]
 
 
+def _key(schedule: str, pp: int, m: int, v: int, placement: tuple[int, ...] | None) -> tuple:
+    name = canonical_name(schedule)
+    if (name == "Custom") != (placement is not None):
+        raise ValueError(f"{name}: a placement is given with Custom, and only with Custom")
+    return (name, tuple(placement), m) if placement is not None else (name, pp, m, v)
+
+
 def build_plan(profile: Profile, profile_path: str, cluster: Cluster, job: Job, bounds, schedule: str, pp: int,
                dp: int, m: int, mbs: int, options: list[str], virtual: int = 1, table: Table | None = None,
-               solver: dict | None = None) -> Plan:
-    """A Plan for this split, simulated (``predicted`` filled)."""
+               solver: dict | None = None, placement: tuple[int, ...] | None = None) -> Plan:
+    """A Plan for this split, simulated (``predicted`` filled); stages go where the table puts them.
+
+    ``Custom`` with its ``placement``: the table is (re)ordered by this split's own
+    stage times (``placement_table`` with durations), so a rank holding two stages interleaves
+    them as their costs need."""
     if table is None:
-        table = Schedules(job).table(schedule, pp, m, virtual)
-    placement = schedule_spec(schedule).stage_to_rank(pp, virtual)
-    stages = tuple(StagePlan(i, f, e, placement[i], *parse_label(o)) for i, ((f, e), o)
+        table = Schedules(job).table(schedule, pp, m, virtual, placement)
+    owner = stage_ranks(table)
+    stages = tuple(StagePlan(i, f, e, owner[i], *parse_label(o)) for i, ((f, e), o)
                    in enumerate(zip(bounds, options)))
     plan = Plan(profile_path, _sha(profile_path), profile.model_name, pp, dp, virtual, m, mbs, stages,
                 canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
     inp = plan.sim_input()
+    if placement is not None:  # Custom: order by this split's costs
+        ordered = placement_table(list(placement), m, [(c.forward_s, c.backward_s) for c in inp.costs])
+        plan = replace(plan, table=forward_table(ordered) if job.forward_only else ordered)
+        inp = plan.sim_input()
     tl = simulate(inp, detail=False)
     per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
     pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
-                      throughput=per_sample, latency_s=_latency_s(inp, placement))
+                      throughput=per_sample, latency_s=_latency_s(inp, owner))
     return replace(plan, predicted=pred)
 
 

@@ -3,6 +3,10 @@ microbatching, each split from the MILP, every answer re-scored by the event sim
 
 Order of work (timed per phase in ``SearchStats``):
 1. enumerate candidates the schedules accept (``ScheduleSpec.check``; refusals become notes);
+   ``Custom`` adds placements where ranks hold different numbers of stages: the job's own
+   (``--placement``), else for each p one family member, p + 1 stages with the last back on
+   rank 0 (beside the first, so the split can pair a light stage with a heavy one); they
+   are screened, solved and simulated like every other candidate, and win only when faster;
 2. a lower bound per candidate from total work (``(m * work + all-reduce) / p``, and the
    fill/drain bound ``(m - 1) * work / p + work`` for one-stage-per-rank GPipe/1F1B), in
    the units of the job's objective (step, time per sample, or one microbatch's latency);
@@ -32,6 +36,7 @@ from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.actions import ScheduleError
 from simulator.costs import stage_costs
+from simulator.placement import check_placement, most_stages_per_rank
 from simulator.schedules import SCHEDULES, canonical_name, schedule_spec
 
 from .baselines import BASELINES, even_split
@@ -81,6 +86,23 @@ class _Candidate:
     schedule: str
     virtual: int
     lower_bound: float
+    placement: tuple[int, ...] | None = None  # stage -> rank, for Custom only
+
+    @property
+    def stages(self) -> int:
+        if self.placement:
+            return len(self.placement)
+        return schedule_spec(self.schedule).num_stages(self.pp, self.virtual)
+
+    @property
+    def rank_of(self) -> dict[int, int]:
+        if self.placement:
+            return dict(enumerate(self.placement))
+        return schedule_spec(self.schedule).stage_to_rank(self.pp, self.virtual)
+
+    def label(self) -> str:
+        where = f" placement={','.join(map(str, self.placement))}" if self.placement else ""
+        return f"{self.schedule} pp={self.pp} v={self.virtual}{where} m={self.m}"
 
 
 # -- inputs of the MILP ----------------------------------------------------------------------
@@ -198,6 +220,10 @@ def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats)
                 except ScheduleError as e:
                     stats.notes.append(f"{name} skipped: {e}")
                     continue
+                if spec.name == "Custom":
+                    out += [(pp, dp, m, mbs, spec, most_stages_per_rank(pl), pl)
+                            for pl in _custom_placements(job, pp, U)]
+                    continue
                 if spec.name == "GPipe" and any(canonical_name(n) == "1F1B" for n in job.schedules
                                                 if n.lower() in {k.lower() for k in SCHEDULES}):
                     # dominated: 1F1B has the same placement, never more memory, and a fill-drain
@@ -210,8 +236,16 @@ def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats)
                     except ScheduleError as e:
                         stats.notes.append(f"{spec.name} pp={pp} m={m} v={v} skipped: {str(e).splitlines()[0]}")
                         continue
-                    out.append((pp, dp, m, mbs, spec, v))
+                    out.append((pp, dp, m, mbs, spec, v, None))
     return out
+
+
+def _custom_placements(job: Job, pp: int, U: int) -> list[tuple[int, ...]]:
+    """The Custom placements tried on ``pp`` ranks: the job's own, else the wrap family
+    (p + 1 stages, stage p back on rank 0); none that needs more stages than units."""
+    if job.placements:
+        return [tuple(pl) for pl in job.placements if max(pl) + 1 == pp and len(pl) <= U]
+    return [tuple(range(pp)) + (0,)] if 2 <= pp < U else []
 
 
 def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: _Candidate,
@@ -220,7 +254,7 @@ def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: 
     weights or its memory pattern already say it does not fit (the pattern's peak is the
     simulator's, so nothing that fits is refused). ``splits``: the balanced splits and their
     stage costs so far, by (microbatch size, stages); candidates share them."""
-    S = schedule_spec(c.schedule).num_stages(c.pp, c.virtual)
+    S = c.stages
     first = next(iter(options))
     dtype, rc = parse_label(first)
     if (c.mbs, S) not in splits:
@@ -229,15 +263,14 @@ def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: 
                                                recompute=[rc] * S,
                                                optimizer_bytes_per_param=job.optimizer_bytes_per_param)
     bounds, costs = splits[c.mbs, S]
-    placement = schedule_spec(c.schedule).stage_to_rank(c.pp, c.virtual)
-    if max(static_bytes(placement, costs, job.forward_only).values()) > cluster.memory_bytes:
+    if max(static_bytes(c.rank_of, costs, job.forward_only).values()) > cluster.memory_bytes:
         return None  # the weights alone overflow a device: no table needed to say so
-    model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
+    model = schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
     if max(peak_bytes(model.memory, costs, job.forward_only).values()) > cluster.memory_bytes:
         return None
     return build_plan(profile, profile_path, cluster, job, bounds, c.schedule, c.pp, c.dp, c.m, c.mbs, [first] * S,
-                      c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual),
-                      {"status": "balanced split", "solver": "none"})
+                      c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement),
+                      {"status": "balanced split", "solver": "none"}, c.placement)
 
 
 # -- the search -------------------------------------------------------------------------------
@@ -259,13 +292,13 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     t0 = time.perf_counter()
     option_cache: dict[int, dict[str, list[UnitData]]] = {}
     cands: list[_Candidate] = []
-    for pp, dp, m, mbs, spec, v in raw:
+    for pp, dp, m, mbs, spec, v, placement in raw:
         if mbs not in option_cache:
             option_cache[mbs] = unit_options(profile, cluster, job, mbs)
         single = v == 1 and spec.name in ("GPipe", "1F1B")
         lb = _objective_bound(_lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only),
                               option_cache[mbs], job)
-        cands.append(_Candidate(pp, dp, m, mbs, spec.name, v, lb))
+        cands.append(_Candidate(pp, dp, m, mbs, spec.name, v, lb, placement))
     cands.sort(key=lambda c: (c.lower_bound, c.pp, c.schedule, c.m))
     stats.candidates = len(cands)
     stats.add("bound", t0)
@@ -297,10 +330,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
 
     # MILP: small chains get one per screened candidate that can still beat the top; large
     # ones only the most promising (screened fastest first, then the ones that did not fit)
-    def stages(c: _Candidate) -> int:
-        return schedule_spec(c.schedule).num_stages(c.pp, c.virtual)
-
-    small = profile.num_units * max(stages(c) for c, _ in screened) <= SMALL_MILP if screened else True
+    small = profile.num_units * max(c.stages for c, _ in screened) <= SMALL_MILP if screened else True
     order = sorted(screened, key=lambda x: (x[1] is None, objective_s(x[1]) if x[1] else x[0].lower_bound))
     if not small:
         order = order[:max(2 * top, MILP_CANDIDATES)]
@@ -314,11 +344,11 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
             if c.lower_bound >= kth:
                 continue
         if unproductive and screen is not None:
-            stats.notes.append(f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m}: kept the balanced split, no MILP "
+            stats.notes.append(f"{c.label()}: kept the balanced split, no MILP "
                                f"(the MILP of {unproductive} ended at its time limit without improving on it)")
             continue
         t0 = time.perf_counter()
-        model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
+        model = schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
         key = (c.mbs, _model_key(model))
         start = (screen.bounds, [option_label(s.dtype, s.recompute) for s in screen.stages]) if screen else None
         res = answers.get(key)
@@ -329,7 +359,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
                 res = solve_split(option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit,
                                   solver=solver, start=start)
             except SolverError as e:  # said in the notes, and the candidate left out
-                stats.notes.append(f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m} mbs={c.mbs} left out: {e}")
+                stats.notes.append(f"{c.label()} mbs={c.mbs} left out: {e}")
                 failed.append(str(e))
                 res = _FAILED
             answers[key] = res
@@ -348,10 +378,11 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
             if not small and res.status == "TimeLimit":
                 # large chains: the MILPs after one that could not improve its start within the
                 # time limit keep their balanced splits (the refinement still searches around them)
-                unproductive = f"{c.schedule} pp={c.pp} v={c.virtual} m={c.m}"
+                unproductive = c.label()
         else:
             p = build_plan(profile, profile_path, cluster, job, res.bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
-                           res.options, c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual), facts)
+                           res.options, c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement),
+                           facts, c.placement)
             stats.simulations += 1
         stats.add("simulate", t0)
         if fits(p):
@@ -368,7 +399,8 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     close = [p for p in results if objective_s(p) <= objective_s(results[0]) * (1 + REFINE_WITHIN)]
     n_refine = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
     refined = [refine_plan(p, option_cache[p.microbatch_size],
-                           schedules.model(p.schedule, p.pp, p.microbatches, p.virtual), time_limit, solver, stats,
+                           schedules.model(p.schedule, p.pp, p.microbatches, p.virtual, p.custom_placement), time_limit,
+                           solver, stats,
                            ALTERNATIVES if profile.num_units * len(p.stages) <= SMALL_MILP else 0)
                for p in results[:n_refine]]
     results = _dedupe(sorted(refined + results[n_refine:], key=_rank))
@@ -396,7 +428,7 @@ def _dedupe(plans: list[Plan]) -> list[Plan]:
     seen, out = set(), []
     for p in plans:
         key = (p.pp, p.schedule, p.virtual, p.microbatches, p.microbatch_size, tuple(p.bounds),
-               tuple((s.dtype, s.recompute) for s in p.stages))
+               tuple((s.dtype, s.recompute, s.rank) for s in p.stages))
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -448,7 +480,7 @@ def _infeasible(profile, cluster, job, infeasible, option_cache, schedules: Sche
     levers = []
     # more devices: twice the pipeline stages, same schedule and microbatching
     U = profile.num_units
-    if 2 * c.pp <= U:
+    if 2 * c.pp <= U and c.placement is None:  # a Custom placement does not scale with pp
         try:
             m2 = schedules.model(c.schedule, 2 * c.pp, c.m, c.virtual)
             n2, _ = min_memory_split(option_cache[c.mbs], m2, time_limit=time_limit, solver=solver)
@@ -458,7 +490,7 @@ def _infeasible(profile, cluster, job, infeasible, option_cache, schedules: Sche
     if not job.recompute and not job.forward_only:
         opts = unit_options(profile, cluster, replace(job, recompute=True), c.mbs)
         opts = {k: v for k, v in opts.items() if k.endswith("+recompute")}
-        model = schedules.model(c.schedule, c.pp, c.m, c.virtual)
+        model = schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
         n3, _ = min_memory_split(opts, model, time_limit=time_limit, solver=solver)
         levers.append((n3, f"recompute (--recompute) needs {n3 / 2**30:.2f} GiB"))
     smaller = sorted(b for b in _entry_sizes(profile, job.dtypes) if b < c.mbs)
@@ -476,29 +508,42 @@ def _infeasible(profile, cluster, job, infeasible, option_cache, schedules: Sche
 
 def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] | str, schedule: str = "1F1B",
                 microbatches: int | None = None, pp: int | None = None,
-                profile_path: str | Path | None = None, virtual: int = 1) -> Plan:
-    """Simulate a split the user gives: first unit of stages 1..S-1, or ``"even"`` (with ``pp``)."""
+                profile_path: str | Path | None = None, virtual: int = 1,
+                placement: list[int] | None = None) -> Plan:
+    """Simulate a split the user gives: first unit of stages 1..S-1, or ``"even"`` (with ``pp``).
+    With ``placement`` (stage -> rank) the schedule is ``Custom``, its table ``placement_table``."""
     profile_path = str(profile_path or "")
     U = profile.num_units
-    spec = schedule_spec(schedule)
-    if virtual == 1 and spec.min_virtual > 1:
-        virtual = spec.min_virtual
+    spec = schedule_spec("Custom" if placement else schedule)
+    if placement:
+        check_placement(placement)
+        if pp and max(placement) + 1 != pp:
+            raise UserError(f"--placement {','.join(map(str, placement))} uses {max(placement) + 1} ranks but --pp "
+                            f"is {pp}: leave out --pp, or place stages on ranks 0..{pp - 1}")
+        S, virtual = len(placement), most_stages_per_rank(placement)
+        what = f"--placement {','.join(map(str, placement))}"
+    else:
+        if virtual == 1 and spec.min_virtual > 1:
+            virtual = spec.min_virtual
+        S = spec.num_stages(pp, virtual) if pp else None
+        what = f"--pp {pp} with {schedule}"
     if split == "even":
-        if not pp:
-            raise UserError("--split even needs --pp")
-        bounds = even_split(U, spec.num_stages(pp, virtual))
+        if not S:
+            raise UserError("--split even needs --pp (or --placement)")
+        if S > U:
+            raise UserError(f"{what} makes {S} stages but the model has {U} units: use fewer stages")
+        bounds = even_split(U, S)
     else:
         cuts = list(split)
         if cuts != sorted(set(cuts)) or not all(0 < c < U for c in cuts):
             raise UserError(f"--split {','.join(map(str, cuts))}: give increasing unit indices between 1 and {U - 1}")
-        if (len(cuts) + 1) % virtual:
+        if not placement and (len(cuts) + 1) % virtual:
             raise UserError(f"--split has {len(cuts) + 1} stages, not a multiple of {virtual} stages per rank")
-        if pp and spec.num_stages(pp, virtual) != len(cuts) + 1:
-            raise UserError(f"--split has {len(cuts) + 1} stages but --pp {pp} with {schedule} makes "
-                            f"{spec.num_stages(pp, virtual)}")
+        if S and S != len(cuts) + 1:
+            raise UserError(f"--split has {len(cuts) + 1} stages but {what} makes {S}: give {S - 1} cuts")
         edges = [0, *cuts, U]
         bounds = list(zip(edges[:-1], edges[1:]))
-    pp = len(bounds) // virtual
+    pp = max(placement) + 1 if placement else len(bounds) // virtual
     if cluster.devices % pp:
         raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} pipeline ranks")
     dp = cluster.devices // pp
@@ -511,8 +556,9 @@ def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] |
         raise UserError(f"no profiled microbatch size gives {microbatches or 'any'} microbatches for global batch "
                         f"{job.global_batch} on {dp} replicas: adjust --microbatches or --global-batch")
     m, mbs = pairs[0]
-    p = build_plan(profile, profile_path, cluster, job, bounds, schedule, pp, dp, m, mbs, [dtype] * len(bounds),
-                   virtual, None, {"status": "given", "solver": "none"})
+    table = Schedules(job).table(spec.name, pp, m, virtual, tuple(placement) if placement else None)
+    p = build_plan(profile, profile_path, cluster, job, bounds, spec.name, pp, dp, m, mbs, [dtype] * len(bounds),
+                   virtual, table, {"status": "given", "solver": "none"}, tuple(placement) if placement else None)
     over = [(r, b) for r, b in enumerate(p.predicted.peak_bytes) if b > cluster.memory_bytes]
     if over:
         r, need = max(over, key=lambda x: x[1])

@@ -15,10 +15,11 @@ from pathlib import Path
 from profiles.clikit import Command
 from profiles.contract import UserError
 
-from .actions import ScheduleError, read_csv, table_shape, table_to_text, validate_table, write_csv
+from .actions import ScheduleError, Table, read_csv, table_shape, table_to_text, validate_table, write_csv
 from .costs import Links, StageCost
 from .engine import SimInput, simulate
 from .gantt import write_gantt
+from .placement import check_placement, parse_placement, placement_table
 from .schedules import SCHEDULES, canonical_name, make_schedule
 from .timeline import Timeline, write_trace
 
@@ -27,9 +28,25 @@ __all__ = ["SCHEDULE", "SIMULATE", "add_whatif_arguments", "add_output_arguments
 
 
 def _schedule_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--pp", type=int, required=required, help="pipeline ranks")
+    p.add_argument("--pp", type=int, help="pipeline ranks (not with --placement)")
     p.add_argument("--microbatches", type=int, required=required, help="microbatches per step")
     p.add_argument("--virtual", type=int, default=1, help="stages per rank (default 1)")
+    p.add_argument("--placement", help="Custom: the rank of each stage, e.g. 0,1,0 (rank 0 holds stages 0 and 2)")
+
+
+def _make_table(name: str, args: argparse.Namespace) -> Table:
+    """The named schedule's table, or Custom's for ``--placement`` (which ``--pp`` must agree with)."""
+    if canonical_name(name) != "Custom":
+        if args.placement:
+            raise UserError(f"--placement goes with the Custom schedule, not {name}: use Custom, or leave it out")
+        if args.pp is None:
+            raise UserError(f"{name} needs --pp")
+        return make_schedule(name, args.pp, args.microbatches, args.virtual)
+    if not args.placement:
+        raise UserError("Custom needs --placement, the rank of each stage, e.g. --placement 0,1,0")
+    placement = parse_placement(args.placement)
+    check_placement(placement, args.pp)
+    return placement_table(placement, args.microbatches)
 
 
 @contextmanager
@@ -46,7 +63,7 @@ def _explained():
 
 def _schedule_help() -> str:
     return "; ".join(f"{s.name} (virtual {s.virtual_text}{', I/W split' if s.split_backward else ''})"
-                     for s in SCHEDULES.values())
+                     for s in SCHEDULES.values()) + "; Custom (with --placement)"
 
 
 def _add_schedule(p: argparse.ArgumentParser) -> None:
@@ -58,7 +75,7 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
 
 def _run_schedule(args: argparse.Namespace) -> int:
     with _explained():
-        table = make_schedule(args.name, args.pp, args.microbatches, args.virtual)
+        table = _make_table(args.name, args)
         validate_table(table)
     if args.csv:
         write_csv(table, args.csv)
@@ -98,9 +115,9 @@ def whatif_input(args: argparse.Namespace) -> SimInput:
     if args.table is not None:
         table = read_csv(args.table)
     elif args.schedule:
-        if args.pp is None or args.microbatches is None:
-            raise UserError("--schedule needs --pp and --microbatches")
-        table = make_schedule(args.schedule, args.pp, args.microbatches, args.virtual)
+        if args.microbatches is None:
+            raise UserError("--schedule needs --microbatches (and --pp, or --placement with Custom)")
+        table = _make_table(args.schedule, args)
     else:
         raise UserError("give a PLAN file, --schedule NAME --pp P --microbatches M, or --table CSV")
     stages, _ = table_shape(table)

@@ -4,6 +4,11 @@ No torch import, no process groups: the simulator times these tables and the exe
 runs the very same ones. Names follow torch (``GPipe``, ``1F1B``, ...), matched
 without regard to case. The generators themselves are in ``generators.py``.
 
+``Custom`` is the one schedule not made from ``(pp, microbatches, virtual)``: its stages
+go wherever a placement puts them (``placement.placement_table``), and its placement is
+read back from its table (``stage_ranks``), so it is not in ``SCHEDULES`` (what the
+search enumerates by name) but ``canonical_name`` and ``schedule_spec`` know it.
+
 The planner asks a :class:`ScheduleSpec` (``schedule_spec(name)``) what virtual-stage
 counts a schedule allows, how many stages it makes, where they live, and whether
 ``(pp, microbatches, virtual)`` is possible (``check`` raises ScheduleError saying why not).
@@ -17,7 +22,7 @@ from typing import Callable
 from . import generators as g
 from .actions import ScheduleError, Table
 
-__all__ = ["ScheduleSpec", "SCHEDULES", "schedule_spec", "canonical_name", "make_schedule", "stages_per_rank"]
+__all__ = ["ScheduleSpec", "SCHEDULES", "CUSTOM", "schedule_spec", "canonical_name", "make_schedule", "stages_per_rank"]
 
 
 @dataclass(frozen=True)
@@ -25,9 +30,9 @@ class ScheduleSpec:
     """What one schedule is and what it allows."""
 
     name: str  # canonical (torch's) name
-    generator: Callable[[int, int, int], Table]  # (pp, microbatches, virtual) -> table
+    generator: Callable[[int, int, int], Table] | None  # (pp, microbatches, virtual) -> table; None: Custom
     split_backward: bool  # uses I and W (zero-bubble family) rather than one B
-    placement: str  # "loop": stage s on rank s % pp; "v": rank r holds stages r and 2pp-1-r
+    placement: str  # "loop": stage s on rank s % pp; "v": rank r holds stages r and 2pp-1-r; "table": its table's
     min_virtual: int = 1  # stages per rank allowed: min_virtual .. max_virtual (None: no upper bound)
     max_virtual: int | None = 1
     min_microbatches_per_stage: float = 0.0  # microbatches >= this x num_stages (DualPipeV: 1)
@@ -48,6 +53,8 @@ class ScheduleSpec:
 
     def stage_to_rank(self, pp: int, v: int) -> dict[int, int]:
         """Stage -> rank. Loop: s % pp. V: down the ranks, then back up (0..p-1, p-1..0)."""
+        if self.placement == "table":
+            raise ScheduleError(f"{self.name} has no placement of its own: read it from the table (stage_ranks)")
         if self.placement == "v":
             return {s: (s if s < pp else 2 * pp - 1 - s) for s in range(2 * pp)}
         return {s: s % pp for s in range(pp * v)}
@@ -90,16 +97,21 @@ _SPECS = [
 #: canonical name -> ScheduleSpec, in torch's order
 SCHEDULES: dict[str, ScheduleSpec] = {s.name: s for s in _SPECS}
 
+#: any placement (``--placement``), its table from ``placement.placement_table``
+CUSTOM = ScheduleSpec("Custom", None, False, "table", 1, None,
+                      summary="any stage -> rank placement (--placement), a 1F1B-like list schedule")
+_ALL = {**SCHEDULES, CUSTOM.name: CUSTOM}
+
 
 def canonical_name(name: str) -> str:
-    for known in SCHEDULES:
+    for known in _ALL:
         if known.lower() == str(name).lower():
             return known
-    raise ScheduleError(f"unknown schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+    raise ScheduleError(f"unknown schedule {name!r}: choose one of {', '.join(_ALL)}")
 
 
 def schedule_spec(name: str) -> ScheduleSpec:
-    return SCHEDULES[canonical_name(name)]
+    return _ALL[canonical_name(name)]
 
 
 def stages_per_rank(name: str, virtual: int) -> int:
@@ -109,5 +121,8 @@ def stages_per_rank(name: str, virtual: int) -> int:
 def make_schedule(name: str, pp: int, microbatches: int, virtual: int = 1) -> Table:
     """The compute-only table of schedule ``name`` for ``pp`` ranks and ``microbatches``."""
     spec = schedule_spec(name)
+    if spec.generator is None:
+        raise ScheduleError(f"{spec.name} needs a placement, not --pp/--virtual: give --placement "
+                            f"(e.g. --placement 0,1,0)")
     spec.check(pp, microbatches, virtual)
     return spec.generator(pp, microbatches, virtual)

@@ -121,7 +121,7 @@ def test_plan_controls_follow_the_planner_and_the_profile(monkeypatch, root):
     assert set(at.multiselect(key="dtypes").options) == {"fp32", "bf16"}
     from simulator import SCHEDULES
 
-    assert set(at.multiselect(key="schedules").options) == set(SCHEDULES)
+    assert set(at.multiselect(key="schedules").options) == set(SCHEDULES) | {"Custom"}
     shown = any(c.key == "recompute" for c in at.sidebar.checkbox)
     assert shown == data.job_supports_recompute()
     _ok(at.multiselect(key="schedules").set_value([]).run())
