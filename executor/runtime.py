@@ -5,8 +5,9 @@ Rank layout: ``rank = dp_index * pp + pp_index``. The plan's table is lowered to
 send/recv actions by torch's ``_PipelineScheduleRuntime`` (compute-only format), so the
 executor runs exactly what the simulator simulated (``--torch-schedule NAME`` runs torch's
 own class instead, for comparison). Clocks: every rank starts a step at one instant and times
-its actions from there (``StepClock``: a common ``time.perf_counter`` instant on one host). Several plans given at once run one
-after another in the same processes (one launch; each plan gets its own RunReport).
+its actions from there (``StepClock``: a common ``time.perf_counter`` instant on one host).
+Several plans given at once run one after another in the same processes (one launch; each
+plan gets its own RunReport).
 
 Failures: a plan that does not fit the launch (world size, model, schedule placement) fails
 on every rank before any compute. An exception in a step is logged with the rank, stage,
