@@ -253,7 +253,8 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
                     g = params[0].grad
                     g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
                 if args.check and step == 0:
-                    check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank, loss_scale)
+                    check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank,
+                                   loss_scale)
                 t_opt = time.perf_counter()
                 if opt is not None:
                     if loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
