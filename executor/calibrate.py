@@ -41,20 +41,20 @@ from torch import nn
 
 from planner.cluster import PRESET_CLUSTERS
 
-__all__ = ["main", "fit_link", "crossing_gaps", "measure_runtime", "measure_optimizer"]
+__all__ = ["main", "fit_bandwidth", "crossing_gaps", "measure_runtime", "measure_optimizer"]
 
 SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20)
 
 
-def fit_link(samples: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least-squares fit of one-way time = latency + bytes / bandwidth; returns (latency_s, bandwidth_Bps)."""
+def fit_bandwidth(samples: list[tuple[int, float]]) -> float:
+    """Bytes per second: 1 / the least-squares slope of one-way time over message size (the
+    intercept is not the link latency the runtime pays; ``measure_runtime`` measures that)."""
     n = len(samples)
     mx = sum(b for b, _ in samples) / n
     my = sum(t for _, t in samples) / n
     sxx = sum((b - mx) ** 2 for b, _ in samples)
     slope = sum((b - mx) * (t - my) for b, t in samples) / sxx if sxx else 0.0
-    slope = max(slope, 1e-15)
-    return max(my - slope * mx, 0.0), 1.0 / slope
+    return 1.0 / max(slope, 1e-15)
 
 
 def _links(rank: int, repeats: int) -> list[tuple[int, float]]:
@@ -197,7 +197,7 @@ def main() -> int:
         figures = [None] * world
         dist.all_gather_object(figures, (overhead, opt))
         if rank == 0:
-            _, bw = fit_link(samples)
+            bw = fit_bandwidth(samples)
             overhead = statistics.median(f[0] for f in figures)
             lat = max(0.0, gap - overhead - sent / bw)  # the simulator adds both apart
             opt = max(f[1] for f in figures)
