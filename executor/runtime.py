@@ -401,7 +401,8 @@ def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, devi
     steps = [max(g["steps"][i] for g in gathered) for i in range(n)]
     med = sorted(range(n), key=lambda i: steps[i])[n // 2]
     events, stats = [], []
-    for g in sorted(gathered, key=lambda g: g["rank"]):
+    ordered = sorted(gathered, key=lambda g: g["rank"])
+    for g in ordered:
         ev = [Event(g["rank"], s, k, mb, a, b) for s, k, mb, a, b in g["events"][med]]
         events += ev
         busy = sum(e.end_s - e.start_s for e in ev)
@@ -428,13 +429,13 @@ def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, devi
                       else "_PipelineScheduleRuntime", "torch": torch.__version__, "warmup": args.warmup,
                       "schedule": plan.schedule, "microbatches": plan.microbatches,
                       "data": str(args.data) if args.data else "synthetic",
-                      "schedule_end_s": [g["sched"][med][0] for g in sorted(gathered, key=lambda g: g["rank"])],
-                      "optimizer_s": [g["sched"][med][1] for g in sorted(gathered, key=lambda g: g["rank"])],
-                      "params": [g["params"] for g in sorted(gathered, key=lambda g: g["rank"])],
+                      "schedule_end_s": [g["sched"][med][0] for g in ordered],
+                      "optimizer_s": [g["sched"][med][1] for g in ordered],
+                      "params": [g["params"] for g in ordered],
                       # per rank, in the median step: share of its compute time spent ready but off the CPU
                       # (other load on the machine); the simulator assumes none
-                      "off_cpu_fraction": [g["sched"][med][2] / max(1e-12, sum(e[4] - e[3] for e in g["events"][med]))
-                                           for g in sorted(gathered, key=lambda g: g["rank"])]})
+                      "off_cpu_fraction": [g["sched"][med][2] / max(1e-12, st.busy_s)
+                                           for g, st in zip(ordered, stats)]})
 
 
 def _print_summary(report: RunReport, path: Path) -> None:
