@@ -107,7 +107,7 @@ def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: 
 
     from simulator.schedules import make_schedule
 
-    from .build import Recorder as _Recorder, StepClock, torch_actions
+    from .build import Recorder as _Recorder, StepClock, lower_table
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(rank)
@@ -118,7 +118,7 @@ def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: 
     table = make_schedule("1F1B", world, microbatches)
     sched = torch_schedules._PipelineScheduleRuntime([stage], microbatches,
                                                       loss_fn=lambda out, y: ((out - y) ** 2).mean())
-    sched._prepare_schedule_with_comms(torch_actions(table))
+    lower_table(sched, table)  # as the executor lowers it
     waited = [0.0]
     wait = torch_schedules._wait_batch_p2p
 

@@ -2,8 +2,9 @@
 ``torch.distributed.pipelining``, time every action, check numerics, write a RunReport.
 
 Rank layout: ``rank = dp_index * pp + pp_index``. The plan's table is lowered to
-send/recv actions by torch's ``_PipelineScheduleRuntime`` (compute-only format), so the
-executor runs exactly what the simulator simulated (``--torch-schedule NAME`` runs torch's
+send/recv actions by torch's ``_PipelineScheduleRuntime`` (compute-only format; on gloo every
+receive is then posted at the start of the step, ``build.lower_table``), so the executor runs
+exactly the compute order the simulator simulated (``--torch-schedule NAME`` runs torch's
 own class instead, for comparison). Clocks: every rank starts a step at one instant and times
 its actions from there (``StepClock``: a common ``time.perf_counter`` instant on one host).
 Several plans given at once run one after another in the same processes (one launch; each
