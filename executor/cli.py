@@ -17,7 +17,7 @@ from simulator.engine import simulate
 from simulator.gantt import write_gantt
 from simulator.timeline import Timeline, write_trace
 
-from .report import RunReport, disturbance_notes, load_report
+from .report import RunReport, disturbance_notes, load_report, replayed_step_s
 
 __all__ = ["RUN", "VALIDATE", "CALIBRATE", "launch", "compare_table"]
 
@@ -80,9 +80,12 @@ def _run(args: argparse.Namespace) -> int:
     return rc
 
 
-def compare_table(predicted: Timeline, report: RunReport, profile: Profile | None = None) -> str:
-    """Predicted vs measured: step time, per-rank busy time and peak memory, errors in %; a note
-    when other load on the machine disturbed the run or the profile the prediction came from."""
+def compare_table(predicted: Timeline, report: RunReport, profile: Profile | None = None,
+                  replayed_s: float | None = None) -> str:
+    """Predicted vs measured: step time, per-rank busy time and peak memory, errors in %; with
+    ``replayed_s`` (``replayed_step_s``) how much of the step's error the schedule model makes on
+    its own; a note when other load on the machine disturbed the run or the profile the
+    prediction came from."""
     def err(p: float, m: float) -> str:
         return f"{(m - p) / p:+7.1%}" if p else "      -"
 
@@ -100,6 +103,11 @@ def compare_table(predicted: Timeline, report: RunReport, profile: Profile | Non
         lines.append(f"{f'rank {r.rank} peak (MiB)':<22} {r.peak_bytes / 2**20:11.1f} {m.peak_bytes / 2**20:11.1f} "
                      f"{err(r.peak_bytes, m.peak_bytes)}")
     spread = (max(report.step_s) - min(report.step_s)) / report.step_s_median if report.step_s else 0.0
+    if replayed_s:
+        lines.append(f"{'replayed step (ms)':<22} {replayed_s * 1e3:11.1f} {report.step_s_median * 1e3:11.1f} "
+                     f"{err(replayed_s, report.step_s_median)}")
+        lines.append("replayed: the plan simulated with the run's own action times; its error is the schedule "
+                     "model's own, the rest of the step's error is compute that ran off its profile")
     lines.append(f"measured over {len(report.step_s)} steps (median; spread {spread:.1%}) on {report.world_size} "
                  f"{report.device} ranks, {report.backend}")
     lines += [f"note: {note}" for note in disturbance_notes(report, profile)]
@@ -125,7 +133,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
-    print(compare_table(predicted, report, plan.profile))
+    print(compare_table(predicted, report, plan.profile, replayed_step_s(plan, report)))
     for f in files:
         print(f"wrote {f}")
     return 0

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from planner.plan import Plan
 from profiles.contract import Fields, read_json, schema_id, write_json
 from profiles.types import OFF_CPU_WARN, Profile
+from simulator.engine import simulate
 from simulator.timeline import Timeline
 
-__all__ = ["RunReport", "load_report", "disturbance_notes"]
+__all__ = ["RunReport", "load_report", "disturbance_notes", "replayed_step_s"]
 
 KIND, MAJOR = "runreport", 1
 
@@ -92,3 +94,28 @@ def disturbance_notes(report: RunReport, profile: Profile | None = None) -> list
         notes.append(f"the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} of "
                      f"its timing (other load): its times, and so the prediction, run high")
     return notes
+
+
+def replayed_step_s(plan: Plan, report: RunReport) -> float:
+    """The plan's table simulated with the run's own compute: each stage's F, B, I and W take the
+    median of their measured actions (plus the calibrated per-action overhead, which the simulator
+    adds to every action and the measured events leave out) instead of the profile's times; links,
+    overhead and optimizer stay as predicted. Its distance to the measured step is the schedule
+    model's own error (transfers, waits, overhead, the tail); the rest of the prediction's error
+    is compute that ran slower or faster than it was profiled (other load, a co-running rank
+    sharing caches and memory bandwidth, drift)."""
+    inp = plan.sim_input()
+    overhead = plan.cluster.action_overhead_s
+    ran: dict[tuple[int, str], list[float]] = {}
+    for e in report.timeline.events:
+        ran.setdefault((e.stage, e.kind), []).append(e.end_s - e.start_s)
+
+    def time_of(stage: int, kind: str, profiled: float) -> float:
+        times = ran.get((stage, kind))
+        return statistics.median(times) + overhead if times else profiled
+
+    costs = [replace(c, forward_s=time_of(s, "F", c.forward_s), backward_s=time_of(s, "B", c.backward_s),
+                     backward_input_s=time_of(s, "I", c.backward_input_s),
+                     backward_weight_s=time_of(s, "W", c.backward_weight_s))
+             for s, c in enumerate(inp.costs)]
+    return simulate(replace(inp, costs=costs), detail=False).step_s

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -79,3 +81,32 @@ def test_validate_table_says_when_other_load_took_a_ranks_cpu(tiny_plan_path):
     assert "the profile was measured" not in compare_table(tl, quiet, calm)
     busy = replace(profile, measurement={**profile.measurement, "off_cpu_fraction": {"fp32/mb1": 0.2}})
     assert "profiler off the CPU for 20%" in compare_table(tl, quiet, busy)
+
+
+def test_replay_with_the_runs_own_action_times_separates_the_schedule_model_from_the_profile(tiny_plan_path):
+    """A run that behaved exactly as the model says, but with stage 1's forwards 1.5x as slow as
+    profiled: its replay (the table simulated with the run's own action times) reproduces its
+    step, while the prediction from the profile does not; the table prints both."""
+    from executor.cli import compare_table
+    from executor.report import RunReport, replayed_step_s
+    from planner.plan import load_plan
+    from simulator.engine import simulate
+
+    plan = load_plan(tiny_plan_path)
+    plan = replace(plan, cluster=replace(plan.cluster, action_overhead_s=2e-4))
+    oh, inp = plan.cluster.action_overhead_s, plan.sim_input()
+    predicted = simulate(plan)
+
+    def run_like(tl):  # measured events leave out the per-action overhead the simulator adds
+        events = tuple(e._replace(end_s=e.end_s - oh) for e in tl.events)
+        return RunReport("plan.json", "0" * 64, 2, "gloo", "cpu", (tl.step_s,),
+                         replace(tl.with_source("measured"), events=events))
+
+    assert replayed_step_s(plan, run_like(predicted)) == pytest.approx(predicted.step_s, rel=1e-9)
+    slow = [replace(c, forward_s=(c.forward_s - oh) * 1.5 + oh) if s == 1 else c for s, c in enumerate(inp.costs)]
+    ran = simulate(replace(inp, costs=slow))
+    assert ran.step_s > predicted.step_s * 1.01
+    report = run_like(ran)
+    assert replayed_step_s(plan, report) == pytest.approx(ran.step_s, rel=1e-9)
+    table = compare_table(predicted, report, replayed_s=replayed_step_s(plan, report))
+    assert "replayed step (ms)" in table and "+0.0%" in table.splitlines()[-3]
