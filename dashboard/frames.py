@@ -102,12 +102,15 @@ def ranks_frame(tl: Timeline, cap_bytes: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_frame(predicted: Timeline, report: RunReport) -> pd.DataFrame:
-    """Predicted vs measured (the numbers of ``executor.cli.compare_table``): step, busy and peak per rank."""
+def compare_frame(predicted: Timeline, report: RunReport, replayed_s: float | None = None) -> pd.DataFrame:
+    """Predicted vs measured (the numbers of ``executor.cli.compare_table``): step, the replayed
+    step when given (``executor.report.replayed_step_s``), busy and peak per rank."""
     def row(what: str, p: float, m: float) -> dict:
         return {"quantity": what, "predicted": p, "measured": m, "error %": 100 * (m - p) / p if p else None}
 
     rows = [row("step time (ms)", predicted.step_s * 1e3, report.step_s_median * 1e3)]
+    if replayed_s:
+        rows.append(row("replayed step (ms)", replayed_s * 1e3, report.step_s_median * 1e3))
     measured = {r.rank: r for r in report.timeline.ranks}
     for r in predicted.ranks:
         m = measured.get(r.rank)

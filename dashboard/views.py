@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from executor.report import disturbance_notes
+from executor.report import disturbance_notes, replayed_step_s
 from planner.plan import Plan
 from profiles.types import Profile
 from simulator.schedules import SCHEDULES
@@ -249,10 +249,14 @@ def show_compare(ctx: Context) -> None:
                         width="stretch")
     if predicted is not None:
         st.subheader("predicted vs measured")
-        st.dataframe(frames.compare_frame(predicted, rep), hide_index=True, width="stretch",
+        replayed = replayed_step_s(plan, rep)
+        st.dataframe(frames.compare_frame(predicted, rep, replayed), hide_index=True, width="stretch",
                      column_config={"predicted": st.column_config.NumberColumn(format="%.2f"),
                                     "measured": st.column_config.NumberColumn(format="%.2f"),
                                     "error %": st.column_config.NumberColumn(format="%+.1f")})
+        st.caption("replayed step: the plan simulated with the run's own action times. Its error is the "
+                   "schedule model's own (transfers, waits, overhead); the rest of the step's error is compute "
+                   "that ran slower or faster than profiled.")
     spread = (max(rep.step_s) - min(rep.step_s)) / rep.step_s_median if rep.step_s else 0.0
     st.caption(f"measured over {len(rep.step_s)} steps (median; spread {spread:.1%}); losses "
                + " ".join(f"{x:.4f}" for x in rep.losses))

@@ -159,7 +159,8 @@ def test_compare_view_two_gantts_and_error_table(monkeypatch, root):
     table = at.dataframe[0].value
     assert table.iloc[0]["quantity"] == "step time (ms)"
     assert table.iloc[0]["error %"] == pytest.approx(25.0)
-    assert {"rank 0 busy (ms)", "rank 1 peak (MiB)"} <= set(table["quantity"])
+    assert {"rank 0 busy (ms)", "rank 1 peak (MiB)", "replayed step (ms)"} <= set(table["quantity"])
+    assert any("replayed step: the plan simulated with the run's own action times" in c.value for c in at.caption)
     assert _metric(at, "numerics check") == "passed"
     assert any("Rank 1 was ready but off the CPU for 20%" in w.value for w in at.warning)
     assert len(at.get("download_button")) == 2
@@ -195,6 +196,9 @@ def test_compare_frame_matches_the_report(root):
     assert df.iloc[0]["measured"] == pytest.approx(rep.step_s_median * 1e3)
     busy = df[df["quantity"] == "rank 1 busy (ms)"].iloc[0]
     assert busy["error %"] == pytest.approx(25.0)
+    replayed = frames.compare_frame(predicted, rep, 0.5 * rep.step_s_median)
+    row = replayed[replayed["quantity"] == "replayed step (ms)"].iloc[0]
+    assert row["predicted"] == pytest.approx(0.5 * rep.step_s_median * 1e3) and row["error %"] == pytest.approx(100.0)
 
 
 def test_interaction_after_the_first_solve_is_fast(monkeypatch, root):
