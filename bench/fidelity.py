@@ -4,7 +4,8 @@
                              [--cluster cluster.json] [--out runs/fidelity]
 
 2 zoo models x GPipe, 1F1B, Interleaved1F1B, ZBVZeroBubble x 2 microbatch counts = 16
-plans. Each model is profiled here (one thread, as each rank runs), this machine is
+plans. Each model is profiled here (one thread, as each rank runs, with ``--side-by-side``
+processes training it beside the profiler, as the other rank computes in the runs), this machine is
 calibrated with ``pipeplan calibrate`` (links, per-action runtime overhead, optimizer time
 per parameter) unless ``--cluster`` gives a spec, the plans are cut so stages take about
 equal profiled time, and all of them run in ONE torchrun launch (the executor takes several
@@ -56,6 +57,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="run the whole matrix this many times, in turn")
     ap.add_argument("--profile-repeats", type=int, default=15,
                     help="timed repeats per unit when profiling (default 15; the profiler's own default is 5)")
+    ap.add_argument("--side-by-side", type=int, default=1, metavar="N",
+                    help="profile with N processes training the model beside the profiler, as the other rank "
+                         "computes beside each rank in the runs (default 1; 0: alone)")
     ap.add_argument("--cluster", type=Path, help="a calibrated cluster spec (default: calibrate now)")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     args = ap.parse_args()
@@ -82,8 +86,8 @@ def main() -> int:
         prof_path = args.out / f"{model}.profile.json"
         if not prof_path.exists():
             print(f"profiling {model} ...", flush=True)
-            profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,),
-                          repeats=args.profile_repeats).save(prof_path)
+            profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=args.profile_repeats,
+                          side_by_side=args.side_by_side).save(prof_path)
         profile = load_profile(prof_path)
         for name in args.schedules.split(","):
             for m in map(int, args.microbatches.split(",")):
@@ -129,7 +133,8 @@ def main() -> int:
           f"after {_load()}")
     drift = {}
     for model in args.models.split(","):  # the noise floor: the same profile, taken again now
-        again = profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=args.profile_repeats)
+        again = profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=args.profile_repeats,
+                              side_by_side=args.side_by_side)
         before = load_profile(args.out / f"{model}.profile.json")
         drift[model] = _work(again) / _work(before) - 1
     print("machine drift (the profile taken again after the runs, F + B summed over units): "

@@ -47,7 +47,9 @@ def main() -> int:
     cluster = load_cluster(cluster_path)
     prof_path = args.out / f"{args.model}.profile.json"
     if not prof_path.exists():
-        profile_model(args.model, seq_len=args.seq_len, microbatch_sizes=(1,)).save(prof_path)
+        # as make demo profiles: 15 repeats, beside a neighbour training the model (the other rank)
+        profile_model(args.model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=15,
+                      side_by_side=1).save(prof_path)
     profile = load_profile(prof_path)
     job = Job(global_batch=args.microbatches, microbatch_size=1, microbatches=(args.microbatches,),
               schedules=("1F1B",), pp=(2,))

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up repeats (default 2)")
     p.add_argument("--budget-s", type=float, default=60.0,
                    help="seconds per (dtype, microbatch size) after which timing stops at >= 2 repeats (default 60)")
+    p.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                   help="CPU: time the units while N other processes train the same model, as the other "
+                        "ranks of a host compute beside each rank in a pipeline (default 0: alone)")
     p.add_argument("-o", "--output", type=Path, help="output file (default profiles/<device>/<model>.json)")
     p.add_argument("--json", action="store_true", help="print the Profile JSON instead of the table")
 
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         profile = profile_model(args.model, device=args.device, dtypes=args.dtypes or ("fp32",),
                                 microbatch_sizes=args.microbatch_sizes, seq_len=args.seq_len,
                                 overrides=overrides, repeats=args.repeats, warmup=args.warmup,
-                                progress=not args.json, budget_s=args.budget_s)
+                                progress=not args.json, budget_s=args.budget_s, side_by_side=args.side_by_side)
         device = args.device
     out = args.output or default_path(args.model, device)
     profile.save(out)

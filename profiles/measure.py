@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
+from .neighbour import check_count, neighbours
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
@@ -364,11 +365,14 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
 def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = ("fp32",),
                   microbatch_sizes: tuple[int, ...] = (1,), seq_len: int = 128,
                   overrides: dict | None = None, repeats: int = 5, warmup: int = 2,
-                  progress: bool = False, seed: int = 0, budget_s: float | None = 60.0) -> Profile:
+                  progress: bool = False, seed: int = 0, budget_s: float | None = 60.0,
+                  side_by_side: int = 0) -> Profile:
     """Build model ``name`` (a preset or ``module:function``) and measure every unit on ``device``.
 
     ``budget_s`` caps the seconds spent on one (dtype, microbatch size): past it, timing
     stops once 2 repeats are in; ``measurement.repeats_done`` says how many each got.
+    ``side_by_side``: CPU only, this many processes train the same model beside the profiler
+    while it times (``neighbour.neighbours``), as the other ranks of a host do in a pipeline.
     """
     for d in dtypes:
         if d not in DTYPES:
@@ -381,6 +385,10 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
         raise UserError("--dtypes bf16: this GPU has no bf16 support; use fp16 or fp32")
     if any(m < 1 for m in microbatch_sizes) or seq_len < 1 or repeats < 1 or warmup < 0:
         raise UserError("--microbatch-sizes, --seq-len and --repeats must be positive, --warmup not negative")
+    if side_by_side and device != "cpu":
+        raise UserError(f"--side-by-side {side_by_side}: for CPU ranks sharing a host; leave it out with "
+                        f"--device {device} (each rank has a device of its own)")
+    check_count(side_by_side)
     attention, attention_why = attention_impl(device, dtypes)
     model = build_model(name, overrides, seed=seed, attention=attention)
     threads = torch.get_num_threads()
@@ -396,9 +404,12 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     t0 = time.perf_counter()
     done: dict[str, int] = {}
     off_cpu: dict[str, float] = {}
+    beside = (neighbours(side_by_side, name, overrides, seq_len, min(microbatch_sizes), attention)
+              if side_by_side else nullcontext())
     try:
-        entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done, off_cpu)
-                        for d in dtypes for mb in sorted(set(microbatch_sizes)))
+        with beside:
+            entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done,
+                                           off_cpu) for d in dtypes for mb in sorted(set(microbatch_sizes)))
     finally:
         if bar is not None:
             bar.close()
@@ -408,6 +419,8 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
         seq_len=seq_len, method="measured", entries=entries,
         measurement={"repeats": repeats, "repeats_done": done, "budget_s_per_entry": budget_s, "warmup": warmup,
                      "threads": 1 if device == "cpu" else threads,
+                     # processes training the model beside the profiler (the other ranks of a host)
+                     "side_by_side": side_by_side,
                      # per entry: share of the timing loop the thread was ready but off the CPU (other load)
                      "off_cpu_fraction": off_cpu,
                      "statistic": "median", "spread": "median absolute deviation / median over the repeats",

@@ -24,6 +24,7 @@ def _run(args, cwd):
     (["no_such_pkg.mod:fn"], "cannot import"),
     (["gpt2-tiny", "--dtypes", "fp8"], "unknown dtype"),
     (["gpt2-tiny", "--analytic", "--device-spec", "tpu9"], "device-spec"),
+    (["gpt2-tiny", "--side-by-side", "64"], "--side-by-side 64: this machine has"),
 ])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, args, match):
     r = _run(args, tmp_path)
@@ -54,3 +55,35 @@ def test_profile_table_and_default_path(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "profiles" / "cpu" / "gpt2-tiny.json").is_file()
     assert "block1" in r.stdout and "microbatch 2" in r.stdout and "sum of units / whole model" in r.stdout
+
+
+def _neighbours_alive() -> list[str]:
+    alive = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmd.read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # a process that just ended
+            continue
+        if "profiles.neighbour" in text:
+            alive.append(text)
+    return alive
+
+
+def test_side_by_side_profiles_beside_a_training_neighbour_and_stops_it(tmp_path):
+    """--side-by-side 1: one process trains the model while the units are timed, and is gone after."""
+    r = _run(["tests.user_model:build", "--set", "width=8", "--seq-len", "4", "--repeats", "2", "--warmup", "0",
+              "--side-by-side", "1", "-o", str(tmp_path / "u.json")], ROOT)
+    assert r.returncode == 0, r.stderr
+    from profiles.types import load_profile
+
+    assert load_profile(tmp_path / "u.json").measurement["side_by_side"] == 1
+    assert not _neighbours_alive()
+
+
+def test_neighbours_train_inside_the_context_and_are_gone_after(monkeypatch):
+    from profiles.neighbour import neighbours
+
+    monkeypatch.chdir(ROOT)  # the neighbour imports the user model from here, as the profiler does
+    with neighbours(1, "tests.user_model:build", {"width": 8}, 4, 1, "sdpa"):
+        assert len(_neighbours_alive()) == 1
+    assert not _neighbours_alive()
