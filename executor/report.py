@@ -93,6 +93,11 @@ def disturbance_notes(report: RunReport, profile: Profile | None = None) -> list
     if profiled and max(profiled.values()) > OFF_CPU_WARN:
         notes.append(f"the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} of "
                      f"its timing (other load): its times, and so the prediction, run high")
+    if (profile is not None and profile.method == "measured" and profile.device_kind == "cpu"
+            and report.device == "cpu" and report.world_size > 1 and not profile.measurement.get("side_by_side")):
+        notes.append(f"the profile timed each unit alone, but the {report.world_size} CPU ranks computed side by "
+                     f"side, sharing caches and memory bandwidth: expect compute to run a few percent over the "
+                     f"prediction; profile with --side-by-side {report.world_size - 1} (the other ranks of a host)")
     return notes
 
 

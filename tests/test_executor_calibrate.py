@@ -81,6 +81,9 @@ def test_validate_table_says_when_other_load_took_a_ranks_cpu(tiny_plan_path):
     assert "the profile was measured" not in compare_table(tl, quiet, calm)
     busy = replace(profile, measurement={**profile.measurement, "off_cpu_fraction": {"fp32/mb1": 0.2}})
     assert "profiler off the CPU for 20%" in compare_table(tl, quiet, busy)
+    assert "profile with --side-by-side 1" in compare_table(tl, quiet, calm)  # timed alone, 2 ranks on one host
+    beside = replace(calm, measurement={**calm.measurement, "side_by_side": 1})
+    assert "--side-by-side" not in compare_table(tl, quiet, beside)
 
 
 def test_replay_with_the_runs_own_action_times_separates_the_schedule_model_from_the_profile(tiny_plan_path):
