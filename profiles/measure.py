@@ -20,6 +20,8 @@ Assumptions (written into the profile's ``measurement``):
   trim), as CUDA's caching allocator does, so big tensors do not pay first-touch page
   faults anew every pass; this setting stays for the rest of the process;
 - Python's garbage collector runs once before the repeats and is off while they run;
+- with ``side_by_side`` N (CPU), N processes train the same model (fp32, one thread each)
+  beside the profiler while it times, as the other ranks of a host compute beside each rank;
 - CPU timing runs with one thread, as each executor rank does; CUDA timing uses events,
   and each unit's peak memory (max_memory_allocated over its F + B) is recorded;
 - 16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);
