@@ -10,7 +10,7 @@ the units are timed, the profile holds compute as a pipeline's ranks meet it. De
 share nothing (one GPU per rank) need no neighbours.
 
 ``python -m profiles.neighbour SPEC`` is one neighbour: it prints ``ready`` after its first
-step and trains until it is killed.
+step and trains until it is killed or its parent (the profiler) is gone.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ def _train(spec: dict) -> None:
     model = build_model(spec["name"], spec["overrides"] or None, seed=1, attention=spec["attention"])
     x, y = model.make_batch(spec["microbatch_size"], spec["seq_len"], 1)
     params = [p for u in model.units for p in u.parameters()]
+    parent = os.getppid()
     first = True
-    while True:
+    while os.getppid() == parent:  # a profiler killed outright leaves no neighbour behind
         model.loss_fn(model.forward(x), y).backward()
         for p in params:
             p.grad = None
