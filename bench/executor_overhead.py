@@ -66,7 +66,7 @@ def worker(plan_path: Path, steps: int, rounds: int) -> int:
     import torch.distributed as dist
 
     from executor import runtime
-    from executor.build import keep_freed_memory
+    from profiles.measure import keep_freed_memory
     from executor.report import load_report
     from planner.plan import load_plan
 

@@ -26,7 +26,7 @@ from profiles.contract import UserError
 from simulator.actions import Action, Overlap, Table
 
 __all__ = ["TORCH_SCHEDULES", "FP16_LOSS_SCALE", "Recorder", "StageModule", "build_stages", "build_schedule",
-           "torch_actions", "lower_table", "receives_first", "keep_freed_memory", "TextData", "StepClock"]
+           "torch_actions", "lower_table", "receives_first", "TextData", "StepClock"]
 
 #: torch's schedule classes by the names the plan uses (``--torch-schedule``).
 TORCH_SCHEDULES = {"GPipe": "ScheduleGPipe", "1F1B": "Schedule1F1B", "Interleaved1F1B": "ScheduleInterleaved1F1B",
@@ -49,19 +49,6 @@ def _torch_action(a: Action | Overlap) -> _Action:
 def torch_actions(table: Table) -> dict[int, list[_Action]]:
     """Our compute-only table in torch's ``_Action`` form (an Overlap becomes an OVERLAP_F_B pair)."""
     return {r: [_torch_action(a) for a in acts] for r, acts in table.items()}
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse (no mmap for large blocks, no trim), as the profiler
-    does when it measures (``measurement.cpu_allocator_keeps_freed_memory``) and as CUDA's caching
-    allocator does: without it every big gradient or activation pays first-touch page faults anew."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, (1 << 31) - 1))  # M_MMAP_/M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 class _Checkpointed(nn.Module):

@@ -182,9 +182,7 @@ def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("cluster.json")
     repeats = int(os.environ.get("PIPEPLAN_CALIBRATE_REPEATS", "30"))
     torch.set_num_threads(1)
-    from profiles.measure import gc_paused
-
-    from .build import keep_freed_memory
+    from profiles.measure import gc_paused, keep_freed_memory
 
     keep_freed_memory()  # as the executor runs
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))

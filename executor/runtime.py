@@ -34,12 +34,12 @@ from torch import nn
 
 from planner.plan import Plan, load_plan
 from profiles.contract import ContractError, UserError, sha256_of
-from profiles.measure import gc_paused
+from profiles.measure import gc_paused, keep_freed_memory
 from profiles.zoo import ZooModel, build_model
 from simulator.timeline import Event, RankStats, Timeline
 
 from .build import (FP16_LOSS_SCALE, TORCH_SCHEDULES, Recorder, StepClock, TextData, build_schedule,
-                    build_stages, check_torch_schedule, keep_freed_memory, stage_modules)
+                    build_stages, check_torch_schedule, stage_modules)
 from .report import RunReport
 
 __all__ = ["main", "run_worker", "reference_grads", "CHECK_RTOL", "CHECK_RTOL_16BIT", "PG_TIMEOUT_S"]

@@ -47,7 +47,8 @@ from .neighbour import check_count, neighbours
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
-__all__ = ["profile_model", "count_saved_bytes", "gc_paused", "TORCH_DTYPES", "attention_impl"]
+__all__ = ["profile_model", "count_saved_bytes", "gc_paused", "keep_freed_memory", "TORCH_DTYPES",
+           "attention_impl"]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TIMES = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s")
@@ -91,8 +92,11 @@ def attention_impl(device: str, dtypes: tuple[str, ...]) -> tuple[str, str]:
     return "flash_attention_2", "FlashAttention-2 (flash_attn installed)"
 
 
-def _keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory (see the assumptions); False where that is not possible."""
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse (no mmap for large blocks, no trim), as CUDA's
+    caching allocator does: without it every big gradient or activation pays first-touch page
+    faults anew. The profiler, its neighbours and every executor rank run with it (see the
+    assumptions); False where that is not possible."""
     try:
         import ctypes
 
@@ -397,7 +401,7 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     kept = False
     if device == "cpu":
         torch.set_num_threads(1)
-        kept = _keep_freed_memory()
+        kept = keep_freed_memory()
     for u in model.units:
         u.to(device)
     total = len(dtypes) * len(microbatch_sizes) * (warmup + repeats)

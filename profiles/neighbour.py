@@ -4,7 +4,7 @@ host compute beside each rank in a pipeline (``pipeplan profile --side-by-side N
 Why: CPU ranks of one host share caches, memory bandwidth and, on SMT machines, cores. A unit
 timed alone runs faster than the same unit in a pipeline whose other ranks compute at the same
 moment: on this 2-vCPU machine an MLP block ran 5-9% slower beside a busy rank than alone, and
-the stages of ``bench/fidelity.py`` ran 0-6% over a profile taken alone, by how busy the host
+the stages of ``bench/fidelity.py`` ran 0-9% over a profile taken alone, by how busy the host
 was. With N neighbours training the model (forward + backward, one thread each, fp32) while
 the units are timed, the profile holds compute as a pipeline's ranks meet it. Devices that
 share nothing (one GPU per rank) need no neighbours.
@@ -62,11 +62,11 @@ def neighbours(count: int, name: str, overrides: dict | None, seq_len: int, micr
 def _train(spec: dict) -> None:
     import torch
 
-    from .measure import _keep_freed_memory
+    from .measure import keep_freed_memory
     from .zoo import build_model
 
     torch.set_num_threads(1)
-    _keep_freed_memory()  # as the profiler and the executor run
+    keep_freed_memory()  # as the profiler and the executor run
     model = build_model(spec["name"], spec["overrides"] or None, seed=1, attention=spec["attention"])
     x, y = model.make_batch(spec["microbatch_size"], spec["seq_len"], 1)
     params = [p for u in model.units for p in u.parameters()]
