@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 DEMO   ?= runs/demo
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 install: $(VENV)/.installed
 
@@ -32,7 +32,13 @@ demo: install
 	@echo "artifacts in $(DEMO)/:" && ls $(DEMO)
 
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: install
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

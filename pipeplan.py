@@ -7,7 +7,7 @@ No logic lives here: each subcommand is a ``Command`` of the package that owns i
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from dashboard.cli import DASHBOARD
 from executor.cli import CALIBRATE, RUN, VALIDATE
@@ -20,8 +20,12 @@ COMMANDS = [PROFILE, PLAN, SIMULATE, SCHEDULE, RUN, VALIDATE, CALIBRATE, DASHBOA
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_commands(COMMANDS, argv, prog="pipeplan",
-                        description="Cut a PyTorch model into a pipeline, predict what it does, run it, compare.")
+    return run_commands(
+        COMMANDS,
+        argv,
+        prog="pipeplan",
+        description="Cut a PyTorch model into a pipeline, predict what it does, run it, compare.",
+    )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,18 @@ SHOTS = [
     ("6-compare", "view=Compare", 0),
     ("7-export", "view=Export", 1000),
 ]
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", "--force-device-scale-factor=1"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+]
 
 
 def _chromium() -> str:
@@ -54,8 +63,11 @@ def _chromium() -> str:
             return shutil.which(name)
     if os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            check=True,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
         return shutil.which("chromium") or sys.exit("chromium did not install")
     sys.exit("no chromium: install Debian's chromium package (apt-get install -y chromium)")
 
@@ -75,8 +87,13 @@ def _synthetic_root(folder: Path) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     prof = synthetic_profile(12)
     prof.save(run / "profile.json")
-    best = plan(prof, Cluster(devices=4, memory_bytes=2**30), Job(global_batch=16, schedules=("1F1B",)), top=1,
-                profile_path=run / "profile.json")[0]
+    best = plan(
+        prof,
+        Cluster(devices=4, memory_bytes=2**30),
+        Job(global_batch=16, schedules=("1F1B",)),
+        top=1,
+        profile_path=run / "profile.json",
+    )[0]
     best.save(run / "plan.json")
     return folder / "runs"
 
@@ -112,7 +129,7 @@ class _Page:
         self.ws, self.n = ws, 0
 
     @staticmethod
-    async def open(debug_port: int) -> "_Page":
+    async def open(debug_port: int) -> _Page:
         import websockets
 
         for _ in range(100):
@@ -158,15 +175,19 @@ _STATE_JS = """(() => {
 
 
 async def _shoot(page: _Page, url: str, png: Path, width: int, height: int, timeout: float = 90) -> dict:
-    await page.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                    mobile=False)
+    await page.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
     await page.call("Page.navigate", url=url)
     t0, calm_since, state = time.time(), None, {}
     while time.time() - t0 < timeout:
         await asyncio.sleep(0.5)
         state = json.loads(await page.eval(_STATE_JS) or "{}")
-        ready = state and not state["running"] and not state["skeleton"] and state["blocks"] > 0 \
+        ready = (
+            state
+            and not state["running"]
+            and not state["skeleton"]
+            and state["blocks"] > 0
             and state["drawn"] >= state["charts"]
+        )
         calm_since = (calm_since or time.time()) if ready else None
         if calm_since and time.time() - calm_since > 2.0:
             break
@@ -179,10 +200,20 @@ async def _shoot(page: _Page, url: str, png: Path, width: int, height: int, time
 async def _shoot_all(chrome: str, port: int, out: Path, width: int, height: int, names: dict[str, str]) -> list[Path]:
     debug_port = _free_port()
     with tempfile.TemporaryDirectory(prefix="pipeplan-chrome-") as profile_dir:
-        browser = subprocess.Popen([chrome, *CHROME_FLAGS, f"--user-data-dir={profile_dir}",
-                                    f"--window-size={width},{height}", f"--remote-debugging-port={debug_port}",
-                                    "--remote-debugging-address=127.0.0.1", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        browser = subprocess.Popen(
+            [
+                chrome,
+                *CHROME_FLAGS,
+                f"--user-data-dir={profile_dir}",
+                f"--window-size={width},{height}",
+                f"--remote-debugging-port={debug_port}",
+                "--remote-debugging-address=127.0.0.1",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             page = await _Page.open(debug_port)
             written = []
@@ -192,8 +223,10 @@ async def _shoot_all(chrome: str, port: int, out: Path, width: int, height: int,
                 for short, value in names.items():
                     query = query.replace(f"={short}", f"={value}")
                 state = await _shoot(page, f"http://127.0.0.1:{port}/?{query}", png, width, h or height)
-                print(f"{png}  ({time.time() - t0:.1f} s, {state.get('drawn', 0)}/{state.get('charts', 0)} charts "
-                      f"drawn)", flush=True)
+                print(
+                    f"{png}  ({time.time() - t0:.1f} s, {state.get('drawn', 0)}/{state.get('charts', 0)} charts drawn)",
+                    flush=True,
+                )
                 written.append(png)
             await page.ws.close()
             return written
@@ -217,9 +250,23 @@ def main() -> int:
     wide = _profile_64(work)
     port = args.port or _free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    server = subprocess.Popen([sys.executable, str(ROOT / "pipeplan.py"), "dashboard", "--port", str(port),
-                               "--root", str(root), "--root", str(wide.parent.parent)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "pipeplan.py"),
+            "dashboard",
+            "--port",
+            str(port),
+            "--root",
+            str(root),
+            "--root",
+            str(wide.parent.parent),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_healthy(port, server)
         width, height = (int(x) for x in args.size.split(","))

@@ -38,10 +38,11 @@ def _plain_steps(plan, steps: int, warmup: int) -> list[float]:
 
     rank = dist.get_rank()
     prof = plan.profile
-    model = build_model(prof.model_name, config=prof.model_config, seed=0,
-                        attention=prof.measurement.get("attention", "sdpa"))
+    model = build_model(
+        prof.model_name, config=prof.model_config, seed=0, attention=prof.measurement.get("attention", "sdpa")
+    )
     s = plan.stages[rank]
-    mod = nn.Sequential(*model.units[s.first:s.end])
+    mod = nn.Sequential(*model.units[s.first : s.end])
     stage = PipelineStage(mod, rank, len(plan.stages), torch.device("cpu"))
     sched = Schedule1F1B(stage, plan.microbatches, loss_fn=model.loss_fn)
     opt = torch.optim.AdamW(mod.parameters(), lr=1e-4)
@@ -66,9 +67,9 @@ def worker(plan_path: Path, steps: int, rounds: int) -> int:
     import torch.distributed as dist
 
     from executor import runtime
-    from profiles.measure import keep_freed_memory
     from executor.report import load_report
     from planner.plan import load_plan
+    from profiles.measure import keep_freed_memory
 
     torch.set_num_threads(1)
     keep_freed_memory()
@@ -88,8 +89,10 @@ def worker(plan_path: Path, steps: int, rounds: int) -> int:
         p, e = statistics.median(plain), statistics.median(ours)
         print(f"\nplain Schedule1F1B script: median step {p * 1e3:.1f} ms over {len(plain)} steps")
         print(f"pipeplan executor:         median step {e * 1e3:.1f} ms over {len(ours)} steps")
-        print(f"executor overhead: {e / p - 1:+.1%} (target within 3%; load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+        print(
+            f"executor overhead: {e / p - 1:+.1%} (target within 3%; load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})"
+        )
     dist.destroy_process_group()
     return 0
 
@@ -114,14 +117,39 @@ def main() -> int:
     prof_path = args.out / f"{args.model}.profile.json"
     if not prof_path.exists():
         profile_model(args.model, seq_len=args.seq_len, microbatch_sizes=(1,)).save(prof_path)
-    job = Job(global_batch=args.microbatches, microbatch_size=1, microbatches=(args.microbatches,),
-              schedules=("1F1B",), pp=(2,))
-    plan = score_split(load_profile(prof_path), Cluster(devices=2), job, "even", "1F1B",
-                       microbatches=args.microbatches, pp=2, profile_path=prof_path)
+    job = Job(
+        global_batch=args.microbatches,
+        microbatch_size=1,
+        microbatches=(args.microbatches,),
+        schedules=("1F1B",),
+        pp=(2,),
+    )
+    plan = score_split(
+        load_profile(prof_path),
+        Cluster(devices=2),
+        job,
+        "even",
+        "1F1B",
+        microbatches=args.microbatches,
+        pp=2,
+        profile_path=prof_path,
+    )
     path = plan.save(args.out / "plan.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-           "--worker", str(path), "--steps", str(args.steps), "--rounds", str(args.rounds)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        __file__,
+        "--worker",
+        str(path),
+        "--steps",
+        str(args.steps),
+        "--rounds",
+        str(args.rounds),
+    ]
     return subprocess.run(cmd, env=env).returncode
 
 

@@ -55,11 +55,20 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="run the whole matrix this many times, in turn")
-    ap.add_argument("--profile-repeats", type=int, default=15,
-                    help="timed repeats per unit when profiling (default 15; the profiler's own default is 5)")
-    ap.add_argument("--side-by-side", type=int, default=1, metavar="N",
-                    help="profile with N processes training the model beside the profiler, as the other rank "
-                         "computes beside each rank in the runs (default 1; 0: alone)")
+    ap.add_argument(
+        "--profile-repeats",
+        type=int,
+        default=15,
+        help="timed repeats per unit when profiling (default 15; the profiler's own default is 5)",
+    )
+    ap.add_argument(
+        "--side-by-side",
+        type=int,
+        default=1,
+        metavar="N",
+        help="profile with N processes training the model beside the profiler, as the other rank "
+        "computes beside each rank in the runs (default 1; 0: alone)",
+    )
     ap.add_argument("--cluster", type=Path, help="a calibrated cluster spec (default: calibrate now)")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
     args = ap.parse_args()
@@ -86,15 +95,23 @@ def main() -> int:
         prof_path = args.out / f"{model}.profile.json"
         if not prof_path.exists():
             print(f"profiling {model} ...", flush=True)
-            profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=args.profile_repeats,
-                          side_by_side=args.side_by_side).save(prof_path)
+            profile_model(
+                model,
+                seq_len=args.seq_len,
+                microbatch_sizes=(1,),
+                repeats=args.profile_repeats,
+                side_by_side=args.side_by_side,
+            ).save(prof_path)
         profile = load_profile(prof_path)
         for name in args.schedules.split(","):
             for m in map(int, args.microbatches.split(",")):
                 plan = validation_plan(profile, prof_path, cluster, name, 2, m, virtual.get(name, 1))
                 plans.append((model, name, m, plan))
-    runs = [(i, plan.save(args.out / f"{model}-{name}-m{m}.r{r}.json"))
-            for r in range(args.rounds) for i, (model, name, m, plan) in enumerate(plans)]
+    runs = [
+        (i, plan.save(args.out / f"{model}-{name}-m{m}.r{r}.json"))
+        for r in range(args.rounds)
+        for i, (model, name, m, plan) in enumerate(plans)
+    ]
     load_run = _load()
     rc = launch("executor", [*(str(p) for _, p in runs), "--steps", str(args.steps), "--warmup", str(args.warmup)], 2)
     if rc != 0:
@@ -116,33 +133,55 @@ def main() -> int:
         errors.append((med - pred) / pred)
         model_errors.append(statistics.median(model_err[i]))
         spread = (max(steps[i]) - min(steps[i])) / med
-        rows.append(f"{model:<12} {name:<16} {m:>3} {pred * 1e3:10.1f} {med * 1e3:10.1f} {errors[-1]:+8.1%} "
-                    f"{model_errors[-1]:+7.1%} {spread:7.1%} {statistics.median(off_cpu[i]):8.1%}")
-    print(f"\n{'model':<12} {'schedule':<16} {'m':>3} {'pred ms':>10} {'meas ms':>10} {'error':>8} {'model':>7} "
-          f"{'spread':>7} {'off-CPU':>8}")
+        rows.append(
+            f"{model:<12} {name:<16} {m:>3} {pred * 1e3:10.1f} {med * 1e3:10.1f} {errors[-1]:+8.1%} "
+            f"{model_errors[-1]:+7.1%} {spread:7.1%} {statistics.median(off_cpu[i]):8.1%}"
+        )
+    print(
+        f"\n{'model':<12} {'schedule':<16} {'m':>3} {'pred ms':>10} {'meas ms':>10} {'error':>8} {'model':>7} "
+        f"{'spread':>7} {'off-CPU':>8}"
+    )
     print("\n".join(rows))
     abs_err = [abs(e) for e in errors]
     med, worst = statistics.median(abs_err), max(abs_err)
-    print(f"\n{len(errors)} configs x {args.rounds} rounds x {args.steps} steps on 2 CPU ranks (gloo): "
-          f"median |error| {med:.1%}, max |error| {worst:.1%}, mean error {statistics.mean(errors):+.1%}; "
-          f"target median <= 5%, max <= 10%: {'met' if med <= 0.05 and worst <= 0.10 else 'NOT met'}")
+    print(
+        f"\n{len(errors)} configs x {args.rounds} rounds x {args.steps} steps on 2 CPU ranks (gloo): "
+        f"median |error| {med:.1%}, max |error| {worst:.1%}, mean error {statistics.mean(errors):+.1%}; "
+        f"target median <= 5%, max <= 10%: {'met' if med <= 0.05 and worst <= 0.10 else 'NOT met'}"
+    )
     abs_model = [abs(e) for e in model_errors]
-    print(f"the schedule model alone (each run replayed with its own action times): median |error| "
-          f"{statistics.median(abs_model):.1%}, max {max(abs_model):.1%}, mean {statistics.mean(model_errors):+.1%}")
-    print(f"load average (1/5/15 min): before calibration {load_before}; before the run {load_run}; "
-          f"after {_load()}")
+    print(
+        f"the schedule model alone (each run replayed with its own action times): median |error| "
+        f"{statistics.median(abs_model):.1%}, max {max(abs_model):.1%}, mean {statistics.mean(model_errors):+.1%}"
+    )
+    print(f"load average (1/5/15 min): before calibration {load_before}; before the run {load_run}; after {_load()}")
     drift = {}
     for model in args.models.split(","):  # the noise floor: the same profile, taken again now
-        again = profile_model(model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=args.profile_repeats,
-                              side_by_side=args.side_by_side)
+        again = profile_model(
+            model,
+            seq_len=args.seq_len,
+            microbatch_sizes=(1,),
+            repeats=args.profile_repeats,
+            side_by_side=args.side_by_side,
+        )
         before = load_profile(args.out / f"{model}.profile.json")
         drift[model] = _work(again) / _work(before) - 1
-    print("machine drift (the profile taken again after the runs, F + B summed over units): "
-          + ", ".join(f"{model} {d:+.1%}" for model, d in drift.items()))
-    summary = {"configs": [{"model": mo, "schedule": n, "microbatches": m, "error": e, "model_error": me}
-                           for (mo, n, m, _), e, me in zip(plans, errors, model_errors)], "rounds": args.rounds,
-               "median_abs_error": med, "max_abs_error": worst, "load_before_run": load_run, "load_after": _load(),
-               "drift": drift}
+    print(
+        "machine drift (the profile taken again after the runs, F + B summed over units): "
+        + ", ".join(f"{model} {d:+.1%}" for model, d in drift.items())
+    )
+    summary = {
+        "configs": [
+            {"model": mo, "schedule": n, "microbatches": m, "error": e, "model_error": me}
+            for (mo, n, m, _), e, me in zip(plans, errors, model_errors)
+        ],
+        "rounds": args.rounds,
+        "median_abs_error": med,
+        "max_abs_error": worst,
+        "load_before_run": load_run,
+        "load_after": _load(),
+        "drift": drift,
+    }
     (args.out / "fidelity.json").write_text(json.dumps(summary, indent=1))
     return 0
 

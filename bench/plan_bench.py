@@ -41,15 +41,22 @@ def llama_profile(path: Path) -> Path:
 
         unit("embed", "embedding", VOCAB * H, 0.0 + tokens * H, tokens * 8, tokens * H * 2)
         for i in range(BLOCKS):
-            unit(f"block{i}", "block", block_params, 2 * block_params * tokens + attn, tokens * H * 34,
-                 tokens * H * 2)
+            unit(f"block{i}", "block", block_params, 2 * block_params * tokens + attn, tokens * H * 34, tokens * H * 2)
         unit("head", "head", VOCAB * H, 2 * VOCAB * H * tokens, tokens * VOCAB * 4, 4)
-        whole = WholeModel(sum(u.forward_s for u in units), sum(u.backward_s for u in units),
-                           sum(u.saved_bytes for u in units))
+        whole = WholeModel(
+            sum(u.forward_s for u in units), sum(u.backward_s for u in units), sum(u.saved_bytes for u in units)
+        )
         entries.append(ProfileEntry("bf16", b, tuple(units), whole))
-    Profile("llama-style-128", {"hidden_size": H, "intermediate_size": FFN, "vocab_size": VOCAB,
-                                "num_hidden_layers": BLOCKS}, "h100", "h100", SEQ, "analytic", tuple(entries),
-            {"note": "synthetic analytic profile built by bench/plan_bench.py"}).save(path)
+    Profile(
+        "llama-style-128",
+        {"hidden_size": H, "intermediate_size": FFN, "vocab_size": VOCAB, "num_hidden_layers": BLOCKS},
+        "h100",
+        "h100",
+        SEQ,
+        "analytic",
+        tuple(entries),
+        {"note": "synthetic analytic profile built by bench/plan_bench.py"},
+    ).save(path)
     return path
 
 
@@ -68,21 +75,31 @@ def main() -> int:
         profile = load_profile(path)
         cluster = PRESET_CLUSTERS["h100x64"]
         from dataclasses import replace
+
         cluster = replace(cluster, name=f"h100x{args.devices}", devices=args.devices)
-        job = Job(global_batch=args.global_batch, schedules=tuple(SCHEDULES), dtypes=("bf16",),
-                  microbatches=tuple(m for m in range(1, 257)))
+        job = Job(
+            global_batch=args.global_batch,
+            schedules=tuple(SCHEDULES),
+            dtypes=("bf16",),
+            microbatches=tuple(m for m in range(1, 257)),
+        )
         t0 = time.perf_counter()
-        plans, stats = search(profile, cluster, job, top=args.top, profile_path=path, solver=args.solver,
-                               time_limit=args.time_limit)
+        plans, stats = search(
+            profile, cluster, job, top=args.top, profile_path=path, solver=args.solver, time_limit=args.time_limit
+        )
         total = time.perf_counter() - t0
-    print(f"{profile.num_units} units, {args.devices} devices, global batch {args.global_batch}, "
-          f"schedules {', '.join(SCHEDULES)}, m <= 256")
+    print(
+        f"{profile.num_units} units, {args.devices} devices, global batch {args.global_batch}, "
+        f"schedules {', '.join(SCHEDULES)}, m <= 256"
+    )
     print(f"{'phase':<12} {'seconds':>8}")
     for phase, s in stats.seconds.items():
         print(f"{phase:<12} {s:8.3f}")
     print(f"{'total':<12} {total:8.3f}")
-    print(f"candidates {stats.candidates}, pruned by the lower bound {stats.pruned}, MILPs solved {stats.milps}, "
-          f"MILP answers reused {stats.milp_reused}, simulations {stats.simulations}")
+    print(
+        f"candidates {stats.candidates}, pruned by the lower bound {stats.pruned}, MILPs solved {stats.milps}, "
+        f"MILP answers reused {stats.milp_reused}, simulations {stats.simulations}"
+    )
     print(format_plans(plans))
     for i, p in enumerate(plans, 1):
         print(f"plan {i}: solver {p.solver}")

@@ -48,14 +48,21 @@ def main() -> int:
     prof_path = args.out / f"{args.model}.profile.json"
     if not prof_path.exists():
         # as make demo profiles: 15 repeats, beside a neighbour training the model (the other rank)
-        profile_model(args.model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=15,
-                      side_by_side=1).save(prof_path)
+        profile_model(args.model, seq_len=args.seq_len, microbatch_sizes=(1,), repeats=15, side_by_side=1).save(
+            prof_path
+        )
     profile = load_profile(prof_path)
-    job = Job(global_batch=args.microbatches, microbatch_size=1, microbatches=(args.microbatches,),
-              schedules=("1F1B",), pp=(2,))
+    job = Job(
+        global_batch=args.microbatches,
+        microbatch_size=1,
+        microbatches=(args.microbatches,),
+        schedules=("1F1B",),
+        pp=(2,),
+    )
     best = plan(profile, cluster, job, top=1, profile_path=prof_path)[0]
-    even = score_split(profile, cluster, job, "even", "1F1B", microbatches=args.microbatches, pp=2,
-                       profile_path=prof_path)
+    even = score_split(
+        profile, cluster, job, "even", "1F1B", microbatches=args.microbatches, pp=2, profile_path=prof_path
+    )
     plans = {"planned": best, "even": even}
     order = [(name, r, plans[name].save(args.out / f"{name}.r{r}.json")) for r in range(args.rounds) for name in plans]
     if launch("executor", [*(str(p) for *_, p in order), "--steps", str(args.steps), "--warmup", "2"], 2):
@@ -69,9 +76,11 @@ def main() -> int:
     print(f"\n{'plan':<8} {'layout':<22} {'predicted ms':>13} {'measured ms':>12}")
     for k in plans:
         print(f"{k:<8} {layouts[k]:<22} {predicted[k] * 1e3:13.1f} {med[k] * 1e3:12.1f}")
-    print(f"\neven / planned step time: predicted {predicted['even'] / predicted['planned']:.2f}x, "
-          f"measured {med['even'] / med['planned']:.2f}x ({args.model}, 1F1B, 2 CPU ranks, m={args.microbatches}; "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    print(
+        f"\neven / planned step time: predicted {predicted['even'] / predicted['planned']:.2f}x, "
+        f"measured {med['even'] / med['planned']:.2f}x ({args.model}, 1F1B, 2 CPU ranks, m={args.microbatches}; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})"
+    )
     return 0
 
 

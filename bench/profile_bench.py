@@ -16,8 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MEASURED = [("gpt2-tiny", 64), ("llama-tiny", 64), ("bert-tiny", 64), ("llama-small", 128), ("bert-small", 128),
-            ("gpt2-demo", 128)]
+MEASURED = [
+    ("gpt2-tiny", 64),
+    ("llama-tiny", 64),
+    ("bert-tiny", 64),
+    ("llama-small", 128),
+    ("bert-small", 128),
+    ("gpt2-demo", 128),
+]
 ANALYTIC = [("gpt2", 1024), ("bert-base", 512), ("llama-1b", 4096), ("llama3-8b", 4096), ("llama3-70b", 4096)]
 
 
@@ -41,15 +47,31 @@ def main() -> int:
         b = sum(u.backward_s for u in e.units)
         iw = sum(u.backward_input_s + u.backward_weight_s for u in e.units) / b
         c = e.consistency
-        rows.append((name, "measured cpu fp32", p.num_units, seq, dt,
-                     f"F {c['forward']:.3f}  (I+W)/B {iw:.3f}  saved {c['saved_bytes']:.3f}"))
+        rows.append(
+            (
+                name,
+                "measured cpu fp32",
+                p.num_units,
+                seq,
+                dt,
+                f"F {c['forward']:.3f}  (I+W)/B {iw:.3f}  saved {c['saved_bytes']:.3f}",
+            )
+        )
     for name, seq in analytic:
         t0 = time.perf_counter()
         p = analytic_profile(name, device_spec_name="h100", dtypes=("bf16",), seq_len=seq)
         dt = time.perf_counter() - t0
         w = p.entries[0].whole_model
-        rows.append((name, "analytic h100 bf16", p.num_units, seq, dt,
-                     f"step F+B {1e3 * (w.forward_s + w.backward_s):.1f} ms/sample"))
+        rows.append(
+            (
+                name,
+                "analytic h100 bf16",
+                p.num_units,
+                seq,
+                dt,
+                f"step F+B {1e3 * (w.forward_s + w.backward_s):.1f} ms/sample",
+            )
+        )
     print(f"{'model':<12} {'method':<19} {'units':>5} {'seq':>5} {'time s':>7}  notes")
     for name, method, n, seq, dt, note in rows:
         print(f"{name:<12} {method:<19} {n:>5} {seq:>5} {dt:7.2f}  {note}")

@@ -50,10 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     table = make_schedule(spec.name, args.pp, args.microbatches, args.virtual)
     n = sum(len(flat_actions(a)) for a in table.values())  # a pair counts as its two actions
     stages = spec.num_stages(args.pp, args.virtual)
-    costs = [StageCost(1e-3 * (1 + s % 3), 2e-3, 1e-3, 1e-3, activation_bytes=1 << 20, static_bytes=1 << 30,
-                       output_bytes=1 << 18, input_bytes=1 << 18, param_bytes=1 << 28) for s in range(stages)]
-    inp = SimInput(table, costs, Links(latency_s=5e-6, bandwidth_Bps=100e9, inter_latency_s=2e-5,
-                                       inter_bandwidth_Bps=25e9, devices_per_node=8))
+    costs = [
+        StageCost(
+            1e-3 * (1 + s % 3),
+            2e-3,
+            1e-3,
+            1e-3,
+            activation_bytes=1 << 20,
+            static_bytes=1 << 30,
+            output_bytes=1 << 18,
+            input_bytes=1 << 18,
+            param_bytes=1 << 28,
+        )
+        for s in range(stages)
+    ]
+    inp = SimInput(
+        table,
+        costs,
+        Links(latency_s=5e-6, bandwidth_Bps=100e9, inter_latency_s=2e-5, inter_bandwidth_Bps=25e9, devices_per_node=8),
+    )
     simulate(inp)  # warm
     ours = best_of(lambda: simulate(inp), args.repeats)
     tl = simulate(inp)
@@ -67,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         # it gets a pair as its two halves, in order
         compute = {r: [ts._Action.from_str(str(a)) for a in flat_actions(acts)] for r, acts in table.items()}
         t0 = time.perf_counter()
-        lowered = ts._add_send_recv(copy.deepcopy(compute), stage_to_rank=stage_to_rank.__getitem__,
-                                    num_stages=stages)
+        lowered = ts._add_send_recv(copy.deepcopy(compute), stage_to_rank=stage_to_rank.__getitem__, num_stages=stages)
         lower_s = time.perf_counter() - t0
 
         def run_torch():
@@ -79,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("torch _simulate_comms_compute (unit steps, comms-lowered table)", theirs))
         rows.append(("  (torch _add_send_recv lowering, once, not counted above)", lower_s))
 
-    print(f"{spec.name}: {args.pp} ranks x {args.microbatches} microbatches (virtual {args.virtual}), "
-          f"{n} compute actions; simulated step {tl.step_s * 1e3:.2f} ms")
+    print(
+        f"{spec.name}: {args.pp} ranks x {args.microbatches} microbatches (virtual {args.virtual}), "
+        f"{n} compute actions; simulated step {tl.step_s * 1e3:.2f} ms"
+    )
     print(f"| {'simulator':<66} | {'seconds':>9} | {'actions/s':>12} |")
     print(f"|{'-' * 68}|{'-' * 11}|{'-' * 14}|")
     for name, sec in rows:

@@ -17,15 +17,34 @@ APP = Path(__file__).resolve().parent / "app.py"
 
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (default 8501)")
-    p.add_argument("--root", action="append", default=[], metavar="DIR",
-                   help="folder to read profiles, plans and run reports from (repeatable; default runs/ and profiles/)")
+    p.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder to read profiles, plans and run reports from (repeatable; default runs/ and profiles/)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(APP.parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
-           "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+    ]
     for r in args.root:
         cmd += ["--root", r]
     print(f"pipeplan dashboard on http://127.0.0.1:{args.port}", flush=True)

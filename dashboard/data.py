@@ -30,9 +30,26 @@ from simulator.engine import SimInput, simulate
 from simulator.schedules import make_schedule
 from simulator.timeline import Timeline, trace_events
 
-__all__ = ["PlanSettings", "Stamp", "stamp", "find_files", "cached_profile", "plan_candidates", "candidate_timeline",
-           "saved_plan", "saved_plan_timeline", "run_report", "whatif_timeline", "plan_json", "schedule_csv",
-           "trace_json", "job_supports_recompute", "profile_dtypes", "pipeline_degrees", "TOP"]
+__all__ = [
+    "PlanSettings",
+    "Stamp",
+    "stamp",
+    "find_files",
+    "cached_profile",
+    "plan_candidates",
+    "candidate_timeline",
+    "saved_plan",
+    "saved_plan_timeline",
+    "run_report",
+    "whatif_timeline",
+    "plan_json",
+    "schedule_csv",
+    "trace_json",
+    "job_supports_recompute",
+    "profile_dtypes",
+    "pipeline_degrees",
+    "TOP",
+]
 
 _KINDS = {"pipeplan.profile/1": "profile", "pipeplan.plan/1": "plan", "pipeplan.runreport/1": "runreport"}
 TOP = 5  #: candidates shown per solve
@@ -86,8 +103,13 @@ class PlanSettings:
         return Cluster(devices=self.devices, memory_bytes=self.memory_bytes, devices_per_node=self.devices_per_node)
 
     def job(self) -> Job:
-        kw = dict(global_batch=self.global_batch, schedules=self.schedules, dtypes=self.dtypes,
-                  microbatch_size=self.microbatch_size, pp=self.pp)
+        kw = dict(
+            global_batch=self.global_batch,
+            schedules=self.schedules,
+            dtypes=self.dtypes,
+            microbatch_size=self.microbatch_size,
+            pp=self.pp,
+        )
         if job_supports_recompute():
             kw["recompute"] = self.recompute
         return Job(**kw)
@@ -115,8 +137,9 @@ def cached_profile(path: str, version: Stamp) -> Profile:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def plan_candidates(profile_path: str, version: Stamp, settings: PlanSettings,
-                    top: int = TOP) -> tuple[list[Plan], str | None]:
+def plan_candidates(
+    profile_path: str, version: Stamp, settings: PlanSettings, top: int = TOP
+) -> tuple[list[Plan], str | None]:
     """The planner's top plans for ``settings`` (best first), or an error line that says what to change.
 
     A planner bug is not caught here: it surfaces as an exception, to be fixed in the planner.
@@ -174,8 +197,9 @@ def run_report(path: str, version: Stamp) -> tuple[RunReport | None, Plan | None
 def whatif_timeline(schedule: str, pp: int, microbatches: int, f: float, b: float, comm: float) -> Timeline:
     """Uniform stage costs (like ``pipeplan simulate --schedule``): times in ms, one stage per rank."""
     table = make_schedule(schedule, pp, microbatches)
-    cost = StageCost(f / 1e3, b / 1e3, b / 2e3, b / 2e3, activation_bytes=2**20, static_bytes=0,
-                     output_bytes=1, input_bytes=1)
+    cost = StageCost(
+        f / 1e3, b / 1e3, b / 2e3, b / 2e3, activation_bytes=2**20, static_bytes=0, output_bytes=1, input_bytes=1
+    )
     links = Links(latency_s=comm / 1e3, inter_latency_s=comm / 1e3)
     return simulate(SimInput(table, [cost] * pp, links))
 

@@ -15,23 +15,50 @@ from planner.plan import Plan
 from profiles.types import ProfileEntry
 from simulator.timeline import Timeline
 
-__all__ = ["profile_frame", "candidate_row", "split_frame", "events_frame", "transfers_frame", "memory_frame",
-           "ranks_frame", "compare_frame", "KIND_NAMES"]
+__all__ = [
+    "profile_frame",
+    "candidate_row",
+    "split_frame",
+    "events_frame",
+    "transfers_frame",
+    "memory_frame",
+    "ranks_frame",
+    "compare_frame",
+    "KIND_NAMES",
+]
 
 MIB = 2**20
 #: the action kinds as people read them (legend and tooltips)
-KIND_NAMES = {"F": "forward (F)", "B": "backward (B)", "I": "backward, inputs (I)", "W": "backward, weights (W)",
-              "send": "send"}
+KIND_NAMES = {
+    "F": "forward (F)",
+    "B": "backward (B)",
+    "I": "backward, inputs (I)",
+    "W": "backward, weights (W)",
+    "send": "send",
+}
 
 
 def profile_frame(entry: ProfileEntry) -> pd.DataFrame:
     """One row per unit, in model order: times (ms), memory (MiB), parameters, GFLOP."""
-    return pd.DataFrame([{
-        "#": i, "unit": u.name, "kind": u.kind,
-        "F ms": u.forward_s * 1e3, "I ms": u.backward_input_s * 1e3, "W ms": u.backward_weight_s * 1e3,
-        "B ms": u.backward_s * 1e3,
-        "weights MiB": u.param_bytes / MIB, "activations MiB": u.saved_bytes / MIB, "output KiB": u.output_bytes / 1024,
-        "params": u.params, "GFLOP": u.forward_flops / 1e9} for i, u in enumerate(entry.units)])
+    return pd.DataFrame(
+        [
+            {
+                "#": i,
+                "unit": u.name,
+                "kind": u.kind,
+                "F ms": u.forward_s * 1e3,
+                "I ms": u.backward_input_s * 1e3,
+                "W ms": u.backward_weight_s * 1e3,
+                "B ms": u.backward_s * 1e3,
+                "weights MiB": u.param_bytes / MIB,
+                "activations MiB": u.saved_bytes / MIB,
+                "output KiB": u.output_bytes / 1024,
+                "params": u.params,
+                "GFLOP": u.forward_flops / 1e9,
+            }
+            for i, u in enumerate(entry.units)
+        ]
+    )
 
 
 def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
@@ -39,13 +66,23 @@ def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
     pred = plan.predicted
     base = next((b for b in plan.baselines if b.get("name") == "even-1F1B"), None)
     peak = max(pred.peak_bytes)
-    return {"#": rank, "schedule": plan.schedule, "pp": plan.pp, "dp": plan.dp, "microbatches": plan.microbatches,
-            "mb size": plan.microbatch_size, "step ms": pred.step_s * 1e3,
-            "vs even split": base["speedup"] if base else None,
-            "bubble %": 100 * sum(pred.bubble_fraction) / len(pred.bubble_fraction),
-            "peak GiB": peak / 2**30, "peak / cap %": 100 * peak / cap_bytes,
-            "dtype": plan.stages[0].dtype, "recompute": any(s.recompute for s in plan.stages),
-            "samples/s": pred.throughput, "layout": plan.layout()}
+    return {
+        "#": rank,
+        "schedule": plan.schedule,
+        "pp": plan.pp,
+        "dp": plan.dp,
+        "microbatches": plan.microbatches,
+        "mb size": plan.microbatch_size,
+        "step ms": pred.step_s * 1e3,
+        "vs even split": base["speedup"] if base else None,
+        "bubble %": 100 * sum(pred.bubble_fraction) / len(pred.bubble_fraction),
+        "peak GiB": peak / 2**30,
+        "peak / cap %": 100 * peak / cap_bytes,
+        "dtype": plan.stages[0].dtype,
+        "recompute": any(s.recompute for s in plan.stages),
+        "samples/s": pred.throughput,
+        "layout": plan.layout(),
+    }
 
 
 def split_frame(plans: list[Plan], unit_names: list[str], unit_ms: list[float]) -> pd.DataFrame:
@@ -54,27 +91,58 @@ def split_frame(plans: list[Plan], unit_names: list[str], unit_ms: list[float]) 
     for i, p in enumerate(plans, 1):
         for s in p.stages:
             for u in range(s.first, s.end):
-                rows.append({"candidate": f"#{i} {p.schedule} pp{p.pp}", "#": i, "unit #": u,
-                             "unit": unit_names[u], "stage": s.index, "rank": s.rank,
-                             "F+B ms": unit_ms[u] if u < len(unit_ms) else None})
+                rows.append(
+                    {
+                        "candidate": f"#{i} {p.schedule} pp{p.pp}",
+                        "#": i,
+                        "unit #": u,
+                        "unit": unit_names[u],
+                        "stage": s.index,
+                        "rank": s.rank,
+                        "F+B ms": unit_ms[u] if u < len(unit_ms) else None,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def events_frame(tl: Timeline, label: str = "") -> pd.DataFrame:
     """Compute actions and sends, one row each: rank, kind, start/end (ms), the action's name."""
-    rows = [{"timeline": label or tl.source, "rank": e.rank, "kind": e.kind, "what": KIND_NAMES[e.kind],
-             "action": f"{e.stage}{e.kind}{e.microbatch}", "stage": e.stage, "microbatch": e.microbatch,
-             "start ms": e.start_s * 1e3, "end ms": e.end_s * 1e3, "ms": (e.end_s - e.start_s) * 1e3}
-            for e in tl.events]
+    rows = [
+        {
+            "timeline": label or tl.source,
+            "rank": e.rank,
+            "kind": e.kind,
+            "what": KIND_NAMES[e.kind],
+            "action": f"{e.stage}{e.kind}{e.microbatch}",
+            "stage": e.stage,
+            "microbatch": e.microbatch,
+            "start ms": e.start_s * 1e3,
+            "end ms": e.end_s * 1e3,
+            "ms": (e.end_s - e.start_s) * 1e3,
+        }
+        for e in tl.events
+    ]
     cols = ["timeline", "rank", "kind", "what", "action", "stage", "microbatch", "start ms", "end ms", "ms"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def transfers_frame(tl: Timeline, label: str = "") -> pd.DataFrame:
-    rows = [{"timeline": label or tl.source, "rank": t.src, "kind": "send", "what": KIND_NAMES["send"],
-             "action": f"send {t.kind}{t.microbatch} {t.src}->{t.dst}", "stage": t.stage, "microbatch": t.microbatch,
-             "start ms": t.start_s * 1e3, "end ms": t.end_s * 1e3, "ms": (t.end_s - t.start_s) * 1e3,
-             "KiB": t.bytes / 1024} for t in tl.transfers]
+    rows = [
+        {
+            "timeline": label or tl.source,
+            "rank": t.src,
+            "kind": "send",
+            "what": KIND_NAMES["send"],
+            "action": f"send {t.kind}{t.microbatch} {t.src}->{t.dst}",
+            "stage": t.stage,
+            "microbatch": t.microbatch,
+            "start ms": t.start_s * 1e3,
+            "end ms": t.end_s * 1e3,
+            "ms": (t.end_s - t.start_s) * 1e3,
+            "KiB": t.bytes / 1024,
+        }
+        for t in tl.transfers
+    ]
     cols = ["timeline", "rank", "kind", "what", "action", "stage", "microbatch", "start ms", "end ms", "ms", "KiB"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -94,8 +162,12 @@ def ranks_frame(tl: Timeline, cap_bytes: int | None = None) -> pd.DataFrame:
     """Per-rank busy time, bubble share and peak memory (against the cap when given)."""
     rows = []
     for r in tl.ranks:
-        row = {"rank": r.rank, "busy ms": r.busy_s * 1e3, "bubble %": 100 * r.bubble_fraction,
-               "peak MiB": r.peak_bytes / MIB}
+        row = {
+            "rank": r.rank,
+            "busy ms": r.busy_s * 1e3,
+            "bubble %": 100 * r.bubble_fraction,
+            "peak MiB": r.peak_bytes / MIB,
+        }
         if cap_bytes:
             row["peak / cap %"] = 100 * r.peak_bytes / cap_bytes
         rows.append(row)
@@ -105,6 +177,7 @@ def ranks_frame(tl: Timeline, cap_bytes: int | None = None) -> pd.DataFrame:
 def compare_frame(predicted: Timeline, report: RunReport, replayed_s: float | None = None) -> pd.DataFrame:
     """Predicted vs measured (the numbers of ``executor.cli.compare_table``): step, the replayed
     step when given (``executor.report.replayed_step_s``), busy and peak per rank."""
+
     def row(what: str, p: float, m: float) -> dict:
         return {"quantity": what, "predicted": p, "measured": m, "error %": 100 * (m - p) / p if p else None}
 

@@ -14,10 +14,18 @@ __all__ = ["synthetic_profile"]
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def synthetic_profile(blocks: int = 6, *, block_ms: float = 2.0, block_params: int = 2_000_000,
-                      embed_params: int = 8_000_000, head_ms: float = 4.0, saved_mib: float = 4.0,
-                      microbatch_sizes: tuple[int, ...] = (1, 2), dtypes: tuple[str, ...] = ("fp32", "bf16"),
-                      name: str = "synthetic") -> Profile:
+def synthetic_profile(
+    blocks: int = 6,
+    *,
+    block_ms: float = 2.0,
+    block_params: int = 2_000_000,
+    embed_params: int = 8_000_000,
+    head_ms: float = 4.0,
+    saved_mib: float = 4.0,
+    microbatch_sizes: tuple[int, ...] = (1, 2),
+    dtypes: tuple[str, ...] = ("fp32", "bf16"),
+    name: str = "synthetic",
+) -> Profile:
     """A Profile with ``blocks + 2`` units for every (dtype, microbatch size)."""
     entries = []
     for dtype in dtypes:
@@ -29,15 +37,34 @@ def synthetic_profile(blocks: int = 6, *, block_ms: float = 2.0, block_params: i
             units = []
             for uname, kind, f_ms, params, saved in specs:
                 f = f_ms * mbs * scale_t / 1e3
-                units.append(UnitCost(
-                    name=uname, kind=kind, forward_s=f, backward_s=2 * f, backward_input_s=f, backward_weight_s=f,
-                    params=params, param_bytes=params * _BYTES[dtype],
-                    saved_bytes=int(saved * 2**20 * mbs * _BYTES[dtype] / 4),
-                    output_bytes=int(2**18 * mbs * _BYTES[dtype] / 4) if kind != "head" else 0,
-                    forward_flops=2.0 * params * 128 * mbs))
-            whole = WholeModel(sum(u.forward_s for u in units) * 1.05, sum(u.backward_s for u in units) * 0.97,
-                               sum(u.saved_bytes for u in units))
+                units.append(
+                    UnitCost(
+                        name=uname,
+                        kind=kind,
+                        forward_s=f,
+                        backward_s=2 * f,
+                        backward_input_s=f,
+                        backward_weight_s=f,
+                        params=params,
+                        param_bytes=params * _BYTES[dtype],
+                        saved_bytes=int(saved * 2**20 * mbs * _BYTES[dtype] / 4),
+                        output_bytes=int(2**18 * mbs * _BYTES[dtype] / 4) if kind != "head" else 0,
+                        forward_flops=2.0 * params * 128 * mbs,
+                    )
+                )
+            whole = WholeModel(
+                sum(u.forward_s for u in units) * 1.05,
+                sum(u.backward_s for u in units) * 0.97,
+                sum(u.saved_bytes for u in units),
+            )
             entries.append(ProfileEntry(dtype, mbs, tuple(units), whole))
-    return Profile(model_name=name, model_config={"blocks": blocks}, device_name="synthetic device",
-                   device_kind="cpu", seq_len=128, method="analytic", entries=tuple(entries),
-                   measurement={"assumptions": "synthetic numbers for tests and screenshots"})
+    return Profile(
+        model_name=name,
+        model_config={"blocks": blocks},
+        device_name="synthetic device",
+        device_kind="cpu",
+        seq_len=128,
+        method="analytic",
+        entries=tuple(entries),
+        measurement={"assumptions": "synthetic numbers for tests and screenshots"},
+    )

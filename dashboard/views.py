@@ -46,14 +46,18 @@ def _chart(where, chart, width: str = "stretch") -> None:
 # -- Profile ---------------------------------------------------------------------------------------
 def show_profile(ctx: Context) -> None:
     p = ctx.profile
-    st.caption(f"**{p.model_name}** on {p.device_name} ({p.device_kind}), {p.method}, sequence length {p.seq_len}, "
-               f"{p.num_units} units — `{ctx.profile_path}`")
+    st.caption(
+        f"**{p.model_name}** on {p.device_name} ({p.device_kind}), {p.method}, sequence length {p.seq_len}, "
+        f"{p.num_units} units — `{ctx.profile_path}`"
+    )
     c1, c2 = st.columns(2)
     dtypes = data.profile_dtypes(p)
     dtype = c1.segmented_control("dtype", dtypes, default=dtypes[0], key="profile_dtype", required=True) or dtypes[0]
     sizes = sorted({e.microbatch_size for e in p.entries if e.dtype == dtype})
-    mbs = c2.segmented_control("microbatch size", sizes, default=sizes[0], key=f"profile_mbs_{dtype}",
-                               required=True) or sizes[0]
+    mbs = (
+        c2.segmented_control("microbatch size", sizes, default=sizes[0], key=f"profile_mbs_{dtype}", required=True)
+        or sizes[0]
+    )
     entry = p.entry(dtype, mbs)
     df = frames.profile_frame(entry)
     cons = entry.consistency
@@ -63,16 +67,28 @@ def show_profile(ctx: Context) -> None:
     m[2].metric("backward: units / whole model", f"{cons['backward']:.2f}")
     m[3].metric("saved bytes: units / whole model", f"{cons['saved_bytes']:.3f}")
     if any(abs(v - 1) > 0.25 for v in cons.values() if v == v):
-        st.warning("A consistency ratio is far from 1: the per-unit times do not add up to the whole model's, "
-                   "so stage times built from them are less certain (profile again with more repeats, or fewer "
-                   "threads).")
-    _chart(st, charts.stacked_units(df, ["F ms", "I ms", "W ms"], f"time per unit ({dtype}, microbatch {mbs})",
-                                         "ms per microbatch"), width="stretch")
-    _chart(st, charts.stacked_units(df, ["weights MiB", "activations MiB"], "memory per unit", "MiB"),
-                    width="stretch")
-    st.dataframe(df, hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in
-                                ("F ms", "I ms", "W ms", "B ms", "weights MiB", "activations MiB", "GFLOP")})
+        st.warning(
+            "A consistency ratio is far from 1: the per-unit times do not add up to the whole model's, "
+            "so stage times built from them are less certain (profile again with more repeats, or fewer "
+            "threads)."
+        )
+    _chart(
+        st,
+        charts.stacked_units(
+            df, ["F ms", "I ms", "W ms"], f"time per unit ({dtype}, microbatch {mbs})", "ms per microbatch"
+        ),
+        width="stretch",
+    )
+    _chart(st, charts.stacked_units(df, ["weights MiB", "activations MiB"], "memory per unit", "MiB"), width="stretch")
+    st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            k: st.column_config.NumberColumn(format="%.3f")
+            for k in ("F ms", "I ms", "W ms", "B ms", "weights MiB", "activations MiB", "GFLOP")
+        },
+    )
 
 
 # -- Plan ------------------------------------------------------------------------------------------
@@ -102,19 +118,32 @@ def show_plan(ctx: Context) -> None:
         st.error(error)
         return
     rows = pd.DataFrame([frames.candidate_row(i, p, s.memory_bytes) for i, p in enumerate(plans, 1)])
-    st.subheader(f"{len(plans)} best plans for {s.devices} devices × {s.memory_gib:g} GiB, global batch "
-                 f"{s.global_batch}")
-    st.dataframe(rows, hide_index=True, width="stretch", column_config={
-        "step ms": st.column_config.NumberColumn(format="%.2f"),
-        "bubble %": st.column_config.NumberColumn(format="%.1f"),
-        "peak GiB": st.column_config.NumberColumn(format="%.3f"),
-        "peak / cap %": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100),
-        "vs even split": st.column_config.NumberColumn(format="%.2fx", help="even split's step time / this one's"),
-        "samples/s": st.column_config.NumberColumn(format="%.1f")})
+    st.subheader(
+        f"{len(plans)} best plans for {s.devices} devices × {s.memory_gib:g} GiB, global batch {s.global_batch}"
+    )
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "step ms": st.column_config.NumberColumn(format="%.2f"),
+            "bubble %": st.column_config.NumberColumn(format="%.1f"),
+            "peak GiB": st.column_config.NumberColumn(format="%.3f"),
+            "peak / cap %": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100),
+            "vs even split": st.column_config.NumberColumn(format="%.2fx", help="even split's step time / this one's"),
+            "samples/s": st.column_config.NumberColumn(format="%.1f"),
+        },
+    )
     options = list(range(1, len(plans) + 1))
-    pick = st.radio("show candidate", options, index=chosen_index(plans) - 1, horizontal=True,
-                    format_func=lambda i: f"#{i} {plans[i - 1].schedule} pp{plans[i - 1].pp} "
-                                          f"({plans[i - 1].predicted.step_s * 1e3:.1f} ms)")
+    pick = st.radio(
+        "show candidate",
+        options,
+        index=chosen_index(plans) - 1,
+        horizontal=True,
+        format_func=lambda i: (
+            f"#{i} {plans[i - 1].schedule} pp{plans[i - 1].pp} ({plans[i - 1].predicted.step_s * 1e3:.1f} ms)"
+        ),
+    )
     st.session_state[CHOSEN] = pick
     plan = plans[pick - 1]
     entry = ctx.profile.entry(plan.stages[0].dtype, plan.microbatch_size)
@@ -124,12 +153,17 @@ def show_plan(ctx: Context) -> None:
     tl = data.candidate_timeline(ctx.profile_path, ctx.version, s, pick - 1)
     ranks = frames.ranks_frame(tl, s.memory_bytes)
     c1, c2 = st.columns(2)
-    _chart(c1, charts.peak_bars(ranks, s.memory_bytes / 2**20, f"#{pick}: peak memory per rank vs the cap"),
-                    width="stretch")
+    _chart(
+        c1,
+        charts.peak_bars(ranks, s.memory_bytes / 2**20, f"#{pick}: peak memory per rank vs the cap"),
+        width="stretch",
+    )
     _chart(c2, charts.bubble_bars(ranks, f"#{pick}: bubble share per rank"), width="stretch")
-    st.caption(f"layout `{plan.layout()}` · split at units {plan.split or '—'} · solver "
-               f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s"
-               + "".join(f" · {b['name']}: {b['step_s'] * 1e3:.1f} ms ({b['speedup']:.2f}x)" for b in plan.baselines))
+    st.caption(
+        f"layout `{plan.layout()}` · split at units {plan.split or '—'} · solver "
+        f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s"
+        + "".join(f" · {b['name']}: {b['step_s'] * 1e3:.1f} ms ({b['speedup']:.2f}x)" for b in plan.baselines)
+    )
     for note in plan.notes:
         st.caption(note)
 
@@ -138,9 +172,14 @@ def show_plan(ctx: Context) -> None:
 def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Plan | None, int | None]:
     """(title, timeline, plan, cap bytes) of what the user chose to look at in view ``where``."""
     # short options: the choice is also the URL's value (?pipe_source=what-if)
-    src = st.radio("timeline of", ["candidate", "saved plan", "what-if"], horizontal=True, key=f"{where}_source",
-                   bind="query-params", help="the candidate chosen in the Plan view, a plan file, or uniform "
-                                             "stage costs (any number of ranks)")
+    src = st.radio(
+        "timeline of",
+        ["candidate", "saved plan", "what-if"],
+        horizontal=True,
+        key=f"{where}_source",
+        bind="query-params",
+        help="the candidate chosen in the Plan view, a plan file, or uniform stage costs (any number of ranks)",
+    )
     if src == "candidate":
         plans, error = _solve(ctx)
         if error:
@@ -173,8 +212,9 @@ def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Pl
 
 def _zoom(step_ms: float, key: str) -> tuple[float, float]:
     hi = max(step_ms, 1e-6)
-    lo_hi = st.slider("time range (ms): zoom into the step", 0.0, float(hi), (0.0, float(hi)), key=key,
-                      step=float(hi) / 500)
+    lo_hi = st.slider(
+        "time range (ms): zoom into the step", 0.0, float(hi), (0.0, float(hi)), key=key, step=float(hi) / 500
+    )
     return (lo_hi[0], lo_hi[1]) if lo_hi[1] > lo_hi[0] else (0.0, float(hi))
 
 
@@ -197,16 +237,24 @@ def show_pipeline(ctx: Context) -> None:
     domain = _zoom(tl.step_s * 1e3, f"zoom_{title}")
     ev = _in_range(frames.events_frame(tl), domain)
     tr = frames.transfers_frame(tl)
-    show_sends = st.checkbox("show sends (grey, under each rank)", value=len(ev) <= _RANGE_SHOW_SENDS,
-                             key=f"sends_{title}")
+    show_sends = st.checkbox(
+        "show sends (grey, under each rank)", value=len(ev) <= _RANGE_SHOW_SENDS, key=f"sends_{title}"
+    )
     tr = _in_range(tr, domain) if show_sends else None
     _chart(st, charts.gantt(ev, tr, nranks, domain, title), width="stretch")
     c1, c2 = st.columns(2)
     _chart(c1, charts.bubble_bars(ranks, "bubble share per rank"), width="stretch")
     mem = frames.memory_frame(tl)
-    _chart(c2, charts.memory_lines(mem, cap / 2**20 if cap else None, domain,
-                                        "memory over the step per rank" + (" (red: device cap)" if cap else "")),
-                    width="stretch")
+    _chart(
+        c2,
+        charts.memory_lines(
+            mem,
+            cap / 2**20 if cap else None,
+            domain,
+            "memory over the step per rank" + (" (red: device cap)" if cap else ""),
+        ),
+        width="stretch",
+    )
     if tl.critical_path:
         path = " › ".join(tl.critical_path)
         st.caption("critical path: " + (path if len(path) < 400 else path[:190] + " … " + path[-190:]))
@@ -229,14 +277,21 @@ def show_compare(ctx: Context) -> None:
     for note in disturbance_notes(rep, plan.profile if plan is not None else None):
         st.warning(note[0].upper() + note[1:])
     c = st.columns(4)
-    c[0].metric("measured step (median, ms)", f"{rep.step_s_median * 1e3:.1f}",
-                f"{rep.error:+.1%} vs predicted" if rep.error is not None else None, delta_color="off")
+    c[0].metric(
+        "measured step (median, ms)",
+        f"{rep.step_s_median * 1e3:.1f}",
+        f"{rep.error:+.1%} vs predicted" if rep.error is not None else None,
+        delta_color="off",
+    )
     c[1].metric("predicted step (ms)", f"{rep.predicted_step_s * 1e3:.1f}" if rep.predicted_step_s else "—")
     c[2].metric("ranks", f"{rep.world_size} × {rep.device} ({rep.backend})")
     check = rep.check.get("passed") if rep.check else None
-    c[3].metric("numerics check", "—" if check is None else ("passed" if check else "FAILED"),
-                f"max rel diff {rep.check.get('max_rel_diff', 0):.1e}" if check is not None else None,
-                delta_color="off")
+    c[3].metric(
+        "numerics check",
+        "—" if check is None else ("passed" if check else "FAILED"),
+        f"max rel diff {rep.check.get('max_rel_diff', 0):.1e}" if check is not None else None,
+        delta_color="off",
+    )
     measured = rep.timeline
     tls = [(predicted, "simulated"), (measured, "measured")] if predicted is not None else [(measured, "measured")]
     end = max(t.step_s for t, _ in tls) * 1e3
@@ -245,28 +300,46 @@ def show_compare(ctx: Context) -> None:
     for tl, label in tls:
         ev = _in_range(frames.events_frame(tl, label), domain)
         tr = _in_range(frames.transfers_frame(tl, label), domain)
-        _chart(st, charts.gantt(ev, tr, nranks, domain, f"{label}: step {tl.step_s * 1e3:.1f} ms"),
-                        width="stretch")
+        _chart(st, charts.gantt(ev, tr, nranks, domain, f"{label}: step {tl.step_s * 1e3:.1f} ms"), width="stretch")
     if predicted is not None:
         st.subheader("predicted vs measured")
         replayed = replayed_step_s(plan, rep)
-        st.dataframe(frames.compare_frame(predicted, rep, replayed), hide_index=True, width="stretch",
-                     column_config={"predicted": st.column_config.NumberColumn(format="%.2f"),
-                                    "measured": st.column_config.NumberColumn(format="%.2f"),
-                                    "error %": st.column_config.NumberColumn(format="%+.1f")})
-        st.caption("replayed step: the plan simulated with the run's own action times. Its error is the "
-                   "schedule model's own (transfers, waits, overhead); the rest of the step's error is compute "
-                   "that ran slower or faster than profiled.")
+        st.dataframe(
+            frames.compare_frame(predicted, rep, replayed),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "predicted": st.column_config.NumberColumn(format="%.2f"),
+                "measured": st.column_config.NumberColumn(format="%.2f"),
+                "error %": st.column_config.NumberColumn(format="%+.1f"),
+            },
+        )
+        st.caption(
+            "replayed step: the plan simulated with the run's own action times. Its error is the "
+            "schedule model's own (transfers, waits, overhead); the rest of the step's error is compute "
+            "that ran slower or faster than profiled."
+        )
     spread = (max(rep.step_s) - min(rep.step_s)) / rep.step_s_median if rep.step_s else 0.0
-    st.caption(f"measured over {len(rep.step_s)} steps (median; spread {spread:.1%}); losses "
-               + " ".join(f"{x:.4f}" for x in rep.losses))
+    st.caption(
+        f"measured over {len(rep.step_s)} steps (median; spread {spread:.1%}); losses "
+        + " ".join(f"{x:.4f}" for x in rep.losses)
+    )
     d1, d2 = st.columns(2)
-    d1.download_button("measured trace (Perfetto JSON)", data.trace_json(measured, "measured"),
-                       file_name=f"{Path(path).stem}.run.trace.json", mime="application/json", key="dl_run_trace")
+    d1.download_button(
+        "measured trace (Perfetto JSON)",
+        data.trace_json(measured, "measured"),
+        file_name=f"{Path(path).stem}.run.trace.json",
+        mime="application/json",
+        key="dl_run_trace",
+    )
     if predicted is not None:
-        d2.download_button("simulated trace (Perfetto JSON)", data.trace_json(predicted, "simulated"),
-                           file_name=f"{Path(path).stem}.sim.trace.json", mime="application/json",
-                           key="dl_runsim_trace")
+        d2.download_button(
+            "simulated trace (Perfetto JSON)",
+            data.trace_json(predicted, "simulated"),
+            file_name=f"{Path(path).stem}.sim.trace.json",
+            mime="application/json",
+            key="dl_runsim_trace",
+        )
 
 
 # -- Export ----------------------------------------------------------------------------------------
@@ -294,17 +367,30 @@ def show_export(ctx: Context) -> None:
         tl = data.saved_plan_timeline(path, data.stamp(path))
         name = Path(path).stem
         plan_dir = Path(path).parent
-    st.markdown(f"**{plan.model_name}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp}, {plan.microbatches} "
-                f"microbatches of {plan.microbatch_size}, layout `{plan.layout()}`, predicted "
-                f"{plan.predicted.step_s * 1e3:.2f} ms per step" if plan.predicted else "")
+    st.markdown(
+        f"**{plan.model_name}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp}, {plan.microbatches} "
+        f"microbatches of {plan.microbatch_size}, layout `{plan.layout()}`, predicted "
+        f"{plan.predicted.step_s * 1e3:.2f} ms per step"
+        if plan.predicted
+        else ""
+    )
     c = st.columns(3)
-    c[0].download_button("plan JSON", data.plan_json(plan, plan_dir), file_name=f"{name}.json",
-                         mime="application/json", key="dl_plan")
-    c[1].download_button("schedule CSV (torch)", data.schedule_csv(plan), file_name=f"{name}.csv", mime="text/csv",
-                         key="dl_csv")
-    c[2].download_button("simulated trace (Perfetto JSON)", data.trace_json(tl, "simulated"),
-                         file_name=f"{name}.sim.trace.json", mime="application/json", key="dl_sim_trace")
+    c[0].download_button(
+        "plan JSON", data.plan_json(plan, plan_dir), file_name=f"{name}.json", mime="application/json", key="dl_plan"
+    )
+    c[1].download_button(
+        "schedule CSV (torch)", data.schedule_csv(plan), file_name=f"{name}.csv", mime="text/csv", key="dl_csv"
+    )
+    c[2].download_button(
+        "simulated trace (Perfetto JSON)",
+        data.trace_json(tl, "simulated"),
+        file_name=f"{name}.sim.trace.json",
+        mime="application/json",
+        key="dl_sim_trace",
+    )
     st.markdown("Run it (the downloaded plan names its profile by absolute path, so save it anywhere here):")
     st.code(plan.torchrun_command(f"{name}.json"), language="bash")
-    st.caption("or `pipeplan validate PLAN` to run it and compare with the prediction (writes the measured trace, "
-               "shown in the Compare view). Open traces at https://ui.perfetto.dev.")
+    st.caption(
+        "or `pipeplan validate PLAN` to run it and compare with the prediction (writes the measured trace, "
+        "shown in the Compare view). Open traces at https://ui.perfetto.dev."
+    )

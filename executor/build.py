@@ -25,13 +25,30 @@ from planner.plan import Plan
 from profiles.contract import UserError
 from simulator.actions import Action, Overlap, Table
 
-__all__ = ["TORCH_SCHEDULES", "FP16_LOSS_SCALE", "Recorder", "StageModule", "build_stages", "build_schedule",
-           "torch_actions", "lower_table", "receives_first", "TextData", "StepClock"]
+__all__ = [
+    "TORCH_SCHEDULES",
+    "FP16_LOSS_SCALE",
+    "Recorder",
+    "StageModule",
+    "build_stages",
+    "build_schedule",
+    "torch_actions",
+    "lower_table",
+    "receives_first",
+    "TextData",
+    "StepClock",
+]
 
 #: torch's schedule classes by the names the plan uses (``--torch-schedule``).
-TORCH_SCHEDULES = {"GPipe": "ScheduleGPipe", "1F1B": "Schedule1F1B", "Interleaved1F1B": "ScheduleInterleaved1F1B",
-                   "LoopedBFS": "ScheduleLoopedBFS", "InterleavedZeroBubble": "ScheduleInterleavedZeroBubble",
-                   "ZBVZeroBubble": "ScheduleZBVZeroBubble", "DualPipeV": "ScheduleDualPipeV"}
+TORCH_SCHEDULES = {
+    "GPipe": "ScheduleGPipe",
+    "1F1B": "Schedule1F1B",
+    "Interleaved1F1B": "ScheduleInterleaved1F1B",
+    "LoopedBFS": "ScheduleLoopedBFS",
+    "InterleavedZeroBubble": "ScheduleInterleavedZeroBubble",
+    "ZBVZeroBubble": "ScheduleZBVZeroBubble",
+    "DualPipeV": "ScheduleDualPipeV",
+}
 _SINGLE_STAGE = {"GPipe", "1F1B"}
 _V_SHAPED = {"ZBVZeroBubble", "DualPipeV"}
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,11 +106,16 @@ class _nothing:
 
 def stage_modules(plan: Plan, units: list[nn.Module]) -> list[StageModule]:
     """Every stage's module (for the single-process reference too)."""
-    return [StageModule(units[s.first:s.end], s.dtype, s.recompute) for s in plan.stages]
+    return [StageModule(units[s.first : s.end], s.dtype, s.recompute) for s in plan.stages]
 
 
-def build_stages(plan: Plan, units: list[nn.Module], pp_rank: int, device: torch.device, group,
-                 ) -> tuple[list[PipelineStage], list[StageModule]]:
+def build_stages(
+    plan: Plan,
+    units: list[nn.Module],
+    pp_rank: int,
+    device: torch.device,
+    group,
+) -> tuple[list[PipelineStage], list[StageModule]]:
     mods = stage_modules(plan, units)
     stages, mine = [], []
     for s, mod in zip(plan.stages, mods):
@@ -109,9 +131,11 @@ def check_torch_schedule(plan: Plan, name: str) -> str:
     """The canonical torch schedule name, or a UserError when the plan's placement is not the one
     torch's class assumes (checked before any process group work)."""
     if plan.schedule == "Custom":
-        raise UserError(f"--torch-schedule {name}: this plan's placement is Custom (ranks "
-                        f"{[s.rank for s in plan.stages]}), which no torch schedule class runs: leave out "
-                        f"--torch-schedule to run the plan's own table")
+        raise UserError(
+            f"--torch-schedule {name}: this plan's placement is Custom (ranks "
+            f"{[s.rank for s in plan.stages]}), which no torch schedule class runs: leave out "
+            f"--torch-schedule to run the plan's own table"
+        )
     canon = {k.lower(): k for k in TORCH_SCHEDULES}.get(name.lower())
     if canon is None:
         raise UserError(f"--torch-schedule {name}: unknown; one of {', '.join(TORCH_SCHEDULES)}")
@@ -124,9 +148,11 @@ def check_torch_schedule(plan: Plan, name: str) -> str:
         want = [i % p for i in range(S)] if S % p == 0 and S > p else None
     have = [s.rank for s in plan.stages]
     if want != have:
-        raise UserError(f"--torch-schedule {canon}: the plan places stages on ranks {have}, but torch's "
-                        f"{TORCH_SCHEDULES[canon]} needs {want or 'another number of stages'}: re-plan with "
-                        f"--schedules {canon}, or run the plan's own table (leave out --torch-schedule)")
+        raise UserError(
+            f"--torch-schedule {canon}: the plan places stages on ranks {have}, but torch's "
+            f"{TORCH_SCHEDULES[canon]} needs {want or 'another number of stages'}: re-plan with "
+            f"--schedules {canon}, or run the plan's own table (leave out --torch-schedule)"
+        )
     return canon
 
 
@@ -242,10 +268,10 @@ class Recorder:
         def full_or_input(a: tuple, k: dict) -> str:
             return "B" if k.get("full_backward", a[1] if len(a) > 1 else True) else "I"
 
-        stage.forward_one_chunk = self._timed(stage, stage.forward_one_chunk, lambda a, k: "F",
-                                              " (a send, receive or loss)")
-        stage.backward_one_chunk = self._timed(stage, stage.backward_one_chunk, full_or_input,
-                                               " (a send or receive)")
+        stage.forward_one_chunk = self._timed(
+            stage, stage.forward_one_chunk, lambda a, k: "F", " (a send, receive or loss)"
+        )
+        stage.backward_one_chunk = self._timed(stage, stage.backward_one_chunk, full_or_input, " (a send or receive)")
         stage.backward_weight_one_chunk = self._timed(stage, stage.backward_weight_one_chunk, lambda a, k: "W", "")
 
     def _timed(self, stage: PipelineStage, call, kind_of, after: str):
@@ -294,5 +320,5 @@ class TextData:
     def batch(self, batch: int, seq_len: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch * (seq_len + 1)
         reps = (n * (index + 1)) // len(self.tokens) + 2
-        flat = self.tokens.repeat(reps)[n * index:n * (index + 1)].view(batch, seq_len + 1)
+        flat = self.tokens.repeat(reps)[n * index : n * (index + 1)].view(batch, seq_len + 1)
         return flat[:, :-1].contiguous(), flat[:, 1:].contiguous()

@@ -76,8 +76,9 @@ def _links(rank: int, repeats: int) -> list[tuple[int, float]]:
     return [(size, statistics.median(ts)) for size, ts in times.items()]
 
 
-def crossing_gaps(events: list[tuple[int, int, str, int, float, float]], owner: dict[int, int]
-                  ) -> dict[tuple[int, int], list[float]]:
+def crossing_gaps(
+    events: list[tuple[int, int, str, int, float, float]], owner: dict[int, int]
+) -> dict[tuple[int, int], list[float]]:
     """Gaps from a producer's end to its consumer's start, for every dependency that crosses
     ranks while the consumer's rank waits for it, keyed by (producer rank, consumer rank).
     ``events``: (rank, stage, kind, microbatch, start, end) on one clock; F of stage s needs F
@@ -94,8 +95,12 @@ def crossing_gaps(events: list[tuple[int, int, str, int, float, float]], owner: 
     return gaps
 
 
-def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: int = 256,
-                    ) -> tuple[float, float, int]:
+def measure_runtime(
+    repeats: int,
+    microbatches: int = 8,
+    seq: int = 128,
+    width: int = 256,
+) -> tuple[float, float, int]:
     """(per-action overhead, crossing gap, bytes sent per crossing) of the real runtime on a 1F1B
     table. Each stage is an MLP block on ``seq x width`` activations (128 KiB in fp32, as the
     zoo's small models at sequence length 128 send), a few milliseconds per action, as real
@@ -107,7 +112,8 @@ def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: 
 
     from simulator.schedules import make_schedule
 
-    from .build import Recorder as _Recorder, StepClock, lower_table
+    from .build import Recorder as _Recorder
+    from .build import StepClock, lower_table
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(rank)
@@ -116,8 +122,9 @@ def measure_runtime(repeats: int, microbatches: int = 8, seq: int = 128, width: 
     recorder = _Recorder()
     recorder.wrap(stage)
     table = make_schedule("1F1B", world, microbatches)
-    sched = torch_schedules._PipelineScheduleRuntime([stage], microbatches,
-                                                      loss_fn=lambda out, y: ((out - y) ** 2).mean())
+    sched = torch_schedules._PipelineScheduleRuntime(
+        [stage], microbatches, loss_fn=lambda out, y: ((out - y) ** 2).mean()
+    )
     lower_table(sched, table)  # as the executor lowers it
     waited = [0.0]
     wait = torch_schedules._wait_batch_p2p
@@ -200,17 +207,28 @@ def main() -> int:
             lat = max(0.0, gap - overhead - sent / bw)  # the simulator adds both apart
             opt = max(f[1] for f in figures)
             base = PRESET_CLUSTERS["cpu-local"]
-            cluster = replace(base, name="calibrated-local", devices=world, devices_per_node=world,
-                              intra_latency_s=lat, intra_bandwidth_Bps=bw, inter_latency_s=lat,
-                              inter_bandwidth_Bps=bw, action_overhead_s=overhead, optimizer_s_per_param=opt)
+            cluster = replace(
+                base,
+                name="calibrated-local",
+                devices=world,
+                devices_per_node=world,
+                intra_latency_s=lat,
+                intra_bandwidth_Bps=bw,
+                inter_latency_s=lat,
+                inter_bandwidth_Bps=bw,
+                action_overhead_s=overhead,
+                optimizer_s_per_param=opt,
+            )
             cluster.save(out)
             print(f"{'bytes':>10} {'one-way ms':>11}")
             for size, t in samples:
                 print(f"{size:>10} {t * 1e3:11.3f}")
             print(f"bandwidth (slope of the one-way times): {bw / 1e9:.2f} GB/s")
             print(f"runtime overhead per compute action: {overhead * 1e6:.1f} us")
-            print(f"cross-rank dependency in the runtime ({sent >> 10} KiB): {gap * 1e6:.1f} us from producer "
-                  f"end to consumer start = overhead + {sent >> 10} KiB / bandwidth + link latency {lat * 1e6:.1f} us")
+            print(
+                f"cross-rank dependency in the runtime ({sent >> 10} KiB): {gap * 1e6:.1f} us from producer "
+                f"end to consumer start = overhead + {sent >> 10} KiB / bandwidth + link latency {lat * 1e6:.1f} us"
+            )
             print(f"gradient scaling + AdamW step: {opt * 1e9:.2f} ns per parameter")
             print(f"wrote {out}")
         dist.barrier()

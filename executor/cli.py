@@ -29,8 +29,16 @@ def launch(module: str, args: list[str], nproc: int, threads: int = 1) -> int:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *args,
+    ]
     return subprocess.run(cmd, env=env).returncode
 
 
@@ -41,8 +49,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
     p.add_argument("--check", action="store_true", help="compare loss and every gradient with one process")
     p.add_argument("--report", type=Path, help="RunReport path (default <plan>.run.json)")
-    p.add_argument("--torch-schedule", metavar="NAME",
-                   help="run torch's own schedule class NAME (e.g. 1F1B) on the same stages, for comparison")
+    p.add_argument(
+        "--torch-schedule",
+        metavar="NAME",
+        help="run torch's own schedule class NAME (e.g. 1F1B) on the same stages, for comparison",
+    )
     p.add_argument("--data", type=Path, help="a small text file: its bytes as tokens (default: synthetic tokens)")
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank to DIR")
 
@@ -80,36 +91,49 @@ def _run(args: argparse.Namespace) -> int:
     return rc
 
 
-def compare_table(predicted: Timeline, report: RunReport, profile: Profile | None = None,
-                  replayed_s: float | None = None) -> str:
+def compare_table(
+    predicted: Timeline, report: RunReport, profile: Profile | None = None, replayed_s: float | None = None
+) -> str:
     """Predicted vs measured: step time, per-rank busy time and peak memory, errors in %; with
     ``replayed_s`` (``replayed_step_s``) how much of the step's error the schedule model makes on
     its own; a note when other load on the machine disturbed the run or the profile the
     prediction came from."""
+
     def err(p: float, m: float) -> str:
         return f"{(m - p) / p:+7.1%}" if p else "      -"
 
     measured = report.timeline
-    lines = [f"{'':<22} {'predicted':>11} {'measured':>11} {'error':>8}",
-             f"{'step time (ms)':<22} {predicted.step_s * 1e3:11.1f} {report.step_s_median * 1e3:11.1f} "
-             f"{err(predicted.step_s, report.step_s_median)}"]
+    lines = [
+        f"{'':<22} {'predicted':>11} {'measured':>11} {'error':>8}",
+        f"{'step time (ms)':<22} {predicted.step_s * 1e3:11.1f} {report.step_s_median * 1e3:11.1f} "
+        f"{err(predicted.step_s, report.step_s_median)}",
+    ]
     by_rank = {r.rank: r for r in measured.ranks}
     for r in predicted.ranks:
         m = by_rank.get(r.rank)
         if m is None:
             continue
-        lines.append(f"{f'rank {r.rank} busy (ms)':<22} {r.busy_s * 1e3:11.1f} {m.busy_s * 1e3:11.1f} "
-                     f"{err(r.busy_s, m.busy_s)}")
-        lines.append(f"{f'rank {r.rank} peak (MiB)':<22} {r.peak_bytes / 2**20:11.1f} {m.peak_bytes / 2**20:11.1f} "
-                     f"{err(r.peak_bytes, m.peak_bytes)}")
+        lines.append(
+            f"{f'rank {r.rank} busy (ms)':<22} {r.busy_s * 1e3:11.1f} {m.busy_s * 1e3:11.1f} {err(r.busy_s, m.busy_s)}"
+        )
+        lines.append(
+            f"{f'rank {r.rank} peak (MiB)':<22} {r.peak_bytes / 2**20:11.1f} {m.peak_bytes / 2**20:11.1f} "
+            f"{err(r.peak_bytes, m.peak_bytes)}"
+        )
     spread = (max(report.step_s) - min(report.step_s)) / report.step_s_median if report.step_s else 0.0
     if replayed_s:
-        lines.append(f"{'replayed step (ms)':<22} {replayed_s * 1e3:11.1f} {report.step_s_median * 1e3:11.1f} "
-                     f"{err(replayed_s, report.step_s_median)}")
-        lines.append("replayed: the plan simulated with the run's own action times; its error is the schedule "
-                     "model's own, the rest of the step's error is compute that ran off its profile")
-    lines.append(f"measured over {len(report.step_s)} steps (median; spread {spread:.1%}) on {report.world_size} "
-                 f"{report.device} ranks, {report.backend}")
+        lines.append(
+            f"{'replayed step (ms)':<22} {replayed_s * 1e3:11.1f} {report.step_s_median * 1e3:11.1f} "
+            f"{err(replayed_s, report.step_s_median)}"
+        )
+        lines.append(
+            "replayed: the plan simulated with the run's own action times; its error is the schedule "
+            "model's own, the rest of the step's error is compute that ran off its profile"
+        )
+    lines.append(
+        f"measured over {len(report.step_s)} steps (median; spread {spread:.1%}) on {report.world_size} "
+        f"{report.device} ranks, {report.backend}"
+    )
     lines += [f"note: {note}" for note in disturbance_notes(report, profile)]
     return "\n".join(lines)
 
@@ -127,9 +151,11 @@ def _validate(args: argparse.Namespace) -> int:
         raise UserError(f"the run of {args.plan} failed (exit code {rc}); see the log above")
     report = load_report(report_path)
     stem = args.plan.with_suffix("")
-    files = [write_trace(predicted, f"{stem}.sim.trace.json", "simulated"),
-             write_trace(report.timeline, f"{stem}.run.trace.json", "measured"),
-             write_gantt([predicted, report.timeline], f"{stem}.compare.png", ["simulated", "measured"])]
+    files = [
+        write_trace(predicted, f"{stem}.sim.trace.json", "simulated"),
+        write_trace(report.timeline, f"{stem}.run.trace.json", "measured"),
+        write_gantt([predicted, report.timeline], f"{stem}.compare.png", ["simulated", "measured"]),
+    ]
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
@@ -140,8 +166,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _add_calibrate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", type=Path, default=Path("cluster.json"),
-                   help="cluster spec to write (default cluster.json)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("cluster.json"), help="cluster spec to write (default cluster.json)"
+    )
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -150,5 +177,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 RUN = Command("run", "Run a Plan for real under torchrun and write a RunReport.", _add_run, _run)
 VALIDATE = Command("validate", "Simulate a Plan, run it, and print predicted vs measured.", _add_validate, _validate)
-CALIBRATE = Command("calibrate", "Measure links, per-action runtime overhead and optimizer time; write a cluster spec.",
-                    _add_calibrate, _calibrate)
+CALIBRATE = Command(
+    "calibrate",
+    "Measure links, per-action runtime overhead and optimizer time; write a cluster spec.",
+    _add_calibrate,
+    _calibrate,
+)

@@ -21,8 +21,12 @@ from simulator.schedules import canonical_name, make_schedule
 __all__ = ["balanced_bounds", "validation_plan"]
 
 
-def balanced_bounds(profile: Profile, stages: int, dtype: str = "fp32", microbatch_size: int = 1,
-                    ) -> list[tuple[int, int]]:
+def balanced_bounds(
+    profile: Profile,
+    stages: int,
+    dtype: str = "fp32",
+    microbatch_size: int = 1,
+) -> list[tuple[int, int]]:
     """Cut the units into ``stages`` runs of about equal F + B time (greedy on the prefix sums)."""
     units = profile.entry(dtype, microbatch_size).units
     if stages > len(units):
@@ -40,10 +44,21 @@ def balanced_bounds(profile: Profile, stages: int, dtype: str = "fp32", microbat
     return list(zip(edges[:-1], edges[1:]))
 
 
-def validation_plan(profile: Profile, profile_path: str | Path, cluster: Cluster, schedule: str, pp: int,
-                    microbatches: int, virtual: int = 1, microbatch_size: int = 1, dtype: str = "fp32",
-                    bounds: list[tuple[int, int]] | None = None, recompute: bool = False,
-                    forward_only: bool = False, placement: list[int] | None = None) -> Plan:
+def validation_plan(
+    profile: Profile,
+    profile_path: str | Path,
+    cluster: Cluster,
+    schedule: str,
+    pp: int,
+    microbatches: int,
+    virtual: int = 1,
+    microbatch_size: int = 1,
+    dtype: str = "fp32",
+    bounds: list[tuple[int, int]] | None = None,
+    recompute: bool = False,
+    forward_only: bool = False,
+    placement: list[int] | None = None,
+) -> Plan:
     """One plan, simulated, ready to save and run (``dp`` 1). ``Custom`` takes ``placement``
     (stage -> rank; ``pp`` and ``virtual`` then follow from it) and its unit-order table."""
     name = canonical_name(schedule)
@@ -59,12 +74,38 @@ def validation_plan(profile: Profile, profile_path: str | Path, cluster: Cluster
         table = forward_table(table)
     bounds = bounds or balanced_bounds(profile, len(owner), dtype, microbatch_size)
     stages = tuple(StagePlan(i, f, e, owner[i], dtype, recompute) for i, (f, e) in enumerate(bounds))
-    job = Job(global_batch=microbatches * microbatch_size, microbatch_size=microbatch_size,
-              microbatches=(microbatches,), schedules=(name,), pp=(pp,), dtypes=(dtype,),
-              forward_only=forward_only)
-    plan = Plan(str(profile_path), sha256_of(profile_path), profile.model_name, pp, 1, virtual, microbatches,
-                microbatch_size, stages, name, table, replace(cluster, devices=pp), job, profile=profile)
+    job = Job(
+        global_batch=microbatches * microbatch_size,
+        microbatch_size=microbatch_size,
+        microbatches=(microbatches,),
+        schedules=(name,),
+        pp=(pp,),
+        dtypes=(dtype,),
+        forward_only=forward_only,
+    )
+    plan = Plan(
+        str(profile_path),
+        sha256_of(profile_path),
+        profile.model_name,
+        pp,
+        1,
+        virtual,
+        microbatches,
+        microbatch_size,
+        stages,
+        name,
+        table,
+        replace(cluster, devices=pp),
+        job,
+        profile=profile,
+    )
     tl = simulate(plan)
-    return replace(plan, predicted=Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks),
-                                              tuple(r.peak_bytes for r in tl.ranks),
-                                              plan.job.global_batch / tl.step_s if tl.step_s else 0.0))
+    return replace(
+        plan,
+        predicted=Prediction(
+            tl.step_s,
+            tuple(r.bubble_fraction for r in tl.ranks),
+            tuple(r.peak_bytes for r in tl.ranks),
+            plan.job.global_batch / tl.step_s if tl.step_s else 0.0,
+        ),
+    )

@@ -48,32 +48,60 @@ class RunReport:
         return {
             "schema": schema_id(KIND, MAJOR),
             "plan": {"path": self.plan_path, "sha256": self.plan_sha256},
-            "world_size": self.world_size, "backend": self.backend, "device": self.device,
-            "step_s": list(self.step_s), "step_s_median": self.step_s_median,
-            "ranks": tl["ranks"], "events": tl["events"], "memory": tl["memory"],
-            "losses": list(self.losses), "check": self.check,
-            "predicted_step_s": self.predicted_step_s, "error": self.error, "extra": self.extra,
+            "world_size": self.world_size,
+            "backend": self.backend,
+            "device": self.device,
+            "step_s": list(self.step_s),
+            "step_s_median": self.step_s_median,
+            "ranks": tl["ranks"],
+            "events": tl["events"],
+            "memory": tl["memory"],
+            "losses": list(self.losses),
+            "check": self.check,
+            "predicted_step_s": self.predicted_step_s,
+            "error": self.error,
+            "extra": self.extra,
         }
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_dict())
 
     @staticmethod
-    def from_fields(f: Fields) -> "RunReport":
+    def from_fields(f: Fields) -> RunReport:
         plan = f.obj("plan")
         steps = tuple(f.nums("step_s"))
         if not steps:
             raise f.fail("step_s", "must list at least one measured step")
-        tl = Timeline.from_fields(Fields({"step_s": statistics.median(steps), "ranks": f.raw("ranks"),
-                                          "events": f.raw("events"), "memory": f.raw("memory", {}),
-                                          "source": "measured"}, f.where, f.prefix))
+        tl = Timeline.from_fields(
+            Fields(
+                {
+                    "step_s": statistics.median(steps),
+                    "ranks": f.raw("ranks"),
+                    "events": f.raw("events"),
+                    "memory": f.raw("memory", {}),
+                    "source": "measured",
+                },
+                f.where,
+                f.prefix,
+            )
+        )
         pred = f.raw("predicted_step_s", None)
         if pred is not None:
             pred = f.num("predicted_step_s")
         check = f.raw("check", {})
-        return RunReport(plan.str("path"), plan.str("sha256"), f.int("world_size", min=1), f.str("backend"),
-                         f.str("device"), steps, tl, tuple(f.nums("losses", min=None)) if f.has("losses") else (),
-                         check if isinstance(check, dict) else {}, pred, f.raw("extra", {}) or {})
+        return RunReport(
+            plan.str("path"),
+            plan.str("sha256"),
+            f.int("world_size", min=1),
+            f.str("backend"),
+            f.str("device"),
+            steps,
+            tl,
+            tuple(f.nums("losses", min=None)) if f.has("losses") else (),
+            check if isinstance(check, dict) else {},
+            pred,
+            f.raw("extra", {}) or {},
+        )
 
 
 def load_report(path: str | Path) -> RunReport:
@@ -87,17 +115,29 @@ def disturbance_notes(report: RunReport, profile: Profile | None = None) -> list
     off = report.extra.get("off_cpu_fraction") or []
     if off and max(off) > OFF_CPU_WARN:
         worst = max(range(len(off)), key=off.__getitem__)
-        notes.append(f"rank {worst} was ready but off the CPU for {off[worst]:.0%} of its compute time (other load "
-                     f"on this machine): the measured times include that wait, the prediction does not")
+        notes.append(
+            f"rank {worst} was ready but off the CPU for {off[worst]:.0%} of its compute time (other load "
+            f"on this machine): the measured times include that wait, the prediction does not"
+        )
     profiled = (profile.measurement.get("off_cpu_fraction") or {}) if profile is not None else {}
     if profiled and max(profiled.values()) > OFF_CPU_WARN:
-        notes.append(f"the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} of "
-                     f"its timing (other load): its times, and so the prediction, run high")
-    if (profile is not None and profile.method == "measured" and profile.device_kind == "cpu"
-            and report.device == "cpu" and report.world_size > 1 and not profile.measurement.get("side_by_side")):
-        notes.append(f"the profile timed each unit alone, but the {report.world_size} CPU ranks computed side by "
-                     f"side, sharing caches and memory bandwidth: expect compute to run a few percent over the "
-                     f"prediction; profile with --side-by-side {report.world_size - 1} (the other ranks of a host)")
+        notes.append(
+            f"the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} of "
+            f"its timing (other load): its times, and so the prediction, run high"
+        )
+    if (
+        profile is not None
+        and profile.method == "measured"
+        and profile.device_kind == "cpu"
+        and report.device == "cpu"
+        and report.world_size > 1
+        and not profile.measurement.get("side_by_side")
+    ):
+        notes.append(
+            f"the profile timed each unit alone, but the {report.world_size} CPU ranks computed side by "
+            f"side, sharing caches and memory bandwidth: expect compute to run a few percent over the "
+            f"prediction; profile with --side-by-side {report.world_size - 1} (the other ranks of a host)"
+        )
     return notes
 
 
@@ -119,8 +159,14 @@ def replayed_step_s(plan: Plan, report: RunReport) -> float:
         times = ran.get((stage, kind))
         return statistics.median(times) + overhead if times else profiled
 
-    costs = [replace(c, forward_s=time_of(s, "F", c.forward_s), backward_s=time_of(s, "B", c.backward_s),
-                     backward_input_s=time_of(s, "I", c.backward_input_s),
-                     backward_weight_s=time_of(s, "W", c.backward_weight_s))
-             for s, c in enumerate(inp.costs)]
+    costs = [
+        replace(
+            c,
+            forward_s=time_of(s, "F", c.forward_s),
+            backward_s=time_of(s, "B", c.backward_s),
+            backward_input_s=time_of(s, "I", c.backward_input_s),
+            backward_weight_s=time_of(s, "W", c.backward_weight_s),
+        )
+        for s, c in enumerate(inp.costs)
+    ]
     return simulate(replace(inp, costs=costs), detail=False).step_s

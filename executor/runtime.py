@@ -38,8 +38,17 @@ from profiles.measure import gc_paused, keep_freed_memory
 from profiles.zoo import ZooModel, build_model
 from simulator.timeline import Event, RankStats, Timeline
 
-from .build import (FP16_LOSS_SCALE, TORCH_SCHEDULES, Recorder, StepClock, TextData, build_schedule,
-                    build_stages, check_torch_schedule, stage_modules)
+from .build import (
+    FP16_LOSS_SCALE,
+    TORCH_SCHEDULES,
+    Recorder,
+    StepClock,
+    TextData,
+    build_schedule,
+    build_stages,
+    check_torch_schedule,
+    stage_modules,
+)
 from .report import RunReport
 
 __all__ = ["main", "run_worker", "reference_grads", "CHECK_RTOL", "CHECK_RTOL_16BIT", "PG_TIMEOUT_S"]
@@ -116,8 +125,13 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def reference_grads(model: ZooModel, batches: list[tuple[torch.Tensor, torch.Tensor]], microbatches: int,
-                    modules: list[nn.Module] | None = None, loss_scale: float = 1.0) -> list[float]:
+def reference_grads(
+    model: ZooModel,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    microbatches: int,
+    modules: list[nn.Module] | None = None,
+    loss_scale: float = 1.0,
+) -> list[float]:
     """Gradients of one process over the same data: each replica's batch cut into the same
     microbatches, the loss averaged over microbatches and replicas (what the pipeline optimizes).
     ``modules`` (default: the units) run in order. Returns each replica's mean loss."""
@@ -139,11 +153,15 @@ def reference_grads(model: ZooModel, batches: list[tuple[torch.Tensor, torch.Ten
 def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
     if plan.world_size != world:
-        raise UserError(f"{path}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp}) "
-                        f"but torchrun started {world}: use --nproc_per_node {plan.world_size}")
+        raise UserError(
+            f"{path}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp}) "
+            f"but torchrun started {world}: use --nproc_per_node {plan.world_size}"
+        )
     if plan.profile is None or plan.profile.model_name != plan.model_name and plan.model_name:
-        raise UserError(f"{path}: the plan is for model {plan.model_name!r} but its profile is of "
-                        f"{plan.profile.model_name if plan.profile else '?'}: re-plan")
+        raise UserError(
+            f"{path}: the plan is for model {plan.model_name!r} but its profile is of "
+            f"{plan.profile.model_name if plan.profile else '?'}: re-plan"
+        )
     torch_schedule = check_torch_schedule(plan, args.torch_schedule) if args.torch_schedule else None
     if args.data and "vocab_size" not in plan.profile.model_config:
         raise UserError(f"--data {args.data}: model {plan.profile.model_name} takes no tokens; leave --data out")
@@ -192,14 +210,23 @@ def _groups(pp: int, dp: int, pp_rank: int, dp_rank: int):
     return pp_groups[dp_rank], dp_groups[pp_rank]
 
 
-def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int, device: torch.device,
-         torch_schedule: str | None) -> int:
+def _run(
+    plan: Plan,
+    path: Path,
+    report_path: Path,
+    args,
+    rank: int,
+    world: int,
+    device: torch.device,
+    torch_schedule: str | None,
+) -> int:
     pp, dp = plan.pp, plan.dp
     pp_rank, dp_rank = rank % pp, rank // pp
     pp_group, dp_group = _groups(pp, dp, pp_rank, dp_rank)
     profile = plan.profile
-    model = build_model(profile.model_name, config=profile.model_config, seed=0,
-                        attention=profile.measurement.get("attention", "sdpa"))
+    model = build_model(
+        profile.model_name, config=profile.model_config, seed=0, attention=profile.measurement.get("attention", "sdpa")
+    )
     forward_only = plan.job.forward_only
     loss_scale = FP16_LOSS_SCALE if any(s.dtype == "fp16" for s in plan.stages) and not forward_only else 1.0
     loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
@@ -229,8 +256,10 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
     with gc_paused():  # the profile was timed with it off too
         for step in range(total):
             gc.collect(1)  # young generations only, between steps (off the clock)
-            batches = [data.batch(batch, seq_len, step * dp + d) if data
-                       else model.make_batch(batch, seq_len, 1000 * step + d) for d in range(dp)]
+            batches = [
+                data.batch(batch, seq_len, step * dp + d) if data else model.make_batch(batch, seq_len, 1000 * step + d)
+                for d in range(dp)
+            ]
             x, y = (t.to(device) for t in batches[dp_rank])
             step_losses: list[torch.Tensor] = []
             recorder.events, recorder.step, recorder.current, recorder.off_cpu_s = [], step, "", 0.0
@@ -241,8 +270,12 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
                 with tracker.hooks() if step == track_step and not forward_only else nullcontext():
                     out = _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
             except Exception as e:
-                print(f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
-                      f"({plan.schedule}, {path}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                print(
+                    f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
+                    f"({plan.schedule}, {path}): {type(e).__name__}: {e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 traceback.print_exc()
                 raise
             t_sched = time.perf_counter() - t0
@@ -254,8 +287,9 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
                     g = params[0].grad
                     g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
                 if args.check and step == 0:
-                    check = _check(plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank,
-                                   loss_scale)
+                    check = _check(
+                        plan, model, mods, sorted(mine_idx), batches, step_losses, device, dp_rank, loss_scale
+                    )
                 t_opt = time.perf_counter()
                 if opt is not None:
                     if loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
@@ -276,12 +310,23 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
         prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
     static = sum(p.numel() * p.element_size() for p in params) * (1 if forward_only else 2)  # weights (+ grads)
     if opt is not None:
-        static += sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
-                      if torch.is_tensor(t) and t.dim() > 0)
+        static += sum(
+            t.numel() * t.element_size()
+            for st in opt.state.values()
+            for t in st.values()
+            if torch.is_tensor(t) and t.dim() > 0
+        )
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else static + tracker.peak
-    mine = {"rank": rank, "steps": step_times, "events": step_events, "sched": tails,
-            "params": sum(p.numel() for p in params),
-            "losses": losses if last_stage else [], "peak": int(peak), "check": check}
+    mine = {
+        "rank": rank,
+        "steps": step_times,
+        "events": step_events,
+        "sched": tails,
+        "params": sum(p.numel() for p in params),
+        "losses": losses if last_stage else [],
+        "peak": int(peak),
+        "check": check,
+    }
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     code = 0
@@ -291,9 +336,12 @@ def _run(plan: Plan, path: Path, report_path: Path, args, rank: int, world: int,
         _print_summary(report, report_path)
         if report.check and not report.check.get("passed", False):
             c = report.check
-            print(f"executor: CHECK FAILED for {path}: {c.get('why', '')} (max relative gradient difference "
-                  f"{c.get('max_rel_diff', float('nan')):.2e} at {c.get('where', '?')}, tolerance {c.get('rtol')})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"executor: CHECK FAILED for {path}: {c.get('why', '')} (max relative gradient difference "
+                f"{c.get('max_rel_diff', float('nan')):.2e} at {c.get('where', '?')}, tolerance {c.get('rtol')})",
+                file=sys.stderr,
+                flush=True,
+            )
             code = 3
     codes = [code]
     dist.broadcast_object_list(codes, src=0)
@@ -313,19 +361,34 @@ def _one_step(schedule, x, y, losses, first: bool, last: bool, forward_only: boo
 
 def _check_outputs(plan: Plan, out, x: torch.Tensor, device) -> dict:
     """Forward-only plans: the last stage's output vs one process running every stage."""
-    ref = build_model(plan.profile.model_name, config=plan.profile.model_config, seed=0,
-                      attention=plan.profile.measurement.get("attention", "sdpa"))
+    ref = build_model(
+        plan.profile.model_name,
+        config=plan.profile.model_config,
+        seed=0,
+        attention=plan.profile.measurement.get("attention", "sdpa"),
+    )
     with torch.no_grad():
         want = x
         for mod in stage_modules(plan, ref.units):
             want = mod.to(device)(want)
     rtol = CHECK_RTOL_16BIT if any(s.dtype != "fp32" for s in plan.stages) else CHECK_RTOL
     if not torch.is_tensor(out) or out.shape != want.shape:
-        return {"passed": False, "max_rel_diff": float("inf"), "where": "output", "rtol": rtol,
-                "why": f"output shape {getattr(out, 'shape', None)} vs {tuple(want.shape)}"}
+        return {
+            "passed": False,
+            "max_rel_diff": float("inf"),
+            "where": "output",
+            "rtol": rtol,
+            "why": f"output shape {getattr(out, 'shape', None)} vs {tuple(want.shape)}",
+        }
     diff = ((out.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
-    return {"passed": diff <= rtol, "max_rel_diff": diff, "where": "last stage output", "rtol": rtol, "tensors": 1,
-            "why": "" if diff <= rtol else "outputs differ from the one-process forward"}
+    return {
+        "passed": diff <= rtol,
+        "max_rel_diff": diff,
+        "where": "last stage output",
+        "rtol": rtol,
+        "tensors": 1,
+        "why": "" if diff <= rtol else "outputs differ from the one-process forward",
+    }
 
 
 def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: float) -> None:
@@ -353,15 +416,29 @@ def _profiler(args, path: Path, rank: int):
     return profile(activities=acts, record_shapes=True)
 
 
-def _check(plan: Plan, model: ZooModel, mods, my_stages: list[int], batches, step_losses, device, dp_rank: int,
-           loss_scale: float) -> dict:
+def _check(
+    plan: Plan,
+    model: ZooModel,
+    mods,
+    my_stages: list[int],
+    batches,
+    step_losses,
+    device,
+    dp_rank: int,
+    loss_scale: float,
+) -> dict:
     """The same data through a single-process copy (same precision and recompute per stage);
     compare this rank's gradients (and the loss)."""
-    ref = build_model(plan.profile.model_name, config=plan.profile.model_config, seed=0,
-                      attention=plan.profile.measurement.get("attention", "sdpa"))
+    ref = build_model(
+        plan.profile.model_name,
+        config=plan.profile.model_config,
+        seed=0,
+        attention=plan.profile.measurement.get("attention", "sdpa"),
+    )
     ref_mods = [m.to(device) for m in stage_modules(plan, ref.units)]
-    ref_loss = reference_grads(ref, [(x.to(device), y.to(device)) for x, y in batches], plan.microbatches,
-                               ref_mods, loss_scale)[dp_rank]
+    ref_loss = reference_grads(
+        ref, [(x.to(device), y.to(device)) for x, y in batches], plan.microbatches, ref_mods, loss_scale
+    )[dp_rank]
     if loss_scale != 1.0:
         for p in (q for u in ref.units for q in u.parameters()):
             if p.grad is not None:
@@ -373,18 +450,28 @@ def _check(plan: Plan, model: ZooModel, mods, my_stages: list[int], batches, ste
         for (name, p), (_, q) in zip(mod.named_parameters(), rmod.named_parameters()):
             if p.grad is None or q.grad is None:
                 if (p.grad is None) != (q.grad is None):
-                    return {"passed": False, "max_rel_diff": float("inf"), "where": f"stage {s} {name}",
-                            "why": "a gradient is missing on one side", "rtol": rtol}
+                    return {
+                        "passed": False,
+                        "max_rel_diff": float("inf"),
+                        "where": f"stage {s} {name}",
+                        "why": "a gradient is missing on one side",
+                        "rtol": rtol,
+                    }
                 continue
-            diff = ((p.grad.float() - q.grad.float()).abs().max()
-                    / q.grad.float().abs().max().clamp_min(1e-12)).item()
+            diff = ((p.grad.float() - q.grad.float()).abs().max() / q.grad.float().abs().max().clamp_min(1e-12)).item()
             compared += 1
             if not diff <= worst and diff == diff:
                 worst, worst_name = diff, f"stage {s} {name}"
             if diff != diff:
                 worst, worst_name, why = float("inf"), f"stage {s} {name}", "a gradient is not finite"
-    out = {"passed": compared > 0 and worst <= rtol, "max_rel_diff": worst, "where": worst_name, "rtol": rtol,
-           "tensors": compared, "why": why or ("no gradient compared" if not compared else "")}
+    out = {
+        "passed": compared > 0 and worst <= rtol,
+        "max_rel_diff": worst,
+        "where": worst_name,
+        "rtol": rtol,
+        "tensors": compared,
+        "why": why or ("no gradient compared" if not compared else ""),
+    }
     if step_losses:
         pipe_loss = torch.stack(step_losses).mean().item() / loss_scale
         loss_diff = abs(pipe_loss - ref_loss) / max(abs(ref_loss), 1e-12)
@@ -396,8 +483,9 @@ def _check(plan: Plan, model: ZooModel, mods, my_stages: list[int], batches, ste
     return out
 
 
-def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, device: torch.device,
-            torch_schedule: str | None) -> RunReport:
+def _report(
+    plan: Plan, path: Path, args, gathered: list[dict], world: int, device: torch.device, torch_schedule: str | None
+) -> RunReport:
     n = len(gathered[0]["steps"])
     steps = [max(g["steps"][i] for g in gathered) for i in range(n)]
     med = sorted(range(n), key=lambda i: steps[i])[n // 2]
@@ -408,35 +496,50 @@ def _report(plan: Plan, path: Path, args, gathered: list[dict], world: int, devi
         events += ev
         busy = sum(e.end_s - e.start_s for e in ev)
         stats.append(RankStats(g["rank"], busy, 1 - busy / steps[med] if steps[med] else 0.0, g["peak"]))
-    tl = Timeline(steps[med], tuple(stats), tuple(sorted(events, key=lambda e: (e.rank, e.start_s))),
-                  source="measured")
+    tl = Timeline(steps[med], tuple(stats), tuple(sorted(events, key=lambda e: (e.rank, e.start_s))), source="measured")
     last = [g["losses"] for g in gathered if g["losses"]]  # one per data-parallel replica
     losses = [sum(xs) / len(xs) for xs in zip(*last)] if last else []
     checks = [g["check"] for g in gathered if g["check"]]
     check = {}
     if checks:
         worst = max(checks, key=lambda c: c.get("max_rel_diff", 0.0))
-        check = {"passed": all(c.get("passed") for c in checks), "max_rel_diff": worst.get("max_rel_diff"),
-                 "where": worst.get("where", ""), "rtol": worst.get("rtol", CHECK_RTOL),
-                 "why": next((c["why"] for c in checks if c.get("why")), ""),
-                 "tensors": sum(c.get("tensors", 0) for c in checks)}
+        check = {
+            "passed": all(c.get("passed") for c in checks),
+            "max_rel_diff": worst.get("max_rel_diff"),
+            "where": worst.get("where", ""),
+            "rtol": worst.get("rtol", CHECK_RTOL),
+            "why": next((c["why"] for c in checks if c.get("why")), ""),
+            "tensors": sum(c.get("tensors", 0) for c in checks),
+        }
         for c in checks:
             if "loss" in c:
                 check.update(loss=c["loss"], loss_reference=c["loss_reference"], loss_rel_diff=c["loss_rel_diff"])
-    return RunReport(str(path), sha256_of(path), world, "nccl" if device.type == "cuda" else "gloo",
-                     device.type, tuple(steps), tl, tuple(losses), check,
-                     plan.predicted.step_s if plan.predicted else None,
-                     {"runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule
-                      else "_PipelineScheduleRuntime", "torch": torch.__version__, "warmup": args.warmup,
-                      "schedule": plan.schedule, "microbatches": plan.microbatches,
-                      "data": str(args.data) if args.data else "synthetic",
-                      "schedule_end_s": [g["sched"][med][0] for g in ordered],
-                      "optimizer_s": [g["sched"][med][1] for g in ordered],
-                      "params": [g["params"] for g in ordered],
-                      # per rank, in the median step: share of its compute time spent ready but off the CPU
-                      # (other load on the machine); the simulator assumes none
-                      "off_cpu_fraction": [g["sched"][med][2] / max(1e-12, st.busy_s)
-                                           for g, st in zip(ordered, stats)]})
+    return RunReport(
+        str(path),
+        sha256_of(path),
+        world,
+        "nccl" if device.type == "cuda" else "gloo",
+        device.type,
+        tuple(steps),
+        tl,
+        tuple(losses),
+        check,
+        plan.predicted.step_s if plan.predicted else None,
+        {
+            "runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule else "_PipelineScheduleRuntime",
+            "torch": torch.__version__,
+            "warmup": args.warmup,
+            "schedule": plan.schedule,
+            "microbatches": plan.microbatches,
+            "data": str(args.data) if args.data else "synthetic",
+            "schedule_end_s": [g["sched"][med][0] for g in ordered],
+            "optimizer_s": [g["sched"][med][1] for g in ordered],
+            "params": [g["params"] for g in ordered],
+            # per rank, in the median step: share of its compute time spent ready but off the CPU
+            # (other load on the machine); the simulator assumes none
+            "off_cpu_fraction": [g["sched"][med][2] / max(1e-12, st.busy_s) for g, st in zip(ordered, stats)],
+        },
+    )
 
 
 def _print_summary(report: RunReport, path: Path) -> None:
@@ -450,9 +553,12 @@ def _print_summary(report: RunReport, path: Path) -> None:
     if report.check:
         c = report.check
         what = "output" if c.get("where") == "last stage output" else "gradient"
-        print(f"check {'passed' if c['passed'] else 'FAILED'}: max relative {what} difference "
-              f"{c['max_rel_diff']:.2e} over {c.get('tensors', 0)} {what} tensors"
-              + (f", loss {c['loss']:.6f} vs {c['loss_reference']:.6f}" if "loss" in c else ""), flush=True)
+        print(
+            f"check {'passed' if c['passed'] else 'FAILED'}: max relative {what} difference "
+            f"{c['max_rel_diff']:.2e} over {c.get('tensors', 0)} {what} tensors"
+            + (f", loss {c['loss']:.6f} vs {c['loss_reference']:.6f}" if "loss" in c else ""),
+            flush=True,
+        )
     print(f"wrote {path}", flush=True)
 
 
@@ -460,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_worker(_args(argv))
     except UserError as e:
-        print(f"executor rank {os.environ.get('RANK', '?')}: error: {' '.join(str(e).split())}", file=sys.stderr,
-              flush=True)
+        print(
+            f"executor rank {os.environ.get('RANK', '?')}: error: {' '.join(str(e).split())}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2

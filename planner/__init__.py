@@ -4,5 +4,21 @@ from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, pars
 from .plan import Plan, Prediction, StagePlan, load_plan
 from .search import InfeasibleError, SearchStats, even_split, plan, score_split, search
 
-__all__ = ["PRESET_CLUSTERS", "Cluster", "Job", "load_cluster", "parse_bytes", "Plan", "Prediction", "StagePlan",
-           "load_plan", "InfeasibleError", "even_split", "plan", "score_split", "search", "SearchStats", "load_job"]
+__all__ = [
+    "PRESET_CLUSTERS",
+    "Cluster",
+    "Job",
+    "load_cluster",
+    "parse_bytes",
+    "Plan",
+    "Prediction",
+    "StagePlan",
+    "load_plan",
+    "InfeasibleError",
+    "even_split",
+    "plan",
+    "score_split",
+    "search",
+    "SearchStats",
+    "load_job",
+]

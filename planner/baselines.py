@@ -39,8 +39,9 @@ def _is_block(kind: str, name: str) -> bool:
     return not (kind.startswith(("embed", "head")) or name.startswith(("embed", "head")))
 
 
-def torchtitan_split(profile: Profile, p: int, input_weight: float = 1.0,
-                     output_weight: float = 1.0) -> list[tuple[int, int]]:
+def torchtitan_split(
+    profile: Profile, p: int, input_weight: float = 1.0, output_weight: float = 1.0
+) -> list[tuple[int, int]]:
     """Layer-equivalents dealt evenly: non-block units at the ends weigh ``input/output_weight`` blocks."""
     units = profile.entry(profile.entries[0].dtype).units
     U = len(units)

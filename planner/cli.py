@@ -17,8 +17,8 @@ from simulator.engine import simulate
 from simulator.placement import parse_placement
 
 from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
-from .plan import Plan, load_plan
 from .explain import explain
+from .plan import Plan, load_plan
 from .search import score_split, search
 
 __all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
@@ -35,37 +35,68 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("profile", help="a Profile JSON file (from pipeplan profile)")
     p.add_argument("--devices", type=int, help="devices in all (default: the cluster's, else 2)")
     p.add_argument("--device-memory", help="usable memory per device, e.g. 80GiB (default: the cluster's)")
-    p.add_argument("--cluster", help=f"cluster spec: a JSON file (pipeplan calibrate), a YAML file with the same "
-                                   f"fields (.yaml/.yml), or a preset: {', '.join(PRESET_CLUSTERS)}")
+    p.add_argument(
+        "--cluster",
+        help=f"cluster spec: a JSON file (pipeplan calibrate), a YAML file with the same "
+        f"fields (.yaml/.yml), or a preset: {', '.join(PRESET_CLUSTERS)}",
+    )
     p.add_argument("--global-batch", type=int, default=8, help="samples per optimizer step (default 8)")
     p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
     p.add_argument("--schedules", default="1F1B,GPipe", help="comma list of allowed schedules (default 1F1B,GPipe)")
     p.add_argument("--pp", type=_ints, default=(), help="allowed pipeline degrees, comma list (default: any)")
     p.add_argument("--microbatches", type=_ints, default=(), help="allowed microbatch counts (default: any)")
-    p.add_argument("--dtype", default="fp32", help="precision, or a comma list the MILP chooses from per stage "
-                                                   "(fp32, bf16, fp16; default fp32)")
-    p.add_argument("--virtual", type=_ints, default=(), help="allowed stages per rank for schedules that take "
-                                                               "several (default 1..4)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="precision, or a comma list the MILP chooses from per stage (fp32, bf16, fp16; default fp32)",
+    )
+    p.add_argument(
+        "--virtual",
+        type=_ints,
+        default=(),
+        help="allowed stages per rank for schedules that take several (default 1..4)",
+    )
     p.add_argument("--recompute", action="store_true", help="let the MILP choose full recompute per stage")
-    p.add_argument("--optimizer-bytes", type=float, default=8.0,
-                   help="optimizer state bytes per parameter (default 8: AdamW's two fp32 moments)")
+    p.add_argument(
+        "--optimizer-bytes",
+        type=float,
+        default=8.0,
+        help="optimizer state bytes per parameter (default 8: AdamW's two fp32 moments)",
+    )
     p.add_argument("--forward-only", action="store_true", help="inference: forwards only, weights only")
-    p.add_argument("--objective", choices=["step", "throughput", "latency"],
-                   help="what to minimize: step (training step time; the default), throughput (samples/s, "
-                        "the default with --forward-only) or latency (one microbatch through the pipeline); "
-                        "throughput and latency need --forward-only")
+    p.add_argument(
+        "--objective",
+        choices=["step", "throughput", "latency"],
+        help="what to minimize: step (training step time; the default), throughput (samples/s, "
+        "the default with --forward-only) or latency (one microbatch through the pipeline); "
+        "throughput and latency need --forward-only",
+    )
     p.add_argument("--job", help="a job JSON file (Job fields); flags given explicitly are ignored then")
-    p.add_argument("--solver", default="auto", choices=["auto", "highs", "cbc"],
-                   help="MILP solver (auto: HiGHS when installed, else CBC)")
+    p.add_argument(
+        "--solver",
+        default="auto",
+        choices=["auto", "highs", "cbc"],
+        help="MILP solver (auto: HiGHS when installed, else CBC)",
+    )
     p.add_argument("--top", type=int, default=3, help="how many plans to show (default 3)")
-    p.add_argument("--split", help="score this split instead of searching: first unit of stages 1..p-1 "
-                                   "(e.g. 5,9), or 'even' with --pp")
-    p.add_argument("--placement", help="score this stage -> rank map as a Custom schedule, e.g. 0,1,0 (rank 0 "
-                                       "holds stages 0 and 2); with --split that split, else the MILP's")
+    p.add_argument(
+        "--split",
+        help="score this split instead of searching: first unit of stages 1..p-1 (e.g. 5,9), or 'even' with --pp",
+    )
+    p.add_argument(
+        "--placement",
+        help="score this stage -> rank map as a Custom schedule, e.g. 0,1,0 (rank 0 "
+        "holds stages 0 and 2); with --split that split, else the MILP's",
+    )
     p.add_argument("--time-limit", type=float, default=20.0, help="solver time limit per MILP, seconds")
     p.add_argument("--explain", action="store_true", help="say why the winner wins")
-    p.add_argument("-o", "--output", type=Path, default=Path("plan.json"),
-                   help="write the best Plan here (default plan.json) and its schedule CSV beside it")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("plan.json"),
+        help="write the best Plan here (default plan.json) and its schedule CSV beside it",
+    )
     p.add_argument("--json", action="store_true", help="print the best Plan JSON on stdout")
 
 
@@ -86,18 +117,22 @@ def format_plans(plans: list[Plan]) -> str:
     short = {"even-1F1B": "vs even", "torchtitan-1F1B": "vs titan", "deepspeed-parameters-1F1B": "vs ds-par"}
     serving = plans[0].job.forward_only  # then latency and throughput columns too
     extra = f"{'lat ms':>9} {'samples/s':>10} " if serving else ""
-    lines = [f"{'#':>2} {'schedule':<22} {'pp':>3} {'dp':>4} {'v':>2} {'m':>4} {'mbs':>4} {'step ms':>9} {extra}"
-             f"{'bubble':>7} {'peak GiB':>9} " + " ".join(f"{short.get(n, n):>9}" for n in names) + "  layout"]
+    lines = [
+        f"{'#':>2} {'schedule':<22} {'pp':>3} {'dp':>4} {'v':>2} {'m':>4} {'mbs':>4} {'step ms':>9} {extra}"
+        f"{'bubble':>7} {'peak GiB':>9} " + " ".join(f"{short.get(n, n):>9}" for n in names) + "  layout"
+    ]
     for i, p in enumerate(plans, 1):
         pr = p.predicted
         by_name = {b["name"]: b for b in p.baselines}
         vs = " ".join(f"{by_name[n]['speedup']:8.2f}x" if n in by_name else f"{'-':>9}" for n in names)
         bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
-        lines.append(f"{i:>2} {p.schedule:<22} {p.pp:>3} {p.dp:>4} {p.virtual:>2} {p.microbatches:>4} "
-                     f"{p.microbatch_size:>4} {pr.step_s * 1e3:9.2f} "
-                     + (f"{pr.latency_s * 1e3:9.2f} {pr.throughput:10.1f} " if serving else "")
-                     + f"{bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} "
-                     f"{vs}  {p.layout()}")
+        lines.append(
+            f"{i:>2} {p.schedule:<22} {p.pp:>3} {p.dp:>4} {p.virtual:>2} {p.microbatches:>4} "
+            f"{p.microbatch_size:>4} {pr.step_s * 1e3:9.2f} "
+            + (f"{pr.latency_s * 1e3:9.2f} {pr.throughput:10.1f} " if serving else "")
+            + f"{bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} "
+            f"{vs}  {p.layout()}"
+        )
     return "\n".join(lines)
 
 
@@ -118,36 +153,69 @@ def _run_plan(args: argparse.Namespace) -> int:
                 raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_BYTES)}")
         objective = args.objective or ("throughput" if args.forward_only else "step")
         if objective != "step" and not args.forward_only:
-            raise UserError(f"--objective {objective} ranks serving plans: add --forward-only, or drop it to "
-                            f"minimize the training step")
-        job = Job(global_batch=args.global_batch, microbatch_size=args.microbatch_size,
-                  microbatches=args.microbatches, schedules=tuple(s for s in args.schedules.split(",") if s),
-                  pp=args.pp, dtypes=dtypes, virtual=args.virtual, recompute=args.recompute,
-                  optimizer_bytes_per_param=args.optimizer_bytes, forward_only=args.forward_only,
-                  objective=objective)
+            raise UserError(
+                f"--objective {objective} ranks serving plans: add --forward-only, or drop it to "
+                f"minimize the training step"
+            )
+        job = Job(
+            global_batch=args.global_batch,
+            microbatch_size=args.microbatch_size,
+            microbatches=args.microbatches,
+            schedules=tuple(s for s in args.schedules.split(",") if s),
+            pp=args.pp,
+            dtypes=dtypes,
+            virtual=args.virtual,
+            recompute=args.recompute,
+            optimizer_bytes_per_param=args.optimizer_bytes,
+            forward_only=args.forward_only,
+            objective=objective,
+        )
         job.check("flags")
     placement = parse_placement(args.placement) if args.placement else None
     if placement:
         pp = max(placement) + 1
         if args.pp and args.pp != (pp,):
-            raise UserError(f"--placement {args.placement} uses {pp} ranks but --pp is {','.join(map(str, args.pp))}: "
-                            f"leave out --pp, or place stages on ranks 0..{args.pp[0] - 1}")
+            raise UserError(
+                f"--placement {args.placement} uses {pp} ranks but --pp is {','.join(map(str, args.pp))}: "
+                f"leave out --pp, or place stages on ranks 0..{args.pp[0] - 1}"
+            )
         if len(placement) > profile.num_units:
-            raise UserError(f"--placement {args.placement} makes {len(placement)} stages but the model has "
-                            f"{profile.num_units} units: give at most {profile.num_units} stages")
+            raise UserError(
+                f"--placement {args.placement} makes {len(placement)} stages but the model has "
+                f"{profile.num_units} units: give at most {profile.num_units} stages"
+            )
         if cluster.devices % pp:
-            raise UserError(f"--placement {args.placement} uses {pp} ranks but --devices {cluster.devices} is not a "
-                            f"multiple of {pp}: use --devices {pp}")
+            raise UserError(
+                f"--placement {args.placement} uses {pp} ranks but --devices {cluster.devices} is not a "
+                f"multiple of {pp}: use --devices {pp}"
+            )
         job = replace(job, schedules=("Custom",), pp=(pp,), placements=(tuple(placement),))
     if args.split:
         split = "even" if args.split == "even" else list(_ints(args.split))
-        plans = [score_split(profile, cluster, job, split, job.schedules[0],
-                             args.microbatches[0] if args.microbatches else None,
-                             args.pp[0] if args.pp else None, profile_path=args.profile,
-                             virtual=args.virtual[0] if args.virtual else 1, placement=placement)]
+        plans = [
+            score_split(
+                profile,
+                cluster,
+                job,
+                split,
+                job.schedules[0],
+                args.microbatches[0] if args.microbatches else None,
+                args.pp[0] if args.pp else None,
+                profile_path=args.profile,
+                virtual=args.virtual[0] if args.virtual else 1,
+                placement=placement,
+            )
+        ]
     else:
-        plans, stats = search(profile, cluster, job, top=args.top, profile_path=args.profile,
-                              time_limit=args.time_limit, solver=args.solver)
+        plans, stats = search(
+            profile,
+            cluster,
+            job,
+            top=args.top,
+            profile_path=args.profile,
+            time_limit=args.time_limit,
+            solver=args.solver,
+        )
     written = write_plan_files(plans[0], args.output)
     if args.json:
         print(json.dumps(plans[0].to_dict()))
@@ -174,7 +242,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return simcli.report(simulate(simcli.whatif_input(args)), args, "what-if", unit="")
 
 
-PLAN = Command("plan", "Choose split, schedule and microbatches with a MILP; every candidate simulated.",
-               _add_plan, _run_plan)
-SIMULATE = Command("simulate", "Simulate a Plan (or a schedule with uniform costs, or any CSV table).",
-                   _add_simulate, _run_simulate)
+PLAN = Command(
+    "plan", "Choose split, schedule and microbatches with a MILP; every candidate simulated.", _add_plan, _run_plan
+)
+SIMULATE = Command(
+    "simulate", "Simulate a Plan (or a schedule with uniform costs, or any CSV table).", _add_simulate, _run_simulate
+)

@@ -19,8 +19,18 @@ __all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "load_job", "par
 
 KIND, MAJOR = "cluster", 1
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(text: str | int | float, flag: str = "--device-memory") -> int:
@@ -49,8 +59,14 @@ class Cluster:
     optimizer_s_per_param: float = 0.0  #: gradient scaling + AdamW step time per parameter (calibrate)
 
     def links(self) -> Links:
-        return Links(self.intra_latency_s, self.intra_bandwidth_Bps, self.inter_latency_s, self.inter_bandwidth_Bps,
-                     self.devices_per_node, self.overlap)
+        return Links(
+            self.intra_latency_s,
+            self.intra_bandwidth_Bps,
+            self.inter_latency_s,
+            self.inter_bandwidth_Bps,
+            self.devices_per_node,
+            self.overlap,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,14 +75,15 @@ class Cluster:
         return write_json(path, {"schema": schema_id(KIND, MAJOR), **self.to_dict()})
 
     @staticmethod
-    def from_fields(f: Fields) -> "Cluster":
+    def from_fields(f: Fields) -> Cluster:
         known = {x.name for x in fields(Cluster)}
         unknown = set(f.data) - known - {"schema"}
         if unknown:
             raise f.fail(sorted(unknown)[0], f"unknown field; known fields: {', '.join(sorted(known))}")
         d = Cluster()
         return Cluster(
-            name=f.str("name", default=d.name), device=f.str("device", default=d.device),
+            name=f.str("name", default=d.name),
+            device=f.str("device", default=d.device),
             devices=f.int("devices", min=1, default=d.devices),
             memory_bytes=f.int("memory_bytes", min=1, default=d.memory_bytes),
             devices_per_node=f.int("devices_per_node", min=1, default=d.devices_per_node),
@@ -146,7 +163,7 @@ class Job:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @staticmethod
-    def from_dict(d: dict[str, Any], where: str = "job") -> "Job":
+    def from_dict(d: dict[str, Any], where: str = "job") -> Job:
         known = {x.name for x in fields(Job)}
         for k in d:
             if k not in known:
@@ -160,8 +177,10 @@ class Job:
 
     def check(self, where: str = "job") -> None:
         """Raise a one-line ContractError naming the field when a value is impossible."""
+
         def bad(name: str, why: str) -> ContractError:
             return ContractError(f"{where}: field {name}: {why}")
+
         if not isinstance(self.global_batch, int) or self.global_batch < 1:
             raise bad("global_batch", f"must be a positive integer, got {self.global_batch!r}")
         if self.microbatch_size is not None and self.microbatch_size < 1:
@@ -195,4 +214,3 @@ def load_job(path: str | Path) -> Job:
         raise UserError(f"--job {path}: expected a JSON object of job fields")
     data.pop("schema", None)
     return Job.from_dict(data, str(path))
-

@@ -26,8 +26,11 @@ def explain(plans: list[Plan]) -> list[str]:
     slow_rank = max(by_rank, key=by_rank.__getitem__)
     slow_stage = max((s for s in best.stages if s.rank == slow_rank), key=lambda s: work.get(s.index, 0.0))
     names = best.profile.unit_names if best.profile else None
-    units = (f"{names[slow_stage.first]}..{names[slow_stage.end - 1]}" if names
-             else f"units {slow_stage.first}..{slow_stage.end - 1}")
+    units = (
+        f"{names[slow_stage.first]}..{names[slow_stage.end - 1]}"
+        if names
+        else f"units {slow_stage.first}..{slow_stage.end - 1}"
+    )
     bubble = sum(r.bubble_fraction for r in tl.ranks) / len(tl.ranks)
     cap = best.cluster.memory_bytes
     peak = max(r.peak_bytes for r in tl.ranks)
@@ -46,19 +49,25 @@ def explain(plans: list[Plan]) -> list[str]:
         lines.append(f"stages {recompute} recompute their activations to fit.")
     for b in best.baselines:
         fit = "" if b.get("fits_memory", True) else f", and does not fit ({_gib(b.get('peak_bytes', 0))})"
-        lines.append(f"the {b['name']} split {b['split']} takes {b['step_s'] * 1e3:.1f} ms: this plan is "
-                     f"{b['speedup']:.2f}x faster{fit}.")
+        lines.append(
+            f"the {b['name']} split {b['split']} takes {b['step_s'] * 1e3:.1f} ms: this plan is "
+            f"{b['speedup']:.2f}x faster{fit}."
+        )
     if len(plans) > 1:
         r = plans[1]
         d_peak = max(r.predicted.peak_bytes) - peak
         r_bubble = sum(r.predicted.bubble_fraction) / len(r.predicted.bubble_fraction)
-        lines.append(f"runner-up ({r.schedule}, pp={r.pp}, v={r.virtual}, m={r.microbatches}, {r.layout()}) is "
-                     f"{r.predicted.step_s / best.predicted.step_s:.3f}x slower: bubbles {r_bubble:.1%} vs "
-                     f"{bubble:.1%}, peak memory {'+' if d_peak >= 0 else '-'}{_gib(abs(d_peak))}.")
+        lines.append(
+            f"runner-up ({r.schedule}, pp={r.pp}, v={r.virtual}, m={r.microbatches}, {r.layout()}) is "
+            f"{r.predicted.step_s / best.predicted.step_s:.3f}x slower: bubbles {r_bubble:.1%} vs "
+            f"{bubble:.1%}, peak memory {'+' if d_peak >= 0 else '-'}{_gib(abs(d_peak))}."
+        )
     solver = best.solver
     if solver.get("solver") not in (None, "none"):
         gap = solver.get("gap")
-        lines.append(f"split from the {solver['solver']} MILP ({solver.get('status')}, gap "
-                     f"{'?' if gap is None else f'{gap:.2%}'}, {solver.get('time_s', 0):.2f} s)"
-                     + (f", then improved by the simulator ({solver['refined']})." if solver.get("refined") else "."))
+        lines.append(
+            f"split from the {solver['solver']} MILP ({solver.get('status')}, gap "
+            f"{'?' if gap is None else f'{gap:.2%}'}, {solver.get('time_s', 0):.2f} s)"
+            + (f", then improved by the simulator ({solver['refined']})." if solver.get("refined") else ".")
+        )
     return lines

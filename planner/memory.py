@@ -71,8 +71,9 @@ def memory_pattern(table: Table, forward_only: bool = False) -> Pattern:
                 k[s] -= 1
         if rising:
             vectors.add(tuple(x for t in mine for x in (a[t], k[t])))
-        out[r] = ([{t: (v[2 * i], v[2 * i + 1]) for i, t in enumerate(mine)} for v in _pareto(vectors)]
-                  or [{s: (0, 0) for s in mine}])
+        out[r] = [{t: (v[2 * i], v[2 * i + 1]) for i, t in enumerate(mine)} for v in _pareto(vectors)] or [
+            {s: (0, 0) for s in mine}
+        ]
     return Pattern(out)
 
 
@@ -104,8 +105,16 @@ def peak_bytes(pattern: Pattern, costs: list[StageCost], forward_only: bool = Fa
     static = static_bytes({s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}, costs, forward_only)
     out = {}
     for r, vectors in pattern.ranks.items():
-        acts = 0 if forward_only else max(
-            sum(a * costs[s].activation_bytes + k * int(costs[s].activation_bytes * costs[s].w_keep_fraction)
-                for s, (a, k) in v.items()) for v in vectors)
+        acts = (
+            0
+            if forward_only
+            else max(
+                sum(
+                    a * costs[s].activation_bytes + k * int(costs[s].activation_bytes * costs[s].w_keep_fraction)
+                    for s, (a, k) in v.items()
+                )
+                for v in vectors
+            )
+        )
         out[r] = static[r] + acts
     return out

@@ -46,8 +46,15 @@ from profiles.contract import UserError
 
 from .memory import Pattern
 
-__all__ = ["UnitData", "StepModel", "SplitResult", "SolverError", "solve_split", "min_memory_split",
-           "available_solvers"]
+__all__ = [
+    "UnitData",
+    "StepModel",
+    "SplitResult",
+    "SolverError",
+    "solve_split",
+    "min_memory_split",
+    "available_solvers",
+]
 
 
 class SolverError(UserError):
@@ -108,6 +115,7 @@ class SplitResult:
 
 # -- solvers ----------------------------------------------------------------------------
 
+
 def available_solvers() -> list[str]:
     have = pulp.listSolvers(onlyAvailable=True)
     return [name for name, key in (("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")) if key in have]
@@ -165,8 +173,7 @@ class _HiGHS(pulp.HiGHS):
         super().callSolver(lp)
 
 
-def _solve(prob: pulp.LpProblem, time_limit: float, solver: str = "auto",
-           start: list[pulp.LpVariable] = ()) -> _Facts:
+def _solve(prob: pulp.LpProblem, time_limit: float, solver: str = "auto", start: list[pulp.LpVariable] = ()) -> _Facts:
     """Solve and say what was proven. A time limit is never reported as Optimal. ``start``:
     variables whose initial values form a known answer (a MIP start: an incumbent from the
     first node, so a time limit still returns at least that answer)."""
@@ -232,6 +239,7 @@ def _cbc_solve(prob, time_limit: float, warm: bool = False) -> tuple[str, float 
 
 # -- the model ----------------------------------------------------------------------------
 
+
 class _Contradiction(Exception):
     """A row without variables that does not hold: the model is infeasible as built."""
 
@@ -290,8 +298,16 @@ def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=p
         y = [[{labels[0]: member(u, s)} for s in range(S)] for u in range(U)]
     else:
         c = [{o: prob.add_variable(f"c_{s}_{i}", cat="Binary") for i, o in enumerate(labels)} for s in range(S)]
-        y = [[{o: (prob.add_variable(f"y_{u}_{s}_{i}", lowBound=0) if s <= u <= s + U - S else 0)
-               for i, o in enumerate(labels)} for s in range(S)] for u in range(U)]
+        y = [
+            [
+                {
+                    o: (prob.add_variable(f"y_{u}_{s}_{i}", lowBound=0) if s <= u <= s + U - S else 0)
+                    for i, o in enumerate(labels)
+                }
+                for s in range(S)
+            ]
+            for u in range(U)
+        ]
         for s in range(S):
             _add(prob, pulp.lpSum(c[s].values()) == 1, f"one_option_s{s}")
         for s in range(S):
@@ -353,10 +369,16 @@ def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
             _add(prob, static + held <= cap, f"memory_r{r}_v{i}")
 
 
-def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_bytes: int, *,
-                time_limit: float = 20.0, solver: str = "auto",
-                exclude: list[list[tuple[int, int]]] = (),
-                start: tuple[list[tuple[int, int]], list[str]] | None = None) -> SplitResult | None:
+def solve_split(
+    options: dict[str, list[UnitData]],
+    model: StepModel,
+    memory_bytes: int,
+    *,
+    time_limit: float = 20.0,
+    solver: str = "auto",
+    exclude: list[list[tuple[int, int]]] = (),
+    start: tuple[list[tuple[int, int]], list[str]] | None = None,
+) -> SplitResult | None:
     """Best contiguous split under ``memory_bytes`` per rank by the step model; None when infeasible.
 
     ``exclude``: splits not to return again (no-good cuts), to get the next-best ones.
@@ -369,8 +391,9 @@ def solve_split(options: dict[str, list[UnitData]], model: StepModel, memory_byt
         return None  # e.g. a stage forced to one unit that does not fit, or every split excluded
 
 
-def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float, solver: str,
-                 exclude, start) -> SplitResult | None:
+def _solve_split(
+    options, model: StepModel, memory_bytes: int, time_limit: float, solver: str, exclude, start
+) -> SplitResult | None:
     S, m = model.stages, model.microbatches
     labels = list(options)
     U = len(options[labels[0]])
@@ -385,16 +408,23 @@ def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float
         return stage_sum(s, lambda d: 0.0 if model.forward_only else d.backward_s)
 
     def crit(s):
-        return stage_sum(s, lambda d: d.forward_s + (0.0 if model.forward_only else
-                                                     (d.input_s if model.split_backward else d.backward_s)))
+        return stage_sum(
+            s,
+            lambda d: (
+                d.forward_s + (0.0 if model.forward_only else (d.input_s if model.split_backward else d.backward_s))
+            ),
+        )
 
     # variables: the bottleneck per microbatch (forward and backward loads apart when phased)
     TF = prob.add_variable("bottleneck_forward_s", lowBound=0)
     TB = prob.add_variable("bottleneck_backward_s", lowBound=0) if model.phased else None
     hops = 1 if model.forward_only else 2
-    boundary_s = pulp.lpSum(hops * options[labels[0]][u].send_s * cut(u, s)
-                            for s in range(S - 1) if model.rank_of[s] != model.rank_of[s + 1]
-                            for u in range(s, min(s + U - S + 1, U - 1)))
+    boundary_s = pulp.lpSum(
+        hops * options[labels[0]][u].send_s * cut(u, s)
+        for s in range(S - 1)
+        if model.rank_of[s] != model.rank_of[s + 1]
+        for u in range(s, min(s + U - S + 1, U - 1))
+    )
     steady = (m - 1) * (TF + TB if TB is not None else TF)
     if model.virtual == 1:
         # one stage per rank: a microbatch's pass through every stage is the fill and drain
@@ -435,15 +465,19 @@ def _solve_split(options, model: StepModel, memory_bytes: int, time_limit: float
     if facts.status == "Infeasible":
         return None
     if facts.status not in ("Optimal", "TimeLimit"):
-        raise SolverError(f"the {facts.solver} solver ended with status {facts.status} for {S} stages, m={m} "
-                          f"after {facts.time_s:.1f} s: raise --time-limit")
+        raise SolverError(
+            f"the {facts.solver} solver ended with status {facts.status} for {S} stages, m={m} "
+            f"after {facts.time_s:.1f} s: raise --time-limit"
+        )
     chosen = [max(labels, key=lambda o: _val(c[s][o])) for s in range(S)]
-    return SplitResult(_bounds(z, U, S), chosen, _val(prob.objective), facts.status, facts.solver,
-                       facts.time_s, facts.gap, facts.bound)
+    return SplitResult(
+        _bounds(z, U, S), chosen, _val(prob.objective), facts.status, facts.solver, facts.time_s, facts.gap, facts.bound
+    )
 
 
-def min_memory_split(options: dict[str, list[UnitData]], model: StepModel, *, time_limit: float = 20.0,
-                     solver: str = "auto") -> tuple[float, list[tuple[int, int]]]:
+def min_memory_split(
+    options: dict[str, list[UnitData]], model: StepModel, *, time_limit: float = 20.0, solver: str = "auto"
+) -> tuple[float, list[tuple[int, int]]]:
     """The smallest per-device memory any split (and option choice) can run in, and that split."""
     S = model.stages
     U = len(next(iter(options.values())))

@@ -99,28 +99,34 @@ class Plan:
         if not path.is_absolute() and plan_dir is not None and (Path(plan_dir) / path).exists():
             path = Path(plan_dir) / path
         if not path.exists():
-            raise ContractError(f"plan: field profile.path: {self.profile_path} does not exist "
-                                f"(keep the profile beside the plan, or re-plan)")
+            raise ContractError(
+                f"plan: field profile.path: {self.profile_path} does not exist "
+                f"(keep the profile beside the plan, or re-plan)"
+            )
         if sha256_of(path) != self.profile_sha256:
             raise ContractError(f"plan: field profile.sha256: {path} changed since this plan was made: re-plan")
         return load_profile(path)
 
-    def with_profile(self, profile: Profile) -> "Plan":
+    def with_profile(self, profile: Profile) -> Plan:
         return replace(self, profile=profile)
 
     def sim_input(self) -> SimInput:
         """What the simulator needs (the simulator never imports the planner)."""
         profile = self.load_profile()
-        costs = stage_costs(profile, self.bounds, dtype=[s.dtype for s in self.stages],
-                            microbatch_size=self.microbatch_size, recompute=[s.recompute for s in self.stages],
-                            optimizer_bytes_per_param=self.job.optimizer_bytes_per_param,
-                            action_overhead_s=self.cluster.action_overhead_s,
-                            optimizer_s_per_param=self.cluster.optimizer_s_per_param)
+        costs = stage_costs(
+            profile,
+            self.bounds,
+            dtype=[s.dtype for s in self.stages],
+            microbatch_size=self.microbatch_size,
+            recompute=[s.recompute for s in self.stages],
+            optimizer_bytes_per_param=self.job.optimizer_bytes_per_param,
+            action_overhead_s=self.cluster.action_overhead_s,
+            optimizer_s_per_param=self.cluster.optimizer_s_per_param,
+        )
         return SimInput(self.table, costs, self.cluster.links(), dp=self.dp, forward_only=self.job.forward_only)
 
     def torchrun_command(self, plan_path: str = "plan.json") -> str:
-        return (f"OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {self.world_size} "
-                f"-m executor {plan_path}")
+        return f"OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {self.world_size} -m executor {plan_path}"
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -128,14 +134,31 @@ class Plan:
         return {
             "schema": schema_id(KIND, MAJOR),
             "profile": {"path": self.profile_path, "sha256": self.profile_sha256, "model": self.model_name},
-            "pp": self.pp, "dp": self.dp, "virtual": self.virtual,
-            "microbatches": self.microbatches, "microbatch_size": self.microbatch_size,
-            "stages": [{"index": s.index, "units": [s.first, s.end], "rank": s.rank, "dtype": s.dtype,
-                        "recompute": s.recompute} for s in self.stages],
+            "pp": self.pp,
+            "dp": self.dp,
+            "virtual": self.virtual,
+            "microbatches": self.microbatches,
+            "microbatch_size": self.microbatch_size,
+            "stages": [
+                {
+                    "index": s.index,
+                    "units": [s.first, s.end],
+                    "rank": s.rank,
+                    "dtype": s.dtype,
+                    "recompute": s.recompute,
+                }
+                for s in self.stages
+            ],
             "schedule": {"name": self.schedule, "table": table_to_text(self.table)},
-            "predicted": None if pred is None else {
-                "step_s": pred.step_s, "bubble_fraction": list(pred.bubble_fraction),
-                "peak_bytes": list(pred.peak_bytes), "throughput": pred.throughput, "latency_s": pred.latency_s},
+            "predicted": None
+            if pred is None
+            else {
+                "step_s": pred.step_s,
+                "bubble_fraction": list(pred.bubble_fraction),
+                "peak_bytes": list(pred.peak_bytes),
+                "throughput": pred.throughput,
+                "latency_s": pred.latency_s,
+            },
             "cluster": self.cluster.to_dict(),
             "job": self.job.to_dict(),
             "solver": self.solver,
@@ -157,19 +180,29 @@ class Plan:
         return write_json(path, replace(self, profile_path=stored).to_dict())
 
     @staticmethod
-    def from_fields(f: Fields) -> "Plan":
+    def from_fields(f: Fields) -> Plan:
         prof = f.obj("profile")
         pp, dp, v = f.int("pp", min=1), f.int("dp", min=1), f.int("virtual", min=1)
         m, mbs = f.int("microbatches", min=1), f.int("microbatch_size", min=1)
         stages = []
-        for i, s in enumerate(f.objs("stages", nonempty=True)):
+        for s in f.objs("stages", nonempty=True):
             units = s.list("units")
-            if len(units) != 2 or not all(isinstance(u, int) and not isinstance(u, bool) for u in units) \
-                    or not 0 <= units[0] < units[1]:
+            if (
+                len(units) != 2
+                or not all(isinstance(u, int) and not isinstance(u, bool) for u in units)
+                or not 0 <= units[0] < units[1]
+            ):
                 raise s.fail("units", f"expected [first, end) with 0 <= first < end, got {units!r}")
-            stages.append(StagePlan(s.int("index"), units[0], units[1], s.int("rank"),
-                                    s.str("dtype", choices=DTYPES, default="fp32"),
-                                    s.bool("recompute", default=False)))
+            stages.append(
+                StagePlan(
+                    s.int("index"),
+                    units[0],
+                    units[1],
+                    s.int("rank"),
+                    s.str("dtype", choices=DTYPES, default="fp32"),
+                    s.bool("recompute", default=False),
+                )
+            )
         if [s.index for s in stages] != list(range(len(stages))):
             raise f.fail("stages", "indices must be 0, 1, 2, ... in order")
         for a, b in zip(stages, stages[1:]):
@@ -195,8 +228,10 @@ class Plan:
             raise sched.fail("table", str(e).splitlines()[0]) from None
         for s in stages:
             if owner.get(s.index) != s.rank:
-                raise f.fail(f"stages[{s.index}].rank", f"is {s.rank} but the schedule table runs it on rank "
-                             f"{owner.get(s.index)}")
+                raise f.fail(
+                    f"stages[{s.index}].rank",
+                    f"is {s.rank} but the schedule table runs it on rank {owner.get(s.index)}",
+                )
         if max(owner.values()) + 1 != pp:
             raise f.fail("pp", f"is {pp} but the schedule table uses {max(owner.values()) + 1} ranks")
         idle = sorted(set(range(pp)) - set(owner.values()))
@@ -205,14 +240,34 @@ class Plan:
         pred = None
         if f.has("predicted"):
             p = f.obj("predicted")
-            pred = Prediction(p.num("step_s"), tuple(p.nums("bubble_fraction")),
-                              tuple(int(x) for x in p.nums("peak_bytes")), p.num("throughput", default=0.0),
-                              p.num("latency_s", default=0.0))
+            pred = Prediction(
+                p.num("step_s"),
+                tuple(p.nums("bubble_fraction")),
+                tuple(int(x) for x in p.nums("peak_bytes")),
+                p.num("throughput", default=0.0),
+                p.num("latency_s", default=0.0),
+            )
         cluster = Cluster.from_fields(f.obj("cluster"))
         job = Job.from_dict(f.raw("job", {}), f"{f.where}: job")
-        return Plan(prof.str("path"), prof.str("sha256"), prof.str("model", default=""), pp, dp, v, m, mbs,
-                    tuple(stages), name, table, cluster, job, pred, f.raw("solver", {}) or {},
-                    tuple(f.raw("baselines", [])), tuple(f.raw("notes", [])))
+        return Plan(
+            prof.str("path"),
+            prof.str("sha256"),
+            prof.str("model", default=""),
+            pp,
+            dp,
+            v,
+            m,
+            mbs,
+            tuple(stages),
+            name,
+            table,
+            cluster,
+            job,
+            pred,
+            f.raw("solver", {}) or {},
+            tuple(f.raw("baselines", [])),
+            tuple(f.raw("notes", [])),
+        )
 
 
 def load_plan(path: str | Path, with_profile: bool = True) -> Plan:
@@ -221,8 +276,9 @@ def load_plan(path: str | Path, with_profile: bool = True) -> Plan:
     if with_profile:
         plan = plan.with_profile(plan.load_profile(Path(path).parent))
         if plan.profile.num_units != plan.stages[-1].end:
-            raise ContractError(f"{path}: field stages: cover {plan.stages[-1].end} units but the profile has "
-                                f"{plan.profile.num_units}")
+            raise ContractError(
+                f"{path}: field stages: cover {plan.stages[-1].end} units but the profile has {plan.profile.num_units}"
+            )
     return plan
 
 

@@ -24,8 +24,15 @@ REFINE_AT_LEAST = 6  # ... up to max(top, this many)
 ALTERNATIVES = 1  # next-best MILP splits (no-good cuts) tried per refined plan (small chains)
 
 
-def refine(p: Plan, options: dict[str, list[UnitData]], model: StepModel, time_limit: float, solver: str,
-           stats, alternatives: int = ALTERNATIVES) -> Plan:
+def refine(
+    p: Plan,
+    options: dict[str, list[UnitData]],
+    model: StepModel,
+    time_limit: float,
+    solver: str,
+    stats,
+    alternatives: int = ALTERNATIVES,
+) -> Plan:
     """Best simulated plan among the MILP's next-best splits (``alternatives`` of them) and their cut
     neighbourhoods. ``model``: the MILP's view of ``p``'s schedule; ``stats``: the search's
     ``SearchStats`` (simulations and MILPs are counted there)."""
@@ -42,9 +49,23 @@ def refine(p: Plan, options: dict[str, list[UnitData]], model: StepModel, time_l
         seen.add(tuple(bounds))
         budget -= 1
         stats.simulations += 1
-        q = build_plan(p.profile, p.profile_path, p.cluster, p.job, bounds, p.schedule, p.pp, p.dp,
-                       p.microbatches, p.microbatch_size, labels, p.virtual, p.table,
-                       {**p.solver, "refined": "neighbourhood"}, p.custom_placement)
+        q = build_plan(
+            p.profile,
+            p.profile_path,
+            p.cluster,
+            p.job,
+            bounds,
+            p.schedule,
+            p.pp,
+            p.dp,
+            p.microbatches,
+            p.microbatch_size,
+            labels,
+            p.virtual,
+            p.table,
+            {**p.solver, "refined": "neighbourhood"},
+            p.custom_placement,
+        )
         return q if fits(q) else None
 
     # the MILP's next-best splits
@@ -53,8 +74,7 @@ def refine(p: Plan, options: dict[str, list[UnitData]], model: StepModel, time_l
     for _ in range(alternatives):
         if budget <= 0 or p.solver.get("status") not in ("Optimal", "TimeLimit"):
             break
-        res = solve_split(options, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver,
-                          exclude=exclude)
+        res = solve_split(options, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver, exclude=exclude)
         stats.milps += 1
         if res is None:
             break

@@ -43,17 +43,28 @@ def unit_options(profile: Profile, cluster: Cluster, job: Job, mbs: int) -> dict
     out: dict[str, list[UnitData]] = {}
     for dtype in job.dtypes:
         units = profile.entry(dtype, mbs).units
-        for rc in ((False, True) if job.recompute and not job.forward_only else (False,)):
+        for rc in (False, True) if job.recompute and not job.forward_only else (False,):
             data = []
             for i, u in enumerate(units):
                 b = DTYPE_BYTES[dtype]
-                static = 2 * u.params * b + (u.params * 4 if b < 4 else 0) + int(u.params * job.optimizer_bytes_per_param)
+                static = (
+                    2 * u.params * b + (u.params * 4 if b < 4 else 0) + int(u.params * job.optimizer_bytes_per_param)
+                )
                 if job.forward_only:
                     static = u.params * b
                 act = (units[i - 1].output_bytes if i > 0 else 0) if rc else u.saved_bytes
                 extra = u.forward_s if rc else 0.0
-                data.append(UnitData(u.forward_s, u.backward_s + extra, u.backward_input_s + extra, int(static),
-                                     int(act), links.transfer_s(0, 1, u.output_bytes), grad_bytes=u.params * b))
+                data.append(
+                    UnitData(
+                        u.forward_s,
+                        u.backward_s + extra,
+                        u.backward_input_s + extra,
+                        int(static),
+                        int(act),
+                        links.transfer_s(0, 1, u.output_bytes),
+                        grad_bytes=u.params * b,
+                    )
+                )
             out[option_label(dtype, rc)] = data
     return out
 
@@ -90,9 +101,14 @@ class Schedules:
             table = self.table(schedule, pp, m, v, placement)
             owner = stage_ranks(table)
             self._models[key] = StepModel(
-                m, tuple(owner[s] for s in range(len(owner))), memory_pattern(table, self.forward_only),
-                split_backward=spec.split_backward, phased=spec.name in ("GPipe", "LoopedBFS"),
-                forward_only=self.forward_only, latency=self.latency)
+                m,
+                tuple(owner[s] for s in range(len(owner))),
+                memory_pattern(table, self.forward_only),
+                split_backward=spec.split_backward,
+                phased=spec.name in ("GPipe", "LoopedBFS"),
+                forward_only=self.forward_only,
+                latency=self.latency,
+            )
         return self._models[key]
 
 
@@ -103,9 +119,23 @@ def _key(schedule: str, pp: int, m: int, v: int, placement: tuple[int, ...] | No
     return (name, tuple(placement), m) if placement is not None else (name, pp, m, v)
 
 
-def build_plan(profile: Profile, profile_path: str, cluster: Cluster, job: Job, bounds, schedule: str, pp: int,
-               dp: int, m: int, mbs: int, options: list[str], virtual: int = 1, table: Table | None = None,
-               solver: dict | None = None, placement: tuple[int, ...] | None = None) -> Plan:
+def build_plan(
+    profile: Profile,
+    profile_path: str,
+    cluster: Cluster,
+    job: Job,
+    bounds,
+    schedule: str,
+    pp: int,
+    dp: int,
+    m: int,
+    mbs: int,
+    options: list[str],
+    virtual: int = 1,
+    table: Table | None = None,
+    solver: dict | None = None,
+    placement: tuple[int, ...] | None = None,
+) -> Plan:
     """A Plan for this split, simulated (``predicted`` filled); stages go where the table puts them.
 
     ``Custom`` with its ``placement``: the table is (re)ordered by this split's own
@@ -114,10 +144,24 @@ def build_plan(profile: Profile, profile_path: str, cluster: Cluster, job: Job, 
     if table is None:
         table = Schedules(job).table(schedule, pp, m, virtual, placement)
     owner = stage_ranks(table)
-    stages = tuple(StagePlan(i, f, e, owner[i], *parse_label(o)) for i, ((f, e), o)
-                   in enumerate(zip(bounds, options)))
-    plan = Plan(profile_path, _sha(profile_path), profile.model_name, pp, dp, virtual, m, mbs, stages,
-                canonical_name(schedule), table, cluster, job, solver=solver or {}, profile=profile)
+    stages = tuple(StagePlan(i, f, e, owner[i], *parse_label(o)) for i, ((f, e), o) in enumerate(zip(bounds, options)))
+    plan = Plan(
+        profile_path,
+        _sha(profile_path),
+        profile.model_name,
+        pp,
+        dp,
+        virtual,
+        m,
+        mbs,
+        stages,
+        canonical_name(schedule),
+        table,
+        cluster,
+        job,
+        solver=solver or {},
+        profile=profile,
+    )
     inp = plan.sim_input()
     if placement is not None:  # Custom: order by this split's costs
         ordered = placement_table(list(placement), m, [(c.forward_s, c.backward_s) for c in inp.costs])
@@ -125,8 +169,13 @@ def build_plan(profile: Profile, profile_path: str, cluster: Cluster, job: Job, 
         inp = plan.sim_input()
     tl = simulate(inp, detail=False)
     per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
-    pred = Prediction(tl.step_s, tuple(r.bubble_fraction for r in tl.ranks), tuple(r.peak_bytes for r in tl.ranks),
-                      throughput=per_sample, latency_s=_latency_s(inp, owner))
+    pred = Prediction(
+        tl.step_s,
+        tuple(r.bubble_fraction for r in tl.ranks),
+        tuple(r.peak_bytes for r in tl.ranks),
+        throughput=per_sample,
+        latency_s=_latency_s(inp, owner),
+    )
     return replace(plan, predicted=pred)
 
 

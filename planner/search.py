@@ -44,7 +44,8 @@ from .cluster import Cluster, Job
 from .memory import peak_bytes, static_bytes
 from .milp import SolverError, StepModel, UnitData, min_memory_split, solve_split
 from .plan import Plan
-from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN, refine as refine_plan
+from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN
+from .refine import refine as refine_plan
 from .scoring import Schedules, build_plan, fits, objective_s, option_label, parse_label, unit_options
 
 __all__ = ["plan", "score_split", "even_split", "balanced_split", "InfeasibleError", "SearchStats", "search"]
@@ -64,8 +65,17 @@ class InfeasibleError(UserError):
 class SearchStats:
     """What the search did, phase by phase (seconds and counts)."""
 
-    seconds: dict[str, float] = field(default_factory=lambda: {
-        "enumerate": 0.0, "bound": 0.0, "screen": 0.0, "milp": 0.0, "simulate": 0.0, "refine": 0.0, "baselines": 0.0})
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {
+            "enumerate": 0.0,
+            "bound": 0.0,
+            "screen": 0.0,
+            "milp": 0.0,
+            "simulate": 0.0,
+            "refine": 0.0,
+            "baselines": 0.0,
+        }
+    )
     candidates: int = 0
     pruned: int = 0
     milps: int = 0
@@ -107,6 +117,7 @@ class _Candidate:
 
 # -- inputs of the MILP ----------------------------------------------------------------------
 
+
 def balanced_split(work: list[float], S: int) -> list[tuple[int, int]]:
     """The contiguous split into S non-empty stages with the least largest work (binary search on
     the largest stage with a greedy check; each stage keeps enough units for the rest)."""
@@ -140,11 +151,19 @@ def balanced_split(work: list[float], S: int) -> list[tuple[int, int]]:
 
 def _model_key(model: StepModel) -> tuple:
     """Equal keys: the same MILP (schedules with one placement, memory pattern and step model share it)."""
-    return (model.microbatches, model.rank_of, model.memory.key(), model.split_backward, model.phased,
-            model.forward_only, model.latency)
+    return (
+        model.microbatches,
+        model.rank_of,
+        model.memory.key(),
+        model.split_backward,
+        model.phased,
+        model.forward_only,
+        model.latency,
+    )
 
 
 # -- enumeration and bounds -------------------------------------------------------------------
+
 
 def _microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
     """(microbatch count, microbatch size) pairs that make the global batch on ``dp`` replicas."""
@@ -173,8 +192,9 @@ def _virtuals(spec, job: Job, pp: int, U: int) -> list[int]:
     return [v for v in vs if spec.num_stages(pp, v) <= U]
 
 
-def _lower_bound(options, cluster: Cluster, pp: int, dp: int, m: int, single_stage_1f1b: bool,
-                 forward_only: bool) -> float:
+def _lower_bound(
+    options, cluster: Cluster, pp: int, dp: int, m: int, single_stage_1f1b: bool, forward_only: bool
+) -> float:
     """No split of this candidate simulates faster than this (compute and all-reduce only)."""
     per_unit = [min((d.forward_s if forward_only else d.work_s) for d in ds) for ds in zip(*options.values())]
     work = sum(per_unit)
@@ -221,11 +241,13 @@ def _enumerate(profile: Profile, cluster: Cluster, job: Job, stats: SearchStats)
                     stats.notes.append(f"{name} skipped: {e}")
                     continue
                 if spec.name == "Custom":
-                    out += [(pp, dp, m, mbs, spec, most_stages_per_rank(pl), pl)
-                            for pl in _custom_placements(job, pp, U)]
+                    out += [
+                        (pp, dp, m, mbs, spec, most_stages_per_rank(pl), pl) for pl in _custom_placements(job, pp, U)
+                    ]
                     continue
-                if spec.name == "GPipe" and any(canonical_name(n) == "1F1B" for n in job.schedules
-                                                if n.lower() in {k.lower() for k in SCHEDULES}):
+                if spec.name == "GPipe" and any(
+                    canonical_name(n) == "1F1B" for n in job.schedules if n.lower() in {k.lower() for k in SCHEDULES}
+                ):
                     # dominated: 1F1B has the same placement, never more memory, and a fill-drain
                     # no longer ((m-1) max(F+B) <= (m-1) (max F + max B))
                     stats.notes.append(f"GPipe pp={pp} m={m} skipped: dominated by 1F1B")
@@ -248,8 +270,16 @@ def _custom_placements(job: Job, pp: int, U: int) -> list[tuple[int, ...]]:
     return [tuple(range(pp)) + (0,)] if 2 <= pp < U else []
 
 
-def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: _Candidate,
-            options: dict[str, list[UnitData]], schedules: Schedules, splits: dict) -> Plan | None:
+def _screen(
+    profile: Profile,
+    profile_path: str,
+    cluster: Cluster,
+    job: Job,
+    c: _Candidate,
+    options: dict[str, list[UnitData]],
+    schedules: Schedules,
+    splits: dict,
+) -> Plan | None:
     """The candidate's work-balanced split under its first option, simulated; None when its
     weights or its memory pattern already say it does not fit (the pattern's peak is the
     simulator's, so nothing that fits is refused). ``splits``: the balanced splits and their
@@ -259,31 +289,64 @@ def _screen(profile: Profile, profile_path: str, cluster: Cluster, job: Job, c: 
     dtype, rc = parse_label(first)
     if (c.mbs, S) not in splits:
         bounds = balanced_split([d.forward_s if job.forward_only else d.work_s for d in options[first]], S)
-        splits[c.mbs, S] = bounds, stage_costs(profile, bounds, dtype=dtype, microbatch_size=c.mbs,
-                                               recompute=[rc] * S,
-                                               optimizer_bytes_per_param=job.optimizer_bytes_per_param)
+        splits[c.mbs, S] = (
+            bounds,
+            stage_costs(
+                profile,
+                bounds,
+                dtype=dtype,
+                microbatch_size=c.mbs,
+                recompute=[rc] * S,
+                optimizer_bytes_per_param=job.optimizer_bytes_per_param,
+            ),
+        )
     bounds, costs = splits[c.mbs, S]
     if max(static_bytes(c.rank_of, costs, job.forward_only).values()) > cluster.memory_bytes:
         return None  # the weights alone overflow a device: no table needed to say so
     model = schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
     if max(peak_bytes(model.memory, costs, job.forward_only).values()) > cluster.memory_bytes:
         return None
-    return build_plan(profile, profile_path, cluster, job, bounds, c.schedule, c.pp, c.dp, c.m, c.mbs, [first] * S,
-                      c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement),
-                      {"status": "balanced split", "solver": "none"}, c.placement)
+    return build_plan(
+        profile,
+        profile_path,
+        cluster,
+        job,
+        bounds,
+        c.schedule,
+        c.pp,
+        c.dp,
+        c.m,
+        c.mbs,
+        [first] * S,
+        c.virtual,
+        schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement),
+        {"status": "balanced split", "solver": "none"},
+        c.placement,
+    )
 
 
 # -- the search -------------------------------------------------------------------------------
 
-def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_path: str | Path | None = None,
-           time_limit: float = 20.0, solver: str = "auto", refine: int | None = None) -> tuple[list[Plan], SearchStats]:
+
+def search(
+    profile: Profile,
+    cluster: Cluster,
+    job: Job,
+    top: int = 3,
+    profile_path: str | Path | None = None,
+    time_limit: float = 20.0,
+    solver: str = "auto",
+    refine: int | None = None,
+) -> tuple[list[Plan], SearchStats]:
     """The ``top`` plans, best simulated step time first, and what the search did."""
     profile_path = str(profile_path or profile.measurement.get("path", ""))
     if not profile_path or not Path(profile_path).exists():
         raise UserError("plan() needs the profile's file path (profile_path=...) so the plan can refer to it")
     if job.seq_len is not None and job.seq_len != profile.seq_len:
-        raise UserError(f"the job's sequence length {job.seq_len} differs from the profile's {profile.seq_len}: "
-                        f"profile again with --seq-len {job.seq_len}")
+        raise UserError(
+            f"the job's sequence length {job.seq_len} differs from the profile's {profile.seq_len}: "
+            f"profile again with --seq-len {job.seq_len}"
+        )
     stats = SearchStats()
     t0 = time.perf_counter()
     raw = _enumerate(profile, cluster, job, stats)
@@ -296,8 +359,9 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
         if mbs not in option_cache:
             option_cache[mbs] = unit_options(profile, cluster, job, mbs)
         single = v == 1 and spec.name in ("GPipe", "1F1B")
-        lb = _objective_bound(_lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only),
-                              option_cache[mbs], job)
+        lb = _objective_bound(
+            _lower_bound(option_cache[mbs], cluster, pp, dp, m, single, job.forward_only), option_cache[mbs], job
+        )
         cands.append(_Candidate(pp, dp, m, mbs, spec.name, v, lb, placement))
     cands.sort(key=lambda c: (c.lower_bound, c.pp, c.schedule, c.m))
     stats.candidates = len(cands)
@@ -333,7 +397,7 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     small = profile.num_units * max(c.stages for c, _ in screened) <= SMALL_MILP if screened else True
     order = sorted(screened, key=lambda x: (x[1] is None, objective_s(x[1]) if x[1] else x[0].lower_bound))
     if not small:
-        order = order[:max(2 * top, MILP_CANDIDATES)]
+        order = order[: max(2 * top, MILP_CANDIDATES)]
     answers: dict[tuple, object] = {}
     infeasible: list[tuple[_Candidate, StepModel]] = []
     failed: list[str] = []
@@ -344,8 +408,10 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
             if c.lower_bound >= kth:
                 continue
         if unproductive and screen is not None:
-            stats.notes.append(f"{c.label()}: kept the balanced split, no MILP "
-                               f"(the MILP of {unproductive} ended at its time limit without improving on it)")
+            stats.notes.append(
+                f"{c.label()}: kept the balanced split, no MILP "
+                f"(the MILP of {unproductive} ended at its time limit without improving on it)"
+            )
             continue
         t0 = time.perf_counter()
         model = schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
@@ -356,8 +422,9 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
             stats.milp_reused += 1
         else:
             try:
-                res = solve_split(option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit,
-                                  solver=solver, start=start)
+                res = solve_split(
+                    option_cache[c.mbs], model, cluster.memory_bytes, time_limit=time_limit, solver=solver, start=start
+                )
             except SolverError as e:  # said in the notes, and the candidate left out
                 stats.notes.append(f"{c.label()} mbs={c.mbs} left out: {e}")
                 failed.append(str(e))
@@ -371,8 +438,14 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
             infeasible.append((c, model))
             continue
         t0 = time.perf_counter()
-        facts = {"status": res.status, "solver": res.solver, "time_s": round(res.time_s, 4), "gap": res.gap,
-                 "bound": res.bound, "objective_s": res.objective}
+        facts = {
+            "status": res.status,
+            "solver": res.solver,
+            "time_s": round(res.time_s, 4),
+            "gap": res.gap,
+            "bound": res.bound,
+            "objective_s": res.objective,
+        }
         if start and (res.bounds, res.options) == start:
             p = replace(screen, solver={**facts, "start": "balanced split"})  # the same split: simulated already
             if not small and res.status == "TimeLimit":
@@ -380,9 +453,23 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
                 # time limit keep their balanced splits (the refinement still searches around them)
                 unproductive = c.label()
         else:
-            p = build_plan(profile, profile_path, cluster, job, res.bounds, c.schedule, c.pp, c.dp, c.m, c.mbs,
-                           res.options, c.virtual, schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement),
-                           facts, c.placement)
+            p = build_plan(
+                profile,
+                profile_path,
+                cluster,
+                job,
+                res.bounds,
+                c.schedule,
+                c.pp,
+                c.dp,
+                c.m,
+                c.mbs,
+                res.options,
+                c.virtual,
+                schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement),
+                facts,
+                c.placement,
+            )
             stats.simulations += 1
         stats.add("simulate", t0)
         if fits(p):
@@ -398,11 +485,18 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     results.sort(key=_rank)
     close = [p for p in results if objective_s(p) <= objective_s(results[0]) * (1 + REFINE_WITHIN)]
     n_refine = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
-    refined = [refine_plan(p, option_cache[p.microbatch_size],
-                           schedules.model(p.schedule, p.pp, p.microbatches, p.virtual, p.custom_placement), time_limit,
-                           solver, stats,
-                           ALTERNATIVES if profile.num_units * len(p.stages) <= SMALL_MILP else 0)
-               for p in results[:n_refine]]
+    refined = [
+        refine_plan(
+            p,
+            option_cache[p.microbatch_size],
+            schedules.model(p.schedule, p.pp, p.microbatches, p.virtual, p.custom_placement),
+            time_limit,
+            solver,
+            stats,
+            ALTERNATIVES if profile.num_units * len(p.stages) <= SMALL_MILP else 0,
+        )
+        for p in results[:n_refine]
+    ]
     results = _dedupe(sorted(refined + results[n_refine:], key=_rank))
     stats.add("refine", t0)
 
@@ -412,8 +506,15 @@ def search(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_p
     return out, stats
 
 
-def plan(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_path: str | Path | None = None,
-         time_limit: float = 20.0, solver: str = "auto") -> list[Plan]:
+def plan(
+    profile: Profile,
+    cluster: Cluster,
+    job: Job,
+    top: int = 3,
+    profile_path: str | Path | None = None,
+    time_limit: float = 20.0,
+    solver: str = "auto",
+) -> list[Plan]:
     """The ``top`` plans for ``job`` on ``cluster``, best simulated step time first."""
     return search(profile, cluster, job, top, profile_path, time_limit, solver)[0]
 
@@ -421,23 +522,38 @@ def plan(profile: Profile, cluster: Cluster, job: Job, top: int = 3, profile_pat
 def _rank(p: Plan):
     # the job's objective; on a tie, the step, then the MILP's plan (with its solver facts)
     # before the screened balanced split
-    return (objective_s(p), p.predicted.step_s, p.solver.get("status") == "balanced split", p.pp, p.schedule, p.virtual, p.microbatches, p.split)
+    return (
+        objective_s(p),
+        p.predicted.step_s,
+        p.solver.get("status") == "balanced split",
+        p.pp,
+        p.schedule,
+        p.virtual,
+        p.microbatches,
+        p.split,
+    )
 
 
 def _dedupe(plans: list[Plan]) -> list[Plan]:
     seen, out = set(), []
     for p in plans:
-        key = (p.pp, p.schedule, p.virtual, p.microbatches, p.microbatch_size, tuple(p.bounds),
-               tuple((s.dtype, s.recompute, s.rank) for s in p.stages))
+        key = (
+            p.pp,
+            p.schedule,
+            p.virtual,
+            p.microbatches,
+            p.microbatch_size,
+            tuple(p.bounds),
+            tuple((s.dtype, s.recompute, s.rank) for s in p.stages),
+        )
         if key not in seen:
             seen.add(key)
             out.append(p)
     return out
 
 
-
-
 # -- baselines ------------------------------------------------------------------------------------
+
 
 def _baselines(p: Plan) -> tuple[dict, ...]:
     """The hand splits (1F1B, one stage per rank, same pp, dp and microbatching), simulated."""
@@ -446,25 +562,46 @@ def _baselines(p: Plan) -> tuple[dict, ...]:
         try:
             bounds = split_fn(p.profile, p.pp)
             dtype = p.stages[0].dtype
-            b = build_plan(p.profile, p.profile_path, p.cluster, p.job, bounds, "1F1B", p.pp, p.dp,
-                           p.microbatches, p.microbatch_size, [dtype] * p.pp)
+            b = build_plan(
+                p.profile,
+                p.profile_path,
+                p.cluster,
+                p.job,
+                bounds,
+                "1F1B",
+                p.pp,
+                p.dp,
+                p.microbatches,
+                p.microbatch_size,
+                [dtype] * p.pp,
+            )
         except UserError:
             continue
-        out.append({"name": f"{name}-1F1B", "split": b.split, "step_s": b.predicted.step_s,
-                    "speedup": b.predicted.step_s / p.predicted.step_s, "fits_memory": fits(b),
-                    "peak_bytes": max(b.predicted.peak_bytes)})
+        out.append(
+            {
+                "name": f"{name}-1F1B",
+                "split": b.split,
+                "step_s": b.predicted.step_s,
+                "speedup": b.predicted.step_s / p.predicted.step_s,
+                "fits_memory": fits(b),
+                "peak_bytes": max(b.predicted.peak_bytes),
+            }
+        )
     return tuple(out)
 
 
 # -- infeasible jobs --------------------------------------------------------------------------------
 
-def _infeasible(profile, cluster, job, infeasible, option_cache, schedules: Schedules, time_limit,
-                solver) -> InfeasibleError:
+
+def _infeasible(
+    profile, cluster, job, infeasible, option_cache, schedules: Schedules, time_limit, solver
+) -> InfeasibleError:
     if not infeasible:
         return InfeasibleError(
             f"no pipeline degree, microbatch size and schedule fit the job: global batch {job.global_batch} on "
             f"{cluster.devices} devices with profiled microbatch sizes {sorted(_entry_sizes(profile, job.dtypes))} "
-            f"and schedules {', '.join(job.schedules)}; adjust --global-batch, --devices or --schedules")
+            f"and schedules {', '.join(job.schedules)}; adjust --global-batch, --devices or --schedules"
+        )
     # the least memory any refused candidate needs (candidates with the smallest microbatch first)
     need, where = None, None
     seen = set()
@@ -501,15 +638,25 @@ def _infeasible(profile, cluster, job, infeasible, option_cache, schedules: Sche
     return InfeasibleError(
         f"no plan fits {cluster.memory_bytes / 2**30:.2f} GiB per device: the least any split needs is "
         f"{need / 2**30:.2f} GiB ({c.schedule}, pp={c.pp}, m={c.m}, microbatch size {c.mbs}); "
-        f"raise --device-memory to that, or the lever that helps most: {hint}")
+        f"raise --device-memory to that, or the lever that helps most: {hint}"
+    )
 
 
 # -- a split the user gives ---------------------------------------------------------------------
 
-def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] | str, schedule: str = "1F1B",
-                microbatches: int | None = None, pp: int | None = None,
-                profile_path: str | Path | None = None, virtual: int = 1,
-                placement: list[int] | None = None) -> Plan:
+
+def score_split(
+    profile: Profile,
+    cluster: Cluster,
+    job: Job,
+    split: list[int] | str,
+    schedule: str = "1F1B",
+    microbatches: int | None = None,
+    pp: int | None = None,
+    profile_path: str | Path | None = None,
+    virtual: int = 1,
+    placement: list[int] | None = None,
+) -> Plan:
     """Simulate a split the user gives: first unit of stages 1..S-1, or ``"even"`` (with ``pp``).
     With ``placement`` (stage -> rank) the schedule is ``Custom``, its table ``placement_table``."""
     profile_path = str(profile_path or "")
@@ -518,8 +665,10 @@ def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] |
     if placement:
         check_placement(placement)
         if pp and max(placement) + 1 != pp:
-            raise UserError(f"--placement {','.join(map(str, placement))} uses {max(placement) + 1} ranks but --pp "
-                            f"is {pp}: leave out --pp, or place stages on ranks 0..{pp - 1}")
+            raise UserError(
+                f"--placement {','.join(map(str, placement))} uses {max(placement) + 1} ranks but --pp "
+                f"is {pp}: leave out --pp, or place stages on ranks 0..{pp - 1}"
+            )
         S, virtual = len(placement), most_stages_per_rank(placement)
         what = f"--placement {','.join(map(str, placement))}"
     else:
@@ -553,19 +702,38 @@ def score_split(profile: Profile, cluster: Cluster, job: Job, split: list[int] |
     dtype = job.dtypes[0]
     pairs = [(mm, b) for mm, b in pairs if b in _entry_sizes(profile, (dtype,))]
     if not pairs:
-        raise UserError(f"no profiled microbatch size gives {microbatches or 'any'} microbatches for global batch "
-                        f"{job.global_batch} on {dp} replicas: adjust --microbatches or --global-batch")
+        raise UserError(
+            f"no profiled microbatch size gives {microbatches or 'any'} microbatches for global batch "
+            f"{job.global_batch} on {dp} replicas: adjust --microbatches or --global-batch"
+        )
     m, mbs = pairs[0]
     table = Schedules(job).table(spec.name, pp, m, virtual, tuple(placement) if placement else None)
-    p = build_plan(profile, profile_path, cluster, job, bounds, spec.name, pp, dp, m, mbs, [dtype] * len(bounds),
-                   virtual, table, {"status": "given", "solver": "none"}, tuple(placement) if placement else None)
+    p = build_plan(
+        profile,
+        profile_path,
+        cluster,
+        job,
+        bounds,
+        spec.name,
+        pp,
+        dp,
+        m,
+        mbs,
+        [dtype] * len(bounds),
+        virtual,
+        table,
+        {"status": "given", "solver": "none"},
+        tuple(placement) if placement else None,
+    )
     over = [(r, b) for r, b in enumerate(p.predicted.peak_bytes) if b > cluster.memory_bytes]
     if over:
         r, need = max(over, key=lambda x: x[1])
         stages = [s for s in p.stages if s.rank == r]
         what = ", ".join(f"stage {s.index} (units {s.first}..{s.end - 1})" for s in stages)
-        raise InfeasibleError(f"{what} on rank {r} needs {need / 2**30:.2f} GiB but devices have "
-                              f"{cluster.memory_bytes / 2**30:.2f} GiB: over by "
-                              f"{(need - cluster.memory_bytes) / 2**30:.2f} GiB; move units off it, raise "
-                              f"--device-memory or lower the microbatch size")
+        raise InfeasibleError(
+            f"{what} on rank {r} needs {need / 2**30:.2f} GiB but devices have "
+            f"{cluster.memory_bytes / 2**30:.2f} GiB: over by "
+            f"{(need - cluster.memory_bytes) / 2**30:.2f} GiB; move units off it, raise "
+            f"--device-memory or lower the microbatch size"
+        )
     return replace(p, baselines=_baselines(p))

@@ -9,8 +9,7 @@ from importlib import import_module
 from .contract import ContractError, UserError, write_json
 from .types import Profile, ProfileEntry, UnitCost, WholeModel, load_profile
 
-_LAZY = {"PRESETS": ".zoo", "ZooError": ".zoo", "ZooModel": ".zoo", "build_model": ".zoo",
-         "parse_overrides": ".zoo"}
+_LAZY = {"PRESETS": ".zoo", "ZooError": ".zoo", "ZooModel": ".zoo", "build_model": ".zoo", "parse_overrides": ".zoo"}
 
 
 def profile_model(name: str, **kwargs) -> Profile:
@@ -26,6 +25,19 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'profiles' has no attribute {name!r}")
 
 
-__all__ = ["ContractError", "UserError", "write_json", "Profile", "ProfileEntry", "UnitCost", "WholeModel",
-           "load_profile", "profile_model", "PRESETS", "ZooError", "ZooModel", "build_model",
-           "parse_overrides"]
+__all__ = [
+    "ContractError",
+    "UserError",
+    "write_json",
+    "Profile",
+    "ProfileEntry",
+    "UnitCost",
+    "WholeModel",
+    "load_profile",
+    "profile_model",
+    "PRESETS",
+    "ZooError",
+    "ZooModel",
+    "build_model",
+    "parse_overrides",
+]

@@ -52,12 +52,27 @@ class DeviceSpec:
 
 
 DEVICE_SPECS: dict[str, DeviceSpec] = {
-    "h100": DeviceSpec("NVIDIA H100 SXM5 80GB", {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
-                       3.35e12, 80 * 2**30, "NVIDIA H100 Tensor Core GPU datasheet (dense, no sparsity)"),
-    "h200": DeviceSpec("NVIDIA H200 SXM 141GB", {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
-                       4.8e12, 141 * 10**9, "NVIDIA H200 Tensor Core GPU datasheet (dense, no sparsity)"),
-    "a100": DeviceSpec("NVIDIA A100 SXM4 80GB", {"fp32": 19.5e12, "bf16": 312e12, "fp16": 312e12},
-                       2.039e12, 80 * 2**30, "NVIDIA A100 Tensor Core GPU datasheet (dense, no sparsity)"),
+    "h100": DeviceSpec(
+        "NVIDIA H100 SXM5 80GB",
+        {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
+        3.35e12,
+        80 * 2**30,
+        "NVIDIA H100 Tensor Core GPU datasheet (dense, no sparsity)",
+    ),
+    "h200": DeviceSpec(
+        "NVIDIA H200 SXM 141GB",
+        {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
+        4.8e12,
+        141 * 10**9,
+        "NVIDIA H200 Tensor Core GPU datasheet (dense, no sparsity)",
+    ),
+    "a100": DeviceSpec(
+        "NVIDIA A100 SXM4 80GB",
+        {"fp32": 19.5e12, "bf16": 312e12, "fp16": 312e12},
+        2.039e12,
+        80 * 2**30,
+        "NVIDIA A100 Tensor Core GPU datasheet (dense, no sparsity)",
+    ),
 }
 
 
@@ -88,8 +103,13 @@ def _measure_cpu() -> DeviceSpec:
     import os
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return DeviceSpec("this CPU, one thread", flops, bw, mem,
-                      "measured now: 512x512 fp32 and 256x256 16-bit matmuls, a 64 MiB copy, one thread")
+    return DeviceSpec(
+        "this CPU, one thread",
+        flops,
+        bw,
+        mem,
+        "measured now: 512x512 fp32 and 256x256 16-bit matmuls, a 64 MiB copy, one thread",
+    )
 
 
 def device_spec(name: str) -> DeviceSpec:
@@ -121,8 +141,15 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
             loss.backward()
         else:
             out.backward(torch.ones_like(out))
-    return (out.detach(), float(fwd.get_total_flops()), float(bwd.get_total_flops()),
-            _weight_grad_flops(unit, tokens), int(saved[0]), sum(p.numel() for p in params), x_in.requires_grad)
+    return (
+        out.detach(),
+        float(fwd.get_total_flops()),
+        float(bwd.get_total_flops()),
+        _weight_grad_flops(unit, tokens),
+        int(saved[0]),
+        sum(p.numel() for p in params),
+        x_in.requires_grad,
+    )
 
 
 def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_bytes: int) -> UnitCost:
@@ -137,14 +164,30 @@ def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_by
     # the first unit's input is token ids: no input gradient, its backward is all W
     i_t = i_flops / peak + (weights + saved + output_bytes) / bw if has_input_grad else 0.0
     w_t = w_flops / peak + (saved + 2 * 4 * params) / bw
-    return UnitCost(name=name, kind=kind, forward_s=fwd, backward_s=i_t + w_t, backward_input_s=i_t,
-                    backward_weight_s=w_t, params=params, param_bytes=4 * params, saved_bytes=saved,
-                    output_bytes=output_bytes, forward_flops=f_flops)
+    return UnitCost(
+        name=name,
+        kind=kind,
+        forward_s=fwd,
+        backward_s=i_t + w_t,
+        backward_input_s=i_t,
+        backward_weight_s=w_t,
+        params=params,
+        param_bytes=4 * params,
+        saved_bytes=saved,
+        output_bytes=output_bytes,
+        forward_flops=f_flops,
+    )
 
 
-def analytic_profile(name: str, *, device_spec_name: str = "h100", dtypes: tuple[str, ...] = ("bf16",),
-                     microbatch_sizes: tuple[int, ...] = (1,), seq_len: int = 2048,
-                     overrides: dict | None = None) -> Profile:
+def analytic_profile(
+    name: str,
+    *,
+    device_spec_name: str = "h100",
+    dtypes: tuple[str, ...] = ("bf16",),
+    microbatch_sizes: tuple[int, ...] = (1,),
+    seq_len: int = 2048,
+    overrides: dict | None = None,
+) -> Profile:
     """Profile model ``name`` analytically for the device ``device_spec_name``."""
     for d in dtypes:
         if d not in DTYPES:
@@ -173,19 +216,34 @@ def analytic_profile(name: str, *, device_spec_name: str = "h100", dtypes: tuple
                 c = counted[src]
                 out_bytes = 0 if idx == n_units - 1 else c[0].numel() * c[0].element_size()
                 units.append(_cost(uname, kind, spec, dtype, c, out_bytes))
-            whole = WholeModel(sum(u.forward_s for u in units), sum(u.backward_s for u in units),
-                               sum(u.saved_bytes for u in units))
+            whole = WholeModel(
+                sum(u.forward_s for u in units), sum(u.backward_s for u in units), sum(u.saved_bytes for u in units)
+            )
             entries.append(ProfileEntry(dtype, mb, tuple(units), whole))
     return Profile(
-        model_name=name, model_config=config, device_name=spec.name, device_kind=device_spec_name.lower(),
-        seq_len=seq_len, method="analytic", entries=tuple(entries),
-        measurement={"device_spec": {"name": spec.name, "flops": spec.flops, "bandwidth": spec.bandwidth,
-                                     "memory_bytes": spec.memory_bytes, "source": spec.source},
-                     "matmul_efficiency": MATMUL_EFFICIENCY, "memory_efficiency": MEMORY_EFFICIENCY,
-                     "attention": "sdpa (counted as full s x s products, no causal saving)",
-                     "units_built": len(model.units), "torch": torch.__version__,
-                     "profiling_s": round(time.perf_counter() - t0, 3),
-                     "assumptions": _assumptions()},
+        model_name=name,
+        model_config=config,
+        device_name=spec.name,
+        device_kind=device_spec_name.lower(),
+        seq_len=seq_len,
+        method="analytic",
+        entries=tuple(entries),
+        measurement={
+            "device_spec": {
+                "name": spec.name,
+                "flops": spec.flops,
+                "bandwidth": spec.bandwidth,
+                "memory_bytes": spec.memory_bytes,
+                "source": spec.source,
+            },
+            "matmul_efficiency": MATMUL_EFFICIENCY,
+            "memory_efficiency": MEMORY_EFFICIENCY,
+            "attention": "sdpa (counted as full s x s products, no causal saving)",
+            "units_built": len(model.units),
+            "torch": torch.__version__,
+            "profiling_s": round(time.perf_counter() - t0, 3),
+            "assumptions": _assumptions(),
+        },
     )
 
 

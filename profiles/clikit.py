@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .contract import UserError
 
@@ -38,8 +38,9 @@ def run_command(cmd: Command, argv: Sequence[str] | None = None, prog: str | Non
     return invoke(parser.prog, cmd.run, parser.parse_args(argv))
 
 
-def run_commands(commands: Sequence[Command], argv: Sequence[str] | None = None, prog: str = "pipeplan",
-                 description: str = "") -> int:
+def run_commands(
+    commands: Sequence[Command], argv: Sequence[str] | None = None, prog: str = "pipeplan", description: str = ""
+) -> int:
     """A parser with one subcommand per Command; runs the chosen one under the exit-code contract."""
     parser = _Parser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -14,8 +14,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["UserError", "ContractError", "Fields", "write_json", "read_json", "read_yaml", "schema_id", "sha256_of"]
 
@@ -52,7 +53,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
-def read_json(path: str | os.PathLike, kind: str, major: int) -> "Fields":
+def read_json(path: str | os.PathLike, kind: str, major: int) -> Fields:
     """Read a pipeplan file of ``kind`` and major version ``major``; return its top-level fields."""
     path, text = _text(path)
     try:
@@ -62,7 +63,7 @@ def read_json(path: str | os.PathLike, kind: str, major: int) -> "Fields":
     return _top_level(data, path, kind, major, "a JSON object")
 
 
-def read_yaml(path: str | os.PathLike, kind: str, major: int) -> "Fields":
+def read_yaml(path: str | os.PathLike, kind: str, major: int) -> Fields:
     """Read a file written by hand in YAML with the fields of the JSON file of ``kind``; its
     ``schema`` may be left out (when given, it is checked as in JSON)."""
     import yaml
@@ -89,7 +90,7 @@ def _text(path: str | os.PathLike) -> tuple[Path, str]:
         raise ContractError(f"{path}: not a text file") from None
 
 
-def _top_level(data: Any, path: Path, kind: str, major: int, what: str) -> "Fields":
+def _top_level(data: Any, path: Path, kind: str, major: int, what: str) -> Fields:
     """The parsed file's top level, once it is an object of the right kind and major version."""
     if not isinstance(data, dict):
         raise ContractError(f"{path}: expected {what} at the top level")
@@ -168,7 +169,7 @@ class Fields:
             raise self.fail(key, f"expected true or false, got {v!r}")
         return v
 
-    def obj(self, key: str, *, default: Any = ...) -> "Fields":
+    def obj(self, key: str, *, default: Any = ...) -> Fields:
         v = self.raw(key, default)
         if v is default and default is not ...:
             return Fields({}, self.where, self._path(key))
@@ -182,7 +183,7 @@ class Fields:
             raise self.fail(key, "must not be empty")
         return v
 
-    def objs(self, key: str, *, nonempty: bool = False) -> list["Fields"]:
+    def objs(self, key: str, *, nonempty: bool = False) -> list[Fields]:
         items = self.list(key, nonempty=nonempty)
         out = []
         for i, item in enumerate(items):

@@ -35,8 +35,8 @@ import importlib.util
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -47,8 +47,7 @@ from .neighbour import check_count, neighbours
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
-__all__ = ["profile_model", "count_saved_bytes", "gc_paused", "keep_freed_memory", "TORCH_DTYPES",
-           "attention_impl"]
+__all__ = ["profile_model", "count_saved_bytes", "gc_paused", "keep_freed_memory", "TORCH_DTYPES", "attention_impl"]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TIMES = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s")
@@ -161,8 +160,9 @@ class _Runner:
     def __init__(self, model: ZooModel, dtype: str, inputs: torch.Tensor, target: torch.Tensor, device: str):
         self.model, self.inputs, self.target = model, inputs, target
         self.clock = _Clock(device)
-        self.autocast = (torch.autocast(device_type=device, dtype=TORCH_DTYPES[dtype])
-                         if dtype != "fp32" else nullcontext())
+        self.autocast = (
+            torch.autocast(device_type=device, dtype=TORCH_DTYPES[dtype]) if dtype != "fp32" else nullcontext()
+        )
         self.params = [[p for p in u.parameters() if p.requires_grad] for u in model.units]
         self.all_params = [p for ps in self.params for p in ps]
         self.last = len(model.units) - 1
@@ -248,19 +248,27 @@ class _Runner:
 
 def _param_groups(out: torch.Tensor, x_in: torch.Tensor, params: list[nn.Parameter]):
     """Torch pipelining's preparation for I/W: find the nodes W starts from, hook their grads."""
-    from torch.distributed.pipelining._backward import (_get_grad_fn_or_grad_acc, construct_reverse_graph,
-                                                        get_param_groups)
+    from torch.distributed.pipelining._backward import (
+        _get_grad_fn_or_grad_acc,
+        construct_reverse_graph,
+        get_param_groups,
+    )
 
-    groups = get_param_groups([_get_grad_fn_or_grad_acc(x_in)], [_get_grad_fn_or_grad_acc(p) for p in params],
-                              construct_reverse_graph([out.grad_fn]))
+    groups = get_param_groups(
+        [_get_grad_fn_or_grad_acc(x_in)],
+        [_get_grad_fn_or_grad_acc(p) for p in params],
+        construct_reverse_graph([out.grad_fn]),
+    )
     handles = []
     for group in groups:
         group["intermediates"] = list(group["intermediates"])
         for i, node in enumerate(group["intermediates"]):
+
             def hook(grad_inputs, group=group, i=i):
                 if group.get("grads") is None:
                     group["grads"] = [None] * len(group["intermediates"])
                 group["grads"][i] = grad_inputs
+
             handles.append(node.register_prehook(hook))
     return groups, handles
 
@@ -315,8 +323,19 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: str, repeats: int, warmup: int,
-                   budget_s: float | None, tick: Callable[[], None], done: dict, off_cpu: dict) -> ProfileEntry:
+def _profile_entry(
+    model: ZooModel,
+    dtype: str,
+    mb: int,
+    seq_len: int,
+    device: str,
+    repeats: int,
+    warmup: int,
+    budget_s: float | None,
+    tick: Callable[[], None],
+    done: dict,
+    off_cpu: dict,
+) -> ProfileEntry:
     inputs, target = model.make_batch(mb, seq_len, 0)
     run = _Runner(model, dtype, inputs.to(device), target.to(device), device)
     n = len(model.units)
@@ -347,16 +366,23 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
         with torch.no_grad(), run.autocast:
             y = unit(x_in)
         med = {k: _median_spread(samples[k][idx]) for k in TIMES}
-        units.append(UnitCost(
-            name=model.unit_names[idx], kind=model.unit_kinds[idx],
-            forward_s=med["forward_s"][0], backward_s=med["backward_s"][0],
-            backward_input_s=med["backward_input_s"][0], backward_weight_s=med["backward_weight_s"][0],
-            params=sum(p.numel() for p in unit.parameters()),
-            param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
-            saved_bytes=int(saved[0]), output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
-            forward_flops=float(fc.get_total_flops()),
-            spread={k: round(v[1], 4) for k, v in med.items()}, peak_bytes=peak,
-        ))
+        units.append(
+            UnitCost(
+                name=model.unit_names[idx],
+                kind=model.unit_kinds[idx],
+                forward_s=med["forward_s"][0],
+                backward_s=med["backward_s"][0],
+                backward_input_s=med["backward_input_s"][0],
+                backward_weight_s=med["backward_weight_s"][0],
+                params=sum(p.numel() for p in unit.parameters()),
+                param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
+                saved_bytes=int(saved[0]),
+                output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
+                forward_flops=float(fc.get_total_flops()),
+                spread={k: round(v[1], 4) for k, v in med.items()},
+                peak_bytes=peak,
+            )
+        )
         x = y.detach()
     with count_saved_bytes(exclude=run.all_params) as saved:
         with run.autocast:
@@ -364,15 +390,26 @@ def _profile_entry(model: ZooModel, dtype: str, mb: int, seq_len: int, device: s
     del loss
     run.clear_grads()
     done[f"{dtype}/mb{mb}"] = len(whole_f)
-    return ProfileEntry(dtype, mb, tuple(units),
-                        WholeModel(statistics.median(whole_f), statistics.median(whole_b), int(saved[0])))
+    return ProfileEntry(
+        dtype, mb, tuple(units), WholeModel(statistics.median(whole_f), statistics.median(whole_b), int(saved[0]))
+    )
 
 
-def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = ("fp32",),
-                  microbatch_sizes: tuple[int, ...] = (1,), seq_len: int = 128,
-                  overrides: dict | None = None, repeats: int = 5, warmup: int = 2,
-                  progress: bool = False, seed: int = 0, budget_s: float | None = 60.0,
-                  side_by_side: int = 0) -> Profile:
+def profile_model(
+    name: str,
+    *,
+    device: str = "cpu",
+    dtypes: tuple[str, ...] = ("fp32",),
+    microbatch_sizes: tuple[int, ...] = (1,),
+    seq_len: int = 128,
+    overrides: dict | None = None,
+    repeats: int = 5,
+    warmup: int = 2,
+    progress: bool = False,
+    seed: int = 0,
+    budget_s: float | None = 60.0,
+    side_by_side: int = 0,
+) -> Profile:
     """Build model ``name`` (a preset or ``module:function``) and measure every unit on ``device``.
 
     ``budget_s`` caps the seconds spent on one (dtype, microbatch size): past it, timing
@@ -392,8 +429,10 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     if any(m < 1 for m in microbatch_sizes) or seq_len < 1 or repeats < 1 or warmup < 0:
         raise UserError("--microbatch-sizes, --seq-len and --repeats must be positive, --warmup not negative")
     if side_by_side and device != "cpu":
-        raise UserError(f"--side-by-side {side_by_side}: for CPU ranks sharing a host; leave it out with "
-                        f"--device {device} (each rank has a device of its own)")
+        raise UserError(
+            f"--side-by-side {side_by_side}: for CPU ranks sharing a host; leave it out with "
+            f"--device {device} (each rank has a device of its own)"
+        )
     check_count(side_by_side)
     attention, attention_why = attention_impl(device, dtypes)
     model = build_model(name, overrides, seed=seed, attention=attention)
@@ -410,29 +449,50 @@ def profile_model(name: str, *, device: str = "cpu", dtypes: tuple[str, ...] = (
     t0 = time.perf_counter()
     done: dict[str, int] = {}
     off_cpu: dict[str, float] = {}
-    beside = (neighbours(side_by_side, name, overrides, seq_len, min(microbatch_sizes), attention)
-              if side_by_side else nullcontext())
+    beside = (
+        neighbours(side_by_side, name, overrides, seq_len, min(microbatch_sizes), attention)
+        if side_by_side
+        else nullcontext()
+    )
     try:
         with beside:
-            entries = tuple(_profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done,
-                                           off_cpu) for d in dtypes for mb in sorted(set(microbatch_sizes)))
+            entries = tuple(
+                _profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done, off_cpu)
+                for d in dtypes
+                for mb in sorted(set(microbatch_sizes))
+            )
     finally:
         if bar is not None:
             bar.close()
         torch.set_num_threads(threads)
     return Profile(
-        model_name=name, model_config=model.config, device_name=_device_name(device), device_kind=device,
-        seq_len=seq_len, method="measured", entries=entries,
-        measurement={"repeats": repeats, "repeats_done": done, "budget_s_per_entry": budget_s, "warmup": warmup,
-                     "threads": 1 if device == "cpu" else threads,
-                     # processes training the model beside the profiler (the other ranks of a host)
-                     "side_by_side": side_by_side,
-                     # per entry: share of the timing loop the thread was ready but off the CPU (other load)
-                     "off_cpu_fraction": off_cpu,
-                     "statistic": "median", "spread": "median absolute deviation / median over the repeats",
-                     "attention": attention, "cpu_allocator_keeps_freed_memory": kept, "attention_reason": attention_why, "seed": seed,
-                     "torch": torch.__version__, "profiling_s": round(time.perf_counter() - t0, 3),
-                     "assumptions": _assumptions(__doc__)},
+        model_name=name,
+        model_config=model.config,
+        device_name=_device_name(device),
+        device_kind=device,
+        seq_len=seq_len,
+        method="measured",
+        entries=entries,
+        measurement={
+            "repeats": repeats,
+            "repeats_done": done,
+            "budget_s_per_entry": budget_s,
+            "warmup": warmup,
+            "threads": 1 if device == "cpu" else threads,
+            # processes training the model beside the profiler (the other ranks of a host)
+            "side_by_side": side_by_side,
+            # per entry: share of the timing loop the thread was ready but off the CPU (other load)
+            "off_cpu_fraction": off_cpu,
+            "statistic": "median",
+            "spread": "median absolute deviation / median over the repeats",
+            "attention": attention,
+            "cpu_allocator_keeps_freed_memory": kept,
+            "attention_reason": attention_why,
+            "seed": seed,
+            "torch": torch.__version__,
+            "profiling_s": round(time.perf_counter() - t0, 3),
+            "assumptions": _assumptions(__doc__),
+        },
     )
 
 

@@ -19,8 +19,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .contract import UserError
 
@@ -31,27 +31,42 @@ def check_count(count: int) -> None:
     """A UserError unless ``count`` neighbours and the profiler each get a core."""
     cores = os.cpu_count() or 1
     if count < 0 or count + 1 > cores:
-        raise UserError(f"--side-by-side {count}: this machine has {cores} cores, so from 0 to {cores - 1} "
-                        f"neighbours beside the profiler")
+        raise UserError(
+            f"--side-by-side {count}: this machine has {cores} cores, so from 0 to {cores - 1} "
+            f"neighbours beside the profiler"
+        )
 
 
 @contextmanager
-def neighbours(count: int, name: str, overrides: dict | None, seq_len: int, microbatch_size: int,
-               attention: str) -> Iterator[None]:
+def neighbours(
+    count: int, name: str, overrides: dict | None, seq_len: int, microbatch_size: int, attention: str
+) -> Iterator[None]:
     """Start ``count`` neighbours, wait until each has run a step, and kill them on exit."""
     check_count(count)
-    spec = json.dumps({"name": name, "overrides": overrides or {}, "seq_len": seq_len,
-                       "microbatch_size": microbatch_size, "attention": attention})
+    spec = json.dumps(
+        {
+            "name": name,
+            "overrides": overrides or {},
+            "seq_len": seq_len,
+            "microbatch_size": microbatch_size,
+            "attention": attention,
+        }
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = []
     try:
         for _ in range(count):
-            procs.append(subprocess.Popen([sys.executable, "-m", "profiles.neighbour", spec], env=env,
-                                          stdout=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "profiles.neighbour", spec], env=env, stdout=subprocess.PIPE, text=True
+                )
+            )
         for p in procs:
             if p.stdout.readline().strip() != "ready":  # blocks until its first step, or its exit
-                raise UserError(f"--side-by-side: a neighbour process training {name} exited with code "
-                                f"{p.wait()} before its first step (its error is above)")
+                raise UserError(
+                    f"--side-by-side: a neighbour process training {name} exited with code "
+                    f"{p.wait()} before its first step (its error is above)"
+                )
         yield
     finally:
         for p in procs:

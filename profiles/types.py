@@ -11,13 +11,30 @@ from typing import Any
 
 from .contract import ContractError, Fields, read_json, schema_id, write_json
 
-__all__ = ["UnitCost", "WholeModel", "ProfileEntry", "Profile", "load_profile", "find_profile", "DTYPES",
-           "METHODS", "SCALED_FIELDS", "OFF_CPU_WARN"]
+__all__ = [
+    "UnitCost",
+    "WholeModel",
+    "ProfileEntry",
+    "Profile",
+    "load_profile",
+    "find_profile",
+    "DTYPES",
+    "METHODS",
+    "SCALED_FIELDS",
+    "OFF_CPU_WARN",
+]
 
 KIND, MAJOR = "profile", 1
 #: per-unit fields that grow with the microbatch size (fitted as a + b * microbatch_size)
-SCALED_FIELDS = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s", "saved_bytes",
-                 "output_bytes", "forward_flops")
+SCALED_FIELDS = (
+    "forward_s",
+    "backward_s",
+    "backward_input_s",
+    "backward_weight_s",
+    "saved_bytes",
+    "output_bytes",
+    "forward_flops",
+)
 DTYPES = ("fp32", "bf16", "fp16")
 METHODS = ("measured", "analytic")
 #: a CPU measurement (profile or run) whose thread was ready but off the CPU for more than this
@@ -44,7 +61,7 @@ class UnitCost:
     peak_bytes: int = 0  # CUDA only: max_memory_allocated above the baseline during the unit's F + B (0: not measured)
 
     @staticmethod
-    def from_fields(f: Fields) -> "UnitCost":
+    def from_fields(f: Fields) -> UnitCost:
         spread = f.obj("spread", default={})
         return UnitCost(
             name=f.str("name"),
@@ -137,8 +154,13 @@ class Profile:
                     worst[f] = max(worst.get(f) or 0.0, err)
                 else:
                     worst[f] = None
-        return {"dtype": dtype, "microbatch_sizes": [int(x) for x in xs], "model": "a + b * microbatch_size",
-                "units": units, "max_rel_error": worst}
+        return {
+            "dtype": dtype,
+            "microbatch_sizes": [int(x) for x in xs],
+            "model": "a + b * microbatch_size",
+            "units": units,
+            "max_rel_error": worst,
+        }
 
     def entry_at(self, dtype: str, microbatch_size: float) -> ProfileEntry:
         """The entry for any microbatch size: the measured one when there is one, else from
@@ -160,8 +182,9 @@ class Profile:
         scale = microbatch_size / base.microbatch_size
         w = base.whole_model
         whole = WholeModel(w.forward_s * scale, w.backward_s * scale, int(w.saved_bytes * scale))
-        return ProfileEntry(dtype, int(microbatch_size) if float(microbatch_size).is_integer() else microbatch_size,
-                            tuple(units), whole)
+        return ProfileEntry(
+            dtype, int(microbatch_size) if float(microbatch_size).is_integer() else microbatch_size, tuple(units), whole
+        )
 
     def entry(self, dtype: str = "fp32", microbatch_size: int | None = None) -> ProfileEntry:
         """The entry for ``dtype`` and ``microbatch_size`` (the smallest size when None)."""
@@ -202,7 +225,7 @@ class Profile:
         return write_json(path, self.to_dict())
 
     @staticmethod
-    def from_fields(f: Fields) -> "Profile":
+    def from_fields(f: Fields) -> Profile:
         model = f.obj("model")
         device = f.obj("device")
         entries = []
@@ -261,8 +284,10 @@ def find_profile(name: str, roots: tuple[Path, ...] | None = None) -> Path:
         else:
             found += sorted(root.glob(f"*/{stem}.json"))
     if not found:
-        raise ContractError(f"{name}: no such file, and no stored profile profiles/<device>/{stem}.json: "
-                            f"run `pipeplan profile {name}` first")
+        raise ContractError(
+            f"{name}: no such file, and no stored profile profiles/<device>/{stem}.json: "
+            f"run `pipeplan profile {name}` first"
+        )
     cpu = [p for p in found if p.parent.name == "cpu"]
     return (cpu or found)[0]
 

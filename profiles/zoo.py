@@ -34,9 +34,10 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,7 +81,9 @@ def _build_mlp(config: dict[str, Any], attn: str):
 
     def make(batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
-        return torch.randn(batch_size, seq_len, width, generator=g), torch.randn(batch_size, seq_len, width, generator=g)
+        return torch.randn(batch_size, seq_len, width, generator=g), torch.randn(
+            batch_size, seq_len, width, generator=g
+        )
 
     def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(out.float(), target.float())
@@ -90,29 +93,75 @@ def _build_mlp(config: dict[str, Any], attn: str):
 
 # -- presets ------------------------------------------------------------------------------
 
-_NO_DROPOUT_GPT2 = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "use_cache": False,
-                    "tie_word_embeddings": False}
-_NO_DROPOUT_BERT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "use_cache": False,
-                    "tie_word_embeddings": False}
-_LLAMA3 = {"vocab_size": 128256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-           "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}, "use_cache": False,
-           "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001}
+_NO_DROPOUT_GPT2 = {
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+    "use_cache": False,
+    "tie_word_embeddings": False,
+}
+_NO_DROPOUT_BERT = {
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "use_cache": False,
+    "tie_word_embeddings": False,
+}
+_LLAMA3 = {
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    "use_cache": False,
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
 
 
 def _llama(layers: int, hidden: int, inter: int, heads: int, kv: int, **more) -> tuple[str, dict[str, Any]]:
-    return ("llama", {**_LLAMA3, "num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": inter,
-                      "num_attention_heads": heads, "num_key_value_heads": kv, **more})
+    return (
+        "llama",
+        {
+            **_LLAMA3,
+            "num_hidden_layers": layers,
+            "hidden_size": hidden,
+            "intermediate_size": inter,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv,
+            **more,
+        },
+    )
 
 
 def _gpt2(layers: int, width: int, heads: int, vocab: int = 50257, positions: int = 1024):
-    return ("gpt2", {"n_layer": layers, "n_embd": width, "n_head": heads, "vocab_size": vocab,
-                     "n_positions": positions, "bos_token_id": vocab - 1, "eos_token_id": vocab - 1, **_NO_DROPOUT_GPT2})
+    return (
+        "gpt2",
+        {
+            "n_layer": layers,
+            "n_embd": width,
+            "n_head": heads,
+            "vocab_size": vocab,
+            "n_positions": positions,
+            "bos_token_id": vocab - 1,
+            "eos_token_id": vocab - 1,
+            **_NO_DROPOUT_GPT2,
+        },
+    )
 
 
 def _bert(layers: int, hidden: int, heads: int, inter: int, vocab: int = 30522, positions: int = 512):
-    return ("bert", {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
-                     "intermediate_size": inter, "vocab_size": vocab, "max_position_embeddings": positions,
-                     **_NO_DROPOUT_BERT})
+    return (
+        "bert",
+        {
+            "num_hidden_layers": layers,
+            "hidden_size": hidden,
+            "num_attention_heads": heads,
+            "intermediate_size": inter,
+            "vocab_size": vocab,
+            "max_position_embeddings": positions,
+            **_NO_DROPOUT_BERT,
+        },
+    )
 
 
 #: name -> (family, config). Config keys are the Hugging Face config's own field names.
@@ -126,9 +175,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2": _gpt2(12, 768, 12),
     "gpt2-medium": _gpt2(24, 1024, 16),
     "gpt2-large": _gpt2(36, 1280, 20),
-    "llama-tiny": _llama(2, 64, 128, 4, 2, vocab_size=1000, max_position_embeddings=256, bos_token_id=1, eos_token_id=2),
-    "llama-small": _llama(4, 256, 688, 8, 2, vocab_size=8000, max_position_embeddings=1024, bos_token_id=1,
-                          eos_token_id=2),
+    "llama-tiny": _llama(
+        2, 64, 128, 4, 2, vocab_size=1000, max_position_embeddings=256, bos_token_id=1, eos_token_id=2
+    ),
+    "llama-small": _llama(
+        4, 256, 688, 8, 2, vocab_size=8000, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2
+    ),
     "llama-1b": _llama(16, 2048, 8192, 32, 8, head_dim=64),
     "llama3-8b": _llama(32, 4096, 14336, 32, 8),
     "llama3-70b": _llama(80, 8192, 28672, 64, 8),
@@ -151,8 +203,10 @@ def family_of(name: str) -> str:
     if ":" in name:
         return "user"
     if name not in PRESETS:
-        raise ZooError(f"unknown model {name!r}: choose one of {', '.join(sorted(PRESETS))}, "
-                       "or give a user model as package.module:function")
+        raise ZooError(
+            f"unknown model {name!r}: choose one of {', '.join(sorted(PRESETS))}, "
+            "or give a user model as package.module:function"
+        )
     return PRESETS[name][0]
 
 
@@ -174,9 +228,15 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def build_model(name: str, overrides: dict[str, Any] | None = None, seed: int = 0,
-                config: dict[str, Any] | None = None, *, attention: str = "sdpa",
-                device: str | torch.device | None = None) -> ZooModel:
+def build_model(
+    name: str,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+    *,
+    attention: str = "sdpa",
+    device: str | torch.device | None = None,
+) -> ZooModel:
     """Build model ``name`` (a preset or ``package.module:function``) with weights from ``seed``.
 
     ``config`` (a profile's stored ``model.config``) replaces the preset's config;
@@ -192,8 +252,10 @@ def build_model(name: str, overrides: dict[str, Any] | None = None, seed: int = 
         known = _known_keys(family) | set(cfg)
         for key, value in overrides.items():
             if key not in known:
-                raise ZooError(f"--set {key}: not a field of the {family} config (e.g. "
-                               f"{LAYER_KEYS[family]}); see the Hugging Face config class")
+                raise ZooError(
+                    f"--set {key}: not a field of the {family} config (e.g. "
+                    f"{LAYER_KEYS[family]}); see the Hugging Face config class"
+                )
             cfg[key] = value
     cfg.pop("model_type", None)
     cfg.pop("transformers_version", None)
@@ -229,8 +291,10 @@ def _load_user_function(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is the user's input
-        raise ZooError(f"user model {spec!r}: cannot import {module_name}: {type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ZooError(
+            f"user model {spec!r}: cannot import {module_name}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ZooError(f"user model {spec!r}: {module_name} has no function {attr!r}")
@@ -246,15 +310,25 @@ def _build_user(spec: str, kwargs: dict[str, Any], seed: int, device) -> ZooMode
     except TypeError as e:
         raise ZooError(f"user model {spec!r} rejected its arguments {kwargs}: {str(e).splitlines()[0]}") from None
     if isinstance(got, ZooModel):
-        return ZooModel(spec, "user", dict(kwargs), list(got.units), list(got.unit_names), list(got.unit_kinds),
-                        got.make_batch, got.loss_fn)
+        return ZooModel(
+            spec,
+            "user",
+            dict(kwargs),
+            list(got.units),
+            list(got.unit_names),
+            list(got.unit_kinds),
+            got.make_batch,
+            got.loss_fn,
+        )
     units = list(got) if isinstance(got, (list, tuple, nn.Sequential)) else None
     if not units or not all(isinstance(u, nn.Module) for u in units):
         raise ZooError(f"user model {spec!r} returned {type(got).__name__}: return a ZooModel or a list of nn.Module")
     first_linear = next((m for m in units[0].modules() if isinstance(m, nn.Linear)), None)
     if first_linear is None:
-        raise ZooError(f"user model {spec!r}: no nn.Linear in the first unit to size the input; return a ZooModel "
-                       "with its own make_batch")
+        raise ZooError(
+            f"user model {spec!r}: no nn.Linear in the first unit to size the input; return a ZooModel "
+            "with its own make_batch"
+        )
     d = first_linear.in_features
 
     def make(batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,5 +339,4 @@ def _build_user(spec: str, kwargs: dict[str, Any], seed: int, device) -> ZooMode
         return out.float().pow(2).mean()
 
     n = len(units)
-    return ZooModel(spec, "user", dict(kwargs), units, [f"unit{i}" for i in range(n)], ["layer"] * n,
-                    make, mean_square)
+    return ZooModel(spec, "user", dict(kwargs), units, [f"unit{i}" for i in range(n)], ["layer"] * n, make, mean_square)

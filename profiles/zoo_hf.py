@@ -17,7 +17,8 @@ Run in order, the units give the same logits as the Hugging Face model itself
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -24,9 +24,24 @@ from typing import NamedTuple
 
 from profiles.contract import UserError
 
-__all__ = ["Kind", "Action", "Overlap", "Table", "ScheduleError", "parse_action", "flat_actions", "forward_table",
-           "table_to_text", "table_from_text", "write_csv", "read_csv", "validate_table", "stage_ranks",
-           "table_shape", "format_grid"]
+__all__ = [
+    "Kind",
+    "Action",
+    "Overlap",
+    "Table",
+    "ScheduleError",
+    "parse_action",
+    "flat_actions",
+    "forward_table",
+    "table_to_text",
+    "table_from_text",
+    "write_csv",
+    "read_csv",
+    "validate_table",
+    "stage_ranks",
+    "table_shape",
+    "format_grid",
+]
 
 
 class ScheduleError(UserError):
@@ -71,22 +86,26 @@ _ACTION = re.compile(r"^\s*(\d+)([FBIW])(\d+)\s*$")
 _OVERLAP = re.compile(r"^\s*\((.*);(.*)\)OVERLAP_F_B\s*$")
 
 
-def parse_action(text: str) -> "Action | Overlap":
+def parse_action(text: str) -> Action | Overlap:
     """``2F0`` -> Action; ``(0F3;7B2)OVERLAP_F_B`` -> Overlap (torch's text for a pair)."""
     pair = _OVERLAP.match(text)
     if pair:
         f, b = parse_action(pair.group(1)), parse_action(pair.group(2))
         if not (isinstance(f, Action) and f.kind is Kind.F and isinstance(b, Action) and b.kind is Kind.B):
-            raise ScheduleError(f"{text!r}: an OVERLAP_F_B pair is a forward then a full backward, e.g. (0F3;7B2)OVERLAP_F_B")
+            raise ScheduleError(
+                f"{text!r}: an OVERLAP_F_B pair is a forward then a full backward, e.g. (0F3;7B2)OVERLAP_F_B"
+            )
         return Overlap(f, b)
     m = _ACTION.match(text)
     if not m:
-        raise ScheduleError(f"{text!r} is not an action: write stage, kind (F, B, I or W) and microbatch, e.g. 2F0, "
-                            "or a pair (0F3;7B2)OVERLAP_F_B")
+        raise ScheduleError(
+            f"{text!r} is not an action: write stage, kind (F, B, I or W) and microbatch, e.g. 2F0, "
+            "or a pair (0F3;7B2)OVERLAP_F_B"
+        )
     return Action(int(m.group(1)), Kind(m.group(2)), int(m.group(3)))
 
 
-def flat_actions(acts: "list[Action | Overlap]") -> list[Action]:
+def flat_actions(acts: list[Action | Overlap]) -> list[Action]:
     """A rank's compute actions in order, each Overlap as its forward then its backward.
 
     A list without pairs is returned as it is (not copied): read it, do not change it."""
@@ -165,7 +184,8 @@ def stage_ranks(table: Table) -> dict[int, int]:
                 step = next(i for i, e in enumerate(table[rank]) if e == a or e.__class__ is Overlap and a in e)
                 raise ScheduleError(
                     f"stage {a.stage} appears on rank {owner[a.stage]} and rank {rank}: a stage lives on one rank\n"
-                    + format_grid(table, rank, step))
+                    + format_grid(table, rank, step)
+                )
     return owner
 
 
@@ -193,32 +213,56 @@ def format_grid(table: Table, rank: int | None = None, step: int | None = None, 
     return "\n".join(out)
 
 
-def _check_action(table: Table, a: Action, rank: int, step: int, S: int, M: int,
-                  seen: dict[tuple[int, Kind, int], tuple[int, int]], forward_only: bool) -> None:
+def _check_action(
+    table: Table,
+    a: Action,
+    rank: int,
+    step: int,
+    S: int,
+    M: int,
+    seen: dict[tuple[int, Kind, int], tuple[int, int]],
+    forward_only: bool,
+) -> None:
     """One action against what its rank and the ranks before it have run (validate_table's rules)."""
     if a.stage >= S or a.microbatch >= M:
-        raise ScheduleError(f"rank {rank} step {step}: {a} is outside {S} stages x {M} microbatches\n{format_grid(table, rank, step)}")
+        raise ScheduleError(
+            f"rank {rank} step {step}: {a} is outside {S} stages x {M} microbatches\n{format_grid(table, rank, step)}"
+        )
     if (a.stage, a.kind, a.microbatch) in seen:
         raise ScheduleError(f"rank {rank} step {step}: {a} runs twice\n{format_grid(table, rank, step)}")
     if forward_only and a.kind is not Kind.F:
         raise ScheduleError(f"rank {rank} step {step}: {a} in a forward-only table\n{format_grid(table, rank, step)}")
     if a.kind in (Kind.B, Kind.I) and (a.stage, Kind.F, a.microbatch) not in seen:
-        raise ScheduleError(f"rank {rank} step {step}: {a} runs before its forward {a.stage}F{a.microbatch}\n{format_grid(table, rank, step)}")
+        raise ScheduleError(
+            f"rank {rank} step {step}: {a} runs before its forward {a.stage}F{a.microbatch}\n"
+            f"{format_grid(table, rank, step)}"
+        )
     if a.kind is Kind.W and (a.stage, Kind.I, a.microbatch) not in seen:
-        raise ScheduleError(f"rank {rank} step {step}: {a} runs before its input gradient {a.stage}I{a.microbatch}\n{format_grid(table, rank, step)}")
-    if a.kind is Kind.B and (a.stage, Kind.I, a.microbatch) in seen or \
-            a.kind is Kind.I and (a.stage, Kind.B, a.microbatch) in seen:
-        raise ScheduleError(f"rank {rank} step {step}: {a} repeats a backward already done\n{format_grid(table, rank, step)}")
+        raise ScheduleError(
+            f"rank {rank} step {step}: {a} runs before its input gradient {a.stage}I{a.microbatch}\n"
+            f"{format_grid(table, rank, step)}"
+        )
+    if (
+        a.kind is Kind.B
+        and (a.stage, Kind.I, a.microbatch) in seen
+        or a.kind is Kind.I
+        and (a.stage, Kind.B, a.microbatch) in seen
+    ):
+        raise ScheduleError(
+            f"rank {rank} step {step}: {a} repeats a backward already done\n{format_grid(table, rank, step)}"
+        )
 
 
-def validate_table(table: Table, num_stages: int | None = None, num_microbatches: int | None = None,
-                   forward_only: bool = False) -> tuple[int, int]:
+def validate_table(
+    table: Table, num_stages: int | None = None, num_microbatches: int | None = None, forward_only: bool = False
+) -> tuple[int, int]:
     """Check a table; return (stages, microbatches). Raises ScheduleError with a picture.
 
     Rules: every stage runs each microbatch's F exactly once and its backward exactly
     once (B, or I then W); F before B/I, I before W on the stage; a stage lives on one
-    rank; stages are numbered 0..S-1; an Overlap's backward is not of its own forward. A forward-only table (F actions only) is allowed
-    when ``forward_only`` is set or when it has no backward action at all.
+    rank; stages are numbered 0..S-1; an Overlap's backward is not of its own forward. A
+    forward-only table (F actions only) is allowed when ``forward_only`` is set or when it
+    has no backward action at all.
     """
     if not table or not any(table.values()):
         raise ScheduleError("the table is empty")
@@ -234,12 +278,15 @@ def validate_table(table: Table, num_stages: int | None = None, num_microbatches
             if entry.__class__ is Overlap:
                 b = entry.backward
                 if (b.stage, Kind.F, b.microbatch) not in seen:  # before the pair: not its own forward
-                    raise ScheduleError(f"rank {rank} step {step}: {entry} runs {b} before its forward "
-                                        f"{b.stage}F{b.microbatch} (a pair cannot hold the backward of its own "
-                                        f"forward)\n{format_grid(table, rank, step)}")
-            for a in (entry if entry.__class__ is Overlap else (entry,)):
+                    raise ScheduleError(
+                        f"rank {rank} step {step}: {entry} runs {b} before its forward "
+                        f"{b.stage}F{b.microbatch} (a pair cannot hold the backward of its own "
+                        f"forward)\n{format_grid(table, rank, step)}"
+                    )
+            for a in entry if entry.__class__ is Overlap else (entry,):
                 _check_action(table, a, rank, step, S, M, seen, forward_only)
                 seen[(a.stage, a.kind, a.microbatch)] = (rank, step)
+
     def end_of(s: int) -> str:  # the grid, the arrow just past the last action of the rank holding s
         r = owner.get(s)
         return format_grid(table) if r is None else format_grid(table, r, len(table[r]))
@@ -248,8 +295,9 @@ def validate_table(table: Table, num_stages: int | None = None, num_microbatches
         where = f"on rank {owner[s]}" if s in owner else "(stage on no rank)"
         for m in range(M):
             if (s, Kind.F, m) not in seen:
-                raise ScheduleError(f"forward {s}F{m} is missing {where}: every stage runs every microbatch\n"
-                                    + end_of(s))
+                raise ScheduleError(
+                    f"forward {s}F{m} is missing {where}: every stage runs every microbatch\n" + end_of(s)
+                )
             if forward_only:
                 continue
             if (s, Kind.B, m) not in seen and (s, Kind.I, m) not in seen:

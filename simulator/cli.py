@@ -23,8 +23,15 @@ from .placement import check_placement, parse_placement, placement_table
 from .schedules import SCHEDULES, canonical_name, make_schedule
 from .timeline import Timeline, write_trace
 
-__all__ = ["SCHEDULE", "SIMULATE", "add_whatif_arguments", "add_output_arguments", "whatif_input",
-           "report", "format_timeline"]
+__all__ = [
+    "SCHEDULE",
+    "SIMULATE",
+    "add_whatif_arguments",
+    "add_output_arguments",
+    "whatif_input",
+    "report",
+    "format_timeline",
+]
 
 
 def _schedule_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -62,8 +69,13 @@ def _explained():
 
 
 def _schedule_help() -> str:
-    return "; ".join(f"{s.name} (virtual {s.virtual_text}{', I/W split' if s.split_backward else ''})"
-                     for s in SCHEDULES.values()) + "; Custom (with --placement)"
+    return (
+        "; ".join(
+            f"{s.name} (virtual {s.virtual_text}{', I/W split' if s.split_backward else ''})"
+            for s in SCHEDULES.values()
+        )
+        + "; Custom (with --placement)"
+    )
 
 
 def _add_schedule(p: argparse.ArgumentParser) -> None:
@@ -98,8 +110,12 @@ def add_whatif_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--b", type=float, help="full backward time (default 2, or I + W when given)")
     g.add_argument("--i", type=float, help="input-gradient time (zero-bubble schedules)")
     g.add_argument("--w", type=float, help="weight-gradient time (zero-bubble schedules)")
-    g.add_argument("--fb", type=float, help="time of an overlapped forward+backward pair, DualPipe's F&B "
-                                            "(DualPipeV; default F + B: one after the other, as torch runs it)")
+    g.add_argument(
+        "--fb",
+        type=float,
+        help="time of an overlapped forward+backward pair, DualPipe's F&B "
+        "(DualPipeV; default F + B: one after the other, as torch runs it)",
+    )
     g.add_argument("--comm", type=float, default=0.0, help="transfer time between ranks (default 0)")
 
 
@@ -127,15 +143,18 @@ def whatif_input(args: argparse.Namespace) -> SimInput:
     for flag, v in (("--f", args.f), ("--b", b), ("--i", i), ("--w", w), ("--comm", args.comm), ("--fb", args.fb)):
         if v is not None and v < 0:
             raise UserError(f"{flag} must be >= 0, got {v}")
-    cost = StageCost(args.f, b, i, w, activation_bytes=1, static_bytes=0, output_bytes=1, input_bytes=1,
-                     overlap_f_b_s=args.fb)
+    cost = StageCost(
+        args.f, b, i, w, activation_bytes=1, static_bytes=0, output_bytes=1, input_bytes=1, overlap_f_b_s=args.fb
+    )
     return SimInput(table, [cost] * stages, Links(latency_s=args.comm, inter_latency_s=args.comm))
 
 
 def format_timeline(tl: Timeline, unit: str = "ms") -> str:
     scale = 1e3 if unit == "ms" else 1.0
-    lines = [f"step time {tl.step_s * scale:.3f} {unit}".rstrip(),
-             f"{'rank':>4} {('busy ' + unit).rstrip():>10} {'bubble':>7} {'peak MiB':>9}"]
+    lines = [
+        f"step time {tl.step_s * scale:.3f} {unit}".rstrip(),
+        f"{'rank':>4} {('busy ' + unit).rstrip():>10} {'bubble':>7} {'peak MiB':>9}",
+    ]
     for r in tl.ranks:
         lines.append(f"{r.rank:>4} {r.busy_s * scale:10.3f} {r.bubble_fraction:7.1%} {r.peak_bytes / 2**20:9.1f}")
     if tl.critical_path:
@@ -173,7 +192,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return report(tl, args, "what-if", unit="")
 
 
-SCHEDULE = Command("schedule", "Write a schedule's per-rank action table (torch-loadable CSV).",
-                   _add_schedule, _run_schedule)
-SIMULATE = Command("simulate", "Simulate a schedule with uniform costs, or any CSV table (what-if).",
-                   _add_simulate, _run_simulate)
+SCHEDULE = Command(
+    "schedule", "Write a schedule's per-rank action table (torch-loadable CSV).", _add_schedule, _run_schedule
+)
+SIMULATE = Command(
+    "simulate", "Simulate a schedule with uniform costs, or any CSV table (what-if).", _add_simulate, _run_simulate
+)

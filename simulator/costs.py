@@ -70,10 +70,17 @@ class Links:
         return lat + nbytes / bw
 
 
-def stage_costs(profile: Profile, bounds: list[tuple[int, int]], *, dtype: str | list[str] = "fp32",
-                microbatch_size: int | None = None, recompute: list[bool] | None = None,
-                optimizer_bytes_per_param: float = 8.0, action_overhead_s: float = 0.0,
-                optimizer_s_per_param: float = 0.0) -> list[StageCost]:
+def stage_costs(
+    profile: Profile,
+    bounds: list[tuple[int, int]],
+    *,
+    dtype: str | list[str] = "fp32",
+    microbatch_size: int | None = None,
+    recompute: list[bool] | None = None,
+    optimizer_bytes_per_param: float = 8.0,
+    action_overhead_s: float = 0.0,
+    optimizer_s_per_param: float = 0.0,
+) -> list[StageCost]:
     """Map a Profile plus a split ``[(first, end), ...]`` (units ``first..end-1``) to stage costs.
 
     ``action_overhead_s``: the runtime's fixed cost per compute action (posting sends and
@@ -111,14 +118,19 @@ def stage_costs(profile: Profile, bounds: list[tuple[int, int]], *, dtype: str |
         oh = action_overhead_s
         full = sum(u.backward_s for u in units) + extra
         first_stage = s == 0  # I: nothing; W: the full backward (see the assumptions)
-        out.append(StageCost(
-            forward_s=fwd + oh,
-            backward_s=full + oh,
-            backward_input_s=(0.0 if first_stage else sum(u.backward_input_s for u in units) + extra) + oh,
-            backward_weight_s=(full if first_stage else sum(u.backward_weight_s for u in units)) + oh,
-            activation_bytes=int(act), static_bytes=int(static),
-            output_bytes=units[-1].output_bytes if s < n - 1 else 0,
-            input_bytes=prev_out, param_bytes=int(wbytes), optimizer_s=params * optimizer_s_per_param,
-            **({"w_keep_fraction": 1.0} if first_stage else {}),
-        ))
+        out.append(
+            StageCost(
+                forward_s=fwd + oh,
+                backward_s=full + oh,
+                backward_input_s=(0.0 if first_stage else sum(u.backward_input_s for u in units) + extra) + oh,
+                backward_weight_s=(full if first_stage else sum(u.backward_weight_s for u in units)) + oh,
+                activation_bytes=int(act),
+                static_bytes=int(static),
+                output_bytes=units[-1].output_bytes if s < n - 1 else 0,
+                input_bytes=prev_out,
+                param_bytes=int(wbytes),
+                optimizer_s=params * optimizer_s_per_param,
+                **({"w_keep_fraction": 1.0} if first_stage else {}),
+            )
+        )
     return out

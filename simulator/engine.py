@@ -12,15 +12,16 @@ sweep is topological: each rank advances while its next action's input is there;
 no rank can advance and work is left, the table deadlocks and the cycle of waits is
 reported before any time is reported.
 
-Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank;
-sends overlap compute unless ``Links.overlap`` is False (then the sender is busy for
-the transfer); transfers do not contend; after the last backward each rank
-all-reduces its gradients across ``dp`` replicas and runs the optimizer step
-(``optimizer_s``, plus each of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's activations from the
-start of F until its B ends (after I, ``w_keep_fraction`` of them stay until W); a
-forward-only table keeps no activations; a pair adds its forward's activations when it
-starts and frees its backward's when it ends. In the Timeline a pair is two events,
-its forward then its backward, splitting its span in proportion to their own times.
+Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank; sends
+overlap compute unless ``Links.overlap`` is False (then the sender is busy for the
+transfer); transfers do not contend; after the last backward each rank all-reduces its
+gradients across ``dp`` replicas and runs the optimizer step (``optimizer_s``, plus each
+of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's
+activations from the start of F until its B ends (after I, ``w_keep_fraction`` of them
+stay until W); a forward-only table keeps no activations; a pair adds its forward's
+activations when it starts and frees its backward's when it ends. In the Timeline a pair
+is two events, its forward then its backward, splitting its span in proportion to their
+own times.
 Same input, same output, byte for byte.
 
 Speed: the hot loop works on private flat lists indexed by ``stage * M + microbatch``
@@ -85,7 +86,7 @@ def _has_backward(table: Table) -> bool:
     return any(a[1] is not _F for acts in table.values() for a in flat_actions(acts))
 
 
-def simulate(inp: "SimInput | object", detail: bool = True) -> Timeline:
+def simulate(inp: SimInput | object, detail: bool = True) -> Timeline:
     """Simulate one training (or forward-only) step. Accepts a SimInput or anything with ``sim_input()``.
 
     ``detail=False``: the step time and the per-rank figures (busy, bubbles, peak memory) only,
@@ -272,8 +273,24 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
     return _Run(starts, ends, bound, fpos, gpos, free, fx, gx, blocked)
 
 
-def _pair(a: Overlap, M: int, last: int, farr: list, garr: list, fpos: list, gpos: list, fdur: list, bdur: list,
-          odur: list, fx: list, gx: list, waiting: dict, r: int, p: int, t: float):
+def _pair(
+    a: Overlap,
+    M: int,
+    last: int,
+    farr: list,
+    garr: list,
+    fpos: list,
+    gpos: list,
+    fdur: list,
+    bdur: list,
+    odur: list,
+    fx: list,
+    gx: list,
+    waiting: dict,
+    r: int,
+    p: int,
+    t: float,
+):
     """Time an Overlap at position p of rank r, free at t: (start, end, waited for an input, the keys of
     its two outputs), or None when an input has not arrived (the rank is then registered as waiting)."""
     (fs, _, fm), (bs, _, bm) = a
@@ -302,8 +319,16 @@ def _pair(a: Overlap, M: int, last: int, farr: list, garr: list, fpos: list, gpo
     return start, end, ready > t, fidx, -1 - bidx
 
 
-def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, M: int,
-              run: _Run, pairs: bool, detail: bool = True) -> Timeline:
+def _timeline(
+    inp: SimInput,
+    forward_only: bool,
+    owner: dict[int, int],
+    S: int,
+    M: int,
+    run: _Run,
+    pairs: bool,
+    detail: bool = True,
+) -> Timeline:
     table, costs, links = inp.table, inp.costs, inp.links
     starts, ends, fx, gx = run.starts, run.ends, run.fx, run.gx
     ranks = sorted(table)
@@ -318,8 +343,11 @@ def _timeline(inp: SimInput, forward_only: bool, owner: dict[int, int], S: int, 
         acts, st, en = table[r], starts[r], ends[r]
         if detail and pairs:  # two events each
             for a, b, e in zip(acts, st, en):
-                events += _pair_events(r, a, b, e, costs) if a.__class__ is Overlap else \
-                    (new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)),)
+                events += (
+                    _pair_events(r, a, b, e, costs)
+                    if a.__class__ is Overlap
+                    else (new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)),)
+                )
         elif detail:
             events += [new(Event, (r, s, kstr[k], m, b, e)) for (s, k, m), b, e in zip(acts, st, en)]
         busy[r] = sum(en) - sum(st)
@@ -449,11 +477,11 @@ def _deadlock_message(table: Table, blocked: dict[int, int], owner: dict[int, in
     """Name the cycle of waits: rank a waits for X on rank b, which waits for Y on rank a."""
 
     def ran(r: int, want: set[tuple[int, Kind, int]]) -> bool:
-        return any(tuple(a) in want for a in flat_actions(table[r][:blocked.get(r, len(table[r]))]))
+        return any(tuple(a) in want for a in flat_actions(table[r][: blocked.get(r, len(table[r]))]))
 
     def wait_of(r: int) -> tuple[str, int]:
         entry = table[r][blocked[r]]
-        for s, k, m in (entry if entry.__class__ is Overlap else (entry,)):
+        for s, k, m in entry if entry.__class__ is Overlap else (entry,):
             if k is _F and s > 0 and not ran(owner[s - 1], {(s - 1, _F, m)}):
                 return f"{s - 1}F{m}", owner[s - 1]
             if k is not _F and s + 1 in owner and not ran(owner[s + 1], {(s + 1, _B, m), (s + 1, _I, m)}):
@@ -468,7 +496,7 @@ def _deadlock_message(table: Table, blocked: dict[int, int], owner: dict[int, in
         what, src = wait_of(r)
         chain.append((r, what, src))
         r = src
-    cycle = chain[seen[r]:] if r in seen else chain
+    cycle = chain[seen[r] :] if r in seen else chain
     lines = ["the table deadlocks: these ranks wait for each other in a cycle"]
     for i, (a, what, b) in enumerate(cycle):
         act = table[a][blocked[a]]
@@ -478,7 +506,8 @@ def _deadlock_message(table: Table, blocked: dict[int, int], owner: dict[int, in
         lines.append(f"  back to rank {cycle[0][0]}: each waits for an action queued behind its own, so none can run")
     others = sorted(set(blocked) - {c[0] for c in cycle})
     if others:
-        lines.append("  also blocked: " + ", ".join(f"rank {o} at step {blocked[o]} ({table[o][blocked[o]]})"
-                                                    for o in others))
+        lines.append(
+            "  also blocked: " + ", ".join(f"rank {o} at step {blocked[o]} ({table[o][blocked[o]]})" for o in others)
+        )
     lines.append(format_grid(table, start, blocked[start]))
     return "\n".join(x for x in lines if x)

@@ -38,8 +38,14 @@ def gantt_figure(timelines: list[Timeline] | Timeline, titles: list[str] | None 
     used = {e.kind for t in tls for e in t.events} | ({"comm"} if any(t.transfers for t in tls) else set())
     nranks = [max([r.rank for r in t.ranks] + [e.rank for e in t.events] + [0]) + 1 for t in tls]
     heights = [max(1.2, 0.28 * n + 0.8) for n in nranks]
-    fig, axes = plt.subplots(len(tls), 1, figsize=(12, sum(heights) + 0.6), sharex=True, squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(tls),
+        1,
+        figsize=(12, sum(heights) + 0.6),
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax, tl, n, title in zip(axes[:, 0], tls, nranks, titles or [t.source for t in tls]):
         # A gap narrower than a pixel would render as a misleading white seam between
         # back-to-back actions: such an action is drawn up to the next one's start.
@@ -62,8 +68,9 @@ def gantt_figure(timelines: list[Timeline] | Timeline, titles: list[str] | None 
                     end = nxt.get(id(e), e.end_s)
                     spans.setdefault(e.rank, []).append((e.start_s * scale, (end - e.start_s) * scale))
             for r, xs in spans.items():
-                ax.broken_barh(xs, (r - 0.4, 0.8), facecolors=color, edgecolor="white" if n <= 16 else "none",
-                               linewidth=0.3)
+                ax.broken_barh(
+                    xs, (r - 0.4, 0.8), facecolors=color, edgecolor="white" if n <= 16 else "none", linewidth=0.3
+                )
         if tl.transfers and n <= 32:
             for r in range(n):
                 xs = [(t.start_s * scale, (t.end_s - t.start_s) * scale) for t in tl.transfers if t.src == r]
@@ -73,23 +80,40 @@ def gantt_figure(timelines: list[Timeline] | Timeline, titles: list[str] | None 
             for e in tl.events:
                 w = (e.end_s - e.start_s) * scale
                 if w > tl.step_s * scale / 60:
-                    ax.text((e.start_s * scale) + w / 2, e.rank, str(e.microbatch), ha="center", va="center",
-                            fontsize=7, color="white")
+                    ax.text(
+                        (e.start_s * scale) + w / 2,
+                        e.rank,
+                        str(e.microbatch),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white",
+                    )
         ax.set_ylim(n - 0.5, -0.5)
         step = max(1, n // max_label_ranks)
         ax.set_yticks(range(0, n, step))
         ax.set_yticklabels([f"rank {r}" for r in range(0, n, step)], fontsize=8)
         busy = sum(r.busy_s for r in tl.ranks) / max(1, len(tl.ranks))
         bubble = 1 - busy / tl.step_s if tl.step_s else 0.0
-        ax.set_title(f"{title}: step {tl.step_s * scale:.4g} {unit}, mean bubble {bubble:.0%}", fontsize=10,
-                     loc="left")
+        ax.set_title(f"{title}: step {tl.step_s * scale:.4g} {unit}, mean bubble {bubble:.0%}", fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
         ax.ticklabel_format(axis="x", style="plain", useOffset=False)
         ax.set_xlim(0, max(tl.step_s for tl in tls) * scale * 1.01 or 1.0)
     axes[-1, 0].set_xlabel(f"time ({unit})")
-    handles = [Patch(color=c, label={"F": "forward", "B": "backward", "I": "backward (inputs)",
-                                     "W": "backward (weights)", "comm": "send"}[k])
-               for k, c in COLORS.items() if k in used]
+    handles = [
+        Patch(
+            color=c,
+            label={
+                "F": "forward",
+                "B": "backward",
+                "I": "backward (inputs)",
+                "W": "backward (weights)",
+                "comm": "send",
+            }[k],
+        )
+        for k, c in COLORS.items()
+        if k in used
+    ]
     fig.legend(handles=handles, loc="upper right", ncol=5, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig

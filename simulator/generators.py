@@ -14,8 +14,16 @@ from __future__ import annotations
 
 from .actions import Action, Kind, Overlap, Table
 
-__all__ = ["gpipe", "one_f_one_b", "interleaved_1f1b", "looped_bfs", "interleaved_zero_bubble",
-           "zbv_zero_bubble", "dualpipe_v", "rounds"]
+__all__ = [
+    "gpipe",
+    "one_f_one_b",
+    "interleaved_1f1b",
+    "looped_bfs",
+    "interleaved_zero_bubble",
+    "zbv_zero_bubble",
+    "dualpipe_v",
+    "rounds",
+]
 
 F, B, I, W = Kind.F, Kind.B, Kind.I, Kind.W
 

@@ -39,8 +39,9 @@ def parse_placement(text: str) -> list[int]:
     try:
         placement = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
-        raise ScheduleError(f"--placement {text}: give the rank of each stage, comma-separated, e.g. "
-                            f"--placement 0,1,0") from None
+        raise ScheduleError(
+            f"--placement {text}: give the rank of each stage, comma-separated, e.g. --placement 0,1,0"
+        ) from None
     check_placement(placement)
     return placement
 
@@ -54,9 +55,11 @@ def check_placement(placement: list[int], pp: int | None = None) -> None:
     ranks = max(placement) + 1 if pp is None else pp
     idle = [r for r in range(ranks) if r not in placement]
     if idle or max(placement) >= ranks:
-        why = (f"rank {idle[0]} holds no stage" if idle else f"rank {max(placement)} is beyond {ranks} ranks")
-        raise ScheduleError(f"--placement {_text(placement)}: {why}; every rank 0..{ranks - 1} needs at least "
-                            f"one stage (give each rank a stage, or lower --pp)")
+        why = f"rank {idle[0]} holds no stage" if idle else f"rank {max(placement)} is beyond {ranks} ranks"
+        raise ScheduleError(
+            f"--placement {_text(placement)}: {why}; every rank 0..{ranks - 1} needs at least "
+            f"one stage (give each rank a stage, or lower --pp)"
+        )
 
 
 def most_stages_per_rank(placement: list[int] | tuple[int, ...]) -> int:
@@ -64,8 +67,9 @@ def most_stages_per_rank(placement: list[int] | tuple[int, ...]) -> int:
     return max(list(placement).count(r) for r in set(placement))
 
 
-def placement_table(placement: list[int], microbatches: int,
-                    durations: list[tuple[float, float]] | None = None) -> Table:
+def placement_table(
+    placement: list[int], microbatches: int, durations: list[tuple[float, float]] | None = None
+) -> Table:
     """The Custom table of ``placement`` (stage -> rank) for ``microbatches`` microbatches.
 
     ``durations``: per stage (forward, backward) times that order the list schedule (default:
@@ -123,6 +127,7 @@ def placement_table(placement: list[int], microbatches: int,
 
 def _pick(stages: list[int], S: int, m: int, t: float, f_end, b_end, next_f, in_flight, cap) -> Action | None:
     """The rank's action at time ``t``: the oldest ready backward, else the oldest ready forward."""
+
     def done(x) -> bool:
         return x is not None and x <= t
 

@@ -16,8 +16,8 @@ counts a schedule allows, how many stages it makes, where they live, and whether
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import generators as g
 from .actions import ScheduleError, Table
@@ -62,44 +62,83 @@ class ScheduleSpec:
     def check(self, pp: int, m: int, v: int) -> None:
         """Raise ScheduleError naming the setting and the fix when (pp, m, v) is impossible."""
         if pp < 1 or m < 1 or v < 1:
-            raise ScheduleError(f"{self.name}: --pp, --microbatches and --virtual must be >= 1 "
-                                f"(got pp={pp}, microbatches={m}, virtual={v})")
+            raise ScheduleError(
+                f"{self.name}: --pp, --microbatches and --virtual must be >= 1 "
+                f"(got pp={pp}, microbatches={m}, virtual={v})"
+            )
         if not self.allows_virtual(v):
-            raise ScheduleError(f"{self.name} needs {self.virtual_text} stages per rank, got --virtual {v}: "
-                                f"use --virtual {self.min_virtual}")
+            raise ScheduleError(
+                f"{self.name} needs {self.virtual_text} stages per rank, got --virtual {v}: "
+                f"use --virtual {self.min_virtual}"
+            )
         need = int(self.min_microbatches_per_stage * self.num_stages(pp, v))
         if m < need:
-            raise ScheduleError(f"{self.name} with {pp} ranks x {v} stages needs at least {need} microbatches, "
-                                f"got {m}: raise --microbatches to {need} or more")
+            raise ScheduleError(
+                f"{self.name} with {pp} ranks x {v} stages needs at least {need} microbatches, "
+                f"got {m}: raise --microbatches to {need} or more"
+            )
         if self.interleaved_rounds:
             n, _ = g.rounds(pp, m)
             if m % n:
                 lo, hi = n * (m // n), n * (m // n + 1)
-                raise ScheduleError(f"{self.name} runs microbatches in max(1, m // pp) = {n} equal rounds, and "
-                                    f"{m} microbatches do not split into {n}: use --microbatches {lo} or {hi}")
+                raise ScheduleError(
+                    f"{self.name} runs microbatches in max(1, m // pp) = {n} equal rounds, and "
+                    f"{m} microbatches do not split into {n}: use --microbatches {lo} or {hi}"
+                )
 
 
 _SPECS = [
     ScheduleSpec("GPipe", g.gpipe, False, "loop", summary="all forwards, then all backwards"),
     ScheduleSpec("1F1B", g.one_f_one_b, False, "loop", summary="one forward, one backward in steady state"),
-    ScheduleSpec("Interleaved1F1B", g.interleaved_1f1b, False, "loop", 1, None, interleaved_rounds=True,
-                 summary="1F1B over v looped stages per rank, depth first"),
-    ScheduleSpec("LoopedBFS", g.looped_bfs, False, "loop", 1, None,
-                 summary="v looped stages per rank, breadth first"),
-    ScheduleSpec("InterleavedZeroBubble", g.interleaved_zero_bubble, True, "loop", 1, None,
-                 interleaved_rounds=True, summary="ZB-H1: interleaved 1F1B with W delayed to fill bubbles"),
-    ScheduleSpec("ZBVZeroBubble", g.zbv_zero_bubble, True, "v", 2, 2,
-                 summary="ZB-V: two stages per rank in a V, I/W split"),
-    ScheduleSpec("DualPipeV", g.dualpipe_v, True, "v", 2, 2, min_microbatches_per_stage=1.0,
-                 summary="DeepSeek DualPipe on a V: paired forward/backward, late I/W split"),
+    ScheduleSpec(
+        "Interleaved1F1B",
+        g.interleaved_1f1b,
+        False,
+        "loop",
+        1,
+        None,
+        interleaved_rounds=True,
+        summary="1F1B over v looped stages per rank, depth first",
+    ),
+    ScheduleSpec("LoopedBFS", g.looped_bfs, False, "loop", 1, None, summary="v looped stages per rank, breadth first"),
+    ScheduleSpec(
+        "InterleavedZeroBubble",
+        g.interleaved_zero_bubble,
+        True,
+        "loop",
+        1,
+        None,
+        interleaved_rounds=True,
+        summary="ZB-H1: interleaved 1F1B with W delayed to fill bubbles",
+    ),
+    ScheduleSpec(
+        "ZBVZeroBubble", g.zbv_zero_bubble, True, "v", 2, 2, summary="ZB-V: two stages per rank in a V, I/W split"
+    ),
+    ScheduleSpec(
+        "DualPipeV",
+        g.dualpipe_v,
+        True,
+        "v",
+        2,
+        2,
+        min_microbatches_per_stage=1.0,
+        summary="DeepSeek DualPipe on a V: paired forward/backward, late I/W split",
+    ),
 ]
 
 #: canonical name -> ScheduleSpec, in torch's order
 SCHEDULES: dict[str, ScheduleSpec] = {s.name: s for s in _SPECS}
 
 #: any placement (``--placement``), its table from ``placement.placement_table``
-CUSTOM = ScheduleSpec("Custom", None, False, "table", 1, None,
-                      summary="any stage -> rank placement (--placement), a 1F1B-like list schedule")
+CUSTOM = ScheduleSpec(
+    "Custom",
+    None,
+    False,
+    "table",
+    1,
+    None,
+    summary="any stage -> rank placement (--placement), a 1F1B-like list schedule",
+)
 _ALL = {**SCHEDULES, CUSTOM.name: CUSTOM}
 
 
@@ -122,7 +161,8 @@ def make_schedule(name: str, pp: int, microbatches: int, virtual: int = 1) -> Ta
     """The compute-only table of schedule ``name`` for ``pp`` ranks and ``microbatches``."""
     spec = schedule_spec(name)
     if spec.generator is None:
-        raise ScheduleError(f"{spec.name} needs a placement, not --pp/--virtual: give --placement "
-                            f"(e.g. --placement 0,1,0)")
+        raise ScheduleError(
+            f"{spec.name} needs a placement, not --pp/--virtual: give --placement (e.g. --placement 0,1,0)"
+        )
     spec.check(pp, microbatches, virtual)
     return spec.generator(pp, microbatches, virtual)

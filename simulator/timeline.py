@@ -73,26 +73,61 @@ class Timeline:
         return write_json(path, self.to_dict())
 
     @staticmethod
-    def from_fields(f: Fields) -> "Timeline":
-        ranks = tuple(RankStats(r.int("rank"), r.num("busy_s"), r.num("bubble_fraction"), r.int("peak_bytes"),
-                                r.num("peak_at_s", default=0.0)) for r in f.objs("ranks"))
+    def from_fields(f: Fields) -> Timeline:
+        ranks = tuple(
+            RankStats(
+                r.int("rank"),
+                r.num("busy_s"),
+                r.num("bubble_fraction"),
+                r.int("peak_bytes"),
+                r.num("peak_at_s", default=0.0),
+            )
+            for r in f.objs("ranks")
+        )
         events = []
         for e in f.objs("events"):
             start, end = e.num("start_s", min=None), e.num("end_s", min=None)
             if end < start:
                 raise e.fail("end_s", f"ends before it starts ({end} < {start})")
-            events.append(Event(e.int("rank"), e.int("stage"), e.str("kind", choices=EVENT_KINDS),
-                                e.int("microbatch"), start, end))
-        transfers = tuple(Transfer(t.int("src"), t.int("dst"), t.int("stage"), t.str("kind"), t.int("microbatch"),
-                                   t.num("start_s", min=None), t.num("end_s", min=None), t.int("bytes"))
-                          for t in f.objs("transfers")) if f.has("transfers") else ()
+            events.append(
+                Event(
+                    e.int("rank"), e.int("stage"), e.str("kind", choices=EVENT_KINDS), e.int("microbatch"), start, end
+                )
+            )
+        transfers = (
+            tuple(
+                Transfer(
+                    t.int("src"),
+                    t.int("dst"),
+                    t.int("stage"),
+                    t.str("kind"),
+                    t.int("microbatch"),
+                    t.num("start_s", min=None),
+                    t.num("end_s", min=None),
+                    t.int("bytes"),
+                )
+                for t in f.objs("transfers")
+            )
+            if f.has("transfers")
+            else ()
+        )
         mem_raw = f.raw("memory", {})
-        memory = {int(r): [(float(t), int(b)) for t, b in pts] for r, pts in mem_raw.items()} \
-            if isinstance(mem_raw, dict) else {}
-        return Timeline(f.num("step_s"), ranks, tuple(events), transfers, memory,
-                        tuple(f.raw("critical_path", [])), f.str("source", default="simulated"))
+        memory = (
+            {int(r): [(float(t), int(b)) for t, b in pts] for r, pts in mem_raw.items()}
+            if isinstance(mem_raw, dict)
+            else {}
+        )
+        return Timeline(
+            f.num("step_s"),
+            ranks,
+            tuple(events),
+            transfers,
+            memory,
+            tuple(f.raw("critical_path", [])),
+            f.str("source", default="simulated"),
+        )
 
-    def with_source(self, source: str) -> "Timeline":
+    def with_source(self, source: str) -> Timeline:
         return replace(self, source=source)
 
 
@@ -109,16 +144,33 @@ def trace_events(timeline: Timeline, label: str = "") -> list[dict[str, Any]]:
         out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 0, "args": {"name": "compute"}})
         out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 1, "args": {"name": "send"}})
     for e in timeline.events:
-        out.append({"ph": "X", "name": f"{e.stage}{e.kind}{e.microbatch}", "cat": e.kind, "pid": e.rank, "tid": 0,
-                    "ts": e.start_s * 1e6, "dur": max(0.0, e.end_s - e.start_s) * 1e6,
-                    "args": {"stage": e.stage, "microbatch": e.microbatch}})
+        out.append(
+            {
+                "ph": "X",
+                "name": f"{e.stage}{e.kind}{e.microbatch}",
+                "cat": e.kind,
+                "pid": e.rank,
+                "tid": 0,
+                "ts": e.start_s * 1e6,
+                "dur": max(0.0, e.end_s - e.start_s) * 1e6,
+                "args": {"stage": e.stage, "microbatch": e.microbatch},
+            }
+        )
     for t in timeline.transfers:
-        out.append({"ph": "X", "name": f"send {t.kind}{t.microbatch} {t.src}->{t.dst}", "cat": "comm", "pid": t.src,
-                    "tid": 1, "ts": t.start_s * 1e6, "dur": max(0.0, t.end_s - t.start_s) * 1e6,
-                    "args": {"bytes": t.bytes, "stage": t.stage}})
+        out.append(
+            {
+                "ph": "X",
+                "name": f"send {t.kind}{t.microbatch} {t.src}->{t.dst}",
+                "cat": "comm",
+                "pid": t.src,
+                "tid": 1,
+                "ts": t.start_s * 1e6,
+                "dur": max(0.0, t.end_s - t.start_s) * 1e6,
+                "args": {"bytes": t.bytes, "stage": t.stage},
+            }
+        )
     return out
 
 
 def write_trace(timeline: Timeline, path: str | Path, label: str = "") -> Path:
     return write_json(path, {"traceEvents": trace_events(timeline, label), "displayTimeUnit": "ms"})
-

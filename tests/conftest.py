@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python pipeplan.py ARGS`` as a user would; returns the completed process."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "pipeplan.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd or ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "pipeplan.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd or ROOT,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +40,13 @@ def tiny_plan_path(tiny_profile_path, tmp_path_factory) -> Path:
     from profiles import load_profile
 
     profile = load_profile(tiny_profile_path)
-    plans = plan(profile, Cluster(devices=2, memory_bytes=2**30), Job(global_batch=4, microbatch_size=1,
-                 schedules=("1F1B",), pp=(2,)), top=1, profile_path=tiny_profile_path)
+    plans = plan(
+        profile,
+        Cluster(devices=2, memory_bytes=2**30),
+        Job(global_batch=4, microbatch_size=1, schedules=("1F1B",), pp=(2,)),
+        top=1,
+        profile_path=tiny_profile_path,
+    )
     path = tiny_profile_path.parent / "plan.json"
     plans[0].save(path)
     return path

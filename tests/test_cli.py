@@ -28,7 +28,9 @@ def test_truncated_plan_given_to_simulate_exits_2_with_one_line(tiny_plan_path):
 
 
 def test_simulate_plan_prints_step_and_bubbles(tiny_plan_path, tmp_path):
-    r = run_cli("simulate", str(tiny_plan_path), "--trace", str(tmp_path / "t.json"), "--gantt", str(tmp_path / "g.png"))
+    r = run_cli(
+        "simulate", str(tiny_plan_path), "--trace", str(tmp_path / "t.json"), "--gantt", str(tmp_path / "g.png")
+    )
     assert r.returncode == 0, r.stderr
     assert "step time" in r.stdout and "rank" in r.stdout and "%" in r.stdout
     trace = json.loads((tmp_path / "t.json").read_text())
@@ -38,16 +40,45 @@ def test_simulate_plan_prints_step_and_bubbles(tiny_plan_path, tmp_path):
 
 def test_infeasible_memory_cap_exits_2_and_names_memory_needed(tiny_profile_path, tmp_path):
     out = tmp_path / "plan.json"
-    r = run_cli("plan", str(tiny_profile_path), "--devices", "2", "--device-memory", "10KiB", "--pp", "2",
-                "--global-batch", "4", "--microbatch-size", "1", "-o", str(out))
+    r = run_cli(
+        "plan",
+        str(tiny_profile_path),
+        "--devices",
+        "2",
+        "--device-memory",
+        "10KiB",
+        "--pp",
+        "2",
+        "--global-batch",
+        "4",
+        "--microbatch-size",
+        "1",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 2
     assert "needs" in r.stderr and "GiB" in r.stderr and r.stderr.count("\n") == 1
     assert not out.exists()
 
 
 def test_plan_json_is_clean_json(tiny_profile_path, tmp_path):
-    r = run_cli("plan", str(tiny_profile_path), "--devices", "2", "--device-memory", "1GiB", "--pp", "2",
-                "--global-batch", "4", "--microbatch-size", "1", "-o", str(tmp_path / "p.json"), "--json")
+    r = run_cli(
+        "plan",
+        str(tiny_profile_path),
+        "--devices",
+        "2",
+        "--device-memory",
+        "1GiB",
+        "--pp",
+        "2",
+        "--global-batch",
+        "4",
+        "--microbatch-size",
+        "1",
+        "-o",
+        str(tmp_path / "p.json"),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["schema"] == "pipeplan.plan/1" and data["pp"] == 2

@@ -70,12 +70,23 @@ def test_csv_round_trip_matches_torch_format(tmp_path):
 
 
 def test_timeline_and_report_round_trip(tmp_path):
-    tl = Timeline(2.0, (RankStats(0, 1.5, 0.25, 100, 0.5),), (Event(0, 0, "F", 0, 0.0, 1.0),
-                                                              Event(0, 0, "B", 0, 1.0, 1.5)))
+    tl = Timeline(
+        2.0, (RankStats(0, 1.5, 0.25, 100, 0.5),), (Event(0, 0, "F", 0, 0.0, 1.0), Event(0, 0, "B", 0, 1.0, 1.5))
+    )
     tl.save(tmp_path / "t.json")
     assert load_timeline(tmp_path / "t.json") == tl
-    rep = RunReport("plan.json", "ab" * 32, 2, "gloo", "cpu", (2.0, 2.2, 1.9), tl.with_source("measured"),
-                    (3.0, 2.5), {"passed": True, "max_rel_diff": 0.0}, 1.8)
+    rep = RunReport(
+        "plan.json",
+        "ab" * 32,
+        2,
+        "gloo",
+        "cpu",
+        (2.0, 2.2, 1.9),
+        tl.with_source("measured"),
+        (3.0, 2.5),
+        {"passed": True, "max_rel_diff": 0.0},
+        1.8,
+    )
     rep.save(tmp_path / "r.json")
     back = load_report(tmp_path / "r.json")
     assert back.step_s == rep.step_s and back.check == rep.check and back.error == pytest.approx(2.0 / 1.8 - 1)

@@ -21,10 +21,13 @@ from executor.report import RunReport, load_report  # noqa: E402
 from planner import Cluster, Job, load_plan, plan  # noqa: E402
 from profiles.contract import sha256_of  # noqa: E402
 from simulator import simulate  # noqa: E402
-from simulator.timeline import Event, RankStats  # noqa: E402
+from simulator.timeline import RankStats  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-BIG_GIB, SMALL_GIB = 4.0, 0.25  # fixture profile: with room the split is E,t*4|t*2,L (0.27 GiB); at 0.25 GiB it moves a block (E,t*3|t*3,L)
+BIG_GIB, SMALL_GIB = (
+    4.0,
+    0.25,
+)  # fixture profile: with room the split is E,t*4|t*2,L (0.27 GiB); at 0.25 GiB it moves a block (E,t*3|t*3,L)
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +38,34 @@ def root(tmp_path_factory) -> Path:
     run.mkdir(parents=True)
     prof = synthetic_profile(6)
     prof.save(run / "profile.json")
-    best = plan(prof, Cluster(devices=2, memory_bytes=2**30), Job(global_batch=4, microbatch_size=1, pp=(2,)),
-                top=1, profile_path=run / "profile.json")[0]
+    best = plan(
+        prof,
+        Cluster(devices=2, memory_bytes=2**30),
+        Job(global_batch=4, microbatch_size=1, pp=(2,)),
+        top=1,
+        profile_path=run / "profile.json",
+    )[0]
     best.save(run / "plan.json")
     tl = simulate(best)
     slow = 1.25  # the "measured" run: every action 25 % slower
     events = tuple(e._replace(start_s=e.start_s * slow, end_s=e.end_s * slow) for e in tl.events)
     ranks = tuple(RankStats(r.rank, r.busy_s * slow, r.bubble_fraction, r.peak_bytes) for r in tl.ranks)
-    measured = dataclasses.replace(tl, step_s=tl.step_s * slow, events=events, ranks=ranks, transfers=(),
-                                   source="measured")
-    RunReport("plan.json", sha256_of(run / "plan.json"), 2, "gloo", "cpu", (tl.step_s * slow,) * 3, measured,
-              losses=(2.0, 1.9, 1.8), check={"passed": True, "max_rel_diff": 1e-6},
-              predicted_step_s=tl.step_s, extra={"off_cpu_fraction": [0.0, 0.2]}).save(run / "plan.run.json")
+    measured = dataclasses.replace(
+        tl, step_s=tl.step_s * slow, events=events, ranks=ranks, transfers=(), source="measured"
+    )
+    RunReport(
+        "plan.json",
+        sha256_of(run / "plan.json"),
+        2,
+        "gloo",
+        "cpu",
+        (tl.step_s * slow,) * 3,
+        measured,
+        losses=(2.0, 1.9, 1.8),
+        check={"passed": True, "max_rel_diff": 1e-6},
+        predicted_step_s=tl.step_s,
+        extra={"off_cpu_fraction": [0.0, 0.2]},
+    ).save(run / "plan.run.json")
     return base / "runs"
 
 
@@ -168,8 +187,11 @@ def test_compare_view_two_gantts_and_error_table(monkeypatch, root):
 
 def test_export_view_downloads_and_torchrun_command(monkeypatch, root, tmp_path):
     at = _ok(_app(monkeypatch, root, "Export").run())
-    assert [b.proto.label for b in at.get("download_button")] == ["plan JSON", "schedule CSV (torch)",
-                                                                 "simulated trace (Perfetto JSON)"]
+    assert [b.proto.label for b in at.get("download_button")] == [
+        "plan JSON",
+        "schedule CSV (torch)",
+        "simulated trace (Perfetto JSON)",
+    ]
     assert "torchrun" in at.code[0].value and "-m executor" in at.code[0].value
     _ok(at.radio(key="export_source").set_value("saved plan").run())
     assert "--nproc_per_node 2" in at.code[0].value

@@ -10,7 +10,6 @@ import sys
 from dataclasses import replace
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -36,8 +35,14 @@ def test_action_overhead_and_optimizer_time_enter_the_stage_costs(tiny_plan_path
 def test_calibrate_writes_the_measured_figures(tmp_path):
     out = tmp_path / "cluster.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PIPEPLAN_CALIBRATE_REPEATS="5")
-    r = subprocess.run([sys.executable, str(ROOT / "pipeplan.py"), "calibrate", "-o", str(out)], capture_output=True,
-                       text=True, timeout=180, env=env, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "pipeplan.py"), "calibrate", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["schema"] == "pipeplan.cluster/1"
@@ -51,13 +56,16 @@ def test_crossing_gaps_count_only_waited_for_dependencies_across_ranks():
 
     owner = {0: 0, 1: 1}
     # rank 0 runs stage 0, rank 1 stage 1; 1F1B with two microbatches, times in ms
-    events = [(0, 0, "F", 0, 0.0, 1.0), (0, 0, "F", 1, 1.1, 2.0),
-              (1, 1, "F", 0, 1.3, 2.3),   # waited for 0F0 (ended 1.0): gap 0.3
-              (1, 1, "B", 0, 2.4, 3.4),   # same rank: no crossing
-              (1, 1, "F", 1, 3.5, 4.5),   # 0F1 ended at 2.0, before rank 1 was free (3.4): not waited for
-              (0, 0, "B", 0, 3.9, 4.9),   # waited for 1B0 (ended 3.4): gap 0.5
-              (1, 1, "B", 1, 4.6, 5.6),
-              (0, 0, "B", 1, 6.0, 7.0)]   # waited for 1B1 (ended 5.6): gap 0.4
+    events = [
+        (0, 0, "F", 0, 0.0, 1.0),
+        (0, 0, "F", 1, 1.1, 2.0),
+        (1, 1, "F", 0, 1.3, 2.3),  # waited for 0F0 (ended 1.0): gap 0.3
+        (1, 1, "B", 0, 2.4, 3.4),  # same rank: no crossing
+        (1, 1, "F", 1, 3.5, 4.5),  # 0F1 ended at 2.0, before rank 1 was free (3.4): not waited for
+        (0, 0, "B", 0, 3.9, 4.9),  # waited for 1B0 (ended 3.4): gap 0.5
+        (1, 1, "B", 1, 4.6, 5.6),
+        (0, 0, "B", 1, 6.0, 7.0),
+    ]  # waited for 1B1 (ended 5.6): gap 0.4
     gaps = crossing_gaps(events, owner)
     assert set(gaps) == {(0, 1), (1, 0)}
     assert [round(g, 6) for g in gaps[(0, 1)]] == [0.3]
@@ -71,8 +79,16 @@ def test_validate_table_says_when_other_load_took_a_ranks_cpu(tiny_plan_path):
     from simulator.engine import simulate
 
     tl = simulate(load_plan(tiny_plan_path))
-    quiet = RunReport("plan.json", "0" * 64, 2, "gloo", "cpu", (tl.step_s,), tl.with_source("measured"),
-                      extra={"off_cpu_fraction": [0.01, 0.02]})
+    quiet = RunReport(
+        "plan.json",
+        "0" * 64,
+        2,
+        "gloo",
+        "cpu",
+        (tl.step_s,),
+        tl.with_source("measured"),
+        extra={"off_cpu_fraction": [0.01, 0.02]},
+    )
     assert "off the CPU" not in compare_table(tl, quiet)
     loaded = replace(quiet, extra={"off_cpu_fraction": [0.01, 0.12]})
     assert "rank 1 was ready but off the CPU for 12% of its compute time" in compare_table(tl, loaded)
@@ -102,8 +118,9 @@ def test_replay_with_the_runs_own_action_times_separates_the_schedule_model_from
 
     def run_like(tl):  # measured events leave out the per-action overhead the simulator adds
         events = tuple(e._replace(end_s=e.end_s - oh) for e in tl.events)
-        return RunReport("plan.json", "0" * 64, 2, "gloo", "cpu", (tl.step_s,),
-                         replace(tl.with_source("measured"), events=events))
+        return RunReport(
+            "plan.json", "0" * 64, 2, "gloo", "cpu", (tl.step_s,), replace(tl.with_source("measured"), events=events)
+        )
 
     assert replayed_step_s(plan, run_like(predicted)) == pytest.approx(predicted.step_s, rel=1e-9)
     slow = [replace(c, forward_s=(c.forward_s - oh) * 1.5 + oh) if s == 1 else c for s, c in enumerate(inp.costs)]

@@ -11,15 +11,24 @@ import pytest
 
 pytest.importorskip("torch")
 
-from torch.distributed.pipelining.schedules import _add_send_recv, _ComputationType as C  # noqa: E402
+from torch.distributed.pipelining.schedules import _add_send_recv  # noqa: E402
+from torch.distributed.pipelining.schedules import _ComputationType as C
 
 from executor.build import receives_first, torch_actions  # noqa: E402
 from simulator import make_schedule  # noqa: E402
 from simulator.actions import stage_ranks  # noqa: E402
 from simulator.placement import placement_table  # noqa: E402
 
-CASES = [("GPipe", 2, 1), ("1F1B", 4, 1), ("Interleaved1F1B", 2, 2), ("Interleaved1F1B", 4, 2), ("LoopedBFS", 2, 2),
-         ("InterleavedZeroBubble", 2, 2), ("ZBVZeroBubble", 2, 2), ("DualPipeV", 2, 2)]
+CASES = [
+    ("GPipe", 2, 1),
+    ("1F1B", 4, 1),
+    ("Interleaved1F1B", 2, 2),
+    ("Interleaved1F1B", 4, 2),
+    ("LoopedBFS", 2, 2),
+    ("InterleavedZeroBubble", 2, 2),
+    ("ZBVZeroBubble", 2, 2),
+    ("DualPipeV", 2, 2),
+]
 RECVS = (C.RECV_F, C.RECV_B)
 
 
@@ -55,8 +64,9 @@ def test_receives_first_keeps_every_pairs_message_order(name, p, v):
         n = sum(a.computation_type in RECVS for a in acts)
         assert n > 0 or p == 1
         assert all(a.computation_type in RECVS for a in new[:n]), rank  # all receives first ...
-        assert [a for a in new if a.computation_type not in RECVS] == \
-               [a for a in acts if a.computation_type not in RECVS], rank  # ... the rest untouched
+        assert [a for a in new if a.computation_type not in RECVS] == [
+            a for a in acts if a.computation_type not in RECVS
+        ], rank  # ... the rest untouched
     sends, recvs = _messages(moved, owner)
     assert sends == recvs  # the k-th send to a rank is the k-th receive it posted from the sender
     assert sends == _messages(order, owner)[0]

@@ -20,8 +20,14 @@ def test_unequal_stages_per_rank_match_one_process(tiny_profile_path):
     out = tiny_profile_path.parent
     wrap = validation_plan(profile, tiny_profile_path, cluster, "Custom", 0, 4, placement=[0, 1, 0])
     pair = validation_plan(profile, tiny_profile_path, cluster, "Custom", 0, 3, placement=[0, 0, 1])
-    planned = score_split(profile, cluster, Job(global_batch=4, microbatch_size=1), "even", placement=[1, 0, 1],
-                          profile_path=tiny_profile_path)
+    planned = score_split(
+        profile,
+        cluster,
+        Job(global_batch=4, microbatch_size=1),
+        "even",
+        placement=[1, 0, 1],
+        profile_path=tiny_profile_path,
+    )
     plans = [p.save(out / f"custom-{name}.json") for name, p in (("wrap", wrap), ("pair", pair), ("planned", planned))]
 
     def unequal(plan: dict) -> None:
@@ -39,8 +45,9 @@ def test_torch_schedule_refuses_a_custom_plan_in_one_line(tiny_profile_path):
     from planner import Cluster
     from profiles import load_profile
 
-    plan = validation_plan(load_profile(tiny_profile_path), tiny_profile_path, Cluster(devices=2), "Custom", 0, 2,
-                           placement=[0, 1, 0]).save(tiny_profile_path.parent / "custom-torch.json")
+    plan = validation_plan(
+        load_profile(tiny_profile_path), tiny_profile_path, Cluster(devices=2), "Custom", 0, 2, placement=[0, 1, 0]
+    ).save(tiny_profile_path.parent / "custom-torch.json")
     r = run_cli("run", str(plan), "--torch-schedule", "1F1B", "--steps", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "--torch-schedule 1F1B" in r.stderr and "Custom" in r.stderr and "leave out --torch-schedule" in r.stderr

@@ -13,19 +13,41 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from simulator.actions import flat_actions, parse_action
 
-SCHEDULES_2 = [("GPipe", 1), ("1F1B", 1), ("Interleaved1F1B", 2), ("LoopedBFS", 2), ("InterleavedZeroBubble", 2),
-               ("ZBVZeroBubble", 2), ("DualPipeV", 2)]
+SCHEDULES_2 = [
+    ("GPipe", 1),
+    ("1F1B", 1),
+    ("Interleaved1F1B", 2),
+    ("LoopedBFS", 2),
+    ("InterleavedZeroBubble", 2),
+    ("ZBVZeroBubble", 2),
+    ("DualPipeV", 2),
+]
 
 
 def torchrun(nproc: int, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     t = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                        "-m", "executor", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "executor",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
     return r, time.monotonic() - t
 
 
@@ -60,8 +82,11 @@ def _assert_checked(r: subprocess.CompletedProcess, plans: list[Path], expect_ac
         assert check["passed"] and check["max_rel_diff"] <= 1e-4, (path.name, check)
         assert check["loss_rel_diff"] <= 1e-5, (path.name, check)
         plan = json.loads(path.read_text())
-        table = {(int(r), str(a)) for r, acts in plan["schedule"]["table"].items()
-                 for a in flat_actions([parse_action(x) for x in acts])}  # a pair ran as its F and its B
+        table = {
+            (int(r), str(a))
+            for r, acts in plan["schedule"]["table"].items()
+            for a in flat_actions([parse_action(x) for x in acts])
+        }  # a pair ran as its F and its B
         ran = {(e["rank"], f"{e['stage']}{e['kind']}{e['microbatch']}") for e in data["events"]}
         assert ran == table, path.name  # every action of the table ran, on its rank, and nothing else
         assert data["predicted_step_s"] > 0 and len(data["step_s"]) == 1
@@ -75,8 +100,9 @@ def test_all_seven_schedules_on_two_ranks_match_one_process(deep_profile):
     from profiles import load_profile
 
     plans = _plans(deep_profile, 2, SCHEDULES_2, 4)
-    fwd = validation_plan(load_profile(deep_profile), deep_profile, Cluster(devices=2), "GPipe", 2, 4,
-                          forward_only=True).save(deep_profile.parent / "forward-only.json")
+    fwd = validation_plan(
+        load_profile(deep_profile), deep_profile, Cluster(devices=2), "GPipe", 2, 4, forward_only=True
+    ).save(deep_profile.parent / "forward-only.json")
     r, _ = torchrun(2, *map(str, plans), str(fwd), "--check", "--steps", "1", "--warmup", "0")
     _assert_checked(r, plans, lambda plan: None)
     assert r.stdout.count("check passed") == len(plans) + 1
@@ -102,8 +128,21 @@ def test_precision_recompute_data_torch_schedule_and_profiler(tmp_path):
     plans = [p.save(tmp_path / f"{n}.json") for n, p in [("bf16", bf16), ("fp16", fp16), ("recompute", recompute)]]
     text = tmp_path / "text.txt"
     text.write_text("pipeplan runs the plan for real and holds the prediction to it. " * 4)
-    r, _ = torchrun(2, *map(str, plans), "--check", "--steps", "1", "--warmup", "0", "--data", str(text),
-                    "--torch-schedule", "1F1B", "--torch-profiler", str(tmp_path / "prof"))
+    r, _ = torchrun(
+        2,
+        *map(str, plans),
+        "--check",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--data",
+        str(text),
+        "--torch-schedule",
+        "1F1B",
+        "--torch-profiler",
+        str(tmp_path / "prof"),
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
     for p in plans:
         data = json.loads(p.with_suffix(".run.json").read_text())
@@ -121,9 +160,13 @@ def test_interleaved_on_four_ranks_match_one_process(deep_profile):
     from profiles import load_profile
 
     plans = _plans(deep_profile, 4, [("1F1B", 1), ("Interleaved1F1B", 2)], 8)
-    pp_dp = plan(load_profile(deep_profile), Cluster(devices=4, memory_bytes=2**30),
-                 Job(global_batch=8, microbatch_size=1, schedules=("1F1B",), pp=(2,)), top=1,
-                 profile_path=deep_profile)[0]
+    pp_dp = plan(
+        load_profile(deep_profile),
+        Cluster(devices=4, memory_bytes=2**30),
+        Job(global_batch=8, microbatch_size=1, schedules=("1F1B",), pp=(2,)),
+        top=1,
+        profile_path=deep_profile,
+    )[0]
     assert (pp_dp.pp, pp_dp.dp) == (2, 2)
     dp_path = pp_dp.save(deep_profile.parent / "pp2-dp2.json")
     r, _ = torchrun(4, *map(str, plans), str(dp_path), "--check", "--steps", "1", "--warmup", "0")
@@ -159,8 +202,9 @@ def test_check_beyond_tolerance_fails_loudly(deep_profile):
 
 def test_exception_on_one_rank_brings_all_ranks_down_within_60s(deep_profile):
     plans = _plans(deep_profile, 2, [("1F1B", 1)], 4)
-    r, secs = torchrun(2, str(plans[0]), "--steps", "3", "--warmup", "0", "--fail-at-step", "2", "--fail-rank", "1",
-                       timeout=120)
+    r, secs = torchrun(
+        2, str(plans[0]), "--steps", "3", "--warmup", "0", "--fail-at-step", "2", "--fail-rank", "1", timeout=120
+    )
     assert r.returncode != 0
     assert secs < 60, secs
     line = next(x for x in r.stderr.splitlines() if x.startswith("executor rank 1: step 2 failed"))

@@ -4,11 +4,10 @@ validated alike (unknown keys refused, one-line errors naming the file and field
 from __future__ import annotations
 
 import pytest
+from conftest import run_cli
 
 from planner import Cluster, load_cluster
 from profiles.contract import UserError
-
-from conftest import run_cli
 
 YAML = """\
 # eight H100s in one node
@@ -33,13 +32,16 @@ def test_yaml_spec_equals_the_json_one(tmp_path):
     assert load_cluster(want.save(tmp_path / "node.json")) == want
 
 
-@pytest.mark.parametrize("text,field", [
-    ("devices: 8\nmemory_gb: 80\n", "memory_gb"),  # unknown key
-    ("devices: eight\n", "devices"),
-    ("devices: 8\nmemory_bytes: 80 gigs\n", "memory_bytes"),
-    ("intra_latency_s: fast\n", "intra_latency_s"),
-    ("schema: pipeplan.plan/1\ndevices: 8\n", "schema"),
-])
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ("devices: 8\nmemory_gb: 80\n", "memory_gb"),  # unknown key
+        ("devices: eight\n", "devices"),
+        ("devices: 8\nmemory_bytes: 80 gigs\n", "memory_bytes"),
+        ("intra_latency_s: fast\n", "intra_latency_s"),
+        ("schema: pipeplan.plan/1\ndevices: 8\n", "schema"),
+    ],
+)
 def test_bad_yaml_field_is_named(tmp_path, text, field):
     path = tmp_path / "bad.yml"
     path.write_text(text)

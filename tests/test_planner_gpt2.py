@@ -20,8 +20,10 @@ def test_gpt2_demo_two_stages_beats_even_by_the_available_margin():
     job = Job(global_batch=8, microbatch_size=1, schedules=("1F1B",), pp=(2,))
     best = plan(profile, cluster, job, top=1, profile_path=GPT2)[0]
     U = profile.num_units
-    every = [build_plan(profile, str(GPT2), cluster, job, [(0, c), (c, U)], "1F1B", 2, 1, 8, 1, ["fp32"] * 2)
-             for c in range(1, U)]
+    every = [
+        build_plan(profile, str(GPT2), cluster, job, [(0, c), (c, U)], "1F1B", 2, 1, 8, 1, ["fp32"] * 2)
+        for c in range(1, U)
+    ]
     optimum = min(p.predicted.step_s for p in every)
     even = score_split(profile, cluster, job, "even", "1F1B", pp=2, profile_path=GPT2)
     available = even.predicted.step_s / optimum
@@ -31,21 +33,41 @@ def test_gpt2_demo_two_stages_beats_even_by_the_available_margin():
     base = {b["name"]: b for b in best.baselines}
     assert abs(base["even-1F1B"]["speedup"] - achieved) < 1e-9
     assert {"torchtitan-1F1B", "deepspeed-parameters-1F1B"} <= set(base)
-    print(f"gpt2-demo pp=2 1F1B: split {best.split} {best.predicted.step_s * 1e3:.1f} ms vs even "
-          f"{even.predicted.step_s * 1e3:.1f} ms: {achieved:.3f}x (best possible {available:.3f}x)")
+    print(
+        f"gpt2-demo pp=2 1F1B: split {best.split} {best.predicted.step_s * 1e3:.1f} ms vs even "
+        f"{even.predicted.step_s * 1e3:.1f} ms: {achieved:.3f}x (best possible {available:.3f}x)"
+    )
 
 
 def test_gpt2_demo_more_schedules_never_worse():
     profile = load_profile(GPT2)
     cluster = Cluster(devices=2, memory_bytes=4 * 2**30)
-    one = plan(profile, cluster, Job(global_batch=8, microbatch_size=1, schedules=("1F1B",), pp=(2,)),
-               top=1, profile_path=GPT2)[0]
-    many = plan(profile, cluster, Job(global_batch=8, microbatch_size=1, pp=(2,),
-                                      schedules=("GPipe", "1F1B", "Interleaved1F1B", "InterleavedZeroBubble",
-                                                 "ZBVZeroBubble", "DualPipeV", "LoopedBFS")),
-                top=3, profile_path=GPT2)
+    one = plan(
+        profile, cluster, Job(global_batch=8, microbatch_size=1, schedules=("1F1B",), pp=(2,)), top=1, profile_path=GPT2
+    )[0]
+    many = plan(
+        profile,
+        cluster,
+        Job(
+            global_batch=8,
+            microbatch_size=1,
+            pp=(2,),
+            schedules=(
+                "GPipe",
+                "1F1B",
+                "Interleaved1F1B",
+                "InterleavedZeroBubble",
+                "ZBVZeroBubble",
+                "DualPipeV",
+                "LoopedBFS",
+            ),
+        ),
+        top=3,
+        profile_path=GPT2,
+    )
     assert many[0].predicted.step_s <= one.predicted.step_s * (1 + 1e-9)
     assert [p.predicted.step_s for p in many] == sorted(p.predicted.step_s for p in many)
     for p in many:  # Plan.table is the single source of truth for stage -> rank
         from simulator.actions import stage_ranks
+
         assert stage_ranks(p.table) == {s.index: s.rank for s in p.stages}

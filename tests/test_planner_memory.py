@@ -21,9 +21,15 @@ def _accepts(name: str, pp: int, m: int, v: int) -> bool:
 
 
 # every (schedule, pp, m, v) the schedule accepts; e.g. DualPipeV needs m >= 2 pp, so pp=3, m=4 is not a case
-CASES = sorted({(name, pp, m, v if SCHEDULES[name].allows_virtual(v) else SCHEDULES[name].min_virtual)
-                for name in SCHEDULES for pp in (2, 3, 4) for m in (4, 8, 12)
-                for v in ((1, 2) if SCHEDULES[name].max_virtual != 1 else (1,))})
+CASES = sorted(
+    {
+        (name, pp, m, v if SCHEDULES[name].allows_virtual(v) else SCHEDULES[name].min_virtual)
+        for name in SCHEDULES
+        for pp in (2, 3, 4)
+        for m in (4, 8, 12)
+        for v in ((1, 2) if SCHEDULES[name].max_virtual != 1 else (1,))
+    }
+)
 CASES = [c for c in CASES if _accepts(*c)]
 
 
@@ -31,8 +37,20 @@ def _costs(rng: random.Random, S: int) -> list[StageCost]:
     out = []
     for _ in range(S):
         f = rng.uniform(1, 3)
-        out.append(StageCost(f, 2 * f, f, f, rng.randint(10**5, 10**7), rng.randint(10**6, 10**8), 1000, 1000,
-                             10**6, rng.choice([0.5, 0.3])))
+        out.append(
+            StageCost(
+                f,
+                2 * f,
+                f,
+                f,
+                rng.randint(10**5, 10**7),
+                rng.randint(10**6, 10**8),
+                1000,
+                1000,
+                10**6,
+                rng.choice([0.5, 0.3]),
+            )
+        )
     return out
 
 
@@ -62,24 +80,22 @@ def test_forward_only_holds_weights_only():
     assert peak_bytes(memory_pattern(table, True), costs, True) == {0: 10**6, 1: 10**6}
 
 
-
 def test_milp_memory_equals_the_simulated_peak_when_stage_0_defers_its_w(tmp_path):
     """Stage 0 has no input gradient, so it keeps all its activations from I until W (the
     simulator's ``w_keep_fraction`` 1): a table that defers stage 0's W holds them, and the MILP's
     least memory is the simulated peak of its split. (The built-in schedules run stage 0's W
     before its next forward, so only a table of one's own shows it.)"""
+    from planner_synthetic import random_units, synthetic_profile
+
     from planner import Cluster, Job
     from planner.milp import StepModel, min_memory_split
     from planner.scoring import build_plan, unit_options
     from profiles.types import load_profile
     from simulator.actions import table_from_text
 
-    from planner_synthetic import random_units, synthetic_profile
-
     path = synthetic_profile(random_units(random.Random(7), 6), tmp_path / "p.json")
     profile = load_profile(path)
-    table = table_from_text({"0": ["0F0", "0F1", "1F0", "1I0", "0I0", "1F1", "1I1", "0I1", "1W0", "1W1", "0W0",
-                                   "0W1"]})
+    table = table_from_text({"0": ["0F0", "0F1", "1F0", "1I0", "0I0", "1F1", "1I1", "0I1", "1W0", "1W1", "0W0", "0W1"]})
     job = Job(global_batch=2, microbatch_size=1, schedules=("1F1B",), pp=(1,))
     cluster = Cluster(devices=1, memory_bytes=10**15)
     model = StepModel(2, (0, 0), memory_pattern(table), split_backward=True)

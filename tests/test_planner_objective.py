@@ -5,6 +5,7 @@ for one microbatch, and the latency MILP cuts where the hand-offs are cheapest."
 from __future__ import annotations
 
 import pytest
+from conftest import run_cli
 
 from planner import Cluster, Job, search
 from planner.memory import memory_pattern
@@ -12,16 +13,16 @@ from planner.milp import StepModel, UnitData, solve_split
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
 from simulator import SimInput, make_schedule, simulate
 
-from conftest import run_cli
-
 
 def _profile(path):
     """8 units; a microbatch of 4 takes twice a microbatch of 1 (per sample, twice as efficient)."""
     entries = []
     for b, scale in ((1, 1.0), (4, 2.0)):
         fs = [scale * (1 + i % 3) * 1e-3 for i in range(8)]
-        units = tuple(UnitCost(f"block{i}", "block", f, 2 * f, f, f, 10**5, 4 * 10**5, 10**6 * b, 10**5 * b, 1e9)
-                      for i, f in enumerate(fs))
+        units = tuple(
+            UnitCost(f"block{i}", "block", f, 2 * f, f, f, 10**5, 4 * 10**5, 10**6 * b, 10**5 * b, 1e9)
+            for i, f in enumerate(fs)
+        )
         entries.append(ProfileEntry("fp32", b, units, WholeModel(sum(fs), 2 * sum(fs), 8 * 10**6 * b)))
     Profile("serving", {}, "synthetic", "cpu", 16, "analytic", tuple(entries), {"note": "test"}).save(path)
     return path
@@ -32,8 +33,11 @@ def serving(tmp_path):
     from profiles.types import load_profile
 
     path = _profile(tmp_path / "serving.json")
-    return load_profile(path), path, Cluster(devices=2, memory_bytes=2**30, intra_bandwidth_Bps=1e9,
-                                             intra_latency_s=1e-4)
+    return (
+        load_profile(path),
+        path,
+        Cluster(devices=2, memory_bytes=2**30, intra_bandwidth_Bps=1e9, intra_latency_s=1e-4),
+    )
 
 
 def _job(objective: str) -> Job:
@@ -54,8 +58,13 @@ def test_latency_and_throughput_choose_differently(serving):
 
 def test_reported_latency_is_one_simulated_microbatch(serving):
     profile, path, cluster = serving
-    plans, _ = search(profile, cluster, Job(global_batch=8, schedules=("1F1B",), forward_only=True, pp=(2,),
-                                            objective="latency"), top=1, profile_path=path)
+    plans, _ = search(
+        profile,
+        cluster,
+        Job(global_batch=8, schedules=("1F1B",), forward_only=True, pp=(2,), objective="latency"),
+        top=1,
+        profile_path=path,
+    )
     p = plans[0]
     one = {r: [a for a in acts if a.kind.value == "F"] for r, acts in make_schedule("1F1B", p.pp, 1).items()}
     inp = p.sim_input()

@@ -19,8 +19,12 @@ CAP = 60 * MB
 def _profile(path):
     entries = []
     for dtype, f, saved in (("fp32", 1e-3, 10 * MB), ("bf16", 1.5e-3, 5 * MB)):
-        units = tuple(UnitCost(f"block{i}", "block", f, 2 * f, f, f, 10**5, 10**5 * (4 if dtype == "fp32" else 2),
-                               saved, 1000, 1e9) for i in range(8))
+        units = tuple(
+            UnitCost(
+                f"block{i}", "block", f, 2 * f, f, f, 10**5, 10**5 * (4 if dtype == "fp32" else 2), saved, 1000, 1e9
+            )
+            for i in range(8)
+        )
         entries.append(ProfileEntry(dtype, 1, units, WholeModel(8 * f, 16 * f, 8 * saved)))
     Profile("precision", {}, "synthetic", "cpu", 16, "analytic", tuple(entries), {"note": "test"}).save(path)
     return path
@@ -38,8 +42,7 @@ def test_memory_cap_mixes_precisions_and_the_simulator_agrees(tmp_path):
     assert max(best.predicted.peak_bytes) <= CAP  # simulated, with each stage's own dtype
 
     def uniform(dtype, cut):
-        return build_plan(profile, str(path), cluster, job, [(0, cut), (cut, 8)], "1F1B", 2, 1, 4, 1,
-                          [dtype, dtype])
+        return build_plan(profile, str(path), cluster, job, [(0, cut), (cut, 8)], "1F1B", 2, 1, 4, 1, [dtype, dtype])
 
     # one precision for all: fp32 overflows at every split, bf16 fits but is slower than the mix
     assert not any(fits(uniform("fp32", cut)) for cut in range(1, 8))

@@ -8,14 +8,13 @@ import itertools
 import random
 
 import pytest
+from planner_synthetic import random_units, synthetic_profile
 
 from planner import Cluster, InfeasibleError, Job, search
 from planner.scoring import build_plan, fits
 from profiles.types import load_profile
 from simulator.actions import ScheduleError
 from simulator.schedules import schedule_spec
-
-from planner_synthetic import random_units, synthetic_profile
 
 INSTANCES = 50
 FIRST_SEED = 1000
@@ -37,8 +36,20 @@ def exhaustive(profile, path, cluster, job, pp, m):
                 continue
             for cuts in itertools.combinations(range(1, U), S - 1):
                 edges = [0, *cuts, U]
-                p = build_plan(profile, str(path), cluster, job, list(zip(edges[:-1], edges[1:])), name, pp, 1, m, 1,
-                           ["fp32"] * S, v)
+                p = build_plan(
+                    profile,
+                    str(path),
+                    cluster,
+                    job,
+                    list(zip(edges[:-1], edges[1:])),
+                    name,
+                    pp,
+                    1,
+                    m,
+                    1,
+                    ["fp32"] * S,
+                    v,
+                )
                 if fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):
                     best = p
     return best
@@ -77,11 +88,15 @@ def test_planner_matches_exhaustive_search(tmp_path):
         best = plans[0]
         assert max(best.predicted.peak_bytes) <= cap, f"seed {seed - 1}: over the memory cap"
         ratio = best.predicted.step_s / ref.predicted.step_s
-        assert ratio <= 1 + TOLERANCE, (f"seed {seed - 1}: planner {best.schedule} {best.split} is {ratio:.4f}x "
-                                        f"the exhaustive best {ref.schedule} v{ref.virtual} {ref.split}")
+        assert ratio <= 1 + TOLERANCE, (
+            f"seed {seed - 1}: planner {best.schedule} {best.split} is {ratio:.4f}x "
+            f"the exhaustive best {ref.schedule} v{ref.virtual} {ref.split}"
+        )
         ratios.append(ratio)
         binding += cap < peak
         compared += 1
     assert binding >= 10, "the memory cap should bind in a good share of the instances"
-    print(f"{compared} instances ({binding} with a binding memory cap, {infeasible} infeasible skipped): "
-          f"max ratio {max(ratios):.5f}, exact {sum(r <= 1 + 1e-9 for r in ratios)}")
+    print(
+        f"{compared} instances ({binding} with a binding memory cap, {infeasible} infeasible skipped): "
+        f"max ratio {max(ratios):.5f}, exact {sum(r <= 1 + 1e-9 for r in ratios)}"
+    )

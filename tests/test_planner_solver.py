@@ -70,15 +70,20 @@ def test_time_limit_is_never_optimal(solver):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "planner", "plan", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "planner", "plan", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
 
 
 def test_json_stdout_is_one_object(tmp_path):
     r = _cli(str(GPT2), "--devices", "2", "--pp", "2", "--json", "--solver", "auto", "-o", str(tmp_path / "p.json"))
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)  # the HiGHS banner would break this
-    assert plan["schema"] == "pipeplan.plan/1" and plan["solver"]["status"] in ("Optimal", "TimeLimit", "balanced split")
+    assert plan["schema"] == "pipeplan.plan/1" and plan["solver"]["status"] in (
+        "Optimal",
+        "TimeLimit",
+        "balanced split",
+    )
 
 
 def test_infeasible_job_exits_2_with_one_line(tmp_path):
@@ -97,8 +102,19 @@ def test_split_over_memory_exits_2_naming_the_stage(tmp_path):
 
 
 def test_given_split_scores(tmp_path):
-    r = _cli(str(GPT2), "--devices", "2", "--split", "even", "--pp", "2", "--schedules", "GPipe",
-             "-o", str(tmp_path / "p.json"))
+    r = _cli(
+        str(GPT2),
+        "--devices",
+        "2",
+        "--split",
+        "even",
+        "--pp",
+        "2",
+        "--schedules",
+        "GPipe",
+        "-o",
+        str(tmp_path / "p.json"),
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.csv").exists() and "torchrun" in r.stdout
 
@@ -109,8 +125,13 @@ def test_one_stage_one_microbatch_plans(tmp_path):
     from profiles import load_profile
 
     profile = load_profile(GPT2)
-    plans = plan(profile, Cluster(devices=8, memory_bytes=8 * 2**30), Job(global_batch=8, microbatch_size=1, pp=(1,)),
-                 top=1, profile_path=GPT2)
+    plans = plan(
+        profile,
+        Cluster(devices=8, memory_bytes=8 * 2**30),
+        Job(global_batch=8, microbatch_size=1, pp=(1,)),
+        top=1,
+        profile_path=GPT2,
+    )
     assert plans[0].pp == 1 and plans[0].dp == 8 and plans[0].microbatches == 1
 
 

@@ -23,8 +23,7 @@ def _formula_check(profile, hidden):
 
 def test_llama3_70b_in_seconds_and_flops_formula():
     t0 = time.perf_counter()
-    p = analytic_profile("llama3-70b", device_spec_name="h100", dtypes=("bf16",), microbatch_sizes=(1, 2),
-                         seq_len=4096)
+    p = analytic_profile("llama3-70b", device_spec_name="h100", dtypes=("bf16",), microbatch_sizes=(1, 2), seq_len=4096)
     assert time.perf_counter() - t0 < 30
     assert p.method == "analytic" and p.num_units == 82
     blocks = _formula_check(p, 8192)
@@ -52,9 +51,13 @@ def test_device_specs_and_bad_names():
 
 
 def test_cli_analytic_writes_the_default_path(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "profiles", "llama-tiny", "--analytic", "--device-spec", "h200",
-                        "--seq-len", "32"], cwd=tmp_path, capture_output=True, text=True,
-                       env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1]), "PATH": ""})
+    r = subprocess.run(
+        [sys.executable, "-m", "profiles", "llama-tiny", "--analytic", "--device-spec", "h200", "--seq-len", "32"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1]), "PATH": ""},
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "profiles" / "h200" / "llama-tiny.json").is_file()
     assert "block1" in r.stdout

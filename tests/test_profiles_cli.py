@@ -13,19 +13,23 @@ ROOT = Path(__file__).parents[1]
 
 def _run(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "profiles", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "profiles", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
+    )
 
 
-@pytest.mark.parametrize("args,match", [
-    (["no-such-model"], "unknown model"),
-    (["gpt2-tiny", "--set", "no_field=3"], "not a field"),
-    (["gpt2-tiny", "--set", "n_layer"], "expected key=value"),
-    (["no_such_pkg.mod:fn"], "cannot import"),
-    (["gpt2-tiny", "--dtypes", "fp8"], "unknown dtype"),
-    (["gpt2-tiny", "--analytic", "--device-spec", "tpu9"], "device-spec"),
-    (["gpt2-tiny", "--side-by-side", "64"], "--side-by-side 64: this machine has"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["no-such-model"], "unknown model"),
+        (["gpt2-tiny", "--set", "no_field=3"], "not a field"),
+        (["gpt2-tiny", "--set", "n_layer"], "expected key=value"),
+        (["no_such_pkg.mod:fn"], "cannot import"),
+        (["gpt2-tiny", "--dtypes", "fp8"], "unknown dtype"),
+        (["gpt2-tiny", "--analytic", "--device-spec", "tpu9"], "device-spec"),
+        (["gpt2-tiny", "--side-by-side", "64"], "--side-by-side 64: this machine has"),
+    ],
+)
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, args, match):
     r = _run(args, tmp_path)
     assert r.returncode == 2, r.stderr
@@ -37,8 +41,23 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, args, match):
 
 def test_profile_user_model_and_json(tmp_path):
     (tmp_path / "tests").mkdir()
-    r = _run(["tests.user_model:build", "--set", "width=8", "--seq-len", "4", "--repeats", "1", "--warmup", "0",
-              "--json", "-o", str(tmp_path / "u.json")], ROOT)
+    r = _run(
+        [
+            "tests.user_model:build",
+            "--set",
+            "width=8",
+            "--seq-len",
+            "4",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            "-o",
+            str(tmp_path / "u.json"),
+        ],
+        ROOT,
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["model"] == {"name": "tests.user_model:build", "config": {"width": 8}}
@@ -71,8 +90,24 @@ def _neighbours_alive() -> list[str]:
 
 def test_side_by_side_profiles_beside_a_training_neighbour_and_stops_it(tmp_path):
     """--side-by-side 1: one process trains the model while the units are timed, and is gone after."""
-    r = _run(["tests.user_model:build", "--set", "width=8", "--seq-len", "4", "--repeats", "2", "--warmup", "0",
-              "--side-by-side", "1", "-o", str(tmp_path / "u.json")], ROOT)
+    r = _run(
+        [
+            "tests.user_model:build",
+            "--set",
+            "width=8",
+            "--seq-len",
+            "4",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--side-by-side",
+            "1",
+            "-o",
+            str(tmp_path / "u.json"),
+        ],
+        ROOT,
+    )
     assert r.returncode == 0, r.stderr
     from profiles.types import load_profile
 

@@ -46,13 +46,16 @@ def _ok(ratios):
     return abs(f - 1) <= 0.10 and abs(iw - 1) <= 0.15 and abs(s - 1) <= 0.02
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("gpt2-demo", {"n_layer": 4, "vocab_size": 8000}),
-    ("llama-small", None),
-    ("bert-small", {"num_hidden_layers": 3, "vocab_size": 8000}),
-])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("gpt2-demo", {"n_layer": 4, "vocab_size": 8000}),
+        ("llama-small", None),
+        ("bert-small", {"num_hidden_layers": 3, "vocab_size": 8000}),
+    ],
+)
 def test_units_add_up_to_the_whole_model(name, overrides):
-    for attempt in range(2):
+    for _attempt in range(2):
         p = profile_model(name, overrides=overrides, seq_len=128, repeats=4, warmup=1)
         ratios = _ratios(p.entries[0])
         if _ok(ratios):
@@ -68,7 +71,7 @@ def test_units_add_up_to_the_whole_model(name, overrides):
 
 def test_two_profiles_agree_within_their_spread():
     kw = dict(overrides={"n_layer": 2, "n_embd": 128, "vocab_size": 4000}, seq_len=64, repeats=5, warmup=1)
-    for attempt in range(2):
+    for _attempt in range(2):
         a = profile_model("gpt2-tiny", **kw).entries[0]
         b = profile_model("gpt2-tiny", **kw).entries[0]
         ok = True
@@ -86,8 +89,7 @@ def test_two_profiles_agree_within_their_spread():
 
 
 def test_profile_file_fits_and_entry_at(tmp_path):
-    p = profile_model("gpt2-tiny", dtypes=("fp32", "bf16"), microbatch_sizes=(1, 2, 4), seq_len=16, repeats=2,
-                      warmup=1)
+    p = profile_model("gpt2-tiny", dtypes=("fp32", "bf16"), microbatch_sizes=(1, 2, 4), seq_len=16, repeats=2, warmup=1)
     assert {(e.dtype, e.microbatch_size) for e in p.entries} == {(d, m) for d in ("fp32", "bf16") for m in (1, 2, 4)}
     assert p.measurement["attention"] == "sdpa" and p.method == "measured"
     path = p.save(tmp_path / "cpu" / "gpt2-tiny.json")

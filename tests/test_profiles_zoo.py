@@ -9,9 +9,11 @@ from profiles.zoo import PRESETS, ZooError, build_model, parse_overrides
 def _hf_logits(family, config, seed, ids):
     import transformers
 
-    model_cls, cfg_cls = {"gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config),
-                          "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig),
-                          "bert": (transformers.BertForMaskedLM, transformers.BertConfig)}[family]
+    model_cls, cfg_cls = {
+        "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config),
+        "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig),
+        "bert": (transformers.BertForMaskedLM, transformers.BertConfig),
+    }[family]
     cfg = cfg_cls(**{k: v for k, v in config.items() if k != "model_type"})
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
@@ -80,15 +82,18 @@ def test_user_function_list_and_zoo_model():
     assert z2.unit_names == ["in", "act", "out"] and z2.name == "tests.user_model:build_zoo"
 
 
-@pytest.mark.parametrize("name,overrides,match", [
-    ("no-such-model", None, "unknown model"),
-    ("gpt2-tiny", {"not_a_field": 1}, "not a field"),
-    ("gpt2-tiny", {"n_embd": 30, "n_head": 4}, "cannot be built"),
-    ("no_such_pkg.mod:fn", None, "cannot import"),
-    ("tests.user_model:missing", None, "has no function"),
-    ("tests.user_model:NOT_A_FUNCTION", None, "has no function"),
-    ("tests.user_model:build", {"bogus": 1}, "rejected its arguments"),
-])
+@pytest.mark.parametrize(
+    "name,overrides,match",
+    [
+        ("no-such-model", None, "unknown model"),
+        ("gpt2-tiny", {"not_a_field": 1}, "not a field"),
+        ("gpt2-tiny", {"n_embd": 30, "n_head": 4}, "cannot be built"),
+        ("no_such_pkg.mod:fn", None, "cannot import"),
+        ("tests.user_model:missing", None, "has no function"),
+        ("tests.user_model:NOT_A_FUNCTION", None, "has no function"),
+        ("tests.user_model:build", {"bogus": 1}, "rejected its arguments"),
+    ],
+)
 def test_bad_input_is_a_zoo_error(name, overrides, match):
     with pytest.raises(ZooError, match=match):
         build_model(name, overrides)

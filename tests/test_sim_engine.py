@@ -23,8 +23,10 @@ def test_transfer_delays_the_consumer():
     tl = simulate(SimInput(T({0: "0F0 0B0", 1: "1F0 1B0"}), [cost()] * 2, Links(latency_s=0.5)))
     assert tl.step_s == pytest.approx(7.0)
     assert [(e.start_s, e.end_s) for e in tl.events] == [(0, 1), (5, 7), (1.5, 2.5), (2.5, 4.5)]
-    assert [(t.src, t.dst, t.kind, t.start_s, t.end_s) for t in tl.transfers] == [(0, 1, "F", 1, 1.5),
-                                                                                  (1, 0, "B", 4.5, 5.0)]
+    assert [(t.src, t.dst, t.kind, t.start_s, t.end_s) for t in tl.transfers] == [
+        (0, 1, "F", 1, 1.5),
+        (1, 0, "B", 4.5, 5.0),
+    ]
     assert tl.critical_path == ("0F0", "send F0 0->1", "1F0", "1B0", "send B0 1->0", "0B0")
 
 
@@ -56,8 +58,9 @@ def test_overlap_option(overlap, expected):
 def test_data_parallel_allreduce_and_optimizer():
     base = simulate(SimInput(make_schedule("1F1B", 2, 4), [cost(param=100)] * 2)).step_s
     dp_links = Links(bandwidth_Bps=100.0, inter_bandwidth_Bps=100.0)
-    tl = simulate(SimInput(make_schedule("1F1B", 2, 4), [cost(param=100)] * 2, dp=2, dp_links=dp_links,
-                           optimizer_s=0.5))
+    tl = simulate(
+        SimInput(make_schedule("1F1B", 2, 4), [cost(param=100)] * 2, dp=2, dp_links=dp_links, optimizer_s=0.5)
+    )
     # ring all-reduce of 100 B over 2 replicas: 2(2-1) * (100/2)/100 = 1.0; then 0.5 optimizer
     assert tl.step_s == pytest.approx(base + 1.5)
 
@@ -140,15 +143,18 @@ def test_deadlock_through_an_overlap_pair():
     assert "rank 1 at step 0 (2F1) waits for 1F1 on rank 0" in msg
 
 
-@pytest.mark.parametrize("rows,needle", [
-    ({0: "0B0 0F0", 1: "1F0 1B0"}, "runs before its forward"),
-    ({0: "0F0 0B0 1F0", 1: "1F0 1B0"}, "stage 1 appears on rank 0 and rank 1"),
-    ({0: "0F0 0F0 0B0", 1: "1F0 1B0"}, "runs twice"),
-    ({0: "0F0 0W0 0I0", 1: "1F0 1B0"}, "before its input gradient"),
-    ({0: "0F0 0I0", 1: "1F0 1B0"}, "0W0 is missing"),
-    ({0: "0F0 0F1 0B0", 1: "1F0 1B0 1F1 1B1"}, "backward of stage 0 microbatch 1"),
-    ({0: "0F0 (1F0;1B0)OVERLAP_F_B 0B0"}, "a pair cannot hold the backward of its own forward"),
-])
+@pytest.mark.parametrize(
+    "rows,needle",
+    [
+        ({0: "0B0 0F0", 1: "1F0 1B0"}, "runs before its forward"),
+        ({0: "0F0 0B0 1F0", 1: "1F0 1B0"}, "stage 1 appears on rank 0 and rank 1"),
+        ({0: "0F0 0F0 0B0", 1: "1F0 1B0"}, "runs twice"),
+        ({0: "0F0 0W0 0I0", 1: "1F0 1B0"}, "before its input gradient"),
+        ({0: "0F0 0I0", 1: "1F0 1B0"}, "0W0 is missing"),
+        ({0: "0F0 0F1 0B0", 1: "1F0 1B0 1F1 1B1"}, "backward of stage 0 microbatch 1"),
+        ({0: "0F0 (1F0;1B0)OVERLAP_F_B 0B0"}, "a pair cannot hold the backward of its own forward"),
+    ],
+)
 def test_invalid_tables_raise_with_a_picture(rows, needle):
     with pytest.raises(ScheduleError) as e:
         simulate(SimInput(T(rows), [cost()] * 2))
@@ -158,8 +164,11 @@ def test_invalid_tables_raise_with_a_picture(rows, needle):
 
 
 def test_timeline_json_trace_and_determinism(tmp_path):
-    inp = SimInput(make_schedule("InterleavedZeroBubble", 4, 8, 2), [cost(act=5, static=1)] * 8,
-                   Links(latency_s=0.01, inter_latency_s=0.1, devices_per_node=2))
+    inp = SimInput(
+        make_schedule("InterleavedZeroBubble", 4, 8, 2),
+        [cost(act=5, static=1)] * 8,
+        Links(latency_s=0.01, inter_latency_s=0.1, devices_per_node=2),
+    )
     a, b = simulate(inp), simulate(inp)
     ja, jb = json.dumps(a.to_dict()), json.dumps(b.to_dict())
     assert ja == jb
@@ -198,24 +207,46 @@ def test_cost_count_must_match_stages():
 
 def test_costs_from_a_profile_drive_the_engine():
     from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
-
     from simulator import stage_costs
 
-    unit = UnitCost("block", "block", forward_s=1.0, backward_s=2.0, backward_input_s=1.0, backward_weight_s=1.0,
-                    params=10, param_bytes=40, saved_bytes=100, output_bytes=1000, forward_flops=0.0)
+    unit = UnitCost(
+        "block",
+        "block",
+        forward_s=1.0,
+        backward_s=2.0,
+        backward_input_s=1.0,
+        backward_weight_s=1.0,
+        params=10,
+        param_bytes=40,
+        saved_bytes=100,
+        output_bytes=1000,
+        forward_flops=0.0,
+    )
     entry = ProfileEntry("fp32", 1, (unit,) * 4, WholeModel(4.0, 8.0, 400))
     profile = Profile("toy", {}, "cpu", "cpu", 8, "analytic", (entry,))
     costs = stage_costs(profile, [(0, 2), (2, 4)])
     # per stage: F = 2, B = 4, saved 200 B; static = weights 80 + grads 80 + AdamW 8 B x 20 params = 320
-    assert (costs[0].forward_s, costs[0].backward_s, costs[0].activation_bytes, costs[0].static_bytes) == \
-        (2.0, 4.0, 200, 320)
+    assert (costs[0].forward_s, costs[0].backward_s, costs[0].activation_bytes, costs[0].static_bytes) == (
+        2.0,
+        4.0,
+        200,
+        320,
+    )
     assert (costs[0].output_bytes, costs[1].input_bytes, costs[1].output_bytes) == (1000, 1000, 0)
     links = Links(bandwidth_Bps=1000.0, inter_bandwidth_Bps=1000.0)  # 1 s per boundary crossing
     tl = simulate(SimInput(make_schedule("1F1B", 2, 4), costs, links))
     # 1F1B, p=2, m=4, F=2, B=4, one-second hops:
     # rank 0: 0F0 [0,2] 0F1 [2,4] 0B0 [10,14] 0F2 [14,16] 0B1 [16,20] 0F3 [20,22] 0B2 [24,28] 0B3 [30,34]
     # rank 1: 1F0 [3,5] 1B0 [5,9] 1F1 [9,11] 1B1 [11,15] 1F2 [17,19] 1B2 [19,23] 1F3 [23,25] 1B3 [25,29]
-    assert [(e.start_s, e.end_s) for e in tl.events if e.rank == 0] == \
-        [(0, 2), (2, 4), (10, 14), (14, 16), (16, 20), (20, 22), (24, 28), (30, 34)]
+    assert [(e.start_s, e.end_s) for e in tl.events if e.rank == 0] == [
+        (0, 2),
+        (2, 4),
+        (10, 14),
+        (14, 16),
+        (16, 20),
+        (20, 22),
+        (24, 28),
+        (30, 34),
+    ]
     assert tl.step_s == pytest.approx(34.0)
     assert [r.peak_bytes for r in tl.ranks] == [320 + 2 * 200, 320 + 1 * 200]

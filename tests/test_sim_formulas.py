@@ -12,11 +12,13 @@ import pytest
 from simulator import SimInput, StageCost, Timeline, make_schedule, simulate
 
 
-def timeline(name: str, p: int, m: int, v: int = 1, f: float = 1.0, i: float = 1.0, w: float = 1.0,
-             fb: float | None = None) -> Timeline:
+def timeline(
+    name: str, p: int, m: int, v: int = 1, f: float = 1.0, i: float = 1.0, w: float = 1.0, fb: float | None = None
+) -> Timeline:
     table = make_schedule(name, p, m, v)
-    cost = StageCost(f, i + w, i, w, activation_bytes=1, static_bytes=0, output_bytes=0, input_bytes=0,
-                     overlap_f_b_s=fb)
+    cost = StageCost(
+        f, i + w, i, w, activation_bytes=1, static_bytes=0, output_bytes=0, input_bytes=0, overlap_f_b_s=fb
+    )
     return simulate(SimInput(table, [cost] * (p * v)))
 
 
@@ -52,8 +54,9 @@ def test_interleaved_1f1b(p, m, v):
 
 
 @pytest.mark.parametrize("p,m", [(2, 4), (3, 6), (4, 8), (4, 12), (4, 16), (8, 16), (8, 32)])
-@pytest.mark.parametrize("f,i,w", [(1.0, 1.0, 1.0), (1.0, 2.0, 1.0), (2.0, 1.0, 1.0), (2.0, 0.5, 0.5),
-                                   (1.0, 1.0, 0.25), (2.0, 2.0, 1.5)])
+@pytest.mark.parametrize(
+    "f,i,w", [(1.0, 1.0, 1.0), (1.0, 2.0, 1.0), (2.0, 1.0, 1.0), (2.0, 0.5, 0.5), (1.0, 1.0, 0.25), (2.0, 2.0, 1.5)]
+)
 @pytest.mark.parametrize("v", [1, 2, 3])
 def test_zero_bubble_h1(p, m, f, i, w, v):
     """ZB-H1: Qi et al., "Zero Bubble Pipeline Parallelism" (ICLR 2024), section 2.1: bubble

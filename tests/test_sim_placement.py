@@ -28,13 +28,14 @@ def placements(draw):
 
 
 def _uniform(S: int, f: float = 1.0, b: float = 2.0) -> list[StageCost]:
-    return [StageCost(f, b, b / 2, b / 2, activation_bytes=1, static_bytes=0, output_bytes=1, input_bytes=1)
-            for _ in range(S)]
+    return [
+        StageCost(f, b, b / 2, b / 2, activation_bytes=1, static_bytes=0, output_bytes=1, input_bytes=1)
+        for _ in range(S)
+    ]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(placements(), st.integers(1, 9), st.lists(st.integers(1, 8), min_size=16, max_size=16),
-       st.booleans())
+@given(placements(), st.integers(1, 9), st.lists(st.integers(1, 8), min_size=16, max_size=16), st.booleans())
 def test_random_placements_give_valid_tables_that_run_under_any_costs(placement, m, times, ordered):
     S = len(placement)
     durations = [(times[s % 8] / 4, times[8 + s % 8] / 4) for s in range(S)] if ordered else None
@@ -50,11 +51,23 @@ def test_random_placements_give_valid_tables_that_run_under_any_costs(placement,
             assert live[a.stage] <= S - a.stage, (placement, r, a)
     # no deadlock whatever the real costs (other than the ones that ordered it) and links
     rng = random.Random(m * 31 + S)
-    costs = [StageCost(rng.uniform(0.1, 3), rng.uniform(0.1, 5), 0.0, 0.0, activation_bytes=1, static_bytes=0,
-                       output_bytes=10, input_bytes=10) for _ in range(S)]
+    costs = [
+        StageCost(
+            rng.uniform(0.1, 3),
+            rng.uniform(0.1, 5),
+            0.0,
+            0.0,
+            activation_bytes=1,
+            static_bytes=0,
+            output_bytes=10,
+            input_bytes=10,
+        )
+        for _ in range(S)
+    ]
     tl = simulate(SimInput(table, costs, Links(latency_s=0.25, bandwidth_Bps=100.0)))
-    work = max(sum(m * (costs[s].forward_s + costs[s].backward_s) for s in range(S) if placement[s] == r)
-               for r in table)
+    work = max(
+        sum(m * (costs[s].forward_s + costs[s].backward_s) for s in range(S) if placement[s] == r) for r in table
+    )
     assert tl.step_s >= work - 1e-9
 
 
@@ -70,8 +83,11 @@ def test_the_1f1b_placement_gives_1f1b_and_its_step_time(p):
 def test_a_rank_with_two_stages_overlaps_them_when_ordered_by_their_costs():
     """[0, 1, 0]: rank 0 holds a light first and a heavy last stage; rank 1 one middle stage.
     Ordered by the stage times, the table keeps both ranks busier than unit order does."""
-    costs = [StageCost(1.0, 2.0, 1.0, 1.0, 1, 0, 1, 1), StageCost(3.0, 6.0, 3.0, 3.0, 1, 0, 1, 1),
-             StageCost(2.0, 4.0, 2.0, 2.0, 1, 0, 1, 1)]
+    costs = [
+        StageCost(1.0, 2.0, 1.0, 1.0, 1, 0, 1, 1),
+        StageCost(3.0, 6.0, 3.0, 3.0, 1, 0, 1, 1),
+        StageCost(2.0, 4.0, 2.0, 2.0, 1, 0, 1, 1),
+    ]
     unit = placement_table([0, 1, 0], 8)
     ordered = placement_table([0, 1, 0], 8, [(c.forward_s, c.backward_s) for c in costs])
     t_unit = simulate(SimInput(unit, costs, Links(latency_s=0.0))).step_s
@@ -114,9 +130,11 @@ def test_schedule_and_simulate_commands_take_a_placement(tmp_path):
     assert r.stdout.splitlines()[1] == "rank 1: 1F0 1F1 1B0 1B1"
     r = run_cli("simulate", "--schedule", "Custom", "--placement", "0,1", "--microbatches", "3", "--f", "1", "--b", "2")
     assert r.returncode == 0 and r.stdout.startswith("step time 12.000"), r.stdout + r.stderr  # 1F1B: (3+1)(1+2)
-    for args, why in ((["Custom", "--microbatches", "2"], "Custom needs --placement"),
-                      (["1F1B", "--placement", "0,1", "--microbatches", "2"], "--placement goes with the Custom"),
-                      (["Custom", "--placement", "0,1", "--pp", "3", "--microbatches", "2"], "rank 2 holds no stage")):
+    for args, why in (
+        (["Custom", "--microbatches", "2"], "Custom needs --placement"),
+        (["1F1B", "--placement", "0,1", "--microbatches", "2"], "--placement goes with the Custom"),
+        (["Custom", "--placement", "0,1", "--pp", "3", "--microbatches", "2"], "rank 2 holds no stage"),
+    ):
         r = run_cli("schedule", *args)
         assert r.returncode == 2 and why in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
 
@@ -130,8 +148,9 @@ def test_torch_accepts_custom_csvs_and_lowers_them_with_communication(placement,
     import csv
 
     m = 4
-    path = write_csv(placement_table(placement, m, [(1.0 + s, 2.0 + s) for s in range(len(placement))]),
-                     tmp_path / "custom.csv")
+    path = write_csv(
+        placement_table(placement, m, [(1.0 + s, 2.0 + s) for s in range(len(placement))]), tmp_path / "custom.csv"
+    )
     with open(path, newline="") as f:
         actions = {r: [ts._Action.from_str(x) for x in row] for r, row in enumerate(csv.reader(f))}
     ranks = max(placement) + 1

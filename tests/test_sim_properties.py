@@ -30,13 +30,26 @@ def sim_inputs(draw):
     costs = []
     for _ in range(spec.num_stages(p, v)):
         f, i, w = draw(time), draw(time), draw(time)
-        costs.append(StageCost(f, i + w, i, w, activation_bytes=draw(st.integers(0, 50)),
-                               static_bytes=draw(st.integers(0, 9)), output_bytes=draw(st.integers(0, 100)),
-                               input_bytes=draw(st.integers(0, 100)),
-                               overlap_f_b_s=draw(st.one_of(st.none(), time))))  # DualPipeV's F&B
-    links = Links(latency_s=draw(time), bandwidth_Bps=draw(st.sampled_from([float("inf"), 100.0])),
-                  inter_latency_s=draw(time), devices_per_node=draw(st.integers(1, 4)),
-                  overlap=draw(st.booleans()))
+        costs.append(
+            StageCost(
+                f,
+                i + w,
+                i,
+                w,
+                activation_bytes=draw(st.integers(0, 50)),
+                static_bytes=draw(st.integers(0, 9)),
+                output_bytes=draw(st.integers(0, 100)),
+                input_bytes=draw(st.integers(0, 100)),
+                overlap_f_b_s=draw(st.one_of(st.none(), time)),
+            )
+        )  # DualPipeV's F&B
+    links = Links(
+        latency_s=draw(time),
+        bandwidth_Bps=draw(st.sampled_from([float("inf"), 100.0])),
+        inter_latency_s=draw(time),
+        devices_per_node=draw(st.integers(1, 4)),
+        overlap=draw(st.booleans()),
+    )
     return SimInput(make_schedule(name, p, m, v), costs, links)
 
 
@@ -51,8 +64,9 @@ def test_invariants(inp):
     for e in tl.events:
         by_rank.setdefault(e.rank, []).append(e)
     for r, evs in by_rank.items():
-        assert [(e.stage, e.kind, e.microbatch) for e in evs] == \
-            [(a.stage, a.kind.value, a.microbatch) for a in flat_actions(inp.table[r])]
+        assert [(e.stage, e.kind, e.microbatch) for e in evs] == [
+            (a.stage, a.kind.value, a.microbatch) for a in flat_actions(inp.table[r])
+        ]
         for a, b in zip(evs, evs[1:]):
             assert b.start_s >= a.end_s - EPS
     # every dependency respected, transfer time included

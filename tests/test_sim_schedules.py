@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from simulator import SCHEDULES, ScheduleError, SimInput, StageCost, make_schedule, read_csv, simulate, write_csv
 from profiles.clikit import run_commands
+from simulator import SCHEDULES, ScheduleError, SimInput, StageCost, make_schedule, read_csv, simulate, write_csv
 from simulator.actions import flat_actions, stage_ranks, table_from_text, table_to_text, validate_table
 from simulator.cli import SCHEDULE, SIMULATE
 from simulator.schedules import canonical_name, schedule_spec
@@ -36,13 +36,16 @@ def test_spec_facts():
     assert schedule_spec("DualPipeV").num_stages(4, 2) == 8
 
 
-@pytest.mark.parametrize("name,pp,m,v,needle", [
-    ("GPipe", 4, 8, 2, "exactly 1 stages per rank"),
-    ("ZBVZeroBubble", 4, 8, 1, "exactly 2 stages per rank"),
-    ("DualPipeV", 4, 7, 2, "at least 8 microbatches"),
-    ("Interleaved1F1B", 4, 9, 2, "2 equal rounds"),
-    ("1F1B", 0, 8, 1, "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "name,pp,m,v,needle",
+    [
+        ("GPipe", 4, 8, 2, "exactly 1 stages per rank"),
+        ("ZBVZeroBubble", 4, 8, 1, "exactly 2 stages per rank"),
+        ("DualPipeV", 4, 7, 2, "at least 8 microbatches"),
+        ("Interleaved1F1B", 4, 9, 2, "2 equal rounds"),
+        ("1F1B", 0, 8, 1, "must be >= 1"),
+    ],
+)
 def test_check_explains_impossible_arguments(name, pp, m, v, needle):
     with pytest.raises(ScheduleError, match=needle):
         schedule_spec(name).check(pp, m, v)
@@ -102,33 +105,89 @@ def _cli(capsys):
 
 
 def test_python_m_simulator_runs():
-    r = subprocess.run([sys.executable, "-m", "simulator", "schedule", "1f1b", "--pp", "2", "--microbatches", "2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "simulator", "schedule", "1f1b", "--pp", "2", "--microbatches", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "rank 0: 0F0 0F1 0B0 0B1"
 
 
 def test_cli_schedule_writes_torch_csv(tmp_path, _cli):
     out = tmp_path / "zb.csv"
-    r = _cli("schedule", "interleavedzerobubble", "--pp", "2", "--microbatches", "4", "--virtual", "2",
-             "--csv", str(out))
+    r = _cli(
+        "schedule", "interleavedzerobubble", "--pp", "2", "--microbatches", "4", "--virtual", "2", "--csv", str(out)
+    )
     assert r.returncode == 0, r.stderr
     assert read_csv(out) == make_schedule("InterleavedZeroBubble", 2, 4, 2)
     assert out.read_text().splitlines()[0].startswith("0F0,0F1,2F0")
 
 
 def test_cli_simulate_what_if_and_outputs(tmp_path, _cli):
-    r = _cli("simulate", "--schedule", "1F1B", "--pp", "4", "--microbatches", "8", "--f", "1", "--b", "2",
-             "--trace", str(tmp_path / "tr.json"), "-o", str(tmp_path / "tl.json"))
+    r = _cli(
+        "simulate",
+        "--schedule",
+        "1F1B",
+        "--pp",
+        "4",
+        "--microbatches",
+        "8",
+        "--f",
+        "1",
+        "--b",
+        "2",
+        "--trace",
+        str(tmp_path / "tr.json"),
+        "-o",
+        str(tmp_path / "tl.json"),
+    )
     assert r.returncode == 0, r.stderr
     assert "step time 33.000" in r.stdout and (tmp_path / "tr.json").exists() and (tmp_path / "tl.json").exists()
-    r = _cli("simulate", "--schedule", "ZBVZeroBubble", "--pp", "2", "--microbatches", "4", "--virtual", "2",
-             "--f", "1", "--i", "1", "--w", "1", "--comm", "0.5", "--json")
+    r = _cli(
+        "simulate",
+        "--schedule",
+        "ZBVZeroBubble",
+        "--pp",
+        "2",
+        "--microbatches",
+        "4",
+        "--virtual",
+        "2",
+        "--f",
+        "1",
+        "--i",
+        "1",
+        "--w",
+        "1",
+        "--comm",
+        "0.5",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.lstrip().startswith("{")
     # DualPipeV, p = 2, I = F = W = 1, F&B = 2.5 (overlapped): each rank runs 3 pairs, busy 2m(F + B) - 3 x 0.5
     # = 22.5, plus the bubble (p-1)(F&B + B - 3W) = 1.5 (DeepSeek-V3 Table 2): step 24
-    r = _cli("simulate", "--schedule", "DualPipeV", "--pp", "2", "--microbatches", "4", "--virtual", "2",
-             "--f", "1", "--i", "1", "--w", "1", "--fb", "2.5")
+    r = _cli(
+        "simulate",
+        "--schedule",
+        "DualPipeV",
+        "--pp",
+        "2",
+        "--microbatches",
+        "4",
+        "--virtual",
+        "2",
+        "--f",
+        "1",
+        "--i",
+        "1",
+        "--w",
+        "1",
+        "--fb",
+        "2.5",
+    )
     assert r.returncode == 0, r.stderr
     assert "step time 24.000" in r.stdout and "22.500" in r.stdout and "OVERLAP_F_B >" in r.stdout
 
@@ -153,6 +212,10 @@ def test_simulator_sources_do_not_import_torch():
     for path in (ROOT / "simulator").glob("*.py"):
         text = path.read_text()
         assert "import torch" not in text and "from torch" not in text, path.name
-    r = subprocess.run([sys.executable, "-c", "import sys, simulator, planner; print('torch' in sys.modules)"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys, simulator, planner; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

@@ -44,8 +44,12 @@ MULTI = {
     "DualPipeV": ts.ScheduleDualPipeV,
 }
 SINGLE = {"GPipe": ts.ScheduleGPipe, "1F1B": ts.Schedule1F1B}
-COMPUTE = {ts._ComputationType.FORWARD, ts._ComputationType.FULL_BACKWARD,
-           ts._ComputationType.BACKWARD_INPUT, ts._ComputationType.BACKWARD_WEIGHT}
+COMPUTE = {
+    ts._ComputationType.FORWARD,
+    ts._ComputationType.FULL_BACKWARD,
+    ts._ComputationType.BACKWARD_INPUT,
+    ts._ComputationType.BACKWARD_WEIGHT,
+}
 
 
 def _mock_stage(rank: int, pp: int, num_stages: int, index: int):
@@ -69,9 +73,11 @@ def torch_multi_order(cls, pp: int, m: int, v: int) -> dict[int, list[str]]:
 def torch_single_executed(cls, pp: int, m: int) -> dict[int, list[str]]:
     """Run ``_step_microbatches`` on every rank with no-op communication; record compute calls."""
     order = {}
-    with mock.patch.object(ts, "_batch_p2p", lambda ops, desc=None: []), \
-            mock.patch.object(ts, "_sorted_batch_p2p", lambda ops, desc=None: {}), \
-            mock.patch.object(ts, "_wait_batch_p2p", lambda work: None):
+    with (
+        mock.patch.object(ts, "_batch_p2p", lambda ops, desc=None: []),
+        mock.patch.object(ts, "_sorted_batch_p2p", lambda ops, desc=None: {}),
+        mock.patch.object(ts, "_wait_batch_p2p", lambda work: None),
+    ):
         for r in range(pp):
             st = _mock_stage(r, pp, pp, r)
             calls: list[str] = []
@@ -117,8 +123,13 @@ def test_multi_stage_schedules_match_torch_order(name, pp, m, v):
 
 def test_odd_microbatch_counts_match_torch():
     """Counts that are not a multiple of pp (torch's flexible rounds, ZBV's dropped microbatches)."""
-    for name, (pp, m, v) in [("Interleaved1F1B", (4, 6, 2)), ("InterleavedZeroBubble", (4, 10, 2)),
-                             ("ZBVZeroBubble", (4, 5, 2)), ("DualPipeV", (4, 9, 2)), ("LoopedBFS", (3, 5, 3))]:
+    for name, (pp, m, v) in [
+        ("Interleaved1F1B", (4, 6, 2)),
+        ("InterleavedZeroBubble", (4, 10, 2)),
+        ("ZBVZeroBubble", (4, 5, 2)),
+        ("DualPipeV", (4, 9, 2)),
+        ("LoopedBFS", (3, 5, 3)),
+    ]:
         assert ours(name, pp, m, v) == torch_multi_order(MULTI[name], pp, m, v), name
 
 

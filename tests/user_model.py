@@ -19,8 +19,16 @@ def build_zoo(width: int = 8):
         g = torch.Generator().manual_seed(seed)
         return torch.randn(batch_size, seq_len, width, generator=g), torch.zeros(batch_size, seq_len, 1)
 
-    return ZooModel("ignored", "user", {}, units, ["in", "act", "out"], ["layer", "act", "layer"], make,
-                    lambda out, t: nn.functional.mse_loss(out, t))
+    return ZooModel(
+        "ignored",
+        "user",
+        {},
+        units,
+        ["in", "act", "out"],
+        ["layer", "act", "layer"],
+        make,
+        lambda out, t: nn.functional.mse_loss(out, t),
+    )
 
 
 def broken():
