@@ -7,11 +7,9 @@ microbatch size; bf16 halves time and bytes. Numbers are made up, shapes are not
 
 from __future__ import annotations
 
-from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
+from profiles.types import DTYPE_TABLE, Profile, ProfileEntry, UnitCost, WholeModel
 
 __all__ = ["synthetic_profile"]
-
-_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def synthetic_profile(
@@ -29,7 +27,7 @@ def synthetic_profile(
     """A Profile with ``blocks + 2`` units for every (dtype, microbatch size)."""
     entries = []
     for dtype in dtypes:
-        scale_t = 1.0 if _BYTES[dtype] == 4 else 0.5
+        scale_t = 1.0 if DTYPE_TABLE[dtype].bytes == 4 else 0.5
         for mbs in microbatch_sizes:
             specs = [("embed", "embedding", 0.1 * block_ms, embed_params, 0.0)]
             specs += [(f"block{i}", "block", block_ms, block_params, saved_mib) for i in range(blocks)]
@@ -46,9 +44,9 @@ def synthetic_profile(
                         backward_input_s=f,
                         backward_weight_s=f,
                         params=params,
-                        param_bytes=params * _BYTES[dtype],
-                        saved_bytes=int(saved * 2**20 * mbs * _BYTES[dtype] / 4),
-                        output_bytes=int(2**18 * mbs * _BYTES[dtype] / 4) if kind != "head" else 0,
+                        param_bytes=params * DTYPE_TABLE[dtype].bytes,
+                        saved_bytes=int(saved * 2**20 * mbs * DTYPE_TABLE[dtype].bytes / 4),
+                        output_bytes=int(2**18 * mbs * DTYPE_TABLE[dtype].bytes / 4) if kind != "head" else 0,
                         forward_flops=2.0 * params * 128 * mbs,
                     )
                 )

@@ -23,7 +23,9 @@ from torch.utils.checkpoint import checkpoint
 
 from planner.plan import Plan
 from profiles.contract import UserError
+from profiles.types import DTYPE_TABLE
 from simulator.actions import Action, Overlap, Table
+from simulator.schedules import SCHEDULES, schedule_spec
 
 __all__ = [
     "TORCH_SCHEDULES",
@@ -40,18 +42,8 @@ __all__ = [
 ]
 
 #: torch's schedule classes by the names the plan uses (``--torch-schedule``).
-TORCH_SCHEDULES = {
-    "GPipe": "ScheduleGPipe",
-    "1F1B": "Schedule1F1B",
-    "Interleaved1F1B": "ScheduleInterleaved1F1B",
-    "LoopedBFS": "ScheduleLoopedBFS",
-    "InterleavedZeroBubble": "ScheduleInterleavedZeroBubble",
-    "ZBVZeroBubble": "ScheduleZBVZeroBubble",
-    "DualPipeV": "ScheduleDualPipeV",
-}
-_SINGLE_STAGE = {"GPipe", "1F1B"}
-_V_SHAPED = {"ZBVZeroBubble", "DualPipeV"}
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_SCHEDULES = {name: spec.torch_class for name, spec in SCHEDULES.items() if spec.torch_class}
+_AUTOCAST = {name: getattr(torch, d.torch_name) for name, d in DTYPE_TABLE.items() if d.sixteen_bit}
 #: fp16 stages: the loss is multiplied by this before backward and gradients divided after
 #: (static loss scaling; a step whose gradients are not finite is skipped).
 FP16_LOSS_SCALE = 1024.0
@@ -130,7 +122,7 @@ def build_stages(
 def check_torch_schedule(plan: Plan, name: str) -> str:
     """The canonical torch schedule name, or a UserError when the plan's placement is not the one
     torch's class assumes (checked before any process group work)."""
-    if plan.schedule == "Custom":
+    if schedule_spec(plan.schedule).custom:
         raise UserError(
             f"--torch-schedule {name}: this plan's placement is Custom (ranks "
             f"{[s.rank for s in plan.stages]}), which no torch schedule class runs: leave out "
@@ -139,13 +131,12 @@ def check_torch_schedule(plan: Plan, name: str) -> str:
     canon = {k.lower(): k for k in TORCH_SCHEDULES}.get(name.lower())
     if canon is None:
         raise UserError(f"--torch-schedule {name}: unknown; one of {', '.join(TORCH_SCHEDULES)}")
+    spec = SCHEDULES[canon]
     p, S = plan.pp, len(plan.stages)
-    if canon in _SINGLE_STAGE:
-        want = list(range(p)) if S == p else None
-    elif canon in _V_SHAPED:
-        want = [i if i < p else 2 * p - 1 - i for i in range(S)] if S == 2 * p else None
-    else:
-        want = [i % p for i in range(S)] if S % p == 0 and S > p else None
+    v = S // p
+    # torch's multi-stage classes take two or more stages per rank
+    fits = S % p == 0 and spec.allows_virtual(v) and (spec.single_stage or v > 1)
+    want = [spec.stage_to_rank(p, v)[i] for i in range(S)] if fits else None
     have = [s.rank for s in plan.stages]
     if want != have:
         raise UserError(
@@ -174,7 +165,7 @@ def build_schedule(plan: Plan, stages: list[PipelineStage], loss_fn, torch_sched
     m = plan.microbatches
     if torch_schedule:
         cls = getattr(torch_schedules, TORCH_SCHEDULES[torch_schedule])
-        return cls(stages[0] if torch_schedule in _SINGLE_STAGE else stages, m, loss_fn=loss_fn)
+        return cls(stages[0] if SCHEDULES[torch_schedule].single_stage else stages, m, loss_fn=loss_fn)
     cls = _ForwardOnlyRuntime if plan.job.forward_only else _PipelineScheduleRuntime
     schedule = cls(stages, m, loss_fn=loss_fn)
     lower_table(schedule, plan.table, stages[0].group)

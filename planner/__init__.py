@@ -1,8 +1,10 @@
 """Choose the pipeline: cluster and job specs, the split MILP, the outer search, the Plan contract."""
 
 from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
+from .given import score_split
 from .plan import Plan, Prediction, StagePlan, load_plan
-from .search import InfeasibleError, SearchStats, even_split, plan, score_split, search
+from .search import InfeasibleError, SearchStats, plan, search
+from .splits import even_split, min_max_split
 
 __all__ = [
     "PRESET_CLUSTERS",
@@ -16,6 +18,7 @@ __all__ = [
     "load_plan",
     "InfeasibleError",
     "even_split",
+    "min_max_split",
     "plan",
     "score_split",
     "search",

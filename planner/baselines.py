@@ -18,21 +18,13 @@ from __future__ import annotations
 
 from profiles.contract import UserError
 from profiles.types import Profile
+from simulator.costs import Option
 
-__all__ = ["even_split", "torchtitan_split", "parameter_split", "BASELINES"]
+from .plan import Plan
+from .scoring import build_plan, fits
+from .splits import even_split, min_max_split
 
-
-def even_split(num_units: int, p: int) -> list[tuple[int, int]]:
-    """Units dealt as evenly as possible, the extra ones to the first stages."""
-    if p > num_units:
-        raise UserError(f"cannot cut {num_units} units into {p} stages: lower --pp")
-    q, r = divmod(num_units, p)
-    bounds, first = [], 0
-    for s in range(p):
-        end = first + q + (1 if s < r else 0)
-        bounds.append((first, end))
-        first = end
-    return bounds
+__all__ = ["even_split", "torchtitan_split", "parameter_split", "BASELINES", "compare"]
 
 
 def _is_block(kind: str, name: str) -> bool:
@@ -72,38 +64,7 @@ def _cut_by_target(weights: list[float], p: int) -> list[tuple[int, int]]:
 
 def parameter_split(profile: Profile, p: int) -> list[tuple[int, int]]:
     """Balance parameter counts: the contiguous split with the smallest largest part."""
-    params = [u.params for u in profile.entry(profile.entries[0].dtype).units]
-    U = len(params)
-    if p > U:
-        raise UserError(f"cannot cut {U} units into {p} stages: lower --pp")
-
-    def parts_needed(cap: int) -> int:
-        n, acc = 1, 0
-        for x in params:
-            if acc + x > cap:
-                n, acc = n + 1, 0
-            acc += x
-        return n
-
-    lo, hi = max(params), sum(params)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if parts_needed(mid) <= p:
-            hi = mid
-        else:
-            lo = mid + 1
-    ends, acc = [], 0
-    for u, x in enumerate(params):
-        left_units, left_stages = U - u, p - len(ends)
-        if u > 0 and (acc + x > lo or left_units < left_stages) and len(ends) < p - 1:
-            ends.append(u)
-            acc = 0
-        acc += x
-    while len(ends) < p - 1:  # fewer parts than stages: split the last ones off one unit each
-        ends.append(max(ends[-1] if ends else 0, U - (p - 1 - len(ends))))
-    ends = sorted(set(ends))
-    edges = [0, *ends, U]
-    return list(zip(edges[:-1], edges[1:]))
+    return min_max_split([u.params for u in profile.entry(profile.entries[0].dtype).units], p)
 
 
 #: name -> function (profile, p) -> bounds
@@ -112,3 +73,38 @@ BASELINES = {
     "torchtitan": torchtitan_split,
     "deepspeed-parameters": parameter_split,
 }
+
+
+def compare(p: Plan) -> tuple[dict, ...]:
+    """The hand splits (1F1B, one stage per rank, same pp, dp, microbatching and the plan's first
+    dtype), simulated beside ``p``."""
+    out = []
+    for name, split_fn in BASELINES.items():
+        try:
+            bounds = split_fn(p.profile, p.pp)
+            b = build_plan(
+                p.profile,
+                p.profile_path,
+                p.cluster,
+                p.job,
+                bounds,
+                "1F1B",
+                p.pp,
+                p.dp,
+                p.microbatches,
+                p.microbatch_size,
+                [Option(p.stages[0].dtype)] * p.pp,
+            )
+        except UserError:
+            continue
+        out.append(
+            {
+                "name": f"{name}-1F1B",
+                "split": b.split,
+                "step_s": b.predicted.step_s,
+                "speedup": b.predicted.step_s / p.predicted.step_s,
+                "fits_memory": fits(b),
+                "peak_bytes": max(b.predicted.peak_bytes),
+            }
+        )
+    return tuple(out)

@@ -9,17 +9,17 @@ from pathlib import Path
 
 from profiles.clikit import Command
 from profiles.contract import UserError
-from profiles.types import load_profile
+from profiles.types import DTYPE_TABLE, load_profile
 from simulator import cli as simcli
 from simulator.actions import write_csv
-from simulator.costs import DTYPE_BYTES
 from simulator.engine import simulate
 from simulator.placement import parse_placement
 
 from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
 from .explain import explain
+from .given import score_split
 from .plan import Plan, load_plan
-from .search import score_split, search
+from .search import search
 
 __all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
 
@@ -149,8 +149,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     else:
         dtypes = tuple(d for d in args.dtype.split(",") if d)
         for d in dtypes:
-            if d not in DTYPE_BYTES:
-                raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_BYTES)}")
+            if d not in DTYPE_TABLE:
+                raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_TABLE)}")
         objective = args.objective or ("throughput" if args.forward_only else "step")
         if objective != "step" and not args.forward_only:
             raise UserError(

@@ -58,7 +58,8 @@ class Cluster:
     action_overhead_s: float = 0.0  #: runtime cost of every compute action, in the stage costs (calibrate)
     optimizer_s_per_param: float = 0.0  #: gradient scaling + AdamW step time per parameter (calibrate)
 
-    def links(self) -> Links:
+    def links(self, stride: int = 1) -> Links:
+        """Links between pipeline ranks ``stride`` devices apart (``dp`` with tp 1)."""
         return Links(
             self.intra_latency_s,
             self.intra_bandwidth_Bps,
@@ -66,6 +67,7 @@ class Cluster:
             self.inter_bandwidth_Bps,
             self.devices_per_node,
             self.overlap,
+            stride,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ One such coefficient vector per forward, with the dominated ones dropped, is the
 schedule's *memory pattern*: 1F1B gives ``a = p - s`` on stage s, GPipe ``a = m``,
 the interleaved, zero-bubble and V schedules their own vectors. The MILP bounds every
 vector of every rank by the device memory, so its memory model equals the simulator's
-(``keep = act * w_keep_fraction``; the simulator rounds keep down to whole bytes).
+(both read ``StageCost.activation_bytes`` and ``keep_bytes`` from the one cost layer).
 """
 
 from __future__ import annotations
@@ -109,11 +109,7 @@ def peak_bytes(pattern: Pattern, costs: list[StageCost], forward_only: bool = Fa
             0
             if forward_only
             else max(
-                sum(
-                    a * costs[s].activation_bytes + k * int(costs[s].activation_bytes * costs[s].w_keep_fraction)
-                    for s, (a, k) in v.items()
-                )
-                for v in vectors
+                sum(a * costs[s].activation_bytes + k * costs[s].keep_bytes for s, (a, k) in v.items()) for v in vectors
             )
         )
         out[r] = static[r] + acts

@@ -11,72 +11,64 @@ Per-stage options (a dtype, with or without full recompute) are binaries ``c[s][
 with ``sum_o c[s][o] = 1``; the unit's costs under the chosen option are carried by
 continuous ``y[u][s][o] >= member(u, s) + c[s][o] - 1``, ``y >= 0``. Every ``y`` has a
 non-negative coefficient in ``<=`` rows and in the objective only, so the solver sets it
-to the product ``member * c``. With one option, ``y`` is simply the membership.
+to the product ``member * c``. With one option, ``y`` is simply the membership. A hand-off
+whose bytes depend on the option (the dtype) is carried the same way by
+``q >= cut(u, s) + c[s][o] - 1``.
+
+Coefficients come from the one cost layer (``simulator.costs.CostModel``): every
+per-stage term below (:class:`_Split`'s forward, backward, input, weight, static, act,
+keep, sends, grad, optimizer) is the sum over the stage's units of the very records the
+simulator's ``StageCost`` sums, plus the same per-stage constants, and the first-stage
+rule is the record's own (``CostModel.record``). ``stage_terms`` evaluates them for a
+given split, so a test can hold them against the simulator's.
 
 Step-time model (:class:`StepModel`), for a schedule whose stage ``s`` runs on rank
 ``rank_of[s]``, ``v`` stages per rank and ``m`` microbatches:
 
-    v = 1:  (m - 1) * T  +  sum_s (F_s + Bcrit_s)      +  sum over cuts across ranks of hops * send
-    v > 1:  m * T        +  (p - 1) * max_s (F_s + Bcrit_s)  +  the same hand-offs
+    v = 1:  (m - 1) * T  +  sum_s (F_s + Bcrit_s)        +  hand-offs  +  tail
+    v > 1:  m * T        +  (p - 1) * max_s (F_s + Bcrit_s)  +  hand-offs  +  tail
 
-``T`` bounds every rank's work per microbatch (``sum over its stages of F + B``);
-``Bcrit`` is the backward on the critical path (B, or I for zero-bubble schedules);
-schedules that run all forwards before all backwards (GPipe, LoopedBFS) bound the
-forward and backward loads apart (``(m - 1) * (TF + TB)``). For one stage per rank and
-uniform costs this is exactly ``(m + p - 1) * t``, the textbook GPipe/1F1B step; for the
-others it is a model, and the search re-scores every answer with the event simulator and
-searches around it. Memory per rank: static bytes plus the activations the schedule's
-own memory pattern (``memory.py``) holds, which equals the simulator's peak.
+``T`` bounds every rank's work per microbatch (``sum over its stages of F + B``, or
+``F + I + W`` for zero-bubble schedules); ``Bcrit`` is the backward on the critical path
+(B, or I for zero-bubble schedules); schedules that run all forwards before all backwards
+(``SteadyState.PHASED``) bound the forward and backward loads apart (``(m - 1) * (TF + TB)``).
+Hand-offs: every cut between ranks, its forward send and (training) its gradient back.
+Tail: the largest over ranks of the gradient all-reduce and optimizer step after a rank's
+last backward. For one stage per rank and uniform costs this is exactly
+``(m + p - 1) * t``, the textbook GPipe/1F1B step; for the others it is a model, and the
+search re-scores every answer with the event simulator and searches around it.
+
+Linearisations (the model's approximations, all here): the tail adds the largest rank's
+all-reduce and optimizer to the fill and drain, where the simulator adds each rank's to
+that rank's own end; the all-reduce's latency term is counted for every rank (a rank
+without parameters has none in the simulator). Memory per rank: static bytes plus the
+activations the schedule's own memory pattern (``memory.py``) holds, which equals the
+simulator's peak exactly.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import sys
-import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import pulp
 
 from profiles.contract import UserError
+from simulator.costs import CostModel, Option, allreduce_affine
 
 from .memory import Pattern
+from .solvers import SolverError, available_solvers, solve
 
 __all__ = [
-    "UnitData",
     "StepModel",
     "SplitResult",
     "SolverError",
     "solve_split",
     "min_memory_split",
+    "stage_terms",
+    "StageTerms",
+    "SplitTerms",
     "available_solvers",
 ]
-
-
-class SolverError(UserError):
-    """The solver did not prove an answer (time limit without a solution, or an error)."""
-
-
-@dataclass(frozen=True)
-class UnitData:
-    """One unit's costs under one option (dtype, recompute), per microbatch (seconds, bytes)."""
-
-    forward_s: float
-    backward_s: float  # B (including the recomputed forward, when recomputing)
-    input_s: float  # I: the part of the backward on the critical path of zero-bubble schedules
-    static_bytes: int  # weights, grads, optimizer state
-    act_bytes: int  # activations held per microbatch in flight
-    send_s: float  # time to send this unit's output to another rank
-    keep_fraction: float = 0.5  # share of act_bytes held from I until W
-    grad_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
-
-    @property
-    def work_s(self) -> float:
-        return self.forward_s + self.backward_s
 
 
 @dataclass(frozen=True)
@@ -87,7 +79,7 @@ class StepModel:
     rank_of: tuple[int, ...]  # stage -> rank (Plan.table's placement)
     memory: Pattern  # activations held per rank (from the schedule table)
     split_backward: bool = False  # zero-bubble family: I on the critical path, W fills bubbles
-    phased: bool = False  # all forwards before all backwards (GPipe, LoopedBFS)
+    phased: bool = False  # all forwards before all backwards (ScheduleSpec.steady_state PHASED)
     forward_only: bool = False  # inference: F only, no activations held, weights only
     latency: bool = False  # minimize one microbatch's pass (forwards and sends) instead of the step
 
@@ -99,11 +91,14 @@ class StepModel:
     def virtual(self) -> int:
         return max(1, self.stages // (max(self.rank_of) + 1))
 
+    def stages_of(self, rank: int) -> list[int]:
+        return [s for s, r in enumerate(self.rank_of) if r == rank]
+
 
 @dataclass(frozen=True)
 class SplitResult:
     bounds: list[tuple[int, int]]
-    options: list[str]  # chosen option per stage
+    options: list[Option]  # chosen option per stage
     objective: float
     status: str  # Optimal | TimeLimit (a feasible answer, not proven optimal)
     solver: str
@@ -111,133 +106,6 @@ class SplitResult:
     gap: float | None  # relative gap between the answer and the best bound (0 when proven)
     bound: float | None = None  # best bound on the objective the solver proved
     facts: dict = field(default_factory=dict)
-
-
-# -- solvers ----------------------------------------------------------------------------
-
-
-def available_solvers() -> list[str]:
-    have = pulp.listSolvers(onlyAvailable=True)
-    return [name for name, key in (("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")) if key in have]
-
-
-@contextmanager
-def _quiet_stdout():
-    """Send fd 1 to /dev/null meanwhile: HiGHS prints its banner there when first built,
-    whatever its options (``--json`` must print one object and nothing else)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _pick(solver: str) -> str:
-    have = available_solvers()
-    if solver == "auto":
-        return "highs" if "highs" in have else "cbc"
-    if solver not in ("highs", "cbc"):
-        raise UserError(f"--solver {solver}: choose auto, highs or cbc")
-    if solver not in have:
-        raise UserError(f"--solver {solver} is not installed here (available: {', '.join(have) or 'none'})")
-    return solver
-
-
-@dataclass(frozen=True)
-class _Facts:
-    status: str  # Optimal | TimeLimit | Infeasible | NoSolution | <solver's own word>
-    solver: str
-    time_s: float
-    gap: float | None
-    bound: float | None
-
-
-class _HiGHS(pulp.HiGHS):
-    """pulp's HiGHS, given the MIP start that pulp hands CBC (``warmStart``) but not highspy:
-    the variables with an initial value (``setInitialValue``); HiGHS completes the rest."""
-
-    def __init__(self, start: list[pulp.LpVariable], **kwargs):
-        super().__init__(**kwargs)
-        self.start = start
-
-    def callSolver(self, lp):
-        if self.start:
-            index = np.array([v.index for v in self.start], dtype=np.int32)
-            value = np.array([v.varValue for v in self.start], dtype=np.float64)
-            lp.solverModel.setSolution(len(index), index, value)
-        super().callSolver(lp)
-
-
-def _solve(prob: pulp.LpProblem, time_limit: float, solver: str = "auto", start: list[pulp.LpVariable] = ()) -> _Facts:
-    """Solve and say what was proven. A time limit is never reported as Optimal. ``start``:
-    variables whose initial values form a known answer (a MIP start: an incumbent from the
-    first node, so a time limit still returns at least that answer)."""
-    name = _pick(solver)
-    t0 = time.perf_counter()
-    if name == "highs":
-        with _quiet_stdout():
-            prob.solve(_HiGHS(list(start), msg=False, timeLimit=time_limit, threads=1))
-        facts = _highs_facts(prob)
-    else:
-        facts = _cbc_solve(prob, time_limit, warm=bool(start))
-    return _Facts(facts[0], name, time.perf_counter() - t0, facts[1], facts[2])
-
-
-def _highs_facts(prob) -> tuple[str, float | None, float | None]:
-    import highspy
-
-    h = prob.solverModel
-    st = h.getModelStatus()
-    info = h.getInfo()
-    S = highspy.HighsModelStatus
-    has_answer = info.primal_solution_status == 2  # kSolutionStatusFeasible
-    integer = any(v.cat == pulp.LpInteger for v in prob.variables())
-    bound = info.mip_dual_bound if integer else info.objective_function_value
-    gap = (info.mip_gap if integer else 0.0) if has_answer else None
-    if st == S.kOptimal:
-        return "Optimal", gap if gap is not None and gap < 1e30 else 0.0, bound
-    if st in (S.kInfeasible, S.kUnboundedOrInfeasible):
-        return "Infeasible", None, None
-    if st in (S.kTimeLimit, S.kIterationLimit, S.kInterrupt):
-        # stopped before the root bound: no gap or bound to report (None, not inf: plans are JSON)
-        known = bound is not None and abs(bound) < 1e30
-        return ("TimeLimit" if has_answer else "NoSolution"), (gap if known else None), (bound if known else None)
-    return h.modelStatusToString(st), None, None
-
-
-_CBC_RESULT = re.compile(r"^Result - (.*)$", re.M)
-_CBC_GAP = re.compile(r"^Gap:\s+([0-9.eE+-]+)", re.M)
-_CBC_BOUND = re.compile(r"^Lower bound:\s+([0-9.eE+-]+)", re.M)
-
-
-def _cbc_solve(prob, time_limit: float, warm: bool = False) -> tuple[str, float | None, float | None]:
-    fd, log = tempfile.mkstemp(prefix="pipeplan-cbc-", suffix=".log")
-    os.close(fd)
-    try:
-        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, logPath=log, threads=1, warmStart=warm))
-        with open(log, errors="replace") as f:
-            text = f.read()
-    finally:
-        os.unlink(log)
-    result = (_CBC_RESULT.findall(text) or [""])[-1]
-    gap = float(_CBC_GAP.findall(text)[-1]) if _CBC_GAP.findall(text) else None
-    bound = float(_CBC_BOUND.findall(text)[-1]) if _CBC_BOUND.findall(text) else None
-    if "infeasible" in result.lower() or prob.status == pulp.LpStatusInfeasible:
-        return "Infeasible", None, None
-    has_answer = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
-    if "time" in result.lower() or "Stopped" in result:
-        return ("TimeLimit" if has_answer else "NoSolution"), gap, bound
-    if prob.status == pulp.LpStatusOptimal and has_answer:
-        return "Optimal", gap if gap is not None else 0.0, bound
-    return pulp.LpStatus[prob.status], None, None
-
-
-# -- the model ----------------------------------------------------------------------------
 
 
 class _Contradiction(Exception):
@@ -253,131 +121,267 @@ def _add(prob: pulp.LpProblem, row, name: str) -> None:
     prob += row, name
 
 
-def _prefix_model(name: str, options: dict[str, list[UnitData]], S: int, sense=pulp.LpMinimize):
-    """Variables and structure shared by every objective: prefix binaries, options, contiguity."""
-    labels = list(options)
-    U = len(options[labels[0]])
-    if S > U:
-        raise UserError(f"cannot cut {U} units into {S} stages: lower --pp or --virtual")
-    prob = pulp.LpProblem(name, sense)
+def _is_var(x) -> bool:
+    return isinstance(x, pulp.LpVariable)
 
-    # z[u][s] = 1: unit u is in stage s or earlier. Every stage holds a unit, so unit u sits in
-    # a stage between S - U + u and u: z is the constant 1 from column u on (and in the last
-    # column), the constant 0 before column S - U + u, a binary only in the band between.
-    def prefix(u: int, s: int):
-        if s >= u or s == S - 1:
-            return 1
-        if s < S - U + u:
-            return 0
-        return prob.add_variable(f"z_{u}_{s}", cat="Binary")
 
-    z = [[prefix(u, s) for s in range(S)] for u in range(U)]
+class _Split:
+    """The variables of a split with options, and every per-stage term as an affine
+    expression of them, read from the cost layer's records."""
 
-    def member(u: int, s: int):
-        return z[u][s] - (z[u][s - 1] if s > 0 else 0)
+    def __init__(self, name: str, costs: CostModel, model: StepModel, sense=pulp.LpMinimize):
+        self.costs, self.model = costs, model
+        self.options = costs.options
+        self.U, self.S = costs.num_units, model.stages
+        if self.S > self.U:
+            raise UserError(f"cannot cut {self.U} units into {self.S} stages: lower --pp or --virtual")
+        self.prob = pulp.LpProblem(name, sense)
+        self._prefix()
+        self._choices()
+        self._q: dict = {}  # (u, s, owner stage, option) -> product of a cut and an option
+        self._sums: dict = {}  # (field, s) -> the stage's sum of that record field (never edited)
 
-    def free(*xs) -> bool:
-        return any(isinstance(x, pulp.LpVariable) for x in xs)
+    # -- variables and structure ----------------------------------------------------------------
+    def _prefix(self) -> None:
+        """z[u][s] = 1: unit u is in stage s or earlier. Every stage holds a unit, so unit u sits
+        in a stage between S - U + u and u: z is the constant 1 from column u on (and in the
+        last column), the constant 0 before column S - U + u, a binary only in the band between."""
+        U, S, prob = self.U, self.S, self.prob
 
-    # contiguity: a unit in stage <= s makes every earlier unit so; stage <= s implies stage <= s+1
-    for u in range(U - 1):
-        for s in range(S - 1):
-            if free(z[u][s], z[u + 1][s]):
-                _add(prob, z[u][s] >= z[u + 1][s], f"prefix_u{u}_s{s}")
-    for u in range(U):
-        for s in range(S - 2):
-            if free(z[u][s], z[u][s + 1]):
-                _add(prob, z[u][s] <= z[u][s + 1], f"monotone_u{u}_s{s}")
-    # every stage holds at least one unit
-    for s in range(S):
-        _add(prob, pulp.lpSum(member(u, s) for u in range(s, s + U - S + 1)) >= 1, f"nonempty_s{s}")
+        def prefix(u: int, s: int):
+            if s >= u or s == S - 1:
+                return 1
+            if s < S - U + u:
+                return 0
+            return prob.add_variable(f"z_{u}_{s}", cat="Binary")
 
-    # one option per stage; y[u][s][o] is member(u, s) * c[s][o] (see the module docstring)
-    if len(labels) == 1:
-        c = [{labels[0]: 1} for _ in range(S)]
-        y = [[{labels[0]: member(u, s)} for s in range(S)] for u in range(U)]
-    else:
-        c = [{o: prob.add_variable(f"c_{s}_{i}", cat="Binary") for i, o in enumerate(labels)} for s in range(S)]
-        y = [
+        z = self.z = [[prefix(u, s) for s in range(S)] for u in range(U)]
+        # contiguity: a unit in stage <= s makes every earlier unit so; stage <= s implies stage <= s+1
+        for u in range(U - 1):
+            for s in range(S - 1):
+                if _is_var(z[u][s]) or _is_var(z[u + 1][s]):
+                    _add(prob, z[u][s] >= z[u + 1][s], f"prefix_u{u}_s{s}")
+        for u in range(U):
+            for s in range(S - 2):
+                if _is_var(z[u][s]) or _is_var(z[u][s + 1]):
+                    _add(prob, z[u][s] <= z[u][s + 1], f"monotone_u{u}_s{s}")
+        # every stage holds at least one unit
+        for s in range(S):
+            _add(prob, pulp.lpSum(self.member(u, s) for u in self.units_of(s)) >= 1, f"nonempty_s{s}")
+
+    def _choices(self) -> None:
+        """One option per stage; y[u][s][o] is member(u, s) * c[s][o] (see the module docstring)."""
+        U, S, prob, opts = self.U, self.S, self.prob, self.options
+        if len(opts) == 1:
+            self.c = [{opts[0]: 1} for _ in range(S)]
+            self.y = [[{opts[0]: self.member(u, s)} for s in range(S)] for u in range(U)]
+            return
+        self.c = [{o: prob.add_variable(f"c_{s}_{i}", cat="Binary") for i, o in enumerate(opts)} for s in range(S)]
+        self.y = [
             [
                 {
                     o: (prob.add_variable(f"y_{u}_{s}_{i}", lowBound=0) if s <= u <= s + U - S else 0)
-                    for i, o in enumerate(labels)
+                    for i, o in enumerate(opts)
                 }
                 for s in range(S)
             ]
             for u in range(U)
         ]
         for s in range(S):
-            _add(prob, pulp.lpSum(c[s].values()) == 1, f"one_option_s{s}")
-        for s in range(S):
-            for u in range(s, s + U - S + 1):
-                for i, o in enumerate(labels):
-                    _add(prob, y[u][s][o] >= member(u, s) + c[s][o] - 1, f"uses_u{u}_s{s}_o{i}")
+            _add(prob, pulp.lpSum(self.c[s].values()) == 1, f"one_option_s{s}")
+            for u in self.units_of(s):
+                for i, o in enumerate(opts):
+                    _add(prob, self.y[u][s][o] >= self.member(u, s) + self.c[s][o] - 1, f"uses_u{u}_s{s}_o{i}")
 
-    def stage_sum(s: int, value) -> pulp.LpAffineExpression:
-        """sum over units of stage s of ``value(unit data)`` under the stage's option (only units
-        s .. s + U - S can sit in stage s)."""
+    def units_of(self, s: int) -> range:
+        """The units that can sit in stage ``s``."""
+        return range(s, s + self.U - self.S + 1)
+
+    def member(self, u: int, s: int):
+        return self.z[u][s] - (self.z[u][s - 1] if s > 0 else 0)
+
+    def cut(self, u: int, s: int):
+        """1 when stage s ends right after unit u."""
+        return self.z[u][s] - self.z[u + 1][s]
+
+    # -- per-stage terms: sums of the cost layer's records --------------------------------------
+    def field(self, name: str, s: int) -> pulp.LpAffineExpression:
+        """Stage s's sum of the record field ``name`` (built once; callers combine, never edit)."""
+        key = (name, s)
+        if key not in self._sums:
+            self._sums[key] = self.stage_sum(s, lambda r: getattr(r, name))
+        return self._sums[key]
+
+    def stage_sum(self, s: int, value) -> pulp.LpAffineExpression:
+        """sum over the units of stage s of ``value(record)`` under the stage's option."""
         terms: dict = {}
-        rest = []
-        for u in range(s, s + U - S + 1):
-            for o in labels:
-                var = y[u][s][o]
-                if isinstance(var, pulp.LpVariable):
-                    terms[var] = terms.get(var, 0) + value(options[o][u])
-                else:
-                    rest.append(value(options[o][u]) * var)
-        expr = pulp.LpAffineExpression(terms)
-        for e in rest:
-            expr += e
+        const = 0.0
+        for u in self.units_of(s):
+            for o in self.options:
+                coef = value(self.costs.record(o, u, s))
+                var = self.y[u][s][o]
+                if _is_var(var):
+                    terms[var] = terms.get(var, 0) + coef
+                elif isinstance(var, (int, float)):
+                    const += coef * var
+                else:  # an affine membership (one option)
+                    for v, k in var.items():
+                        terms[v] = terms.get(v, 0) + coef * k
+                    const += coef * var.constant
+        return pulp.LpAffineExpression(terms, constant=const)
+
+    def _timed(self, name: str, s: int):
+        """A compute action's time on stage s: its units' records plus the runtime's overhead."""
+        return self.field(name, s)
+
+    def forward(self, s: int):
+        return self._timed("forward_s", s)
+
+    def backward(self, s: int):
+        return self._timed("backward_s", s)
+
+    def input(self, s: int):
+        return self._timed("input_s", s)
+
+    def weight(self, s: int):
+        return self._timed("weight_s", s)
+
+    def static(self, s: int):
+        return self.field("static_bytes", s)
+
+    def act(self, s: int):
+        return self.field("activation_bytes", s)
+
+    def keep(self, s: int):
+        return self.field("keep_bytes", s)
+
+    def grad(self, s: int):
+        return self.field("grad_bytes", s)
+
+    def optimizer(self, s: int):
+        return self.field("optimizer_s", s)
+
+    def sends(self, s: int, backward: bool = True):
+        """The hand-offs at the cut after stage s: its output forward, and (``backward``) the
+        gradient of stage s+1's input back, each on the link between their ranks."""
+        if s >= self.S - 1:
+            return pulp.LpAffineExpression()
+        src, dst = self.model.rank_of[s], self.model.rank_of[s + 1]
+        expr = pulp.LpAffineExpression()
+        for u in range(s, min(s + self.U - self.S + 1, self.U - 1)):
+            expr += self._priced_cut(u, s, s, lambda r: self.costs.send_s(src, dst, r.output_bytes), u)
+            if backward:
+                expr += self._priced_cut(u, s, s + 1, lambda r: self.costs.send_s(dst, src, r.input_bytes), u + 1)
         return expr
 
-    def cut(u: int, s: int):
-        """1 when stage s ends right after unit u."""
-        return z[u][s] - z[u + 1][s]
+    def _priced_cut(self, u: int, s: int, owner: int, price, unit: int):
+        """cut(u, s) times ``price`` of ``unit``'s record under stage ``owner``'s option."""
+        prices = {o: price(self.costs.record(o, unit, owner)) for o in self.options}
+        if len(set(prices.values())) == 1:
+            return next(iter(prices.values())) * self.cut(u, s)
+        out = pulp.LpAffineExpression()
+        for i, (o, p) in enumerate(prices.items()):
+            key = (u, s, owner, o)
+            if key not in self._q:
+                q = self._q[key] = self.prob.add_variable(f"q_{u}_{s}_{owner}_{i}", lowBound=0)
+                _add(self.prob, q >= self.cut(u, s) + self.c[owner][o] - 1, f"hands_u{u}_s{s}_t{owner}_o{i}")
+            out += p * self._q[key]
+        return out
 
-    return prob, z, c, stage_sum, cut
+    # -- the schedule's view --------------------------------------------------------------------
+    def work(self, s: int):
+        """What stage s computes per microbatch."""
+        if self.model.forward_only:
+            return self.forward(s)
+        if self.model.split_backward:
+            return self.forward(s) + self.input(s) + self.weight(s)
+        return self.forward(s) + self.backward(s)
 
+    def critical(self, s: int):
+        """Stage s's forward and the backward on the critical path."""
+        if self.model.forward_only:
+            return self.forward(s)
+        return self.forward(s) + (self.input(s) if self.model.split_backward else self.backward(s))
 
-def _memory_rows(prob, model: StepModel, stage_sum, cap) -> None:
-    """Per rank and memory-pattern vector: static bytes + activations held <= cap (a number or a variable)."""
-    by_rank: dict[int, list[int]] = {}
-    for s, r in enumerate(model.rank_of):
-        by_rank.setdefault(r, []).append(s)
-    for r, stages in sorted(by_rank.items()):
-        if model.forward_only:
-            static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
-            _add(prob, static <= cap, f"memory_r{r}")
-            continue
-        static = pulp.lpSum(stage_sum(s, lambda d: d.static_bytes) for s in stages)
-        act = {s: stage_sum(s, lambda d: d.act_bytes) for s in {s for vec in model.memory.ranks[r] for s in vec}}
-        # the first stage has no input gradient: its I is empty and W frees everything, so it
-        # keeps all of its activations from I until W (as ``stage_costs`` says, w_keep_fraction 1)
-        keep = {s: act[s] if s == 0 else stage_sum(s, lambda d: d.keep_fraction * d.act_bytes) for s in act}
-        for i, vec in enumerate(model.memory.ranks[r]):
-            terms: dict = {}
-            const = 0
+    def tail(self, rank: int):
+        """After the rank's last backward: gradient all-reduce, then optimizer (linear in bytes)."""
+        if self.model.forward_only:
+            return pulp.LpAffineExpression()
+        stages = self.model.stages_of(rank)
+        const, per_byte = allreduce_affine(self.costs.dp, self.costs.links)
+        return const + pulp.lpSum(per_byte * self.grad(s) + self.optimizer(s) for s in stages)
+
+    def memory_rows(self, cap) -> None:
+        """Per rank and memory-pattern vector: static bytes + activations held <= cap."""
+        model, prob = self.model, self.prob
+        for r in sorted(set(model.rank_of)):
+            stages = model.stages_of(r)
+            static = pulp.lpSum(self.static(s) for s in stages)
+            if model.forward_only:
+                _add(prob, static <= cap, f"memory_r{r}")
+                continue
+            for i, held in enumerate(self.held(r)):
+                _add(prob, static + held <= cap, f"memory_r{r}_v{i}")
+
+    def held(self, rank: int) -> list[pulp.LpAffineExpression]:
+        """Activation bytes held at each of the rank's memory-pattern vectors."""
+        out = []
+        for vec in self.model.memory.ranks[rank]:
+            held = pulp.LpAffineExpression()
             for s, (a, k) in vec.items():
-                if not (a or k):
-                    continue
-                for e, f in ((act[s], a), (keep[s], k)):
-                    if f:
-                        const += f * e.constant
-                        for var, coef in e.items():
-                            terms[var] = terms.get(var, 0) + f * coef
-            held = pulp.LpAffineExpression(terms, constant=const)
-            _add(prob, static + held <= cap, f"memory_r{r}_v{i}")
+                if a:
+                    held += a * self.act(s)
+                if k:
+                    held += k * self.keep(s)
+            out.append(held)
+        return out
+
+    # -- a given split ----------------------------------------------------------------------------
+    def assign(self, bounds: list[tuple[int, int]], options: list[Option]) -> list[pulp.LpVariable]:
+        """Set every variable to the split ``bounds`` with ``options[s]`` per stage; the binaries set."""
+        ends = [e for _, e in bounds]
+        stage_of = [next(s for s, e in enumerate(ends) if u < e) for u in range(self.U)]
+        binaries = []
+        for u in range(self.U):
+            for s in range(self.S):
+                if _is_var(self.z[u][s]):
+                    self.z[u][s].setInitialValue(1 if stage_of[u] <= s else 0)
+                    binaries.append(self.z[u][s])
+        for s in range(self.S):
+            for o, var in self.c[s].items():
+                if _is_var(var):
+                    var.setInitialValue(1 if o == options[s] else 0)
+                    binaries.append(var)
+        for u in range(self.U):
+            for s in range(self.S):
+                for o, var in self.y[u][s].items():
+                    if _is_var(var):
+                        var.setInitialValue(1 if stage_of[u] == s and o == options[s] else 0)
+        for (u, s, owner, o), q in self._q.items():
+            q.setInitialValue(1 if ends[s] == u + 1 and options[owner] == o else 0)
+        return binaries
+
+    def bounds(self) -> list[tuple[int, int]]:
+        ends = [sum(1 for u in range(self.U) if _val(self.z[u][s]) > 0.5) for s in range(self.S - 1)] + [self.U]
+        return list(zip([0] + ends[:-1], ends))
+
+    def chosen(self) -> list[Option]:
+        return [max(self.options, key=lambda o: _val(self.c[s][o])) for s in range(self.S)]
+
+
+def _val(x) -> float:
+    return float(pulp.value(x)) if isinstance(x, (pulp.LpVariable, pulp.LpAffineExpression)) else float(x)
 
 
 def solve_split(
-    options: dict[str, list[UnitData]],
+    costs: CostModel,
     model: StepModel,
     memory_bytes: int,
     *,
     time_limit: float = 20.0,
     solver: str = "auto",
     exclude: list[list[tuple[int, int]]] = (),
-    start: tuple[list[tuple[int, int]], list[str]] | None = None,
+    start: tuple[list[tuple[int, int]], list[Option]] | None = None,
 ) -> SplitResult | None:
     """Best contiguous split under ``memory_bytes`` per rank by the step model; None when infeasible.
 
@@ -386,130 +390,144 @@ def solve_split(
     (a MIP start); the solver drops it if it breaks a constraint.
     """
     try:
-        return _solve_split(options, model, memory_bytes, time_limit, solver, exclude, start)
+        return _solve_split(costs, model, memory_bytes, time_limit, solver, exclude, start)
     except _Contradiction:
         return None  # e.g. a stage forced to one unit that does not fit, or every split excluded
 
 
-def _solve_split(
-    options, model: StepModel, memory_bytes: int, time_limit: float, solver: str, exclude, start
-) -> SplitResult | None:
-    S, m = model.stages, model.microbatches
-    labels = list(options)
-    U = len(options[labels[0]])
+def _step_objective(sp: _Split) -> pulp.LpAffineExpression:
+    """The step-time model of the module docstring, its variables and rows added to ``sp``."""
+    model, prob, S, m = sp.model, sp.prob, sp.S, sp.model.microbatches
     ranks = sorted(set(model.rank_of))
-    prob, z, c, stage_sum, cut = _prefix_model("split", options, S)
-
-    # data: per-stage times as expressions of the split and options
-    def fwd(s):
-        return stage_sum(s, lambda d: d.forward_s)
-
-    def bwd(s):
-        return stage_sum(s, lambda d: 0.0 if model.forward_only else d.backward_s)
-
-    def crit(s):
-        return stage_sum(
-            s,
-            lambda d: (
-                d.forward_s + (0.0 if model.forward_only else (d.input_s if model.split_backward else d.backward_s))
-            ),
-        )
-
-    # variables: the bottleneck per microbatch (forward and backward loads apart when phased)
+    # the bottleneck per microbatch bounds every rank's work (forward and backward loads apart when phased)
     TF = prob.add_variable("bottleneck_forward_s", lowBound=0)
-    TB = prob.add_variable("bottleneck_backward_s", lowBound=0) if model.phased else None
-    hops = 1 if model.forward_only else 2
-    boundary_s = pulp.lpSum(
-        hops * options[labels[0]][u].send_s * cut(u, s)
-        for s in range(S - 1)
-        if model.rank_of[s] != model.rank_of[s + 1]
-        for u in range(s, min(s + U - S + 1, U - 1))
-    )
-    steady = (m - 1) * (TF + TB if TB is not None else TF)
+    TB = prob.add_variable("bottleneck_backward_s", lowBound=0) if model.phased and not model.forward_only else None
+    for r in ranks:
+        mine = model.stages_of(r)
+        if TB is not None:
+            _add(prob, TF >= pulp.lpSum(sp.forward(s) for s in mine), f"bottleneck_forward_r{r}")
+            _add(prob, TB >= pulp.lpSum(sp.backward(s) for s in mine), f"bottleneck_backward_r{r}")
+        else:
+            _add(prob, TF >= pulp.lpSum(sp.work(s) for s in mine), f"bottleneck_r{r}")
+    T = TF + TB if TB is not None else TF
     if model.virtual == 1:
         # one stage per rank: a microbatch's pass through every stage is the fill and drain
-        fill_s = pulp.lpSum(crit(s) for s in range(S))
+        fill_s = pulp.lpSum(sp.critical(s) for s in range(S))
     else:
         # several stages per rank: the rank's work per microbatch once more, and the fill and
         # drain through p - 1 ranks at the slowest stage ((m + (p-1)/v) t when uniform)
         t_stage = prob.add_variable("slowest_stage_s", lowBound=0)
         for s in range(S):
-            _add(prob, t_stage >= crit(s), f"slowest_stage_s{s}")
-        fill_s = (TF + TB if TB is not None else TF) + (len(ranks) - 1) * t_stage
+            _add(prob, t_stage >= sp.critical(s), f"slowest_stage_s{s}")
+        fill_s = T + (len(ranks) - 1) * t_stage
+    handoffs = pulp.lpSum(sp.sends(s, backward=not model.forward_only) for s in _cross_rank_cuts(model))
+    return (m - 1) * T + fill_s + handoffs
 
-    # objective: steady state at the bottleneck, fill and drain, hand-offs across ranks; or, for
-    # latency, one microbatch through every stage and every hand-off (the split moves only the sends)
+
+def _cross_rank_cuts(model: StepModel) -> list[int]:
+    return [s for s in range(model.stages - 1) if model.rank_of[s] != model.rank_of[s + 1]]
+
+
+def _solve_split(costs, model: StepModel, memory_bytes: int, time_limit, solver, exclude, start) -> SplitResult | None:
+    sp = _Split("split", costs, model)
+    prob, S = sp.prob, sp.S
+    # objective: the step; or, for latency, one microbatch through every stage and every
+    # forward hand-off (the split moves only the sends)
     if model.latency:
-        prob += pulp.lpSum(fwd(s) for s in range(S)) + boundary_s, "latency"
+        cuts = _cross_rank_cuts(model)
+        prob += pulp.lpSum(sp.forward(s) for s in range(S)) + pulp.lpSum(sp.sends(s, False) for s in cuts), "latency"
     else:
-        prob += steady + fill_s + boundary_s, "step_time"
-
-    # the bottleneck bounds every rank's work per microbatch
-    for r in ranks:
-        mine = [s for s in range(S) if model.rank_of[s] == r]
-        if TB is not None:
-            _add(prob, TF >= pulp.lpSum(fwd(s) for s in mine), f"bottleneck_forward_r{r}")
-            _add(prob, TB >= pulp.lpSum(bwd(s) for s in mine), f"bottleneck_backward_r{r}")
-        else:
-            _add(prob, TF >= pulp.lpSum(fwd(s) + bwd(s) for s in mine), f"bottleneck_r{r}")
-
+        prob += _step_objective(sp), "step_time"
     # memory: static bytes plus the activations the schedule holds, per rank
-    _memory_rows(prob, model, stage_sum, memory_bytes)
-
+    sp.memory_rows(memory_bytes)
     # no-good cuts: not one of the splits already seen
     for i, bounds in enumerate(exclude):
         ends = [e for _, e in bounds[:-1]]
-        _add(prob, pulp.lpSum(cut(e - 1, s) for s, e in enumerate(ends)) <= S - 2, f"not_seen_{i}")
+        _add(prob, pulp.lpSum(sp.cut(e - 1, s) for s, e in enumerate(ends)) <= S - 2, f"not_seen_{i}")
 
-    facts = _solve(prob, time_limit, solver, _start_values(z, c, *start) if start else ())
+    facts = solve(prob, time_limit, solver, sp.assign(*start) if start else ())
     if facts.status == "Infeasible":
         return None
     if facts.status not in ("Optimal", "TimeLimit"):
         raise SolverError(
-            f"the {facts.solver} solver ended with status {facts.status} for {S} stages, m={m} "
-            f"after {facts.time_s:.1f} s: raise --time-limit"
+            f"the {facts.solver} solver ended with status {facts.status} for {S} stages, "
+            f"m={model.microbatches} after {facts.time_s:.1f} s: raise --time-limit"
         )
-    chosen = [max(labels, key=lambda o: _val(c[s][o])) for s in range(S)]
     return SplitResult(
-        _bounds(z, U, S), chosen, _val(prob.objective), facts.status, facts.solver, facts.time_s, facts.gap, facts.bound
+        sp.bounds(), sp.chosen(), _val(prob.objective), facts.status, facts.solver, facts.time_s, facts.gap, facts.bound
     )
 
 
 def min_memory_split(
-    options: dict[str, list[UnitData]], model: StepModel, *, time_limit: float = 20.0, solver: str = "auto"
+    costs: CostModel, model: StepModel, *, time_limit: float = 20.0, solver: str = "auto"
 ) -> tuple[float, list[tuple[int, int]]]:
     """The smallest per-device memory any split (and option choice) can run in, and that split."""
-    S = model.stages
-    U = len(next(iter(options.values())))
-    prob, z, _, stage_sum, _ = _prefix_model("min_memory", options, S)
-    peak = prob.add_variable("peak_bytes", lowBound=0)
-    prob += peak, "peak_memory"
-    _memory_rows(prob, model, stage_sum, peak)
-    facts = _solve(prob, time_limit, solver)
+    sp = _Split("min_memory", costs, model)
+    peak = sp.prob.add_variable("peak_bytes", lowBound=0)
+    sp.prob += peak, "peak_memory"
+    sp.memory_rows(peak)
+    facts = solve(sp.prob, time_limit, solver)
     if facts.status not in ("Optimal", "TimeLimit"):
         raise SolverError(f"the {facts.solver} solver ended with status {facts.status} while bounding memory")
-    return float(pulp.value(peak)), _bounds(z, U, S)
+    return float(pulp.value(peak)), sp.bounds()
 
 
-def _start_values(z, c, bounds: list[tuple[int, int]], labels: list[str]) -> list[pulp.LpVariable]:
-    """Set the binaries to the split ``bounds`` with option ``labels[s]`` per stage; the ones set."""
-    out = []
-    for s, (_, end) in enumerate(bounds):
-        for u in range(len(z)):
-            if isinstance(z[u][s], pulp.LpVariable):
-                z[u][s].setInitialValue(1 if u < end else 0)
-                out.append(z[u][s])
-        for o, var in c[s].items():
-            if isinstance(var, pulp.LpVariable):
-                var.setInitialValue(1 if o == labels[s] else 0)
-                out.append(var)
-    return out
+@dataclass(frozen=True)
+class StageTerms:
+    """The MILP's per-stage terms at one split, as numbers (to hold against the simulator's)."""
+
+    forward_s: float
+    backward_s: float
+    backward_input_s: float
+    backward_weight_s: float
+    static_bytes: float
+    activation_bytes: float
+    keep_bytes: float
+    sends_s: float  # forward hand-off after this stage plus the gradient back (0 for the last)
+    grad_bytes: float
+    optimizer_s: float
 
 
-def _val(x) -> float:
-    return float(pulp.value(x)) if isinstance(x, (pulp.LpVariable, pulp.LpAffineExpression)) else float(x)
+@dataclass(frozen=True)
+class SplitTerms:
+    """What the MILP's rows and objective are made of, evaluated at one split."""
+
+    stages: list[StageTerms]
+    peak_bytes: dict[int, float]  # per rank: static plus the largest memory-pattern vector
+    tail_s: dict[int, float]  # per rank: all-reduce and optimizer after its last backward
+    admitted: bool  # every memory row holds under the cap given
 
 
-def _bounds(z, U: int, S: int) -> list[tuple[int, int]]:
-    ends = [sum(1 for u in range(U) if _val(z[u][s]) > 0.5) for s in range(S - 1)] + [U]
-    return list(zip([0] + ends[:-1], ends))
+def stage_terms(
+    costs: CostModel, model: StepModel, bounds: list[tuple[int, int]], options: list[Option], cap: float = float("inf")
+) -> SplitTerms:
+    """The MILP's terms with its variables set to ``bounds`` and ``options``: the very expressions
+    its rows and objective are made of, evaluated, and whether its memory rows admit the split
+    under ``cap`` bytes per device."""
+    sp = _Split("terms", costs, model)
+    try:
+        sp.memory_rows(cap if cap != float("inf") else 2**62)
+        contradiction = False
+    except _Contradiction:  # a row the split's band left constant already fails
+        contradiction = True
+    # build the hand-off products before ``assign``, so that it sets them too
+    sends = [sp.sends(s) if model.rank_of[s] != model.rank_of[s + 1] else 0 for s in range(sp.S - 1)] + [0]
+    sp.assign(bounds, options)
+    stages = [
+        StageTerms(
+            *(_val(e) for e in (sp.forward(s), sp.backward(s), sp.input(s), sp.weight(s))),
+            *(_val(e) for e in (sp.static(s), sp.act(s), sp.keep(s))),
+            _val(sends[s]),
+            _val(sp.grad(s)),
+            _val(sp.optimizer(s)),
+        )
+        for s in range(sp.S)
+    ]
+    ranks = sorted(set(model.rank_of))
+    peak = {}
+    for r in ranks:
+        static = sum(_val(sp.static(s)) for s in model.stages_of(r))
+        peak[r] = static + (0.0 if model.forward_only else max(_val(h) for h in sp.held(r)))
+    rows = [row for name, row in sp.prob.constraints.items() if name.startswith("memory_")]
+    admitted = not contradiction and all(row.valid(eps=1e-6) for row in rows)
+    return SplitTerms(stages, peak, {r: _val(sp.tail(r)) for r in ranks}, admitted)

@@ -10,11 +10,12 @@ from typing import Any
 from profiles.contract import ContractError, Fields, read_json, schema_id, sha256_of, write_json
 from profiles.types import DTYPES, Profile, load_profile
 from simulator.actions import Table, stage_ranks, table_from_text, table_to_text, validate_table
-from simulator.costs import stage_costs
+from simulator.costs import CostModel, Option, Recompute
 from simulator.engine import SimInput
-from simulator.schedules import canonical_name
+from simulator.schedules import canonical_name, schedule_spec
 
 from .cluster import Cluster, Job
+from .pricing import cost_model
 
 __all__ = ["StagePlan", "Prediction", "Plan", "load_plan"]
 
@@ -29,6 +30,11 @@ class StagePlan:
     rank: int  # pipeline rank that runs it
     dtype: str = "fp32"
     recompute: bool = False
+
+    @property
+    def option(self) -> Option:
+        """How the stage runs, as the cost layer prices it."""
+        return Option(self.dtype, Recompute.FULL if self.recompute else Recompute.NONE)
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class Plan:
     @property
     def custom_placement(self) -> tuple[int, ...] | None:
         """A ``Custom`` plan's stage -> rank map (its table's), None for a named schedule."""
-        return tuple(s.rank for s in self.stages) if self.schedule == "Custom" else None
+        return tuple(s.rank for s in self.stages) if schedule_spec(self.schedule).custom else None
 
     @property
     def world_size(self) -> int:
@@ -110,20 +116,26 @@ class Plan:
     def with_profile(self, profile: Profile) -> Plan:
         return replace(self, profile=profile)
 
-    def sim_input(self) -> SimInput:
-        """What the simulator needs (the simulator never imports the planner)."""
-        profile = self.load_profile()
-        costs = stage_costs(
-            profile,
-            self.bounds,
-            dtype=[s.dtype for s in self.stages],
-            microbatch_size=self.microbatch_size,
-            recompute=[s.recompute for s in self.stages],
-            optimizer_bytes_per_param=self.job.optimizer_bytes_per_param,
-            action_overhead_s=self.cluster.action_overhead_s,
-            optimizer_s_per_param=self.cluster.optimizer_s_per_param,
+    def sim_input(self, costs: CostModel | None = None) -> SimInput:
+        """What the simulator needs (the simulator never imports the planner). ``costs``: a
+        CostModel of this plan's profile, cluster, job, microbatch size and ``dp`` with (at
+        least) its stages' options, to skip building one."""
+        if costs is None:
+            costs = cost_model(
+                self.load_profile(),
+                self.cluster,
+                self.job,
+                self.microbatch_size,
+                dp=self.dp,
+                options=[s.option for s in self.stages],
+            )
+        return SimInput(
+            self.table,
+            costs.stage_costs(self.bounds, [s.option for s in self.stages]),
+            costs.links,
+            dp=self.dp,
+            forward_only=self.job.forward_only,
         )
-        return SimInput(self.table, costs, self.cluster.links(), dp=self.dp, forward_only=self.job.forward_only)
 
     def torchrun_command(self, plan_path: str = "plan.json") -> str:
         return f"OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {self.world_size} -m executor {plan_path}"

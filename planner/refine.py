@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import combinations
 
-from .baselines import even_split
-from .milp import StepModel, UnitData, solve_split
+from simulator.costs import CostModel
+
+from .milp import StepModel, solve_split
 from .plan import Plan
-from .scoring import build_plan, fits, objective_s, option_label
+from .scoring import build_plan, fits, objective_s
+from .splits import even_split
 
 __all__ = ["refine", "REFINE_WITHIN", "REFINE_AT_LEAST", "ALTERNATIVES"]
 
@@ -26,7 +28,7 @@ ALTERNATIVES = 1  # next-best MILP splits (no-good cuts) tried per refined plan 
 
 def refine(
     p: Plan,
-    options: dict[str, list[UnitData]],
+    costs: CostModel,
     model: StepModel,
     time_limit: float,
     solver: str,
@@ -34,11 +36,12 @@ def refine(
     alternatives: int = ALTERNATIVES,
 ) -> Plan:
     """Best simulated plan among the MILP's next-best splits (``alternatives`` of them) and their cut
-    neighbourhoods. ``model``: the MILP's view of ``p``'s schedule; ``stats``: the search's
+    neighbourhoods. ``costs``: the search's CostModel for ``p``'s microbatch size and ``dp``;
+    ``model``: the MILP's view of ``p``'s schedule; ``stats``: the search's
     ``SearchStats`` (simulations and MILPs are counted there)."""
     actions = sum(len(a) for a in p.table.values())
     budget = max(12, min(400, 400_000 // max(actions, 1)))  # simulations allowed here
-    labels = [option_label(s.dtype, s.recompute) for s in p.stages]
+    options = [s.option for s in p.stages]
     seen = {tuple(p.bounds)}
     best = p
 
@@ -60,11 +63,12 @@ def refine(
             p.dp,
             p.microbatches,
             p.microbatch_size,
-            labels,
+            options,
             p.virtual,
             p.table,
             {**p.solver, "refined": "neighbourhood"},
             p.custom_placement,
+            costs,
         )
         return q if fits(q) else None
 
@@ -74,13 +78,12 @@ def refine(
     for _ in range(alternatives):
         if budget <= 0 or p.solver.get("status") not in ("Optimal", "TimeLimit"):
             break
-        res = solve_split(options, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver, exclude=exclude)
+        res = solve_split(costs, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver, exclude=exclude)
         stats.milps += 1
         if res is None:
             break
         exclude.append(res.bounds)
-        labels_alt = res.options
-        if labels_alt != labels:
+        if res.options != options:
             continue
         q = score(res.bounds)
         if q is not None:

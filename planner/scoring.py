@@ -14,59 +14,17 @@ from pathlib import Path
 from profiles.contract import sha256_of
 from profiles.types import Profile
 from simulator.actions import Table, forward_table, stage_ranks
-from simulator.costs import DTYPE_BYTES
+from simulator.costs import CostModel, Option, Recompute
 from simulator.engine import SimInput, simulate
 from simulator.placement import placement_table
-from simulator.schedules import canonical_name, make_schedule, schedule_spec
+from simulator.schedules import SteadyState, canonical_name, make_schedule, schedule_spec
 
 from .cluster import Cluster, Job
 from .memory import memory_pattern
-from .milp import StepModel, UnitData
+from .milp import StepModel
 from .plan import Plan, Prediction, StagePlan
 
-__all__ = ["option_label", "parse_label", "unit_options", "Schedules", "build_plan", "fits", "objective_s"]
-
-
-def option_label(dtype: str, recompute: bool) -> str:
-    """The MILP's name of a per-stage option: ``bf16`` or ``bf16+recompute``."""
-    return f"{dtype}+recompute" if recompute else dtype
-
-
-def parse_label(label: str) -> tuple[str, bool]:
-    dtype, _, rc = label.partition("+")
-    return dtype, rc == "recompute"
-
-
-def unit_options(profile: Profile, cluster: Cluster, job: Job, mbs: int) -> dict[str, list[UnitData]]:
-    """Per option (dtype, recompute) the per-unit costs, as ``stage_costs`` would sum them."""
-    links = cluster.links()
-    out: dict[str, list[UnitData]] = {}
-    for dtype in job.dtypes:
-        units = profile.entry(dtype, mbs).units
-        for rc in (False, True) if job.recompute and not job.forward_only else (False,):
-            data = []
-            for i, u in enumerate(units):
-                b = DTYPE_BYTES[dtype]
-                static = (
-                    2 * u.params * b + (u.params * 4 if b < 4 else 0) + int(u.params * job.optimizer_bytes_per_param)
-                )
-                if job.forward_only:
-                    static = u.params * b
-                act = (units[i - 1].output_bytes if i > 0 else 0) if rc else u.saved_bytes
-                extra = u.forward_s if rc else 0.0
-                data.append(
-                    UnitData(
-                        u.forward_s,
-                        u.backward_s + extra,
-                        u.backward_input_s + extra,
-                        int(static),
-                        int(act),
-                        links.transfer_s(0, 1, u.output_bytes),
-                        grad_bytes=u.params * b,
-                    )
-                )
-            out[option_label(dtype, rc)] = data
-    return out
+__all__ = ["Schedules", "build_plan", "fits", "objective_s"]
 
 
 class Schedules:
@@ -105,7 +63,7 @@ class Schedules:
                 tuple(owner[s] for s in range(len(owner))),
                 memory_pattern(table, self.forward_only),
                 split_backward=spec.split_backward,
-                phased=spec.name in ("GPipe", "LoopedBFS"),
+                phased=spec.steady_state is SteadyState.PHASED,
                 forward_only=self.forward_only,
                 latency=self.latency,
             )
@@ -113,8 +71,9 @@ class Schedules:
 
 
 def _key(schedule: str, pp: int, m: int, v: int, placement: tuple[int, ...] | None) -> tuple:
-    name = canonical_name(schedule)
-    if (name == "Custom") != (placement is not None):
+    spec = schedule_spec(schedule)
+    name = spec.name
+    if spec.custom != (placement is not None):
         raise ValueError(f"{name}: a placement is given with Custom, and only with Custom")
     return (name, tuple(placement), m) if placement is not None else (name, pp, m, v)
 
@@ -130,21 +89,26 @@ def build_plan(
     dp: int,
     m: int,
     mbs: int,
-    options: list[str],
+    options: list[Option],
     virtual: int = 1,
     table: Table | None = None,
     solver: dict | None = None,
     placement: tuple[int, ...] | None = None,
+    costs: CostModel | None = None,
 ) -> Plan:
     """A Plan for this split, simulated (``predicted`` filled); stages go where the table puts them.
 
+    ``costs``: the search's CostModel for this microbatch size and ``dp`` (built here when None).
     ``Custom`` with its ``placement``: the table is (re)ordered by this split's own
     stage times (``placement_table`` with durations), so a rank holding two stages interleaves
     them as their costs need."""
     if table is None:
         table = Schedules(job).table(schedule, pp, m, virtual, placement)
     owner = stage_ranks(table)
-    stages = tuple(StagePlan(i, f, e, owner[i], *parse_label(o)) for i, ((f, e), o) in enumerate(zip(bounds, options)))
+    stages = tuple(
+        StagePlan(i, f, e, owner[i], o.dtype, o.recompute is Recompute.FULL)
+        for i, ((f, e), o) in enumerate(zip(bounds, options))
+    )
     plan = Plan(
         profile_path,
         _sha(profile_path),
@@ -162,11 +126,11 @@ def build_plan(
         solver=solver or {},
         profile=profile,
     )
-    inp = plan.sim_input()
+    inp = plan.sim_input(costs)
     if placement is not None:  # Custom: order by this split's costs
         ordered = placement_table(list(placement), m, [(c.forward_s, c.backward_s) for c in inp.costs])
         plan = replace(plan, table=forward_table(ordered) if job.forward_only else ordered)
-        inp = plan.sim_input()
+        inp = replace(inp, table=plan.table)
     tl = simulate(inp, detail=False)
     per_sample = job.global_batch / tl.step_s if tl.step_s > 0 else 0.0
     pred = Prediction(

@@ -44,12 +44,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
 from .neighbour import check_count, neighbours
-from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
+from .types import DTYPE_TABLE, DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
 __all__ = ["profile_model", "count_saved_bytes", "gc_paused", "keep_freed_memory", "TORCH_DTYPES", "attention_impl"]
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: torch dtypes by the names profiles use (a view of ``profiles.types.DTYPE_TABLE``)
+TORCH_DTYPES = {name: getattr(torch, d.torch_name) for name, d in DTYPE_TABLE.items()}
 TIMES = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s")
 
 

@@ -18,6 +18,8 @@ __all__ = [
     "Profile",
     "load_profile",
     "find_profile",
+    "DType",
+    "DTYPE_TABLE",
     "DTYPES",
     "METHODS",
     "SCALED_FIELDS",
@@ -35,7 +37,27 @@ SCALED_FIELDS = (
     "output_bytes",
     "forward_flops",
 )
-DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DType:
+    """A precision a stage can run in: its bytes per element and torch's name for it."""
+
+    name: str  # as plans and profiles spell it
+    bytes: int  # per element of weights, gradients and activations
+    torch_name: str  # ``getattr(torch, torch_name)``
+
+    @property
+    def sixteen_bit(self) -> bool:
+        """Mixed precision: an fp32 master copy of the weights is kept beside them."""
+        return self.bytes < 4
+
+
+#: the one dtype table: every other view of it (torch dtypes, autocast, bytes) reads this
+DTYPE_TABLE: dict[str, DType] = {
+    d.name: d for d in (DType("fp32", 4, "float32"), DType("bf16", 2, "bfloat16"), DType("fp16", 2, "float16"))
+}
+DTYPES = tuple(DTYPE_TABLE)
 METHODS = ("measured", "analytic")
 #: a CPU measurement (profile or run) whose thread was ready but off the CPU for more than this
 #: share of its time was disturbed by other load, and says so

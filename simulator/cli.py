@@ -20,7 +20,7 @@ from .costs import Links, StageCost
 from .engine import SimInput, simulate
 from .gantt import write_gantt
 from .placement import check_placement, parse_placement, placement_table
-from .schedules import SCHEDULES, canonical_name, make_schedule
+from .schedules import SCHEDULES, canonical_name, make_schedule, schedule_spec
 from .timeline import Timeline, write_trace
 
 __all__ = [
@@ -43,7 +43,7 @@ def _schedule_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def _make_table(name: str, args: argparse.Namespace) -> Table:
     """The named schedule's table, or Custom's for ``--placement`` (which ``--pp`` must agree with)."""
-    if canonical_name(name) != "Custom":
+    if not schedule_spec(name).custom:
         if args.placement:
             raise UserError(f"--placement goes with the Custom schedule, not {name}: use Custom, or leave it out")
         if args.pp is None:

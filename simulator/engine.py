@@ -17,7 +17,7 @@ overlap compute unless ``Links.overlap`` is False (then the sender is busy for t
 transfer); transfers do not contend; after the last backward each rank all-reduces its
 gradients across ``dp`` replicas and runs the optimizer step (``optimizer_s``, plus each
 of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's
-activations from the start of F until its B ends (after I, ``w_keep_fraction`` of them
+activations from the start of F until its B ends (after I, ``keep_bytes`` of them
 stay until W); a forward-only table keeps no activations; a pair adds its forward's
 activations when it starts and frees its backward's when it ends. In the Timeline a pair
 is two events, its forward then its backward, splitting its span in proportion to their
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .actions import Kind, Overlap, ScheduleError, Table, flat_actions, format_grid, stage_ranks, validate_table
-from .costs import Links, StageCost
+from .costs import Links, StageCost, allreduce_s
 from .timeline import Event, RankStats, Timeline, Transfer
 
 __all__ = ["SimInput", "simulate", "allreduce_s"]
@@ -57,15 +57,6 @@ class SimInput:
     dp_links: Links | None = None  # links the all-reduce runs over (default: ``links``)
     optimizer_s: float = 0.0  # optimizer step per rank
     forward_only: bool = False
-
-
-def allreduce_s(nbytes: int, dp: int, links: Links) -> float:
-    """Ring all-reduce: 2(d-1) steps, each moving nbytes/d over the slowest link."""
-    if dp <= 1 or nbytes == 0:
-        return 0.0
-    bw = min(links.bandwidth_Bps, links.inter_bandwidth_Bps)
-    lat = max(links.latency_s, links.inter_latency_s)
-    return 2 * (dp - 1) * (lat + nbytes / dp / bw)
 
 
 class _Invalid(Exception):
@@ -371,7 +362,7 @@ def _timeline(
     in_b = [c.input_bytes for c in costs]
     zero = [0] * S
     act = zero if forward_only else [c.activation_bytes for c in costs]
-    keep = zero if forward_only else [int(c.activation_bytes * c.w_keep_fraction) for c in costs]
+    keep = zero if forward_only else [c.keep_bytes for c in costs]
     ta = transfers.append
     for r in ranks:
         mine = [s for s, o in owner.items() if o == r]

@@ -18,26 +18,73 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from . import generators as g
 from .actions import ScheduleError, Table
 
-__all__ = ["ScheduleSpec", "SCHEDULES", "CUSTOM", "schedule_spec", "canonical_name", "make_schedule", "stages_per_rank"]
+__all__ = [
+    "Placement",
+    "SteadyState",
+    "ScheduleSpec",
+    "SCHEDULES",
+    "CUSTOM",
+    "schedule_spec",
+    "canonical_name",
+    "make_schedule",
+]
 
 
-@dataclass(frozen=True)
+class Placement(str, Enum):
+    """Where a schedule's stages live."""
+
+    LOOP = "loop"  # stage s on rank s % pp
+    V = "v"  # rank r holds stages r and 2pp-1-r: down the ranks, then back up
+    CUSTOM = "custom"  # wherever a placement puts them; read back from the table (``stage_ranks``)
+
+
+class SteadyState(str, Enum):
+    """How the MILP models a schedule's steady state (``planner/milp.py``)."""
+
+    #: forwards and backwards interleave: a rank's work per microbatch is F + B
+    INTERLEAVED = "interleaved"
+    #: all forwards, then all backwards: the forward and backward loads are bounded apart
+    PHASED = "phased"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScheduleSpec:
-    """What one schedule is and what it allows."""
+    """What one schedule is and what it allows. Every schedule property used anywhere lives
+    here; code asks the spec and never compares names."""
 
     name: str  # canonical (torch's) name
     generator: Callable[[int, int, int], Table] | None  # (pp, microbatches, virtual) -> table; None: Custom
-    split_backward: bool  # uses I and W (zero-bubble family) rather than one B
-    placement: str  # "loop": stage s on rank s % pp; "v": rank r holds stages r and 2pp-1-r; "table": its table's
+    placement: Placement
+    torch_class: str | None  # torch.distributed.pipelining class name (None: runs through the runtime only)
+    split_backward: bool = False  # uses I and W (zero-bubble family) rather than one B
+    steady_state: SteadyState = SteadyState.INTERLEAVED
     min_virtual: int = 1  # stages per rank allowed: min_virtual .. max_virtual (None: no upper bound)
     max_virtual: int | None = 1
     min_microbatches_per_stage: float = 0.0  # microbatches >= this x num_stages (DualPipeV: 1)
     interleaved_rounds: bool = False  # microbatches must split into max(1, m // pp) equal rounds
+    #: every microbatch's activations are held before the first backward (GPipe-like memory)
+    holds_all_microbatches: bool = False
+    #: with one stage per rank, the step is at least the fill-drain bound (m - 1) max(work) + work
+    fill_drain_bound: bool = False
+    #: a schedule with the same placement, never more memory and never a longer step: when both
+    #: are allowed, the search leaves this one out
+    dominated_by: str | None = None
     summary: str = ""
+
+    @property
+    def single_stage(self) -> bool:
+        """torch runs it with one stage object per rank (``PipelineScheduleSingle``)."""
+        return self.placement is Placement.LOOP and self.max_virtual == 1
+
+    @property
+    def custom(self) -> bool:
+        """Stages go where a placement puts them (``--placement``), not where (pp, v) says."""
+        return self.placement is Placement.CUSTOM
 
     @property
     def virtual_text(self) -> str:
@@ -53,9 +100,9 @@ class ScheduleSpec:
 
     def stage_to_rank(self, pp: int, v: int) -> dict[int, int]:
         """Stage -> rank. Loop: s % pp. V: down the ranks, then back up (0..p-1, p-1..0)."""
-        if self.placement == "table":
+        if self.placement is Placement.CUSTOM:
             raise ScheduleError(f"{self.name} has no placement of its own: read it from the table (stage_ranks)")
-        if self.placement == "v":
+        if self.placement is Placement.V:
             return {s: (s if s < pp else 2 * pp - 1 - s) for s in range(2 * pp)}
         return {s: s % pp for s in range(pp * v)}
 
@@ -88,39 +135,74 @@ class ScheduleSpec:
 
 
 _SPECS = [
-    ScheduleSpec("GPipe", g.gpipe, False, "loop", summary="all forwards, then all backwards"),
-    ScheduleSpec("1F1B", g.one_f_one_b, False, "loop", summary="one forward, one backward in steady state"),
     ScheduleSpec(
-        "Interleaved1F1B",
-        g.interleaved_1f1b,
-        False,
-        "loop",
-        1,
-        None,
+        name="GPipe",
+        generator=g.gpipe,
+        placement=Placement.LOOP,
+        torch_class="ScheduleGPipe",
+        steady_state=SteadyState.PHASED,
+        holds_all_microbatches=True,
+        fill_drain_bound=True,
+        # 1F1B has the same placement, never more memory, and a fill-drain no longer
+        # ((m-1) max(F+B) <= (m-1) (max F + max B))
+        dominated_by="1F1B",
+        summary="all forwards, then all backwards",
+    ),
+    ScheduleSpec(
+        name="1F1B",
+        generator=g.one_f_one_b,
+        placement=Placement.LOOP,
+        torch_class="Schedule1F1B",
+        fill_drain_bound=True,
+        summary="one forward, one backward in steady state",
+    ),
+    ScheduleSpec(
+        name="Interleaved1F1B",
+        generator=g.interleaved_1f1b,
+        placement=Placement.LOOP,
+        torch_class="ScheduleInterleaved1F1B",
+        max_virtual=None,
         interleaved_rounds=True,
         summary="1F1B over v looped stages per rank, depth first",
     ),
-    ScheduleSpec("LoopedBFS", g.looped_bfs, False, "loop", 1, None, summary="v looped stages per rank, breadth first"),
     ScheduleSpec(
-        "InterleavedZeroBubble",
-        g.interleaved_zero_bubble,
-        True,
-        "loop",
-        1,
-        None,
+        name="LoopedBFS",
+        generator=g.looped_bfs,
+        placement=Placement.LOOP,
+        torch_class="ScheduleLoopedBFS",
+        steady_state=SteadyState.PHASED,
+        max_virtual=None,
+        holds_all_microbatches=True,
+        summary="v looped stages per rank, breadth first",
+    ),
+    ScheduleSpec(
+        name="InterleavedZeroBubble",
+        generator=g.interleaved_zero_bubble,
+        placement=Placement.LOOP,
+        torch_class="ScheduleInterleavedZeroBubble",
+        split_backward=True,
+        max_virtual=None,
         interleaved_rounds=True,
         summary="ZB-H1: interleaved 1F1B with W delayed to fill bubbles",
     ),
     ScheduleSpec(
-        "ZBVZeroBubble", g.zbv_zero_bubble, True, "v", 2, 2, summary="ZB-V: two stages per rank in a V, I/W split"
+        name="ZBVZeroBubble",
+        generator=g.zbv_zero_bubble,
+        placement=Placement.V,
+        torch_class="ScheduleZBVZeroBubble",
+        split_backward=True,
+        min_virtual=2,
+        max_virtual=2,
+        summary="ZB-V: two stages per rank in a V, I/W split",
     ),
     ScheduleSpec(
-        "DualPipeV",
-        g.dualpipe_v,
-        True,
-        "v",
-        2,
-        2,
+        name="DualPipeV",
+        generator=g.dualpipe_v,
+        placement=Placement.V,
+        torch_class="ScheduleDualPipeV",
+        split_backward=True,
+        min_virtual=2,
+        max_virtual=2,
         min_microbatches_per_stage=1.0,
         summary="DeepSeek DualPipe on a V: paired forward/backward, late I/W split",
     ),
@@ -131,12 +213,11 @@ SCHEDULES: dict[str, ScheduleSpec] = {s.name: s for s in _SPECS}
 
 #: any placement (``--placement``), its table from ``placement.placement_table``
 CUSTOM = ScheduleSpec(
-    "Custom",
-    None,
-    False,
-    "table",
-    1,
-    None,
+    name="Custom",
+    generator=None,
+    placement=Placement.CUSTOM,
+    torch_class=None,
+    max_virtual=None,
     summary="any stage -> rank placement (--placement), a 1F1B-like list schedule",
 )
 _ALL = {**SCHEDULES, CUSTOM.name: CUSTOM}
@@ -151,10 +232,6 @@ def canonical_name(name: str) -> str:
 
 def schedule_spec(name: str) -> ScheduleSpec:
     return _ALL[canonical_name(name)]
-
-
-def stages_per_rank(name: str, virtual: int) -> int:
-    return virtual
 
 
 def make_schedule(name: str, pp: int, microbatches: int, virtual: int = 1) -> Table:

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
+from simulator.costs import CostModel, Links, Option, UnitRecord
 
 
 def synthetic_profile(units: list[dict], path: Path, name: str = "synthetic", seq_len: int = 16) -> Path:
@@ -63,3 +64,27 @@ def random_units(rng: random.Random, n: int) -> list[dict]:
             }
         )
     return out
+
+
+def record_model(rows: list[tuple], bandwidth_Bps: float = float("inf")) -> CostModel:
+    """A one-option (fp32) CostModel straight from per-unit rows ``(F, B, I, static, act, out_bytes)``
+    (W = B - I, keep = act // 2), for MILP tests that need no Profile."""
+    recs = []
+    for i, (f, b, inp, static, act, out) in enumerate(rows):
+        recs.append(
+            UnitRecord(
+                forward_s=f,
+                backward_s=b,
+                input_s=inp,
+                weight_s=b - inp,
+                static_bytes=static,
+                activation_bytes=act,
+                keep_bytes=act // 2,
+                output_bytes=out,
+                input_bytes=rows[i - 1][5] if i else 0,
+                grad_bytes=0,
+                params=0,
+                optimizer_s=0.0,
+            )
+        )
+    return CostModel(records={Option(): tuple(recs)}, links=Links(bandwidth_Bps=bandwidth_Bps))

@@ -12,7 +12,7 @@ from test_executor_schedules import _assert_checked, torchrun
 def test_unequal_stages_per_rank_match_one_process(tiny_profile_path):
     from executor.plans import validation_plan
     from planner import Cluster, Job
-    from planner.search import score_split
+    from planner.given import score_split
     from profiles import load_profile
 
     profile, cluster = load_profile(tiny_profile_path), Cluster(devices=2, memory_bytes=2**30)

@@ -10,6 +10,7 @@ from pathlib import Path
 from planner import Cluster, Job, plan, score_split
 from planner.scoring import build_plan
 from profiles.types import load_profile
+from simulator.costs import Option
 
 GPT2 = Path(__file__).resolve().parent / "data" / "gpt2-demo-cpu.json"
 
@@ -21,7 +22,7 @@ def test_gpt2_demo_two_stages_beats_even_by_the_available_margin():
     best = plan(profile, cluster, job, top=1, profile_path=GPT2)[0]
     U = profile.num_units
     every = [
-        build_plan(profile, str(GPT2), cluster, job, [(0, c), (c, U)], "1F1B", 2, 1, 8, 1, ["fp32"] * 2)
+        build_plan(profile, str(GPT2), cluster, job, [(0, c), (c, U)], "1F1B", 2, 1, 8, 1, [Option()] * 2)
         for c in range(1, U)
     ]
     optimum = min(p.predicted.step_s for p in every)

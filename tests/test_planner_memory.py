@@ -37,18 +37,19 @@ def _costs(rng: random.Random, S: int) -> list[StageCost]:
     out = []
     for _ in range(S):
         f = rng.uniform(1, 3)
+        act = rng.randint(10**5, 10**7)
         out.append(
             StageCost(
                 f,
                 2 * f,
                 f,
                 f,
-                rng.randint(10**5, 10**7),
+                act,
                 rng.randint(10**6, 10**8),
                 1000,
                 1000,
                 10**6,
-                rng.choice([0.5, 0.3]),
+                keep_bytes=int(act * rng.choice([0.5, 0.3])),
             )
         )
     return out
@@ -82,16 +83,18 @@ def test_forward_only_holds_weights_only():
 
 def test_milp_memory_equals_the_simulated_peak_when_stage_0_defers_its_w(tmp_path):
     """Stage 0 has no input gradient, so it keeps all its activations from I until W (the
-    simulator's ``w_keep_fraction`` 1): a table that defers stage 0's W holds them, and the MILP's
+    cost layer's first-stage rule): a table that defers stage 0's W holds them, and the MILP's
     least memory is the simulated peak of its split. (The built-in schedules run stage 0's W
     before its next forward, so only a table of one's own shows it.)"""
     from planner_synthetic import random_units, synthetic_profile
 
     from planner import Cluster, Job
     from planner.milp import StepModel, min_memory_split
-    from planner.scoring import build_plan, unit_options
+    from planner.pricing import cost_model
+    from planner.scoring import build_plan
     from profiles.types import load_profile
     from simulator.actions import table_from_text
+    from simulator.costs import Option
 
     path = synthetic_profile(random_units(random.Random(7), 6), tmp_path / "p.json")
     profile = load_profile(path)
@@ -99,6 +102,6 @@ def test_milp_memory_equals_the_simulated_peak_when_stage_0_defers_its_w(tmp_pat
     job = Job(global_batch=2, microbatch_size=1, schedules=("1F1B",), pp=(1,))
     cluster = Cluster(devices=1, memory_bytes=10**15)
     model = StepModel(2, (0, 0), memory_pattern(table), split_backward=True)
-    need, bounds = min_memory_split(unit_options(profile, cluster, job, 1), model)
-    p = build_plan(profile, str(path), cluster, job, bounds, "1F1B", 1, 1, 2, 1, ["fp32"] * 2, 2, table)
-    assert max(p.predicted.peak_bytes) == pytest.approx(need, abs=4)  # keep rounds down to whole bytes
+    need, bounds = min_memory_split(cost_model(profile, cluster, job, 1), model)
+    p = build_plan(profile, str(path), cluster, job, bounds, "1F1B", 1, 1, 2, 1, [Option()] * 2, 2, table)
+    assert max(p.predicted.peak_bytes) == need  # both read the same records

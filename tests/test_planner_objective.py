@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 from conftest import run_cli
+from planner_synthetic import record_model
 
 from planner import Cluster, Job, search
 from planner.memory import memory_pattern
-from planner.milp import StepModel, UnitData, solve_split
+from planner.milp import StepModel, solve_split
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
 from simulator import SimInput, make_schedule, simulate
 
@@ -75,8 +76,8 @@ def test_reported_latency_is_one_simulated_microbatch(serving):
 
 def test_latency_milp_cuts_at_the_cheapest_hand_off():
     # uneven work (a step-time split would cut near the middle) but one tiny output at unit 1
-    sends = [5e-3, 1e-6, 5e-3, 5e-3, 5e-3, 5e-3]
-    units = {"fp32": [UnitData(f, 0.0, 0.0, 10, 0, s) for f, s in zip([1, 1, 1, 1, 1, 1], sends)]}
+    sends = [5000, 1, 5000, 5000, 5000, 5000]  # bytes, at 1 MB/s: 5 ms and 1 us
+    units = record_model([(f, 0.0, 0.0, 10, 0, s) for f, s in zip([1, 1, 1, 1, 1, 1], sends)], 1e6)
     table = {r: [a for a in acts if a.kind.value == "F"] for r, acts in make_schedule("1F1B", 2, 4).items()}
     common = dict(microbatches=4, rank_of=(0, 1), memory=memory_pattern(table, True), forward_only=True)
     latency = solve_split(units, StepModel(**common, latency=True), 10**6)

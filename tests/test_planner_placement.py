@@ -12,11 +12,12 @@ from conftest import run_cli
 from planner_synthetic import synthetic_profile
 
 from planner import Cluster, Job, search
+from planner.given import score_split
 from planner.plan import load_plan
 from planner.scoring import build_plan
-from planner.search import score_split
 from profiles.types import load_profile
 from simulator.actions import read_csv, stage_ranks
+from simulator.costs import Option
 
 CLUSTER = Cluster(devices=2, memory_bytes=2**30)
 
@@ -32,7 +33,7 @@ def _best_contiguous_1f1b(profile, path, m: int) -> float:
     U = profile.num_units
     return min(
         build_plan(
-            profile, str(path), CLUSTER, job, [(0, c), (c, U)], "1F1B", 2, 1, m, 1, ["fp32"] * 2
+            profile, str(path), CLUSTER, job, [(0, c), (c, U)], "1F1B", 2, 1, m, 1, [Option()] * 2
         ).predicted.step_s
         for c in range(1, U)
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from planner import Cluster, Job, search
 from planner.scoring import build_plan, fits
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel, load_profile
+from simulator.costs import Option
 
 MB = 10**6
 CAP = 60 * MB
@@ -42,7 +43,9 @@ def test_memory_cap_mixes_precisions_and_the_simulator_agrees(tmp_path):
     assert max(best.predicted.peak_bytes) <= CAP  # simulated, with each stage's own dtype
 
     def uniform(dtype, cut):
-        return build_plan(profile, str(path), cluster, job, [(0, cut), (cut, 8)], "1F1B", 2, 1, 4, 1, [dtype, dtype])
+        return build_plan(
+            profile, str(path), cluster, job, [(0, cut), (cut, 8)], "1F1B", 2, 1, 4, 1, [Option(dtype), Option(dtype)]
+        )
 
     # one precision for all: fp32 overflows at every split, bf16 fits but is slower than the mix
     assert not any(fits(uniform("fp32", cut)) for cut in range(1, 8))

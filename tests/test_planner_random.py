@@ -14,6 +14,7 @@ from planner import Cluster, InfeasibleError, Job, search
 from planner.scoring import build_plan, fits
 from profiles.types import load_profile
 from simulator.actions import ScheduleError
+from simulator.costs import Option
 from simulator.schedules import schedule_spec
 
 INSTANCES = 50
@@ -47,7 +48,7 @@ def exhaustive(profile, path, cluster, job, pp, m):
                     1,
                     m,
                     1,
-                    ["fp32"] * S,
+                    [Option()] * S,
                     v,
                 )
                 if fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):

@@ -11,18 +11,21 @@ from pathlib import Path
 
 import pulp
 import pytest
+from planner_synthetic import record_model
 
 from planner.memory import memory_pattern
-from planner.milp import StepModel, UnitData, _solve, available_solvers, min_memory_split, solve_split
+from planner.milp import StepModel, available_solvers, min_memory_split, solve_split
+from planner.solvers import solve as _solve
 from simulator import make_schedule
+from simulator.costs import Option
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT2 = ROOT / "tests" / "data" / "gpt2-demo-cpu.json"
 SOLVERS = available_solvers()
 
 
-def _units(n: int = 8) -> dict[str, list[UnitData]]:
-    return {"fp32": [UnitData(1.0 + (i % 3), 2.0 + (i % 3), 1.0, 10**6, 10**6, 1e-3) for i in range(n)]}
+def _units(n: int = 8):
+    return record_model([(1.0 + (i % 3), 2.0 + (i % 3), 1.0, 10**6, 10**6, 1000) for i in range(n)], 1e6)
 
 
 def _model(pp: int = 2, m: int = 4) -> StepModel:
@@ -139,10 +142,10 @@ def test_one_stage_one_microbatch_plans(tmp_path):
 def test_a_start_is_an_answer_even_when_the_time_limit_hits_first(solver):
     """A MIP start (the screened split) is the solver's first incumbent: a time limit too short to
     find any split still returns one (the start or better), never NoSolution."""
-    units = {"fp32": [UnitData(1.0 + (i * 7) % 5, 2.0 + (i * 3) % 4, 1.0, 10**6, 10**6, 1e-3) for i in range(60)]}
+    units = record_model([(1.0 + (i * 7) % 5, 2.0 + (i * 3) % 4, 1.0, 10**6, 10**6, 1000) for i in range(60)], 1e6)
     model = StepModel(16, tuple(range(16)), memory_pattern(make_schedule("1F1B", 16, 16)))
     edges = [0, *range(4, 60, 4)] + [60]  # 15 cuts: 16 stages of 4 units (the last of 4 too)
-    start = (list(zip(edges[:-1], edges[1:])), ["fp32"] * 16)
+    start = (list(zip(edges[:-1], edges[1:])), [Option()] * 16)
     res = solve_split(units, model, 10**9, time_limit=0.001, solver=solver, start=start)
     assert res is not None and res.status in ("Optimal", "TimeLimit")
     assert res.bounds[0][0] == 0 and res.bounds[-1][1] == 60 and len(res.bounds) == 16

@@ -15,7 +15,7 @@ def T(rows: dict[int, str]):
 
 
 def cost(f=1.0, b=2.0, i=1.0, w=1.0, act=0, static=0, out=1, inp=1, param=0, keep=0.5):
-    return StageCost(f, b, i, w, act, static, out, inp, param_bytes=param, w_keep_fraction=keep)
+    return StageCost(f, b, i, w, act, static, out, inp, param_bytes=param, keep_bytes=int(act * keep))
 
 
 def test_transfer_delays_the_consumer():
