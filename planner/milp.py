@@ -232,7 +232,7 @@ class _Split:
 
     def _timed(self, name: str, s: int):
         """A compute action's time on stage s: its units' records plus the runtime's overhead."""
-        return self.field(name, s)
+        return self.field(name, s) + self.costs.action_overhead_s
 
     def forward(self, s: int):
         return self._timed("forward_s", s)
@@ -421,7 +421,11 @@ def _step_objective(sp: _Split) -> pulp.LpAffineExpression:
             _add(prob, t_stage >= sp.critical(s), f"slowest_stage_s{s}")
         fill_s = T + (len(ranks) - 1) * t_stage
     handoffs = pulp.lpSum(sp.sends(s, backward=not model.forward_only) for s in _cross_rank_cuts(model))
-    return (m - 1) * T + fill_s + handoffs
+    # the end of the step: the slowest rank's all-reduce and optimizer
+    tail = prob.add_variable("tail_s", lowBound=0)
+    for r in ranks:
+        _add(prob, tail >= sp.tail(r), f"tail_r{r}")
+    return (m - 1) * T + fill_s + handoffs + tail
 
 
 def _cross_rank_cuts(model: StepModel) -> list[int]:

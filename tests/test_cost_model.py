@@ -98,8 +98,8 @@ def cases(draw):
         intra_latency_s=draw(st.sampled_from([0.0, 5e-6])),
         inter_bandwidth_Bps=draw(st.sampled_from([1e8, 1e9])),
         inter_latency_s=draw(st.sampled_from([0.0, 2e-5])),
-        action_overhead_s=0.0,
-        optimizer_s_per_param=0.0,
+        action_overhead_s=draw(st.sampled_from([0.0, 3e-4])),
+        optimizer_s_per_param=draw(st.sampled_from([0.0, 2e-9])),
     )
     return seed, n, name, pp, v, m, placement, bounds, options, dp, cluster
 
