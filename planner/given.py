@@ -12,10 +12,11 @@ from simulator.placement import check_placement, most_stages_per_rank
 from simulator.schedules import CUSTOM, schedule_spec
 
 from .baselines import compare
+from .batching import entry_sizes, microbatching
 from .cluster import Cluster, Job
+from .infeasible import InfeasibleError
 from .plan import Plan
 from .scoring import Schedules, build_plan
-from .search import InfeasibleError, entry_sizes, microbatching
 from .splits import even_split
 
 __all__ = ["score_split"]

@@ -94,6 +94,18 @@ class StepModel:
     def stages_of(self, rank: int) -> list[int]:
         return [s for s, r in enumerate(self.rank_of) if r == rank]
 
+    def key(self) -> tuple:
+        """Equal keys: the same MILP (schedules with one placement, memory pattern and step model share it)."""
+        return (
+            self.microbatches,
+            self.rank_of,
+            self.memory.key(),
+            self.split_backward,
+            self.phased,
+            self.forward_only,
+            self.latency,
+        )
+
 
 @dataclass(frozen=True)
 class SplitResult:

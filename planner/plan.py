@@ -20,6 +20,8 @@ from .pricing import cost_model
 __all__ = ["StagePlan", "Prediction", "Plan", "load_plan"]
 
 KIND, MAJOR = "plan", 1
+#: unit kinds shown by their own letter in ``Plan.layout`` (Megatron's pipeline-layout letters)
+_LAYOUT_CODES = {"embedding": "E", "head": "L"}
 
 
 @dataclass(frozen=True)
@@ -86,16 +88,16 @@ class Plan:
     def world_size(self) -> int:
         return self.pp * self.dp
 
-    def layout(self, unit_names: list[str] | None = None) -> str:
-        """Megatron-style layout: stages separated by ``|``, e.g. ``E,t*4|t*4,L``."""
-        names = unit_names or (self.profile.unit_names if self.profile else None)
+    def layout(self) -> str:
+        """Megatron-style layout: stages separated by ``|``, e.g. ``E,t*4|t*4,L`` (E an embedding,
+        L a head, t any other unit, by the units' kinds)."""
+        kinds = [u.kind for u in self.profile.entries[0].units] if self.profile else None
         parts = []
         for s in self.stages:
-            if names is None:
+            if kinds is None:
                 parts.append(f"{s.first}-{s.end - 1}")
                 continue
-            codes = [_code(names[u]) for u in range(s.first, s.end)]
-            parts.append(",".join(_runs(codes)))
+            parts.append(",".join(_runs([_LAYOUT_CODES.get(kinds[u], "t") for u in range(s.first, s.end)])))
         return "|".join(parts)
 
     def load_profile(self, plan_dir: str | Path | None = None) -> Profile:
@@ -292,14 +294,6 @@ def load_plan(path: str | Path, with_profile: bool = True) -> Plan:
                 f"{path}: field stages: cover {plan.stages[-1].end} units but the profile has {plan.profile.num_units}"
             )
     return plan
-
-
-def _code(name: str) -> str:
-    if name.startswith("embed"):
-        return "E"
-    if name.startswith("head"):
-        return "L"
-    return "t"
 
 
 def _runs(codes: list[str]) -> list[str]:

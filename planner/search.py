@@ -36,14 +36,16 @@ from pathlib import Path
 from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.actions import ScheduleError
-from simulator.costs import CostModel, Option, Recompute, allreduce_affine
+from simulator.costs import CostModel, Option, allreduce_affine
 from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
 
 from .baselines import compare
+from .batching import entry_sizes, microbatching
 from .cluster import Cluster, Job
+from .infeasible import InfeasibleError, infeasible_error
 from .memory import peak_bytes, static_bytes
-from .milp import SolverError, StepModel, min_memory_split, solve_split
+from .milp import SolverError, StepModel, solve_split
 from .plan import Plan
 from .pricing import cost_model, with_layout
 from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN
@@ -51,15 +53,11 @@ from .refine import refine as refine_plan
 from .scoring import Schedules, build_plan, fits, objective_s
 from .splits import min_max_split
 
-__all__ = ["plan", "InfeasibleError", "SearchStats", "search", "microbatching", "entry_sizes"]
+__all__ = ["plan", "InfeasibleError", "SearchStats", "search"]
 
 MAX_VIRTUAL = 4  # stages per rank tried for schedules with no upper bound, unless the job says
 SMALL_MILP = 2000  # units x stages up to which every promising candidate gets its MILP
 MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
-
-
-class InfeasibleError(UserError):
-    """No plan fits: the message names the smallest memory that would and the lever that helps."""
 
 
 @dataclass
@@ -196,28 +194,6 @@ class _Search:
 
 
 # -- 1. enumerate ------------------------------------------------------------------------------------
-
-
-def microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
-    """(microbatch count, microbatch size) pairs that make the global batch on ``dp`` replicas."""
-    if job.global_batch % dp:
-        return []
-    per_replica = job.global_batch // dp
-    if job.microbatch_size:
-        if per_replica % job.microbatch_size:
-            return []
-        pairs = [(per_replica // job.microbatch_size, job.microbatch_size)]
-    else:
-        pairs = [(per_replica // b, b) for b in range(1, per_replica + 1) if per_replica % b == 0]
-    if job.microbatches:
-        pairs = [(m, b) for m, b in pairs if m in job.microbatches]
-    return pairs
-
-
-def entry_sizes(profile: Profile, dtypes: tuple[str, ...]) -> set[int]:
-    """Microbatch sizes profiled in every one of ``dtypes``."""
-    sizes = [{e.microbatch_size for e in profile.entries if e.dtype == d} for d in dtypes]
-    return set.intersection(*sizes) if sizes else set()
 
 
 def _virtuals(spec: ScheduleSpec, job: Job, pp: int, U: int) -> list[int]:
@@ -380,19 +356,6 @@ def _kth(plans: list[Plan], k: int) -> float:
 # -- 4. solve ----------------------------------------------------------------------------------------
 
 
-def _model_key(model: StepModel) -> tuple:
-    """Equal keys: the same MILP (schedules with one placement, memory pattern and step model share it)."""
-    return (
-        model.microbatches,
-        model.rank_of,
-        model.memory.key(),
-        model.split_backward,
-        model.phased,
-        model.forward_only,
-        model.latency,
-    )
-
-
 def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) -> Solved:
     """One MILP per distinct (microbatch size, dp, step model), started from the screened split,
     each answer simulated. Small chains: every screened candidate that can still beat the top;
@@ -418,7 +381,7 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
             continue
         t0 = time.perf_counter()
         model = s.model(c)
-        key = (c.mbs, c.dp, _model_key(model))
+        key = (c.mbs, c.dp, model.key())
         start = (screen.bounds, [st.option for st in screen.stages]) if screen else None
         if key in answers:
             stats.milp_reused += 1
@@ -530,7 +493,7 @@ def search(
     if not solved.plans and solved.failed:
         raise SolverError(f"no candidate was solved; first failure: {solved.failed[0]}")
     if not solved.plans:
-        raise _infeasible(s, solved.infeasible)
+        raise infeasible_error(s, solved.infeasible)
     t0 = time.perf_counter()
     results = _refine(s, solved.plans, top, refine, stats)
     stats.add("refine", t0)
@@ -584,55 +547,3 @@ def _dedupe(plans: list[Plan]) -> list[Plan]:
             seen.add(key)
             out.append(p)
     return out
-
-
-# -- infeasible jobs -----------------------------------------------------------------------------------
-
-
-def _infeasible(s: _Search, infeasible: list[tuple[Candidate, StepModel]]) -> InfeasibleError:
-    profile, cluster, job = s.profile, s.cluster, s.job
-    if not infeasible:
-        return InfeasibleError(
-            f"no pipeline degree, microbatch size and schedule fit the job: global batch {job.global_batch} on "
-            f"{cluster.devices} devices with profiled microbatch sizes {sorted(entry_sizes(profile, job.dtypes))} "
-            f"and schedules {', '.join(job.schedules)}; adjust --global-batch, --devices or --schedules"
-        )
-
-    def least(costs: CostModel, model: StepModel) -> float:
-        return min_memory_split(costs, model, time_limit=s.time_limit, solver=s.solver)[0]
-
-    # the least memory any refused candidate needs (candidates with the smallest microbatch first)
-    need, where = None, None
-    seen = set()
-    for c, model in sorted(infeasible, key=lambda cm: (cm[0].mbs, -cm[0].pp))[:8]:
-        key = (c.mbs, c.dp, _model_key(model))
-        if key in seen:
-            continue
-        seen.add(key)
-        n = least(s.costs(c.mbs, c.dp), model)
-        if need is None or n < need:
-            need, where = n, c
-    c = where
-    levers = []
-    # more devices: twice the pipeline stages, same schedule and microbatching
-    if 2 * c.pp <= profile.num_units and c.placement is None:  # a Custom placement does not scale with pp
-        try:
-            n2 = least(s.costs(c.mbs, c.dp), s.schedules.model(c.schedule, 2 * c.pp, c.m, c.virtual))
-            levers.append((n2, f"--devices {cluster.devices * 2} (pp={2 * c.pp}) needs {n2 / 2**30:.2f} GiB"))
-        except ScheduleError:
-            pass
-    if not job.recompute and not job.forward_only:
-        options = [Option(d, Recompute.FULL) for d in job.dtypes]
-        costs = cost_model(profile, cluster, job, c.mbs, dp=c.dp, options=options)
-        n3 = least(costs, s.model(c))
-        levers.append((n3, f"recompute (--recompute) needs {n3 / 2**30:.2f} GiB"))
-    smaller = sorted(b for b in entry_sizes(profile, job.dtypes) if b < c.mbs)
-    if smaller:
-        levers.append((None, f"a microbatch size below {c.mbs} needs less (profile it with --microbatch-sizes)"))
-    best_lever = min((lv for lv in levers if lv[0] is not None), default=None, key=lambda lv: lv[0])
-    hint = best_lever[1] if best_lever else (levers[0][1] if levers else "add devices")
-    return InfeasibleError(
-        f"no plan fits {cluster.memory_bytes / 2**30:.2f} GiB per device: the least any split needs is "
-        f"{need / 2**30:.2f} GiB ({c.schedule}, pp={c.pp}, m={c.m}, microbatch size {c.mbs}); "
-        f"raise --device-memory to that, or the lever that helps most: {hint}"
-    )

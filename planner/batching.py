@@ -1,0 +1,31 @@
+"""How a global batch becomes microbatches on data-parallel replicas, and which sizes a profile has."""
+
+from __future__ import annotations
+
+from profiles.types import Profile
+
+from .cluster import Job
+
+__all__ = ["microbatching", "entry_sizes"]
+
+
+def microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
+    """(microbatch count, microbatch size) pairs that make the global batch on ``dp`` replicas."""
+    if job.global_batch % dp:
+        return []
+    per_replica = job.global_batch // dp
+    if job.microbatch_size:
+        if per_replica % job.microbatch_size:
+            return []
+        pairs = [(per_replica // job.microbatch_size, job.microbatch_size)]
+    else:
+        pairs = [(per_replica // b, b) for b in range(1, per_replica + 1) if per_replica % b == 0]
+    if job.microbatches:
+        pairs = [(m, b) for m, b in pairs if m in job.microbatches]
+    return pairs
+
+
+def entry_sizes(profile: Profile, dtypes: tuple[str, ...]) -> set[int]:
+    """Microbatch sizes profiled in every one of ``dtypes``."""
+    sizes = [{e.microbatch_size for e in profile.entries if e.dtype == d} for d in dtypes]
+    return set.intersection(*sizes) if sizes else set()
