@@ -27,12 +27,15 @@ Sources:
   GPU across servers (RoCE); BF16 peak taken as 989 TFLOP/s (dense, H100 SXM datasheet). DP
   there is FSDP (the paper's Figure 5 caption: "DP stands for FSDP"); CP is context parallelism.
 
-Narayanan et al.'s Table 1 figures were read from a transcription of the paper and agree with
-NVIDIA's Megatron-LM README (which also gives V = 51,200, s = 2048 and 80GB A100s); the
-params column is reproduced by the paper's Eq. (2) (:func:`narayanan_params`) to the printed
-rounding, and the aggregate column is GPUs x TFLOP/s per GPU to the printed rounding (both
-are tests). Korthikanti et al.'s MFU column is reproduced from its Eq. (7) and the iteration
-times to 0.2 points (a test).
+How the figures were found: Narayanan et al.'s Table 1 and Korthikanti et al.'s Tables 3 and 5
+and §6.3 were read from text transcriptions of the two papers in public repositories (NVIDIA's
+Megatron-LM README shows Table 1 only as an image; its text confirms V = 51,200, s = 2048 and
+80GB A100s). Llama 3's Table 4 agrees across several independent transcriptions (one printed DP
+4 in the last row, which does not multiply out to 16,384 GPUs; 8 does). Each table is checked
+against itself by tests: Narayanan's params column is its Eq. (2) (:func:`narayanan_params`) to
+the printed rounding, its aggregate column is GPUs x TFLOP/s per GPU, its % of peak is TFLOP/s
+over 312; Korthikanti's MFU column follows from its Eq. (7) and the iteration times to 0.2
+points; Llama 3's GPUs are TP x CP x PP x DP and its batches 16M tokens.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def tp_block_comm_s(
     (Korthikanti et al. 2022, §4.2.2: "the communication bandwidth used for tensor parallelism
     and tensor together with sequence parallelism are the same"). The extra all-gather that
     sequence parallelism adds in the backward is overlapped with the weight-gradient GEMM there
-    and not counted."""
+    and not counted. ``algorithm`` chooses the all-reduce's; all-gathers and reduce-scatters are rings."""
     if t < 1:
         raise ValueError(f"tensor-parallel degree must be >= 1, got {t}")
     if sequence_parallel:
