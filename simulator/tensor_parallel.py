@@ -20,8 +20,9 @@ Model and assumptions:
   efficiency falls. The backward GEMMs are taken to scale like the forward ones. Work outside
   GEMMs (norms, elementwise) is taken to scale like the GEMMs.
 - **Activation bytes** per block follow Korthikanti et al., "Reducing Activation Recomputation
-  in Large Transformer Models" (MLSys 2023, arXiv:2205.05198), Table 2, which assumes 16-bit
-  activations, 1-byte dropout masks, multi-head attention and a 4h MLP: no parallelism
+  in Large Transformer Models" (MLSys 2023, arXiv:2205.05198), §4.1 and Table 2, which assume
+  16-bit activations, 1-byte dropout masks, multi-head attention and a 4h MLP (generalised here
+  to grouped-query attention, gated MLPs and no dropout, see :func:`block_activation_bytes`): no parallelism
   ``sbh(34 + 5as/h)``; TP ``sbh(10 + 24/t + 5as/(ht))``; TP + SP ``(sbh/t)(34 + 5as/h)``;
   TP + selective ``sbh(10 + 24/t)``; TP + SP + selective ``34·sbh/t``; full recompute ``2·sbh``
   (the block input only; with SP that input is split along the sequence, so ``2·sbh/t``). Other
@@ -79,6 +80,9 @@ Recompute = Literal["none", "selective", "full"]
 RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
 
 
+_DROPOUT_KEYS = ("resid_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_dropout", "hidden_dropout")
+
+
 @dataclass(frozen=True)
 class TransformerShape:
     """The sizes a transformer block's costs depend on (one microbatch)."""
@@ -93,6 +97,7 @@ class TransformerShape:
     dtype_bytes: int = 2  #: bytes per activation element (Korthikanti's formulas are for 16-bit)
     gated_mlp: bool = False  #: SwiGLU MLP: three h×ffn projections (Llama) instead of two (GPT)
     attention_scores_stored: bool = True  #: False for fused (flash) attention: no s×s tensor kept
+    dropout: bool = True  #: dropout after attention scores, attention and MLP (GPT; Llama has none)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "microbatch", "hidden", "heads", "kv_heads", "ffn", "vocab", "dtype_bytes"):
@@ -131,6 +136,7 @@ class TransformerShape:
             dtype_bytes=dtype_bytes,
             gated_mlp=config.get("hidden_act") == "silu",
             attention_scores_stored=not flash,
+            dropout=any(config.get(k) for k in _DROPOUT_KEYS),
         )
 
 
@@ -228,19 +234,35 @@ def head_compute_scale(shape: TransformerShape, t: int, device: GemmDevice | Non
 def block_activation_bytes(
     shape: TransformerShape, t: int = 1, *, sequence_parallel: bool = False, recompute: Recompute = "none"
 ) -> float:
-    """Bytes one block keeps for its backward per rank (Korthikanti et al. 2022, Table 2)."""
+    """Bytes one block keeps for its backward per rank.
+
+    Korthikanti et al. 2022's accounting (§4.1, in units of ``sbh`` 16-bit bytes), generalised to
+    grouped-query attention, a gated MLP of width ``ffn`` and models without dropout; for GPT's
+    shape it is their Table 2 exactly:
+
+    - kept whole on every tensor-parallel rank unless sequence parallel: the inputs of the QKV
+      and MLP-up projections (2 + 2), the two layer norms' inputs (4), the two dropout masks (2);
+    - split by ``t``: Q (2), K and V (2·kv/a each), the attention output (2), the MLP's
+      ``(4 or 6)·ffn/h`` (activation input and down-projection input; a gated MLP also keeps the
+      up projection's output);
+    - the ``s × s`` attention tensors, split by ``t``: ``5as/h`` (softmax output 2, dropout mask 1,
+      dropout output 2), ``2as/h`` without dropout, 0 with fused attention or selective recompute.
+    """
     _check_degree(shape, t)
     if recompute not in RECOMPUTE_MODES:
         raise ValueError(f"recompute {recompute!r}: choose none, selective or full")
     sbh = shape.seq_len * shape.microbatch * shape.hidden * shape.dtype_bytes / 2
     if recompute == "full":
         return 2 * sbh / (t if sequence_parallel else 1)
-    scores = 5 * shape.heads * shape.seq_len / shape.hidden
+    kv, h = shape.kv_heads / shape.heads, shape.hidden
+    whole = 2 + 2 + 4 + (2 if shape.dropout else 0)
+    split = 2 + 4 * kv + 2 + (6 if shape.gated_mlp else 4) * shape.ffn / h
+    scores = (5 if shape.dropout else 2) * shape.heads * shape.seq_len / h
     if recompute == "selective" or not shape.attention_scores_stored:
         scores = 0.0
     if sequence_parallel:
-        return sbh / t * (34 + scores)
-    return sbh * (10 + 24 / t + scores / t)
+        return sbh / t * (whole + split + scores)
+    return sbh * (whole + (split + scores) / t)
 
 
 def tp_degrees(devices_per_node: int, heads: int, kv_heads: int) -> list[int]:

@@ -169,3 +169,20 @@ def test_shape_from_config_and_tp_degrees():
     assert tp_degrees(8, 64, 8) == [1, 2, 4, 8]
     assert tp_degrees(8, 12, 12) == [1, 2, 4]
     assert tp_degrees(8, 32, 2) == [1, 2]
+
+
+def test_activation_bytes_generalised_to_llama_by_hand():
+    # llama3-8b: a=32, kv=8, h=4096, ffn=14336, gated, no dropout. In sbh units: kept whole 2+2+4 = 8;
+    # split Q 2 + K,V 2*(8/32) each + out 2 + MLP 6*14336/4096 = 21 -> 26; scores 2*a*s/h = 2*32*4096/4096 = 64
+    llama = TransformerShape(4096, 1, 4096, 32, 8, 14336, 128256, gated_mlp=True, dropout=False)
+    sbh = 4096 * 4096
+    assert block_activation_bytes(llama) == pytest.approx(98 * sbh)
+    assert block_activation_bytes(llama, 8) == pytest.approx((8 + 26 / 8 + 64 / 8) * sbh)
+    assert block_activation_bytes(llama, 8, sequence_parallel=True) == pytest.approx(98 / 8 * sbh)
+    assert block_activation_bytes(llama, 8, sequence_parallel=True, recompute="selective") == pytest.approx(
+        34 / 8 * sbh
+    )
+    cfg = {"hidden_size": 4096, "num_attention_heads": 32, "vocab_size": 10, "attention_dropout": 0.0}
+    assert not TransformerShape.from_config(cfg, seq_len=8, microbatch=1).dropout
+    cfg = {"n_embd": 768, "n_head": 12, "vocab_size": 50257, "resid_pdrop": 0.1}
+    assert TransformerShape.from_config(cfg, seq_len=8, microbatch=1).dropout
