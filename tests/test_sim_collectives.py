@@ -1,6 +1,8 @@
 """The α-β collective formulas and the rank layout, against values worked out by hand."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator.collectives import (
     Link,
@@ -99,3 +101,20 @@ def test_megatron_block_comm_same_bytes_with_sequence_parallel():
     sp_fwd, sp_bwd = tp_block_comm_s(8, m, NVLINK, sequence_parallel=True)
     assert sp_fwd == pytest.approx(fwd, rel=1e-12) and sp_bwd == pytest.approx(bwd, rel=1e-12)
     assert tp_block_comm_s(1, m, NVLINK, sequence_parallel=True) == (0.0, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 4096),
+    nbytes=st.floats(0, 1e11),
+    latency=st.floats(0, 1e-4),
+    bandwidth=st.floats(1e8, 1e12),
+)
+def test_collective_invariants(n, nbytes, latency, bandwidth):
+    link = Link(latency, bandwidth)
+    ring = ring_all_reduce_s(n, nbytes, link)
+    assert ring == pytest.approx(reduce_scatter_s(n, nbytes, link) + all_gather_s(n, nbytes, link))
+    assert all_reduce_s(n, nbytes, link, "best") == min(ring, tree_all_reduce_s(n, nbytes, link))
+    # more ranks never make a ring collective cheaper; more bytes never make any cheaper
+    assert reduce_scatter_s(n + 1, nbytes, link) >= reduce_scatter_s(n, nbytes, link)
+    assert tree_all_reduce_s(n, 2 * nbytes, link) >= tree_all_reduce_s(n, nbytes, link)
