@@ -1,13 +1,12 @@
 """Hand splits people use, so every plan can say what it gains over them.
 
 - ``even``: units dealt as evenly as possible (the extra ones to the first stages).
-- ``torchtitan``: torchtitan's pipeline split gives the first and last stages fewer
-  transformer blocks, counting the embedding and the output head as
-  ``input_weight``/``output_weight`` layers of their own (torchtitan
-  ``distributed/pipeline_parallel.py``, ``generate_llm_fqn_per_model_part``; both
-  weights default to 1 there). Written here from that description. When the embedding
-  and head are units of their own, as in our zoo, and the weights are 1, it coincides
-  with ``even``; heavier weights move blocks off the end stages.
+- ``torchtitan``: torchtitan's default pipeline split, ``_generate_llm_fqn_per_model_part``
+  (``torchtitan/distributed/pipeline_parallel.py``): the embedding and the output modules
+  count as ``input_weight``/``output_weight`` layers (``pipeline_parallel_first_stage_less_layers``
+  and ``..._last_stage_less_layers``, both 1 by default), the effective layers are dealt
+  evenly with the remainder to the first stages, and the first and last stages then hold
+  that many blocks less. For llama3-8b on 8 stages: E+4 | 5 | 4 | 4 | 4 | 4 | 4 | 3+L.
 - ``deepspeed-parameters``: DeepSpeed ``PipelineModule(partition_method="parameters")``
   balances trainable parameter counts across stages (``ds_utils.partition_balanced``:
   the contiguous split minimising the largest part). Written here as a binary search on
@@ -27,25 +26,39 @@ from .splits import even_split, min_max_split
 __all__ = ["even_split", "torchtitan_split", "parameter_split", "BASELINES", "compare"]
 
 
-def _is_block(kind: str, name: str) -> bool:
-    return not (kind.startswith(("embed", "head")) or name.startswith(("embed", "head")))
+def torchtitan_split(profile: Profile, p: int, input_weight: int = 1, output_weight: int = 1) -> list[tuple[int, int]]:
+    """torchtitan's rule for ``p`` stages. Blocks are the units of kind ``block``; the units before
+    the first block go with stage 0 and those after the last block with stage ``p - 1``.
 
-
-def torchtitan_split(
-    profile: Profile, p: int, input_weight: float = 1.0, output_weight: float = 1.0
-) -> list[tuple[int, int]]:
-    """Layer-equivalents dealt evenly: non-block units at the ends weigh ``input/output_weight`` blocks."""
-    units = profile.entry(profile.entries[0].dtype).units
-    U = len(units)
-    if p > U:
-        raise UserError(f"cannot cut {U} units into {p} stages: lower --pp")
-    weights = []
-    for i, u in enumerate(units):
-        if _is_block(u.kind, u.name):
-            weights.append(1.0)
-        else:
-            weights.append(input_weight if i < U / 2 else output_weight)
-    return _cut_by_target(weights, p)
+    With ``L`` blocks, ``E = L + input_weight + output_weight`` effective layers are dealt as
+    ``E // p`` per stage, one more to each of the first ``E % p`` stages; stage 0 then takes
+    ``input_weight`` blocks fewer and the last stage ``output_weight`` fewer. torchtitan refuses
+    ``p > E``, ``E // p == 0`` and a weight above ``E // p``; so does this (as a UserError)."""
+    kinds = [u.kind for u in profile.entry(profile.entries[0].dtype).units]
+    blocks = [i for i, k in enumerate(kinds) if k == "block"]
+    if not blocks or blocks != list(range(blocks[0], blocks[-1] + 1)):
+        raise UserError("torchtitan's split needs the model's blocks (units of kind 'block') in one run")
+    if p == 1:
+        return [(0, len(kinds))]
+    num_layers = len(blocks)
+    effective = num_layers + input_weight + output_weight
+    per_stage, extra = divmod(effective, p)
+    if p > effective or per_stage == 0:
+        raise UserError(f"torchtitan's split: {p} stages but {effective} effective layers: lower --pp")
+    if input_weight > per_stage or output_weight > per_stage:
+        raise UserError(f"torchtitan's split: a weight above the {per_stage} layers per stage: lower --pp")
+    counts = [per_stage + (1 if s < extra else 0) for s in range(p)]
+    counts[0] -= input_weight
+    counts[-1] -= output_weight
+    ends, used = [], 0
+    for c in counts[:-1]:
+        used = min(used + c, num_layers)
+        ends.append(blocks[0] + used)
+    edges = [0, *ends, len(kinds)]
+    bounds = list(zip(edges[:-1], edges[1:]))
+    if any(end <= first for first, end in bounds):
+        raise UserError(f"torchtitan's split leaves a stage empty with {p} stages: lower --pp")
+    return bounds
 
 
 def _cut_by_target(weights: list[float], p: int) -> list[tuple[int, int]]:

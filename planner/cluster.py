@@ -6,7 +6,7 @@ Both are typed configs: every field documented, unknown keys refused (STYLE.md 7
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,16 @@ from simulator.actions import ScheduleError
 from simulator.costs import Links
 from simulator.placement import check_placement
 
-__all__ = ["Cluster", "Job", "PRESET_CLUSTERS", "load_cluster", "load_job", "parse_bytes"]
+__all__ = [
+    "Cluster",
+    "Job",
+    "PRESET_CLUSTERS",
+    "PRESETS_FILE",
+    "preset_cluster",
+    "load_cluster",
+    "load_job",
+    "parse_bytes",
+]
 
 KIND, MAJOR = "cluster", 1
 
@@ -99,25 +108,72 @@ class Cluster:
         )
 
 
-#: Common machines. Bandwidths are per direction, per device pair, as vendors state them.
-PRESET_CLUSTERS: dict[str, Cluster] = {
-    # NVLink 4 (H100 SXM): 450 GB/s per direction; 8x400 Gb/s InfiniBand NDR per node = 50 GB/s per GPU
-    "h100-node": Cluster("h100-node", "h100", 8, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6),
-    "h100x64": Cluster("h100x64", "h100", 64, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6),
-    "h200x64": Cluster("h200x64", "h200", 64, 141 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6),
-    # this machine's CPU ranks over gloo/loopback (pipeplan calibrate measures the real figures)
-    "cpu-local": Cluster("cpu-local", "cpu", 2, 8 * 2**30, 2, 1.5e9, 150e-6, 1.5e9, 150e-6),
-}
+PRESETS_FILE = Path(__file__).with_name("clusters.yaml")  #: node types, their datasheet sources, old names
+_PRESET_SPEC = re.compile(r"([a-z0-9][a-z0-9-]*)(?::(\d+)(?:x(\d+))?)?")
+
+
+def _load_presets() -> tuple[dict[str, Cluster], dict[str, str]]:
+    """The node types of ``clusters.yaml`` (one node each) and the old names they keep working."""
+    import yaml
+
+    data = yaml.safe_load(PRESETS_FILE.read_text())
+    nodes = {}
+    for name, spec in data["nodes"].items():
+        per_node = int(spec["devices_per_node"])
+        nodes[name] = Cluster(
+            name=name,
+            device=spec["device"],
+            devices=per_node,
+            memory_bytes=parse_bytes(spec["memory_bytes"], f"{PRESETS_FILE}: {name}.memory_bytes"),
+            devices_per_node=per_node,
+            intra_bandwidth_Bps=float(spec["intra_bandwidth_Bps"]),
+            intra_latency_s=float(spec["intra_latency_s"]),
+            inter_bandwidth_Bps=float(spec["inter_bandwidth_Bps"]),
+            inter_latency_s=float(spec["inter_latency_s"]),
+        )
+    return nodes, dict(data.get("aliases") or {})
+
+
+_NODES, _ALIASES = _load_presets()
+
+
+def preset_cluster(spec: str) -> Cluster | None:
+    """``NODE`` (one node), ``NODE:N`` (N nodes) or ``NODE:NxG`` (N nodes, G devices used on each),
+    NODE a node type of ``clusters.yaml``; an old preset name; None when ``spec`` names no preset."""
+    alias = spec if spec in _ALIASES else None
+    spec = _ALIASES.get(spec, spec)
+    m = _PRESET_SPEC.fullmatch(spec)
+    if not m or m.group(1) not in _NODES:
+        return None
+    node = _NODES[m.group(1)]
+    nodes = int(m.group(2) or 1)
+    per_node = int(m.group(3) or node.devices_per_node)
+    if nodes < 1 or not 1 <= per_node <= node.devices_per_node:
+        raise UserError(
+            f"--cluster {spec}: write {m.group(1)}:NODES or {m.group(1)}:NODESxGPUS with NODES >= 1 and "
+            f"1 <= GPUS <= {node.devices_per_node}"
+        )
+    name = alias or (spec if spec == m.group(1) or m.group(3) else f"{m.group(1)}:{nodes}x{per_node}")
+    return replace(node, name=name, devices=nodes * per_node, devices_per_node=per_node)
+
+
+#: Common machines: each node type (one node) and the older names (``h100x64``: 8 H100 nodes).
+PRESET_CLUSTERS: dict[str, Cluster] = {name: preset_cluster(name) for name in [*_NODES, *_ALIASES]}
 
 
 def load_cluster(spec: str | Path) -> Cluster:
-    """A preset name, a cluster JSON file (as written by ``pipeplan calibrate``) or a YAML file
-    (``.yaml``/``.yml``) with the same fields."""
-    if str(spec) in PRESET_CLUSTERS:
-        return PRESET_CLUSTERS[str(spec)]
+    """A preset (``h100``, ``h100:8``, ``h100:8x8``, ``h100x64``, ...; see ``clusters.yaml``), a
+    cluster JSON file (as written by ``pipeplan calibrate``) or a YAML file (``.yaml``/``.yml``)
+    with the same fields."""
+    preset = preset_cluster(str(spec))
+    if preset is not None:
+        return preset
     path = Path(spec)
     if not path.exists():
-        raise UserError(f"--cluster {spec}: no such file or preset (presets: {', '.join(PRESET_CLUSTERS)})")
+        raise UserError(
+            f"--cluster {spec}: no such file or preset (presets: {', '.join(PRESET_CLUSTERS)}; "
+            f"or NODE:NODES[xGPUS] with NODE one of {', '.join(_NODES)})"
+        )
     if path.suffix.lower() in (".yaml", ".yml"):
         return Cluster.from_fields(_read_yaml(path))
     return Cluster.from_fields(read_json(path, KIND, MAJOR))

@@ -1,0 +1,229 @@
+"""Published large-scale training configurations and what they achieved, for ``bench/published.py``.
+
+Every figure below is copied from the cited table as printed; nothing is derived except where a
+field says so (``dp``). Where the table leaves a setting out (the microbatch size of Narayanan et
+al.'s Table 1), the field is None rather than a guess.
+
+Sources:
+
+- ``NARAYANAN_2021``: D. Narayanan, M. Shoeybi, J. Casper, P. LeGresley, M. Patwary, V.
+  Korthikanti, D. Vainbrand, P. Kashinkunti, J. Bernauer, B. Catanzaro, A. Phanishayee, M.
+  Zaharia, "Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM",
+  SC'21 (arXiv:2104.04473), Table 1 ("weak-scaling throughput for GPT models ranging from 1
+  billion to 1 trillion parameters"): GPT models with vocabulary 51,200 and sequence length
+  2048, mixed precision, on Selene (DGX A100 80GB nodes, 8 x 200 Gb/s HDR InfiniBand per
+  node; A100 peak 312 TFLOP/s in 16-bit). The FLOPs behind its TFLOP/s column are the paper's
+  Eq. (3), which counts the forward that activation recomputation repeats.
+- ``KORTHIKANTI_2022``: V. Korthikanti, J. Casper, S. Lym, L. McAfee, M. Andersch, M. Shoeybi,
+  B. Catanzaro, "Reducing Activation Recomputation in Large Transformer Models", MLSys 2023
+  (arXiv:2205.05198), Table 3 (configurations: t = 8, no data parallelism, s = 2048, v = 51200,
+  interleaved schedule with 3 stages per rank for 175B and 530B) and Table 5 ("present work":
+  sequence parallelism + selective recompute; iteration time, MFU, HFU), plus §6.3's 530B run on
+  2240 GPUs (8-way data parallel): 39.15 s per iteration, MFU 54.2%. Same Selene nodes.
+- ``LLAMA3_2024``: Llama Team, AI @ Meta, "The Llama 3 Herd of Models" (arXiv:2407.21783),
+  Table 4 ("Scaling configurations and MFU for each stage of Llama 3 405B pre-training") and
+  Table 3 (the 405B model: 126 layers, width 16,384, FFN 53,248, 128 attention heads, 8
+  key/value heads, vocabulary 128,000). H100 80GB GPUs, 8 per server over NVLink, 400 Gb/s per
+  GPU across servers (RoCE); BF16 peak taken as 989 TFLOP/s (dense, H100 SXM datasheet). DP
+  there is FSDP (the paper's Figure 5 caption: "DP stands for FSDP"); CP is context parallelism.
+
+How the figures were found: Narayanan et al.'s Table 1 and Korthikanti et al.'s Tables 3 and 5
+and §6.3 were read from text transcriptions of the two papers in public repositories (NVIDIA's
+Megatron-LM README shows Table 1 only as an image; its text confirms V = 51,200, s = 2048 and
+80GB A100s). Llama 3's Table 4 agrees across several independent transcriptions (one printed DP
+4 in the last row, which does not multiply out to 16,384 GPUs; 8 does). Each table is checked
+against itself by tests: Narayanan's params column is its Eq. (2) (:func:`narayanan_params`) to
+the printed rounding, its aggregate column is GPUs x TFLOP/s per GPU, its % of peak is TFLOP/s
+over 312; Korthikanti's MFU column follows from its Eq. (7) and the iteration times to 0.2
+points; Llama 3's GPUs are TP x CP x PP x DP and its batches 16M tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "PublishedRun",
+    "NARAYANAN_2021",
+    "KORTHIKANTI_2022",
+    "LLAMA3_2024",
+    "PUBLISHED",
+    "narayanan_flops_per_iteration",
+    "model_flops_per_iteration",
+    "narayanan_params",
+    "A100_BF16_PEAK",
+    "H100_BF16_PEAK",
+]
+
+A100_BF16_PEAK = 312e12  #: FLOP/s, dense 16-bit (NVIDIA A100 datasheet)
+H100_BF16_PEAK = 989e12  #: FLOP/s, dense BF16 (NVIDIA H100 SXM datasheet, 989.4 without sparsity)
+
+NARAYANAN = "Narayanan et al., SC'21 (arXiv:2104.04473), Table 1"
+KORTHIKANTI = "Korthikanti et al., MLSys'23 (arXiv:2205.05198), Tables 3 and 5"
+LLAMA3 = "Llama Team, The Llama 3 Herd of Models (arXiv:2407.21783), Tables 3 and 4"
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """One published configuration and its published throughput."""
+
+    source: str  #: where the row comes from (paper, table)
+    model: str  #: the paper's name for the model
+    params_b: float  #: parameters, billions, as printed
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    seq_len: int
+    device: str  #: cluster preset node type (planner/clusters.yaml)
+    gpus: int
+    tp: int
+    pp: int
+    dp: int  #: derived: gpus / (tp * pp * cp) unless the table prints it
+    global_batch: int  #: sequences per iteration
+    tflops_per_gpu: float | None = None  #: achieved TFLOP/s per GPU, as printed (None: not printed)
+    peak_fraction: float | None = None  #: share of peak (Narayanan: "% of theoretical peak"; others: MFU)
+    cp: int = 1  #: context-parallel degree
+    microbatch: int | None = None  #: sequences per microbatch (None: not printed)
+    iteration_s: float | None = None  #: seconds per iteration (None: not printed)
+    hfu: float | None = None  #: hardware FLOPs utilisation, counting recomputation (None: not printed)
+    aggregate_pflops: float | None = None  #: all GPUs together, PFLOP/s, as printed
+    notes: str = ""
+
+
+def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg) -> PublishedRun:
+    return PublishedRun(
+        source=NARAYANAN,
+        model=f"GPT {params_b}B",
+        params_b=params_b,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=heads,
+        ffn=4 * hidden,
+        vocab=51200,
+        seq_len=2048,
+        device="a100",
+        gpus=gpus,
+        tp=tp,
+        pp=pp,
+        dp=gpus // (tp * pp),
+        global_batch=batch,
+        tflops_per_gpu=tflops,
+        peak_fraction=pct / 100,
+        aggregate_pflops=agg,
+        notes="activation recomputation; FLOPs per Eq. (3)",
+    )
+
+
+#: Table 1: params (B), heads, hidden, layers, TP, PP, GPUs, batch, TFLOP/s per GPU, % of peak, aggregate PFLOP/s.
+NARAYANAN_2021: tuple[PublishedRun, ...] = tuple(
+    _narayanan(*row)
+    for row in (
+        (1.7, 24, 2304, 24, 1, 1, 32, 512, 137, 44, 4.4),
+        (3.6, 32, 3072, 30, 2, 1, 64, 512, 138, 44, 8.8),
+        (7.5, 32, 4096, 36, 4, 1, 128, 512, 142, 46, 18.2),
+        (18.4, 48, 6144, 40, 8, 1, 256, 1024, 135, 43, 34.6),
+        (39.1, 64, 8192, 48, 8, 2, 512, 1536, 138, 44, 70.8),
+        (76.1, 80, 10240, 60, 8, 4, 1024, 1792, 140, 45, 143.8),
+        (145.6, 96, 12288, 80, 8, 8, 1536, 2304, 148, 47, 227.1),
+        (310.1, 128, 16384, 96, 8, 16, 1920, 2160, 155, 50, 297.4),
+        (529.6, 128, 20480, 105, 8, 35, 2520, 2520, 163, 52, 410.2),
+        (1008.0, 160, 25600, 128, 8, 64, 3072, 3072, 163, 52, 502.0),
+    )
+)
+
+
+def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, iteration_s, mfu, hfu, notes=""):
+    return PublishedRun(
+        source=KORTHIKANTI,
+        model=model,
+        params_b=params_b,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=heads,
+        ffn=4 * hidden,
+        vocab=51200,
+        seq_len=2048,
+        device="a100",
+        gpus=gpus,
+        tp=8,
+        pp=pp,
+        dp=gpus // (8 * pp),
+        global_batch=batch,
+        peak_fraction=mfu,
+        microbatch=mb,
+        iteration_s=iteration_s,
+        hfu=hfu,
+        notes=notes or "sequence parallel + selective recompute",
+    )
+
+
+DP8 = "§6.3: 8-way data parallel, batch per model instance kept; no overlap of the gradient all-reduce"
+
+#: Table 3 configurations with Table 5's "present work" iteration time, MFU and HFU; and §6.3's data-parallel run.
+KORTHIKANTI_2022: tuple[PublishedRun, ...] = (
+    _korthikanti("22B", 22, 64, 6144, 48, 1, 8, 4, 4, 1.10, 0.415, 0.437),
+    _korthikanti("175B (GPT-3)", 175, 96, 12288, 96, 8, 64, 64, 1, 13.75, 0.514, 0.528),
+    _korthikanti("530B (MT-NLG)", 530, 128, 20480, 105, 35, 280, 280, 1, 37.83, 0.560, 0.570),
+    _korthikanti("1T", 1000, 160, 25600, 128, 64, 512, 512, 1, 71.49, 0.563, 0.570),
+    _korthikanti("530B (MT-NLG)", 530, 128, 20480, 105, 35, 2240, 2240, 1, 39.15, 0.542, None, notes=DP8),
+)
+
+
+def _llama3(gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
+    return PublishedRun(
+        source=LLAMA3,
+        model="Llama 3 405B",
+        params_b=405,
+        layers=126,
+        hidden=16384,
+        heads=128,
+        kv_heads=8,
+        ffn=53248,
+        vocab=128000,
+        seq_len=seq,
+        device="h100",
+        gpus=gpus,
+        tp=8,
+        pp=16,
+        dp=dp,
+        cp=cp,
+        global_batch=dp * batch_per_dp,
+        tflops_per_gpu=tflops,
+        peak_fraction=mfu,
+        notes="DP is FSDP; 16M tokens per batch",
+    )
+
+
+#: Table 4: GPUs, CP, DP, sequence length, batch size per DP, TFLOP/s per GPU, BF16 MFU (TP 8, PP 16 throughout).
+LLAMA3_2024: tuple[PublishedRun, ...] = (
+    _llama3(8192, 1, 64, 8192, 32, 430, 0.43),
+    _llama3(16384, 1, 128, 8192, 16, 400, 0.41),
+    _llama3(16384, 16, 8, 131072, 16, 380, 0.38),
+)
+
+PUBLISHED: tuple[PublishedRun, ...] = NARAYANAN_2021 + KORTHIKANTI_2022 + LLAMA3_2024
+
+
+def narayanan_flops_per_iteration(batch: int, seq_len: int, layers: int, hidden: int, vocab: int) -> float:
+    """Narayanan et al. Eq. (3): ``96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h))`` FLOPs per iteration —
+    the model's forward and backward plus the forward that activation recomputation repeats
+    (GEMMs only; the logits GEMM is not recomputed)."""
+    b, s, l_, h, v = batch, seq_len, layers, hidden, vocab
+    return 96.0 * b * s * l_ * h**2 * (1 + s / (6 * h) + v / (16 * l_ * h))
+
+
+def model_flops_per_iteration(batch: int, seq_len: int, layers: int, hidden: int, vocab: int) -> float:
+    """Korthikanti et al. Eq. (7), the model FLOPs behind MFU: ``72·B·L·s·h²·(1 + s/(6h) + v/(12·h·L))``
+    (one forward and one backward, GEMMs only, no recomputation)."""
+    b, s, l_, h, v = batch, seq_len, layers, hidden, vocab
+    return 72.0 * b * l_ * s * h**2 * (1 + s / (6 * h) + v / (12 * h * l_))
+
+
+def narayanan_params(layers: int, hidden: int, vocab: int, seq_len: int) -> float:
+    """Narayanan et al. Eq. (2): ``P = 12·l·h²·(1 + 13/(12h) + (V + s)/(12·l·h))`` parameters of a GPT model."""
+    return 12.0 * layers * hidden**2 * (1 + 13 / (12 * hidden) + (vocab + seq_len) / (12 * layers * hidden))

@@ -1,0 +1,55 @@
+"""The published-configurations table and its FLOP formulas: each table's own columns must agree
+with each other and with the papers' equations, so a mistyped figure fails here."""
+
+import pytest
+
+from bench.published_data import (
+    A100_BF16_PEAK,
+    KORTHIKANTI_2022,
+    LLAMA3_2024,
+    NARAYANAN_2021,
+    PUBLISHED,
+    model_flops_per_iteration,
+    narayanan_flops_per_iteration,
+    narayanan_params,
+)
+
+
+def test_flop_formulas_by_hand():
+    # B=2, s=4, l=3, h=8, V=16: 96*2*4*3*64 * (1 + 4/48 + 16/384) = 147456 * 1.125
+    assert narayanan_flops_per_iteration(2, 4, 3, 8, 16) == pytest.approx(165888)
+    # 72*2*3*4*64 * (1 + 4/48 + 16/288)
+    assert model_flops_per_iteration(2, 4, 3, 8, 16) == pytest.approx(110592 * (1 + 1 / 12 + 1 / 18))
+    # Eq. (3) is Eq. (7) plus one more forward of the layers (recomputation), 24*B*s*l*h^2*(1 + s/(6h))
+    b, s, l_, h, v = 1536, 2048, 80, 12288, 51200
+    extra = narayanan_flops_per_iteration(b, s, l_, h, v) - model_flops_per_iteration(b, s, l_, h, v)
+    assert extra == pytest.approx(24 * b * s * l_ * h**2 * (1 + s / (6 * h)))
+
+
+def test_narayanan_table1_is_self_consistent():
+    assert len(NARAYANAN_2021) == 10
+    for r in NARAYANAN_2021:
+        assert r.gpus == r.tp * r.pp * r.dp, r.model
+        assert round(narayanan_params(r.layers, r.hidden, r.vocab, r.seq_len) / 1e9, 1) == r.params_b, r.model
+        assert r.gpus * r.tflops_per_gpu / 1000 == pytest.approx(r.aggregate_pflops, rel=0.01), r.model
+        assert r.tflops_per_gpu * 1e12 / A100_BF16_PEAK == pytest.approx(r.peak_fraction, abs=0.006), r.model
+
+
+def test_korthikanti_mfu_follows_from_eq7_and_iteration_time():
+    for r in KORTHIKANTI_2022:
+        flops = model_flops_per_iteration(r.global_batch, r.seq_len, r.layers, r.hidden, r.vocab)
+        mfu = flops / r.iteration_s / r.gpus / A100_BF16_PEAK
+        assert mfu == pytest.approx(r.peak_fraction, abs=0.002), r.model
+        assert r.gpus == r.tp * r.pp * r.dp
+
+
+def test_llama3_rows_multiply_out():
+    for r in LLAMA3_2024:
+        assert r.gpus == r.tp * r.cp * r.pp * r.dp
+        assert r.global_batch * r.seq_len == 16 * 2**20  # "16M" tokens per batch
+
+
+def test_every_row_is_a_valid_layout():
+    for r in PUBLISHED:
+        assert r.hidden % r.heads == 0 and r.heads % r.tp == 0 and r.kv_heads % r.tp == 0, r.model
+        assert r.layers >= r.pp and r.source

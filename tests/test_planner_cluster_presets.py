@@ -1,0 +1,48 @@
+"""Cluster presets: node types with a node count, the older names, and their cited sources."""
+
+import pytest
+import yaml
+
+from planner.cluster import PRESET_CLUSTERS, PRESETS_FILE, Cluster, load_cluster
+from profiles.contract import UserError
+
+
+def test_older_names_keep_their_values():
+    assert PRESET_CLUSTERS["h100-node"] == Cluster("h100-node", "h100", 8, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6)
+    assert PRESET_CLUSTERS["h100x64"] == Cluster("h100x64", "h100", 64, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6)
+    assert PRESET_CLUSTERS["cpu-local"] == Cluster("cpu-local", "cpu", 2, 8 * 2**30, 2, 1.5e9, 150e-6, 1.5e9, 150e-6)
+    # H200: 141 GB as its datasheet states it (it was 141 GiB before)
+    assert PRESET_CLUSTERS["h200x64"] == Cluster("h200x64", "h200", 64, 141 * 10**9, 8, 450e9, 5e-6, 50e9, 10e-6)
+
+
+def test_node_types_and_counts():
+    one = load_cluster("h100")
+    assert (one.devices, one.devices_per_node, one.memory_bytes) == (8, 8, 80 * 2**30)
+    eight = load_cluster("h100:8x8")
+    assert (eight.name, eight.devices, eight.devices_per_node) == ("h100:8x8", 64, 8)
+    assert load_cluster("h100:8").devices == 64 and load_cluster("h100:8").name == "h100:8x8"
+    half = load_cluster("h100:8x4")
+    assert (half.devices, half.devices_per_node, half.inter_bandwidth_Bps) == (32, 4, 50e9)
+    a100 = load_cluster("a100:2")
+    assert (a100.devices, a100.intra_bandwidth_Bps, a100.inter_bandwidth_Bps) == (16, 300e9, 25e9)
+    h200 = load_cluster("h200:128")
+    assert (h200.devices, h200.memory_bytes, h200.intra_bandwidth_Bps) == (1024, 141 * 10**9, 450e9)
+
+
+@pytest.mark.parametrize("spec", ["h100:0", "h100:2x16", "h100:2x0"])
+def test_bad_counts_refused(spec):
+    with pytest.raises(UserError, match="NODES"):
+        load_cluster(spec)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(UserError) as e:
+        load_cluster("tpu:4")
+    assert "h100" in str(e.value) and "a100" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_gpu_node_cites_its_datasheet():
+    nodes = yaml.safe_load(PRESETS_FILE.read_text())["nodes"]
+    for name in ("h100", "h200", "a100"):
+        sources = nodes[name]["sources"]
+        assert any("datasheet" in s and "nvidia.com" in s for s in sources), name

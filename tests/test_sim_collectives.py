@@ -1,0 +1,120 @@
+"""The α-β collective formulas and the rank layout, against values worked out by hand."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.collectives import (
+    Link,
+    all_gather_s,
+    all_reduce_s,
+    coords_of,
+    group_link,
+    group_ranks,
+    rank_of,
+    reduce_scatter_s,
+    ring_all_reduce_s,
+    tp_block_comm_s,
+    tree_all_reduce_s,
+)
+
+NVLINK = Link(5e-6, 450e9)
+IB = Link(10e-6, 50e9)
+
+
+def test_ring_all_reduce_by_hand():
+    # 8 ranks, 1 GB on NVLink: 2*7*(5us + 1e9/(8*450e9)) = 14*(5e-6 + 2.7778e-4) = 3.95889e-3 s
+    assert ring_all_reduce_s(8, 1e9, NVLINK) == pytest.approx(14 * (5e-6 + 1e9 / 3.6e12), rel=1e-12)
+    assert ring_all_reduce_s(8, 1e9, NVLINK) == pytest.approx(3.958889e-3, rel=1e-6)
+    # 2 ranks, 100 MB over IB: 2*(10us + 1e8/1e11) = 2.02e-3 s
+    assert ring_all_reduce_s(2, 1e8, IB) == pytest.approx(2.02e-3, rel=1e-12)
+
+
+def test_tree_all_reduce_by_hand():
+    # 64 ranks: 2*6*10us + 2*1e8/50e9 = 1.2e-4 + 4e-3
+    assert tree_all_reduce_s(64, 1e8, IB) == pytest.approx(4.12e-3, rel=1e-12)
+    # 5 ranks: ceil(log2 5) = 3 hops
+    assert tree_all_reduce_s(5, 0, IB) == pytest.approx(6 * 10e-6, rel=1e-12)
+
+
+def test_tree_wins_small_messages_ring_wins_large_ones():
+    # 1 KB over 1024 ranks: latency dominates, 2*10*a << 2*1023*a
+    assert tree_all_reduce_s(1024, 1e3, IB) < ring_all_reduce_s(1024, 1e3, IB)
+    # 1 GB over 4 ranks: ring moves 2*(3/4)M, tree 2M
+    assert ring_all_reduce_s(4, 1e9, IB) < tree_all_reduce_s(4, 1e9, IB)
+    best = all_reduce_s(1024, 1e3, IB, "best")
+    assert best == tree_all_reduce_s(1024, 1e3, IB)
+
+
+def test_reduce_scatter_and_all_gather_by_hand():
+    # 4 ranks, 400 MB on IB: 3*(10us + 1e8/50e9) = 3*(1e-5 + 2e-3) = 6.03e-3
+    assert reduce_scatter_s(4, 4e8, IB) == pytest.approx(6.03e-3, rel=1e-12)
+    assert all_gather_s(4, 4e8, IB) == pytest.approx(6.03e-3, rel=1e-12)
+    # a ring all-reduce is exactly one reduce-scatter plus one all-gather
+    assert ring_all_reduce_s(4, 4e8, IB) == pytest.approx(reduce_scatter_s(4, 4e8, IB) + all_gather_s(4, 4e8, IB))
+
+
+def test_one_rank_costs_nothing():
+    for f in (ring_all_reduce_s, tree_all_reduce_s, reduce_scatter_s, all_gather_s):
+        assert f(1, 1e9, IB) == 0.0
+
+
+def test_bad_arguments_refused():
+    with pytest.raises(ValueError):
+        ring_all_reduce_s(0, 1, IB)
+    with pytest.raises(ValueError):
+        all_reduce_s(2, 1, IB, "butterfly")
+    with pytest.raises(ValueError):
+        Link(1e-6, 0)
+
+
+def test_rank_layout_tp_innermost_pp_outermost():
+    # pp=2, dp=2, tp=4: rank = (p*2 + d)*4 + t
+    assert rank_of(0, 0, 3, dp=2, tp=4) == 3
+    assert rank_of(0, 1, 0, dp=2, tp=4) == 4
+    assert rank_of(1, 0, 0, dp=2, tp=4) == 8
+    assert rank_of(1, 1, 2, dp=2, tp=4) == 14
+    for r in range(16):
+        assert rank_of(*coords_of(r, dp=2, tp=4), dp=2, tp=4) == r
+    assert group_ranks("tp", 13, pp=2, dp=2, tp=4) == [12, 13, 14, 15]
+    assert group_ranks("dp", 13, pp=2, dp=2, tp=4) == [9, 13]
+    assert group_ranks("pp", 13, pp=2, dp=2, tp=4) == [5, 13]
+
+
+def test_group_link_inside_and_across_nodes():
+    # 64 ranks, 8 per node, tp=8 dp=2 pp=4: a tp group is one node, a dp group spans two nodes
+    tp_group = group_ranks("tp", 17, pp=4, dp=2, tp=8)
+    dp_group = group_ranks("dp", 17, pp=4, dp=2, tp=8)
+    assert tp_group == list(range(16, 24))
+    assert dp_group == [17, 25]
+    assert group_link(tp_group, 8, NVLINK, IB) is NVLINK
+    assert group_link(dp_group, 8, NVLINK, IB) is IB
+    # tp=2, dp=4 on 8 per node: a dp group (stride 2) of 4 ranks stays on one node
+    assert group_link(group_ranks("dp", 0, pp=8, dp=4, tp=2), 8, NVLINK, IB) is NVLINK
+
+
+def test_megatron_block_comm_same_bytes_with_sequence_parallel():
+    # s=4096, b=1, h=8192, bf16: one activation is 64 MiB
+    m = 4096 * 1 * 8192 * 2
+    fwd, bwd = tp_block_comm_s(8, m, NVLINK, sequence_parallel=False)
+    assert fwd == bwd == pytest.approx(2 * 2 * 7 * (5e-6 + m / (8 * 450e9)), rel=1e-12)
+    sp_fwd, sp_bwd = tp_block_comm_s(8, m, NVLINK, sequence_parallel=True)
+    assert sp_fwd == pytest.approx(fwd, rel=1e-12) and sp_bwd == pytest.approx(bwd, rel=1e-12)
+    assert tp_block_comm_s(1, m, NVLINK, sequence_parallel=True) == (0.0, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 4096),
+    nbytes=st.floats(0, 1e11),
+    latency=st.floats(0, 1e-4),
+    bandwidth=st.floats(1e8, 1e12),
+)
+def test_collective_invariants(n, nbytes, latency, bandwidth):
+    link = Link(latency, bandwidth)
+    ring = ring_all_reduce_s(n, nbytes, link)
+    assert ring == pytest.approx(reduce_scatter_s(n, nbytes, link) + all_gather_s(n, nbytes, link))
+    assert all_reduce_s(n, nbytes, link, "best") == min(ring, tree_all_reduce_s(n, nbytes, link))
+    # more ranks never make a ring collective cheaper; more bytes never make any cheaper
+    assert reduce_scatter_s(n + 1, nbytes, link) >= reduce_scatter_s(n, nbytes, link)
+    assert tree_all_reduce_s(n, 2 * nbytes, link) >= tree_all_reduce_s(n, nbytes, link)
