@@ -79,7 +79,7 @@ def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
         "peak GiB": peak / 2**30,
         "peak / cap %": 100 * peak / cap_bytes,
         "dtype": plan.stages[0].dtype,
-        "recompute": any(s.recompute for s in plan.stages),
+        "recompute": ",".join(sorted({s.recompute.value for s in plan.stages})),
         "samples/s": pred.throughput,
         "layout": plan.layout(),
     }

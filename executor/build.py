@@ -25,6 +25,7 @@ from planner.plan import Plan
 from profiles.contract import UserError
 from profiles.types import DTYPE_TABLE
 from simulator.actions import Action, Overlap, Table
+from simulator.costs import Recompute
 from simulator.schedules import SCHEDULES, schedule_spec
 
 __all__ = [
@@ -98,7 +99,7 @@ class _nothing:
 
 def stage_modules(plan: Plan, units: list[nn.Module]) -> list[StageModule]:
     """Every stage's module (for the single-process reference too)."""
-    return [StageModule(units[s.first : s.end], s.dtype, s.recompute) for s in plan.stages]
+    return [StageModule(units[s.first : s.end], s.dtype, s.recompute is Recompute.FULL) for s in plan.stages]
 
 
 def build_stages(

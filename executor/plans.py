@@ -34,7 +34,7 @@ def validation_plan(
     microbatch_size: int = 1,
     dtype: str = "fp32",
     bounds: list[tuple[int, int]] | None = None,
-    recompute: bool = False,
+    recompute: bool | Recompute = False,
     forward_only: bool = False,
     placement: list[int] | None = None,
 ) -> Plan:
@@ -61,7 +61,7 @@ def validation_plan(
     )
     if forward_only:
         table = forward_table(table)
-    option = Option(dtype, Recompute.FULL if recompute else Recompute.NONE)
+    option = Option(dtype, Recompute.FULL if recompute is True else Recompute(recompute or "none"))
     if bounds is None:
         work = [
             r.forward_s + r.backward_s

@@ -14,6 +14,7 @@ from simulator import cli as simcli
 from simulator.actions import write_csv
 from simulator.engine import simulate
 from simulator.placement import parse_placement
+from simulator.schedules import CUSTOM, SCHEDULES
 
 from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
 from .explain import explain
@@ -42,13 +43,17 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--global-batch", type=int, default=8, help="samples per optimizer step (default 8)")
     p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
-    p.add_argument("--schedules", default="1F1B,GPipe", help="comma list of allowed schedules (default 1F1B,GPipe)")
+    p.add_argument(
+        "--schedules",
+        default=",".join([*SCHEDULES, CUSTOM.name]),
+        help="comma list of allowed schedules (default: all seven and Custom)",
+    )
     p.add_argument("--pp", type=_ints, default=(), help="allowed pipeline degrees, comma list (default: any)")
     p.add_argument("--microbatches", type=_ints, default=(), help="allowed microbatch counts (default: any)")
     p.add_argument(
         "--dtype",
-        default="fp32",
-        help="precision, or a comma list the MILP chooses from per stage (fp32, bf16, fp16; default fp32)",
+        help="precision, or a comma list the MILP chooses from per stage (fp32, bf16, fp16; "
+        "default: every dtype the profile has)",
     )
     p.add_argument(
         "--virtual",
@@ -56,7 +61,31 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
         default=(),
         help="allowed stages per rank for schedules that take several (default 1..4)",
     )
-    p.add_argument("--recompute", action="store_true", help="let the MILP choose full recompute per stage")
+    p.add_argument(
+        "--recompute",
+        nargs="?",
+        const="none,selective,full",
+        help="recompute modes the MILP chooses from per stage: comma list of none, selective, full "
+        "(a bare --recompute: all three; default: every mode valid for the model)",
+    )
+    p.add_argument(
+        "--tp",
+        type=_ints,
+        default=(),
+        help="allowed tensor-parallel degrees, comma list (default: every divisor of the devices per "
+        "node that divides the attention and key/value heads)",
+    )
+    p.add_argument(
+        "--dp-mode",
+        default="ddp,zero1,zero2,fsdp",
+        help="allowed data-parallel modes, comma list of ddp, zero1, zero2, fsdp (default: all)",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        choices=["on", "off", "auto"],
+        default="auto",
+        help="Megatron sequence parallelism beside tp > 1 (auto: on, as Megatron runs it)",
+    )
     p.add_argument(
         "--optimizer-bytes",
         type=float,
@@ -98,6 +127,20 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
         help="write the best Plan here (default plan.json) and its schedule CSV beside it",
     )
     p.add_argument("--json", action="store_true", help="print the best Plan JSON on stdout")
+
+
+def _recompute_modes(flag: str | None, profile) -> tuple[str, ...]:
+    """``--recompute``'s modes; by default every mode valid for the model (selective needs a
+    transformer's shape in its config)."""
+    if flag is not None:
+        modes = tuple(m.strip() for m in flag.split(",") if m.strip())
+        bad = [m for m in modes if m not in ("none", "selective", "full")]
+        if bad or not modes:
+            raise UserError(f"--recompute {flag}: give a comma list of none, selective, full")
+        return modes
+    config = profile.model_config
+    shaped = bool(config.get("num_attention_heads", config.get("n_head")))
+    return ("none", "selective", "full") if shaped else ("none", "full")
 
 
 def _cluster_from(args: argparse.Namespace) -> Cluster:
@@ -147,7 +190,9 @@ def _run_plan(args: argparse.Namespace) -> int:
     if args.job:
         job = load_job(args.job)
     else:
-        dtypes = tuple(d for d in args.dtype.split(",") if d)
+        dtypes = tuple(d for d in (args.dtype or "").split(",") if d) or tuple(
+            dict.fromkeys(e.dtype for e in profile.entries)
+        )
         for d in dtypes:
             if d not in DTYPE_TABLE:
                 raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_TABLE)}")
@@ -165,7 +210,10 @@ def _run_plan(args: argparse.Namespace) -> int:
             pp=args.pp,
             dtypes=dtypes,
             virtual=args.virtual,
-            recompute=args.recompute,
+            recompute=_recompute_modes(args.recompute, profile),
+            tp=args.tp,
+            dp_modes=tuple(m for m in args.dp_mode.split(",") if m),
+            sequence_parallel=args.sequence_parallel,
             optimizer_bytes_per_param=args.optimizer_bytes,
             forward_only=args.forward_only,
             objective=objective,

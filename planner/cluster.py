@@ -206,7 +206,12 @@ class Job:
     schedules: tuple[str, ...] = ("1F1B",)  #: schedules the planner may choose from
     pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that fits)
     dtypes: tuple[str, ...] = ("fp32",)  #: precisions the planner may choose per stage
-    recompute: bool = False  #: whether the planner may recompute activations per stage
+    #: recompute modes the planner may choose per stage: none | selective | full (a stored ``true``
+    #: reads as all three, ``false`` as none)
+    recompute: tuple[str, ...] = ("none",)
+    tp: tuple[int, ...] = (1,)  #: allowed tensor-parallel degrees (empty: every valid one)
+    dp_modes: tuple[str, ...] = ("ddp",)  #: allowed data-parallel modes: ddp | zero1 | zero2 | fsdp
+    sequence_parallel: str = "auto"  #: on | off | auto (auto: on wherever tp > 1, as Megatron runs it)
     optimizer_bytes_per_param: float = 8.0  #: optimizer state per parameter (AdamW: two fp32 moments)
     forward_only: bool = False  #: inference: forward actions only, objective latency/throughput
     virtual: tuple[int, ...] = ()  #: allowed stages per rank for schedules that take several (empty: 1..4)
@@ -227,6 +232,8 @@ class Job:
             if k not in known:
                 raise ContractError(f"{where}: field {k}: unknown field; known fields: {', '.join(sorted(known))}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if isinstance(d.get("recompute"), bool):  # plan/1 and older jobs: allow recompute or not
+            d["recompute"] = ("none", "selective", "full") if d["recompute"] else ("none",)
         if isinstance(d.get("placements"), tuple):
             d["placements"] = tuple(tuple(p) if isinstance(p, list) else p for p in d["placements"])
         job = Job(**d)
@@ -256,6 +263,14 @@ class Job:
                 check_placement(list(placement))
             except (ScheduleError, TypeError) as e:
                 raise bad("placements", str(e)) from None
+        if not self.recompute or any(r not in ("none", "selective", "full") for r in self.recompute):
+            raise bad("recompute", f"is {list(self.recompute)}: choose from none, selective, full")
+        if any(not isinstance(t, int) or t < 1 for t in self.tp):
+            raise bad("tp", f"is {list(self.tp)}: tensor-parallel degrees are integers >= 1")
+        if not self.dp_modes or any(m not in ("ddp", "zero1", "zero2", "fsdp") for m in self.dp_modes):
+            raise bad("dp_modes", f"is {list(self.dp_modes)}: choose from ddp, zero1, zero2, fsdp")
+        if self.sequence_parallel not in ("on", "off", "auto"):
+            raise bad("sequence_parallel", f"is {self.sequence_parallel!r}: choose on, off or auto")
         if self.objective != "step" and not self.forward_only:
             raise bad("objective", f"{self.objective} is for forward-only jobs: set forward_only true")
 

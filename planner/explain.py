@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from simulator.costs import Recompute
 from simulator.engine import simulate
 
 from .plan import Plan
@@ -44,9 +45,9 @@ def explain(plans: list[Plan]) -> list[str]:
         f"bubbles: {bubble:.1%} of the step on average, {max(r.bubble_fraction for r in tl.ranks):.1%} at worst.",
         f"memory: peak {_gib(peak)} on rank {peak_rank}, headroom {_gib(cap - peak)} of {_gib(cap)}.",
     ]
-    recompute = [s.index for s in best.stages if s.recompute]
+    recompute = [f"{s.index} ({s.recompute.value})" for s in best.stages if s.recompute is not Recompute.NONE]
     if recompute:
-        lines.append(f"stages {recompute} recompute their activations to fit.")
+        lines.append(f"stages {', '.join(recompute)} recompute their activations to fit.")
     for b in best.baselines:
         fit = "" if b.get("fits_memory", True) else f", and does not fit ({_gib(b.get('peak_bytes', 0))})"
         lines.append(

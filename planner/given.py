@@ -7,7 +7,7 @@ from pathlib import Path
 
 from profiles.contract import UserError
 from profiles.types import Profile
-from simulator.costs import Option
+from simulator.costs import DPMode, Layout, Option
 from simulator.placement import check_placement, most_stages_per_rank
 from simulator.schedules import CUSTOM, schedule_spec
 
@@ -70,9 +70,16 @@ def score_split(
         edges = [0, *cuts, U]
         bounds = list(zip(edges[:-1], edges[1:]))
     pp = max(placement) + 1 if placement else len(bounds) // virtual
-    if cluster.devices % pp:
-        raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} pipeline ranks")
-    dp = cluster.devices // pp
+    tp = job.tp[0] if job.tp else 1
+    if cluster.devices % (pp * tp):
+        raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} pipeline ranks x tp {tp}")
+    dp = cluster.devices // (pp * tp)
+    layout = Layout(
+        tp=tp,
+        dp=dp,
+        dp_mode=DPMode(job.dp_modes[0]) if dp > 1 else DPMode.DDP,
+        sequence_parallel=tp > 1 and job.sequence_parallel != "off",
+    )
     pairs = microbatching(job, dp)
     if microbatches:
         pairs = [(mm, b) for mm, b in pairs if mm == microbatches]
@@ -101,6 +108,7 @@ def score_split(
         table,
         {"status": "given", "solver": "none"},
         tuple(placement) if placement else None,
+        layout=layout,
     )
     over = [(r, b) for r, b in enumerate(p.predicted.peak_bytes) if b > cluster.memory_bytes]
     if over:

@@ -36,11 +36,11 @@ def infeasible_error(s, infeasible: list[tuple]) -> InfeasibleError:
     need, where = None, None
     seen = set()
     for c, model in sorted(infeasible, key=lambda cm: (cm[0].mbs, -cm[0].pp))[:8]:
-        key = (c.mbs, c.dp, model.key())
+        key = (c.mbs, c.layout, model.key())
         if key in seen:
             continue
         seen.add(key)
-        n = least(s.costs(c.mbs, c.dp), model)
+        n = least(s.costs(c.mbs, c.layout), model)
         if need is None or n < need:
             need, where = n, c
     c = where
@@ -48,13 +48,13 @@ def infeasible_error(s, infeasible: list[tuple]) -> InfeasibleError:
     # more devices: twice the pipeline stages, same schedule and microbatching
     if 2 * c.pp <= profile.num_units and c.placement is None:  # a Custom placement does not scale with pp
         try:
-            n2 = least(s.costs(c.mbs, c.dp), s.schedules.model(c.schedule, 2 * c.pp, c.m, c.virtual))
+            n2 = least(s.costs(c.mbs, c.layout), s.schedules.model(c.schedule, 2 * c.pp, c.m, c.virtual))
             levers.append((n2, f"--devices {cluster.devices * 2} (pp={2 * c.pp}) needs {n2 / 2**30:.2f} GiB"))
         except ScheduleError:
             pass
-    if not job.recompute and not job.forward_only:
+    if "full" not in job.recompute and not job.forward_only:
         options = [Option(d, Recompute.FULL) for d in job.dtypes]
-        costs = cost_model(profile, cluster, job, c.mbs, dp=c.dp, options=options)
+        costs = cost_model(profile, cluster, job, c.mbs, layout=c.layout, options=options)
         n3 = least(costs, s.model(c))
         levers.append((n3, f"recompute (--recompute) needs {n3 / 2**30:.2f} GiB"))
     smaller = sorted(b for b in entry_sizes(profile, job.dtypes) if b < c.mbs)

@@ -28,20 +28,22 @@ Step-time model (:class:`StepModel`), for a schedule whose stage ``s`` runs on r
     v = 1:  (m - 1) * T  +  sum_s (F_s + Bcrit_s)        +  hand-offs  +  tail
     v > 1:  m * T        +  (p - 1) * max_s (F_s + Bcrit_s)  +  hand-offs  +  tail
 
-``T`` bounds every rank's work per microbatch (``sum over its stages of F + B``, or
-``F + I + W`` for zero-bubble schedules); ``Bcrit`` is the backward on the critical path
-(B, or I for zero-bubble schedules); schedules that run all forwards before all backwards
-(``SteadyState.PHASED``) bound the forward and backward loads apart (``(m - 1) * (TF + TB)``).
-Hand-offs: every cut between ranks, its forward send and (training) its gradient back.
-Tail: the largest over ranks of the gradient all-reduce and optimizer step after a rank's
-last backward. For one stage per rank and uniform costs this is exactly
-``(m + p - 1) * t``, the textbook GPipe/1F1B step; for the others it is a model, and the
-search re-scores every answer with the event simulator and searches around it.
+``T`` bounds every rank's work per microbatch (``sum over its stages of F + B``, or ``F + I
++ W`` for zero-bubble schedules); ``Bcrit`` is the backward on the critical path (B, or I
+for zero-bubble schedules); schedules that run all forwards before all backwards
+(``SteadyState.PHASED``) bound the forward and backward loads apart (``(m - 1) * (TF +
+TB)``). Hand-offs: every cut between ranks, its forward send and (training) its gradient
+back. Tail: the largest over ranks of the data-parallel communication and optimizer step
+after a rank's last backward; head: fsdp's gather of the first stage's weights before the
+first forward. For one stage per rank and uniform costs this is exactly ``(m + p - 1) * t``,
+the textbook GPipe/1F1B step; for the others it is a model, and the search re-scores every
+answer with the event simulator and searches around it.
 
 Linearisations (the model's approximations, all here): the tail adds the largest rank's
 all-reduce and optimizer to the fill and drain, where the simulator adds each rank's to
-that rank's own end; the all-reduce's latency term is counted for every rank (a rank
-without parameters has none in the simulator). Memory per rank: static bytes plus the
+that rank's own end; the collectives' latency terms are counted for every rank (a rank
+without parameters has none in the simulator); only the first stage's rank's gather delays
+the step (the others gather while they wait for their first input). Memory per rank: static bytes plus the
 activations the schedule's own memory pattern (``memory.py``) holds, which equals the
 simulator's peak exactly.
 """
@@ -53,7 +55,7 @@ from dataclasses import dataclass, field
 import pulp
 
 from profiles.contract import UserError
-from simulator.costs import CostModel, Option, allreduce_affine
+from simulator.costs import CostModel, Option
 
 from .memory import Pattern
 from .solvers import SolverError, available_solvers, solve
@@ -316,12 +318,18 @@ class _Split:
         return self.forward(s) + (self.input(s) if self.model.split_backward else self.backward(s))
 
     def tail(self, rank: int):
-        """After the rank's last backward: gradient all-reduce, then optimizer (linear in bytes)."""
+        """After the rank's last backward: data-parallel communication, then optimizer (affine in bytes)."""
         if self.model.forward_only:
             return pulp.LpAffineExpression()
-        stages = self.model.stages_of(rank)
-        const, per_byte = allreduce_affine(self.costs.dp, self.costs.links)
-        return const + pulp.lpSum(per_byte * self.grad(s) + self.optimizer(s) for s in stages)
+        const, per_byte = self.costs.dp_comm.affine("tail_s")
+        return const + pulp.lpSum(per_byte * self.grad(s) + self.optimizer(s) for s in self.model.stages_of(rank))
+
+    def head(self, rank: int):
+        """Before the rank's first forward: fsdp's gather of its weights (affine in bytes)."""
+        if self.model.forward_only:
+            return pulp.LpAffineExpression()
+        const, per_byte = self.costs.dp_comm.affine("head_s")
+        return const + pulp.lpSum(per_byte * self.grad(s) for s in self.model.stages_of(rank))
 
     def memory_rows(self, cap) -> None:
         """Per rank and memory-pattern vector: static bytes + activations held <= cap."""
@@ -437,7 +445,8 @@ def _step_objective(sp: _Split) -> pulp.LpAffineExpression:
     tail = prob.add_variable("tail_s", lowBound=0)
     for r in ranks:
         _add(prob, tail >= sp.tail(r), f"tail_r{r}")
-    return (m - 1) * T + fill_s + handoffs + tail
+    # and its start: the first stage's rank gathers its weights (fsdp) before the first forward
+    return sp.head(model.rank_of[0]) + (m - 1) * T + fill_s + handoffs + tail
 
 
 def _cross_rank_cuts(model: StepModel) -> list[int]:
@@ -510,7 +519,8 @@ class SplitTerms:
 
     stages: list[StageTerms]
     peak_bytes: dict[int, float]  # per rank: static plus the largest memory-pattern vector
-    tail_s: dict[int, float]  # per rank: all-reduce and optimizer after its last backward
+    tail_s: dict[int, float]  # per rank: data-parallel communication and optimizer after its last backward
+    head_s: dict[int, float]  # per rank: fsdp's gather before its first forward
     admitted: bool  # every memory row holds under the cap given
 
 
@@ -546,4 +556,6 @@ def stage_terms(
         peak[r] = static + (0.0 if model.forward_only else max(_val(h) for h in sp.held(r)))
     rows = [row for name, row in sp.prob.constraints.items() if name.startswith("memory_")]
     admitted = not contradiction and all(row.valid(eps=1e-6) for row in rows)
-    return SplitTerms(stages, peak, {r: _val(sp.tail(r)) for r in ranks}, admitted)
+    return SplitTerms(
+        stages, peak, {r: _val(sp.tail(r)) for r in ranks}, {r: _val(sp.head(r)) for r in ranks}, admitted
+    )

@@ -10,7 +10,7 @@ from typing import Any
 from profiles.contract import ContractError, Fields, read_json, schema_id, sha256_of, write_json
 from profiles.types import DTYPES, Profile, load_profile
 from simulator.actions import Table, stage_ranks, table_from_text, table_to_text, validate_table
-from simulator.costs import CostModel, Option, Recompute
+from simulator.costs import CostModel, DPMode, Layout, Option, Recompute
 from simulator.engine import SimInput
 from simulator.schedules import canonical_name, schedule_spec
 
@@ -19,7 +19,9 @@ from .pricing import cost_model
 
 __all__ = ["StagePlan", "Prediction", "Plan", "load_plan"]
 
-KIND, MAJOR = "plan", 1
+KIND, MAJOR = "plan", 2
+#: plan/1 files (no tp, dp_mode; boolean recompute) still load, as tp 1, ddp, none/full
+READS = (2, 1)
 #: unit kinds shown by their own letter in ``Plan.layout`` (Megatron's pipeline-layout letters)
 _LAYOUT_CODES = {"embedding": "E", "head": "L"}
 
@@ -31,12 +33,12 @@ class StagePlan:
     end: int  # last unit + 1
     rank: int  # pipeline rank that runs it
     dtype: str = "fp32"
-    recompute: bool = False
+    recompute: Recompute = Recompute.NONE
 
     @property
     def option(self) -> Option:
         """How the stage runs, as the cost layer prices it."""
-        return Option(self.dtype, Recompute.FULL if self.recompute else Recompute.NONE)
+        return Option(self.dtype, self.recompute)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class Plan:
     solver: dict[str, Any] = field(default_factory=dict)  # status, solver, time_s, gap, objective
     baselines: tuple[dict[str, Any], ...] = ()  # [{name, step_s, speedup}]
     notes: tuple[str, ...] = ()  # explanations
+    tp: int = 1  # tensor-parallel degree inside each stage
+    dp_mode: DPMode = DPMode.DDP  # how the dp replicas hold the training state
+    sequence_parallel: bool = False  # Megatron sequence parallelism beside tp
     profile: Profile | None = field(default=None, compare=False, repr=False)  # loaded, not stored
 
     # -- derived -------------------------------------------------------------------------
@@ -86,7 +91,13 @@ class Plan:
 
     @property
     def world_size(self) -> int:
-        return self.pp * self.dp
+        return self.pp * self.dp * self.tp
+
+    @property
+    def parallelism(self) -> Layout:
+        """tp, dp, dp mode and sequence parallelism, as the cost layer prices them. Ranks are laid
+        out tp innermost, pp outermost: ``rank = (pp_index * dp + dp_index) * tp + tp_index``."""
+        return Layout(tp=self.tp, dp=self.dp, dp_mode=self.dp_mode, sequence_parallel=self.sequence_parallel)
 
     def layout(self) -> str:
         """Megatron-style layout: stages separated by ``|``, e.g. ``E,t*4|t*4,L`` (E an embedding,
@@ -128,7 +139,7 @@ class Plan:
                 self.cluster,
                 self.job,
                 self.microbatch_size,
-                dp=self.dp,
+                layout=self.parallelism,
                 options=[s.option for s in self.stages],
             )
         return SimInput(
@@ -137,6 +148,7 @@ class Plan:
             costs.links,
             dp=self.dp,
             forward_only=self.job.forward_only,
+            comm=costs.dp_comm,
         )
 
     def torchrun_command(self, plan_path: str = "plan.json") -> str:
@@ -150,6 +162,9 @@ class Plan:
             "profile": {"path": self.profile_path, "sha256": self.profile_sha256, "model": self.model_name},
             "pp": self.pp,
             "dp": self.dp,
+            "tp": self.tp,
+            "dp_mode": self.dp_mode.value,
+            "sequence_parallel": self.sequence_parallel,
             "virtual": self.virtual,
             "microbatches": self.microbatches,
             "microbatch_size": self.microbatch_size,
@@ -159,7 +174,7 @@ class Plan:
                     "units": [s.first, s.end],
                     "rank": s.rank,
                     "dtype": s.dtype,
-                    "recompute": s.recompute,
+                    "recompute": s.recompute.value,
                 }
                 for s in self.stages
             ],
@@ -196,7 +211,11 @@ class Plan:
     @staticmethod
     def from_fields(f: Fields) -> Plan:
         prof = f.obj("profile")
+        v1 = f.data.get("schema") == schema_id(KIND, 1)
         pp, dp, v = f.int("pp", min=1), f.int("dp", min=1), f.int("virtual", min=1)
+        tp = 1 if v1 else f.int("tp", min=1, default=1)
+        dp_mode = DPMode(f.str("dp_mode", choices=[m.value for m in DPMode], default="ddp"))
+        sp = f.bool("sequence_parallel", default=False)
         m, mbs = f.int("microbatches", min=1), f.int("microbatch_size", min=1)
         stages = []
         for s in f.objs("stages", nonempty=True):
@@ -214,7 +233,7 @@ class Plan:
                     units[1],
                     s.int("rank"),
                     s.str("dtype", choices=DTYPES, default="fp32"),
-                    s.bool("recompute", default=False),
+                    _read_recompute(s, v1),
                 )
             )
         if [s.index for s in stages] != list(range(len(stages))):
@@ -281,12 +300,22 @@ class Plan:
             f.raw("solver", {}) or {},
             tuple(f.raw("baselines", [])),
             tuple(f.raw("notes", [])),
+            tp=tp,
+            dp_mode=dp_mode,
+            sequence_parallel=sp and tp > 1,
         )
+
+
+def _read_recompute(s: Fields, v1: bool) -> Recompute:
+    """A stage's recompute: ``none|selective|full``; plan/1 stored a boolean (full or none)."""
+    if v1:
+        return Recompute.FULL if s.bool("recompute", default=False) else Recompute.NONE
+    return Recompute(s.str("recompute", choices=[r.value for r in Recompute], default="none"))
 
 
 def load_plan(path: str | Path, with_profile: bool = True) -> Plan:
     """Load and validate a Plan file (and, by default, the profile it refers to)."""
-    plan = Plan.from_fields(read_json(path, KIND, MAJOR))
+    plan = Plan.from_fields(read_json(path, KIND, READS))
     if with_profile:
         plan = plan.with_profile(plan.load_profile(Path(path).parent))
         if plan.profile.num_units != plan.stages[-1].end:

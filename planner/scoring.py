@@ -14,7 +14,7 @@ from pathlib import Path
 from profiles.contract import sha256_of
 from profiles.types import Profile
 from simulator.actions import Table, forward_table, stage_ranks
-from simulator.costs import CostModel, Option, Recompute
+from simulator.costs import CostModel, Layout, Option
 from simulator.engine import SimInput, simulate
 from simulator.placement import placement_table
 from simulator.schedules import SteadyState, canonical_name, make_schedule, schedule_spec
@@ -95,19 +95,23 @@ def build_plan(
     solver: dict | None = None,
     placement: tuple[int, ...] | None = None,
     costs: CostModel | None = None,
+    layout: Layout | None = None,
 ) -> Plan:
     """A Plan for this split, simulated (``predicted`` filled); stages go where the table puts them.
 
-    ``costs``: the search's CostModel for this microbatch size and ``dp`` (built here when None).
+    ``costs``: the search's CostModel for this microbatch size and layout (built here when None);
+    ``layout``: tp, dp mode and sequence parallelism (default: the costs', else tp 1 and ddp over ``dp``).
     ``Custom`` with its ``placement``: the table is (re)ordered by this split's own
     stage times (``placement_table`` with durations), so a rank holding two stages interleaves
     them as their costs need."""
     if table is None:
         table = Schedules(job).table(schedule, pp, m, virtual, placement)
+    layout = layout or (costs.layout if costs is not None else Layout(dp=dp))
+    if layout.dp != dp:
+        raise ValueError(f"layout {layout} disagrees with dp={dp}")
     owner = stage_ranks(table)
     stages = tuple(
-        StagePlan(i, f, e, owner[i], o.dtype, o.recompute is Recompute.FULL)
-        for i, ((f, e), o) in enumerate(zip(bounds, options))
+        StagePlan(i, f, e, owner[i], o.dtype, o.recompute) for i, ((f, e), o) in enumerate(zip(bounds, options))
     )
     plan = Plan(
         profile_path,
@@ -124,6 +128,9 @@ def build_plan(
         cluster,
         job,
         solver=solver or {},
+        tp=layout.tp,
+        dp_mode=layout.dp_mode,
+        sequence_parallel=layout.sequence_parallel,
         profile=profile,
     )
     inp = plan.sim_input(costs)

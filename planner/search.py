@@ -36,9 +36,10 @@ from pathlib import Path
 from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.actions import ScheduleError
-from simulator.costs import CostModel, Option, allreduce_affine
+from simulator.costs import CostModel, DPMode, Layout, Option
 from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
+from simulator.tensor_parallel import tp_degrees
 
 from .baselines import compare
 from .batching import entry_sizes, microbatching
@@ -47,7 +48,7 @@ from .infeasible import InfeasibleError, infeasible_error
 from .memory import peak_bytes, static_bytes
 from .milp import SolverError, StepModel, solve_split
 from .plan import Plan
-from .pricing import cost_model, with_layout
+from .pricing import cost_model
 from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN
 from .refine import refine as refine_plan
 from .scoring import Schedules, build_plan, fits, objective_s
@@ -91,7 +92,7 @@ class Candidate:
     """One point of the search space: a schedule at a pipeline degree, microbatching and placement."""
 
     pp: int
-    dp: int
+    layout: Layout  # tp, dp, dp mode, sequence parallelism
     m: int
     mbs: int
     spec: ScheduleSpec
@@ -102,6 +103,10 @@ class Candidate:
     @property
     def schedule(self) -> str:
         return self.spec.name
+
+    @property
+    def dp(self) -> int:
+        return self.layout.dp
 
     @property
     def stages(self) -> int:
@@ -117,7 +122,9 @@ class Candidate:
 
     def label(self) -> str:
         where = f" placement={','.join(map(str, self.placement))}" if self.placement else ""
-        return f"{self.schedule} pp={self.pp} v={self.virtual}{where} m={self.m}"
+        lay = self.layout
+        par = f" tp={lay.tp}{'+sp' if lay.sequence_parallel else ''} dp={lay.dp} {lay.dp_mode.value}"
+        return f"{self.schedule} pp={self.pp}{par} v={self.virtual}{where} m={self.m}"
 
 
 @dataclass(frozen=True)
@@ -144,17 +151,14 @@ class _Search:
         self.profile, self.profile_path, self.cluster, self.job = profile, profile_path, cluster, job
         self.time_limit, self.solver = time_limit, solver
         self.schedules = Schedules(job)
-        self._records: dict[int, CostModel] = {}
-        self._costs: dict[tuple[int, int], CostModel] = {}
-        self._splits: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._costs: dict[tuple[int, Layout], CostModel] = {}
+        self._splits: dict[tuple, list[tuple[int, int]]] = {}
 
-    def costs(self, mbs: int, dp: int) -> CostModel:
-        """The job's options at microbatch size ``mbs`` on ``dp`` replicas (records built once per size)."""
-        if (mbs, dp) not in self._costs:
-            if mbs not in self._records:
-                self._records[mbs] = cost_model(self.profile, self.cluster, self.job, mbs)
-            self._costs[mbs, dp] = with_layout(self._records[mbs], self.cluster, dp)
-        return self._costs[mbs, dp]
+    def costs(self, mbs: int, layout: Layout) -> CostModel:
+        """The job's options at microbatch size ``mbs`` on ``layout`` (built once each)."""
+        if (mbs, layout) not in self._costs:
+            self._costs[mbs, layout] = cost_model(self.profile, self.cluster, self.job, mbs, layout=layout)
+        return self._costs[mbs, layout]
 
     def model(self, c: Candidate) -> StepModel:
         return self.schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
@@ -164,9 +168,9 @@ class _Search:
 
     def balanced(self, c: Candidate) -> list[tuple[int, int]]:
         """The work-balanced split of the candidate's stage count under the first option (shared)."""
-        key = (c.mbs, c.stages)
+        key = (c.mbs, c.stages, c.layout.tp, c.layout.sequence_parallel)
         if key not in self._splits:
-            costs = self.costs(c.mbs, c.dp)
+            costs = self.costs(c.mbs, c.layout)
             first = costs.options[0]
             work = [r.forward_s if self.job.forward_only else r.forward_s + r.backward_s for r in costs.records[first]]
             self._splits[key] = min_max_split(work, c.stages)
@@ -189,8 +193,20 @@ class _Search:
             self.table(c),
             solver,
             c.placement,
-            self.costs(c.mbs, c.dp),
+            self.costs(c.mbs, c.layout),
         )
+
+    def tp_degrees(self) -> list[int]:
+        """The job's tensor-parallel degrees, or every one valid for the model and cluster: divisors
+        of the devices per node that divide the attention heads and key/value heads."""
+        if self.job.tp:
+            return list(self.job.tp)
+        config = self.profile.model_config
+        heads = config.get("num_attention_heads", config.get("n_head"))
+        if not heads:
+            return [1]
+        kv = config.get("num_key_value_heads") or heads
+        return tp_degrees(min(self.cluster.devices_per_node, self.cluster.devices), heads, kv)
 
 
 # -- 1. enumerate ------------------------------------------------------------------------------------
@@ -231,24 +247,51 @@ def _enumerate(s: _Search, stats: SearchStats) -> list[Candidate]:
         if cluster.devices % pp or pp > U:
             stats.notes.append(f"pp={pp} skipped: {cluster.devices} devices or {U} units do not allow it")
             continue
-        dp = cluster.devices // pp
-        for m, mbs in microbatching(job, dp):
-            if mbs not in sizes:
-                continue
-            for spec in specs:
-                if spec.custom:
-                    out += [
-                        Candidate(pp=pp, dp=dp, m=m, mbs=mbs, spec=spec, virtual=most_stages_per_rank(pl), placement=pl)
-                        for pl in _custom_placements(job, pp, U)
-                    ]
+        for layout in _layouts(s, cluster.devices // pp, stats):
+            for m, mbs in microbatching(job, layout.dp):
+                if mbs not in sizes:
                     continue
-                for v in _virtuals(spec, job, pp, U):
-                    try:
-                        spec.check(pp, m, v)
-                    except ScheduleError as e:
-                        stats.notes.append(f"{spec.name} pp={pp} m={m} v={v} skipped: {str(e).splitlines()[0]}")
-                        continue
-                    out.append(Candidate(pp=pp, dp=dp, m=m, mbs=mbs, spec=spec, virtual=v))
+                out += _schedule_candidates(job, specs, pp, layout, m, mbs, U, stats)
+    return out
+
+
+def _layouts(s: _Search, per_stage: int, stats: SearchStats) -> list[Layout]:
+    """tp x dp splits of the ``per_stage`` devices a pipeline rank has, with each dp mode and
+    sequence-parallel choice the job allows (at dp 1 every mode is ddp; at tp 1 there is no SP)."""
+    job = s.job
+    out = []
+    for tp in s.tp_degrees():
+        if per_stage % tp:
+            continue
+        dp = per_stage // tp
+        modes = ("ddp",) if dp == 1 else job.dp_modes
+        sps = (False,) if tp == 1 else {"on": (True,), "off": (False,), "auto": (True,)}[job.sequence_parallel]
+        out += [
+            Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp)
+            for mode in dict.fromkeys(modes)
+            for sp in sps
+        ]
+    if not out:
+        stats.notes.append(f"no tp degree of {list(s.tp_degrees())} divides {per_stage} devices per pipeline rank")
+    return out
+
+
+def _schedule_candidates(job: Job, specs, pp: int, layout: Layout, m: int, mbs: int, U: int, stats) -> list[Candidate]:
+    out = []
+    for spec in specs:
+        if spec.custom:
+            out += [
+                Candidate(pp=pp, layout=layout, m=m, mbs=mbs, spec=spec, virtual=most_stages_per_rank(pl), placement=pl)
+                for pl in _custom_placements(job, pp, U)
+            ]
+            continue
+        for v in _virtuals(spec, job, pp, U):
+            try:
+                spec.check(pp, m, v)
+            except ScheduleError as e:
+                stats.notes.append(f"{spec.name} pp={pp} m={m} v={v} skipped: {str(e).splitlines()[0]}")
+                continue
+            out.append(Candidate(pp=pp, layout=layout, m=m, mbs=mbs, spec=spec, virtual=v))
     return out
 
 
@@ -279,7 +322,7 @@ def _lower_bound(costs: CostModel, c: Candidate, forward_only: bool) -> float:
     lb = c.m * work / c.pp
     if not forward_only:
         # the step is at least the mean over ranks of (busy + all-reduce + optimizer)
-        const, per_byte = allreduce_affine(costs.dp, costs.links)
+        _, per_byte = costs.dp_comm.affine("tail_s")
         grad = sum(min(r.grad_bytes for r in rs) for rs in recs)
         opt = sum(min(r.optimizer_s for r in rs) for rs in recs)
         lb += (per_byte * grad + opt) / c.pp
@@ -302,7 +345,7 @@ def _bound(s: _Search, cands: list[Candidate]) -> list[Candidate]:
     """The candidates with their lower bounds, best first."""
     out = []
     for c in cands:
-        costs = s.costs(c.mbs, c.dp)
+        costs = s.costs(c.mbs, c.layout)
         lb = _objective_bound(_lower_bound(costs, c, s.job.forward_only), costs, s.job)
         out.append(replace(c, lower_bound=lb))
     out.sort(key=lambda c: (c.lower_bound, c.pp, c.schedule, c.m))
@@ -316,7 +359,7 @@ def _screen_one(s: _Search, c: Candidate) -> Plan | None:
     """The candidate's work-balanced split under its first option, simulated; None when its
     weights or its memory pattern already say it does not fit (the pattern's peak is the
     simulator's, so nothing that fits is refused)."""
-    costs = s.costs(c.mbs, c.dp)
+    costs = s.costs(c.mbs, c.layout)
     first = costs.options[0]
     bounds = s.balanced(c)
     stage_costs = costs.stage_costs(bounds, [first] * c.stages)
@@ -381,14 +424,14 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
             continue
         t0 = time.perf_counter()
         model = s.model(c)
-        key = (c.mbs, c.dp, model.key())
+        key = (c.mbs, c.layout, model.key())
         start = (screen.bounds, [st.option for st in screen.stages]) if screen else None
         if key in answers:
             stats.milp_reused += 1
         else:
             try:
                 answers[key] = solve_split(
-                    s.costs(c.mbs, c.dp),
+                    s.costs(c.mbs, c.layout),
                     model,
                     s.cluster.memory_bytes,
                     time_limit=s.time_limit,
@@ -442,7 +485,7 @@ def _refine(s: _Search, plans: list[Plan], top: int, refine: int | None, stats: 
     refined = [
         refine_plan(
             p,
-            s.costs(p.microbatch_size, p.dp),
+            s.costs(p.microbatch_size, p.parallelism),
             s.schedules.model(p.schedule, p.pp, p.microbatches, p.virtual, p.custom_placement),
             s.time_limit,
             s.solver,
@@ -524,6 +567,8 @@ def _rank(p: Plan):
         p.predicted.step_s,
         p.solver.get("status") == "balanced split",
         p.pp,
+        p.tp,
+        p.dp_mode.value,
         p.schedule,
         p.virtual,
         p.microbatches,
@@ -536,6 +581,7 @@ def _dedupe(plans: list[Plan]) -> list[Plan]:
     for p in plans:
         key = (
             p.pp,
+            p.parallelism,
             p.schedule,
             p.virtual,
             p.microbatches,

@@ -53,8 +53,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
-def read_json(path: str | os.PathLike, kind: str, major: int) -> Fields:
-    """Read a pipeplan file of ``kind`` and major version ``major``; return its top-level fields."""
+def read_json(path: str | os.PathLike, kind: str, major: int | tuple[int, ...]) -> Fields:
+    """Read a pipeplan file of ``kind`` and major version ``major`` (or any of several, newest
+    first); return its top-level fields."""
     path, text = _text(path)
     try:
         data = json.loads(text)
@@ -90,13 +91,14 @@ def _text(path: str | os.PathLike) -> tuple[Path, str]:
         raise ContractError(f"{path}: not a text file") from None
 
 
-def _top_level(data: Any, path: Path, kind: str, major: int, what: str) -> Fields:
+def _top_level(data: Any, path: Path, kind: str, major: int | tuple[int, ...], what: str) -> Fields:
     """The parsed file's top level, once it is an object of the right kind and major version."""
     if not isinstance(data, dict):
         raise ContractError(f"{path}: expected {what} at the top level")
-    want = schema_id(kind, major)
+    majors = major if isinstance(major, tuple) else (major,)
+    want = schema_id(kind, majors[0])
     got = data.get("schema")
-    if got != want:
+    if got not in {schema_id(kind, m) for m in majors}:
         if isinstance(got, str) and got.startswith(f"pipeplan.{kind}/"):
             raise ContractError(f"{path}: field schema: version {got!r} is not supported (want {want!r})")
         raise ContractError(f"{path}: field schema: {got!r} is not a {kind} file (want {want!r})")

@@ -33,10 +33,17 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from profiles.contract import UserError
-from profiles.types import DTYPE_TABLE, Profile
+from profiles.types import DTYPE_TABLE, Profile, UnitCost
+
+from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
+from .sharding import state_bytes_per_param
+from .tensor_parallel import GEMM_DEVICES, TPUnitCost, TransformerShape, scale_unit
 
 __all__ = [
     "Recompute",
+    "DPMode",
+    "Layout",
+    "DPComm",
     "Option",
     "UnitRecord",
     "StageCost",
@@ -44,17 +51,44 @@ __all__ = [
     "CostModel",
     "unit_records",
     "stage_costs",
-    "allreduce_s",
-    "allreduce_affine",
     "check_bounds",
 ]
 
 
 class Recompute(str, Enum):
-    """Activation recomputation of a stage: keep everything, or keep each unit's input only."""
+    """Activation recomputation of a stage: keep everything; redo each block's attention core
+    (Korthikanti et al. 2022's selective recompute); or keep each unit's input only and redo its
+    forward in the backward."""
 
     NONE = "none"
+    SELECTIVE = "selective"
     FULL = "full"
+
+
+class DPMode(str, Enum):
+    """How data-parallel replicas hold the training state (see ``simulator/sharding.py``)."""
+
+    DDP = "ddp"  # replicas: every rank holds everything, gradients all-reduced
+    ZERO1 = "zero1"  # optimizer state sharded over dp
+    ZERO2 = "zero2"  # gradients too
+    FSDP = "fsdp"  # parameters too (gathered per step, as torchtitan does under pipelining)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """How a plan spreads over devices besides its pipeline: rank layout
+    ``rank = (pp_index * dp + dp_index) * tp + tp_index`` (tp innermost, pp outermost, as
+    torchtitan's and Megatron's meshes order them)."""
+
+    tp: int = 1  # tensor-parallel degree (Megatron column/row-parallel blocks, vocab-parallel ends)
+    dp: int = 1  # data-parallel replicas
+    dp_mode: DPMode = DPMode.DDP
+    sequence_parallel: bool = False  # Megatron sequence parallelism beside tp (tp > 1 only)
+
+    @property
+    def stride(self) -> int:
+        """Devices between pipeline neighbours."""
+        return self.dp * self.tp
 
 
 @dataclass(frozen=True, order=True)
@@ -146,23 +180,45 @@ class Links:
         lat, bw = (self.latency_s, self.bandwidth_Bps) if same else (self.inter_latency_s, self.inter_bandwidth_Bps)
         return lat + nbytes / bw
 
-
-def allreduce_affine(dp: int, links: Links) -> tuple[float, float]:
-    """Ring all-reduce over ``dp`` replicas on the slowest link, as ``(seconds, seconds per byte)``:
-    2(d-1) steps, each one latency plus nbytes/d over the bandwidth."""
-    if dp <= 1:
-        return 0.0, 0.0
-    bw = min(links.bandwidth_Bps, links.inter_bandwidth_Bps)
-    lat = max(links.latency_s, links.inter_latency_s)
-    return 2 * (dp - 1) * lat, 2 * (dp - 1) / dp / bw
+    def group_link(self, ranks: list[int]) -> Link:
+        """The link a collective over devices ``ranks`` runs on: intra-node when they share a node."""
+        intra = Link(self.latency_s, self.bandwidth_Bps)
+        inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps)
+        return group_link(ranks, min(self.devices_per_node, 1 << 30), intra, inter)
 
 
-def allreduce_s(nbytes: int, dp: int, links: Links) -> float:
-    """Ring all-reduce of ``nbytes`` (:func:`allreduce_affine`; nothing to send, no time)."""
-    if nbytes == 0:
-        return 0.0
-    const, per_byte = allreduce_affine(dp, links)
-    return const + per_byte * nbytes
+@dataclass(frozen=True)
+class DPComm:
+    """Data-parallel communication of one rank's stages per step (``simulator/sharding.py`` says
+    what each mode sends): before the first forward, fsdp all-gathers the weights (``head_s``);
+    after the last backward, ddp all-reduces the gradients, zero1/zero2 reduce-scatter them and
+    all-gather the updated weights, fsdp reduce-scatters them (``tail_s``). Collectives are rings
+    on the data-parallel group's link; a rank with no gradient bytes sends nothing."""
+
+    mode: DPMode = DPMode.DDP
+    dp: int = 1
+    link: Link = Link(0.0, float("inf"))
+
+    def head_s(self, grad_bytes: float) -> float:
+        if self.dp <= 1 or not grad_bytes or self.mode is not DPMode.FSDP:
+            return 0.0
+        return all_gather_s(self.dp, grad_bytes, self.link)
+
+    def tail_s(self, grad_bytes: float) -> float:
+        if self.dp <= 1 or not grad_bytes:
+            return 0.0
+        if self.mode is DPMode.DDP:
+            return ring_all_reduce_s(self.dp, grad_bytes, self.link)
+        if self.mode is DPMode.FSDP:
+            return reduce_scatter_s(self.dp, grad_bytes, self.link)
+        return reduce_scatter_s(self.dp, grad_bytes, self.link) + all_gather_s(self.dp, grad_bytes, self.link)
+
+    def affine(self, which: str) -> tuple[float, float]:
+        """``head_s`` or ``tail_s`` as ``(seconds, seconds per byte)`` for a rank with gradients
+        (the collectives are affine in their bytes), for the MILP."""
+        f = getattr(self, which)
+        one, two = f(1.0), f(2.0)
+        return one - (two - one), two - one
 
 
 def unit_records(
@@ -170,41 +226,100 @@ def unit_records(
     option: Option,
     microbatch_size: int | None = None,
     *,
+    layout: Layout = Layout(),
+    links: Links = Links(),
     optimizer_bytes_per_param: float = 8.0,
     optimizer_s_per_param: float = 0.0,
     forward_only: bool = False,
 ) -> tuple[UnitRecord, ...]:
-    """One record per unit of ``profile`` under ``option`` (see the module's assumptions)."""
+    """One record per unit of ``profile`` under ``option`` on ``layout``, per rank (see the
+    module's assumptions; ``tensor_parallel.scale_unit`` prices tp and selective recompute)."""
     dtype = DTYPE_TABLE.get(option.dtype)
     if dtype is None:
         raise UserError(f"dtype {option.dtype!r}: choose one of {', '.join(DTYPE_TABLE)}")
-    units = profile.entry(option.dtype, microbatch_size).units
-    full = option.recompute is Recompute.FULL
+    entry = profile.entry(option.dtype, microbatch_size)
+    scaled = _per_rank(profile, entry.units, entry.microbatch_size, dtype.bytes, option, layout, links)
+    state = state_bytes_per_param(
+        layout.dp_mode.value, layout.dp, dtype_bytes=dtype.bytes, optimizer_bytes_per_param=optimizer_bytes_per_param
+    ).total
+    if layout.dp_mode is DPMode.FSDP:
+        state += 2 * dtype.bytes  # the stage's weights gathered and its gradients unsharded for the step
+    opt_share = 1 if layout.dp_mode is DPMode.DDP else layout.dp
     out = []
-    for i, u in enumerate(units):
-        weights = u.params * dtype.bytes
-        master = u.params * 4 if dtype.sixteen_bit else 0
-        static = weights if forward_only else 2 * weights + master + int(u.params * optimizer_bytes_per_param)
-        unit_input = units[i - 1].output_bytes if i > 0 else 0
-        act = unit_input if full else u.saved_bytes
-        extra = u.forward_s if full else 0.0
+    for i, (u, sc) in enumerate(zip(entry.units, scaled)):
+        unit_input = scaled[i - 1].output_bytes if i > 0 else 0
+        b_scale = (sc.backward_input_s + sc.backward_weight_s) / (u.backward_input_s + u.backward_weight_s or 1.0)
+        if option.recompute is Recompute.FULL:  # keep the unit's input, redo its forward (collectives too)
+            act, extra = unit_input, sc.forward_s + sc.comm_forward_s
+        else:
+            act, extra = sc.saved_bytes, sc.recompute_s
+        params = sc.params
         out.append(
             UnitRecord(
-                forward_s=u.forward_s,
-                backward_s=u.backward_s + extra,
-                input_s=u.backward_input_s + extra,
-                weight_s=u.backward_weight_s,
-                static_bytes=int(static),
+                forward_s=sc.forward_s + sc.comm_forward_s,
+                backward_s=(u.backward_s * b_scale if u.backward_input_s + u.backward_weight_s else u.backward_s)
+                + extra
+                + sc.comm_backward_s,
+                input_s=sc.backward_input_s + extra + sc.comm_backward_s,
+                weight_s=sc.backward_weight_s,
+                static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
                 keep_bytes=int(act) // 2,
-                output_bytes=u.output_bytes,
+                output_bytes=sc.output_bytes,
                 input_bytes=unit_input,
-                grad_bytes=weights,
-                params=u.params,
-                optimizer_s=u.params * optimizer_s_per_param,
+                grad_bytes=params * dtype.bytes,
+                params=params,
+                optimizer_s=params * optimizer_s_per_param / opt_share,
             )
         )
     return tuple(out)
+
+
+def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, option: Option, layout: Layout, links):
+    """Each unit's per-rank cost at the layout's tp degree (``tensor_parallel.scale_unit``; at
+    tp 1 without selective recompute, the profile's own figures)."""
+    selective = option.recompute is Recompute.SELECTIVE
+    if layout.tp == 1 and not selective:
+        return [_as_measured(u) for u in units]
+    try:
+        shape = TransformerShape.from_config(
+            profile.model_config, seq_len=profile.seq_len, microbatch=microbatch_size, dtype_bytes=dtype_bytes
+        )
+    except (ValueError, TypeError) as e:
+        raise UserError(
+            f"{profile.model_name}: tensor parallelism and selective recompute need the model's transformer "
+            f"shape, and its config does not give it ({e}): use --tp 1 and --recompute none,full"
+        ) from None
+    tp_link = links.group_link(list(range(layout.tp)))
+    device = GEMM_DEVICES.get(profile.device_name.lower())
+    try:
+        return [
+            scale_unit(
+                u,
+                shape,
+                layout.tp,
+                sequence_parallel=layout.sequence_parallel,
+                recompute="selective" if selective else "none",
+                device=device,
+                link=tp_link if layout.tp > 1 else None,
+            )
+            for u in units
+        ]
+    except ValueError as e:
+        raise UserError(f"{profile.model_name}: {e}") from None
+
+
+def _as_measured(u: UnitCost):
+    """A unit at tp 1 without recompute: the profile's own figures."""
+    return TPUnitCost(
+        forward_s=u.forward_s,
+        backward_input_s=u.backward_input_s,
+        backward_weight_s=u.backward_weight_s,
+        recompute_s=0.0,
+        saved_bytes=u.saved_bytes,
+        params=u.params,
+        output_bytes=u.output_bytes,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,8 +333,8 @@ class CostModel:
 
     records: dict[Option, tuple[UnitRecord, ...]]
     action_overhead_s: float = 0.0  # the runtime's fixed cost per compute action (calibrated)
-    links: Links = field(default_factory=Links)  # between pipeline ranks
-    dp: int = 1  # data-parallel replicas (the gradient all-reduce at the end of the step)
+    links: Links = field(default_factory=Links)  # between pipeline ranks, placed by the layout's stride
+    layout: Layout = Layout()
     forward_only: bool = False
 
     @staticmethod
@@ -228,18 +343,22 @@ class CostModel:
         options: Sequence[Option],
         microbatch_size: int | None = None,
         *,
+        layout: Layout = Layout(),
+        links: Links | None = None,
         optimizer_bytes_per_param: float = 8.0,
         optimizer_s_per_param: float = 0.0,
         action_overhead_s: float = 0.0,
-        links: Links | None = None,
-        dp: int = 1,
         forward_only: bool = False,
     ) -> CostModel:
+        """Records of ``options`` on ``layout``; ``links``: the cluster's (their stride is set here)."""
+        links = replace(links or Links(), stride=layout.stride)
         records = {
             o: unit_records(
                 profile,
                 o,
                 microbatch_size,
+                layout=layout,
+                links=links,
                 optimizer_bytes_per_param=optimizer_bytes_per_param,
                 optimizer_s_per_param=optimizer_s_per_param,
                 forward_only=forward_only,
@@ -249,10 +368,21 @@ class CostModel:
         return CostModel(
             records=records,
             action_overhead_s=action_overhead_s,
-            links=links or Links(),
-            dp=dp,
+            links=links,
+            layout=layout,
             forward_only=forward_only,
         )
+
+    @property
+    def dp(self) -> int:
+        return self.layout.dp
+
+    @property
+    def dp_comm(self) -> DPComm:
+        """The data-parallel group's communication: devices ``tp`` apart, ``dp`` of them."""
+        lay = self.layout
+        group = group_ranks("dp", 0, pp=1, dp=lay.dp, tp=lay.tp)
+        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group))
 
     @property
     def options(self) -> list[Option]:
@@ -272,10 +402,14 @@ class CostModel:
         return self.links.transfer_s(src, dst, nbytes)
 
     def tail_s(self, grad_bytes: int, optimizer_s: float) -> float:
-        """After a rank's last backward: its gradient all-reduce, then its optimizer step."""
+        """After a rank's last backward: its data-parallel communication, then its optimizer step."""
         if self.forward_only:
             return 0.0
-        return allreduce_s(grad_bytes, self.dp, self.links) + optimizer_s
+        return self.dp_comm.tail_s(grad_bytes) + optimizer_s
+
+    def head_s(self, grad_bytes: int) -> float:
+        """Before a rank's first forward: fsdp's gather of its stages' weights."""
+        return 0.0 if self.forward_only else self.dp_comm.head_s(grad_bytes)
 
     def stage_cost(self, index: int, first: int, end: int, option: Option, *, last: bool) -> StageCost:
         """Stage ``index`` holding units ``first..end-1`` under ``option``: the sum of their records."""

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .actions import Kind, Overlap, ScheduleError, Table, flat_actions, format_grid, stage_ranks, validate_table
-from .costs import Links, StageCost, allreduce_s
-from .timeline import Event, RankStats, Timeline, Transfer
+from .collectives import Link
+from .costs import DPComm, DPMode, Links, StageCost
+from .timeline import Collective, Event, RankStats, Timeline, Transfer
 
-__all__ = ["SimInput", "simulate", "allreduce_s"]
+__all__ = ["SimInput", "simulate"]
 
 _F, _B, _I, _W = Kind.F, Kind.B, Kind.I, Kind.W
 _KSTR = {Kind.F: "F", Kind.B: "B", Kind.I: "I", Kind.W: "W"}
@@ -57,6 +58,15 @@ class SimInput:
     dp_links: Links | None = None  # links the all-reduce runs over (default: ``links``)
     optimizer_s: float = 0.0  # optimizer step per rank
     forward_only: bool = False
+    #: data-parallel communication (mode, group, link); None: a ddp ring over ``dp_links``' slowest link
+    comm: DPComm | None = None
+
+    def dp_comm(self) -> DPComm:
+        if self.comm is not None:
+            return self.comm
+        links = self.dp_links or self.links
+        slowest = Link(max(links.latency_s, links.inter_latency_s), min(links.bandwidth_Bps, links.inter_bandwidth_Bps))
+        return DPComm(DPMode.DDP, self.dp, slowest)
 
 
 class _Invalid(Exception):
@@ -106,8 +116,11 @@ def _simulate(inp: SimInput, detail: bool = True) -> Timeline:
     forward_only = inp.forward_only or not has_backward
     if forward_only and has_backward:
         validate_table(table, forward_only=True)  # raises with the picture
+    comm = inp.dp_comm()
+    grads = {r: sum(costs[s].param_bytes for s, o in owner.items() if o == r) for r in table}
+    heads = {r: 0.0 if forward_only else comm.head_s(g) for r, g in grads.items()}
     try:
-        run = _sweep(table, costs, links, owner, S, M)
+        run = _sweep(table, costs, links, owner, S, M, heads)
     except _Invalid:
         validate_table(table, forward_only=forward_only)
         raise ScheduleError("the table is invalid\n" + format_grid(table)) from None
@@ -129,7 +142,9 @@ class _Run(NamedTuple):
     blocked: dict[int, int]  # rank -> step it is stuck at (empty: no deadlock)
 
 
-def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, int], S: int, M: int):
+def _sweep(
+    table: Table, costs: list[StageCost], links: Links, owner: dict[int, int], S: int, M: int, start: dict[int, float]
+):
     """The hot loop: a ``_Run`` of per-rank start/end/bound lists, producer positions, blocked ranks.
 
     ``farr[s*M+m]``: when F(s, m)'s output is usable by stage s+1 (end + transfer);
@@ -155,7 +170,7 @@ def _sweep(table: Table, costs: list[StageCost], links: Links, owner: dict[int, 
     gpos = [0] * SM
     ranks = sorted(table)
     ptr = {r: 0 for r in ranks}
-    free = {r: 0.0 for r in ranks}
+    free = {r: start.get(r, 0.0) for r in ranks}  # a rank starts once its weights are gathered (fsdp)
     starts = {r: [] for r in ranks}
     ends = {r: [] for r in ranks}
     bound = {r: [] for r in ranks}
@@ -320,7 +335,7 @@ def _timeline(
     pairs: bool,
     detail: bool = True,
 ) -> Timeline:
-    table, costs, links = inp.table, inp.costs, inp.links
+    table, costs = inp.table, inp.costs
     starts, ends, fx, gx = run.starts, run.ends, run.fx, run.gx
     ranks = sorted(table)
     last = S - 1
@@ -342,14 +357,23 @@ def _timeline(
         elif detail:
             events += [new(Event, (r, s, kstr[k], m, b, e)) for (s, k, m), b, e in zip(acts, st, en)]
         busy[r] = sum(en) - sum(st)
-    # end of step: gradient all-reduce across replicas, then the optimizer
-    dp_links = inp.dp_links or links
+    # end of step: data-parallel communication, then the optimizer (the communication track)
+    comm = inp.dp_comm()
     finish = {}
+    collectives = []
     for r in ranks:
         grad_bytes = sum(costs[s].param_bytes for s, o in owner.items() if o == r)
         opt_s = inp.optimizer_s + sum(costs[s].optimizer_s for s, o in owner.items() if o == r)
-        tail = 0.0 if forward_only else allreduce_s(grad_bytes, inp.dp, dp_links) + opt_s
-        finish[r] = run.free[r] + tail
+        head = 0.0 if forward_only else comm.head_s(grad_bytes)
+        reduce = 0.0 if forward_only else comm.tail_s(grad_bytes)
+        finish[r] = run.free[r] + reduce + (0.0 if forward_only else opt_s)
+        if detail and head:
+            collectives.append(Collective(r, "UNSHARD", 0.0, head, grad_bytes))
+        if detail and reduce:
+            kind = "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD"
+            collectives.append(Collective(r, kind, run.free[r], run.free[r] + reduce, grad_bytes))
+        if detail and opt_s and not forward_only:
+            collectives.append(Collective(r, "OPTIMIZER", run.free[r] + reduce, finish[r], 0))
     step = max(finish.values()) if finish else 0.0
 
     # One pass per rank builds its sends and its memory curve. Sends: every output that
@@ -411,7 +435,7 @@ def _timeline(
             memory[r] = pts
         stats.append(RankStats(r, busy[r], 1.0 - busy[r] / step if step > 0 else 0.0, peak, peak_at))
     path = _critical_path(table, owner, M, run) if detail else ()
-    return Timeline(step, tuple(stats), tuple(events), tuple(transfers), memory, path)
+    return Timeline(step, tuple(stats), tuple(events), tuple(transfers), memory, path, collectives=tuple(collectives))
 
 
 def _pair_events(r: int, a: Overlap, b: float, e: float, costs: list[StageCost]) -> tuple[Event, Event]:

@@ -8,10 +8,12 @@ from typing import Any, NamedTuple
 
 from profiles.contract import Fields, read_json, schema_id, write_json
 
-__all__ = ["Event", "Transfer", "RankStats", "Timeline", "load_timeline", "trace_events", "write_trace"]
+__all__ = ["Event", "Transfer", "Collective", "RankStats", "Timeline", "load_timeline", "trace_events", "write_trace"]
 
 KIND, MAJOR = "timeline", 1
 EVENT_KINDS = ("F", "B", "I", "W")
+#: collectives on a rank's communication track, by torch's runtime names where it has them
+COLLECTIVE_KINDS = ("UNSHARD", "REDUCE_GRAD", "ALL_REDUCE", "OPTIMIZER")
 
 
 class Event(NamedTuple):
@@ -38,6 +40,16 @@ class Transfer(NamedTuple):
     bytes: int
 
 
+class Collective(NamedTuple):
+    """One data-parallel collective (or the optimizer step after it) on a rank's communication track."""
+
+    rank: int
+    kind: str  # UNSHARD (fsdp gather) | REDUCE_GRAD (fsdp/zero reduce-scatter) | ALL_REDUCE (ddp) | OPTIMIZER
+    start_s: float
+    end_s: float
+    bytes: int
+
+
 @dataclass(frozen=True)
 class RankStats:
     rank: int
@@ -56,6 +68,7 @@ class Timeline:
     memory: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # rank -> [(t, bytes)]
     critical_path: tuple[str, ...] = ()  # e.g. ("0F0", "send 0->1", "1F0", ...)
     source: str = "simulated"  # "simulated" | "measured"
+    collectives: tuple[Collective, ...] = ()  # the communication track
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +80,7 @@ class Timeline:
             "transfers": [t._asdict() for t in self.transfers],
             "memory": {str(r): [[t, b] for t, b in pts] for r, pts in self.memory.items()},
             "critical_path": list(self.critical_path),
+            "collectives": [c._asdict() for c in self.collectives],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -111,6 +125,16 @@ class Timeline:
             if f.has("transfers")
             else ()
         )
+        collectives = tuple(
+            Collective(
+                c.int("rank"),
+                c.str("kind", choices=COLLECTIVE_KINDS),
+                c.num("start_s", min=None),
+                c.num("end_s", min=None),
+                c.int("bytes"),
+            )
+            for c in (f.objs("collectives") if f.has("collectives") else [])
+        )
         mem_raw = f.raw("memory", {})
         memory = (
             {int(r): [(float(t), int(b)) for t, b in pts] for r, pts in mem_raw.items()}
@@ -125,6 +149,7 @@ class Timeline:
             memory,
             tuple(f.raw("critical_path", [])),
             f.str("source", default="simulated"),
+            collectives,
         )
 
     def with_source(self, source: str) -> Timeline:
@@ -136,13 +161,15 @@ def load_timeline(path: str | Path) -> Timeline:
 
 
 def trace_events(timeline: Timeline, label: str = "") -> list[dict[str, Any]]:
-    """Chrome/Perfetto ``traceEvents``: pid = rank, tid 0 compute, tid 1 sends; microseconds."""
+    """Chrome/Perfetto ``traceEvents``: pid = rank, tid 0 compute, tid 1 sends, tid 2 collectives;
+    microseconds."""
     name = label or timeline.source
     out: list[dict[str, Any]] = []
     for r in sorted({s.rank for s in timeline.ranks} | {e.rank for e in timeline.events}):
         out.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": f"rank {r} ({name})"}})
         out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 0, "args": {"name": "compute"}})
         out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 1, "args": {"name": "send"}})
+        out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 2, "args": {"name": "communication"}})
     for e in timeline.events:
         out.append(
             {
@@ -167,6 +194,19 @@ def trace_events(timeline: Timeline, label: str = "") -> list[dict[str, Any]]:
                 "ts": t.start_s * 1e6,
                 "dur": max(0.0, t.end_s - t.start_s) * 1e6,
                 "args": {"bytes": t.bytes, "stage": t.stage},
+            }
+        )
+    for c in timeline.collectives:
+        out.append(
+            {
+                "ph": "X",
+                "name": c.kind,
+                "cat": "collective",
+                "pid": c.rank,
+                "tid": 2,
+                "ts": c.start_s * 1e6,
+                "dur": max(0.0, c.end_s - c.start_s) * 1e6,
+                "args": {"bytes": c.bytes},
             }
         )
     return out

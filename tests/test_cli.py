@@ -81,7 +81,7 @@ def test_plan_json_is_clean_json(tiny_profile_path, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert data["schema"] == "pipeplan.plan/1" and data["pp"] == 2
+    assert data["schema"] == "pipeplan.plan/2" and data["pp"] == 2
     assert (tmp_path / "p.csv").exists()
 
 

@@ -27,7 +27,7 @@ from planner.scoring import Schedules, build_plan, fits
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
 from simulator import SimInput, simulate
 from simulator.actions import stage_ranks
-from simulator.costs import Option, Recompute
+from simulator.costs import DPMode, Layout, Option, Recompute
 from simulator.schedules import CUSTOM, SCHEDULES, ScheduleError
 
 REL = 1e-9
@@ -41,7 +41,7 @@ def _profile(rng: random.Random, n: int, path) -> Profile:
         units = tuple(
             UnitCost(
                 f"block{i}",
-                "block",
+                "embedding" if i == 0 else "head" if i == n - 1 else "block",
                 r["f"] * t,
                 r["b"] * t,
                 r["b"] * t * r["i_share"],
@@ -56,7 +56,8 @@ def _profile(rng: random.Random, n: int, path) -> Profile:
         )
         whole = WholeModel(*(sum(getattr(u, k) for u in units) for k in ("forward_s", "backward_s", "saved_bytes")))
         entries.append(ProfileEntry(dtype, 1, units, whole))
-    prof = Profile("random", {}, "random", "cpu", 16, "analytic", tuple(entries), {})
+    config = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}
+    prof = Profile("random", config, "random", "cpu", 16, "analytic", tuple(entries), {})
     prof.save(path)
     return prof
 
@@ -90,8 +91,15 @@ def cases(draw):
         Option(draw(st.sampled_from(["fp32", "bf16"])), draw(st.sampled_from(list(Recompute)))) for _ in range(S)
     ]
     dp = draw(st.integers(1, 3))
+    tp = draw(st.sampled_from([1, 2]))
+    layout = Layout(
+        tp=tp,
+        dp=dp,
+        dp_mode=draw(st.sampled_from(list(DPMode))),
+        sequence_parallel=tp > 1 and draw(st.booleans()),
+    )
     cluster = Cluster(
-        devices=pp * dp,
+        devices=pp * dp * tp,
         memory_bytes=10**15,
         devices_per_node=draw(st.integers(1, 4)),
         intra_bandwidth_Bps=draw(st.sampled_from([1e9, 5e10])),
@@ -101,7 +109,7 @@ def cases(draw):
         action_overhead_s=draw(st.sampled_from([0.0, 3e-4])),
         optimizer_s_per_param=draw(st.sampled_from([0.0, 2e-9])),
     )
-    return seed, n, name, pp, v, m, placement, bounds, options, dp, cluster
+    return seed, n, name, pp, v, m, placement, bounds, options, layout, cluster
 
 
 def _close(a: float, b: float) -> bool:
@@ -111,17 +119,18 @@ def _close(a: float, b: float) -> bool:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases())
 def test_milp_terms_equal_the_simulators_costs(case, tmp_path):
-    seed, n, name, pp, v, m, placement, bounds, options, dp, cluster = case
+    seed, n, name, pp, v, m, placement, bounds, options, layout, cluster = case
+    dp = layout.dp
     path = tmp_path / f"p{seed}.json"
     profile = _profile(random.Random(seed), n, path)
-    job = Job(global_batch=m * dp, microbatch_size=1, schedules=(name,), dtypes=("fp32", "bf16"), recompute=True)
+    job = Job(global_batch=m * dp, microbatch_size=1, schedules=(name,), dtypes=("fp32", "bf16"), recompute=("none", "selective", "full"))
     schedules = Schedules(job)
     try:
         table = schedules.table(name, pp, m, v, tuple(placement) if placement else None)
     except ScheduleError:
         return  # e.g. microbatches that do not split into the schedule's rounds
     model = schedules.model(name, pp, m, v, tuple(placement) if placement else None)
-    costs = cost_model(profile, cluster, job, 1, dp=dp)
+    costs = cost_model(profile, cluster, job, 1, layout=layout)
     stage_costs = costs.stage_costs(bounds, options)
 
     def plan_at(cap: int):
@@ -152,12 +161,13 @@ def test_milp_terms_equal_the_simulators_costs(case, tmp_path):
             assert _close(t.sends_s, hand)
 
     # per-rank memory and the end-of-step tail, against the simulated step
-    timeline = simulate(SimInput(table, stage_costs, links, dp=dp))
+    timeline = simulate(SimInput(table, stage_costs, links, dp=dp, comm=costs.dp_comm))
     for r in timeline.ranks:
         assert _close(terms.peak_bytes[r.rank], r.peak_bytes)
         mine = [s for s, o in owner.items() if o == r.rank]
         grad = sum(stage_costs[s].param_bytes for s in mine)
         assert _close(terms.tail_s[r.rank], costs.tail_s(grad, sum(stage_costs[s].optimizer_s for s in mine)))
+        assert _close(terms.head_s[r.rank], costs.head_s(grad))
 
     # the screen, the refinement and the MILP's memory rows accept the same splits
     peak = max(r.peak_bytes for r in timeline.ranks)

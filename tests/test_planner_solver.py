@@ -82,7 +82,7 @@ def test_json_stdout_is_one_object(tmp_path):
     r = _cli(str(GPT2), "--devices", "2", "--pp", "2", "--json", "--solver", "auto", "-o", str(tmp_path / "p.json"))
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)  # the HiGHS banner would break this
-    assert plan["schema"] == "pipeplan.plan/1" and plan["solver"]["status"] in (
+    assert plan["schema"] == "pipeplan.plan/2" and plan["solver"]["status"] in (
         "Optimal",
         "TimeLimit",
         "balanced split",

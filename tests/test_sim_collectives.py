@@ -106,7 +106,7 @@ def test_megatron_block_comm_same_bytes_with_sequence_parallel():
 @settings(max_examples=200, deadline=None)
 @given(
     n=st.integers(1, 4096),
-    nbytes=st.floats(0, 1e11),
+    nbytes=st.integers(0, 10**11),  # whole bytes (denormal floats break the ordering by rounding)
     latency=st.floats(0, 1e-4),
     bandwidth=st.floats(1e8, 1e12),
 )
