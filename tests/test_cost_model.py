@@ -123,7 +123,13 @@ def test_milp_terms_equal_the_simulators_costs(case, tmp_path):
     dp = layout.dp
     path = tmp_path / f"p{seed}.json"
     profile = _profile(random.Random(seed), n, path)
-    job = Job(global_batch=m * dp, microbatch_size=1, schedules=(name,), dtypes=("fp32", "bf16"), recompute=("none", "selective", "full"))
+    job = Job(
+        global_batch=m * dp,
+        microbatch_size=1,
+        schedules=(name,),
+        dtypes=("fp32", "bf16"),
+        recompute=("none", "selective", "full"),
+    )
     schedules = Schedules(job)
     try:
         table = schedules.table(name, pp, m, v, tuple(placement) if placement else None)
