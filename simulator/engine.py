@@ -188,9 +188,9 @@ def _sends(
     """Every output that crosses ranks, from the end of the action that made it to its arrival,
     rank by rank in table order (a pair: its forward's output, then its backward's gradient)."""
     last = len(costs) - 1
-    # the rank each stage's output (F) and input gradient (B/I) go to; -1: none, or the same rank
-    fdst = [owner[s + 1] if s < last and owner[s + 1] != owner[s] else -1 for s in range(len(costs))]
-    gdst = [owner[s - 1] if s > 0 and owner[s - 1] != owner[s] else -1 for s in range(len(costs))]
+    # the rank each stage's output (F) and input gradient (B/I) go to; None: no stage there, or the same rank
+    fdst = [owner[s + 1] if s < last and owner[s + 1] != owner[s] else None for s in range(len(costs))]
+    gdst = [owner[s - 1] if s > 0 and owner[s - 1] != owner[s] else None for s in range(len(costs))]
     fx, gx = times.send_output, times.send_grad
     out_b, in_b = [c.output_bytes for c in costs], [c.input_bytes for c in costs]
     new = tuple.__new__
@@ -203,16 +203,16 @@ def _sends(
             except ValueError:  # an Overlap pair
                 (fs, _, fm), (s, _, m) = a
                 d = fdst[fs]
-                if d >= 0:
+                if d is not None:
                     ta(new(Transfer, (r, d, fs, "F", fm, e, e + fx[fs], out_b[fs])))
                 k = _B
             if k is _F:
                 d = fdst[s]
-                if d >= 0:
+                if d is not None:
                     ta(new(Transfer, (r, d, s, "F", m, e, e + fx[s], out_b[s])))
             elif k is not _W:
                 d = gdst[s]
-                if d >= 0:
+                if d is not None:
                     ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
     return sends
 

@@ -55,6 +55,14 @@ def test_overlap_option(overlap, expected):
     assert tl.step_s == pytest.approx(expected)
 
 
+def test_critical_path_counts_a_blocking_send_as_the_rank_being_busy():
+    # The case above without overlap: 1B1 starts at 5.5, when 1B0's send lets rank 1 go, so it
+    # waited for its rank, not for an input; 1F1 waited for 0F1's output, 0B1 for 1B1's gradient.
+    links = Links(latency_s=0.5, inter_latency_s=0.5, overlap=False)
+    tl = simulate(SimInput(make_schedule("GPipe", 2, 2), [cost(b=1.0)] * 2, links))
+    assert tl.critical_path == ("0F0", "0F1", "send F1 0->1", "1F1", "1B0", "1B1", "send B1 1->0", "0B1")
+
+
 def test_data_parallel_allreduce_and_optimizer():
     base = simulate(SimInput(make_schedule("1F1B", 2, 4), [cost(param=100)] * 2)).step_s
     dp_links = Links(bandwidth_Bps=100.0, inter_bandwidth_Bps=100.0)
