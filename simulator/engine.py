@@ -140,7 +140,7 @@ def _timeline(
     if not detail:
         return Timeline(step, tuple(stats), (), (), memory, ())
     events = _events(table, logs, costs, pairs)
-    sends = _sends(table, logs, owner, run.times, costs)
+    sends = _sends(table, logs, owner, run.times, costs, pairs)
     return Timeline(step, tuple(stats), tuple(events), tuple(sends), memory, _critical_path(table, owner, run))
 
 
@@ -183,37 +183,39 @@ def _pair_events(r: int, a: Overlap, b: float, e: float, costs: list[StageCost])
 
 
 def _sends(
-    table: Table, logs: dict[int, RankLog], owner: dict[int, int], times: StageTimes, costs: list[StageCost]
+    table: Table,
+    logs: dict[int, RankLog],
+    owner: dict[int, int],
+    times: StageTimes,
+    costs: list[StageCost],
+    pairs: bool,
 ) -> list[Transfer]:
     """Every output that crosses ranks, from the end of the action that made it to its arrival,
     rank by rank in table order (a pair: its forward's output, then its backward's gradient)."""
     last = len(costs) - 1
-    # the rank each stage's output (F) and input gradient (B/I) go to; None: no stage there, or the same rank
-    fdst = [owner[s + 1] if s < last and owner[s + 1] != owner[s] else None for s in range(len(costs))]
-    gdst = [owner[s - 1] if s > 0 and owner[s - 1] != owner[s] else None for s in range(len(costs))]
-    fx, gx = times.send_output, times.send_grad
-    out_b, in_b = [c.output_bytes for c in costs], [c.input_bytes for c in costs]
+    # per action kind and stage: where its output goes, as what, how long it takes and its bytes
+    stays = (None, "", 0.0, 0)
+    out = [
+        (owner[s + 1], "F", times.send_output[s], c.output_bytes) if s < last and owner[s + 1] != owner[s] else stays
+        for s, c in enumerate(costs)
+    ]
+    back = [
+        (owner[s - 1], "B", times.send_grad[s], c.input_bytes) if s > 0 and owner[s - 1] != owner[s] else stays
+        for s, c in enumerate(costs)
+    ]
+    route = {_F: out, _B: back, _I: back, _W: [stays] * len(costs)}
     new = tuple.__new__
     sends: list[Transfer] = []
-    ta = sends.append
     for r, log in logs.items():
-        for a, e in zip(table[r], log.ends):
-            try:
-                s, k, m = a
-            except ValueError:  # an Overlap pair
-                (fs, _, fm), (s, _, m) = a
-                d = fdst[fs]
-                if d is not None:
-                    ta(new(Transfer, (r, d, fs, "F", fm, e, e + fx[fs], out_b[fs])))
-                k = _B
-            if k is _F:
-                d = fdst[s]
-                if d is not None:
-                    ta(new(Transfer, (r, d, s, "F", m, e, e + fx[s], out_b[s])))
-            elif k is not _W:
-                d = gdst[s]
-                if d is not None:
-                    ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
+        spans = zip(table[r], log.ends)
+        if pairs:
+            spans = ((x, e) for a, e in spans for x in (a if a.__class__ is Overlap else (a,)))
+        sends += [
+            new(Transfer, (r, d, s, what, m, e, e + x, nbytes))
+            for (s, k, m), e in spans
+            for d, what, x, nbytes in (route[k][s],)
+            if d is not None
+        ]
     return sends
 
 

@@ -10,7 +10,7 @@ Layout, for speed: per (stage, microbatch) facts live in flat lists indexed by
 directly and everything else reads through named methods; per rank only each action's
 start and end are recorded (``RankLog``). A rank blocks about every second action in a
 1F1B table, so ``_advance`` keeps a whole rank's run (F, B, I, W and pairs) in one frame,
-rather than a call per action.
+rather than a call per action, and binds the sweep's lists with one unpacking (``_Bound``).
 """
 
 from __future__ import annotations
@@ -130,6 +130,57 @@ class RankLog:
         return self.starts[j] > free
 
 
+class _Bound(NamedTuple):
+    """The sweep's lists and tables, flattened so that ``_advance`` binds them all with one
+    unpacking: a rank is woken about every second action in a 1F1B table, so what each wake-up
+    costs shows in the step time. Built once per sweep (``bind``); the order of the fields is
+    the order ``_advance`` unpacks them in."""
+
+    forward: list[float]
+    backward: list[float]
+    backward_input: list[float]
+    backward_weight: list[float]
+    send_output: list[float]
+    send_grad: list[float]
+    sends_block: bool
+    output_at: list[float | None]
+    grad_at: list[float | None]
+    w_due: list[bool]
+    f_pos: list[int]
+    g_pos: list[int]
+    M: int
+    last: int  # the last stage
+    on_output: dict[int, int]
+    on_grad: dict[int, int]
+    flow: Flow
+    waits: Waits
+    times: StageTimes
+
+    @staticmethod
+    def bind(times: StageTimes, flow: Flow, waits: Waits) -> _Bound:
+        return _Bound(
+            forward=times.forward,
+            backward=times.backward,
+            backward_input=times.backward_input,
+            backward_weight=times.backward_weight,
+            send_output=times.send_output,
+            send_grad=times.send_grad,
+            sends_block=times.sends_block,
+            output_at=flow.output_at,
+            grad_at=flow.grad_at,
+            w_due=flow.w_due,
+            f_pos=flow.f_pos,
+            g_pos=flow.g_pos,
+            M=flow.M,
+            last=len(times.forward) - 1,
+            on_output=waits.on_output,
+            on_grad=waits.on_grad,
+            flow=flow,
+            waits=waits,
+            times=times,
+        )
+
+
 class Run(NamedTuple):
     logs: dict[int, RankLog]  # by rank, in rank order
     flow: Flow
@@ -142,11 +193,12 @@ def sweep(table: Table, times: StageTimes, S: int, M: int) -> Run:
     them, until no rank can move: then every rank has finished, or the table deadlocks."""
     flow, waits = Flow(S, M), Waits()
     logs = {r: RankLog() for r in sorted(table)}
+    bound = tuple(_Bound.bind(times, flow, waits))  # a plain tuple: unpacking one is the fast path
     queue, queued = deque(logs), set(logs)
     while queue:
         r = queue.popleft()
         queued.discard(r)
-        for w in _advance(table[r], r, logs[r], flow, waits, times):
+        for w in _advance(table[r], r, logs[r], bound):
             if w not in queued:
                 queue.append(w)
                 queued.add(w)
@@ -154,14 +206,14 @@ def sweep(table: Table, times: StageTimes, S: int, M: int) -> Run:
     return Run(logs, flow, times, blocked)
 
 
-def _advance(acts: list, r: int, log: RankLog, flow: Flow, waits: Waits, times: StageTimes) -> list[int]:
+def _advance(acts: list, r: int, log: RankLog, bound: tuple) -> list[int]:
     """Run rank r's actions from where it stopped while their inputs are there; return the ranks
     this woke (those that waited for an output it produced). Raises Invalid on an action whose
-    own earlier work is missing or that runs twice."""
-    fdur, bdur, idur, wdur, _, fx, gx, busy_send = times
-    out_at, grad_at, w_due, f_pos, g_pos, M = flow.output_at, flow.grad_at, flow.w_due, flow.f_pos, flow.g_pos, flow.M
-    on_output, on_grad = waits.on_output, waits.on_grad
-    last = len(fdur) - 1
+    own earlier work is missing or that runs twice. ``bound``: the fields of a ``_Bound``."""
+    # fmt: off
+    (fdur, bdur, idur, wdur, fx, gx, busy_send, out_at, grad_at, w_due, f_pos, g_pos, M, last,
+     on_output, on_grad, flow, waits, times) = bound  # _Bound's fields, in their order
+    # fmt: on
     st, en = log.starts.append, log.ends.append
     woken: list[int] = []
     n, p, t = len(acts), log.next, log.free
