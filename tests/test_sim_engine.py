@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -258,3 +259,21 @@ def test_costs_from_a_profile_drive_the_engine():
     ]
     assert tl.step_s == pytest.approx(34.0)
     assert [r.peak_bytes for r in tl.ranks] == [320 + 2 * 200, 320 + 1 * 200]
+
+
+def test_simulate_leaves_the_garbage_collector_as_it_found_it():
+    inp = SimInput(make_schedule("1F1B", 2, 4), [cost()] * 2)
+    was_on = gc.isenabled()
+    try:
+        gc.enable()
+        simulate(inp)
+        assert gc.isenabled()
+        with pytest.raises(ScheduleError):
+            simulate(SimInput(T({0: "0F0 0B0", 1: "1B0 1F0"}), [cost()] * 2))  # deadlocks
+        assert gc.isenabled()
+        gc.disable()
+        simulate(inp)
+        assert not gc.isenabled()
+    finally:
+        if was_on:
+            gc.enable()
