@@ -69,7 +69,7 @@ def worker(plan_path: Path, steps: int, rounds: int) -> int:
     from executor import runtime
     from executor.report import load_report
     from planner.plan import load_plan
-    from profiles.measure import keep_freed_memory
+    from profiles.tuning import keep_freed_memory
 
     torch.set_num_threads(1)
     keep_freed_memory()

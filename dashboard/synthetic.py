@@ -7,7 +7,7 @@ microbatch size; bf16 halves time and bytes. Numbers are made up, shapes are not
 
 from __future__ import annotations
 
-from profiles.types import DTYPE_TABLE, Profile, ProfileEntry, UnitCost, WholeModel
+from profiles.types import DTYPE_TABLE, Profile, ProfileEntry, UnitCost, UnitKind, WholeModel
 
 __all__ = ["synthetic_profile"]
 
@@ -29,9 +29,9 @@ def synthetic_profile(
     for dtype in dtypes:
         scale_t = 1.0 if DTYPE_TABLE[dtype].bytes == 4 else 0.5
         for mbs in microbatch_sizes:
-            specs = [("embed", "embedding", 0.1 * block_ms, embed_params, 0.0)]
-            specs += [(f"block{i}", "block", block_ms, block_params, saved_mib) for i in range(blocks)]
-            specs += [("head", "head", head_ms, embed_params, 2 * saved_mib)]
+            specs = [("embed", UnitKind.EMBEDDING.value, 0.1 * block_ms, embed_params, 0.0)]
+            specs += [(f"block{i}", UnitKind.BLOCK.value, block_ms, block_params, saved_mib) for i in range(blocks)]
+            specs += [("head", UnitKind.HEAD.value, head_ms, embed_params, 2 * saved_mib)]
             units = []
             for uname, kind, f_ms, params, saved in specs:
                 f = f_ms * mbs * scale_t / 1e3
@@ -46,7 +46,7 @@ def synthetic_profile(
                         params=params,
                         param_bytes=params * DTYPE_TABLE[dtype].bytes,
                         saved_bytes=int(saved * 2**20 * mbs * DTYPE_TABLE[dtype].bytes / 4),
-                        output_bytes=int(2**18 * mbs * DTYPE_TABLE[dtype].bytes / 4) if kind != "head" else 0,
+                        output_bytes=int(2**18 * mbs * DTYPE_TABLE[dtype].bytes / 4) if kind != UnitKind.HEAD else 0,
                         forward_flops=2.0 * params * 128 * mbs,
                     )
                 )

@@ -12,10 +12,9 @@ Four figures, each measured with what the executor really runs:
   per-action overhead inside each action and adds bytes / bandwidth to each transfer, so the
   link latency is that gap less both. Medians are taken per direction and averaged, which
   cancels any offset between the two ranks' clocks. (A bare send/recv ping-pong does not
-  see what the runtime pays, and on a shared 2-core machine its small-message medians swung
-  between 0.2 and 2 ms.) A receiver that waited longer pays more to wake up (0.14 ms one way
-  after 1 ms idle, 0.45 ms after 50 ms, measured here); the model leaves that out: on the
-  plans of ``bench/fidelity.py`` it moved no step by more than 0.3 ms;
+  see what the runtime pays, and on a loaded machine its small-message medians swing
+  widely.) A receiver that waited longer pays more to wake up; the model leaves that out,
+  as it is small next to a step (executor/README.md gives the figures);
 - bandwidth: rank 0 and rank 1 ping-pong tensors of 256 KiB to 4 MiB over the real backend,
   the sizes interleaved round by round so a burst of outside load hits all of them; the
   slope of the median one-way time over the size is 1 / bandwidth;
@@ -40,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from planner.cluster import PRESET_CLUSTERS
+from profiles.tuning import gc_paused, keep_freed_memory
 
 __all__ = ["main", "fit_bandwidth", "crossing_gaps", "measure_runtime", "measure_optimizer"]
 
@@ -189,8 +189,6 @@ def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("cluster.json")
     repeats = int(os.environ.get("PIPEPLAN_CALIBRATE_REPEATS", "30"))
     torch.set_num_threads(1)
-    from profiles.measure import gc_paused, keep_freed_memory
-
     keep_freed_memory()  # as the executor runs
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -7,7 +7,7 @@ load on first use, so ``import simulator`` or ``import planner`` stays light.
 from importlib import import_module
 
 from .contract import ContractError, UserError, write_json
-from .types import Profile, ProfileEntry, UnitCost, WholeModel, load_profile
+from .types import Profile, ProfileEntry, UnitCost, UnitKind, WholeModel, load_profile
 
 _LAZY = {"PRESETS": ".zoo", "ZooError": ".zoo", "ZooModel": ".zoo", "build_model": ".zoo", "parse_overrides": ".zoo"}
 
@@ -32,6 +32,7 @@ __all__ = [
     "Profile",
     "ProfileEntry",
     "UnitCost",
+    "UnitKind",
     "WholeModel",
     "load_profile",
     "profile_model",

@@ -1,36 +1,12 @@
 """Measure each unit of a model: forward (F), full backward (B), input-gradient (I)
 and weight-gradient (W) time, saved-activation bytes, output bytes, parameters, FLOPs.
 
-Assumptions (written into the profile's ``measurement``):
-- units are timed in the context they run in: one repeat runs the whole chain of units
-  forward then backward (each unit's input a detached leaf, as at a stage boundary), with
-  a clock mark between units, so caches are as warm or cold as in a real step;
-- F comes from two chained forwards per repeat; B from a backward unit by unit, last first,
-  each unit receiving the input gradient the next unit produced;
-- I then W are timed on one graph the way zero-bubble runtimes run them
-  (torch.distributed.pipelining stage_backward_input / stage_backward_weight): I is
-  autograd.grad for the unit's input with the graph retained and hooks keeping the
-  gradients at the nodes that lead to weights; W then starts from those gradients, after
-  all units' I. The graph analysis that finds those nodes runs before the clock starts;
-- the last unit's forward includes the loss and its backward starts from the loss;
-- unit chains and whole-model runs are interleaved repeat by repeat, so drift hits both;
-- parameter gradients stay allocated between passes and every timed backward adds into
-  them, as microbatches after the first of a step do (no first-touch page faults timed);
-- on CPU (glibc) freed memory is kept for reuse (mallopt: no mmap for large blocks, no
-  trim), as CUDA's caching allocator does, so big tensors do not pay first-touch page
-  faults anew every pass; this setting stays for the rest of the process;
-- Python's garbage collector runs once before the repeats and is off while they run;
-- with ``side_by_side`` N (CPU), N processes train the same model (fp32, one thread each)
-  beside the profiler while it times, as the other ranks of a host compute beside each rank;
-- CPU timing runs with one thread, as each executor rank does; CUDA timing uses events,
-  and each unit's peak memory (max_memory_allocated over its F + B) is recorded;
-- 16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);
-- saved bytes are counted with saved-tensor hooks, each storage once, parameters excluded.
+Each profile records how it was measured in ``measurement``, including ``ASSUMPTIONS``
+(below): the conditions its numbers hold under, for a reader comparing them with a run.
 """
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import platform
 import statistics
@@ -44,14 +20,42 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
 from .neighbour import check_count, neighbours
+from .tuning import gc_paused, keep_freed_memory
 from .types import DTYPE_TABLE, DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
-__all__ = ["profile_model", "count_saved_bytes", "gc_paused", "keep_freed_memory", "TORCH_DTYPES", "attention_impl"]
+__all__ = ["profile_model", "count_saved_bytes", "TORCH_DTYPES", "attention_impl", "ASSUMPTIONS"]
 
 #: torch dtypes by the names profiles use (a view of ``profiles.types.DTYPE_TABLE``)
 TORCH_DTYPES = {name: getattr(torch, d.torch_name) for name, d in DTYPE_TABLE.items()}
 TIMES = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s")
+
+#: How a measured profile's numbers were taken, written into every profile's ``measurement``.
+ASSUMPTIONS: tuple[str, ...] = (
+    "units are timed in the context they run in: one repeat runs the whole chain of units forward then backward "
+    "(each unit's input a detached leaf, as at a stage boundary), with a clock mark between units, so caches are "
+    "as warm or cold as in a real step;",
+    "F comes from two chained forwards per repeat; B from a backward unit by unit, last first, each unit receiving "
+    "the input gradient the next unit produced;",
+    "I then W are timed on one graph the way zero-bubble runtimes run them (torch.distributed.pipelining "
+    "stage_backward_input / stage_backward_weight): I is autograd.grad for the unit's input with the graph retained "
+    "and hooks keeping the gradients at the nodes that lead to weights; W then starts from those gradients, after "
+    "all units' I. The graph analysis that finds those nodes runs before the clock starts;",
+    "the last unit's forward includes the loss and its backward starts from the loss;",
+    "unit chains and whole-model runs are interleaved repeat by repeat, so drift hits both;",
+    "parameter gradients stay allocated between passes and every timed backward adds into them, as microbatches "
+    "after the first of a step do (no first-touch page faults timed);",
+    "on CPU (glibc) freed memory is kept for reuse (mallopt: no mmap for large blocks, no trim), as CUDA's caching "
+    "allocator does, so big tensors do not pay first-touch page faults anew every pass; this setting stays for the "
+    "rest of the process;",
+    "Python's garbage collector runs once before the repeats and is off while they run;",
+    "with ``side_by_side`` N (CPU), N processes train the same model (fp32, one thread each) beside the profiler "
+    "while it times, as the other ranks of a host compute beside each rank;",
+    "CPU timing runs with one thread, as each executor rank does; CUDA timing uses events, and each unit's peak "
+    "memory (max_memory_allocated over its F + B) is recorded;",
+    "16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);",
+    "saved bytes are counted with saved-tensor hooks, each storage once, parameters excluded.",
+)
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -90,21 +94,6 @@ def attention_impl(device: str, dtypes: tuple[str, ...]) -> tuple[str, str]:
     if any(d == "fp32" for d in dtypes):
         return "sdpa", "PyTorch SDPA (FlashAttention has no fp32 kernel and fp32 was asked for)"
     return "flash_attention_2", "FlashAttention-2 (flash_attn installed)"
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse (no mmap for large blocks, no trim), as CUDA's
-    caching allocator does: without it every big gradient or activation pays first-touch page
-    faults anew. The profiler, its neighbours and every executor rank run with it (see the
-    assumptions); False where that is not possible."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def _device_name(device: str) -> str:
@@ -305,25 +294,6 @@ def _peak_bytes(run: _Runner, idx: int, x_in: torch.Tensor) -> int:
     return max(0, torch.cuda.max_memory_allocated() - base)
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off inside (after one full collection), as it was after.
-
-    Timed loops run inside, so no automatic collection lands in a measurement: a full one takes
-    about 165 ms in a process holding a Hugging Face model and torch (345k objects, measured on
-    this 2-core CPU). Long loops collect the young generations between steps themselves
-    (``gc.collect(1)``, well under a millisecond), as torchtitan's ``training.gc_freq`` does.
-    """
-    was_on = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
 def _profile_entry(
     model: ZooModel,
     dtype: str,
@@ -492,14 +462,9 @@ def profile_model(
             "seed": seed,
             "torch": torch.__version__,
             "profiling_s": round(time.perf_counter() - t0, 3),
-            "assumptions": _assumptions(__doc__),
+            "assumptions": list(ASSUMPTIONS),
         },
     )
-
-
-def _assumptions(doc: str) -> list[str]:
-    text = doc.split("Assumptions (written into the profile's ``measurement``):")[1]
-    return [" ".join(item.split()).removeprefix("- ") for item in text.strip().split("\n- ") if item.strip()]
 
 
 def _progress(total: int, desc: str):

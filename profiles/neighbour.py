@@ -3,10 +3,9 @@ host compute beside each rank in a pipeline (``pipeplan profile --side-by-side N
 
 Why: CPU ranks of one host share caches, memory bandwidth and, on SMT machines, cores. A unit
 timed alone runs faster than the same unit in a pipeline whose other ranks compute at the same
-moment: on this 2-vCPU machine an MLP block ran 5-9% slower beside a busy rank than alone, and
-the stages of ``bench/fidelity.py`` ran 0-9% over a profile taken alone, by how busy the host
-was. With N neighbours training the model (forward + backward, one thread each, fp32) while
-the units are timed, the profile holds compute as a pipeline's ranks meet it. Devices that
+moment (profiles/README.md gives the figures). With N neighbours training the model (forward +
+backward, one thread each, fp32) while the units are timed, the profile holds compute as a
+pipeline's ranks meet it. Devices that
 share nothing (one GPU per rank) need no neighbours.
 
 ``python -m profiles.neighbour SPEC`` is one neighbour: it prints ``ready`` after its first
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .contract import UserError
+from .tuning import keep_freed_memory
 
 __all__ = ["neighbours", "check_count"]
 
@@ -77,7 +77,6 @@ def neighbours(
 def _train(spec: dict) -> None:
     import torch
 
-    from .measure import keep_freed_memory
     from .zoo import build_model
 
     torch.set_num_threads(1)

@@ -6,12 +6,14 @@ Times are seconds, sizes bytes. One ``ProfileEntry`` per (dtype, microbatch size
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .contract import ContractError, Fields, read_json, schema_id, write_json
 
 __all__ = [
+    "UnitKind",
     "UnitCost",
     "WholeModel",
     "ProfileEntry",
@@ -59,6 +61,22 @@ DTYPE_TABLE: dict[str, DType] = {
 }
 DTYPES = tuple(DTYPE_TABLE)
 METHODS = ("measured", "analytic")
+
+
+class UnitKind(str, Enum):
+    """The unit kinds the zoo writes, and the roles code may ask about.
+
+    ``UnitCost.kind`` stays free text in the file (a user's ``ZooModel`` may name kinds of its
+    own, such as ``act``), so a kind is compared with these, never converted; any kind but an
+    embedding or a head is a body unit. A unit's role comes from its kind, never its name.
+    """
+
+    EMBEDDING = "embedding"  # the input end: token (and position) embeddings
+    BLOCK = "block"  # a repeated transformer block (or BERT layer)
+    HEAD = "head"  # the output end: final norm, output projection and loss
+    LAYER = "layer"  # a unit of a user's plain list of modules: no role declared
+
+
 #: a CPU measurement (profile or run) whose thread was ready but off the CPU for more than this
 #: share of its time was disturbed by other load, and says so
 OFF_CPU_WARN = 0.03
@@ -69,7 +87,7 @@ class UnitCost:
     """Cost of one unit for one microbatch."""
 
     name: str
-    kind: str  # "embedding" | "block" | "head" | "layer" ... (free text, shown to users)
+    kind: str  # a UnitKind value ("embedding", "block", "head", "layer") or a user model's own word
     forward_s: float
     backward_s: float  # full backward (B): input and weight gradients together
     backward_input_s: float  # I: gradient w.r.t. the unit's input only
@@ -81,6 +99,19 @@ class UnitCost:
     forward_flops: float
     spread: dict[str, float] = field(default_factory=dict)  # relative spread of each time, e.g. {"forward_s": 0.03}
     peak_bytes: int = 0  # CUDA only: max_memory_allocated above the baseline during the unit's F + B (0: not measured)
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.kind == UnitKind.EMBEDDING
+
+    @property
+    def is_head(self) -> bool:
+        return self.kind == UnitKind.HEAD
+
+    @property
+    def is_body(self) -> bool:
+        """Neither the embedding nor the head: a block, or a unit of a user's model."""
+        return not (self.is_embedding or self.is_head)
 
     @staticmethod
     def from_fields(f: Fields) -> UnitCost:

@@ -17,28 +17,28 @@ overlap compute unless ``Links.overlap`` is False (then the sender is busy for t
 transfer); transfers do not contend; after the last backward each rank all-reduces its
 gradients across ``dp`` replicas and runs the optimizer step (``optimizer_s``, plus each
 of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's
-activations from the start of F until its B ends (after I, ``keep_bytes`` of them
+activations from the start of F until its B ends (after I, ``w_keep_fraction`` of them
 stay until W); a forward-only table keeps no activations; a pair adds its forward's
 activations when it starts and frees its backward's when it ends. In the Timeline a pair
 is two events, its forward then its backward, splitting its span in proportion to their
 own times.
 Same input, same output, byte for byte.
 
-Speed: the hot loop works on private flat lists indexed by ``stage * M + microbatch``
-and records only start/end times and which dependency bound each start; events,
-transfers, memory and the critical path are built from those afterwards.
+Speed: the sweep (``simulator.sweep``, the hot loop) records only each action's start and
+end; events, transfers, memory and the critical path are built from those afterwards, each
+by its own function here.
 """
 
 from __future__ import annotations
 
-import gc
-from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
+
+from profiles.tuning import gc_paused
 
 from .actions import Kind, Overlap, ScheduleError, Table, flat_actions, format_grid, stage_ranks, validate_table
 from .collectives import Link
 from .costs import DPComm, DPMode, Links, StageCost
+from .sweep import Invalid, RankLog, Run, StageTimes, stage_times, sweep
 from .timeline import Collective, Event, RankStats, Timeline, Transfer
 
 __all__ = ["SimInput", "simulate"]
@@ -68,9 +68,12 @@ class SimInput:
         slowest = Link(max(links.latency_s, links.inter_latency_s), min(links.bandwidth_Bps, links.inter_bandwidth_Bps))
         return DPComm(DPMode.DDP, self.dp, slowest)
 
-
-class _Invalid(Exception):
-    """Raised inside the sweep; the caller turns it into validate_table's picture."""
+    def grad_bytes(self, owner: dict[int, int]) -> dict[int, int]:
+        """Gradient bytes per rank (the data-parallel collectives' payload)."""
+        out: dict[int, int] = {}
+        for s, r in owner.items():
+            out[r] = out.get(r, 0) + self.costs[s].param_bytes
+        return out
 
 
 def _shape(table: Table) -> tuple[dict[int, int], int, int, bool]:
@@ -94,19 +97,14 @@ def simulate(inp: SimInput | object, detail: bool = True) -> Timeline:
     no events, transfers, memory curves or critical path, as a search scoring many splits needs."""
     if not isinstance(inp, SimInput):
         inp = inp.sim_input()  # a Plan, without the simulator knowing the planner
-    # The step allocates ~3 objects per action and none of them form cycles: pausing the
+    # The step allocates a few objects per action and none of them form cycles: pausing the
     # cyclic garbage collector meanwhile saves the repeated generation scans it would run.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused(collect=False):
         return _simulate(inp, detail)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _simulate(inp: SimInput, detail: bool = True) -> Timeline:
-    table, costs, links = inp.table, inp.costs, inp.links
+    table, costs = inp.table, inp.costs
     if not table or not any(table.values()):
         raise ScheduleError("the table is empty")
     owner, S, M, pairs = _shape(table)
@@ -117,325 +115,90 @@ def _simulate(inp: SimInput, detail: bool = True) -> Timeline:
     if forward_only and has_backward:
         validate_table(table, forward_only=True)  # raises with the picture
     comm = inp.dp_comm()
-    grads = {r: sum(costs[s].param_bytes for s, o in owner.items() if o == r) for r in table}
-    heads = {r: 0.0 if forward_only else comm.head_s(g) for r, g in grads.items()}
+    start = {} if forward_only else {r: comm.head_s(g) for r, g in inp.grad_bytes(owner).items()}
     try:
-        run = _sweep(table, costs, links, owner, S, M, heads)
-    except _Invalid:
+        run = sweep(table, stage_times(costs, inp.links, owner), S, M, start)
+        if not run.blocked:
+            run.flow.check_complete(has_backward)
+    except Invalid:
         validate_table(table, forward_only=forward_only)
         raise ScheduleError("the table is invalid\n" + format_grid(table)) from None
     if run.blocked:
         validate_table(table, forward_only=forward_only)  # an invalid table reads better than a deadlock
         raise ScheduleError(_deadlock_message(table, run.blocked, owner))
-    return _timeline(inp, forward_only, owner, S, M, run, pairs, detail)
-
-
-class _Run(NamedTuple):
-    starts: dict[int, list[float]]  # rank -> start of each of its actions, in table order
-    ends: dict[int, list[float]]
-    bound: dict[int, list[bool]]  # True: the action waited for its input; False: for its rank
-    fpos: list[int]  # position of F(s, m) in its rank's list, at s*M+m
-    gpos: list[int]  # position of B/I(s, m)
-    free: dict[int, float]  # when each rank is done (including a last blocking send)
-    fx: list[float]  # transfer time of stage s's output to stage s+1 (0 on one rank)
-    gx: list[float]  # transfer time of stage s's input gradient to stage s-1
-    blocked: dict[int, int]  # rank -> step it is stuck at (empty: no deadlock)
-
-
-def _sweep(
-    table: Table, costs: list[StageCost], links: Links, owner: dict[int, int], S: int, M: int, start: dict[int, float]
-):
-    """The hot loop: a ``_Run`` of per-rank start/end/bound lists, producer positions, blocked ranks.
-
-    ``farr[s*M+m]``: when F(s, m)'s output is usable by stage s+1 (end + transfer);
-    ``garr[s*M+m]``: when B/I(s, m)'s input gradient is usable by stage s-1;
-    ``iend[s*M+m]``: end of I(s, m) until its W runs (then -1.0).
-    ``bound[r][j]``: True when action j of rank r waited for its input, False when for its rank.
-    """
-    SM = S * M
-    last = S - 1
-    fdur = [c.forward_s for c in costs]
-    bdur = [c.backward_s for c in costs]
-    odur = [c.overlap_f_b_s for c in costs]  # None: forward + backward
-    idur = [c.backward_input_s for c in costs]
-    wdur = [c.backward_weight_s for c in costs]
-    # transfer times per stage boundary, 0 when both stages share a rank
-    fx = [links.transfer_s(owner[s], owner[s + 1], costs[s].output_bytes) if s < last else 0.0 for s in range(S)]
-    gx = [links.transfer_s(owner[s], owner[s - 1], costs[s].input_bytes) if s > 0 else 0.0 for s in range(S)]
-    busy_send = not links.overlap
-    farr: list = [None] * SM
-    garr: list = [None] * SM
-    iend: list = [None] * SM
-    fpos = [0] * SM  # position of F(s, m) in its rank's list, for the critical path
-    gpos = [0] * SM
-    ranks = sorted(table)
-    ptr = {r: 0 for r in ranks}
-    free = {r: start.get(r, 0.0) for r in ranks}  # a rank starts once its weights are gathered (fsdp)
-    starts = {r: [] for r in ranks}
-    ends = {r: [] for r in ranks}
-    bound = {r: [] for r in ranks}
-    waiting: dict[int, int] = {}  # key (idx for F outputs, -1-idx for gradients) -> blocked rank
-    queue = deque(ranks)
-    queued = set(ranks)
-    while queue:
-        r = queue.popleft()
-        queued.discard(r)
-        acts = table[r]
-        n = len(acts)
-        p = ptr[r]
-        t = free[r]
-        st, en, bd = starts[r].append, ends[r].append, bound[r].append
-        while p < n:
-            a = acts[p]
-            try:
-                s, k, m = a
-            except ValueError:  # an Overlap pair has two fields: rare, so no type test per action
-                out = _pair(a, M, last, farr, garr, fpos, gpos, fdur, bdur, odur, fx, gx, waiting, r, p, t)
-                if out is None:
-                    break
-                start, end, bound_in, fkey, gkey = out
-                t = end
-                if busy_send:
-                    t += fx[a[0][0]] + gx[a[1][0]]
-                bd(bound_in)
-                st(start)
-                en(end)
-                p += 1
-                if waiting:
-                    for key in (fkey, gkey):
-                        w = waiting.pop(key, None)
-                        if w is not None and w not in queued:
-                            queue.append(w)
-                            queued.add(w)
-                continue
-            idx = s * M + m
-            if k is _F:
-                if farr[idx] is not None:
-                    raise _Invalid
-                if s:
-                    ready = farr[idx - M]
-                    if ready is None:
-                        waiting[idx - M] = r
-                        break
-                else:
-                    ready = 0.0
-                start = ready if ready > t else t
-                bd(ready > t)
-                t = end = start + fdur[s]
-                farr[idx] = end + fx[s]
-                fpos[idx] = p
-                key = idx
-                if busy_send:
-                    t += fx[s]
-            elif k is _W:
-                if iend[idx] is None or iend[idx] < 0:
-                    raise _Invalid
-                iend[idx] = -1.0
-                start = t
-                bd(False)
-                end = t = start + wdur[s]
-                st(start)
-                en(end)
-                p += 1
-                continue
-            else:  # B or I
-                if farr[idx] is None or garr[idx] is not None:
-                    raise _Invalid
-                if s != last:
-                    ready = garr[idx + M]
-                    if ready is None:
-                        waiting[-1 - idx - M] = r
-                        break
-                else:
-                    ready = 0.0
-                start = ready if ready > t else t
-                bd(ready > t)
-                if k is _B:
-                    t = end = start + bdur[s]
-                else:
-                    t = end = start + idur[s]
-                    iend[idx] = end
-                garr[idx] = end + gx[s]
-                gpos[idx] = p
-                key = -1 - idx
-                if busy_send:
-                    t += gx[s]
-            st(start)
-            en(end)
-            p += 1
-            if waiting:
-                w = waiting.pop(key, None)
-                if w is not None and w not in queued:
-                    queue.append(w)
-                    queued.add(w)
-        ptr[r] = p
-        free[r] = t
-    blocked = {r: ptr[r] for r in ranks if ptr[r] < len(table[r])}
-    if not blocked:
-        fwd_missing = None in farr
-        has_bwd = _has_backward(table)
-        if fwd_missing or (has_bwd and (None in garr or any(x is not None and x >= 0 for x in iend))):
-            raise _Invalid
-    return _Run(starts, ends, bound, fpos, gpos, free, fx, gx, blocked)
-
-
-def _pair(
-    a: Overlap,
-    M: int,
-    last: int,
-    farr: list,
-    garr: list,
-    fpos: list,
-    gpos: list,
-    fdur: list,
-    bdur: list,
-    odur: list,
-    fx: list,
-    gx: list,
-    waiting: dict,
-    r: int,
-    p: int,
-    t: float,
-):
-    """Time an Overlap at position p of rank r, free at t: (start, end, waited for an input, the keys of
-    its two outputs), or None when an input has not arrived (the rank is then registered as waiting)."""
-    (fs, _, fm), (bs, _, bm) = a
-    fidx, bidx = fs * M + fm, bs * M + bm
-    if farr[fidx] is not None or farr[bidx] is None or garr[bidx] is not None:
-        raise _Invalid
-    ready = 0.0
-    if fs:
-        ready = farr[fidx - M]
-        if ready is None:
-            waiting[fidx - M] = r
-            return None
-    if bs != last:
-        g = garr[bidx + M]
-        if g is None:
-            waiting[-1 - bidx - M] = r
-            return None
-        if g > ready:
-            ready = g
-    start = ready if ready > t else t
-    d = odur[bs]
-    end = start + (fdur[fs] + bdur[bs] if d is None else d)
-    farr[fidx] = end + fx[fs]
-    garr[bidx] = end + gx[bs]
-    fpos[fidx] = gpos[bidx] = p
-    return start, end, ready > t, fidx, -1 - bidx
+    return _timeline(inp, forward_only, owner, run, pairs, detail)
 
 
 def _timeline(
-    inp: SimInput,
-    forward_only: bool,
-    owner: dict[int, int],
-    S: int,
-    M: int,
-    run: _Run,
-    pairs: bool,
-    detail: bool = True,
+    inp: SimInput, forward_only: bool, owner: dict[int, int], run: Run, pairs: bool, detail: bool = True
 ) -> Timeline:
-    table, costs = inp.table, inp.costs
-    starts, ends, fx, gx = run.starts, run.ends, run.fx, run.gx
-    ranks = sorted(table)
-    last = S - 1
-    new, kstr = tuple.__new__, _KSTR
-    events: list[Event] = []
-    transfers: list[Transfer] = []
-    memory: dict[int, list[tuple[float, int]]] = {}
-    stats = []
-    busy = {}
-    for r in ranks:
-        acts, st, en = table[r], starts[r], ends[r]
-        if detail and pairs:  # two events each
-            for a, b, e in zip(acts, st, en):
-                events += (
-                    _pair_events(r, a, b, e, costs)
-                    if a.__class__ is Overlap
-                    else (new(Event, (r, a[0], _KSTR[a[1]], a[2], b, e)),)
-                )
-        elif detail:
-            events += [new(Event, (r, s, kstr[k], m, b, e)) for (s, k, m), b, e in zip(acts, st, en)]
-        busy[r] = sum(en) - sum(st)
-    # end of step: data-parallel communication, then the optimizer (the communication track)
-    comm = inp.dp_comm()
-    finish = {}
-    collectives = []
-    for r in ranks:
-        grad_bytes = sum(costs[s].param_bytes for s, o in owner.items() if o == r)
-        opt_s = inp.optimizer_s + sum(costs[s].optimizer_s for s, o in owner.items() if o == r)
-        head = 0.0 if forward_only else comm.head_s(grad_bytes)
-        reduce = 0.0 if forward_only else comm.tail_s(grad_bytes)
-        finish[r] = run.free[r] + reduce + (0.0 if forward_only else opt_s)
-        if detail and head:
-            collectives.append(Collective(r, "UNSHARD", 0.0, head, grad_bytes))
-        if detail and reduce:
-            kind = "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD"
-            collectives.append(Collective(r, kind, run.free[r], run.free[r] + reduce, grad_bytes))
-        if detail and opt_s and not forward_only:
-            collectives.append(Collective(r, "OPTIMIZER", run.free[r] + reduce, finish[r], 0))
-    step = max(finish.values()) if finish else 0.0
-
-    # One pass per rank builds its sends and its memory curve. Sends: every output that
-    # crosses ranks, from the producer's end to its arrival. Memory: activations from F's
-    # start until the backward frees them; a rank's actions are in time order, so its
-    # memory points are too (no sort). Without detail, only the peak is kept.
-    fdst = [owner[s + 1] if detail and s < last and owner[s + 1] != owner[s] else -1 for s in range(S)]
-    gdst = [owner[s - 1] if detail and s > 0 and owner[s - 1] != owner[s] else -1 for s in range(S)]
-    out_b = [c.output_bytes for c in costs]
-    in_b = [c.input_bytes for c in costs]
-    zero = [0] * S
-    act = zero if forward_only else [c.activation_bytes for c in costs]
-    keep = zero if forward_only else [c.keep_bytes for c in costs]
-    ta = transfers.append
-    for r in ranks:
+    """The Timeline of a finished sweep: per-rank figures always; events, sends, memory curves and
+    the critical path with ``detail``."""
+    table, costs, logs = inp.table, inp.costs, run.logs
+    busy = {r: log.busy_s() for r, log in logs.items()}
+    collectives = _collectives(inp, owner, logs, forward_only)
+    ends = {r: log.free for r, log in logs.items()}
+    for c in collectives:
+        ends[c.rank] = max(ends[c.rank], c.end_s)
+    step = max(ends.values())
+    act = [0] * len(costs) if forward_only else [c.activation_bytes for c in costs]
+    keep = [0] * len(costs) if forward_only else [c.keep_bytes for c in costs]
+    stats, memory = [], {}
+    for r, log in logs.items():
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
-        level = peak = static
-        peak_at = 0.0
-        pts = [(0.0, static)]
-        pa = pts.append if detail else _drop
-        for a, b, e in zip(table[r], starts[r], ends[r]):
-            try:
-                s, k, m = a
-            except ValueError:  # an Overlap pair: its forward, then its backward
-                (fs, _, fm), (s, _, m) = a
-                d = fdst[fs]
-                if d >= 0:
-                    ta(new(Transfer, (r, d, fs, "F", fm, e, e + fx[fs], out_b[fs])))
-                d = gdst[s]
-                if d >= 0:
-                    ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
-                level += act[fs]
-                pa((b, level))
-                if level > peak:
-                    peak, peak_at = level, b
-                level -= act[s]
-                pa((e, level))
-                continue
-            if k is _F:
-                d = fdst[s]
-                if d >= 0:
-                    ta(new(Transfer, (r, d, s, "F", m, e, e + fx[s], out_b[s])))
-                if not forward_only:
-                    level += act[s]
-                    pa((b, level))
-                    if level > peak:
-                        peak, peak_at = level, b
-                continue
-            if k is _W:
-                level -= keep[s]
-            else:
-                d = gdst[s]
-                if d >= 0:
-                    ta(new(Transfer, (r, d, s, "B", m, e, e + gx[s], in_b[s])))
-                level -= act[s] if k is _B else act[s] - keep[s]
-            pa((e, level))
+        peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only, detail)
         if detail:
-            memory[r] = pts
+            memory[r] = curve
         stats.append(RankStats(r, busy[r], 1.0 - busy[r] / step if step > 0 else 0.0, peak, peak_at))
-    path = _critical_path(table, owner, M, run) if detail else ()
-    return Timeline(step, tuple(stats), tuple(events), tuple(transfers), memory, path, collectives=tuple(collectives))
+    if not detail:
+        return Timeline(step, tuple(stats), (), (), memory, ())
+    events = _events(table, logs, costs, pairs)
+    sends = _sends(table, logs, owner, run.times, costs, pairs)
+    path = _critical_path(table, owner, run)
+    return Timeline(step, tuple(stats), tuple(events), tuple(sends), memory, path, collectives=tuple(collectives))
+
+
+def _collectives(
+    inp: SimInput, owner: dict[int, int], logs: dict[int, RankLog], forward_only: bool
+) -> list[Collective]:
+    """Each rank's communication track: fsdp's gather before its first action (its start), then
+    after its last action (or send) the data-parallel reduction and the optimizer step. The step
+    ends when the last rank's track does."""
+    if forward_only:
+        return []
+    comm = inp.dp_comm()
+    grads = inp.grad_bytes(owner)
+    out = []
+    for r, log in logs.items():
+        g = grads.get(r, 0)
+        if log.start:
+            out.append(Collective(r, "UNSHARD", 0.0, log.start, g))
+        t = log.free
+        reduce = comm.tail_s(g)
+        if reduce:
+            out.append(Collective(r, "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD", t, t + reduce, g))
+        opt_s = inp.optimizer_s + sum(inp.costs[s].optimizer_s for s, o in owner.items() if o == r)
+        if opt_s:
+            out.append(Collective(r, "OPTIMIZER", t + reduce, t + reduce + opt_s, 0))
+    return out
+
+
+def _events(table: Table, logs: dict[int, RankLog], costs: list[StageCost], pairs: bool) -> list[Event]:
+    """One event per action, two per Overlap pair, rank by rank in table order."""
+    new, kstr = tuple.__new__, _KSTR
+    events: list[Event] = []
+    for r, log in logs.items():
+        spans = zip(table[r], log.starts, log.ends)
+        if pairs:
+            for a, b, e in spans:
+                if a.__class__ is Overlap:
+                    events += _pair_events(r, a, b, e, costs)
+                else:
+                    events.append(new(Event, (r, a[0], kstr[a[1]], a[2], b, e)))
+        else:
+            events += [new(Event, (r, s, kstr[k], m, b, e)) for (s, k, m), b, e in spans]
+    return events
 
 
 def _pair_events(r: int, a: Overlap, b: float, e: float, costs: list[StageCost]) -> tuple[Event, Event]:
@@ -446,33 +209,107 @@ def _pair_events(r: int, a: Overlap, b: float, e: float, costs: list[StageCost])
     return Event(r, fs, "F", fm, b, mid), Event(r, bs, "B", bm, mid, e)
 
 
+def _sends(
+    table: Table,
+    logs: dict[int, RankLog],
+    owner: dict[int, int],
+    times: StageTimes,
+    costs: list[StageCost],
+    pairs: bool,
+) -> list[Transfer]:
+    """Every output that crosses ranks, from the end of the action that made it to its arrival,
+    rank by rank in table order (a pair: its forward's output, then its backward's gradient)."""
+    last = len(costs) - 1
+    # per action kind and stage: where its output goes, as what, how long it takes and its bytes
+    stays = (None, "", 0.0, 0)
+    out = [
+        (owner[s + 1], "F", times.send_output[s], c.output_bytes) if s < last and owner[s + 1] != owner[s] else stays
+        for s, c in enumerate(costs)
+    ]
+    back = [
+        (owner[s - 1], "B", times.send_grad[s], c.input_bytes) if s > 0 and owner[s - 1] != owner[s] else stays
+        for s, c in enumerate(costs)
+    ]
+    route = {_F: out, _B: back, _I: back, _W: [stays] * len(costs)}
+    new = tuple.__new__
+    sends: list[Transfer] = []
+    for r, log in logs.items():
+        spans = zip(table[r], log.ends)
+        if pairs:
+            spans = ((x, e) for a, e in spans for x in (a if a.__class__ is Overlap else (a,)))
+        sends += [
+            new(Transfer, (r, d, s, what, m, e, e + x, nbytes))
+            for (s, k, m), e in spans
+            for d, what, x, nbytes in (route[k][s],)
+            if d is not None
+        ]
+    return sends
+
+
+def _memory(
+    acts: list, log: RankLog, static: int, act: list[int], keep: list[int], forward_only: bool, curve: bool
+) -> tuple[int, float, list[tuple[float, int]]]:
+    """One rank's memory: static bytes, plus activations from each F's start until its backward
+    frees them. (peak, when it is first reached, the curve: (time, bytes) at each change, or []
+    without ``curve``.) A rank's actions are in time order, so its points are too (no sort)."""
+    level = peak = static
+    peak_at = 0.0
+    pts = [(0.0, static)] if curve else []
+    pa = pts.append if curve else _drop
+    for a, b, e in zip(acts, log.starts, log.ends):
+        try:
+            s, k, m = a
+        except ValueError:  # an Overlap pair: its forward's activations in, then its backward's out
+            fs, s = a[0][0], a[1][0]
+            level += act[fs]
+            pa((b, level))
+            if level > peak:
+                peak, peak_at = level, b
+            level -= act[s]
+            pa((e, level))
+            continue
+        if k is _F:
+            if not forward_only:
+                level += act[s]
+                pa((b, level))
+                if level > peak:
+                    peak, peak_at = level, b
+            continue
+        if k is _W:
+            level -= keep[s]
+        else:
+            level -= act[s] if k is _B else act[s] - keep[s]
+        pa((e, level))
+    return peak, peak_at, pts
+
+
 def _drop(_point) -> None:
     """The memory curve's append when no curve is kept."""
 
 
-def _critical_path(table: Table, owner: dict[int, int], M: int, run: _Run) -> tuple[str, ...]:
+def _critical_path(table: Table, owner: dict[int, int], run: Run) -> tuple[str, ...]:
     """Walk back from the last finisher along the recorded binding dependency: O(path length)."""
-    starts, ends, bound, fpos, gpos = run.starts, run.ends, run.bound, run.fpos, run.gpos
-    cands = [(ends[r][-1], -r) for r in table if ends[r]]
+    logs, flow, times = run.logs, run.flow, run.times
+    cands = [(log.ends[-1], -r) for r, log in logs.items() if log.ends]
     if not cands:
         return ()
     _, neg = max(cands)
-    r, j = -neg, len(ends[-neg]) - 1
-    last = len(run.fx) - 1
+    r, j = -neg, len(logs[-neg].ends) - 1
+    last = len(times.forward) - 1
 
     def producer(a) -> tuple[int, int, str, int, float]:  # (rank, position, "F"|"B", microbatch, arrival)
         s, k, m = a
         if k is _F:
-            src, q = owner[s - 1], fpos[(s - 1) * M + m]
-            return src, q, "F", m, ends[src][q] + run.fx[s - 1]
-        src, q = owner[s + 1], gpos[(s + 1) * M + m]
-        return src, q, "B", m, ends[src][q] + run.gx[s + 1]
+            src, q = owner[s - 1], flow.forward_position(s - 1, m)
+            return src, q, "F", m, logs[src].ends[q] + times.send_output[s - 1]
+        src, q = owner[s + 1], flow.backward_position(s + 1, m)
+        return src, q, "B", m, logs[src].ends[q] + times.send_grad[s + 1]
 
     path = []
     while True:
         a = table[r][j]
         path.append(str(a))
-        if bound[r][j]:
+        if logs[r].waited(j, table[r], times):
             if a.__class__ is Overlap:  # the input that arrived last
                 ins = [producer(x) for x in a if (x[0] > 0 if x[1] is _F else x[0] < last)]
                 src, q, what, m, _ = max(ins, key=lambda x: x[4])
@@ -481,7 +318,7 @@ def _critical_path(table: Table, owner: dict[int, int], M: int, run: _Run) -> tu
             if src != r:
                 path.append(f"send {what}{m} {src}->{r}")
             r, j = src, q
-        elif j > 0 and starts[r][j] > 0.0:
+        elif j > 0 and logs[r].starts[j] > 0.0:
             j -= 1
         else:
             break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -22,6 +23,16 @@ def test_profile_round_trip(tiny_profile_path, tmp_path):
     assert e.units[0].output_bytes == 1 * 16 * 64 * 4  # batch x seq x hidden x fp32
     p.save(tmp_path / "again.json")
     assert load_profile(tmp_path / "again.json") == p
+
+
+def test_unit_roles_come_from_the_kind_not_the_name(tiny_profile_path):
+    units = load_profile(tiny_profile_path).entry("fp32", 1).units
+    roles = [(u.is_embedding, u.is_body, u.is_head) for u in units]
+    assert roles == [(True, False, False), (False, True, False), (False, True, False), (False, False, True)]
+    assert replace(units[1], name="head_proj").is_body  # a block named like a head is still a block
+    assert replace(units[-1], name="lm_out").is_head  # a head by any name
+    assert replace(units[0], kind="act").is_body  # a user model's own kind: a body unit
+    assert all(type(u.kind) is str for u in units)  # the file's kinds load as plain strings
 
 
 def test_plan_round_trip(tiny_plan_path, tmp_path):

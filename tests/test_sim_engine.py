@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -53,6 +54,14 @@ def test_overlap_option(overlap, expected):
     links = Links(latency_s=0.5, inter_latency_s=0.5, overlap=overlap)
     tl = simulate(SimInput(make_schedule("GPipe", 2, 2), [cost(b=1.0)] * 2, links))
     assert tl.step_s == pytest.approx(expected)
+
+
+def test_critical_path_counts_a_blocking_send_as_the_rank_being_busy():
+    # The case above without overlap: 1B1 starts at 5.5, when 1B0's send lets rank 1 go, so it
+    # waited for its rank, not for an input; 1F1 waited for 0F1's output, 0B1 for 1B1's gradient.
+    links = Links(latency_s=0.5, inter_latency_s=0.5, overlap=False)
+    tl = simulate(SimInput(make_schedule("GPipe", 2, 2), [cost(b=1.0)] * 2, links))
+    assert tl.critical_path == ("0F0", "0F1", "send F1 0->1", "1F1", "1B0", "1B1", "send B1 1->0", "0B1")
 
 
 def test_data_parallel_allreduce_and_optimizer():
@@ -250,3 +259,21 @@ def test_costs_from_a_profile_drive_the_engine():
     ]
     assert tl.step_s == pytest.approx(34.0)
     assert [r.peak_bytes for r in tl.ranks] == [320 + 2 * 200, 320 + 1 * 200]
+
+
+def test_simulate_leaves_the_garbage_collector_as_it_found_it():
+    inp = SimInput(make_schedule("1F1B", 2, 4), [cost()] * 2)
+    was_on = gc.isenabled()
+    try:
+        gc.enable()
+        simulate(inp)
+        assert gc.isenabled()
+        with pytest.raises(ScheduleError):
+            simulate(SimInput(T({0: "0F0 0B0", 1: "1B0 1F0"}), [cost()] * 2))  # deadlocks
+        assert gc.isenabled()
+        gc.disable()
+        simulate(inp)
+        assert not gc.isenabled()
+    finally:
+        if was_on:
+            gc.enable()
