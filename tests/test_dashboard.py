@@ -143,8 +143,8 @@ def test_plan_controls_follow_the_planner_and_the_profile(monkeypatch, root):
     assert set(at.multiselect(key="schedules").options) == set(SCHEDULES) | {"Custom"}
     shown = any(c.key == "recompute" for c in at.sidebar.checkbox)
     assert shown == data.job_supports_recompute()
-    _ok(at.multiselect(key="schedules").set_value([]).run())
-    assert any("at least one schedule" in w.value for w in at.warning)
+    at.multiselect(key="schedules").set_value([]).run()
+    assert not at.exception and any("at least one schedule" in e.value for e in at.error)
 
 
 def test_pipeline_view_follows_the_chosen_candidate_and_zooms(monkeypatch, root):
