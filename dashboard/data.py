@@ -279,9 +279,11 @@ def candidate_timeline(
 def whatif_timeline(
     schedule: str, pp: int, microbatches: int, virtual: int, f: float, b: float, comm: float
 ) -> tuple[Timeline | None, str | None]:
-    """Uniform stage costs (like ``pipeplan simulate --schedule``): times in ms per stage and
-    microbatch, ``virtual`` stages per rank as the schedule places them (ZBV and DualPipeV: two, in
-    a V). Returns an error line instead when the schedule does not allow these numbers."""
+    """Uniform stage costs (like ``pipeplan simulate --schedule``), ``virtual`` stages per rank as the
+    schedule places them (ZBV and DualPipeV: two, in a V). Times are in ms per microbatch *per rank*:
+    each of a rank's ``virtual`` stages takes 1/virtual of them, so schedules compare on the same model
+    (the CLI's ``--f``/``--b`` are per stage). Returns an error line instead when the schedule does not
+    allow these numbers."""
     spec = schedule_spec(schedule)
     stages = spec.num_stages(pp, virtual)
     kinds = 3 if spec.split_backward else 2
@@ -294,8 +296,9 @@ def whatif_timeline(
         table = make_schedule(schedule, pp, microbatches, virtual)
     except UserError as e:
         return None, str(e).splitlines()[0]
+    ms = 1e3 * virtual  # ms per rank -> seconds per stage
     cost = StageCost(
-        f / 1e3, b / 1e3, b / 2e3, b / 2e3, activation_bytes=2**20, static_bytes=0, output_bytes=1, input_bytes=1
+        f / ms, b / ms, b / 2 / ms, b / 2 / ms, activation_bytes=2**20, static_bytes=0, output_bytes=1, input_bytes=1
     )
     links = Links(latency_s=comm / 1e3, inter_latency_s=comm / 1e3)
     return simulate(SimInput(table, [cost] * stages, links)), None

@@ -262,8 +262,11 @@ def _whatif(where: str) -> tuple[str, Timeline | None, None, None]:
         )
     )
     m = int(c[3].number_input("microbatches", 1, data.MAX_MICROBATCHES, 128, key=f"{where}_wi_m"))
-    f = c[4].number_input("F ms", 0.0, 1e4, 1.0, key=f"{where}_wi_f", help="forward time per stage and microbatch")
-    b = c[5].number_input("B ms", 0.0, 1e4, 2.0, key=f"{where}_wi_b", help="backward time (I + W, half each)")
+    per_rank = "per rank and microbatch; each of a rank's stages takes its share"
+    f = c[4].number_input("F ms", 0.0, 1e4, 1.0, key=f"{where}_wi_f", help=f"forward time {per_rank}")
+    b = c[5].number_input(
+        "B ms", 0.0, 1e4, 2.0, key=f"{where}_wi_b", help=f"backward time (I + W, half each) {per_rank}"
+    )
     comm = c[6].number_input("send ms", 0.0, 1e4, 0.05, key=f"{where}_wi_comm")
     tl, err = data.whatif_timeline(sched, pp, m, v, f, b, comm)
     if tl is None:
