@@ -59,18 +59,21 @@ class Run:
     expected_s: float
     started: float = field(default_factory=time.monotonic)
     opened: bool = False  #: its report has been opened in the Compare view once
+    stopped: bool = False  #: ended by :meth:`stop`
 
     @property
     def report_path(self) -> Path:
         return self.plan_path.with_suffix(".run.json")
 
     def state(self) -> tuple[str, float, str]:
-        """(``running`` | ``done`` | ``failed``, progress 0..1, one line to show)."""
+        """(``running`` | ``done`` | ``failed`` | ``stopped``, progress 0..1, one line to show)."""
         rc = self.proc.poll()
         elapsed = time.monotonic() - self.started
         if rc is None:
             frac = min(0.95, 0.02 + elapsed / self.expected_s)
             return "running", frac, f"running pipeplan validate: {elapsed:.0f} s (about {self.expected_s:.0f} s)"
+        if self.stopped:
+            return "stopped", 0.0, f"stopped after {elapsed:.0f} s"
         if rc == 0 and self.report_path.is_file():
             return "done", 1.0, f"done in {elapsed:.0f} s: {self.report_path.name}"
         return "failed", 1.0, f"pipeplan validate ended with exit code {rc}"
@@ -86,6 +89,7 @@ class Run:
         """End the run's whole process group: SIGTERM, then SIGKILL after 5 s."""
         if self.proc.poll() is not None:
             return
+        self.stopped = True
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=5)

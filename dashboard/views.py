@@ -497,7 +497,7 @@ def _run_panel(ctx: Context, plan: Plan, path: str | None) -> None:
         busy = True
     if busy and c2.button("Stop", key="stop_plan"):
         run.stop()
-        busy = False
+        st.rerun()
     if busy:
         _run_progress(str(target))
     elif run is not None:
@@ -511,7 +511,7 @@ def _run_result(run: runner.Run) -> None:
     if state == "failed":
         st.error(md(line) + ": the end of its log is below")
         st.code(run.log_tail(), language="text")
-    elif not run.opened:
+    elif state == "done" and not run.opened:
         run.opened = True
         st.session_state[OPEN_REPORT] = str(run.report_path)
         files.find_files.clear()
