@@ -484,9 +484,10 @@ def _run_panel(ctx: Context, plan: Plan, path: str | None) -> None:
     run = runner.running(target)
     busy = run is not None and run.state()[0] == "running"
     st.caption(
-        f"{plan.world_size} CPU processes, {runner.STEPS} timed steps: writes {md(target.with_suffix('.run.json'))} "
-        f"and its traces beside the plan (replacing those of an earlier run)"
-        + ("" if path else f"; the candidate is saved as {md(target)} first")
+        f"{plan.world_size} CPU processes, {runner.STEPS} timed steps: writes "
+        f"{md(short_path(str(target.with_suffix('.run.json')), ctx.roots))} and its traces beside the plan "
+        f"(replacing those of an earlier run)"
+        + ("" if path else f"; the candidate is saved as {md(short_path(str(target), ctx.roots))} first")
     )
     c1, c2 = st.columns(2)
     if c1.button("Run (pipeplan validate)", key="run_plan", disabled=busy, type="primary"):

@@ -130,6 +130,21 @@ def test_crafted_profiles_picker_labels_and_markdown_injection(monkeypatch, root
     assert "[click](http" not in shown and "**bold**" not in shown and ":red[" not in shown
 
 
+def test_profile_with_absurd_numbers_ends_in_error_panels(monkeypatch, root):
+    """Times of 1e300 s and 1e30 parameters load (they are numbers) but break tables and the solver: each view
+    shows an error panel or draws, never a traceback."""
+    path = root / "syn" / "profile.json"
+    d = json.loads(path.read_text())
+    for e in d["entries"]:
+        for u in e["units"]:
+            u.update(forward_s=1e300, params=10**30, saved_bytes=10**30)
+    (root / "syn" / "plan.json").unlink()
+    path.write_text(json.dumps(d))
+    for view in ("Profile", "Plan", "Pipeline", "Export"):
+        at = app(monkeypatch, root, view).run()
+        assert len(errors(at)) <= 1, view
+
+
 def test_files_are_found_by_their_head_only_inside_the_root_and_regular(monkeypatch, root, tmp_path):
     outside = tmp_path / "secret"
     outside.mkdir()

@@ -14,6 +14,7 @@ pytest.importorskip("streamlit")
 from dashboard_apptest import app, errors, metric, ok, plain, synthetic_root  # noqa: E402
 
 from dashboard import runner  # noqa: E402
+from planner import load_plan  # noqa: E402
 
 
 def _export_saved(monkeypatch, root: Path):
@@ -83,3 +84,17 @@ def test_no_run_button_for_a_plan_this_host_cannot_run(monkeypatch, tmp_path):
     at = _export_saved(monkeypatch, synthetic_root(tmp_path))
     assert not [b for b in at.button if b.key == "run_plan"]
     assert any("needs 2 processes" in plain(c.value) and "1 cores" in plain(c.value) for c in at.caption)
+
+
+def test_a_chosen_candidate_is_saved_under_the_root_before_it_runs(monkeypatch, tmp_path):
+    root = synthetic_root(tmp_path)
+    at = ok(app(monkeypatch, root, "Export").run())
+    assert any("dashboard-runs" in plain(c.value) for c in at.caption)  # says where it will be saved
+    at.button(key="run_plan").click().run()
+    saved = list((root / "dashboard-runs").glob("*/plan.json"))
+    assert len(saved) == 1 and saved[0].parent.name.startswith("synthetic-")
+    run = runner.running(saved[0])
+    assert run is not None
+    run.discard()
+    assert _group_gone(run.proc.pid)
+    assert load_plan(saved[0]).profile.model_name == "synthetic"  # its profile found from the new folder
