@@ -47,16 +47,18 @@ def _run(args: argparse.Namespace) -> int:
     env["PYTHONPATH"] = os.pathsep.join([str(APP.parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     print(f"pipeplan dashboard on http://127.0.0.1:{args.port}", flush=True)
     proc = subprocess.Popen(streamlit_command(args.port, args.root), env=env)
-    # Ctrl-C reaches Streamlit too (same process group): wait for it to stop its runs and exit, rather
-    # than SIGKILL it as subprocess.run would; a second Ctrl-C or a SIGTERM is passed on to it.
-    old = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    # Ctrl-C reaches Streamlit too (same process group): let it stop its background runs and exit, rather
+    # than SIGKILL it as subprocess.run would; SIGTERM, or Streamlit still running after 10 s, ends it.
+    old = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=10)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.terminate()
+            proc.wait()
+        return 130
     finally:
         signal.signal(signal.SIGTERM, old)
 
