@@ -351,7 +351,7 @@ def show_compare(ctx: Context) -> None:
         delta_color="off",
     )
     c[1].metric("predicted step (ms)", f"{rep.predicted_step_s * 1e3:.1f}" if rep.predicted_step_s else "—")
-    c[2].metric("ranks", f"{rep.world_size} × {rep.device} ({rep.backend})")
+    c[2].metric("ranks", f"{rep.world_size} × {md(rep.device)} ({md(rep.backend)})")
     check = rep.check.get("passed") if rep.check else None
     c[3].metric(
         "numerics check",

@@ -90,6 +90,7 @@ def test_crafted_reports_and_a_report_whose_plan_is_outside(monkeypatch, root):
     good = json.loads((root / "syn" / "plan.run.json").read_text())
     (root / "syn" / "cut.run.json").write_text(json.dumps(good)[:300])
     (root / "syn" / "types.run.json").write_text(json.dumps(dict(good, step_s="fast", events=5)))
+    (root / "syn" / "injected.run.json").write_text(json.dumps(dict(good, device=INJECTION, backend="*gloo*")))
     away = root.parent / "elsewhere"
     away.mkdir()
     (away / "plan.json").write_text((root / "syn" / "plan.json").read_text().replace('"profile.json"', '"x.json"'))
@@ -101,6 +102,9 @@ def test_crafted_reports_and_a_report_whose_plan_is_outside(monkeypatch, root):
     assert "not valid JSON" in errors(at)[0]
     _pick(at, "compare_report", root / "syn" / "types.run.json").run()
     assert len(errors(at)) == 1
+    _pick(at, "compare_report", root / "syn" / "injected.run.json").run()
+    assert not errors(at) and plain(metric(at, "ranks")) == f"2 × {INJECTION} (*gloo*)"
+    assert "\\*\\*bold" in metric(at, "ranks") and "[click](" not in metric(at, "ranks")
     at.selectbox(key="compare_report").set_value(str(other / "plan.run.json")).run()
     assert not errors(at)
     assert any("outside the dashboard's folders" in plain(w.value) for w in at.warning)
