@@ -88,8 +88,8 @@ def _cluster_changed(roots: tuple[str, ...]) -> None:
 
 def _number(label: str, key: str, default, **kw):
     lo, hi, integer = _BOUNDS[key]
-    value = None if key in st.session_state else default
-    out = st.sidebar.number_input(label, lo, hi, value, key=key, bind="query-params", **kw)
+    default = min(max(default, lo), hi)
+    out = st.sidebar.number_input(label, lo, hi, default, key=key, bind="query-params", **kw)
     return int(out) if integer else float(out)
 
 
