@@ -3,6 +3,9 @@
 Each ``show_*`` draws one tab from a :class:`Context` (what the sidebar chose). Data
 comes from the cached functions of ``data.py``; tables from ``frames.py``; charts
 from ``charts.py``. Session state is read here only, never inside cached functions.
+Text that comes from a file (names, notes, error lines, which quote file contents) goes
+through :func:`md` before any Markdown element, so it shows as the characters it is.
+Export's Run panel starts ``pipeplan validate`` through ``runner.py``.
 """
 
 from __future__ import annotations
