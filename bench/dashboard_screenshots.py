@@ -161,9 +161,10 @@ class _Page:
         return (await self.call("Runtime.evaluate", expression=expr, returnByValue=True))["result"].get("value")
 
 
-#: the app is done when Streamlit shows no "running" widget, and charts have drawn their canvas or svg
+#: the app is done when Streamlit shows no "running" widget nor spinner (the minimal toolbar the dashboard
+#: runs with may hide the former), and charts have drawn their canvas or svg
 _STATE_JS = """(() => {
-  const running = !!document.querySelector('[data-testid="stStatusWidget"]');
+  const running = !!document.querySelector('[data-testid="stStatusWidget"], [data-testid="stSpinner"]');
   const skeleton = document.querySelectorAll('[data-testid="stSkeleton"]').length;
   const charts = document.querySelectorAll('[data-testid="stVegaLiteChart"]').length;
   const drawn = document.querySelectorAll('[data-testid="stVegaLiteChart"] canvas, '

@@ -1,22 +1,36 @@
 """The pipeplan dashboard (Streamlit): the model, the plans, the pipeline — predicted and real.
 
-Reads Profile, Plan and RunReport JSON files only, through the validated loaders (never
-executes or unpickles user files). Run with ``pipeplan dashboard [--root DIR]``; the
-folders to scan arrive after ``--`` as ``--root DIR`` (default ``runs/`` and ``profiles/``).
-The view is a tab bound to the URL (``?view=Profile|Plan|Pipeline|Compare|Export``), and so are
-the profile and the planner's numbers (``&profile=PATH&devices=64&mem=80&batch=128&pp=8``).
+Reads Profile, Plan, RunReport and cluster files only, through the validated loaders (never
+executes or unpickles user files), and only inside its folders. Run with ``pipeplan dashboard
+[--root DIR]``; the folders to scan arrive after ``--`` as ``--root DIR`` (default ``runs/`` and
+``profiles/``). The view is a tab bound to the URL (``?view=Profile|Plan|Pipeline|Compare|Export``),
+and so are the profile, the cluster and the planner's numbers (``&devices=64&mem=80&batch=128&pp=8``);
+numbers from the URL outside their range are clamped, with a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
 import streamlit as st
 
-from dashboard import data
-from dashboard.views import Context, show_compare, show_export, show_pipeline, show_plan, show_profile
+from dashboard import data, files
+from dashboard.views import (
+    OPEN_REPORT,
+    Context,
+    md,
+    short_path,
+    show_compare,
+    show_export,
+    show_pipeline,
+    show_plan,
+    show_profile,
+)
+from planner.cluster import PRESET_CLUSTERS
 from profiles.contract import UserError
 from simulator.schedules import CUSTOM, SCHEDULES
 
@@ -27,6 +41,14 @@ VIEWS = {
     "Compare": show_compare,
     "Export": show_export,
 }
+#: number inputs bound to the URL: key -> (min, max, integer?)
+_BOUNDS = {
+    "devices": (1, 4096, True),
+    "mem": (0.001, 65536.0, False),
+    "per_node": (1, 1024, True),
+    "batch": (1, 1 << 20, True),
+}
+_log = logging.getLogger("pipeplan.dashboard")
 
 
 def _roots() -> list[Path]:
@@ -36,20 +58,92 @@ def _roots() -> list[Path]:
     return [Path(r) for r in args.root] or [Path("runs"), Path("profiles")]
 
 
-def _settings(profile) -> data.PlanSettings:
+def _clamp_url_numbers() -> None:
+    """A URL number outside its input's range is clamped into it (Streamlit would drop it silently),
+    one that is not a number is dropped; either way the sidebar says so."""
+    for key, (lo, hi, integer) in _BOUNDS.items():
+        if key in st.session_state or key not in st.query_params:
+            continue
+        raw = st.query_params[key]
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            st.sidebar.warning(f"URL {key}={md(raw[:40])} is not a number: ignored")
+            del st.query_params[key]
+            continue
+        if not lo <= value <= hi:
+            st.session_state[key] = min(max(value, lo), hi)
+            st.sidebar.warning(f"URL {key}={md(raw[:40])} is outside {lo:g}..{hi:g}: using {st.session_state[key]:g}")
+
+
+def _cluster_changed(roots: tuple[str, ...]) -> None:
+    """A new cluster brings its devices, memory and devices per node into the inputs below it."""
+    spec = st.session_state.get("cluster")
+    cluster, _ = data.cached_cluster(spec, files.stamp(spec), roots) if spec else (None, None)
+    if cluster is not None:
+        st.session_state["devices"] = cluster.devices
+        st.session_state["mem"] = cluster.memory_bytes / 2**30
+        st.session_state["per_node"] = cluster.devices_per_node
+
+
+def _number(label: str, key: str, default, **kw):
+    lo, hi, integer = _BOUNDS[key]
+    default = min(max(default, lo), hi)
+    out = st.sidebar.number_input(label, lo, hi, default, key=key, bind="query-params", **kw)
+    return int(out) if integer else float(out)
+
+
+def _cluster(ctx_files: dict[str, list[str]], roots: tuple[str, ...], shown: tuple[str, ...]):
+    sb = st.sidebar
+    options = [*PRESET_CLUSTERS, *ctx_files["cluster"]]
+    spec = sb.selectbox(
+        "cluster",
+        options,
+        index=options.index(data.DEFAULT_CLUSTER),
+        key="cluster",
+        bind="query-params",
+        format_func=lambda o: f"{o} (preset)" if o in PRESET_CLUSTERS else short_path(o, shown),
+        on_change=_cluster_changed,
+        args=(roots,),
+        help="links, latencies and calibrated overheads: a preset, or a cluster file found in the folders "
+        "(`pipeplan calibrate -o runs/cluster.json`, or YAML with the same fields); choosing one fills in its "
+        "devices and memory below",
+    )
+    cluster, err = data.cached_cluster(spec, files.stamp(spec), roots)
+    if cluster is None:
+        sb.error(md(err))
+        return PRESET_CLUSTERS[data.DEFAULT_CLUSTER]
+    return cluster
+
+
+def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], shown: tuple[str, ...]):
     """The planner controls in the sidebar, as one hashable value (the numbers also live in the URL)."""
     sb = st.sidebar
     sb.header("Plan settings")
-    devices = int(sb.number_input("devices", 1, 4096, 2, key="devices", bind="query-params"))
-    mem = float(
-        sb.number_input(
-            "memory per device (GiB)", 0.001, 4096.0, 4.0, step=0.5, format="%.3f", key="mem", bind="query-params"
-        )
+    base = _cluster(found, roots, shown)
+    _clamp_url_numbers()
+    devices = _number("devices", "devices", base.devices, help="devices in all (replaces the cluster's)")
+    mem = _number(
+        "memory per device (GiB)",
+        "mem",
+        base.memory_bytes / 2**30,
+        step=0.5,
+        format="%.3f",
+        help="usable memory per device (replaces the cluster's)",
     )
-    per_node = int(sb.number_input("devices per node", 1, 1024, 8, key="per_node", bind="query-params"))
+    per_node = _number(
+        "devices per node",
+        "per_node",
+        base.devices_per_node,
+        help="devices that share the cluster's intra-node link; the rest talk over its inter-node link",
+    )
     known = [*SCHEDULES, CUSTOM.name]  # Custom: the planner's family of unequal placements
     schedules = sb.multiselect(
-        "schedules", known, [s for s in ("1F1B", "GPipe") if s in known] or known[:1], key="schedules"
+        "schedules",
+        known,
+        list(SCHEDULES),
+        key="schedules",
+        help="schedules the planner may choose from (Custom: its own unequal placements, slower to search)",
     )
     dtypes = data.profile_dtypes(profile)
     chosen_dtypes = (
@@ -58,15 +152,25 @@ def _settings(profile) -> data.PlanSettings:
             dtypes,
             dtypes[:1],
             key="dtypes",
-            help="the profile's precisions; the planner uses the first chosen",
+            help="the profile's precisions the planner may use: with several, the MILP chooses one per stage",
         )
         or dtypes[:1]
     )
-    recompute = sb.checkbox("allow recompute", False, key="recompute") if data.job_supports_recompute() else False
-    batch = int(sb.number_input("global batch", 1, 1 << 20, 8, key="batch", bind="query-params"))
-    sizes = sorted({e.microbatch_size for e in profile.entries if e.dtype == chosen_dtypes[0]})
+    recompute = (
+        sb.checkbox(
+            "allow recompute", False, key="recompute", help="let the MILP choose to recompute activations per stage"
+        )
+        if data.job_supports_recompute()
+        else False
+    )
+    batch = _number("global batch", "batch", 8, help="samples per optimizer step, across data-parallel replicas")
+    sizes = data.common_sizes(profile, chosen_dtypes)
     mbs = sb.selectbox(
-        "microbatch size", [None, *sizes], key="mbs", format_func=lambda v: "planner chooses" if v is None else str(v)
+        "microbatch size",
+        [None, *sizes],
+        key="mbs",
+        format_func=lambda v: "planner chooses" if v is None else str(v),
+        help="the sizes profiled in every chosen dtype",
     )
     pp = sb.multiselect(
         "pipeline degrees",
@@ -78,37 +182,86 @@ def _settings(profile) -> data.PlanSettings:
         help="limit the search (a 64-device search over every degree can take a minute the first time)",
     )
     return data.PlanSettings(
-        devices, mem, per_node, tuple(schedules), tuple(chosen_dtypes), bool(recompute), batch, mbs, tuple(sorted(pp))
+        devices,
+        mem,
+        per_node,
+        tuple(schedules),
+        tuple(chosen_dtypes),
+        bool(recompute),
+        batch,
+        mbs,
+        tuple(sorted(pp)),
+        base,
     )
+
+
+def _pick_profile(found: dict[str, list[str]], roots: tuple[str, ...], shown: tuple[str, ...]) -> str:
+    """The profile picker: ``model · device · dtypes`` per file (its path when two read the same), the first
+    readable profile by default."""
+    paths = found["profile"]
+    labels = {p: data.profile_label(p, files.stamp(p), roots) for p in paths}
+    seen: dict[str, int] = {}
+    for label in labels.values():
+        seen[label] = seen.get(label, 0) + 1
+    shown_label = {p: lab if seen[lab] == 1 else f"{lab} · {short_path(p, shown)}" for p, lab in labels.items()}
+    default = next((i for i, p in enumerate(paths) if not labels[p].endswith("(cannot be read)")), 0)
+    return st.sidebar.selectbox(
+        "Profile", paths, index=default, key="profile", bind="query-params", format_func=shown_label.get
+    )
+
+
+def _open_report(found: dict[str, list[str]]) -> None:
+    """After a run from the Export view: switch to Compare with its report chosen."""
+    want = st.session_state.pop(OPEN_REPORT, None)
+    if not want:
+        return
+    match = next((p for p in found["runreport"] if os.path.realpath(p) == os.path.realpath(want)), None)
+    if match:
+        st.session_state["compare_report"] = match
+        st.session_state["view"] = "Compare"
 
 
 def main() -> None:
     st.set_page_config(page_title="pipeplan", layout="wide")
     st.title("pipeplan")
-    roots = _roots()
-    files = data.find_files(tuple(str(r) for r in roots))
-    if not files["profile"]:
+    shown = tuple(str(r) for r in _roots())
+    roots = files.resolve_roots(shown)
+    found = files.find_files(shown)
+    for note in found["notes"][:5]:
+        st.sidebar.caption(md(note))
+    if not found["profile"]:
         st.info(
-            "No profile found under " + ", ".join(f"`{r}`" for r in roots) + ".\n\n"
+            "No profile found under " + ", ".join(f"`{md(r)}`" for r in shown) + ".\n\n"
             "Make one, then reload this page:\n\n"
             "```bash\npipeplan profile gpt2-demo -o runs/demo/profile.json\n```\n\n"
             "(or `make demo`, which also plans, simulates and runs it), or start the dashboard on another "
             "folder: `pipeplan dashboard --root DIR`."
         )
         return
-    profile_path = st.sidebar.selectbox("Profile", files["profile"], key="profile", bind="query-params")
-    version = data.stamp(profile_path)
-    try:
-        profile = data.cached_profile(profile_path, version)
-    except UserError as e:
-        st.error(str(e))
+    profile_path = _pick_profile(found, roots, shown)
+    version = files.stamp(profile_path)
+    profile, err = data.cached_profile(profile_path, version, roots)
+    if profile is None:
+        st.error(md(err))
         return
-    ctx = Context(profile_path, version, profile, _settings(profile), files)
+    ctx = Context(profile_path, version, profile, _settings(profile, found, roots, shown), found, shown, roots)
+    _open_report(found)
     tabs = st.tabs(list(VIEWS), key="view", bind="query-params", on_change="rerun")
-    for tab, show in zip(tabs, VIEWS.values()):
+    for (name, show), tab in zip(VIEWS.items(), tabs):
         if tab.open:
             with tab:
-                show(ctx)
+                _show(name, show, ctx)
+
+
+def _show(name: str, show, ctx: Context) -> None:
+    """One view; a fault a crafted file provokes ends in an error panel for that view, not a traceback."""
+    try:
+        show(ctx)
+    except UserError as e:
+        st.error(md(str(e).splitlines()[0] if str(e) else type(e).__name__))
+    except Exception as e:  # noqa: BLE001 - the panel names the fault; the log keeps the traceback
+        _log.exception("the %s view failed", name)
+        st.error(md(f"the {name} view failed: {type(e).__name__}: {e}"))
 
 
 main()

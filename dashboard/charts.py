@@ -160,11 +160,21 @@ def peak_bars(ranks: pd.DataFrame, cap_mib: float, title: str) -> alt.Chart:
 def split_strip(split: pd.DataFrame, chosen: int) -> alt.Chart:
     """Units left to right, one strip per candidate, coloured by stage; the chosen candidate outlined."""
     data = split.assign(chosen=split["#"] == chosen)
-    nunits = int(data["unit #"].max()) + 1 if len(data) else 1
+    units = data[["unit #", "unit"]].drop_duplicates("unit #").sort_values("unit #")
+    names = [str(n) for n in units["unit"]]
+    if len(set(names)) < len(names):  # the axis needs one label per unit: number them when names repeat
+        names = [f"{i:02d} {n}" for i, n in zip(units["unit #"], names)]
+    data["unit name"] = data["unit #"].map(dict(zip(units["unit #"], names)))
+    nunits = len(names)
     nstages = int(data["stage"].max()) + 1 if len(data) else 1
     palette = "tableau10" if nstages <= 10 else "tableau20" if nstages <= 20 else "turbo"
     base = alt.Chart(data, title="split over the model's units (colour = stage)").encode(
-        x=alt.X("unit #:O", title="unit", axis=alt.Axis(labelAngle=0, values=_sparse(list(range(nunits)), 32))),
+        x=alt.X(
+            "unit name:N",
+            sort=names,
+            title="unit (model order)",
+            axis=alt.Axis(labelAngle=-45 if nunits > 12 else 0, labelLimit=120, values=_sparse(names, 32)),
+        ),
         y=alt.Y(
             "candidate:N",
             sort=list(dict.fromkeys(data.sort_values("#")["candidate"])),
@@ -175,7 +185,7 @@ def split_strip(split: pd.DataFrame, chosen: int) -> alt.Chart:
     rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
         color=alt.Color("stage:N", scale=alt.Scale(scheme=palette), legend=alt.Legend(orient="top", columns=16)),
         opacity=alt.condition("datum.chosen", alt.value(1.0), alt.value(0.45)),
-        tooltip=["candidate:N", "unit #:O", "unit:N", "stage:Q", "rank:Q", alt.Tooltip("F+B ms:Q", format=".3f")],
+        tooltip=["candidate:N", "unit #:O", "unit name:N", "stage:Q", "rank:Q", alt.Tooltip("F+B ms:Q", format=".3f")],
     )
     text = base.mark_text(fontSize=9, color="white").encode(text="stage:Q") if nunits <= 48 else None
     chart = rect + text if text is not None else rect

@@ -1,25 +1,26 @@
 """Cached, pure data functions behind the dashboard.
 
 Every cached function is keyed on its arguments only and reads no globals: a file is
-passed as its path plus a ``stamp`` (modification time and size, see :func:`stamp`)
-so an edited file is read again, and the planner settings come in as a frozen
-``PlanSettings``. Files are read only through the validated JSON loaders
-(``load_profile``, ``load_plan``, ``load_report``); nothing is executed or unpickled.
+passed as its path plus a ``stamp`` (modification time and size, see :func:`files.stamp`)
+so an edited file is read again, the folders it may follow paths into come in as
+``roots``, and the planner settings as a frozen ``PlanSettings``. Files are read only
+through the validated JSON loaders (``load_profile``, ``load_plan``, ``load_report``,
+``load_cluster``); nothing is executed or unpickled. A file that cannot be read comes
+back as an error line (``files.guarded``), never as an exception.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
 
 from executor.report import RunReport, load_report
-from planner.cluster import Cluster, Job
+from planner.cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster
 from planner.plan import Plan, load_plan
 from planner.search import plan as make_plans
 from profiles.contract import UserError
@@ -27,8 +28,10 @@ from profiles.types import DTYPES, Profile, load_profile
 from simulator.actions import write_csv
 from simulator.costs import Links, StageCost
 from simulator.engine import SimInput, simulate
-from simulator.schedules import make_schedule
+from simulator.schedules import make_schedule, schedule_spec
 from simulator.timeline import Timeline, trace_events
+
+from .files import Stamp, check_file, find_files, guarded, stamp, within
 
 __all__ = [
     "PlanSettings",
@@ -36,6 +39,8 @@ __all__ = [
     "stamp",
     "find_files",
     "cached_profile",
+    "profile_label",
+    "cached_cluster",
     "plan_candidates",
     "candidate_timeline",
     "saved_plan",
@@ -47,28 +52,31 @@ __all__ = [
     "trace_json",
     "job_supports_recompute",
     "profile_dtypes",
+    "common_sizes",
     "pipeline_degrees",
+    "settings_problem",
     "TOP",
+    "MAX_MICROBATCHES",
+    "MAX_WHATIF_ACTIONS",
+    "DEFAULT_CLUSTER",
 ]
 
-_KINDS = {"pipeplan.profile/1": "profile", "pipeplan.plan/1": "plan", "pipeplan.runreport/1": "runreport"}
 TOP = 5  #: candidates shown per solve
-Stamp = tuple[int, int]  # (mtime_ns, size): part of every file-reading cache key
-
-
-def stamp(path: str | Path) -> Stamp:
-    """What identifies a file's version for the caches (0, 0 when it is gone)."""
-    try:
-        s = os.stat(path)
-    except OSError:
-        return (0, 0)
-    return (s.st_mtime_ns, s.st_size)
+MAX_MICROBATCHES = 1024  #: most microbatches per pipeline the dashboard asks the planner to consider
+MAX_WHATIF_ACTIONS = 200_000  #: most compute actions in a what-if table (stages x microbatches x kinds)
+DEFAULT_CLUSTER = "cpu-local"  #: the sidebar's cluster until another is chosen (as ``pipeplan plan``)
 
 
 def profile_dtypes(profile: Profile) -> list[str]:
     """The profile's precisions, fp32 first (the order of ``profiles.types.DTYPES``)."""
     have = {e.dtype for e in profile.entries}
     return [d for d in DTYPES if d in have] + sorted(have - set(DTYPES))
+
+
+def common_sizes(profile: Profile, dtypes: tuple[str, ...] | list[str]) -> list[int]:
+    """Microbatch sizes profiled in every one of ``dtypes`` (the sizes the planner can use for them)."""
+    sizes = [{e.microbatch_size for e in profile.entries if e.dtype == d} for d in dtypes]
+    return sorted(set.intersection(*sizes)) if sizes else []
 
 
 def pipeline_degrees(num_units: int, devices: int) -> list[int]:
@@ -86,21 +94,26 @@ class PlanSettings:
     """The sidebar's planner inputs: one hashable value, the cache key of a solve."""
 
     devices: int = 2  #: accelerators in all
-    memory_gib: float = 4.0  #: usable memory per device, GiB
-    devices_per_node: int = 8  #: devices sharing the fast link
+    memory_gib: float = 8.0  #: usable memory per device, GiB
+    devices_per_node: int = 2  #: devices sharing the fast (intra-node) link
     schedules: tuple[str, ...] = ("1F1B",)  #: schedules the planner may choose from
-    dtypes: tuple[str, ...] = ("fp32",)  #: precisions (the planner uses the first today)
+    dtypes: tuple[str, ...] = ("fp32",)  #: precisions the planner may choose per stage
     recompute: bool = False  #: allow activation recompute (passed only when ``Job`` has the field)
     global_batch: int = 8  #: samples per optimizer step
     microbatch_size: int | None = None  #: None: the planner chooses among profiled sizes
     pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that divides the devices)
+    #: links, latencies and calibrated overheads: a preset or a cluster file; devices, memory and
+    #: devices per node above replace the file's
+    base: Cluster = field(default_factory=lambda: PRESET_CLUSTERS[DEFAULT_CLUSTER])
 
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gib * 2**30)
 
     def cluster(self) -> Cluster:
-        return Cluster(devices=self.devices, memory_bytes=self.memory_bytes, devices_per_node=self.devices_per_node)
+        return dataclasses.replace(
+            self.base, devices=self.devices, memory_bytes=self.memory_bytes, devices_per_node=self.devices_per_node
+        )
 
     def job(self) -> Job:
         kw = dict(
@@ -115,102 +128,188 @@ class PlanSettings:
         return Job(**kw)
 
 
-@st.cache_data(ttl=5, show_spinner=False)
-def find_files(roots: tuple[str, ...]) -> dict[str, list[str]]:
-    """Pipeplan JSON files under ``roots``, by kind (read as JSON only, never executed)."""
-    out: dict[str, list[str]] = {k: [] for k in _KINDS.values()}
-    for root in roots:
-        for path in sorted(Path(root).rglob("*.json")) if Path(root).is_dir() else []:
-            try:
-                text = path.read_text()
-                schema = json.loads(text).get("schema") if '"schema"' in text[:200] else None
-            except (OSError, ValueError, AttributeError):
-                continue
-            if schema in _KINDS:
-                out[_KINDS[schema]].append(str(path))
-    return out
+def settings_problem(settings: PlanSettings, profile: Profile) -> str | None:
+    """Why the dashboard will not solve ``settings`` (one line that says what to change), or None.
+
+    The settings arrive from the URL too, so a link like ``?devices=1&batch=1048576`` must not
+    start a search over a million microbatches: the most microbatches any candidate could have
+    (fewest replicas, smallest microbatch) is held to ``MAX_MICROBATCHES``."""
+    s = settings
+    if not s.schedules:
+        return "Choose at least one schedule in the sidebar."
+    sizes = common_sizes(profile, s.dtypes)
+    if not sizes:
+        return f"The profile has no microbatch size measured in all of {', '.join(s.dtypes)}: choose fewer dtypes."
+    degrees = [p for p in (s.pp or pipeline_degrees(profile.num_units, s.devices)) if s.devices % p == 0]
+    if not degrees:
+        return f"No pipeline degree divides {s.devices} devices: choose other pipeline degrees or devices."
+    fewest_replicas = s.devices // max(degrees)
+    smallest = s.microbatch_size or sizes[0]
+    most = s.global_batch // (fewest_replicas * smallest)
+    if most > MAX_MICROBATCHES:
+        return (
+            f"global batch {s.global_batch} on {fewest_replicas} replica(s) of microbatch size {smallest} makes up to "
+            f"{most} microbatches per pipeline; the dashboard plans at most {MAX_MICROBATCHES}: lower the global "
+            f"batch, raise the microbatch size or the devices, or run `pipeplan plan` for this job"
+        )
+    return None
+
+
+# -- files ---------------------------------------------------------------------------------------
+def _load_profile(path: str, roots: tuple[str, ...]) -> Profile:
+    return load_profile(check_file(path, roots, "profile"))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def cached_profile(path: str, version: Stamp) -> Profile:
-    return load_profile(path)
+def cached_profile(path: str, version: Stamp, roots: tuple[str, ...]) -> tuple[Profile | None, str | None]:
+    """The Profile at ``path`` (inside ``roots``), or an error line."""
+    return guarded(str(path), _load_profile, path, roots)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def profile_label(path: str, version: Stamp, roots: tuple[str, ...]) -> str:
+    """What the profile picker shows: ``model · device · dtypes`` (the file name when it cannot be read)."""
+    prof, err = cached_profile(path, version, roots)
+    if prof is None:
+        return f"{Path(path).name} (cannot be read)"
+    return f"{prof.model_name} · {prof.device_name} · {', '.join(profile_dtypes(prof))}"
+
+
+def _load_cluster(spec: str, roots: tuple[str, ...]) -> Cluster:
+    if spec in PRESET_CLUSTERS:
+        return PRESET_CLUSTERS[spec]
+    return load_cluster(check_file(spec, roots, "cluster"))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+def cached_cluster(spec: str, version: Stamp, roots: tuple[str, ...]) -> tuple[Cluster | None, str | None]:
+    """A preset by name or a cluster file (JSON from ``pipeplan calibrate``, or YAML) inside ``roots``."""
+    return guarded(str(spec), _load_cluster, spec, roots)
+
+
+def _load_plan(path: str, roots: tuple[str, ...]) -> Plan:
+    """A plan inside ``roots`` whose profile is inside them too (else a UserError naming the field)."""
+    plan = load_plan(check_file(path, roots, "plan"), with_profile=False)
+    prof = plan.profile_file(Path(path).parent)
+    if prof.exists() and not within(prof, roots):
+        raise UserError(
+            f"{path}: field profile.path: {plan.profile_path} is outside the dashboard's folders: keep the "
+            f"profile beside the plan"
+        )
+    if prof.exists():
+        check_file(prof, roots, "profile")
+    return load_plan(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def saved_plan(path: str, version: Stamp, roots: tuple[str, ...]) -> tuple[Plan | None, str | None]:
+    return guarded(str(path), _load_plan, path, roots)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def saved_plan_timeline(path: str, version: Stamp, roots: tuple[str, ...]) -> tuple[Timeline | None, str | None]:
+    plan, err = saved_plan(path, version, roots)
+    if plan is None:
+        return None, err
+    return guarded(f"{path}: simulating", simulate, plan)
+
+
+def _report_and_plan(path: str, roots: tuple[str, ...]) -> tuple[RunReport, Plan | None, Timeline | None, str | None]:
+    rep = load_report(check_file(path, roots, "run report"))
+    here = Path(path).parent
+    named = Path(rep.plan_path)
+    outside = None
+    for cand in (here / named.name, here / named, named):
+        if not cand.is_file():
+            continue
+        if not within(cand, roots):
+            outside = cand
+            continue
+        plan, err = guarded(str(cand), _load_plan, str(cand), roots)
+        if plan is None:
+            return rep, None, None, err
+        tl, err = guarded(f"{cand}: simulating", simulate, plan)
+        return rep, plan, tl, err
+    where = "is outside the dashboard's folders" if outside is not None else "is not beside it"
+    return rep, None, None, f"{path}: the plan it ran ({rep.plan_path}) {where}: only the measured side"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def run_report(
+    path: str, version: Stamp, roots: tuple[str, ...]
+) -> tuple[RunReport | None, Plan | None, Timeline | None, str | None]:
+    """A RunReport, the plan it ran (looked up beside the report, inside ``roots``) and that plan's
+    simulated timeline; the error line says what is missing."""
+    out, err = guarded(str(path), _report_and_plan, path, roots)
+    return out if out is not None else (None, None, None, err)
+
+
+# -- planner and simulator -----------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=64)
 def plan_candidates(
-    profile_path: str, version: Stamp, settings: PlanSettings, top: int = TOP
+    profile_path: str, version: Stamp, roots: tuple[str, ...], settings: PlanSettings, top: int = TOP
 ) -> tuple[list[Plan], str | None]:
     """The planner's top plans for ``settings`` (best first), or an error line that says what to change.
 
-    A planner bug is not caught here: it surfaces as an exception, to be fixed in the planner.
+    A planner bug is not caught here: it surfaces as an exception (the view shows it as an error
+    panel), to be fixed in the planner.
     """
-    profile = load_profile(profile_path)
-    cluster, job = settings.cluster(), settings.job()
+    profile, err = cached_profile(profile_path, version, roots)
+    if profile is None:
+        return [], err
+    problem = settings_problem(settings, profile)
+    if problem:
+        return [], problem
     try:
-        return make_plans(profile, cluster, job, top=top, profile_path=profile_path), None
+        return make_plans(profile, settings.cluster(), settings.job(), top=top, profile_path=profile_path), None
     except UserError as e:
         return [], str(e)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def candidate_timeline(profile_path: str, version: Stamp, settings: PlanSettings, index: int) -> Timeline:
+def candidate_timeline(
+    profile_path: str, version: Stamp, roots: tuple[str, ...], settings: PlanSettings, index: int
+) -> Timeline:
     """The simulated timeline of candidate ``index`` (0-based) of that solve."""
-    plans, _ = plan_candidates(profile_path, version, settings)
+    plans, _ = plan_candidates(profile_path, version, roots, settings)
     return simulate(plans[index])
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def saved_plan(path: str, version: Stamp) -> tuple[Plan | None, str | None]:
+def whatif_timeline(
+    schedule: str, pp: int, microbatches: int, virtual: int, f: float, b: float, comm: float
+) -> tuple[Timeline | None, str | None]:
+    """Uniform stage costs (like ``pipeplan simulate --schedule``), ``virtual`` stages per rank as the
+    schedule places them (ZBV and DualPipeV: two, in a V). Times are in ms per microbatch *per rank*:
+    each of a rank's ``virtual`` stages takes 1/virtual of them, so schedules compare on the same model
+    (the CLI's ``--f``/``--b`` are per stage). Returns an error line instead when the schedule does not
+    allow these numbers."""
+    spec = schedule_spec(schedule)
+    stages = spec.num_stages(pp, virtual)
+    kinds = 3 if spec.split_backward else 2
+    if stages * microbatches * kinds > MAX_WHATIF_ACTIONS:
+        return None, (
+            f"{stages} stages x {microbatches} microbatches is more than the what-if draws "
+            f"({MAX_WHATIF_ACTIONS:,} actions): lower the ranks or the microbatches"
+        )
     try:
-        return load_plan(path), None
+        table = make_schedule(schedule, pp, microbatches, virtual)
     except UserError as e:
-        return None, str(e)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def saved_plan_timeline(path: str, version: Stamp) -> Timeline:
-    plan, err = saved_plan(path, version)
-    if plan is None:
-        raise UserError(err or f"{path}: cannot load")
-    return simulate(plan)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def run_report(path: str, version: Stamp) -> tuple[RunReport | None, Plan | None, Timeline | None, str | None]:
-    """A RunReport, the plan it ran (looked up beside the report) and that plan's simulated timeline."""
-    try:
-        rep = load_report(path)
-    except UserError as e:
-        return None, None, None, str(e)
-    here = Path(path).parent
-    for cand in (here / Path(rep.plan_path).name, here / rep.plan_path, Path(rep.plan_path)):
-        if cand.is_file():
-            try:
-                plan = load_plan(cand)
-                return rep, plan, simulate(plan), None
-            except UserError as e:
-                return rep, None, None, str(e)
-    return rep, None, None, f"{path}: the plan it ran ({rep.plan_path}) is not beside it: only the measured side"
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def whatif_timeline(schedule: str, pp: int, microbatches: int, f: float, b: float, comm: float) -> Timeline:
-    """Uniform stage costs (like ``pipeplan simulate --schedule``): times in ms, one stage per rank."""
-    table = make_schedule(schedule, pp, microbatches)
+        return None, str(e).splitlines()[0]
+    ms = 1e3 * virtual  # ms per rank -> seconds per stage
     cost = StageCost(
-        f / 1e3, b / 1e3, b / 2e3, b / 2e3, activation_bytes=2**20, static_bytes=0, output_bytes=1, input_bytes=1
+        f / ms, b / ms, b / 2 / ms, b / 2 / ms, activation_bytes=2**20, static_bytes=0, output_bytes=1, input_bytes=1
     )
     links = Links(latency_s=comm / 1e3, inter_latency_s=comm / 1e3)
-    return simulate(SimInput(table, [cost] * pp, links))
+    return simulate(SimInput(table, [cost] * stages, links)), None
 
 
+# -- exports -------------------------------------------------------------------------------------
 def plan_json(plan: Plan, plan_dir: str | Path | None = None) -> str:
     """The Plan file's text, as ``Plan.save`` writes it, naming the profile by its absolute path so the
     file works wherever it is saved on this machine. ``plan_dir``: the folder of the file the plan was
     loaded from (a stored profile path is relative to it)."""
-    prof = Path(plan.profile_path)
-    if not prof.is_absolute() and plan_dir is not None and (Path(plan_dir) / prof).exists():
-        prof = Path(plan_dir) / prof
+    prof = plan.profile_file(plan_dir)
     return json.dumps(dataclasses.replace(plan, profile_path=str(prof.resolve())).to_dict(), indent=1)
 
 

@@ -3,11 +3,17 @@
 Each ``show_*`` draws one tab from a :class:`Context` (what the sidebar chose). Data
 comes from the cached functions of ``data.py``; tables from ``frames.py``; charts
 from ``charts.py``. Session state is read here only, never inside cached functions.
+Text that comes from a file (names, notes, error lines, which quote file contents) goes
+through :func:`md` before any Markdown element, so it shows as the characters it is.
+Export's Run panel starts ``pipeplan validate`` through ``runner.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -16,14 +22,27 @@ import streamlit as st
 from executor.report import disturbance_notes, replayed_step_s
 from planner.plan import Plan
 from profiles.types import Profile
-from simulator.schedules import SCHEDULES
+from simulator.schedules import SCHEDULES, schedule_spec
 from simulator.timeline import Timeline
 
-from . import charts, data, frames
+from . import charts, data, files, frames, runner
 
-__all__ = ["Context", "show_profile", "show_plan", "show_pipeline", "show_compare", "show_export", "CHOSEN"]
+__all__ = [
+    "Context",
+    "show_profile",
+    "show_plan",
+    "show_pipeline",
+    "show_compare",
+    "show_export",
+    "CHOSEN",
+    "OPEN_REPORT",
+    "md",
+    "short_path",
+]
 
 CHOSEN = "chosen_candidate"  #: session key: the candidate picked in the Plan view (1-based), kept across tabs
+OPEN_REPORT = "open_report"  #: session key: a finished run's report, for the app to open in the Compare view
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&])")
 _RANGE_SHOW_SENDS = 6000  #: draw sends by default while the chart has at most this many compute bars
 
 
@@ -34,6 +53,23 @@ class Context:
     profile: Profile
     settings: data.PlanSettings
     files: dict[str, list[str]]
+    roots: tuple[str, ...]  #: the folders as given (paths in ``files`` start with one of them)
+    resolved: tuple[str, ...]  #: the same, resolved: paths inside files are followed only into these
+
+
+def md(text: object) -> str:
+    """``text`` (a name or message from a file) escaped so Markdown shows it as it is: no emphasis,
+    links, colours or formulas, one line."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def short_path(path: str, roots: tuple[str, ...]) -> str:
+    """``path`` relative to the root it was found under (the whole path when none)."""
+    for r in roots:
+        rel = os.path.relpath(path, r)
+        if not rel.startswith(".."):
+            return rel
+    return path
 
 
 def _chart(where, chart, width: str = "stretch") -> None:
@@ -47,8 +83,8 @@ def _chart(where, chart, width: str = "stretch") -> None:
 def show_profile(ctx: Context) -> None:
     p = ctx.profile
     st.caption(
-        f"**{p.model_name}** on {p.device_name} ({p.device_kind}), {p.method}, sequence length {p.seq_len}, "
-        f"{p.num_units} units — `{ctx.profile_path}`"
+        f"**{md(p.model_name)}** on {md(p.device_name)} ({md(p.device_kind)}), {md(p.method)}, sequence length "
+        f"{p.seq_len}, {p.num_units} units — {md(short_path(ctx.profile_path, ctx.roots))}"
     )
     c1, c2 = st.columns(2)
     dtypes = data.profile_dtypes(p)
@@ -95,9 +131,9 @@ def show_profile(ctx: Context) -> None:
 def _solve(ctx: Context) -> tuple[list[Plan], str | None]:
     """The candidates (cached), with a spinner while the planner solves; a warning shows, an error stops."""
     with st.spinner("the planner is solving…"):
-        plans, error = data.plan_candidates(ctx.profile_path, ctx.version, ctx.settings)
+        plans, error = data.plan_candidates(ctx.profile_path, ctx.version, ctx.resolved, ctx.settings)
     if error and plans:
-        st.warning(error.removeprefix("warning: "))
+        st.warning(md(error.removeprefix("warning: ")))
         return plans, None
     return plans, error
 
@@ -110,12 +146,9 @@ def chosen_index(plans: list[Plan]) -> int:
 
 def show_plan(ctx: Context) -> None:
     s = ctx.settings
-    if not s.schedules:
-        st.warning("Choose at least one schedule in the sidebar.")
-        return
     plans, error = _solve(ctx)
     if error:
-        st.error(error)
+        st.error(md(error))
         return
     rows = pd.DataFrame([frames.candidate_row(i, p, s.memory_bytes) for i, p in enumerate(plans, 1)])
     st.subheader(
@@ -150,7 +183,7 @@ def show_plan(ctx: Context) -> None:
     unit_ms = [(u.forward_s + u.backward_s) * 1e3 for u in entry.units]
     split = frames.split_frame(plans, ctx.profile.unit_names, unit_ms)
     _chart(st, charts.split_strip(split, pick), width="stretch")
-    tl = data.candidate_timeline(ctx.profile_path, ctx.version, s, pick - 1)
+    tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.resolved, s, pick - 1)
     ranks = frames.ranks_frame(tl, s.memory_bytes)
     c1, c2 = st.columns(2)
     _chart(
@@ -160,12 +193,12 @@ def show_plan(ctx: Context) -> None:
     )
     _chart(c2, charts.bubble_bars(ranks, f"#{pick}: bubble share per rank"), width="stretch")
     st.caption(
-        f"layout `{plan.layout()}` · split at units {plan.split or '—'} · solver "
-        f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s"
-        + "".join(f" · {b['name']}: {b['step_s'] * 1e3:.1f} ms ({b['speedup']:.2f}x)" for b in plan.baselines)
+        f"layout {md(plan.layout())} · split at units {plan.split or '—'} · solver "
+        + md(f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s")
+        + "".join(f" · {md(b['name'])}: {b['step_s'] * 1e3:.1f} ms ({b['speedup']:.2f}x)" for b in plan.baselines)
     )
     for note in plan.notes:
-        st.caption(note)
+        st.caption(md(note))
 
 
 # -- Pipeline --------------------------------------------------------------------------------------
@@ -183,31 +216,66 @@ def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Pl
     if src == "candidate":
         plans, error = _solve(ctx)
         if error:
-            st.error(error)
+            st.error(md(error))
             return "", None, None, None
         pick = chosen_index(plans)
         plan = plans[pick - 1]
-        tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.settings, pick - 1)
+        tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.resolved, ctx.settings, pick - 1)
         return f"candidate #{pick}: {plan.schedule} {plan.layout()}", tl, plan, ctx.settings.memory_bytes
     if src == "saved plan":
-        if not ctx.files["plan"]:
-            st.info("No plan file found: write one with `pipeplan plan PROFILE ... -o runs/NAME/plan.json`.")
-            return "", None, None, None
-        path = st.selectbox("plan file", ctx.files["plan"], key=f"{where}_plan_file")
-        plan, err = data.saved_plan(path, data.stamp(path))
+        path, plan = _saved_plan(ctx, f"{where}_plan_file")
         if plan is None:
-            st.error(err)
             return "", None, None, None
-        tl = data.saved_plan_timeline(path, data.stamp(path))
+        tl, err = data.saved_plan_timeline(path, data.stamp(path), ctx.resolved)
+        if tl is None:
+            st.error(md(err))
+            return "", None, None, None
         return f"{Path(path).name}: {plan.schedule} {plan.layout()}", tl, plan, plan.cluster.memory_bytes
-    c = st.columns(6)
+    return _whatif(where)
+
+
+def _saved_plan(ctx: Context, key: str) -> tuple[str, Plan | None]:
+    """A plan file picked from the roots and loaded (an info or error panel when there is none)."""
+    if not ctx.files["plan"]:
+        st.info("No plan file found: write one with `pipeplan plan PROFILE ... -o runs/NAME/plan.json`.")
+        return "", None
+    path = st.selectbox("plan file", ctx.files["plan"], key=key, format_func=lambda p: short_path(p, ctx.roots))
+    plan, err = data.saved_plan(path, data.stamp(path), ctx.resolved)
+    if plan is None:
+        st.error(md(err))
+    return path, plan
+
+
+def _whatif(where: str) -> tuple[str, Timeline | None, None, None]:
+    """Uniform stage costs for any schedule, ranks and microbatches."""
+    c = st.columns(7)
     sched = c[0].selectbox("schedule", list(SCHEDULES), key=f"{where}_wi_sched")
+    spec = schedule_spec(sched)
     pp = int(c[1].number_input("ranks", 2, 256, 64, key=f"{where}_wi_pp"))
-    m = int(c[2].number_input("microbatches", 1, 1024, 128, key=f"{where}_wi_m"))
-    f = c[3].number_input("F ms", 0.0, 1e4, 1.0, key=f"{where}_wi_f")
-    b = c[4].number_input("B ms", 0.0, 1e4, 2.0, key=f"{where}_wi_b")
-    comm = c[5].number_input("send ms", 0.0, 1e4, 0.05, key=f"{where}_wi_comm")
-    return f"what-if {sched}, {pp} ranks, {m} microbatches", data.whatif_timeline(sched, pp, m, f, b, comm), None, None
+    hi_v = spec.max_virtual or 8
+    v = int(
+        c[2].number_input(
+            "stages per rank",
+            spec.min_virtual,
+            hi_v,
+            spec.min_virtual,
+            key=f"{where}_wi_v_{sched}",
+            disabled=spec.min_virtual == hi_v,
+            help=f"{spec.name}: {spec.virtual_text} ({md(spec.summary)})",
+        )
+    )
+    m = int(c[3].number_input("microbatches", 1, data.MAX_MICROBATCHES, 128, key=f"{where}_wi_m"))
+    per_rank = "per rank and microbatch; each of a rank's stages takes its share"
+    f = c[4].number_input("F ms", 0.0, 1e4, 1.0, key=f"{where}_wi_f", help=f"forward time {per_rank}")
+    b = c[5].number_input(
+        "B ms", 0.0, 1e4, 2.0, key=f"{where}_wi_b", help=f"backward time (I + W, half each) {per_rank}"
+    )
+    comm = c[6].number_input("send ms", 0.0, 1e4, 0.05, key=f"{where}_wi_comm")
+    tl, err = data.whatif_timeline(sched, pp, m, v, f, b, comm)
+    if tl is None:
+        st.error(md(err))
+        return "", None, None, None
+    return f"what-if {sched}, {pp} ranks x {v} stages, {m} microbatches", tl, None, None
 
 
 def _zoom(step_ms: float, key: str) -> tuple[float, float]:
@@ -267,15 +335,17 @@ def show_compare(ctx: Context) -> None:
     if not ctx.files["runreport"]:
         st.info("No run report found: run `pipeplan validate runs/NAME/plan.json` (or `make demo`), then reload.")
         return
-    path = st.selectbox("run report", ctx.files["runreport"], key="compare_report")
-    rep, plan, predicted, err = data.run_report(path, data.stamp(path))
+    path = st.selectbox(
+        "run report", ctx.files["runreport"], key="compare_report", format_func=lambda p: short_path(p, ctx.roots)
+    )
+    rep, plan, predicted, err = data.run_report(path, data.stamp(path), ctx.resolved)
     if rep is None:
-        st.error(err)
+        st.error(md(err))
         return
     if err:
-        st.warning(err)
+        st.warning(md(err))
     for note in disturbance_notes(rep, plan.profile if plan is not None else None):
-        st.warning(note[0].upper() + note[1:])
+        st.warning(md(note[0].upper() + note[1:]))
     c = st.columns(4)
     c[0].metric(
         "measured step (median, ms)",
@@ -284,7 +354,7 @@ def show_compare(ctx: Context) -> None:
         delta_color="off",
     )
     c[1].metric("predicted step (ms)", f"{rep.predicted_step_s * 1e3:.1f}" if rep.predicted_step_s else "—")
-    c[2].metric("ranks", f"{rep.world_size} × {rep.device} ({rep.backend})")
+    c[2].metric("ranks", f"{rep.world_size} × {md(rep.device)} ({md(rep.backend)})")
     check = rep.check.get("passed") if rep.check else None
     c[3].metric(
         "numerics check",
@@ -348,28 +418,27 @@ def show_export(ctx: Context) -> None:
     if src == "chosen candidate":
         plans, error = _solve(ctx)
         if error:
-            st.error(error)
+            st.error(md(error))
             return
         pick = chosen_index(plans)
         plan = plans[pick - 1]
-        tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.settings, pick - 1)
+        tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.resolved, ctx.settings, pick - 1)
         name = f"plan{pick}"
         plan_dir = None
+        path = None
     else:
-        if not ctx.files["plan"]:
-            st.info("No plan file found under the roots.")
-            return
-        path = st.selectbox("plan file", ctx.files["plan"], key="export_plan_file")
-        plan, err = data.saved_plan(path, data.stamp(path))
+        path, plan = _saved_plan(ctx, "export_plan_file")
         if plan is None:
-            st.error(err)
             return
-        tl = data.saved_plan_timeline(path, data.stamp(path))
+        tl, err = data.saved_plan_timeline(path, data.stamp(path), ctx.resolved)
+        if tl is None:
+            st.error(md(err))
+            return
         name = Path(path).stem
         plan_dir = Path(path).parent
     st.markdown(
-        f"**{plan.model_name}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp}, {plan.microbatches} "
-        f"microbatches of {plan.microbatch_size}, layout `{plan.layout()}`, predicted "
+        f"**{md(plan.model_name)}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp}, {plan.microbatches} "
+        f"microbatches of {plan.microbatch_size}, layout {md(plan.layout())}, predicted "
         f"{plan.predicted.step_s * 1e3:.2f} ms per step"
         if plan.predicted
         else ""
@@ -394,3 +463,72 @@ def show_export(ctx: Context) -> None:
         "or `pipeplan validate PLAN` to run it and compare with the prediction (writes the measured trace, "
         "shown in the Compare view). Open traces at https://ui.perfetto.dev."
     )
+    _run_panel(ctx, plan, path)
+
+
+# -- Run -------------------------------------------------------------------------------------------
+def _candidate_file(ctx: Context, plan: Plan) -> Path:
+    """Where a candidate is saved to be run: ``ROOT/dashboard-runs/MODEL-SCHEDULE-ppP-HASH/plan.json``
+    under the first root (the hash tells candidates apart; the same candidate reuses its folder)."""
+    digest = hashlib.sha256(data.plan_json(plan).encode()).hexdigest()[:10]
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan.model_name)[:40].strip(".-") or "model"
+    return Path(ctx.roots[0]) / "dashboard-runs" / f"{model}-{plan.schedule}-pp{plan.pp}-{digest}" / "plan.json"
+
+
+def _run_panel(ctx: Context, plan: Plan, path: str | None) -> None:
+    """A Run button for a plan that fits this host: ``pipeplan validate PLAN --json`` in the background,
+    a progress bar while it runs, and the Compare view of its report when it is done."""
+    st.subheader("Run it here")
+    problem = runner.host_problem(plan)
+    if problem:
+        st.caption(md(problem))
+        return
+    target = Path(path) if path else _candidate_file(ctx, plan)
+    run = runner.running(target)
+    busy = run is not None and run.state()[0] == "running"
+    st.caption(
+        f"{plan.world_size} CPU processes, {runner.STEPS} timed steps: writes "
+        f"{md(short_path(str(target.with_suffix('.run.json')), ctx.roots))} and its traces beside the plan "
+        f"(replacing those of an earlier run)"
+        + ("" if path else f"; the candidate is saved as {md(short_path(str(target), ctx.roots))} first")
+    )
+    c1, c2 = st.columns(2)
+    if c1.button("Run (pipeplan validate)", key="run_plan", disabled=busy, type="primary"):
+        if path is None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            replace(plan, profile_path=str(Path(ctx.profile_path).resolve())).save(target)
+        run = runner.start(target, plan)
+        busy = True
+    if busy and c2.button("Stop", key="stop_plan"):
+        run.stop()
+        st.rerun()
+    if busy:
+        _run_progress(str(target))
+    elif run is not None:
+        _run_result(run)
+
+
+def _run_result(run: runner.Run) -> None:
+    """A finished run: open its report in Compare (once), or show why it failed."""
+    state, frac, line = run.state()
+    st.progress(frac, text=line)
+    if state == "failed":
+        st.error(md(line) + ": the end of its log is below")
+        st.code(run.log_tail(), language="text")
+    elif state == "done" and not run.opened:
+        run.opened = True
+        st.session_state[OPEN_REPORT] = str(run.report_path)
+        files.find_files.clear()
+        st.rerun(scope="app")
+
+
+@st.fragment(run_every=1.0)
+def _run_progress(target: str) -> None:
+    """The run's progress bar, polled every second; when the run ends, the whole app reruns."""
+    run = runner.running(target)
+    if run is None:
+        return
+    state, frac, line = run.state()
+    if state != "running":
+        st.rerun(scope="app")
+    st.progress(frac, text=line)

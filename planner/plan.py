@@ -111,12 +111,18 @@ class Plan:
             parts.append(",".join(_runs([_LAYOUT_CODES.get(kinds[u], "t") for u in range(s.first, s.end)])))
         return "|".join(parts)
 
-    def load_profile(self, plan_dir: str | Path | None = None) -> Profile:
-        if self.profile is not None:
-            return self.profile
+    def profile_file(self, plan_dir: str | Path | None = None) -> Path:
+        """Where the profile file is: a relative path is taken from ``plan_dir`` (the plan file's
+        folder) when the file is there, else from the working directory."""
         path = Path(self.profile_path)
         if not path.is_absolute() and plan_dir is not None and (Path(plan_dir) / path).exists():
             path = Path(plan_dir) / path
+        return path
+
+    def load_profile(self, plan_dir: str | Path | None = None) -> Profile:
+        if self.profile is not None:
+            return self.profile
+        path = self.profile_file(plan_dir)
         if not path.exists():
             raise ContractError(
                 f"plan: field profile.path: {self.profile_path} does not exist "
