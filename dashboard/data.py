@@ -124,7 +124,7 @@ class PlanSettings:
             pp=self.pp,
         )
         if job_supports_recompute():
-            kw["recompute"] = self.recompute
+            kw["recompute"] = ("none", "full") if self.recompute else ("none",)
         return Job(**kw)
 
 
