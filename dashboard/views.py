@@ -195,7 +195,11 @@ def show_plan(ctx: Context) -> None:
     st.caption(
         f"layout {md(plan.layout())} · split at units {plan.split or '—'} · solver "
         + md(f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s")
-        + "".join(f" · {md(b['name'])}: {b['step_s'] * 1e3:.1f} ms ({b['speedup']:.2f}x)" for b in plan.baselines)
+        + "".join(
+            f" · {md(b['name'])}: {b['step_s'] * 1e3:.1f} ms "
+            + (f"({b['speedup']:.2f}x)" if b.get("speedup") is not None else "(OOM)")
+            for b in plan.baselines
+        )
     )
     for note in plan.notes:
         st.caption(md(note))

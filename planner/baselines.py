@@ -15,15 +15,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from profiles.contract import UserError
 from profiles.types import Profile
-from simulator.costs import Option
+from simulator.costs import DPMode, Layout, Option, Recompute
+from simulator.tensor_parallel import tp_degrees
 
 from .plan import Plan
 from .scoring import build_plan, fits
 from .splits import even_split, min_max_split
 
-__all__ = ["even_split", "torchtitan_split", "parameter_split", "BASELINES", "compare"]
+__all__ = [
+    "even_split",
+    "torchtitan_split",
+    "parameter_split",
+    "BASELINES",
+    "compare",
+    "megatron_style",
+    "torchtitan_style",
+]
 
 
 def torchtitan_split(profile: Profile, p: int, input_weight: int = 1, output_weight: int = 1) -> list[tuple[int, int]]:
@@ -89,35 +100,131 @@ BASELINES = {
 
 
 def compare(p: Plan) -> tuple[dict, ...]:
-    """The hand splits (1F1B, one stage per rank, same pp, dp, microbatching and the plan's first
-    dtype), simulated beside ``p``."""
+    """What a user would run instead, simulated beside ``p`` on the same devices, global batch and
+    dtype: the hand splits at ``p``'s own layout (1F1B), and the Megatron-style and
+    torchtitan-style configurations, each made to fit memory the way their users would."""
     out = []
     for name, split_fn in BASELINES.items():
         try:
             bounds = split_fn(p.profile, p.pp)
-            b = build_plan(
-                p.profile,
-                p.profile_path,
-                p.cluster,
-                p.job,
-                bounds,
-                "1F1B",
-                p.pp,
-                p.dp,
-                p.microbatches,
-                p.microbatch_size,
-                [Option(p.stages[0].dtype)] * p.pp,
-            )
+            b = _build(p, bounds, "1F1B", p.pp, 1, p.parallelism, p.microbatch_size, Recompute.NONE)
         except UserError:
             continue
-        out.append(
-            {
-                "name": f"{name}-1F1B",
-                "split": b.split,
-                "step_s": b.predicted.step_s,
-                "speedup": b.predicted.step_s / p.predicted.step_s,
-                "fits_memory": fits(b),
-                "peak_bytes": max(b.predicted.peak_bytes),
-            }
-        )
+        out.append(_row(f"{name}-1F1B", b, p))
+    for name, make in (("megatron", megatron_style), ("torchtitan-fsdp", torchtitan_style)):
+        b = make(p)
+        if b is not None:
+            out.append(_row(name, b, p))
     return tuple(out)
+
+
+def _row(name: str, b: Plan, p: Plan) -> dict:
+    """A baseline as the plan table shows it: its speedup only when it fits memory."""
+    ok = fits(b)
+    return {
+        "name": name,
+        "config": _describe(b),
+        "split": b.split,
+        "step_s": b.predicted.step_s,
+        "speedup": b.predicted.step_s / p.predicted.step_s if ok else None,
+        "fits_memory": ok,
+        "peak_bytes": max(b.predicted.peak_bytes),
+    }
+
+
+def _describe(b: Plan) -> str:
+    rc = sorted({s.recompute.value for s in b.stages})
+    sp = "+sp" if b.sequence_parallel else ""
+    return (
+        f"{b.schedule} pp={b.pp} v={b.virtual} tp={b.tp}{sp} dp={b.dp} {b.dp_mode.value} m={b.microbatches} "
+        f"recompute={','.join(rc)}"
+    )
+
+
+def _build(p: Plan, bounds, schedule: str, pp: int, v: int, layout: Layout, mbs: int, rc: Recompute) -> Plan:
+    m = p.job.global_batch // (layout.dp * mbs)
+    if m < 1 or p.job.global_batch % (layout.dp * mbs):
+        raise UserError(f"global batch {p.job.global_batch} does not split into {layout.dp} x {mbs}")
+    return build_plan(
+        p.profile,
+        p.profile_path,
+        replace(p.cluster, devices=pp * layout.dp * layout.tp),
+        p.job,
+        bounds,
+        schedule,
+        pp,
+        layout.dp,
+        m,
+        mbs,
+        [Option(p.stages[0].dtype, rc)] * len(bounds),
+        v,
+        layout=layout,
+    )
+
+
+def _tp_for(p: Plan, most: int) -> int:
+    config = p.profile.model_config
+    heads = config.get("num_attention_heads", config.get("n_head")) or 1
+    kv = config.get("num_key_value_heads") or heads
+    within = min(most, p.cluster.devices_per_node, p.cluster.devices)
+    return max(t for t in tp_degrees(within, heads, kv) if p.cluster.devices % t == 0)
+
+
+def _first_fitting(tries) -> Plan | None:
+    """The fastest plan of the first group of tries that has one fitting memory; else the last plan
+    tried (shown as OOM); None when nothing could be built."""
+    last = None
+    for group in tries:
+        built = []
+        for make in group:
+            try:
+                built.append(make())
+            except (UserError, ValueError):
+                continue
+        fitting = [b for b in built if fits(b)]
+        if fitting:
+            return min(fitting, key=lambda b: b.predicted.step_s)
+        last = built[-1] if built else last
+    return last
+
+
+def _pipeline_degrees(p: Plan, per_pp: int) -> list[int]:
+    U = p.profile.num_units
+    return [q for q in range(1, U + 1) if p.cluster.devices % (q * per_pp) == 0]
+
+
+def megatron_style(p: Plan) -> Plan | None:
+    """Megatron-LM's usual recipe (Narayanan et al. 2021, §3.3's takeaways): tensor parallel 8 (or
+    the largest degree the node and heads allow) inside the node with sequence parallelism, the
+    fewest pipeline stages that fit, layers dealt evenly, interleaved 1F1B (2 chunks) when it is
+    faster, the distributed optimizer (zero1) across data-parallel replicas, full recompute only
+    when nothing fits without it."""
+    tp = _tp_for(p, 8)
+    mbs = p.microbatch_size
+
+    def attempt(pp: int, schedule: str, v: int, rc: Recompute):
+        dp = p.cluster.devices // (pp * tp)
+        layout = Layout(tp=tp, dp=dp, dp_mode=DPMode.ZERO1 if dp > 1 else DPMode.DDP, sequence_parallel=tp > 1)
+        return lambda: _build(p, even_split(p.profile.num_units, pp * v), schedule, pp, v, layout, mbs, rc)
+
+    tries = [
+        [attempt(pp, "1F1B", 1, rc), attempt(pp, "Interleaved1F1B", 2, rc)] if pp > 1 else [attempt(pp, "1F1B", 1, rc)]
+        for rc in (Recompute.NONE, Recompute.FULL)
+        for pp in _pipeline_degrees(p, tp)
+    ]
+    return _first_fitting(tries)
+
+
+def torchtitan_style(p: Plan) -> Plan | None:
+    """torchtitan's 2D recipe: FSDP across data-parallel replicas with pipeline 1F1B, tp 1, its
+    own split rule (``torchtitan_split``) and selective activation checkpointing (full when the
+    model has no transformer shape), the fewest stages that fit."""
+    config = p.profile.model_config
+    rc = Recompute.SELECTIVE if config.get("num_attention_heads", config.get("n_head")) else Recompute.FULL
+
+    def attempt(pp: int):
+        dp = p.cluster.devices // pp
+        layout = Layout(tp=1, dp=dp, dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP)
+        return lambda: _build(p, torchtitan_split(p.profile, pp), "1F1B", pp, 1, layout, p.microbatch_size, rc)
+
+    return _first_fitting([[attempt(pp)] for pp in _pipeline_degrees(p, 1)])

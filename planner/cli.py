@@ -157,26 +157,49 @@ def _cluster_from(args: argparse.Namespace) -> Cluster:
 def format_plans(plans: list[Plan]) -> str:
     """One row per plan: configuration, simulated step, bubbles, peak memory per rank, speedups."""
     names = [b["name"] for b in plans[0].baselines]
-    short = {"even-1F1B": "vs even", "torchtitan-1F1B": "vs titan", "deepspeed-parameters-1F1B": "vs ds-par"}
+    short = {
+        "even-1F1B": "vs even",
+        "torchtitan-1F1B": "vs titan",
+        "deepspeed-parameters-1F1B": "vs ds-par",
+        "megatron": "vs mega",
+        "torchtitan-fsdp": "vs ttfsdp",
+    }
     serving = plans[0].job.forward_only  # then latency and throughput columns too
     extra = f"{'lat ms':>9} {'samples/s':>10} " if serving else ""
     lines = [
-        f"{'#':>2} {'schedule':<22} {'pp':>3} {'dp':>4} {'v':>2} {'m':>4} {'mbs':>4} {'step ms':>9} {extra}"
+        f"{'#':>2} {'schedule':<22} {'pp':>3} {'tp':>3} {'dp':>4} {'mode':>5} {'v':>2} {'m':>4} {'mbs':>4} "
+        f"{'step ms':>9} {extra}"
         f"{'bubble':>7} {'peak GiB':>9} " + " ".join(f"{short.get(n, n):>9}" for n in names) + "  layout"
     ]
     for i, p in enumerate(plans, 1):
         pr = p.predicted
         by_name = {b["name"]: b for b in p.baselines}
-        vs = " ".join(f"{by_name[n]['speedup']:8.2f}x" if n in by_name else f"{'-':>9}" for n in names)
+        vs = " ".join(_vs(by_name.get(n)) for n in names)
         bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
         lines.append(
-            f"{i:>2} {p.schedule:<22} {p.pp:>3} {p.dp:>4} {p.virtual:>2} {p.microbatches:>4} "
+            f"{i:>2} {p.schedule:<22} {p.pp:>3} {p.tp:>3} {p.dp:>4} {p.dp_mode.value:>5} {p.virtual:>2} "
+            f"{p.microbatches:>4} "
             f"{p.microbatch_size:>4} {pr.step_s * 1e3:9.2f} "
             + (f"{pr.latency_s * 1e3:9.2f} {pr.throughput:10.1f} " if serving else "")
             + f"{bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} "
             f"{vs}  {p.layout()}"
         )
+    lines += [
+        f"   {short.get(b['name'], b['name'])}: {b.get('config', b['name'])}"
+        + ("" if b.get("fits_memory", True) else f" (OOM: {b['peak_bytes'] / 2**30:.1f} GiB)")
+        for b in plans[0].baselines
+        if b.get("config")
+    ]
     return "\n".join(lines)
+
+
+def _vs(b: dict | None) -> str:
+    """A baseline's cell: how much faster the plan is, or OOM when the baseline does not fit."""
+    if b is None:
+        return f"{'-':>9}"
+    if not b.get("fits_memory", True) or b.get("speedup") is None:
+        return f"{'OOM':>9}"
+    return f"{b['speedup']:8.2f}x"
 
 
 def write_plan_files(plan: Plan, path: Path) -> list[Path]:

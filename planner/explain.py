@@ -49,11 +49,11 @@ def explain(plans: list[Plan]) -> list[str]:
     if recompute:
         lines.append(f"stages {', '.join(recompute)} recompute their activations to fit.")
     for b in best.baselines:
-        fit = "" if b.get("fits_memory", True) else f", and does not fit ({_gib(b.get('peak_bytes', 0))})"
-        lines.append(
-            f"the {b['name']} split {b['split']} takes {b['step_s'] * 1e3:.1f} ms: this plan is "
-            f"{b['speedup']:.2f}x faster{fit}."
-        )
+        what = f"the {b['name']} baseline ({b.get('config') or 'split ' + str(b['split'])})"
+        if b.get("speedup") is None or not b.get("fits_memory", True):
+            lines.append(f"{what} does not fit: it needs {_gib(b.get('peak_bytes', 0))} per device.")
+            continue
+        lines.append(f"{what} takes {b['step_s'] * 1e3:.1f} ms: this plan is {b['speedup']:.2f}x faster.")
     if len(plans) > 1:
         r = plans[1]
         d_peak = max(r.predicted.peak_bytes) - peak
