@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from profiles.clikit import Command
+from profiles.clikit import Command, bounded
+from profiles.contract import UserError
 
 __all__ = ["DASHBOARD", "APP"]
 
@@ -27,6 +28,10 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    bounded("--port", args.port, 1, 65535)
+    for r in args.root:
+        if not Path(r).is_dir():
+            raise UserError(f"--root {r}: not a folder: give a folder of profiles, plans and run reports")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(APP.parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [

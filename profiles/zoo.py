@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
+import re
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -249,13 +251,14 @@ def build_model(
         return _build_user(name, {**(config or {}), **(overrides or {})}, seed, device)
     cfg = dict(config) if config is not None else json.loads(json.dumps(PRESETS[name][1]))
     if overrides:
-        known = _known_keys(family) | set(cfg)
+        defaults = {**_defaults(family), **cfg}
         for key, value in overrides.items():
-            if key not in known:
+            if key not in defaults:
                 raise ZooError(
                     f"--set {key}: not a field of the {family} config (e.g. "
                     f"{LAYER_KEYS[family]}); see the Hugging Face config class"
                 )
+            check_override(key, value, defaults[key], family)
             cfg[key] = value
     cfg.pop("model_type", None)
     cfg.pop("transformers_version", None)
@@ -271,12 +274,46 @@ def build_model(
     return ZooModel(name, family, stored, units, names, kinds, make, loss)
 
 
-def _known_keys(family: str) -> set[str]:
+def _defaults(family: str) -> dict[str, Any]:
     if family == "mlp":
-        return {"width", "depth"}
-    from .zoo_hf import config_fields
+        return {"width": 32, "depth": 4}
+    from .zoo_hf import config_defaults
 
-    return config_fields(family)
+    return config_defaults(family)
+
+
+#: config fields that count something (layers, heads, widths, positions): at least 1
+_COUNT = re.compile(r"^(n_|num_)|_size$|^hidden|^intermediate|_positions$|^width$|^depth$|_dim$|^n_?embd$")
+
+
+def check_override(key: str, value: Any, default: Any, family: str) -> None:
+    """``--set key=value`` against the field's default: the same type (an int where the
+    default is one, a number where it is a float), counts at least 1, other integers not
+    negative. A field whose default is None takes any value."""
+
+    def bad(why: str) -> ZooError:
+        shown = repr(value) if len(repr(value)) <= 30 else repr(value)[:27] + "..."
+        return ZooError(f"--set {key}={shown}: {why}")
+
+    if default is None:
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("expected true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(f"expected an integer, like the default {default}")
+        if _COUNT.search(key) and value < 1:
+            raise bad(f"{key} counts something: give 1 or more")
+        if default >= 0 and value < 0:
+            raise bad("must not be negative")
+        if value > 2**31:
+            raise bad("too large for any model this profiler can build")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad(f"expected a number, like the default {default}")
+    elif not isinstance(value, type(default)):
+        raise bad(f"expected a {type(default).__name__}, like the default {default!r}")
 
 
 # -- user models --------------------------------------------------------------------------
