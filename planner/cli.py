@@ -20,6 +20,7 @@ from simulator.schedules import canonical_name
 from .cluster import (
     MAX_DEVICES,
     MAX_GLOBAL_BATCH,
+    MAX_MICROBATCHES,
     PRESET_CLUSTERS,
     Cluster,
     Job,
@@ -163,7 +164,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     bounded("--devices", args.devices, 1, MAX_DEVICES)
     bounded("--global-batch", args.global_batch, 1, MAX_GLOBAL_BATCH)
     bounded("--microbatch-size", args.microbatch_size, 1, args.global_batch, " (at most --global-batch)")
-    bounded("--microbatches", args.microbatches, 1, args.global_batch, " (at most --global-batch)")
+    bounded("--microbatches", args.microbatches, 1, min(args.global_batch, MAX_MICROBATCHES), " (per replica)")
     bounded("--pp", args.pp, 1, args.devices or MAX_DEVICES, " (at most --devices)")
     bounded("--virtual", args.virtual, 1, MAX_VIRTUAL_FLAG)
     bounded("--top", args.top, 1, MAX_TOP)
@@ -190,6 +191,19 @@ def _check_profile(profile: Profile, path: Path, job: Job, flag: str) -> Profile
         for d in job.dtypes:
             profile = profile.with_sizes(d, [job.microbatch_size])
     return profile
+
+
+def _check_microbatch_count(profile: Profile, cluster: Cluster, job: Job) -> None:
+    """Refuse a job whose every way of cutting the batch makes more than MAX_MICROBATCHES
+    microbatches per replica (the search leaves such candidates out)."""
+    sizes = [job.microbatch_size] if job.microbatch_size else [e.microbatch_size for e in profile.entries]
+    fewest = job.global_batch / (cluster.devices * max(sizes))
+    if fewest > MAX_MICROBATCHES:
+        raise UserError(
+            f"--global-batch {job.global_batch} on {cluster.devices} devices in microbatches of at most {max(sizes)} "
+            f"makes at least {fewest:.0f} microbatches per replica, more than the {MAX_MICROBATCHES} pipeplan plans: "
+            f"lower --global-batch, or raise --devices or the microbatch size (--microbatch-size)"
+        )
 
 
 def _fitted_note(plan: Plan) -> Plan:
@@ -269,6 +283,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     profile = _check_profile(profile, profile_path, job, f"--job {args.job}: dtypes" if args.job else "--dtype")
     if args.pp and max(args.pp) > cluster.devices:
         raise UserError(f"--pp {max(args.pp)}: more than the cluster's {cluster.devices} devices: lower --pp")
+    _check_microbatch_count(profile, cluster, job)
     job, placement = _with_placement(args, job, profile, cluster)
     bar.update()
     bar.set_postfix_str("searching" if not args.split else "scoring the split")

@@ -34,6 +34,7 @@ __all__ = [
     "PRESET_CLUSTERS",
     "MAX_DEVICES",
     "MAX_GLOBAL_BATCH",
+    "MAX_MICROBATCHES",
     "load_cluster",
     "load_job",
     "parse_bytes",
@@ -46,6 +47,10 @@ MAX_DEVICES = 2**20
 #: The largest global batch in samples, 2**20: at 4096 tokens a sample, 4 billion tokens a
 #: step, hundreds of times the 16M tokens Llama 3 405B trained with (Meta, 2024).
 MAX_GLOBAL_BATCH = 2**20
+#: The most microbatches per replica and step the planner considers: 1024, far above the tens
+#: to hundreds large runs use (e.g. GPT-3 on Megatron: a batch of 1536 over 8 replicas, 192
+#: microbatches of 1; Narayanan et al. 2021), and a table it can simulate in seconds.
+MAX_MICROBATCHES = 1024
 
 _UNITS = {
     "": 1,
@@ -231,7 +236,7 @@ class Job:
         job = Job(
             global_batch=f.int("global_batch", min=1, max=MAX_GLOBAL_BATCH, default=dflt.global_batch),
             microbatch_size=f.int("microbatch_size", min=1, max=MAX_GLOBAL_BATCH) if f.has("microbatch_size") else None,
-            microbatches=ints("microbatches", MAX_GLOBAL_BATCH),
+            microbatches=ints("microbatches", MAX_MICROBATCHES),
             schedules=strs("schedules", dflt.schedules),
             pp=ints("pp", MAX_DEVICES),
             dtypes=strs("dtypes", dflt.dtypes, DTYPES),
@@ -258,6 +263,8 @@ class Job:
             raise bad("microbatch_size", "must be >= 1")
         if any(x < 1 for x in self.microbatches + self.pp + self.virtual):
             raise bad("microbatches/pp/virtual", "values must be >= 1")
+        if any(x > MAX_MICROBATCHES for x in self.microbatches):
+            raise bad("microbatches", f"values must be at most {MAX_MICROBATCHES} (microbatches per replica)")
         if not self.schedules:
             raise bad("schedules", "name at least one schedule")
         if self.optimizer_bytes_per_param < 0:

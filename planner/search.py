@@ -40,7 +40,7 @@ from simulator.placement import check_placement, most_stages_per_rank
 from simulator.schedules import SCHEDULES, canonical_name, schedule_spec
 
 from .baselines import BASELINES, even_split
-from .cluster import Cluster, Job
+from .cluster import MAX_MICROBATCHES, Cluster, Job
 from .memory import peak_bytes, static_bytes
 from .milp import SolverError, StepModel, UnitData, min_memory_split, solve_split
 from .plan import Plan
@@ -178,7 +178,7 @@ def _microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
         pairs = [(per_replica // b, b) for b in range(1, per_replica + 1) if per_replica % b == 0]
     if job.microbatches:
         pairs = [(m, b) for m, b in pairs if m in job.microbatches]
-    return pairs
+    return [(m, b) for m, b in pairs if m <= MAX_MICROBATCHES]  # bounded (planner.cluster)
 
 
 def _entry_sizes(profile: Profile, dtypes: tuple[str, ...]) -> set[int]:

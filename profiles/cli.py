@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .clikit import Command, bounded
 from .contract import UserError, check_outputs
+from .presets import check_overrides, check_seq_len, parse_overrides
 from .types import DTYPES, OFF_CPU_WARN
 
 __all__ = ["COMMAND", "default_path", "format_table"]
@@ -151,10 +152,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     _check_flags(args)
-    from . import profile_model
-    from .zoo import parse_overrides
-
     overrides = parse_overrides(args.set)
+    check_overrides(args.model, overrides)  # before torch is imported: a slip costs a second
+    check_seq_len(args.model, overrides, args.seq_len)
+    from . import profile_model
+
     if args.analytic:
         from .analytic import analytic_profile
 

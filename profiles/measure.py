@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
 from .neighbour import check_count, neighbours
+from .presets import LAYER_KEYS, PRESETS, family_of
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
@@ -524,16 +525,25 @@ def _memory_here() -> int | None:
 
 def check_fits_here(name: str, overrides: dict | None, attention: str, device: str) -> None:
     """Refuse, before a byte of weights exists, a model whose parameters alone outgrow this
-    machine's CPU memory: it is built on the meta device and its parameters counted."""
-    if device != "cpu":
+    machine's CPU memory: counted from the model built on the meta device with one and with
+    two blocks (the blocks of a preset are alike)."""
+    family = family_of(name)
+    if device != "cpu" or family == "user":
         return
+    key = LAYER_KEYS[family]
+    layers = {**PRESETS[name][1], **(overrides or {})}[key]
+
+    def count(n: int) -> int:  # parameters with n blocks (a model of thousands takes minutes to build)
+        meta = build_model(name, {**(overrides or {}), key: n}, attention=attention, device="meta")
+        return sum(p.numel() for u in meta.units for p in u.parameters())
+
     try:
-        meta = build_model(name, overrides, attention=attention, device="meta")
+        one = count(1)
+        params = one + (layers - 1) * (count(2) - one) if layers > 1 else one
     except UserError:
         raise
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked by its real build
         return
-    params = sum(p.numel() for u in meta.units for p in u.parameters())
     need, have = params * _BYTES_PER_PARAM, _memory_here()
     if have is not None and need > have:
         raise UserError(

@@ -165,14 +165,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any], str], Built]] = {
 }
 
 
-def config_defaults(family: str) -> dict[str, Any]:
-    """The family's Hugging Face config fields with their default values (what ``--set`` accepts)."""
-    import transformers
-
-    cls = {"gpt2": transformers.GPT2Config, "llama": transformers.LlamaConfig, "bert": transformers.BertConfig}[family]
-    return cls().to_dict()
-
-
 def config_fields(family: str) -> set[str]:
     """The field names of the family's Hugging Face config (what ``--set`` accepts)."""
+    from .presets import config_defaults
+
     return set(config_defaults(family))
