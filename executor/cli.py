@@ -100,9 +100,8 @@ def _check_run_args(args: argparse.Namespace, extra_outputs: list[tuple[str, Pat
 def _run_plan(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = ()) -> tuple[int, Path]:
     _, report = _check_run_args(args, extra_outputs)
     plan = load_plan(args.plan)  # fail here, with one line, before any process starts
-    profile = Path(plan.profile_path)
-    profile = profile if profile.is_absolute() else args.plan.parent / profile
-    check_outputs([profile], [("--report", report), *extra_outputs])  # the plan's profile is an input too
+    # the plan's profile is an input too
+    check_outputs([plan.profile_file(args.plan.parent)], [("--report", report), *extra_outputs])
     nproc = args.nproc or plan.world_size
     if nproc != plan.world_size:
         raise UserError(f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp})")

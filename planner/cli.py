@@ -345,7 +345,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
         if args.schedule or args.table:
             raise UserError("give either a PLAN file or --schedule/--table, not both")
         simcli.check_output_flags(args, [Path(args.plan)])
-        return simcli.report(simulate(load_plan(args.plan)), args, f"simulated {Path(args.plan).name}")
+        plan = load_plan(args.plan)
+        simcli.check_output_flags(args, [plan.profile_file(Path(args.plan).parent)])  # an input too
+        return simcli.report(simulate(plan), args, f"simulated {Path(args.plan).name}")
     simcli.check_output_flags(args, [args.table])
     return simcli.report(simulate(simcli.whatif_input(args)), args, "what-if", unit="")
 

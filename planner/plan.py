@@ -93,12 +93,17 @@ class Plan:
             parts.append(",".join(_runs(codes)))
         return "|".join(parts)
 
-    def load_profile(self, plan_dir: str | Path | None = None) -> Profile:
-        if self.profile is not None:
-            return self.profile
+    def profile_file(self, plan_dir: str | Path | None = None) -> Path:
+        """The profile's path: as stored, or relative to the plan's folder ``plan_dir``."""
         path = Path(self.profile_path)
         if not path.is_absolute() and plan_dir is not None and (Path(plan_dir) / path).exists():
             path = Path(plan_dir) / path
+        return path
+
+    def load_profile(self, plan_dir: str | Path | None = None) -> Profile:
+        if self.profile is not None:
+            return self.profile
+        path = self.profile_file(plan_dir)
         if not path.exists():
             raise ContractError(
                 f"plan: field profile.path: {self.profile_path} does not exist "

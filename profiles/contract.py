@@ -36,10 +36,11 @@ __all__ = [
     "sha256_of",
 ]
 
-#: The largest file any pipeplan command reads. The biggest real ones are traces and
-#: RunReports of many-rank runs, a few MiB; the cap keeps a wrong path (a disk image,
-#: a log) from being read into memory whole.
-MAX_FILE_BYTES = 256 * 2**20
+#: The largest file any pipeplan command reads: 64 MiB. The biggest real ones are plans with
+#: tables near MAX_TABLE_ACTIONS (about 30 MiB) and traces of many-rank runs (a few MiB); the
+#: cap keeps a wrong path (a disk image, a log) from being read whole, and keeps the parsed
+#: objects of any file it admits within a few GiB.
+MAX_FILE_BYTES = 64 * 2**20
 #: The largest integer any field holds (2**53, exact as a float): byte counts of the largest
 #: models fit many times over; larger numbers are typing slips, and bounded loops need a bound.
 MAX_INT = 2**53
@@ -172,6 +173,8 @@ def parse_json(text: str, where: str | os.PathLike) -> Any:
         raise ContractError(f"{where}: not valid JSON (truncated or corrupt?) at line {e.lineno}: {e.msg}") from None
     except RecursionError:
         raise ContractError(f"{where}: not a pipeplan file: JSON nested too deeply") from None
+    except MemoryError:
+        raise ContractError(f"{where}: not a pipeplan file: too many values to hold in memory") from None
     except ValueError as e:  # NaN/Infinity, or an integer of thousands of digits
         raise ContractError(f"{where}: not valid JSON: {str(e).splitlines()[0]}") from None
 

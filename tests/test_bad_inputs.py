@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from profiles.contract import MAX_FILE_BYTES
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "tests" / "data" / "gpt2-demo-cpu.json"
 LIMIT_S = 30  #: CPU seconds a case may use
@@ -106,6 +108,9 @@ def base(tmp_path_factory) -> Path:
     (d / "long-int.csv").write_text("0F" + VERY_HUGE + "\n")
     (d / "bad-action.csv").write_text("0X0,0B0\n")
     (d / "folder").mkdir()
+    # a file over MAX_FILE_BYTES, sparse (no disk used), kept outside the folder each case copies
+    with open(d.parent / "oversized.json", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
     return d
 
 
@@ -161,6 +166,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("plan-deep-json", [*P, "plan", "deep.json"], "nested too deeply"),
     ("plan-huge-int-json", [*P, "plan", "hugeint.json"], "not valid JSON"),
     ("plan-binary", [*P, "plan", "binary.json"], "not a text file"),
+    ("plan-oversized", [*P, "plan", "../oversized.json"], "more than a pipeplan file ever holds"),
     ("plan-given-a-plan", [*P, "plan", "plan.json", "-o", "out.json"], "not a profile file"),
     ("plan-default-output-is-input", [*P, "plan", "plan.json"], "is an input"),
     # -- plan: flags
@@ -200,6 +206,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # -- simulate: plan files with one field wrong, and the outputs
     ("simulate-output-is-plan", [*SIM, "plan.json", "-o", "plan.json"], "is an input"),
     ("simulate-trace-is-plan", [*SIM, "plan.json", "--trace", "plan.json"], "is an input"),
+    ("simulate-trace-is-profile", [*SIM, "plan.json", "--trace", "profile.json"], "is an input"),
     ("simulate-outputs-clash", [*SIM, "plan.json", "-o", "a.json", "--trace", "a.json"], "own path"),
     ("simulate-gantt-folder", [*SIM, "plan.json", "--gantt", "folder"], "folder"),
     ("simulate-nan-plan", [*SIM, "plan-nan.json"], "NaN"),
@@ -319,6 +326,7 @@ def results(base, tmp_path_factory, request) -> dict[str, dict]:
     }
     cases = [c for c in CASES if c[0] in chosen]
     scratch = tmp_path_factory.mktemp("bad-inputs-runs")
+    (scratch / "oversized.json").symlink_to(base.parent / "oversized.json")  # ../oversized.json of each case
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip((c[0] for c in cases), pool.map(lambda c: _run_case(base, scratch, c), cases)))
 
