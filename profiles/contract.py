@@ -63,9 +63,27 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting it to read
+    it would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _mode_for(path: Path, new: int) -> int:
+    """An existing file keeps its mode; a new one gets ``new`` (0666 less the umask)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return new
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else new
 
 
 def _unwritable(path: Path, e: OSError) -> UserError:
@@ -77,7 +95,7 @@ def write_files(contents: Mapping[str | os.PathLike, str | bytes]) -> list[Path]
     (a name unique to this process) in its target's folder first, and only when all are
     written are they renamed over their targets, so a failure leaves none of them changed
     and no temporary file behind. New files get the mode the user's umask gives (as
-    ``open`` would), not the 0600 of a temporary file."""
+    ``open`` would), not the 0600 of a temporary file; a replaced file keeps its mode."""
     mode = 0o666 & ~_umask()
     made: list[tuple[str, Path]] = []
     try:
@@ -92,7 +110,7 @@ def write_files(contents: Mapping[str | os.PathLike, str | bytes]) -> list[Path]
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data.encode() if isinstance(data, str) else data)
-                os.chmod(tmp, mode)
+                os.chmod(tmp, _mode_for(path, mode))
             except OSError as e:
                 raise _unwritable(path, e) from None
         for tmp, path in made:

@@ -53,6 +53,9 @@ def test_written_files_get_the_umask_mode_and_leave_no_temporary_file(tmp_path):
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "t.csv"]
     assert read_csv(tmp_path / "t.csv") == table
+    os.chmod(tmp_path / "a.json", 0o600)  # a file the user made private stays private when replaced
+    write_files({tmp_path / "a.json": "[]\n"})
+    assert _mode(tmp_path / "a.json") == 0o600 and (tmp_path / "a.json").read_text() == "[]\n"
 
 
 def test_a_group_of_files_is_written_whole_or_not_at_all(tmp_path):
