@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from profiles.clikit import Command
+from profiles.clikit import Command, bounded
 from profiles.contract import UserError
 
 __all__ = ["DASHBOARD", "APP", "streamlit_command"]
@@ -41,8 +41,10 @@ def streamlit_command(port: int, roots: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not 1 <= args.port <= 65535:
-        raise UserError(f"--port {args.port}: choose a port in 1..65535")
+    bounded("--port", args.port, 1, 65535)
+    for r in args.root:
+        if not Path(r).is_dir():
+            raise UserError(f"--root {r}: not a folder: give a folder of profiles, plans and run reports")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(APP.parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     print(f"pipeplan dashboard on http://127.0.0.1:{args.port}", flush=True)

@@ -189,14 +189,24 @@ def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("cluster.json")
     repeats = int(os.environ.get("PIPEPLAN_CALIBRATE_REPEATS", "30"))
     torch.set_num_threads(1)
+    from profiles.clikit import progress_bar
+
     keep_freed_memory()  # as the executor runs
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
+        bar = progress_bar(3, "calibrating", enabled=rank == 0)
         with gc_paused():  # as the executor runs its steps
+            bar.set_postfix_str("links")
             samples = _links(rank, repeats)
+            bar.update()
+            bar.set_postfix_str("runtime overhead")
             overhead, gap, sent = measure_runtime(repeats)
+            bar.update()
+            bar.set_postfix_str("optimizer step")
             opt = measure_optimizer(max(5, repeats // 5))
+            bar.update()
+        bar.close()
         figures = [None] * world
         dist.all_gather_object(figures, (overhead, opt))
         if rank == 0:

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from planner.cluster import MAX_DEVICES
 from planner.plan import load_plan
-from profiles.clikit import Command
-from profiles.contract import UserError
+from profiles.clikit import Command, bounded, progress_bar
+from profiles.contract import UserError, check_outputs, read_text
 from profiles.types import Profile
 from simulator.engine import simulate
 from simulator.gantt import write_gantt
@@ -66,20 +67,48 @@ def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
     return out + (["--check"] if args.check else [])
 
 
-def _run_plan(args: argparse.Namespace) -> tuple[int, Path]:
+#: the most timed (or warm-up) steps a run takes: a run is a check of a plan, not a training job
+MAX_STEPS = 10_000
+
+
+def side_files(plan_path: Path) -> list[Path]:
+    """The files ``validate`` writes beside the plan (besides the RunReport)."""
+    stem = plan_path.with_suffix("")
+    return [Path(f"{stem}.sim.trace.json"), Path(f"{stem}.run.trace.json"), Path(f"{stem}.compare.png")]
+
+
+def _check_run_args(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = ()) -> tuple[Path, Path]:
+    """Flags and paths of ``run``/``validate``, before the plan is read: bounds, and outputs that
+    are neither an input nor unwritable. Returns (plan path, report path)."""
+    bounded("--steps", args.steps, 1, MAX_STEPS)
+    bounded("--warmup", args.warmup, 0, MAX_STEPS)
+    bounded("--nproc", args.nproc, 1, MAX_DEVICES)
+    report = args.report or args.plan.with_suffix(".run.json")
+    inputs = [args.plan, getattr(args, "data", None)]
+    outputs = [("--report", report), *extra_outputs]
+    check_outputs(inputs, outputs)
+    if getattr(args, "torch_profiler", None) is not None:
+        d = args.torch_profiler
+        if d.exists() and not d.is_dir():
+            raise UserError(f"--torch-profiler {d}: not a folder: give a folder for the traces")
+        check_outputs(inputs, [("--torch-profiler", d / "trace.json")])
+    if getattr(args, "data", None) is not None:
+        read_text(args.data)  # a regular, readable text file of bounded size, or one line
+    return args.plan, report
+
+
+def _run_plan(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = ()) -> tuple[int, Path]:
+    _, report = _check_run_args(args, extra_outputs)
     plan = load_plan(args.plan)  # fail here, with one line, before any process starts
+    # the plan's profile is an input too
+    check_outputs([plan.profile_file(args.plan.parent)], [("--report", report), *extra_outputs])
     nproc = args.nproc or plan.world_size
     if nproc != plan.world_size:
         raise UserError(f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp})")
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError("--steps must be >= 1 and --warmup >= 0")
     if getattr(args, "torch_schedule", None):
         from .build import check_torch_schedule  # imports torch: only when asked
 
         check_torch_schedule(plan, args.torch_schedule)
-    if getattr(args, "data", None) and not args.data.is_file():
-        raise UserError(f"--data {args.data}: no such file")
-    report = args.report or args.plan.with_suffix(".run.json")
     if report.exists():
         report.unlink()  # never leave last run's report looking like this one's
     rc = launch("executor", _worker_args(args, report), nproc)
@@ -144,24 +173,38 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    sim_trace, run_trace, png = side_files(args.plan)
+    side = [("side file", sim_trace), ("side file", run_trace), ("side file", png)]
+    _, report_path = _check_run_args(args, side)
+    existed = {p for _, p in side + [("--report", report_path)] if p.exists()}
+    bar = progress_bar(3, "validating", enabled=not args.json)
+    bar.set_postfix_str("simulating")
     plan = load_plan(args.plan)
     predicted = simulate(plan)
-    rc, report_path = _run_plan(args)
+    bar.update()
+    bar.set_postfix_str("running")
+    rc, report_path = _run_plan(args, side)
     if rc != 0 or not report_path.exists():
         raise UserError(f"the run of {args.plan} failed (exit code {rc}); see the log above")
+    bar.update()
+    bar.set_postfix_str("comparing")
     report = load_report(report_path)
-    stem = args.plan.with_suffix("")
-    files = [
-        write_trace(predicted, f"{stem}.sim.trace.json", "simulated"),
-        write_trace(report.timeline, f"{stem}.run.trace.json", "measured"),
-        write_gantt([predicted, report.timeline], f"{stem}.compare.png", ["simulated", "measured"]),
+    write_trace(predicted, sim_trace, "simulated")
+    write_trace(report.timeline, run_trace, "measured")
+    write_gantt([predicted, report.timeline], png, ["simulated", "measured"])
+    bar.update()
+    bar.close()
+    # the files written, each said (on stderr with --json, which keeps stdout one JSON object)
+    said = [
+        f"wrote {p}{' (replaced the previous one)' if p in existed else ''}"
+        for p in (report_path, sim_trace, run_trace, png)
     ]
     if args.json:
         print(json.dumps(report.to_dict()))
+        print("; ".join(said), file=sys.stderr)
         return 0
     print(compare_table(predicted, report, plan.profile, replayed_step_s(plan, report)))
-    for f in files:
-        print(f"wrote {f}")
+    print("\n".join(said))
     return 0
 
 
@@ -172,6 +215,7 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    check_outputs([], [("-o", args.output)])
     return launch("executor.calibrate", [str(args.output)], 2)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from planner.cluster import MAX_DEVICES
 from planner.plan import Plan
 from profiles.contract import Fields, read_json, schema_id, write_json
 from profiles.types import OFF_CPU_WARN, Profile
@@ -88,19 +89,18 @@ class RunReport:
         pred = f.raw("predicted_step_s", None)
         if pred is not None:
             pred = f.num("predicted_step_s")
-        check = f.raw("check", {})
         return RunReport(
             plan.str("path"),
             plan.str("sha256"),
-            f.int("world_size", min=1),
+            f.int("world_size", min=1, max=MAX_DEVICES),
             f.str("backend"),
             f.str("device"),
             steps,
             tl,
             tuple(f.nums("losses", min=None)) if f.has("losses") else (),
-            check if isinstance(check, dict) else {},
+            f.obj("check").data if f.has("check") else {},
             pred,
-            f.raw("extra", {}) or {},
+            f.obj("extra").data if f.has("extra") else {},
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from profiles.types import Profile
 
-from .cluster import Job
+from .cluster import MAX_MICROBATCHES, Job
 
 __all__ = ["microbatching", "entry_sizes"]
 
@@ -22,7 +22,7 @@ def microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
         pairs = [(per_replica // b, b) for b in range(1, per_replica + 1) if per_replica % b == 0]
     if job.microbatches:
         pairs = [(m, b) for m, b in pairs if m in job.microbatches]
-    return pairs
+    return [(m, b) for m, b in pairs if m <= MAX_MICROBATCHES]  # bounded (planner.cluster)
 
 
 def entry_sizes(profile: Profile, dtypes: tuple[str, ...]) -> set[int]:

@@ -7,22 +7,35 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from profiles.clikit import Command
-from profiles.contract import UserError
-from profiles.types import DTYPE_TABLE, load_profile
+from profiles.clikit import Command, bounded, progress_bar
+from profiles.contract import UserError, check_outputs, json_text, write_files
+from profiles.types import DTYPE_TABLE, Profile, load_profile, profile_file
 from simulator import cli as simcli
-from simulator.actions import write_csv
+from simulator.actions import csv_text
 from simulator.engine import simulate
 from simulator.placement import parse_placement
-from simulator.schedules import CUSTOM, SCHEDULES
+from simulator.schedules import CUSTOM, SCHEDULES, canonical_name
 
-from .cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster, load_job, parse_bytes
+from .cluster import (
+    MAX_DEVICES,
+    MAX_GLOBAL_BATCH,
+    MAX_MICROBATCHES,
+    PRESET_CLUSTERS,
+    Cluster,
+    Job,
+    load_cluster,
+    load_job,
+    parse_bytes,
+)
 from .explain import explain
 from .given import score_split
 from .plan import Plan, load_plan
 from .search import search
 
 __all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
+
+MAX_TOP = 100  #: the most plans ``--top`` lists
+MAX_VIRTUAL_FLAG = 64  #: the most stages per rank ``--virtual`` may allow
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -33,7 +46,11 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
-    p.add_argument("profile", help="a Profile JSON file (from pipeplan profile)")
+    p.add_argument(
+        "profile",
+        help="a Profile JSON file (from pipeplan profile), or a stored profile's model name "
+        "(profiles/<device>/<name>.json, e.g. gpt2-demo)",
+    )
     p.add_argument("--devices", type=int, help="devices in all (default: the cluster's, else 2)")
     p.add_argument("--device-memory", help="usable memory per device, e.g. 80GiB (default: the cluster's)")
     p.add_argument(
@@ -146,8 +163,6 @@ def _recompute_modes(flag: str | None, profile) -> tuple[str, ...]:
 def _cluster_from(args: argparse.Namespace) -> Cluster:
     cluster = load_cluster(args.cluster) if args.cluster else PRESET_CLUSTERS["cpu-local"]
     if args.devices is not None:
-        if args.devices < 1:
-            raise UserError("--devices must be >= 1")
         cluster = replace(cluster, devices=args.devices)
     if args.device_memory is not None:
         cluster = replace(cluster, memory_bytes=parse_bytes(args.device_memory))
@@ -203,66 +218,148 @@ def _vs(b: dict | None) -> str:
 
 
 def write_plan_files(plan: Plan, path: Path) -> list[Path]:
-    """The Plan JSON and its torch-loadable schedule CSV (``<plan>.csv``)."""
-    return [plan.save(path), write_csv(plan.table, path.with_suffix(".csv"))]
+    """The Plan JSON and its torch-loadable schedule CSV (``<plan>.csv``), written as a pair:
+    both or neither (``profiles.contract.write_files``)."""
+    path = Path(path)
+    return write_files({path: json_text(plan.stored_dict(path)), path.with_suffix(".csv"): csv_text(plan.table)})
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Bounds of the plan flags, before anything is read or built."""
+    bounded("--devices", args.devices, 1, MAX_DEVICES)
+    bounded("--global-batch", args.global_batch, 1, MAX_GLOBAL_BATCH)
+    bounded("--microbatch-size", args.microbatch_size, 1, args.global_batch, " (at most --global-batch)")
+    bounded("--microbatches", args.microbatches, 1, min(args.global_batch, MAX_MICROBATCHES), " (per replica)")
+    bounded("--pp", args.pp, 1, args.devices or MAX_DEVICES, " (at most --devices)")
+    bounded("--virtual", args.virtual, 1, MAX_VIRTUAL_FLAG)
+    bounded("--top", args.top, 1, MAX_TOP)
+    bounded("--time-limit", args.time_limit, 0.01, 86400.0, " seconds")
+    bounded("--optimizer-bytes", args.optimizer_bytes, 0.0, 1024.0, " bytes per parameter")
+    dtypes = [d for d in args.dtype.split(",") if d]
+    if len(set(dtypes)) != len(dtypes):
+        raise UserError(f"--dtype {args.dtype}: a dtype is named twice: name each once")
+    for name in (s for s in args.schedules.split(",") if s):
+        canonical_name(name)  # unknown names: one line listing the known ones
+
+
+def _check_profile(profile: Profile, path: Path, job: Job, flag: str) -> Profile:
+    """The profile has the job's dtypes; a microbatch size it did not measure is predicted from
+    its per-unit fits (``Profile.with_sizes``)."""
+    have = list(dict.fromkeys(e.dtype for e in profile.entries))
+    missing = [d for d in job.dtypes if d not in have]
+    if missing:
+        raise UserError(
+            f"{flag} {','.join(missing)}: the profile {path} has {', '.join(have)} only: plan with "
+            f"--dtype {have[0]}, or profile again with --dtypes {','.join(have + missing)}"
+        )
+    if job.microbatch_size is not None:
+        for d in job.dtypes:
+            profile = profile.with_sizes(d, [job.microbatch_size])
+    return profile
+
+
+def _check_microbatch_count(profile: Profile, cluster: Cluster, job: Job) -> None:
+    """Refuse a job whose every way of cutting the batch makes more than MAX_MICROBATCHES
+    microbatches per replica (the search leaves such candidates out)."""
+    sizes = [job.microbatch_size] if job.microbatch_size else [e.microbatch_size for e in profile.entries]
+    fewest = job.global_batch / (cluster.devices * max(sizes))
+    if fewest > MAX_MICROBATCHES:
+        raise UserError(
+            f"--global-batch {job.global_batch} on {cluster.devices} devices in microbatches of at most {max(sizes)} "
+            f"makes at least {fewest:.0f} microbatches per replica, more than the {MAX_MICROBATCHES} pipeplan plans: "
+            f"lower --global-batch, or raise --devices or the microbatch size (--microbatch-size)"
+        )
+
+
+def _fitted_note(plan: Plan) -> Plan:
+    fitted = plan.profile.measurement.get("fitted", []) if plan.profile else []
+    used = [f"{s.dtype}/mb{plan.microbatch_size}" for s in plan.stages]
+    if not any(u in fitted for u in used):
+        return plan
+    measured = sorted({e.microbatch_size for e in plan.profile.entries} - {plan.microbatch_size})
+    note = (
+        f"fitted: microbatch size {plan.microbatch_size} was not measured; its costs are predicted from the "
+        f"profile's per-unit fits over sizes {', '.join(map(str, measured))}"
+    )
+    return replace(plan, notes=(*plan.notes, note))
+
+
+def _job_from_flags(args: argparse.Namespace, profile: Profile) -> Job:
+    dtypes = tuple(d for d in (args.dtype or "").split(",") if d) or tuple(
+        dict.fromkeys(e.dtype for e in profile.entries)
+    )
+    for d in dtypes:
+        if d not in DTYPE_TABLE:
+            raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_TABLE)}")
+    objective = args.objective or ("throughput" if args.forward_only else "step")
+    if objective != "step" and not args.forward_only:
+        raise UserError(
+            f"--objective {objective} ranks serving plans: add --forward-only, or drop it to minimize the training step"
+        )
+    job = Job(
+        global_batch=args.global_batch,
+        microbatch_size=args.microbatch_size,
+        microbatches=args.microbatches,
+        schedules=tuple(s for s in args.schedules.split(",") if s),
+        pp=args.pp,
+        dtypes=dtypes,
+        virtual=args.virtual,
+        recompute=_recompute_modes(args.recompute, profile),
+        tp=args.tp,
+        dp_modes=tuple(m for m in args.dp_mode.split(",") if m),
+        sequence_parallel=args.sequence_parallel,
+        optimizer_bytes_per_param=args.optimizer_bytes,
+        forward_only=args.forward_only,
+        objective=objective,
+    )
+    job.check("flags")
+    return job
+
+
+def _with_placement(args: argparse.Namespace, job: Job, profile: Profile, cluster: Cluster) -> tuple[Job, list | None]:
+    if not args.placement:
+        return job, None
+    placement = parse_placement(args.placement)
+    pp = max(placement) + 1
+    if args.pp and args.pp != (pp,):
+        raise UserError(
+            f"--placement {args.placement} uses {pp} ranks but --pp is {','.join(map(str, args.pp))}: "
+            f"leave out --pp, or place stages on ranks 0..{args.pp[0] - 1}"
+        )
+    if len(placement) > profile.num_units:
+        raise UserError(
+            f"--placement {args.placement} makes {len(placement)} stages but the model has "
+            f"{profile.num_units} units: give at most {profile.num_units} stages"
+        )
+    if cluster.devices % pp:
+        raise UserError(
+            f"--placement {args.placement} uses {pp} ranks but --devices {cluster.devices} is not a "
+            f"multiple of {pp}: use --devices {pp}"
+        )
+    return replace(job, schedules=("Custom",), pp=(pp,), placements=(tuple(placement),)), placement
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile)
+    _check_flags(args)
+    profile_path = profile_file(args.profile)
+    cluster_path = Path(args.cluster) if args.cluster and args.cluster not in PRESET_CLUSTERS else None
+    inputs = [profile_path, cluster_path, args.job and Path(args.job)]
+    check_outputs(inputs, [("-o", args.output), ("-o (its schedule CSV)", args.output.with_suffix(".csv"))])
+    bar = progress_bar(3, "planning", enabled=not args.json)
+    bar.set_postfix_str("reading inputs")
+    profile = load_profile(profile_path)
     cluster = _cluster_from(args)
-    if args.job:
-        job = load_job(args.job)
-    else:
-        dtypes = tuple(d for d in (args.dtype or "").split(",") if d) or tuple(
-            dict.fromkeys(e.dtype for e in profile.entries)
-        )
-        for d in dtypes:
-            if d not in DTYPE_TABLE:
-                raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_TABLE)}")
-        objective = args.objective or ("throughput" if args.forward_only else "step")
-        if objective != "step" and not args.forward_only:
-            raise UserError(
-                f"--objective {objective} ranks serving plans: add --forward-only, or drop it to "
-                f"minimize the training step"
-            )
-        job = Job(
-            global_batch=args.global_batch,
-            microbatch_size=args.microbatch_size,
-            microbatches=args.microbatches,
-            schedules=tuple(s for s in args.schedules.split(",") if s),
-            pp=args.pp,
-            dtypes=dtypes,
-            virtual=args.virtual,
-            recompute=_recompute_modes(args.recompute, profile),
-            tp=args.tp,
-            dp_modes=tuple(m for m in args.dp_mode.split(",") if m),
-            sequence_parallel=args.sequence_parallel,
-            optimizer_bytes_per_param=args.optimizer_bytes,
-            forward_only=args.forward_only,
-            objective=objective,
-        )
-        job.check("flags")
-    placement = parse_placement(args.placement) if args.placement else None
-    if placement:
-        pp = max(placement) + 1
-        if args.pp and args.pp != (pp,):
-            raise UserError(
-                f"--placement {args.placement} uses {pp} ranks but --pp is {','.join(map(str, args.pp))}: "
-                f"leave out --pp, or place stages on ranks 0..{args.pp[0] - 1}"
-            )
-        if len(placement) > profile.num_units:
-            raise UserError(
-                f"--placement {args.placement} makes {len(placement)} stages but the model has "
-                f"{profile.num_units} units: give at most {profile.num_units} stages"
-            )
-        if cluster.devices % pp:
-            raise UserError(
-                f"--placement {args.placement} uses {pp} ranks but --devices {cluster.devices} is not a "
-                f"multiple of {pp}: use --devices {pp}"
-            )
-        job = replace(job, schedules=("Custom",), pp=(pp,), placements=(tuple(placement),))
+    job = load_job(args.job) if args.job else _job_from_flags(args, profile)
+    profile = _check_profile(profile, profile_path, job, f"--job {args.job}: dtypes" if args.job else "--dtype")
+    if args.pp and max(args.pp) > cluster.devices:
+        raise UserError(f"--pp {max(args.pp)}: more than the cluster's {cluster.devices} devices: lower --pp")
+    _check_microbatch_count(profile, cluster, job)
+    job, placement = _with_placement(args, job, profile, cluster)
+    bar.update()
+    bar.set_postfix_str("searching" if not args.split else "scoring the split")
     if args.split:
         split = "even" if args.split == "even" else list(_ints(args.split))
+        bounded("--split", split if split != "even" else None, 1, profile.num_units - 1, " (a unit index)")
         plans = [
             score_split(
                 profile,
@@ -272,7 +369,7 @@ def _run_plan(args: argparse.Namespace) -> int:
                 job.schedules[0],
                 args.microbatches[0] if args.microbatches else None,
                 args.pp[0] if args.pp else None,
-                profile_path=args.profile,
+                profile_path=str(profile_path),
                 virtual=args.virtual[0] if args.virtual else 1,
                 placement=placement,
             )
@@ -283,17 +380,25 @@ def _run_plan(args: argparse.Namespace) -> int:
             cluster,
             job,
             top=args.top,
-            profile_path=args.profile,
+            profile_path=str(profile_path),
             time_limit=args.time_limit,
             solver=args.solver,
         )
+    plans = [_fitted_note(p) for p in plans]
+    bar.update()
+    bar.set_postfix_str("writing")
     written = write_plan_files(plans[0], args.output)
+    bar.update()
+    bar.close()
     if args.json:
         print(json.dumps(plans[0].to_dict()))
         return 0
     print(format_plans(plans))
     if args.explain:
         print("\n".join(explain(plans)))
+    for note in plans[0].notes:
+        if note.startswith("fitted:"):
+            print(f"note: {note}")
     print(f"wrote {written[0]} and {written[1]}")
     print(f"run it: {plans[0].torchrun_command(str(args.output))}")
     return 0
@@ -309,7 +414,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
     if args.plan:
         if args.schedule or args.table:
             raise UserError("give either a PLAN file or --schedule/--table, not both")
-        return simcli.report(simulate(load_plan(args.plan)), args, f"simulated {Path(args.plan).name}")
+        simcli.check_output_flags(args, [Path(args.plan)])
+        plan = load_plan(args.plan)
+        simcli.check_output_flags(args, [plan.profile_file(Path(args.plan).parent)])  # an input too
+        return simcli.report(simulate(plan), args, f"simulated {Path(args.plan).name}")
+    simcli.check_output_flags(args, [args.table])
     return simcli.report(simulate(simcli.whatif_input(args)), args, "what-if", unit="")
 
 

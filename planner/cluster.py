@@ -5,12 +5,25 @@ Both are typed configs: every field documented, unknown keys refused (STYLE.md 7
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from profiles.contract import ContractError, Fields, UserError, read_json, read_yaml, schema_id, write_json
+from profiles.contract import (
+    MAX_INT,
+    ContractError,
+    Fields,
+    UserError,
+    parse_json,
+    read_json,
+    read_text,
+    read_yaml,
+    schema_id,
+    write_json,
+)
+from profiles.types import DTYPES
 from simulator.actions import ScheduleError
 from simulator.costs import Links
 from simulator.placement import check_placement
@@ -21,12 +34,25 @@ __all__ = [
     "PRESET_CLUSTERS",
     "PRESETS_FILE",
     "preset_cluster",
+    "MAX_DEVICES",
+    "MAX_GLOBAL_BATCH",
+    "MAX_MICROBATCHES",
     "load_cluster",
     "load_job",
     "parse_bytes",
 ]
 
 KIND, MAJOR = "cluster", 1
+
+#: The most devices a cluster may have: 2**20, ten times the largest training clusters built.
+MAX_DEVICES = 2**20
+#: The largest global batch in samples, 2**20: at 4096 tokens a sample, 4 billion tokens a
+#: step, hundreds of times the 16M tokens Llama 3 405B trained with (Meta, 2024).
+MAX_GLOBAL_BATCH = 2**20
+#: The most microbatches per replica and step the planner considers: 1024, far above the tens
+#: to hundreds large runs use (e.g. GPT-3 on Megatron: a batch of 1536 over 8 replicas, 192
+#: microbatches of 1; Narayanan et al. 2021), and a table it can simulate in seconds.
+MAX_MICROBATCHES = 1024
 
 _UNITS = {
     "": 1,
@@ -43,13 +69,22 @@ _UNITS = {
 
 
 def parse_bytes(text: str | int | float, flag: str = "--device-memory") -> int:
-    """``80GiB``, ``512MB``, ``1e9`` -> bytes."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
+    """``80GiB``, ``512MB``, ``1e9`` -> bytes: a positive, finite size of at most MAX_INT bytes."""
+    if isinstance(text, bool):
         raise UserError(f"{flag} {text!r}: write a size like 80GiB, 512MiB or 24GB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise UserError(f"{flag} {text!r}: write a size like 80GiB, 512MiB or 24GB")
+        try:
+            value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: write a size like 80GiB, 512MiB or 24GB") from None
+    if not math.isfinite(value) or not 1 <= value <= MAX_INT:
+        raise UserError(f"{flag} {str(text)[:30]!r}: a size between 1 byte and {MAX_INT // 2**50} PiB, like 80GiB")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -92,12 +127,15 @@ class Cluster:
         if unknown:
             raise f.fail(sorted(unknown)[0], f"unknown field; known fields: {', '.join(sorted(known))}")
         d = Cluster()
+        for key in ("intra_bandwidth_Bps", "inter_bandwidth_Bps"):
+            if f.has(key) and f.num(key) <= 0:
+                raise f.fail(key, "must be > 0 bytes/s (a link moves data)")
         return Cluster(
             name=f.str("name", default=d.name),
             device=f.str("device", default=d.device),
-            devices=f.int("devices", min=1, default=d.devices),
+            devices=f.int("devices", min=1, max=MAX_DEVICES, default=d.devices),
             memory_bytes=f.int("memory_bytes", min=1, default=d.memory_bytes),
-            devices_per_node=f.int("devices_per_node", min=1, default=d.devices_per_node),
+            devices_per_node=f.int("devices_per_node", min=1, max=MAX_DEVICES, default=d.devices_per_node),
             intra_bandwidth_Bps=f.num("intra_bandwidth_Bps", default=d.intra_bandwidth_Bps),
             intra_latency_s=f.num("intra_latency_s", default=d.intra_latency_s),
             inter_bandwidth_Bps=f.num("inter_bandwidth_Bps", default=d.inter_bandwidth_Bps),
@@ -169,7 +207,7 @@ def load_cluster(spec: str | Path) -> Cluster:
     if preset is not None:
         return preset
     path = Path(spec)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise UserError(
             f"--cluster {spec}: no such file or preset (presets: {', '.join(PRESET_CLUSTERS)}; "
             f"or NODE:NODES[xGPUS] with NODE one of {', '.join(_NODES)})"
@@ -226,18 +264,56 @@ class Job:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @staticmethod
-    def from_dict(d: dict[str, Any], where: str = "job") -> Job:
+    def from_dict(d: Any, where: str = "job", prefix: str = "") -> Job:
+        """A Job from its JSON fields, each of its declared type (one-line error naming the field)."""
+        f = Fields(d, where, prefix)
         known = {x.name for x in fields(Job)}
-        for k in d:
+        for k in f.data:
             if k not in known:
-                raise ContractError(f"{where}: field {k}: unknown field; known fields: {', '.join(sorted(known))}")
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        if isinstance(d.get("recompute"), bool):  # plan/1 and older jobs: allow recompute or not
-            d["recompute"] = ("none", "selective", "full") if d["recompute"] else ("none",)
-        if isinstance(d.get("placements"), tuple):
-            d["placements"] = tuple(tuple(p) if isinstance(p, list) else p for p in d["placements"])
-        job = Job(**d)
-        job.check(where)
+                raise f.fail(k, f"unknown field; known fields: {', '.join(sorted(known))}")
+        dflt = Job()
+
+        def ints(key: str, hi: int) -> tuple[int, ...]:
+            items = f.list(key, default=[])
+            wrapped = Fields(dict(enumerate(items)), f.where, f._path(key))
+            return tuple(wrapped.int(i, min=1, max=hi) for i in range(len(items)))
+
+        def strs(key: str, default: tuple[str, ...], choices=None) -> tuple[str, ...]:
+            items = f.list(key, default=list(default))
+            wrapped = Fields(dict(enumerate(items)), f.where, f._path(key))
+            return tuple(wrapped.str(i, choices=choices) for i in range(len(items)))
+
+        def _recompute_field(f: Fields, default: tuple[str, ...]) -> tuple[str, ...]:
+            raw = f.raw("recompute", None)
+            if isinstance(raw, bool):  # plan/1 and older jobs: allow recompute or not
+                return ("none", "selective", "full") if raw else ("none",)
+            return strs("recompute", default, ("none", "selective", "full"))
+
+        placements = []
+        for i, p in enumerate(f.list("placements", default=[])):
+            if not isinstance(p, list):
+                raise f.fail("placements", f"entry {i}: expected a list of ranks, got {type(p).__name__}")
+            wrapped = Fields(dict(enumerate(p)), f.where, f"{f._path('placements')}[{i}]")
+            placements.append(tuple(wrapped.int(j, max=len(p)) for j in range(len(p))))
+        job = Job(
+            global_batch=f.int("global_batch", min=1, max=MAX_GLOBAL_BATCH, default=dflt.global_batch),
+            microbatch_size=f.int("microbatch_size", min=1, max=MAX_GLOBAL_BATCH) if f.has("microbatch_size") else None,
+            microbatches=ints("microbatches", MAX_MICROBATCHES),
+            schedules=strs("schedules", dflt.schedules),
+            pp=ints("pp", MAX_DEVICES),
+            dtypes=strs("dtypes", dflt.dtypes, DTYPES),
+            recompute=_recompute_field(f, dflt.recompute),
+            tp=ints("tp", MAX_DEVICES) if f.has("tp") else dflt.tp,
+            dp_modes=strs("dp_modes", dflt.dp_modes, ("ddp", "zero1", "zero2", "fsdp")),
+            sequence_parallel=f.str("sequence_parallel", choices=("on", "off", "auto"), default=dflt.sequence_parallel),
+            optimizer_bytes_per_param=f.num("optimizer_bytes_per_param", default=dflt.optimizer_bytes_per_param),
+            forward_only=f.bool("forward_only", default=dflt.forward_only),
+            virtual=ints("virtual", MAX_DEVICES),
+            seq_len=f.int("seq_len", min=1) if f.has("seq_len") else None,
+            objective=f.str("objective", choices=("step", "latency", "throughput"), default=dflt.objective),
+            placements=tuple(placements),
+        )
+        job.check(f"{where}: {prefix}" if prefix else where)
         return job
 
     def check(self, where: str = "job") -> None:
@@ -246,12 +322,14 @@ class Job:
         def bad(name: str, why: str) -> ContractError:
             return ContractError(f"{where}: field {name}: {why}")
 
-        if not isinstance(self.global_batch, int) or self.global_batch < 1:
-            raise bad("global_batch", f"must be a positive integer, got {self.global_batch!r}")
+        if not isinstance(self.global_batch, int) or not 1 <= self.global_batch <= MAX_GLOBAL_BATCH:
+            raise bad("global_batch", f"must be an integer from 1 to {MAX_GLOBAL_BATCH}, got {self.global_batch!r}")
         if self.microbatch_size is not None and self.microbatch_size < 1:
             raise bad("microbatch_size", "must be >= 1")
         if any(x < 1 for x in self.microbatches + self.pp + self.virtual):
             raise bad("microbatches/pp/virtual", "values must be >= 1")
+        if any(x > MAX_MICROBATCHES for x in self.microbatches):
+            raise bad("microbatches", f"values must be at most {MAX_MICROBATCHES} (microbatches per replica)")
         if not self.schedules:
             raise bad("schedules", "name at least one schedule")
         if self.optimizer_bytes_per_param < 0:
@@ -277,13 +355,9 @@ class Job:
 
 def load_job(path: str | Path) -> Job:
     """A job JSON file: the Job fields, unknown keys refused."""
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"--job {path}: cannot read a JSON object: {e}") from None
+    where, text = read_text(path)
+    data = parse_json(text, where)
     if not isinstance(data, dict):
         raise UserError(f"--job {path}: expected a JSON object of job fields")
     data.pop("schema", None)
-    return Job.from_dict(data, str(path))
+    return Job.from_dict(data, str(where))

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from profiles.contract import ContractError, Fields, read_json, schema_id, sha256_of, write_json
 from profiles.types import DTYPES, Profile, load_profile
-from simulator.actions import Table, stage_ranks, table_from_text, table_to_text, validate_table
+from simulator.actions import MAX_TABLE_ACTIONS, Table, stage_ranks, table_from_text, table_to_text, validate_table
 from simulator.costs import CostModel, DPMode, Layout, Option, Recompute
 from simulator.engine import SimInput
 from simulator.schedules import canonical_name, schedule_spec
 
-from .cluster import Cluster, Job
+from .cluster import MAX_DEVICES, MAX_GLOBAL_BATCH, Cluster, Job
 from .pricing import cost_model
 
 __all__ = ["StagePlan", "Prediction", "Plan", "load_plan"]
@@ -130,7 +131,10 @@ class Plan:
             )
         if sha256_of(path) != self.profile_sha256:
             raise ContractError(f"plan: field profile.sha256: {path} changed since this plan was made: re-plan")
-        return load_profile(path)
+        profile = load_profile(path)
+        for dtype in dict.fromkeys(s.dtype for s in self.stages):  # sizes the plan predicted from fits
+            profile = profile.with_sizes(dtype, [self.microbatch_size])
+        return profile
 
     def with_profile(self, profile: Profile) -> Plan:
         return replace(self, profile=profile)
@@ -158,7 +162,11 @@ class Plan:
         )
 
     def torchrun_command(self, plan_path: str = "plan.json") -> str:
-        return f"OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {self.world_size} -m executor {plan_path}"
+        """The command that runs this plan by hand, to paste in a shell (the path quoted)."""
+        return (
+            f"OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {self.world_size} "
+            f"-m executor {shlex.quote(str(plan_path))}"
+        )
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -202,8 +210,9 @@ class Plan:
             "notes": list(self.notes),
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write atomically; the profile path is stored relative to the plan's folder when possible."""
+    def stored_dict(self, path: str | Path) -> dict[str, Any]:
+        """The JSON object to save at ``path``: the profile path relative to the plan's folder
+        when possible."""
         path = Path(path)
         prof = Path(self.profile_path)
         stored = self.profile_path
@@ -212,17 +221,23 @@ class Plan:
                 stored = os.path.relpath(prof.resolve(), path.parent.resolve())
             except ValueError:
                 stored = str(prof.resolve())
-        return write_json(path, replace(self, profile_path=stored).to_dict())
+        return replace(self, profile_path=stored).to_dict()
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (see :meth:`stored_dict`)."""
+        return write_json(path, self.stored_dict(path))
 
     @staticmethod
     def from_fields(f: Fields) -> Plan:
         prof = f.obj("profile")
         v1 = f.data.get("schema") == schema_id(KIND, 1)
-        pp, dp, v = f.int("pp", min=1), f.int("dp", min=1), f.int("virtual", min=1)
-        tp = 1 if v1 else f.int("tp", min=1, default=1)
+        pp, dp = f.int("pp", min=1, max=MAX_DEVICES), f.int("dp", min=1, max=MAX_DEVICES)
+        tp = 1 if v1 else f.int("tp", min=1, max=MAX_DEVICES, default=1)
         dp_mode = DPMode(f.str("dp_mode", choices=[m.value for m in DPMode], default="ddp"))
         sp = f.bool("sequence_parallel", default=False)
-        m, mbs = f.int("microbatches", min=1), f.int("microbatch_size", min=1)
+        v = f.int("virtual", min=1, max=MAX_TABLE_ACTIONS)
+        m = f.int("microbatches", min=1, max=MAX_GLOBAL_BATCH)
+        mbs = f.int("microbatch_size", min=1, max=MAX_GLOBAL_BATCH)
         stages = []
         for s in f.objs("stages", nonempty=True):
             units = s.list("units")
@@ -261,7 +276,9 @@ class Plan:
             raise sched.fail("table", "expected an object mapping rank to actions")
         try:
             table = table_from_text(raw_table)
-            validate_table(table, len(stages), m, forward_only=f.obj("job", default={}).data.get("forward_only", False))
+            validate_table(
+                table, len(stages), m, forward_only=f.obj("job", default={}).data.get("forward_only") is True
+            )
             owner = stage_ranks(table)
         except ValueError as e:
             raise sched.fail("table", str(e).splitlines()[0]) from None
@@ -287,7 +304,24 @@ class Plan:
                 p.num("latency_s", default=0.0),
             )
         cluster = Cluster.from_fields(f.obj("cluster"))
-        job = Job.from_dict(f.raw("job", {}), f"{f.where}: job")
+        if pp * dp * tp > cluster.devices:
+            raise f.fail(
+                "dp",
+                f"pp {pp} x dp {dp} x tp {tp} = {pp * dp * tp} processes, "
+                f"more than the cluster's {cluster.devices} devices",
+            )
+        job = Job.from_dict(f.obj("job", default={}).data, f.where, "job")
+        solver = f.raw("solver", {}) or {}
+        if not isinstance(solver, dict):
+            raise f.fail("solver", f"expected an object, got {type(solver).__name__}")
+        baselines = f.list("baselines", default=[])
+        if not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in baselines):
+            raise f.fail("baselines", "expected a list of objects with a name")
+        for i, b in enumerate(baselines):
+            Fields(b, f.where, f"baselines[{i}]").num("speedup", default=0.0)
+        notes = f.list("notes", default=[])
+        if not all(isinstance(n, str) for n in notes):
+            raise f.fail("notes", "expected a list of strings")
         return Plan(
             prof.str("path"),
             prof.str("sha256"),
@@ -303,9 +337,9 @@ class Plan:
             cluster,
             job,
             pred,
-            f.raw("solver", {}) or {},
-            tuple(f.raw("baselines", [])),
-            tuple(f.raw("notes", [])),
+            solver,
+            tuple(baselines),
+            tuple(notes),
             tp=tp,
             dp_mode=dp_mode,
             sequence_parallel=sp and tp > 1,

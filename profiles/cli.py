@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .clikit import Command
-from .types import OFF_CPU_WARN
+from .clikit import Command, bounded
+from .contract import UserError, check_outputs
+from .presets import check_overrides, check_seq_len, parse_overrides
+from .types import DTYPES, OFF_CPU_WARN
 
 __all__ = ["COMMAND", "default_path", "format_table"]
 
@@ -116,13 +118,45 @@ def format_table(profile) -> str:
     return "\n".join(lines)
 
 
+#: the largest microbatch size the profiler measures, and the longest sequence
+MAX_MICROBATCH_SIZE = 4096
+MAX_SEQ_LEN = 2**20
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags that are wrong whatever the model, refused before torch is imported."""
+    dtypes = args.dtypes or ()
+    for d in dtypes:
+        if d not in DTYPES:
+            raise UserError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    if len(set(dtypes)) != len(dtypes):
+        raise UserError(f"--dtypes {','.join(dtypes)}: a dtype is named twice: name each once")
+    if args.dtypes is not None and not dtypes or not args.microbatch_sizes:
+        raise UserError("--dtypes and --microbatch-sizes must name at least one value")
+    if len(set(args.microbatch_sizes)) != len(args.microbatch_sizes):
+        raise UserError(
+            f"--microbatch-sizes {','.join(map(str, args.microbatch_sizes))}: a size is named twice: name each once"
+        )
+    bounded("--microbatch-sizes", args.microbatch_sizes, 1, MAX_MICROBATCH_SIZE)
+    bounded("--seq-len", args.seq_len, 1, MAX_SEQ_LEN)
+    bounded("--repeats", args.repeats, 1, 10_000)
+    bounded("--warmup", args.warmup, 0, 1_000)
+    bounded("--budget-s", args.budget_s, 0.001, 1e6, " seconds")
+    bounded("--side-by-side", args.side_by_side, 0, 256)
+    model_file = Path(args.model) if ":" not in args.model and Path(args.model).exists() else None
+    out = args.output or default_path(args.model, args.device_spec.lower() if args.analytic else args.device)
+    check_outputs([model_file], [("-o", out)])
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from . import profile_model
-    from .zoo import parse_overrides
-
+    _check_flags(args)
     overrides = parse_overrides(args.set)
+    check_overrides(args.model, overrides)  # before torch is imported: a slip costs a second
+    check_seq_len(args.model, overrides, args.seq_len)
+    from . import profile_model
+
     if args.analytic:
         from .analytic import analytic_profile
 

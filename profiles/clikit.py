@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from .contract import UserError
 
-__all__ = ["Command", "run_command", "run_commands", "invoke"]
+__all__ = ["Command", "run_command", "run_commands", "invoke", "progress_bar", "bounded"]
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -56,6 +56,29 @@ def run_commands(
     return invoke(f"{prog} {args.command}", runners[args.command], args)
 
 
+def progress_bar(total: int, desc: str, unit: str = "step", enabled: bool = True):
+    """A tqdm bar on stderr, shown only when stderr is a terminal (so logs, pipes and tests,
+    and ``--json`` on stdout, stay clean); ``enabled=False`` hides it anyway."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=not (enabled and sys.stderr.isatty())
+    )
+
+
+def bounded(flag: str, value, lo, hi, why: str = "") -> None:
+    """Refuse a flag's number outside ``[lo, hi]`` (or not finite) with one line naming it."""
+    import math
+
+    if value is None:
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v) or not lo <= v <= hi:
+            shown = str(v) if len(str(v)) <= 20 else f"a number of {len(str(v))} digits"
+            raise UserError(f"{flag} {shown}: give a number from {lo} to {hi}{why}")
+
+
 def invoke(prog: str, run: Run, args: argparse.Namespace) -> int:
     try:
         return run(args)
@@ -66,6 +89,11 @@ def invoke(prog: str, run: Run, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        # the file system said no (a path the checks could not foresee): the input, not a bug
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror or e}: check the path", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

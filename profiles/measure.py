@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
 from .neighbour import check_count, neighbours
+from .presets import LAYER_KEYS, PRESETS, family_of
 from .tuning import gc_paused, keep_freed_memory
 from .types import DTYPE_TABLE, DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
@@ -406,6 +407,7 @@ def profile_model(
         )
     check_count(side_by_side)
     attention, attention_why = attention_impl(device, dtypes)
+    check_fits_here(name, overrides, attention, device)
     model = build_model(name, overrides, seed=seed, attention=attention)
     threads = torch.get_num_threads()
     kept = False
@@ -465,6 +467,60 @@ def profile_model(
             "assumptions": list(ASSUMPTIONS),
         },
     )
+
+
+#: bytes per parameter the profiler holds at once on CPU: fp32 weights and gradients, and
+#: one cast copy of each for a 16-bit entry
+_BYTES_PER_PARAM = 12
+
+
+def _memory_here() -> int | None:
+    """Bytes this process may still allocate: the machine's available memory, and what is left
+    under an address-space limit (``ulimit -v``); None when neither is known."""
+    import resource
+
+    free: list[int] = []
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                free.append(int(line.split()[1]) * 1024)
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            for line in open("/proc/self/status"):
+                if line.startswith("VmSize:"):
+                    free.append(soft - int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def check_fits_here(name: str, overrides: dict | None, attention: str, device: str) -> None:
+    """Refuse, before a byte of weights exists, a model whose parameters alone outgrow this
+    machine's CPU memory: counted from the model built on the meta device with one and with
+    two blocks (the blocks of a preset are alike)."""
+    family = family_of(name)
+    if device != "cpu" or family == "user":
+        return
+    key = LAYER_KEYS[family]
+    layers = {**PRESETS[name][1], **(overrides or {})}[key]
+
+    def count(n: int) -> int:  # parameters with n blocks (a model of thousands takes minutes to build)
+        meta = build_model(name, {**(overrides or {}), key: n}, attention=attention, device="meta")
+        return sum(p.numel() for u in meta.units for p in u.parameters())
+
+    try:
+        one = count(1)
+        params = one + (layers - 1) * (count(2) - one) if layers > 1 else one
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked by its real build
+        return
+    need, have = params * _BYTES_PER_PARAM, _memory_here()
+    if have is not None and need > have:
+        raise UserError(
+            f"{name}: {params / 1e9:.2f} B parameters need about {need / 2**30:.1f} GiB to profile here, "
+            f"more than the {max(have, 0) / 2**30:.1f} GiB free: make it smaller with --set, or use --analytic"
+        )
 
 
 def _progress(total: int, desc: str):

@@ -5,6 +5,7 @@ Times are seconds, sizes bytes. One ``ProfileEntry`` per (dtype, microbatch size
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -22,6 +23,8 @@ __all__ = [
     "find_profile",
     "DType",
     "DTYPE_TABLE",
+    "MIN_FIT_SIZES",
+    "profile_file",
     "DTYPES",
     "METHODS",
     "SCALED_FIELDS",
@@ -60,6 +63,9 @@ DTYPE_TABLE: dict[str, DType] = {
     d.name: d for d in (DType("fp32", 4, "float32"), DType("bf16", 2, "bfloat16"), DType("fp16", 2, "float16"))
 }
 DTYPES = tuple(DTYPE_TABLE)
+#: measured microbatch sizes (of one dtype) it takes to predict others from per-unit fits:
+#: two fix the line ``a + b * size`` (three also tell its error, see Profile.fits)
+MIN_FIT_SIZES = 2
 METHODS = ("measured", "analytic")
 
 
@@ -239,6 +245,27 @@ class Profile:
             dtype, int(microbatch_size) if float(microbatch_size).is_integer() else microbatch_size, tuple(units), whole
         )
 
+    def with_sizes(self, dtype: str, sizes: Iterable[int]) -> Profile:
+        """This profile with an entry of ``dtype`` for each of ``sizes``: the measured one, else
+        one predicted by :meth:`entry_at` from the per-unit fits, which takes at least
+        MIN_FIT_SIZES measured sizes. Predicted entries are listed in ``measurement["fitted"]``
+        (``"fp32/mb3"``); a plan says it used them."""
+        measured = sorted({e.microbatch_size for e in self.entries if e.dtype == dtype})
+        if not measured:
+            self.entry(dtype)  # raises the one-line error naming the dtypes there are
+        missing = sorted(set(sizes) - set(measured))
+        if not missing:
+            return self
+        if len(measured) < MIN_FIT_SIZES:
+            raise ContractError(
+                f"profile of {self.model_name} measured {dtype} at microbatch size {measured[0]} only; "
+                f"size {missing[0]} is predicted from per-unit fits when {MIN_FIT_SIZES} or more sizes are "
+                f"measured: profile again with --microbatch-sizes {measured[0]},{missing[0]}"
+            )
+        added = tuple(self.entry_at(dtype, b) for b in missing)
+        fitted = list(self.measurement.get("fitted", [])) + [f"{dtype}/mb{b}" for b in missing]
+        return replace(self, entries=self.entries + added, measurement={**self.measurement, "fitted": fitted})
+
     def entry(self, dtype: str = "fp32", microbatch_size: int | None = None) -> ProfileEntry:
         """The entry for ``dtype`` and ``microbatch_size`` (the smallest size when None)."""
         matches = [e for e in self.entries if e.dtype == dtype]
@@ -345,10 +372,16 @@ def find_profile(name: str, roots: tuple[Path, ...] | None = None) -> Path:
     return (cpu or found)[0]
 
 
+def profile_file(spec: str | Path) -> Path:
+    """The file a profile argument names: a path, or a stored model name (``gpt2-demo``,
+    ``cpu/gpt2-demo``) found by :func:`find_profile`."""
+    p = Path(spec)
+    if not p.exists() and p.suffix != ".json":
+        p = find_profile(str(spec))
+    return p
+
+
 def load_profile(path: str | Path) -> Profile:
     """Load and validate a Profile file, given as a path or as a stored model name
     (``gpt2-demo``, ``cpu/gpt2-demo``); raises ContractError with one line on any fault."""
-    p = Path(path)
-    if not p.is_file() and p.suffix != ".json":
-        p = find_profile(str(path))
-    return Profile.from_fields(read_json(p, KIND, MAJOR))
+    return Profile.from_fields(read_json(profile_file(path), KIND, MAJOR))

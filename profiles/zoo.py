@@ -42,13 +42,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .contract import UserError
+from .presets import LAYER_KEYS, PRESETS, ZooError, check_override, config_defaults, family_of, parse_overrides
 
 __all__ = ["ZooModel", "build_model", "PRESETS", "parse_overrides", "ZooError", "family_of", "LAYER_KEYS"]
-
-
-class ZooError(UserError):
-    """Unknown model, bad override or a user model that cannot be built (one line)."""
 
 
 @dataclass
@@ -91,141 +87,10 @@ def _build_mlp(config: dict[str, Any], attn: str):
     return {"width": width, "depth": depth}, units, [f"layer{i}" for i in range(depth)], ["layer"] * depth, make, mse
 
 
-# -- presets ------------------------------------------------------------------------------
-
-_NO_DROPOUT_GPT2 = {
-    "resid_pdrop": 0.0,
-    "embd_pdrop": 0.0,
-    "attn_pdrop": 0.0,
-    "use_cache": False,
-    "tie_word_embeddings": False,
-}
-_NO_DROPOUT_BERT = {
-    "hidden_dropout_prob": 0.0,
-    "attention_probs_dropout_prob": 0.0,
-    "use_cache": False,
-    "tie_word_embeddings": False,
-}
-_LLAMA3 = {
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
-    "use_cache": False,
-    "tie_word_embeddings": False,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-}
-
-
-def _llama(layers: int, hidden: int, inter: int, heads: int, kv: int, **more) -> tuple[str, dict[str, Any]]:
-    return (
-        "llama",
-        {
-            **_LLAMA3,
-            "num_hidden_layers": layers,
-            "hidden_size": hidden,
-            "intermediate_size": inter,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv,
-            **more,
-        },
-    )
-
-
-def _gpt2(layers: int, width: int, heads: int, vocab: int = 50257, positions: int = 1024):
-    return (
-        "gpt2",
-        {
-            "n_layer": layers,
-            "n_embd": width,
-            "n_head": heads,
-            "vocab_size": vocab,
-            "n_positions": positions,
-            "bos_token_id": vocab - 1,
-            "eos_token_id": vocab - 1,
-            **_NO_DROPOUT_GPT2,
-        },
-    )
-
-
-def _bert(layers: int, hidden: int, heads: int, inter: int, vocab: int = 30522, positions: int = 512):
-    return (
-        "bert",
-        {
-            "num_hidden_layers": layers,
-            "hidden_size": hidden,
-            "num_attention_heads": heads,
-            "intermediate_size": inter,
-            "vocab_size": vocab,
-            "max_position_embeddings": positions,
-            **_NO_DROPOUT_BERT,
-        },
-    )
-
-
-#: name -> (family, config). Config keys are the Hugging Face config's own field names.
-#: Real sizes follow the published configs (GPT-2 paper sizes; Llama 3.2 1B, Llama 3 8B
-#: and 70B; BERT-base), with the RoPE scaling of Llama 3.x left out (it changes no cost).
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    # The built-in default: few small blocks and GPT-2's real vocabulary, so the head
-    # outweighs several blocks, as it does in real models.
-    "gpt2-demo": _gpt2(8, 256, 4),
-    "gpt2-tiny": _gpt2(2, 64, 2, vocab=1000, positions=256),
-    "gpt2": _gpt2(12, 768, 12),
-    "gpt2-medium": _gpt2(24, 1024, 16),
-    "gpt2-large": _gpt2(36, 1280, 20),
-    "llama-tiny": _llama(
-        2, 64, 128, 4, 2, vocab_size=1000, max_position_embeddings=256, bos_token_id=1, eos_token_id=2
-    ),
-    "llama-small": _llama(
-        4, 256, 688, 8, 2, vocab_size=8000, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2
-    ),
-    "llama-1b": _llama(16, 2048, 8192, 32, 8, head_dim=64),
-    "llama3-8b": _llama(32, 4096, 14336, 32, 8),
-    "llama3-70b": _llama(80, 8192, 28672, 64, 8),
-    "bert-tiny": _bert(2, 64, 2, 128, vocab=1000, positions=256),
-    "bert-small": _bert(4, 256, 4, 1024),
-    "bert-base": _bert(12, 768, 12, 3072),
-    "bert-large": _bert(24, 1024, 16, 4096),
-    "mlp-tiny": ("mlp", {"width": 32, "depth": 4}),
-}
-
-
 def _builders() -> dict[str, Callable]:
     from .zoo_hf import BUILDERS
 
     return {**BUILDERS, "mlp": _build_mlp}
-
-
-def family_of(name: str) -> str:
-    """The family of preset ``name``, or ``"user"`` for a ``module:function`` spec."""
-    if ":" in name:
-        return "user"
-    if name not in PRESETS:
-        raise ZooError(
-            f"unknown model {name!r}: choose one of {', '.join(sorted(PRESETS))}, "
-            "or give a user model as package.module:function"
-        )
-    return PRESETS[name][0]
-
-
-#: the config field holding the number of blocks, per family
-LAYER_KEYS = {"gpt2": "n_layer", "llama": "num_hidden_layers", "bert": "num_hidden_layers", "mlp": "depth"}
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["n_layer=8", "vocab_size=1000"]`` -> dict, values parsed as JSON where they can be."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ZooError(f"--set {pair!r}: expected key=value, e.g. --set n_layer=8")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def build_model(
@@ -249,13 +114,14 @@ def build_model(
         return _build_user(name, {**(config or {}), **(overrides or {})}, seed, device)
     cfg = dict(config) if config is not None else json.loads(json.dumps(PRESETS[name][1]))
     if overrides:
-        known = _known_keys(family) | set(cfg)
+        defaults = {**config_defaults(family), **cfg}
         for key, value in overrides.items():
-            if key not in known:
+            if key not in defaults:
                 raise ZooError(
                     f"--set {key}: not a field of the {family} config (e.g. "
                     f"{LAYER_KEYS[family]}); see the Hugging Face config class"
                 )
+            check_override(key, value, defaults[key], family)
             cfg[key] = value
     cfg.pop("model_type", None)
     cfg.pop("transformers_version", None)
@@ -269,14 +135,6 @@ def build_model(
     if family != "mlp":
         stored = {**stored, "model_type": family}
     return ZooModel(name, family, stored, units, names, kinds, make, loss)
-
-
-def _known_keys(family: str) -> set[str]:
-    if family == "mlp":
-        return {"width", "depth"}
-    from .zoo_hf import config_fields
-
-    return config_fields(family)
 
 
 # -- user models --------------------------------------------------------------------------

@@ -167,7 +167,6 @@ BUILDERS: dict[str, Callable[[dict[str, Any], str], Built]] = {
 
 def config_fields(family: str) -> set[str]:
     """The field names of the family's Hugging Face config (what ``--set`` accepts)."""
-    import transformers
+    from .presets import config_defaults
 
-    cls = {"gpt2": transformers.GPT2Config, "llama": transformers.LlamaConfig, "bert": transformers.BertConfig}[family]
-    return set(cls().to_dict())
+    return set(config_defaults(family))

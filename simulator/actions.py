@@ -17,12 +17,11 @@ import csv
 import io
 import os
 import re
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
-from profiles.contract import UserError
+from profiles.contract import UserError, read_text, write_files
 
 __all__ = [
     "Kind",
@@ -36,12 +35,30 @@ __all__ = [
     "table_to_text",
     "table_from_text",
     "write_csv",
+    "csv_text",
     "read_csv",
     "validate_table",
     "stage_ranks",
     "table_shape",
     "format_grid",
+    "MAX_TABLE_ACTIONS",
+    "check_table_size",
 ]
+
+#: The most actions a schedule table may hold, all ranks together: 64 stages x 16,384
+#: microbatches with F, I and W is 3.1 million. Tables are built, read and checked up to
+#: this size; past it a command refuses before building anything (a typing slip like
+#: ``--microbatches 10000000000`` would otherwise fill memory).
+MAX_TABLE_ACTIONS = 4_000_000
+
+
+def check_table_size(stages: int, microbatches: int, kinds: int = 3, what: str = "the table") -> None:
+    """Refuse a table of ``stages x microbatches x kinds`` actions above MAX_TABLE_ACTIONS."""
+    if stages * microbatches * kinds > MAX_TABLE_ACTIONS:
+        raise ScheduleError(
+            f"{what} would hold {stages} stages x {microbatches} microbatches x {kinds} kinds of actions, "
+            f"more than the {MAX_TABLE_ACTIONS:,} a table may hold: lower the microbatches or stages"
+        )
 
 
 class ScheduleError(UserError):
@@ -102,7 +119,18 @@ def parse_action(text: str) -> Action | Overlap:
             f"{text!r} is not an action: write stage, kind (F, B, I or W) and microbatch, e.g. 2F0, "
             "or a pair (0F3;7B2)OVERLAP_F_B"
         )
-    return Action(int(m.group(1)), Kind(m.group(2)), int(m.group(3)))
+    stage, micro = _index(m.group(1), "stage", text), _index(m.group(3), "microbatch", text)
+    return Action(stage, Kind(m.group(2)), micro)
+
+
+def _index(digits: str, what: str, text: str) -> int:
+    """A stage or microbatch number of an action; no table holds one beyond MAX_TABLE_ACTIONS."""
+    if len(digits) > 9 or int(digits) >= MAX_TABLE_ACTIONS:
+        raise ScheduleError(
+            f"{text.strip()[:40]!r}: {what} {digits[:12]}{'...' if len(digits) > 12 else ''} is beyond the "
+            f"{MAX_TABLE_ACTIONS:,} actions a table may hold"
+        )
+    return int(digits)
 
 
 def flat_actions(acts: list[Action | Overlap]) -> list[Action]:
@@ -130,37 +158,43 @@ def table_to_text(table: Table) -> dict[str, list[str]]:
 
 
 def table_from_text(data: dict[str, list[str]]) -> Table:
-    try:
-        return {int(r): [parse_action(a) for a in acts] for r, acts in data.items()}
-    except (TypeError, ValueError, AttributeError) as e:
-        if isinstance(e, ScheduleError):
-            raise
-        raise ScheduleError(f"a table maps rank numbers to lists of actions like '0F0': {e}") from None
+    if not isinstance(data, dict):
+        raise ScheduleError("a table maps rank numbers to lists of actions like '0F0'")
+    table: Table = {}
+    count = 0
+    for r, acts in data.items():
+        if not isinstance(r, str) or not r.isdigit() or len(r) > 9 or not isinstance(acts, list):
+            raise ScheduleError(f"a table maps rank numbers to lists of actions like '0F0', not {str(r)[:20]!r}")
+        count += len(acts)
+        if count > MAX_TABLE_ACTIONS:
+            raise ScheduleError(f"the table holds more than the {MAX_TABLE_ACTIONS:,} actions a table may hold")
+        if not all(isinstance(a, str) for a in acts):
+            raise ScheduleError(f"rank {r}: actions are text like '0F0'")
+        table[int(r)] = [parse_action(a) for a in acts]
+    return table
 
 
-def write_csv(table: Table, path: str | os.PathLike) -> Path:
-    """One row per rank (ranks 0..R-1), atomically written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def csv_text(table: Table) -> str:
+    """The CSV text of a table: one row per rank (ranks 0..R-1)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     for r in range(max(table) + 1 if table else 0):
         writer.writerow([str(a) for a in table.get(r, [])])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return buf.getvalue()
+
+
+def write_csv(table: Table, path: str | os.PathLike) -> Path:
+    """One row per rank (ranks 0..R-1), atomically written."""
+    return write_files({path: csv_text(table)})[0]
 
 
 def read_csv(path: str | os.PathLike) -> Table:
     """Read a compute-only CSV (torch's format); empty cells (idle steps) are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScheduleError(f"{path}: no such file")
+    path, text = read_text(path)
     table: Table = {}
-    with open(path, newline="") as f:
-        for rank, row in enumerate(csv.reader(f)):
+    count = 0
+    try:
+        for rank, row in enumerate(csv.reader(io.StringIO(text, newline=""))):
             acts = []
             for col, cell in enumerate(row):
                 if cell.strip() in ("", "None"):
@@ -169,7 +203,12 @@ def read_csv(path: str | os.PathLike) -> Table:
                     acts.append(parse_action(cell))
                 except ScheduleError as e:
                     raise ScheduleError(f"{path}: row {rank + 1}, column {col + 1}: {e}") from None
+            count += len(acts)
+            if count > MAX_TABLE_ACTIONS:
+                raise ScheduleError(f"{path}: more than the {MAX_TABLE_ACTIONS:,} actions a table may hold")
             table[rank] = acts
+    except csv.Error as e:
+        raise ScheduleError(f"{path}: not a CSV table: {e}") from None
     if not table:
         raise ScheduleError(f"{path}: empty table")
     return table

@@ -12,10 +12,20 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from profiles.clikit import Command
-from profiles.contract import UserError
+from profiles.clikit import Command, bounded
+from profiles.contract import UserError, check_outputs
 
-from .actions import ScheduleError, Table, read_csv, table_shape, table_to_text, validate_table, write_csv
+from .actions import (
+    MAX_TABLE_ACTIONS,
+    ScheduleError,
+    Table,
+    check_table_size,
+    read_csv,
+    table_shape,
+    table_to_text,
+    validate_table,
+    write_csv,
+)
 from .costs import Links, StageCost
 from .engine import SimInput, simulate
 from .gantt import write_gantt
@@ -28,6 +38,7 @@ __all__ = [
     "SIMULATE",
     "add_whatif_arguments",
     "add_output_arguments",
+    "check_output_flags",
     "whatif_input",
     "report",
     "format_timeline",
@@ -41,8 +52,22 @@ def _schedule_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--placement", help="Custom: the rank of each stage, e.g. 0,1,0 (rank 0 holds stages 0 and 2)")
 
 
+def _check_schedule_flags(args: argparse.Namespace) -> None:
+    """Bounds of --pp, --microbatches and --virtual, before a table is built: its size is
+    at most MAX_TABLE_ACTIONS."""
+    bounded("--pp", args.pp, 1, MAX_TABLE_ACTIONS)
+    bounded("--microbatches", args.microbatches, 1, MAX_TABLE_ACTIONS)
+    bounded("--virtual", args.virtual, 1, MAX_TABLE_ACTIONS)
+    if args.placement:
+        placement = parse_placement(args.placement)
+        check_table_size(len(placement), args.microbatches or 1, what=f"--placement {args.placement[:40]}")
+    elif args.pp is not None and args.microbatches is not None:
+        check_table_size(args.pp * args.virtual, args.microbatches, what="this schedule's table")
+
+
 def _make_table(name: str, args: argparse.Namespace) -> Table:
     """The named schedule's table, or Custom's for ``--placement`` (which ``--pp`` must agree with)."""
+    _check_schedule_flags(args)
     if not schedule_spec(name).custom:
         if args.placement:
             raise UserError(f"--placement goes with the Custom schedule, not {name}: use Custom, or leave it out")
@@ -85,7 +110,13 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
+def check_output_flags(args: argparse.Namespace, inputs: list) -> None:
+    """-o, --trace and --gantt: none of them an input or each other, each writable."""
+    check_outputs(inputs, [("-o", args.output), ("--trace", args.trace), ("--gantt", args.gantt)])
+
+
 def _run_schedule(args: argparse.Namespace) -> int:
+    check_outputs([], [("--csv", args.csv)])
     with _explained():
         table = _make_table(args.name, args)
         validate_table(table)
@@ -130,6 +161,7 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
 def whatif_input(args: argparse.Namespace) -> SimInput:
     if args.table is not None:
         table = read_csv(args.table)
+        validate_table(table)  # every (stage, microbatch) is there: the engine's arrays are the table's size
     elif args.schedule:
         if args.microbatches is None:
             raise UserError("--schedule needs --microbatches (and --pp, or --placement with Custom)")
@@ -141,8 +173,7 @@ def whatif_input(args: argparse.Namespace) -> SimInput:
     w = args.w if args.w is not None else (args.b - i if args.b is not None else 1.0)
     b = args.b if args.b is not None else i + w
     for flag, v in (("--f", args.f), ("--b", b), ("--i", i), ("--w", w), ("--comm", args.comm), ("--fb", args.fb)):
-        if v is not None and v < 0:
-            raise UserError(f"{flag} must be >= 0, got {v}")
+        bounded(flag, v, 0.0, 1e9, " (a time)")
     cost = StageCost(
         args.f, b, i, w, activation_bytes=1, static_bytes=0, output_bytes=1, input_bytes=1, overlap_f_b_s=args.fb
     )
@@ -187,6 +218,7 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    check_output_flags(args, [args.table])
     with _explained():
         tl = simulate(whatif_input(args))
     return report(tl, args, "what-if", unit="")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from profiles.contract import write_files
 
 from .timeline import Timeline
 
@@ -120,13 +123,13 @@ def gantt_figure(timelines: list[Timeline] | Timeline, titles: list[str] | None 
 
 
 def write_gantt(timelines: list[Timeline] | Timeline, path: str | Path, titles: list[str] | None = None) -> Path:
+    """Draw the chart and write it as a PNG, atomically (see ``profiles.contract.write_files``)."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = gantt_figure(timelines, titles)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return write_files({path: buf.getvalue()})[0]

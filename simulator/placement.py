@@ -53,7 +53,10 @@ def check_placement(placement: list[int], pp: int | None = None) -> None:
     if min(placement) < 0:
         raise ScheduleError(f"--placement {_text(placement)}: ranks are numbered from 0")
     ranks = max(placement) + 1 if pp is None else pp
-    idle = [r for r in range(ranks) if r not in placement]
+    used = set(placement)
+    # the first idle rank is among the first len + 1 (len stages cannot fill more): the scan stays
+    # short whatever number is typed
+    idle = [r for r in range(min(ranks, len(placement) + 1)) if r not in used]
     if idle or max(placement) >= ranks:
         why = f"rank {idle[0]} holds no stage" if idle else f"rank {max(placement)} is beyond {ranks} ranks"
         raise ScheduleError(
@@ -149,4 +152,5 @@ def _pick(stages: list[int], S: int, m: int, t: float, f_end, b_end, next_f, in_
 
 
 def _text(placement: list[int]) -> str:
-    return ",".join(map(str, placement))
+    text = ",".join(str(r) if r < 10**12 else "<huge>" for r in placement)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -135,25 +135,38 @@ class Timeline:
             )
             for c in (f.objs("collectives") if f.has("collectives") else [])
         )
-        mem_raw = f.raw("memory", {})
-        memory = (
-            {int(r): [(float(t), int(b)) for t, b in pts] for r, pts in mem_raw.items()}
-            if isinstance(mem_raw, dict)
-            else {}
-        )
+        memory = _memory(f)
         return Timeline(
             f.num("step_s"),
             ranks,
             tuple(events),
             transfers,
             memory,
-            tuple(f.raw("critical_path", [])),
+            tuple(str(x) for x in f.list("critical_path", default=[])),
             f.str("source", default="simulated"),
             collectives,
         )
 
     def with_source(self, source: str) -> Timeline:
         return replace(self, source=source)
+
+
+def _memory(f: Fields) -> dict[int, list[tuple[float, int]]]:
+    """``memory``: rank -> [[time_s, bytes], ...], each pair checked (one-line error naming it)."""
+    raw = f.obj("memory").data if f.has("memory") else {}
+    out: dict[int, list[tuple[float, int]]] = {}
+    for r, pts in raw.items():
+        if not (isinstance(r, str) and r.isdigit() and len(r) <= 9) or not isinstance(pts, list):
+            raise f.fail("memory", f"expected rank -> [[time_s, bytes], ...], got key {str(r)[:20]!r}")
+        curve = []
+        for i, pt in enumerate(pts):
+            ok = isinstance(pt, list) and len(pt) == 2
+            pair = Fields(dict(enumerate(pt)), f.where, f"memory.{r}[{i}]") if ok else None
+            if pair is None:
+                raise f.fail("memory", f"rank {r} point {i}: expected [time_s, bytes]")
+            curve.append((pair.num(0, min=None), int(pair.num(1))))
+        out[int(r)] = curve
+    return out
 
 
 def load_timeline(path: str | Path) -> Timeline:
