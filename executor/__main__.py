@@ -1,5 +1,9 @@
 """``torchrun --nproc_per_node N -m executor PLAN``: one process per rank runs the plan."""
 
-from .runtime import main
+import os
 
-raise SystemExit(main())
+_AGENT = os.getppid()  # torchrun's agent, noted before the slow imports (the worker exits when it is gone)
+
+from .runtime import main  # noqa: E402
+
+raise SystemExit(main(agent=_AGENT))
