@@ -24,6 +24,7 @@ from torch import nn
 from planner.plan import Plan
 
 from .build import StageModule
+from .parallel import full_tensor
 
 __all__ = ["CHECK_RTOL", "CHECK_RTOL_16BIT", "reference_step", "GradCheck", "check_outputs", "rtol_of"]
 
@@ -146,7 +147,7 @@ class GradCheck:
                     self.worst, self.where, self.why = float("inf"), name, "a gradient is missing on one side"
                 continue
             denom = q.grad.float().abs().max().clamp_min(1e-12)
-            diff = ((p.grad.float() - q.grad.float()).abs().max() / denom).item()
+            diff = ((full_tensor(p.grad).float() - q.grad.float()).abs().max() / denom).item()
             self.compared += 1
             if not math.isfinite(diff):
                 if math.isfinite(self.worst):

@@ -49,6 +49,7 @@ from .build import (
     check_torch_schedule,
 )
 from .data import TokenData
+from .parallel import apply_tp, build_mesh, local_tensor, tp_plan
 from .reference import CHECK_RTOL, GradCheck, check_outputs, reference_step
 from .report import RunReport
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
@@ -81,18 +82,18 @@ class _LiveSaved:
         tracker = self
 
         class Holder:
-            __slots__ = ("t", "ptr")
+            __slots__ = ("t", "ptr", "nbytes")
 
             def __init__(self, t: torch.Tensor):
                 self.t = t
-                st = t.untyped_storage()
-                self.ptr = st.data_ptr()
+                st = local_tensor(t).untyped_storage()  # a DTensor (tp) counts its shard
+                self.ptr, self.nbytes = st.data_ptr(), st.nbytes()
                 if self.ptr in tracker.skip:
                     self.ptr = None
                     return
                 n = tracker.refs.get(self.ptr, 0)
                 if n == 0:
-                    tracker.live += st.nbytes()
+                    tracker.live += self.nbytes
                     tracker.peak = max(tracker.peak, tracker.live)
                 tracker.refs[self.ptr] = n + 1
 
@@ -102,7 +103,7 @@ class _LiveSaved:
                 n = tracker.refs.get(self.ptr, 1) - 1
                 if n <= 0:
                     tracker.refs.pop(self.ptr, None)
-                    tracker.live -= self.t.untyped_storage().nbytes()
+                    tracker.live -= self.nbytes
                 else:
                     tracker.refs[self.ptr] = n
 
@@ -127,6 +128,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
+    # prototype: tensor parallel degree inside each stage, until the Plan carries it (executor/parallel.py)
+    p.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--perturb-grad", type=float, default=0.0, help=argparse.SUPPRESS)  # --check failure tests
     args = p.parse_args(argv)
     if args.report and len(args.plans) > 1:
@@ -138,10 +141,13 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
-    if plan.world_size != world:
+    if args.tp > 1 and (plan.dp > 1 or args.torch_schedule):
+        raise UserError("--tp: the prototype runs dp 1 plans with their own table only")
+    if plan.world_size * args.tp != world:
+        tp = f" x tp {args.tp}" if args.tp > 1 else ""
         raise UserError(
-            f"{path}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp}) "
-            f"but torchrun started {world}: use --nproc_per_node {plan.world_size}"
+            f"{path}: the plan needs {plan.world_size * args.tp} processes (pp {plan.pp} x dp {plan.dp}{tp}) "
+            f"but torchrun started {world}: use --nproc_per_node {plan.world_size * args.tp}"
         )
     if plan.profile is None or plan.profile.model_name != plan.model_name and plan.model_name:
         raise UserError(
@@ -212,9 +218,15 @@ def _run(
     device: torch.device,
     torch_schedule: str | None,
 ) -> int:
-    pp, dp = plan.pp, plan.dp
+    pp, dp, tp = plan.pp, plan.dp, args.tp
     pp_rank, dp_rank = rank % pp, rank // pp
-    pp_group, dp_group = _groups(pp, dp, pp_rank, dp_rank)
+    tp_mesh = None
+    if tp > 1:  # prototype: dp 1, rank = pp_index * tp + tp_index
+        mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
+        pp_rank, dp_rank, tp_mesh = rank // tp, 0, mesh["tp"]
+        pp_group, dp_group = mesh["pp"].get_group(), None
+    else:
+        pp_group, dp_group = _groups(pp, dp, pp_rank, dp_rank)
     profile = plan.profile
     host_base = _host_bytes("VmRSS")
     # the whole model on the meta device (no memory); only this rank's units are materialised
@@ -229,6 +241,10 @@ def _run(
     mine_idx = {s.index for s in plan.stages if s.rank == pp_rank}
     my_units = {u for s in plan.stages if s.index in mine_idx for u in range(s.first, s.end)}
     units = [make_unit(i, device) if i in my_units else u for i, u in enumerate(model.units)]
+    if tp_mesh is not None:
+        tp_styles = tp_plan(profile.model_config)
+        for i in my_units:
+            apply_tp(units[i], tp_styles, tp_mesh)
     forward_only = plan.job.forward_only
     loss_scale = FP16_LOSS_SCALE if any(s.dtype == "fp16" for s in plan.stages) and not forward_only else 1.0
     loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
@@ -247,7 +263,7 @@ def _run(
     first_stage, last_stage = 0 in mine_idx, len(plan.stages) - 1 in mine_idx
     seq_len, batch = profile.seq_len, plan.microbatches * plan.microbatch_size
     data = TokenData(args.data, int(profile.model_config["vocab_size"]), args.data_dtype) if args.data else None
-    tracker = _LiveSaved(params)
+    tracker = _LiveSaved([local_tensor(p) for p in params])
     # saved-tensor hooks cost Python time per tensor, so memory is counted on an untimed step, and
     # not on step 0 when there is another: torch's first step also runs shape inference
     track_step = 1 if args.warmup >= 2 else 0
@@ -313,10 +329,12 @@ def _run(
     if prof is not None:
         prof.stop()
         prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
-    static = sum(p.numel() * p.element_size() for p in params) * (1 if forward_only else 2)  # weights (+ grads)
+    static = sum(local_tensor(p).numel() * p.element_size() for p in params) * (
+        1 if forward_only else 2
+    )  # weights (+ grads)
     if opt is not None:
         static += sum(
-            t.numel() * t.element_size()
+            local_tensor(t).numel() * t.element_size()
             for st in opt.state.values()
             for t in st.values()
             if torch.is_tensor(t) and t.dim() > 0
@@ -327,7 +345,7 @@ def _run(
         "steps": step_times,
         "events": step_events,
         "sched": tails,
-        "params": sum(p.numel() for p in params),
+        "params": sum(local_tensor(p).numel() for p in params),  # this rank's share (tp shards)
         "losses": losses if last_stage else [],
         "peak": int(peak),
         "check": check,
