@@ -1,6 +1,6 @@
-"""Tensor parallelism inside pipeline stages (a prototype: ``tp`` is given explicitly, by the hidden
-worker flag ``--tp N``, until Plan schema 2 carries it; data parallelism stays as it was, and
-``dp_mode`` other than ddp is not built yet).
+"""Tensor parallelism and sharded data parallelism inside pipeline stages (a prototype: ``tp`` and
+``dp_mode`` are given explicitly, by the hidden worker flags ``--tp N`` and ``--dp-mode
+zero2|fsdp``, until Plan schema 2 carries them; not both at once yet, and ``zero1`` is not built).
 
 One DeviceMesh names every dimension, pp outermost and tp innermost, as torchtitan and Megatron
 order them: ``rank = (pp_index * dp + dp_index) * tp + tp_index``. The tensor-parallel plan is the
@@ -8,7 +8,8 @@ model's own: Hugging Face configs declare one (``base_model_tp_plan``, e.g. Llam
 gate/up projections ``colwise``, o and down ``rowwise``), applied to each block unit with torch's
 ``parallelize_module`` (``ColwiseParallel``/``RowwiseParallel``: Megatron's f and g operators, an
 all-reduce after each row-wise layer forward and before each column-wise layer in backward).
-Embedding, head and norms stay replicated on the tp ranks.
+Embedding, head and norms stay replicated on the tp ranks. Sharded data parallelism is FSDP2's
+``fully_shard`` per unit and per stage over the mesh's dp dimension (``apply_fsdp``).
 
 Order: unlike torchtitan (meta model -> TP -> materialise), a unit is materialised whole and then
 sharded, so its shards are slices of exactly the weights the one-process ``--check`` reference
@@ -28,7 +29,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 
 from profiles.contract import UserError
 
-__all__ = ["build_mesh", "tp_plan", "apply_tp", "full_tensor", "local_tensor"]
+__all__ = ["build_mesh", "tp_plan", "apply_tp", "apply_fsdp", "full_tensor", "local_tensor"]
 
 _STYLES = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
 
@@ -82,6 +83,21 @@ def apply_tp(unit: nn.Module, plan: dict[str, str], tp_mesh: DeviceMesh) -> int:
     if styles:
         parallelize_module(unit, tp_mesh, styles)
     return len(styles)
+
+
+def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, dp_mode: str) -> None:
+    """Shard a stage's parameters, gradients and optimizer state over ``dp_mesh`` with FSDP2's
+    ``fully_shard``, in torchtitan's order: each unit, then the stage. ``fsdp`` frees the gathered
+    parameters after each forward (gathers them again for backward); ``zero2`` keeps them until
+    the backward. ``PipelineStage`` runs the microbatches' backwards without gradient sync and
+    reduce-scatters once, after the last."""
+    from torch.distributed.fsdp import fully_shard
+
+    reshard = dp_mode == "fsdp"
+    for unit in stage.units:
+        if any(True for _ in unit.parameters()):
+            fully_shard(unit, mesh=dp_mesh, reshard_after_forward=reshard)
+    fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

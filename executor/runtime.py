@@ -49,7 +49,7 @@ from .build import (
     check_torch_schedule,
 )
 from .data import TokenData
-from .parallel import apply_tp, build_mesh, local_tensor, tp_plan
+from .parallel import apply_fsdp, apply_tp, build_mesh, local_tensor, tp_plan
 from .reference import CHECK_RTOL, GradCheck, check_outputs, reference_step
 from .report import RunReport
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
@@ -128,8 +128,10 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
-    # prototype: tensor parallel degree inside each stage, until the Plan carries it (executor/parallel.py)
+    # prototype: tensor parallel degree and sharded data parallel inside each stage, until the Plan
+    # carries them (executor/parallel.py)
     p.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--dp-mode", choices=("ddp", "zero2", "fsdp"), default="ddp", help=argparse.SUPPRESS)
     p.add_argument("--perturb-grad", type=float, default=0.0, help=argparse.SUPPRESS)  # --check failure tests
     args = p.parse_args(argv)
     if args.report and len(args.plans) > 1:
@@ -143,6 +145,8 @@ def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
     if args.tp > 1 and (plan.dp > 1 or args.torch_schedule):
         raise UserError("--tp: the prototype runs dp 1 plans with their own table only")
+    if args.dp_mode != "ddp" and (plan.dp == 1 or args.tp > 1 or args.torch_schedule):
+        raise UserError("--dp-mode: the prototype shards dp > 1 plans without --tp, with their own table")
     if plan.world_size * args.tp != world:
         tp = f" x tp {args.tp}" if args.tp > 1 else ""
         raise UserError(
@@ -220,11 +224,14 @@ def _run(
 ) -> int:
     pp, dp, tp = plan.pp, plan.dp, args.tp
     pp_rank, dp_rank = rank % pp, rank // pp
-    tp_mesh = None
-    if tp > 1:  # prototype: dp 1, rank = pp_index * tp + tp_index
+    tp_mesh = dp_mesh = None
+    if (
+        tp > 1 or args.dp_mode != "ddp"
+    ):  # prototype: the mesh's layout, rank = (pp_index * dp + dp_index) * tp + tp_index
         mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
-        pp_rank, dp_rank, tp_mesh = rank // tp, 0, mesh["tp"]
-        pp_group, dp_group = mesh["pp"].get_group(), None
+        pp_rank, dp_rank = rank // (dp * tp), (rank // tp) % dp
+        tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
+        pp_group, dp_group = mesh["pp"].get_group(), None  # FSDP reduces its own gradients
     else:
         pp_group, dp_group = _groups(pp, dp, pp_rank, dp_rank)
     profile = plan.profile
@@ -250,6 +257,9 @@ def _run(
     loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
     del units
+    if args.dp_mode != "ddp":
+        for mod in mods:
+            apply_fsdp(mod, dp_mesh, args.dp_mode)
     params = [p for mod in mods for p in mod.parameters()]
     recorder = Recorder(rank=rank)
     if args.fail_at_step is not None and rank == args.fail_rank:
@@ -300,7 +310,7 @@ def _run(
             if forward_only and args.check and step == 0:
                 check = check_outputs(plan, make_unit, out, x, device) if last_stage else {}
             if not forward_only:
-                _finish_grads(params, dp, dp_group, loss_scale)
+                _finish_grads(params, dp if dp_group is not None else 1, dp_group, loss_scale)
                 if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
                     g = params[0].grad
                     g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this

@@ -1,21 +1,31 @@
-"""Prototype: tensor parallelism inside pipeline stages (hidden worker flag ``--tp``, until the
-Plan carries tp): pp 2 x tp 2 of a tiny Llama on 4 CPU ranks (gloo) matches one process."""
+"""Prototype: tensor parallelism and FSDP inside pipeline stages (hidden worker flags ``--tp`` and
+``--dp-mode``, until the Plan carries them): pp 2 x tp 2 and pp 2 x dp 2 (fsdp) of a tiny Llama
+on 4 CPU ranks (gloo) match one process."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from test_executor_schedules import torchrun
 
 
-def test_pp2_tp2_llama_matches_one_process(tmp_path):
-    from executor.plans import validation_plan
-    from planner.cluster import Cluster
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
     from profiles import profile_model
 
-    prof_path = tmp_path / "profile.json"
+    prof_path = tmp_path_factory.mktemp("tp") / "profile.json"
     prof = profile_model("llama-tiny", seq_len=16, repeats=1, warmup=0)
     prof.save(prof_path)
+    return prof, prof_path
+
+
+def test_pp2_tp2_llama_matches_one_process(llama):
+    from executor.plans import validation_plan
+    from planner.cluster import Cluster
+
+    prof, prof_path = llama
+    tmp_path = prof_path.parent
     plan = validation_plan(prof, prof_path, Cluster(devices=2), "1F1B", 2, 2, bounds=[(0, 2), (2, 4)])
     path = plan.save(tmp_path / "plan.json")
     r, _ = torchrun(4, str(path), "--tp", "2", "--check", "--steps", "1", "--warmup", "0")
@@ -30,3 +40,30 @@ def test_pp2_tp2_llama_matches_one_process(tmp_path):
     params = data["extra"]["params"]
     assert params[0] == params[1] < units[0] + units[1] and params[2] == params[3] < units[2] + units[3]
     assert params[0] > units[0] + units[1] / 2 - 1000  # the block's norms stay whole
+
+
+def test_pp2_dp2_fsdp_llama_matches_one_process(llama):
+    """FSDP2 per unit and per stage over the dp mesh dimension: each rank holds half its stage's
+    parameters, and the gathered gradients equal one process's over both replicas' batches."""
+    from planner import Cluster, Job, plan
+
+    prof, prof_path = llama
+    pp_dp = plan(
+        prof,
+        Cluster(devices=4, memory_bytes=2**30),
+        Job(global_batch=4, microbatch_size=1, schedules=("1F1B",), pp=(2,)),
+        top=1,
+        profile_path=prof_path,
+    )[0]
+    assert (pp_dp.pp, pp_dp.dp) == (2, 2)
+    path = pp_dp.save(prof_path.with_name("fsdp.json"))
+    r, _ = torchrun(4, str(path), "--dp-mode", "fsdp", "--check", "--steps", "1", "--warmup", "0")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    data = json.loads(path.with_suffix(".run.json").read_text())
+    check = data["check"]
+    assert data["world_size"] == 4 and check["passed"] and check["max_rel_diff"] <= 1e-4, check
+    units = [u.params for u in prof.entries[0].units]
+    stage_params = [sum(units[s.first : s.end]) for s in pp_dp.stages]
+    # mesh layout, pp outermost: ranks 0 and 1 run stage 0, each holding half of it
+    assert {(e["rank"], e["stage"]) for e in data["events"]} == {(0, 0), (1, 0), (2, 1), (3, 1)}
+    assert data["extra"]["params"] == [stage_params[0] // 2] * 2 + [stage_params[1] // 2] * 2
