@@ -147,6 +147,8 @@ def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
         raise UserError("--tp: the prototype runs dp 1 plans with their own table only")
     if args.dp_mode != "ddp" and (plan.dp == 1 or args.tp > 1 or args.torch_schedule):
         raise UserError("--dp-mode: the prototype shards dp > 1 plans without --tp, with their own table")
+    if args.tp > 1:
+        tp_plan(plan.profile.model_config)  # the model declares one
     if plan.world_size * args.tp != world:
         tp = f" x tp {args.tp}" if args.tp > 1 else ""
         raise UserError(
@@ -248,7 +250,7 @@ def _run(
     mine_idx = {s.index for s in plan.stages if s.rank == pp_rank}
     my_units = {u for s in plan.stages if s.index in mine_idx for u in range(s.first, s.end)}
     units = [make_unit(i, device) if i in my_units else u for i, u in enumerate(model.units)]
-    if tp_mesh is not None:
+    if tp > 1:
         tp_styles = tp_plan(profile.model_config)
         for i in my_units:
             apply_tp(units[i], tp_styles, tp_mesh)

@@ -42,28 +42,38 @@ def test_pp2_tp2_llama_matches_one_process(llama):
     assert params[0] > units[0] + units[1] / 2 - 1000  # the block's norms stay whole
 
 
-def test_pp2_dp2_fsdp_llama_matches_one_process(llama):
-    """FSDP2 per unit and per stage over the dp mesh dimension: each rank holds half its stage's
-    parameters, and the gathered gradients equal one process's over both replicas' batches."""
+def test_pp2_dp2_fsdp_llama_and_gpt2_match_one_process(llama):
+    """FSDP2 per unit and per stage over the dp mesh dimension (Llama and GPT-2, one launch): each
+    rank holds half its stage's parameters, and the gathered gradients equal one process's over
+    both replicas' batches."""
     from planner import Cluster, Job, plan
+    from profiles import profile_model
 
     prof, prof_path = llama
-    pp_dp = plan(
-        prof,
-        Cluster(devices=4, memory_bytes=2**30),
-        Job(global_batch=4, microbatch_size=1, schedules=("1F1B",), pp=(2,)),
-        top=1,
-        profile_path=prof_path,
-    )[0]
-    assert (pp_dp.pp, pp_dp.dp) == (2, 2)
-    path = pp_dp.save(prof_path.with_name("fsdp.json"))
-    r, _ = torchrun(4, str(path), "--dp-mode", "fsdp", "--check", "--steps", "1", "--warmup", "0")
+    gpt2_path = prof_path.with_name("gpt2-profile.json")
+    profile_model("gpt2-tiny", seq_len=16, repeats=1, warmup=0).save(gpt2_path)
+    runs = []
+    for name, path in [("llama", prof_path), ("gpt2", gpt2_path)]:
+        from profiles import load_profile
+
+        p = load_profile(path)
+        pp_dp = plan(
+            p,
+            Cluster(devices=4, memory_bytes=2**30),
+            Job(global_batch=4, microbatch_size=1, schedules=("1F1B",), pp=(2,)),
+            top=1,
+            profile_path=path,
+        )[0]
+        assert (pp_dp.pp, pp_dp.dp) == (2, 2)
+        runs.append((p, pp_dp, pp_dp.save(prof_path.with_name(f"{name}-fsdp.json"))))
+    r, _ = torchrun(4, *(str(x) for *_, x in runs), "--dp-mode", "fsdp", "--check", "--steps", "1", "--warmup", "0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    data = json.loads(path.with_suffix(".run.json").read_text())
-    check = data["check"]
-    assert data["world_size"] == 4 and check["passed"] and check["max_rel_diff"] <= 1e-4, check
-    units = [u.params for u in prof.entries[0].units]
-    stage_params = [sum(units[s.first : s.end]) for s in pp_dp.stages]
-    # mesh layout, pp outermost: ranks 0 and 1 run stage 0, each holding half of it
-    assert {(e["rank"], e["stage"]) for e in data["events"]} == {(0, 0), (1, 0), (2, 1), (3, 1)}
-    assert data["extra"]["params"] == [stage_params[0] // 2] * 2 + [stage_params[1] // 2] * 2
+    for p, pp_dp, path in runs:
+        data = json.loads(path.with_suffix(".run.json").read_text())
+        check = data["check"]
+        assert data["world_size"] == 4 and check["passed"] and check["max_rel_diff"] <= 1e-4, (path.name, check)
+        units = [u.params for u in p.entries[0].units]
+        stage_params = [sum(units[s.first : s.end]) for s in pp_dp.stages]
+        # mesh layout, pp outermost: ranks 0 and 1 run stage 0, each holding half of it
+        assert {(e["rank"], e["stage"]) for e in data["events"]} == {(0, 0), (1, 0), (2, 1), (3, 1)}
+        assert data["extra"]["params"] == [stage_params[0] // 2] * 2 + [stage_params[1] // 2] * 2, path.name
