@@ -214,6 +214,19 @@ def _groups(pp: int, dp: int, pp_rank: int, dp_rank: int):
     return pp_groups[dp_rank], dp_groups[pp_rank]
 
 
+def _layout(plan: Plan, args, rank: int, device: torch.device):
+    """This rank's pipeline and data-parallel index, its pipeline and data-parallel groups, and the
+    tp and dp meshes (prototype: with --tp or --dp-mode the mesh's layout, rank = (pp_index * dp +
+    dp_index) * tp + tp_index; otherwise rank = dp_index * pp + pp_index, no mesh)."""
+    pp, dp, tp = plan.pp, plan.dp, args.tp
+    if tp > 1 or args.dp_mode != "ddp":
+        mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
+        # FSDP reduces its own gradients: no data-parallel group for the executor's all-reduce
+        return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), None, mesh["tp"], mesh["dp"]
+    pp_rank, dp_rank = rank % pp, rank // pp
+    return pp_rank, dp_rank, *_groups(pp, dp, pp_rank, dp_rank), None, None
+
+
 def _run(
     plan: Plan,
     path: Path,
@@ -224,18 +237,8 @@ def _run(
     device: torch.device,
     torch_schedule: str | None,
 ) -> int:
-    pp, dp, tp = plan.pp, plan.dp, args.tp
-    pp_rank, dp_rank = rank % pp, rank // pp
-    tp_mesh = dp_mesh = None
-    if (
-        tp > 1 or args.dp_mode != "ddp"
-    ):  # prototype: the mesh's layout, rank = (pp_index * dp + dp_index) * tp + tp_index
-        mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
-        pp_rank, dp_rank = rank // (dp * tp), (rank // tp) % dp
-        tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
-        pp_group, dp_group = mesh["pp"].get_group(), None  # FSDP reduces its own gradients
-    else:
-        pp_group, dp_group = _groups(pp, dp, pp_rank, dp_rank)
+    dp, tp = plan.dp, args.tp
+    pp_rank, dp_rank, pp_group, dp_group, tp_mesh, dp_mesh = _layout(plan, args, rank, device)
     profile = plan.profile
     host_base = _host_bytes("VmRSS")
     # the whole model on the meta device (no memory); only this rank's units are materialised
