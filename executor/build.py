@@ -1,6 +1,6 @@
 """What each rank runs, built from a Plan: stage modules (precision and recompute per stage),
 ``PipelineStage`` objects, the schedule (the plan's own table, or one of torch's classes by
-name), per-action timing, and the data.
+name) and per-action timing.
 
 Everything here is checked before any compute: a plan that does not fit the launch fails
 with a ``UserError`` on every rank (all ranks read the same plan, so all fail alike).
@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -38,7 +37,6 @@ __all__ = [
     "torch_actions",
     "lower_table",
     "receives_first",
-    "TextData",
     "StepClock",
 ]
 
@@ -297,20 +295,3 @@ class Recorder:
             return out
 
         schedule._maybe_compute_loss = _maybe_compute_loss
-
-
-class TextData:
-    """``--data FILE``: the file's bytes as tokens (byte value mod vocabulary), read in order;
-    each step takes the next ``batch x (seq_len + 1)`` window, wrapping around."""
-
-    def __init__(self, path: Path, vocab: int):
-        raw = Path(path).read_bytes()
-        if len(raw) < 2:
-            raise UserError(f"--data {path}: needs at least 2 bytes of text")
-        self.tokens = torch.tensor(list(raw), dtype=torch.long) % vocab
-
-    def batch(self, batch: int, seq_len: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = batch * (seq_len + 1)
-        reps = (n * (index + 1)) // len(self.tokens) + 2
-        flat = self.tokens.repeat(reps)[n * index : n * (index + 1)].view(batch, seq_len + 1)
-        return flat[:, :-1].contiguous(), flat[:, 1:].contiguous()

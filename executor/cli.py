@@ -5,28 +5,56 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import TextIO
 
 from planner.cluster import MAX_DEVICES
 from planner.plan import load_plan
 from profiles.clikit import Command, bounded, progress_bar
-from profiles.contract import UserError, check_outputs, read_text
+from profiles.contract import UserError, check_outputs
 from profiles.types import Profile
 from simulator.engine import simulate
 from simulator.gantt import write_gantt
 from simulator.timeline import Timeline, write_trace
 
 from .report import RunReport, disturbance_notes, load_report, replayed_step_s
+from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
 
 __all__ = ["RUN", "VALIDATE", "CALIBRATE", "launch", "compare_table"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def launch(module: str, args: list[str], nproc: int, threads: int = 1) -> int:
-    """Run ``python -m module args`` under ``torchrun --standalone`` with ``nproc`` ranks."""
+#: after Ctrl-C, SIGINT or SIGTERM: how long torchrun may take to stop its workers before it is killed
+#: (its workers then see their agent gone and exit within a second, ``runtime._exit_with_agent``)
+STOP_GRACE_S = 5.0
+#: ``--oversubscribe``: CPU ranks per core allowed at most (more is a mistake, not a test)
+OVERSUBSCRIBE_MAX_PER_CORE = 4
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def launch(
+    module: str,
+    args: list[str],
+    nproc: int,
+    threads: int = 1,
+    *,
+    stdout: TextIO | int | None = None,
+) -> int:
+    """Run ``python -m module args`` under ``torchrun --standalone`` with ``nproc`` ranks; returns
+    the exit status.
+
+    torchrun runs in its own process group, so a terminal's Ctrl-C reaches this process only:
+    SIGINT, SIGTERM or SIGHUP here is passed to torchrun as SIGTERM (it stops its workers), and
+    torchrun is killed after ``STOP_GRACE_S``; the status is then 128 + the signal's number. A
+    worker's own status (2 bad input, 3 CHECK FAILED) is returned rather than torchrun's 1.
+    ``stdout`` (e.g. ``sys.stderr``) takes the workers' output instead of this process's stdout."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -40,7 +68,61 @@ def launch(module: str, args: list[str], nproc: int, threads: int = 1) -> int:
         module,
         *args,
     ]
-    return subprocess.run(cmd, env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="pipeplan-status-") as status:
+        env[STATUS_DIR_ENV] = status
+        if hasattr(stdout, "flush"):
+            stdout.flush()  # what this process printed comes before the workers' lines
+        proc = subprocess.Popen(cmd, env=env, stdout=stdout, start_new_session=True)
+        rc, stopped_by = _wait(proc)
+        if stopped_by:
+            return 128 + stopped_by
+        codes = [int(f.read_text() or 1) for f in Path(status).glob("rank*")]
+    for code in (EXIT_BAD_INPUT, EXIT_CHECK_FAILED):  # a worker's own verdict says more than torchrun's 1
+        if rc != 0 and code in codes:
+            return code
+    return rc
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, int]:
+    """Wait for torchrun, passing signals on; returns (its status, the signal that stopped it or 0)."""
+    got: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        if not got:
+            print(f"pipeplan: {signal.Signals(signum).name}: stopping every rank", file=sys.stderr, flush=True)
+            _signal_group(proc, signal.SIGTERM)
+        got.append(signum)
+
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED} if _main_thread() else {}
+    deadline = None
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if got and deadline is None:
+                    deadline = time.monotonic() + STOP_GRACE_S
+                if deadline is not None and time.monotonic() > deadline:
+                    _signal_group(proc, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:  # an exception here: never leave torchrun running
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    return rc, got[0] if got else 0
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -55,13 +137,23 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="run torch's own schedule class NAME (e.g. 1F1B) on the same stages, for comparison",
     )
-    p.add_argument("--data", type=Path, help="a small text file: its bytes as tokens (default: synthetic tokens)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="tokens: a .bin token file (uint16/uint32, nanoGPT/Megatron), or text (its bytes); default: synthetic",
+    )
+    p.add_argument("--data-dtype", choices=("uint16", "uint32"), help="a .bin file's token width (default: by vocab)")
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank to DIR")
+    p.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help=f"CPU: allow more ranks than cores (up to {OVERSUBSCRIBE_MAX_PER_CORE} per core; correctness runs)",
+    )
 
 
 def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
     out = [str(args.plan), "--steps", str(args.steps), "--warmup", str(args.warmup), "--report", str(report)]
-    for flag in ("torch_schedule", "data", "torch_profiler"):
+    for flag in ("torch_schedule", "data", "data_dtype", "torch_profiler"):
         if getattr(args, flag, None):
             out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return out + (["--check"] if args.check else [])
@@ -92,8 +184,9 @@ def _check_run_args(args: argparse.Namespace, extra_outputs: list[tuple[str, Pat
         if d.exists() and not d.is_dir():
             raise UserError(f"--torch-profiler {d}: not a folder: give a folder for the traces")
         check_outputs(inputs, [("--torch-profiler", d / "trace.json")])
-    if getattr(args, "data", None) is not None:
-        read_text(args.data)  # a regular, readable text file of bounded size, or one line
+    data = getattr(args, "data", None)
+    if data is not None and not Path(data).is_file():  # a token file may be large: its size is not capped
+        raise UserError(f"--data {data}: no such regular file: give a text file or a uint16/uint32 .bin token file")
     return args.plan, report
 
 
@@ -109,10 +202,58 @@ def _run_plan(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = 
         from .build import check_torch_schedule  # imports torch: only when asked
 
         check_torch_schedule(plan, args.torch_schedule)
+    _check_host(plan, nproc, args, _worker_args(args, report))
     if report.exists():
         report.unlink()  # never leave last run's report looking like this one's
-    rc = launch("executor", _worker_args(args, report), nproc)
+    rc = launch(
+        "executor", _worker_args(args, report), nproc, stdout=sys.stderr if getattr(args, "json", False) else None
+    )
     return rc, report
+
+
+def _check_host(plan, nproc: int, args: argparse.Namespace, worker_args: list[str]) -> None:
+    """Refuse a launch bigger than this host (one line, exit 2), printing the multi-node commands."""
+    gpus = _local_gpus() if plan.cluster.device != "cpu" else 0
+    if gpus:
+        if nproc <= gpus:
+            return
+        have, cap, fix = f"{gpus} GPUs", gpus, ""
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        most = OVERSUBSCRIBE_MAX_PER_CORE * cores
+        if nproc <= cores or (args.oversubscribe and nproc <= most):
+            return
+        have, cap = f"{cores} CPU cores", cores
+        fix = "" if args.oversubscribe else f", or add --oversubscribe (CPU, at most {most} ranks here)"
+    per_node = max(d for d in range(1, cap + 1) if nproc % d == 0)
+    nodes = nproc // per_node
+    cmd = " ".join(
+        [
+            "OMP_NUM_THREADS=1 torchrun",
+            f"--nnodes {nodes} --nproc_per_node {per_node}",
+            f"--rdzv-backend c10d --rdzv-endpoint HOST0:29400 --rdzv-id {args.plan.stem}",
+            "-m executor",
+            *worker_args,
+        ]
+    )
+    out = sys.stderr if getattr(args, "json", False) else sys.stdout
+    print(
+        f"to run {args.plan} on {nodes} nodes of {per_node} ranks (HOST0: the first node's address; the plan, "
+        "its profile and this repository at the same path on every node):",
+        file=out,
+    )
+    for i in range(nodes):
+        print(f"  node {i}: {cmd}", file=out)
+    raise UserError(
+        f"{args.plan}: the plan needs {nproc} processes but this host has {have}: launch it on {nodes} nodes "
+        f"with the commands above{fix}"
+    )
+
+
+def _local_gpus() -> int:
+    import torch  # only for a plan made for accelerators
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -185,7 +326,11 @@ def _validate(args: argparse.Namespace) -> int:
     bar.set_postfix_str("running")
     rc, report_path = _run_plan(args, side)
     if rc != 0 or not report_path.exists():
-        raise UserError(f"the run of {args.plan} failed (exit code {rc}); see the log above")
+        bar.close()
+        print(
+            f"pipeplan validate: the run of {args.plan} failed (exit status {rc}); see the log above", file=sys.stderr
+        )
+        return rc or 1
     bar.update()
     bar.set_postfix_str("comparing")
     report = load_report(report_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,8 @@ class RunReport:
     check: dict[str, Any] = field(default_factory=dict)  # {passed, max_rel_diff, ...} when --check ran
     predicted_step_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # schedule runtime, torch version, settings
+    #: per rank: peak resident host memory of the worker process (VmHWM), in ``ranks[]`` of the file
+    host_peak_bytes: tuple[int, ...] = ()
 
     @property
     def step_s_median(self) -> float:
@@ -46,6 +49,8 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         tl = self.timeline.to_dict()
+        for r, peak in zip(tl["ranks"], self.host_peak_bytes):
+            r["host_peak_bytes"] = peak
         return {
             "schema": schema_id(KIND, MAJOR),
             "plan": {"path": self.plan_path, "sha256": self.plan_sha256},
@@ -57,8 +62,8 @@ class RunReport:
             "ranks": tl["ranks"],
             "events": tl["events"],
             "memory": tl["memory"],
-            "losses": list(self.losses),
-            "check": self.check,
+            "losses": _finite_json(list(self.losses)),  # a diverged run's NaN loss is kept too
+            "check": _finite_json(self.check),
             "predicted_step_s": self.predicted_step_s,
             "error": self.error,
             "extra": self.extra,
@@ -97,11 +102,41 @@ class RunReport:
             f.str("device"),
             steps,
             tl,
-            tuple(f.nums("losses", min=None)) if f.has("losses") else (),
-            f.obj("check").data if f.has("check") else {},
+            _losses(f),
+            _nonfinite_back(f.obj("check").data) if f.has("check") else {},
             pred,
             f.obj("extra").data if f.has("extra") else {},
+            tuple(int(r.get("host_peak_bytes", 0)) for r in f.raw("ranks") if isinstance(r, dict))
+            if all(isinstance(r, dict) and "host_peak_bytes" in r for r in f.raw("ranks"))
+            else (),
         )
+
+
+def _losses(f: Fields) -> tuple[float, ...]:
+    raw = f.raw("losses", [])
+    if isinstance(raw, list) and any(isinstance(x, str) for x in raw):
+        return tuple(float(x) if isinstance(x, str) and x in _NONFINITE else x for x in raw)
+    return tuple(f.nums("losses", min=None)) if f.has("losses") else ()
+
+
+_NONFINITE = ("inf", "-inf", "nan")
+
+
+def _nonfinite_back(check: dict[str, Any]) -> dict[str, Any]:
+    """A loaded check: the strings ``_finite_json`` wrote for non-finite floats are floats again."""
+    return {k: float(v) if isinstance(v, str) and v in _NONFINITE else v for k, v in check.items()}
+
+
+def _finite_json(value: Any) -> Any:
+    """JSON has no inf or NaN: a non-finite float becomes the string ``"inf"``, ``"-inf"`` or
+    ``"nan"`` (so a failed check, e.g. a gradient that overflowed, still writes its report)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def load_report(path: str | Path) -> RunReport:
