@@ -97,7 +97,8 @@ class _nothing:
 
 def stage_modules(plan: Plan, units: list[nn.Module]) -> list[StageModule]:
     """Every stage's module (for the single-process reference too)."""
-    return [StageModule(units[s.first : s.end], s.dtype, s.recompute is Recompute.FULL) for s in plan.stages]
+    # selective recompute (the attention core) runs as full checkpointing of each unit: the same numbers
+    return [StageModule(units[s.first : s.end], s.dtype, s.recompute is not Recompute.NONE) for s in plan.stages]
 
 
 def build_stages(

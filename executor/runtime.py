@@ -35,7 +35,7 @@ import torch.distributed as dist
 from planner.plan import Plan, load_plan
 from profiles.contract import ContractError, UserError, sha256_of
 from profiles.materialize import unit_materializer
-from profiles.measure import gc_paused, keep_freed_memory
+from profiles.tuning import gc_paused, keep_freed_memory
 from profiles.zoo import build_model
 from simulator.timeline import Event, RankStats, Timeline
 
@@ -141,19 +141,32 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _parallel(plan: Plan, args) -> tuple[int, str]:
+    """The tp degree and data-parallel mode to run: the plan's (schema 2), else the hidden worker
+    flags. zero1 shards only the optimizer state, which changes no number: it runs as ddp here."""
+    tp = plan.tp if plan.tp > 1 else args.tp
+    mode = plan.dp_mode.value if plan.dp_mode.value != "ddp" else args.dp_mode
+    return tp, "ddp" if mode == "zero1" else mode
+
+
 def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
-    if args.tp > 1 and (plan.dp > 1 or args.torch_schedule):
-        raise UserError("--tp: the prototype runs dp 1 plans with their own table only")
-    if args.dp_mode != "ddp" and (plan.dp == 1 or args.tp > 1 or args.torch_schedule):
-        raise UserError("--dp-mode: the prototype shards dp > 1 plans without --tp, with their own table")
-    if args.tp > 1:
-        tp_plan(plan.profile.model_config)  # the model declares one
-    if plan.world_size * args.tp != world:
-        tp = f" x tp {args.tp}" if args.tp > 1 else ""
+    tp, mode = _parallel(plan, args)
+    if tp > 1 and (plan.dp > 1 or args.torch_schedule):
         raise UserError(
-            f"{path}: the plan needs {plan.world_size * args.tp} processes (pp {plan.pp} x dp {plan.dp}{tp}) "
-            f"but torchrun started {world}: use --nproc_per_node {plan.world_size * args.tp}"
+            f"{path}: tensor parallel with dp {plan.dp} > 1 or --torch-schedule is not run by this executor yet: "
+            f"re-plan with --tp 1, or with pp x tp filling the devices"
+        )
+    if mode != "ddp" and (plan.dp == 1 or tp > 1 or args.torch_schedule):
+        raise UserError(f"{path}: dp mode {mode} runs with dp > 1, tp 1 and the plan's own table only")
+    if tp > 1:
+        tp_plan(plan.profile.model_config)  # the model declares one
+    need = plan.pp * plan.dp * tp
+    if need != world:
+        tpx = f" x tp {tp}" if tp > 1 else ""
+        raise UserError(
+            f"{path}: the plan needs {need} processes (pp {plan.pp} x dp {plan.dp}{tpx}) "
+            f"but torchrun started {world}: use --nproc_per_node {need}"
         )
     if plan.profile is None or plan.profile.model_name != plan.model_name and plan.model_name:
         raise UserError(
@@ -218,8 +231,9 @@ def _layout(plan: Plan, args, rank: int, device: torch.device):
     """This rank's pipeline and data-parallel index, its pipeline and data-parallel groups, and the
     tp and dp meshes (prototype: with --tp or --dp-mode the mesh's layout, rank = (pp_index * dp +
     dp_index) * tp + tp_index; otherwise rank = dp_index * pp + pp_index, no mesh)."""
-    pp, dp, tp = plan.pp, plan.dp, args.tp
-    if tp > 1 or args.dp_mode != "ddp":
+    pp, dp = plan.pp, plan.dp
+    tp, mode = _parallel(plan, args)
+    if tp > 1 or mode != "ddp":
         mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
         # FSDP reduces its own gradients: no data-parallel group for the executor's all-reduce
         return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), None, mesh["tp"], mesh["dp"]
@@ -237,7 +251,8 @@ def _run(
     device: torch.device,
     torch_schedule: str | None,
 ) -> int:
-    dp, tp = plan.dp, args.tp
+    dp = plan.dp
+    tp, mode = _parallel(plan, args)
     pp_rank, dp_rank, pp_group, dp_group, tp_mesh, dp_mesh = _layout(plan, args, rank, device)
     profile = plan.profile
     host_base = _host_bytes("VmRSS")
@@ -262,9 +277,9 @@ def _run(
     loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
     del units
-    if args.dp_mode != "ddp":
+    if mode != "ddp":
         for mod in mods:
-            apply_fsdp(mod, dp_mesh, args.dp_mode)
+            apply_fsdp(mod, dp_mesh, mode)
     params = [p for mod in mods for p in mod.parameters()]
     recorder = Recorder(rank=rank)
     if args.fail_at_step is not None and rank == args.fail_rank:
