@@ -235,7 +235,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     bounded("--top", args.top, 1, MAX_TOP)
     bounded("--time-limit", args.time_limit, 0.01, 86400.0, " seconds")
     bounded("--optimizer-bytes", args.optimizer_bytes, 0.0, 1024.0, " bytes per parameter")
-    dtypes = [d for d in args.dtype.split(",") if d]
+    dtypes = [d for d in (args.dtype or "").split(",") if d]
     if len(set(dtypes)) != len(dtypes):
         raise UserError(f"--dtype {args.dtype}: a dtype is named twice: name each once")
     for name in (s for s in args.schedules.split(",") if s):

@@ -9,6 +9,7 @@ simulations that shrinks as the table grows.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from itertools import combinations
 
@@ -34,11 +35,13 @@ def refine(
     solver: str,
     stats,
     alternatives: int = ALTERNATIVES,
+    deadline: float = float("inf"),
 ) -> Plan:
     """Best simulated plan among the MILP's next-best splits (``alternatives`` of them) and their cut
     neighbourhoods. ``costs``: the search's CostModel for ``p``'s microbatch size and ``dp``;
     ``model``: the MILP's view of ``p``'s schedule; ``stats``: the search's
-    ``SearchStats`` (simulations and MILPs are counted there)."""
+    ``SearchStats`` (simulations and MILPs are counted there); ``deadline``: a ``time.perf_counter``
+    instant after which nothing more is tried (the best so far is returned)."""
     actions = sum(len(a) for a in p.table.values())
     budget = max(12, min(400, 400_000 // max(actions, 1)))  # simulations allowed here
     options = [s.option for s in p.stages]
@@ -47,7 +50,7 @@ def refine(
 
     def score(bounds) -> Plan | None:
         nonlocal budget
-        if tuple(bounds) in seen or budget <= 0:
+        if tuple(bounds) in seen or budget <= 0 or time.perf_counter() > deadline:
             return None
         seen.add(tuple(bounds))
         budget -= 1
@@ -78,7 +81,11 @@ def refine(
     for _ in range(alternatives):
         if budget <= 0 or p.solver.get("status") not in ("Optimal", "TimeLimit"):
             break
-        res = solve_split(costs, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver, exclude=exclude)
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            break
+        limit = min(time_limit, left)
+        res = solve_split(costs, model, p.cluster.memory_bytes, time_limit=limit, solver=solver, exclude=exclude)
         stats.milps += 1
         if res is None:
             break

@@ -59,6 +59,8 @@ __all__ = ["plan", "InfeasibleError", "SearchStats", "search"]
 MAX_VIRTUAL = 4  # stages per rank tried for schedules with no upper bound, unless the job says
 SMALL_MILP = 2000  # units x stages up to which every promising candidate gets its MILP
 MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
+BUDGET_S = 8.0  # wall seconds the MILPs and the refinement may take in all (half each), unless the caller says
+MIN_MILP_S = 0.05  # the least time limit a MILP gets once the budget is spent (its start is an answer)
 
 
 @dataclass
@@ -147,9 +149,11 @@ class Solved:
 class _Search:
     """The inputs every phase shares, and the CostModels and schedule tables built once."""
 
-    def __init__(self, profile: Profile, profile_path: str, cluster: Cluster, job: Job, time_limit, solver):
+    def __init__(
+        self, profile: Profile, profile_path: str, cluster: Cluster, job: Job, time_limit, solver, budget_s: float
+    ):
         self.profile, self.profile_path, self.cluster, self.job = profile, profile_path, cluster, job
-        self.time_limit, self.solver = time_limit, solver
+        self.time_limit, self.solver, self.budget_s = time_limit, solver, budget_s
         self.schedules = Schedules(job)
         self._costs: dict[tuple[int, Layout], CostModel] = {}
         self._splits: dict[tuple, list[tuple[int, int]]] = {}
@@ -412,7 +416,8 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
     answers: dict[tuple, object] = {}
     out = Solved(list(results), [], [])
     unproductive = None  # a large MILP that ended at its time limit on its own start
-    for x in order:
+    end = time.perf_counter() + s.budget_s / 2
+    for i, x in enumerate(order):
         c, screen = x.candidate, x.plan
         if len(out.plans) >= keep and c.lower_bound >= _kth(out.plans, keep):
             continue
@@ -430,11 +435,13 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
             stats.milp_reused += 1
         else:
             try:
+                # the budget left, shared by the MILPs still to come (a MIP start is an answer anyway)
+                share = (end - time.perf_counter()) / (len(order) - i)
                 answers[key] = solve_split(
                     s.costs(c.mbs, c.layout),
                     model,
                     s.cluster.memory_bytes,
-                    time_limit=s.time_limit,
+                    time_limit=max(MIN_MILP_S, min(s.time_limit, share)),
                     solver=s.solver,
                     start=start,
                 )
@@ -479,9 +486,11 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
 
 
 def _refine(s: _Search, plans: list[Plan], top: int, refine: int | None, stats: SearchStats) -> list[Plan]:
-    """The best few (within ``REFINE_WITHIN`` of the best) searched around with the simulator."""
+    """The best few (within ``REFINE_WITHIN`` of the best) searched around with the simulator,
+    best first, within the second half of the budget."""
     close = [p for p in plans if objective_s(p) <= objective_s(plans[0]) * (1 + REFINE_WITHIN)]
     n = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
+    end = time.perf_counter() + s.budget_s / 2
     refined = [
         refine_plan(
             p,
@@ -491,8 +500,10 @@ def _refine(s: _Search, plans: list[Plan], top: int, refine: int | None, stats: 
             s.solver,
             stats,
             ALTERNATIVES if s.profile.num_units * len(p.stages) <= SMALL_MILP else 0,
+            # each plan its share of what is left
+            deadline=time.perf_counter() + (end - time.perf_counter()) / (n - i),
         )
-        for p in plans[:n]
+        for i, p in enumerate(plans[:n])
     ]
     return _dedupe(sorted(refined + plans[n:], key=_rank))
 
@@ -509,9 +520,12 @@ def search(
     time_limit: float = 20.0,
     solver: str = "auto",
     refine: int | None = None,
+    budget_s: float = BUDGET_S,
 ) -> tuple[list[Plan], SearchStats]:
     """The ``top`` plans, best simulated step time first, and what the search did:
-    enumerate -> bound -> screen -> solve -> refine -> baselines."""
+    enumerate -> bound -> screen -> solve -> refine -> baselines. ``time_limit``: seconds per MILP;
+    ``budget_s``: wall seconds the MILPs and the refinement take in all (half each; a MILP past
+    its share returns its best split so far, at worst the screened one it started from)."""
     profile_path = str(profile_path or profile.measurement.get("path", ""))
     if not profile_path or not Path(profile_path).exists():
         raise UserError("plan() needs the profile's file path (profile_path=...) so the plan can refer to it")
@@ -521,7 +535,7 @@ def search(
             f"profile again with --seq-len {job.seq_len}"
         )
     stats = SearchStats()
-    s = _Search(profile, profile_path, cluster, job, time_limit, solver)
+    s = _Search(profile, profile_path, cluster, job, time_limit, solver, budget_s)
     keep = max(top, 1)
 
     t0 = time.perf_counter()
