@@ -40,6 +40,7 @@ _SUFFIXES = (".json", ".yaml", ".yml")
 _KINDS = {
     "pipeplan.profile/1": "profile",
     "pipeplan.plan/1": "plan",
+    "pipeplan.plan/2": "plan",
     "pipeplan.runreport/1": "runreport",
     "pipeplan.cluster/1": "cluster",
 }

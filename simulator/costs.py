@@ -291,7 +291,7 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
             f"shape, and its config does not give it ({e}): use --tp 1 and --recompute none,full"
         ) from None
     tp_link = links.group_link(list(range(layout.tp)))
-    device = GEMM_DEVICES.get(profile.device_name.lower())
+    device = GEMM_DEVICES.get(profile.device_kind.lower())
     try:
         return [
             scale_unit(
