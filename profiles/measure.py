@@ -44,13 +44,35 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
 from .neighbour import check_count, neighbours
-from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
+from .types import DTYPES, Profile, ProfileEntry, TiedParams, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
-__all__ = ["profile_model", "count_saved_bytes", "gc_paused", "keep_freed_memory", "TORCH_DTYPES", "attention_impl"]
+__all__ = [
+    "profile_model",
+    "flop_counter",
+    "count_saved_bytes",
+    "gc_paused",
+    "keep_freed_memory",
+    "TORCH_DTYPES",
+    "attention_impl",
+]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TIMES = ("forward_s", "backward_s", "backward_input_s", "backward_weight_s")
+
+
+def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """A grouped matmul (mixture-of-experts layers): each row of ``a`` meets one group's matrix,
+    so 2 x a's elements x the output width (forward, and both backward products alike)."""
+    n = 1
+    for d in a_shape:
+        n *= d
+    return 2 * n * out_shape[-1]
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, also counting the grouped matmuls of routed experts."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten._grouped_mm: _grouped_mm_flop})
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -164,7 +186,8 @@ class _Runner:
             torch.autocast(device_type=device, dtype=TORCH_DTYPES[dtype]) if dtype != "fp32" else nullcontext()
         )
         self.params = [[p for p in u.parameters() if p.requires_grad] for u in model.units]
-        self.all_params = [p for ps in self.params for p in ps]
+        # a tied parameter (one embedding for input and output) is held by two units: once here
+        self.all_params = list({id(p): p for ps in self.params for p in ps}.values())
         self.last = len(model.units) - 1
 
     def unit_forward(self, idx: int, x: torch.Tensor) -> torch.Tensor:
@@ -360,7 +383,7 @@ def _profile_entry(
         with count_saved_bytes(exclude=run.params[idx]) as saved:
             out = run.unit_forward(idx, x_in)
         del out
-        with FlopCounterMode(display=False) as fc:
+        with flop_counter() as fc:
             run.unit_forward(idx, x_in)
         peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
         with torch.no_grad(), run.autocast:
@@ -375,6 +398,7 @@ def _profile_entry(
                 backward_input_s=med["backward_input_s"][0],
                 backward_weight_s=med["backward_weight_s"][0],
                 params=sum(p.numel() for p in unit.parameters()),
+                active_params=model.active_params(idx),
                 param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
                 saved_bytes=int(saved[0]),
                 output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
@@ -468,6 +492,7 @@ def profile_model(
     return Profile(
         model_name=name,
         model_config=model.config,
+        tied=tied_record(model),
         device_name=_device_name(device),
         device_kind=device,
         seq_len=seq_len,
@@ -493,6 +518,13 @@ def profile_model(
             "profiling_s": round(time.perf_counter() - t0, 3),
             "assumptions": _assumptions(__doc__),
         },
+    )
+
+
+def tied_record(model: ZooModel) -> tuple[TiedParams, ...]:
+    """The profile's record of parameters shared by several units (tied embeddings)."""
+    return tuple(
+        TiedParams(units=tuple(model.unit_names[i] for i in units), params=p.numel()) for units, p in model.tied()
     )
 
 

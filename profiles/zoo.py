@@ -37,6 +37,7 @@ import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,7 +45,16 @@ from torch import nn
 
 from .contract import UserError
 
-__all__ = ["ZooModel", "build_model", "PRESETS", "parse_overrides", "ZooError", "family_of", "LAYER_KEYS"]
+__all__ = [
+    "ZooModel",
+    "build_model",
+    "PRESETS",
+    "CODE_FAMILIES",
+    "parse_overrides",
+    "ZooError",
+    "family_of",
+    "model_types",
+]
 
 
 class ZooError(UserError):
@@ -56,18 +66,38 @@ class ZooModel:
     """A model cut into units, with what is needed to feed it and score its output."""
 
     name: str
-    family: str  # "gpt2" | "llama" | "bert" | "mlp" | "user"
+    family: str  # the model type ("gpt2", "llama", "mixtral", ...), "mlp" or "user"
     config: dict[str, Any]  # what rebuilds this model: build_model(name, config=config)
     units: list[nn.Module]
     unit_names: list[str]
     unit_kinds: list[str]
     make_batch: Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(repr=False)
+    moe: tuple[int, int] | None = None  # (routed experts, experts per token) of a mixture-of-experts model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for u in self.units:
             x = u(x)
         return x
+
+    def tied(self) -> list[tuple[list[int], nn.Parameter]]:
+        """Parameters held by more than one unit (tied input and output embeddings), each with
+        the indices of the units holding it."""
+        holders: dict[int, tuple[list[int], nn.Parameter]] = {}
+        for i, u in enumerate(self.units):
+            for p in u.parameters():
+                holders.setdefault(id(p), ([], p))[0].append(i)
+        return [(units, p) for units, p in holders.values() if len(units) > 1]
+
+    def active_params(self, idx: int) -> int:
+        """Parameters unit ``idx`` uses per token: all of them, less the routed experts a token
+        does not visit (a 3-D parameter with one slice per expert is an expert's weight)."""
+        total = sum(p.numel() for p in self.units[idx].parameters())
+        if self.moe is None:
+            return total
+        experts, k = self.moe
+        routed = sum(p.numel() for p in self.units[idx].parameters() if p.dim() == 3 and p.shape[0] == experts)
+        return total - routed + routed * k // experts
 
 
 # -- plain MLP stack ----------------------------------------------------------------------
@@ -91,7 +121,7 @@ def _build_mlp(config: dict[str, Any], attn: str):
     return {"width": width, "depth": depth}, units, [f"layer{i}" for i in range(depth)], ["layer"] * depth, make, mse
 
 
-# -- presets ------------------------------------------------------------------------------
+# -- presets: named configurations ---------------------------------------------------------
 
 _NO_DROPOUT_GPT2 = {
     "resid_pdrop": 0.0,
@@ -111,26 +141,22 @@ _LLAMA3 = {
     "max_position_embeddings": 8192,
     "rms_norm_eps": 1e-5,
     "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
-    "use_cache": False,
     "tie_word_embeddings": False,
     "bos_token_id": 128000,
     "eos_token_id": 128001,
 }
+_TINY_VOCAB = {"vocab_size": 1000, "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2}
 
 
-def _llama(layers: int, hidden: int, inter: int, heads: int, kv: int, **more) -> tuple[str, dict[str, Any]]:
-    return (
-        "llama",
-        {
-            **_LLAMA3,
-            "num_hidden_layers": layers,
-            "hidden_size": hidden,
-            "intermediate_size": inter,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv,
-            **more,
-        },
-    )
+def _decoder(layers: int, hidden: int, inter: int, heads: int, kv: int, **more) -> dict[str, Any]:
+    return {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        **more,
+    }
 
 
 def _gpt2(layers: int, width: int, heads: int, vocab: int = 50257, positions: int = 1024):
@@ -164,9 +190,11 @@ def _bert(layers: int, hidden: int, heads: int, inter: int, vocab: int = 30522, 
     )
 
 
-#: name -> (family, config). Config keys are the Hugging Face config's own field names.
-#: Real sizes follow the published configs (GPT-2 paper sizes; Llama 3.2 1B, Llama 3 8B
-#: and 70B; BERT-base), with the RoPE scaling of Llama 3.x left out (it changes no cost).
+#: name -> (model type, config fields). Fields are the Hugging Face config's own names; the
+#: model type is transformers' (``llama``, ``mixtral``, ...) or ``mlp``. Sizes follow the
+#: published configs (GPT-2 paper sizes; Llama 3.2 1B, Llama 3 8B and 70B; Mistral 7B v0.3;
+#: Qwen2.5 7B; Mixtral 8x7B; Gemma 2 9B; Phi-3 mini; DeepSeek-V3; BERT-base), with RoPE
+#: scaling (Llama 3.x, DeepSeek-V3's YaRN) left out: it changes no cost.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # The built-in default: few small blocks and GPT-2's real vocabulary, so the head
     # outweighs several blocks, as it does in real models.
@@ -175,15 +203,87 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2": _gpt2(12, 768, 12),
     "gpt2-medium": _gpt2(24, 1024, 16),
     "gpt2-large": _gpt2(36, 1280, 20),
-    "llama-tiny": _llama(
-        2, 64, 128, 4, 2, vocab_size=1000, max_position_embeddings=256, bos_token_id=1, eos_token_id=2
+    "llama-tiny": ("llama", _decoder(2, 64, 128, 4, 2, **{**_LLAMA3, **_TINY_VOCAB})),
+    "llama-small": (
+        "llama",
+        _decoder(4, 256, 688, 8, 2, **{**_LLAMA3, **_TINY_VOCAB, "vocab_size": 8000, "max_position_embeddings": 1024}),
     ),
-    "llama-small": _llama(
-        4, 256, 688, 8, 2, vocab_size=8000, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2
+    "llama-1b": ("llama", _decoder(16, 2048, 8192, 32, 8, head_dim=64, **{**_LLAMA3, "tie_word_embeddings": True})),
+    "llama3-8b": ("llama", _decoder(32, 4096, 14336, 32, 8, **_LLAMA3)),
+    "llama3-70b": ("llama", _decoder(80, 8192, 28672, 64, 8, **_LLAMA3)),
+    "mistral-7b": (
+        "mistral",
+        _decoder(32, 4096, 14336, 32, 8, vocab_size=32768, max_position_embeddings=32768, sliding_window=None),
     ),
-    "llama-1b": _llama(16, 2048, 8192, 32, 8, head_dim=64),
-    "llama3-8b": _llama(32, 4096, 14336, 32, 8),
-    "llama3-70b": _llama(80, 8192, 28672, 64, 8),
+    "qwen2.5-7b": (
+        "qwen2",
+        _decoder(
+            28,
+            3584,
+            18944,
+            28,
+            4,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "mixtral-8x7b": (
+        "mixtral",
+        _decoder(
+            32,
+            4096,
+            14336,
+            32,
+            8,
+            vocab_size=32000,
+            max_position_embeddings=32768,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+        ),
+    ),
+    "gemma2-9b": (
+        "gemma2",
+        _decoder(
+            42,
+            3584,
+            14336,
+            16,
+            8,
+            head_dim=256,
+            vocab_size=256000,
+            sliding_window=4096,
+            query_pre_attn_scalar=256,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "phi3-mini": ("phi3", _decoder(32, 3072, 8192, 32, 32, vocab_size=32064, max_position_embeddings=4096)),
+    "deepseek-v3": (
+        "deepseek_v3",
+        _decoder(
+            61,
+            7168,
+            18432,
+            128,
+            128,
+            vocab_size=129280,
+            moe_intermediate_size=2048,
+            n_routed_experts=256,
+            n_shared_experts=1,
+            num_experts_per_tok=8,
+            first_k_dense_replace=3,
+            q_lora_rank=1536,
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            n_group=8,
+            topk_group=4,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+        ),
+    ),
     "bert-tiny": _bert(2, 64, 2, 128, vocab=1000, positions=256),
     "bert-small": _bert(4, 256, 4, 1024),
     "bert-base": _bert(12, 768, 12, 3072),
@@ -191,27 +291,68 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp-tiny": ("mlp", {"width": 32, "depth": 4}),
 }
 
+#: preset families built by code of their own rather than from a pp plan (see zoo_hf)
+CODE_FAMILIES = ("gpt2", "bert", "mlp")
+#: keys of a saved config.json that describe the file, not the model
+_FILE_KEYS = (
+    "model_type",
+    "transformers_version",
+    "architectures",
+    "auto_map",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+)
 
-def _builders() -> dict[str, Callable]:
-    from .zoo_hf import BUILDERS
 
-    return {**BUILDERS, "mlp": _build_mlp}
+def model_types() -> list[str]:
+    """The model types ``build_model`` accepts by name: GPT-2, BERT, and every causal-LM type of
+    the installed transformers whose config declares a ``base_model_pp_plan``."""
+    from .zoo_hf import decoder_types
+
+    return sorted({"gpt2", "bert", *decoder_types()})
+
+
+def _config_file(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ZooError(f"{path}: cannot read it as a JSON config ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ZooError(f"{path}: no model_type field: a Hugging Face config.json names its model_type")
+    return data["model_type"], {k: v for k, v in data.items() if k not in _FILE_KEYS}
+
+
+def _is_file_spec(name: str) -> bool:
+    return name.endswith(".json") or Path(name).is_file()
 
 
 def family_of(name: str) -> str:
-    """The family of preset ``name``, or ``"user"`` for a ``module:function`` spec."""
+    """The model type of ``name`` (a preset, a model type, a config.json path), or ``"user"``."""
+    if name in PRESETS:
+        return PRESETS[name][0]
+    if _is_file_spec(name):
+        return _config_file(Path(name))[0] if Path(name).is_file() else _missing_file(name)
     if ":" in name:
         return "user"
-    if name not in PRESETS:
-        raise ZooError(
-            f"unknown model {name!r}: choose one of {', '.join(sorted(PRESETS))}, "
-            "or give a user model as package.module:function"
-        )
-    return PRESETS[name][0]
+    if name in CODE_FAMILIES or name in model_types():
+        return name
+    raise ZooError(
+        f"unknown model {name!r}: give a preset or a model type (`pipeplan profile --list`), a path to a "
+        "config.json, or a user model as package.module:function"
+    )
 
 
-#: the config field holding the number of blocks, per family
-LAYER_KEYS = {"gpt2": "n_layer", "llama": "num_hidden_layers", "bert": "num_hidden_layers", "mlp": "depth"}
+def _missing_file(name: str) -> str:
+    raise ZooError(f"{name}: no such config file")
+
+
+def _base_config(name: str, family: str) -> dict[str, Any]:
+    if name in PRESETS:
+        return json.loads(json.dumps(PRESETS[name][1]))
+    if _is_file_spec(name):
+        return _config_file(Path(name))[1]
+    return {}
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -236,39 +377,58 @@ def build_model(
     *,
     attention: str = "sdpa",
     device: str | torch.device | None = None,
+    trust_remote_code: bool = True,
 ) -> ZooModel:
-    """Build model ``name`` (a preset or ``package.module:function``) with weights from ``seed``.
+    """Build model ``name`` with weights from ``seed``: a preset, a transformers model type
+    (``qwen2``), a path to a ``config.json``, or ``package.module:function``.
 
-    ``config`` (a profile's stored ``model.config``) replaces the preset's config;
-    ``overrides`` then change single fields. ``attention`` is the Hugging Face
-    attention implementation (``sdpa`` or ``flash_attention_2``); ``device`` builds
-    the parameters there directly (``"meta"`` for analytic profiles: no memory used).
+    ``config`` (a profile's stored ``model.config``) replaces the preset's or file's config;
+    ``overrides`` then change single fields. ``attention`` is the Hugging Face attention
+    implementation (``sdpa`` or ``flash_attention_2``); ``device`` builds the parameters
+    there directly (``"meta"`` for analytic profiles: no memory used). ``trust_remote_code``
+    False refuses a ``module:function`` model (code named in a file, not by the user).
     """
-    family = family_of(name)
-    if family == "user":
+    if ":" in name and not _is_file_spec(name) and name not in PRESETS:
+        if not trust_remote_code:
+            raise ZooError(
+                f"the profile names code to run, {name}: pass --trust-remote-code to import and run it on every rank"
+            )
         return _build_user(name, {**(config or {}), **(overrides or {})}, seed, device)
-    cfg = dict(config) if config is not None else json.loads(json.dumps(PRESETS[name][1]))
+    if config is not None and isinstance(config.get("model_type"), str):
+        family = config["model_type"]
+    else:
+        family = family_of(name)
+    cfg = dict(config) if config is not None else _base_config(name, family)
     if overrides:
         known = _known_keys(family) | set(cfg)
         for key, value in overrides.items():
             if key not in known:
                 raise ZooError(
-                    f"--set {key}: not a field of the {family} config (e.g. "
-                    f"{LAYER_KEYS[family]}); see the Hugging Face config class"
+                    f"--set {key}: not a field of the {family} config (e.g. num_hidden_layers); "
+                    "see the Hugging Face config class"
                 )
             cfg[key] = value
-    cfg.pop("model_type", None)
-    cfg.pop("transformers_version", None)
+    for key in _FILE_KEYS:
+        cfg.pop(key, None)
     torch.manual_seed(seed)
     try:
         with torch.device(device) if device is not None else nullcontext():
-            stored, units, names, kinds, make, loss = _builders()[family](cfg, attention)
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
+            if family == "mlp":
+                stored, units, names, kinds, make, loss = _build_mlp(cfg, attention)
+            else:
+                from .zoo_hf import build
+
+                stored, units, names, kinds, make, loss = build(family, cfg, attention)
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ZooError(f"model {name!r} cannot be built with this config: {msg}") from None
+    moe = None
     if family != "mlp":
+        from .zoo_hf import full_config, moe_of
+
         stored = {**stored, "model_type": family}
-    return ZooModel(name, family, stored, units, names, kinds, make, loss)
+        moe = moe_of(full_config(family, stored))
+    return ZooModel(name, family, stored, units, names, kinds, make, loss, moe=moe)
 
 
 def _known_keys(family: str) -> set[str]:
@@ -320,23 +480,29 @@ def _build_user(spec: str, kwargs: dict[str, Any], seed: int, device) -> ZooMode
             got.make_batch,
             got.loss_fn,
         )
-    units = list(got) if isinstance(got, (list, tuple, nn.Sequential)) else None
-    if not units or not all(isinstance(u, nn.Module) for u in units):
-        raise ZooError(f"user model {spec!r} returned {type(got).__name__}: return a ZooModel or a list of nn.Module")
-    first_linear = next((m for m in units[0].modules() if isinstance(m, nn.Linear)), None)
-    if first_linear is None:
-        raise ZooError(
-            f"user model {spec!r}: no nn.Linear in the first unit to size the input; return a ZooModel "
-            "with its own make_batch"
-        )
-    d = first_linear.in_features
+    make = loss = None
+    if isinstance(got, tuple) and len(got) == 3 and all(f is None or callable(f) for f in got[1:]):
+        got, make, loss = got
+    if isinstance(got, (list, tuple, nn.Sequential)):
+        units = list(got)
+        if not units or not all(isinstance(u, nn.Module) for u in units):
+            raise ZooError(f"user model {spec!r}: {_WHAT_TO_RETURN}")
+        names, kinds = [f"unit{i}" for i in range(len(units))], ["layer"] * len(units)
+    elif isinstance(got, nn.Module):
+        from .zoo_user import split_module
 
-    def make(batch_size: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(batch_size, seq_len, d, generator=g), torch.empty(0)
+        units, names, kinds = split_module(spec, got, _WHAT_TO_RETURN)
+    else:
+        raise ZooError(f"user model {spec!r} returned {type(got).__name__}: {_WHAT_TO_RETURN}")
+    if make is None or loss is None:
+        from .zoo_user import default_batch_and_loss
 
-    def mean_square(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return out.float().pow(2).mean()
+        default_make, default_loss = default_batch_and_loss(spec, units, _WHAT_TO_RETURN)
+        make, loss = make or default_make, loss or default_loss
+    return ZooModel(spec, "user", dict(kwargs), units, names, kinds, make, loss)
 
-    n = len(units)
-    return ZooModel(spec, "user", dict(kwargs), units, [f"unit{i}" for i in range(n)], ["layer"] * n, make, mean_square)
+
+_WHAT_TO_RETURN = (
+    "return an nn.Module whose blocks sit in an nn.ModuleList, a list of tensor-to-tensor units "
+    "(e.g. [nn.Embedding, *blocks, head]), either optionally as (model, make_batch, loss_fn), or a ZooModel"
+)

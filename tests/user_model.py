@@ -36,3 +36,51 @@ def broken():
 
 
 NOT_A_FUNCTION = 3
+
+
+class TinyLM(nn.Module):
+    """A user's own model: an embedding, blocks in an nn.ModuleList, a norm and a head tied to the embedding."""
+
+    def __init__(self, vocab: int = 100, width: int = 16, depth: int = 3, tied: bool = True):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        h = self.embed(ids) * 2.0
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h))
+
+
+def build_module(vocab: int = 100, width: int = 16, depth: int = 3, tied: bool = True):
+    """An nn.Module with a ModuleList: the zoo finds the units."""
+    return TinyLM(vocab, width, depth, tied)
+
+
+def build_embedding_first(vocab: int = 1000, width: int = 64):
+    """A list of units that starts with an nn.Embedding (token inputs) and ends at the vocabulary."""
+    mlp = [nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)) for _ in range(3)]
+    return [nn.Embedding(vocab, width), *mlp, nn.Linear(width, vocab)]
+
+
+class Skips(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+
+    def forward(self, x):
+        y = self.blocks[0](x)
+        return self.blocks[1](y) + x
+
+
+def build_skip():
+    """A value used on both sides of the blocks: its units cannot be found."""
+    return Skips()
