@@ -56,6 +56,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data", type=Path, help="a small text file: its bytes as tokens (default: synthetic tokens)")
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank to DIR")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="import and run the package.module:function model the plan's profile names, on every rank",
+    )
 
 
 def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
@@ -63,11 +68,14 @@ def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
     for flag in ("torch_schedule", "data", "torch_profiler"):
         if getattr(args, flag, None):
             out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    return out + (["--check"] if args.check else [])
+    return out + (["--check"] if args.check else []) + (["--trust-remote-code"] if args.trust_remote_code else [])
 
 
 def _run_plan(args: argparse.Namespace) -> tuple[int, Path]:
     plan = load_plan(args.plan)  # fail here, with one line, before any process starts
+    from profiles.zoo import check_trusted  # imports torch: only to run
+
+    check_trusted(plan.profile.model_name, args.trust_remote_code, args.plan)
     nproc = args.nproc or plan.world_size
     if nproc != plan.world_size:
         raise UserError(f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp})")

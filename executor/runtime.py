@@ -35,7 +35,7 @@ from torch import nn
 from planner.plan import Plan, load_plan
 from profiles.contract import ContractError, UserError, sha256_of
 from profiles.measure import gc_paused, keep_freed_memory
-from profiles.zoo import ZooModel, build_model
+from profiles.zoo import ZooModel, build_model, check_trusted
 from simulator.timeline import Event, RankStats, Timeline
 
 from .build import (
@@ -114,6 +114,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-schedule", metavar="NAME", help="run torch's schedule class NAME instead of the table")
     p.add_argument("--data", type=Path, help="a text file: its bytes as tokens (default: synthetic tokens)")
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the module:function model a profile names")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--perturb-grad", type=float, default=0.0, help=argparse.SUPPRESS)  # --check failure tests
@@ -162,6 +163,7 @@ def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
             f"{path}: the plan is for model {plan.model_name!r} but its profile is of "
             f"{plan.profile.model_name if plan.profile else '?'}: re-plan"
         )
+    check_trusted(plan.profile.model_name, args.trust_remote_code, path)
     torch_schedule = check_torch_schedule(plan, args.torch_schedule) if args.torch_schedule else None
     if args.data and "vocab_size" not in plan.profile.model_config:
         raise UserError(f"--data {args.data}: model {plan.profile.model_name} takes no tokens; leave --data out")
@@ -231,7 +233,8 @@ def _run(
     loss_scale = FP16_LOSS_SCALE if any(s.dtype == "fp16" for s in plan.stages) and not forward_only else 1.0
     loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
     stages, mods = build_stages(plan, model.units, pp_rank, device, pp_group)
-    params = [p for mod in mods for p in mod.parameters()]
+    params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
+    tied = _tied_groups(plan, model, dp, pp_rank, dp_rank)
     recorder = Recorder(rank=rank)
     if args.fail_at_step is not None and rank == args.fail_rank:
         recorder.fail_at = (args.fail_at_step, rank)
@@ -282,6 +285,7 @@ def _run(
             if forward_only and args.check and step == 0:
                 check = _check_outputs(plan, out, x, device) if last_stage else {}
             if not forward_only:
+                _sum_tied(tied)
                 _finish_grads(params, dp, dp_group, loss_scale)
                 if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
                     g = params[0].grad
@@ -389,6 +393,33 @@ def _check_outputs(plan: Plan, out, x: torch.Tensor, device) -> dict:
         "tensors": 1,
         "why": "" if diff <= rtol else "outputs differ from the one-process forward",
     }
+
+
+def _tied_groups(plan: Plan, model: ZooModel, dp: int, pp_rank: int, dp_rank: int) -> list:
+    """Parameters held by stages on different ranks (tied input and output embeddings): a
+    process group of those ranks (per data-parallel replica) and the parameter, for the ones this
+    rank holds. Every rank creates every group, as torch requires."""
+    pp = plan.pp
+    stage_of = {u: s for s in plan.stages for u in range(s.first, s.end)}
+    out = []
+    for units, p in model.tied():
+        ranks = sorted({stage_of[u].rank for u in units})
+        if len(ranks) < 2:
+            continue  # one rank holds every copy: autograd already sums its gradient
+        for d in range(dp):
+            group = dist.new_group([d * pp + r for r in ranks])
+            if d == dp_rank and pp_rank in ranks:
+                out.append((group, p))
+    return out
+
+
+def _sum_tied(tied: list) -> None:
+    """Each rank holding a tied parameter has the gradient of its own uses: sum them, so every
+    copy steps with the whole gradient and the copies stay equal (Megatron's embedding all-reduce)."""
+    for group, p in tied:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, group=group)
 
 
 def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: float) -> None:

@@ -24,9 +24,11 @@ def _csv(kind):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
-        help="zoo preset (gpt2-demo, gpt2, gpt2-medium, llama-tiny, llama-1b, llama3-8b, "
-        "llama3-70b, bert-tiny, bert-base, mlp-tiny, ...) or a user model package.module:function",
+        nargs="?",
+        help="a preset (gpt2-demo, llama3-8b, mixtral-8x7b, ...: see --list), a transformers model type "
+        "(qwen2, mistral, gemma2, ...), a path to a config.json, or a user model package.module:function",
     )
+    p.add_argument("--list", action="store_true", help="print the presets and the supported model types, then exit")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to measure (default cpu)")
     p.add_argument(
         "--dtypes",
@@ -74,8 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_path(model: str, device: str) -> Path:
-    """``profiles/<device>/<model>.json``; a user spec ``pkg.mod:fn`` is stored as ``pkg.mod__fn``."""
-    return Path("profiles") / device / f"{model.replace(':', '__').replace('/', '_')}.json"
+    """``profiles/<device>/<model>.json``; a user spec ``pkg.mod:fn`` is stored as ``pkg.mod__fn``, a
+    config file ``path/to/config.json`` as ``path_to_config``."""
+    return Path("profiles") / device / f"{model.removesuffix('.json').replace(':', '__').replace('/', '_')}.json"
 
 
 def format_table(profile) -> str:
@@ -116,11 +119,42 @@ def format_table(profile) -> str:
     return "\n".join(lines)
 
 
+def list_models() -> str:
+    """The presets (model type, layers, parameters) and the model types built from their pp plan."""
+    from .zoo import CODE_FAMILIES, PRESETS, model_types
+
+    lines = ["presets (named configurations; --set changes any field):"]
+    for name, (family, cfg) in PRESETS.items():
+        layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("depth")))
+        experts = cfg.get("num_local_experts") or cfg.get("n_routed_experts")
+        more = f", {experts} experts, top-{cfg['num_experts_per_tok']}" if experts else ""
+        tied = ", tied embeddings" if cfg.get("tie_word_embeddings") else ""
+        lines.append(f"  {name:<14} {family:<12} {layers} layers{more}{tied}")
+    types = [t for t in model_types() if t not in CODE_FAMILIES]
+    lines.append(f"\nmodel types built from their config's base_model_pp_plan ({len(types)}):")
+    line = " "
+    for t in types:
+        if len(line) + len(t) > 100:
+            lines.append(line)
+            line = " "
+        line += f" {t}"
+    lines.append(line)
+    lines.append("with code of their own: gpt2 (no pp plan), bert (an encoder), mlp; or a config.json, or pkg.mod:fn")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
     from . import profile_model
+    from .contract import UserError
     from .zoo import parse_overrides
+
+    if args.list:
+        print(list_models())
+        return 0
+    if not args.model:
+        raise UserError("give a MODEL to profile (a preset, a model type, a config.json or pkg.mod:fn), or --list")
 
     overrides = parse_overrides(args.set)
     if args.analytic:

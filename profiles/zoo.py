@@ -313,6 +313,20 @@ def model_types() -> list[str]:
     return sorted({"gpt2", "bert", *decoder_types()})
 
 
+def names_code(name: str) -> bool:
+    """Whether model ``name`` is code to import (``package.module:function``)."""
+    return ":" in name and name not in PRESETS and not _is_file_spec(name)
+
+
+def check_trusted(name: str, trusted: bool, where) -> None:
+    """A model named in a file (a profile, a plan) that is code runs only with ``--trust-remote-code``."""
+    if names_code(name) and not trusted:
+        raise ZooError(
+            f"{where}: its profile names code to import and run on every rank, {name}: pass --trust-remote-code "
+            "if you trust it"
+        )
+
+
 def _config_file(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
@@ -388,11 +402,8 @@ def build_model(
     there directly (``"meta"`` for analytic profiles: no memory used). ``trust_remote_code``
     False refuses a ``module:function`` model (code named in a file, not by the user).
     """
-    if ":" in name and not _is_file_spec(name) and name not in PRESETS:
-        if not trust_remote_code:
-            raise ZooError(
-                f"the profile names code to run, {name}: pass --trust-remote-code to import and run it on every rank"
-            )
+    if names_code(name):
+        check_trusted(name, trust_remote_code, "model")
         return _build_user(name, {**(config or {}), **(overrides or {})}, seed, device)
     if config is not None and isinstance(config.get("model_type"), str):
         family = config["model_type"]

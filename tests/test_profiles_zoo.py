@@ -5,7 +5,6 @@ import torch
 
 from profiles.zoo import PRESETS, ZooError, build_model, parse_overrides
 
-
 #: tiny configs of decoder families (model type -> overrides); each declares a pp plan
 TINY = {
     "hidden_size": 64,
