@@ -125,7 +125,13 @@ class BaseModelPrefix(nn.Module):
     (hidden states, rotary position embeddings, the causal or sliding-window mask, position ids,
     ...), computed by the model's own code, so nothing per family is re-implemented here. It
     holds the base model's parameter-free modules (the rotary embedding, dropout); ``keep`` names
-    the parameter-holding modules it keeps (the embedding, for the first unit)."""
+    the parameter-holding modules it keeps (the embedding, for the first unit).
+
+    Layer inputs for given hidden states are kept and reused (``cached_layer_inputs``) once the
+    first call has shown they do not depend on the hidden states' values: with positions
+    ``0..s-1`` they are a function of shape, dtype and device alone, as for every decoder here,
+    and running the base model's preamble per layer would otherwise cost as much as a small layer.
+    """
 
     def __init__(self, base: nn.Module, layers_key: str, keep: tuple[str, ...] = ()):
         super().__init__()
@@ -141,6 +147,8 @@ class BaseModelPrefix(nn.Module):
         if held:
             raise ValueError(f"the base model holds parameters of its own outside its modules: {held}")
         self.shell = shell
+        self._cache: dict[tuple, tuple[tuple, dict]] = {}
+        self._values_matter = False  # set when a layer's inputs turned out to depend on the hidden states
 
     def layer_inputs(self, index: int, **inputs) -> tuple[tuple, dict]:
         self._target[0] = index
@@ -149,6 +157,67 @@ class BaseModelPrefix(nn.Module):
         except _Reached as r:
             return r.call_args, r.call_kwargs
         raise RuntimeError(f"the base model's forward never called decoder layer {index}")
+
+    def cached_layer_inputs(self, index: int, h: torch.Tensor) -> tuple[tuple, dict]:
+        """What the base model passes layer ``index`` besides the hidden states ``h`` (the hidden
+        states left out: ``None`` in their place), computed once per shape, dtype, device and
+        autocast state. Equal results for different layers are stored once."""
+        kind = h.device.type
+        key = (
+            index,
+            tuple(h.shape),
+            h.dtype,
+            h.device,
+            torch.is_autocast_enabled(kind),
+            torch.get_autocast_dtype(kind),
+        )
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        got = _without_hidden(*self.layer_inputs(index, inputs_embeds=h))
+        if self._values_matter or kind == "meta":
+            return got
+        with torch.no_grad():
+            other = _without_hidden(*self.layer_inputs(index, inputs_embeds=h.detach() * 2 + 1))
+        if not _same(got, other) or _needs_grad(got):
+            self._values_matter = True
+            return got
+        same_shape = [v for k, v in self._cache.items() if k[1:] == key[1:]]
+        self._cache[key] = next((v for v in same_shape if _same(v, got)), got)
+        return self._cache[key]
+
+
+def _without_hidden(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if args:
+        return (None, *args[1:]), kwargs
+    return args, {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+
+def _same(a, b) -> bool:
+    """Equal nested tuples, lists and dicts of tensors and plain values."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return (
+            torch.is_tensor(a)
+            and torch.is_tensor(b)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and (torch.equal(a, b))
+        )
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, type(a)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and (a is b or a == b)
+
+
+def _needs_grad(x) -> bool:
+    if torch.is_tensor(x):
+        return x.requires_grad
+    if isinstance(x, (tuple, list)):
+        return any(_needs_grad(v) for v in x)
+    if isinstance(x, dict):
+        return any(_needs_grad(v) for v in x.values())
+    return False
 
 
 def _with_hidden(args: tuple, kwargs: dict, h: torch.Tensor) -> tuple[tuple, dict]:
@@ -179,7 +248,7 @@ class DecoderLayer(nn.Module):
         self.layer, self.index, self.prefix = layer, index, prefix
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        args, kwargs = _with_hidden(*self.prefix.layer_inputs(self.index, inputs_embeds=h), h)
+        args, kwargs = _with_hidden(*self.prefix.cached_layer_inputs(self.index, h), h)
         out = self.layer(*args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 

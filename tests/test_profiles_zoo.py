@@ -106,6 +106,8 @@ def test_decoder_units_from_the_pp_plan_match_hugging_face(family):
     attn = "eager" if family == "gemma2" else "sdpa"  # Gemma 2 supports no SDPA (soft-capping)
     with torch.no_grad():
         torch.testing.assert_close(zm.forward(ids), _hf_logits(family, zm.config, 3, ids, attn))
+        other, _ = zm.make_batch(2, 12, 1)  # the layers' inputs (positions, masks) now come from the cache
+        torch.testing.assert_close(zm.forward(other), _hf_logits(family, zm.config, 3, other, attn))
 
 
 def test_tied_embeddings_stay_tied_and_moe_counts_active_params():
