@@ -3,30 +3,40 @@
 A stage of a pipeline is a run of consecutive units, so every model here is built as
 ``units[0] -> units[1] -> ... -> units[-1]`` plus a loss on the last output.
 
-Three sources of models:
+Sources of models (``build_model(name, ...)``):
 
-- **presets** (:data:`PRESETS`): Hugging Face GPT-2, Llama and BERT (see ``zoo_hf``)
-  built from their configs with random weights (nothing is downloaded), and a plain
-  MLP stack. ``overrides`` (``--set key=value``) change fields of the Hugging Face
-  config by their own names; the resulting config is ``ZooModel.config`` and is what
-  a Profile stores under ``model.config``.
-- **a user function** named ``package.module:function``: it is called as
-  ``function(**config)`` (``config`` = the overrides, e.g. ``--set width=64`` passes
-  ``width=64``) after ``torch.manual_seed(seed)``, and returns either
+- **a preset** (:data:`PRESETS`): a name for a model type and config fields, e.g.
+  ``llama3-8b`` = ``llama`` + the published sizes. No code per preset;
+- **a transformers model type** (``qwen2``, ``mixtral``, ...) with the config's defaults, or a
+  **path to a config.json** (its ``model_type`` and fields). Any causal LM whose config declares
+  a ``base_model_pp_plan`` is cut from that plan (``zoo_hf``); GPT-2 and BERT have builders of
+  their own. Built from the config with random weights (nothing is downloaded);
+- **a user function** named ``package.module:function``, called as ``function(**config)``
+  (``config`` = the overrides, e.g. ``--set width=64`` passes ``width=64``) after
+  ``torch.manual_seed(seed)``. It returns
 
-  * a :class:`ZooModel` (full control: its units, names, kinds, batch maker and loss), or
-  * a list (or ``nn.Sequential``) of tensor-to-tensor ``nn.Module`` units. Then the
-    batch is ``torch.randn(batch, seq_len, d)`` with ``d`` the ``in_features`` of the
-    first ``nn.Linear`` in the first unit (a ``ZooError`` when there is none: return a
-    ZooModel instead), and the loss is the mean square of the last output (the targets
-    are an empty tensor). Units are named ``unit{i}`` of kind ``layer``.
+  * an ``nn.Module`` whose blocks sit in an ``nn.ModuleList``: the units are found by
+    tracing it (``zoo_user``): what runs before the blocks, each block, what runs after;
+  * a list (or ``nn.Sequential``) of tensor-to-tensor units, which may start with an
+    ``nn.Embedding`` (token inputs); units are named ``unit{i}`` of kind ``layer``;
+  * either of these as ``(model, make_batch, loss_fn)``, with ``make_batch(batch_size,
+    seq_len, seed) -> (inputs, target)`` and ``loss_fn(output, target) -> scalar`` (either
+    may be None); without them the batch and loss follow ``zoo_user.default_batch_and_loss``:
+    tokens for an embedding-first model, cross entropy when the last unit outputs the
+    vocabulary size, else the mean square of the output;
+  * or a :class:`ZooModel` (full control: units, names, kinds, batch maker and loss).
 
-  The profile stores the spec as the model name and the keyword arguments as its
-  config, so ``build_model(spec, config=...)`` rebuilds the same model.
+  The profile stores the spec as the model name and the keyword arguments as its config,
+  so ``build_model(spec, config=...)`` rebuilds the same model. Code named in a profile
+  runs only with ``trust_remote_code`` (``--trust-remote-code`` on run and validate).
 
-Tied embeddings: presets set ``tie_word_embeddings=False``. A tied model shares one
-weight between the first and last unit, and the executor cannot yet sum such a
-weight's gradients across stages; the head therefore has its own weight here.
+``overrides`` (``--set key=value``) change config fields by their own names in every form;
+the resulting config is ``ZooModel.config`` and is what a Profile stores under
+``model.config`` (with ``model_type``, so the executor rebuilds a config.json model without
+the file).
+
+Tied embeddings stay tied: the first and last unit hold the same parameter
+(:meth:`ZooModel.tied`), and the executor sums its gradient between the ranks holding it.
 """
 
 from __future__ import annotations
