@@ -291,8 +291,8 @@ def _entries(model: ZooModel, signatures: list, spec: DeviceSpec, dtypes, microb
 
 
 def _signature(model: ZooModel, idx: int) -> tuple:
-    """What makes two units cost the same: class, parameter shapes, and the attention type a
-    decoder layer's config gives it (full or sliding window)."""
+    """What makes two units cost the same: class, module tree, parameter shapes, and the
+    attention type a decoder layer's config gives it (full or sliding window)."""
     unit = model.units[idx]
     layer_types = model.config.get("layer_types")
     index = getattr(unit, "index", None)
@@ -300,7 +300,8 @@ def _signature(model: ZooModel, idx: int) -> tuple:
     if idx in (0, len(model.units) - 1):
         return (idx,)
     shapes = tuple((n, tuple(p.shape)) for n, p in unit.named_parameters())
-    return (type(unit).__name__, type(getattr(unit, "layer", unit)).__name__, shapes, attn)
+    # the module tree (and a traced unit's code) tells apart blocks with equal shapes but other ops
+    return (type(unit).__name__, repr(getattr(unit, "layer", unit)), getattr(unit, "code", None), shapes, attn)
 
 
 def _assumptions() -> list[str]:
