@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from unittest.mock import patch
 
 import torch
+import torch.fx
 from torch import nn
 
 from .contract import UserError
@@ -299,9 +300,20 @@ def _signature(model: ZooModel, idx: int) -> tuple:
     attn = layer_types[index] if isinstance(layer_types, list) and isinstance(index, int) else None
     if idx in (0, len(model.units) - 1):
         return (idx,)
-    shapes = tuple((n, tuple(p.shape)) for n, p in unit.named_parameters())
-    # the module tree (and a traced unit's code) tells apart blocks with equal shapes but other ops
-    return (type(unit).__name__, repr(getattr(unit, "layer", unit)), getattr(unit, "code", None), shapes, attn)
+    shapes = tuple(tuple(p.shape) for p in unit.parameters())
+    return (type(unit).__name__, _structure(unit), shapes, attn)
+
+
+def _structure(unit: nn.Module):
+    """The module tree, or for a traced unit its graph's operations, names left out: blocks with
+    equal shapes but other operations do not count as one."""
+    if isinstance(unit, torch.fx.GraphModule):
+        return tuple(
+            repr(unit.get_submodule(n.target)) if n.op == "call_module" else (n.op, str(n.target))
+            for n in unit.graph.nodes
+            if n.op not in ("get_attr", "placeholder", "output")
+        )
+    return repr(getattr(unit, "layer", unit))
 
 
 def _assumptions() -> list[str]:

@@ -84,6 +84,11 @@ def default_path(model: str, device: str) -> Path:
 def format_table(profile) -> str:
     """A per-unit table, one block per (dtype, microbatch size)."""
     lines = [f"{profile.model_name} on {profile.device_name} ({profile.method}), seq_len {profile.seq_len}"]
+    for g in profile.tied:
+        lines.append(
+            f"tied: {' and '.join(g.units)} hold one parameter of {g.params:,d} elements (each counts it; "
+            "stages on different ranks sum its gradient every step)"
+        )
     for e in profile.entries:
         lines.append(f"\n[{e.dtype}, microbatch {e.microbatch_size}]")
         lines.append(

@@ -159,6 +159,19 @@ def test_user_module_with_a_module_list_is_cut_at_its_blocks():
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(ref(ids).flatten(0, 1), target.flatten()))
 
 
+def test_user_batch_and_loss_functions_and_analytic_on_meta():
+    zm = build_model("tests.user_model:build_with_functions", {"width": 6})
+    assert zm.unit_names == ["block0", "block1", "block2", "head"]  # nothing runs before the blocks
+    x, t = zm.make_batch(2, 3, 0)
+    assert x.shape == (2, 3, 6) and float(t.mean()) == 1.0
+    torch.testing.assert_close(zm.loss_fn(zm.forward(x), t), torch.nn.functional.l1_loss(zm.forward(x), t))
+    from profiles.analytic import analytic_profile
+
+    p = analytic_profile("tests.user_model:build_module", dtypes=("fp32",), seq_len=16)
+    assert p.unit_names == ["embed", "block0", "block1", "block2", "head"] and p.measurement["units_counted"] == 3
+    assert [g.units for g in p.tied] == [("embed", "head")]
+
+
 def test_embedding_first_unit_list_takes_tokens():
     zm = build_model("tests.user_model:build_embedding_first")
     ids, target = zm.make_batch(2, 6, 0)
@@ -191,6 +204,8 @@ def test_user_function_list_and_zoo_model():
         ("tests.user_model:NOT_A_FUNCTION", None, "has no function"),
         ("tests.user_model:build", {"bogus": 1}, "rejected its arguments"),
         ("tests.user_model:build_skip", None, "more than one value passes"),
+        ("tests.user_model:build_branchy", None, "torch.fx cannot trace"),
+        ("tests.user_model:build_no_list", None, "holds no nn.ModuleList"),
         ("tests.user_model:NOT_A_FUNCTION", None, "has no function"),
         ("no/such/config.json", None, "no such config file"),
     ],

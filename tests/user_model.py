@@ -84,3 +84,45 @@ class Skips(nn.Module):
 def build_skip():
     """A value used on both sides of the blocks: its units cannot be found."""
     return Skips()
+
+
+def build_with_functions(width: int = 8):
+    """(model, make_batch, loss_fn): the user's own batch and loss."""
+
+    def make(batch_size, seq_len, seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch_size, seq_len, width, generator=g), torch.ones(batch_size, seq_len, width)
+
+    return TinyMLP(width), make, lambda out, t: nn.functional.l1_loss(out, t)
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a tensor's value: torch.fx cannot trace it
+            x = -x
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+def build_branchy():
+    return Branchy()
+
+
+def build_no_list():
+    return nn.Linear(4, 4)
