@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from unittest.mock import patch
 
 import torch
 import torch.fx
@@ -223,8 +221,7 @@ def analytic_profile(
             "16 bits: use --dtypes bf16"
         )
     signatures = [_signature(model, i) for i in range(len(model.units))]
-    with _one_sequence_per_row():
-        entries = _entries(model, signatures, spec, dtypes, microbatch_sizes, seq_len)
+    entries = _entries(model, signatures, spec, dtypes, microbatch_sizes, seq_len)
     return Profile(
         model_name=name,
         model_config=model.config,
@@ -251,20 +248,6 @@ def analytic_profile(
             "assumptions": _assumptions(),
         },
     )
-
-
-@contextmanager
-def _one_sequence_per_row():
-    """transformers' mask utilities look for several sequences packed in one row by reading the
-    position ids, which meta tensors cannot; every row here is one sequence at positions
-    0..s-1, so the answer is known: none packed."""
-    try:
-        from transformers import masking_utils
-    except ImportError:
-        yield
-        return
-    with patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None):
-        yield
 
 
 def _entries(model: ZooModel, signatures: list, spec: DeviceSpec, dtypes, microbatch_sizes, seq_len: int) -> list:

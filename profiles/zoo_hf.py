@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -153,7 +154,8 @@ class BaseModelPrefix(nn.Module):
     def layer_inputs(self, index: int, **inputs) -> tuple[tuple, dict]:
         self._target[0] = index
         try:
-            self.shell(**inputs, use_cache=False)
+            with _one_sequence_per_row():
+                self.shell(**inputs, use_cache=False)
         except _Reached as r:
             return r.call_args, r.call_kwargs
         raise RuntimeError(f"the base model's forward never called decoder layer {index}")
@@ -187,6 +189,25 @@ class BaseModelPrefix(nn.Module):
         same_shape = [v for k, v in self._cache.items() if k[1:] == key[1:]]
         self._cache[key] = next((v for v in same_shape if _same(v, got)), got)
         return self._cache[key]
+
+
+@contextmanager
+def _one_sequence_per_row():
+    """transformers' mask utilities look for several sequences packed in one row by reading the
+    position ids: a device-to-host sync on every call, and impossible on the meta device. Every
+    row here is one sequence at positions 0..s-1, so the answer is known: none packed."""
+    from transformers import masking_utils
+
+    find = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = _none_packed
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = find
+
+
+def _none_packed(position_ids: torch.Tensor) -> None:
+    return None
 
 
 def _without_hidden(args: tuple, kwargs: dict) -> tuple[tuple, dict]:

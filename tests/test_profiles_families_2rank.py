@@ -50,6 +50,12 @@ def test_profiles_record_tie_moe_and_units(family_plans):
     assert [g.units for g in user.tied] == [("embed", "head")]
     mix = family_plans["mixtral"][0].entries[0].units[1]
     assert mix.active_params < mix.params and mix.forward_flops > 0
+    from profiles import load_profile
+
+    for family in ("gemma2", "mixtral"):  # the tie and the active counts survive the file
+        profile, best, _ = family_plans[family]
+        again = load_profile(best.profile_path)
+        assert again.tied == profile.tied and again.entries[0].units == profile.entries[0].units
     assert not family_plans["llama"][0].tied
 
 

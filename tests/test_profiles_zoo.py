@@ -219,3 +219,20 @@ def test_parse_overrides():
     assert parse_overrides(["n_layer=8", "act=gelu", "x=1.5"]) == {"n_layer": 8, "act": "gelu", "x": 1.5}
     with pytest.raises(ZooError):
         parse_overrides(["n_layer"])
+
+
+def test_profile_file_keeps_the_tie_and_refuses_a_bad_one(tmp_path):
+    import json
+
+    from profiles.analytic import analytic_profile
+    from profiles.contract import ContractError
+    from profiles.types import load_profile
+
+    p = analytic_profile("gemma2", overrides={**TINY, **FAMILIES["gemma2"]}, seq_len=16)
+    path = p.save(tmp_path / "g.json")
+    assert load_profile(path).tied == p.tied and p.tied[0].params == 1000 * 64
+    d = json.loads(path.read_text())
+    d["tied"][0]["units"] = ["embed", "no-such-unit"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(ContractError, match="tied"):
+        load_profile(path)
