@@ -383,6 +383,7 @@ def _build_decoder(model_type: str, config: dict[str, Any], attn: str) -> Built:
     units: list[nn.Module] = [DecoderEmbedding(BaseModelPrefix(base, layers_key, keep=tuple(before)))]
     units += [DecoderLayer(layer, i, layer_prefix) for i, layer in enumerate(layers)]
     units.append(DecoderHead(lm, lm.base_model_prefix, [getattr(base, k) for k in after]))
+    _probe(units)
     return stored, units, *_labels(len(layers), "block"), token_batch(cfg.vocab_size), lm_loss
 
 
@@ -391,6 +392,27 @@ def full_config(model_type: str, stored: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoConfig
 
     return AutoConfig.for_model(model_type, **{k: v for k, v in stored.items() if k != "model_type"}).to_dict()
+
+
+def _probe(units: list[nn.Module]) -> None:
+    """Two tokens through the embedding, the first layer and the head, so a model whose layers
+    need more than the hidden states and what the base model derives from them (per-layer token
+    embeddings, key-value states shared between layers) fails here, in one line."""
+    chosen = (units[0], units[1], units[-1])
+    if any(p.is_meta for p in units[1].parameters()):  # analytic: its counts run in 16 bits (grouped matmuls)
+        chosen = tuple(copy.deepcopy(u).to(torch.bfloat16) for u in chosen)
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, 2, dtype=torch.long)
+            for unit in chosen:
+                x = unit(x)
+    except Exception as e:  # noqa: BLE001 - any failure: this model cannot be cut this way
+        msg = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"its units do not run on their own ({type(e).__name__}: {msg}); pipeplan cuts decoders whose layers "
+            "take the hidden states and what the base model derives from them: give this model as "
+            "package.module:function"
+        ) from None
 
 
 def moe_of(config: dict[str, Any]) -> tuple[int, int] | None:
@@ -434,7 +456,9 @@ def build(family: str, config: dict[str, Any], attn: str) -> Built:
 
 
 def config_fields(family: str) -> set[str]:
-    """The field names of the family's Hugging Face config (what ``--set`` accepts)."""
+    """The field names of the family's Hugging Face config and their aliases (``hidden_size``
+    for GPT-J's ``n_embd``): what ``--set`` accepts."""
     from transformers import AutoConfig
 
-    return set(AutoConfig.for_model(family).to_dict())
+    cfg = AutoConfig.for_model(family)
+    return set(cfg.to_dict()) | set(getattr(type(cfg), "attribute_map", None) or {})

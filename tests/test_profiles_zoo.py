@@ -236,3 +236,13 @@ def test_profile_file_keeps_the_tie_and_refuses_a_bad_one(tmp_path):
     path.write_text(json.dumps(d))
     with pytest.raises(ContractError, match="tied"):
         load_profile(path)
+
+
+def test_a_decoder_whose_layers_need_more_than_hidden_states_is_refused_in_one_line():
+    """Gemma 4 feeds every layer per-layer token embeddings: its units cannot run on their own."""
+    from profiles.zoo_hf import config_fields
+
+    small = {**TINY, "num_key_value_heads": 2, "head_dim": 16}
+    with pytest.raises(ZooError, match="do not run on their own") as err:
+        build_model("gemma4_text", {k: v for k, v in small.items() if k in config_fields("gemma4_text")})
+    assert "\n" not in str(err.value) and "package.module:function" in str(err.value)
