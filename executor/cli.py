@@ -149,6 +149,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"CPU: allow more ranks than cores (up to {OVERSUBSCRIBE_MAX_PER_CORE} per core; correctness runs)",
     )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="import and run the package.module:function model the plan's profile names, on every rank",
+    )
 
 
 def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
@@ -156,7 +161,7 @@ def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
     for flag in ("torch_schedule", "data", "data_dtype", "torch_profiler"):
         if getattr(args, flag, None):
             out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    return out + (["--check"] if args.check else [])
+    return out + (["--check"] if args.check else []) + (["--trust-remote-code"] if args.trust_remote_code else [])
 
 
 #: the most timed (or warm-up) steps a run takes: a run is a check of a plan, not a training job
@@ -195,6 +200,9 @@ def _run_plan(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = 
     plan = load_plan(args.plan)  # fail here, with one line, before any process starts
     # the plan's profile is an input too
     check_outputs([plan.profile_file(args.plan.parent)], [("--report", report), *extra_outputs])
+    from profiles.zoo import check_trusted  # imports torch: only to run
+
+    check_trusted(plan.profile.model_name, args.trust_remote_code, args.plan)
     nproc = args.nproc or plan.world_size
     if nproc != plan.world_size:
         raise UserError(f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp})")

@@ -129,7 +129,7 @@ class GradCheck:
     """This rank's stage gradients against the reference's, a unit at a time (``visit``, given to
     ``reference_step``), then the verdict with the loss (``result``)."""
 
-    def __init__(self, plan: Plan, mods: list[StageModule], my_stages: list[int]):
+    def __init__(self, plan: Plan, mods: list[StageModule], my_stages: list[int], tied=()):
         self.rtol = rtol_of(plan)
         self.mine = {
             plan.stages[s].first + k: (s, k, unit)
@@ -137,23 +137,52 @@ class GradCheck:
             for k, unit in enumerate(mod.units)
         }
         self.worst, self.where, self.compared, self.why = 0.0, "", 0, ""
+        # tied parameters ({unit: name in it}): the one-process gradient is the sum over every
+        # holder, so the reference visits all holders and the comparison waits for the last
+        self.tied = {(u, name): g for g, paths in enumerate(tied) for u, name in paths.items()}
+        self.tied_left = {g: set(paths) for g, paths in enumerate(tied)}
+        self.tied_ref: dict[int, torch.Tensor] = {}
+        self.tied_pipe: dict[int, tuple[str, torch.Tensor | None]] = {}
+
+    def units_to_visit(self) -> set[int]:
+        """This rank's units and every holder of a tied parameter."""
+        return set(self.mine) | {u for u, _ in self.tied}
 
     def visit(self, index: int, ref: nn.Module) -> None:
+        ref_params = dict(ref.units[0].named_parameters(remove_duplicate=False))
+        for name, q in ref_params.items():
+            g = self.tied.get((index, name))
+            if g is None:
+                continue
+            if q.grad is not None:
+                self.tied_ref[g] = q.grad.clone() if g not in self.tied_ref else self.tied_ref[g] + q.grad
+            if index in self.mine:
+                s, k, unit = self.mine[index]
+                self.tied_pipe[g] = (f"stage {s} units.{k}.{name}", unit.get_parameter(name).grad)
+            self.tied_left[g].discard(index)
+            if not self.tied_left[g] and g in self.tied_pipe:
+                label, grad = self.tied_pipe[g]
+                self._compare(label, grad, self.tied_ref.get(g))
+        if index not in self.mine:
+            return
         s, k, unit = self.mine[index]
         for (name, p), (_, q) in zip(unit.named_parameters(), ref.units[0].named_parameters()):
-            name = f"stage {s} units.{k}.{name}"
-            if p.grad is None or q.grad is None:
-                if (p.grad is None) != (q.grad is None) and not self.why.startswith("a gradient is missing"):
-                    self.worst, self.where, self.why = float("inf"), name, "a gradient is missing on one side"
-                continue
-            denom = q.grad.float().abs().max().clamp_min(1e-12)
-            diff = ((full_tensor(p.grad).float() - q.grad.float()).abs().max() / denom).item()
-            self.compared += 1
-            if not math.isfinite(diff):
-                if math.isfinite(self.worst):
-                    self.worst, self.where, self.why = diff, name, self.why or "a gradient is not finite"
-            elif diff > self.worst:
-                self.worst, self.where = diff, name
+            if (index, name) not in self.tied:
+                self._compare(f"stage {s} units.{k}.{name}", p.grad, q.grad)
+
+    def _compare(self, name: str, got: torch.Tensor | None, want: torch.Tensor | None) -> None:
+        if got is None or want is None:
+            if (got is None) != (want is None) and not self.why.startswith("a gradient is missing"):
+                self.worst, self.where, self.why = float("inf"), name, "a gradient is missing on one side"
+            return
+        denom = want.float().abs().max().clamp_min(1e-12)
+        diff = ((full_tensor(got).float() - want.float()).abs().max() / denom).item()
+        self.compared += 1
+        if not math.isfinite(diff):
+            if math.isfinite(self.worst):
+                self.worst, self.where, self.why = diff, name, self.why or "a gradient is not finite"
+        elif diff > self.worst:
+            self.worst, self.where = diff, name
 
     def result(self, pipe_loss: float | None, ref_loss: float) -> dict:
         """The verdict; ``pipe_loss`` (the last stage's) is compared too when given."""

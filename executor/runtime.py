@@ -34,9 +34,9 @@ import torch.distributed as dist
 
 from planner.plan import Plan, load_plan
 from profiles.contract import ContractError, UserError, sha256_of
-from profiles.materialize import unit_materializer
+from profiles.materialize import tie_local, tied_paths, unit_materializer
 from profiles.tuning import gc_paused, keep_freed_memory
-from profiles.zoo import build_model
+from profiles.zoo import ZooModel, build_model, check_trusted
 from simulator.timeline import Event, RankStats, Timeline
 
 from .build import (
@@ -126,6 +126,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--data-dtype", choices=("uint16", "uint32"), help="a .bin file's token width (default: by vocab)")
     p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the module:function model a profile names")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
     # prototype: tensor parallel degree and sharded data parallel inside each stage, until the Plan
@@ -173,6 +174,7 @@ def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
             f"{path}: the plan is for model {plan.model_name!r} but its profile is of "
             f"{plan.profile.model_name if plan.profile else '?'}: re-plan"
         )
+    check_trusted(plan.profile.model_name, args.trust_remote_code, path)
     torch_schedule = check_torch_schedule(plan, args.torch_schedule) if args.torch_schedule else None
     if args.data and not args.data.is_file():
         node = os.uname().nodename
@@ -275,12 +277,14 @@ def _run(
     forward_only = plan.job.forward_only
     loss_scale = FP16_LOSS_SCALE if any(s.dtype == "fp16" for s in plan.stages) and not forward_only else 1.0
     loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
+    tie_local(model, units, my_units)  # tied copies on this rank: one parameter
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
+    tied = _tied_groups(plan, model, units, dp, pp_rank, dp_rank)
     del units
     if mode != "ddp":
         for mod in mods:
             apply_fsdp(mod, dp_mesh, mode)
-    params = [p for mod in mods for p in mod.parameters()]
+    params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
     recorder = Recorder(rank=rank)
     if args.fail_at_step is not None and rank == args.fail_rank:
         recorder.fail_at = (args.fail_at_step, rank)
@@ -330,14 +334,15 @@ def _run(
             if forward_only and args.check and step == 0:
                 check = check_outputs(plan, make_unit, out, x, device) if last_stage else {}
             if not forward_only:
+                _sum_tied(tied)
                 _finish_grads(params, dp if dp_group is not None else 1, dp_group, loss_scale)
                 if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
                     g = params[0].grad
                     g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
                 if args.check and step == 0:
-                    grads = GradCheck(plan, mods, sorted(mine_idx))
+                    grads = GradCheck(plan, mods, sorted(mine_idx), tied_paths(model))
                     ref_losses = reference_step(
-                        plan, make_unit, model.loss_fn, batches, device, grads.visit, my_units, loss_scale
+                        plan, make_unit, model.loss_fn, batches, device, grads.visit, grads.units_to_visit(), loss_scale
                     )
                     pipe_loss = torch.stack(step_losses).mean().item() / loss_scale if step_losses else None
                     check = grads.result(pipe_loss, ref_losses[dp_rank])
@@ -432,6 +437,35 @@ def _one_step(schedule, x, y, losses, first: bool, last: bool, forward_only: boo
             return schedule.eval(*args)
     schedule.step(*args, **({"target": y, "losses": losses} if last else {}))
     return None
+
+
+def _tied_groups(plan: Plan, model: ZooModel, units: list, dp: int, pp_rank: int, dp_rank: int) -> list:
+    """Parameters held by stages on different ranks (tied input and output embeddings): a
+    process group of those ranks (per data-parallel replica) and this rank's copy, for the ones
+    this rank holds (``units``: this rank's materialised units, the meta model's elsewhere).
+    Every rank creates every group, as torch requires."""
+    pp = plan.pp
+    stage_of = {u: s for s in plan.stages for u in range(s.first, s.end)}
+    out = []
+    for paths in tied_paths(model):
+        ranks = sorted({stage_of[u].rank for u in paths})
+        if len(ranks) < 2:
+            continue  # one rank holds every copy: tie_local made them one parameter
+        for d in range(dp):
+            group = dist.new_group([d * pp + r for r in ranks], timeout=timedelta(seconds=PG_TIMEOUT_S))
+            if d == dp_rank and pp_rank in ranks:
+                u = next(u for u in paths if stage_of[u].rank == pp_rank)
+                out.append((group, units[u].get_parameter(paths[u])))
+    return out
+
+
+def _sum_tied(tied: list) -> None:
+    """Each rank holding a tied parameter has the gradient of its own uses: sum them, so every
+    copy steps with the whole gradient and the copies stay equal (Megatron's embedding all-reduce)."""
+    for group, p in tied:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, group=group)
 
 
 def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: float) -> None:

@@ -5,7 +5,7 @@ with a device spec. Nothing runs on the device and no memory is allocated, so
 Assumptions (written into the profile's ``measurement``):
 - FLOPs are counted by torch's FlopCounterMode on meta tensors: matrix products and
   attention only (norms, activations, softmax and the loss count no FLOPs);
-- W FLOPs are the weight-gradient products, 2 x tokens x (in x out) per nn.Linear; I
+- W FLOPs are the weight-gradient products, 2 x tokens x each weight matrix a token meets; I
   FLOPs are the rest of the counted backward FLOPs; B = I + W;
 - bytes moved: forward reads the weights (in the entry's dtype) and writes the saved
   activations and the output; I reads the weights, the saved activations and the output
@@ -15,7 +15,12 @@ Assumptions (written into the profile's ``measurement``):
 - fp32 runs without TF32 (PyTorch's default for matmuls); 16-bit runs on tensor cores;
 - parameter bytes are the fp32 master weights (mixed precision keeps them), as in
   measured profiles under autocast; saved and output bytes are in the entry's dtype;
-- identical blocks cost the same: one block is built and counted, its cost reused;
+- identical blocks cost the same: the model is built on the meta device and one block of
+  each kind (class, parameter shapes, full or sliding-window attention) is counted, its cost
+  reused;
+- mixture-of-experts blocks: FLOPs of the router and of each token's top-k experts (torch's
+  grouped matmuls, counted as 2 x rows x the weight each row meets), parameters and memory
+  for all experts; the router's auxiliary (load-balancing) loss is left out;
 - no communication, no kernel launch overhead, no FlashAttention recompute savings.
 """
 
@@ -26,13 +31,13 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
-from .measure import TORCH_DTYPES, count_saved_bytes
+from .measure import TORCH_DTYPES, count_saved_bytes, flop_counter, tied_record
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
-from .zoo import LAYER_KEYS, PRESETS, ZooModel, build_model, family_of
+from .zoo import ZooModel, build_model
 
 __all__ = ["DeviceSpec", "DEVICE_SPECS", "device_spec", "analytic_profile"]
 
@@ -121,8 +126,19 @@ def device_spec(name: str) -> DeviceSpec:
     return DEVICE_SPECS[key]
 
 
-def _weight_grad_flops(unit: nn.Module, tokens: int) -> float:
-    return float(sum(2 * tokens * m.in_features * m.out_features for m in unit.modules() if isinstance(m, nn.Linear)))
+def _weight_grad_flops(unit: nn.Module, tokens: int, moe: tuple[int, int] | None) -> float:
+    """2 x tokens x each matrix a token meets (every weight of 2+ dimensions but an embedding's;
+    of a routed expert's 3-D weight, the share of experts a token visits)."""
+    lookup = {id(p) for m in unit.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    total = 0
+    for p in unit.parameters():
+        if p.dim() < 2 or id(p) in lookup:
+            continue
+        n = p.numel()
+        if moe is not None and p.dim() == 3 and p.shape[0] == moe[0]:
+            n = n * moe[1] // moe[0]
+        total += 2 * tokens * n
+    return float(total)
 
 
 def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, dtype: str, tokens: int):
@@ -133,10 +149,10 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
     x_in = x.detach()
     if x_in.is_floating_point():
         x_in = x_in.to(TORCH_DTYPES[dtype]).requires_grad_(True)
-    with count_saved_bytes(exclude=params) as saved, FlopCounterMode(display=False) as fwd:
+    with count_saved_bytes(exclude=params) as saved, flop_counter() as fwd:
         out = unit(x_in)
         loss = model.loss_fn(out, target) if last else None
-    with FlopCounterMode(display=False) as bwd:
+    with flop_counter() as bwd:
         if last:
             loss.backward()
         else:
@@ -145,15 +161,16 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
         out.detach(),
         float(fwd.get_total_flops()),
         float(bwd.get_total_flops()),
-        _weight_grad_flops(unit, tokens),
+        _weight_grad_flops(unit, tokens, model.moe),
         int(saved[0]),
         sum(p.numel() for p in params),
         x_in.requires_grad,
+        model.active_params(idx),
     )
 
 
 def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_bytes: int) -> UnitCost:
-    _, f_flops, b_flops, w_flops, saved, params, has_input_grad = counted
+    _, f_flops, b_flops, w_flops, saved, params, has_input_grad, active = counted
     w_flops = min(w_flops, b_flops)
     i_flops = b_flops - w_flops
     elem = torch.empty(0, dtype=TORCH_DTYPES[dtype]).element_size()
@@ -172,6 +189,7 @@ def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_by
         backward_input_s=i_t,
         backward_weight_s=w_t,
         params=params,
+        active_params=active,
         param_bytes=4 * params,
         saved_bytes=saved,
         output_bytes=output_bytes,
@@ -196,33 +214,18 @@ def analytic_profile(
         raise UserError("--dtypes, --microbatch-sizes and --seq-len must be given and positive")
     t0 = time.perf_counter()
     spec = device_spec(device_spec_name)
-    model, names, kinds, config = _one_block_model(name, overrides)
-    n_units = len(names)
-    entries = []
-    for dtype in dtypes:
-        for mb in sorted(set(microbatch_sizes)):
-            inputs, target = model.make_batch(mb, seq_len, 0)
-            x, tokens = inputs.to("meta"), mb * seq_len
-            target = target.to("meta")
-            counted = []
-            for idx in range(len(model.units)):
-                c = _count_unit(model, idx, x, target, dtype, tokens)
-                counted.append(c)
-                x = c[0]
-            units = []
-            for idx, (uname, kind) in enumerate(zip(names, kinds)):
-                # units beyond the built ones are copies of the one block built
-                src = idx if len(counted) == n_units else (0 if idx == 0 else 2 if idx == n_units - 1 else 1)
-                c = counted[src]
-                out_bytes = 0 if idx == n_units - 1 else c[0].numel() * c[0].element_size()
-                units.append(_cost(uname, kind, spec, dtype, c, out_bytes))
-            whole = WholeModel(
-                sum(u.forward_s for u in units), sum(u.backward_s for u in units), sum(u.saved_bytes for u in units)
-            )
-            entries.append(ProfileEntry(dtype, mb, tuple(units), whole))
+    model = build_model(name, overrides, device="meta")
+    if model.moe is not None and "fp32" in dtypes:
+        raise UserError(
+            "--dtypes fp32: analytic mixture-of-experts profiles count torch's grouped matmuls, which run in "
+            "16 bits: use --dtypes bf16"
+        )
+    signatures = [_signature(model, i) for i in range(len(model.units))]
+    entries = _entries(model, signatures, spec, dtypes, microbatch_sizes, seq_len)
     return Profile(
         model_name=name,
-        model_config=config,
+        model_config=model.config,
+        tied=tied_record(model),
         device_name=spec.name,
         device_kind=device_spec_name.lower(),
         seq_len=seq_len,
@@ -239,7 +242,7 @@ def analytic_profile(
             "matmul_efficiency": MATMUL_EFFICIENCY,
             "memory_efficiency": MEMORY_EFFICIENCY,
             "attention": "sdpa (counted as full s x s products, no causal saving)",
-            "units_built": len(model.units),
+            "units_counted": len(set(signatures)),
             "torch": torch.__version__,
             "profiling_s": round(time.perf_counter() - t0, 3),
             "assumptions": _assumptions(),
@@ -247,25 +250,53 @@ def analytic_profile(
     )
 
 
-def _one_block_model(name: str, overrides: dict | None):
-    """The model to count, its full unit names and kinds, and its full config.
+def _entries(model: ZooModel, signatures: list, spec: DeviceSpec, dtypes, microbatch_sizes, seq_len: int) -> list:
+    entries = []
+    for dtype in dtypes:
+        for mb in sorted(set(microbatch_sizes)):
+            inputs, target = model.make_batch(mb, seq_len, 0)
+            x, tokens = inputs.to("meta"), mb * seq_len
+            target = target.to("meta")
+            counted: dict = {}
+            units = []
+            for idx, (uname, kind) in enumerate(zip(model.unit_names, model.unit_kinds)):
+                # identical units (same class, parameter shapes and attention type) are counted once
+                c = counted.get(signatures[idx])
+                if c is None:
+                    c = counted[signatures[idx]] = _count_unit(model, idx, x, target, dtype, tokens)
+                x = c[0]
+                out_bytes = 0 if idx == len(model.units) - 1 else c[0].numel() * c[0].element_size()
+                units.append(_cost(uname, kind, spec, dtype, c, out_bytes))
+            whole = WholeModel(
+                sum(u.forward_s for u in units), sum(u.backward_s for u in units), sum(u.saved_bytes for u in units)
+            )
+            entries.append(ProfileEntry(dtype, mb, tuple(units), whole))
+    return entries
 
-    Hugging Face families are built with one block (embedding, block, head) and the
-    names of all blocks are derived from the config; other models are built whole.
-    """
-    family = family_of(name)
-    if family in ("gpt2", "llama", "bert"):
-        key = LAYER_KEYS[family]
-        n = (overrides or {}).get(key, PRESETS[name][1][key])
-        if not isinstance(n, int) or n < 1:
-            raise UserError(f"--set {key}={n!r}: expected a positive integer")
-        model = build_model(name, {**(overrides or {}), key: 1}, device="meta")
-        prefix = model.unit_names[1].removesuffix("0")
-        names = [model.unit_names[0], *(f"{prefix}{i}" for i in range(n)), model.unit_names[-1]]
-        kinds = [model.unit_kinds[0], *[model.unit_kinds[1]] * n, model.unit_kinds[-1]]
-        return model, names, kinds, {**model.config, key: n}
-    model = build_model(name, overrides, device="meta")
-    return model, model.unit_names, model.unit_kinds, model.config
+
+def _signature(model: ZooModel, idx: int) -> tuple:
+    """What makes two units cost the same: class, module tree, parameter shapes, and the
+    attention type a decoder layer's config gives it (full or sliding window)."""
+    unit = model.units[idx]
+    layer_types = model.config.get("layer_types")
+    index = getattr(unit, "index", None)
+    attn = layer_types[index] if isinstance(layer_types, list) and isinstance(index, int) else None
+    if idx in (0, len(model.units) - 1):
+        return (idx,)
+    shapes = tuple(tuple(p.shape) for p in unit.parameters())
+    return (type(unit).__name__, _structure(unit), shapes, attn)
+
+
+def _structure(unit: nn.Module):
+    """The module tree, or for a traced unit its graph's operations, names left out: blocks with
+    equal shapes but other operations do not count as one."""
+    if isinstance(unit, torch.fx.GraphModule):
+        return tuple(
+            repr(unit.get_submodule(n.target)) if n.op == "call_module" else (n.op, str(n.target))
+            for n in unit.graph.nodes
+            if n.op not in ("get_attr", "placeholder", "output")
+        )
+    return repr(getattr(unit, "layer", unit))
 
 
 def _assumptions() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .clikit import Command, bounded
@@ -26,9 +27,11 @@ def _csv(kind):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
-        help="zoo preset (gpt2-demo, gpt2, gpt2-medium, llama-tiny, llama-1b, llama3-8b, "
-        "llama3-70b, bert-tiny, bert-base, mlp-tiny, ...) or a user model package.module:function",
+        nargs="?",
+        help="a preset (gpt2-demo, llama3-8b, mixtral-8x7b, ...: see --list), a transformers model type "
+        "(qwen2, mistral, gemma2, ...), a path to a config.json, or a user model package.module:function",
     )
+    p.add_argument("--list", action="store_true", help="print the presets and the supported model types, then exit")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to measure (default cpu)")
     p.add_argument(
         "--dtypes",
@@ -37,7 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma list of fp32,bf16,fp16 (default fp32; bf16 with --analytic)",
     )
     p.add_argument("--microbatch-sizes", type=_csv(int), default=(1,), help="comma list (default 1)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default 128)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help="tokens per sample (default 128; with --analytic, the model's training context: its config's "
+        "max_position_embeddings, at most 8192)",
+    )
     p.add_argument(
         "--analytic",
         action="store_true",
@@ -76,13 +84,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_path(model: str, device: str) -> Path:
-    """``profiles/<device>/<model>.json``; a user spec ``pkg.mod:fn`` is stored as ``pkg.mod__fn``."""
-    return Path("profiles") / device / f"{model.replace(':', '__').replace('/', '_')}.json"
+    """``profiles/<device>/<model>.json``; a user spec ``pkg.mod:fn`` is stored as ``pkg.mod__fn``, a
+    config file ``path/to/config.json`` as ``path_to_config``."""
+    return Path("profiles") / device / f"{model.removesuffix('.json').replace(':', '__').replace('/', '_')}.json"
 
 
 def format_table(profile) -> str:
     """A per-unit table, one block per (dtype, microbatch size)."""
     lines = [f"{profile.model_name} on {profile.device_name} ({profile.method}), seq_len {profile.seq_len}"]
+    for g in profile.tied:
+        lines.append(
+            f"tied: {' and '.join(g.units)} hold one parameter of {g.params:,d} elements (each counts it; "
+            "stages on different ranks sum its gradient every step)"
+        )
     for e in profile.entries:
         lines.append(f"\n[{e.dtype}, microbatch {e.microbatch_size}]")
         lines.append(
@@ -138,7 +152,8 @@ def _check_flags(args: argparse.Namespace) -> None:
             f"--microbatch-sizes {','.join(map(str, args.microbatch_sizes))}: a size is named twice: name each once"
         )
     bounded("--microbatch-sizes", args.microbatch_sizes, 1, MAX_MICROBATCH_SIZE)
-    bounded("--seq-len", args.seq_len, 1, MAX_SEQ_LEN)
+    if args.seq_len is not None:
+        bounded("--seq-len", args.seq_len, 1, MAX_SEQ_LEN)
     bounded("--repeats", args.repeats, 1, 10_000)
     bounded("--warmup", args.warmup, 0, 1_000)
     bounded("--budget-s", args.budget_s, 0.001, 1e6, " seconds")
@@ -148,12 +163,71 @@ def _check_flags(args: argparse.Namespace) -> None:
     check_outputs([model_file], [("-o", out)])
 
 
+def list_models() -> str:
+    """The presets (model type, layers, parameters) and the model types built from their pp plan."""
+    from .zoo import CODE_FAMILIES, PRESETS, model_types
+
+    lines = ["presets (named configurations; --set changes any field):"]
+    for name, (family, cfg) in PRESETS.items():
+        layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("depth")))
+        experts = cfg.get("num_local_experts") or cfg.get("n_routed_experts")
+        more = f", {experts} experts, top-{cfg['num_experts_per_tok']}" if experts else ""
+        tied = ", tied embeddings" if cfg.get("tie_word_embeddings") else ""
+        lines.append(f"  {name:<14} {family:<12} {layers} layers{more}{tied}")
+    types = [t for t in model_types() if t not in CODE_FAMILIES]
+    lines.append(f"\nmodel types built from their config's base_model_pp_plan ({len(types)}):")
+    line = " "
+    for t in types:
+        if len(line) + len(t) > 100:
+            lines.append(line)
+            line = " "
+        line += f" {t}"
+    lines.append(line)
+    lines.append("with code of their own: gpt2 (no pp plan), bert (an encoder), mlp; or a config.json, or pkg.mod:fn")
+    return "\n".join(lines)
+
+
+#: the longest default sequence of an analytic profile (a model's context may be far longer)
+ANALYTIC_SEQ_CAP = 8192
+
+
+def default_seq_len(model: str, overrides: dict, analytic: bool) -> int:
+    """128 for a measured profile; for an analytic one the model's training context (its config's
+    ``max_position_embeddings`` or ``n_positions``), at most ``ANALYTIC_SEQ_CAP``, else 2048."""
+    if not analytic:
+        return 128
+    from .presets import PRESETS
+
+    config = {**(PRESETS[model][1] if model in PRESETS else {}), **overrides}
+    context = config.get("max_position_embeddings") or config.get("n_positions")
+    if not context and model not in PRESETS and ":" not in model:
+        try:
+            from transformers import AutoConfig
+
+            path = Path(model)
+            cfg = AutoConfig.from_pretrained(path) if path.is_file() else AutoConfig.for_model(model)
+            context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        except Exception:  # noqa: BLE001 - no context known: the default below
+            context = None
+    return min(int(context), ANALYTIC_SEQ_CAP) if context else 2048
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
+    if args.list:
+        print(list_models())
+        return 0
+    if not args.model:
+        raise UserError("give a MODEL to profile (a preset, a model type, a config.json or pkg.mod:fn), or --list")
     _check_flags(args)
     overrides = parse_overrides(args.set)
     check_overrides(args.model, overrides)  # before torch is imported: a slip costs a second
+    if args.seq_len is None:
+        args.seq_len = default_seq_len(args.model, overrides, args.analytic)
+        if args.analytic:
+            cap = ANALYTIC_SEQ_CAP
+            print(f"--seq-len {args.seq_len} (the model's training context, at most {cap})", file=sys.stderr)
     check_seq_len(args.model, overrides, args.seq_len)
     from . import profile_model
 

@@ -13,7 +13,10 @@ units gets the same weights. Initialisation, per unit, children before parents:
   own initialisation. A user model with parameters or buffers outside any module that has a
   ``reset_parameters()`` cannot be initialised a unit at a time: ``ZooError`` says which.
 
-Tied weights are not re-tied here (the presets untie them).
+Tied weights (input and output embeddings, ``ZooModel.tied``): every copy starts from the
+first holder's initialisation (the unit with the lowest index), so copies on different ranks
+are equal; copies on one rank are made one parameter again (``tie_local``), so autograd sums
+their gradients, and ranks sum theirs every step (the executor).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import nn
 
 from .zoo import ZooError, ZooModel
 
-__all__ = ["unit_materializer", "unit_seed"]
+__all__ = ["unit_materializer", "unit_seed", "tied_paths", "tie_local"]
 
 
 def unit_seed(seed: int, index: int) -> int:
@@ -41,8 +44,7 @@ def unit_materializer(model: ZooModel, seed: int = 0) -> Callable[[int, torch.de
     ``torch.manual_seed(unit_seed(seed, index))`` (the global RNG state is restored after)."""
     init = _hf_initializer(model) if "model_type" in model.config else _torch_initializer(model)
 
-    def make(index: int, device: torch.device | str) -> nn.Module:
-        device = torch.device(device)
+    def fresh(index: int, device: torch.device) -> nn.Module:
         unit = copy.deepcopy(model.units[index]).to_empty(device=device)
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=device.type), torch.no_grad():
@@ -50,7 +52,45 @@ def unit_materializer(model: ZooModel, seed: int = 0) -> Callable[[int, torch.de
             unit.apply(init)  # children first, then their parents (which may override, as GPT-2's do)
         return unit
 
+    ties = tied_paths(model)
+
+    def make(index: int, device: torch.device | str) -> nn.Module:
+        device = torch.device(device)
+        unit = fresh(index, device)
+        for paths in ties:  # a tied copy starts as its first holder's
+            owner = min(paths)
+            if index in paths and index != owner:
+                src = fresh(owner, device).get_parameter(paths[owner])
+                with torch.no_grad():
+                    unit.get_parameter(paths[index]).copy_(src)
+        return unit
+
     return make
+
+
+def tied_paths(model: ZooModel) -> list[dict[int, str]]:
+    """Each tied parameter as ``{unit index: its name inside that unit}``."""
+    out = []
+    for units, p in model.tied():
+        paths = {}
+        for u in units:
+            paths[u] = next(n for n, q in model.units[u].named_parameters(remove_duplicate=False) if q is p)
+        out.append(paths)
+    return out
+
+
+def tie_local(model: ZooModel, units: list[nn.Module], mine: set[int]) -> None:
+    """Copies of one tied parameter in units this rank holds (``mine``) become one parameter
+    (the first holder's), so autograd sums their gradients as in the whole model."""
+    for paths in tied_paths(model):
+        here = sorted(u for u in paths if u in mine)
+        if len(here) < 2:
+            continue
+        keep = units[here[0]].get_parameter(paths[here[0]])
+        for u in here[1:]:
+            owner_path, _, leaf = paths[u].rpartition(".")
+            holder = units[u].get_submodule(owner_path) if owner_path else units[u]
+            setattr(holder, leaf, keep)
 
 
 def _hf_initializer(model: ZooModel) -> Callable[[nn.Module], None]:

@@ -20,12 +20,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .contract import UserError
 from .neighbour import check_count, neighbours
-from .presets import LAYER_KEYS, PRESETS, family_of
+from .presets import PRESETS, family_of, layer_key
 from .tuning import gc_paused, keep_freed_memory
-from .types import DTYPE_TABLE, DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
+from .types import DTYPE_TABLE, DTYPES, Profile, ProfileEntry, TiedParams, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
-__all__ = ["profile_model", "count_saved_bytes", "TORCH_DTYPES", "attention_impl", "ASSUMPTIONS"]
+__all__ = [
+    "profile_model",
+    "flop_counter",
+    "count_saved_bytes",
+    "TORCH_DTYPES",
+    "attention_impl",
+    "ASSUMPTIONS",
+]
 
 #: torch dtypes by the names profiles use (a view of ``profiles.types.DTYPE_TABLE``)
 TORCH_DTYPES = {name: getattr(torch, d.torch_name) for name, d in DTYPE_TABLE.items()}
@@ -57,6 +64,20 @@ ASSUMPTIONS: tuple[str, ...] = (
     "16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);",
     "saved bytes are counted with saved-tensor hooks, each storage once, parameters excluded.",
 )
+
+
+def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """A grouped matmul (mixture-of-experts layers): each row of ``a`` meets one group's matrix,
+    so 2 x a's elements x the output width (forward, and both backward products alike)."""
+    n = 1
+    for d in a_shape:
+        n *= d
+    return 2 * n * out_shape[-1]
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, also counting the grouped matmuls of routed experts."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten._grouped_mm: _grouped_mm_flop})
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -155,7 +176,8 @@ class _Runner:
             torch.autocast(device_type=device, dtype=TORCH_DTYPES[dtype]) if dtype != "fp32" else nullcontext()
         )
         self.params = [[p for p in u.parameters() if p.requires_grad] for u in model.units]
-        self.all_params = [p for ps in self.params for p in ps]
+        # a tied parameter (one embedding for input and output) is held by two units: once here
+        self.all_params = list({id(p): p for ps in self.params for p in ps}.values())
         self.last = len(model.units) - 1
 
     def unit_forward(self, idx: int, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +354,7 @@ def _profile_entry(
         with count_saved_bytes(exclude=run.params[idx]) as saved:
             out = run.unit_forward(idx, x_in)
         del out
-        with FlopCounterMode(display=False) as fc:
+        with flop_counter() as fc:
             run.unit_forward(idx, x_in)
         peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
         with torch.no_grad(), run.autocast:
@@ -347,6 +369,7 @@ def _profile_entry(
                 backward_input_s=med["backward_input_s"][0],
                 backward_weight_s=med["backward_weight_s"][0],
                 params=sum(p.numel() for p in unit.parameters()),
+                active_params=model.active_params(idx),
                 param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
                 saved_bytes=int(saved[0]),
                 output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
@@ -441,6 +464,7 @@ def profile_model(
     return Profile(
         model_name=name,
         model_config=model.config,
+        tied=tied_record(model),
         device_name=_device_name(device),
         device_kind=device,
         seq_len=seq_len,
@@ -474,6 +498,13 @@ def profile_model(
 _BYTES_PER_PARAM = 12
 
 
+def tied_record(model: ZooModel) -> tuple[TiedParams, ...]:
+    """The profile's record of parameters shared by several units (tied embeddings)."""
+    return tuple(
+        TiedParams(units=tuple(model.unit_names[i] for i in units), params=p.numel()) for units, p in model.tied()
+    )
+
+
 def _memory_here() -> int | None:
     """Bytes this process may still allocate: the machine's available memory, and what is left
     under an address-space limit (``ulimit -v``); None when neither is known."""
@@ -499,10 +530,10 @@ def check_fits_here(name: str, overrides: dict | None, attention: str, device: s
     machine's CPU memory: counted from the model built on the meta device with one and with
     two blocks (the blocks of a preset are alike)."""
     family = family_of(name)
-    if device != "cpu" or family == "user":
-        return
-    key = LAYER_KEYS[family]
-    layers = {**PRESETS[name][1], **(overrides or {})}[key]
+    if device != "cpu" or family in (None, "user"):
+        return  # presets only: a model type or config.json is sized by its own build
+    key = layer_key(family)
+    layers = {**PRESETS[name][1], **(overrides or {})}.get(key, 1)
 
     def count(n: int) -> int:  # parameters with n blocks (a model of thousands takes minutes to build)
         meta = build_model(name, {**(overrides or {}), key: n}, attention=attention, device="meta")

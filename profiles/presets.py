@@ -32,7 +32,7 @@ class ZooError(UserError):
     """Unknown model, bad override or a user model that cannot be built (one line)."""
 
 
-# -- presets ------------------------------------------------------------------------------
+# -- presets: named configurations ---------------------------------------------------------
 
 _NO_DROPOUT_GPT2 = {
     "resid_pdrop": 0.0,
@@ -52,26 +52,22 @@ _LLAMA3 = {
     "max_position_embeddings": 8192,
     "rms_norm_eps": 1e-5,
     "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
-    "use_cache": False,
     "tie_word_embeddings": False,
     "bos_token_id": 128000,
     "eos_token_id": 128001,
 }
+_TINY_VOCAB = {"vocab_size": 1000, "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2}
 
 
-def _llama(layers: int, hidden: int, inter: int, heads: int, kv: int, **more) -> tuple[str, dict[str, Any]]:
-    return (
-        "llama",
-        {
-            **_LLAMA3,
-            "num_hidden_layers": layers,
-            "hidden_size": hidden,
-            "intermediate_size": inter,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv,
-            **more,
-        },
-    )
+def _decoder(layers: int, hidden: int, inter: int, heads: int, kv: int, **more) -> dict[str, Any]:
+    return {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        **more,
+    }
 
 
 def _gpt2(layers: int, width: int, heads: int, vocab: int = 50257, positions: int = 1024):
@@ -105,9 +101,11 @@ def _bert(layers: int, hidden: int, heads: int, inter: int, vocab: int = 30522, 
     )
 
 
-#: name -> (family, config). Config keys are the Hugging Face config's own field names.
-#: Real sizes follow the published configs (GPT-2 paper sizes; Llama 3.2 1B, Llama 3 8B
-#: and 70B; BERT-base), with the RoPE scaling of Llama 3.x left out (it changes no cost).
+#: name -> (model type, config fields). Fields are the Hugging Face config's own names; the
+#: model type is transformers' (``llama``, ``mixtral``, ...) or ``mlp``. Sizes follow the
+#: published configs (GPT-2 paper sizes; Llama 3.2 1B, Llama 3 8B and 70B; Mistral 7B v0.3;
+#: Qwen2.5 7B; Mixtral 8x7B; Gemma 2 9B; Phi-3 mini; DeepSeek-V3; BERT-base), with RoPE
+#: scaling (Llama 3.x, DeepSeek-V3's YaRN) left out: it changes no cost.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # The built-in default: few small blocks and GPT-2's real vocabulary, so the head
     # outweighs several blocks, as it does in real models.
@@ -116,15 +114,87 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2": _gpt2(12, 768, 12),
     "gpt2-medium": _gpt2(24, 1024, 16),
     "gpt2-large": _gpt2(36, 1280, 20),
-    "llama-tiny": _llama(
-        2, 64, 128, 4, 2, vocab_size=1000, max_position_embeddings=256, bos_token_id=1, eos_token_id=2
+    "llama-tiny": ("llama", _decoder(2, 64, 128, 4, 2, **{**_LLAMA3, **_TINY_VOCAB})),
+    "llama-small": (
+        "llama",
+        _decoder(4, 256, 688, 8, 2, **{**_LLAMA3, **_TINY_VOCAB, "vocab_size": 8000, "max_position_embeddings": 1024}),
     ),
-    "llama-small": _llama(
-        4, 256, 688, 8, 2, vocab_size=8000, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2
+    "llama-1b": ("llama", _decoder(16, 2048, 8192, 32, 8, head_dim=64, **{**_LLAMA3, "tie_word_embeddings": True})),
+    "llama3-8b": ("llama", _decoder(32, 4096, 14336, 32, 8, **_LLAMA3)),
+    "llama3-70b": ("llama", _decoder(80, 8192, 28672, 64, 8, **_LLAMA3)),
+    "mistral-7b": (
+        "mistral",
+        _decoder(32, 4096, 14336, 32, 8, vocab_size=32768, max_position_embeddings=32768, sliding_window=None),
     ),
-    "llama-1b": _llama(16, 2048, 8192, 32, 8, head_dim=64),
-    "llama3-8b": _llama(32, 4096, 14336, 32, 8),
-    "llama3-70b": _llama(80, 8192, 28672, 64, 8),
+    "qwen2.5-7b": (
+        "qwen2",
+        _decoder(
+            28,
+            3584,
+            18944,
+            28,
+            4,
+            vocab_size=152064,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "mixtral-8x7b": (
+        "mixtral",
+        _decoder(
+            32,
+            4096,
+            14336,
+            32,
+            8,
+            vocab_size=32000,
+            max_position_embeddings=32768,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+        ),
+    ),
+    "gemma2-9b": (
+        "gemma2",
+        _decoder(
+            42,
+            3584,
+            14336,
+            16,
+            8,
+            head_dim=256,
+            vocab_size=256000,
+            sliding_window=4096,
+            query_pre_attn_scalar=256,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "phi3-mini": ("phi3", _decoder(32, 3072, 8192, 32, 32, vocab_size=32064, max_position_embeddings=4096)),
+    "deepseek-v3": (
+        "deepseek_v3",
+        _decoder(
+            61,
+            7168,
+            18432,
+            128,
+            128,
+            vocab_size=129280,
+            moe_intermediate_size=2048,
+            n_routed_experts=256,
+            n_shared_experts=1,
+            num_experts_per_tok=8,
+            first_k_dense_replace=3,
+            q_lora_rank=1536,
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            n_group=8,
+            topk_group=4,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+        ),
+    ),
     "bert-tiny": _bert(2, 64, 2, 128, vocab=1000, positions=256),
     "bert-small": _bert(4, 256, 4, 1024),
     "bert-base": _bert(12, 768, 12, 3072),
@@ -133,20 +203,22 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def family_of(name: str) -> str:
-    """The family of preset ``name``, or ``"user"`` for a ``module:function`` spec."""
-    if ":" in name:
+def family_of(name: str) -> str | None:
+    """The model type of preset ``name``, ``"user"`` for a ``module:function`` spec, None for
+    anything else (a model type or a config.json: ``zoo.family_of`` knows those, with torch)."""
+    if name in PRESETS:
+        return PRESETS[name][0]
+    if ":" in name and not name.endswith(".json"):
         return "user"
-    if name not in PRESETS:
-        raise ZooError(
-            f"unknown model {name!r}: choose one of {', '.join(sorted(PRESETS))}, "
-            "or give a user model as package.module:function"
-        )
-    return PRESETS[name][0]
+    return None
 
 
 #: the config field holding the number of blocks, per family
-LAYER_KEYS = {"gpt2": "n_layer", "llama": "num_hidden_layers", "bert": "num_hidden_layers", "mlp": "depth"}
+LAYER_KEYS = {"gpt2": "n_layer", "mlp": "depth"}  # every other family: num_hidden_layers
+
+
+def layer_key(family: str) -> str:
+    return LAYER_KEYS.get(family, "num_hidden_layers")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -169,8 +241,7 @@ def config_defaults(family: str) -> dict[str, Any]:
         return {"width": 32, "depth": 4}
     import transformers  # its config classes load without torch
 
-    cls = {"gpt2": transformers.GPT2Config, "llama": transformers.LlamaConfig, "bert": transformers.BertConfig}[family]
-    return cls().to_dict()
+    return transformers.AutoConfig.for_model(family).to_dict()
 
 
 #: config fields that count something (layers, heads, widths, positions): at least 1
@@ -212,14 +283,14 @@ def check_overrides(name: str, overrides: dict[str, Any]) -> None:
     fields outside the preset's own config are looked up in the Hugging Face config class
     (imported only then). A user model's keyword arguments are its own business."""
     family = family_of(name)
-    if family == "user" or not overrides:
-        return
+    if family in (None, "user") or not overrides:
+        return  # a model type or config.json is checked against its config class when built
     cfg = PRESETS[name][1]
     defaults = cfg if set(overrides) <= set(cfg) else {**config_defaults(family), **cfg}
     for key, value in overrides.items():
         if key not in defaults:
             raise ZooError(
-                f"--set {key}: not a field of the {family} config (e.g. {LAYER_KEYS[family]}); "
+                f"--set {key}: not a field of the {family} config (e.g. {layer_key(family)}); "
                 "see the Hugging Face config class"
             )
         check_override(key, value, defaults[key], family)

@@ -16,6 +16,7 @@ from .contract import ContractError, Fields, read_json, schema_id, write_json
 __all__ = [
     "UnitKind",
     "UnitCost",
+    "TiedParams",
     "WholeModel",
     "ProfileEntry",
     "Profile",
@@ -98,13 +99,19 @@ class UnitCost:
     backward_s: float  # full backward (B): input and weight gradients together
     backward_input_s: float  # I: gradient w.r.t. the unit's input only
     backward_weight_s: float  # W: gradient w.r.t. the unit's parameters only
-    params: int
+    params: int  # every parameter the unit holds (all experts of a mixture-of-experts block)
     param_bytes: int
     saved_bytes: int  # activations kept from forward for backward
     output_bytes: int  # bytes handed to the next unit (what a stage boundary sends)
     forward_flops: float
     spread: dict[str, float] = field(default_factory=dict)  # relative spread of each time, e.g. {"forward_s": 0.03}
     peak_bytes: int = 0  # CUDA only: max_memory_allocated above the baseline during the unit's F + B (0: not measured)
+    #: parameters a token uses: ``params`` less the routed experts it does not visit (= params when dense)
+    active_params: int = -1
+
+    def __post_init__(self):
+        if self.active_params < 0:
+            object.__setattr__(self, "active_params", self.params)
 
     @property
     def is_embedding(self) -> bool:
@@ -136,7 +143,21 @@ class UnitCost:
             forward_flops=f.num("forward_flops"),
             spread={k: spread.num(k) for k in spread.data},
             peak_bytes=f.int("peak_bytes", default=0),
+            active_params=f.int("active_params", default=-1),
         )
+
+
+@dataclass(frozen=True)
+class TiedParams:
+    """One parameter held by several units (tied input and output embeddings).
+
+    Each unit's ``params`` counts it, so a stage holding one of the units counts it once, as
+    its rank holds one copy. A stage holding two of them holds it once, not twice. Ranks holding
+    it on different stages sum its gradient every step (an all-reduce of ``params`` gradient
+    elements among those ranks, as Megatron does for the embedding)."""
+
+    units: tuple[str, ...]
+    params: int
 
 
 @dataclass(frozen=True)
@@ -179,6 +200,7 @@ class Profile:
     method: str  # "measured" | "analytic"
     entries: tuple[ProfileEntry, ...]
     measurement: dict[str, Any] = field(default_factory=dict)  # repeats, warmup, threads, attention, assumptions
+    tied: tuple[TiedParams, ...] = ()  # parameters shared by several units (tied embeddings)
 
     @property
     def unit_names(self) -> list[str]:
@@ -288,6 +310,7 @@ class Profile:
             "seq_len": self.seq_len,
             "method": self.method,
             "measurement": self.measurement,
+            "tied": [{"units": list(g.units), "params": g.params} for g in self.tied],
             "entries": [
                 {
                     "dtype": e.dtype,
@@ -328,7 +351,15 @@ class Profile:
         if not isinstance(config, dict):
             raise model.fail("config", "expected an object")
         measurement = f.raw("measurement", {})
+        tied = tuple(
+            TiedParams(units=tuple(map(str, g.list("units"))), params=g.int("params"))
+            for g in (f.objs("tied") if f.has("tied") else [])
+        )
+        for i, g in enumerate(tied):
+            if len(g.units) < 2 or not set(g.units) <= set(names):
+                raise f.fail(f"tied[{i}].units", "expected two or more unit names of this profile")
         return Profile(
+            tied=tied,
             model_name=model.str("name"),
             model_config=config,
             device_name=device.str("name"),

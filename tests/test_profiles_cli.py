@@ -22,6 +22,8 @@ def _run(args, cwd):
     "args,match",
     [
         (["no-such-model"], "unknown model"),
+        ([], "give a MODEL"),
+        (["missing/config.json"], "no such config file"),
         (["gpt2-tiny", "--set", "no_field=3"], "not a field"),
         (["gpt2-tiny", "--set", "n_layer"], "expected key=value"),
         (["no_such_pkg.mod:fn"], "cannot import"),
@@ -67,6 +69,36 @@ def test_profile_user_model_and_json(tmp_path):
 
     p = load_profile(tmp_path / "u.json")
     assert len(build_model(p.model_name, config=p.model_config).units) == 3
+
+
+def test_list_prints_presets_and_model_types(tmp_path):
+    r = _run(["--list"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "mixtral-8x7b" in r.stdout and "8 experts, top-2" in r.stdout and "gemma2-9b" in r.stdout
+    assert {"qwen3", "olmo2", "gpt_neox"} <= set(r.stdout.split())
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_profile_a_config_json_of_a_type_no_preset_names(tmp_path):
+    """A hand-written config.json (Qwen3: no preset, no code of ours) profiles, --set still applies."""
+    cfg = {
+        "model_type": "qwen3",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 1000,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    args = ["config.json", "--set", "num_hidden_layers=2", "--seq-len", "8", "--repeats", "1", "--warmup", "0"]
+    r = _run([*args, "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [u["name"] for u in d["entries"][0]["units"]] == ["embed", "block0", "block1", "head"]
+    assert d["model"]["config"]["model_type"] == "qwen3" and d["model"]["config"]["num_hidden_layers"] == 2
+    assert (tmp_path / "profiles" / "cpu" / "config.json").is_file()
 
 
 def test_profile_table_and_default_path(tmp_path):
