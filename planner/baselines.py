@@ -171,8 +171,8 @@ def _tp_for(p: Plan, most: int) -> int:
 
 
 def _first_fitting(tries) -> Plan | None:
-    """The fastest plan of the first group of tries that has one fitting memory; else the last plan
-    tried (shown as OOM); None when nothing could be built."""
+    """The fastest plan of the first group of tries that has one fitting memory; else the one tried
+    that needs the least memory (shown as OOM); None when nothing could be built."""
     last = None
     for group in tries:
         built = []
@@ -184,7 +184,9 @@ def _first_fitting(tries) -> Plan | None:
         fitting = [b for b in built if fits(b)]
         if fitting:
             return min(fitting, key=lambda b: b.predicted.step_s)
-        last = built[-1] if built else last
+        least = min(built, key=lambda b: max(b.predicted.peak_bytes), default=None)
+        if least is not None and (last is None or max(least.predicted.peak_bytes) < max(last.predicted.peak_bytes)):
+            last = least
     return last
 
 
@@ -224,7 +226,7 @@ def torchtitan_style(p: Plan) -> Plan | None:
 
     def attempt(pp: int):
         dp = p.cluster.devices // pp
-        layout = Layout(tp=1, dp=dp, dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP)
+        layout = Layout(tp=1, dp=dp, dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP, reshard_after_forward=pp == 1)
         return lambda: _build(p, torchtitan_split(p.profile, pp), "1F1B", pp, 1, layout, p.microbatch_size, rc)
 
     return _first_fitting([[attempt(pp)] for pp in _pipeline_degrees(p, 1)])

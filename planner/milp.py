@@ -261,7 +261,7 @@ class _Split:
         return self._timed("weight_s", s)
 
     def static(self, s: int):
-        return self.field("static_bytes", s)
+        return self.field("static_bytes", s) + self.costs.stage_static_bytes
 
     def act(self, s: int):
         return self.field("activation_bytes", s)

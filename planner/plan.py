@@ -98,7 +98,13 @@ class Plan:
     def parallelism(self) -> Layout:
         """tp, dp, dp mode and sequence parallelism, as the cost layer prices them. Ranks are laid
         out tp innermost, pp outermost: ``rank = (pp_index * dp + dp_index) * tp + tp_index``."""
-        return Layout(tp=self.tp, dp=self.dp, dp_mode=self.dp_mode, sequence_parallel=self.sequence_parallel)
+        return Layout(
+            tp=self.tp,
+            dp=self.dp,
+            dp_mode=self.dp_mode,
+            sequence_parallel=self.sequence_parallel,
+            reshard_after_forward=self.pp == 1,  # fsdp as torchtitan runs it: resharded without pipelining
+        )
 
     def layout(self) -> str:
         """Megatron-style layout: stages separated by ``|``, e.g. ``E,t*4|t*4,L`` (E an embedding,

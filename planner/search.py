@@ -59,7 +59,7 @@ __all__ = ["plan", "InfeasibleError", "SearchStats", "search"]
 MAX_VIRTUAL = 4  # stages per rank tried for schedules with no upper bound, unless the job says
 SMALL_MILP = 2000  # units x stages up to which every promising candidate gets its MILP
 MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
-BUDGET_S = 8.0  # wall seconds the MILPs and the refinement may take in all (half each), unless the caller says
+BUDGET_S = 6.0  # wall seconds the MILPs and the refinement may take in all (half each), unless the caller says
 MIN_MILP_S = 0.05  # the least time limit a MILP gets once the budget is spent (its start is an answer)
 
 
@@ -251,7 +251,7 @@ def _enumerate(s: _Search, stats: SearchStats) -> list[Candidate]:
         if cluster.devices % pp or pp > U:
             stats.notes.append(f"pp={pp} skipped: {cluster.devices} devices or {U} units do not allow it")
             continue
-        for layout in _layouts(s, cluster.devices // pp, stats):
+        for layout in _layouts(s, pp, cluster.devices // pp, stats):
             for m, mbs in microbatching(job, layout.dp):
                 if mbs not in sizes:
                     continue
@@ -259,9 +259,11 @@ def _enumerate(s: _Search, stats: SearchStats) -> list[Candidate]:
     return out
 
 
-def _layouts(s: _Search, per_stage: int, stats: SearchStats) -> list[Layout]:
+def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[Layout]:
     """tp x dp splits of the ``per_stage`` devices a pipeline rank has, with each dp mode and
-    sequence-parallel choice the job allows (at dp 1 every mode is ddp; at tp 1 there is no SP)."""
+    sequence-parallel choice the job allows (at dp 1 every mode is ddp; at tp 1 there is no SP).
+    fsdp reshards after each forward without pipelining and keeps a stage gathered with it, as
+    torchtitan does."""
     job = s.job
     out = []
     for tp in s.tp_degrees():
@@ -271,7 +273,7 @@ def _layouts(s: _Search, per_stage: int, stats: SearchStats) -> list[Layout]:
         modes = ("ddp",) if dp == 1 else job.dp_modes
         sps = (False,) if tp == 1 else {"on": (True,), "off": (False,), "auto": (True,)}[job.sequence_parallel]
         out += [
-            Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp)
+            Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp, reshard_after_forward=pp == 1)
             for mode in dict.fromkeys(modes)
             for sp in sps
         ]
@@ -290,6 +292,8 @@ def _schedule_candidates(job: Job, specs, pp: int, layout: Layout, m: int, mbs: 
             ]
             continue
         for v in _virtuals(spec, job, pp, U):
+            if pp == 1 and v > 1:
+                continue  # no pipeline: several stages on the one rank only add hand-offs
             try:
                 spec.check(pp, m, v)
             except ScheduleError as e:
@@ -360,19 +364,21 @@ def _bound(s: _Search, cands: list[Candidate]) -> list[Candidate]:
 
 
 def _screen_one(s: _Search, c: Candidate) -> Plan | None:
-    """The candidate's work-balanced split under its first option, simulated; None when its
-    weights or its memory pattern already say it does not fit (the pattern's peak is the
-    simulator's, so nothing that fits is refused)."""
+    """The candidate's work-balanced split under the first option that fits it (the job's first,
+    else the next: a lower precision or more recompute), simulated; None when the weights or the
+    memory pattern say no option fits it (the pattern's peak is the simulator's, so nothing that
+    fits is refused). A screened plan is the MILP's start: a feasible answer from the first node."""
     costs = s.costs(c.mbs, c.layout)
-    first = costs.options[0]
     bounds = s.balanced(c)
-    stage_costs = costs.stage_costs(bounds, [first] * c.stages)
     cap = s.cluster.memory_bytes
-    if max(static_bytes(c.rank_of, stage_costs, s.job.forward_only).values()) > cap:
-        return None  # the weights alone overflow a device: no table needed to say so
-    if max(peak_bytes(s.model(c).memory, stage_costs, s.job.forward_only).values()) > cap:
-        return None
-    return s.build(c, bounds, [first] * c.stages, {"status": "balanced split", "solver": "none"})
+    for option in costs.options:
+        stage_costs = costs.stage_costs(bounds, [option] * c.stages)
+        if max(static_bytes(c.rank_of, stage_costs, s.job.forward_only).values()) > cap:
+            continue  # the weights alone overflow a device: no table needed to say so
+        if max(peak_bytes(s.model(c).memory, stage_costs, s.job.forward_only).values()) > cap:
+            continue
+        return s.build(c, bounds, [option] * c.stages, {"status": "balanced split", "solver": "none"})
+    return None
 
 
 def _screen(s: _Search, cands: list[Candidate], keep: int, stats: SearchStats) -> list[Screened]:

@@ -36,7 +36,7 @@ from profiles.contract import UserError
 from profiles.types import DTYPE_TABLE, Profile, UnitCost
 
 from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
-from .sharding import state_bytes_per_param
+from .sharding import fsdp_gathered_bytes, state_bytes_per_param
 from .tensor_parallel import GEMM_DEVICES, TPUnitCost, TransformerShape, scale_unit
 
 __all__ = [
@@ -84,6 +84,10 @@ class Layout:
     dp: int = 1  # data-parallel replicas
     dp_mode: DPMode = DPMode.DDP
     sequence_parallel: bool = False  # Megatron sequence parallelism beside tp (tp > 1 only)
+    #: fsdp: free each unit's gathered weights after its forward and gather again for its backward
+    #: (torch's default, torchtitan's without pipelining); False: a stage's weights stay gathered
+    #: for the whole step (torchtitan under pipelining)
+    reshard_after_forward: bool = False
 
     @property
     def stride(self) -> int:
@@ -242,7 +246,7 @@ def unit_records(
     state = state_bytes_per_param(
         layout.dp_mode.value, layout.dp, dtype_bytes=dtype.bytes, optimizer_bytes_per_param=optimizer_bytes_per_param
     ).total
-    if layout.dp_mode is DPMode.FSDP:
+    if layout.dp_mode is DPMode.FSDP and not layout.reshard_after_forward:
         state += 2 * dtype.bytes  # the stage's weights gathered and its gradients unsharded for the step
     opt_share = 1 if layout.dp_mode is DPMode.DDP else layout.dp
     out = []
@@ -336,6 +340,10 @@ class CostModel:
     links: Links = field(default_factory=Links)  # between pipeline ranks, placed by the layout's stride
     layout: Layout = Layout()
     forward_only: bool = False
+    #: static bytes every stage holds besides its units' records: fsdp resharding after forward keeps
+    #: the largest unit's weights gathered, one more prefetched and its gradient unsharded (the
+    #: largest unit of the whole model: a bound for every stage, the same whatever the split)
+    stage_static_bytes: int = 0
 
     @staticmethod
     def build(
@@ -365,12 +373,19 @@ class CostModel:
             )
             for o in dict.fromkeys(options)
         }
+        gathered = 0
+        if layout.dp_mode is DPMode.FSDP and layout.reshard_after_forward and not forward_only:
+            gathered = max(
+                int(fsdp_gathered_bytes([r.params for r in recs], dtype_bytes=DTYPE_TABLE[o.dtype].bytes))
+                for o, recs in records.items()
+            )
         return CostModel(
             records=records,
             action_overhead_s=action_overhead_s,
             links=links,
             layout=layout,
             forward_only=forward_only,
+            stage_static_bytes=gathered,
         )
 
     @property
@@ -421,7 +436,7 @@ class CostModel:
             backward_input_s=sum(r.input_s for r in recs) + oh,
             backward_weight_s=sum(r.weight_s for r in recs) + oh,
             activation_bytes=sum(r.activation_bytes for r in recs),
-            static_bytes=sum(r.static_bytes for r in recs),
+            static_bytes=sum(r.static_bytes for r in recs) + self.stage_static_bytes,
             output_bytes=0 if last else recs[-1].output_bytes,
             input_bytes=0 if index == 0 else recs[0].input_bytes,
             param_bytes=sum(r.grad_bytes for r in recs),

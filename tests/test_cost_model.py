@@ -97,6 +97,7 @@ def cases(draw):
         dp=dp,
         dp_mode=draw(st.sampled_from(list(DPMode))),
         sequence_parallel=tp > 1 and draw(st.booleans()),
+        reshard_after_forward=pp == 1,
     )
     cluster = Cluster(
         devices=pp * dp * tp,
