@@ -179,10 +179,9 @@ def lower_table(schedule: _PipelineScheduleRuntime, table: Table, group=None) ->
     assumes. Why: gloo's point-to-point is a rendezvous (the sender's payload goes out only once
     the receiver has posted its receive), and torch's lowering posts a receive just before the
     action that needs it, so a transfer whose data was ready long before still costs a round
-    trip through both ranks' gloo threads on the critical path (on 2 CPU ranks here: 0.5-0.6 ms
-    before each backward of 1F1B's rank 0, up to 5.7 ms when those threads may not run on their
-    own rank's idle core; 0.35-0.45 ms once posted early). NCCL keeps torch's placement: its
-    receives wait in stream order, where posting early can block a later send."""
+    trip through both ranks' gloo threads on the critical path (the figures measured are in
+    ``executor/README.md``). NCCL keeps torch's placement: its receives wait in stream order,
+    where posting early can block a later send."""
     schedule._prepare_schedule_with_comms(torch_actions(table))
     if dist.get_backend(group) == "gloo":
         schedule.pipeline_order_with_comms = receives_first(schedule.pipeline_order_with_comms)
@@ -201,8 +200,8 @@ def receives_first(order: dict[int, list[_Action]]) -> dict[int, list[_Action]]:
 class StepClock:
     """Starts every rank's step at one instant and times it on one clock.
 
-    A barrier alone lets ranks leave it up to a few milliseconds apart (2.5 ms seen here on
-    gloo), and that offset would count in the measured step and shift one rank's events against
+    A barrier alone lets ranks leave it up to a few milliseconds apart on gloo (see
+    ``executor/README.md``), and that offset would count in the measured step and shift one rank's events against
     the other's. Ranks on one host share ``time.perf_counter`` (CLOCK_MONOTONIC), so rank 0
     names a start instant ``AHEAD_S`` ahead, every rank spins until then, and all events are
     times since that instant. Across hosts the clocks differ: each rank starts when it leaves

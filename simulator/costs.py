@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from profiles.contract import UserError
-from profiles.types import DTYPE_TABLE, Profile, UnitCost
+from profiles.types import DTYPE_TABLE, Profile
 
 from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
 from .sharding import fsdp_gathered_bytes, state_bytes_per_param
-from .tensor_parallel import GEMM_DEVICES, TPUnitCost, TransformerShape, scale_unit
+from .tensor_parallel import GEMM_DEVICES, TransformerShape, as_measured, scale_unit
 
 __all__ = [
     "Recompute",
@@ -284,7 +284,7 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
     tp 1 without selective recompute, the profile's own figures)."""
     selective = option.recompute is Recompute.SELECTIVE
     if layout.tp == 1 and not selective:
-        return [_as_measured(u) for u in units]
+        return [as_measured(u) for u in units]
     try:
         shape = TransformerShape.from_config(
             profile.model_config, seq_len=profile.seq_len, microbatch=microbatch_size, dtype_bytes=dtype_bytes
@@ -311,19 +311,6 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
         ]
     except ValueError as e:
         raise UserError(f"{profile.model_name}: {e}") from None
-
-
-def _as_measured(u: UnitCost):
-    """A unit at tp 1 without recompute: the profile's own figures."""
-    return TPUnitCost(
-        forward_s=u.forward_s,
-        backward_input_s=u.backward_input_s,
-        backward_weight_s=u.backward_weight_s,
-        recompute_s=0.0,
-        saved_bytes=u.saved_bytes,
-        params=u.params,
-        output_bytes=u.output_bytes,
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

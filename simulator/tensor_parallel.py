@@ -74,6 +74,7 @@ __all__ = [
     "head_compute_scale",
     "tp_degrees",
     "scale_unit",
+    "as_measured",
 ]
 
 Recompute = Literal["none", "selective", "full"]
@@ -323,6 +324,11 @@ def scale_unit(
         fwd_c, bwd_c = tp_block_comm_s(t, act, link, sequence_parallel=sp, algorithm=algorithm)
         bwd_c += fwd_c if recompute == "full" else 0.0
     return _scaled(unit, k, unit.forward_s * k * redo, saved, **per_rank, comm=(fwd_c, bwd_c))
+
+
+def as_measured(unit: UnitCost) -> TPUnitCost:
+    """A unit at ``t = 1`` without recompute: its profile's own figures."""
+    return _keep(unit, params=unit.params, output_bytes=unit.output_bytes)
 
 
 def _keep(unit: UnitCost, *, params: int, output_bytes: int, **comm: float) -> TPUnitCost:
