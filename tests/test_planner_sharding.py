@@ -1,0 +1,87 @@
+"""Memory per rank of ddp, zero1, zero2 and fsdp plans against hand-computed bytes, and the
+data-parallel collectives on the communication track."""
+
+from __future__ import annotations
+
+import pytest
+from planner_synthetic import synthetic_profile
+
+from planner import Cluster, Job
+from planner.scoring import build_plan
+from profiles.types import load_profile
+from simulator import simulate
+from simulator.costs import DPMode, Layout, Option
+
+P, A, OUT = 1_000_000, 3_000_000, 10_000  # parameters, saved bytes and output bytes per unit
+D = 4  # data-parallel replicas
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    units = [{"f": 1e-3, "b": 2e-3, "params": P, "saved": A, "out": OUT} for _ in range(4)]
+    path = synthetic_profile(units, tmp_path_factory.mktemp("shard") / "p.json")
+    return load_profile(path), path
+
+
+#: fp32 AdamW bytes per parameter per rank: weights 4, gradients 4, optimizer 8 (no master copy)
+PER_PARAM = {
+    DPMode.DDP: 4 + 4 + 8,
+    DPMode.ZERO1: 4 + 4 + 8 / D,
+    DPMode.ZERO2: 4 + (4 + 8) / D,
+    DPMode.FSDP: (4 + 4 + 8) / D + 4 + 4,  # + the stage gathered and its gradients unsharded (under pp)
+}
+
+
+@pytest.mark.parametrize("mode", list(DPMode))
+def test_memory_per_rank_by_dp_mode(profile, mode):
+    prof, path = profile
+    job = Job(global_batch=4 * D, microbatch_size=1, dp_modes=(mode.value,))
+    cluster = Cluster(devices=2 * D, memory_bytes=2**40, devices_per_node=8)
+    layout = Layout(dp=D, dp_mode=mode)
+    plan = build_plan(
+        prof, str(path), cluster, job, [(0, 2), (2, 4)], "1F1B", 2, D, 4, 1, [Option()] * 2, layout=layout
+    )
+    # 1F1B: stage 0 holds 2 microbatches' activations at its peak, stage 1 one; 2 units per stage
+    assert plan.predicted.peak_bytes[0] == pytest.approx(2 * P * PER_PARAM[mode] + 2 * 2 * A, abs=4)
+    assert plan.predicted.peak_bytes[1] == pytest.approx(2 * P * PER_PARAM[mode] + 1 * 2 * A, abs=4)
+
+
+def test_fsdp_without_pipelining_gathers_the_largest_unit_only(profile):
+    prof, path = profile
+    job = Job(global_batch=4 * 8, microbatch_size=1, dp_modes=("fsdp",))
+    cluster = Cluster(devices=8, memory_bytes=2**40, devices_per_node=8)
+    layout = Layout(dp=8, dp_mode=DPMode.FSDP, reshard_after_forward=True)
+    plan = build_plan(prof, str(path), cluster, job, [(0, 4)], "1F1B", 1, 8, 4, 1, [Option()], layout=layout)
+    # 4 units' sharded state, one unit gathered + one prefetched + its unsharded gradient, 1 in flight
+    assert plan.predicted.peak_bytes[0] == pytest.approx(4 * P * 16 / 8 + 3 * P * 4 + 4 * A, abs=4)
+
+
+def test_collectives_sit_on_the_communication_track(profile):
+    prof, path = profile
+    cluster = Cluster(devices=2 * D, memory_bytes=2**40, devices_per_node=8, intra_bandwidth_Bps=1e9)
+    for mode, kinds in ((DPMode.DDP, {"ALL_REDUCE"}), (DPMode.FSDP, {"UNSHARD", "REDUCE_GRAD"})):
+        job = Job(global_batch=4 * D, microbatch_size=1, dp_modes=(mode.value,))
+        plan = build_plan(
+            prof,
+            str(path),
+            cluster,
+            job,
+            [(0, 2), (2, 4)],
+            "1F1B",
+            2,
+            D,
+            4,
+            1,
+            [Option()] * 2,
+            layout=Layout(dp=D, dp_mode=mode),
+        )
+        tl = simulate(plan)
+        assert {c.kind for c in tl.collectives} == kinds
+        # a ring over D ranks: reduce-scatter (D-1)/D of the 2P fp32 gradient bytes at 1 GB/s
+        grad = 2 * P * 4
+        rs = (D - 1) * (50e-6 + grad / D / 1e9)
+        reduce = next(c for c in tl.collectives if c.kind in ("ALL_REDUCE", "REDUCE_GRAD") and c.rank == 0)
+        assert reduce.end_s - reduce.start_s == pytest.approx(2 * rs if mode is DPMode.DDP else rs, rel=1e-9)
+        if mode is DPMode.FSDP:  # the first forward waits for the gather
+            first = min(e.start_s for e in tl.events if e.rank == 0)
+            assert first == pytest.approx(next(c.end_s for c in tl.collectives if c.kind == "UNSHARD" and c.rank == 0))
