@@ -223,11 +223,11 @@ def run(args: argparse.Namespace) -> int:
     _check_flags(args)
     overrides = parse_overrides(args.set)
     check_overrides(args.model, overrides)  # before torch is imported: a slip costs a second
+    seq_note = None
     if args.seq_len is None:
         args.seq_len = default_seq_len(args.model, overrides, args.analytic)
         if args.analytic:
-            cap = ANALYTIC_SEQ_CAP
-            print(f"--seq-len {args.seq_len} (the model's training context, at most {cap})", file=sys.stderr)
+            seq_note = f"--seq-len {args.seq_len} (the model's training context, at most {ANALYTIC_SEQ_CAP})"
     check_seq_len(args.model, overrides, args.seq_len)
     from . import profile_model
 
@@ -260,6 +260,8 @@ def run(args: argparse.Namespace) -> int:
         device = args.device
     out = args.output or default_path(args.model, device)
     profile.save(out)
+    if seq_note:
+        print(seq_note, file=sys.stderr)
     if args.json:
         print(json.dumps(profile.to_dict()))
     else:

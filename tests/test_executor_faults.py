@@ -55,7 +55,7 @@ def _long_plan(tiny_plan_path: Path, name: str) -> Path:
 
 def _started(marker: str, n: int = 2) -> list[int]:
     """Workers of ``marker`` once ``n`` exist and have had time to reach their steps."""
-    pids = _wait_for(lambda: len(_workers(marker)) >= n and _workers(marker), 60)
+    pids = _wait_for(lambda: len(_workers(marker)) >= n and _workers(marker), 60) or []
     assert len(pids) >= n, "workers did not start"
     time.sleep(5)  # imports and process groups done: the ranks are in their steps
     return pids

@@ -120,7 +120,7 @@ def test_precision_recompute_data_torch_schedule_and_profiler(tmp_path):
     from profiles import load_profile, profile_model
 
     prof_path = tmp_path / "profile.json"
-    profile_model("gpt2-tiny", seq_len=8, dtypes=("fp32", "bf16"), repeats=1, warmup=0).save(prof_path)
+    profile_model("gpt2-tiny", seq_len=8, dtypes=("fp32", "bf16", "fp16"), repeats=1, warmup=0).save(prof_path)
     prof, cluster = load_profile(prof_path), Cluster(devices=2)
     bf16 = validation_plan(prof, prof_path, cluster, "1F1B", 2, 2, dtype="bf16")
     fp16 = replace(bf16, stages=tuple(replace(s, dtype="fp16") for s in bf16.stages))
