@@ -129,6 +129,8 @@ def events_frame(tl: Timeline, label: str = "") -> pd.DataFrame:
 
 
 def transfers_frame(tl: Timeline, label: str = "") -> pd.DataFrame:
+    """Sends between ranks and the data-parallel collectives, one row each, on each rank's
+    communication lane."""
     rows = [
         {
             "timeline": label or tl.source,
@@ -144,6 +146,24 @@ def transfers_frame(tl: Timeline, label: str = "") -> pd.DataFrame:
             "KiB": t.bytes / 1024,
         }
         for t in tl.transfers
+    ]
+    # the communication track: data-parallel collectives (fsdp gathers, reductions), in the send lane
+    rows += [
+        {
+            "timeline": label or tl.source,
+            "rank": c.rank,
+            "kind": "send",
+            "what": KIND_NAMES["send"],
+            "action": c.kind,
+            "stage": -1,
+            "microbatch": -1,
+            "start ms": c.start_s * 1e3,
+            "end ms": c.end_s * 1e3,
+            "ms": (c.end_s - c.start_s) * 1e3,
+            "KiB": c.bytes / 1024,
+        }
+        for c in tl.collectives
+        if c.kind != "OPTIMIZER"
     ]
     cols = ["timeline", "rank", "kind", "what", "action", "stage", "microbatch", "start ms", "end ms", "ms", "KiB"]
     return pd.DataFrame(rows, columns=cols)

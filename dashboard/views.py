@@ -225,7 +225,7 @@ def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Pl
         pick = chosen_index(plans)
         plan = plans[pick - 1]
         tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.resolved, ctx.settings, pick - 1)
-        return f"candidate #{pick}: {plan.schedule} {plan.layout()}", tl, plan, ctx.settings.memory_bytes
+        return f"candidate #{pick}: {plan.schedule} {_mesh(plan)} {plan.layout()}", tl, plan, ctx.settings.memory_bytes
     if src == "saved plan":
         path, plan = _saved_plan(ctx, f"{where}_plan_file")
         if plan is None:
@@ -234,7 +234,7 @@ def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Pl
         if tl is None:
             st.error(md(err))
             return "", None, None, None
-        return f"{Path(path).name}: {plan.schedule} {plan.layout()}", tl, plan, plan.cluster.memory_bytes
+        return f"{Path(path).name}: {plan.schedule} {_mesh(plan)} {plan.layout()}", tl, plan, plan.cluster.memory_bytes
     return _whatif(where)
 
 
@@ -441,7 +441,8 @@ def show_export(ctx: Context) -> None:
         name = Path(path).stem
         plan_dir = Path(path).parent
     st.markdown(
-        f"**{md(plan.model_name)}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp}, {plan.microbatches} "
+        f"**{md(plan.model_name)}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp} ({plan.dp_mode.value}) × tp "
+        f"{plan.tp}{' with sequence parallel' if plan.sequence_parallel else ''}, {plan.microbatches} "
         f"microbatches of {plan.microbatch_size}, layout {md(plan.layout())}, predicted "
         f"{plan.predicted.step_s * 1e3:.2f} ms per step"
         if plan.predicted
@@ -536,3 +537,8 @@ def _run_progress(target: str) -> None:
     if state != "running":
         st.rerun(scope="app")
     st.progress(frac, text=line)
+
+
+def _mesh(plan) -> str:
+    """``pp2 x dp4 (fsdp) x tp8``: the plan's parallelism, as titles show it."""
+    return f"pp{plan.pp} x dp{plan.dp} ({plan.dp_mode.value}) x tp{plan.tp}"
