@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import pulp
 
 from profiles.contract import UserError
-from simulator.costs import CostModel, Option
+from simulator.costs import CostModel, Option, TiedSync
 
 from .memory import Pattern
 from .solvers import SolverError, available_solvers, solve
@@ -318,11 +318,30 @@ class _Split:
         return self.forward(s) + (self.input(s) if self.model.split_backward else self.backward(s))
 
     def tail(self, rank: int):
-        """After the rank's last backward: data-parallel communication, then optimizer (affine in bytes)."""
+        """After the rank's last backward: tied gradients' all-reduce, data-parallel communication,
+        then optimizer (affine in bytes)."""
         if self.model.forward_only:
             return pulp.LpAffineExpression()
         const, per_byte = self.costs.dp_comm.affine("tail_s")
-        return const + pulp.lpSum(per_byte * self.grad(s) + self.optimizer(s) for s in self.model.stages_of(rank))
+        return (
+            const
+            + self.tied_s(rank)
+            + pulp.lpSum(per_byte * self.grad(s) + self.optimizer(s) for s in self.model.stages_of(rank))
+        )
+
+    def tied_s(self, rank: int) -> float:
+        """Tied parameters held by the first and the last unit (the embeddings) sit on the first
+        and the last stage whatever the split: their all-reduce when those are on different ranks,
+        in the first option's dtype (other tied groups are left to the simulator's re-scoring)."""
+        r0, r1 = self.model.rank_of[0], self.model.rank_of[-1]
+        if r0 == r1 or rank not in (r0, r1):
+            return 0.0
+        ends = {0, self.U - 1}
+        return sum(
+            self.costs.tied_sync_s(TiedSync((min(r0, r1), max(r0, r1)), self.costs.tied_bytes(p, self.options[0])))
+            for units, p in self.costs.tied
+            if set(units) == ends
+        )
 
     def head(self, rank: int):
         """Before the rank's first forward: fsdp's gather of its weights (affine in bytes)."""

@@ -158,13 +158,16 @@ class Plan:
                 layout=self.parallelism,
                 options=[s.option for s in self.stages],
             )
+        options = [s.option for s in self.stages]
+        syncs = costs.tied_syncs(self.bounds, options, {s.index: s.rank for s in self.stages})
         return SimInput(
             self.table,
-            costs.stage_costs(self.bounds, [s.option for s in self.stages]),
+            costs.stage_costs(self.bounds, options),
             costs.links,
             dp=self.dp,
             forward_only=self.job.forward_only,
             comm=costs.dp_comm,
+            tied=tuple((sync, costs.tied_sync_s(sync)) for sync in syncs),
         )
 
     def torchrun_command(self, plan_path: str = "plan.json") -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "DPMode",
     "Layout",
     "DPComm",
+    "TiedSync",
     "Option",
     "UnitRecord",
     "StageCost",
@@ -313,6 +314,14 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
         raise UserError(f"{profile.model_name}: {e}") from None
 
 
+@dataclass(frozen=True)
+class TiedSync:
+    """One tied parameter's gradient all-reduce per step among the pipeline ranks holding it."""
+
+    ranks: tuple[int, ...]
+    bytes: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class CostModel:
     """The records of every option a plan may use, with the per-stage constants.
@@ -331,6 +340,8 @@ class CostModel:
     #: the largest unit's weights gathered, one more prefetched and its gradient unsharded (the
     #: largest unit of the whole model: a bound for every stage, the same whatever the split)
     stage_static_bytes: int = 0
+    #: parameters held by several units (tied embeddings): ((unit indices), parameters) each
+    tied: tuple[tuple[tuple[int, ...], int], ...] = ()
 
     @staticmethod
     def build(
@@ -366,6 +377,8 @@ class CostModel:
                 int(fsdp_gathered_bytes([r.params for r in recs], dtype_bytes=DTYPE_TABLE[o.dtype].bytes))
                 for o, recs in records.items()
             )
+        index = {name: i for i, name in enumerate(profile.unit_names)}
+        tied = tuple((tuple(index[u] for u in g.units), g.params) for g in profile.tied)
         return CostModel(
             records=records,
             action_overhead_s=action_overhead_s,
@@ -373,6 +386,7 @@ class CostModel:
             layout=layout,
             forward_only=forward_only,
             stage_static_bytes=gathered,
+            tied=tied,
         )
 
     @property
@@ -402,6 +416,35 @@ class CostModel:
     def send_s(self, src: int, dst: int, nbytes: int) -> float:
         """One hand-off of ``nbytes`` from pipeline rank ``src`` to ``dst``."""
         return self.links.transfer_s(src, dst, nbytes)
+
+    def tied_syncs(
+        self, bounds: Sequence[tuple[int, int]], options: Sequence[Option], rank_of: dict[int, int]
+    ) -> tuple[TiedSync, ...]:
+        """The gradient all-reduces tied parameters need every step: one per parameter whose
+        holders sit on different pipeline ranks (Megatron's embedding all-reduce), of its
+        gradient in the first holder stage's dtype; none when training stops or one rank holds all."""
+        if self.forward_only:
+            return ()
+        stage_of = [s for s, (first, end) in enumerate(bounds) for _ in range(first, end)]
+        out = []
+        for units, params in self.tied:
+            stages = sorted({stage_of[u] for u in units})
+            ranks = tuple(sorted({rank_of[s] for s in stages}))
+            if len(ranks) > 1:
+                out.append(TiedSync(ranks, self.tied_bytes(params, options[stages[0]])))
+        return tuple(out)
+
+    def tied_bytes(self, params: int, option: Option) -> int:
+        """A tied parameter's gradient bytes per rank (its vocabulary-parallel shard under tp)."""
+        return params * DTYPE_TABLE[option.dtype].bytes // self.layout.tp
+
+    def tied_sync_s(self, sync: TiedSync) -> float:
+        """A ring all-reduce among the sync's pipeline ranks, on the link between the farthest two."""
+        a, b = sync.ranks[0], sync.ranks[-1]
+        lk = self.links
+        same = (a * lk.stride) // lk.devices_per_node == (b * lk.stride) // lk.devices_per_node
+        link = Link(lk.latency_s, lk.bandwidth_Bps) if same else Link(lk.inter_latency_s, lk.inter_bandwidth_Bps)
+        return ring_all_reduce_s(len(sync.ranks), sync.bytes, link)
 
     def tail_s(self, grad_bytes: int, optimizer_s: float) -> float:
         """After a rank's last backward: its data-parallel communication, then its optimizer step."""

@@ -37,7 +37,7 @@ from profiles.tuning import gc_paused
 
 from .actions import Kind, Overlap, ScheduleError, Table, flat_actions, format_grid, stage_ranks, validate_table
 from .collectives import Link
-from .costs import DPComm, DPMode, Links, StageCost
+from .costs import DPComm, DPMode, Links, StageCost, TiedSync
 from .sweep import Invalid, RankLog, Run, StageTimes, stage_times, sweep
 from .timeline import Collective, Event, RankStats, Timeline, Transfer
 
@@ -60,6 +60,8 @@ class SimInput:
     forward_only: bool = False
     #: data-parallel communication (mode, group, link); None: a ddp ring over ``dp_links``' slowest link
     comm: DPComm | None = None
+    #: tied parameters' gradient all-reduces among pipeline ranks, with their time each (seconds)
+    tied: tuple[tuple[TiedSync, float], ...] = ()
 
     def dp_comm(self) -> DPComm:
         if self.comm is not None:
@@ -175,6 +177,11 @@ def _collectives(
         if log.start:
             out.append(Collective(r, "UNSHARD", 0.0, log.start, g))
         t = log.free
+        for sync, seconds in inp.tied:  # tied embeddings: their copies' gradients summed first,
+            if r in sync.ranks:  # once every holder has finished its backwards
+                t = max(t, max(logs[q].free for q in sync.ranks if q in logs))
+                out.append(Collective(r, "ALL_REDUCE", t, t + seconds, sync.bytes))
+                t += seconds
         reduce = comm.tail_s(g)
         if reduce:
             out.append(Collective(r, "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD", t, t + reduce, g))

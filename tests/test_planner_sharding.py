@@ -85,3 +85,35 @@ def test_collectives_sit_on_the_communication_track(profile):
         if mode is DPMode.FSDP:  # the first forward waits for the gather
             first = min(e.start_s for e in tl.events if e.rank == 0)
             assert first == pytest.approx(next(c.end_s for c in tl.collectives if c.kind == "UNSHARD" and c.rank == 0))
+
+
+def test_tied_embeddings_cost_one_all_reduce_between_their_ranks(profile, tmp_path):
+    """A parameter tied between the first and the last unit (input and output embeddings) is
+    summed between the first and last stages' ranks every step: in the simulator's
+    communication track and in the MILP's tail alike; one rank holding both pays nothing."""
+    from dataclasses import replace
+
+    from planner.memory import memory_pattern
+    from planner.milp import StepModel, stage_terms
+    from planner.pricing import cost_model
+    from profiles.types import TiedParams
+    from simulator import make_schedule
+
+    prof, _ = profile
+    tied = replace(prof, tied=(TiedParams(units=("block0", "block3"), params=P),))
+    path = tmp_path / "tied.json"
+    tied.save(path)
+    tied = load_profile(path)
+    cluster = Cluster(devices=2, memory_bytes=2**40, devices_per_node=8, intra_bandwidth_Bps=1e9)
+    job = Job(global_batch=4, microbatch_size=1)
+    plan = build_plan(tied, str(path), cluster, job, [(0, 2), (2, 4)], "1F1B", 2, 1, 4, 1, [Option()] * 2)
+    sync = [c for c in simulate(plan).collectives if c.kind == "ALL_REDUCE"]
+    want = 2 * 1 * (50e-6 + P * 4 / 2 / 1e9)  # ring all-reduce over 2 ranks of P fp32 gradients
+    assert sorted(c.rank for c in sync) == [0, 1]
+    assert all(c.end_s - c.start_s == pytest.approx(want, rel=1e-12) for c in sync)
+    costs = cost_model(tied, cluster, job, 1)
+    model = StepModel(4, (0, 1), memory_pattern(make_schedule("1F1B", 2, 4)))
+    terms = stage_terms(costs, model, [(0, 2), (2, 4)], [Option()] * 2)
+    assert terms.tail_s[0] == pytest.approx(want, rel=1e-12) and terms.tail_s[1] == pytest.approx(want, rel=1e-12)
+    one = build_plan(tied, str(path), replace(cluster, devices=1), job, [(0, 4)], "1F1B", 1, 1, 4, 1, [Option()])
+    assert not [c for c in simulate(one).collectives if c.kind == "ALL_REDUCE"]
