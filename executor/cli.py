@@ -191,7 +191,7 @@ def _check_run_args(args: argparse.Namespace, extra_outputs: list[tuple[str, Pat
         check_outputs(inputs, [("--torch-profiler", d / "trace.json")])
     data = getattr(args, "data", None)
     if data is not None and not Path(data).is_file():  # a token file may be large: its size is not capped
-        raise UserError(f"--data {data}: no such regular file: give a text file or a uint16/uint32 .bin token file")
+        raise UserError(f"--data {data}: not a regular file: give a text file or a uint16/uint32 .bin token file")
     return args.plan, report
 
 

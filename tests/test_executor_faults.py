@@ -66,7 +66,7 @@ def test_killed_agent_leaves_no_worker(tiny_plan_path):
     plan = _long_plan(tiny_plan_path, "agent-killed")
     agent = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "executor"]
-        + [str(plan), "--steps", "100000", "--warmup", "0"],
+        + [str(plan), "--steps", "10000", "--warmup", "0"],
         env=ENV,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -87,7 +87,7 @@ def test_killed_agent_leaves_no_worker(tiny_plan_path):
 def test_sigint_to_pipeplan_run_stops_every_rank(tiny_plan_path):
     plan = _long_plan(tiny_plan_path, "interrupted")
     run = subprocess.Popen(
-        [sys.executable, str(ROOT / "pipeplan.py"), "run", str(plan), "--steps", "100000", "--warmup", "0"],
+        [sys.executable, str(ROOT / "pipeplan.py"), "run", str(plan), "--steps", "10000", "--warmup", "0"],
         env=ENV,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
