@@ -76,7 +76,12 @@ LLAMA_128 = dict(h=4096, ffn=11008, vocab=128_256, seq=2048, blocks=126, heads=3
 L405 = dict(h=16384, ffn=53248, vocab=128_256, seq=8192, blocks=126, heads=128, kv=8, sizes=(1, 2))
 L8B = dict(h=4096, ffn=14336, vocab=128_256, seq=4096, blocks=32, heads=32, kv=8, sizes=(1,))
 CASES = {
-    "llama-128": ("llama-128 / 1024", LLAMA_128, 1024, dict(global_batch=2048, schedules=tuple(SCHEDULES))),
+    "llama-128": (
+        "llama-128 / 1024",
+        LLAMA_128,
+        1024,
+        dict(global_batch=2048, schedules=tuple(SCHEDULES), microbatches=tuple(range(1, 257))),
+    ),
     "405b-1024": ("405B / 1024", L405, 1024, dict(global_batch=1024, schedules=ALL, **ANY)),
     "405b-16384": ("405B / 16384", L405, 16384, dict(global_batch=16384, schedules=ALL, **ANY)),
     "llama3-8b": (
