@@ -41,7 +41,7 @@ from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
 from simulator.tensor_parallel import tp_degrees
 
-from .baselines import compare
+from .baselines import compare, megatron_style, torchtitan_style
 from .batching import entry_sizes, microbatching
 from .cluster import Cluster, Job
 from .infeasible import InfeasibleError, infeasible_error
@@ -61,6 +61,7 @@ SMALL_MILP = 2000  # units x stages up to which every promising candidate gets i
 MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
 BUDGET_S = 6.0  # wall seconds the MILPs and the refinement may take in all (half each), unless the caller says
 MIN_MILP_S = 0.05  # the least time limit a MILP gets once the budget is spent (its start is an answer)
+SCREEN_BUDGET_S = 3.0  # wall seconds of screening after which, the top filled, weaker bounds are left
 
 
 @dataclass
@@ -270,7 +271,7 @@ def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[La
         if per_stage % tp:
             continue
         dp = per_stage // tp
-        modes = ("ddp",) if dp == 1 else job.dp_modes
+        modes = ("ddp",) if dp == 1 else _undominated_modes(job.dp_modes)
         sps = (False,) if tp == 1 else {"on": (True,), "off": (False,), "auto": (True,)}[job.sequence_parallel]
         out += [
             Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp, reshard_after_forward=pp == 1)
@@ -280,6 +281,17 @@ def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[La
     if not out:
         stats.notes.append(f"no tp degree of {list(s.tp_degrees())} divides {per_stage} devices per pipeline rank")
     return out
+
+
+def _undominated_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
+    """The dp modes worth trying: ddp, zero1 and zero2 send the same bytes per step in the cost
+    model (an all-reduce is a reduce-scatter plus an all-gather) and shard ever more state, and a
+    sharded optimizer step is shorter, so the most sharded of them allowed dominates the others;
+    fsdp (gathers before the first forward, least memory) is kept beside it."""
+    order = ("ddp", "zero1", "zero2")
+    kept = [m for m in modes if m not in order]
+    best = max((m for m in modes if m in order), key=order.index, default=None)
+    return tuple(([best] if best else []) + kept)
 
 
 def _schedule_candidates(job: Job, specs, pp: int, layout: Layout, m: int, mbs: int, U: int, stats) -> list[Candidate]:
@@ -383,12 +395,18 @@ def _screen_one(s: _Search, c: Candidate) -> Plan | None:
 
 def _screen(s: _Search, cands: list[Candidate], keep: int, stats: SearchStats) -> list[Screened]:
     """Every candidate that can still enter the top, best bound first, screened. A screened plan
-    that fits is a real plan, so the bound may prune against it."""
+    that fits is a real plan, so the bound may prune against it. Once ``SCREEN_BUDGET_S`` have
+    passed with the top filled, the candidates left (the weakest bounds) are not screened."""
     fitting: list[Plan] = []
     out = []
+    end = time.perf_counter() + SCREEN_BUDGET_S
     for i, c in enumerate(cands):
         if len(fitting) >= keep and c.lower_bound >= _kth(fitting, keep):
             stats.pruned = len(cands) - i
+            break
+        if len(fitting) >= keep and time.perf_counter() > end:
+            stats.pruned = len(cands) - i
+            stats.notes.append(f"{len(cands) - i} candidates with the weakest bounds left unscreened (screen budget)")
             break
         t0 = time.perf_counter()
         p = _screen_one(s, c)
@@ -558,12 +576,34 @@ def search(
     if not solved.plans:
         raise infeasible_error(s, solved.infeasible)
     t0 = time.perf_counter()
-    results = _refine(s, solved.plans, top, refine, stats)
+    recipes = _recipes(solved.plans[0], job)
+    stats.add("baselines", t0)
+    t0 = time.perf_counter()
+    results = _refine(s, _dedupe(sorted(solved.plans + recipes, key=_rank)), top, refine, stats)
     stats.add("refine", t0)
     t0 = time.perf_counter()
     out = [replace(p, baselines=compare(p)) for p in results[:top]]
     stats.add("baselines", t0)
     return out, stats
+
+
+def _recipes(best: Plan, job: Job) -> list[Plan]:
+    """The Megatron-style and torchtitan-style configurations (``baselines``) as candidates too,
+    when the job allows their layout and they fit: a plan is never slower than the recipes users
+    run, even where the search's budget left their region unscreened."""
+    out = []
+    for make in (megatron_style, torchtitan_style):
+        b = make(best)
+        if b is None or not fits(b) or b.schedule not in {schedule_spec(n).name for n in job.schedules}:
+            continue
+        if (job.tp and b.tp not in job.tp) or (b.dp > 1 and b.dp_mode.value not in job.dp_modes):
+            continue
+        if job.pp and b.pp not in job.pp:
+            continue
+        if any(st.recompute.value not in job.recompute for st in b.stages):
+            continue
+        out.append(replace(b, solver={"status": "recipe", "solver": "none", "recipe": make.__name__}))
+    return out
 
 
 def plan(

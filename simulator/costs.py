@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from profiles.contract import UserError
-from profiles.types import DTYPE_TABLE, Profile
+from profiles.types import DTYPE_TABLE, Profile, UnitCost
 
 from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
 from .sharding import fsdp_gathered_bytes, state_bytes_per_param
@@ -297,9 +297,12 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
         ) from None
     tp_link = links.group_link(list(range(layout.tp)))
     device = GEMM_DEVICES.get(profile.device_kind.lower())
-    try:
-        return [
-            scale_unit(
+    priced: dict[tuple, object] = {}  # identical units (a model's blocks) are priced once
+
+    def price(u: UnitCost):
+        key = (u.kind, u.forward_s, u.backward_input_s, u.backward_weight_s, u.saved_bytes, u.params, u.output_bytes)
+        if key not in priced:
+            priced[key] = scale_unit(
                 u,
                 shape,
                 layout.tp,
@@ -308,8 +311,10 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
                 device=device,
                 link=tp_link if layout.tp > 1 else None,
             )
-            for u in units
-        ]
+        return priced[key]
+
+    try:
+        return [price(u) for u in units]
     except ValueError as e:
         raise UserError(f"{profile.model_name}: {e}") from None
 
