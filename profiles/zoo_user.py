@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
-from .zoo import ZooError as UserError
+from .presets import ZooError as UserError
 
 __all__ = ["split_module", "default_batch_and_loss"]
 
