@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -360,7 +361,7 @@ def _run(
             if step >= args.warmup:
                 step_times.append(t_end)
                 step_events.append(list(recorder.events))
-                tails.append((t_sched, 0.0 if forward_only else t_opt, recorder.off_cpu_s))
+                tails.append(StepTail(t_sched, 0.0 if forward_only else t_opt, recorder.off_cpu_s))
     if prof is not None:
         prof.stop()
         prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
@@ -375,18 +376,18 @@ def _run(
             if torch.is_tensor(t) and t.dim() > 0
         )
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else static + tracker.peak
-    mine = {
-        "rank": rank,
-        "steps": step_times,
-        "events": step_events,
-        "sched": tails,
-        "params": sum(local_tensor(p).numel() for p in params),  # this rank's share (tp shards)
-        "losses": losses if last_stage else [],
-        "peak": int(peak),
-        "check": check,
-        "host_peak": host_peak_bytes(),
-        "host_base": host_base,
-    }
+    mine = RankResult(
+        rank=rank,
+        steps=step_times,
+        events=step_events,
+        tails=tails,
+        params=sum(local_tensor(p).numel() for p in params),  # this rank's share (tp shards)
+        losses=losses if last_stage else [],
+        peak=int(peak),
+        check=check,
+        host_peak=host_peak_bytes(),
+        host_base=host_base,
+    )
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     code = 0
@@ -498,23 +499,54 @@ def _worse(diff: float) -> float:
     return float("inf") if diff != diff else diff
 
 
+@dataclass(frozen=True)
+class StepTail:
+    """What one rank measured of one step besides its actions."""
+
+    schedule_s: float  # from the step's start to the end of the schedule (every action and send)
+    optimizer_s: float  # gradient reduction and the optimizer step after it
+    off_cpu_s: float  # time its thread was ready but off the CPU (other load on the machine)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankResult:
+    """One rank's measurements, gathered on rank 0 for the report."""
+
+    rank: int
+    steps: list[float]  # each timed step's time
+    events: list[list[tuple]]  # per timed step: (stage, kind, microbatch, start_s, end_s) per action
+    tails: list[StepTail]  # per timed step
+    params: int  # parameters this rank holds (its tp shard)
+    losses: list[float]  # per step, on the last stage's ranks (empty elsewhere)
+    peak: int  # peak bytes: the allocator's on CUDA, else static + saved tensors
+    check: dict  # this rank's --check verdict (empty without --check)
+    host_peak: int  # peak resident set, bytes
+    host_base: int  # resident set before the model was built, bytes
+
+
 def _report(
-    plan: Plan, path: Path, args, gathered: list[dict], world: int, device: torch.device, torch_schedule: str | None
+    plan: Plan,
+    path: Path,
+    args,
+    gathered: list[RankResult],
+    world: int,
+    device: torch.device,
+    torch_schedule: str | None,
 ) -> RunReport:
-    n = len(gathered[0]["steps"])
-    steps = [max(g["steps"][i] for g in gathered) for i in range(n)]
+    n = len(gathered[0].steps)
+    steps = [max(g.steps[i] for g in gathered) for i in range(n)]
     med = sorted(range(n), key=lambda i: steps[i])[n // 2]
     events, stats = [], []
-    ordered = sorted(gathered, key=lambda g: g["rank"])
+    ordered = sorted(gathered, key=lambda g: g.rank)
     for g in ordered:
-        ev = [Event(g["rank"], s, k, mb, a, b) for s, k, mb, a, b in g["events"][med]]
+        ev = [Event(g.rank, s, k, mb, a, b) for s, k, mb, a, b in g.events[med]]
         events += ev
         busy = sum(e.end_s - e.start_s for e in ev)
-        stats.append(RankStats(g["rank"], busy, 1 - busy / steps[med] if steps[med] else 0.0, g["peak"]))
+        stats.append(RankStats(g.rank, busy, 1 - busy / steps[med] if steps[med] else 0.0, g.peak))
     tl = Timeline(steps[med], tuple(stats), tuple(sorted(events, key=lambda e: (e.rank, e.start_s))), source="measured")
-    last = [g["losses"] for g in gathered if g["losses"]]  # one per data-parallel replica
+    last = [g.losses for g in gathered if g.losses]  # one per data-parallel replica
     losses = [sum(xs) / len(xs) for xs in zip(*last)] if last else []
-    checks = [g["check"] for g in gathered if g["check"]]
+    checks = [g.check for g in gathered if g.check]
     check = {}
     if checks:
         worst = max(checks, key=lambda c: _worse(c.get("max_rel_diff", 0.0)))
@@ -540,7 +572,7 @@ def _report(
         tuple(losses),
         check,
         plan.predicted.step_s if plan.predicted else None,
-        host_peak_bytes=tuple(g["host_peak"] for g in ordered),
+        host_peak_bytes=tuple(g.host_peak for g in ordered),
         extra={
             "runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule else "_PipelineScheduleRuntime",
             "torch": torch.__version__,
@@ -548,15 +580,15 @@ def _report(
             "schedule": plan.schedule,
             "microbatches": plan.microbatches,
             "data": str(args.data) if args.data else "synthetic",
-            "schedule_end_s": [g["sched"][med][0] for g in ordered],
-            "optimizer_s": [g["sched"][med][1] for g in ordered],
-            "params": [g["params"] for g in ordered],
+            "schedule_end_s": [g.tails[med].schedule_s for g in ordered],
+            "optimizer_s": [g.tails[med].optimizer_s for g in ordered],
+            "params": [g.params for g in ordered],
             # per rank: resident set before the model was built (the interpreter, torch, the
             # process groups); ranks[].host_peak_bytes minus this is what the plan's run added
-            "host_base_bytes": [g["host_base"] for g in ordered],
+            "host_base_bytes": [g.host_base for g in ordered],
             # per rank, in the median step: share of its compute time spent ready but off the CPU
             # (other load on the machine); the simulator assumes none
-            "off_cpu_fraction": [g["sched"][med][2] / max(1e-12, st.busy_s) for g, st in zip(ordered, stats)],
+            "off_cpu_fraction": [g.tails[med].off_cpu_s / max(1e-12, st.busy_s) for g, st in zip(ordered, stats)],
         },
     )
 
