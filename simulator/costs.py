@@ -444,11 +444,8 @@ class CostModel:
         return params * DTYPE_TABLE[option.dtype].bytes // self.layout.tp
 
     def tied_sync_s(self, sync: TiedSync) -> float:
-        """A ring all-reduce among the sync's pipeline ranks, on the link between the farthest two."""
-        a, b = sync.ranks[0], sync.ranks[-1]
-        lk = self.links
-        same = (a * lk.stride) // lk.devices_per_node == (b * lk.stride) // lk.devices_per_node
-        link = Link(lk.latency_s, lk.bandwidth_Bps) if same else Link(lk.inter_latency_s, lk.inter_bandwidth_Bps)
+        """A ring all-reduce among the sync's pipeline ranks, on the link their devices share."""
+        link = self.links.group_link([r * self.links.stride for r in sync.ranks])
         return ring_all_reduce_s(len(sync.ranks), sync.bytes, link)
 
     def tail_s(self, grad_bytes: int, optimizer_s: float) -> float:
