@@ -1,79 +1,123 @@
-"""Prototype: tensor parallelism and FSDP inside pipeline stages (hidden worker flags ``--tp`` and
-``--dp-mode``, until the Plan carries them): pp 2 x tp 2 and pp 2 x dp 2 (fsdp) of a tiny Llama
-on 4 CPU ranks (gloo) match one process."""
+"""Tensor parallelism and FSDP inside pipeline stages, as the planner plans them (Plan schema 2:
+``tp``, ``dp_mode``): tiny GPT-2 and Llama on 4 CPU ranks (gloo) match one process, gradient by
+gradient. One torchrun launch runs every plan (pp 2 x tp 2, pp 2 x dp 2 fsdp, dp 2 x tp 2 with
+ddp and with FSDP over the tp shards)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from test_executor_schedules import torchrun
+
+MODELS = ("gpt2-tiny", "llama-tiny")
+#: name -> (pp, tp, dp mode); the planner fills 4 devices (dp = 4 / (pp x tp))
+LAYOUTS = {
+    "pp2-tp2": (2, 2, "ddp"),
+    "pp2-dp2-fsdp": (2, 1, "fsdp"),
+    "dp2-tp2-ddp": (1, 2, "ddp"),
+    "dp2-tp2-fsdp": (1, 2, "fsdp"),
+}
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    from profiles import profile_model
+def runs(tmp_path_factory):
+    """Every (model, layout) planned by the planner and run in one launch with --check."""
+    from planner import Cluster, Job, plan
+    from profiles import load_profile, profile_model
 
-    prof_path = tmp_path_factory.mktemp("tp") / "profile.json"
-    prof = profile_model("llama-tiny", seq_len=16, repeats=1, warmup=0)
-    prof.save(prof_path)
-    return prof, prof_path
-
-
-def test_pp2_tp2_llama_matches_one_process(llama):
-    from executor.plans import validation_plan
-    from planner.cluster import Cluster
-
-    prof, prof_path = llama
-    tmp_path = prof_path.parent
-    plan = validation_plan(prof, prof_path, Cluster(devices=2), "1F1B", 2, 2, bounds=[(0, 2), (2, 4)])
-    path = plan.save(tmp_path / "plan.json")
-    r, _ = torchrun(4, str(path), "--tp", "2", "--check", "--steps", "1", "--warmup", "0")
+    tmp = tmp_path_factory.mktemp("tp")
+    out = {}
+    for model in MODELS:
+        prof_path = tmp / f"{model}.json"
+        profile_model(model, seq_len=16, repeats=1, warmup=0).save(prof_path)
+        prof = load_profile(prof_path)
+        for name, (pp, tp, mode) in LAYOUTS.items():
+            job = Job(
+                global_batch=4,
+                microbatch_size=1,
+                schedules=("1F1B",),
+                pp=(pp,),
+                tp=(tp,),
+                dp_modes=(mode,),
+                sequence_parallel="off",
+            )
+            best = plan(prof, Cluster(devices=4, memory_bytes=2**30), job, top=1, profile_path=prof_path)[0]
+            assert (best.pp, best.dp, best.tp, best.dp_mode.value) == (pp, 4 // (pp * tp), tp, mode)
+            out[model, name] = (prof, best, best.save(tmp / f"{model}-{name}.json"))
+    r, _ = torchrun(4, *(str(path) for *_, path in out.values()), "--check", "--steps", "1", "--warmup", "0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    data = json.loads(path.with_suffix(".run.json").read_text())
+    return {
+        key: (prof, p, json.loads(path.with_suffix(".run.json").read_text())) for key, (prof, p, path) in out.items()
+    }
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_gradient_matches_one_process(runs, model, layout):
+    _, _, data = runs[model, layout]
     check = data["check"]
     assert data["world_size"] == 4 and check["passed"] and check["max_rel_diff"] <= 1e-4, check
     assert check["loss_rel_diff"] <= 1e-5, check
-    # every tp rank ran its stage's actions; each holds half of its block's projections
-    assert {e["rank"] for e in data["events"]} == {0, 1, 2, 3}
+    assert {e["rank"] for e in data["events"]} == {0, 1, 2, 3}  # every rank ran its stage's actions
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_pp2_tp2_ranks_hold_half_of_their_stage(runs, model):
+    """Mesh layout, tp innermost: ranks 0 and 1 run stage 0. Each holds half of its stage: the
+    blocks' projections (GPT-2's fused q/k/v included) and the vocabulary-parallel embedding and
+    head are split; only norms, row-wise biases and GPT-2's position embedding stay whole."""
+    prof, p, data = runs[model, "pp2-tp2"]
     units = [u.params for u in prof.entries[0].units]
     params = data["extra"]["params"]
-    assert params[0] == params[1] < units[0] + units[1] and params[2] == params[3] < units[2] + units[3]
-    assert params[0] > units[0] + units[1] / 2 - 1000  # the block's norms stay whole
+    assert {(e["rank"], e["stage"]) for e in data["events"]} == {(0, 0), (1, 0), (2, 1), (3, 1)}
+    assert params[0] == params[1] and params[2] == params[3]
+    for rank, s in ((0, p.stages[0]), (2, p.stages[1])):
+        stage = sum(units[s.first : s.end])
+        assert stage // 2 <= params[rank] < stage // 2 + stage // 8, (rank, stage, params)
 
 
-def test_pp2_dp2_fsdp_llama_and_gpt2_match_one_process(llama):
-    """FSDP2 per unit and per stage over the dp mesh dimension (Llama and GPT-2, one launch): each
-    rank holds half its stage's parameters, and the gathered gradients equal one process's over
-    both replicas' batches."""
-    from planner import Cluster, Job, plan
-    from profiles import profile_model
+@pytest.mark.parametrize("model", MODELS)
+def test_fsdp_over_tp_holds_a_quarter_of_the_model(runs, model):
+    """dp 2 x tp 2 fsdp: FSDP2 shards the tensor-parallel shards again over dp (2-D); ddp keeps
+    each tp shard whole on both replicas."""
+    prof, _, fsdp = runs[model, "dp2-tp2-fsdp"]
+    _, _, ddp = runs[model, "dp2-tp2-ddp"]
+    whole = sum(u.params for u in prof.entries[0].units)
+    assert len(set(ddp["extra"]["params"])) == 1 and len(set(fsdp["extra"]["params"])) == 1
+    assert whole // 2 <= ddp["extra"]["params"][0] < whole // 2 + whole // 8
+    assert fsdp["extra"]["params"][0] == pytest.approx(ddp["extra"]["params"][0] / 2, rel=0.01)
 
-    prof, prof_path = llama
-    gpt2_path = prof_path.with_name("gpt2-profile.json")
-    profile_model("gpt2-tiny", seq_len=16, repeats=1, warmup=0).save(gpt2_path)
-    runs = []
-    for name, path in [("llama", prof_path), ("gpt2", gpt2_path)]:
-        from profiles import load_profile
 
-        p = load_profile(path)
-        pp_dp = plan(
-            p,
-            Cluster(devices=4, memory_bytes=2**30),
-            Job(global_batch=4, microbatch_size=1, schedules=("1F1B",), pp=(2,)),
-            top=1,
-            profile_path=path,
-        )[0]
-        assert (pp_dp.pp, pp_dp.dp) == (2, 2)
-        runs.append((p, pp_dp, pp_dp.save(prof_path.with_name(f"{name}-fsdp.json"))))
-    r, _ = torchrun(4, *(str(x) for *_, x in runs), "--dp-mode", "fsdp", "--check", "--steps", "1", "--warmup", "0")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    for p, pp_dp, path in runs:
-        data = json.loads(path.with_suffix(".run.json").read_text())
-        check = data["check"]
-        assert data["world_size"] == 4 and check["passed"] and check["max_rel_diff"] <= 1e-4, (path.name, check)
-        units = [u.params for u in p.entries[0].units]
-        stage_params = [sum(units[s.first : s.end]) for s in pp_dp.stages]
-        # mesh layout, pp outermost: ranks 0 and 1 run stage 0, each holding half of it
-        assert {(e["rank"], e["stage"]) for e in data["events"]} == {(0, 0), (1, 0), (2, 1), (3, 1)}
-        assert data["extra"]["params"] == [stage_params[0] // 2] * 2 + [stage_params[1] // 2] * 2, path.name
+def test_gpt2_fused_qkv_is_split_by_heads():
+    """Each tp rank's contiguous shard of the fused [q | k | v] columns holds its own heads' q, k
+    and v; the layout of the one-process model comes back from the permuted one."""
+    from torch import nn
+
+    from executor.parallel import TP_COLUMN_ORDER, fused_qkv_order, reference_layout
+
+    order = fused_qkv_order(hidden=4, heads=2, tp=2)
+    assert order.tolist() == [0, 1, 4, 5, 8, 9, 2, 3, 6, 7, 10, 11]
+    unit = nn.Module()
+    unit.attn = nn.Module()
+    setattr(unit.attn, TP_COLUMN_ORDER, order)
+    w = torch.arange(24.0).view(2, 12)
+    assert torch.equal(reference_layout(unit, "attn.weight", w[:, order]), w)
+    with pytest.raises(ValueError):
+        fused_qkv_order(hidden=6, heads=3, tp=2)
+
+
+def test_layouts_not_run_yet_are_refused_before_compute():
+    from executor.parallel import check_supported, tp_plan
+    from profiles.contract import UserError
+
+    gpt2 = {"model_type": "gpt2", "n_head": 2, "n_embd": 64}
+    assert tp_plan(gpt2).block["attn.c_attn"] == "colwise_fused_qkv"  # pipeplan's own plan for GPT-2
+    check_supported(gpt2, 2, False, "plan.json")
+    with pytest.raises(UserError, match="plan.json: sequence parallelism .* --sequence-parallel off"):
+        check_supported(gpt2, 2, True, "plan.json")
+    with pytest.raises(UserError, match="tp 4 does not divide"):
+        check_supported(gpt2, 4, False, "plan.json")
+    with pytest.raises(UserError, match="--tp 1"):
+        tp_plan({"n_layers": 2})  # not a Hugging Face model
