@@ -23,16 +23,25 @@ The embedding and the head are vocabulary-parallel (``TPPlan.vocab``): ``Rowwise
 the ``nn.Embedding`` of ``vocab_size`` rows (each rank looks up its rows, the output is
 all-reduced) and ``ColwiseParallel`` on the vocabulary-sized ``nn.Linear`` with its logits
 gathered (Hugging Face's own head plan, ``colwise_gather_output``), so the loss runs unchanged.
-Norms stay replicated (each tp rank computes them whole; their gradients are then equal on every
-tp rank and need no reduction). Where this differs from the cost model
-(``simulator/tensor_parallel.py``): the cost model prices Megatron's vocabulary-parallel cross
-entropy (three all-reduces of one fp32 value per token in the forward); here the head all-gathers
-its ``s·b·V`` logits and every tp rank computes the whole cross entropy (torch's
-``loss_parallel`` would keep the logits sharded, but the pipeline runtime's loss and its
-backward see plain tensors). GPT-2's position embedding (``wpe``, not vocabulary-sized) stays
-whole, where the cost model counts every embedding parameter ``/t``. There is no sequence
-parallelism yet: a plan with ``sequence_parallel`` is refused (``check_supported``) rather than
-run without it.
+Norms stay replicated.
+
+**Sequence parallel** (``TPPlan.sequence_parallel``, GPT-2 and Llama blocks): each rank holds
+``1/t`` of the sequence outside the tensor-parallel regions: torch's ``SequenceParallel`` on the
+norms, their output gathered once for the column-parallel layers after them
+(``GatheredSequenceParallel``), row-parallel layers reduce-scattering along the sequence, the
+residual stream a sequence-sharded DTensor inside a unit, and a unit's input and output (what a
+stage sends) the rank's ``[b, s/t, h]`` share (``apply_tp``).
+
+Execution against the cost model (``simulator/tensor_parallel.py``): per block the same
+collectives (2 all-reduces each way; with sequence parallelism 2 all-gathers and 2
+reduce-scatters each way) and the same bytes between stages. Where they differ: the head
+all-gathers its ``s·b·V`` logits and every tp rank computes the whole cross entropy, where the
+cost model prices Megatron's vocabulary-parallel cross entropy (three all-reduces of one fp32
+value per token; torch's ``loss_parallel`` would keep the logits sharded, but the pipeline
+runtime hands its loss plain tensors); with sequence parallelism the embedding all-reduces its
+output and keeps its share (priced: a reduce-scatter), and the norms' weight gradients are
+partial sums, all-reduced when the optimizer reads them (not priced); GPT-2's position
+embedding (``wpe``) stays whole, where the cost model counts every embedding parameter ``/t``.
 
 **Sharded data parallel** (``apply_fsdp``): FSDP2's ``fully_shard`` per unit and then per stage
 over the mesh's dp dimension; with tp > 1 FSDP2 shards the tensor-parallel DTensors again over
@@ -57,7 +66,14 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from profiles.contract import UserError
 
@@ -66,6 +82,7 @@ __all__ = [
     "Conv1DColwise",
     "Conv1DRowwise",
     "FusedQKVColwise",
+    "GatheredSequenceParallel",
     "build_mesh",
     "TPPlan",
     "tp_plan",
@@ -92,6 +109,9 @@ _OWN_PLANS = {
         "mlp.c_proj": "rowwise",
     },
 }
+#: model types whose blocks sequence parallelism is run for (``GatheredSequenceParallel``'s assumption
+#: holds: pre-norm blocks whose norms feed only column-parallel layers)
+_SEQUENCE_PARALLEL_TYPES = frozenset({"gpt2", "llama"})
 _STYLE_NAMES = ("colwise", "rowwise", "colwise_fused_qkv")
 
 
@@ -214,9 +234,12 @@ class TPPlan:
     #: (the head) by vocabulary columns, its logits gathered (Hugging Face's own head plan,
     #: ``colwise_gather_output``); 0: neither is split
     vocab: int = 0
+    #: Megatron's sequence parallelism: between the tensor-parallel regions (norms, residuals, the
+    #: activations sent between stages) each rank holds ``1/t`` of the sequence
+    sequence_parallel: bool = False
 
 
-def tp_plan(model_config: dict) -> TPPlan:
+def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
     """The tensor-parallel plan: for the blocks the Hugging Face config's ``base_model_tp_plan``
     (``layers.*.`` taken off, e.g. ``{"self_attn.q_proj": "colwise", ...}``), else pipeplan's own
     for the model type (``_OWN_PLANS``: GPT-2); the embedding and head vocabulary-parallel."""
@@ -227,7 +250,7 @@ def tp_plan(model_config: dict) -> TPPlan:
 
     vocab = int(full_config(model_type, model_config).get("vocab_size") or 0)
     if model_type in _OWN_PLANS:
-        return TPPlan(dict(_OWN_PLANS[model_type]), vocab)
+        return TPPlan(dict(_OWN_PLANS[model_type]), vocab, sequence_parallel)
     import transformers
 
     plan = getattr(transformers.AutoConfig.for_model(model_type), "base_model_tp_plan", None) or {}
@@ -246,16 +269,17 @@ def tp_plan(model_config: dict) -> TPPlan:
         raise UserError(
             f"tp > 1: {model_type} declares no per-layer tensor-parallel plan (base_model_tp_plan): re-plan with --tp 1"
         )
-    return TPPlan(out, vocab)
+    return TPPlan(out, vocab, sequence_parallel)
 
 
 def check_supported(model_config: dict, tp: int, sequence_parallel: bool, where: str) -> None:
     """Refuse, before any compute, a tensor-parallel layout this executor does not run."""
     if tp <= 1:
         return
-    if sequence_parallel:
+    if sequence_parallel and model_config.get("model_type") not in _SEQUENCE_PARALLEL_TYPES:
         raise UserError(
-            f"{where}: sequence parallelism is not run by this executor yet: re-plan with --sequence-parallel off"
+            f"{where}: sequence parallelism is run for {', '.join(sorted(_SEQUENCE_PARALLEL_TYPES))} blocks only "
+            f"(pre-norm, each norm feeding only column-parallel layers): re-plan with --sequence-parallel off"
         )
     tp_plan(model_config)
     from profiles.zoo_hf import full_config
@@ -267,7 +291,7 @@ def check_supported(model_config: dict, tp: int, sequence_parallel: bool, where:
         raise UserError(f"{where}: tp {tp} does not divide the model's {heads} heads ({kv} key/value heads): re-plan")
 
 
-def _style(name: str, module: nn.Module, attention: nn.Module):
+def _style(name: str, module: nn.Module, attention: nn.Module, sequence_parallel: bool):
     conv = _is_conv1d(module)
     if name == "colwise_fused_qkv":
         if not conv or not isinstance(getattr(attention, "num_heads", None), int):
@@ -275,7 +299,26 @@ def _style(name: str, module: nn.Module, attention: nn.Module):
         return FusedQKVColwise(attention.num_heads)
     if name == "colwise":
         return Conv1DColwise() if conv else ColwiseParallel()
-    return Conv1DRowwise() if conv else RowwiseParallel()
+    # sequence parallel: the partial sums are reduce-scattered along the sequence, and the result
+    # stays a DTensor for the residual add (the residual stream is one, sharded by sequence)
+    kw = {"output_layouts": Shard(1), "use_local_output": False} if sequence_parallel else {}
+    return Conv1DRowwise(**kw) if conv else RowwiseParallel(**kw)
+
+
+class GatheredSequenceParallel(SequenceParallel):
+    """torch's ``SequenceParallel`` for a norm (computed on this rank's share of the sequence, its
+    weights replicated), its output then gathered along the sequence once and kept a DTensor:
+    Megatron's all-gather before the column-parallel layers, shared by every one of them (q, k
+    and v; gate and up), whose input gradients are summed and reduce-scattered once in the
+    backward. Assumes a pre-norm block: the norm's output feeds only column-parallel layers."""
+
+    @staticmethod
+    def _prepare_output_fn(use_local_output, mod, outputs, device_mesh):
+        return outputs.redistribute(placements=(Replicate(),))
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
 
 
 def _localize_heads(attention: nn.Module, tp: int) -> None:
@@ -289,26 +332,47 @@ def _localize_heads(attention: nn.Module, tp: int) -> None:
 
 def apply_tp(unit: nn.Module, plan: TPPlan, tp_mesh: DeviceMesh) -> int:
     """Shard the layers of ``unit`` that ``plan`` names (a block's, matched by the end of their
-    module path; the vocabulary-sized embedding and head); returns how many were sharded."""
+    module path; the vocabulary-sized embedding and head); returns how many were sharded.
+
+    With sequence parallelism the unit's own input and output are this rank's share of the
+    sequence (dim 1, ``[b, s/t, h]``): the embedding unit cuts its (all-reduced) output to its
+    share; other units take their input as a sequence-sharded DTensor, so code that reads its
+    shape (the position embeddings a decoder layer derives) sees the whole sequence; the norms
+    run on the share (``GatheredSequenceParallel``) and the row-parallel layers reduce-scatter."""
+    sp = plan.sequence_parallel
     styles, fused = {}, []
+    role = "block"
     for name, module in unit.named_modules():
         for suffix, style in plan.block.items():
             if name == suffix or name.endswith("." + suffix):
                 parent = name.rpartition(".")[0]
-                styles[name] = _style(style, module, unit.get_submodule(parent))
+                styles[name] = _style(style, module, unit.get_submodule(parent), sp)
                 if style == "colwise_fused_qkv":
                     fused.append(parent)
-        if name in styles or not plan.vocab:
+        if name in styles:
             continue
-        if isinstance(module, nn.Embedding) and module.num_embeddings == plan.vocab:
-            styles[name] = RowwiseParallel(input_layouts=Replicate())  # token ids: whole on every rank
-        elif isinstance(module, nn.Linear) and module.out_features == plan.vocab:
-            styles[name] = ColwiseParallel(output_layouts=Replicate())
+        if plan.vocab and isinstance(module, nn.Embedding) and module.num_embeddings == plan.vocab:
+            styles[name], role = RowwiseParallel(input_layouts=Replicate()), "embedding"  # token ids: whole
+        elif plan.vocab and isinstance(module, nn.Linear) and module.out_features == plan.vocab:
+            styles[name], role = ColwiseParallel(output_layouts=Replicate()), "head"
+        elif sp and _is_norm(module):
+            styles[name] = GatheredSequenceParallel()
     if styles:
         parallelize_module(unit, tp_mesh, styles)
     for parent in fused:
         _localize_heads(unit.get_submodule(parent), tp_mesh.size())
+    if sp and role == "embedding":
+        parallelize_module(unit, tp_mesh, _share_of_sequence(Replicate()))
+    elif sp:
+        parallelize_module(unit, tp_mesh, PrepareModuleInput(input_layouts=Shard(1), desired_input_layouts=Shard(1)))
+        if role == "block":
+            parallelize_module(unit, tp_mesh, _share_of_sequence(Shard(1)))
     return len(styles)
+
+
+def _share_of_sequence(have) -> PrepareModuleOutput:
+    """A unit's output (laid out as ``have``) handed on as this rank's share of the sequence."""
+    return PrepareModuleOutput(output_layouts=have, desired_output_layouts=Shard(1), use_local_output=True)
 
 
 def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, dp_mode: str) -> None:

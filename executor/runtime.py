@@ -278,7 +278,7 @@ def _run(
     my_units = {u for s in plan.stages if s.index in mine_idx for u in range(s.first, s.end)}
     units = [make_unit(i, device) if i in my_units else u for i, u in enumerate(model.units)]
     if tp > 1:
-        tp_styles = tp_plan(profile.model_config)
+        tp_styles = tp_plan(profile.model_config, plan.sequence_parallel)
         for i in my_units:
             apply_tp(units[i], tp_styles, tp_mesh)
     forward_only = plan.job.forward_only

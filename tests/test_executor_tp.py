@@ -1,7 +1,7 @@
 """Tensor parallelism and FSDP inside pipeline stages, as the planner plans them (Plan schema 2:
 ``tp``, ``dp_mode``): tiny GPT-2 and Llama on 4 CPU ranks (gloo) match one process, gradient by
 gradient. One torchrun launch runs every plan (pp 2 x tp 2, pp 2 x dp 2 fsdp, dp 2 x tp 2 with
-ddp and with FSDP over the tp shards)."""
+ddp and with FSDP over the tp shards, sequence parallelism with pp 2 x tp 2 and with FSDP)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import torch
 from test_executor_schedules import torchrun
 
 MODELS = ("gpt2-tiny", "llama-tiny")
-#: name -> (pp, tp, dp mode); the planner fills 4 devices (dp = 4 / (pp x tp))
+#: name -> (pp, tp, dp mode, sequence parallel); the planner fills 4 devices (dp = 4 / (pp x tp))
 LAYOUTS = {
-    "pp2-tp2": (2, 2, "ddp"),
-    "pp2-dp2-fsdp": (2, 1, "fsdp"),
-    "dp2-tp2-ddp": (1, 2, "ddp"),
-    "dp2-tp2-fsdp": (1, 2, "fsdp"),
+    "pp2-tp2": (2, 2, "ddp", False),
+    "pp2-tp2-sp": (2, 2, "ddp", True),
+    "pp2-dp2-fsdp": (2, 1, "fsdp", False),
+    "dp2-tp2-ddp": (1, 2, "ddp", False),
+    "dp2-tp2-fsdp": (1, 2, "fsdp", False),
+    "dp2-tp2-fsdp-sp": (1, 2, "fsdp", True),
 }
 
 
@@ -33,7 +35,7 @@ def runs(tmp_path_factory):
         prof_path = tmp / f"{model}.json"
         profile_model(model, seq_len=16, repeats=1, warmup=0).save(prof_path)
         prof = load_profile(prof_path)
-        for name, (pp, tp, mode) in LAYOUTS.items():
+        for name, (pp, tp, mode, sp) in LAYOUTS.items():
             job = Job(
                 global_batch=4,
                 microbatch_size=1,
@@ -41,10 +43,11 @@ def runs(tmp_path_factory):
                 pp=(pp,),
                 tp=(tp,),
                 dp_modes=(mode,),
-                sequence_parallel="off",
+                sequence_parallel="on" if sp else "off",
             )
             best = plan(prof, Cluster(devices=4, memory_bytes=2**30), job, top=1, profile_path=prof_path)[0]
             assert (best.pp, best.dp, best.tp, best.dp_mode.value) == (pp, 4 // (pp * tp), tp, mode)
+            assert best.sequence_parallel == sp
             out[model, name] = (prof, best, best.save(tmp / f"{model}-{name}.json"))
     r, _ = torchrun(4, *(str(path) for *_, path in out.values()), "--check", "--steps", "1", "--warmup", "0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
@@ -90,6 +93,17 @@ def test_fsdp_over_tp_holds_a_quarter_of_the_model(runs, model):
     assert fsdp["extra"]["params"][0] == pytest.approx(ddp["extra"]["params"][0] / 2, rel=0.01)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_sequence_parallel_keeps_less_for_backward(runs, model):
+    """With sequence parallelism the norms (and what they save for backward) run on half the
+    sequence: every rank's peak is lower than without it, with the same weights on each rank."""
+    _, _, tp = runs[model, "pp2-tp2"]
+    _, _, sp = runs[model, "pp2-tp2-sp"]
+    assert sp["extra"]["params"] == tp["extra"]["params"]
+    for a, b in zip(sp["ranks"], tp["ranks"]):
+        assert a["peak_bytes"] < b["peak_bytes"], (a, b)
+
+
 def test_gpt2_fused_qkv_is_split_by_heads():
     """Each tp rank's contiguous shard of the fused [q | k | v] columns holds its own heads' q, k
     and v; the layout of the one-process model comes back from the permuted one."""
@@ -115,8 +129,9 @@ def test_layouts_not_run_yet_are_refused_before_compute():
     gpt2 = {"model_type": "gpt2", "n_head": 2, "n_embd": 64}
     assert tp_plan(gpt2).block["attn.c_attn"] == "colwise_fused_qkv"  # pipeplan's own plan for GPT-2
     check_supported(gpt2, 2, False, "plan.json")
+    check_supported(gpt2, 2, True, "plan.json")
     with pytest.raises(UserError, match="plan.json: sequence parallelism .* --sequence-parallel off"):
-        check_supported(gpt2, 2, True, "plan.json")
+        check_supported({"model_type": "gemma2"}, 2, True, "plan.json")
     with pytest.raises(UserError, match="tp 4 does not divide"):
         check_supported(gpt2, 4, False, "plan.json")
     with pytest.raises(UserError, match="--tp 1"):
