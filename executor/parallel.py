@@ -109,9 +109,10 @@ _OWN_PLANS = {
         "mlp.c_proj": "rowwise",
     },
 }
-#: model types whose blocks sequence parallelism is run for (``GatheredSequenceParallel``'s assumption
-#: holds: pre-norm blocks whose norms feed only column-parallel layers)
-_SEQUENCE_PARALLEL_TYPES = frozenset({"gpt2", "llama"})
+#: model types whose blocks are pre-norm, each norm feeding only column-parallel layers: their
+#: norms' outputs are handed on as one (replicated or gathered) DTensor for all those layers, and
+#: sequence parallelism is run for them (``GatheredSequenceParallel``'s assumption)
+_PRE_NORM_TYPES = frozenset({"gpt2", "llama"})
 _STYLE_NAMES = ("colwise", "rowwise", "colwise_fused_qkv")
 
 
@@ -237,6 +238,9 @@ class TPPlan:
     #: Megatron's sequence parallelism: between the tensor-parallel regions (norms, residuals, the
     #: activations sent between stages) each rank holds ``1/t`` of the sequence
     sequence_parallel: bool = False
+    #: the blocks are pre-norm (``_PRE_NORM_TYPES``): each norm's output feeds only column-parallel
+    #: layers, so it is handed to them as one DTensor and their input gradients are reduced once
+    pre_norm: bool = False
 
 
 def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
@@ -250,7 +254,7 @@ def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
 
     vocab = int(full_config(model_type, model_config).get("vocab_size") or 0)
     if model_type in _OWN_PLANS:
-        return TPPlan(dict(_OWN_PLANS[model_type]), vocab, sequence_parallel)
+        return TPPlan(dict(_OWN_PLANS[model_type]), vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
     import transformers
 
     plan = getattr(transformers.AutoConfig.for_model(model_type), "base_model_tp_plan", None) or {}
@@ -269,16 +273,16 @@ def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
         raise UserError(
             f"tp > 1: {model_type} declares no per-layer tensor-parallel plan (base_model_tp_plan): re-plan with --tp 1"
         )
-    return TPPlan(out, vocab, sequence_parallel)
+    return TPPlan(out, vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
 
 
 def check_supported(model_config: dict, tp: int, sequence_parallel: bool, where: str) -> None:
     """Refuse, before any compute, a tensor-parallel layout this executor does not run."""
     if tp <= 1:
         return
-    if sequence_parallel and model_config.get("model_type") not in _SEQUENCE_PARALLEL_TYPES:
+    if sequence_parallel and model_config.get("model_type") not in _PRE_NORM_TYPES:
         raise UserError(
-            f"{where}: sequence parallelism is run for {', '.join(sorted(_SEQUENCE_PARALLEL_TYPES))} blocks only "
+            f"{where}: sequence parallelism is run for {', '.join(sorted(_PRE_NORM_TYPES))} blocks only "
             f"(pre-norm, each norm feeding only column-parallel layers): re-plan with --sequence-parallel off"
         )
     tp_plan(model_config)
@@ -357,6 +361,12 @@ def apply_tp(unit: nn.Module, plan: TPPlan, tp_mesh: DeviceMesh) -> int:
             styles[name], role = ColwiseParallel(output_layouts=Replicate()), "head"
         elif sp and _is_norm(module):
             styles[name] = GatheredSequenceParallel()
+        elif plan.pre_norm and _is_norm(module):
+            # one replicated DTensor for every column-parallel layer after the norm: their input
+            # gradients are summed as partial sums and all-reduced once (Megatron's f), not per layer
+            styles[name] = PrepareModuleOutput(
+                output_layouts=Replicate(), desired_output_layouts=Replicate(), use_local_output=False
+            )
     if styles:
         parallelize_module(unit, tp_mesh, styles)
     for parent in fused:

@@ -136,3 +136,49 @@ def test_layouts_not_run_yet_are_refused_before_compute():
         check_supported(gpt2, 4, False, "plan.json")
     with pytest.raises(UserError, match="--tp 1"):
         tp_plan({"n_layers": 2})  # not a Hugging Face model
+
+
+@pytest.fixture
+def fake_tp2():
+    """A 1-D tp mesh of 2 on torch's fake process group (one process; collectives do nothing, but
+    CommDebugMode counts them)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+    try:
+        yield init_device_mesh("cpu", (2,))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_block_collectives_are_the_cost_models(fake_tp2, model):
+    """A block runs the collectives simulator/collectives.tp_block_comm_s prices: 2 all-reduces
+    forward and 2 backward (one per attention and per MLP, however many column-parallel layers
+    share the input: Llama's q, k, v); with sequence parallelism 2 all-gathers and 2
+    reduce-scatters each way. Between units a rank's share of the sequence moves."""
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    from executor.parallel import apply_tp, plain_tensor, tp_plan
+    from profiles.materialize import unit_materializer
+    from profiles.zoo import build_model
+
+    meta = build_model(model, seed=0, device="meta")
+    make = unit_materializer(meta, seed=0)
+    want = {
+        False: {"all_reduce": 2},
+        True: {"all_gather_into_tensor": 2, "reduce_scatter_tensor": 2},
+    }
+    for sp in (False, True):
+        block = make(1, "cpu")
+        apply_tp(block, tp_plan(meta.config, sequence_parallel=sp), fake_tp2)
+        x = torch.randn(2, 8 if sp else 16, 64, requires_grad=True)
+        with CommDebugMode() as fwd:
+            y = plain_tensor(block(x))
+        with CommDebugMode() as bwd:
+            y.square().sum().backward()
+        counts = [{str(op).rpartition(".")[2]: n for op, n in c.get_comm_counts().items()} for c in (fwd, bwd)]
+        assert counts == [want[sp], want[sp]], (sp, counts)
+        assert y.shape == x.shape  # [b, s/t, h] in and out with sequence parallelism
