@@ -359,11 +359,11 @@ def show_compare(ctx: Context) -> None:
     )
     c[1].metric("predicted step (ms)", f"{rep.predicted_step_s * 1e3:.1f}" if rep.predicted_step_s else "—")
     c[2].metric("ranks", f"{rep.world_size} × {md(rep.device)} ({md(rep.backend)})")
-    check = rep.check.get("passed") if rep.check else None
+    check = rep.check.passed if rep.check else None
     c[3].metric(
         "numerics check",
         "—" if check is None else ("passed" if check else "FAILED"),
-        f"max rel diff {rep.check.get('max_rel_diff', 0):.1e}" if check is not None else None,
+        f"max rel diff {rep.check.max_rel_diff:.1e}" if check is not None else None,
         delta_color="off",
     )
     measured = rep.timeline

@@ -25,6 +25,7 @@ from planner.plan import Plan
 
 from .build import StageModule
 from .parallel import full_tensor, reference_layout
+from .report import CheckResult
 
 __all__ = ["CHECK_RTOL", "CHECK_RTOL_16BIT", "reference_step", "GradCheck", "check_outputs", "rtol_of"]
 
@@ -187,45 +188,39 @@ class GradCheck:
         elif diff > self.worst:
             self.worst, self.where = diff, name
 
-    def result(self, pipe_loss: float | None, ref_loss: float) -> dict:
+    def result(self, pipe_loss: float | None, ref_loss: float) -> CheckResult:
         """The verdict; ``pipe_loss`` (the last stage's) is compared too when given."""
-        out = {
-            "passed": self.compared > 0 and self.worst <= self.rtol,
-            "max_rel_diff": self.worst,
-            "where": self.where,
-            "rtol": self.rtol,
-            "tensors": self.compared,
-            "why": self.why or ("no gradient compared" if not self.compared else ""),
-        }
+        passed = self.compared > 0 and self.worst <= self.rtol
+        why = self.why or ("no gradient compared" if not self.compared else "")
+        loss = {}
         if pipe_loss is not None:
             loss_diff = abs(pipe_loss - ref_loss) / max(abs(ref_loss), 1e-12)
-            out.update(loss=pipe_loss, loss_reference=ref_loss, loss_rel_diff=loss_diff)
+            loss = {"loss": pipe_loss, "loss_reference": ref_loss, "loss_rel_diff": loss_diff}
             if not loss_diff <= self.rtol:
-                out["passed"], out["why"] = False, f"loss {pipe_loss:.6g} vs {ref_loss:.6g} one-process"
-        if not out["passed"] and not out["why"]:
-            out["why"] = "gradients differ from the one-process run beyond the tolerance"
-        return out
+                passed, why = False, f"loss {pipe_loss:.6g} vs {ref_loss:.6g} one-process"
+        if not passed and not why:
+            why = "gradients differ from the one-process run beyond the tolerance"
+        return CheckResult(
+            passed=passed,
+            max_rel_diff=self.worst,
+            where=self.where,
+            rtol=self.rtol,
+            tensors=self.compared,
+            why=why,
+            **loss,
+        )
 
 
-def check_outputs(plan: Plan, make_unit: MakeUnit, out, x: torch.Tensor, device) -> dict:
+def check_outputs(plan: Plan, make_unit: MakeUnit, out, x: torch.Tensor, device) -> CheckResult:
     """Forward-only plans: the last stage's output vs one process running every unit in turn."""
     n = plan.stages[-1].end
     acts = _forward(plan, make_unit, [x], device, n)
     want = acts[-1][0]
     rtol = rtol_of(plan)
+    where = "last stage output"
     if not torch.is_tensor(out) or out.shape != want.shape:
         why = f"output shape {getattr(out, 'shape', None)} vs {tuple(want.shape)}"
-        return _failed("output", why, rtol)
+        return CheckResult(passed=False, max_rel_diff=float("inf"), where=where, rtol=rtol, why=why)
     diff = ((out.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-12)).item()
-    return {
-        "passed": diff <= rtol,
-        "max_rel_diff": diff,
-        "where": "last stage output",
-        "rtol": rtol,
-        "tensors": 1,
-        "why": "" if diff <= rtol else "outputs differ from the one-process forward",
-    }
-
-
-def _failed(where: str, why: str, rtol: float) -> dict:
-    return {"passed": False, "max_rel_diff": float("inf"), "where": where, "rtol": rtol, "why": why}
+    why = "" if diff <= rtol else "outputs differ from the one-process forward"
+    return CheckResult(passed=diff <= rtol, max_rel_diff=diff, where=where, rtol=rtol, tensors=1, why=why)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,76 @@ from profiles.types import OFF_CPU_WARN, Profile
 from simulator.engine import simulate
 from simulator.timeline import Timeline
 
-__all__ = ["RunReport", "load_report", "disturbance_notes", "replayed_step_s"]
+__all__ = ["CheckResult", "RunReport", "load_report", "disturbance_notes", "replayed_step_s"]
 
 KIND, MAJOR = "runreport", 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    """A ``--check`` verdict: one rank's (its gradients, or the last stage's output in a
+    forward-only run), or every rank's merged (``merged``) in the report."""
+
+    passed: bool
+    max_rel_diff: float  # the worst relative difference; inf: a tensor missing on one side, nan: not finite
+    where: str  # the tensor it was found at ("last stage output" in a forward-only run)
+    rtol: float  # the tolerance it was held to
+    tensors: int = 0  # tensors compared
+    why: str = ""  # why it failed ("" when it passed)
+    # the last stage's loss beside the one-process loss (training runs, last-stage ranks)
+    loss: float | None = None
+    loss_reference: float | None = None
+    loss_rel_diff: float | None = None
+
+    @property
+    def what(self) -> str:
+        """What was compared: "output" (a forward-only run) or "gradient"."""
+        return "output" if self.where == "last stage output" else "gradient"
+
+    @staticmethod
+    def merged(checks: Sequence[CheckResult]) -> CheckResult | None:
+        """Every rank's verdict as one: passed if all passed, the worst difference and where it
+        was (NaN worst of all), the first reason given, the tensors summed, the loss if any."""
+        if not checks:
+            return None
+        worst = max(checks, key=lambda c: float("inf") if c.max_rel_diff != c.max_rel_diff else c.max_rel_diff)
+        loss = next((c for c in checks if c.loss is not None), None)
+        return CheckResult(
+            passed=all(c.passed for c in checks),
+            max_rel_diff=worst.max_rel_diff,
+            where=worst.where,
+            rtol=worst.rtol,
+            tensors=sum(c.tensors for c in checks),
+            why=next((c.why for c in checks if c.why), ""),
+            loss=loss.loss if loss else None,
+            loss_reference=loss.loss_reference if loss else None,
+            loss_rel_diff=loss.loss_rel_diff if loss else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``check`` object (the loss fields only when a loss was compared; non-finite
+        floats as strings)."""
+        return _finite_json({k: v for k, v in asdict(self).items() if v is not None})
+
+    @staticmethod
+    def from_fields(f: Fields) -> CheckResult:
+        def num(key: str, default: Any = ...) -> float | None:
+            v = f.raw(key, default)
+            if v is None:
+                return None
+            return float(v) if isinstance(v, str) and v in _NONFINITE else f.num(key, min=None)
+
+        return CheckResult(
+            passed=f.bool("passed"),
+            max_rel_diff=num("max_rel_diff"),
+            where=f.str("where", default=""),
+            rtol=num("rtol"),
+            tensors=f.int("tensors", default=0),
+            why=f.str("why", default=""),
+            loss=num("loss", None),
+            loss_reference=num("loss_reference", None),
+            loss_rel_diff=num("loss_rel_diff", None),
+        )
 
 
 @dataclass(frozen=True)
@@ -30,7 +98,7 @@ class RunReport:
     step_s: tuple[float, ...]  # measured steps (warm-up excluded)
     timeline: Timeline  # the median step's events and per-rank stats, source "measured"
     losses: tuple[float, ...] = ()  # loss per step (all steps, warm-up included)
-    check: dict[str, Any] = field(default_factory=dict)  # {passed, max_rel_diff, ...} when --check ran
+    check: CheckResult | None = None  # when --check ran
     predicted_step_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # schedule runtime, torch version, settings
     #: per rank: peak resident host memory of the worker process (VmHWM), in ``ranks[]`` of the file
@@ -63,7 +131,7 @@ class RunReport:
             "events": tl["events"],
             "memory": tl["memory"],
             "losses": _finite_json(list(self.losses)),  # a diverged run's NaN loss is kept too
-            "check": _finite_json(self.check),
+            "check": self.check.to_dict() if self.check else {},
             "predicted_step_s": self.predicted_step_s,
             "error": self.error,
             "extra": self.extra,
@@ -103,7 +171,7 @@ class RunReport:
             steps,
             tl,
             _losses(f),
-            _nonfinite_back(f.obj("check").data) if f.has("check") else {},
+            CheckResult.from_fields(f.obj("check")) if f.has("check") and f.raw("check") else None,
             pred,
             f.obj("extra").data if f.has("extra") else {},
             tuple(int(r.get("host_peak_bytes", 0)) for r in f.raw("ranks") if isinstance(r, dict))
@@ -120,11 +188,6 @@ def _losses(f: Fields) -> tuple[float, ...]:
 
 
 _NONFINITE = ("inf", "-inf", "nan")
-
-
-def _nonfinite_back(check: dict[str, Any]) -> dict[str, Any]:
-    """A loaded check: the strings ``_finite_json`` wrote for non-finite floats are floats again."""
-    return {k: float(v) if isinstance(v, str) and v in _NONFINITE else v for k, v in check.items()}
 
 
 def _finite_json(value: Any) -> Any:

@@ -26,13 +26,16 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from planner.plan import Plan, load_plan
 from profiles.contract import ContractError, UserError, sha256_of
@@ -52,8 +55,8 @@ from .build import (
 )
 from .data import TokenData
 from .parallel import apply_fsdp, apply_tp, build_mesh, check_supported, local_tensor, plain_tensor, tp_plan
-from .reference import CHECK_RTOL, GradCheck, check_outputs, reference_step
-from .report import RunReport
+from .reference import GradCheck, check_outputs, reference_step
+from .report import CheckResult, RunReport
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
 
 __all__ = [
@@ -250,6 +253,47 @@ def _layout(plan: Plan, args, rank: int, device: torch.device):
     return pp_rank, dp_rank, *_groups(pp, dp, pp_rank, dp_rank), None, None
 
 
+@dataclass(kw_only=True)
+class _Rank:
+    """This rank's share of one plan, built and ready to step."""
+
+    rank: int
+    pp_rank: int
+    dp_rank: int
+    dp_group: Any  # the executor's gradient all-reduce group; None: dp 1, or FSDP reduces its own
+    stage_indices: list[int]  # the plan's stages this rank runs
+    model: ZooModel  # the meta model (this rank's units materialised inside its stages)
+    make_unit: Callable[[int, torch.device], nn.Module]  # a unit with its seeded weights (the reference's too)
+    stages: list  # torch's PipelineStage per stage
+    mods: list[nn.Module]  # the stages' modules
+    params: list[torch.Tensor]  # each parameter once (a tied weight too)
+    tied: list  # (group, parameter) for tied copies held on other ranks
+    schedule: Any
+    recorder: Recorder
+    optimizer: torch.optim.Optimizer | None
+    loss_scale: float  # fp16 stages: the loss is scaled up by this and the gradients down
+    host_base: int  # resident set before the model was built, bytes
+
+    @property
+    def first(self) -> bool:
+        return 0 in self.stage_indices
+
+    def last(self, plan: Plan) -> bool:
+        return len(plan.stages) - 1 in self.stage_indices
+
+
+@dataclass
+class _Measured:
+    """What the timed steps of one plan gave on one rank."""
+
+    steps: list[float] = field(default_factory=list)
+    events: list[list[tuple]] = field(default_factory=list)
+    tails: list[StepTail] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # every step's, warm-up included
+    check: CheckResult | None = None
+    saved_peak: int = 0  # peak bytes saved for backward on the tracked step
+
+
 def _run(
     plan: Plan,
     path: Path,
@@ -260,12 +304,22 @@ def _run(
     device: torch.device,
     torch_schedule: str | None,
 ) -> int:
-    dp = plan.dp
+    """Build this rank's stages, step them, and write the plan's RunReport (rank 0); returns the
+    exit code every rank agrees on."""
+    rk = _build(plan, args, rank, device, torch_schedule)
+    measured = _train(rk, plan, path, args, rank, device)
+    mine = _rank_result(rk, plan, measured, rank, device)
+    del rk  # free this plan's stages before the next plan's are built
+    return _gather_and_report(plan, path, report_path, args, mine, rank, world, device, torch_schedule)
+
+
+def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: str | None) -> _Rank:
+    """This rank's units materialised from the meta model (the others stay meta), tensor and
+    data parallelism applied, its stages, schedule, recorder and optimizer."""
     tp, mode = _parallel(plan)
     pp_rank, dp_rank, pp_group, dp_group, tp_mesh, dp_mesh = _layout(plan, args, rank, device)
     profile = plan.profile
     host_base = _host_bytes("VmRSS")
-    # the whole model on the meta device (no memory); only this rank's units are materialised
     model = build_model(
         profile.model_name,
         config=profile.model_config,
@@ -274,8 +328,8 @@ def _run(
         device="meta",
     )
     make_unit = unit_materializer(model, seed=0)
-    mine_idx = {s.index for s in plan.stages if s.rank == pp_rank}
-    my_units = {u for s in plan.stages if s.index in mine_idx for u in range(s.first, s.end)}
+    stage_indices = sorted(s.index for s in plan.stages if s.rank == pp_rank)
+    my_units = {u for s in plan.stages if s.index in stage_indices for u in range(s.first, s.end)}
     units = [make_unit(i, device) if i in my_units else u for i, u in enumerate(model.units)]
     if tp > 1:
         tp_styles = tp_plan(profile.model_config, plan.sequence_parallel)
@@ -286,8 +340,7 @@ def _run(
     loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
     tie_local(model, units, my_units)  # tied copies on this rank: one parameter
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
-    tied = _tied_groups(plan, model, units, dp, pp_rank, dp_rank)
-    del units
+    tied = _tied_groups(plan, model, units, plan.dp, pp_rank, dp_rank)
     if mode != "ddp":
         for mod in mods:
             apply_fsdp(mod, dp_mesh, mode)
@@ -300,100 +353,163 @@ def _run(
     # forward-only: no loss function, so torch's runtime expects (and validates) no backward
     schedule = build_schedule(plan, stages, None if forward_only else loss_fn, torch_schedule)
     recorder.wrap_loss(schedule)
-    opt = torch.optim.AdamW(params, lr=args.lr) if params and not forward_only else None
-    first_stage, last_stage = 0 in mine_idx, len(plan.stages) - 1 in mine_idx
+    return _Rank(
+        rank=rank,
+        pp_rank=pp_rank,
+        dp_rank=dp_rank,
+        dp_group=dp_group,
+        stage_indices=stage_indices,
+        model=model,
+        make_unit=make_unit,
+        stages=stages,
+        mods=mods,
+        params=params,
+        tied=tied,
+        schedule=schedule,
+        recorder=recorder,
+        optimizer=torch.optim.AdamW(params, lr=args.lr) if params and not forward_only else None,
+        loss_scale=loss_scale,
+        host_base=host_base,
+    )
+
+
+def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.device) -> _Measured:
+    """The warm-up and timed steps, each timed from one instant common to every rank."""
+    profile = plan.profile
     seq_len, batch = profile.seq_len, plan.microbatches * plan.microbatch_size
     data = TokenData(args.data, int(profile.model_config["vocab_size"]), args.data_dtype) if args.data else None
-    tracker = _LiveSaved([local_tensor(p) for p in params])
+    tracker = _LiveSaved([local_tensor(p) for p in rk.params])
     # saved-tensor hooks cost Python time per tensor, so memory is counted on an untimed step, and
     # not on step 0 when there is another: torch's first step also runs shape inference
     track_step = 1 if args.warmup >= 2 else 0
-    step_times, losses, step_events, tails, check = [], [], [], [], {}
-    total = args.warmup + args.steps
+    forward_only = plan.job.forward_only
+    out = _Measured()
     prof = _profiler(args, path, rank)
     clock = StepClock()
     with gc_paused():  # the profile was timed with it off too
-        for step in range(total):
+        for step in range(args.warmup + args.steps):
             gc.collect(1)  # young generations only, between steps (off the clock)
             batches = [
-                data.batch(batch, seq_len, step * dp + d) if data else model.make_batch(batch, seq_len, 1000 * step + d)
-                for d in range(dp)
+                data.batch(batch, seq_len, step * plan.dp + d)
+                if data
+                else rk.model.make_batch(batch, seq_len, 1000 * step + d)
+                for d in range(plan.dp)
             ]
-            x, y = (t.to(device) for t in batches[dp_rank])
+            x, y = (t.to(device) for t in batches[rk.dp_rank])
             step_losses: list[torch.Tensor] = []
+            recorder = rk.recorder
             recorder.events, recorder.step, recorder.current, recorder.off_cpu_s = [], step, "", 0.0
             recorder.t0 = t0 = clock.start()
             if prof is not None and step == args.warmup:
                 prof.start()
-            try:
-                with tracker.hooks() if step == track_step and not forward_only else nullcontext():
-                    out = _one_step(schedule, x, y, step_losses, first_stage, last_stage, forward_only)
-            except Exception as e:
-                print(
-                    f"executor rank {rank}: step {step} failed in {recorder.current or 'the schedule'} "
-                    f"({plan.schedule}, {path}): {type(e).__name__}: {e}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                traceback.print_exc()
-                raise
+            with tracker.hooks() if step == track_step and not forward_only else nullcontext():
+                output = _schedule_step(rk, plan, path, x, y, step_losses, step, rank)
             t_sched = time.perf_counter() - t0
+            t_opt = 0.0
             if forward_only and args.check and step == 0:
-                check = check_outputs(plan, make_unit, out, x, device) if last_stage else {}
+                out.check = check_outputs(plan, rk.make_unit, output, x, device) if rk.last(plan) else None
             if not forward_only:
-                _sum_tied(tied)
-                _finish_grads(params, dp if dp_group is not None else 1, dp_group, loss_scale)
-                if args.perturb_grad and step == 0 and rank == 0 and params and params[0].grad is not None:
-                    g = params[0].grad
-                    g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
-                if args.check and step == 0:
-                    grads = GradCheck(plan, mods, sorted(mine_idx), tied_paths(model))
-                    ref_losses = reference_step(
-                        plan, make_unit, model.loss_fn, batches, device, grads.visit, grads.units_to_visit(), loss_scale
-                    )
-                    pipe_loss = torch.stack(step_losses).mean().item() / loss_scale if step_losses else None
-                    check = grads.result(pipe_loss, ref_losses[dp_rank])
-                t_opt = time.perf_counter()
-                if opt is not None:
-                    if loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
-                        opt.step()
-                    opt.zero_grad(set_to_none=True)
-                t_opt = time.perf_counter() - t_opt
+                t_opt, check = _after_backward(rk, plan, args, step, batches, step_losses, device)
+                out.check = check or out.check
             t_end = time.perf_counter() - t0
             if prof is not None and step >= args.warmup:
                 prof.step()
             if step_losses:
-                losses.append(torch.stack(step_losses).mean().item() / loss_scale)
+                out.losses.append(torch.stack(step_losses).mean().item() / rk.loss_scale)
             if step >= args.warmup:
-                step_times.append(t_end)
-                step_events.append(list(recorder.events))
-                tails.append(StepTail(t_sched, 0.0 if forward_only else t_opt, recorder.off_cpu_s))
+                out.steps.append(t_end)
+                out.events.append(list(recorder.events))
+                out.tails.append(StepTail(t_sched, t_opt, recorder.off_cpu_s))
     if prof is not None:
         prof.stop()
         prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
-    static = sum(local_tensor(p).numel() * p.element_size() for p in params) * (
-        1 if forward_only else 2
-    )  # weights (+ grads)
+    out.saved_peak = tracker.peak
+    return out
+
+
+def _schedule_step(rk: _Rank, plan: Plan, path: Path, x, y, losses: list, step: int, rank: int):
+    """One step of the schedule; a failure is logged with the rank, step and action, then raised."""
+    try:
+        return _one_step(rk.schedule, x, y, losses, rk.first, rk.last(plan), plan.job.forward_only)
+    except Exception as e:
+        print(
+            f"executor rank {rank}: step {step} failed in {rk.recorder.current or 'the schedule'} "
+            f"({plan.schedule}, {path}): {type(e).__name__}: {e}",
+            file=sys.stderr,
+            flush=True,
+        )
+        traceback.print_exc()
+        raise
+
+
+def _after_backward(
+    rk: _Rank, plan: Plan, args, step: int, batches: list, step_losses: list, device: torch.device
+) -> tuple[float, CheckResult | None]:
+    """Gradients summed over tied copies and data-parallel replicas, checked against one process
+    (``--check``, step 0), then the optimizer step. Returns the optimizer step's time and the
+    check's verdict."""
+    _sum_tied(rk.tied)
+    _finish_grads(rk.params, plan.dp if rk.dp_group is not None else 1, rk.dp_group, rk.loss_scale)
+    if args.perturb_grad and step == 0 and rk.rank == 0 and rk.params:
+        g = rk.params[0].grad
+        if g is not None:
+            g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
+    check = None
+    if args.check and step == 0:
+        grads = GradCheck(plan, rk.mods, rk.stage_indices, tied_paths(rk.model))
+        ref_losses = reference_step(
+            plan, rk.make_unit, rk.model.loss_fn, batches, device, grads.visit, grads.units_to_visit(), rk.loss_scale
+        )
+        pipe_loss = torch.stack(step_losses).mean().item() / rk.loss_scale if step_losses else None
+        check = grads.result(pipe_loss, ref_losses[rk.dp_rank])
+    t = time.perf_counter()
+    opt = rk.optimizer
     if opt is not None:
+        if rk.loss_scale == 1.0 or all(torch.isfinite(p.grad).all() for p in rk.params if p.grad is not None):
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t, check
+
+
+def _rank_result(rk: _Rank, plan: Plan, m: _Measured, rank: int, device: torch.device) -> RankResult:
+    forward_only = plan.job.forward_only
+    # weights (+ gradients, + the optimizer's state): this rank's shards
+    static = sum(local_tensor(p).numel() * p.element_size() for p in rk.params) * (1 if forward_only else 2)
+    if rk.optimizer is not None:
         static += sum(
             local_tensor(t).numel() * t.element_size()
-            for st in opt.state.values()
+            for st in rk.optimizer.state.values()
             for t in st.values()
             if torch.is_tensor(t) and t.dim() > 0
         )
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else static + tracker.peak
-    mine = RankResult(
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else static + m.saved_peak
+    return RankResult(
         rank=rank,
-        steps=step_times,
-        events=step_events,
-        tails=tails,
-        params=sum(local_tensor(p).numel() for p in params),  # this rank's share (tp shards)
-        losses=losses if last_stage else [],
+        steps=m.steps,
+        events=m.events,
+        tails=m.tails,
+        params=sum(local_tensor(p).numel() for p in rk.params),  # this rank's share (tp shards)
+        losses=m.losses if rk.last(plan) else [],
         peak=int(peak),
-        check=check,
+        check=m.check,
         host_peak=host_peak_bytes(),
-        host_base=host_base,
+        host_base=rk.host_base,
     )
+
+
+def _gather_and_report(
+    plan: Plan,
+    path: Path,
+    report_path: Path,
+    args,
+    mine: RankResult,
+    rank: int,
+    world: int,
+    device: torch.device,
+    torch_schedule: str | None,
+) -> int:
+    """Every rank's results gathered on rank 0, which writes the report and prints its summary;
+    the exit code (``EXIT_CHECK_FAILED`` when the check failed) reaches every rank."""
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     code = 0
@@ -401,18 +517,17 @@ def _run(
         report = _report(plan, path, args, gathered, world, device, torch_schedule)
         report.save(report_path)
         _print_summary(report, report_path)
-        if report.check and not report.check.get("passed", False):
-            c = report.check
+        c = report.check
+        if c is not None and not c.passed:
             print(
-                f"executor: CHECK FAILED for {path}: {c.get('why', '')} (max relative gradient difference "
-                f"{c.get('max_rel_diff', float('nan')):.2e} at {c.get('where', '?')}, tolerance {c.get('rtol')})",
+                f"executor: CHECK FAILED for {path}: {c.why} (max relative {c.what} difference "
+                f"{c.max_rel_diff:.2e} at {c.where or '?'}, tolerance {c.rtol})",
                 file=sys.stderr,
                 flush=True,
             )
             code = EXIT_CHECK_FAILED
     codes = [code]
     dist.broadcast_object_list(codes, src=0)
-    del schedule, stages
     return codes[0]
 
 
@@ -508,17 +623,12 @@ def _profiler(args, path: Path, rank: int):
     return profile(activities=acts, record_shapes=True)
 
 
-def _worse(diff: float) -> float:
-    """Order of differences, NaN the worst (a comparison with NaN is always false)."""
-    return float("inf") if diff != diff else diff
-
-
 @dataclass(frozen=True)
 class StepTail:
     """What one rank measured of one step besides its actions."""
 
     schedule_s: float  # from the step's start to the end of the schedule (every action and send)
-    optimizer_s: float  # gradient reduction and the optimizer step after it
+    optimizer_s: float  # the optimizer step (after the gradients are reduced)
     off_cpu_s: float  # time its thread was ready but off the CPU (other load on the machine)
 
 
@@ -533,7 +643,7 @@ class RankResult:
     params: int  # parameters this rank holds (its tp shard)
     losses: list[float]  # per step, on the last stage's ranks (empty elsewhere)
     peak: int  # peak bytes: the allocator's on CUDA, else static + saved tensors
-    check: dict  # this rank's --check verdict (empty without --check)
+    check: CheckResult | None  # this rank's --check verdict
     host_peak: int  # peak resident set, bytes
     host_base: int  # resident set before the model was built, bytes
 
@@ -560,21 +670,6 @@ def _report(
     tl = Timeline(steps[med], tuple(stats), tuple(sorted(events, key=lambda e: (e.rank, e.start_s))), source="measured")
     last = [g.losses for g in gathered if g.losses]  # one per data-parallel replica
     losses = [sum(xs) / len(xs) for xs in zip(*last)] if last else []
-    checks = [g.check for g in gathered if g.check]
-    check = {}
-    if checks:
-        worst = max(checks, key=lambda c: _worse(c.get("max_rel_diff", 0.0)))
-        check = {
-            "passed": all(c.get("passed") for c in checks),
-            "max_rel_diff": worst.get("max_rel_diff"),
-            "where": worst.get("where", ""),
-            "rtol": worst.get("rtol", CHECK_RTOL),
-            "why": next((c["why"] for c in checks if c.get("why")), ""),
-            "tensors": sum(c.get("tensors", 0) for c in checks),
-        }
-        for c in checks:
-            if "loss" in c:
-                check.update(loss=c["loss"], loss_reference=c["loss_reference"], loss_rel_diff=c["loss_rel_diff"])
     return RunReport(
         str(path),
         sha256_of(path),
@@ -584,7 +679,7 @@ def _report(
         tuple(steps),
         tl,
         tuple(losses),
-        check,
+        CheckResult.merged([g.check for g in gathered if g.check is not None]),
         plan.predicted.step_s if plan.predicted else None,
         host_peak_bytes=tuple(g.host_peak for g in ordered),
         extra={
@@ -615,13 +710,12 @@ def _print_summary(report: RunReport, path: Path) -> None:
     print(line, flush=True)
     if report.losses:
         print("losses: " + " ".join(f"{x:.4f}" for x in report.losses), flush=True)
-    if report.check:
-        c = report.check
-        what = "output" if c.get("where") == "last stage output" else "gradient"
+    c = report.check
+    if c is not None:
         print(
-            f"check {'passed' if c['passed'] else 'FAILED'}: max relative {what} difference "
-            f"{c['max_rel_diff']:.2e} over {c.get('tensors', 0)} {what} tensors"
-            + (f", loss {c['loss']:.6f} vs {c['loss_reference']:.6f}" if "loss" in c else ""),
+            f"check {'passed' if c.passed else 'FAILED'}: max relative {c.what} difference "
+            f"{c.max_rel_diff:.2e} over {c.tensors} {c.what} tensors"
+            + (f", loss {c.loss:.6f} vs {c.loss_reference:.6f}" if c.loss is not None else ""),
             flush=True,
         )
     print(f"wrote {path}", flush=True)

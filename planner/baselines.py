@@ -99,10 +99,26 @@ BASELINES = {
 }
 
 
-def compare(p: Plan) -> tuple[dict, ...]:
+class Recipes:
+    """The Megatron-style and torchtitan-style plans beside plans of one profile, cluster and job,
+    each built once per microbatch size and dtype: all they take from the plan they stand beside."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple, dict[str, Plan | None]] = {}
+
+    def beside(self, p: Plan) -> dict[str, Plan | None]:
+        """``{"megatron": plan or None, "torchtitan-fsdp": ...}`` for ``p``'s profile, cluster and job."""
+        key = (p.microbatch_size, p.stages[0].dtype)
+        if key not in self._made:
+            self._made[key] = {name: make(p) for name, make in RECIPES.items()}
+        return self._made[key]
+
+
+def compare(p: Plan, recipes: Recipes | None = None) -> tuple[dict, ...]:
     """What a user would run instead, simulated beside ``p`` on the same devices, global batch and
     dtype: the hand splits at ``p``'s own layout (1F1B), and the Megatron-style and
-    torchtitan-style configurations, each made to fit memory the way their users would."""
+    torchtitan-style configurations, each made to fit memory the way their users would
+    (``recipes``: the ones already built for plans of the same job)."""
     out = []
     for name, split_fn in BASELINES.items():
         try:
@@ -111,8 +127,7 @@ def compare(p: Plan) -> tuple[dict, ...]:
         except UserError:
             continue
         out.append(_row(f"{name}-1F1B", b, p))
-    for name, make in (("megatron", megatron_style), ("torchtitan-fsdp", torchtitan_style)):
-        b = make(p)
+    for name, b in (recipes or Recipes()).beside(p).items():
         if b is not None:
             out.append(_row(name, b, p))
     return tuple(out)
@@ -230,3 +245,7 @@ def torchtitan_style(p: Plan) -> Plan | None:
         return lambda: _build(p, torchtitan_split(p.profile, pp), "1F1B", pp, 1, layout, p.microbatch_size, rc)
 
     return _first_fitting([[attempt(pp)] for pp in _pipeline_degrees(p, 1)])
+
+
+#: name -> the recipe's plan beside a plan (None when it cannot be built)
+RECIPES = {"megatron": megatron_style, "torchtitan-fsdp": torchtitan_style}

@@ -41,7 +41,7 @@ from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
 from simulator.tensor_parallel import tp_degrees
 
-from .baselines import compare, megatron_style, torchtitan_style
+from .baselines import Recipes, compare
 from .batching import entry_sizes, microbatching
 from .cluster import Cluster, Job
 from .infeasible import InfeasibleError, infeasible_error
@@ -576,24 +576,24 @@ def search(
     if not solved.plans:
         raise infeasible_error(s, solved.infeasible)
     t0 = time.perf_counter()
-    recipes = _recipes(solved.plans[0], job)
+    made = Recipes()
+    recipes = _recipes(solved.plans[0], job, made)
     stats.add("baselines", t0)
     t0 = time.perf_counter()
     results = _refine(s, _dedupe(sorted(solved.plans + recipes, key=_rank)), top, refine, stats)
     stats.add("refine", t0)
     t0 = time.perf_counter()
-    out = [replace(p, baselines=compare(p)) for p in results[:top]]
+    out = [replace(p, baselines=compare(p, made)) for p in results[:top]]
     stats.add("baselines", t0)
     return out, stats
 
 
-def _recipes(best: Plan, job: Job) -> list[Plan]:
+def _recipes(best: Plan, job: Job, made: Recipes) -> list[Plan]:
     """The Megatron-style and torchtitan-style configurations (``baselines``) as candidates too,
     when the job allows their layout and they fit: a plan is never slower than the recipes users
     run, even where the search's budget left their region unscreened."""
     out = []
-    for make in (megatron_style, torchtitan_style):
-        b = make(best)
+    for name, b in made.beside(best).items():
         if b is None or not fits(b) or b.schedule not in {schedule_spec(n).name for n in job.schedules}:
             continue
         if (job.tp and b.tp not in job.tp) or (b.dp > 1 and b.dp_mode.value not in job.dp_modes):
@@ -602,7 +602,7 @@ def _recipes(best: Plan, job: Job) -> list[Plan]:
             continue
         if any(st.recompute.value not in job.recompute for st in b.stages):
             continue
-        out.append(replace(b, solver={"status": "recipe", "solver": "none", "recipe": make.__name__}))
+        out.append(replace(b, solver={"status": "recipe", "solver": "none", "recipe": name}))
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from dashboard.synthetic import synthetic_profile
-from executor.report import RunReport
+from executor.report import CheckResult, RunReport
 from planner import Cluster, Job, plan
 from profiles.contract import sha256_of
 from simulator import simulate
@@ -104,7 +104,7 @@ def synthetic_root(base: Path) -> Path:
         (tl.step_s * slow,) * 3,
         measured,
         losses=(2.0, 1.9, 1.8),
-        check={"passed": True, "max_rel_diff": 1e-6},
+        check=CheckResult(passed=True, max_rel_diff=1e-6, where="stage 0 units.0.w", rtol=1e-4, tensors=4),
         predicted_step_s=tl.step_s,
         extra={"off_cpu_fraction": [0.0, 0.2]},
     ).save(run / "plan.run.json")

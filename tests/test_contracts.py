@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from executor.report import RunReport, load_report
+from executor.report import CheckResult, RunReport, load_report
 from planner import load_plan
 from profiles import ContractError, load_profile
 from simulator import Action, Kind, Overlap, ScheduleError, make_schedule, parse_action, read_csv, write_csv
@@ -95,7 +95,7 @@ def test_timeline_and_report_round_trip(tmp_path):
         (2.0, 2.2, 1.9),
         tl.with_source("measured"),
         (3.0, 2.5),
-        {"passed": True, "max_rel_diff": 0.0},
+        CheckResult(passed=False, max_rel_diff=float("inf"), where="stage 0 units.1.w", rtol=1e-4, why="missing"),
         1.8,
     )
     rep.save(tmp_path / "r.json")
