@@ -47,8 +47,9 @@ embedding (``wpe``) stays whole, where the cost model counts every embedding par
 over the mesh's dp dimension; with tp > 1 FSDP2 shards the tensor-parallel DTensors again over
 dp (2-D, torchtitan's FSDP + TP). On gloo, FSDP2's reduce-scatter is told to use sum reductions
 (``set_force_sum_reduction_for_comms``; gloo has no average reduction) and divides after.
-``ddp`` (and ``zero1``, which shards only the optimizer state and so changes no number: it runs
-as ddp) all-reduces each rank's local gradient shards over the mesh's dp group (the executor).
+``ddp`` and ``zero1`` all-reduce each rank's local gradient shards over the dp group (the
+executor); ``zero1`` then steps with torch's ``ZeroRedundancyOptimizer`` (``build_optimizer``):
+each replica holds the AdamW state of its share of the parameters (tp 1 only).
 
 Order: unlike torchtitan (meta model -> TP -> materialise), a unit is materialised whole and then
 sharded, so its shards are slices of exactly the weights the one-process ``--check`` reference
@@ -90,6 +91,8 @@ __all__ = [
     "check_supported",
     "apply_tp",
     "apply_fsdp",
+    "build_optimizer",
+    "optimizer_state",
     "full_tensor",
     "local_tensor",
     "plain_tensor",
@@ -405,6 +408,23 @@ def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, dp_mode: str) -> None:
     fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)
     if gloo:  # gloo reduces by sum: FSDP2 then divides by the dp size itself
         stage.set_force_sum_reduction_for_comms(True)
+
+
+def build_optimizer(params: list[torch.Tensor], dp_mode: str, dp_group, lr: float) -> torch.optim.Optimizer:
+    """AdamW over this rank's parameters; for ``zero1`` torch's ``ZeroRedundancyOptimizer`` over
+    the data-parallel group: each replica keeps the AdamW state of its share of the parameters,
+    steps that share, and broadcasts it to the others (ZeRO stage 1; the gradients are
+    all-reduced whole before, as ddp's). fsdp and zero2 shard the state with the parameters."""
+    if dp_mode == "zero1":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, process_group=dp_group, lr=lr)
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """The optimizer state this rank holds (``ZeroRedundancyOptimizer``: its local optimizer's)."""
+    return getattr(opt, "optim", opt).state
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

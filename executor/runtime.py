@@ -54,7 +54,17 @@ from .build import (
     check_torch_schedule,
 )
 from .data import TokenData
-from .parallel import apply_fsdp, apply_tp, build_mesh, check_supported, local_tensor, plain_tensor, tp_plan
+from .parallel import (
+    apply_fsdp,
+    apply_tp,
+    build_mesh,
+    build_optimizer,
+    check_supported,
+    local_tensor,
+    optimizer_state,
+    plain_tensor,
+    tp_plan,
+)
 from .reference import GradCheck, check_outputs, reference_step
 from .report import CheckResult, RunReport
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
@@ -144,17 +154,18 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _parallel(plan: Plan) -> tuple[int, str]:
-    """The plan's tp degree and data-parallel mode as run here. zero1 shards only the optimizer
-    state, which changes no number: it runs as ddp."""
-    mode = plan.dp_mode.value
-    return plan.tp, "ddp" if mode == "zero1" else mode
+    """The plan's tp degree and data-parallel mode."""
+    return plan.tp, plan.dp_mode.value
+
+
+_FSDP_MODES = ("zero2", "fsdp")  # sharded by FSDP2; ddp and zero1 all-reduce whole gradients
 
 
 def _on_mesh(plan: Plan) -> bool:
     """Whether the plan runs on the (pp, dp, tp) DeviceMesh (tp or sharded data parallel); other
     plans keep the layout ``rank = dp_index * pp + pp_index``."""
     tp, mode = _parallel(plan)
-    return tp > 1 or mode != "ddp"
+    return tp > 1 or mode in _FSDP_MODES
 
 
 def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
@@ -164,6 +175,11 @@ def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
         raise UserError(
             f"--torch-schedule: {path} runs tp {tp} / dp mode {mode} on a DeviceMesh, with the plan's own table "
             "only: leave out --torch-schedule"
+        )
+    if mode == "zero1" and tp > 1:
+        raise UserError(
+            f"{path}: zero1 with tp {tp} is not run by this executor (ZeroRedundancyOptimizer takes whole "
+            "parameters, not tp shards): re-plan with --dp-mode zero2 or fsdp, or with --tp 1"
         )
     if mode != "ddp" and plan.dp == 1:
         raise UserError(f"{path}: dp mode {mode} shards over data-parallel replicas: it needs dp > 1; re-plan")
@@ -247,7 +263,7 @@ def _layout(plan: Plan, args, rank: int, device: torch.device):
         mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
         # ddp: the executor all-reduces each rank's gradient shards over the dp group; FSDP
         # reduces its own
-        dp_group = mesh["dp"].get_group() if mode == "ddp" and dp > 1 else None
+        dp_group = mesh["dp"].get_group() if mode not in _FSDP_MODES and dp > 1 else None
         return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), dp_group, mesh["tp"], mesh["dp"]
     pp_rank, dp_rank = rank % pp, rank // pp
     return pp_rank, dp_rank, *_groups(pp, dp, pp_rank, dp_rank), None, None
@@ -341,7 +357,7 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
     tie_local(model, units, my_units)  # tied copies on this rank: one parameter
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
     tied = _tied_groups(plan, model, units, plan.dp, pp_rank, dp_rank)
-    if mode != "ddp":
+    if mode in _FSDP_MODES:
         for mod in mods:
             apply_fsdp(mod, dp_mesh, mode)
     params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
@@ -367,7 +383,7 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
         tied=tied,
         schedule=schedule,
         recorder=recorder,
-        optimizer=torch.optim.AdamW(params, lr=args.lr) if params and not forward_only else None,
+        optimizer=build_optimizer(params, mode, dp_group, args.lr) if params and not forward_only else None,
         loss_scale=loss_scale,
         host_base=host_base,
     )
@@ -478,7 +494,7 @@ def _rank_result(rk: _Rank, plan: Plan, m: _Measured, rank: int, device: torch.d
     if rk.optimizer is not None:
         static += sum(
             local_tensor(t).numel() * t.element_size()
-            for st in rk.optimizer.state.values()
+            for st in optimizer_state(rk.optimizer).values()
             for t in st.values()
             if torch.is_tensor(t) and t.dim() > 0
         )

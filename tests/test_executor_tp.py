@@ -1,7 +1,8 @@
 """Tensor parallelism and FSDP inside pipeline stages, as the planner plans them (Plan schema 2:
 ``tp``, ``dp_mode``): tiny GPT-2 and Llama on 4 CPU ranks (gloo) match one process, gradient by
 gradient. One torchrun launch runs every plan (pp 2 x tp 2, pp 2 x dp 2 fsdp, dp 2 x tp 2 with
-ddp and with FSDP over the tp shards, sequence parallelism with pp 2 x tp 2 and with FSDP)."""
+ddp and with FSDP over the tp shards, sequence parallelism with pp 2 x tp 2 and with FSDP, pp 2 x
+dp 2 with zero1 and ddp), two steps each."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ LAYOUTS = {
     "dp2-tp2-ddp": (1, 2, "ddp", False),
     "dp2-tp2-fsdp": (1, 2, "fsdp", False),
     "dp2-tp2-fsdp-sp": (1, 2, "fsdp", True),
+    "pp2-dp2-ddp": (2, 1, "ddp", False),
+    "pp2-dp2-zero1": (2, 1, "zero1", False),
 }
 
 
@@ -49,7 +52,7 @@ def runs(tmp_path_factory):
             assert (best.pp, best.dp, best.tp, best.dp_mode.value) == (pp, 4 // (pp * tp), tp, mode)
             assert best.sequence_parallel == sp
             out[model, name] = (prof, best, best.save(tmp / f"{model}-{name}.json"))
-    r, _ = torchrun(4, *(str(path) for *_, path in out.values()), "--check", "--steps", "1", "--warmup", "0")
+    r, _ = torchrun(4, *(str(path) for *_, path in out.values()), "--check", "--steps", "2", "--warmup", "0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
     return {
         key: (prof, p, json.loads(path.with_suffix(".run.json").read_text())) for key, (prof, p, path) in out.items()
@@ -96,11 +99,24 @@ def test_fsdp_over_tp_holds_a_quarter_of_the_model(runs, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_sequence_parallel_keeps_less_for_backward(runs, model):
     """With sequence parallelism the norms (and what they save for backward) run on half the
-    sequence: every rank's peak is lower than without it, with the same weights on each rank."""
+    sequence: no rank's peak is higher than without it and a rank with blocks keeps less, with
+    the same weights on each rank."""
     _, _, tp = runs[model, "pp2-tp2"]
     _, _, sp = runs[model, "pp2-tp2-sp"]
     assert sp["extra"]["params"] == tp["extra"]["params"]
-    for a, b in zip(sp["ranks"], tp["ranks"]):
+    peaks = [(a["peak_bytes"], b["peak_bytes"]) for a, b in zip(sp["ranks"], tp["ranks"])]
+    assert all(a <= b for a, b in peaks) and any(a < b for a, b in peaks), peaks
+    assert sp["losses"] == pytest.approx(tp["losses"], rel=1e-6)  # the optimizer step alike too
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_zero1_shards_the_optimizer_state_and_steps_as_ddp(runs, model):
+    """zero1 (torch's ZeroRedundancyOptimizer over the dp group): every rank holds less than
+    under ddp (its share of the AdamW state), and the second step's loss is ddp's."""
+    _, _, ddp = runs[model, "pp2-dp2-ddp"]
+    _, _, zero1 = runs[model, "pp2-dp2-zero1"]
+    assert len(zero1["losses"]) == 2 and zero1["losses"] == pytest.approx(ddp["losses"], rel=1e-6)
+    for a, b in zip(zero1["ranks"], ddp["ranks"]):
         assert a["peak_bytes"] < b["peak_bytes"], (a, b)
 
 
