@@ -39,7 +39,7 @@ from simulator.actions import ScheduleError
 from simulator.costs import CostModel, DPMode, Layout, Option
 from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
-from simulator.tensor_parallel import tp_degrees
+from simulator.tensor_parallel import model_tp_degrees
 
 from .baselines import Recipes, compare
 from .batching import entry_sizes, microbatching
@@ -206,12 +206,7 @@ class _Search:
         of the devices per node that divide the attention heads and key/value heads."""
         if self.job.tp:
             return list(self.job.tp)
-        config = self.profile.model_config
-        heads = config.get("num_attention_heads", config.get("n_head"))
-        if not heads:
-            return [1]
-        kv = config.get("num_key_value_heads") or heads
-        return tp_degrees(min(self.cluster.devices_per_node, self.cluster.devices), heads, kv)
+        return model_tp_degrees(self.profile.model_config, min(self.cluster.devices_per_node, self.cluster.devices))
 
 
 # -- 1. enumerate ------------------------------------------------------------------------------------
