@@ -32,7 +32,9 @@ from dashboard.views import (
 )
 from planner.cluster import PRESET_CLUSTERS
 from profiles.contract import UserError
+from simulator.costs import DPMode
 from simulator.schedules import CUSTOM, SCHEDULES
+from simulator.tensor_parallel import RECOMPUTE_MODES
 
 VIEWS = {
     "Profile": show_profile,
@@ -156,12 +158,28 @@ def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], show
         )
         or dtypes[:1]
     )
-    recompute = (
-        sb.checkbox(
-            "allow recompute", False, key="recompute", help="let the MILP choose to recompute activations per stage"
-        )
-        if data.job_supports_recompute()
-        else False
+    recompute = sb.multiselect(
+        "recompute",
+        list(RECOMPUTE_MODES),
+        ["none"],
+        key="recompute",
+        help="activation recompute modes the planner may choose per stage (selective: the attention core "
+        "only, as Megatron; full: every unit)",
+    )
+    tp_options = data.tp_choices(profile, devices, per_node)
+    tp = sb.multiselect(
+        "tensor-parallel degrees",
+        tp_options,
+        [1],
+        key="tp",
+        help="degrees that divide the devices per node and the model's attention and key/value heads",
+    )
+    dp_modes = sb.multiselect(
+        "data-parallel modes",
+        [m.value for m in DPMode],
+        ["ddp"],
+        key="dp_modes",
+        help="ddp: replicas; zero1/zero2: optimizer state (and gradients) sharded; fsdp: parameters too",
     )
     batch = _number("global batch", "batch", 8, help="samples per optimizer step, across data-parallel replicas")
     sizes = data.common_sizes(profile, chosen_dtypes)
@@ -182,16 +200,18 @@ def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], show
         help="limit the search (a 64-device search over every degree can take a minute the first time)",
     )
     return data.PlanSettings(
-        devices,
-        mem,
-        per_node,
-        tuple(schedules),
-        tuple(chosen_dtypes),
-        bool(recompute),
-        batch,
-        mbs,
-        tuple(sorted(pp)),
-        base,
+        devices=devices,
+        memory_gib=mem,
+        devices_per_node=per_node,
+        schedules=tuple(schedules),
+        dtypes=tuple(chosen_dtypes),
+        recompute=tuple(recompute),
+        global_batch=batch,
+        microbatch_size=mbs,
+        pp=tuple(sorted(pp)),
+        tp=tuple(sorted(t for t in tp if t in tp_options)),
+        dp_modes=tuple(dp_modes),
+        base=base,
     )
 
 

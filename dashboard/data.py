@@ -29,6 +29,7 @@ from simulator.actions import write_csv
 from simulator.costs import Links, StageCost
 from simulator.engine import SimInput, simulate
 from simulator.schedules import make_schedule, schedule_spec
+from simulator.tensor_parallel import model_tp_degrees
 from simulator.timeline import Timeline, trace_events
 
 from .files import Stamp, check_file, find_files, guarded, stamp, within
@@ -50,7 +51,7 @@ __all__ = [
     "plan_json",
     "schedule_csv",
     "trace_json",
-    "job_supports_recompute",
+    "tp_choices",
     "profile_dtypes",
     "common_sizes",
     "pipeline_degrees",
@@ -84,9 +85,11 @@ def pipeline_degrees(num_units: int, devices: int) -> list[int]:
     return [p for p in range(1, min(num_units, devices) + 1) if devices % p == 0]
 
 
-def job_supports_recompute() -> bool:
-    """Whether the planner's ``Job`` has a ``recompute`` field (the control is shown only then)."""
-    return any(f.name == "recompute" for f in dataclasses.fields(Job))
+def tp_choices(profile: Profile, devices: int, devices_per_node: int) -> list[int]:
+    """Tensor-parallel degrees the planner accepts for this model on these devices: divisors of the
+    devices per node that divide the attention heads and key/value heads (the search's own rule)."""
+    within = min(devices, devices_per_node)
+    return [t for t in model_tp_degrees(profile.model_config, within) if devices % t == 0]
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,12 @@ class PlanSettings:
     devices_per_node: int = 2  #: devices sharing the fast (intra-node) link
     schedules: tuple[str, ...] = ("1F1B",)  #: schedules the planner may choose from
     dtypes: tuple[str, ...] = ("fp32",)  #: precisions the planner may choose per stage
-    recompute: bool = False  #: allow activation recompute (passed only when ``Job`` has the field)
+    recompute: tuple[str, ...] = ("none",)  #: recompute modes the planner may choose per stage
     global_batch: int = 8  #: samples per optimizer step
     microbatch_size: int | None = None  #: None: the planner chooses among profiled sizes
     pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that divides the devices)
+    tp: tuple[int, ...] = (1,)  #: allowed tensor-parallel degrees
+    dp_modes: tuple[str, ...] = ("ddp",)  #: allowed data-parallel modes: ddp | zero1 | zero2 | fsdp
     #: links, latencies and calibrated overheads: a preset or a cluster file; devices, memory and
     #: devices per node above replace the file's
     base: Cluster = field(default_factory=lambda: PRESET_CLUSTERS[DEFAULT_CLUSTER])
@@ -116,16 +121,16 @@ class PlanSettings:
         )
 
     def job(self) -> Job:
-        kw = dict(
+        return Job(
             global_batch=self.global_batch,
             schedules=self.schedules,
             dtypes=self.dtypes,
             microbatch_size=self.microbatch_size,
             pp=self.pp,
+            recompute=self.recompute,
+            tp=self.tp,
+            dp_modes=self.dp_modes,
         )
-        if job_supports_recompute():
-            kw["recompute"] = ("none", "full") if self.recompute else ("none",)
-        return Job(**kw)
 
 
 def settings_problem(settings: PlanSettings, profile: Profile) -> str | None:
@@ -137,13 +142,15 @@ def settings_problem(settings: PlanSettings, profile: Profile) -> str | None:
     s = settings
     if not s.schedules:
         return "Choose at least one schedule in the sidebar."
+    if not s.recompute or not s.tp or not s.dp_modes:
+        return "Choose at least one recompute mode, tensor-parallel degree and data-parallel mode in the sidebar."
     sizes = common_sizes(profile, s.dtypes)
     if not sizes:
         return f"The profile has no microbatch size measured in all of {', '.join(s.dtypes)}: choose fewer dtypes."
     degrees = [p for p in (s.pp or pipeline_degrees(profile.num_units, s.devices)) if s.devices % p == 0]
     if not degrees:
         return f"No pipeline degree divides {s.devices} devices: choose other pipeline degrees or devices."
-    fewest_replicas = s.devices // max(degrees)
+    fewest_replicas = max(1, s.devices // (max(degrees) * max(s.tp or (1,))))
     smallest = s.microbatch_size or sizes[0]
     most = s.global_batch // (fewest_replicas * smallest)
     if most > MAX_MICROBATCHES:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.costs import DPMode, Layout, Option, Recompute
-from simulator.tensor_parallel import tp_degrees
+from simulator.tensor_parallel import model_tp_degrees
 
 from .plan import Plan
 from .scoring import build_plan, fits
@@ -178,11 +178,8 @@ def _build(p: Plan, bounds, schedule: str, pp: int, v: int, layout: Layout, mbs:
 
 
 def _tp_for(p: Plan, most: int) -> int:
-    config = p.profile.model_config
-    heads = config.get("num_attention_heads", config.get("n_head")) or 1
-    kv = config.get("num_key_value_heads") or heads
     within = min(most, p.cluster.devices_per_node, p.cluster.devices)
-    return max(t for t in tp_degrees(within, heads, kv) if p.cluster.devices % t == 0)
+    return max(t for t in model_tp_degrees(p.profile.model_config, within) if p.cluster.devices % t == 0)
 
 
 def _first_fitting(tries) -> Plan | None:

@@ -383,6 +383,7 @@ def _run_plan(args: argparse.Namespace) -> int:
             profile_path=str(profile_path),
             time_limit=args.time_limit,
             solver=args.solver,
+            progress=bar.set_postfix_str,
         )
     plans = [_fitted_note(p) for p in plans]
     bar.update()

@@ -30,6 +30,7 @@ Order of work (timed per phase in ``SearchStats``):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from simulator.actions import ScheduleError
 from simulator.costs import CostModel, DPMode, Layout, Option
 from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
-from simulator.tensor_parallel import tp_degrees
+from simulator.tensor_parallel import model_tp_degrees
 
 from .baselines import Recipes, compare
 from .batching import entry_sizes, microbatching
@@ -62,6 +63,7 @@ MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top
 BUDGET_S = 6.0  # wall seconds the MILPs and the refinement may take in all (half each), unless the caller says
 MIN_MILP_S = 0.05  # the least time limit a MILP gets once the budget is spent (its start is an answer)
 SCREEN_BUDGET_S = 3.0  # wall seconds of screening after which, the top filled, weaker bounds are left
+PROGRESS_EVERY_S = 0.2  # the screen tells its progress at most this often
 
 
 @dataclass
@@ -151,13 +153,29 @@ class _Search:
     """The inputs every phase shares, and the CostModels and schedule tables built once."""
 
     def __init__(
-        self, profile: Profile, profile_path: str, cluster: Cluster, job: Job, time_limit, solver, budget_s: float
+        self,
+        profile: Profile,
+        profile_path: str,
+        cluster: Cluster,
+        job: Job,
+        time_limit,
+        solver,
+        budget_s: float,
+        progress: Callable[[str], None] | None = None,
     ):
         self.profile, self.profile_path, self.cluster, self.job = profile, profile_path, cluster, job
         self.time_limit, self.solver, self.budget_s = time_limit, solver, budget_s
+        self._progress, self._said = progress, 0.0
         self.schedules = Schedules(job)
         self._costs: dict[tuple[int, Layout], CostModel] = {}
         self._splits: dict[tuple, list[tuple[int, int]]] = {}
+
+    def say(self, what: str, force: bool = False) -> None:
+        """Tell ``progress`` where the search is (at most every ``PROGRESS_EVERY_S``, unless ``force``)."""
+        now = time.perf_counter()
+        if self._progress is not None and (force or now - self._said >= PROGRESS_EVERY_S):
+            self._said = now
+            self._progress(what)
 
     def costs(self, mbs: int, layout: Layout) -> CostModel:
         """The job's options at microbatch size ``mbs`` on ``layout`` (built once each)."""
@@ -206,12 +224,7 @@ class _Search:
         of the devices per node that divide the attention heads and key/value heads."""
         if self.job.tp:
             return list(self.job.tp)
-        config = self.profile.model_config
-        heads = config.get("num_attention_heads", config.get("n_head"))
-        if not heads:
-            return [1]
-        kv = config.get("num_key_value_heads") or heads
-        return tp_degrees(min(self.cluster.devices_per_node, self.cluster.devices), heads, kv)
+        return model_tp_degrees(self.profile.model_config, min(self.cluster.devices_per_node, self.cluster.devices))
 
 
 # -- 1. enumerate ------------------------------------------------------------------------------------
@@ -401,6 +414,7 @@ def _screen(s: _Search, cands: list[Candidate], keep: int, stats: SearchStats) -
     out = []
     end = time.perf_counter() + SCREEN_BUDGET_S
     for i, c in enumerate(cands):
+        s.say(f"screening {i + 1}/{len(cands)}")
         if len(fitting) >= keep and c.lower_bound >= _kth(fitting, keep):
             stats.pruned = len(cands) - i
             break
@@ -443,6 +457,7 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
     end = time.perf_counter() + s.budget_s / 2
     for i, x in enumerate(order):
         c, screen = x.candidate, x.plan
+        s.say(f"MILP {i + 1}/{len(order)}", force=True)
         if len(out.plans) >= keep and c.lower_bound >= _kth(out.plans, keep):
             continue
         if unproductive and screen is not None:
@@ -515,6 +530,7 @@ def _refine(s: _Search, plans: list[Plan], top: int, refine: int | None, stats: 
     close = [p for p in plans if objective_s(p) <= objective_s(plans[0]) * (1 + REFINE_WITHIN)]
     n = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
     end = time.perf_counter() + s.budget_s / 2
+    s.say(f"refining the best {n}", force=True)
     refined = [
         refine_plan(
             p,
@@ -545,11 +561,13 @@ def search(
     solver: str = "auto",
     refine: int | None = None,
     budget_s: float = BUDGET_S,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Plan], SearchStats]:
     """The ``top`` plans, best simulated step time first, and what the search did:
     enumerate -> bound -> screen -> solve -> refine -> baselines. ``time_limit``: seconds per MILP;
     ``budget_s``: wall seconds the MILPs and the refinement take in all (half each; a MILP past
-    its share returns its best split so far, at worst the screened one it started from)."""
+    its share returns its best split so far, at worst the screened one it started from);
+    ``progress``: told the phase as it goes (e.g. a progress bar's status)."""
     profile_path = str(profile_path or profile.measurement.get("path", ""))
     if not profile_path or not Path(profile_path).exists():
         raise UserError("plan() needs the profile's file path (profile_path=...) so the plan can refer to it")
@@ -559,7 +577,7 @@ def search(
             f"profile again with --seq-len {job.seq_len}"
         )
     stats = SearchStats()
-    s = _Search(profile, profile_path, cluster, job, time_limit, solver, budget_s)
+    s = _Search(profile, profile_path, cluster, job, time_limit, solver, budget_s, progress)
     keep = max(top, 1)
 
     t0 = time.perf_counter()
@@ -576,6 +594,7 @@ def search(
     if not solved.plans:
         raise infeasible_error(s, solved.infeasible)
     t0 = time.perf_counter()
+    s.say("the Megatron-style and torchtitan-style recipes", force=True)
     made = Recipes()
     recipes = _recipes(solved.plans[0], job, made)
     stats.add("baselines", t0)

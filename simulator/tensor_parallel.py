@@ -62,6 +62,7 @@ __all__ = [
     "Recompute",
     "RECOMPUTE_MODES",
     "TransformerShape",
+    "model_tp_degrees",
     "GemmDevice",
     "GEMM_DEVICES",
     "TPUnitCost",
@@ -271,6 +272,15 @@ def tp_degrees(devices_per_node: int, heads: int, kv_heads: int) -> list[int]:
     return [
         t for t in range(1, devices_per_node + 1) if devices_per_node % t == 0 and heads % t == 0 and kv_heads % t == 0
     ]
+
+
+def model_tp_degrees(model_config: dict, within: int) -> list[int]:
+    """``tp_degrees`` for a model's config (Hugging Face names: ``num_attention_heads`` or
+    ``n_head``, ``num_key_value_heads``); [1] for a model without attention heads."""
+    heads = model_config.get("num_attention_heads", model_config.get("n_head"))
+    if not heads:
+        return [1]
+    return tp_degrees(within, heads, model_config.get("num_key_value_heads") or heads)
 
 
 def scale_unit(

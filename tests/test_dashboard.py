@@ -77,8 +77,17 @@ def test_plan_controls_follow_the_planner_and_the_profile(monkeypatch, root):
     from simulator import SCHEDULES
 
     assert set(at.multiselect(key="schedules").options) == set(SCHEDULES) | {"Custom"}
-    shown = any(c.key == "recompute" for c in at.sidebar.checkbox)
-    assert shown == data.job_supports_recompute()
+    assert at.multiselect(key="recompute").options == ["none", "selective", "full"]
+    assert at.multiselect(key="tp").options == ["1"]  # the synthetic model has no attention heads
+    assert set(at.multiselect(key="dp_modes").options) == {"ddp", "zero1", "zero2", "fsdp"}
+    # one pipeline rank on the 2 devices: the replicas shard as the sidebar says
+    at.multiselect(key="pp").set_value([1]).run()
+    _ok(at.multiselect(key="dp_modes").set_value(["fsdp"]).run())
+    rows = at.dataframe[0].value
+    assert len(rows) and set(rows["dp"]) == {2} and set(rows["dp mode"]) == {"fsdp"}
+    at.multiselect(key="dp_modes").set_value([]).run()
+    assert not at.exception and any("Choose at least one recompute mode" in e.value for e in at.error)
+    at.multiselect(key="dp_modes").set_value(["ddp"]).run()
     at.multiselect(key="schedules").set_value([]).run()
     assert not at.exception and any("at least one schedule" in e.value for e in at.error)
 

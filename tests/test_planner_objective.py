@@ -90,3 +90,14 @@ def test_latency_objective_needs_forward_only(tiny_profile_path, tmp_path):
     r = run_cli("plan", str(tiny_profile_path), "--objective", "latency", "-o", str(tmp_path / "p.json"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "--forward-only" in r.stderr and "--objective latency" in r.stderr
+
+
+def test_search_tells_its_phases_as_it_goes(serving):
+    """What ``pipeplan plan`` shows beside its progress bar: the screen, each MILP, the recipes
+    joining the candidates, then the refinement, in that order."""
+    profile, path, cluster = serving
+    said: list[str] = []
+    search(profile, cluster, _job("throughput"), top=2, profile_path=path, progress=said.append)
+    phases = [s.split()[0] for s in said]
+    assert phases[0] == "screening" and phases[-1] == "refining", said
+    assert phases.index("MILP") < phases.index("the") < phases.index("refining"), said
