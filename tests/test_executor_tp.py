@@ -54,15 +54,14 @@ def runs(tmp_path_factory):
             out[model, name] = (prof, best, best.save(tmp / f"{model}-{name}.json"))
     r, _ = torchrun(4, *(str(path) for *_, path in out.values()), "--check", "--steps", "2", "--warmup", "0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    return {
-        key: (prof, p, json.loads(path.with_suffix(".run.json").read_text())) for key, (prof, p, path) in out.items()
-    }
+    reports = {key: path.with_suffix(".run.json") for key, (*_, path) in out.items()}
+    return {key: (prof, p, json.loads(reports[key].read_text()), path) for key, (prof, p, path) in out.items()}
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_gradient_matches_one_process(runs, model, layout):
-    _, _, data = runs[model, layout]
+    _, _, data, _ = runs[model, layout]
     check = data["check"]
     assert data["world_size"] == 4 and check["passed"] and check["max_rel_diff"] <= 1e-4, check
     assert check["loss_rel_diff"] <= 1e-5, check
@@ -74,7 +73,7 @@ def test_pp2_tp2_ranks_hold_half_of_their_stage(runs, model):
     """Mesh layout, tp innermost: ranks 0 and 1 run stage 0. Each holds half of its stage: the
     blocks' projections (GPT-2's fused q/k/v included) and the vocabulary-parallel embedding and
     head are split; only norms, row-wise biases and GPT-2's position embedding stay whole."""
-    prof, p, data = runs[model, "pp2-tp2"]
+    prof, p, data, _ = runs[model, "pp2-tp2"]
     units = [u.params for u in prof.entries[0].units]
     params = data["extra"]["params"]
     assert {(e["rank"], e["stage"]) for e in data["events"]} == {(0, 0), (1, 0), (2, 1), (3, 1)}
@@ -88,8 +87,8 @@ def test_pp2_tp2_ranks_hold_half_of_their_stage(runs, model):
 def test_fsdp_over_tp_holds_a_quarter_of_the_model(runs, model):
     """dp 2 x tp 2 fsdp: FSDP2 shards the tensor-parallel shards again over dp (2-D); ddp keeps
     each tp shard whole on both replicas."""
-    prof, _, fsdp = runs[model, "dp2-tp2-fsdp"]
-    _, _, ddp = runs[model, "dp2-tp2-ddp"]
+    prof, _, fsdp, _ = runs[model, "dp2-tp2-fsdp"]
+    _, _, ddp, _ = runs[model, "dp2-tp2-ddp"]
     whole = sum(u.params for u in prof.entries[0].units)
     assert len(set(ddp["extra"]["params"])) == 1 and len(set(fsdp["extra"]["params"])) == 1
     assert whole // 2 <= ddp["extra"]["params"][0] < whole // 2 + whole // 8
@@ -101,8 +100,8 @@ def test_sequence_parallel_keeps_less_for_backward(runs, model):
     """With sequence parallelism the norms (and what they save for backward) run on half the
     sequence: no rank's peak is higher than without it and a rank with blocks keeps less, with
     the same weights on each rank."""
-    _, _, tp = runs[model, "pp2-tp2"]
-    _, _, sp = runs[model, "pp2-tp2-sp"]
+    _, _, tp, _ = runs[model, "pp2-tp2"]
+    _, _, sp, _ = runs[model, "pp2-tp2-sp"]
     assert sp["extra"]["params"] == tp["extra"]["params"]
     peaks = [(a["peak_bytes"], b["peak_bytes"]) for a, b in zip(sp["ranks"], tp["ranks"])]
     assert all(a <= b for a, b in peaks) and any(a < b for a, b in peaks), peaks
@@ -113,11 +112,25 @@ def test_sequence_parallel_keeps_less_for_backward(runs, model):
 def test_zero1_shards_the_optimizer_state_and_steps_as_ddp(runs, model):
     """zero1 (torch's ZeroRedundancyOptimizer over the dp group): every rank holds less than
     under ddp (its share of the AdamW state), and the second step's loss is ddp's."""
-    _, _, ddp = runs[model, "pp2-dp2-ddp"]
-    _, _, zero1 = runs[model, "pp2-dp2-zero1"]
+    _, _, ddp, _ = runs[model, "pp2-dp2-ddp"]
+    _, _, zero1, _ = runs[model, "pp2-dp2-zero1"]
     assert len(zero1["losses"]) == 2 and zero1["losses"] == pytest.approx(ddp["losses"], rel=1e-6)
     for a, b in zip(zero1["ranks"], ddp["ranks"]):
         assert a["peak_bytes"] < b["peak_bytes"], (a, b)
+
+
+def test_validate_compares_each_pipeline_rank_with_a_rank_that_ran_it(runs):
+    """On the mesh global rank 1 is pipeline rank 0's second tp rank: validate's table sets
+    simulated pipeline rank 1 against global rank 2, the first that ran stage 1."""
+    from executor.cli import compare_table
+    from executor.report import load_report
+    from simulator.engine import simulate
+
+    _, p, data, path = runs["llama-tiny", "pp2-tp2"]
+    table = compare_table(simulate(p), load_report(path.with_suffix(".run.json")))
+    busy = {r["rank"]: r["busy_s"] for r in data["ranks"]}
+    line = next(x for x in table.splitlines() if x.startswith("rank 1 busy"))
+    assert float(line.split()[5]) == pytest.approx(busy[2] * 1e3, abs=0.06), (line, busy)
 
 
 def test_gpt2_fused_qkv_is_split_by_heads():
