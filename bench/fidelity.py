@@ -250,7 +250,7 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3, help="run the whole matrix this many times, in turn")
+    ap.add_argument("--rounds", type=int, default=2, help="run the whole matrix this many times, in turn")
     ap.add_argument("--top", type=int, default=2, help="the planner's best plans per (model, m) to run")
     ap.add_argument("--cluster", type=Path, help="a calibrated cluster spec (default: pipeplan calibrate now)")
     ap.add_argument("--out", type=Path, default=Path("runs/fidelity"))
