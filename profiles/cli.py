@@ -123,7 +123,8 @@ def format_table(profile) -> str:
             if off > OFF_CPU_WARN:
                 lines.append(
                     f"note: the profiler was ready but off the CPU for {off:.0%} of its timing (other load "
-                    f"on this machine), so these times run high: profile again on a quiet machine"
+                    f"on this machine); the times count its CPU time only, but the load also shared caches "
+                    f"and memory bandwidth: profile again on a quiet machine to be sure"
                 )
         else:
             w = e.whole_model
