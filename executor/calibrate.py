@@ -5,7 +5,9 @@ Four figures, each measured with what the executor really runs:
 - ``action_overhead_s``: the real ``_PipelineScheduleRuntime`` runs a 1F1B table on MLP
   stages that send 128 KiB activations; per rank, step time minus compute time (wrapped
   ``*_one_chunk``) minus time spent waiting for receives, divided by the compute actions:
-  what the runtime itself costs per action (posting sends and receives, bookkeeping);
+  what the runtime itself costs per action (posting sends and receives, bookkeeping), counted
+  in this thread's CPU time, so that other load on the host, which keeps a rank off its core
+  between actions, does not pass for runtime overhead;
 - link latency: in that same run, every dependency that crosses ranks while the consumer
   waits for it (F of stage 1 after F of stage 0, B of stage 0 after B of stage 1) costs the
   gap from the producer's compute end to the consumer's compute start. The simulator puts the
@@ -19,7 +21,8 @@ Four figures, each measured with what the executor really runs:
   the sizes interleaved round by round so a burst of outside load hits all of them; the
   slope of the median one-way time over the size is 1 / bandwidth;
 - ``optimizer_s_per_param``: gradient scaling plus ``torch.optim.AdamW.step`` on a few
-  million parameters (past the caches), run on every rank at once as at the end of a real step.
+  million parameters (past the caches), run on every rank at once as at the end of a real step,
+  in the rank's CPU time (one thread: on a quiet host the same as wall time).
 
 The result is written as a Cluster spec that ``pipeplan plan --cluster`` reads.
 """
@@ -100,6 +103,8 @@ def measure_runtime(
     microbatches: int = 8,
     seq: int = 128,
     width: int = 256,
+    schedule: str = "1F1B",
+    virtual: int = 1,
 ) -> tuple[float, float, int]:
     """(per-action overhead, crossing gap, bytes sent per crossing) of the real runtime on a 1F1B
     table. Each stage is an MLP block on ``seq x width`` activations (128 KiB in fp32, as the
@@ -110,6 +115,7 @@ def measure_runtime(
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining import schedules as torch_schedules
 
+    from simulator.actions import stage_ranks
     from simulator.schedules import make_schedule
 
     from .build import Recorder as _Recorder
@@ -117,42 +123,51 @@ def measure_runtime(
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(rank)
-    block = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-    stage = PipelineStage(block, rank, world, torch.device("cpu"))
+    table = make_schedule(schedule, world, microbatches, virtual)
+    owner = stage_ranks(table)
     recorder = _Recorder()
-    recorder.wrap(stage)
-    table = make_schedule("1F1B", world, microbatches)
-    sched = torch_schedules._PipelineScheduleRuntime(
-        [stage], microbatches, loss_fn=lambda out, y: ((out - y) ** 2).mean()
-    )
+    stages = []
+    for s in sorted(i for i, r in owner.items() if r == rank):
+        block = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        stages.append(PipelineStage(block, s, len(owner), torch.device("cpu")))
+        recorder.wrap(stages[-1])
+    cls = torch_schedules._PipelineScheduleRuntime
+    sched = cls(stages, microbatches, loss_fn=lambda out, y: ((out - y) ** 2).mean())
     lower_table(sched, table)  # as the executor lowers it
-    waited = [0.0]
+    waited = [0.0, 0.0]  # wall and this thread's CPU time spent waiting for receives
     wait = torch_schedules._wait_batch_p2p
 
     def timed_wait(work):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.thread_time()
         wait(work)
         waited[0] += time.perf_counter() - t
+        waited[1] += time.thread_time() - cpu
 
     torch_schedules._wait_batch_p2p = timed_wait
     x, y = torch.randn(microbatches, seq, width), torch.randn(microbatches, seq, width)
-    owner = {r: r for r in range(world)}
+    first, last = owner[0], owner[len(owner) - 1]
     clock = StepClock()
     per_action, gaps = [], {}
     try:
         for i in range(repeats + 3):
-            recorder.events, waited[0] = [], 0.0
+            recorder.events, waited[:], recorder.off_cpu_s = [], [0.0, 0.0], 0.0
             recorder.t0 = t0 = clock.start()
-            if rank == 0:
+            cpu0 = time.thread_time()
+            if rank == first == last:
+                sched.step(x, target=y)
+            elif rank == first:
                 sched.step(x)
-            elif rank == world - 1:
+            elif rank == last:
                 sched.step(target=y)
             else:
                 sched.step()
-            step = time.perf_counter() - t0
+            step, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
             compute = sum(b - a for _, _, _, a, b in recorder.events)
             if i >= 3:
-                per_action.append(max(0.0, step - compute - waited[0]) / len(recorder.events))
+                # in CPU time: the runtime's own work, without the time other load kept the rank off
+                # its core (on a quiet host the same as step - compute - waits in wall time)
+                runtime_cpu = cpu - (compute - recorder.off_cpu_s) - waited[1]
+                per_action.append(max(0.0, min(runtime_cpu, step - compute - waited[0])) / len(recorder.events))
                 everyone = [None] * world
                 dist.all_gather_object(everyone, [(rank, *e) for e in recorder.events])
                 for key, gs in crossing_gaps([e for evs in everyone for e in evs], owner).items():
@@ -175,13 +190,13 @@ def measure_optimizer(repeats: int, params: int = 16_000_000) -> float:
         for p in ps:
             p.grad = torch.randn_like(p)
         dist.barrier()
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time: other load on the host does not count (see measure_runtime)
         for p in ps:
             p.grad.div_(2.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= 2:
-            times.append(time.perf_counter() - t0)
+            times.append(time.thread_time() - t0)
     return statistics.median(times) / n
 
 

@@ -221,7 +221,8 @@ def disturbance_notes(report: RunReport, profile: Profile | None = None) -> list
     if profiled and max(profiled.values()) > OFF_CPU_WARN:
         notes.append(
             f"the profile was measured with the profiler off the CPU for {max(profiled.values()):.0%} of "
-            f"its timing (other load): its times, and so the prediction, run high"
+            f"its timing (other load): its times count CPU time only, but that load also shared the caches "
+            f"and memory bandwidth its units ran with"
         )
     if (
         profile is not None

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from planner.plan import Plan, load_plan
+from profiles.clikit import progress_bar
 from profiles.contract import ContractError, UserError, sha256_of
 from profiles.materialize import tie_local, tied_paths, unit_materializer
 from profiles.tuning import gc_paused, keep_freed_memory
@@ -402,7 +403,8 @@ def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.dev
     out = _Measured()
     prof = _profiler(args, path, rank)
     clock = StepClock()
-    with gc_paused():  # the profile was timed with it off too
+    bar = progress_bar(args.warmup + args.steps, path.name, enabled=rank == 0)  # off the clock, rank 0's only
+    with bar, gc_paused():  # the profile was timed with it off too
         for step in range(args.warmup + args.steps):
             gc.collect(1)  # young generations only, between steps (off the clock)
             batches = [
@@ -436,6 +438,7 @@ def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.dev
                 out.steps.append(t_end)
                 out.events.append(list(recorder.events))
                 out.tails.append(StepTail(t_sched, t_opt, recorder.off_cpu_s))
+            bar.update()
     if prof is not None:
         prof.stop()
         prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))

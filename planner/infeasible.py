@@ -46,7 +46,8 @@ def infeasible_error(s, infeasible: list[tuple]) -> InfeasibleError:
     c = where
     levers = []
     # more devices: twice the pipeline stages, same schedule and microbatching
-    if 2 * c.pp <= profile.num_units and c.placement is None:  # a Custom placement does not scale with pp
+    # (each of the 2 pp ranks' virtual stages needs a unit; a Custom placement does not scale with pp)
+    if 2 * c.pp * c.virtual <= profile.num_units and c.placement is None:
         try:
             n2 = least(s.costs(c.mbs, c.layout), s.schedules.model(c.schedule, 2 * c.pp, c.m, c.virtual))
             levers.append((n2, f"--devices {cluster.devices * 2} (pp={2 * c.pp}) needs {n2 / 2**30:.2f} GiB"))

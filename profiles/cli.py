@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .clikit import Command, bounded
 from .contract import UserError, check_outputs
+from .neighbour import default_count
 from .presets import check_overrides, check_seq_len, parse_overrides
 from .types import DTYPES, OFF_CPU_WARN
 
@@ -74,10 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--side-by-side",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="CPU: time the units while N other processes train the same model, as the other "
-        "ranks of a host compute beside each rank in a pipeline (default 0: alone)",
+        "ranks of a host compute beside each rank in a pipeline (default: 1 on a CPU host with 2 "
+        "or more cores, where a plan's ranks share the host; 0 on GPU; 0: alone)",
     )
     p.add_argument("-o", "--output", type=Path, help="output file (default profiles/<device>/<model>.json)")
     p.add_argument("--json", action="store_true", help="print the Profile JSON instead of the table")
@@ -121,7 +123,8 @@ def format_table(profile) -> str:
             if off > OFF_CPU_WARN:
                 lines.append(
                     f"note: the profiler was ready but off the CPU for {off:.0%} of its timing (other load "
-                    f"on this machine), so these times run high: profile again on a quiet machine"
+                    f"on this machine); the times count its CPU time only, but the load also shared caches "
+                    f"and memory bandwidth: profile again on a quiet machine to be sure"
                 )
         else:
             w = e.whole_model
@@ -157,6 +160,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     bounded("--repeats", args.repeats, 1, 10_000)
     bounded("--warmup", args.warmup, 0, 1_000)
     bounded("--budget-s", args.budget_s, 0.001, 1e6, " seconds")
+    if args.side_by_side is None:
+        args.side_by_side = 0 if args.analytic else default_count(args.device)
     bounded("--side-by-side", args.side_by_side, 0, 256)
     model_file = Path(args.model) if ":" not in args.model and Path(args.model).exists() else None
     out = args.output or default_path(args.model, args.device_spec.lower() if args.analytic else args.device)

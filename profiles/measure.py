@@ -59,7 +59,8 @@ ASSUMPTIONS: tuple[str, ...] = (
     "Python's garbage collector runs once before the repeats and is off while they run;",
     "with ``side_by_side`` N (CPU), N processes train the same model (fp32, one thread each) beside the profiler "
     "while it times, as the other ranks of a host compute beside each rank;",
-    "CPU timing runs with one thread, as each executor rank does; CUDA timing uses events, and each unit's peak "
+    "CPU timing runs with one thread, as each executor rank does, and reads that thread's CPU time, so time the "
+    "thread was ready but off its core (other load) is left out; CUDA timing uses events, and each unit's peak "
     "memory (max_memory_allocated over its F + B) is recorded;",
     "16-bit dtypes run under torch.autocast with fp32 weights (mixed precision training);",
     "saved bytes are counted with saved-tensor hooks, each storage once, parameters excluded.",
@@ -131,7 +132,13 @@ def _device_name(device: str) -> str:
 
 
 class _Clock:
-    """Marks on a timeline: ``perf_counter`` on CPU, CUDA events (read after one sync) on CUDA."""
+    """Marks on a timeline: this thread's CPU time on CPU, CUDA events (read after one sync) on CUDA.
+
+    Why CPU time: each CPU rank runs one thread on a core of its own, where a unit's wall time is
+    its CPU time; other work on the host that takes the profiler's core for a while (the
+    ``off_cpu_fraction`` of the measurement) would otherwise land in the profile and in every
+    prediction made from it. Sharing caches and memory bandwidth with neighbours slows the
+    thread itself and so still counts."""
 
     def __init__(self, device: str):
         self.cuda = device == "cuda"
@@ -141,7 +148,7 @@ class _Clock:
             e = torch.cuda.Event(enable_timing=True)
             e.record()
             return e
-        return time.perf_counter()
+        return time.thread_time()
 
     def between(self, marks: list) -> list[float]:
         """Seconds between consecutive marks."""

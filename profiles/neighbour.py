@@ -24,7 +24,15 @@ from contextlib import contextmanager
 from .contract import UserError
 from .tuning import keep_freed_memory
 
-__all__ = ["neighbours", "check_count"]
+__all__ = ["neighbours", "check_count", "default_count"]
+
+
+def default_count(device: str) -> int:
+    """Neighbours ``pipeplan profile`` starts unless told: on a CPU host with two cores or more,
+    one, since every rank of a CPU plan runs on this host (``pipeplan run`` refuses a plan with
+    more ranks than it has cores) and so computes beside at least one other; none on a GPU, whose
+    ranks share no compute. More ranks per host: give their number less one."""
+    return 1 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 0
 
 
 def check_count(count: int) -> None:

@@ -16,8 +16,10 @@ Assumptions:
   copy when the dtype is 16-bit: about 16 bytes per parameter either way; a forward-only
   (serving) job keeps the weights alone;
 - full recompute of a unit keeps only its input and adds one forward to its backward;
-- after I, a zero-bubble stage keeps half of each unit's activations (rounded down to whole
-  bytes) until W;
+- after I, a zero-bubble stage keeps all of each unit's activations until W, as
+  ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` takes the input gradients
+  with ``retain_graph=True``, so every tensor saved for backward lives until the weight
+  gradients are taken (a runtime that frees what W does not need would keep less);
 - the first stage has no input gradient to compute (its inputs are data): its I is empty
   and its W runs the whole backward, keeping all activations until then (as
   ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` is skipped on stage 0);
@@ -269,7 +271,7 @@ def unit_records(
                 weight_s=sc.backward_weight_s,
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
-                keep_bytes=int(act) // 2,
+                keep_bytes=int(act),  # the whole graph is retained from I to W (module docstring)
                 output_bytes=sc.output_bytes,
                 input_bytes=unit_input,
                 grad_bytes=params * dtype.bytes,

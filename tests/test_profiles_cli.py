@@ -147,6 +147,20 @@ def test_side_by_side_profiles_beside_a_training_neighbour_and_stops_it(tmp_path
     assert not _neighbours_alive()
 
 
+def test_cpu_profile_is_taken_beside_a_neighbour_by_default(tmp_path):
+    """Without --side-by-side, a CPU profile on a host of 2+ cores is timed beside one training
+    neighbour (a plan's CPU ranks share the host), and ``--side-by-side 0`` still times it alone."""
+    from profiles.types import load_profile
+
+    common = ["tests.user_model:build", "--set", "width=8", "--seq-len", "4", "--repeats", "1", "--warmup", "0"]
+    assert _run([*common, "-o", str(tmp_path / "d.json")], ROOT).returncode == 0
+    expect = 1 if (os.cpu_count() or 1) >= 2 else 0
+    assert load_profile(tmp_path / "d.json").measurement["side_by_side"] == expect
+    assert _run([*common, "--side-by-side", "0", "-o", str(tmp_path / "a.json")], ROOT).returncode == 0
+    assert load_profile(tmp_path / "a.json").measurement["side_by_side"] == 0
+    assert not _neighbours_alive()
+
+
 def test_neighbours_train_inside_the_context_and_are_gone_after(monkeypatch):
     from profiles.neighbour import neighbours
 
