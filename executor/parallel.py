@@ -93,6 +93,7 @@ __all__ = [
     "apply_fsdp",
     "build_optimizer",
     "optimizer_state",
+    "like_param",
     "full_tensor",
     "local_tensor",
     "plain_tensor",
@@ -425,6 +426,15 @@ def build_optimizer(params: list[torch.Tensor], dp_mode: str, dp_group, lr: floa
 def optimizer_state(opt: torch.optim.Optimizer) -> dict:
     """The optimizer state this rank holds (``ZeroRedundancyOptimizer``: its local optimizer's)."""
     return getattr(opt, "optim", opt).state
+
+
+def like_param(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``grad`` laid out as its parameter (a DTensor gradient can come in another placement:
+    a vocabulary-parallel embedding's is replicated), so that the same rank of every holder
+    of a tied parameter holds the same slice of it."""
+    if isinstance(grad, DTensor) and isinstance(param, DTensor) and grad.placements != param.placements:
+        return grad.redistribute(placements=param.placements)
+    return grad
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,7 @@ from .parallel import (
     build_mesh,
     build_optimizer,
     check_supported,
+    like_param,
     local_tensor,
     optimizer_state,
     plain_tensor,
@@ -589,11 +590,11 @@ def _tied_groups(plan: Plan, model: ZooModel, units: list, dp: int, pp_rank: int
     pp, tp = plan.pp, plan.tp
     on_mesh = _on_mesh(plan)
     tp_rank = dist.get_rank() % tp if on_mesh else 0
+    stage_of = {u: s for s in plan.stages for u in range(s.first, s.end)}
 
     def rank_of(p: int, d: int, t: int) -> int:
         return (p * dp + d) * tp + t if on_mesh else d * pp + p
 
-    stage_of = {u: s for s in plan.stages for u in range(s.first, s.end)}
     out = []
     for paths in tied_paths(model):
         ranks = sorted({stage_of[u].rank for u in paths})
@@ -614,6 +615,7 @@ def _sum_tied(tied: list) -> None:
     for group, p in tied:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+        p.grad = like_param(p.grad, p)  # e.g. a vocabulary-parallel embedding's gradient comes whole
         dist.all_reduce(local_tensor(p.grad), group=group)  # this rank's tp shard, if sharded
 
 

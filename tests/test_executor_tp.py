@@ -13,6 +13,9 @@ import torch
 from test_executor_schedules import torchrun
 
 MODELS = ("gpt2-tiny", "llama-tiny")
+#: GPT-2 with its input and output embeddings tied: one copy on each end stage's ranks
+TIED = "gpt2-tiny-tied"
+TIED_LAYOUTS = ("pp2-tp2", "pp2-dp2-fsdp")
 #: name -> (pp, tp, dp mode, sequence parallel); the planner fills 4 devices (dp = 4 / (pp x tp))
 LAYOUTS = {
     "pp2-tp2": (2, 2, "ddp", False),
@@ -34,11 +37,14 @@ def runs(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tp")
     out = {}
-    for model in MODELS:
+    for model in (*MODELS, TIED):
         prof_path = tmp / f"{model}.json"
-        profile_model(model, seq_len=16, repeats=1, warmup=0).save(prof_path)
+        tied = {"tie_word_embeddings": True} if model == TIED else None
+        profile_model("gpt2-tiny" if tied else model, seq_len=16, overrides=tied, repeats=1, warmup=0).save(prof_path)
         prof = load_profile(prof_path)
         for name, (pp, tp, mode, sp) in LAYOUTS.items():
+            if model == TIED and name not in TIED_LAYOUTS:
+                continue
             job = Job(
                 global_batch=4,
                 microbatch_size=1,
@@ -66,6 +72,15 @@ def test_every_gradient_matches_one_process(runs, model, layout):
     assert data["world_size"] == 4 and check["passed"] and check["max_rel_diff"] <= 1e-4, check
     assert check["loss_rel_diff"] <= 1e-5, check
     assert {e["rank"] for e in data["events"]} == {0, 1, 2, 3}  # every rank ran its stage's actions
+
+
+@pytest.mark.parametrize("layout", TIED_LAYOUTS)
+def test_tied_embeddings_on_both_end_stages_match_one_process(runs, layout):
+    """The tied embedding and head weights (vocabulary-parallel with tp, FSDP-sharded with fsdp)
+    sum their gradients over the end stages' ranks and match the one-process gradient."""
+    _, _, data, _ = runs[TIED, layout]
+    check = data["check"]
+    assert check["passed"] and check["max_rel_diff"] <= 1e-4, check
 
 
 @pytest.mark.parametrize("model", MODELS)
