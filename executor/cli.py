@@ -205,7 +205,9 @@ def _run_plan(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = 
     check_trusted(plan.profile.model_name, args.trust_remote_code, args.plan)
     nproc = args.nproc or plan.world_size
     if nproc != plan.world_size:
-        raise UserError(f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp})")
+        raise UserError(
+            f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp} x tp {plan.tp})"
+        )
     if getattr(args, "torch_schedule", None):
         from .build import check_torch_schedule  # imports torch: only when asked
 
@@ -286,7 +288,7 @@ def compare_table(
         f"{'step time (ms)':<22} {predicted.step_s * 1e3:11.1f} {report.step_s_median * 1e3:11.1f} "
         f"{err(predicted.step_s, report.step_s_median)}",
     ]
-    by_rank = {r.rank: r for r in measured.ranks}
+    by_rank = _measured_by_pipeline_rank(predicted, measured)
     for r in predicted.ranks:
         m = by_rank.get(r.rank)
         if m is None:
@@ -314,6 +316,25 @@ def compare_table(
     )
     lines += [f"note: {note}" for note in disturbance_notes(report, profile)]
     return "\n".join(lines)
+
+
+def _measured_by_pipeline_rank(predicted: Timeline, measured: Timeline) -> dict:
+    """Each simulated (pipeline) rank's measured counterpart: the lowest global rank that ran the
+    same stages (data-parallel replica 0, tp rank 0, whatever the launch's rank layout: with tp or
+    a sharded dp mode the mesh's, where global rank 1 is not pipeline rank 1)."""
+
+    def stages(tl: Timeline) -> dict[int, frozenset]:
+        out: dict[int, set] = {}
+        for e in tl.events:
+            out.setdefault(e.rank, set()).add(e.stage)
+        return {r: frozenset(s) for r, s in out.items()}
+
+    ran, planned = stages(measured), stages(predicted)
+    first: dict[frozenset, int] = {}
+    for rank in sorted(ran):
+        first.setdefault(ran[rank], rank)
+    stats = {r.rank: r for r in measured.ranks}
+    return {r.rank: stats.get(first.get(planned.get(r.rank), r.rank)) for r in predicted.ranks}
 
 
 def _add_validate(p: argparse.ArgumentParser) -> None:

@@ -1,37 +1,123 @@
-"""Tensor parallelism and sharded data parallelism inside pipeline stages (a prototype: ``tp`` and
-``dp_mode`` are given explicitly, by the hidden worker flags ``--tp N`` and ``--dp-mode
-zero2|fsdp``, until Plan schema 2 carries them; not both at once yet, and ``zero1`` is not built).
+"""Tensor parallelism and sharded data parallelism inside pipeline stages, as the plan says
+(``plan.tp``, ``plan.dp_mode``; torch's own parallelisms composed as torchtitan composes them).
 
 One DeviceMesh names every dimension, pp outermost and tp innermost, as torchtitan and Megatron
-order them: ``rank = (pp_index * dp + dp_index) * tp + tp_index``. The tensor-parallel plan is the
-model's own: Hugging Face configs declare one (``base_model_tp_plan``, e.g. Llama's q/k/v and
-gate/up projections ``colwise``, o and down ``rowwise``), applied to each block unit with torch's
-``parallelize_module`` (``ColwiseParallel``/``RowwiseParallel``: Megatron's f and g operators, an
-all-reduce after each row-wise layer forward and before each column-wise layer in backward).
-Embedding, head and norms stay replicated on the tp ranks. Sharded data parallelism is FSDP2's
-``fully_shard`` per unit and per stage over the mesh's dp dimension (``apply_fsdp``).
+order them and the planner prices them: ``rank = (pp_index * dp + dp_index) * tp + tp_index``.
+
+**Tensor parallel** (``apply_tp``), through torch's ``parallelize_module``: Megatron's column- and
+row-parallel pairs (``ColwiseParallel``/``RowwiseParallel``: the f and g operators, an all-reduce
+after each row-wise layer's forward and before each column-wise layer's input gradient). The plan
+for a block is the model's own where its Hugging Face config declares one
+(``base_model_tp_plan``: Llama's q/k/v and gate/up projections ``colwise``, o and down
+``rowwise``); GPT-2 declares none, so pipeplan gives it one (``_OWN_PLANS``): its ``Conv1D``
+layers hold their weight as ``[in, out]`` (the transpose of ``nn.Linear``'s), so they get
+ParallelStyles of their own built on ``distribute_module`` (``Conv1DColwise``: weight
+``Shard(1)``, bias ``Shard(0)``; ``Conv1DRowwise``: weight ``Shard(0)``, bias replicated), and
+the fused ``c_attn`` (output columns ``[q | k | v]``, each by heads) is first permuted so that tp
+rank ``r``'s contiguous shard is ``[q_r | k_r | v_r]``, the q, k and v of its own heads
+(``FusedQKVColwise``); the attention module's ``split_size`` and ``num_heads`` become the local
+ones. The permutation is kept on the layer (``TP_COLUMN_ORDER``), and ``reference_layout`` undoes
+it: the one place a sharded parameter's gradient is mapped back to the one-process layout.
+
+The embedding and the head are vocabulary-parallel (``TPPlan.vocab``): ``RowwiseParallel`` on
+the ``nn.Embedding`` of ``vocab_size`` rows (each rank looks up its rows, the output is
+all-reduced) and ``ColwiseParallel`` on the vocabulary-sized ``nn.Linear`` with its logits
+gathered (Hugging Face's own head plan, ``colwise_gather_output``), so the loss runs unchanged.
+Norms stay replicated.
+
+**Sequence parallel** (``TPPlan.sequence_parallel``, GPT-2 and Llama blocks): each rank holds
+``1/t`` of the sequence outside the tensor-parallel regions: torch's ``SequenceParallel`` on the
+norms, their output gathered once for the column-parallel layers after them
+(``GatheredSequenceParallel``), row-parallel layers reduce-scattering along the sequence, the
+residual stream a sequence-sharded DTensor inside a unit, and a unit's input and output (what a
+stage sends) the rank's ``[b, s/t, h]`` share (``apply_tp``).
+
+Execution against the cost model (``simulator/tensor_parallel.py``): per block the same
+collectives (2 all-reduces each way; with sequence parallelism 2 all-gathers and 2
+reduce-scatters each way) and the same bytes between stages. Where they differ: the head
+all-gathers its ``s·b·V`` logits and every tp rank computes the whole cross entropy, where the
+cost model prices Megatron's vocabulary-parallel cross entropy (three all-reduces of one fp32
+value per token; torch's ``loss_parallel`` would keep the logits sharded, but the pipeline
+runtime hands its loss plain tensors); with sequence parallelism the embedding all-reduces its
+output and keeps its share (priced: a reduce-scatter), and the norms' weight gradients are
+partial sums, all-reduced when the optimizer reads them (not priced); GPT-2's position
+embedding (``wpe``) stays whole, where the cost model counts every embedding parameter ``/t``.
+
+**Sharded data parallel** (``apply_fsdp``): FSDP2's ``fully_shard`` per unit and then per stage
+over the mesh's dp dimension; with tp > 1 FSDP2 shards the tensor-parallel DTensors again over
+dp (2-D, torchtitan's FSDP + TP). On gloo, FSDP2's reduce-scatter is told to use sum reductions
+(``set_force_sum_reduction_for_comms``; gloo has no average reduction) and divides after.
+``ddp`` and ``zero1`` all-reduce each rank's local gradient shards over the dp group (the
+executor); ``zero1`` then steps with torch's ``ZeroRedundancyOptimizer`` (``build_optimizer``):
+each replica holds the AdamW state of its share of the parameters (tp 1 only).
 
 Order: unlike torchtitan (meta model -> TP -> materialise), a unit is materialised whole and then
 sharded, so its shards are slices of exactly the weights the one-process ``--check`` reference
-builds (DTensor's own random initialisation of sharded parameters would draw other numbers).
-Host memory then holds one whole unit at a time, not the stage.
+builds (DTensor's random initialisation of sharded parameters is not coordinated across ranks
+on CPU, and would draw other numbers). Host memory then holds one whole unit at a time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from profiles.contract import UserError
 
-__all__ = ["build_mesh", "tp_plan", "apply_tp", "apply_fsdp", "full_tensor", "local_tensor"]
+__all__ = [
+    "TP_COLUMN_ORDER",
+    "Conv1DColwise",
+    "Conv1DRowwise",
+    "FusedQKVColwise",
+    "GatheredSequenceParallel",
+    "build_mesh",
+    "TPPlan",
+    "tp_plan",
+    "fused_qkv_order",
+    "check_supported",
+    "apply_tp",
+    "apply_fsdp",
+    "build_optimizer",
+    "optimizer_state",
+    "like_param",
+    "full_tensor",
+    "local_tensor",
+    "plain_tensor",
+    "reference_layout",
+]
 
-_STYLES = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+#: attribute of a layer whose output features were permuted before sharding (``FusedQKVColwise``):
+#: the permutation, ``stored[..., j] = original[..., order[j]]``
+TP_COLUMN_ORDER = "pipeplan_tp_column_order"
+
+#: plans pipeplan gives models whose config declares none: {model_type: {module suffix: style}}
+_OWN_PLANS = {
+    "gpt2": {
+        "attn.c_attn": "colwise_fused_qkv",
+        "attn.c_proj": "rowwise",
+        "mlp.c_fc": "colwise",
+        "mlp.c_proj": "rowwise",
+    },
+}
+#: model types whose blocks are pre-norm, each norm feeding only column-parallel layers: their
+#: norms' outputs are handed on as one (replicated or gathered) DTensor for all those layers, and
+#: sequence parallelism is run for them (``GatheredSequenceParallel``'s assumption)
+_PRE_NORM_TYPES = frozenset({"gpt2", "llama"})
+_STYLE_NAMES = ("colwise", "rowwise", "colwise_fused_qkv")
 
 
 def build_mesh(pp: int, dp: int, tp: int, device_type: str, timeout: timedelta) -> DeviceMesh:
@@ -50,12 +136,129 @@ def build_mesh(pp: int, dp: int, tp: int, device_type: str, timeout: timedelta) 
     )
 
 
-def tp_plan(model_config: dict) -> dict[str, str]:
-    """The model's own tensor-parallel plan for one block, ``{"self_attn.q_proj": "colwise", ...}``
-    (from the Hugging Face config's ``base_model_tp_plan``, ``layers.*.`` taken off)."""
+# -- ParallelStyles for Hugging Face's Conv1D (weight [in, out]) ---------------------------------
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(module, Conv1D)
+
+
+def _shard_params(module: nn.Module, mesh: DeviceMesh, placements: dict[str, object], src_data_rank) -> None:
+    for name, param in list(module.named_parameters(recurse=False)):
+        placement = placements[name]
+        dist_param = distribute_tensor(param, mesh, [placement], src_data_rank=src_data_rank)
+        module.register_parameter(name, nn.Parameter(dist_param, requires_grad=param.requires_grad))
+
+
+def _distribute_conv1d(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+    """``style`` (a Conv1D column- or row-wise style) applied as torch's own styles apply theirs:
+    ``distribute_module`` with the style's partition and its input/output layout hooks."""
+    if not _is_conv1d(module):
+        raise NotImplementedError(f"{type(style).__name__} shards a transformers Conv1D, not {type(module).__name__}")
+    return distribute_module(
+        module,
+        mesh,
+        style._partition_conv1d_fn,
+        partial(style._prepare_input_fn, style.input_layouts, style.desired_input_layouts),
+        partial(style._prepare_output_fn, style.output_layouts, style.use_local_output),
+    )
+
+
+class Conv1DColwise(ColwiseParallel):
+    """``ColwiseParallel`` for a ``Conv1D`` (``y = x @ W + b``, ``W`` of shape ``[in, out]``): the
+    output features are split, so ``W`` is sharded on dim 1 and ``b`` on dim 0. Inputs and outputs
+    are laid out as ``ColwiseParallel``'s (replicated in, sharded on the last dim out)."""
+
+    def _partition_conv1d_fn(self, name, module, mesh):
+        _shard_params(module, mesh, {"weight": Shard(1), "bias": Shard(0)}, self.src_data_rank)
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        return _distribute_conv1d(self, module, device_mesh)
+
+
+class Conv1DRowwise(RowwiseParallel):
+    """``RowwiseParallel`` for a ``Conv1D``: the input features are split, so ``W`` is sharded on
+    dim 0 and ``b`` replicated (added once, after the partial sums are reduced)."""
+
+    def _partition_conv1d_fn(self, name, module, mesh):
+        _shard_params(module, mesh, {"weight": Shard(0), "bias": Replicate()}, self.src_data_rank)
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        self.desired_input_layouts = (Shard(-1),)  # as RowwiseParallel's for nn.Linear
+        return _distribute_conv1d(self, module, device_mesh)
+
+
+def fused_qkv_order(hidden: int, heads: int, tp: int) -> torch.Tensor:
+    """The output-feature order of a fused ``[q | k | v]`` projection (each ``hidden`` wide, by
+    heads) that puts tp rank ``r``'s heads' q, k and v side by side in its contiguous shard."""
+    if heads % tp or hidden % heads:
+        raise ValueError(f"{heads} heads of width {hidden} cannot be split over tp {tp}")
+    width = hidden // tp  # each rank's share of one of q, k, v
+    return torch.cat(
+        [
+            torch.arange(part * hidden + r * width, part * hidden + (r + 1) * width)
+            for r in range(tp)
+            for part in range(3)
+        ]
+    )
+
+
+class FusedQKVColwise(Conv1DColwise):
+    """Column-parallel fused q/k/v ``Conv1D`` split by heads: the output features are permuted
+    (``fused_qkv_order``, kept on the layer as ``TP_COLUMN_ORDER``) and then sharded as
+    ``Conv1DColwise``, so each rank computes the q, k and v of ``heads / tp`` whole heads."""
+
+    def __init__(self, heads: int, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = heads
+
+    def _partition_conv1d_fn(self, name, module, mesh):
+        order = fused_qkv_order(module.weight.shape[1] // 3, self.heads, mesh.size())
+        with torch.no_grad():
+            module.weight = nn.Parameter(module.weight[:, order].contiguous(), module.weight.requires_grad)
+            module.bias = nn.Parameter(module.bias[order].contiguous(), module.bias.requires_grad)
+        setattr(module, TP_COLUMN_ORDER, order)
+        super()._partition_conv1d_fn(name, module, mesh)
+
+
+# -- the plan -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TPPlan:
+    """How a model's units are split over the tp ranks."""
+
+    #: per block unit: module-path suffix -> style (``colwise``, ``rowwise``, ``colwise_fused_qkv``)
+    block: dict[str, str]
+    #: vocabulary size: an ``nn.Embedding`` with this many rows is split by vocabulary rows
+    #: (``RowwiseParallel``, its output all-reduced), an ``nn.Linear`` with this many outputs
+    #: (the head) by vocabulary columns, its logits gathered (Hugging Face's own head plan,
+    #: ``colwise_gather_output``); 0: neither is split
+    vocab: int = 0
+    #: Megatron's sequence parallelism: between the tensor-parallel regions (norms, residuals, the
+    #: activations sent between stages) each rank holds ``1/t`` of the sequence
+    sequence_parallel: bool = False
+    #: the blocks are pre-norm (``_PRE_NORM_TYPES``): each norm's output feeds only column-parallel
+    #: layers, so it is handed to them as one DTensor and their input gradients are reduced once
+    pre_norm: bool = False
+
+
+def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
+    """The tensor-parallel plan: for the blocks the Hugging Face config's ``base_model_tp_plan``
+    (``layers.*.`` taken off, e.g. ``{"self_attn.q_proj": "colwise", ...}``), else pipeplan's own
+    for the model type (``_OWN_PLANS``: GPT-2); the embedding and head vocabulary-parallel."""
     model_type = model_config.get("model_type")
     if not model_type:
-        raise UserError("--tp: only Hugging Face models declare a tensor-parallel plan (base_model_tp_plan)")
+        raise UserError("tp > 1: only Hugging Face models have a tensor-parallel plan; re-plan with --tp 1")
+    from profiles.zoo_hf import full_config
+
+    vocab = int(full_config(model_type, model_config).get("vocab_size") or 0)
+    if model_type in _OWN_PLANS:
+        return TPPlan(dict(_OWN_PLANS[model_type]), vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
     import transformers
 
     plan = getattr(transformers.AutoConfig.for_model(model_type), "base_model_tp_plan", None) or {}
@@ -64,25 +267,126 @@ def tp_plan(model_config: dict) -> dict[str, str]:
         head, sep, rest = key.partition(".*.")
         if not sep or "." in head:
             continue  # not a per-layer entry
-        if style not in _STYLES:
-            raise UserError(f"--tp: {model_type}'s tensor-parallel plan uses {style!r} for {key}; not supported yet")
+        if style not in _STYLE_NAMES:
+            raise UserError(
+                f"tp > 1: {model_type}'s tensor-parallel plan uses {style!r} for {key}, which this executor "
+                "does not run yet: re-plan with --tp 1"
+            )
         out[rest] = style
     if not out:
-        raise UserError(f"--tp: {model_type} declares no per-layer tensor-parallel plan (base_model_tp_plan)")
-    return out
+        raise UserError(
+            f"tp > 1: {model_type} declares no per-layer tensor-parallel plan (base_model_tp_plan): re-plan with --tp 1"
+        )
+    return TPPlan(out, vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
 
 
-def apply_tp(unit: nn.Module, plan: dict[str, str], tp_mesh: DeviceMesh) -> int:
-    """Shard the linear layers of ``unit`` that ``plan`` names (matched by the end of their
-    module path); returns how many were sharded (0 for an embedding or a head)."""
-    styles = {}
-    for name, _ in unit.named_modules():
-        for suffix, style in plan.items():
+def check_supported(model_config: dict, tp: int, sequence_parallel: bool, where: str) -> None:
+    """Refuse, before any compute, a tensor-parallel layout this executor does not run."""
+    if tp <= 1:
+        return
+    if sequence_parallel and model_config.get("model_type") not in _PRE_NORM_TYPES:
+        raise UserError(
+            f"{where}: sequence parallelism is run for {', '.join(sorted(_PRE_NORM_TYPES))} blocks only "
+            f"(pre-norm, each norm feeding only column-parallel layers): re-plan with --sequence-parallel off"
+        )
+    tp_plan(model_config)
+    from profiles.zoo_hf import full_config
+
+    config = full_config(model_config["model_type"], model_config)  # the stored one is a diff
+    heads = config.get("num_attention_heads", config.get("n_head"))
+    kv = config.get("num_key_value_heads") or heads
+    if heads and (heads % tp or kv % tp):
+        raise UserError(f"{where}: tp {tp} does not divide the model's {heads} heads ({kv} key/value heads): re-plan")
+
+
+def _style(name: str, module: nn.Module, attention: nn.Module, sequence_parallel: bool):
+    conv = _is_conv1d(module)
+    if name == "colwise_fused_qkv":
+        if not conv or not isinstance(getattr(attention, "num_heads", None), int):
+            raise UserError(f"tp > 1: {name} expects a fused Conv1D inside an attention module with num_heads")
+        return FusedQKVColwise(attention.num_heads)
+    if name == "colwise":
+        return Conv1DColwise() if conv else ColwiseParallel()
+    # sequence parallel: the partial sums are reduce-scattered along the sequence, and the result
+    # stays a DTensor for the residual add (the residual stream is one, sharded by sequence)
+    kw = {"output_layouts": Shard(1), "use_local_output": False} if sequence_parallel else {}
+    return Conv1DRowwise(**kw) if conv else RowwiseParallel(**kw)
+
+
+class GatheredSequenceParallel(SequenceParallel):
+    """torch's ``SequenceParallel`` for a norm (computed on this rank's share of the sequence, its
+    weights replicated), its output then gathered along the sequence once and kept a DTensor:
+    Megatron's all-gather before the column-parallel layers, shared by every one of them (q, k
+    and v; gate and up), whose input gradients are summed and reduce-scattered once in the
+    backward. Assumes a pre-norm block: the norm's output feeds only column-parallel layers."""
+
+    @staticmethod
+    def _prepare_output_fn(use_local_output, mod, outputs, device_mesh):
+        return outputs.redistribute(placements=(Replicate(),))
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+def _localize_heads(attention: nn.Module, tp: int) -> None:
+    """An attention module whose fused q/k/v was split by heads now sees ``1/tp`` of them: the
+    sizes it splits and reshapes by become the local ones (GPT-2: ``split_size``, ``num_heads``)."""
+    for attr in ("split_size", "num_heads", "embed_dim"):
+        value = getattr(attention, attr, None)
+        if isinstance(value, int):
+            setattr(attention, attr, value // tp)
+
+
+def apply_tp(unit: nn.Module, plan: TPPlan, tp_mesh: DeviceMesh) -> int:
+    """Shard the layers of ``unit`` that ``plan`` names (a block's, matched by the end of their
+    module path; the vocabulary-sized embedding and head); returns how many were sharded.
+
+    With sequence parallelism the unit's own input and output are this rank's share of the
+    sequence (dim 1, ``[b, s/t, h]``): the embedding unit cuts its (all-reduced) output to its
+    share; other units take their input as a sequence-sharded DTensor, so code that reads its
+    shape (the position embeddings a decoder layer derives) sees the whole sequence; the norms
+    run on the share (``GatheredSequenceParallel``) and the row-parallel layers reduce-scatter."""
+    sp = plan.sequence_parallel
+    styles, fused = {}, []
+    role = "block"
+    for name, module in unit.named_modules():
+        for suffix, style in plan.block.items():
             if name == suffix or name.endswith("." + suffix):
-                styles[name] = _STYLES[style]()
+                parent = name.rpartition(".")[0]
+                styles[name] = _style(style, module, unit.get_submodule(parent), sp)
+                if style == "colwise_fused_qkv":
+                    fused.append(parent)
+        if name in styles:
+            continue
+        if plan.vocab and isinstance(module, nn.Embedding) and module.num_embeddings == plan.vocab:
+            styles[name], role = RowwiseParallel(input_layouts=Replicate()), "embedding"  # token ids: whole
+        elif plan.vocab and isinstance(module, nn.Linear) and module.out_features == plan.vocab:
+            styles[name], role = ColwiseParallel(output_layouts=Replicate()), "head"
+        elif sp and _is_norm(module):
+            styles[name] = GatheredSequenceParallel()
+        elif plan.pre_norm and _is_norm(module):
+            # one replicated DTensor for every column-parallel layer after the norm: their input
+            # gradients are summed as partial sums and all-reduced once (Megatron's f), not per layer
+            styles[name] = PrepareModuleOutput(
+                output_layouts=Replicate(), desired_output_layouts=Replicate(), use_local_output=False
+            )
     if styles:
         parallelize_module(unit, tp_mesh, styles)
+    for parent in fused:
+        _localize_heads(unit.get_submodule(parent), tp_mesh.size())
+    if sp and role == "embedding":
+        parallelize_module(unit, tp_mesh, _share_of_sequence(Replicate()))
+    elif sp:
+        parallelize_module(unit, tp_mesh, PrepareModuleInput(input_layouts=Shard(1), desired_input_layouts=Shard(1)))
+        if role == "block":
+            parallelize_module(unit, tp_mesh, _share_of_sequence(Shard(1)))
     return len(styles)
+
+
+def _share_of_sequence(have) -> PrepareModuleOutput:
+    """A unit's output (laid out as ``have``) handed on as this rank's share of the sequence."""
+    return PrepareModuleOutput(output_layouts=have, desired_output_layouts=Shard(1), use_local_output=True)
 
 
 def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, dp_mode: str) -> None:
@@ -90,14 +394,47 @@ def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, dp_mode: str) -> None:
     ``fully_shard``, in torchtitan's order: each unit, then the stage. ``fsdp`` frees the gathered
     parameters after each forward (gathers them again for backward); ``zero2`` keeps them until
     the backward. ``PipelineStage`` runs the microbatches' backwards without gradient sync and
-    reduce-scatters once, after the last."""
+    reduce-scatters once, after the last. Parameters already sharded by tp (DTensors on the tp
+    mesh) are sharded again over dp (FSDP2's 2-D layout)."""
+    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
     reshard = dp_mode == "fsdp"
+    gloo = dist.get_backend(dp_mesh.get_group()) == "gloo"
     for unit in stage.units:
         if any(True for _ in unit.parameters()):
             fully_shard(unit, mesh=dp_mesh, reshard_after_forward=reshard)
+            if gloo:
+                unit.set_force_sum_reduction_for_comms(True)
     fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)
+    if gloo:  # gloo reduces by sum: FSDP2 then divides by the dp size itself
+        stage.set_force_sum_reduction_for_comms(True)
+
+
+def build_optimizer(params: list[torch.Tensor], dp_mode: str, dp_group, lr: float) -> torch.optim.Optimizer:
+    """AdamW over this rank's parameters; for ``zero1`` torch's ``ZeroRedundancyOptimizer`` over
+    the data-parallel group: each replica keeps the AdamW state of its share of the parameters,
+    steps that share, and broadcasts it to the others (ZeRO stage 1; the gradients are
+    all-reduced whole before, as ddp's). fsdp and zero2 shard the state with the parameters."""
+    if dp_mode == "zero1":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, process_group=dp_group, lr=lr)
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    """The optimizer state this rank holds (``ZeroRedundancyOptimizer``: its local optimizer's)."""
+    return getattr(opt, "optim", opt).state
+
+
+def like_param(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``grad`` laid out as its parameter (a DTensor gradient can come in another placement:
+    a vocabulary-parallel embedding's is replicated), so that the same rank of every holder
+    of a tied parameter holds the same slice of it."""
+    if isinstance(grad, DTensor) and isinstance(param, DTensor) and grad.placements != param.placements:
+        return grad.redistribute(placements=param.placements)
+    return grad
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -108,3 +445,27 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor, or ``t`` itself."""
     return t.to_local() if isinstance(t, DTensor) else t
+
+
+def plain_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor holding this rank's data of ``t``: a DTensor's local shard; a pending
+    functional collective's result (``AsyncCollectiveTensor``, what a tp layer's asynchronous
+    output redistribution returns), waited for."""
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+
+    t = local_tensor(t)
+    return t.wait() if isinstance(t, AsyncCollectiveTensor) else t
+
+
+def reference_layout(unit: nn.Module, name: str, t: torch.Tensor | None) -> torch.Tensor | None:
+    """Parameter ``name`` of ``unit`` (its value or gradient ``t``) gathered whole and in the
+    layout of the unsharded model: a layer whose output features were permuted before sharding
+    (``TP_COLUMN_ORDER``, the fused q/k/v) has them put back in their original order."""
+    if t is None:
+        return None
+    whole = full_tensor(t)
+    owner = unit.get_submodule(name.rpartition(".")[0])
+    order = getattr(owner, TP_COLUMN_ORDER, None)
+    if order is None:
+        return whole
+    return whole.index_select(-1, torch.argsort(order.to(whole.device)))

@@ -24,7 +24,7 @@ from torch import nn
 from planner.plan import Plan
 
 from .build import StageModule
-from .parallel import full_tensor
+from .parallel import full_tensor, reference_layout
 from .report import CheckResult
 
 __all__ = ["CHECK_RTOL", "CHECK_RTOL_16BIT", "reference_step", "GradCheck", "check_outputs", "rtol_of"]
@@ -159,7 +159,10 @@ class GradCheck:
                 self.tied_ref[g] = q.grad.clone() if g not in self.tied_ref else self.tied_ref[g] + q.grad
             if index in self.mine:
                 s, k, unit = self.mine[index]
-                self.tied_pipe[g] = (f"stage {s} units.{k}.{name}", unit.get_parameter(name).grad)
+                self.tied_pipe[g] = (
+                    f"stage {s} units.{k}.{name}",
+                    reference_layout(unit, name, unit.get_parameter(name).grad),
+                )
             self.tied_left[g].discard(index)
             if not self.tied_left[g] and g in self.tied_pipe:
                 label, grad = self.tied_pipe[g]
@@ -169,7 +172,7 @@ class GradCheck:
         s, k, unit = self.mine[index]
         for (name, p), (_, q) in zip(unit.named_parameters(), ref.units[0].named_parameters()):
             if (index, name) not in self.tied:
-                self._compare(f"stage {s} units.{k}.{name}", p.grad, q.grad)
+                self._compare(f"stage {s} units.{k}.{name}", reference_layout(unit, name, p.grad), q.grad)
 
     def _compare(self, name: str, got: torch.Tensor | None, want: torch.Tensor | None) -> None:
         if got is None or want is None:

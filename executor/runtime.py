@@ -1,14 +1,15 @@
 """The torchrun worker: build this rank's stages from a Plan, run the plan's own table with
 ``torch.distributed.pipelining``, time every action, check numerics, write a RunReport.
 
-Rank layout: ``rank = dp_index * pp + pp_index``. The plan's table is lowered to
-send/recv actions by torch's ``_PipelineScheduleRuntime`` (compute-only format; on gloo every
-receive is then posted at the start of the step, ``build.lower_table``), so the executor runs
-exactly the compute order the simulator simulated (``--torch-schedule NAME`` runs torch's
-own class instead, for comparison). Clocks: every rank starts a step at one instant and times
-its actions from there (``StepClock``: a common ``time.perf_counter`` instant on one host).
-Several plans given at once run one after another in the same processes (one launch; each
-plan gets its own RunReport).
+Rank layout: ``rank = dp_index * pp + pp_index``; a plan with tp > 1 or a sharded dp mode runs
+on the (pp, dp, tp) DeviceMesh, laid out as the planner prices it (``executor/parallel.py``).
+The plan's table is lowered to send/recv actions by torch's ``_PipelineScheduleRuntime``
+(compute-only format; on gloo every receive is then posted at the start of the step,
+``build.lower_table``), so the executor runs exactly the compute order the simulator simulated
+(``--torch-schedule NAME`` runs torch's own class instead, for comparison). Clocks: every rank
+starts a step at one instant and times its actions from there (``StepClock``: a common
+``time.perf_counter`` instant on one host). Several plans given at once run one after another in
+the same processes (one launch; each plan gets its own RunReport).
 
 Failures: a plan that does not fit the launch (world size, model, schedule placement) fails
 on every rank before any compute. An exception in a step is logged with the rank, stage,
@@ -54,7 +55,18 @@ from .build import (
     check_torch_schedule,
 )
 from .data import TokenData
-from .parallel import apply_fsdp, apply_tp, build_mesh, local_tensor, tp_plan
+from .parallel import (
+    apply_fsdp,
+    apply_tp,
+    build_mesh,
+    build_optimizer,
+    check_supported,
+    like_param,
+    local_tensor,
+    optimizer_state,
+    plain_tensor,
+    tp_plan,
+)
 from .reference import GradCheck, check_outputs, reference_step
 from .report import CheckResult, RunReport
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
@@ -91,7 +103,7 @@ class _LiveSaved:
 
             def __init__(self, t: torch.Tensor):
                 self.t = t
-                st = local_tensor(t).untyped_storage()  # a DTensor (tp) counts its shard
+                st = plain_tensor(t).untyped_storage()  # a DTensor (tp) counts its shard
                 self.ptr, self.nbytes = st.data_ptr(), st.nbytes()
                 if self.ptr in tracker.skip:
                     self.ptr = None
@@ -134,10 +146,6 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trust-remote-code", action="store_true", help="run the module:function model a profile names")
     p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
-    # prototype: tensor parallel degree and sharded data parallel inside each stage, until the Plan
-    # carries them (executor/parallel.py)
-    p.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--dp-mode", choices=("ddp", "zero2", "fsdp"), default="ddp", help=argparse.SUPPRESS)
     p.add_argument("--perturb-grad", type=float, default=0.0, help=argparse.SUPPRESS)  # --check failure tests
     args = p.parse_args(argv)
     if args.report and len(args.plans) > 1:
@@ -147,26 +155,38 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _parallel(plan: Plan, args) -> tuple[int, str]:
-    """The tp degree and data-parallel mode to run: the plan's (schema 2), else the hidden worker
-    flags. zero1 shards only the optimizer state, which changes no number: it runs as ddp here."""
-    tp = plan.tp if plan.tp > 1 else args.tp
-    mode = plan.dp_mode.value if plan.dp_mode.value != "ddp" else args.dp_mode
-    return tp, "ddp" if mode == "zero1" else mode
+def _parallel(plan: Plan) -> tuple[int, str]:
+    """The plan's tp degree and data-parallel mode."""
+    return plan.tp, plan.dp_mode.value
+
+
+_FSDP_MODES = ("zero2", "fsdp")  # sharded by FSDP2; ddp and zero1 all-reduce whole gradients
+
+
+def _on_mesh(plan: Plan) -> bool:
+    """Whether the plan runs on the (pp, dp, tp) DeviceMesh (tp or sharded data parallel); other
+    plans keep the layout ``rank = dp_index * pp + pp_index``."""
+    tp, mode = _parallel(plan)
+    return tp > 1 or mode in _FSDP_MODES
 
 
 def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
-    tp, mode = _parallel(plan, args)
-    if tp > 1 and (plan.dp > 1 or args.torch_schedule):
+    tp, mode = _parallel(plan)
+    if _on_mesh(plan) and args.torch_schedule:
         raise UserError(
-            f"{path}: tensor parallel with dp {plan.dp} > 1 or --torch-schedule is not run by this executor yet: "
-            f"re-plan with --tp 1, or with pp x tp filling the devices"
+            f"--torch-schedule: {path} runs tp {tp} / dp mode {mode} on a DeviceMesh, with the plan's own table "
+            "only: leave out --torch-schedule"
         )
-    if mode != "ddp" and (plan.dp == 1 or tp > 1 or args.torch_schedule):
-        raise UserError(f"{path}: dp mode {mode} runs with dp > 1, tp 1 and the plan's own table only")
-    if tp > 1:
-        tp_plan(plan.profile.model_config)  # the model declares one
+    if mode == "zero1" and tp > 1:
+        raise UserError(
+            f"{path}: zero1 with tp {tp} is not run by this executor (ZeroRedundancyOptimizer takes whole "
+            "parameters, not tp shards): re-plan with --dp-mode zero2 or fsdp, or with --tp 1"
+        )
+    if mode != "ddp" and plan.dp == 1:
+        raise UserError(f"{path}: dp mode {mode} shards over data-parallel replicas: it needs dp > 1; re-plan")
+    if plan.profile is not None:
+        check_supported(plan.profile.model_config, tp, plan.sequence_parallel, str(path))
     need = plan.pp * plan.dp * tp
     if need != world:
         tpx = f" x tp {tp}" if tp > 1 else ""
@@ -236,14 +256,17 @@ def _groups(pp: int, dp: int, pp_rank: int, dp_rank: int):
 
 def _layout(plan: Plan, args, rank: int, device: torch.device):
     """This rank's pipeline and data-parallel index, its pipeline and data-parallel groups, and the
-    tp and dp meshes (prototype: with --tp or --dp-mode the mesh's layout, rank = (pp_index * dp +
-    dp_index) * tp + tp_index; otherwise rank = dp_index * pp + pp_index, no mesh)."""
+    tp and dp meshes. On the mesh (tp or sharded data parallel, ``_on_mesh``) ranks are laid out as
+    the planner prices them, ``rank = (pp_index * dp + dp_index) * tp + tp_index``; otherwise
+    ``rank = dp_index * pp + pp_index``, with no mesh."""
     pp, dp = plan.pp, plan.dp
-    tp, mode = _parallel(plan, args)
-    if tp > 1 or mode != "ddp":
+    tp, mode = _parallel(plan)
+    if _on_mesh(plan):
         mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
-        # FSDP reduces its own gradients: no data-parallel group for the executor's all-reduce
-        return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), None, mesh["tp"], mesh["dp"]
+        # ddp: the executor all-reduces each rank's gradient shards over the dp group; FSDP
+        # reduces its own
+        dp_group = mesh["dp"].get_group() if mode not in _FSDP_MODES and dp > 1 else None
+        return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), dp_group, mesh["tp"], mesh["dp"]
     pp_rank, dp_rank = rank % pp, rank // pp
     return pp_rank, dp_rank, *_groups(pp, dp, pp_rank, dp_rank), None, None
 
@@ -311,7 +334,7 @@ def _run(
 def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: str | None) -> _Rank:
     """This rank's units materialised from the meta model (the others stay meta), tensor and
     data parallelism applied, its stages, schedule, recorder and optimizer."""
-    tp, mode = _parallel(plan, args)
+    tp, mode = _parallel(plan)
     pp_rank, dp_rank, pp_group, dp_group, tp_mesh, dp_mesh = _layout(plan, args, rank, device)
     profile = plan.profile
     host_base = _host_bytes("VmRSS")
@@ -327,7 +350,7 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
     my_units = {u for s in plan.stages if s.index in stage_indices for u in range(s.first, s.end)}
     units = [make_unit(i, device) if i in my_units else u for i, u in enumerate(model.units)]
     if tp > 1:
-        tp_styles = tp_plan(profile.model_config)
+        tp_styles = tp_plan(profile.model_config, plan.sequence_parallel)
         for i in my_units:
             apply_tp(units[i], tp_styles, tp_mesh)
     forward_only = plan.job.forward_only
@@ -336,7 +359,7 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
     tie_local(model, units, my_units)  # tied copies on this rank: one parameter
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
     tied = _tied_groups(plan, model, units, plan.dp, pp_rank, dp_rank)
-    if mode != "ddp":
+    if mode in _FSDP_MODES:
         for mod in mods:
             apply_fsdp(mod, dp_mesh, mode)
     params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
@@ -362,7 +385,7 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
         tied=tied,
         schedule=schedule,
         recorder=recorder,
-        optimizer=torch.optim.AdamW(params, lr=args.lr) if params and not forward_only else None,
+        optimizer=build_optimizer(params, mode, dp_group, args.lr) if params and not forward_only else None,
         loss_scale=loss_scale,
         host_base=host_base,
     )
@@ -475,7 +498,7 @@ def _rank_result(rk: _Rank, plan: Plan, m: _Measured, rank: int, device: torch.d
     if rk.optimizer is not None:
         static += sum(
             local_tensor(t).numel() * t.element_size()
-            for st in rk.optimizer.state.values()
+            for st in optimizer_state(rk.optimizer).values()
             for t in st.values()
             if torch.is_tensor(t) and t.dim() > 0
         )
@@ -560,21 +583,29 @@ def _one_step(schedule, x, y, losses, first: bool, last: bool, forward_only: boo
 
 def _tied_groups(plan: Plan, model: ZooModel, units: list, dp: int, pp_rank: int, dp_rank: int) -> list:
     """Parameters held by stages on different ranks (tied input and output embeddings): a
-    process group of those ranks (per data-parallel replica) and this rank's copy, for the ones
-    this rank holds (``units``: this rank's materialised units, the meta model's elsewhere).
-    Every rank creates every group, as torch requires."""
-    pp = plan.pp
+    process group of those ranks (per data-parallel replica and tp rank: each holds its own
+    copy, or its own tp shard, of the parameter) and this rank's copy, for the ones this rank
+    holds (``units``: this rank's materialised units, the meta model's elsewhere). Every rank
+    creates every group, as torch requires."""
+    pp, tp = plan.pp, plan.tp
+    on_mesh = _on_mesh(plan)
+    tp_rank = dist.get_rank() % tp if on_mesh else 0
     stage_of = {u: s for s in plan.stages for u in range(s.first, s.end)}
+
+    def rank_of(p: int, d: int, t: int) -> int:
+        return (p * dp + d) * tp + t if on_mesh else d * pp + p
+
     out = []
     for paths in tied_paths(model):
         ranks = sorted({stage_of[u].rank for u in paths})
         if len(ranks) < 2:
             continue  # one rank holds every copy: tie_local made them one parameter
         for d in range(dp):
-            group = dist.new_group([d * pp + r for r in ranks], timeout=timedelta(seconds=PG_TIMEOUT_S))
-            if d == dp_rank and pp_rank in ranks:
-                u = next(u for u in paths if stage_of[u].rank == pp_rank)
-                out.append((group, units[u].get_parameter(paths[u])))
+            for t in range(tp if on_mesh else 1):
+                group = dist.new_group([rank_of(r, d, t) for r in ranks], timeout=timedelta(seconds=PG_TIMEOUT_S))
+                if (d, t) == (dp_rank, tp_rank) and pp_rank in ranks:
+                    u = next(u for u in paths if stage_of[u].rank == pp_rank)
+                    out.append((group, units[u].get_parameter(paths[u])))
     return out
 
 
@@ -584,11 +615,12 @@ def _sum_tied(tied: list) -> None:
     for group, p in tied:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, group=group)
+        p.grad = like_param(p.grad, p)  # e.g. a vocabulary-parallel embedding's gradient comes whole
+        dist.all_reduce(local_tensor(p.grad), group=group)  # this rank's tp shard, if sharded
 
 
 def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: float) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [local_tensor(p.grad) for p in params if p.grad is not None]  # tp: this rank's shards
     if dp > 1 and grads:
         # one all-reduce of all this rank's gradients, flattened (as DDP's buckets do), then the mean
         flat = torch._utils._flatten_dense_tensors(grads)
