@@ -1,8 +1,8 @@
 """The torchrun worker: build this rank's stages from a Plan, run the plan's own table with
 ``torch.distributed.pipelining``, time every action, check numerics, write a RunReport.
 
-Rank layout: ``rank = dp_index * pp + pp_index``; a plan with tp > 1 or a sharded dp mode runs
-on the (pp, dp, tp) DeviceMesh, laid out as the planner prices it (``executor/parallel.py``).
+Rank layout: as the planner prices it, ``rank = (pp_index * dp + dp_index) * tp + tp_index``, on
+a (pp, dp, tp) DeviceMesh whenever dp or tp is above 1 (``executor/parallel.py``).
 The plan's table is lowered to send/recv actions by torch's ``_PipelineScheduleRuntime``
 (compute-only format; on gloo every receive is then posted at the start of the step,
 ``build.lower_table``), so the executor runs exactly the compute order the simulator simulated
@@ -163,9 +163,8 @@ def _parallel(plan: Plan) -> tuple[int, str]:
 _FSDP_MODES = ("zero2", "fsdp")  # sharded by FSDP2; ddp and zero1 all-reduce whole gradients
 
 
-def _on_mesh(plan: Plan) -> bool:
-    """Whether the plan runs on the (pp, dp, tp) DeviceMesh (tp or sharded data parallel); other
-    plans keep the layout ``rank = dp_index * pp + pp_index``."""
+def _sharded(plan: Plan) -> bool:
+    """Whether the plan shards its stages (tp > 1, or fsdp/zero2 over the replicas)."""
     tp, mode = _parallel(plan)
     return tp > 1 or mode in _FSDP_MODES
 
@@ -173,7 +172,7 @@ def _on_mesh(plan: Plan) -> bool:
 def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
     tp, mode = _parallel(plan)
-    if _on_mesh(plan) and args.torch_schedule:
+    if _sharded(plan) and args.torch_schedule:
         raise UserError(
             f"--torch-schedule: {path} runs tp {tp} / dp mode {mode} on a DeviceMesh, with the plan's own table "
             "only: leave out --torch-schedule"
@@ -245,30 +244,20 @@ def run_worker(args: argparse.Namespace) -> int:
     return code
 
 
-def _groups(pp: int, dp: int, pp_rank: int, dp_rank: int):
-    if dp == 1:
-        return None, None
-    timeout = timedelta(seconds=PG_TIMEOUT_S)  # torch's default for a new group is 30 min on gloo
-    pp_groups = [dist.new_group([d * pp + i for i in range(pp)], timeout=timeout) for d in range(dp)]
-    dp_groups = [dist.new_group([d * pp + i for d in range(dp)], timeout=timeout) for i in range(pp)]
-    return pp_groups[dp_rank], dp_groups[pp_rank]
-
-
 def _layout(plan: Plan, args, rank: int, device: torch.device):
     """This rank's pipeline and data-parallel index, its pipeline and data-parallel groups, and the
-    tp and dp meshes. On the mesh (tp or sharded data parallel, ``_on_mesh``) ranks are laid out as
-    the planner prices them, ``rank = (pp_index * dp + dp_index) * tp + tp_index``; otherwise
-    ``rank = dp_index * pp + pp_index``, with no mesh."""
+    tp and dp meshes. Ranks are laid out as the planner prices them (pipeline stages furthest
+    apart, tp ranks adjacent on a node): ``rank = (pp_index * dp + dp_index) * tp + tp_index``,
+    on a (pp, dp, tp) DeviceMesh; a plain pipeline (dp and tp 1) needs no mesh."""
     pp, dp = plan.pp, plan.dp
     tp, mode = _parallel(plan)
-    if _on_mesh(plan):
-        mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
-        # ddp: the executor all-reduces each rank's gradient shards over the dp group; FSDP
-        # reduces its own
-        dp_group = mesh["dp"].get_group() if mode not in _FSDP_MODES and dp > 1 else None
-        return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), dp_group, mesh["tp"], mesh["dp"]
-    pp_rank, dp_rank = rank % pp, rank // pp
-    return pp_rank, dp_rank, *_groups(pp, dp, pp_rank, dp_rank), None, None
+    if dp == 1 and tp == 1:
+        return rank, 0, None, None, None, None  # the world group is the pipeline's
+    mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
+    # ddp and zero1: the executor all-reduces each rank's gradients (its tp shards) over the dp
+    # group; FSDP reduces its own
+    dp_group = mesh["dp"].get_group() if mode not in _FSDP_MODES and dp > 1 else None
+    return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), dp_group, mesh["tp"], mesh["dp"]
 
 
 @dataclass(kw_only=True)
@@ -587,13 +576,12 @@ def _tied_groups(plan: Plan, model: ZooModel, units: list, dp: int, pp_rank: int
     copy, or its own tp shard, of the parameter) and this rank's copy, for the ones this rank
     holds (``units``: this rank's materialised units, the meta model's elsewhere). Every rank
     creates every group, as torch requires."""
-    pp, tp = plan.pp, plan.tp
-    on_mesh = _on_mesh(plan)
-    tp_rank = dist.get_rank() % tp if on_mesh else 0
+    tp = plan.tp
+    tp_rank = dist.get_rank() % tp
     stage_of = {u: s for s in plan.stages for u in range(s.first, s.end)}
 
-    def rank_of(p: int, d: int, t: int) -> int:
-        return (p * dp + d) * tp + t if on_mesh else d * pp + p
+    def rank_of(p: int, d: int, t: int) -> int:  # the mesh's layout (``_layout``)
+        return (p * dp + d) * tp + t
 
     out = []
     for paths in tied_paths(model):
@@ -601,7 +589,7 @@ def _tied_groups(plan: Plan, model: ZooModel, units: list, dp: int, pp_rank: int
         if len(ranks) < 2:
             continue  # one rank holds every copy: tie_local made them one parameter
         for d in range(dp):
-            for t in range(tp if on_mesh else 1):
+            for t in range(tp):
                 group = dist.new_group([rank_of(r, d, t) for r in ranks], timeout=timedelta(seconds=PG_TIMEOUT_S))
                 if (d, t) == (dp_rank, tp_rank) and pp_rank in ranks:
                     u = next(u for u in paths if stage_of[u].rank == pp_rank)
