@@ -1,0 +1,107 @@
+"""Time in tensor-parallel and sharded data-parallel collectives, per action.
+
+``CommMeter`` is a ``TorchDispatchMode`` (the mechanism torch's own ``CommDebugMode`` counts
+collectives with): every op of the ``c10d`` and ``_c10d_functional`` namespaces passes through
+it, and one issued on a group it was told about (the mesh's ``tp`` or ``dp`` group) is timed
+from its issue to its completion:
+
+- a functional collective (DTensor's, for tensor parallelism) returns a tensor whose work is
+  waited on by the op that first reads it; the meter waits on it right away
+  (``_c10d_functional.wait_tensor``) so the wait is seen. On CPU that changes nothing, the next
+  op would block on it at once; on CUDA the wait only orders streams, so the span is the host's
+  issue time, not the transfer (a limit: use ``--torch-profiler`` for device times there);
+- a ``c10d`` collective (FSDP2's all-gather and reduce-scatter, asynchronous) returns its
+  ``Work``: the span ends when the work's future completes, wherever the rank is by then (a
+  work that has no future, as gloo's reduce-scatter in torch 2.13, is waited on at once; FSDP
+  waits for it in the same REDUCE_GRAD action anyway).
+
+Each span is attributed to the action that issued it (``Recorder.action``), or to the step's
+tail when no action was running (stage -1, kind ``tail``). Point-to-point sends and receives
+and collectives on other groups (tied embeddings, the clock) are not timed: the simulator
+prices those elsewhere. The mode sees every op, so it costs a Python call per op: the runtime
+enters it only for plans with tensor or sharded data parallelism.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .report import TAIL, CommSpan
+
+__all__ = ["CommMeter", "CommSpan", "TAIL"]
+
+_NAMESPACES = frozenset({"c10d", "_c10d_functional"})
+_WAIT = "wait_tensor"
+
+
+class CommMeter(TorchDispatchMode):
+    """Records a ``CommSpan`` for each collective issued on ``groups`` (group name -> mesh
+    dimension) while the mode is entered. ``action()`` gives the (stage, kind, microbatch) now
+    running, or None; times are ``perf_counter`` seconds since ``t0`` (set per step)."""
+
+    def __init__(self, rank: int, groups: dict[str, str], action: Callable[[], tuple[int, str, int] | None]):
+        super().__init__()
+        self.rank = rank
+        self.groups = groups
+        self.action = action
+        self.t0 = 0.0
+        self.spans: list[CommSpan] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace not in _NAMESPACES or func._opname == _WAIT:
+            return func(*args, **kwargs)
+        group = self._group_of(args)
+        if group is None or _on_meta(args):  # torch's shape inference runs the stage on meta tensors
+            return func(*args, **kwargs)
+        stage, kind, mb = self.action() or (-1, TAIL, -1)
+        start = time.perf_counter()
+        out = func(*args, **kwargs)
+        record = lambda end: self.spans.append(  # noqa: E731
+            CommSpan(self.rank, stage, kind, mb, group, func._opname, start - self.t0, end - self.t0)
+        )
+        work = _work_of(out)
+        if work is not None:  # c10d: asynchronous, ends when its future completes
+            try:
+                work.get_future().then(lambda _: record(time.perf_counter()))
+            except RuntimeError:  # a work without a future (gloo's reduce-scatter): wait for it here
+                work.wait()
+                record(time.perf_counter())
+        else:  # functional: wait here, as the op reading the result would
+            torch.ops._c10d_functional.wait_tensor(out[0] if isinstance(out, (list, tuple)) else out)
+            record(time.perf_counter())
+        return out
+
+    def _group_of(self, args) -> str | None:
+        for a in args:
+            if isinstance(a, str) and a in self.groups:  # a functional collective's group name
+                return self.groups[a]
+            if isinstance(a, torch.ScriptObject):
+                try:
+                    name = torch.distributed.ProcessGroup.unbox(a).group_name
+                except RuntimeError:  # another script object (a reduce op, a work)
+                    continue
+                return self.groups.get(name)
+        return None
+
+    def take(self) -> list[CommSpan]:
+        """The spans recorded since the last ``take`` (the step's), sorted by start."""
+        out, self.spans = sorted(self.spans, key=lambda s: s.start_s), []
+        return out
+
+
+def _on_meta(args) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.is_meta for a in args)
+
+
+def _work_of(out):
+    if isinstance(out, tuple) and out and isinstance(out[-1], torch.ScriptObject):
+        try:
+            return torch.distributed.distributed_c10d.Work.unbox(out[-1])
+        except RuntimeError:
+            return None
+    return None
