@@ -11,9 +11,12 @@ from its issue to its completion:
   op would block on it at once; on CUDA the wait only orders streams, so the span is the host's
   issue time, not the transfer (a limit: use ``--torch-profiler`` for device times there);
 - a ``c10d`` collective (FSDP2's all-gather and reduce-scatter, asynchronous) returns its
-  ``Work``: the span ends when the work's future completes, wherever the rank is by then (a
-  work that has no future, as gloo's reduce-scatter in torch 2.13, is waited on at once; FSDP
-  waits for it in the same REDUCE_GRAD action anyway).
+  ``Work``. On CPU the meter waits on it right away: a completion callback would need the GIL,
+  which the rank holds while it computes, so its time would be late by up to the interpreter's
+  switch interval; and gloo's reduce-scatter has no future in torch 2.13. The cost: on CPU an
+  all-gather FSDP issued early (prefetched) no longer overlaps the compute before its use (on a
+  CPU rank that shares its core with gloo's thread, little did). On an accelerator the span
+  ends when the work's future completes, and nothing waits.
 
 Each span is attributed to the action that issued it (``Recorder.action``), or to the step's
 tail when no action was running (stage -1, kind ``tail``). Point-to-point sends and receives
@@ -65,15 +68,14 @@ class CommMeter(TorchDispatchMode):
             CommSpan(self.rank, stage, kind, mb, group, func._opname, start - self.t0, end - self.t0)
         )
         work = _work_of(out)
-        if work is not None:  # c10d: asynchronous, ends when its future completes
-            try:
-                work.get_future().then(lambda _: record(time.perf_counter()))
-            except RuntimeError:  # a work without a future (gloo's reduce-scatter): wait for it here
-                work.wait()
-                record(time.perf_counter())
-        else:  # functional: wait here, as the op reading the result would
+        if work is None:  # functional: wait here, as the op reading the result would
             torch.ops._c10d_functional.wait_tensor(out[0] if isinstance(out, (list, tuple)) else out)
-            record(time.perf_counter())
+        elif _on_device(args):  # c10d on an accelerator: ends when its future completes
+            work.get_future().then(lambda _: record(time.perf_counter()))
+            return out
+        else:  # c10d on CPU: wait here (a later wait() returns at once)
+            work.wait()
+        record(time.perf_counter())
         return out
 
     def _group_of(self, args) -> str | None:
@@ -92,6 +94,10 @@ class CommMeter(TorchDispatchMode):
         """The spans recorded since the last ``take`` (the step's), sorted by start."""
         out, self.spans = sorted(self.spans, key=lambda s: s.start_s), []
         return out
+
+
+def _on_device(args) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args)
 
 
 def _on_meta(args) -> bool:

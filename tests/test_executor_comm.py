@@ -101,3 +101,14 @@ def test_plain_plans_predict_no_comm_to_compare(tp_run):
     assert set(pred) == {0, 1} and all(v["tp"] > 0 for v in pred.values())
     plain = replace(plan, tp=1)
     assert predicted_comm(plain, simulate(plain)) == {}
+
+
+def test_dashboard_compare_frame_shows_comm(tp_run):
+    from dashboard.frames import compare_frame
+    from executor.report import load_report
+    from simulator.engine import simulate
+
+    plan, path, _ = tp_run
+    frame = compare_frame(simulate(plan), load_report(path.with_suffix(".run.json")), plan=plan)
+    rows = frame.set_index("quantity")
+    assert rows.loc["rank 0 tp comm (ms)", "measured"] > 0 and rows.loc["rank 1 tp comm (ms)", "predicted"] > 0
