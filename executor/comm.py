@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
+from torch.distributed.distributed_c10d import _resolve_process_group as _resolve
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .report import TAIL, CommSpan
@@ -42,14 +44,17 @@ _WAIT = "wait_tensor"
 
 
 class CommMeter(TorchDispatchMode):
-    """Records a ``CommSpan`` for each collective issued on ``groups`` (group name -> mesh
-    dimension) while the mode is entered. ``action()`` gives the (stage, kind, microbatch) now
+    """Records a ``CommSpan`` for each collective issued on ``groups`` (a group's ranks -> its
+    mesh dimension) while the mode is entered. ``action()`` gives the (stage, kind, microbatch) now
     running, or None; times are ``perf_counter`` seconds since ``t0`` (set per step)."""
 
-    def __init__(self, rank: int, groups: dict[str, str], action: Callable[[], tuple[int, str, int] | None]):
+    def __init__(
+        self, rank: int, groups: dict[tuple[int, ...], str], action: Callable[[], tuple[int, str, int] | None]
+    ):
         super().__init__()
         self.rank = rank
         self.groups = groups
+        self._names: dict[str, str | None] = {}  # group name -> dimension, as resolved
         self.action = action
         self.t0 = 0.0
         self.spans: list[CommSpan] = []
@@ -80,15 +85,27 @@ class CommMeter(TorchDispatchMode):
 
     def _group_of(self, args) -> str | None:
         for a in args:
-            if isinstance(a, str) and a in self.groups:  # a functional collective's group name
-                return self.groups[a]
+            if isinstance(a, str):  # a functional collective's group name (or its reduce op)
+                dim = self._dim(a, lambda: _resolve(a))
+                if dim is not None:
+                    return dim
             if isinstance(a, torch.ScriptObject):
                 try:
-                    name = torch.distributed.ProcessGroup.unbox(a).group_name
+                    pg = dist.ProcessGroup.unbox(a)
                 except RuntimeError:  # another script object (a reduce op, a work)
                     continue
-                return self.groups.get(name)
+                return self._dim(pg.group_name, lambda: pg)
         return None
+
+    def _dim(self, name: str, group) -> str | None:
+        """The mesh dimension of the group named ``name``, by its ranks (DTensor may run a
+        collective on an equal group made for an earlier mesh: the same ranks, another name)."""
+        if name not in self._names:
+            try:
+                self._names[name] = self.groups.get(tuple(dist.get_process_group_ranks(group())))
+            except (RuntimeError, ValueError, KeyError):
+                self._names[name] = None
+        return self._names[name]
 
     def take(self) -> list[CommSpan]:
         """The spans recorded since the last ``take`` (the step's), sorted by start."""
@@ -107,7 +124,7 @@ def _on_meta(args) -> bool:
 def _work_of(out):
     if isinstance(out, tuple) and out and isinstance(out[-1], torch.ScriptObject):
         try:
-            return torch.distributed.distributed_c10d.Work.unbox(out[-1])
+            return dist.distributed_c10d.Work.unbox(out[-1])
         except RuntimeError:
             return None
     return None

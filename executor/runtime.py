@@ -373,7 +373,11 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
 
 def _comm_meter(rank: int, recorder: Recorder, tp_mesh, dp_mesh) -> CommMeter:
     """A meter of the mesh's tp and dp collectives, attributed to the recorder's action."""
-    groups = {mesh.get_group().group_name: dim for dim, mesh in (("tp", tp_mesh), ("dp", dp_mesh)) if mesh is not None}
+    groups = {
+        tuple(dist.get_process_group_ranks(mesh.get_group())): dim
+        for dim, mesh in (("tp", tp_mesh), ("dp", dp_mesh))
+        if mesh is not None and mesh.size() > 1  # a group of one rank moves nothing
+    }
     return CommMeter(rank, groups, lambda: recorder.action)
 
 
