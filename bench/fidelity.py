@@ -308,5 +308,149 @@ def main() -> int:
     return 0
 
 
+# -- the 4-rank matrix: tensor and sharded data parallelism inside the stages -----------------------
+
+#: ``--parallel``: (label, tp, dp, dp mode) of each layout beside pp 2, on 4 CPU ranks
+PARALLEL_LAYOUTS = [("pp2xtp2", 2, 1, "ddp"), ("pp2xdp2-fsdp", 1, 2, "fsdp")]
+PARALLEL_RANKS = 4
+
+
+def parallel_matrix(argv: list[str]) -> int:
+    """``--parallel``: pp 2 x tp 2 and pp 2 x dp 2 (fsdp) on 4 CPU ranks, 1F1B, the plans' own
+    tp and dp mode (Plan schema 2), measured step and time in collectives against the prediction.
+
+    4 ranks may share fewer cores (``--oversubscribe``'s case): each model is profiled with as many
+    processes training beside the profiler as the other ranks, at most one per spare core
+    (``--side-by-side``), and the links and per-action overhead are calibrated on 4 ranks. Where
+    the ranks outnumber the cores, they take turns on them, which the simulator does not model
+    (one device per rank): the compute then runs slower than profiled, and the "model" column
+    (each run replayed with its own action times) shows what the schedule model gets right anyway.
+    A model the executor has no tensor-parallel plan for runs fsdp only. The comm columns are per
+    step, summed over the pipeline ranks (each the mean of its tp or dp peers): predicted from the
+    cost layer (tp inside F and B) and the simulator's UNSHARD and REDUCE_GRAD, measured
+    from the RunReport's collectives (issue to completion)."""
+    ap = argparse.ArgumentParser(prog="bench/fidelity.py --parallel", description=parallel_matrix.__doc__)
+    ap.add_argument("--parallel", action="store_true")
+    ap.add_argument("--models", default="gpt2-demo,llama-small")
+    ap.add_argument("--microbatches", default="4,8")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile-repeats", type=int, default=15)
+    ap.add_argument("--cluster", type=Path, help="a spec calibrated on 4 ranks (default: calibrate now)")
+    ap.add_argument("--out", type=Path, default=Path("runs/fidelity-parallel"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from dataclasses import replace
+
+    from executor.cli import launch
+    from executor.parallel import tp_plan
+    from executor.plans import validation_plan
+    from executor.report import comm_per_pp_rank, load_report, predicted_comm, replayed_step_s
+    from planner.cluster import load_cluster
+    from profiles import load_profile, profile_model
+    from profiles.contract import UserError
+    from simulator.costs import DPMode, Layout
+    from simulator.engine import simulate
+
+    n = PARALLEL_RANKS
+    args.out.mkdir(parents=True, exist_ok=True)
+    load_before = _load()
+    cluster_path = args.cluster or args.out / "cluster.json"
+    if not args.cluster and launch("executor.calibrate", [str(cluster_path)], n) != 0:
+        print("calibration failed", file=sys.stderr)
+        return 1
+    cluster = replace(load_cluster(cluster_path), devices=n, devices_per_node=n)  # one host
+    plans = []
+    for model in args.models.split(","):
+        prof_path = args.out / f"{model}.profile.json"
+        if not prof_path.exists():
+            print(f"profiling {model} ...", flush=True)
+            profile_model(
+                model,
+                seq_len=args.seq_len,
+                microbatch_sizes=(1,),
+                repeats=args.profile_repeats,
+                side_by_side=min(n - 1, (os.cpu_count() or 1) - 1),
+            ).save(prof_path)
+        profile = load_profile(prof_path)
+        for label, tp, dp, mode in PARALLEL_LAYOUTS:
+            if tp > 1:
+                try:
+                    tp_plan(profile.model_config)
+                except UserError as e:
+                    print(f"{model}: {label} left out ({e})", flush=True)
+                    continue
+            layout = Layout(tp=tp, dp=dp, dp_mode=DPMode(mode))
+            for m in map(int, args.microbatches.split(",")):
+                plan = validation_plan(profile, prof_path, cluster, "1F1B", 2, m, layout=layout)
+                plans.append((model, label, m, plan))
+    runs = [
+        (i, plan.save(args.out / f"{model}-{label}-m{m}.r{r}.json"))
+        for r in range(args.rounds)
+        for i, (model, label, m, plan) in enumerate(plans)
+    ]
+    load_run = _load()
+    worker = [*(str(p) for _, p in runs), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    rc = launch("executor", worker, n)
+    if rc != 0:
+        print(f"the run failed (exit code {rc})", file=sys.stderr)
+        return 1
+    steps: dict[int, list[float]] = {}
+    model_err: dict[int, list[float]] = {}
+    comm: dict[int, list[tuple[float, float]]] = {}  # per round: measured (tp, dp) seconds, summed over pp ranks
+    off_cpu: dict[int, list[float]] = {}
+    for i, path in runs:
+        report = load_report(path.with_suffix(".run.json"))
+        plan = plans[i][3]
+        steps.setdefault(i, []).extend(report.step_s)
+        model_err.setdefault(i, []).append(report.step_s_median / replayed_step_s(plan, report) - 1)
+        meas = comm_per_pp_rank(report, plan)
+        comm.setdefault(i, []).append(tuple(sum(v[g] for v in meas.values()) for g in ("tp", "dp")))
+        off_cpu.setdefault(i, []).append(max(report.extra.get("off_cpu_fraction") or [0.0]))
+    header = (
+        f"{'model':<12} {'layout':<13} {'m':>3} {'pred ms':>9} {'meas ms':>9} {'error':>7} {'model':>7} "
+        f"{'comm pred':>10} {'comm meas':>10} {'off-CPU':>8}"
+    )
+    rows, errors, summary = [], [], []
+    for i, (model, label, m, plan) in enumerate(plans):
+        med = statistics.median(steps[i])
+        pred = plan.predicted.step_s
+        errors.append((med - pred) / pred)
+        p_comm = sum(v["tp"] + v["dp"] for v in predicted_comm(plan, simulate(plan)).values())
+        m_comm = statistics.median(tp + dp for tp, dp in comm[i])
+        rows.append(
+            f"{model:<12} {label:<13} {m:>3} {pred * 1e3:9.1f} {med * 1e3:9.1f} {errors[-1]:+7.1%} "
+            f"{statistics.median(model_err[i]):+7.1%} {p_comm * 1e3:10.1f} {m_comm * 1e3:10.1f} "
+            f"{statistics.median(off_cpu[i]):8.1%}"
+        )
+        summary.append(
+            {"model": model, "layout": label, "microbatches": m, "predicted_s": pred, "measured_s": med}
+            | {"error": errors[-1], "comm_predicted_s": p_comm, "comm_measured_s": m_comm}
+        )
+    print(f"\n{header}\n" + "\n".join(rows))
+    abs_err = [abs(e) for e in errors]
+    med, worst = statistics.median(abs_err), max(abs_err)
+    print(
+        f"\n{len(errors)} configs x {args.rounds} rounds x {args.steps} steps on {n} CPU ranks (gloo, "
+        f"{os.cpu_count()} cores): median |error| {med:.1%}, max |error| {worst:.1%}; target median <= 5%, "
+        f"max <= 10%: {'met' if med <= 0.05 and worst <= 0.10 else 'NOT met'}"
+    )
+    print(
+        "comm: ms per step in tp and fsdp collectives, summed over the 2 pipeline ranks (predicted: cost "
+        "layer + simulator; measured: the RunReport's collectives, issue to completion, median over rounds)"
+    )
+    print(f"load average (1/5/15 min): before calibration {load_before}; before the run {load_run}; after {_load()}")
+    out = {"configs": summary, "median_abs_error": med, "max_abs_error": worst, "load_after": _load()}
+    (args.out / "fidelity-parallel.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
 if __name__ == "__main__":
+    if "--parallel" in sys.argv[1:]:
+        raise SystemExit(parallel_matrix(sys.argv[1:]))
     raise SystemExit(main())

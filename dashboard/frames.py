@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from executor.report import RunReport
+from executor.report import RunReport, comm_per_pp_rank, predicted_comm
 from planner.plan import Plan
 from profiles.types import ProfileEntry
 from simulator.timeline import Timeline
@@ -196,9 +196,12 @@ def ranks_frame(tl: Timeline, cap_bytes: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_frame(predicted: Timeline, report: RunReport, replayed_s: float | None = None) -> pd.DataFrame:
+def compare_frame(
+    predicted: Timeline, report: RunReport, replayed_s: float | None = None, plan: Plan | None = None
+) -> pd.DataFrame:
     """Predicted vs measured (the numbers of ``executor.cli.compare_table``): step, the replayed
-    step when given (``executor.report.replayed_step_s``), busy and peak per rank."""
+    step when given (``executor.report.replayed_step_s``), busy and peak per rank, and with
+    ``plan`` each pipeline rank's time in tp and dp collectives when the report measured them."""
 
     def row(what: str, p: float, m: float) -> dict:
         return {"quantity": what, "predicted": p, "measured": m, "error %": 100 * (m - p) / p if p else None}
@@ -214,4 +217,10 @@ def compare_frame(predicted: Timeline, report: RunReport, replayed_s: float | No
         rows.append(row(f"rank {r.rank} busy (ms)", r.busy_s * 1e3, m.busy_s * 1e3))
         rows.append(row(f"rank {r.rank} bubble (%)", 100 * r.bubble_fraction, 100 * m.bubble_fraction))
         rows.append(row(f"rank {r.rank} peak (MiB)", r.peak_bytes / MIB, m.peak_bytes / MIB))
+    meas = comm_per_pp_rank(report, plan) if plan is not None else {}
+    for rank, p in (predicted_comm(plan, predicted) if meas else {}).items():
+        for group in ("tp", "dp"):
+            m = meas.get(rank, {}).get(group, 0.0)
+            if p[group] or m:
+                rows.append(row(f"rank {rank} {group} comm (ms)", p[group] * 1e3, m * 1e3))
     return pd.DataFrame(rows, columns=["quantity", "predicted", "measured", "error %"])

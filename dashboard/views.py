@@ -379,7 +379,7 @@ def show_compare(ctx: Context) -> None:
         st.subheader("predicted vs measured")
         replayed = replayed_step_s(plan, rep)
         st.dataframe(
-            frames.compare_frame(predicted, rep, replayed),
+            frames.compare_frame(predicted, rep, replayed, plan),
             hide_index=True,
             width="stretch",
             column_config={

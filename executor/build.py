@@ -242,6 +242,9 @@ class Recorder:
     #: wall minus this thread's CPU time inside the actions: time the rank was ready to compute
     #: but not running (another process or thread had its core), summed since the last reset
     off_cpu_s: float = 0.0
+    #: (stage, kind, microbatch) of the action running now, None between actions (``CommMeter``
+    #: attributes each collective to it)
+    action: tuple[int, str, int] | None = None
 
     def _enter(self, stage: PipelineStage, kind: str, mb: int) -> float:
         idx = stage.stage_index
@@ -272,7 +275,11 @@ class Recorder:
             kind = kind_of(a, k)
             t = self._enter(stage, kind, mb)
             cpu = time.thread_time()
-            out = call(mb, *a, **k)
+            self.action = (idx, kind, mb)
+            try:
+                out = call(mb, *a, **k)
+            finally:
+                self.action = None
             end = time.perf_counter()
             self.off_cpu_s += max(0.0, (end - t) - (time.thread_time() - cpu))
             self.events.append((idx, kind, mb, t - self.t0, end - self.t0))
@@ -287,7 +294,11 @@ class Recorder:
         compute = schedule._maybe_compute_loss
 
         def _maybe_compute_loss(stage, output, target_mbs, mb_index, *a, **k):
-            out = compute(stage, output, target_mbs, mb_index, *a, **k)
+            self.action = (stage.stage_index, "F", mb_index)  # the loss counts in the last F
+            try:
+                out = compute(stage, output, target_mbs, mb_index, *a, **k)
+            finally:
+                self.action = None
             if stage.is_last and self.events:
                 idx, kind, mb, start, _ = self.events[-1]
                 if (idx, kind, mb) == (stage.stage_index, "F", mb_index):

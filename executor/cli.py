@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from planner.cluster import MAX_DEVICES
-from planner.plan import load_plan
+from planner.plan import Plan, load_plan
 from profiles.clikit import Command, bounded, progress_bar
 from profiles.contract import UserError, check_outputs
 from profiles.types import Profile
@@ -23,7 +23,7 @@ from simulator.engine import simulate
 from simulator.gantt import write_gantt
 from simulator.timeline import Timeline, write_trace
 
-from .report import RunReport, disturbance_notes, load_report, replayed_step_s
+from .report import RunReport, comm_per_pp_rank, disturbance_notes, load_report, predicted_comm, replayed_step_s
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
 
 __all__ = ["RUN", "VALIDATE", "CALIBRATE", "launch", "compare_table"]
@@ -272,12 +272,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def compare_table(
-    predicted: Timeline, report: RunReport, profile: Profile | None = None, replayed_s: float | None = None
+    predicted: Timeline,
+    report: RunReport,
+    profile: Profile | None = None,
+    replayed_s: float | None = None,
+    plan: Plan | None = None,
 ) -> str:
     """Predicted vs measured: step time, per-rank busy time and peak memory, errors in %; with
     ``replayed_s`` (``replayed_step_s``) how much of the step's error the schedule model makes on
-    its own; a note when other load on the machine disturbed the run or the profile the
-    prediction came from."""
+    its own; with ``plan`` (tp or a sharded dp mode) each pipeline rank's time in tensor- and
+    data-parallel collectives; a note when other load on the machine disturbed the run or the
+    profile the prediction came from."""
 
     def err(p: float, m: float) -> str:
         return f"{(m - p) / p:+7.1%}" if p else "      -"
@@ -300,6 +305,8 @@ def compare_table(
             f"{f'rank {r.rank} peak (MiB)':<22} {r.peak_bytes / 2**20:11.1f} {m.peak_bytes / 2**20:11.1f} "
             f"{err(r.peak_bytes, m.peak_bytes)}"
         )
+    if plan is not None:
+        lines += _comm_lines(plan, predicted, report)
     spread = (max(report.step_s) - min(report.step_s)) / report.step_s_median if report.step_s else 0.0
     if replayed_s:
         lines.append(
@@ -335,6 +342,28 @@ def _measured_by_pipeline_rank(predicted: Timeline, measured: Timeline) -> dict:
         first.setdefault(ran[rank], rank)
     stats = {r.rank: r for r in measured.ranks}
     return {r.rank: stats.get(first.get(planned.get(r.rank), r.rank)) for r in predicted.ranks}
+
+
+def _comm_lines(plan: Plan, predicted: Timeline, report: RunReport) -> list[str]:
+    """Per pipeline rank: seconds in tp and dp collectives per step, predicted vs measured."""
+    pred = predicted_comm(plan, predicted)
+    if not pred:
+        return []
+    meas = comm_per_pp_rank(report, plan)
+    if not meas:
+        return ["comm: this report has no measured collectives (written before they were recorded)"]
+    lines = []
+    for rank, p in pred.items():
+        for group in ("tp", "dp"):
+            m = meas.get(rank, {}).get(group, 0.0)
+            if p[group] or m:
+                err = f"{(m - p[group]) / p[group]:+7.1%}" if p[group] else "      -"
+                lines.append(f"{f'rank {rank} {group} comm (ms)':<22} {p[group] * 1e3:11.1f} {m * 1e3:11.1f} {err}")
+    lines.append(
+        "comm: time in tensor-parallel (tp, inside F and B) and sharded data-parallel (dp) collectives "
+        "per pipeline rank and step, issue to completion, the mean over the rank's tp and dp peers"
+    )
+    return lines
 
 
 def _add_validate(p: argparse.ArgumentParser) -> None:
@@ -377,7 +406,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict()))
         print("; ".join(said), file=sys.stderr)
         return 0
-    print(compare_table(predicted, report, plan.profile, replayed_step_s(plan, report)))
+    print(compare_table(predicted, report, plan.profile, replayed_step_s(plan, report), plan))
     print("\n".join(said))
     return 0
 

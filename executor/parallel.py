@@ -389,17 +389,19 @@ def _share_of_sequence(have) -> PrepareModuleOutput:
     return PrepareModuleOutput(output_layouts=have, desired_output_layouts=Shard(1), use_local_output=True)
 
 
-def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, dp_mode: str) -> None:
+def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
     """Shard a stage's parameters, gradients and optimizer state over ``dp_mesh`` with FSDP2's
-    ``fully_shard``, in torchtitan's order: each unit, then the stage. ``fsdp`` frees the gathered
-    parameters after each forward (gathers them again for backward); ``zero2`` keeps them until
-    the backward. ``PipelineStage`` runs the microbatches' backwards without gradient sync and
-    reduce-scatters once, after the last. Parameters already sharded by tp (DTensors on the tp
-    mesh) are sharded again over dp (FSDP2's 2-D layout)."""
+    ``fully_shard``, in torchtitan's order: each unit, then the stage. ``reshard_after_forward``
+    (the plan's layout says: fsdp without pipelining) frees the gathered parameters after each
+    forward and gathers them again for backward; otherwise (zero2, and fsdp under pipelining, as
+    torchtitan runs it) they stay gathered through the step. ``PipelineStage`` runs the
+    microbatches' backwards without gradient sync and reduce-scatters once, after the last.
+    Parameters already sharded by tp (DTensors on the tp mesh) are sharded again over dp (FSDP2's
+    2-D layout)."""
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    reshard = dp_mode == "fsdp"
+    reshard = reshard_after_forward
     gloo = dist.get_backend(dp_mesh.get_group()) == "gloo"
     for unit in stage.units:
         if any(True for _ in unit.parameters()):

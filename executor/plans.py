@@ -16,7 +16,7 @@ from planner.scoring import build_plan
 from planner.splits import min_max_split
 from profiles.types import Profile
 from simulator.actions import forward_table, stage_ranks
-from simulator.costs import Option, Recompute
+from simulator.costs import Layout, Option, Recompute
 from simulator.placement import most_stages_per_rank, placement_table
 from simulator.schedules import make_schedule, schedule_spec
 
@@ -37,10 +37,12 @@ def validation_plan(
     recompute: bool | Recompute = False,
     forward_only: bool = False,
     placement: list[int] | None = None,
+    layout: Layout | None = None,
 ) -> Plan:
-    """One plan, simulated, ready to save and run (``dp`` 1). ``Custom`` takes ``placement``
-    (stage -> rank; ``pp`` and ``virtual`` then follow from it); its table is ordered by the
-    split's costs, as the planner orders it."""
+    """One plan, simulated, ready to save and run (``dp`` 1 and ``tp`` 1 unless ``layout`` gives
+    them, with its dp mode and sequence parallelism). ``Custom`` takes ``placement`` (stage ->
+    rank; ``pp`` and ``virtual`` then follow from it); its table is ordered by the split's costs,
+    as the planner orders it."""
     spec = schedule_spec(schedule)
     name = spec.name
     if spec.custom:
@@ -50,14 +52,18 @@ def validation_plan(
         pp, virtual = max(placement) + 1, most_stages_per_rank(placement)
     else:
         table = make_schedule(name, pp, microbatches, virtual)
+    layout = replace(layout or Layout(), reshard_after_forward=pp == 1)  # as Plan.parallelism has it
     job = Job(
-        global_batch=microbatches * microbatch_size,
+        global_batch=microbatches * microbatch_size * layout.dp,
         microbatch_size=microbatch_size,
         microbatches=(microbatches,),
         schedules=(name,),
         pp=(pp,),
         dtypes=(dtype,),
         forward_only=forward_only,
+        tp=(layout.tp,),
+        dp_modes=(layout.dp_mode.value,),
+        sequence_parallel="on" if layout.sequence_parallel else "off",
     )
     if forward_only:
         table = forward_table(table)
@@ -65,22 +71,23 @@ def validation_plan(
     if bounds is None:
         work = [
             r.forward_s + r.backward_s
-            for r in cost_model(profile, cluster, job, microbatch_size).records[Option(dtype)]
+            for r in cost_model(profile, cluster, job, microbatch_size, layout=layout).records[Option(dtype)]
         ]
         bounds = min_max_split(work, len(stage_ranks(table)))
     return build_plan(
         profile,
         str(profile_path),
-        replace(cluster, devices=pp),
+        replace(cluster, devices=pp * layout.stride),
         job,
         bounds,
         name,
         pp,
-        1,
+        layout.dp,
         microbatches,
         microbatch_size,
         [option] * len(bounds),
         virtual,
         table,
         placement=tuple(placement) if spec.custom else None,
+        layout=layout,
     )

@@ -7,18 +7,48 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from planner.cluster import MAX_DEVICES
 from planner.plan import Plan
+from planner.pricing import cost_model
 from profiles.contract import Fields, read_json, schema_id, write_json
 from profiles.types import OFF_CPU_WARN, Profile
+from simulator.actions import Overlap
 from simulator.engine import simulate
 from simulator.timeline import Timeline
 
-__all__ = ["CheckResult", "RunReport", "load_report", "disturbance_notes", "replayed_step_s"]
+__all__ = [
+    "CheckResult",
+    "CommSpan",
+    "RunReport",
+    "load_report",
+    "disturbance_notes",
+    "replayed_step_s",
+    "comm_per_pp_rank",
+    "predicted_comm",
+]
 
 KIND, MAJOR = "runreport", 1
+
+
+#: a collective's kind when it was issued outside every action (the step's tail)
+TAIL = "tail"
+COMM_GROUPS = ("tp", "dp")
+
+
+class CommSpan(NamedTuple):
+    """One tensor- or data-parallel collective on one rank (``executor.comm.CommMeter``), from its
+    issue to its completion, on the step's clock."""
+
+    rank: int
+    stage: int  # the stage of the action that issued it; -1 in the step's tail
+    kind: str  # F | B | I | W of that action, or "tail"
+    microbatch: int  # -1 in the tail
+    group: str  # the mesh dimension it ran over: "tp" | "dp"
+    op: str  # torch's op name, e.g. "all_reduce", "_allgather_base_"
+    start_s: float
+    end_s: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +133,9 @@ class RunReport:
     extra: dict[str, Any] = field(default_factory=dict)  # schedule runtime, torch version, settings
     #: per rank: peak resident host memory of the worker process (VmHWM), in ``ranks[]`` of the file
     host_peak_bytes: tuple[int, ...] = ()
+    #: the median step's tensor- and data-parallel collectives, every rank's (plans with tp or a
+    #: sharded dp mode; empty otherwise, and in reports written before they were measured)
+    comm: tuple[CommSpan, ...] = ()
 
     @property
     def step_s_median(self) -> float:
@@ -135,6 +168,7 @@ class RunReport:
             "predicted_step_s": self.predicted_step_s,
             "error": self.error,
             "extra": self.extra,
+            "comm": [c._asdict() for c in self.comm],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -177,7 +211,31 @@ class RunReport:
             tuple(int(r.get("host_peak_bytes", 0)) for r in f.raw("ranks") if isinstance(r, dict))
             if all(isinstance(r, dict) and "host_peak_bytes" in r for r in f.raw("ranks"))
             else (),
+            _comm(f),
         )
+
+
+def _comm(f: Fields) -> tuple[CommSpan, ...]:
+    if not f.has("comm"):
+        return ()
+    out = []
+    for c in f.objs("comm"):
+        start, end = c.num("start_s", min=None), c.num("end_s", min=None)
+        if end < start:
+            raise c.fail("end_s", f"ends before it starts ({end} < {start})")
+        out.append(
+            CommSpan(
+                c.int("rank", min=0),
+                c.int("stage", min=-1),
+                c.str("kind", choices=("F", "B", "I", "W", TAIL)),
+                c.int("microbatch", min=-1),
+                c.str("group", choices=COMM_GROUPS),
+                c.str("op"),
+                start,
+                end,
+            )
+        )
+    return tuple(out)
 
 
 def _losses(f: Fields) -> tuple[float, ...]:
@@ -269,3 +327,70 @@ def replayed_step_s(plan: Plan, report: RunReport) -> float:
         for s, c in enumerate(inp.costs)
     ]
     return simulate(replace(inp, costs=costs), detail=False).step_s
+
+
+def comm_per_pp_rank(report: RunReport, plan: Plan) -> dict[int, dict[str, float]]:
+    """Measured: each pipeline rank's seconds in ``tp`` and ``dp`` collectives in the median step
+    (a rank's overlapping spans counted once), the mean over the ranks that run its stages (its
+    tp and dp peers). Empty when the report has no collectives."""
+    pp_of = {e.rank: plan.stages[e.stage].rank for e in report.timeline.events}
+    per_rank: dict[int, dict[str, float]] = {}
+    for rank in pp_of:
+        spans = [c for c in report.comm if c.rank == rank]
+        per_rank[rank] = {g: _covered([(c.start_s, c.end_s) for c in spans if c.group == g]) for g in COMM_GROUPS}
+    if not report.comm:
+        return {}
+    out: dict[int, dict[str, float]] = {}
+    for p in sorted(set(pp_of.values())):
+        mine = [per_rank[r] for r, q in pp_of.items() if q == p]
+        out[p] = {g: statistics.mean(m[g] for m in mine) for g in COMM_GROUPS}
+    return out
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of ``spans``."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float]]:
+    """Predicted: each pipeline rank's seconds in ``tp`` collectives (the cost layer's share of its
+    actions' F and B, ``UnitRecord.tp_forward_s``/``tp_backward_s``, summed over its table) and in
+    sharded ``dp`` collectives (its UNSHARD and REDUCE_GRAD on ``predicted``'s communication
+    track) per step. Empty for a plan with neither tp nor a sharded dp mode."""
+    sharded = plan.dp > 1 and plan.dp_mode.value != "ddp"
+    if plan.tp == 1 and not sharded:
+        return {}
+    costs = cost_model(
+        plan.load_profile(),
+        plan.cluster,
+        plan.job,
+        plan.microbatch_size,
+        layout=plan.parallelism,
+        options=[s.option for s in plan.stages],
+    )
+    per_stage = {}
+    for s in plan.stages:
+        recs = costs.records[s.option][s.first : s.end]
+        fwd, bwd = sum(r.tp_forward_s for r in recs), sum(r.tp_backward_s for r in recs)
+        per_stage[s.index] = {"F": fwd, "B": bwd, "I": bwd, "W": 0.0}
+    out = {}
+    for rank, actions in plan.table.items():
+        tp_s = sum(per_stage[a.stage][a.kind.value] for a in _compute_actions(actions))
+        track = [c for c in predicted.collectives if c.rank == rank and c.kind in ("UNSHARD", "REDUCE_GRAD")]
+        dp_s = sum(c.end_s - c.start_s for c in track)
+        out[rank] = {"tp": tp_s, "dp": dp_s if sharded else 0.0}
+    return out
+
+
+def _compute_actions(actions):
+    for a in actions:
+        if isinstance(a, Overlap):
+            yield a.forward
+            yield a.backward
+        else:
+            yield a

@@ -54,6 +54,7 @@ from .build import (
     build_stages,
     check_torch_schedule,
 )
+from .comm import CommMeter
 from .data import TokenData
 from .parallel import (
     apply_fsdp,
@@ -68,7 +69,7 @@ from .parallel import (
     tp_plan,
 )
 from .reference import GradCheck, check_outputs, reference_step
-from .report import CheckResult, RunReport
+from .report import CheckResult, CommSpan, RunReport
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
 
 __all__ = [
@@ -280,6 +281,7 @@ class _Rank:
     optimizer: torch.optim.Optimizer | None
     loss_scale: float  # fp16 stages: the loss is scaled up by this and the gradients down
     host_base: int  # resident set before the model was built, bytes
+    comm: CommMeter | None = None  # times tp and dp collectives (plans with tp or sharded dp only)
 
     @property
     def first(self) -> bool:
@@ -297,6 +299,7 @@ class _Measured:
     events: list[list[tuple]] = field(default_factory=list)
     tails: list[StepTail] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)  # every step's, warm-up included
+    comm: list[list[CommSpan]] = field(default_factory=list)  # per timed step: tp and dp collectives
     check: CheckResult | None = None
     saved_peak: int = 0  # peak bytes saved for backward on the tracked step
 
@@ -350,7 +353,8 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
     tied = _tied_groups(plan, model, units, plan.dp, pp_rank, dp_rank)
     if mode in _FSDP_MODES:
         for mod in mods:
-            apply_fsdp(mod, dp_mesh, mode)
+            # fsdp reshards after forward only without pipelining (as the cost layer prices it); zero2 never
+            apply_fsdp(mod, dp_mesh, mode == "fsdp" and plan.parallelism.reshard_after_forward)
     params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
     recorder = Recorder(rank=rank)
     if args.fail_at_step is not None and rank == args.fail_rank:
@@ -377,7 +381,18 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
         optimizer=build_optimizer(params, mode, dp_group, args.lr) if params and not forward_only else None,
         loss_scale=loss_scale,
         host_base=host_base,
+        comm=_comm_meter(rank, recorder, tp_mesh, dp_mesh) if tp > 1 or mode != "ddp" else None,
     )
+
+
+def _comm_meter(rank: int, recorder: Recorder, tp_mesh, dp_mesh) -> CommMeter:
+    """A meter of the mesh's tp and dp collectives, attributed to the recorder's action."""
+    groups = {
+        tuple(dist.get_process_group_ranks(mesh.get_group())): dim
+        for dim, mesh in (("tp", tp_mesh), ("dp", dp_mesh))
+        if mesh is not None and mesh.size() > 1  # a group of one rank moves nothing
+    }
+    return CommMeter(rank, groups, lambda: recorder.action)
 
 
 def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.device) -> _Measured:
@@ -410,14 +425,19 @@ def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.dev
             recorder.t0 = t0 = clock.start()
             if prof is not None and step == args.warmup:
                 prof.start()
-            with tracker.hooks() if step == track_step and not forward_only else nullcontext():
+            meter = rk.comm or nullcontext()
+            if rk.comm:
+                rk.comm.t0 = t0
+            with tracker.hooks() if step == track_step and not forward_only else nullcontext(), meter:
                 output = _schedule_step(rk, plan, path, x, y, step_losses, step, rank)
             t_sched = time.perf_counter() - t0
             t_opt = 0.0
             if forward_only and args.check and step == 0:
                 out.check = check_outputs(plan, rk.make_unit, output, x, device) if rk.last(plan) else None
             if not forward_only:
-                t_opt, check = _after_backward(rk, plan, args, step, batches, step_losses, device)
+                # the tail's collectives are timed too, the --check reference's are not
+                with meter if not (args.check and step == 0) else nullcontext():
+                    t_opt, check = _after_backward(rk, plan, args, step, batches, step_losses, device)
                 out.check = check or out.check
             t_end = time.perf_counter() - t0
             if prof is not None and step >= args.warmup:
@@ -428,6 +448,10 @@ def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.dev
                 out.steps.append(t_end)
                 out.events.append(list(recorder.events))
                 out.tails.append(StepTail(t_sched, t_opt, recorder.off_cpu_s))
+            if rk.comm:
+                spans = rk.comm.take()
+                if step >= args.warmup:
+                    out.comm.append(spans)
             bar.update()
     if prof is not None:
         prof.stop()
@@ -503,6 +527,7 @@ def _rank_result(rk: _Rank, plan: Plan, m: _Measured, rank: int, device: torch.d
         check=m.check,
         host_peak=host_peak_bytes(),
         host_base=rk.host_base,
+        comm=m.comm,
     )
 
 
@@ -655,6 +680,7 @@ class RankResult:
     check: CheckResult | None  # this rank's --check verdict
     host_peak: int  # peak resident set, bytes
     host_base: int  # resident set before the model was built, bytes
+    comm: list[list[CommSpan]] = field(default_factory=list)  # per timed step: tp and dp collectives
 
 
 def _report(
@@ -691,6 +717,7 @@ def _report(
         CheckResult.merged([g.check for g in gathered if g.check is not None]),
         plan.predicted.step_s if plan.predicted else None,
         host_peak_bytes=tuple(g.host_peak for g in ordered),
+        comm=tuple(s for g in ordered if g.comm for s in g.comm[med]),
         extra={
             "runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule else "_PipelineScheduleRuntime",
             "torch": torch.__version__,

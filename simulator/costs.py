@@ -127,6 +127,9 @@ class UnitRecord:
     grad_bytes: int  # gradient bytes all-reduced across data-parallel replicas
     params: int
     optimizer_s: float  # end-of-step gradient scaling + optimizer update
+    # of forward_s and of backward_s (input_s): the tensor-parallel collectives inside them
+    tp_forward_s: float = 0.0
+    tp_backward_s: float = 0.0
 
     def as_first_stage(self) -> UnitRecord:
         """The unit inside stage 0: no input gradient, so I is empty, W is the whole backward
@@ -277,6 +280,9 @@ def unit_records(
                 grad_bytes=params * dtype.bytes,
                 params=params,
                 optimizer_s=params * optimizer_s_per_param / opt_share,
+                tp_forward_s=sc.comm_forward_s,
+                # full recompute redoes the forward's collectives in the backward
+                tp_backward_s=sc.comm_backward_s + (sc.comm_forward_s if option.recompute is Recompute.FULL else 0.0),
             )
         )
     return tuple(out)
