@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -290,10 +291,16 @@ def disturbance_notes(report: RunReport, profile: Profile | None = None) -> list
         and report.world_size > 1
         and not profile.measurement.get("side_by_side")
     ):
+        neighbours = min(report.world_size, os.cpu_count() or 1) - 1  # what the profiler accepts here
         notes.append(
             f"the profile timed each unit alone, but the {report.world_size} CPU ranks computed side by "
             f"side, sharing caches and memory bandwidth: expect compute to run a few percent over the "
-            f"prediction; profile with --side-by-side {report.world_size - 1} (the other ranks of a host)"
+            f"prediction; profile with --side-by-side {neighbours} (the other ranks of a host, one per spare core)"
+        )
+    if report.device == "cpu" and report.world_size > (os.cpu_count() or 1):
+        notes.append(
+            f"{report.world_size} ranks took turns on {os.cpu_count()} cores (--oversubscribe): each computed "
+            f"slower than profiled, which the simulator (a core per rank) does not model"
         )
     return notes
 

@@ -100,6 +100,11 @@ def test_validate_table_says_when_other_load_took_a_ranks_cpu(tiny_plan_path):
     assert "profile with --side-by-side 1" in compare_table(tl, quiet, calm)  # timed alone, 2 ranks on one host
     beside = replace(calm, measurement={**calm.measurement, "side_by_side": 1})
     assert "--side-by-side" not in compare_table(tl, quiet, beside)
+    # more ranks than cores: the hint asks for what the profiler accepts, and the turns are named
+    crowded = replace(quiet, world_size=(os.cpu_count() or 1) + 2)
+    text = compare_table(tl, crowded, calm)
+    assert f"--side-by-side {(os.cpu_count() or 1) - 1} " in text and "took turns on" in text
+    assert "took turns" not in compare_table(tl, quiet, calm)
 
 
 def test_replay_with_the_runs_own_action_times_separates_the_schedule_model_from_the_profile(tiny_plan_path):
