@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 from planner.cluster import MAX_DEVICES
 from planner.plan import Plan
-from planner.pricing import cost_model
 from profiles.contract import Fields, read_json, schema_id, write_json
 from profiles.types import OFF_CPU_WARN, Profile
 from simulator.actions import Overlap
@@ -372,14 +371,7 @@ def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float
     sharded = plan.dp > 1 and plan.dp_mode.value != "ddp"
     if plan.tp == 1 and not sharded:
         return {}
-    costs = cost_model(
-        plan.load_profile(),
-        plan.cluster,
-        plan.job,
-        plan.microbatch_size,
-        layout=plan.parallelism,
-        options=[s.option for s in plan.stages],
-    )
+    costs = plan.cost_model()
     per_stage = {}
     for s in plan.stages:
         recs = costs.records[s.option][s.first : s.end]

@@ -145,19 +145,24 @@ class Plan:
     def with_profile(self, profile: Profile) -> Plan:
         return replace(self, profile=profile)
 
+    def cost_model(self) -> CostModel:
+        """The cost layer for this plan: its profile, cluster, job, microbatch size and layout,
+        with its stages' options."""
+        return cost_model(
+            self.load_profile(),
+            self.cluster,
+            self.job,
+            self.microbatch_size,
+            layout=self.parallelism,
+            options=[s.option for s in self.stages],
+        )
+
     def sim_input(self, costs: CostModel | None = None) -> SimInput:
         """What the simulator needs (the simulator never imports the planner). ``costs``: a
         CostModel of this plan's profile, cluster, job, microbatch size and ``dp`` with (at
         least) its stages' options, to skip building one."""
         if costs is None:
-            costs = cost_model(
-                self.load_profile(),
-                self.cluster,
-                self.job,
-                self.microbatch_size,
-                layout=self.parallelism,
-                options=[s.option for s in self.stages],
-            )
+            costs = self.cost_model()
         options = [s.option for s in self.stages]
         syncs = costs.tied_syncs(self.bounds, options, {s.index: s.rank for s in self.stages})
         return SimInput(
