@@ -177,17 +177,20 @@ def test_interleaved_on_four_ranks_match_one_process(deep_profile):
 
 
 def test_mismatched_launch_and_torch_schedule_fail_before_compute(deep_profile):
-    """Wrong world size and a torch class whose placement the plan does not have: one line, exit 2."""
+    """Wrong world size and a torch class whose placement the plan does not have: one line, exit 2.
+    Every rank refuses before compute, but torchrun stops the others once the first has exited, so
+    a slower rank may be gone before it prints its line."""
     plans = _plans(deep_profile, 2, [("1F1B", 1), ("ZBVZeroBubble", 2)], 4)
     r, secs = torchrun(2, str(plans[1]), "--torch-schedule", "Interleaved1F1B", "--steps", "1", "--warmup", "0")
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("executor rank")]
-    assert len(errors) == 2 and all("ScheduleInterleaved1F1B needs" in line for line in errors), r.stderr[-2000:]
+    assert 1 <= len(errors) <= 2 and all("ScheduleInterleaved1F1B needs" in line for line in errors), r.stderr[-2000:]
     assert "Traceback" not in r.stderr.split("executor rank")[0]
     four = _plans(deep_profile, 4, [("1F1B", 1)], 8)[0]  # a 4-rank plan launched on 2
     r, _ = torchrun(2, str(four), "--steps", "1", "--warmup", "0")
     errors = [line for line in r.stderr.splitlines() if line.startswith("executor rank")]
-    assert r.returncode != 0 and len(errors) == 2 and all("needs 4 processes" in e for e in errors), r.stderr[-2000:]
+    assert r.returncode != 0 and 1 <= len(errors) <= 2, r.stderr[-2000:]
+    assert all("needs 4 processes" in e for e in errors), r.stderr[-2000:]
 
 
 def test_check_beyond_tolerance_fails_loudly(deep_profile):
