@@ -41,7 +41,6 @@ from planner.plan import Plan, load_plan
 from profiles.clikit import progress_bar
 from profiles.contract import ContractError, UserError, sha256_of
 from profiles.materialize import tie_local, tied_paths, unit_materializer
-from profiles.measure import LiveSaved
 from profiles.tuning import gc_paused, keep_freed_memory
 from profiles.zoo import ZooModel, build_model, check_trusted
 from simulator.timeline import Event, RankStats, Timeline
@@ -85,6 +84,48 @@ _LAUNCH_HINT = (
     "executor: run this under torchrun, one process per rank: torchrun --nproc_per_node N -m executor PLAN "
     "(or: pipeplan run PLAN)"
 )
+
+
+class _LiveSaved:
+    """Live bytes saved for backward (each storage once), and their peak: the CPU stand-in for
+    the CUDA allocator's peak, counted the way the profiler counts saved bytes."""
+
+    def __init__(self, exclude: list[torch.Tensor]):
+        self.skip = {p.untyped_storage().data_ptr() for p in exclude}
+        self.refs: dict[int, int] = {}
+        self.live = 0
+        self.peak = 0
+
+    def hooks(self):
+        tracker = self
+
+        class Holder:
+            __slots__ = ("t", "ptr", "nbytes")
+
+            def __init__(self, t: torch.Tensor):
+                self.t = t
+                st = plain_tensor(t).untyped_storage()  # a DTensor (tp) counts its shard
+                self.ptr, self.nbytes = st.data_ptr(), st.nbytes()
+                if self.ptr in tracker.skip:
+                    self.ptr = None
+                    return
+                n = tracker.refs.get(self.ptr, 0)
+                if n == 0:
+                    tracker.live += self.nbytes
+                    tracker.peak = max(tracker.peak, tracker.live)
+                tracker.refs[self.ptr] = n + 1
+
+            def __del__(self):
+                if self.ptr is None:
+                    return
+                n = tracker.refs.get(self.ptr, 1) - 1
+                if n <= 0:
+                    tracker.refs.pop(self.ptr, None)
+                    tracker.live -= self.nbytes
+                else:
+                    tracker.refs[self.ptr] = n
+
+        return torch.autograd.graph.saved_tensors_hooks(Holder, lambda h: h.t)
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -359,7 +400,7 @@ def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.dev
     profile = plan.profile
     seq_len, batch = profile.seq_len, plan.microbatches * plan.microbatch_size
     data = TokenData(args.data, int(profile.model_config["vocab_size"]), args.data_dtype) if args.data else None
-    tracker = LiveSaved([local_tensor(p) for p in rk.params], plain=plain_tensor)  # a DTensor counts its shard
+    tracker = _LiveSaved([local_tensor(p) for p in rk.params])
     # saved-tensor hooks cost Python time per tensor, so memory is counted on an untimed step, and
     # not on step 0 when there is another: torch's first step also runs shape inference
     track_step = 1 if args.warmup >= 2 else 0

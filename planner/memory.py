@@ -3,19 +3,17 @@
 The simulator's memory model (``simulator/engine.py``) depends only on the order of a
 rank's actions, never on their times: a forward adds its stage's activation bytes when
 it starts, a full backward (B) frees them when it ends, an input backward (I) frees all
-but ``keep`` of them, and the weight backward (W) frees the rest but ``retained`` (held until
-the step ends: the last stage's graphs, see ``simulator.costs``). So a rank's peak is reached
-at the start of one of its forwards, where the bytes held are
+but ``keep`` of them, and the weight backward (W) frees the rest. So a rank's peak is
+reached at the start of one of its forwards, where the bytes held are
 
-    sum over the rank's stages s of  a_s * act_s + k_s * keep_s + w_s * retained_s
+    sum over the rank's stages s of  a_s * act_s + k_s * keep_s
 
-with ``a_s = #F - #B - #I``, ``k_s = #I - #W`` and ``w_s = #W`` counted over the actions so
-far. One such coefficient vector per forward, with the dominated ones dropped, is the
+with ``a_s = #F - #B - #I`` and ``k_s = #I - #W`` counted over the actions so far.
+One such coefficient vector per forward, with the dominated ones dropped, is the
 schedule's *memory pattern*: 1F1B gives ``a = p - s`` on stage s, GPipe ``a = m``,
 the interleaved, zero-bubble and V schedules their own vectors. The MILP bounds every
 vector of every rank by the device memory, so its memory model equals the simulator's
-(both read ``StageCost.activation_bytes``, ``keep_bytes`` and ``retained_bytes`` from the
-one cost layer).
+(both read ``StageCost.activation_bytes`` and ``keep_bytes`` from the one cost layer).
 """
 
 from __future__ import annotations
@@ -32,9 +30,9 @@ __all__ = ["Pattern", "memory_pattern", "peak_bytes", "static_bytes"]
 
 @dataclass(frozen=True)
 class Pattern:
-    """Per rank: the non-dominated vectors ``{stage: (a_s, k_s, w_s)}`` at the rank's forward starts."""
+    """Per rank: the non-dominated vectors ``{stage: (a_s, k_s)}`` at the rank's forward starts."""
 
-    ranks: dict[int, list[dict[int, tuple[int, int, int]]]]
+    ranks: dict[int, list[dict[int, tuple[int, int]]]]
 
     def key(self) -> tuple:
         """Hashable form: two schedules with equal keys keep memory alike (the MILP can be reused)."""
@@ -47,13 +45,12 @@ class Pattern:
 
 def memory_pattern(table: Table, forward_only: bool = False) -> Pattern:
     owner = stage_ranks(table)
-    out: dict[int, list[dict[int, tuple[int, int, int]]]] = {}
+    out: dict[int, list[dict[int, tuple[int, int]]]] = {}
     for r, acts in table.items():
         mine = sorted(s for s, o in owner.items() if o == r)
         a = {s: 0 for s in mine}
         k = {s: 0 for s in mine}
-        w = {s: 0 for s in mine}
-        vectors: set[tuple[int, ...]] = set()  # flat (a_0, k_0, w_0, a_1, k_1, w_1, ...) over ``mine``
+        vectors: set[tuple[int, ...]] = set()  # flat (a_0, k_0, a_1, k_1, ...) over ``mine``
         rising = False  # forwards since the last action that frees memory
         for act in flat_actions(acts):
             s = act.stage
@@ -63,7 +60,7 @@ def memory_pattern(table: Table, forward_only: bool = False) -> Pattern:
                     rising = True
                 continue
             if rising:  # a run of forwards only adds: its last vector dominates the others
-                vectors.add(tuple(x for t in mine for x in (a[t], k[t], w[t])))
+                vectors.add(tuple(x for t in mine for x in (a[t], k[t])))
                 rising = False
             if act.kind is Kind.B:
                 a[s] -= 1
@@ -72,11 +69,10 @@ def memory_pattern(table: Table, forward_only: bool = False) -> Pattern:
                 k[s] += 1
             else:
                 k[s] -= 1
-                w[s] += 1
         if rising:
-            vectors.add(tuple(x for t in mine for x in (a[t], k[t], w[t])))
-        out[r] = [{t: tuple(v[3 * i : 3 * i + 3]) for i, t in enumerate(mine)} for v in _pareto(vectors)] or [
-            {s: (0, 0, 0) for s in mine}
+            vectors.add(tuple(x for t in mine for x in (a[t], k[t])))
+        out[r] = [{t: (v[2 * i], v[2 * i + 1]) for i, t in enumerate(mine)} for v in _pareto(vectors)] or [
+            {s: (0, 0) for s in mine}
         ]
     return Pattern(out)
 
@@ -113,11 +109,7 @@ def peak_bytes(pattern: Pattern, costs: list[StageCost], forward_only: bool = Fa
             0
             if forward_only
             else max(
-                sum(
-                    a * costs[s].activation_bytes + k * costs[s].keep_bytes + w * costs[s].retained_bytes
-                    for s, (a, k, w) in v.items()
-                )
-                for v in vectors
+                sum(a * costs[s].activation_bytes + k * costs[s].keep_bytes for s, (a, k) in v.items()) for v in vectors
             )
         )
         out[r] = static[r] + acts

@@ -269,10 +269,6 @@ class _Split:
     def keep(self, s: int):
         return self.field("keep_bytes", s)
 
-    def retained(self, s: int):
-        """Held past W until the step ends: the last stage's only (``simulator.costs``)."""
-        return self.field("retained_bytes", s) if s == self.S - 1 else pulp.LpAffineExpression()
-
     def grad(self, s: int):
         return self.field("grad_bytes", s)
 
@@ -371,13 +367,11 @@ class _Split:
         out = []
         for vec in self.model.memory.ranks[rank]:
             held = pulp.LpAffineExpression()
-            for s, (a, k, w) in vec.items():
+            for s, (a, k) in vec.items():
                 if a:
                     held += a * self.act(s)
                 if k:
                     held += k * self.keep(s)
-                if w and s == self.S - 1:
-                    held += w * self.retained(s)
             out.append(held)
         return out
 
@@ -533,7 +527,6 @@ class StageTerms:
     static_bytes: float
     activation_bytes: float
     keep_bytes: float
-    retained_bytes: float
     sends_s: float  # forward hand-off after this stage plus the gradient back (0 for the last)
     grad_bytes: float
     optimizer_s: float
@@ -568,7 +561,7 @@ def stage_terms(
     stages = [
         StageTerms(
             *(_val(e) for e in (sp.forward(s), sp.backward(s), sp.input(s), sp.weight(s))),
-            *(_val(e) for e in (sp.static(s), sp.act(s), sp.keep(s), sp.retained(s))),
+            *(_val(e) for e in (sp.static(s), sp.act(s), sp.keep(s))),
             _val(sends[s]),
             _val(sp.grad(s)),
             _val(sp.optimizer(s)),

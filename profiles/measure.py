@@ -29,7 +29,6 @@ __all__ = [
     "profile_model",
     "flop_counter",
     "count_saved_bytes",
-    "LiveSaved",
     "TORCH_DTYPES",
     "attention_impl",
     "ASSUMPTIONS",
@@ -107,51 +106,6 @@ def count_saved_bytes(exclude: list[torch.Tensor] | tuple = ()) -> Iterator[list
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield total
-
-
-class LiveSaved:
-    """Live bytes saved for backward (each storage once, ``exclude`` not), and their peak. A saved
-    tensor counts from when autograd saves it until autograd lets it go; the executor's CPU
-    stand-in for the CUDA allocator's peak. ``plain``: the tensor whose storage counts (the
-    executor's local shard of a DTensor)."""
-
-    def __init__(self, exclude: list[torch.Tensor], plain: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
-        self.skip = {p.untyped_storage().data_ptr() for p in exclude}
-        self.plain = plain
-        self.refs: dict[int, int] = {}
-        self.live = 0
-        self.peak = 0
-
-    def hooks(self):
-        tracker = self
-
-        class Holder:
-            __slots__ = ("t", "ptr", "nbytes")
-
-            def __init__(self, t: torch.Tensor):
-                self.t = t
-                st = tracker.plain(t).untyped_storage()
-                self.ptr, self.nbytes = st.data_ptr(), st.nbytes()
-                if self.ptr in tracker.skip:
-                    self.ptr = None
-                    return
-                n = tracker.refs.get(self.ptr, 0)
-                if n == 0:
-                    tracker.live += self.nbytes
-                    tracker.peak = max(tracker.peak, tracker.live)
-                tracker.refs[self.ptr] = n + 1
-
-            def __del__(self):
-                if self.ptr is None:
-                    return
-                n = tracker.refs.get(self.ptr, 1) - 1
-                if n <= 0:
-                    tracker.refs.pop(self.ptr, None)
-                    tracker.live -= self.nbytes
-                else:
-                    tracker.refs[self.ptr] = n
-
-        return torch.autograd.graph.saved_tensors_hooks(Holder, lambda h: h.t)
 
 
 def attention_impl(device: str, dtypes: tuple[str, ...]) -> tuple[str, str]:
@@ -339,30 +293,6 @@ def _param_groups(out: torch.Tensor, x_in: torch.Tensor, params: list[nn.Paramet
     return groups, handles
 
 
-def _retained_bytes(run: _Runner, idx: int, x_in: torch.Tensor) -> int:
-    """Bytes unit ``idx`` saved for backward that a split backward leaves held while its output
-    lives: after I (``autograd.grad`` for the input, graph retained, as torch's
-    ``stage_backward_input``) and W (``stage_backward_weight``), what only I needed is still held
-    by the retained graph. Torch's schedules keep each microbatch's loss until the step ends, so on
-    the last stage these bytes stay that long; a stage that sends its output drops it after W."""
-    from torch.distributed.pipelining._backward import stage_backward_weight
-
-    params = run.params[idx]
-    if not x_in.requires_grad or not params:  # no I: the whole backward is W, which frees all
-        return 0
-    live = LiveSaved(run.all_params)
-    with live.hooks():
-        out = run.unit_forward(idx, x_in)
-    groups, handles = _param_groups(out, x_in, params)
-    torch.autograd.grad(out, x_in, None if idx == run.last else torch.ones_like(out), retain_graph=True)
-    for h in handles:
-        h.remove()
-    stage_backward_weight(iter(params), groups)
-    held = live.live
-    del out, groups
-    return held
-
-
 def _repeat(run: _Runner, keep: bool, samples: dict, whole_f: list, whole_b: list) -> None:
     """One repeat: chain F + B, chain F + I + W, whole model F + B."""
     xs, outs, f1 = run.chain_forward()
@@ -434,7 +364,6 @@ def _profile_entry(
         with flop_counter() as fc:
             run.unit_forward(idx, x_in)
         peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
-        retained = _retained_bytes(run, idx, x_in)
         with torch.no_grad(), run.autocast:
             y = unit(x_in)
         med = {k: _median_spread(samples[k][idx]) for k in TIMES}
@@ -454,7 +383,6 @@ def _profile_entry(
                 forward_flops=float(fc.get_total_flops()),
                 spread={k: round(v[1], 4) for k, v in med.items()},
                 peak_bytes=peak,
-                retained_bytes=retained,
             )
         )
         x = y.detach()

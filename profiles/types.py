@@ -40,7 +40,6 @@ SCALED_FIELDS = (
     "backward_input_s",
     "backward_weight_s",
     "saved_bytes",
-    "retained_bytes",
     "output_bytes",
     "forward_flops",
 )
@@ -109,9 +108,6 @@ class UnitCost:
     peak_bytes: int = 0  # CUDA only: max_memory_allocated above the baseline during the unit's F + B (0: not measured)
     #: parameters a token uses: ``params`` less the routed experts it does not visit (= params when dense)
     active_params: int = -1
-    #: of saved_bytes, those still held after a split backward's W while the unit's graph lives: what
-    #: only I needed, kept for W because I retained the graph (0: not measured, e.g. analytic profiles)
-    retained_bytes: int = 0
 
     def __post_init__(self):
         if self.active_params < 0:
@@ -148,7 +144,6 @@ class UnitCost:
             spread={k: spread.num(k) for k in spread.data},
             peak_bytes=f.int("peak_bytes", default=0),
             active_params=f.int("active_params", default=-1),
-            retained_bytes=f.int("retained_bytes", default=0),
         )
 
 
@@ -262,7 +257,7 @@ class Profile:
         for u in base.units:
             line = fit["units"][u.name]
             vals = {f: max(0.0, line[f][0] + line[f][1] * microbatch_size) for f in SCALED_FIELDS}
-            for f in ("saved_bytes", "retained_bytes", "output_bytes"):
+            for f in ("saved_bytes", "output_bytes"):
                 vals[f] = int(round(vals[f]))
             units.append(replace(u, **vals, spread={}))
         scale = microbatch_size / base.microbatch_size

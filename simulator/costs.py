@@ -19,12 +19,7 @@ Assumptions:
 - after I, a zero-bubble stage keeps all of each unit's activations until W, as
   ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` takes the input gradients
   with ``retain_graph=True``, so every tensor saved for backward lives until the weight
-  gradients are taken (a runtime that frees what W does not need would keep less). W then frees
-  what it used; the rest (``retained_bytes``: what only I needed, measured per unit by the
-  profiler) lives as long as the graph. A stage that sends its output drops the graph after W;
-  the last stage's graph lives until the step ends, because torch's schedules keep each
-  microbatch's loss until then (``_PipelineSchedule._internal_losses``). Under tp or recompute
-  the retained share scales with the unit's activations;
+  gradients are taken (a runtime that frees what W does not need would keep less);
 - the first stage has no input gradient to compute (its inputs are data): its I is empty
   and its W runs the whole backward, keeping all activations until then (as
   ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` is skipped on stage 0);
@@ -135,13 +130,11 @@ class UnitRecord:
     # of forward_s and of backward_s (input_s): the tensor-parallel collectives inside them
     tp_forward_s: float = 0.0
     tp_backward_s: float = 0.0
-    #: of keep_bytes, still held after W while the unit's graph lives (``UnitCost.retained_bytes``)
-    retained_bytes: int = 0
 
     def as_first_stage(self) -> UnitRecord:
         """The unit inside stage 0: no input gradient, so I is empty, W is the whole backward
-        and everything is kept from I until W, then freed."""
-        return replace(self, input_s=0.0, weight_s=self.backward_s, keep_bytes=self.activation_bytes, retained_bytes=0)
+        and everything is kept from I until W."""
+        return replace(self, input_s=0.0, weight_s=self.backward_s, keep_bytes=self.activation_bytes)
 
 
 @dataclass(frozen=True)
@@ -158,9 +151,6 @@ class StageCost:
     input_bytes: int  # gradient sent back to the previous stage (0 for the first)
     param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
     keep_bytes: int | None = None  # of activation_bytes, held from I until W (None: half, rounded down)
-    #: of keep_bytes, held past W until the step ends: on the last stage, whose losses torch's
-    #: schedules keep (and with them each microbatch's graph) until the step ends
-    retained_bytes: int = 0
     optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
     # DualPipe's F&B: duration of an Overlap pair whose backward is this stage's (its forward is
     # the other stage on the rank). None: not measured, forward_s of that stage + backward_s, as
@@ -285,8 +275,6 @@ def unit_records(
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
                 keep_bytes=int(act),  # the whole graph is retained from I to W (module docstring)
-                # the profile's share W leaves held, scaled with the activations (tp, recompute)
-                retained_bytes=int(u.retained_bytes * act / u.saved_bytes) if u.saved_bytes else 0,
                 output_bytes=sc.output_bytes,
                 input_bytes=unit_input,
                 grad_bytes=params * dtype.bytes,
@@ -493,7 +481,6 @@ class CostModel:
             input_bytes=0 if index == 0 else recs[0].input_bytes,
             param_bytes=sum(r.grad_bytes for r in recs),
             keep_bytes=sum(r.keep_bytes for r in recs),
-            retained_bytes=sum(r.retained_bytes for r in recs) if last else 0,
             optimizer_s=sum(r.optimizer_s for r in recs),
         )
 

@@ -17,10 +17,9 @@ overlap compute unless ``Links.overlap`` is False (then the sender is busy for t
 transfer); transfers do not contend; after the last backward each rank all-reduces its
 gradients across ``dp`` replicas and runs the optimizer step (``optimizer_s``, plus each
 of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's
-activations from the start of F until its B ends (after I, ``keep_bytes`` of them stay until
-W, and ``retained_bytes`` of those until the step ends); a forward-only table keeps no
-activations; a pair adds its forward's activations when it starts and frees its backward's
-when it ends. In the Timeline a pair
+activations from the start of F until its B ends (after I, ``w_keep_fraction`` of them
+stay until W); a forward-only table keeps no activations; a pair adds its forward's
+activations when it starts and frees its backward's when it ends. In the Timeline a pair
 is two events, its forward then its backward, splitting its span in proportion to their
 own times.
 Same input, same output, byte for byte.
@@ -146,12 +145,11 @@ def _timeline(
     step = max(ends.values())
     act = [0] * len(costs) if forward_only else [c.activation_bytes for c in costs]
     keep = [0] * len(costs) if forward_only else [c.keep_bytes for c in costs]
-    retained = [0] * len(costs) if forward_only else [c.retained_bytes for c in costs]
     stats, memory = [], {}
     for r, log in logs.items():
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
-        peak, peak_at, curve = _memory(table[r], log, static, act, keep, retained, forward_only, detail)
+        peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only, detail)
         if detail:
             memory[r] = curve
         stats.append(RankStats(r, busy[r], 1.0 - busy[r] / step if step > 0 else 0.0, peak, peak_at))
@@ -256,19 +254,11 @@ def _sends(
 
 
 def _memory(
-    acts: list,
-    log: RankLog,
-    static: int,
-    act: list[int],
-    keep: list[int],
-    retained: list[int],
-    forward_only: bool,
-    curve: bool,
+    acts: list, log: RankLog, static: int, act: list[int], keep: list[int], forward_only: bool, curve: bool
 ) -> tuple[int, float, list[tuple[float, int]]]:
     """One rank's memory: static bytes, plus activations from each F's start until its backward
-    frees them (a W all but ``retained``, which the step's end frees). (peak, when it is first
-    reached, the curve: (time, bytes) at each change, or [] without ``curve``.) A rank's actions
-    are in time order, so its points are too (no sort)."""
+    frees them. (peak, when it is first reached, the curve: (time, bytes) at each change, or []
+    without ``curve``.) A rank's actions are in time order, so its points are too (no sort)."""
     level = peak = static
     peak_at = 0.0
     pts = [(0.0, static)] if curve else []
@@ -293,7 +283,7 @@ def _memory(
                     peak, peak_at = level, b
             continue
         if k is _W:
-            level -= keep[s] - retained[s]
+            level -= keep[s]
         else:
             level -= act[s] if k is _B else act[s] - keep[s]
         pa((e, level))
