@@ -25,7 +25,8 @@ share of compute time the busiest rank was ready but not running (other load); m
 measured peak bytes per rank (the run counts weights, gradients, optimizer state and the bytes
 saved for backward, as the profiler does). Then: median and max |error| per schedule family,
 Kendall tau between predicted and measured order over the plans of each (model, microbatches),
-and the load average before and after.
+each model profiled again after the runs (how far its compute moved: the host's own drift, a floor
+under every error above), and the load average before and after.
 
 The full matrix is 62 plans x 2 rounds x 7 steps (about 25-30 minutes on a quiet 2-core host,
 estimated from the plans' predicted steps); ``--quick`` runs 19 plans in about 5.
@@ -244,6 +245,29 @@ def _print(rows: list[dict], rounds: int, steps: int) -> dict:
     return {"families": fam_out, "tau": {k: t for k, (t, _) in taus.items()}, "median": med, "max": worst, "met": met}
 
 
+def _compute_s(profile) -> float:
+    """The model's forward + backward per microbatch by the profile: its units' F + B summed."""
+    return sum(u.forward_s + u.backward_s for u in profile.entry("fp32", 1).units)
+
+
+def _reprofile(models: list[str], out: Path, seq_len: int) -> dict[str, float]:
+    """Each model profiled again after the runs, the same way: how far the second profile's
+    compute lies from the first's. On a host whose speed drifts this is the floor under any
+    prediction's error (the prediction came from the first profile), measured, not modelled."""
+    from profiles import load_profile
+
+    drift = {}
+    for model in models:
+        first, again = out / f"{model}.profile.json", out / f"{model}.again.profile.json"
+        _pipeplan("profile", model, "--seq-len", str(seq_len), "-o", str(again))
+        drift[model] = _compute_s(load_profile(again)) / _compute_s(load_profile(first)) - 1
+    print(
+        "profiled again after the runs (same command), compute F + B per microbatch against the first profile: "
+        + ", ".join(f"{m} {d:+.1%}" for m, d in drift.items())
+    )
+    return drift
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"a short run for make bench: {QUICK}")
@@ -298,6 +322,7 @@ def main() -> int:
     reports = _run(configs, args.out, args.steps, args.warmup, args.rounds)
     rows = [_row(c, reports[i]) for i, c in enumerate(configs)]
     summary = _print(rows, args.rounds, args.steps)
+    summary["reprofiled"] = _reprofile(args.models.split(","), args.out, args.seq_len)
     print(
         f"load average (1/5/15 min): before calibration {load_before}; before the runs {load_run}; after {_load()}; "
         f"wall {time.perf_counter() - t_start:.0f} s (runs {time.perf_counter() - t_run:.0f} s)"

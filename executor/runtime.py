@@ -103,7 +103,10 @@ class _LiveSaved:
             __slots__ = ("t", "ptr", "nbytes")
 
             def __init__(self, t: torch.Tensor):
-                self.t = t
+                # an alias without grad_fn: a tensor a node saves from its own output (exp's,
+                # log_softmax's, attention's) would otherwise point back at the node and make a
+                # cycle through autograd's C++ objects that is never freed, counted forever
+                self.t = t.detach()
                 st = plain_tensor(t).untyped_storage()  # a DTensor (tp) counts its shard
                 self.ptr, self.nbytes = st.data_ptr(), st.nbytes()
                 if self.ptr in tracker.skip:

@@ -102,7 +102,7 @@ def count_saved_bytes(exclude: list[torch.Tensor] | tuple = ()) -> Iterator[list
         if key not in skip and key not in seen and st.nbytes() > 0:
             seen.add(key)
             total[0] += st.nbytes()
-        return t
+        return t.detach()  # not ``t``: a node's own saved output would make a cycle that is never freed
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield total

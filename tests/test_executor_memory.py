@@ -35,3 +35,25 @@ def test_rank_host_memory_follows_its_own_stages(tmp_path):
     extra = whole[1] - whole[0]
     assert grew[0] < extra / 4, (grew, extra)
     assert grew[1] > 2 * extra, (grew, extra)
+
+
+def test_saved_bytes_are_counted_until_autograd_lets_them_go():
+    """The run's memory count (saved tensors live, the CPU stand-in for the allocator's peak) drops
+    to zero once the graph is gone, also for tensors a node saves from its own output (exp): held
+    by the count as themselves, they would point back at their node and never be freed."""
+    import torch
+
+    from executor.runtime import _LiveSaved
+
+    w = torch.nn.Parameter(torch.randn(64, 64))
+    x = torch.randn(8, 64, requires_grad=True)
+    tracker = _LiveSaved([w])
+    with tracker.hooks():
+        y = (x @ w).exp().sum()  # mm saves x (and w, a parameter: not counted); exp saves its output
+    assert tracker.live == 2 * 8 * 64 * 4
+    del y
+    assert tracker.live == 0 and tracker.peak == 2 * 8 * 64 * 4
+    with tracker.hooks():
+        y = (x @ w).exp().sum()
+    y.backward()
+    assert tracker.live == 0  # the backward frees them
