@@ -142,7 +142,8 @@ def _weight_grad_flops(unit: nn.Module, tokens: int, moe: tuple[int, int] | None
 
 
 def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, dtype: str, tokens: int):
-    """Forward on meta: returns (output, forward flops, backward flops, W flops, saved bytes)."""
+    """Forward on meta: (output, forward flops, backward flops, W flops, saved bytes, parameters,
+    whether the input takes a gradient, active parameters, bytes the loss alone saves)."""
     unit = copy.deepcopy(model.units[idx]).to(TORCH_DTYPES[dtype])
     params = [p for p in unit.parameters()]
     last = idx == len(model.units) - 1
@@ -157,6 +158,10 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
             loss.backward()
         else:
             out.backward(torch.ones_like(out))
+    loss_saved = [0]
+    if last:  # what the loss alone saves (freed with I in a pipeline runtime)
+        with count_saved_bytes() as loss_saved:
+            model.loss_fn(out.detach().requires_grad_(True), target)
     return (
         out.detach(),
         float(fwd.get_total_flops()),
@@ -166,11 +171,12 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
         sum(p.numel() for p in params),
         x_in.requires_grad,
         model.active_params(idx),
+        int(loss_saved[0]),
     )
 
 
 def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_bytes: int) -> UnitCost:
-    _, f_flops, b_flops, w_flops, saved, params, has_input_grad, active = counted
+    _, f_flops, b_flops, w_flops, saved, params, has_input_grad, active, loss_saved = counted
     w_flops = min(w_flops, b_flops)
     i_flops = b_flops - w_flops
     elem = torch.empty(0, dtype=TORCH_DTYPES[dtype]).element_size()
@@ -194,6 +200,7 @@ def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_by
         saved_bytes=saved,
         output_bytes=output_bytes,
         forward_flops=f_flops,
+        loss_saved_bytes=loss_saved,
     )
 
 

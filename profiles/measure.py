@@ -293,6 +293,13 @@ def _param_groups(out: torch.Tensor, x_in: torch.Tensor, params: list[nn.Paramet
     return groups, handles
 
 
+def _loss_saved_bytes(run: _Runner, out: torch.Tensor) -> int:
+    """Bytes the loss alone saves for backward, from the last unit's output ``out``."""
+    with count_saved_bytes() as saved, run.autocast:
+        run.model.loss_fn(_leaf(out), run.target)
+    return int(saved[0])
+
+
 def _repeat(run: _Runner, keep: bool, samples: dict, whole_f: list, whole_b: list) -> None:
     """One repeat: chain F + B, chain F + I + W, whole model F + B."""
     xs, outs, f1 = run.chain_forward()
@@ -366,6 +373,7 @@ def _profile_entry(
         peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
         with torch.no_grad(), run.autocast:
             y = unit(x_in)
+        loss_saved = _loss_saved_bytes(run, y) if idx == run.last else 0
         med = {k: _median_spread(samples[k][idx]) for k in TIMES}
         units.append(
             UnitCost(
@@ -383,6 +391,7 @@ def _profile_entry(
                 forward_flops=float(fc.get_total_flops()),
                 spread={k: round(v[1], 4) for k, v in med.items()},
                 peak_bytes=peak,
+                loss_saved_bytes=loss_saved,
             )
         )
         x = y.detach()

@@ -40,6 +40,7 @@ SCALED_FIELDS = (
     "backward_input_s",
     "backward_weight_s",
     "saved_bytes",
+    "loss_saved_bytes",
     "output_bytes",
     "forward_flops",
 )
@@ -108,6 +109,9 @@ class UnitCost:
     peak_bytes: int = 0  # CUDA only: max_memory_allocated above the baseline during the unit's F + B (0: not measured)
     #: parameters a token uses: ``params`` less the routed experts it does not visit (= params when dense)
     active_params: int = -1
+    #: the last unit's: of saved_bytes, those its loss saved (the log-probabilities), which a pipeline
+    #: runtime frees with the input gradient (I), W not needing them (0 elsewhere and in older profiles)
+    loss_saved_bytes: int = 0
 
     def __post_init__(self):
         if self.active_params < 0:
@@ -144,6 +148,7 @@ class UnitCost:
             spread={k: spread.num(k) for k in spread.data},
             peak_bytes=f.int("peak_bytes", default=0),
             active_params=f.int("active_params", default=-1),
+            loss_saved_bytes=f.int("loss_saved_bytes", default=0),
         )
 
 
@@ -257,7 +262,7 @@ class Profile:
         for u in base.units:
             line = fit["units"][u.name]
             vals = {f: max(0.0, line[f][0] + line[f][1] * microbatch_size) for f in SCALED_FIELDS}
-            for f in ("saved_bytes", "output_bytes"):
+            for f in ("saved_bytes", "loss_saved_bytes", "output_bytes"):
                 vals[f] = int(round(vals[f]))
             units.append(replace(u, **vals, spread={}))
         scale = microbatch_size / base.microbatch_size

@@ -19,7 +19,9 @@ Assumptions:
 - after I, a zero-bubble stage keeps all of each unit's activations until W, as
   ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` takes the input gradients
   with ``retain_graph=True``, so every tensor saved for backward lives until the weight
-  gradients are taken (a runtime that frees what W does not need would keep less);
+  gradients are taken (a runtime that frees what W does not need would keep less), except
+  what the loss saved (``UnitCost.loss_saved_bytes``, the log-probabilities): torch detaches the
+  last stage's output and loss after I, and W does not need them, so I frees them;
 - the first stage has no input gradient to compute (its inputs are data): its I is empty
   and its W runs the whole backward, keeping all activations until then (as
   ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` is skipped on stage 0);
@@ -260,9 +262,11 @@ def unit_records(
         unit_input = scaled[i - 1].output_bytes if i > 0 else 0
         b_scale = (sc.backward_input_s + sc.backward_weight_s) / (u.backward_input_s + u.backward_weight_s or 1.0)
         if option.recompute is Recompute.FULL:  # keep the unit's input, redo its forward (collectives too)
-            act, extra = unit_input, sc.forward_s + sc.comm_forward_s
+            act, extra, loss_part = unit_input, sc.forward_s + sc.comm_forward_s, 0
         else:
             act, extra = sc.saved_bytes, sc.recompute_s
+            # the loss's share of the activations, scaled as they are (tp)
+            loss_part = int(u.loss_saved_bytes * act / u.saved_bytes) if u.saved_bytes else 0
         params = sc.params
         out.append(
             UnitRecord(
@@ -274,7 +278,7 @@ def unit_records(
                 weight_s=sc.backward_weight_s,
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
-                keep_bytes=int(act),  # the whole graph is retained from I to W (module docstring)
+                keep_bytes=int(act) - loss_part,  # retained from I to W but the loss (module docstring)
                 output_bytes=sc.output_bytes,
                 input_bytes=unit_input,
                 grad_bytes=params * dtype.bytes,

@@ -51,6 +51,7 @@ def _profile(rng: random.Random, n: int, path) -> Profile:
                 r["saved"] * size // 4,
                 r["out"] * size // 4,
                 0.0,
+                loss_saved_bytes=r["saved"] * size // 8 if i == n - 1 else 0,  # freed with I (the loss's)
             )
             for i, r in enumerate(rows)
         )

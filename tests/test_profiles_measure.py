@@ -106,6 +106,25 @@ def test_profile_file_fits_and_entry_at(tmp_path):
     assert q.entry("fp32").microbatch_size == 1
 
 
+def test_the_loss_share_of_the_last_units_activations_and_how_long_it_is_kept(tiny_profile_path):
+    """The last unit's profile says what its loss alone saved: the log-probabilities, one per token
+    and vocabulary entry (plus the targets). A split backward keeps the rest of its activations from
+    I until W, and a stage that is not the last keeps everything; under full recompute only the
+    unit's input is kept, none of the loss."""
+    from simulator.costs import Option, Recompute, unit_records
+
+    profile = load_profile(tiny_profile_path)
+    units = profile.entry("fp32", 1).units
+    logprobs = profile.seq_len * profile.model_config["vocab_size"] * 4
+    assert logprobs <= units[-1].loss_saved_bytes <= logprobs + 1024
+    assert all(u.loss_saved_bytes == 0 for u in units[:-1])
+    recs = unit_records(profile, Option())
+    assert recs[-1].keep_bytes == recs[-1].activation_bytes - units[-1].loss_saved_bytes
+    assert all(r.keep_bytes == r.activation_bytes for r in recs[:-1])
+    full = unit_records(profile, Option(recompute=Recompute.FULL))
+    assert full[-1].keep_bytes == full[-1].activation_bytes == full[-2].output_bytes
+
+
 def test_old_files_without_optional_fields_load(tmp_path):
     p = profile_model("mlp-tiny", seq_len=8, repeats=1, warmup=0)
     d = p.to_dict()
