@@ -35,7 +35,7 @@ import torch.fx
 from torch import nn
 
 from .contract import UserError
-from .measure import TORCH_DTYPES, count_saved_bytes, flop_counter, tied_record
+from .measure import TORCH_DTYPES, count_saved_bytes, flop_counter, loss_saved_bytes, tied_record
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
@@ -158,10 +158,6 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
             loss.backward()
         else:
             out.backward(torch.ones_like(out))
-    loss_saved = [0]
-    if last:  # what the loss alone saves (freed with I in a pipeline runtime)
-        with count_saved_bytes() as loss_saved:
-            model.loss_fn(out.detach().requires_grad_(True), target)
     return (
         out.detach(),
         float(fwd.get_total_flops()),
@@ -171,7 +167,7 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
         sum(p.numel() for p in params),
         x_in.requires_grad,
         model.active_params(idx),
-        int(loss_saved[0]),
+        loss_saved_bytes(model.loss_fn, out, target) if last else 0,  # freed with I in a pipeline runtime
     )
 
 

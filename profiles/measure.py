@@ -29,6 +29,7 @@ __all__ = [
     "profile_model",
     "flop_counter",
     "count_saved_bytes",
+    "loss_saved_bytes",
     "TORCH_DTYPES",
     "attention_impl",
     "ASSUMPTIONS",
@@ -293,10 +294,10 @@ def _param_groups(out: torch.Tensor, x_in: torch.Tensor, params: list[nn.Paramet
     return groups, handles
 
 
-def _loss_saved_bytes(run: _Runner, out: torch.Tensor) -> int:
-    """Bytes the loss alone saves for backward, from the last unit's output ``out``."""
-    with count_saved_bytes() as saved, run.autocast:
-        run.model.loss_fn(_leaf(out), run.target)
+def loss_saved_bytes(loss_fn: Callable, out: torch.Tensor, target: torch.Tensor) -> int:
+    """Bytes the loss alone saves for backward, from the last unit's output ``out`` (also on meta)."""
+    with count_saved_bytes() as saved:
+        loss_fn(_leaf(out), target)
     return int(saved[0])
 
 
@@ -373,7 +374,8 @@ def _profile_entry(
         peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
         with torch.no_grad(), run.autocast:
             y = unit(x_in)
-        loss_saved = _loss_saved_bytes(run, y) if idx == run.last else 0
+        with run.autocast:
+            loss_saved = loss_saved_bytes(run.model.loss_fn, y, run.target) if idx == run.last else 0
         med = {k: _median_spread(samples[k][idx]) for k in TIMES}
         units.append(
             UnitCost(
