@@ -25,14 +25,17 @@ share of compute time the busiest rank was ready but not running (other load); m
 measured peak bytes per rank (the run counts weights, gradients, optimizer state and the bytes
 saved for backward, as the profiler does). Then: median and max |error| per schedule family,
 Kendall tau between predicted and measured order over the plans of each (model, microbatches),
-each model profiled again after the runs (how far its compute moved: the host's own drift, a floor
-under every error above), and the load average before and after.
+the measurement against itself (each round taken as the prediction of another round: step
+|error| and Kendall tau on the same footing as the prediction's against one round; a target the
+rounds miss against each other lies below what this host can tell), each model profiled again
+after the runs (how far its compute moved: the host's own drift, a floor under every error
+above), and the load average before and after.
 
 The full matrix is 62 plans x 2 rounds x 7 steps (16 minutes on a quiet 2-core host, measured:
 954 s); ``--quick`` runs 19 plans in about 2 (90-100 s).
 
 Targets (issue 17): median |error| <= 4% and max <= 8% over every family, Kendall tau >= 0.8,
-memory per rank within 5%. ``--quick`` (``make bench``): two models, m 4, one round of 2 steps, the
+memory per rank within 5%. ``--quick`` (``make bench``): two models, m 4, two rounds of 2 steps, the
 planner's best plan only. Memory is counted on the second warm-up step (the first also runs torch's
 shape inference), so ``--warmup`` stays at 2 or more.
 """
@@ -55,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 MODELS = "gpt2-demo,llama-small,bert-small"  # gpt2-demo: 50257-token head on 256-wide blocks
-QUICK = {"models": "llama-small,bert-small", "microbatches": "4", "steps": 2, "rounds": 1, "top": 1}
+QUICK = {"models": "llama-small,bert-small", "microbatches": "4", "steps": 2, "rounds": 2, "top": 1}
 
 
 @dataclass
@@ -172,6 +175,7 @@ def _row(c: Config, reps: list) -> dict:
         "split": c.plan.split,
         "pred_s": pred,
         "meas_s": med,
+        "rounds_s": [r.step_s_median for r in reps],  # each round's own median step, in turn
         "error": med / pred - 1,
         "replay_error": statistics.median(r.step_s_median / replayed_step_s(c.plan, r) - 1 for r in reps),
         # the replay against the prediction: compute (with its overhead) that ran off its profile
@@ -243,6 +247,61 @@ def _print(rows: list[dict], rounds: int, steps: int) -> dict:
     }
     print("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
     return {"families": fam_out, "tau": {k: t for k, (t, _) in taus.items()}, "median": med, "max": worst, "met": met}
+
+
+def _floor(rows: list[dict]) -> dict | None:
+    """The measurement against itself, on the same footing as the prediction: one round of the
+    same plans (same code, a round apart) taken as the prediction of another round.
+
+    Step time: |round a / round b - 1| over every config and ordered pair of rounds, beside the
+    prediction's |round a / predicted - 1| over every config and round. Order: Kendall tau of one
+    round's order against another's, beside the prediction's tau against each round, per
+    (model, microbatches). Where the rounds miss a target against each other, that target lies
+    below how well this host repeats a measurement. None with one round."""
+    rounds = min(len(r["rounds_s"]) for r in rows)
+    if rounds < 2:
+        return None
+    pairs = list(itertools.permutations(range(rounds), 2))
+    self_err = [abs(r["rounds_s"][a] / r["rounds_s"][b] - 1) for r in rows for a, b in pairs]
+    pred_err = [abs(r["rounds_s"][a] / r["pred_s"] - 1) for r in rows for a in range(rounds)]
+    self_tau, pred_tau = {}, {}
+    for key, rs in itertools.groupby(
+        sorted(rows, key=lambda r: (r["model"], r["microbatches"])), key=lambda r: (r["model"], r["microbatches"])
+    ):
+        rs = list(rs)
+        if len(rs) >= 6:
+            name = f"{key[0]} m={key[1]}"
+            at = [[r["rounds_s"][k] for r in rs] for k in range(rounds)]
+            self_tau[name] = statistics.median(kendall_tau(at[a], at[b]) for a, b in pairs)
+            pred_tau[name] = statistics.median(kendall_tau([r["pred_s"] for r in rs], at[a]) for a in range(rounds))
+    print(
+        "\nthe measurement against itself: one round taken as the prediction of another (same plans, same code)"
+        f"\n  step time |error|: one round for another median {statistics.median(self_err):.1%}, max "
+        f"{max(self_err):.1%}; the prediction for one round median {statistics.median(pred_err):.1%}, max "
+        f"{max(pred_err):.1%}\n  Kendall tau, one round's order against another's | the prediction's against one "
+        "round's:\n" + "\n".join(f"    {k:<22} {self_tau[k]:+.2f} | {pred_tau[k]:+.2f}" for k in self_tau)
+    )
+    floor = {
+        "median": statistics.median(self_err),
+        "max": max(self_err),
+        "tau": self_tau,
+        "prediction_per_round": {"median": statistics.median(pred_err), "max": max(pred_err), "tau": pred_tau},
+    }
+    below = [
+        name
+        for name, missed in (
+            ("median <= 4%", floor["median"] > 0.04),
+            ("max <= 8%", floor["max"] > 0.08),
+            ("tau >= 0.8", min(self_tau.values(), default=1.0) < 0.8),
+        )
+        if missed
+    ]
+    if below:
+        print(
+            f"  the rounds miss {', '.join(below)} against each other: on this host those targets lie below how "
+            "well a measurement repeats itself"
+        )
+    return floor
 
 
 def _compute_s(profile) -> float:
@@ -322,6 +381,7 @@ def main() -> int:
     reports = _run(configs, args.out, args.steps, args.warmup, args.rounds)
     rows = [_row(c, reports[i]) for i, c in enumerate(configs)]
     summary = _print(rows, args.rounds, args.steps)
+    summary["floor"] = _floor(rows)
     summary["reprofiled"] = _reprofile(args.models.split(","), args.out, args.seq_len)
     print(
         f"load average (1/5/15 min): before calibration {load_before}; before the runs {load_run}; after {_load()}; "
