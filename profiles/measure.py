@@ -49,7 +49,8 @@ ASSUMPTIONS: tuple[str, ...] = (
     "I then W are timed on one graph the way zero-bubble runtimes run them (torch.distributed.pipelining "
     "stage_backward_input / stage_backward_weight): I is autograd.grad for the unit's input with the graph retained "
     "and hooks keeping the gradients at the nodes that lead to weights; W then starts from those gradients, after "
-    "all units' I. The graph analysis that finds those nodes runs before the clock starts;",
+    "all units' I. The graph analysis that finds those nodes (torch's construct_reverse_graph and get_param_groups) "
+    "is timed in I, since stage_backward_input runs it there;",
     "the last unit's forward includes the loss and its backward starts from the loss;",
     "unit chains and whole-model runs are interleaved repeat by repeat, so drift hits both;",
     "parameter gradients stay allocated between passes and every timed backward adds into them, as microbatches "
@@ -240,8 +241,8 @@ class _Runner:
                 torch.autograd.backward(out, grad, inputs=params)
                 t_w[idx] = self.clock.between([m0, self.clock.mark()])[0]
                 continue
+            m0 = self.clock.mark()  # the graph analysis is part of I, as stage_backward_input runs it
             groups[idx], handles = _param_groups(out, x_in, params)
-            m0 = self.clock.mark()
             (dx,) = torch.autograd.grad(out, x_in, grad, retain_graph=bool(params))
             t_i[idx] = self.clock.between([m0, self.clock.mark()])[0]
             for h in handles:

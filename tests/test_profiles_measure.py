@@ -41,9 +41,15 @@ def _ratios(entry):
     return c["forward"], iw, c["saved_bytes"]
 
 
+#: sum (I + W) / sum B: I also times the graph analysis torch's stage_backward_input runs before
+#: its gradient (construct_reverse_graph, get_param_groups: a few tenths of a millisecond per block,
+#: which B does not run), so the split costs somewhat more than the full backward, never less
+IW_BOUNDS = (0.9, 1.3)
+
+
 def _ok(ratios):
     f, iw, s = ratios
-    return abs(f - 1) <= 0.10 and abs(iw - 1) <= 0.15 and abs(s - 1) <= 0.02
+    return abs(f - 1) <= 0.10 and IW_BOUNDS[0] <= iw <= IW_BOUNDS[1] and abs(s - 1) <= 0.02
 
 
 @pytest.mark.parametrize(
@@ -62,7 +68,7 @@ def test_units_add_up_to_the_whole_model(name, overrides):
             break
     f, iw, s = ratios
     assert abs(f - 1) <= 0.10, f"sum of unit forwards / whole forward = {f:.3f}"
-    assert abs(iw - 1) <= 0.15, f"sum (I + W) / sum B = {iw:.3f}"
+    assert IW_BOUNDS[0] <= iw <= IW_BOUNDS[1], f"sum (I + W) / sum B = {iw:.3f}"
     assert abs(s - 1) <= 0.02, f"sum of saved bytes / whole = {s:.4f}"
     for u in p.entries[0].units:
         assert u.forward_s > 0 and u.backward_s > 0 and u.forward_flops >= 0 and u.params > 0
