@@ -5,15 +5,18 @@ Four figures, each measured with what the executor really runs:
 - ``action_overhead_s``: the real ``_PipelineScheduleRuntime`` runs a 1F1B table on MLP
   stages that send 128 KiB activations; per rank, step time minus compute time (wrapped
   ``*_one_chunk``) minus time spent waiting for receives, divided by the compute actions:
-  what the runtime itself costs per action (posting sends and receives, bookkeeping), counted
-  in this thread's CPU time, so that other load on the host, which keeps a rank off its core
-  between actions, does not pass for runtime overhead;
+  what the runtime itself costs between actions (posting sends and receives, bookkeeping),
+  plus what it costs inside each action around the math a profile times (the wrapped action
+  less the block's forward or torch's ``stage_backward*`` function in it: retrieving inputs,
+  checks, detaching outputs), both counted in this thread's CPU time, so that other load on
+  the host, which keeps a rank off its core, does not pass for runtime overhead;
 - link latency: in that same run, every dependency that crosses ranks while the consumer
   waits for it (F of stage 1 after F of stage 0, B of stage 0 after B of stage 1) costs the
   gap from the producer's compute end to the consumer's compute start. The simulator puts the
   per-action overhead inside each action and adds bytes / bandwidth to each transfer, so the
-  link latency is that gap less both. Medians are taken per direction and averaged, which
-  cancels any offset between the two ranks' clocks. (A bare send/recv ping-pong does not
+  link latency is that gap less the overhead between actions and the bytes / bandwidth.
+  Medians are taken per direction and averaged, which cancels any offset between the two
+  ranks' clocks. (A bare send/recv ping-pong does not
   see what the runtime pays, and on a loaded machine its small-message medians swing
   widely.) A receiver that waited longer pays more to wake up; the model leaves that out,
   as it is small next to a step (executor/README.md gives the figures);
@@ -105,13 +108,19 @@ def measure_runtime(
     width: int = 256,
     schedule: str = "1F1B",
     virtual: int = 1,
-) -> tuple[float, float, int]:
-    """(per-action overhead, crossing gap, bytes sent per crossing) of the real runtime on a 1F1B
-    table. Each stage is an MLP block on ``seq x width`` activations (128 KiB in fp32, as the
-    zoo's small models at sequence length 128 send), a few milliseconds per action, as real
-    stages take. Overhead: median over steps of (step - compute - receive waits) / compute
-    actions, on this rank. Gap: the mean over the two directions of the median producer-end to
-    consumer-start time of waited-for crossings (``crossing_gaps``), the same on every rank."""
+) -> tuple[float, float, float, int]:
+    """(overhead between actions, overhead inside them, crossing gap, bytes sent per crossing) of
+    the real runtime on a 1F1B table, per compute action. Each stage is an MLP block on
+    ``seq x width`` activations (128 KiB in fp32, as the zoo's small models at sequence length 128
+    send), a few milliseconds per action, as real stages take. Between: median over steps of
+    (step - compute actions - receive waits) / compute actions, on this rank. Inside: median over
+    steps of (compute actions - the math in them) / compute actions, where the math is the
+    block's forward and torch's backward functions (``stage_backward``, ``stage_backward_input``,
+    ``stage_backward_weight``), what a profile times; the rest of an action is the runtime's own
+    (its inputs, checks, outputs). Gap: the mean over the two directions of the median
+    producer-end to consumer-start time of waited-for crossings (``crossing_gaps``), the same on
+    every rank."""
+    import torch.distributed.pipelining.stage as torch_stage
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining import schedules as torch_schedules
 
@@ -126,11 +135,36 @@ def measure_runtime(
     table = make_schedule(schedule, world, microbatches, virtual)
     owner = stage_ranks(table)
     recorder = _Recorder()
+    math = [0.0]  # this thread's CPU time in the math inside the compute actions, this step
+
+    def timed_math(fn):
+        def run(*a, **k):
+            t = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                math[0] += time.thread_time() - t
+
+        return run
+
+    class Block(nn.Module):
+        """An MLP with a residual (its output is not a view, which torch's I detaches in place)."""
+
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+            self.math = timed_math(lambda x: self.mlp(x) + x)
+
+        def forward(self, x):
+            return self.math(x)
+
     stages = []
     for s in sorted(i for i, r in owner.items() if r == rank):
-        block = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-        stages.append(PipelineStage(block, s, len(owner), torch.device("cpu")))
+        stages.append(PipelineStage(Block(), s, len(owner), torch.device("cpu")))
         recorder.wrap(stages[-1])
+    backward_fns = {
+        n: getattr(torch_stage, n) for n in ("stage_backward", "stage_backward_input", "stage_backward_weight")
+    }
     cls = torch_schedules._PipelineScheduleRuntime
     sched = cls(stages, microbatches, loss_fn=lambda out, y: ((out - y) ** 2).mean())
     lower_table(sched, table)  # as the executor lowers it
@@ -144,13 +178,15 @@ def measure_runtime(
         waited[1] += time.thread_time() - cpu
 
     torch_schedules._wait_batch_p2p = timed_wait
+    for n, fn in backward_fns.items():
+        setattr(torch_stage, n, timed_math(fn))
     x, y = torch.randn(microbatches, seq, width), torch.randn(microbatches, seq, width)
     first, last = owner[0], owner[len(owner) - 1]
     clock = StepClock()
-    per_action, gaps = [], {}
+    per_action, inside, gaps = [], [], {}
     try:
         for i in range(repeats + 3):
-            recorder.events, waited[:], recorder.off_cpu_s = [], [0.0, 0.0], 0.0
+            recorder.events, waited[:], recorder.off_cpu_s, math[0] = [], [0.0, 0.0], 0.0, 0.0
             recorder.t0 = t0 = clock.start()
             cpu0 = time.thread_time()
             if rank == first == last:
@@ -168,14 +204,17 @@ def measure_runtime(
                 # its core (on a quiet host the same as step - compute - waits in wall time)
                 runtime_cpu = cpu - (compute - recorder.off_cpu_s) - waited[1]
                 per_action.append(max(0.0, min(runtime_cpu, step - compute - waited[0])) / len(recorder.events))
+                inside.append(max(0.0, compute - recorder.off_cpu_s - math[0]) / len(recorder.events))
                 everyone = [None] * world
                 dist.all_gather_object(everyone, [(rank, *e) for e in recorder.events])
                 for key, gs in crossing_gaps([e for evs in everyone for e in evs], owner).items():
                     gaps.setdefault(key, []).extend(gs)
     finally:
         torch_schedules._wait_batch_p2p = wait
+        for n, fn in backward_fns.items():
+            setattr(torch_stage, n, fn)
     gap = statistics.mean(statistics.median(gs) for gs in gaps.values()) if gaps else 0.0
-    return statistics.median(per_action), gap, seq * width * x.element_size()
+    return statistics.median(per_action), statistics.median(inside), gap, seq * width * x.element_size()
 
 
 def measure_optimizer(repeats: int, params: int = 16_000_000) -> float:
@@ -216,19 +255,23 @@ def main() -> int:
             samples = _links(rank, repeats)
             bar.update()
             bar.set_postfix_str("runtime overhead")
-            overhead, gap, sent = measure_runtime(repeats)
+            between, inside, gap, sent = measure_runtime(repeats)
             bar.update()
             bar.set_postfix_str("optimizer step")
             opt = measure_optimizer(max(5, repeats // 5))
             bar.update()
         bar.close()
         figures = [None] * world
-        dist.all_gather_object(figures, (overhead, opt))
+        dist.all_gather_object(figures, (between, inside, opt))
         if rank == 0:
             bw = fit_bandwidth(samples)
-            overhead = statistics.median(f[0] for f in figures)
-            lat = max(0.0, gap - overhead - sent / bw)  # the simulator adds both apart
-            opt = max(f[1] for f in figures)
+            between = statistics.median(f[0] for f in figures)
+            inside = statistics.median(f[1] for f in figures)
+            overhead = between + inside
+            # the gap runs from one action's end to the next one's start: it holds the runtime's work
+            # between actions, not inside them (the simulator adds both overheads inside the action)
+            lat = max(0.0, gap - between - sent / bw)
+            opt = max(f[2] for f in figures)
             base = PRESET_CLUSTERS["cpu-local"]
             cluster = replace(
                 base,
@@ -247,10 +290,14 @@ def main() -> int:
             for size, t in samples:
                 print(f"{size:>10} {t * 1e3:11.3f}")
             print(f"bandwidth (slope of the one-way times): {bw / 1e9:.2f} GB/s")
-            print(f"runtime overhead per compute action: {overhead * 1e6:.1f} us")
             print(
-                f"cross-rank dependency in the runtime ({sent >> 10} KiB): {gap * 1e6:.1f} us from producer "
-                f"end to consumer start = overhead + {sent >> 10} KiB / bandwidth + link latency {lat * 1e6:.1f} us"
+                f"runtime overhead per compute action: {overhead * 1e6:.1f} us ({between * 1e6:.1f} between actions, "
+                f"{inside * 1e6:.1f} inside them around the math)"
+            )
+            print(
+                f"cross-rank dependency in the runtime ({sent >> 10} KiB): {gap * 1e6:.1f} us from producer end to "
+                f"consumer start = overhead between actions + {sent >> 10} KiB / bandwidth + link latency "
+                f"{lat * 1e6:.1f} us"
             )
             print(f"gradient scaling + AdamW step: {opt * 1e9:.2f} ns per parameter")
             print(f"wrote {out}")

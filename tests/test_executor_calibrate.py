@@ -135,3 +135,32 @@ def test_replay_with_the_runs_own_action_times_separates_the_schedule_model_from
     assert replayed_step_s(plan, report) == pytest.approx(ran.step_s, rel=1e-9)
     table = compare_table(predicted, report, replayed_s=replayed_step_s(plan, report))
     assert "replayed step (ms)" in table and "+0.0%" in table.splitlines()[-3]
+
+
+_INSIDE = """
+import sys, tempfile, time
+import torch, torch.distributed as dist
+from torch.distributed.pipelining import PipelineStage
+from executor.calibrate import measure_runtime
+torch.set_num_threads(1)
+dist.init_process_group("gloo", store=dist.FileStore(tempfile.mktemp(), 1), rank=0, world_size=1)
+plain = measure_runtime(5)
+orig = PipelineStage.forward_one_chunk
+def slow(self, *a, **k):  # 1 ms of the runtime's own work inside every F, outside its math
+    t = time.thread_time()
+    while time.thread_time() - t < 1e-3:
+        pass
+    return orig(self, *a, **k)
+PipelineStage.forward_one_chunk = slow
+print(*plain[:2], *measure_runtime(5)[:2])
+"""
+
+
+def test_the_runtime_overhead_counts_its_work_inside_an_action_apart_from_the_math():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", _INSIDE], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    between, inside, between_slow, inside_slow = map(float, r.stdout.split())
+    # half of a 1F1B table's actions are F: 0.5 ms more per action inside, none between
+    assert 0.3e-3 < inside_slow - inside < 0.8e-3
+    assert abs(between_slow - between) < 0.25e-3
