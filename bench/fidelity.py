@@ -31,8 +31,8 @@ rounds miss against each other lies below what this host can tell), each model p
 after the runs (how far its compute moved: the host's own drift, a floor under every error
 above), and the load average before and after.
 
-The full matrix is 62 plans x 2 rounds x 7 steps (16-17 minutes on a quiet 2-core host, measured:
-954 s and 1034 s); ``--quick`` runs 19 plans twice in about 3 (160 s).
+The full matrix is 62 plans x 2 rounds x 7 steps (16-18 minutes on a 2-core host, measured:
+954, 1034 and 1100 s); ``--quick`` runs 19 plans twice in about 3 (160 s).
 
 Targets (issue 17): median |error| <= 4% and max <= 8% over every family, Kendall tau >= 0.8,
 memory per rank within 5%. ``--quick`` (``make bench``): two models, m 4, two rounds of 2 steps, the
