@@ -188,6 +188,16 @@ def _row(c: Config, reps: list) -> dict:
     }
 
 
+def _ranked_groups(rows: list[dict]):
+    """("MODEL m=M", its rows) for each (model, microbatches) with the 6 plans or more a Kendall
+    tau is taken over (issue 17), in sorted order."""
+    key = lambda r: (r["model"], r["microbatches"])  # noqa: E731
+    for (model, m), rs in itertools.groupby(sorted(rows, key=key), key=key):
+        rs = list(rs)
+        if len(rs) >= 6:
+            yield f"{model} m={m}", rs
+
+
 def _print(rows: list[dict], rounds: int, steps: int) -> dict:
     print(
         f"\n{'model':<12} {'schedule':<21} {'m':>2} {'plan':<9} {'pred ms':>8} {'meas ms':>8} {'error':>7} "
@@ -214,13 +224,10 @@ def _print(rows: list[dict], rounds: int, steps: int) -> dict:
             f"{fam:<21} {len(rs):>3} {statistics.median(e):7.1%} {max(e):7.1%} "
             f"{statistics.mean(r['error'] for r in rs):+7.1%} {statistics.median(re_):10.1%} {max(re_):10.1%}"
         )
-    taus = {}
-    for key, rs in itertools.groupby(
-        sorted(rows, key=lambda r: (r["model"], r["microbatches"])), key=lambda r: (r["model"], r["microbatches"])
-    ):
-        rs = list(rs)
-        if len(rs) >= 6:
-            taus[f"{key[0]} m={key[1]}"] = (kendall_tau([r["pred_s"] for r in rs], [r["meas_s"] for r in rs]), len(rs))
+    taus = {
+        name: (kendall_tau([r["pred_s"] for r in rs], [r["meas_s"] for r in rs]), len(rs))
+        for name, rs in _ranked_groups(rows)
+    }
     print("\nKendall tau, predicted vs measured order of the plans of one model and microbatch count:")
     for k, (t, n) in taus.items():
         print(f"  {k:<22} tau {t:+.2f} over {n} plans")
@@ -265,15 +272,10 @@ def _floor(rows: list[dict]) -> dict | None:
     self_err = [abs(r["rounds_s"][a] / r["rounds_s"][b] - 1) for r in rows for a, b in pairs]
     pred_err = [abs(r["rounds_s"][a] / r["pred_s"] - 1) for r in rows for a in range(rounds)]
     self_tau, pred_tau = {}, {}
-    for key, rs in itertools.groupby(
-        sorted(rows, key=lambda r: (r["model"], r["microbatches"])), key=lambda r: (r["model"], r["microbatches"])
-    ):
-        rs = list(rs)
-        if len(rs) >= 6:
-            name = f"{key[0]} m={key[1]}"
-            at = [[r["rounds_s"][k] for r in rs] for k in range(rounds)]
-            self_tau[name] = statistics.median(kendall_tau(at[a], at[b]) for a, b in pairs)
-            pred_tau[name] = statistics.median(kendall_tau([r["pred_s"] for r in rs], at[a]) for a in range(rounds))
+    for name, rs in _ranked_groups(rows):
+        at = [[r["rounds_s"][k] for r in rs] for k in range(rounds)]
+        self_tau[name] = statistics.median(kendall_tau(at[a], at[b]) for a, b in pairs)
+        pred_tau[name] = statistics.median(kendall_tau([r["pred_s"] for r in rs], at[a]) for a in range(rounds))
     print(
         "\nthe measurement against itself: one round taken as the prediction of another (same plans, same code)"
         f"\n  step time |error|: one round for another median {statistics.median(self_err):.1%}, max "
