@@ -76,7 +76,7 @@ def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
         "microbatches": plan.microbatches,
         "mb size": plan.microbatch_size,
         "step ms": pred.step_s * 1e3,
-        "vs even split": base["speedup"] if base else None,
+        "vs even split": base["speedup"] if base and base.get("fits_memory", True) else None,
         "bubble %": 100 * sum(pred.bubble_fraction) / len(pred.bubble_fraction),
         "peak GiB": peak / 2**30,
         "peak / cap %": 100 * peak / cap_bytes,

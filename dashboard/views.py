@@ -197,7 +197,7 @@ def show_plan(ctx: Context) -> None:
         + md(f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s")
         + "".join(
             f" · {md(b['name'])}: {b['step_s'] * 1e3:.1f} ms "
-            + (f"({b['speedup']:.2f}x)" if b.get("speedup") is not None else "(OOM)")
+            + (f"({b['speedup']:.2f}x)" if b.get("fits_memory", True) else "(OOM)")
             for b in plan.baselines
         )
     )

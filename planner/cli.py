@@ -212,7 +212,7 @@ def _vs(b: dict | None) -> str:
     """A baseline's cell: how much faster the plan is, or OOM when the baseline does not fit."""
     if b is None:
         return f"{'-':>9}"
-    if not b.get("fits_memory", True) or b.get("speedup") is None:
+    if not b.get("fits_memory", True):
         return f"{'OOM':>9}"
     return f"{b['speedup']:8.2f}x"
 

@@ -50,7 +50,7 @@ def explain(plans: list[Plan]) -> list[str]:
         lines.append(f"stages {', '.join(recompute)} recompute their activations to fit.")
     for b in best.baselines:
         what = f"the {b['name']} baseline ({b.get('config') or 'split ' + str(b['split'])})"
-        if b.get("speedup") is None or not b.get("fits_memory", True):
+        if not b.get("fits_memory", True):
             lines.append(f"{what} does not fit: it needs {_gib(b.get('peak_bytes', 0))} per device.")
             continue
         lines.append(f"{what} takes {b['step_s'] * 1e3:.1f} ms: this plan is {b['speedup']:.2f}x faster.")

@@ -332,7 +332,11 @@ class Plan:
         if not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in baselines):
             raise f.fail("baselines", "expected a list of objects with a name")
         for i, b in enumerate(baselines):
-            Fields(b, f.where, f"baselines[{i}]").num("speedup", default=0.0)
+            row = Fields(b, f.where, f"baselines[{i}]")
+            row.num("speedup", default=0.0)
+            row.num("step_s", default=0.0)
+            if not isinstance(b.get("fits_memory", True), bool):
+                raise row.fail("fits_memory", "expected true or false")
         notes = f.list("notes", default=[])
         if not all(isinstance(n, str) for n in notes):
             raise f.fail("notes", "expected a list of strings")
