@@ -46,6 +46,8 @@ def min_max_split(weights: Sequence[float], S: int) -> list[tuple[int, int]]:
                 ends.append(u)
                 acc = 0.0
             acc += w
+            if acc > cap:
+                return None  # the last stage, past the cuts it may make, holds more than the cap
         return ends if len(ends) == S - 1 else None
 
     lo, hi = max(weights, default=0.0), float(sum(weights))
