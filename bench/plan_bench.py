@@ -108,7 +108,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     ap.add_argument("--top", type=int, default=1)
-    ap.add_argument("--time-limit", type=float, default=0.5, help="seconds per MILP (default 0.5)")
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="wall seconds per MILP (default: none, the search is bounded by work)",
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -194,7 +194,7 @@ def show_plan(ctx: Context) -> None:
     _chart(c2, charts.bubble_bars(ranks, f"#{pick}: bubble share per rank"), width="stretch")
     st.caption(
         f"layout {md(plan.layout())} · split at units {plan.split or '—'} · solver "
-        + md(f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')} in {plan.solver.get('time_s', '?')} s")
+        + md(f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')}")
         + "".join(
             f" · {md(b['name'])}: {b['step_s'] * 1e3:.1f} ms "
             + (f"({b['speedup']:.2f}x)" if b.get("fits_memory", True) else "(OOM)")

@@ -134,7 +134,13 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
         help="score this stage -> rank map as a Custom schedule, e.g. 0,1,0 (rank 0 "
         "holds stages 0 and 2); with --split that split, else the MILP's",
     )
-    p.add_argument("--time-limit", type=float, default=20.0, help="solver time limit per MILP, seconds")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="wall-clock limit per MILP, seconds (default: none; the search is bounded by solver nodes and "
+        "simulations, so the same command gives the same plan on any machine)",
+    )
     p.add_argument("--explain", action="store_true", help="say why the winner wins")
     p.add_argument(
         "-o",

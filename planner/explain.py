@@ -68,7 +68,7 @@ def explain(plans: list[Plan]) -> list[str]:
         gap = solver.get("gap")
         lines.append(
             f"split from the {solver['solver']} MILP ({solver.get('status')}, gap "
-            f"{'?' if gap is None else f'{gap:.2%}'}, {solver.get('time_s', 0):.2f} s)"
+            f"{'?' if gap is None else f'{gap:.2%}'})"
             + (f", then improved by the simulator ({solver['refined']})." if solver.get("refined") else ".")
         )
     return lines

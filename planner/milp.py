@@ -58,7 +58,7 @@ from profiles.contract import UserError
 from simulator.costs import CostModel, Option, TiedSync
 
 from .memory import Pattern
-from .solvers import SolverError, available_solvers, solve
+from .solvers import ANSWERED, SolverError, available_solvers, solve
 
 __all__ = [
     "StepModel",
@@ -70,7 +70,12 @@ __all__ = [
     "StageTerms",
     "SplitTerms",
     "available_solvers",
+    "MILP_NODES",
 ]
+
+#: branch-and-bound nodes one split MILP may explore: the search's work bound (with a MIP start
+#: the answer is never worse than the start; small chains close their gap well within it)
+MILP_NODES = 50
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class SplitResult:
     bounds: list[tuple[int, int]]
     options: list[Option]  # chosen option per stage
     objective: float
-    status: str  # Optimal | TimeLimit (a feasible answer, not proven optimal)
+    status: str  # Optimal | NodeLimit | TimeLimit (a feasible answer, not proven optimal)
     solver: str
     time_s: float
     gap: float | None  # relative gap between the answer and the best bound (0 when proven)
@@ -417,19 +422,22 @@ def solve_split(
     model: StepModel,
     memory_bytes: int,
     *,
-    time_limit: float = 20.0,
+    time_limit: float | None = None,
     solver: str = "auto",
     exclude: list[list[tuple[int, int]]] = (),
     start: tuple[list[tuple[int, int]], list[Option]] | None = None,
+    nodes: int | None = MILP_NODES,
 ) -> SplitResult | None:
     """Best contiguous split under ``memory_bytes`` per rank by the step model; None when infeasible.
+
+    Bounded by ``nodes`` (branch-and-bound nodes) and, only when given, ``time_limit`` (seconds).
 
     ``exclude``: splits not to return again (no-good cuts), to get the next-best ones.
     ``start``: a known split and its option per stage, given to the solver as its first answer
     (a MIP start); the solver drops it if it breaks a constraint.
     """
     try:
-        return _solve_split(costs, model, memory_bytes, time_limit, solver, exclude, start)
+        return _solve_split(costs, model, memory_bytes, (time_limit, nodes), solver, exclude, start)
     except _Contradiction:
         return None  # e.g. a stage forced to one unit that does not fit, or every split excluded
 
@@ -472,7 +480,7 @@ def _cross_rank_cuts(model: StepModel) -> list[int]:
     return [s for s in range(model.stages - 1) if model.rank_of[s] != model.rank_of[s + 1]]
 
 
-def _solve_split(costs, model: StepModel, memory_bytes: int, time_limit, solver, exclude, start) -> SplitResult | None:
+def _solve_split(costs, model: StepModel, memory_bytes: int, limits, solver, exclude, start) -> SplitResult | None:
     sp = _Split("split", costs, model)
     prob, S = sp.prob, sp.S
     # objective: the step; or, for latency, one microbatch through every stage and every
@@ -489,13 +497,14 @@ def _solve_split(costs, model: StepModel, memory_bytes: int, time_limit, solver,
         ends = [e for _, e in bounds[:-1]]
         _add(prob, pulp.lpSum(sp.cut(e - 1, s) for s, e in enumerate(ends)) <= S - 2, f"not_seen_{i}")
 
-    facts = solve(prob, time_limit, solver, sp.assign(*start) if start else ())
+    time_limit, nodes = limits
+    facts = solve(prob, time_limit, solver, sp.assign(*start) if start else (), nodes=nodes)
     if facts.status == "Infeasible":
         return None
-    if facts.status not in ("Optimal", "TimeLimit"):
+    if facts.status not in ANSWERED:
         raise SolverError(
             f"the {facts.solver} solver ended with status {facts.status} for {S} stages, "
-            f"m={model.microbatches} after {facts.time_s:.1f} s: raise --time-limit"
+            f"m={model.microbatches} (no split found within its limit)"
         )
     return SplitResult(
         sp.bounds(), sp.chosen(), _val(prob.objective), facts.status, facts.solver, facts.time_s, facts.gap, facts.bound
@@ -503,15 +512,21 @@ def _solve_split(costs, model: StepModel, memory_bytes: int, time_limit, solver,
 
 
 def min_memory_split(
-    costs: CostModel, model: StepModel, *, time_limit: float = 20.0, solver: str = "auto"
+    costs: CostModel,
+    model: StepModel,
+    *,
+    time_limit: float | None = None,
+    solver: str = "auto",
+    nodes: int | None = MILP_NODES,
 ) -> tuple[float, list[tuple[int, int]]]:
-    """The smallest per-device memory any split (and option choice) can run in, and that split."""
+    """The smallest per-device memory any split (and option choice) can run in, and that split
+    (within ``nodes``: an upper bound on the least memory when the limit ends the search)."""
     sp = _Split("min_memory", costs, model)
     peak = sp.prob.add_variable("peak_bytes", lowBound=0)
     sp.prob += peak, "peak_memory"
     sp.memory_rows(peak)
-    facts = solve(sp.prob, time_limit, solver)
-    if facts.status not in ("Optimal", "TimeLimit"):
+    facts = solve(sp.prob, time_limit, solver, nodes=nodes)
+    if facts.status not in ANSWERED:
         raise SolverError(f"the {facts.solver} solver ended with status {facts.status} while bounding memory")
     return float(pulp.value(peak)), sp.bounds()
 

@@ -9,7 +9,6 @@ simulations that shrinks as the table grows.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from itertools import combinations
 
@@ -18,6 +17,7 @@ from simulator.costs import CostModel
 from .milp import StepModel, solve_split
 from .plan import Plan
 from .scoring import build_plan, fits, objective_s
+from .solvers import ANSWERED
 from .splits import even_split
 
 __all__ = ["refine", "REFINE_WITHIN", "REFINE_AT_LEAST", "ALTERNATIVES"]
@@ -25,32 +25,34 @@ __all__ = ["refine", "REFINE_WITHIN", "REFINE_AT_LEAST", "ALTERNATIVES"]
 REFINE_WITHIN = 0.15  # refine every candidate simulated within 15% of the best ...
 REFINE_AT_LEAST = 6  # ... up to max(top, this many)
 ALTERNATIVES = 1  # next-best MILP splits (no-good cuts) tried per refined plan (small chains)
+#: schedule actions one refined plan may simulate (at least 12 simulations, at most 200): the
+#: refinement's work bound
+REFINE_ACTIONS = 150_000
 
 
 def refine(
     p: Plan,
     costs: CostModel,
     model: StepModel,
-    time_limit: float,
+    time_limit: float | None,
     solver: str,
     stats,
     alternatives: int = ALTERNATIVES,
-    deadline: float = float("inf"),
 ) -> Plan:
     """Best simulated plan among the MILP's next-best splits (``alternatives`` of them) and their cut
     neighbourhoods. ``costs``: the search's CostModel for ``p``'s microbatch size and ``dp``;
     ``model``: the MILP's view of ``p``'s schedule; ``stats``: the search's
-    ``SearchStats`` (simulations and MILPs are counted there); ``deadline``: a ``time.perf_counter``
-    instant after which nothing more is tried (the best so far is returned)."""
+    ``SearchStats`` (simulations and MILPs are counted there). Bounded by a number of simulations
+    that shrinks as the table grows, never by the clock."""
     actions = sum(len(a) for a in p.table.values())
-    budget = max(12, min(400, 400_000 // max(actions, 1)))  # simulations allowed here
+    budget = max(12, min(200, REFINE_ACTIONS // max(actions, 1)))  # simulations allowed here
     options = [s.option for s in p.stages]
     seen = {tuple(p.bounds)}
     best = p
 
     def score(bounds) -> Plan | None:
         nonlocal budget
-        if tuple(bounds) in seen or budget <= 0 or time.perf_counter() > deadline:
+        if tuple(bounds) in seen or budget <= 0:
             return None
         seen.add(tuple(bounds))
         budget -= 1
@@ -79,13 +81,9 @@ def refine(
     exclude = [list(p.bounds)]
     starts = [p]
     for _ in range(alternatives):
-        if budget <= 0 or p.solver.get("status") not in ("Optimal", "TimeLimit"):
+        if budget <= 0 or p.solver.get("status") not in ANSWERED:
             break
-        left = deadline - time.perf_counter()
-        if left <= 0:
-            break
-        limit = min(time_limit, left)
-        res = solve_split(costs, model, p.cluster.memory_bytes, time_limit=limit, solver=solver, exclude=exclude)
+        res = solve_split(costs, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver, exclude=exclude)
         stats.milps += 1
         if res is None:
             break

@@ -15,16 +15,24 @@ Order of work (timed per phase in ``SearchStats``):
    ``top``-th best simulated value (nothing later can enter the top);
 3. screen each visited candidate with its work-balanced split: refused without a table
    when its weights alone overflow, by its memory pattern when its activations do, else
-   simulated (a real plan the bound prunes against);
+   simulated (a real plan the bound prunes against). The stage options are the first one
+   that fits every stage, else stage by stage the least recompute (and precision) that
+   lets each rank fit;
 4. one MILP per (stages, placement, memory pattern, step model, m, microbatch size),
    started from the screened split: schedules that share all of those share the answer.
-   Small chains get one for every promising candidate; large ones (units x stages above
-   ``SMALL_MILP``) for the best ``MILP_CANDIDATES``, and none after one ends at its time
-   limit without improving its start (noted; those keep their balanced splits);
+   Each schedule's best candidate first, then the most promising, at most
+   ``max(2 * top, MILP_CANDIDATES)``, and only those whose MILP is small (``MILP_SIZE``);
+   the others keep their balanced splits (noted). A MILP that ends without any answer
+   leaves its candidate at the balanced split (noted), never dropped;
 5. simulate each answer;
 6. refine the best few: the MILP's next-best splits (no-good cuts) and a neighbourhood of
    cut moves, all simulated, so the *simulated* optimum is found where the MILP's step
    model is only a model (interleaved, zero-bubble, transfers).
+
+Every phase is bounded by work, never by the clock: simulated actions for the screen, branch-
+and-bound nodes per MILP, simulations per refined plan. The same inputs give the same plans on
+any machine, however busy; ``time_limit`` (``--time-limit``) adds a wall-clock limit per MILP
+only when the caller gives one.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from .batching import entry_sizes, microbatching
 from .cluster import Cluster, Job
 from .infeasible import InfeasibleError, infeasible_error
 from .memory import peak_bytes, static_bytes
-from .milp import SolverError, StepModel, solve_split
+from .milp import MILP_NODES, SolverError, StepModel, solve_split
 from .plan import Plan
 from .pricing import cost_model
 from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN
@@ -58,12 +66,16 @@ from .splits import min_max_split
 __all__ = ["plan", "InfeasibleError", "SearchStats", "search"]
 
 MAX_VIRTUAL = 4  # stages per rank tried for schedules with no upper bound, unless the job says
-SMALL_MILP = 2000  # units x stages up to which every promising candidate gets its MILP
+#: units x stages x options up to which a candidate gets its MILP (above, its root relaxation
+#: alone is slow and too weak to improve on the balanced split within the node limit)
+MILP_SIZE = 500
+#: units x stages x options up to which the refinement also asks the MILP for its next-best split
+SMALL_ALTERNATIVES = 400
 MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
-BUDGET_S = 6.0  # wall seconds the MILPs and the refinement may take in all (half each), unless the caller says
-MIN_MILP_S = 0.05  # the least time limit a MILP gets once the budget is spent (its start is an answer)
-SCREEN_BUDGET_S = 3.0  # wall seconds of screening after which, the top filled, weaker bounds are left
-PROGRESS_EVERY_S = 0.2  # the screen tells its progress at most this often
+#: schedule actions the screen may simulate once the top is filled; the candidates left (the
+#: weakest bounds) are not screened, with a note
+SCREEN_ACTIONS = 1_500_000
+PROGRESS_EVERY_S = 0.2  # the screen tells its progress at most this often (display only)
 
 
 @dataclass
@@ -86,6 +98,7 @@ class SearchStats:
     milps: int = 0
     milp_reused: int = 0
     simulations: int = 0
+    screened_actions: int = 0
     notes: list[str] = field(default_factory=list)
 
     def add(self, phase: str, t0: float) -> None:
@@ -158,13 +171,12 @@ class _Search:
         profile_path: str,
         cluster: Cluster,
         job: Job,
-        time_limit,
-        solver,
-        budget_s: float,
+        time_limit: float | None,
+        solver: str,
         progress: Callable[[str], None] | None = None,
     ):
         self.profile, self.profile_path, self.cluster, self.job = profile, profile_path, cluster, job
-        self.time_limit, self.solver, self.budget_s = time_limit, solver, budget_s
+        self.time_limit, self.solver = time_limit, solver
         self._progress, self._said = progress, 0.0
         self.schedules = Schedules(job)
         self._costs: dict[tuple[int, Layout], CostModel] = {}
@@ -389,42 +401,84 @@ def _bound(s: _Search, cands: list[Candidate]) -> list[Candidate]:
 
 
 def _screen_one(s: _Search, c: Candidate) -> Plan | None:
-    """The candidate's work-balanced split under the first option that fits it (the job's first,
-    else the next: a lower precision or more recompute), simulated; None when the weights or the
-    memory pattern say no option fits it (the pattern's peak is the simulator's, so nothing that
-    fits is refused). A screened plan is the MILP's start: a feasible answer from the first node."""
-    costs = s.costs(c.mbs, c.layout)
+    """The candidate's work-balanced split under options that fit it (``_fitting_options``),
+    simulated; None when no choice of options fits that split (the weights alone, or the memory
+    pattern's peak, which is the simulator's, so nothing that fits is refused). A screened plan is
+    the MILP's start: a feasible answer from the first node."""
     bounds = s.balanced(c)
+    options = _fitting_options(s, c, bounds)
+    if options is None:
+        return None
+    return s.build(c, bounds, options, {"status": "balanced split", "solver": "none"})
+
+
+def _over_cap(s: _Search, c: Candidate, stage_costs) -> set[int]:
+    """The ranks whose static bytes, or whose peak by the schedule's memory pattern, exceed a device."""
     cap = s.cluster.memory_bytes
+    over = {r for r, b in static_bytes(c.rank_of, stage_costs, s.job.forward_only).items() if b > cap}
+    if over:  # the weights alone overflow: no table needed to say so
+        return over
+    return {r for r, b in peak_bytes(s.model(c).memory, stage_costs, s.job.forward_only).items() if b > cap}
+
+
+def _fitting_options(s: _Search, c: Candidate, bounds) -> list[Option] | None:
+    """Per-stage options under which ``bounds`` fits memory: the job's first option that fits every
+    stage; else, from each stage's fastest option, the stages of every rank over the cap moved to
+    their fastest option that holds less, until each rank fits (None when none can)."""
+    costs = s.costs(c.mbs, c.layout)
+    n = c.stages
     for option in costs.options:
-        stage_costs = costs.stage_costs(bounds, [option] * c.stages)
-        if max(static_bytes(c.rank_of, stage_costs, s.job.forward_only).values()) > cap:
-            continue  # the weights alone overflow a device: no table needed to say so
-        if max(peak_bytes(s.model(c).memory, stage_costs, s.job.forward_only).values()) > cap:
-            continue
-        return s.build(c, bounds, [option] * c.stages, {"status": "balanced split", "solver": "none"})
-    return None
+        if not _over_cap(s, c, costs.stage_costs(bounds, [option] * n)):
+            return [option] * n
+    priced = {o: costs.stage_costs(bounds, [o] * n) for o in costs.options}
+    order = {o: i for i, o in enumerate(costs.options)}
+
+    def time_s(o: Option, st: int) -> float:
+        sc = priced[o][st]
+        return sc.forward_s + (0.0 if s.job.forward_only else sc.backward_s)
+
+    def held(o: Option, st: int) -> int:
+        return priced[o][st].static_bytes + priced[o][st].activation_bytes
+
+    choice = [min(costs.options, key=lambda o: (time_s(o, st), order[o])) for st in range(n)]
+    while True:
+        over = _over_cap(s, c, [priced[o][st] for st, o in enumerate(choice)])
+        if not over:
+            return choice
+        moved = False
+        for st, r in sorted(c.rank_of.items()):
+            lighter = [o for o in costs.options if r in over and held(o, st) < held(choice[st], st)]
+            if lighter:
+                choice[st] = min(lighter, key=lambda o: (time_s(o, st), order[o]))
+                moved = True
+        if not moved:
+            return None
 
 
 def _screen(s: _Search, cands: list[Candidate], keep: int, stats: SearchStats) -> list[Screened]:
     """Every candidate that can still enter the top, best bound first, screened. A screened plan
-    that fits is a real plan, so the bound may prune against it. Once ``SCREEN_BUDGET_S`` have
-    passed with the top filled, the candidates left (the weakest bounds) are not screened."""
+    that fits is a real plan, so the bound may prune against it. Once ``SCREEN_ACTIONS`` schedule
+    actions have been simulated with the top filled, the candidates left (the weakest bounds) are
+    not screened."""
     fitting: list[Plan] = []
     out = []
-    end = time.perf_counter() + SCREEN_BUDGET_S
+    spent = 0  # actions simulated since the top was filled
     for i, c in enumerate(cands):
         s.say(f"screening {i + 1}/{len(cands)}")
         if len(fitting) >= keep and c.lower_bound >= _kth(fitting, keep):
             stats.pruned = len(cands) - i
             break
-        if len(fitting) >= keep and time.perf_counter() > end:
+        if len(fitting) >= keep and spent > SCREEN_ACTIONS:
             stats.pruned = len(cands) - i
             stats.notes.append(f"{len(cands) - i} candidates with the weakest bounds left unscreened (screen budget)")
             break
         t0 = time.perf_counter()
         p = _screen_one(s, c)
         stats.simulations += p is not None
+        if p is not None:
+            actions = sum(len(a) for a in p.table.values())
+            stats.screened_actions += actions
+            spent += actions if len(fitting) >= keep else 0
         if p is not None and not fits(p):
             p = None
         if p is not None:
@@ -442,30 +496,34 @@ def _kth(plans: list[Plan], k: int) -> float:
 
 
 def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) -> Solved:
-    """One MILP per distinct (microbatch size, dp, step model), started from the screened split,
-    each answer simulated. Small chains: every screened candidate that can still beat the top;
-    large ones: only the most promising, and none after one ends at its time limit without
-    improving on its start."""
-    results = [x.plan for x in screened if x.plan is not None]
-    small = s.profile.num_units * max(x.candidate.stages for x in screened) <= SMALL_MILP if screened else True
+    """One MILP per distinct (microbatch size, layout, step model), started from the screened
+    split, each answer simulated: for each schedule's best candidate first, then the rest, at most
+    ``max(2 * top, MILP_CANDIDATES)`` of them, and only where the MILP is small enough to close
+    its gap within its node limit (``_milp_size`` up to ``MILP_SIZE``; the others keep their
+    balanced splits, which the refinement searches around). A MILP that ends with no answer leaves
+    its candidate at its screened split, with a note: a candidate is never dropped for the
+    solver's sake. A candidate without a screened split and too large for the MILP is taken as
+    not fitting (``infeasible``), since its balanced split fits under no choice of options."""
+    out = Solved([x.plan for x in screened if x.plan is not None], [], [])
     order = sorted(screened, key=lambda x: (x.plan is None, objective_s(x.plan) if x.plan else x.candidate.lower_bound))
-    if not small:
-        order = order[: max(2 * keep, MILP_CANDIDATES)]
+    # each schedule's best candidate first, so that every family the job allows gets its MILP
+    firsts = list({x.candidate.schedule: x for x in reversed(order)}.values())
+    firsts.sort(key=order.index)
+    order = firsts + [x for x in order if x not in firsts]
     answers: dict[tuple, object] = {}
-    out = Solved(list(results), [], [])
-    unproductive = None  # a large MILP that ended at its time limit on its own start
-    end = time.perf_counter() + s.budget_s / 2
-    for i, x in enumerate(order):
+    large = 0
+    for x in order:
         c, screen = x.candidate, x.plan
-        s.say(f"MILP {i + 1}/{len(order)}", force=True)
+        if _milp_size(s, c) > MILP_SIZE:
+            large += screen is not None
+            if screen is None:
+                out.infeasible.append((c, s.model(c)))
+            continue
+        if stats.milps >= max(2 * keep, MILP_CANDIDATES):
+            continue
         if len(out.plans) >= keep and c.lower_bound >= _kth(out.plans, keep):
             continue
-        if unproductive and screen is not None:
-            stats.notes.append(
-                f"{c.label()}: kept the balanced split, no MILP "
-                f"(the MILP of {unproductive} ended at its time limit without improving on it)"
-            )
-            continue
+        s.say(f"MILP {stats.milps + 1}", force=True)
         t0 = time.perf_counter()
         model = s.model(c)
         key = (c.mbs, c.layout, model.key())
@@ -474,18 +532,17 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
             stats.milp_reused += 1
         else:
             try:
-                # the budget left, shared by the MILPs still to come (a MIP start is an answer anyway)
-                share = (end - time.perf_counter()) / (len(order) - i)
                 answers[key] = solve_split(
                     s.costs(c.mbs, c.layout),
                     model,
                     s.cluster.memory_bytes,
-                    time_limit=max(MIN_MILP_S, min(s.time_limit, share)),
+                    time_limit=s.time_limit,
                     solver=s.solver,
                     start=start,
                 )
-            except SolverError as e:  # said in the notes, and the candidate left out
-                stats.notes.append(f"{c.label()} mbs={c.mbs} left out: {e}")
+            except SolverError as e:  # no answer within its limit: the screened split stands
+                kept = "kept its balanced split" if screen is not None else "left out (no split fits)"
+                stats.notes.append(f"{c.label()} mbs={c.mbs} {kept}: {e}")
                 out.failed.append(str(e))
                 answers[key] = e
             stats.milps += 1
@@ -497,28 +554,28 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
             out.infeasible.append((c, model))
             continue
         t0 = time.perf_counter()
-        facts = {
-            "status": res.status,
-            "solver": res.solver,
-            "time_s": round(res.time_s, 4),
-            "gap": res.gap,
-            "bound": res.bound,
-            "objective_s": res.objective,
-        }
+        facts = {"status": res.status, "solver": res.solver, "gap": res.gap, "bound": res.bound}
+        facts["objective_s"] = res.objective
         if start and (res.bounds, res.options) == start:
             p = replace(screen, solver={**facts, "start": "balanced split"})  # the same split: simulated already
-            if not small and res.status == "TimeLimit":
-                # large chains: the MILPs after one that could not improve its start within the
-                # time limit keep their balanced splits (the refinement still searches around them)
-                unproductive = c.label()
         else:
             p = s.build(c, res.bounds, res.options, facts)
             stats.simulations += 1
         stats.add("simulate", t0)
         if fits(p):
             out.plans.append(p)
+    if large:
+        stats.notes.append(
+            f"{large} candidates kept their balanced splits without a MILP (units x stages x options above "
+            f"{MILP_SIZE}: its gap would not close within {MILP_NODES} nodes); the refinement searched around them"
+        )
     out.plans = _dedupe(sorted(out.plans, key=_rank))
     return out
+
+
+def _milp_size(s: _Search, c: Candidate) -> int:
+    """The split MILP's size for ``c``: units x stages x options (its continuous variables)."""
+    return s.profile.num_units * c.stages * len(s.costs(c.mbs, c.layout).options)
 
 
 # -- 5. refine ---------------------------------------------------------------------------------------
@@ -526,10 +583,9 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
 
 def _refine(s: _Search, plans: list[Plan], top: int, refine: int | None, stats: SearchStats) -> list[Plan]:
     """The best few (within ``REFINE_WITHIN`` of the best) searched around with the simulator,
-    best first, within the second half of the budget."""
+    best first, each within its own budget of simulations."""
     close = [p for p in plans if objective_s(p) <= objective_s(plans[0]) * (1 + REFINE_WITHIN)]
     n = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
-    end = time.perf_counter() + s.budget_s / 2
     s.say(f"refining the best {n}", force=True)
     refined = [
         refine_plan(
@@ -539,11 +595,12 @@ def _refine(s: _Search, plans: list[Plan], top: int, refine: int | None, stats: 
             s.time_limit,
             s.solver,
             stats,
-            ALTERNATIVES if s.profile.num_units * len(p.stages) <= SMALL_MILP else 0,
-            # each plan its share of what is left
-            deadline=time.perf_counter() + (end - time.perf_counter()) / (n - i),
+            ALTERNATIVES
+            if s.profile.num_units * len(p.stages) * len(s.costs(p.microbatch_size, p.parallelism).options)
+            <= SMALL_ALTERNATIVES
+            else 0,
         )
-        for i, p in enumerate(plans[:n])
+        for p in plans[:n]
     ]
     return _dedupe(sorted(refined + plans[n:], key=_rank))
 
@@ -557,16 +614,15 @@ def search(
     job: Job,
     top: int = 3,
     profile_path: str | Path | None = None,
-    time_limit: float = 20.0,
+    time_limit: float | None = None,
     solver: str = "auto",
     refine: int | None = None,
-    budget_s: float = BUDGET_S,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Plan], SearchStats]:
     """The ``top`` plans, best simulated step time first, and what the search did:
-    enumerate -> bound -> screen -> solve -> refine -> baselines. ``time_limit``: seconds per MILP;
-    ``budget_s``: wall seconds the MILPs and the refinement take in all (half each; a MILP past
-    its share returns its best split so far, at worst the screened one it started from);
+    enumerate -> bound -> screen -> solve -> refine -> baselines. Bounded by work (see the
+    module's docstring), so deterministic; ``time_limit``: wall seconds per MILP, only when given
+    (a MILP past it returns its best split so far, at worst the screened one it started from);
     ``progress``: told the phase as it goes (e.g. a progress bar's status)."""
     profile_path = str(profile_path or profile.measurement.get("path", ""))
     if not profile_path or not Path(profile_path).exists():
@@ -577,7 +633,7 @@ def search(
             f"profile again with --seq-len {job.seq_len}"
         )
     stats = SearchStats()
-    s = _Search(profile, profile_path, cluster, job, time_limit, solver, budget_s, progress)
+    s = _Search(profile, profile_path, cluster, job, time_limit, solver, progress)
     keep = max(top, 1)
 
     t0 = time.perf_counter()
@@ -631,7 +687,7 @@ def plan(
     job: Job,
     top: int = 3,
     profile_path: str | Path | None = None,
-    time_limit: float = 20.0,
+    time_limit: float | None = None,
     solver: str = "auto",
 ) -> list[Plan]:
     """The ``top`` plans for ``job`` on ``cluster``, best simulated step time first."""

@@ -1,6 +1,10 @@
 """The MILP solvers behind PuLP: HiGHS (through highspy) when installed, else CBC, with what
-each proved (status, gap, bound) read back, a MIP start handed to either, and a time limit
-never reported as Optimal."""
+each proved (status, gap, bound) read back, a MIP start handed to either, and a limit never
+reported as Optimal.
+
+A solve is bounded by work, not by the clock: at most ``nodes`` branch-and-bound nodes, one
+thread, so the same model gives the same answer on a quiet machine and a busy one. A wall-clock
+``time_limit`` is applied only when a caller asks for one (``--time-limit``)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ import pulp
 
 from profiles.contract import UserError
 
-__all__ = ["SolverError", "Facts", "available_solvers", "solve"]
+__all__ = ["SolverError", "Facts", "ANSWERED", "available_solvers", "solve"]
+
+#: statuses that come with an answer: proven optimal, or the best found within a limit
+ANSWERED = ("Optimal", "NodeLimit", "TimeLimit")
 
 
 class SolverError(UserError):
@@ -58,7 +65,7 @@ def _pick(solver: str) -> str:
 
 @dataclass(frozen=True)
 class Facts:
-    status: str  # Optimal | TimeLimit | Infeasible | NoSolution | <solver's own word>
+    status: str  # Optimal | NodeLimit | TimeLimit | Infeasible | NoSolution | <solver's own word>
     solver: str
     time_s: float
     gap: float | None
@@ -80,19 +87,43 @@ class _HiGHS(pulp.HiGHS):
             lp.solverModel.setSolution(len(index), index, value)
         super().callSolver(lp)
 
+    def findSolutionValues(self, lp):
+        # pulp has no entry for the node limit's status (kSolutionLimit): read the answer here
+        import highspy
 
-def solve(prob: pulp.LpProblem, time_limit: float, solver: str = "auto", start: list[pulp.LpVariable] = ()) -> Facts:
-    """Solve and say what was proven. A time limit is never reported as Optimal. ``start``:
-    variables whose initial values form a known answer (a MIP start: an incumbent from the
-    first node, so a time limit still returns at least that answer)."""
+        h = lp.solverModel
+        if h.getModelStatus() != highspy.HighsModelStatus.kSolutionLimit:
+            return super().findSolutionValues(lp)
+        values = h.getSolution().col_value
+        for var in lp.variables():
+            var.varValue = values[var.index]
+        if h.getInfo().primal_solution_status == 2:  # kSolutionStatusFeasible
+            return pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible
+        return pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound
+
+
+def solve(
+    prob: pulp.LpProblem,
+    time_limit: float | None = None,
+    solver: str = "auto",
+    start: list[pulp.LpVariable] = (),
+    nodes: int | None = None,
+) -> Facts:
+    """Solve and say what was proven. A limit is never reported as Optimal. ``nodes``: the most
+    branch-and-bound nodes (the work bound; None: no bound); ``time_limit``: wall seconds, only
+    when given. ``start``: variables whose initial values form a known answer (a MIP start: an
+    incumbent from the first node, so a limit still returns at least that answer)."""
     name = _pick(solver)
     t0 = time.perf_counter()
     if name == "highs":
+        limits = {"timeLimit": time_limit} if time_limit is not None else {}
+        if nodes is not None:
+            limits["mip_max_nodes"] = int(nodes)
         with _quiet_stdout():
-            prob.solve(_HiGHS(list(start), msg=False, timeLimit=time_limit, threads=1))
+            prob.solve(_HiGHS(list(start), msg=False, threads=1, **limits))
         facts = _highs_facts(prob)
     else:
-        facts = _cbc_solve(prob, time_limit, warm=bool(start))
+        facts = _cbc_solve(prob, time_limit, nodes, warm=bool(start))
     return Facts(facts[0], name, time.perf_counter() - t0, facts[1], facts[2])
 
 
@@ -111,10 +142,11 @@ def _highs_facts(prob) -> tuple[str, float | None, float | None]:
         return "Optimal", gap if gap is not None and gap < 1e30 else 0.0, bound
     if st in (S.kInfeasible, S.kUnboundedOrInfeasible):
         return "Infeasible", None, None
-    if st in (S.kTimeLimit, S.kIterationLimit, S.kInterrupt):
+    if st in (S.kTimeLimit, S.kIterationLimit, S.kInterrupt, S.kSolutionLimit):
         # stopped before the root bound: no gap or bound to report (None, not inf: plans are JSON)
         known = bound is not None and abs(bound) < 1e30
-        return ("TimeLimit" if has_answer else "NoSolution"), (gap if known else None), (bound if known else None)
+        limit = "NodeLimit" if st == S.kSolutionLimit else "TimeLimit"
+        return (limit if has_answer else "NoSolution"), (gap if known else None), (bound if known else None)
     return h.modelStatusToString(st), None, None
 
 
@@ -123,11 +155,13 @@ _CBC_GAP = re.compile(r"^Gap:\s+([0-9.eE+-]+)", re.M)
 _CBC_BOUND = re.compile(r"^Lower bound:\s+([0-9.eE+-]+)", re.M)
 
 
-def _cbc_solve(prob, time_limit: float, warm: bool = False) -> tuple[str, float | None, float | None]:
+def _cbc_solve(prob, time_limit: float | None, nodes: int | None, warm: bool = False):
     fd, log = tempfile.mkstemp(prefix="pipeplan-cbc-", suffix=".log")
     os.close(fd)
     try:
-        prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, logPath=log, threads=1, warmStart=warm))
+        prob.solve(
+            pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, maxNodes=nodes, logPath=log, threads=1, warmStart=warm)
+        )
         with open(log, errors="replace") as f:
             text = f.read()
     finally:
@@ -138,6 +172,8 @@ def _cbc_solve(prob, time_limit: float, warm: bool = False) -> tuple[str, float 
     if "infeasible" in result.lower() or prob.status == pulp.LpStatusInfeasible:
         return "Infeasible", None, None
     has_answer = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if "node" in result.lower():
+        return ("NodeLimit" if has_answer else "NoSolution"), gap, bound
     if "time" in result.lower() or "Stopped" in result:
         return ("TimeLimit" if has_answer else "NoSolution"), gap, bound
     if prob.status == pulp.LpStatusOptimal and has_answer:
