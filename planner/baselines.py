@@ -293,7 +293,8 @@ def _titan_for(p: Plan) -> _Titan:
 def _titan_describe(p: Plan) -> str:
     t = _titan_for(p)
     pp = f" + PP {t.pp} ({t.schedule})" if t.pp > 1 else ""
-    return f"{t.source} (FSDP + TP {t.tp}{pp}, {t.ac.value} AC)"
+    tp = f" + TP {t.tp}" if t.tp > 1 else ""
+    return f"{t.source} (FSDP{tp}{pp}, {t.ac.value} AC)"
 
 
 def torchtitan_style(p: Plan) -> Plan | None:

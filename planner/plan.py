@@ -223,7 +223,7 @@ class Plan:
                 "throughput": pred.throughput,
                 "latency_s": pred.latency_s,
                 # what a trainer reads (planner/figures.py): tokens/s, model TFLOP/s per device, MFU
-                **(figures(self).to_dict() if self.profile is not None else {}),
+                **self._figures(),
             },
             "cluster": self.cluster.to_dict(),
             "job": self.job.to_dict(),
@@ -232,6 +232,16 @@ class Plan:
             "layout": self.layout(),
             "notes": list(self.notes),
         }
+
+    def _figures(self) -> dict[str, Any]:
+        """The rates of ``planner.figures`` for the file, when the loaded profile can price this
+        plan's microbatch size (a plan without its profile is written without them)."""
+        if self.profile is None or self.predicted is None:
+            return {}
+        try:
+            return figures(self).to_dict()
+        except ContractError:  # the profile has no entry (or fit) for this microbatch size
+            return {}
 
     def stored_dict(self, path: str | Path) -> dict[str, Any]:
         """The JSON object to save at ``path``: the profile path relative to the plan's folder
