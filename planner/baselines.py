@@ -18,8 +18,8 @@ Hand splits at the plan's own layout (1F1B), each with the cheapest recompute th
 And the published recipes, each priced with its own options (``RECIPES``):
 
 - ``torchtitan``: torchtitan's Llama 3 configuration for the model's size (``torchtitan_style``);
-- ``megatron``: Megatron-LM/NeMo's recipe: TP 8 + SP, the distributed optimizer, interleaved 1F1B
-  with Megatron's layer layout, selective then full recompute (``megatron_style``).
+- ``megatron``: Megatron-LM/NeMo's recipe: TP 8 + SP, the distributed optimizer, 1F1B or
+  interleaved 1F1B with Megatron's layer layout, selective then full recompute (``megatron_style``).
 """
 
 from __future__ import annotations
@@ -335,26 +335,31 @@ def _megatron_describe(p: Plan) -> str:
 
 
 def megatron_style(p: Plan) -> Plan | None:
-    """Megatron-LM's recipe (Narayanan et al. 2021, §3.3's takeaways; NeMo's Llama recipes,
-    ``nemo/collections/llm/recipes/llama3_70b.py``, run the same pieces): tensor parallel 8 (or the
+    """Megatron-LM's recipe (Narayanan et al. 2021, §3.3's takeaways): tensor parallel 8 (or the
     largest degree the node and heads allow) inside the node with sequence parallelism, the
     distributed optimizer (zero1) across data-parallel replicas, the fewest pipeline stages that
-    fit, 1F1B or interleaved 1F1B with 2 chunks per rank (the faster) on Megatron's layer layout
-    (``megatron_split``), and selective recompute (Korthikanti et al. 2022, Megatron's
-    ``--recompute-activations``) before full recompute."""
+    fit, 1F1B or interleaved 1F1B (the fastest) on Megatron's layer layout (``megatron_split``),
+    and selective recompute (Korthikanti et al. 2022, Megatron's ``--recompute-activations``)
+    before full recompute. NeMo's Llama 3 70B pretraining recipe
+    (``nemo/collections/llm/recipes/llama3_70b.py``: TP 4 x CP 2 inside the node, PP 4, virtual
+    PP 5, sequence parallel, the distributed optimizer) runs the same pieces; with no context
+    parallelism here its TP 4 x CP 2 is TP 8. Interleaving tries 2 to 5 chunks per rank (NeMo's
+    5) where they divide the layers evenly, as Megatron asks, else 2."""
     tp = _tp_for(p, 8)
+    blocks = sum(u.kind == "block" for u in p.profile.entry(p.profile.entries[0].dtype).units)
 
     def attempt(pp: int, schedule: str, v: int, rc: Recompute):
         dp = p.cluster.devices // (pp * tp)
         layout = Layout(tp=tp, dp=dp, dp_mode=DPMode.ZERO1 if dp > 1 else DPMode.DDP, sequence_parallel=tp > 1)
         return lambda: _build(p, megatron_split(p.profile, pp * v), schedule, pp, v, layout, p.microbatch_size, rc)
 
-    tries = [
-        [attempt(pp, "1F1B", 1, rc), attempt(pp, "Interleaved1F1B", 2, rc)] if pp > 1 else [attempt(pp, "1F1B", 1, rc)]
-        for rc in _selective_then_full(p)
-        for pp in _pipeline_degrees(p, tp)
-    ]
-    return _first_fitting(tries)
+    def group(pp: int, rc: Recompute) -> list:
+        if pp == 1:
+            return [attempt(1, "1F1B", 1, rc)]
+        chunks = [v for v in range(2, 6) if blocks and blocks % (pp * v) == 0] or [2]
+        return [attempt(pp, "1F1B", 1, rc), *(attempt(pp, "Interleaved1F1B", v, rc) for v in chunks)]
+
+    return _first_fitting([group(pp, rc) for rc in _selective_then_full(p) for pp in _pipeline_degrees(p, tp)])
 
 
 @dataclass(frozen=True)
