@@ -25,6 +25,7 @@ And the published recipes, each priced with its own options (``RECIPES``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from profiles.contract import UserError
@@ -238,10 +239,10 @@ def _first_fitting(tries) -> Plan | None:
     return last
 
 
-def _pipeline_degrees(p: Plan, per_pp: int, least: int = 1) -> list[int]:
-    """Pipeline degrees from ``least`` up that divide the devices with ``per_pp`` devices per stage."""
+def _pipeline_degrees(p: Plan, per_pp: int) -> list[int]:
+    """Pipeline degrees that divide the devices with ``per_pp`` devices per stage."""
     U = p.profile.num_units
-    return [q for q in range(least, U + 1) if p.cluster.devices % (q * per_pp) == 0]
+    return [q for q in range(1, U + 1) if p.cluster.devices % (q * per_pp) == 0]
 
 
 def _selective_then_full(p: Plan) -> list[Recompute]:
@@ -309,7 +310,7 @@ def torchtitan_style(p: Plan) -> Plan | None:
     acs = [t.ac if t.ac.value in modes else Recompute.FULL]
     if acs[0] is not Recompute.FULL:
         acs.append(Recompute.FULL)
-    degrees = _pipeline_degrees(p, tp, least=1)
+    degrees = _pipeline_degrees(p, tp)
     start = max([q for q in degrees if q <= t.pp], default=1)
 
     def attempt(pp: int, ac: Recompute):
@@ -366,8 +367,8 @@ def megatron_style(p: Plan) -> Plan | None:
 class Recipe:
     """A published recipe: how to build it beside a plan, and what it is, in words."""
 
-    make: object  #: (Plan) -> Plan | None
-    describe: object  #: (Plan) -> str
+    make: Callable[[Plan], Plan | None]  #: the recipe beside a plan (None when it cannot be built)
+    describe: Callable[[Plan], str]  #: what it is and where it is published
 
 
 #: name -> the recipe beside a plan (its ``make`` returns None when it cannot be built)

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["FLOP_CONVENTION", "Figures", "figures", "versus", "versus_sentence", "oom_text", "gib", "duration"]
 
 FLOP_CONVENTION = (
-    "model FLOPs = 3 x forward FLOPs (6·N·tokens + attention), recompute not counted "
-    "(Narayanan et al. 2021; Korthikanti et al. 2022)"
+    "model FLOPs = 3 x forward FLOPs (6·N·tokens + attention; 1 x forward-only), recompute not "
+    "counted (Narayanan et al. 2021; Korthikanti et al. 2022)"
 )
 
 
