@@ -4,8 +4,12 @@ Reads Profile, Plan, RunReport and cluster files only, through the validated loa
 executes or unpickles user files), and only inside its folders. Run with ``pipeplan dashboard
 [--root DIR]``; the folders to scan arrive after ``--`` as ``--root DIR`` (default ``runs/`` and
 ``profiles/``). The view is a tab bound to the URL (``?view=Profile|Plan|Pipeline|Compare|Export``),
-and so are the profile, the cluster and the planner's numbers (``&devices=64&mem=80&batch=128&pp=8``);
-numbers from the URL outside their range are clamped, with a warning.
+and so are the profile (a path, as found or relative to its folder, or a model name), the cluster (a
+preset such as ``h100:8x8``, or a cluster file in the folders) and the planner's numbers
+(``&devices=64&mem=80&batch=128&pp=8&limit=20``); numbers from the URL outside their range are
+clamped, with a warning. The planner's defaults are ``pipeplan plan``'s: the cluster the profile
+implies (its run folder's calibrated ``cluster.json``, else a node of its device), every valid
+tensor-parallel degree, data-parallel mode and recompute mode, and every dtype of the profile.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from dashboard.views import (
     show_plan,
     show_profile,
 )
-from planner.cluster import PRESET_CLUSTERS
+from planner.cluster import PRESET_CLUSTERS, preset_cluster
 from profiles.contract import UserError
 from simulator.costs import DPMode
 from simulator.schedules import CUSTOM, SCHEDULES
-from simulator.tensor_parallel import RECOMPUTE_MODES
+from simulator.tensor_parallel import RECOMPUTE_MODES, recompute_modes
 
 VIEWS = {
     "Profile": show_profile,
@@ -49,7 +53,10 @@ _BOUNDS = {
     "mem": (0.001, 65536.0, False),
     "per_node": (1, 1024, True),
     "batch": (1, 1 << 20, True),
+    "limit": (0.0, 600.0, False),
 }
+#: what a new profile re-defaults: the cluster it implies, that cluster's numbers, the profile's dtypes
+_FOLLOW_PROFILE = ("cluster", "devices", "mem", "per_node", "dtypes")
 _log = logging.getLogger("pipeplan.dashboard")
 
 
@@ -95,22 +102,77 @@ def _number(label: str, key: str, default, **kw):
     return int(out) if integer else float(out)
 
 
-def _cluster(ctx_files: dict[str, list[str]], roots: tuple[str, ...], shown: tuple[str, ...]):
+def _from_url(key: str, options: list[str], shown: tuple[str, ...], labels=None, extra=None) -> list[str]:
+    """Honour ``?key=VALUE`` for a picker whose URL value would otherwise have to be its label: VALUE
+    may be an option, its label, its path relative to its folder, or (``extra(VALUE)`` true) a
+    value added to the options (a preset like ``h100:8x8``). Unknown values are dropped with a
+    warning. Returns the options (with VALUE added when ``extra`` took it)."""
+    if key in st.session_state or key not in st.query_params:
+        return options
+    raw = st.query_params[key]
+    label = labels or (lambda o: o)
+    match = next(
+        (
+            o
+            for o in options
+            if raw in (o, label(o), short_path(o, shown)) or os.path.realpath(raw) == os.path.realpath(o)
+        ),
+        None,
+    )
+    if match is None and extra is not None and extra(raw):
+        options, match = [*options, raw], raw
+    if match is None:
+        st.sidebar.warning(f"URL {key}={md(raw[:60])} names nothing found in the folders: ignored")
+        del st.query_params[key]
+        return options
+    st.session_state[key] = match
+    return options
+
+
+def _is_preset(spec: str) -> bool:
+    try:
+        return preset_cluster(spec) is not None
+    except UserError:
+        return False
+
+
+def _follow_profile() -> None:
+    """A new profile brings the cluster it implies (as ``pipeplan plan`` without ``--cluster``) and
+    its own dtypes (all of them, as ``pipeplan plan`` without ``--dtype``)."""
+    for key in _FOLLOW_PROFILE:
+        st.session_state.pop(key, None)
+        if key in st.query_params:
+            del st.query_params[key]
+
+
+def _cluster(ctx_files: dict[str, list[str]], roots: tuple[str, ...], shown: tuple[str, ...], default: str):
     sb = st.sidebar
     options = [*PRESET_CLUSTERS, *ctx_files["cluster"]]
+    if default not in options:
+        options.append(default)
+
+    def label(o: str) -> str:
+        return f"{o} (preset)" if o in PRESET_CLUSTERS or _is_preset(o) else short_path(o, shown)
+
+    options = _from_url("cluster", options, shown, label, _is_preset)
+    current = st.session_state.get("cluster")
+    if current is not None and current not in options:  # a preset from the URL, kept across reruns
+        options.append(current)
     spec = sb.selectbox(
         "cluster",
         options,
-        index=options.index(data.DEFAULT_CLUSTER),
+        index=None if "cluster" in st.session_state else options.index(default),
         key="cluster",
         bind="query-params",
-        format_func=lambda o: f"{o} (preset)" if o in PRESET_CLUSTERS else short_path(o, shown),
+        format_func=label,
         on_change=_cluster_changed,
         args=(roots,),
-        help="links, latencies and calibrated overheads: a preset, or a cluster file found in the folders "
-        "(`pipeplan calibrate -o runs/cluster.json`, or YAML with the same fields); choosing one fills in its "
-        "devices and memory below",
+        help="links, latencies and calibrated overheads: a preset (node type, or NODE:NODES[xGPUS]), or a "
+        "cluster file found in the folders (`pipeplan calibrate -o runs/cluster.json`, or YAML with the same "
+        "fields); by default the profile's run folder's calibrated cluster.json, else a node of the profile's "
+        "device; choosing one fills in its devices and memory below",
     )
+    spec = spec or default
     cluster, err = data.cached_cluster(spec, files.stamp(spec), roots)
     if cluster is None:
         sb.error(md(err))
@@ -118,11 +180,12 @@ def _cluster(ctx_files: dict[str, list[str]], roots: tuple[str, ...], shown: tup
     return cluster
 
 
-def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], shown: tuple[str, ...]):
-    """The planner controls in the sidebar, as one hashable value (the numbers also live in the URL)."""
+def _settings(profile_path: str, profile, found: dict[str, list[str]], roots: tuple[str, ...], shown: tuple[str, ...]):
+    """The planner controls in the sidebar, as one hashable value (the numbers also live in the URL);
+    their defaults are ``pipeplan plan``'s."""
     sb = st.sidebar
     sb.header("Plan settings")
-    base = _cluster(found, roots, shown)
+    base = _cluster(found, roots, shown, data.default_cluster(profile_path, profile, found["cluster"]))
     _clamp_url_numbers()
     devices = _number("devices", "devices", base.devices, help="devices in all (replaces the cluster's)")
     mem = _number(
@@ -148,20 +211,23 @@ def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], show
         help="schedules the planner may choose from (Custom: its own unequal placements, slower to search)",
     )
     dtypes = data.profile_dtypes(profile)
+    if not set(st.session_state.get("dtypes", dtypes)) <= set(dtypes):  # another profile's choice
+        del st.session_state["dtypes"]
     chosen_dtypes = (
         sb.multiselect(
             "dtypes",
             dtypes,
-            dtypes[:1],
+            dtypes,
             key="dtypes",
-            help="the profile's precisions the planner may use: with several, the MILP chooses one per stage",
+            help="the profile's precisions the planner may use (default: all of them, as pipeplan plan): with "
+            "several, the MILP chooses one per stage",
         )
-        or dtypes[:1]
+        or dtypes
     )
     recompute = sb.multiselect(
         "recompute",
         list(RECOMPUTE_MODES),
-        ["none"],
+        list(recompute_modes(profile.model_config)),
         key="recompute",
         help="activation recompute modes the planner may choose per stage (selective: the attention core "
         "only, as Megatron; full: every unit)",
@@ -170,14 +236,14 @@ def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], show
     tp = sb.multiselect(
         "tensor-parallel degrees",
         tp_options,
-        [1],
+        tp_options,
         key="tp",
         help="degrees that divide the devices per node and the model's attention and key/value heads",
     )
     dp_modes = sb.multiselect(
         "data-parallel modes",
         [m.value for m in DPMode],
-        ["ddp"],
+        [m.value for m in DPMode],
         key="dp_modes",
         help="ddp: replicas; zero1/zero2: optimizer state (and gradients) sharded; fsdp: parameters too",
     )
@@ -199,6 +265,15 @@ def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], show
         placeholder="any",
         help="limit the search (a 64-device search over every degree can take a minute the first time)",
     )
+    limit = _number(
+        "search time limit (s per MILP, 0: none)",
+        "limit",
+        data.DEFAULT_TIME_LIMIT,
+        step=1.0,
+        format="%.1f",
+        help="a wall-clock limit for each candidate's MILP (pipeplan plan --time-limit); by default none: "
+        "the search is bounded by work, so the same settings give the same plans",
+    )
     return data.PlanSettings(
         devices=devices,
         memory_gib=mem,
@@ -211,6 +286,7 @@ def _settings(profile, found: dict[str, list[str]], roots: tuple[str, ...], show
         pp=tuple(sorted(pp)),
         tp=tuple(sorted(t for t in tp if t in tp_options)),
         dp_modes=tuple(dp_modes),
+        time_limit=limit,
         base=base,
     )
 
@@ -225,9 +301,27 @@ def _pick_profile(found: dict[str, list[str]], roots: tuple[str, ...], shown: tu
         seen[label] = seen.get(label, 0) + 1
     shown_label = {p: lab if seen[lab] == 1 else f"{lab} · {short_path(p, shown)}" for p, lab in labels.items()}
     default = next((i for i, p in enumerate(paths) if not labels[p].endswith("(cannot be read)")), 0)
+    _from_url("profile", paths, shown, shown_label.get, _model_named(paths, labels))
+    want = st.session_state.get("profile")
+    if want is not None and want not in paths:  # a model name from the URL: its first profile
+        named = [p for p in paths if labels[p].split(" · ")[0] == want]
+        st.session_state.pop("profile")
+        if named:
+            st.session_state["profile"] = named[0]
     return st.sidebar.selectbox(
-        "Profile", paths, index=default, key="profile", bind="query-params", format_func=shown_label.get
+        "Profile",
+        paths,
+        index=None if "profile" in st.session_state else default,
+        key="profile",
+        bind="query-params",
+        format_func=shown_label.get,
+        on_change=_follow_profile,
     )
+
+
+def _model_named(paths: list[str], labels: dict[str, str]):
+    """``?profile=MODEL``: true when a profile of that model name is among ``paths``."""
+    return lambda raw: any(labels[p].split(" · ")[0] == raw for p in paths)
 
 
 def _open_report(found: dict[str, list[str]]) -> None:
@@ -264,7 +358,9 @@ def main() -> None:
     if profile is None:
         st.error(md(err))
         return
-    ctx = Context(profile_path, version, profile, _settings(profile, found, roots, shown), found, shown, roots)
+    ctx = Context(
+        profile_path, version, profile, _settings(profile_path, profile, found, roots, shown), found, shown, roots
+    )
     _open_report(found)
     tabs = st.tabs(list(VIEWS), key="view", bind="query-params", on_change="rerun")
     for (name, show), tab in zip(VIEWS.items(), tabs):

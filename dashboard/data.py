@@ -20,8 +20,8 @@ from pathlib import Path
 import streamlit as st
 
 from executor.report import RunReport, load_report
-from planner.cluster import PRESET_CLUSTERS, Cluster, Job, load_cluster
-from planner.plan import Plan, load_plan
+from planner.cluster import PRESET_CLUSTERS, Cluster, Job, cluster_for_device, load_cluster, preset_cluster
+from planner.plan import Plan, distinct_plans, load_plan
 from planner.search import plan as make_plans
 from profiles.contract import UserError
 from profiles.types import DTYPES, Profile, load_profile
@@ -60,12 +60,30 @@ __all__ = [
     "MAX_MICROBATCHES",
     "MAX_WHATIF_ACTIONS",
     "DEFAULT_CLUSTER",
+    "DEFAULT_TIME_LIMIT",
+    "default_cluster",
 ]
 
 TOP = 5  #: candidates shown per solve
 MAX_MICROBATCHES = 1024  #: most microbatches per pipeline the dashboard asks the planner to consider
 MAX_WHATIF_ACTIONS = 200_000  #: most compute actions in a what-if table (stages x microbatches x kinds)
-DEFAULT_CLUSTER = "cpu-local"  #: the sidebar's cluster until another is chosen (as ``pipeplan plan``)
+DEFAULT_CLUSTER = "cpu-local"  #: the cluster of a profile whose device names no preset
+DEFAULT_TIME_LIMIT = 0.0  #: seconds per MILP; 0: none, as ``pipeplan plan`` without ``--time-limit``
+CALIBRATED = "cluster.json"  #: what ``pipeplan calibrate`` writes beside a run's profile (``make demo``)
+
+
+def default_cluster(profile_path: str, profile: Profile, cluster_files: list[str]) -> str:
+    """The cluster ``pipeplan plan`` would assume for this profile: the calibrated ``cluster.json``
+    of its run folder when there is one, else a node of the profile's device
+    (``planner.cluster.cluster_for_device``: ``h100`` for an h100 profile, ``cpu-local`` for CPU)."""
+    beside = Path(profile_path).parent / CALIBRATED
+    match = next((f for f in cluster_files if Path(f) == beside), None)
+    if match is not None:
+        return match
+    try:
+        return cluster_for_device(profile.device_kind, profile.device_name).name
+    except UserError:
+        return DEFAULT_CLUSTER
 
 
 def profile_dtypes(profile: Profile) -> list[str]:
@@ -107,6 +125,7 @@ class PlanSettings:
     pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that divides the devices)
     tp: tuple[int, ...] = (1,)  #: allowed tensor-parallel degrees
     dp_modes: tuple[str, ...] = ("ddp",)  #: allowed data-parallel modes: ddp | zero1 | zero2 | fsdp
+    time_limit: float = DEFAULT_TIME_LIMIT  #: wall seconds per MILP (``pipeplan plan --time-limit``); 0: none
     #: links, latencies and calibrated overheads: a preset or a cluster file; devices, memory and
     #: devices per node above replace the file's
     base: Cluster = field(default_factory=lambda: PRESET_CLUSTERS[DEFAULT_CLUSTER])
@@ -183,8 +202,9 @@ def profile_label(path: str, version: Stamp, roots: tuple[str, ...]) -> str:
 
 
 def _load_cluster(spec: str, roots: tuple[str, ...]) -> Cluster:
-    if spec in PRESET_CLUSTERS:
-        return PRESET_CLUSTERS[spec]
+    preset = preset_cluster(spec)  # h100, h100:8, h100:8x4, the old names
+    if preset is not None:
+        return preset
     return load_cluster(check_file(spec, roots, "cluster"))
 
 
@@ -256,7 +276,8 @@ def run_report(
 def plan_candidates(
     profile_path: str, version: Stamp, roots: tuple[str, ...], settings: PlanSettings, top: int = TOP
 ) -> tuple[list[Plan], str | None]:
-    """The planner's top plans for ``settings`` (best first), or an error line that says what to change.
+    """The planner's top plans for ``settings`` (best first, each distinct: ``distinct_plans``), or an
+    error line that says what to change.
 
     A planner bug is not caught here: it surfaces as an exception (the view shows it as an error
     panel), to be fixed in the planner.
@@ -268,7 +289,15 @@ def plan_candidates(
     if problem:
         return [], problem
     try:
-        return make_plans(profile, settings.cluster(), settings.job(), top=top, profile_path=profile_path), None
+        plans = make_plans(
+            profile,
+            settings.cluster(),
+            settings.job(),
+            top=top,
+            profile_path=profile_path,
+            time_limit=settings.time_limit or None,
+        )
+        return distinct_plans(plans), None
     except UserError as e:
         return [], str(e)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from executor.report import RunReport, comm_per_pp_rank, predicted_comm
+from planner.figures import figures
 from planner.plan import Plan
 from profiles.types import ProfileEntry
 from simulator.timeline import Timeline
@@ -62,13 +63,14 @@ def profile_frame(entry: ProfileEntry) -> pd.DataFrame:
 
 
 def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
-    """One row of the ranked candidate table."""
+    """One row of the ranked candidate table: the figures of the CLI's table (``planner.figures``)."""
     pred = plan.predicted
     base = next((b for b in plan.baselines if b.get("name") == "even-1F1B"), None)
     peak = max(pred.peak_bytes)
+    fig = figures(plan)
     return {
         "#": rank,
-        "schedule": plan.schedule,
+        "schedule": plan.schedule_label,
         "pp": plan.pp,
         "tp": plan.tp,
         "dp": plan.dp,
@@ -83,6 +85,10 @@ def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
         "dtype": plan.stages[0].dtype,
         "recompute": ",".join(sorted({s.recompute.value for s in plan.stages})),
         "samples/s": pred.throughput,
+        "tokens/s": fig.tokens_per_s,
+        "tokens/s per device": fig.tokens_per_s_per_device,
+        "TFLOP/s per device": fig.tflops_per_device,
+        "MFU %": None if fig.mfu is None else 100 * fig.mfu,
         "layout": plan.layout(),
     }
 

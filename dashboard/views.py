@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from executor.report import disturbance_notes, replayed_step_s
+from planner.figures import FLOP_CONVENTION, duration, versus
 from planner.plan import Plan
 from profiles.types import Profile
 from simulator.schedules import SCHEDULES, schedule_spec
@@ -165,7 +166,17 @@ def show_plan(ctx: Context) -> None:
             "peak / cap %": st.column_config.ProgressColumn(format="%.0f%%", min_value=0, max_value=100),
             "vs even split": st.column_config.NumberColumn(format="%.2fx", help="even split's step time / this one's"),
             "samples/s": st.column_config.NumberColumn(format="%.1f"),
+            "tokens/s": st.column_config.NumberColumn(format="%.0f"),
+            "tokens/s per device": st.column_config.NumberColumn(format="%.1f"),
+            "TFLOP/s per device": st.column_config.NumberColumn(format="%.1f", help=FLOP_CONVENTION),
+            "MFU %": st.column_config.NumberColumn(
+                format="%.1f", help=f"{FLOP_CONVENTION}, over the device's peak (analytic profiles only)"
+            ),
         },
+    )
+    c = s.cluster()
+    st.caption(
+        md(f"cluster {c.name}: {c.devices} x {c.device}, {c.devices_per_node} per node, {s.memory_gib:g} GiB each")
     )
     options = list(range(1, len(plans) + 1))
     pick = st.radio(
@@ -174,7 +185,7 @@ def show_plan(ctx: Context) -> None:
         index=chosen_index(plans) - 1,
         horizontal=True,
         format_func=lambda i: (
-            f"#{i} {plans[i - 1].schedule} pp{plans[i - 1].pp} ({plans[i - 1].predicted.step_s * 1e3:.1f} ms)"
+            f"#{i} {plans[i - 1].schedule_label} pp{plans[i - 1].pp} ({duration(plans[i - 1].predicted.step_s)})"
         ),
     )
     st.session_state[CHOSEN] = pick
@@ -195,14 +206,16 @@ def show_plan(ctx: Context) -> None:
     st.caption(
         f"layout {md(plan.layout())} · split at units {plan.split or '—'} · solver "
         + md(f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')}")
-        + "".join(
-            f" · {md(b['name'])}: {b['step_s'] * 1e3:.1f} ms "
-            + (f"({b['speedup']:.2f}x)" if b.get("fits_memory", True) else "(OOM)")
-            for b in plan.baselines
-        )
+        + "".join(f" · {md(_versus(b))}" for b in plan.baselines)
     )
     for note in plan.notes:
         st.caption(md(note))
+
+
+def _versus(b: dict) -> str:
+    """``1.30× faster than megatron``, ``megatron: 0.76× (slower)``, ``megatron: OOM (214 GiB)``."""
+    text = versus(b)
+    return f"{text} {b['name']}" if text.endswith("than") else f"{b['name']}: {text}"
 
 
 # -- Pipeline --------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Hand splits people use, so every plan can say what it gains over them.
+"""What people run instead, so every plan can say what it gains over them.
+
+Hand splits at the plan's own layout (1F1B), each with the cheapest recompute that fits
+(none, then selective, then full):
 
 - ``even``: units dealt as evenly as possible (the extra ones to the first stages).
 - ``torchtitan``: torchtitan's default pipeline split, ``_generate_llm_fqn_per_model_part``
@@ -11,16 +14,24 @@
   balances trainable parameter counts across stages (``ds_utils.partition_balanced``:
   the contiguous split minimising the largest part). Written here as a binary search on
   the largest part with a greedy check.
+
+And the published recipes, each priced with its own options (``RECIPES``):
+
+- ``torchtitan``: torchtitan's Llama 3 configuration for the model's size (``torchtitan_style``);
+- ``megatron``: Megatron-LM/NeMo's recipe: TP 8 + SP, the distributed optimizer, 1F1B or
+  interleaved 1F1B with Megatron's layer layout, selective then full recompute (``megatron_style``).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.costs import DPMode, Layout, Option, Recompute
-from simulator.tensor_parallel import model_tp_degrees
+from simulator.tensor_parallel import model_tp_degrees, recompute_modes
 
 from .plan import Plan
 from .scoring import build_plan, fits
@@ -29,6 +40,7 @@ from .splits import even_split, min_max_split
 __all__ = [
     "even_split",
     "torchtitan_split",
+    "megatron_split",
     "parameter_split",
     "BASELINES",
     "compare",
@@ -91,6 +103,19 @@ def parameter_split(profile: Profile, p: int) -> list[tuple[int, int]]:
     return min_max_split([u.params for u in profile.entry(profile.entries[0].dtype).units], p)
 
 
+def megatron_split(profile: Profile, p: int) -> list[tuple[int, int]]:
+    """Megatron-LM's default layer layout for ``p`` (virtual) stages: the transformer layers dealt
+    evenly, the embedding added to the first stage and the output layer and loss to the last (no
+    ``--account-for-embedding-in-pipeline-split``; ``megatron/core/transformer/transformer_block.py``,
+    ``get_num_layers_to_build``). Megatron asks for layers divisible by the stages; where they are
+    not, the extra ones go to the first stages, as ``--decoder-first-pipeline-num-layers`` would.
+    A model without transformer blocks has its units dealt evenly."""
+    kinds = {u.kind for u in profile.entry(profile.entries[0].dtype).units}
+    if "block" not in kinds:
+        return even_split(profile.num_units, p)
+    return torchtitan_split(profile, p, input_weight=0, output_weight=0)
+
+
 #: name -> function (profile, p) -> bounds
 BASELINES = {
     "even": lambda profile, p: even_split(profile.num_units, p),
@@ -100,50 +125,54 @@ BASELINES = {
 
 
 class Recipes:
-    """The Megatron-style and torchtitan-style plans beside plans of one profile, cluster and job,
-    each built once per microbatch size and dtype: all they take from the plan they stand beside."""
+    """The published recipes beside plans of one profile, cluster and job, each built once per
+    microbatch size and dtype: all they take from the plan they stand beside."""
 
     def __init__(self) -> None:
         self._made: dict[tuple, dict[str, Plan | None]] = {}
 
     def beside(self, p: Plan) -> dict[str, Plan | None]:
-        """``{"megatron": plan or None, "torchtitan-fsdp": ...}`` for ``p``'s profile, cluster and job."""
+        """``{"megatron": plan or None, "torchtitan": ...}`` for ``p``'s profile, cluster and job."""
         key = (p.microbatch_size, p.stages[0].dtype)
         if key not in self._made:
-            self._made[key] = {name: make(p) for name, make in RECIPES.items()}
+            self._made[key] = {name: recipe.make(p) for name, recipe in RECIPES.items()}
         return self._made[key]
 
 
 def compare(p: Plan, recipes: Recipes | None = None) -> tuple[dict, ...]:
     """What a user would run instead, simulated beside ``p`` on the same devices, global batch and
-    dtype: the hand splits at ``p``'s own layout (1F1B), and the Megatron-style and
-    torchtitan-style configurations, each made to fit memory the way their users would
+    dtype: the hand splits at ``p``'s own layout (1F1B) with the cheapest recompute that fits (none
+    when ``p`` has one stage: there is no split to compare), and the published recipes
     (``recipes``: the ones already built for plans of the same job)."""
     out = []
-    for name, split_fn in BASELINES.items():
+    modes = [Recompute(m) for m in recompute_modes(p.profile.model_config)]
+    for name, split_fn in BASELINES.items() if p.pp > 1 else ():
         try:
             bounds = split_fn(p.profile, p.pp)
-            b = _build(p, bounds, "1F1B", p.pp, 1, p.parallelism, p.microbatch_size, Recompute.NONE)
         except UserError:
             continue
-        out.append(_row(f"{name}-1F1B", b, p))
+        tries = [[_attempt(p, bounds, "1F1B", p.pp, 1, p.parallelism, rc)] for rc in modes]
+        b = _first_fitting(tries)
+        if b is not None:
+            out.append(_row(f"{name}-1F1B", b, p, f"{name} split, cheapest recompute that fits"))
     for name, b in (recipes or Recipes()).beside(p).items():
         if b is not None:
-            out.append(_row(name, b, p))
+            out.append(_row(name, b, p, RECIPES[name].describe(p)))
     return tuple(out)
 
 
-def _row(name: str, b: Plan, p: Plan) -> dict:
+def _row(name: str, b: Plan, p: Plan, recipe: str) -> dict:
     """A baseline as the plan table shows it. ``speedup`` is always its step over the plan's;
     ``fits_memory`` says whether it could run at all (readers show OOM, not the speedup)."""
-    ok = fits(b)
     return {
         "name": name,
+        "recipe": recipe,
         "config": _describe(b),
+        "layout": b.layout(),
         "split": b.split,
         "step_s": b.predicted.step_s,
         "speedup": b.predicted.step_s / p.predicted.step_s,
-        "fits_memory": ok,
+        "fits_memory": fits(b),
         "peak_bytes": max(b.predicted.peak_bytes),
     }
 
@@ -155,6 +184,11 @@ def _describe(b: Plan) -> str:
         f"{b.schedule} pp={b.pp} v={b.virtual} tp={b.tp}{sp} dp={b.dp} {b.dp_mode.value} m={b.microbatches} "
         f"recompute={','.join(rc)}"
     )
+
+
+def _attempt(p: Plan, bounds, schedule: str, pp: int, v: int, layout: Layout, rc: Recompute):
+    """A deferred build of one configuration beside ``p`` (at ``p``'s microbatch size and dtype)."""
+    return lambda: _build(p, bounds, schedule, pp, v, layout, p.microbatch_size, rc)
 
 
 def _build(p: Plan, bounds, schedule: str, pp: int, v: int, layout: Layout, mbs: int, rc: Recompute) -> Plan:
@@ -179,6 +213,8 @@ def _build(p: Plan, bounds, schedule: str, pp: int, v: int, layout: Layout, mbs:
 
 
 def _tp_for(p: Plan, most: int) -> int:
+    """The recipe's tensor-parallel degree ``most``, or the largest below it that the node, the
+    devices and the model's heads allow."""
     within = min(most, p.cluster.devices_per_node, p.cluster.devices)
     return max(t for t in model_tp_degrees(p.profile.model_config, within) if p.cluster.devices % t == 0)
 
@@ -204,46 +240,139 @@ def _first_fitting(tries) -> Plan | None:
 
 
 def _pipeline_degrees(p: Plan, per_pp: int) -> list[int]:
+    """Pipeline degrees that divide the devices with ``per_pp`` devices per stage."""
     U = p.profile.num_units
     return [q for q in range(1, U + 1) if p.cluster.devices % (q * per_pp) == 0]
 
 
+def _selective_then_full(p: Plan) -> list[Recompute]:
+    """Recompute as Megatron and torchtitan users escalate it: selective, then full (none, then
+    full, for a model without a transformer's shape)."""
+    modes = recompute_modes(p.profile.model_config)
+    return [Recompute.SELECTIVE, Recompute.FULL] if "selective" in modes else [Recompute.NONE, Recompute.FULL]
+
+
+def _params(p: Plan) -> int:
+    return sum(u.params for u in p.profile.entry(p.profile.entries[0].dtype).units)
+
+
+# -- torchtitan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Titan:
+    """One of torchtitan's published Llama 3 configurations."""
+
+    source: str  #: where it is published
+    up_to: float  #: used for models of at most this many parameters
+    tp: int  #: tensor_parallel_degree
+    pp: int  #: pipeline_parallel_degree
+    schedule: str  #: pipeline_parallel_schedule (with pp > 1)
+    virtual: int  #: stages per rank: torchtitan's default, 2 for a multi-stage schedule
+    ac: Recompute  #: activation_checkpoint.mode
+
+
+#: torchtitan's Llama 3 recipes by model size (the boundaries: the geometric means of 8B, 70B
+#: and 405B). Data parallelism is FSDP over every remaining device (data_parallel_shard_degree
+#: -1). 8B and 70B: ``torchtitan/models/llama3/train_configs/llama3_8b.toml`` (FSDP, selective op
+#: AC) and ``llama3_70b.toml`` (FSDP + TP 8, full AC). 405B: ``llama3_405b.toml`` (FSDP + TP 8, full
+#: AC) run in 3D on 512 H100s in ``benchmarks/llama3_h100_202412_torchtitan.md`` (Table 5: FSDP 8,
+#: TP 8, PP 8, Interleaved 1F1B the faster schedule), with torchtitan's 2 stages per rank for a
+#: multi-stage schedule (``torchtitan/distributed/pipeline_parallel.py``) and its split rule.
+_TITAN = (
+    _Titan("torchtitan llama3_8b.toml", math.sqrt(8e9 * 70e9), 1, 1, "1F1B", 1, Recompute.SELECTIVE),
+    _Titan("torchtitan llama3_70b.toml", math.sqrt(70e9 * 405e9), 8, 1, "1F1B", 1, Recompute.FULL),
+    _Titan("torchtitan llama3_405b.toml, 3D", math.inf, 8, 8, "Interleaved1F1B", 2, Recompute.FULL),
+)
+
+
+def _titan_for(p: Plan) -> _Titan:
+    params = _params(p)
+    return next(t for t in _TITAN if params <= t.up_to)
+
+
+def _titan_describe(p: Plan) -> str:
+    t = _titan_for(p)
+    pp = f" + PP {t.pp} ({t.schedule})" if t.pp > 1 else ""
+    tp = f" + TP {t.tp}" if t.tp > 1 else ""
+    return f"{t.source} (FSDP{tp}{pp}, {t.ac.value} AC)"
+
+
+def torchtitan_style(p: Plan) -> Plan | None:
+    """torchtitan's published configuration for the model's size (``_TITAN``): FSDP over the data
+    replicas, its tp and pp degrees (the largest below them the cluster and heads allow), its AC
+    mode (full where the model has no transformer shape) and its split rule. Where it does not
+    fit, torchtitan's lever: more pipeline stages (1F1B, its default schedule, or the recipe's),
+    then full AC."""
+    t = _titan_for(p)
+    tp = _tp_for(p, t.tp)
+    modes = recompute_modes(p.profile.model_config)
+    acs = [t.ac if t.ac.value in modes else Recompute.FULL]
+    if acs[0] is not Recompute.FULL:
+        acs.append(Recompute.FULL)
+    degrees = _pipeline_degrees(p, tp)
+    start = max([q for q in degrees if q <= t.pp], default=1)
+
+    def attempt(pp: int, ac: Recompute):
+        schedule, v = (t.schedule, t.virtual) if t.pp > 1 and pp > 1 else ("1F1B", 1)
+        dp = p.cluster.devices // (pp * tp)
+        layout = Layout(
+            tp=tp,
+            dp=dp,
+            dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP,
+            sequence_parallel=tp > 1,  # torchtitan's TP plan shards the norms' sequence (SequenceParallel)
+            reshard_after_forward=pp == 1,
+        )
+        return lambda: _build(p, torchtitan_split(p.profile, pp * v), schedule, pp, v, layout, p.microbatch_size, ac)
+
+    return _first_fitting([[attempt(pp, ac)] for ac in acs for pp in degrees if pp >= start])
+
+
+# -- Megatron-LM / NeMo ----------------------------------------------------------------------------
+
+
+def _megatron_describe(p: Plan) -> str:
+    return "Megatron-LM/NeMo (TP 8 + SP, distributed optimizer, selective then full recompute)"
+
+
 def megatron_style(p: Plan) -> Plan | None:
-    """Megatron-LM's usual recipe (Narayanan et al. 2021, §3.3's takeaways): tensor parallel 8 (or
-    the largest degree the node and heads allow) inside the node with sequence parallelism, the
-    fewest pipeline stages that fit, layers dealt evenly, interleaved 1F1B (2 chunks) when it is
-    faster, the distributed optimizer (zero1) across data-parallel replicas, full recompute only
-    when nothing fits without it."""
+    """Megatron-LM's recipe (Narayanan et al. 2021, §3.3's takeaways): tensor parallel 8 (or the
+    largest degree the node and heads allow) inside the node with sequence parallelism, the
+    distributed optimizer (zero1) across data-parallel replicas, the fewest pipeline stages that
+    fit, 1F1B or interleaved 1F1B (the fastest) on Megatron's layer layout (``megatron_split``),
+    and selective recompute (Korthikanti et al. 2022, Megatron's ``--recompute-activations``)
+    before full recompute. NeMo's Llama 3 70B pretraining recipe
+    (``nemo/collections/llm/recipes/llama3_70b.py``: TP 4 x CP 2 inside the node, PP 4, virtual
+    PP 5, sequence parallel, the distributed optimizer) runs the same pieces; with no context
+    parallelism here its TP 4 x CP 2 is TP 8. Interleaving tries 2 to 5 chunks per rank (NeMo's
+    5) where they divide the layers evenly, as Megatron asks, else 2."""
     tp = _tp_for(p, 8)
-    mbs = p.microbatch_size
+    blocks = sum(u.kind == "block" for u in p.profile.entry(p.profile.entries[0].dtype).units)
 
     def attempt(pp: int, schedule: str, v: int, rc: Recompute):
         dp = p.cluster.devices // (pp * tp)
         layout = Layout(tp=tp, dp=dp, dp_mode=DPMode.ZERO1 if dp > 1 else DPMode.DDP, sequence_parallel=tp > 1)
-        return lambda: _build(p, even_split(p.profile.num_units, pp * v), schedule, pp, v, layout, mbs, rc)
+        return lambda: _build(p, megatron_split(p.profile, pp * v), schedule, pp, v, layout, p.microbatch_size, rc)
 
-    tries = [
-        [attempt(pp, "1F1B", 1, rc), attempt(pp, "Interleaved1F1B", 2, rc)] if pp > 1 else [attempt(pp, "1F1B", 1, rc)]
-        for rc in (Recompute.NONE, Recompute.FULL)
-        for pp in _pipeline_degrees(p, tp)
-    ]
-    return _first_fitting(tries)
+    def group(pp: int, rc: Recompute) -> list:
+        if pp == 1:
+            return [attempt(1, "1F1B", 1, rc)]
+        chunks = [v for v in range(2, 6) if blocks and blocks % (pp * v) == 0] or [2]
+        return [attempt(pp, "1F1B", 1, rc), *(attempt(pp, "Interleaved1F1B", v, rc) for v in chunks)]
 
-
-def torchtitan_style(p: Plan) -> Plan | None:
-    """torchtitan's 2D recipe: FSDP across data-parallel replicas with pipeline 1F1B, tp 1, its
-    own split rule (``torchtitan_split``) and selective activation checkpointing (full when the
-    model has no transformer shape), the fewest stages that fit."""
-    config = p.profile.model_config
-    rc = Recompute.SELECTIVE if config.get("num_attention_heads", config.get("n_head")) else Recompute.FULL
-
-    def attempt(pp: int):
-        dp = p.cluster.devices // pp
-        layout = Layout(tp=1, dp=dp, dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP, reshard_after_forward=pp == 1)
-        return lambda: _build(p, torchtitan_split(p.profile, pp), "1F1B", pp, 1, layout, p.microbatch_size, rc)
-
-    return _first_fitting([[attempt(pp)] for pp in _pipeline_degrees(p, 1)])
+    return _first_fitting([group(pp, rc) for rc in _selective_then_full(p) for pp in _pipeline_degrees(p, tp)])
 
 
-#: name -> the recipe's plan beside a plan (None when it cannot be built)
-RECIPES = {"megatron": megatron_style, "torchtitan-fsdp": torchtitan_style}
+@dataclass(frozen=True)
+class Recipe:
+    """A published recipe: how to build it beside a plan, and what it is, in words."""
+
+    make: Callable[[Plan], Plan | None]  #: the recipe beside a plan (None when it cannot be built)
+    describe: Callable[[Plan], str]  #: what it is and where it is published
+
+
+#: name -> the recipe beside a plan (its ``make`` returns None when it cannot be built)
+RECIPES = {
+    "megatron": Recipe(megatron_style, _megatron_describe),
+    "torchtitan": Recipe(torchtitan_style, _titan_describe),
+}

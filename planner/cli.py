@@ -15,6 +15,7 @@ from simulator.actions import csv_text
 from simulator.engine import simulate
 from simulator.placement import parse_placement
 from simulator.schedules import CUSTOM, SCHEDULES, canonical_name
+from simulator.tensor_parallel import recompute_modes
 
 from .cluster import (
     MAX_DEVICES,
@@ -23,13 +24,15 @@ from .cluster import (
     PRESET_CLUSTERS,
     Cluster,
     Job,
+    cluster_for_device,
     load_cluster,
     load_job,
     parse_bytes,
 )
 from .explain import explain
+from .figures import FLOP_CONVENTION, duration, figures, oom_text, versus
 from .given import score_split
-from .plan import Plan, load_plan
+from .plan import Plan, distinct_plans, load_plan
 from .search import search
 
 __all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
@@ -51,12 +54,13 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
         help="a Profile JSON file (from pipeplan profile), or a stored profile's model name "
         "(profiles/<device>/<name>.json, e.g. gpt2-demo)",
     )
-    p.add_argument("--devices", type=int, help="devices in all (default: the cluster's, else 2)")
+    p.add_argument("--devices", type=int, help="devices in all (default: the cluster's)")
     p.add_argument("--device-memory", help="usable memory per device, e.g. 80GiB (default: the cluster's)")
     p.add_argument(
         "--cluster",
         help=f"cluster spec: a JSON file (pipeplan calibrate), a YAML file with the same "
-        f"fields (.yaml/.yml), or a preset: {', '.join(PRESET_CLUSTERS)}",
+        f"fields (.yaml/.yml), or a preset: {', '.join(PRESET_CLUSTERS)} (default: one node of the "
+        f"profile's device, e.g. h100 for an h100 profile; cpu-local for a CPU profile)",
     )
     p.add_argument("--global-batch", type=int, default=8, help="samples per optimizer step (default 8)")
     p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
@@ -161,13 +165,16 @@ def _recompute_modes(flag: str | None, profile) -> tuple[str, ...]:
         if bad or not modes:
             raise UserError(f"--recompute {flag}: give a comma list of none, selective, full")
         return modes
-    config = profile.model_config
-    shaped = bool(config.get("num_attention_heads", config.get("n_head")))
-    return ("none", "selective", "full") if shaped else ("none", "full")
+    return recompute_modes(profile.model_config)
 
 
-def _cluster_from(args: argparse.Namespace) -> Cluster:
-    cluster = load_cluster(args.cluster) if args.cluster else PRESET_CLUSTERS["cpu-local"]
+def _cluster_from(args: argparse.Namespace, profile: Profile) -> Cluster:
+    """``--cluster``; without it, a node of the profile's device (``cluster_for_device``), noted in
+    its name so the plan says which cluster it assumed."""
+    if args.cluster:
+        cluster = load_cluster(args.cluster)
+    else:
+        cluster = cluster_for_device(profile.device_kind, profile.device_name)
     if args.devices is not None:
         cluster = replace(cluster, devices=args.devices)
     if args.device_memory is not None:
@@ -176,51 +183,60 @@ def _cluster_from(args: argparse.Namespace) -> Cluster:
 
 
 def format_plans(plans: list[Plan]) -> str:
-    """One row per plan: configuration, simulated step, bubbles, peak memory per rank, speedups."""
-    names = [b["name"] for b in plans[0].baselines]
-    short = {
-        "even-1F1B": "vs even",
-        "torchtitan-1F1B": "vs titan",
-        "deepspeed-parameters-1F1B": "vs ds-par",
-        "megatron": "vs mega",
-        "torchtitan-fsdp": "vs ttfsdp",
-    }
+    """One row per distinct plan (``distinct_plans``): configuration, step, bubbles, memory per
+    device, tokens/s, model TFLOP/s per device and MFU (``planner.figures``), layout; then the
+    cluster assumed, the FLOP convention, and how each plan compares with each baseline."""
+    plans = distinct_plans(plans)
     serving = plans[0].job.forward_only  # then latency and throughput columns too
     extra = f"{'lat ms':>9} {'samples/s':>10} " if serving else ""
     lines = [
         f"{'#':>2} {'schedule':<22} {'pp':>3} {'tp':>3} {'dp':>4} {'mode':>5} {'v':>2} {'m':>4} {'mbs':>4} "
-        f"{'step ms':>9} {extra}"
-        f"{'bubble':>7} {'peak GiB':>9} " + " ".join(f"{short.get(n, n):>9}" for n in names) + "  layout"
+        f"{'step':>10} {extra}{'bubble':>7} {'GiB/dev':>8} {'tokens/s':>11} {'tok/s/dev':>10} "
+        f"{'TFLOP/s/dev':>11} {'MFU':>6}  layout"
     ]
     for i, p in enumerate(plans, 1):
-        pr = p.predicted
-        by_name = {b["name"]: b for b in p.baselines}
-        vs = " ".join(_vs(by_name.get(n)) for n in names)
+        pr, fig = p.predicted, figures(p)
         bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
         lines.append(
-            f"{i:>2} {p.schedule:<22} {p.pp:>3} {p.tp:>3} {p.dp:>4} {p.dp_mode.value:>5} {p.virtual:>2} "
-            f"{p.microbatches:>4} "
-            f"{p.microbatch_size:>4} {pr.step_s * 1e3:9.2f} "
+            f"{i:>2} {p.schedule_label:<22} {p.pp:>3} {p.tp:>3} {p.dp:>4} {p.dp_mode.value:>5} {p.virtual:>2} "
+            f"{p.microbatches:>4} {p.microbatch_size:>4} {duration(pr.step_s):>10} "
             + (f"{pr.latency_s * 1e3:9.2f} {pr.throughput:10.1f} " if serving else "")
-            + f"{bubble:7.1%} {max(pr.peak_bytes) / 2**30:9.3f} "
-            f"{vs}  {p.layout()}"
+            + f"{bubble:7.1%} {fig.peak_bytes_per_device / 2**30:8.2f} {fig.tokens_per_s:11,.0f} "
+            f"{fig.tokens_per_s_per_device:10,.1f} {fig.tflops_per_device:11.1f} "
+            f"{'-' if fig.mfu is None else f'{fig.mfu:.1%}':>6}  {p.layout()}"
         )
-    lines += [
-        f"   {short.get(b['name'], b['name'])}: {b.get('config', b['name'])}"
-        + ("" if b.get("fits_memory", True) else f" (OOM: {b['peak_bytes'] / 2**30:.1f} GiB)")
-        for b in plans[0].baselines
-        if b.get("config")
+    c = plans[0].cluster
+    lines.append(
+        f"cluster: {c.name}, {c.devices} x {c.device} ({c.devices_per_node} per node, "
+        f"{c.memory_bytes / 2**30:g} GiB each)"
+    )
+    peak = figures(plans[0]).peak_tflops
+    lines.append(
+        f"TFLOP/s: {FLOP_CONVENTION}; MFU against "
+        + (f"the device's peak, {peak:g} TFLOP/s" if peak else "the device's peak (unknown for a measured profile)")
+    )
+    return "\n".join(lines + _comparisons(plans))
+
+
+def _comparisons(plans: list[Plan]) -> list[str]:
+    """Rows of baselines, a column per plan: ``1.30× faster than``, ``0.76× (slower)``, ``OOM (214 GiB)``;
+    under each, the recipe and the configuration it was priced at (the first plan's)."""
+    names = list(dict.fromkeys(b["name"] for p in plans for b in p.baselines))
+    if not names:
+        return []
+    rows = [{b["name"]: b for b in p.baselines} for p in plans]
+    width, first_col = 20, max(len(n) for n in names) + 2
+    out = [
+        "compared with what people run (the hand splits at each plan's own layout):",
+        (f"  {'':<{first_col}}" + "".join(f"{f'plan {i}':<{width}}" for i in range(1, len(plans) + 1))).rstrip(),
     ]
-    return "\n".join(lines)
-
-
-def _vs(b: dict | None) -> str:
-    """A baseline's cell: how much faster the plan is, or OOM when the baseline does not fit."""
-    if b is None:
-        return f"{'-':>9}"
-    if not b.get("fits_memory", True):
-        return f"{'OOM':>9}"
-    return f"{b['speedup']:8.2f}x"
+    for name in names:
+        cells = "".join(f"{versus(r[name]) if name in r else '-':<{width}}" for r in rows)
+        out.append(f"  {name:<{first_col}}{cells}".rstrip())
+        first = next(r[name] for r in rows if name in r)
+        step = duration(first["step_s"]) if first.get("fits_memory", True) else oom_text(first["peak_bytes"])
+        out.append(f"    {first.get('recipe', name)}: {first.get('config', '?')}: {step}")
+    return out
 
 
 def write_plan_files(plan: Plan, path: Path) -> list[Path]:
@@ -290,6 +306,18 @@ def _fitted_note(plan: Plan) -> Plan:
     return replace(plan, notes=(*plan.notes, note))
 
 
+def _cluster_note(plan: Plan, args: argparse.Namespace) -> Plan:
+    """Without ``--cluster`` the plan says which cluster it assumed, and why."""
+    if args.cluster:
+        return plan
+    prof = plan.profile
+    note = (
+        f"cluster: {plan.cluster.name} assumed from the profile's device ({prof.device_name}); "
+        f"plan for another with --cluster"
+    )
+    return replace(plan, notes=(*plan.notes, note))
+
+
 def _job_from_flags(args: argparse.Namespace, profile: Profile) -> Job:
     dtypes = tuple(d for d in (args.dtype or "").split(",") if d) or tuple(
         dict.fromkeys(e.dtype for e in profile.entries)
@@ -354,7 +382,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     bar = progress_bar(3, "planning", enabled=not args.json)
     bar.set_postfix_str("reading inputs")
     profile = load_profile(profile_path)
-    cluster = _cluster_from(args)
+    cluster = _cluster_from(args, profile)
     job = load_job(args.job) if args.job else _job_from_flags(args, profile)
     profile = _check_profile(profile, profile_path, job, f"--job {args.job}: dtypes" if args.job else "--dtype")
     if args.pp and max(args.pp) > cluster.devices:
@@ -391,7 +419,7 @@ def _run_plan(args: argparse.Namespace) -> int:
             solver=args.solver,
             progress=bar.set_postfix_str,
         )
-    plans = [_fitted_note(p) for p in plans]
+    plans = [_cluster_note(_fitted_note(p), args) for p in plans]
     bar.update()
     bar.set_postfix_str("writing")
     written = write_plan_files(plans[0], args.output)
@@ -404,7 +432,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     if args.explain:
         print("\n".join(explain(plans)))
     for note in plans[0].notes:
-        if note.startswith("fitted:"):
+        if note.startswith(("fitted:", "cluster:")):
             print(f"note: {note}")
     print(f"wrote {written[0]} and {written[1]}")
     print(f"run it: {plans[0].torchrun_command(str(args.output))}")

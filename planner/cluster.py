@@ -34,6 +34,7 @@ __all__ = [
     "PRESET_CLUSTERS",
     "PRESETS_FILE",
     "preset_cluster",
+    "cluster_for_device",
     "MAX_DEVICES",
     "MAX_GLOBAL_BATCH",
     "MAX_MICROBATCHES",
@@ -197,6 +198,26 @@ def preset_cluster(spec: str) -> Cluster | None:
 
 #: Common machines: each node type (one node) and the older names (``h100x64``: 8 H100 nodes).
 PRESET_CLUSTERS: dict[str, Cluster] = {name: preset_cluster(name) for name in [*_NODES, *_ALIASES]}
+
+
+def cluster_for_device(kind: str, name: str = "") -> Cluster:
+    """The cluster a profile implies when none is given: one node of its device's type (an ``h100``
+    profile: a node of 8 H100s), ``cpu-local`` for a CPU profile. ``kind``: the profile's device kind
+    (a device-spec name for analytic profiles, ``cuda``/``cpu`` for measured ones); ``name``: its
+    device name (``NVIDIA H100 80GB HBM3``), matched against the node types for a measured GPU."""
+    kind = kind.lower()
+    if kind == "cpu":
+        return PRESET_CLUSTERS["cpu-local"]
+    if kind in _NODES:
+        return PRESET_CLUSTERS[kind]
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    node = next((n for n, c in _NODES.items() if c.device != "cpu" and c.device in words), None)
+    if node is None:
+        raise UserError(
+            f"the profile's device {name or kind!r} matches no cluster preset ({', '.join(_NODES)}): give "
+            f"--cluster (a preset, a file from pipeplan calibrate, or a YAML file of its fields)"
+        )
+    return PRESET_CLUSTERS[node]
 
 
 def load_cluster(spec: str | Path) -> Cluster:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from simulator.costs import Recompute
 from simulator.engine import simulate
 
-from .plan import Plan
+from .figures import duration, figures, versus_sentence
+from .plan import Plan, distinct_plans
 
 __all__ = ["explain"]
 
@@ -16,6 +17,7 @@ def _gib(b: float) -> str:
 
 def explain(plans: list[Plan]) -> list[str]:
     """A few sentences about ``plans[0]`` and how it compares with the rest and the baselines."""
+    plans = distinct_plans(plans)
     best = plans[0]
     tl = simulate(best)
     work: dict[int, float] = {}
@@ -36,9 +38,13 @@ def explain(plans: list[Plan]) -> list[str]:
     cap = best.cluster.memory_bytes
     peak = max(r.peak_bytes for r in tl.ranks)
     peak_rank = max(tl.ranks, key=lambda r: r.peak_bytes).rank
+    fig = figures(best)
     lines = [
-        f"plan 1 ({best.schedule}, pp={best.pp}, dp={best.dp}, v={best.virtual}, m={best.microbatches} x "
-        f"{best.microbatch_size}, {best.layout()}) takes {best.predicted.step_s * 1e3:.1f} ms per step.",
+        f"plan 1 ({best.schedule_label}, pp={best.pp}, tp={best.tp}, dp={best.dp} {best.dp_mode.value}, "
+        f"v={best.virtual}, m={best.microbatches} x {best.microbatch_size}, {best.layout()}) takes "
+        f"{duration(best.predicted.step_s)} per step: {fig.tokens_per_s:,.0f} tokens/s "
+        f"({fig.tokens_per_s_per_device:,.1f} per device), {fig.tflops_per_device:.1f} model TFLOP/s per device"
+        + (f", MFU {fig.mfu:.1%}." if fig.mfu is not None else "."),
         f"bottleneck: rank {slow_rank} ({by_rank[slow_rank] * 1e3:.1f} ms of compute per step, "
         f"{by_rank[slow_rank] / tl.step_s:.0%} of the step), its heaviest stage {slow_stage.index} ({units}); "
         f"the least loaded rank computes {min(by_rank.values()) * 1e3:.1f} ms.",
@@ -49,18 +55,20 @@ def explain(plans: list[Plan]) -> list[str]:
     if recompute:
         lines.append(f"stages {', '.join(recompute)} recompute their activations to fit.")
     for b in best.baselines:
-        what = f"the {b['name']} baseline ({b.get('config') or 'split ' + str(b['split'])})"
+        what = (
+            f"the {b['name']} baseline ({b.get('recipe', b['name'])}: {b.get('config') or 'split ' + str(b['split'])})"
+        )
         if not b.get("fits_memory", True):
-            lines.append(f"{what} does not fit: it needs {_gib(b.get('peak_bytes', 0))} per device.")
+            lines.append(f"{what}: {versus_sentence(b, 'plan 1')} per device.")
             continue
-        lines.append(f"{what} takes {b['step_s'] * 1e3:.1f} ms: this plan is {b['speedup']:.2f}x faster.")
+        lines.append(f"{what} takes {duration(b['step_s'])}: {versus_sentence(b, 'plan 1')}.")
     if len(plans) > 1:
         r = plans[1]
         d_peak = max(r.predicted.peak_bytes) - peak
         r_bubble = sum(r.predicted.bubble_fraction) / len(r.predicted.bubble_fraction)
         lines.append(
-            f"runner-up ({r.schedule}, pp={r.pp}, v={r.virtual}, m={r.microbatches}, {r.layout()}) is "
-            f"{r.predicted.step_s / best.predicted.step_s:.3f}x slower: bubbles {r_bubble:.1%} vs "
+            f"runner-up ({r.schedule_label}, pp={r.pp}, v={r.virtual}, m={r.microbatches}, {r.layout()}) is "
+            f"{r.predicted.step_s / best.predicted.step_s:.3f}× slower: bubbles {r_bubble:.1%} vs "
             f"{bubble:.1%}, peak memory {'+' if d_peak >= 0 else '-'}{_gib(abs(d_peak))}."
         )
     solver = best.solver

@@ -16,9 +16,10 @@ from simulator.engine import SimInput
 from simulator.schedules import canonical_name, schedule_spec
 
 from .cluster import MAX_DEVICES, MAX_GLOBAL_BATCH, Cluster, Job
+from .figures import figures
 from .pricing import cost_model
 
-__all__ = ["StagePlan", "Prediction", "Plan", "load_plan"]
+__all__ = ["StagePlan", "Prediction", "Plan", "load_plan", "distinct_plans"]
 
 KIND, MAJOR = "plan", 2
 #: plan/1 files (no tp, dp_mode; boolean recompute) still load, as tp 1, ddp, none/full
@@ -105,6 +106,12 @@ class Plan:
             sequence_parallel=self.sequence_parallel,
             reshard_after_forward=self.pp == 1,  # fsdp as torchtitan runs it: resharded without pipelining
         )
+
+    @property
+    def schedule_label(self) -> str:
+        """The schedule as a reader should see it: with one pipeline rank there is no schedule to
+        choose (every name runs the same forwards and backwards), so none is named."""
+        return "no pipeline" if self.pp == 1 else self.schedule
 
     def layout(self) -> str:
         """Megatron-style layout: stages separated by ``|``, e.g. ``E,t*4|t*4,L`` (E an embedding,
@@ -215,6 +222,8 @@ class Plan:
                 "peak_bytes": list(pred.peak_bytes),
                 "throughput": pred.throughput,
                 "latency_s": pred.latency_s,
+                # what a trainer reads (planner/figures.py): tokens/s, model TFLOP/s per device, MFU
+                **self._figures(),
             },
             "cluster": self.cluster.to_dict(),
             "job": self.job.to_dict(),
@@ -223,6 +232,16 @@ class Plan:
             "layout": self.layout(),
             "notes": list(self.notes),
         }
+
+    def _figures(self) -> dict[str, Any]:
+        """The rates of ``planner.figures`` for the file, when the loaded profile can price this
+        plan's microbatch size (a plan without its profile is written without them)."""
+        if self.profile is None or self.predicted is None:
+            return {}
+        try:
+            return figures(self).to_dict()
+        except ContractError:  # the profile has no entry (or fit) for this microbatch size
+            return {}
 
     def stored_dict(self, path: str | Path) -> dict[str, Any]:
         """The JSON object to save at ``path``: the profile path relative to the plan's folder
@@ -381,6 +400,25 @@ def load_plan(path: str | Path, with_profile: bool = True) -> Plan:
                 f"{path}: field stages: cover {plan.stages[-1].end} units but the profile has {plan.profile.num_units}"
             )
     return plan
+
+
+def distinct_plans(plans: list[Plan]) -> list[Plan]:
+    """``plans`` without repeats, first kept: plans that differ only in the schedule's name where
+    there is no pipeline (pp 1: the names choose nothing) are one plan."""
+    seen, out = set(), []
+    for p in plans:
+        key = (
+            p.schedule if p.pp > 1 else None,
+            p.pp,
+            p.parallelism,
+            p.microbatches,
+            p.microbatch_size,
+            tuple((s.first, s.end, s.rank, s.dtype, s.recompute) for s in p.stages),
+        )
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def _runs(codes: list[str]) -> list[str]:

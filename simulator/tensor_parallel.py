@@ -61,6 +61,7 @@ from .collectives import Algorithm, Link, all_gather_s, all_reduce_s, reduce_sca
 __all__ = [
     "Recompute",
     "RECOMPUTE_MODES",
+    "recompute_modes",
     "TransformerShape",
     "model_tp_degrees",
     "GemmDevice",
@@ -80,6 +81,13 @@ __all__ = [
 
 Recompute = Literal["none", "selective", "full"]
 RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
+
+
+def recompute_modes(model_config: dict[str, Any]) -> tuple[str, ...]:
+    """The recompute modes a model can be priced with, cheapest first: selective (Korthikanti et
+    al.'s attention-core recompute) needs a transformer's shape, i.e. attention heads in its config."""
+    shaped = bool(model_config.get("num_attention_heads", model_config.get("n_head")))
+    return RECOMPUTE_MODES if shaped else ("none", "full")
 
 
 _DROPOUT_KEYS = ("resid_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_dropout", "hidden_dropout")
