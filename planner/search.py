@@ -72,9 +72,11 @@ MILP_SIZE = 500
 #: units x stages x options up to which the refinement also asks the MILP for its next-best split
 SMALL_ALTERNATIVES = 400
 MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top) best-screened candidates
-#: schedule actions the screen may simulate once the top is filled; the candidates left (the
-#: weakest bounds) are not screened, with a note
+#: schedule actions the screen may simulate once the top is filled; a candidate whose table would
+#: overrun it is not screened (with a note) unless its table is small (``SMALL_TABLE`` actions,
+#: e.g. every pipeline of one or two ranks), so weak bounds of deep pipelines cannot crowd them out
 SCREEN_ACTIONS = 1_500_000
+SMALL_TABLE = 4096
 PROGRESS_EVERY_S = 0.2  # the screen tells its progress at most this often (display only)
 
 
@@ -320,6 +322,8 @@ def _undominated_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _schedule_candidates(job: Job, specs, pp: int, layout: Layout, m: int, mbs: int, U: int, stats) -> list[Candidate]:
+    if pp == 1:  # no pipeline, no schedule to choose: one candidate under the first plain schedule
+        specs = [sp for sp in specs if not sp.custom and sp.min_virtual == 1][:1]
     out = []
     for spec in specs:
         if spec.custom:
@@ -457,34 +461,36 @@ def _fitting_options(s: _Search, c: Candidate, bounds) -> list[Option] | None:
 
 def _screen(s: _Search, cands: list[Candidate], keep: int, stats: SearchStats) -> list[Screened]:
     """Every candidate that can still enter the top, best bound first, screened. A screened plan
-    that fits is a real plan, so the bound may prune against it. Once ``SCREEN_ACTIONS`` schedule
-    actions have been simulated with the top filled, the candidates left (the weakest bounds) are
-    not screened."""
+    that fits is a real plan, so the bound may prune against it. With the top filled, a candidate
+    whose table would take the actions simulated past ``SCREEN_ACTIONS`` is not screened."""
     fitting: list[Plan] = []
     out = []
-    spent = 0  # actions simulated since the top was filled
+    spent, skipped = 0, 0  # actions simulated since the top was filled; candidates left for the budget
     for i, c in enumerate(cands):
         s.say(f"screening {i + 1}/{len(cands)}")
         if len(fitting) >= keep and c.lower_bound >= _kth(fitting, keep):
             stats.pruned = len(cands) - i
             break
-        if len(fitting) >= keep and spent > SCREEN_ACTIONS:
-            stats.pruned = len(cands) - i
-            stats.notes.append(f"{len(cands) - i} candidates with the weakest bounds left unscreened (screen budget)")
-            break
+        table = 2 * c.stages * c.m  # at least F and B per stage and microbatch
+        if len(fitting) >= keep and spent + table > SCREEN_ACTIONS and table > SMALL_TABLE:
+            skipped += 1  # its table would overrun the budget (small tables are always screened)
+            continue
         t0 = time.perf_counter()
         p = _screen_one(s, c)
         stats.simulations += p is not None
-        if p is not None:
-            actions = sum(len(a) for a in p.table.values())
-            stats.screened_actions += actions
-            spent += actions if len(fitting) >= keep else 0
+        # its table was built (and simulated when it fits) whether or not it fits: count it
+        actions = sum(len(a) for a in p.table.values()) if p is not None else table
+        stats.screened_actions += actions
+        spent += actions if len(fitting) >= keep else 0
         if p is not None and not fits(p):
             p = None
         if p is not None:
             fitting.append(p)
         stats.add("screen", t0)
         out.append(Screened(c, p))
+    if skipped:
+        stats.pruned += skipped
+        stats.notes.append(f"{skipped} candidates with weaker bounds and larger tables left unscreened (screen budget)")
     return out
 
 
