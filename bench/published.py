@@ -98,7 +98,7 @@ def _bounds(layers: int, stages: int) -> list[tuple[int, int]]:
 def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     model, overrides = _shape_overrides(run)
     mbs = run.microbatch or 1
-    key = (model, tuple(sorted(overrides.items())), run.device, mbs)
+    key = (model, tuple(sorted(overrides.items())), run.device, mbs, run.attention)
     if key not in cache:
         prof = analytic_profile(
             model,
@@ -107,6 +107,7 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
             microbatch_sizes=(mbs,),
             seq_len=run.seq_len,
             overrides=overrides,
+            attention=run.attention,
         )
         path = tmp / f"p{len(cache)}.json"
         prof.save(path)

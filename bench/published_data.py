@@ -91,6 +91,9 @@ class PublishedRun:
     hfu: float | None = None  #: hardware FLOPs utilisation, counting recomputation (None: not printed)
     aggregate_pflops: float | None = None  #: all GPUs together, PFLOP/s, as printed
     notes: str = ""
+    #: the attention kernel the run used (profiles.ops): ``math`` keeps the s×s scores (Megatron's
+    #: fused softmax of 2021-22), ``flash`` is a fused kernel
+    attention: str = "math"
 
 
 def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg) -> PublishedRun:
@@ -196,6 +199,7 @@ def _llama3(gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         tflops_per_gpu=tflops,
         peak_fraction=mfu,
         notes="DP is FSDP; 16M tokens per batch",
+        attention="flash",
     )
 
 

@@ -37,11 +37,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from profiles.contract import UserError
+from profiles.gemm import GEMM_DEVICES
 from profiles.types import DTYPE_TABLE, Profile, UnitCost
 
 from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
 from .sharding import fsdp_gathered_bytes, state_bytes_per_param
-from .tensor_parallel import GEMM_DEVICES, TransformerShape, as_measured, scale_unit
+from .tensor_parallel import TransformerShape, as_measured, scale_unit
 
 __all__ = [
     "Recompute",
@@ -300,7 +301,11 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
         return [as_measured(u) for u in units]
     try:
         shape = TransformerShape.from_config(
-            profile.model_config, seq_len=profile.seq_len, microbatch=microbatch_size, dtype_bytes=dtype_bytes
+            profile.model_config,
+            seq_len=profile.seq_len,
+            microbatch=microbatch_size,
+            dtype_bytes=dtype_bytes,
+            flash=profile.fused_attention,
         )
     except (ValueError, TypeError) as e:
         raise UserError(

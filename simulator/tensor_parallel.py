@@ -9,15 +9,12 @@ GEMM FLOPs; the embedding and the output head are split along the vocabulary.
 Model and assumptions:
 
 - **Compute.** A block's F, I and W at degree ``t`` are its times at ``t = 1`` multiplied by
-  ``T(t)/T(1)``, where ``T`` sums each forward GEMM's FLOPs divided by its efficiency. The
-  efficiency is NVIDIA's tile- and wave-quantisation model (NVIDIA, *Matrix Multiplication
-  Background User's Guide*, DU-09799-001, §3.1 "Tile Quantization", §3.2 "Wave Quantization"):
-  an ``m × n`` output is computed in ``tile_m × tile_n`` tiles, one tile per streaming
-  multiprocessor at a time, so a GEMM runs ``⌈tiles / SMs⌉`` full waves and its efficiency is the
-  useful share of the tiles those waves could compute. Nothing is fitted: the tile size is the
-  guide's 256×128 example and the SM counts are the datasheets'. As ``t`` grows the per-rank
-  GEMMs shrink (``n = 3h/t``, ``ffn/t``; ``a/t`` heads), waves go partly empty and the
-  efficiency falls. The backward GEMMs are taken to scale like the forward ones. Work outside
+  ``T(t)/T(1)``, where ``T`` sums each forward GEMM's FLOPs divided by its efficiency,
+  :func:`profiles.gemm.matmul_efficiency` (the one formula the analytic profiler prices GEMMs
+  with: NVIDIA's tile- and wave-quantisation model times the device's published achievable
+  share of peak, see ``profiles/gemm.py``). As ``t`` grows the per-rank GEMMs shrink
+  (``n = 3h/t``, ``ffn/t``; ``a/t`` heads), waves go partly empty and the efficiency falls.
+  The backward GEMMs are taken to scale like the forward ones. Work outside
   GEMMs (norms, elementwise) is taken to scale like the GEMMs.
 - **Activation bytes** per block follow Korthikanti et al., "Reducing Activation Recomputation
   in Large Transformer Models" (MLSys 2023, arXiv:2205.05198), §4.1 and Table 2, which assume
@@ -54,6 +51,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from profiles.gemm import GEMM_DEVICES, GemmDevice, gemm_efficiency, matmul_efficiency
 from profiles.types import UnitCost
 
 from .collectives import Algorithm, Link, all_gather_s, all_reduce_s, reduce_scatter_s, tp_block_comm_s
@@ -143,19 +141,6 @@ class TransformerShape:
 
 
 @dataclass(frozen=True)
-class GemmDevice:
-    """What GEMM quantisation depends on: streaming multiprocessors and the output tile."""
-
-    sms: int  #: streaming multiprocessors, one output tile each at a time
-    tile_m: int = 256  #: output tile rows (the guide's 256×128 example tile)
-    tile_n: int = 128  #: output tile columns
-
-
-#: SM counts from NVIDIA's datasheets/whitepapers: H100 SXM5 and H200 SXM 132, A100 SXM4 108.
-GEMM_DEVICES: dict[str, GemmDevice] = {"h100": GemmDevice(132), "h200": GemmDevice(132), "a100": GemmDevice(108)}
-
-
-@dataclass(frozen=True)
 class TPUnitCost:
     """One unit's cost per rank at tensor-parallel degree ``t``, for one microbatch."""
 
@@ -168,15 +153,6 @@ class TPUnitCost:
     output_bytes: int  #: activation handed to the next unit, per rank
     comm_forward_s: float = 0.0  #: TP collectives inside F (0 without a link)
     comm_backward_s: float = 0.0  #: TP collectives inside the backward, recomputed forward's included
-
-
-def gemm_efficiency(m: int, n: int, device: GemmDevice | None, batch: int = 1) -> float:
-    """Useful share of the tile waves an ``m × n`` output (``batch`` of them) occupies; 1 without a device."""
-    if device is None:
-        return 1.0
-    tiles = batch * math.ceil(m / device.tile_m) * math.ceil(n / device.tile_n)
-    waves = math.ceil(tiles / device.sms)
-    return batch * m * n / (waves * device.sms * device.tile_m * device.tile_n)
 
 
 def _check_degree(shape: TransformerShape, t: int) -> None:
@@ -201,7 +177,7 @@ def _block_gemms(shape: TransformerShape, t: int) -> list[tuple[int, int, int, i
 
 
 def _gemm_time(gemms: list[tuple[int, int, int, int]], device: GemmDevice | None) -> float:
-    return sum(2 * bt * m * n * k / gemm_efficiency(m, n, device, bt) for bt, m, n, k in gemms)
+    return sum(2 * bt * m * n * k / matmul_efficiency(m, n, device, bt) for bt, m, n, k in gemms)
 
 
 def block_forward_flops(shape: TransformerShape) -> float:
