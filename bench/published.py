@@ -70,6 +70,8 @@ def _shape_overrides(run: PublishedRun) -> tuple[str, dict]:
         "n_layer": run.layers,
         "vocab_size": run.vocab,
         "n_positions": run.seq_len,
+        "attn_pdrop": run.dropout,
+        "resid_pdrop": run.dropout,
     }
 
 

@@ -94,6 +94,10 @@ class PublishedRun:
     #: the attention kernel the run used (profiles.ops): ``math`` keeps the s×s scores (Megatron's
     #: fused softmax of 2021-22), ``flash`` is a fused kernel
     attention: str = "math"
+    #: attention and hidden dropout probability the run trained with (Megatron-LM's defaults,
+    #: ``--attention-dropout 0.1 --hidden-dropout 0.1``, for the GPT runs, whose activation
+    #: accounting in Korthikanti et al. §4.1 holds the dropout masks; Llama 3 has none)
+    dropout: float = 0.0
 
 
 def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg) -> PublishedRun:
@@ -118,6 +122,7 @@ def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct
         peak_fraction=pct / 100,
         aggregate_pflops=agg,
         notes="activation recomputation; FLOPs per Eq. (3)",
+        dropout=0.1,
     )
 
 
@@ -162,6 +167,7 @@ def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, it
         iteration_s=iteration_s,
         hfu=hfu,
         notes=notes or "sequence parallel + selective recompute",
+        dropout=0.1,
     )
 
 

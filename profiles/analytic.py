@@ -14,7 +14,8 @@ Assumptions (written into the profile's ``measurement``):
 - attention runs as the profile's kernel (``attention``): ``math`` decomposes into products and
   a softmax and keeps the s x s scores; ``flash`` and ``efficient`` are one fused kernel that keeps
   no s x s tensor and does half the products when causal, at the device's published fused
-  attention efficiency;
+  attention efficiency; attention dropout, when the config asks for it, runs (the zoo builds
+  models with dropout off; training runs it), and other dropouts are left out;
 - W is the weight-gradient products (a backward product whose output has a parameter's shape
   and reduces over the tokens) plus adding each gradient into fp32 (read + write); I is the rest
   of the backward; B = I + W;
@@ -43,7 +44,7 @@ from torch import nn
 from .contract import UserError
 from .gemm import GEMM_DEVICES, GemmDevice, matmul_efficiency
 from .measure import TORCH_DTYPES, count_saved_bytes, loss_saved_bytes, tied_record
-from .ops import ATTENTION_KERNELS, Op, OpRecorder, attention_kernel
+from .ops import ATTENTION_DROPOUT_KEYS, ATTENTION_KERNELS, Op, OpRecorder, attention_kernel
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
@@ -178,7 +179,8 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
         x_in = x_in.to(TORCH_DTYPES[dtype]).requires_grad_(True)
     tokens = x.numel() // x.shape[-1] if x.is_floating_point() and x.dim() > 1 else x.numel()  # activation rows
     rec = OpRecorder({tuple(p.shape) for p in params if p.dim() >= 2}, tokens)
-    with count_saved_bytes(exclude=params) as saved, attention_kernel(kernel, rec), rec:
+    dropout = any(model.config.get(k) for k in ATTENTION_DROPOUT_KEYS)  # as training runs it (the zoo's is off)
+    with count_saved_bytes(exclude=params) as saved, attention_kernel(kernel, rec, dropout=dropout), rec:
         out = unit(x_in)
         loss = model.loss_fn(out, target) if last else None
     rec.flush()

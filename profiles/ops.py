@@ -16,14 +16,23 @@ What is recorded (a ``TorchDispatchMode`` sees each aten operation autograd runs
 - a backward matrix product whose output has a parameter's shape and whose reduction runs over
   the tokens is a weight gradient (W); every other backward operation belongs to I.
 
-**Attention as the kernel runs it** (:func:`attention_kernel`): ``math`` lets SDPA decompose into
-its products and softmax, which keep the ``s × s`` scores (today's counts); ``flash`` and
-``efficient`` replace SDPA by one fused operation that keeps only its inputs, its output and the
-row log-sum-exp (4 bytes per query row and head), and counts the FLOPs the FlashAttention
-benchmarks count (flash-attention ``benchmarks/benchmark_flash_attention.py``): forward
-``4·b·s_q·s_k·a·d``, halved when causal, backward 2.5× the forward. A fused call is taken as
-causal when SDPA is asked for causality or given a mask (the zoo's decoders pass their causal
-mask; an encoder without padding passes none). Sliding windows are not modelled.
+**Attention as the kernel runs it** (:func:`attention_kernel`): SDPA is replaced by one operation
+of the kernel's own accounting. ``math`` is two batched GEMMs in the compute dtype (``QKᵀ`` and
+the probabilities times ``V``, full ``s × s`` products) and one softmax kernel that reads the
+scores and writes the probabilities (scale and mask fused into it, as Megatron's
+``FusedScaleMaskSoftmax``); it keeps the ``s × s`` probabilities in the compute dtype for the
+backward, which runs four GEMMs and a softmax backward (reads the probabilities and their
+gradient, writes the scores' gradient). ``flash`` and ``efficient`` are one fused kernel that
+keeps only its inputs, its output and the row log-sum-exp (4 bytes per query row and head),
+and counts the FLOPs the FlashAttention benchmarks count (flash-attention
+``benchmarks/benchmark_flash_attention.py``): forward ``4·b·s_q·s_k·a·d``, halved when causal,
+backward 2.5× the forward. A fused call is taken as causal when SDPA is asked for causality or
+given a mask (the zoo's decoders pass their causal mask; an encoder without padding passes
+none). Attention dropout, when the model's config asks for it (``ATTENTION_DROPOUT_KEYS``), is its
+own kernel on the math path (reads the probabilities, writes a 1-byte mask and the dropped
+probabilities, both kept for the backward, as Korthikanti et al. 2022, §4.1, count them; its
+backward reads the gradient and the mask and writes the gradient) and costs nothing extra inside
+a fused kernel. Sliding windows are not modelled.
 """
 
 from __future__ import annotations
@@ -40,9 +49,11 @@ from torch.utils.flop_counter import flop_registry
 
 from .types import ATTENTION_KERNELS
 
-__all__ = ["ATTENTION_KERNELS", "AttentionKernel", "Op", "OpRecorder", "attention_kernel"]
+__all__ = ["ATTENTION_DROPOUT_KEYS", "ATTENTION_KERNELS", "AttentionKernel", "Op", "OpRecorder", "attention_kernel"]
 
 AttentionKernel = Literal["flash", "efficient", "math"]
+#: config keys of attention-probability dropout (GPT-2, Llama-style, BERT)
+ATTENTION_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob")
 
 _aten = torch.ops.aten
 _GEMMS = {_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default}
@@ -166,54 +177,86 @@ class OpRecorder(TorchDispatchMode):
         return gemm is None or not self.tokens or gemm[3] == self.tokens  # W reduces over the tokens
 
 
-class _FusedAttention(torch.autograd.Function):
-    """One fused attention kernel: keeps q, k, v, its output and the row log-sum-exp."""
+class _Attention(torch.autograd.Function):
+    """SDPA as one operation of ``kernel``'s accounting (module docstring)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, recorder: OpRecorder | None):
-        out = torch.empty_like(q)
-        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.recorder = causal, recorder
+    def forward(ctx, q, k, v, causal: bool, kernel: str, dropout: bool, recorder: OpRecorder | None):
+        out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+        if kernel == "math":
+            kept = [q.new_empty((*q.shape[:-1], k.shape[-2]))]  # the probabilities, s_q × s_k per head
+            if dropout:  # its mask and the dropped probabilities
+                kept += [q.new_empty(kept[0].shape, dtype=torch.bool), q.new_empty(kept[0].shape)]
+        else:
+            kept = [q.new_empty(q.shape[:-1], dtype=torch.float32)]  # the row log-sum-exp
+        ctx.save_for_backward(q, k, v, out, *kept)
+        ctx.causal, ctx.kernel, ctx.dropout, ctx.recorder = causal, kernel, dropout, recorder
         if recorder is not None:
-            recorder.record(_attention_op(q, k, v, causal, backward=False))
+            for op in _attention_ops(q, k, v, causal, kernel, dropout, backward=False):
+                recorder.record(op)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, _, _ = ctx.saved_tensors
+        q, k, v = ctx.saved_tensors[:3]
         if ctx.recorder is not None:
-            ctx.recorder.record(_attention_op(q, k, v, ctx.causal, backward=True))
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None, None
+            for op in _attention_ops(q, k, v, ctx.causal, ctx.kernel, ctx.dropout, backward=True):
+                ctx.recorder.record(op)
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None, None, None, None
 
 
-def _attention_op(q, k, v, causal: bool, *, backward: bool) -> Op:
-    """FlashAttention's FLOP convention: ``4·b·s_q·s_k·a·d`` forward, halved when causal; the
-    backward 2.5× that. Bytes: q, k, v and the output (and their gradients in the backward)."""
+def _attention_ops(q, k, v, causal: bool, kernel: str, dropout: bool, *, backward: bool) -> list[Op]:
+    """The operations of one attention call (module docstring)."""
     b, a, sq, d = q.shape
-    flops = 4.0 * b * a * sq * k.shape[-2] * d * (0.5 if causal else 1.0)
-    moved = _nbytes(q) + _nbytes(k) + _nbytes(v) + _nbytes(q)
-    if backward:
-        return Op("attention backward", 2.5 * flops, 2.0 * moved, attention=True)
-    return Op("attention", flops, float(moved), attention=True)
+    sk, dv, elem = k.shape[-2], v.shape[-1], q.element_size()
+    qb, ob = float(_nbytes(q)), float(b * a * sq * dv * elem)
+    qkvo = qb + _nbytes(k) + _nbytes(v) + ob
+    if kernel != "math":  # 4·b·s_q·s_k·a·d with d the mean of the query-key and value widths
+        flops = 2.0 * b * a * sq * sk * (d + dv) * (0.5 if causal else 1.0)
+        if backward:
+            return [Op("attention backward", 2.5 * flops, 2.0 * qkvo, attention=True)]
+        return [Op("attention", flops, qkvo, attention=True)]
+    bh, scores = b * a, float(b * a * sq * sk * elem)
+    kb, vb = float(bh * sk * d * elem), float(bh * sk * dv * elem)  # k and v as every query head reads them
+
+    def gemm(name, m, n, k_, ins):
+        return Op(name, 2.0 * bh * m * n * k_, ins + bh * m * n * elem, gemm=(bh, m, n, k_))
+
+    mask = scores / elem  # one byte per probability
+    if not backward:
+        return [
+            gemm("attention QK^T", sq, sk, d, qb + kb),
+            Op("attention softmax", 0.0, 2 * scores),
+            *([Op("attention dropout", 0.0, 2 * scores + mask)] if dropout else []),
+            gemm("attention PV", sq, dv, sk, scores + vb),
+        ]
+    return [
+        gemm("attention dV = P^T dO", sk, dv, sq, scores + ob),
+        gemm("attention dP = dO V^T", sq, sk, dv, ob + vb),
+        *([Op("attention dropout backward", 0.0, 2 * scores + mask)] if dropout else []),
+        Op("attention softmax backward", 0.0, 3 * scores),
+        gemm("attention dQ = dS K", sq, d, sk, scores + kb),
+        gemm("attention dK = dS^T Q", sk, d, sq, scores + qb),
+    ]
 
 
 @contextmanager
-def attention_kernel(kernel: AttentionKernel, recorder: OpRecorder | None = None) -> Iterator[None]:
-    """Within the block, ``scaled_dot_product_attention`` runs as ``kernel`` does (module docstring)."""
+def attention_kernel(
+    kernel: AttentionKernel, recorder: OpRecorder | None = None, *, dropout: bool = False
+) -> Iterator[None]:
+    """Within the block, ``scaled_dot_product_attention`` runs as ``kernel`` does, with attention
+    dropout when ``dropout`` (module docstring)."""
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel {kernel!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
-    if kernel == "math":
-        yield
-        return
     original = functional.scaled_dot_product_attention
 
-    def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if key.shape[-3] != query.shape[-3] and not enable_gqa:
             raise ValueError("attention: key/value heads differ from query heads without enable_gqa")
-        return _FusedAttention.apply(query, key, value, bool(is_causal or attn_mask is not None), recorder)
+        causal = bool(is_causal or attn_mask is not None)
+        return _Attention.apply(query, key, value, causal, kernel, dropout, recorder)
 
-    functional.scaled_dot_product_attention = fused
+    functional.scaled_dot_product_attention = sdpa
     try:
         yield
     finally:

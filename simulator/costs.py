@@ -184,6 +184,10 @@ class Links:
     devices_per_node: int = 1 << 30
     overlap: bool = True
     stride: int = 1
+    #: bus bandwidth NCCL's collectives reach for large messages inside a node and across nodes
+    #: (``collectives.Link.collective_Bps``; 0: collectives in the α-β model on the link)
+    collective_Bps: float = 0.0
+    inter_collective_Bps: float = 0.0
 
     def transfer_s(self, src: int, dst: int, nbytes: int) -> float:
         if src == dst:
@@ -195,8 +199,8 @@ class Links:
 
     def group_link(self, ranks: list[int]) -> Link:
         """The link a collective over devices ``ranks`` runs on: intra-node when they share a node."""
-        intra = Link(self.latency_s, self.bandwidth_Bps)
-        inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps)
+        intra = Link(self.latency_s, self.bandwidth_Bps, self.collective_Bps)
+        inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps, self.inter_collective_Bps)
         return group_link(ranks, min(self.devices_per_node, 1 << 30), intra, inter)
 
 
