@@ -76,14 +76,8 @@ def _shape_overrides(run: PublishedRun) -> tuple[str, dict]:
 
 
 def _setup(run: PublishedRun) -> tuple[str, int, Recompute, DPMode]:
-    """(schedule, stages per rank, recompute, dp mode) as the paper describes the run."""
-    if run.source == NARAYANAN:
-        return "1F1B", 1, Recompute.FULL, DPMode.DDP
-    if run.model.startswith("Llama"):  # an interleaved schedule (its §3.3.2); v is not printed: 2 assumed
-        return "Interleaved1F1B", 2, Recompute.NONE, DPMode.FSDP
-    if run.pp > 1 and run.layers % (3 * run.pp) == 0:  # Korthikanti: interleaved, 3 stages per rank
-        return "Interleaved1F1B", 3, Recompute.SELECTIVE, DPMode.DDP
-    return "1F1B", 1, Recompute.SELECTIVE, DPMode.DDP
+    """(schedule, stages per rank, recompute, dp mode) as the row states them."""
+    return run.schedule, run.virtual, Recompute(run.recompute), DPMode(run.dp_mode)
 
 
 def _bounds(layers: int, stages: int) -> list[tuple[int, int]]:
@@ -117,10 +111,14 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     profile, path = cache[key]
     schedule, v, rc, mode = _setup(run)
     nodes = max(1, run.gpus // 8)
-    cluster = replace(load_cluster(f"{run.device}:{nodes}"), devices=run.gpus)
+    cluster = replace(load_cluster(f"{run.device}:{nodes}"), devices=run.gpus, overlap=run.overlap_sends)
     dp = run.dp
     layout = Layout(
-        tp=run.tp, dp=dp, dp_mode=mode if dp > 1 else DPMode.DDP, sequence_parallel=rc is not Recompute.FULL
+        tp=run.tp,
+        dp=dp,
+        dp_mode=mode if dp > 1 else DPMode.DDP,
+        sequence_parallel=run.sequence_parallel,
+        overlap_grad_reduce=run.overlap_grad_reduce,
     )
     m = run.global_batch // (dp * mbs)
     job = Job(global_batch=run.global_batch, microbatch_size=mbs, dtypes=("bf16",), schedules=(schedule,))

@@ -1,8 +1,11 @@
 """Published large-scale training configurations and what they achieved, for ``bench/published.py``.
 
 Every figure below is copied from the cited table as printed; nothing is derived except where a
-field says so (``dp``). Where the table leaves a setting out (the microbatch size of Narayanan et
-al.'s Table 1), the field is None rather than a guess.
+field says so (``dp``). Settings a table leaves out come from the run's public launch script
+where there is one (``settings`` names it: Narayanan et al.'s microbatch sizes, virtual stages
+and data-parallel implementation are in Megatron-LM's
+``examples/academic_paper_scripts/sc21/run_table_1.sh``), else from the paper's text, else they
+are stated assumptions (``settings`` says which).
 
 Sources:
 
@@ -94,13 +97,29 @@ class PublishedRun:
     #: the attention kernel the run used (profiles.ops): ``math`` keeps the s×s scores (Megatron's
     #: fused softmax of 2021-22), ``flash`` is a fused kernel
     attention: str = "math"
+    schedule: str = "1F1B"  #: pipeline schedule (torch's name)
+    virtual: int = 1  #: stages per pipeline rank (interleaved schedules)
+    recompute: str = "full"  #: activation recomputation: none, selective (Korthikanti et al.) or full
+    dp_mode: str = "ddp"  #: data parallelism: ddp (replicas, gradients all-reduced) or fsdp
+    sequence_parallel: bool = False  #: Megatron sequence parallelism beside tp
+    #: data-parallel gradient reduction overlapped with the backward (torch DDP's buckets); False:
+    #: after the whole forward-backward (Megatron's ``DDP=local`` of 2021)
+    overlap_grad_reduce: bool = False
+    #: pipeline sends beside compute; False: the sender waits for its send (Megatron-LM's
+    #: ``p2p_communication._communicate`` of 2021-22 waited on its batched sends and receives)
+    overlap_sends: bool = True
+    settings: str = ""  #: where the settings the table does not print come from
     #: attention and hidden dropout probability the run trained with (Megatron-LM's defaults,
     #: ``--attention-dropout 0.1 --hidden-dropout 0.1``, for the GPT runs, whose activation
     #: accounting in Korthikanti et al. §4.1 holds the dropout masks; Llama 3 has none)
     dropout: float = 0.0
 
 
-def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg) -> PublishedRun:
+_SC21 = "Megatron-LM examples/academic_paper_scripts/sc21/run_table_1.sh"
+
+
+def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg, mbs, layers_per_chunk, ddp):
+    chunks = layers // (pp * layers_per_chunk) if layers_per_chunk else 1
     return PublishedRun(
         source=NARAYANAN,
         model=f"GPT {params_b}B",
@@ -123,28 +142,38 @@ def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct
         aggregate_pflops=agg,
         notes="activation recomputation; FLOPs per Eq. (3)",
         dropout=0.1,
+        microbatch=mbs,
+        schedule="Interleaved1F1B" if chunks > 1 else "1F1B",
+        virtual=chunks,
+        recompute="full",  # --activations-checkpoint-method uniform, every row
+        overlap_grad_reduce=ddp == "torch",  # torch DDP reduces buckets during the backward
+        overlap_sends=False,
+        settings=f"{_SC21}: --micro-batch-size {mbs}, --DDP-impl {ddp}"
+        + (f", --num-layers-per-virtual-pipeline-stage {layers_per_chunk}" if layers_per_chunk else ""),
     )
 
 
-#: Table 1: params (B), heads, hidden, layers, TP, PP, GPUs, batch, TFLOP/s per GPU, % of peak, aggregate PFLOP/s.
+#: Table 1: params (B), heads, hidden, layers, TP, PP, GPUs, batch, TFLOP/s per GPU, % of peak, aggregate
+#: PFLOP/s; then from the run script: microbatch size, layers per virtual stage (0: not interleaved), DDP-impl.
 NARAYANAN_2021: tuple[PublishedRun, ...] = tuple(
     _narayanan(*row)
     for row in (
-        (1.7, 24, 2304, 24, 1, 1, 32, 512, 137, 44, 4.4),
-        (3.6, 32, 3072, 30, 2, 1, 64, 512, 138, 44, 8.8),
-        (7.5, 32, 4096, 36, 4, 1, 128, 512, 142, 46, 18.2),
-        (18.4, 48, 6144, 40, 8, 1, 256, 1024, 135, 43, 34.6),
-        (39.1, 64, 8192, 48, 8, 2, 512, 1536, 138, 44, 70.8),
-        (76.1, 80, 10240, 60, 8, 4, 1024, 1792, 140, 45, 143.8),
-        (145.6, 96, 12288, 80, 8, 8, 1536, 2304, 148, 47, 227.1),
-        (310.1, 128, 16384, 96, 8, 16, 1920, 2160, 155, 50, 297.4),
-        (529.6, 128, 20480, 105, 8, 35, 2520, 2520, 163, 52, 410.2),
-        (1008.0, 160, 25600, 128, 8, 64, 3072, 3072, 163, 52, 502.0),
+        (1.7, 24, 2304, 24, 1, 1, 32, 512, 137, 44, 4.4, 16, 0, "torch"),
+        (3.6, 32, 3072, 30, 2, 1, 64, 512, 138, 44, 8.8, 16, 0, "torch"),
+        (7.5, 32, 4096, 36, 4, 1, 128, 512, 142, 46, 18.2, 16, 0, "torch"),
+        (18.4, 48, 6144, 40, 8, 1, 256, 1024, 135, 43, 34.6, 8, 0, "torch"),
+        (39.1, 64, 8192, 48, 8, 2, 512, 1536, 138, 44, 70.8, 4, 0, "local"),
+        (76.1, 80, 10240, 60, 8, 4, 1024, 1792, 140, 45, 143.8, 2, 5, "local"),
+        (145.6, 96, 12288, 80, 8, 8, 1536, 2304, 148, 47, 227.1, 2, 5, "local"),
+        (310.1, 128, 16384, 96, 8, 16, 1920, 2160, 155, 50, 297.4, 1, 3, "local"),
+        (529.6, 128, 20480, 105, 8, 35, 2520, 2520, 163, 52, 410.2, 1, 1, "local"),
+        (1008.0, 160, 25600, 128, 8, 64, 3072, 3072, 163, 52, 502.0, 1, 0, "local"),
     )
 )
 
 
 def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, iteration_s, mfu, hfu, notes=""):
+    interleaved = pp > 1 and layers % (3 * pp) == 0  # Table 3: 3 stages per rank for 175B and 530B
     return PublishedRun(
         source=KORTHIKANTI,
         model=model,
@@ -168,6 +197,12 @@ def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, it
         hfu=hfu,
         notes=notes or "sequence parallel + selective recompute",
         dropout=0.1,
+        schedule="Interleaved1F1B" if interleaved else "1F1B",
+        virtual=3 if interleaved else 1,
+        recompute="selective",
+        sequence_parallel=True,
+        overlap_sends=False,
+        settings="the paper's Table 3 and §6 (sequence parallelism, selective recompute, DP all-reduce not overlapped)",
     )
 
 
@@ -206,6 +241,15 @@ def _llama3(gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         peak_fraction=mfu,
         notes="DP is FSDP; 16M tokens per batch",
         attention="flash",
+        microbatch=1,
+        schedule="Interleaved1F1B",
+        virtual=2,
+        recompute="none",
+        dp_mode="fsdp",
+        sequence_parallel=True,
+        settings="the paper's §3.3.2 (interleaved schedule, no activation checkpointing; FSDP not resharded after "
+        "forward); assumed: 2 stages per rank, microbatch 1, sequence parallel beside TP, a fused (flash) attention "
+        "kernel, no overlap of the FSDP collectives",
     )
 
 

@@ -73,6 +73,7 @@ class Plan:
     tp: int = 1  # tensor-parallel degree inside each stage
     dp_mode: DPMode = DPMode.DDP  # how the dp replicas hold the training state
     sequence_parallel: bool = False  # Megatron sequence parallelism beside tp
+    overlap_grad_reduce: bool = False  # dp gradient reduction overlapped with the backward (Layout)
     profile: Profile | None = field(default=None, compare=False, repr=False)  # loaded, not stored
 
     # -- derived -------------------------------------------------------------------------
@@ -104,6 +105,7 @@ class Plan:
             dp_mode=self.dp_mode,
             sequence_parallel=self.sequence_parallel,
             reshard_after_forward=self.pp == 1,  # fsdp as torchtitan runs it: resharded without pipelining
+            overlap_grad_reduce=self.overlap_grad_reduce,
         )
 
     def layout(self) -> str:
@@ -193,6 +195,7 @@ class Plan:
             "tp": self.tp,
             "dp_mode": self.dp_mode.value,
             "sequence_parallel": self.sequence_parallel,
+            **({"overlap_grad_reduce": True} if self.overlap_grad_reduce else {}),
             "virtual": self.virtual,
             "microbatches": self.microbatches,
             "microbatch_size": self.microbatch_size,
@@ -361,6 +364,7 @@ class Plan:
             tp=tp,
             dp_mode=dp_mode,
             sequence_parallel=sp and tp > 1,
+            overlap_grad_reduce=f.bool("overlap_grad_reduce", default=False),
         )
 
 

@@ -94,6 +94,10 @@ class Layout:
     #: (torch's default, torchtitan's without pipelining); False: a stage's weights stay gathered
     #: for the whole step (torchtitan under pipelining)
     reshard_after_forward: bool = False
+    #: data-parallel gradient reduction (ddp's all-reduce, zero's and fsdp's reduce-scatter)
+    #: overlapped with the remaining backward, as torch DDP's buckets and Megatron's
+    #: ``--overlap-grad-reduce`` run it; False: after the rank's last backward
+    overlap_grad_reduce: bool = False
 
     @property
     def stride(self) -> int:
@@ -215,6 +219,9 @@ class DPComm:
     mode: DPMode = DPMode.DDP
     dp: int = 1
     link: Link = Link(0.0, float("inf"))
+    #: the gradient reduction of each stage starts with its last backward and runs beside the rank's
+    #: remaining backwards (``Layout.overlap_grad_reduce``); contention with compute is not modelled
+    overlap: bool = False
 
     def head_s(self, grad_bytes: float) -> float:
         if self.dp <= 1 or not grad_bytes or self.mode is not DPMode.FSDP:
@@ -301,7 +308,8 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
     """Each unit's per-rank cost at the layout's tp degree (``tensor_parallel.scale_unit``; at
     tp 1 without selective recompute, the profile's own figures)."""
     selective = option.recompute is Recompute.SELECTIVE
-    if layout.tp == 1 and not selective:
+    formula = profile.method == "analytic"  # blocks keep Korthikanti et al.'s bytes (tensor_parallel)
+    if layout.tp == 1 and not selective and not (formula and _has_shape(profile)):
         return [as_measured(u) for u in units]
     try:
         shape = TransformerShape.from_config(
@@ -331,6 +339,7 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
                 recompute="selective" if selective else "none",
                 device=device,
                 link=tp_link if layout.tp > 1 else None,
+                activation_formula=formula,
             )
         return priced[key]
 
@@ -338,6 +347,15 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
         return [price(u) for u in units]
     except ValueError as e:
         raise UserError(f"{profile.model_name}: {e}") from None
+
+
+def _has_shape(profile: Profile) -> bool:
+    """Whether the profile's config gives a transformer shape (and its units have roles)."""
+    try:
+        TransformerShape.from_config(profile.model_config, seq_len=profile.seq_len, microbatch=1)
+    except (ValueError, TypeError):
+        return False
+    return all(u.kind in ("embedding", "block", "head") for u in profile.entries[0].units)
 
 
 @dataclass(frozen=True)
@@ -424,7 +442,7 @@ class CostModel:
         """The data-parallel group's communication: devices ``tp`` apart, ``dp`` of them."""
         lay = self.layout
         group = group_ranks("dp", 0, pp=1, dp=lay.dp, tp=lay.tp)
-        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group))
+        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group), lay.overlap_grad_reduce)
 
     @property
     def options(self) -> list[Option]:

@@ -15,7 +15,8 @@ reported before any time is reported.
 Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank; sends
 overlap compute unless ``Links.overlap`` is False (then the sender is busy for the
 transfer); transfers do not contend; after the last backward each rank all-reduces its
-gradients across ``dp`` replicas and runs the optimizer step (``optimizer_s``, plus each
+gradients across ``dp`` replicas (overlapped with its remaining backwards when the layout says
+so, see ``_overlapped_reduction``) and runs the optimizer step (``optimizer_s``, plus each
 of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's
 activations from the start of F until its B ends (after I, ``w_keep_fraction`` of them
 stay until W); a forward-only table keeps no activations; a pair adds its forward's
@@ -182,13 +183,39 @@ def _collectives(
                 t = max(t, max(logs[q].free for q in sync.ranks if q in logs))
                 out.append(Collective(r, "ALL_REDUCE", t, t + seconds, sync.bytes))
                 t += seconds
-        reduce = comm.tail_s(g)
-        if reduce:
-            out.append(Collective(r, "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD", t, t + reduce, g))
+        kind = "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD"
+        if comm.overlap and g:
+            start, t_end = _overlapped_reduction(inp, r, log, comm, t)
+            out.append(Collective(r, kind, start, t_end, g))
+            reduce, t = 0.0, t_end
+        else:
+            reduce = comm.tail_s(g)
+            if reduce:
+                out.append(Collective(r, kind, t, t + reduce, g))
         opt_s = inp.optimizer_s + sum(inp.costs[s].optimizer_s for s, o in owner.items() if o == r)
         if opt_s:
             out.append(Collective(r, "OPTIMIZER", t + reduce, t + reduce + opt_s, 0))
     return out
+
+
+def _overlapped_reduction(inp: SimInput, r: int, log: RankLog, comm: DPComm, after: float) -> tuple[float, float]:
+    """(start, end) of rank ``r``'s overlapped gradient reduction: each of its stages' gradients
+    are reduced on the communication track from the start of that stage's last backward (B or
+    W; buckets leave as the backward makes them), never ending before that backward does, the
+    stages in the order their last backwards start; the track ends no earlier than ``after``
+    (the rank's last action and its tied-gradient sums)."""
+    last: dict[int, tuple[float, float]] = {}
+    for a, b, e in zip(inp.table[r], log.starts, log.ends):
+        if a.__class__ is Overlap:  # a forward and a full backward: the backward's stage
+            a = a[1]
+        if a[1] in (_B, _W):
+            last[a[0]] = (b, e)
+    t, first = 0.0, None
+    for stage, (b, e) in sorted(last.items(), key=lambda kv: kv[1]):
+        first = b if first is None else first
+        t = max(t, b) + comm.tail_s(inp.costs[stage].param_bytes)
+        t = max(t, e)
+    return (first if first is not None else after), max(t, after)
 
 
 def _events(table: Table, logs: dict[int, RankLog], costs: list[StageCost], pairs: bool) -> list[Event]:

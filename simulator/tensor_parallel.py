@@ -25,7 +25,9 @@ Model and assumptions:
   (the block input only; with SP that input is split along the sequence, so ``2·sbh/t``). Other
   dtypes scale the whole by ``dtype_bytes/2``. With fused (flash) attention no ``s × s`` tensor is
   kept and the ``5as/h`` term is 0. A measured unit's saved bytes are scaled by the ratio
-  ``formula(t, mode)/formula(1, none)``, so the formula's own constants cancel.
+  ``formula(t, mode)/formula(1, none)``, so the formula's own constants cancel; an analytic
+  profile's block keeps the formula's bytes themselves (the eager model counted on meta keeps
+  tensors a fused-kernel run does not, such as the norms' fp32 copies).
 - **Selective recompute** redoes the attention core in the backward: ``QKᵀ`` and attention over
   V, ``4·b·s²·h`` FLOPs per block forward (Korthikanti et al., Appendix A; softmax and dropout
   count no FLOPs). Its time is that share of the block's forward FLOPs times the forward time.
@@ -269,8 +271,13 @@ def scale_unit(
     device: GemmDevice | None = None,
     link: Link | None = None,
     algorithm: Algorithm = "ring",
+    activation_formula: bool = False,
 ) -> TPUnitCost:
     """A unit measured (or counted) at ``t = 1`` without recompute, priced at degree ``t``.
+
+    ``activation_formula``: a block keeps the bytes of :func:`block_activation_bytes` itself (an
+    analytic profile: Korthikanti et al.'s accounting of a run with fused kernels), not its
+    profiled saved bytes scaled by the formula's ratio (a measured profile).
 
     The unit's role comes from its ``kind``: ``embedding``, ``block`` or ``head``; other kinds
     (a user model's ``layer``) have no tensor-parallel form and only ``t = 1`` is accepted."""
@@ -303,7 +310,7 @@ def scale_unit(
         return _scaled(unit, k, 0.0, math.ceil(unit.saved_bytes / t), **per_rank, comm=(fwd_c, bwd_c))
     k = block_compute_scale(shape, t, device)
     mode = block_activation_bytes(shape, t, sequence_parallel=sp, recompute=recompute)
-    saved = math.ceil(unit.saved_bytes * mode / block_activation_bytes(shape, 1))
+    saved = math.ceil(mode if activation_formula else unit.saved_bytes * mode / block_activation_bytes(shape, 1))
     redo = {"none": 0.0, "selective": selective_recompute_share(shape), "full": 1.0}[recompute]
     fwd_c = bwd_c = 0.0
     if comm:
