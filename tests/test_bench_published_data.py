@@ -53,3 +53,20 @@ def test_every_row_is_a_valid_layout():
     for r in PUBLISHED:
         assert r.hidden % r.heads == 0 and r.heads % r.tp == 0 and r.kv_heads % r.tp == 0, r.model
         assert r.layers >= r.pp and r.source
+
+
+def test_every_row_states_how_it_ran():
+    """Attention kernel, recompute, dp mode, schedule and where the settings come from, on every row;
+    the microbatches divide each replica's batch and the stages fit the layers."""
+    from profiles.types import ATTENTION_KERNELS
+    from simulator.schedules import schedule_spec
+
+    for r in PUBLISHED:
+        assert r.attention in ATTENTION_KERNELS and r.recompute in ("none", "selective", "full"), r.model
+        assert r.dp_mode in ("ddp", "fsdp") and r.settings, r.model
+        schedule_spec(r.schedule)  # a known schedule
+        assert r.microbatch and (r.global_batch // r.dp) % r.microbatch == 0, r.model
+        assert r.virtual >= 1 and r.pp * r.virtual <= r.layers, r.model
+    # the SC'21 script's virtual stages: layers / (pp x layers per virtual stage)
+    assert [r.virtual for r in NARAYANAN_2021] == [1, 1, 1, 1, 1, 3, 2, 2, 3, 1]
+    assert [r.microbatch for r in NARAYANAN_2021] == [16, 16, 16, 8, 4, 2, 2, 1, 1, 1]
