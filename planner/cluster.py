@@ -23,6 +23,7 @@ from profiles.contract import (
     schema_id,
     write_json,
 )
+from profiles.devices import DEVICE_SPECS
 from profiles.types import DTYPES
 from simulator.actions import ScheduleError
 from simulator.costs import Links
@@ -178,6 +179,10 @@ def _load_presets() -> tuple[dict[str, Cluster], dict[str, str]]:
             inter_latency_s=float(spec["inter_latency_s"]),
             intra_collective_Bps=float(spec.get("intra_collective_Bps", 0.0)),
             inter_collective_Bps=float(spec.get("inter_collective_Bps", 0.0)),
+            # a GPU's AdamW step, memory-bound on its datasheet bandwidth (profiles/devices.py)
+            optimizer_s_per_param=DEVICE_SPECS[spec["device"]].optimizer_s_per_param
+            if spec["device"] in DEVICE_SPECS
+            else 0.0,
         )
     return nodes, dict(data.get("aliases") or {})
 
