@@ -39,9 +39,12 @@ from published_data import (  # noqa: E402
     H100_BF16_PEAK,
     NARAYANAN,
     PUBLISHED,
+    TORCHTITAN,
     PublishedRun,
+    llama_params,
     model_flops_per_iteration,
     narayanan_flops_per_iteration,
+    torchtitan_flops_per_token,
 )
 
 from planner import Job  # noqa: E402
@@ -142,6 +145,9 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     step = plan.predicted.step_s
     if run.source == NARAYANAN:
         flops = narayanan_flops_per_iteration(run.global_batch, run.seq_len, run.layers, run.hidden, run.vocab)
+    elif run.source == TORCHTITAN:
+        params = llama_params(run.layers, run.hidden, run.heads, run.kv_heads, run.ffn, run.vocab)
+        flops = run.global_batch * run.seq_len * torchtitan_flops_per_token(params, run.layers, run.hidden, run.seq_len)
     else:
         flops = model_flops_per_iteration(run.global_batch, run.seq_len, run.layers, run.hidden, run.vocab)
     tflops = flops / step / run.gpus / 1e12

@@ -23,6 +23,14 @@ Sources:
   interleaved schedule with 3 stages per rank for 175B and 530B) and Table 5 ("present work":
   sequence parallelism + selective recompute; iteration time, MFU, HFU), plus §6.3's 530B run on
   2240 GPUs (8-way data parallel): 39.15 s per iteration, MFU 54.2%. Same Selene nodes.
+- ``TORCHTITAN_2024``: the torchtitan repository's ``docs/performance.md``: tokens per second per
+  GPU ("WPS") and MFU of Llama 3 and Llama 2 models trained with FSDP2 alone on 64 A100 80GB GPUs,
+  local batch 1 or 2, bf16; its MFU counts ``6·N + 12·l·h·s`` FLOPs per token (N every parameter,
+  the attention term without a causal saving). Rows kept: those whose activation checkpointing
+  is none or full; torchtitan's selective checkpointing (every other layer, or per op) is not one
+  of pipeplan's recompute modes, so the 8B rows and the 70B selective-op row are left out. The
+  page does not name the network: the DGX A100 preset is assumed (8 x 200 Gb/s per node), with
+  SDPA's flash kernel and FSDP2's prefetch and reduce-scatter overlapped with compute.
 - ``LLAMA3_2024``: Llama Team, AI @ Meta, "The Llama 3 Herd of Models" (arXiv:2407.21783),
   Table 4 ("Scaling configurations and MFU for each stage of Llama 3 405B pre-training") and
   Table 3 (the 405B model: 126 layers, width 16,384, FFN 53,248, 128 attention heads, 8
@@ -50,6 +58,9 @@ __all__ = [
     "NARAYANAN_2021",
     "KORTHIKANTI_2022",
     "LLAMA3_2024",
+    "TORCHTITAN_2024",
+    "torchtitan_flops_per_token",
+    "llama_params",
     "PUBLISHED",
     "narayanan_flops_per_iteration",
     "model_flops_per_iteration",
@@ -64,6 +75,7 @@ H100_BF16_PEAK = 989e12  #: FLOP/s, dense BF16 (NVIDIA H100 SXM datasheet, 989.4
 NARAYANAN = "Narayanan et al., SC'21 (arXiv:2104.04473), Table 1"
 KORTHIKANTI = "Korthikanti et al., MLSys'23 (arXiv:2205.05198), Tables 3 and 5"
 LLAMA3 = "Llama Team, The Llama 3 Herd of Models (arXiv:2407.21783), Tables 3 and 4"
+TORCHTITAN = "torchtitan, docs/performance.md (FSDP2 on 64 A100 80GB), Llama 3 and Llama 2 tables"
 
 
 @dataclass(frozen=True)
@@ -260,7 +272,60 @@ LLAMA3_2024: tuple[PublishedRun, ...] = (
     _llama3(16384, 16, 8, 131072, 16, 380, 0.38),
 )
 
-PUBLISHED: tuple[PublishedRun, ...] = NARAYANAN_2021 + KORTHIKANTI_2022 + LLAMA3_2024
+
+def torchtitan_flops_per_token(params: int, layers: int, hidden: int, seq_len: int) -> float:
+    """torchtitan's FLOPs per token behind its MFU: ``6·N + 12·l·h·s`` (N every parameter)."""
+    return 6.0 * params + 12.0 * layers * hidden * seq_len
+
+
+def llama_params(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: int) -> int:
+    """Parameters of a Llama model (untied embedding and output, RMSNorm weights, no biases)."""
+    hd = hidden // heads
+    block = hidden * (hidden + 2 * kv_heads * hd) + hidden * hidden + 3 * hidden * ffn + 2 * hidden
+    return 2 * vocab * hidden + layers * block + hidden
+
+
+def _torchtitan(model, layers, hidden, heads, kv_heads, ffn, vocab, seq, local_batch, recompute, wps, mfu):
+    params = llama_params(layers, hidden, heads, kv_heads, ffn, vocab)
+    flops = torchtitan_flops_per_token(params, layers, hidden, seq)
+    return PublishedRun(
+        source=TORCHTITAN,
+        model=model,
+        params_b=round(params / 1e9, 1),
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        ffn=ffn,
+        vocab=vocab,
+        seq_len=seq,
+        device="a100",
+        gpus=64,
+        tp=1,
+        pp=1,
+        dp=64,
+        global_batch=64 * local_batch,
+        tflops_per_gpu=wps * flops / 1e12,  # derived: tokens/s per GPU x the page's FLOPs per token
+        peak_fraction=mfu,
+        microbatch=local_batch,
+        notes=f"{wps} tokens/s per GPU",
+        attention="flash",
+        recompute=recompute,
+        dp_mode="fsdp",
+        overlap_grad_reduce=True,
+        settings="the page's text (FSDP2 alone, local batch, activation checkpointing); assumed: the DGX A100 "
+        "network, SDPA's flash kernel, FSDP2's prefetch and reduce-scatter overlapped with compute",
+    )
+
+
+#: model, layers, hidden, heads, kv heads, FFN, vocabulary, sequence, local batch, checkpointing, WPS, MFU.
+TORCHTITAN_2024: tuple[PublishedRun, ...] = (
+    _torchtitan("Llama 3 70B", 80, 8192, 64, 8, 28672, 128256, 8192, 1, "full", 331, 0.517),
+    _torchtitan("Llama 2 13B", 40, 5120, 40, 40, 13824, 32000, 4096, 2, "none", 2162, 0.611),
+    _torchtitan("Llama 2 70B", 80, 8192, 64, 8, 28672, 32000, 4096, 2, "full", 353, 0.505),
+)
+
+PUBLISHED: tuple[PublishedRun, ...] = NARAYANAN_2021 + KORTHIKANTI_2022 + LLAMA3_2024 + TORCHTITAN_2024
 
 
 def narayanan_flops_per_iteration(batch: int, seq_len: int, layers: int, hidden: int, vocab: int) -> float:

@@ -159,6 +159,7 @@ class StageCost:
     param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
     keep_bytes: int | None = None  # of activation_bytes, held from I until W (None: half, rounded down)
     optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
+    lead_param_bytes: int = 0  # the first unit's gradient bytes (what a prefetching fsdp gathers first)
     # DualPipe's F&B: duration of an Overlap pair whose backward is this stage's (its forward is
     # the other stage on the rank). None: not measured, forward_s of that stage + backward_s, as
     # torch's runtime runs an OVERLAP_F_B without a custom overlapped function (one after the other).
@@ -220,8 +221,12 @@ class DPComm:
     dp: int = 1
     link: Link = Link(0.0, float("inf"))
     #: the gradient reduction of each stage starts with its last backward and runs beside the rank's
-    #: remaining backwards (``Layout.overlap_grad_reduce``); contention with compute is not modelled
+    #: remaining backwards (``Layout.overlap_grad_reduce``); fsdp then also prefetches: only a
+    #: stage's first unit is gathered before the rank starts, the rest beside its forwards (and,
+    #: resharded after forward, gathered again beside its backwards). Contention with compute is
+    #: not modelled (no slowdown factor)
     overlap: bool = False
+    regather: bool = False  #: fsdp resharded after forward: the backward gathers the weights again
 
     def head_s(self, grad_bytes: float) -> float:
         if self.dp <= 1 or not grad_bytes or self.mode is not DPMode.FSDP:
@@ -442,7 +447,8 @@ class CostModel:
         """The data-parallel group's communication: devices ``tp`` apart, ``dp`` of them."""
         lay = self.layout
         group = group_ranks("dp", 0, pp=1, dp=lay.dp, tp=lay.tp)
-        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group), lay.overlap_grad_reduce)
+        regather = lay.dp_mode is DPMode.FSDP and lay.reshard_after_forward
+        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group), lay.overlap_grad_reduce, regather)
 
     @property
     def options(self) -> list[Option]:
@@ -511,6 +517,7 @@ class CostModel:
             output_bytes=0 if last else recs[-1].output_bytes,
             input_bytes=0 if index == 0 else recs[0].input_bytes,
             param_bytes=sum(r.grad_bytes for r in recs),
+            lead_param_bytes=recs[0].grad_bytes,
             keep_bytes=sum(r.keep_bytes for r in recs),
             optimizer_s=sum(r.optimizer_s for r in recs),
         )

@@ -118,7 +118,7 @@ def _simulate(inp: SimInput, detail: bool = True) -> Timeline:
     if forward_only and has_backward:
         validate_table(table, forward_only=True)  # raises with the picture
     comm = inp.dp_comm()
-    start = {} if forward_only else {r: comm.head_s(g) for r, g in inp.grad_bytes(owner).items()}
+    start = {} if forward_only else _head_s(inp, comm, owner, table)
     try:
         run = sweep(table, stage_times(costs, inp.links, owner), S, M, start)
         if not run.blocked:
@@ -198,12 +198,27 @@ def _collectives(
     return out
 
 
+def _head_s(inp: SimInput, comm: DPComm, owner: dict[int, int], table: Table) -> dict[int, float]:
+    """When each rank may start: after fsdp's gather of its weights (of its first stage's first
+    unit only when fsdp prefetches, ``DPComm.overlap``)."""
+    grads = inp.grad_bytes(owner)
+    if not (comm.overlap and comm.mode is DPMode.FSDP):
+        return {r: comm.head_s(g) for r, g in grads.items()}
+    out = {}
+    for r in grads:
+        first = next(iter(flat_actions(table[r])), None)
+        out[r] = comm.head_s(inp.costs[first[0]].lead_param_bytes) if first is not None else 0.0
+    return out
+
+
 def _overlapped_reduction(inp: SimInput, r: int, log: RankLog, comm: DPComm, after: float) -> tuple[float, float]:
     """(start, end) of rank ``r``'s overlapped gradient reduction: each of its stages' gradients
     are reduced on the communication track from the start of that stage's last backward (B or
     W; buckets leave as the backward makes them), never ending before that backward does, the
     stages in the order their last backwards start; the track ends no earlier than ``after``
-    (the rank's last action and its tied-gradient sums)."""
+    (the rank's last action and its tied-gradient sums). Prefetching fsdp's track first gathers
+    the rest of the rank's weights from its start (and, resharded, gathers each stage's again
+    beside its backward)."""
     last: dict[int, tuple[float, float]] = {}
     for a, b, e in zip(inp.table[r], log.starts, log.ends):
         if a.__class__ is Overlap:  # a forward and a full backward: the backward's stage
@@ -211,9 +226,13 @@ def _overlapped_reduction(inp: SimInput, r: int, log: RankLog, comm: DPComm, aft
         if a[1] in (_B, _W):
             last[a[0]] = (b, e)
     t, first = 0.0, None
+    if comm.mode is DPMode.FSDP:  # the forward's gathers, after the first unit's
+        lead = sum(inp.costs[s].lead_param_bytes for s in last)
+        t = log.start + comm.head_s(max(0, sum(inp.costs[s].param_bytes for s in last) - lead))
     for stage, (b, e) in sorted(last.items(), key=lambda kv: kv[1]):
         first = b if first is None else first
-        t = max(t, b) + comm.tail_s(inp.costs[stage].param_bytes)
+        g = inp.costs[stage].param_bytes
+        t = max(t, b) + comm.tail_s(g) + (comm.head_s(g) if comm.regather else 0.0)
         t = max(t, e)
     return (first if first is not None else after), max(t, after)
 

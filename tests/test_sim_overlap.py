@@ -68,3 +68,16 @@ def test_the_layout_option_reaches_the_plan_and_its_file(tmp_path):
         assert load_plan(saved).overlap_grad_reduce is overlap
         steps[overlap] = plan.predicted.step_s
     assert steps[True] < steps[False]
+
+
+def test_prefetching_fsdp_gathers_the_first_unit_before_it_starts():
+    """fsdp with overlap: the rank starts after its first unit's gather (1 GB: 0.5 s over 2 ranks at
+    1 GB/s), not the whole stage's (4 GB: 2 s); the rest runs beside the compute."""
+    table = {0: [Action(0, Kind.F, 0), Action(0, Kind.B, 0)]}
+    cost = StageCost(4.0, 8.0, 4.0, 4.0, 0, 0, 0, 0, param_bytes=4 * 10**9, lead_param_bytes=10**9)
+    plain = simulate(SimInput(table, [cost], dp=2, comm=DPComm(DPMode.FSDP, 2, LINK)))
+    ahead = simulate(SimInput(table, [cost], dp=2, comm=DPComm(DPMode.FSDP, 2, LINK, overlap=True)))
+    # plain: gather 2 s, F 4 s, B 8 s, then the reduce-scatter 2 s
+    assert plain.step_s == pytest.approx(16.0)
+    # prefetching: start at 0.5 s, F to 4.5 s, B to 12.5 s; the reduce-scatter (2 s) fits in B
+    assert ahead.step_s == pytest.approx(12.5)
