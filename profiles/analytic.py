@@ -162,13 +162,11 @@ def op_seconds(op: Op, spec: DeviceSpec, dtype: str, gemm: GemmDevice | None) ->
 
 def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, c: _Counted, output_bytes: int, gemm) -> UnitCost:
     fwd = sum(op_seconds(op, spec, dtype, gemm) for op in c.forward)
-    w_ops = [op for op in c.backward if op.weight_grad or not c.has_input_grad]
-    i_ops = [op for op in c.backward if not (op.weight_grad or not c.has_input_grad)]
-    # adding each gradient into its fp32 buffer: read + write
-    w_t = sum(op_seconds(op, spec, dtype, gemm) for op in w_ops) + op_seconds(
-        Op("grad accumulate", 0.0, 2 * 4 * c.params), spec, dtype, gemm
-    )
-    i_t = sum(op_seconds(op, spec, dtype, gemm) for op in i_ops)
+    # the first unit (token ids in) has no input gradient: its whole backward is W
+    is_w = [op.weight_grad or not c.has_input_grad for op in c.backward]
+    i_t = sum(op_seconds(op, spec, dtype, gemm) for op, w in zip(c.backward, is_w) if not w)
+    w_t = sum(op_seconds(op, spec, dtype, gemm) for op, w in zip(c.backward, is_w) if w)
+    w_t += op_seconds(Op("grad accumulate", 0.0, 2 * 4 * c.params), spec, dtype, gemm)  # into fp32: read + write
     return UnitCost(
         name=name,
         kind=kind,
