@@ -36,7 +36,9 @@ class DeviceSpec:
     memory_bytes: int
     source: str
     memory_efficiency: float = 1.0  #: achievable share of ``bandwidth``
-    attention_efficiency: float = 1.0  #: a fused attention kernel's share of the 16-bit peak
+    #: a fused attention kernel's share of the 16-bit peak (flash and efficient alike: no figure is
+    #: published for the memory-efficient kernel, FlashAttention-2's is taken)
+    attention_efficiency: float = 1.0
     efficiency_source: str = ""
 
     @property
