@@ -1,24 +1,25 @@
 """Predicted against published throughput of large-scale training runs (``bench/published_data.py``).
 
 For every published configuration: an analytic profile of the model's shape on the run's GPU
-(``profiles.analytic``: FLOPs and bytes counted on the meta device, the device's datasheet
-peak at the analytic model's own matmul and memory efficiencies), the run's own layout (tp,
-pp, dp, schedule, microbatch size, recompute), layers dealt evenly with the embedding on the
-first stage and the head on the last (as Megatron does), simulated by pipeplan's event
-simulator on the run's cluster (``planner/clusters.yaml``). The simulated step gives TFLOP/s per
+(``profiles.analytic``: every operation counted on the meta device and priced as a roofline,
+GEMMs by shape at the device's published maximum achievable matmul rate, attention as the row's
+kernel), the run's own layout as its row states it (tp, pp, dp, schedule, stages per rank,
+microbatch size, recompute, sequence parallelism, dp mode, which communication overlapped
+compute), layers dealt evenly with the embedding on the first stage and the head on the last (as
+Megatron does), simulated by pipeplan's event simulator on the run's cluster
+(``planner/clusters.yaml``: NCCL's measured bus bandwidths). The simulated step gives TFLOP/s per
 GPU in the paper's own FLOP count (Narayanan et al.'s Eq. 3 for their Table 1, which counts the
-recomputed forward; model FLOPs, Korthikanti et al.'s Eq. 7, for MFU rows). Nothing is fitted
-to a row: the only constants are the analytic model's efficiencies and the datasheets.
+recomputed forward; model FLOPs, Korthikanti et al.'s Eq. 7, for MFU rows), printed beside the
+published figure with the share of peak both make, and the predicted peak memory per device
+against its capacity (``!`` when over). Nothing is fitted to a row: the constants are the
+datasheets and the public microbenchmark figures the profiler and the cluster presets cite.
 
-Settings the papers leave out are taken as their text describes them: Narayanan et al.'s Table
-1 ran full activation recomputation, microbatch size 1 (not printed; 1 is assumed, and said so
-in the table), 1F1B; Korthikanti et al. ran sequence parallelism with selective recompute,
-interleaved 1F1B with 3 stages per rank for the 175B and 530B models; Llama 3 ran FSDP across
-data-parallel groups (fsdp here) with an interleaved schedule (§3.3.2; its number of stages per
-rank is not printed, 2 is assumed), microbatch 1. Context parallelism is not modelled: the row
-with CP 16 is listed and skipped.
+Settings a table leaves out come from the run's public launch script (Narayanan et al.: Megatron-LM's
+``examples/academic_paper_scripts/sc21/run_table_1.sh``), else the paper's text, else they are
+assumptions; each row prints where its settings come from. Context parallelism is not modelled:
+the Llama 3 row with CP 16 is listed and skipped.
 
-    python bench/published.py [--rows N] [--quick]
+    python bench/published.py [--rows N]
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ from published_data import (  # noqa: E402
     H100_BF16_PEAK,
     NARAYANAN,
     PUBLISHED,
+    TORCHTITAN,
     PublishedRun,
+    llama_params,
     model_flops_per_iteration,
     narayanan_flops_per_iteration,
+    torchtitan_flops_per_token,
 )
 
 from planner import Job  # noqa: E402
@@ -70,18 +74,14 @@ def _shape_overrides(run: PublishedRun) -> tuple[str, dict]:
         "n_layer": run.layers,
         "vocab_size": run.vocab,
         "n_positions": run.seq_len,
+        "attn_pdrop": run.dropout,
+        "resid_pdrop": run.dropout,
     }
 
 
 def _setup(run: PublishedRun) -> tuple[str, int, Recompute, DPMode]:
-    """(schedule, stages per rank, recompute, dp mode) as the paper describes the run."""
-    if run.source == NARAYANAN:
-        return "1F1B", 1, Recompute.FULL, DPMode.DDP
-    if run.model.startswith("Llama"):  # an interleaved schedule (its §3.3.2); v is not printed: 2 assumed
-        return "Interleaved1F1B", 2, Recompute.NONE, DPMode.FSDP
-    if run.pp > 1 and run.layers % (3 * run.pp) == 0:  # Korthikanti: interleaved, 3 stages per rank
-        return "Interleaved1F1B", 3, Recompute.SELECTIVE, DPMode.DDP
-    return "1F1B", 1, Recompute.SELECTIVE, DPMode.DDP
+    """(schedule, stages per rank, recompute, dp mode) as the row states them."""
+    return run.schedule, run.virtual, Recompute(run.recompute), DPMode(run.dp_mode)
 
 
 def _bounds(layers: int, stages: int) -> list[tuple[int, int]]:
@@ -98,7 +98,7 @@ def _bounds(layers: int, stages: int) -> list[tuple[int, int]]:
 def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     model, overrides = _shape_overrides(run)
     mbs = run.microbatch or 1
-    key = (model, tuple(sorted(overrides.items())), run.device, mbs)
+    key = (model, tuple(sorted(overrides.items())), run.device, mbs, run.attention)
     if key not in cache:
         prof = analytic_profile(
             model,
@@ -107,6 +107,7 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
             microbatch_sizes=(mbs,),
             seq_len=run.seq_len,
             overrides=overrides,
+            attention=run.attention,
         )
         path = tmp / f"p{len(cache)}.json"
         prof.save(path)
@@ -114,10 +115,14 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     profile, path = cache[key]
     schedule, v, rc, mode = _setup(run)
     nodes = max(1, run.gpus // 8)
-    cluster = replace(load_cluster(f"{run.device}:{nodes}"), devices=run.gpus)
+    cluster = replace(load_cluster(f"{run.device}:{nodes}"), devices=run.gpus, overlap=run.overlap_sends)
     dp = run.dp
     layout = Layout(
-        tp=run.tp, dp=dp, dp_mode=mode if dp > 1 else DPMode.DDP, sequence_parallel=rc is not Recompute.FULL
+        tp=run.tp,
+        dp=dp,
+        dp_mode=mode if dp > 1 else DPMode.DDP,
+        sequence_parallel=run.sequence_parallel,
+        overlap_grad_reduce=run.overlap_grad_reduce,
     )
     m = run.global_batch // (dp * mbs)
     job = Job(global_batch=run.global_batch, microbatch_size=mbs, dtypes=("bf16",), schedules=(schedule,))
@@ -140,20 +145,29 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     step = plan.predicted.step_s
     if run.source == NARAYANAN:
         flops = narayanan_flops_per_iteration(run.global_batch, run.seq_len, run.layers, run.hidden, run.vocab)
+    elif run.source == TORCHTITAN:
+        params = llama_params(run.layers, run.hidden, run.heads, run.kv_heads, run.ffn, run.vocab)
+        flops = run.global_batch * run.seq_len * torchtitan_flops_per_token(params, run.layers, run.hidden, run.seq_len)
     else:
         flops = model_flops_per_iteration(run.global_batch, run.seq_len, run.layers, run.hidden, run.vocab)
     tflops = flops / step / run.gpus / 1e12
     published = run.tflops_per_gpu
     if published is None and run.iteration_s:
         published = flops / run.iteration_s / run.gpus / 1e12
+    overlap = ",".join(x for x, on in (("grad", layout.overlap_grad_reduce), ("send", run.overlap_sends)) if on)
     return {
         "step_s": step,
         "tflops": tflops,
         "mfu": tflops * 1e12 / PEAK[run.device],
         "published": published,
+        "published_mfu": run.peak_fraction,
         "error": (tflops - published) / published if published else None,
-        "setup": f"{schedule} v={v} {rc.value} {layout.dp_mode.value} m={m}",
+        "layout": f"{schedule} v={v} mb={mbs} m={m}",
+        "recompute": rc.value + ("+sp" if layout.sequence_parallel else ""),
+        "dp_mode": layout.dp_mode.value,
+        "overlap": overlap or "none",
         "peak_gib": max(plan.predicted.peak_bytes) / 2**30,
+        "capacity_gib": cluster.memory_bytes / 2**30,
     }
 
 
@@ -172,16 +186,20 @@ def main() -> int:
         for r in rows:
             out.append((r, predict(r, Path(tmp), cache)))
     print(
-        f"{'source':<14} {'model':<14} {'GPUs':>5} {'tp':>2} {'pp':>3} {'dp':>4} {'batch':>5} "
-        f"{'setup':<38} {'pub TF/s':>8} {'pred TF/s':>9} {'error':>7} {'pred MFU':>8} {'peak GiB':>8}"
+        f"{'source':<11} {'model':<13} {'GPUs':>5} {'tp':>2} {'pp':>2} {'dp':>3} {'layout':<30} {'recompute':<12} "
+        f"{'attn':<5} {'dp':<4} {'overlap':<9} {'pub TF/s':>8} {'pred':>6} {'error':>7} {'pub %pk':>7} "
+        f"{'pred %pk':>8} {'GiB/dev':>11}"
     )
     for r, p in out:
         src = r.source.split(",")[0].split(" et al.")[0]
         err = f"{p['error']:+7.1%}" if p["error"] is not None else f"{'-':>7}"
         pub = f"{p['published']:8.1f}" if p["published"] else f"{'-':>8}"
+        pub_mfu = f"{p['published_mfu']:7.1%}" if p["published_mfu"] else f"{'-':>7}"
+        mem = f"{p['peak_gib']:5.1f}/{p['capacity_gib']:.0f}" + ("!" if p["peak_gib"] > p["capacity_gib"] else " ")
         print(
-            f"{src:<14} {r.model[:14]:<14} {r.gpus:>5} {r.tp:>2} {r.pp:>3} {r.dp:>4} {r.global_batch:>5} "
-            f"{p['setup']:<38} {pub} {p['tflops']:9.1f} {err} {p['mfu']:8.1%} {p['peak_gib']:8.1f}"
+            f"{src[:11]:<11} {r.model[:13]:<13} {r.gpus:>5} {r.tp:>2} {r.pp:>2} {r.dp:>3} {p['layout']:<30} "
+            f"{p['recompute']:<12} {r.attention:<5} {p['dp_mode']:<4} {p['overlap']:<9} {pub} {p['tflops']:6.1f} "
+            f"{err} {pub_mfu} {p['mfu']:8.1%} {mem:>11}"
         )
     for r in skipped:
         print(f"skipped: {r.model} on {r.gpus} GPUs, context parallel {r.cp} (not modelled)")
@@ -191,8 +209,14 @@ def main() -> int:
             f"median |error| {statistics.median(errs):.1%}, max {max(errs):.1%} over {len(errs)} rows "
             f"({time.perf_counter() - t0:.0f} s)"
         )
+    over = [r.model for r, p in out if p["peak_gib"] > p["capacity_gib"]]
+    print(f"predicted over its device's memory (!): {', '.join(over) if over else 'none'}")
+    print("%pk: the paper's FLOPs per GPU over the 16-bit peak (Narayanan et al.: Eq. 3, recompute counted; else MFU)")
     for src in sorted({r.source for r in rows}):
         print(f"source: {src}")
+    for r in rows:
+        if r.settings:
+            print(f"settings of {r.model} ({r.gpus} GPUs): {r.settings}")
     return 0
 
 

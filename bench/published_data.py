@@ -1,8 +1,11 @@
 """Published large-scale training configurations and what they achieved, for ``bench/published.py``.
 
 Every figure below is copied from the cited table as printed; nothing is derived except where a
-field says so (``dp``). Where the table leaves a setting out (the microbatch size of Narayanan et
-al.'s Table 1), the field is None rather than a guess.
+field says so (``dp``). Settings a table leaves out come from the run's public launch script
+where there is one (``settings`` names it: Narayanan et al.'s microbatch sizes, virtual stages
+and data-parallel implementation are in Megatron-LM's
+``examples/academic_paper_scripts/sc21/run_table_1.sh``), else from the paper's text, else they
+are stated assumptions (``settings`` says which).
 
 Sources:
 
@@ -20,6 +23,14 @@ Sources:
   interleaved schedule with 3 stages per rank for 175B and 530B) and Table 5 ("present work":
   sequence parallelism + selective recompute; iteration time, MFU, HFU), plus §6.3's 530B run on
   2240 GPUs (8-way data parallel): 39.15 s per iteration, MFU 54.2%. Same Selene nodes.
+- ``TORCHTITAN_2024``: the torchtitan repository's ``docs/performance.md``: tokens per second per
+  GPU ("WPS") and MFU of Llama 3 and Llama 2 models trained with FSDP2 alone on 64 A100 80GB GPUs,
+  local batch 1 or 2, bf16; its MFU counts ``6·N + 12·l·h·s`` FLOPs per token (N every parameter,
+  the attention term without a causal saving). Rows kept: those whose activation checkpointing
+  is none or full; torchtitan's selective checkpointing (every other layer, or per op) is not one
+  of pipeplan's recompute modes, so the 8B rows and the 70B selective-op row are left out. The
+  page does not name the network: the DGX A100 preset is assumed (8 x 200 Gb/s per node), with
+  SDPA's flash kernel and FSDP2's prefetch and reduce-scatter overlapped with compute.
 - ``LLAMA3_2024``: Llama Team, AI @ Meta, "The Llama 3 Herd of Models" (arXiv:2407.21783),
   Table 4 ("Scaling configurations and MFU for each stage of Llama 3 405B pre-training") and
   Table 3 (the 405B model: 126 layers, width 16,384, FFN 53,248, 128 attention heads, 8
@@ -47,6 +58,9 @@ __all__ = [
     "NARAYANAN_2021",
     "KORTHIKANTI_2022",
     "LLAMA3_2024",
+    "TORCHTITAN_2024",
+    "torchtitan_flops_per_token",
+    "llama_params",
     "PUBLISHED",
     "narayanan_flops_per_iteration",
     "model_flops_per_iteration",
@@ -61,6 +75,7 @@ H100_BF16_PEAK = 989e12  #: FLOP/s, dense BF16 (NVIDIA H100 SXM datasheet, 989.4
 NARAYANAN = "Narayanan et al., SC'21 (arXiv:2104.04473), Table 1"
 KORTHIKANTI = "Korthikanti et al., MLSys'23 (arXiv:2205.05198), Tables 3 and 5"
 LLAMA3 = "Llama Team, The Llama 3 Herd of Models (arXiv:2407.21783), Tables 3 and 4"
+TORCHTITAN = "torchtitan, docs/performance.md (FSDP2 on 64 A100 80GB), Llama 3 and Llama 2 tables"
 
 
 @dataclass(frozen=True)
@@ -91,9 +106,32 @@ class PublishedRun:
     hfu: float | None = None  #: hardware FLOPs utilisation, counting recomputation (None: not printed)
     aggregate_pflops: float | None = None  #: all GPUs together, PFLOP/s, as printed
     notes: str = ""
+    #: the attention kernel the run used (profiles.ops): ``math`` keeps the s×s scores (Megatron's
+    #: fused softmax of 2021-22), ``flash`` is a fused kernel
+    attention: str = "math"
+    schedule: str = "1F1B"  #: pipeline schedule (torch's name)
+    virtual: int = 1  #: stages per pipeline rank (interleaved schedules)
+    recompute: str = "full"  #: activation recomputation: none, selective (Korthikanti et al.) or full
+    dp_mode: str = "ddp"  #: data parallelism: ddp (replicas, gradients all-reduced) or fsdp
+    sequence_parallel: bool = False  #: Megatron sequence parallelism beside tp
+    #: data-parallel gradient reduction overlapped with the backward (torch DDP's buckets); False:
+    #: after the whole forward-backward (Megatron's ``DDP=local`` of 2021)
+    overlap_grad_reduce: bool = False
+    #: pipeline sends beside compute; False: the sender waits for its send (Megatron-LM's
+    #: ``p2p_communication._communicate`` of 2021-22 waited on its batched sends and receives)
+    overlap_sends: bool = True
+    settings: str = ""  #: where the settings the table does not print come from
+    #: attention and hidden dropout probability the run trained with (Megatron-LM's defaults,
+    #: ``--attention-dropout 0.1 --hidden-dropout 0.1``, for the GPT runs, whose activation
+    #: accounting in Korthikanti et al. §4.1 holds the dropout masks; Llama 3 has none)
+    dropout: float = 0.0
 
 
-def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg) -> PublishedRun:
+_SC21 = "Megatron-LM examples/academic_paper_scripts/sc21/run_table_1.sh"
+
+
+def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg, mbs, layers_per_chunk, ddp):
+    chunks = layers // (pp * layers_per_chunk) if layers_per_chunk else 1
     return PublishedRun(
         source=NARAYANAN,
         model=f"GPT {params_b}B",
@@ -115,28 +153,39 @@ def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct
         peak_fraction=pct / 100,
         aggregate_pflops=agg,
         notes="activation recomputation; FLOPs per Eq. (3)",
+        dropout=0.1,
+        microbatch=mbs,
+        schedule="Interleaved1F1B" if chunks > 1 else "1F1B",
+        virtual=chunks,
+        recompute="full",  # --activations-checkpoint-method uniform, every row
+        overlap_grad_reduce=ddp == "torch",  # torch DDP reduces buckets during the backward
+        overlap_sends=False,
+        settings=f"{_SC21}: --micro-batch-size {mbs}, --DDP-impl {ddp}"
+        + (f", --num-layers-per-virtual-pipeline-stage {layers_per_chunk}" if layers_per_chunk else ""),
     )
 
 
-#: Table 1: params (B), heads, hidden, layers, TP, PP, GPUs, batch, TFLOP/s per GPU, % of peak, aggregate PFLOP/s.
+#: Table 1: params (B), heads, hidden, layers, TP, PP, GPUs, batch, TFLOP/s per GPU, % of peak, aggregate
+#: PFLOP/s; then from the run script: microbatch size, layers per virtual stage (0: not interleaved), DDP-impl.
 NARAYANAN_2021: tuple[PublishedRun, ...] = tuple(
     _narayanan(*row)
     for row in (
-        (1.7, 24, 2304, 24, 1, 1, 32, 512, 137, 44, 4.4),
-        (3.6, 32, 3072, 30, 2, 1, 64, 512, 138, 44, 8.8),
-        (7.5, 32, 4096, 36, 4, 1, 128, 512, 142, 46, 18.2),
-        (18.4, 48, 6144, 40, 8, 1, 256, 1024, 135, 43, 34.6),
-        (39.1, 64, 8192, 48, 8, 2, 512, 1536, 138, 44, 70.8),
-        (76.1, 80, 10240, 60, 8, 4, 1024, 1792, 140, 45, 143.8),
-        (145.6, 96, 12288, 80, 8, 8, 1536, 2304, 148, 47, 227.1),
-        (310.1, 128, 16384, 96, 8, 16, 1920, 2160, 155, 50, 297.4),
-        (529.6, 128, 20480, 105, 8, 35, 2520, 2520, 163, 52, 410.2),
-        (1008.0, 160, 25600, 128, 8, 64, 3072, 3072, 163, 52, 502.0),
+        (1.7, 24, 2304, 24, 1, 1, 32, 512, 137, 44, 4.4, 16, 0, "torch"),
+        (3.6, 32, 3072, 30, 2, 1, 64, 512, 138, 44, 8.8, 16, 0, "torch"),
+        (7.5, 32, 4096, 36, 4, 1, 128, 512, 142, 46, 18.2, 16, 0, "torch"),
+        (18.4, 48, 6144, 40, 8, 1, 256, 1024, 135, 43, 34.6, 8, 0, "torch"),
+        (39.1, 64, 8192, 48, 8, 2, 512, 1536, 138, 44, 70.8, 4, 0, "local"),
+        (76.1, 80, 10240, 60, 8, 4, 1024, 1792, 140, 45, 143.8, 2, 5, "local"),
+        (145.6, 96, 12288, 80, 8, 8, 1536, 2304, 148, 47, 227.1, 2, 5, "local"),
+        (310.1, 128, 16384, 96, 8, 16, 1920, 2160, 155, 50, 297.4, 1, 3, "local"),
+        (529.6, 128, 20480, 105, 8, 35, 2520, 2520, 163, 52, 410.2, 1, 1, "local"),
+        (1008.0, 160, 25600, 128, 8, 64, 3072, 3072, 163, 52, 502.0, 1, 0, "local"),
     )
 )
 
 
 def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, iteration_s, mfu, hfu, notes=""):
+    interleaved = pp > 1 and layers % (3 * pp) == 0  # Table 3: 3 stages per rank for 175B and 530B
     return PublishedRun(
         source=KORTHIKANTI,
         model=model,
@@ -159,6 +208,13 @@ def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, it
         iteration_s=iteration_s,
         hfu=hfu,
         notes=notes or "sequence parallel + selective recompute",
+        dropout=0.1,
+        schedule="Interleaved1F1B" if interleaved else "1F1B",
+        virtual=3 if interleaved else 1,
+        recompute="selective",
+        sequence_parallel=True,
+        overlap_sends=False,
+        settings="the paper's Table 3 and §6 (sequence parallelism, selective recompute, DP all-reduce not overlapped)",
     )
 
 
@@ -196,6 +252,16 @@ def _llama3(gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         tflops_per_gpu=tflops,
         peak_fraction=mfu,
         notes="DP is FSDP; 16M tokens per batch",
+        attention="flash",
+        microbatch=1,
+        schedule="Interleaved1F1B",
+        virtual=2,
+        recompute="none",
+        dp_mode="fsdp",
+        sequence_parallel=True,
+        settings="the paper's §3.3.2 (interleaved schedule, no activation checkpointing; FSDP not resharded after "
+        "forward); assumed: 2 stages per rank, microbatch 1, sequence parallel beside TP, a fused (flash) attention "
+        "kernel, no overlap of the FSDP collectives",
     )
 
 
@@ -206,7 +272,60 @@ LLAMA3_2024: tuple[PublishedRun, ...] = (
     _llama3(16384, 16, 8, 131072, 16, 380, 0.38),
 )
 
-PUBLISHED: tuple[PublishedRun, ...] = NARAYANAN_2021 + KORTHIKANTI_2022 + LLAMA3_2024
+
+def torchtitan_flops_per_token(params: int, layers: int, hidden: int, seq_len: int) -> float:
+    """torchtitan's FLOPs per token behind its MFU: ``6·N + 12·l·h·s`` (N every parameter)."""
+    return 6.0 * params + 12.0 * layers * hidden * seq_len
+
+
+def llama_params(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: int) -> int:
+    """Parameters of a Llama model (untied embedding and output, RMSNorm weights, no biases)."""
+    hd = hidden // heads
+    block = hidden * (hidden + 2 * kv_heads * hd) + hidden * hidden + 3 * hidden * ffn + 2 * hidden
+    return 2 * vocab * hidden + layers * block + hidden
+
+
+def _torchtitan(model, layers, hidden, heads, kv_heads, ffn, vocab, seq, local_batch, recompute, wps, mfu):
+    params = llama_params(layers, hidden, heads, kv_heads, ffn, vocab)
+    flops = torchtitan_flops_per_token(params, layers, hidden, seq)
+    return PublishedRun(
+        source=TORCHTITAN,
+        model=model,
+        params_b=round(params / 1e9, 1),
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        ffn=ffn,
+        vocab=vocab,
+        seq_len=seq,
+        device="a100",
+        gpus=64,
+        tp=1,
+        pp=1,
+        dp=64,
+        global_batch=64 * local_batch,
+        tflops_per_gpu=wps * flops / 1e12,  # derived: tokens/s per GPU x the page's FLOPs per token
+        peak_fraction=mfu,
+        microbatch=local_batch,
+        notes=f"{wps} tokens/s per GPU",
+        attention="flash",
+        recompute=recompute,
+        dp_mode="fsdp",
+        overlap_grad_reduce=True,
+        settings="the page's text (FSDP2 alone, local batch, activation checkpointing); assumed: the DGX A100 "
+        "network, SDPA's flash kernel, FSDP2's prefetch and reduce-scatter overlapped with compute",
+    )
+
+
+#: model, layers, hidden, heads, kv heads, FFN, vocabulary, sequence, local batch, checkpointing, WPS, MFU.
+TORCHTITAN_2024: tuple[PublishedRun, ...] = (
+    _torchtitan("Llama 3 70B", 80, 8192, 64, 8, 28672, 128256, 8192, 1, "full", 331, 0.517),
+    _torchtitan("Llama 2 13B", 40, 5120, 40, 40, 13824, 32000, 4096, 2, "none", 2162, 0.611),
+    _torchtitan("Llama 2 70B", 80, 8192, 64, 8, 28672, 32000, 4096, 2, "full", 353, 0.505),
+)
+
+PUBLISHED: tuple[PublishedRun, ...] = NARAYANAN_2021 + KORTHIKANTI_2022 + LLAMA3_2024 + TORCHTITAN_2024
 
 
 def narayanan_flops_per_iteration(batch: int, seq_len: int, layers: int, hidden: int, vocab: int) -> float:

@@ -23,6 +23,7 @@ from profiles.contract import (
     schema_id,
     write_json,
 )
+from profiles.devices import DEVICE_SPECS
 from profiles.types import DTYPES
 from simulator.actions import ScheduleError
 from simulator.costs import Links
@@ -102,6 +103,10 @@ class Cluster:
     overlap: bool = True  #: sends overlap compute (False: the sender waits for its send)
     action_overhead_s: float = 0.0  #: runtime cost of every compute action, in the stage costs (calibrate)
     optimizer_s_per_param: float = 0.0  #: gradient scaling + AdamW step time per parameter (calibrate)
+    #: bus bandwidth NCCL's collectives reach for large messages inside a node / across nodes
+    #: (bytes/s; 0: collectives priced on the point-to-point link, α-β)
+    intra_collective_Bps: float = 0.0
+    inter_collective_Bps: float = 0.0
 
     def links(self, stride: int = 1) -> Links:
         """Links between pipeline ranks ``stride`` devices apart (``dp`` with tp 1)."""
@@ -113,6 +118,8 @@ class Cluster:
             self.devices_per_node,
             self.overlap,
             stride,
+            self.intra_collective_Bps,
+            self.inter_collective_Bps,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +148,8 @@ class Cluster:
             intra_latency_s=f.num("intra_latency_s", default=d.intra_latency_s),
             inter_bandwidth_Bps=f.num("inter_bandwidth_Bps", default=d.inter_bandwidth_Bps),
             inter_latency_s=f.num("inter_latency_s", default=d.inter_latency_s),
+            intra_collective_Bps=f.num("intra_collective_Bps", default=d.intra_collective_Bps),
+            inter_collective_Bps=f.num("inter_collective_Bps", default=d.inter_collective_Bps),
             overlap=f.bool("overlap", default=d.overlap),
             action_overhead_s=f.num("action_overhead_s", default=d.action_overhead_s),
             optimizer_s_per_param=f.num("optimizer_s_per_param", default=d.optimizer_s_per_param),
@@ -169,6 +178,12 @@ def _load_presets() -> tuple[dict[str, Cluster], dict[str, str]]:
             intra_latency_s=float(spec["intra_latency_s"]),
             inter_bandwidth_Bps=float(spec["inter_bandwidth_Bps"]),
             inter_latency_s=float(spec["inter_latency_s"]),
+            intra_collective_Bps=float(spec.get("intra_collective_Bps", 0.0)),
+            inter_collective_Bps=float(spec.get("inter_collective_Bps", 0.0)),
+            # a GPU's AdamW step, memory-bound on its datasheet bandwidth (profiles/devices.py)
+            optimizer_s_per_param=DEVICE_SPECS[spec["device"]].optimizer_s_per_param
+            if spec["device"] in DEVICE_SPECS
+            else 0.0,
         )
     return nodes, dict(data.get("aliases") or {})
 

@@ -74,6 +74,7 @@ class Plan:
     tp: int = 1  # tensor-parallel degree inside each stage
     dp_mode: DPMode = DPMode.DDP  # how the dp replicas hold the training state
     sequence_parallel: bool = False  # Megatron sequence parallelism beside tp
+    overlap_grad_reduce: bool = False  # dp gradient reduction overlapped with the backward (Layout)
     profile: Profile | None = field(default=None, compare=False, repr=False)  # loaded, not stored
 
     # -- derived -------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class Plan:
             dp_mode=self.dp_mode,
             sequence_parallel=self.sequence_parallel,
             reshard_after_forward=self.pp == 1,  # fsdp as torchtitan runs it: resharded without pipelining
+            overlap_grad_reduce=self.overlap_grad_reduce,
         )
 
     @property
@@ -200,6 +202,7 @@ class Plan:
             "tp": self.tp,
             "dp_mode": self.dp_mode.value,
             "sequence_parallel": self.sequence_parallel,
+            **({"overlap_grad_reduce": True} if self.overlap_grad_reduce else {}),
             "virtual": self.virtual,
             "microbatches": self.microbatches,
             "microbatch_size": self.microbatch_size,
@@ -380,6 +383,7 @@ class Plan:
             tp=tp,
             dp_mode=dp_mode,
             sequence_parallel=sp and tp > 1,
+            overlap_grad_reduce=f.bool("overlap_grad_reduce", default=False),
         )
 
 

@@ -131,6 +131,7 @@ def build_plan(
         tp=layout.tp,
         dp_mode=layout.dp_mode,
         sequence_parallel=layout.sequence_parallel,
+        overlap_grad_reduce=layout.overlap_grad_reduce,
         profile=profile,
     )
     inp = plan.sim_input(costs)

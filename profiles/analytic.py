@@ -3,15 +3,22 @@ with a device spec. Nothing runs on the device and no memory is allocated, so
 ``llama3-70b`` takes seconds.
 
 Assumptions (written into the profile's ``measurement``):
-- FLOPs are counted by torch's FlopCounterMode on meta tensors: matrix products and
-  attention only (norms, activations, softmax and the loss count no FLOPs);
-- W FLOPs are the weight-gradient products, 2 x tokens x each weight matrix a token meets; I
-  FLOPs are the rest of the counted backward FLOPs; B = I + W;
-- bytes moved: forward reads the weights (in the entry's dtype) and writes the saved
-  activations and the output; I reads the weights, the saved activations and the output
-  gradient; W reads the saved activations and adds into fp32 gradients (read + write);
-- time = FLOPs / (peak x matmul efficiency) + bytes / (bandwidth x memory efficiency):
-  compute and memory traffic do not overlap within a unit (a pessimistic sum, not a max);
+- every operation a unit runs is recorded on meta tensors (``profiles/ops.py``): its FLOPs as
+  torch's FlopCounterMode counts them (matrix products and attention), its bytes moved (inputs
+  and outputs; runs of pointwise operations fused into one kernel), a GEMM's (m, n, k);
+- each operation costs the larger of its FLOP time and its memory time (a roofline per op), and
+  a unit's F, I and W are sums of their operations: operations run one after another;
+- a GEMM's FLOP rate is the datasheet peak times ``profiles.gemm.matmul_efficiency``: tile and
+  wave quantisation on the device's SMs times the published maximum achievable matmul share;
+- memory time is bytes over the datasheet bandwidth times the device's achievable share;
+- attention runs as the profile's kernel (``attention``): ``math`` decomposes into products and
+  a softmax and keeps the s x s scores; ``flash`` and ``efficient`` are one fused kernel that keeps
+  no s x s tensor and does half the products when causal, at the device's published fused
+  attention efficiency; attention dropout, when the config asks for it, runs (the zoo builds
+  models with dropout off; training runs it), and other dropouts are left out;
+- W is the weight-gradient products (a backward product whose output has a parameter's shape
+  and reduces over the tokens) plus adding each gradient into fp32 (read + write); I is the rest
+  of the backward; B = I + W;
 - fp32 runs without TF32 (PyTorch's default for matmuls); 16-bit runs on tensor cores;
 - parameter bytes are the fp32 master weights (mixed precision keeps them), as in
   measured profiles under autocast; saved and output bytes are in the entry's dtype;
@@ -21,7 +28,7 @@ Assumptions (written into the profile's ``measurement``):
 - mixture-of-experts blocks: FLOPs of the router and of each token's top-k experts (torch's
   grouped matmuls, counted as 2 x rows x the weight each row meets), parameters and memory
   for all experts; the router's auxiliary (load-balancing) loss is left out;
-- no communication, no kernel launch overhead, no FlashAttention recompute savings.
+- no communication and no kernel launch overhead.
 """
 
 from __future__ import annotations
@@ -35,50 +42,14 @@ import torch.fx
 from torch import nn
 
 from .contract import UserError
-from .measure import TORCH_DTYPES, count_saved_bytes, flop_counter, loss_saved_bytes, tied_record
+from .devices import DEVICE_SPECS, DeviceSpec
+from .gemm import GEMM_DEVICES, GemmDevice, matmul_efficiency
+from .measure import TORCH_DTYPES, count_saved_bytes, loss_saved_bytes, tied_record
+from .ops import ATTENTION_DROPOUT_KEYS, ATTENTION_KERNELS, Op, OpRecorder, attention_kernel
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
-__all__ = ["DeviceSpec", "DEVICE_SPECS", "device_spec", "analytic_profile"]
-
-MATMUL_EFFICIENCY = 0.6  # share of peak FLOP/s a large training GEMM reaches (typical 50-70%)
-MEMORY_EFFICIENCY = 0.8  # share of peak bandwidth a streaming kernel reaches
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """Peak dense FLOP/s per dtype, memory bandwidth (bytes/s) and memory size of one device."""
-
-    name: str
-    flops: dict[str, float]
-    bandwidth: float
-    memory_bytes: int
-    source: str
-
-
-DEVICE_SPECS: dict[str, DeviceSpec] = {
-    "h100": DeviceSpec(
-        "NVIDIA H100 SXM5 80GB",
-        {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
-        3.35e12,
-        80 * 2**30,
-        "NVIDIA H100 Tensor Core GPU datasheet (dense, no sparsity)",
-    ),
-    "h200": DeviceSpec(
-        "NVIDIA H200 SXM 141GB",
-        {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
-        4.8e12,
-        141 * 10**9,
-        "NVIDIA H200 Tensor Core GPU datasheet (dense, no sparsity)",
-    ),
-    "a100": DeviceSpec(
-        "NVIDIA A100 SXM4 80GB",
-        {"fp32": 19.5e12, "bf16": 312e12, "fp16": 312e12},
-        2.039e12,
-        80 * 2**30,
-        "NVIDIA A100 Tensor Core GPU datasheet (dense, no sparsity)",
-    ),
-}
+__all__ = ["DeviceSpec", "DEVICE_SPECS", "device_spec", "analytic_profile", "op_seconds"]
 
 
 def _measure_cpu() -> DeviceSpec:
@@ -126,63 +97,76 @@ def device_spec(name: str) -> DeviceSpec:
     return DEVICE_SPECS[key]
 
 
-def _weight_grad_flops(unit: nn.Module, tokens: int, moe: tuple[int, int] | None) -> float:
-    """2 x tokens x each matrix a token meets (every weight of 2+ dimensions but an embedding's;
-    of a routed expert's 3-D weight, the share of experts a token visits)."""
-    lookup = {id(p) for m in unit.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    total = 0
-    for p in unit.parameters():
-        if p.dim() < 2 or id(p) in lookup:
-            continue
-        n = p.numel()
-        if moe is not None and p.dim() == 3 and p.shape[0] == moe[0]:
-            n = n * moe[1] // moe[0]
-        total += 2 * tokens * n
-    return float(total)
+@dataclass(frozen=True)
+class _Counted:
+    """One unit counted on meta: its output, its operations and its memory."""
+
+    out: torch.Tensor
+    forward: tuple[Op, ...]
+    backward: tuple[Op, ...]
+    saved: int  #: bytes saved for backward
+    params: int
+    has_input_grad: bool  #: False for the first unit (token ids in): its backward is all W
+    active: int  #: parameters a token uses
+    loss_saved: int  #: bytes the loss alone saves (freed with I in a pipeline runtime)
 
 
-def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, dtype: str, tokens: int):
-    """Forward on meta: (output, forward flops, backward flops, W flops, saved bytes, parameters,
-    whether the input takes a gradient, active parameters, bytes the loss alone saves)."""
+def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, dtype: str, kernel: str) -> _Counted:
+    """Forward and backward of unit ``idx`` on meta, every operation recorded."""
     unit = copy.deepcopy(model.units[idx]).to(TORCH_DTYPES[dtype])
     params = [p for p in unit.parameters()]
     last = idx == len(model.units) - 1
     x_in = x.detach()
     if x_in.is_floating_point():
         x_in = x_in.to(TORCH_DTYPES[dtype]).requires_grad_(True)
-    with count_saved_bytes(exclude=params) as saved, flop_counter() as fwd:
+    tokens = x.numel() // x.shape[-1] if x.is_floating_point() and x.dim() > 1 else x.numel()  # activation rows
+    rec = OpRecorder({tuple(p.shape) for p in params if p.dim() >= 2}, tokens)
+    dropout = any(model.config.get(k) for k in ATTENTION_DROPOUT_KEYS)  # as training runs it (the zoo's is off)
+    with count_saved_bytes(exclude=params) as saved, attention_kernel(kernel, rec, dropout=dropout), rec:
         out = unit(x_in)
         loss = model.loss_fn(out, target) if last else None
-    with flop_counter() as bwd:
+    rec.flush()
+    forward, rec.ops, rec.backward = tuple(rec.ops), [], True
+    with rec:
         if last:
             loss.backward()
         else:
             out.backward(torch.ones_like(out))
-    return (
-        out.detach(),
-        float(fwd.get_total_flops()),
-        float(bwd.get_total_flops()),
-        _weight_grad_flops(unit, tokens, model.moe),
-        int(saved[0]),
-        sum(p.numel() for p in params),
-        x_in.requires_grad,
-        model.active_params(idx),
-        loss_saved_bytes(model.loss_fn, out, target) if last else 0,  # freed with I in a pipeline runtime
+    rec.flush()
+    return _Counted(
+        out=out.detach(),
+        forward=forward,
+        backward=tuple(rec.ops),
+        saved=int(saved[0]),
+        params=sum(p.numel() for p in params),
+        has_input_grad=x_in.requires_grad,
+        active=model.active_params(idx),
+        loss_saved=loss_saved_bytes(model.loss_fn, out, target) if last else 0,
     )
 
 
-def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_bytes: int) -> UnitCost:
-    _, f_flops, b_flops, w_flops, saved, params, has_input_grad, active, loss_saved = counted
-    w_flops = min(w_flops, b_flops)
-    i_flops = b_flops - w_flops
-    elem = torch.empty(0, dtype=TORCH_DTYPES[dtype]).element_size()
-    weights = params * elem
-    peak = spec.flops[dtype] * MATMUL_EFFICIENCY
-    bw = spec.bandwidth * MEMORY_EFFICIENCY
-    fwd = f_flops / peak + (weights + saved + output_bytes) / bw
-    # the first unit's input is token ids: no input gradient, its backward is all W
-    i_t = i_flops / peak + (weights + saved + output_bytes) / bw if has_input_grad else 0.0
-    w_t = w_flops / peak + (saved + 2 * 4 * params) / bw
+def op_seconds(op: Op, spec: DeviceSpec, dtype: str, gemm: GemmDevice | None) -> float:
+    """One operation's roofline: the larger of its FLOP time and its memory time."""
+    memory = op.bytes / (spec.bandwidth * spec.memory_efficiency)
+    if not op.flops:
+        return memory
+    if op.attention:
+        rate = spec.flops[dtype] * spec.attention_efficiency
+    elif op.gemm is not None:
+        batch, m, n, _ = op.gemm
+        rate = spec.flops[dtype] * matmul_efficiency(m, n, gemm, batch)
+    else:  # other counted products (grouped matmuls): the device's achievable share
+        rate = spec.flops[dtype] * (gemm.achievable if gemm is not None else 1.0)
+    return max(op.flops / rate, memory)
+
+
+def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, c: _Counted, output_bytes: int, gemm) -> UnitCost:
+    fwd = sum(op_seconds(op, spec, dtype, gemm) for op in c.forward)
+    # the first unit (token ids in) has no input gradient: its whole backward is W
+    is_w = [op.weight_grad or not c.has_input_grad for op in c.backward]
+    i_t = sum(op_seconds(op, spec, dtype, gemm) for op, w in zip(c.backward, is_w) if not w)
+    w_t = sum(op_seconds(op, spec, dtype, gemm) for op, w in zip(c.backward, is_w) if w)
+    w_t += op_seconds(Op("grad accumulate", 0.0, 2 * 4 * c.params), spec, dtype, gemm)  # into fp32: read + write
     return UnitCost(
         name=name,
         kind=kind,
@@ -190,13 +174,13 @@ def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, counted, output_by
         backward_s=i_t + w_t,
         backward_input_s=i_t,
         backward_weight_s=w_t,
-        params=params,
-        active_params=active,
-        param_bytes=4 * params,
-        saved_bytes=saved,
+        params=c.params,
+        active_params=c.active,
+        param_bytes=4 * c.params,
+        saved_bytes=c.saved,
         output_bytes=output_bytes,
-        forward_flops=f_flops,
-        loss_saved_bytes=loss_saved,
+        forward_flops=sum(op.flops for op in c.forward),
+        loss_saved_bytes=c.loss_saved,
     )
 
 
@@ -208,8 +192,12 @@ def analytic_profile(
     microbatch_sizes: tuple[int, ...] = (1,),
     seq_len: int = 2048,
     overrides: dict | None = None,
+    attention: str = "math",
 ) -> Profile:
-    """Profile model ``name`` analytically for the device ``device_spec_name``."""
+    """Profile model ``name`` analytically for the device ``device_spec_name``, its attention run
+    by the ``attention`` kernel (``flash``, ``efficient`` or ``math``)."""
+    if attention not in ATTENTION_KERNELS:
+        raise UserError(f"--attention {attention!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
     for d in dtypes:
         if d not in DTYPES:
             raise UserError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
@@ -224,7 +212,8 @@ def analytic_profile(
             "16 bits: use --dtypes bf16"
         )
     signatures = [_signature(model, i) for i in range(len(model.units))]
-    entries = _entries(model, signatures, spec, dtypes, microbatch_sizes, seq_len)
+    gemm = GEMM_DEVICES.get(device_spec_name.lower())
+    entries = _entries(model, signatures, spec, dtypes, microbatch_sizes, seq_len, attention, gemm)
     return Profile(
         model_name=name,
         model_config=model.config,
@@ -234,6 +223,7 @@ def analytic_profile(
         seq_len=seq_len,
         method="analytic",
         entries=tuple(entries),
+        attention=attention,
         measurement={
             "device_spec": {
                 "name": spec.name,
@@ -242,9 +232,12 @@ def analytic_profile(
                 "memory_bytes": spec.memory_bytes,
                 "source": spec.source,
             },
-            "matmul_efficiency": MATMUL_EFFICIENCY,
-            "memory_efficiency": MEMORY_EFFICIENCY,
-            "attention": "sdpa (counted as full s x s products, no causal saving)",
+            "matmul_achievable": gemm.achievable if gemm is not None else 1.0,
+            "matmul_source": gemm.source if gemm is not None else "measured here",
+            "memory_efficiency": spec.memory_efficiency,
+            "attention_efficiency": spec.attention_efficiency,
+            "efficiency_source": spec.efficiency_source,
+            "attention_kernel": attention,  # the Profile field; "attention" names an HF implementation
             "units_counted": len(set(signatures)),
             "torch": torch.__version__,
             "profiling_s": round(time.perf_counter() - t0, 3),
@@ -253,12 +246,14 @@ def analytic_profile(
     )
 
 
-def _entries(model: ZooModel, signatures: list, spec: DeviceSpec, dtypes, microbatch_sizes, seq_len: int) -> list:
+def _entries(
+    model: ZooModel, signatures: list, spec: DeviceSpec, dtypes, microbatch_sizes, seq_len: int, kernel: str, gemm
+) -> list:
     entries = []
     for dtype in dtypes:
         for mb in sorted(set(microbatch_sizes)):
             inputs, target = model.make_batch(mb, seq_len, 0)
-            x, tokens = inputs.to("meta"), mb * seq_len
+            x = inputs.to("meta")
             target = target.to("meta")
             counted: dict = {}
             units = []
@@ -266,10 +261,10 @@ def _entries(model: ZooModel, signatures: list, spec: DeviceSpec, dtypes, microb
                 # identical units (same class, parameter shapes and attention type) are counted once
                 c = counted.get(signatures[idx])
                 if c is None:
-                    c = counted[signatures[idx]] = _count_unit(model, idx, x, target, dtype, tokens)
-                x = c[0]
-                out_bytes = 0 if idx == len(model.units) - 1 else c[0].numel() * c[0].element_size()
-                units.append(_cost(uname, kind, spec, dtype, c, out_bytes))
+                    c = counted[signatures[idx]] = _count_unit(model, idx, x, target, dtype, kernel)
+                x = c.out
+                out_bytes = 0 if idx == len(model.units) - 1 else c.out.numel() * c.out.element_size()
+                units.append(_cost(uname, kind, spec, dtype, c, out_bytes, gemm))
             whole = WholeModel(
                 sum(u.forward_s for u in units), sum(u.backward_s for u in units), sum(u.saved_bytes for u in units)
             )

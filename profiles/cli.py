@@ -58,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="device for --analytic: h100, h200, a100, or cpu (measured here) (default h100)",
     )
     p.add_argument(
+        "--attention",
+        choices=["flash", "efficient", "math"],
+        default=None,
+        help="attention kernel for --analytic: flash or efficient (fused: no s x s scores kept, causal half "
+        "the products) or math (products and softmax, scores kept) (default math)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -236,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
     check_seq_len(args.model, overrides, args.seq_len)
     from . import profile_model
 
+    if args.attention is not None and not args.analytic:
+        raise UserError("--attention: the kernel is priced by analytic profiles only: add --analytic")
     if args.analytic:
         from .analytic import analytic_profile
 
@@ -246,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             microbatch_sizes=args.microbatch_sizes,
             seq_len=args.seq_len,
             overrides=overrides,
+            attention=args.attention or "math",
         )
         device = args.device_spec.lower()
     else:

@@ -69,6 +69,8 @@ DTYPES = tuple(DTYPE_TABLE)
 #: two fix the line ``a + b * size`` (three also tell its error, see Profile.fits)
 MIN_FIT_SIZES = 2
 METHODS = ("measured", "analytic")
+#: attention kernels a profile may record (``profiles/ops.py`` prices each)
+ATTENTION_KERNELS = ("flash", "efficient", "math")
 
 
 class UnitKind(str, Enum):
@@ -206,6 +208,15 @@ class Profile:
     entries: tuple[ProfileEntry, ...]
     measurement: dict[str, Any] = field(default_factory=dict)  # repeats, warmup, threads, attention, assumptions
     tied: tuple[TiedParams, ...] = ()  # parameters shared by several units (tied embeddings)
+    #: the attention kernel an analytic profile priced (``profiles.ops.ATTENTION_KERNELS``): fused
+    #: ``flash``/``efficient`` keep no s x s scores; None: not recorded (measured profiles, older
+    #: analytic ones), read as ``math``
+    attention: str | None = None
+
+    @property
+    def fused_attention(self) -> bool:
+        """Whether attention ran as one fused kernel (no s x s scores kept)."""
+        return self.attention in ("flash", "efficient")
 
     @property
     def unit_names(self) -> list[str]:
@@ -316,6 +327,7 @@ class Profile:
             "method": self.method,
             "measurement": self.measurement,
             "tied": [{"units": list(g.units), "params": g.params} for g in self.tied],
+            **({"attention": self.attention} if self.attention is not None else {}),
             "entries": [
                 {
                     "dtype": e.dtype,
@@ -373,6 +385,7 @@ class Profile:
             method=f.str("method", choices=METHODS),
             entries=tuple(entries),
             measurement=measurement if isinstance(measurement, dict) else {},
+            attention=f.str("attention", choices=ATTENTION_KERNELS) if f.has("attention") else None,
         )
 
 

@@ -14,6 +14,21 @@ bytes/s per direction per rank). Over ``n`` ranks:
   ``⌈log2 n⌉`` hops of latency, and each rank sends and receives ``M`` per phase because the two
   trees carry half the message each. The pipelining start-up terms are left out.
 
+**As NCCL runs them, on a GPU fabric** (a :class:`Link` with ``collective_Bps``): a collective's
+time is its bytes times its bus-bandwidth factor over the bus bandwidth NCCL achieves for that
+message size (nccl-tests ``doc/PERFORMANCE.md``: all-reduce ``2(n-1)/n``, all-gather and
+reduce-scatter ``(n-1)/n``, the buffer being the whole ``M``). The achievable bus bandwidth grows
+with the message: the shape is a measured all-reduce of 8 A100s over NVLink (vTrain's
+``trace/a100`` lookup: 19.8 GB/s at 1 MiB, 109 at 8 MiB, 164 at 32 MiB, 202 at 128 MiB, 229 at 1
+GiB), interpolated in log size, linear in size below 1 MiB (latency-bound: the 1 MiB time) and
+flat above 1 GiB, scaled so that its large-message end is the fabric's own ``collective_Bps``
+(229 GB/s A100 NVLink, vTrain; about 370 GB/s H100 NVLink, nccl-tests issue #212). The
+measured times hold NCCL's latencies, so no ``α`` is added. Assumptions: all-gather and
+reduce-scatter reach all-reduce's bus bandwidth at the same size, and every fabric (InfiniBand
+or RoCE across nodes too) has this curve's shape; ``algorithm`` is NCCL's own choice, already in
+the measurement. A link without ``collective_Bps`` (CPU ranks, calibrated links) keeps the α-β
+forms above.
+
 Assumptions: links are full duplex and do not contend with other traffic; a group that spans
 nodes runs at the inter-node link's per-GPU share on every step (the ring's slowest hop);
 collectives of size 1 cost nothing.
@@ -30,6 +45,7 @@ from typing import Literal
 
 __all__ = [
     "Link",
+    "bus_bandwidth_share",
     "Algorithm",
     "GroupKind",
     "ring_all_reduce_s",
@@ -50,14 +66,50 @@ GroupKind = Literal["tp", "dp", "pp"]
 
 @dataclass(frozen=True)
 class Link:
-    """One direction of one rank's connection: ``latency_s`` per message, ``bandwidth_Bps`` bytes/s."""
+    """One direction of one rank's connection: ``latency_s`` per message, ``bandwidth_Bps`` bytes/s;
+    ``collective_Bps``: the bus bandwidth NCCL's collectives reach on it for large messages (0: not
+    a GPU fabric, collectives in the α-β model)."""
 
     latency_s: float
     bandwidth_Bps: float
+    collective_Bps: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.latency_s < 0 or not self.bandwidth_Bps > 0:
-            raise ValueError(f"a link needs latency >= 0 and bandwidth > 0, got {self}")
+        if self.latency_s < 0 or not self.bandwidth_Bps > 0 or self.collective_Bps < 0:
+            raise ValueError(f"a link needs latency >= 0, bandwidth > 0 and collective bandwidth >= 0, got {self}")
+
+
+#: vTrain ``trace/a100``: all-reduce bus bandwidth of 8 A100 SXM over NVLink by message bytes
+_BUSBW_BY_SIZE: tuple[tuple[float, float], ...] = (
+    (2**20, 19.8e9),
+    (8 * 2**20, 109e9),
+    (32 * 2**20, 164e9),
+    (128 * 2**20, 202e9),
+    (2**30, 229e9),
+)
+
+
+def bus_bandwidth_share(nbytes: float) -> float:
+    """Share of a fabric's large-message bus bandwidth a collective of ``nbytes`` reaches (the
+    measured curve of the module docstring, 1 at 1 GiB and above)."""
+    top = _BUSBW_BY_SIZE[-1][1]
+    (s0, b0), (s_end, _) = _BUSBW_BY_SIZE[0], _BUSBW_BY_SIZE[-1]
+    if nbytes >= s_end:
+        return 1.0
+    if nbytes <= s0:
+        return b0 / top * nbytes / s0  # latency-bound: the 1 MiB message's time
+    for (sa, ba), (sb, bb) in zip(_BUSBW_BY_SIZE, _BUSBW_BY_SIZE[1:]):
+        if nbytes <= sb:
+            x = math.log(nbytes / sa) / math.log(sb / sa)
+            return (ba + x * (bb - ba)) / top
+    return 1.0
+
+
+def _nccl_s(factor: float, nbytes: float, link: Link) -> float:
+    """NCCL's time: bytes times the bus-bandwidth factor over the bus bandwidth reached at that size."""
+    if nbytes <= 0 or factor <= 0:
+        return 0.0
+    return factor * nbytes / (link.collective_Bps * bus_bandwidth_share(nbytes))
 
 
 def _check(n: int, nbytes: float) -> None:
@@ -66,8 +118,10 @@ def _check(n: int, nbytes: float) -> None:
 
 
 def ring_all_reduce_s(n: int, nbytes: float, link: Link) -> float:
-    """Ring all-reduce of ``nbytes`` over ``n`` ranks: ``2(n-1)(α + M/(nβ))``."""
+    """Ring all-reduce of ``nbytes`` over ``n`` ranks: ``2(n-1)(α + M/(nβ))`` (NCCL: factor ``2(n-1)/n``)."""
     _check(n, nbytes)
+    if link.collective_Bps:
+        return _nccl_s(2 * (n - 1) / n, nbytes, link)
     return 2 * (n - 1) * (link.latency_s + nbytes / (n * link.bandwidth_Bps))
 
 
@@ -76,6 +130,8 @@ def tree_all_reduce_s(n: int, nbytes: float, link: Link) -> float:
     _check(n, nbytes)
     if n == 1:
         return 0.0
+    if link.collective_Bps:  # NCCL picks its algorithm; the measured bus bandwidth holds the choice
+        return _nccl_s(2 * (n - 1) / n, nbytes, link)
     return 2 * math.ceil(math.log2(n)) * link.latency_s + 2 * nbytes / link.bandwidth_Bps
 
 
@@ -94,12 +150,16 @@ def all_reduce_s(n: int, nbytes: float, link: Link, algorithm: Algorithm = "ring
 def reduce_scatter_s(n: int, nbytes: float, link: Link) -> float:
     """Ring reduce-scatter of a ``nbytes`` buffer (each rank keeps ``nbytes/n``): ``(n-1)(α + M/(nβ))``."""
     _check(n, nbytes)
+    if link.collective_Bps:
+        return _nccl_s((n - 1) / n, nbytes, link)
     return (n - 1) * (link.latency_s + nbytes / (n * link.bandwidth_Bps))
 
 
 def all_gather_s(n: int, nbytes: float, link: Link) -> float:
     """Ring all-gather into a ``nbytes`` buffer (each rank brings ``nbytes/n``): ``(n-1)(α + M/(nβ))``."""
     _check(n, nbytes)
+    if link.collective_Bps:
+        return _nccl_s((n - 1) / n, nbytes, link)
     return (n - 1) * (link.latency_s + nbytes / (n * link.bandwidth_Bps))
 
 

@@ -37,11 +37,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from profiles.contract import UserError
+from profiles.gemm import GEMM_DEVICES
 from profiles.types import DTYPE_TABLE, Profile, UnitCost
 
 from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
 from .sharding import fsdp_gathered_bytes, state_bytes_per_param
-from .tensor_parallel import GEMM_DEVICES, TransformerShape, as_measured, scale_unit
+from .tensor_parallel import TransformerShape, as_measured, scale_unit
 
 __all__ = [
     "Recompute",
@@ -93,6 +94,10 @@ class Layout:
     #: (torch's default, torchtitan's without pipelining); False: a stage's weights stay gathered
     #: for the whole step (torchtitan under pipelining)
     reshard_after_forward: bool = False
+    #: data-parallel gradient reduction (ddp's all-reduce, zero's and fsdp's reduce-scatter)
+    #: overlapped with the remaining backward, as torch DDP's buckets and Megatron's
+    #: ``--overlap-grad-reduce`` run it; False: after the rank's last backward
+    overlap_grad_reduce: bool = False
 
     @property
     def stride(self) -> int:
@@ -154,6 +159,7 @@ class StageCost:
     param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
     keep_bytes: int | None = None  # of activation_bytes, held from I until W (None: half, rounded down)
     optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
+    lead_param_bytes: int = 0  # the first unit's gradient bytes (what a prefetching fsdp gathers first)
     # DualPipe's F&B: duration of an Overlap pair whose backward is this stage's (its forward is
     # the other stage on the rank). None: not measured, forward_s of that stage + backward_s, as
     # torch's runtime runs an OVERLAP_F_B without a custom overlapped function (one after the other).
@@ -183,6 +189,10 @@ class Links:
     devices_per_node: int = 1 << 30
     overlap: bool = True
     stride: int = 1
+    #: bus bandwidth NCCL's collectives reach for large messages inside a node and across nodes
+    #: (``collectives.Link.collective_Bps``; 0: collectives in the α-β model on the link)
+    collective_Bps: float = 0.0
+    inter_collective_Bps: float = 0.0
 
     def transfer_s(self, src: int, dst: int, nbytes: int) -> float:
         if src == dst:
@@ -194,8 +204,8 @@ class Links:
 
     def group_link(self, ranks: list[int]) -> Link:
         """The link a collective over devices ``ranks`` runs on: intra-node when they share a node."""
-        intra = Link(self.latency_s, self.bandwidth_Bps)
-        inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps)
+        intra = Link(self.latency_s, self.bandwidth_Bps, self.collective_Bps)
+        inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps, self.inter_collective_Bps)
         return group_link(ranks, min(self.devices_per_node, 1 << 30), intra, inter)
 
 
@@ -210,6 +220,13 @@ class DPComm:
     mode: DPMode = DPMode.DDP
     dp: int = 1
     link: Link = Link(0.0, float("inf"))
+    #: the gradient reduction of each stage starts with its last backward and runs beside the rank's
+    #: remaining backwards (``Layout.overlap_grad_reduce``); fsdp then also prefetches: only a
+    #: stage's first unit is gathered before the rank starts, the rest beside its forwards (and,
+    #: resharded after forward, gathered again beside its backwards). Contention with compute is
+    #: not modelled (no slowdown factor)
+    overlap: bool = False
+    regather: bool = False  #: fsdp resharded after forward: the backward gathers the weights again
 
     def head_s(self, grad_bytes: float) -> float:
         if self.dp <= 1 or not grad_bytes or self.mode is not DPMode.FSDP:
@@ -296,11 +313,16 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
     """Each unit's per-rank cost at the layout's tp degree (``tensor_parallel.scale_unit``; at
     tp 1 without selective recompute, the profile's own figures)."""
     selective = option.recompute is Recompute.SELECTIVE
-    if layout.tp == 1 and not selective:
+    formula = profile.method == "analytic"  # blocks keep Korthikanti et al.'s bytes (tensor_parallel)
+    if layout.tp == 1 and not selective and not (formula and _has_shape(profile)):
         return [as_measured(u) for u in units]
     try:
         shape = TransformerShape.from_config(
-            profile.model_config, seq_len=profile.seq_len, microbatch=microbatch_size, dtype_bytes=dtype_bytes
+            profile.model_config,
+            seq_len=profile.seq_len,
+            microbatch=microbatch_size,
+            dtype_bytes=dtype_bytes,
+            flash=profile.fused_attention,
         )
     except (ValueError, TypeError) as e:
         raise UserError(
@@ -322,6 +344,7 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
                 recompute="selective" if selective else "none",
                 device=device,
                 link=tp_link if layout.tp > 1 else None,
+                activation_formula=formula,
             )
         return priced[key]
 
@@ -329,6 +352,15 @@ def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, o
         return [price(u) for u in units]
     except ValueError as e:
         raise UserError(f"{profile.model_name}: {e}") from None
+
+
+def _has_shape(profile: Profile) -> bool:
+    """Whether the profile's config gives a transformer shape (and its units have roles)."""
+    try:
+        TransformerShape.from_config(profile.model_config, seq_len=profile.seq_len, microbatch=1)
+    except (ValueError, TypeError):
+        return False
+    return all(u.kind in ("embedding", "block", "head") for u in profile.entries[0].units)
 
 
 @dataclass(frozen=True)
@@ -415,7 +447,8 @@ class CostModel:
         """The data-parallel group's communication: devices ``tp`` apart, ``dp`` of them."""
         lay = self.layout
         group = group_ranks("dp", 0, pp=1, dp=lay.dp, tp=lay.tp)
-        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group))
+        regather = lay.dp_mode is DPMode.FSDP and lay.reshard_after_forward
+        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group), lay.overlap_grad_reduce, regather)
 
     @property
     def options(self) -> list[Option]:
@@ -484,6 +517,7 @@ class CostModel:
             output_bytes=0 if last else recs[-1].output_bytes,
             input_bytes=0 if index == 0 else recs[0].input_bytes,
             param_bytes=sum(r.grad_bytes for r in recs),
+            lead_param_bytes=recs[0].grad_bytes,
             keep_bytes=sum(r.keep_bytes for r in recs),
             optimizer_s=sum(r.optimizer_s for r in recs),
         )

@@ -15,7 +15,8 @@ reported before any time is reported.
 Assumptions (see ``Links`` and ``StageCost`` too): one action at a time per rank; sends
 overlap compute unless ``Links.overlap`` is False (then the sender is busy for the
 transfer); transfers do not contend; after the last backward each rank all-reduces its
-gradients across ``dp`` replicas and runs the optimizer step (``optimizer_s``, plus each
+gradients across ``dp`` replicas (overlapped with its remaining backwards when the layout says
+so, see ``_overlapped_reduction``) and runs the optimizer step (``optimizer_s``, plus each
 of its stages' ``StageCost.optimizer_s``). Memory: static bytes, plus each forward's
 activations from the start of F until its B ends (after I, ``w_keep_fraction`` of them
 stay until W); a forward-only table keeps no activations; a pair adds its forward's
@@ -117,7 +118,7 @@ def _simulate(inp: SimInput, detail: bool = True) -> Timeline:
     if forward_only and has_backward:
         validate_table(table, forward_only=True)  # raises with the picture
     comm = inp.dp_comm()
-    start = {} if forward_only else {r: comm.head_s(g) for r, g in inp.grad_bytes(owner).items()}
+    start = {} if forward_only else _head_s(inp, comm, owner, table)
     try:
         run = sweep(table, stage_times(costs, inp.links, owner), S, M, start)
         if not run.blocked:
@@ -182,13 +183,58 @@ def _collectives(
                 t = max(t, max(logs[q].free for q in sync.ranks if q in logs))
                 out.append(Collective(r, "ALL_REDUCE", t, t + seconds, sync.bytes))
                 t += seconds
-        reduce = comm.tail_s(g)
-        if reduce:
-            out.append(Collective(r, "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD", t, t + reduce, g))
+        kind = "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD"
+        if comm.overlap and g:
+            start, t_end = _overlapped_reduction(inp, r, log, comm, t)
+            out.append(Collective(r, kind, start, t_end, g))
+            reduce, t = 0.0, t_end
+        else:
+            reduce = comm.tail_s(g)
+            if reduce:
+                out.append(Collective(r, kind, t, t + reduce, g))
         opt_s = inp.optimizer_s + sum(inp.costs[s].optimizer_s for s, o in owner.items() if o == r)
         if opt_s:
             out.append(Collective(r, "OPTIMIZER", t + reduce, t + reduce + opt_s, 0))
     return out
+
+
+def _head_s(inp: SimInput, comm: DPComm, owner: dict[int, int], table: Table) -> dict[int, float]:
+    """When each rank may start: after fsdp's gather of its weights (of its first stage's first
+    unit only when fsdp prefetches, ``DPComm.overlap``)."""
+    grads = inp.grad_bytes(owner)
+    if not (comm.overlap and comm.mode is DPMode.FSDP):
+        return {r: comm.head_s(g) for r, g in grads.items()}
+    out = {}
+    for r in grads:
+        first = next(iter(flat_actions(table[r])), None)
+        out[r] = comm.head_s(inp.costs[first[0]].lead_param_bytes) if first is not None else 0.0
+    return out
+
+
+def _overlapped_reduction(inp: SimInput, r: int, log: RankLog, comm: DPComm, after: float) -> tuple[float, float]:
+    """(start, end) of rank ``r``'s overlapped gradient reduction: each of its stages' gradients
+    are reduced on the communication track from the start of that stage's last backward (B or
+    W; buckets leave as the backward makes them), never ending before that backward does, the
+    stages in the order their last backwards start; the track ends no earlier than ``after``
+    (the rank's last action and its tied-gradient sums). Prefetching fsdp's track first gathers
+    the rest of the rank's weights from its start (and, resharded, gathers each stage's again
+    beside its backward)."""
+    last: dict[int, tuple[float, float]] = {}
+    for a, b, e in zip(inp.table[r], log.starts, log.ends):
+        if a.__class__ is Overlap:  # a forward and a full backward: the backward's stage
+            a = a[1]
+        if a[1] in (_B, _W):
+            last[a[0]] = (b, e)
+    t, first = 0.0, None
+    if comm.mode is DPMode.FSDP:  # the forward's gathers, after the first unit's
+        lead = sum(inp.costs[s].lead_param_bytes for s in last)
+        t = log.start + comm.head_s(max(0, sum(inp.costs[s].param_bytes for s in last) - lead))
+    for stage, (b, e) in sorted(last.items(), key=lambda kv: kv[1]):
+        first = b if first is None else first
+        g = inp.costs[stage].param_bytes
+        t = max(t, b) + comm.tail_s(g) + (comm.head_s(g) if comm.regather else 0.0)
+        t = max(t, e)
+    return (first if first is not None else after), max(t, after)
 
 
 def _events(table: Table, logs: dict[int, RankLog], costs: list[StageCost], pairs: bool) -> list[Event]:

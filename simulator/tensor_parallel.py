@@ -9,15 +9,12 @@ GEMM FLOPs; the embedding and the output head are split along the vocabulary.
 Model and assumptions:
 
 - **Compute.** A block's F, I and W at degree ``t`` are its times at ``t = 1`` multiplied by
-  ``T(t)/T(1)``, where ``T`` sums each forward GEMM's FLOPs divided by its efficiency. The
-  efficiency is NVIDIA's tile- and wave-quantisation model (NVIDIA, *Matrix Multiplication
-  Background User's Guide*, DU-09799-001, §3.1 "Tile Quantization", §3.2 "Wave Quantization"):
-  an ``m × n`` output is computed in ``tile_m × tile_n`` tiles, one tile per streaming
-  multiprocessor at a time, so a GEMM runs ``⌈tiles / SMs⌉`` full waves and its efficiency is the
-  useful share of the tiles those waves could compute. Nothing is fitted: the tile size is the
-  guide's 256×128 example and the SM counts are the datasheets'. As ``t`` grows the per-rank
-  GEMMs shrink (``n = 3h/t``, ``ffn/t``; ``a/t`` heads), waves go partly empty and the
-  efficiency falls. The backward GEMMs are taken to scale like the forward ones. Work outside
+  ``T(t)/T(1)``, where ``T`` sums each forward GEMM's FLOPs divided by its efficiency,
+  :func:`profiles.gemm.matmul_efficiency` (the one formula the analytic profiler prices GEMMs
+  with: NVIDIA's tile- and wave-quantisation model times the device's published achievable
+  share of peak, see ``profiles/gemm.py``). As ``t`` grows the per-rank GEMMs shrink
+  (``n = 3h/t``, ``ffn/t``; ``a/t`` heads), waves go partly empty and the efficiency falls.
+  The backward GEMMs are taken to scale like the forward ones. Work outside
   GEMMs (norms, elementwise) is taken to scale like the GEMMs.
 - **Activation bytes** per block follow Korthikanti et al., "Reducing Activation Recomputation
   in Large Transformer Models" (MLSys 2023, arXiv:2205.05198), §4.1 and Table 2, which assume
@@ -28,7 +25,9 @@ Model and assumptions:
   (the block input only; with SP that input is split along the sequence, so ``2·sbh/t``). Other
   dtypes scale the whole by ``dtype_bytes/2``. With fused (flash) attention no ``s × s`` tensor is
   kept and the ``5as/h`` term is 0. A measured unit's saved bytes are scaled by the ratio
-  ``formula(t, mode)/formula(1, none)``, so the formula's own constants cancel.
+  ``formula(t, mode)/formula(1, none)``, so the formula's own constants cancel; an analytic
+  profile's block keeps the formula's bytes themselves (the eager model counted on meta keeps
+  tensors a fused-kernel run does not, such as the norms' fp32 copies).
 - **Selective recompute** redoes the attention core in the backward: ``QKᵀ`` and attention over
   V, ``4·b·s²·h`` FLOPs per block forward (Korthikanti et al., Appendix A; softmax and dropout
   count no FLOPs). Its time is that share of the block's forward FLOPs times the forward time.
@@ -54,6 +53,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from profiles.gemm import GEMM_DEVICES, GemmDevice, gemm_efficiency, matmul_efficiency
 from profiles.types import UnitCost
 
 from .collectives import Algorithm, Link, all_gather_s, all_reduce_s, reduce_scatter_s, tp_block_comm_s
@@ -151,19 +151,6 @@ class TransformerShape:
 
 
 @dataclass(frozen=True)
-class GemmDevice:
-    """What GEMM quantisation depends on: streaming multiprocessors and the output tile."""
-
-    sms: int  #: streaming multiprocessors, one output tile each at a time
-    tile_m: int = 256  #: output tile rows (the guide's 256×128 example tile)
-    tile_n: int = 128  #: output tile columns
-
-
-#: SM counts from NVIDIA's datasheets/whitepapers: H100 SXM5 and H200 SXM 132, A100 SXM4 108.
-GEMM_DEVICES: dict[str, GemmDevice] = {"h100": GemmDevice(132), "h200": GemmDevice(132), "a100": GemmDevice(108)}
-
-
-@dataclass(frozen=True)
 class TPUnitCost:
     """One unit's cost per rank at tensor-parallel degree ``t``, for one microbatch."""
 
@@ -176,15 +163,6 @@ class TPUnitCost:
     output_bytes: int  #: activation handed to the next unit, per rank
     comm_forward_s: float = 0.0  #: TP collectives inside F (0 without a link)
     comm_backward_s: float = 0.0  #: TP collectives inside the backward, recomputed forward's included
-
-
-def gemm_efficiency(m: int, n: int, device: GemmDevice | None, batch: int = 1) -> float:
-    """Useful share of the tile waves an ``m × n`` output (``batch`` of them) occupies; 1 without a device."""
-    if device is None:
-        return 1.0
-    tiles = batch * math.ceil(m / device.tile_m) * math.ceil(n / device.tile_n)
-    waves = math.ceil(tiles / device.sms)
-    return batch * m * n / (waves * device.sms * device.tile_m * device.tile_n)
 
 
 def _check_degree(shape: TransformerShape, t: int) -> None:
@@ -209,7 +187,7 @@ def _block_gemms(shape: TransformerShape, t: int) -> list[tuple[int, int, int, i
 
 
 def _gemm_time(gemms: list[tuple[int, int, int, int]], device: GemmDevice | None) -> float:
-    return sum(2 * bt * m * n * k / gemm_efficiency(m, n, device, bt) for bt, m, n, k in gemms)
+    return sum(2 * bt * m * n * k / matmul_efficiency(m, n, device, bt) for bt, m, n, k in gemms)
 
 
 def block_forward_flops(shape: TransformerShape) -> float:
@@ -301,8 +279,13 @@ def scale_unit(
     device: GemmDevice | None = None,
     link: Link | None = None,
     algorithm: Algorithm = "ring",
+    activation_formula: bool = False,
 ) -> TPUnitCost:
     """A unit measured (or counted) at ``t = 1`` without recompute, priced at degree ``t``.
+
+    ``activation_formula``: a block keeps the bytes of :func:`block_activation_bytes` itself (an
+    analytic profile: Korthikanti et al.'s accounting of a run with fused kernels), not its
+    profiled saved bytes scaled by the formula's ratio (a measured profile).
 
     The unit's role comes from its ``kind``: ``embedding``, ``block`` or ``head``; other kinds
     (a user model's ``layer``) have no tensor-parallel form and only ``t = 1`` is accepted."""
@@ -335,7 +318,7 @@ def scale_unit(
         return _scaled(unit, k, 0.0, math.ceil(unit.saved_bytes / t), **per_rank, comm=(fwd_c, bwd_c))
     k = block_compute_scale(shape, t, device)
     mode = block_activation_bytes(shape, t, sequence_parallel=sp, recompute=recompute)
-    saved = math.ceil(unit.saved_bytes * mode / block_activation_bytes(shape, 1))
+    saved = math.ceil(mode if activation_formula else unit.saved_bytes * mode / block_activation_bytes(shape, 1))
     redo = {"none": 0.0, "selective": selective_recompute_share(shape), "full": 1.0}[recompute]
     fwd_c = bwd_c = 0.0
     if comm:

@@ -53,3 +53,33 @@ def test_every_row_is_a_valid_layout():
     for r in PUBLISHED:
         assert r.hidden % r.heads == 0 and r.heads % r.tp == 0 and r.kv_heads % r.tp == 0, r.model
         assert r.layers >= r.pp and r.source
+
+
+def test_every_row_states_how_it_ran():
+    """Attention kernel, recompute, dp mode, schedule and where the settings come from, on every row;
+    the microbatches divide each replica's batch and the stages fit the layers."""
+    from profiles.types import ATTENTION_KERNELS
+    from simulator.schedules import schedule_spec
+
+    for r in PUBLISHED:
+        assert r.attention in ATTENTION_KERNELS and r.recompute in ("none", "selective", "full"), r.model
+        assert r.dp_mode in ("ddp", "fsdp") and r.settings, r.model
+        schedule_spec(r.schedule)  # a known schedule
+        assert r.microbatch and (r.global_batch // r.dp) % r.microbatch == 0, r.model
+        assert r.virtual >= 1 and r.pp * r.virtual <= r.layers, r.model
+    # the SC'21 script's virtual stages: layers / (pp x layers per virtual stage)
+    assert [r.virtual for r in NARAYANAN_2021] == [1, 1, 1, 1, 1, 3, 2, 2, 3, 1]
+    assert [r.microbatch for r in NARAYANAN_2021] == [16, 16, 16, 8, 4, 2, 2, 1, 1, 1]
+
+
+def test_torchtitan_rows_mfu_follows_from_tokens_per_second():
+    from bench.published_data import TORCHTITAN_2024, llama_params, torchtitan_flops_per_token
+
+    assert 70.0e9 < llama_params(80, 8192, 64, 8, 28672, 128256) < 71.0e9  # Llama 3 70B: 70.6B
+    assert 12.9e9 < llama_params(40, 5120, 40, 40, 13824, 32000) < 13.1e9  # Llama 2 13B: 13.0B
+    for r in TORCHTITAN_2024:
+        params = llama_params(r.layers, r.hidden, r.heads, r.kv_heads, r.ffn, r.vocab)
+        wps = float(r.notes.split()[0])
+        mfu = wps * torchtitan_flops_per_token(params, r.layers, r.hidden, r.seq_len) / A100_BF16_PEAK
+        assert mfu == pytest.approx(r.peak_fraction, abs=0.003), r.model
+        assert r.gpus == r.tp * r.pp * r.dp

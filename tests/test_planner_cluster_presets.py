@@ -8,11 +8,26 @@ from profiles.contract import UserError
 
 
 def test_older_names_keep_their_values():
-    assert PRESET_CLUSTERS["h100-node"] == Cluster("h100-node", "h100", 8, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6)
-    assert PRESET_CLUSTERS["h100x64"] == Cluster("h100x64", "h100", 64, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6)
+    from profiles.devices import DEVICE_SPECS
+
+    # NVLink 4 all-reduce, the NIC's line rate; a memory-bound AdamW step on the H100's HBM
+    nccl = {
+        "intra_collective_Bps": 370e9,
+        "inter_collective_Bps": 50e9,
+        "optimizer_s_per_param": DEVICE_SPECS["h100"].optimizer_s_per_param,
+    }
+    assert PRESET_CLUSTERS["h100-node"] == Cluster(
+        "h100-node", "h100", 8, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6, **nccl
+    )
+    assert PRESET_CLUSTERS["h100x64"] == Cluster("h100x64", "h100", 64, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6, **nccl)
+    # CPU ranks keep the α-β collectives on their links
     assert PRESET_CLUSTERS["cpu-local"] == Cluster("cpu-local", "cpu", 2, 8 * 2**30, 2, 1.5e9, 150e-6, 1.5e9, 150e-6)
-    # H200: 141 GB as its datasheet states it (it was 141 GiB before)
-    assert PRESET_CLUSTERS["h200x64"] == Cluster("h200x64", "h200", 64, 141 * 10**9, 8, 450e9, 5e-6, 50e9, 10e-6)
+    # H200: 141 GB as its datasheet states it (it was 141 GiB before); its own HBM for the optimizer
+    nccl["optimizer_s_per_param"] = DEVICE_SPECS["h200"].optimizer_s_per_param
+    assert PRESET_CLUSTERS["h200x64"] == Cluster(
+        "h200x64", "h200", 64, 141 * 10**9, 8, 450e9, 5e-6, 50e9, 10e-6, **nccl
+    )
+    assert 34 / 3.35e12 < DEVICE_SPECS["h100"].optimizer_s_per_param < 34 / 3.35e12 / 0.85
 
 
 def test_node_types_and_counts():

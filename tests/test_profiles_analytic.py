@@ -92,3 +92,94 @@ def test_cli_analytic_writes_the_default_path(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "profiles" / "h200" / "llama-tiny.json").is_file()
     assert "block1" in r.stdout
+
+
+# -- GEMMs by shape, rooflines per op, attention as the kernel runs it ------------------------
+
+GPT_SMALL = {"n_embd": 1024, "n_head": 16, "n_layer": 2, "vocab_size": 8192, "n_positions": 2048}
+
+
+def test_matmul_efficiency_from_the_published_maximum_and_waves():
+    """A large, well-quantised GEMM runs at the device's published achievable share; a GEMM of
+    fewer tiles than SMs runs slower by its wave share."""
+    from profiles.gemm import GEMM_DEVICES, gemm_efficiency, matmul_efficiency
+
+    a100 = GEMM_DEVICES["a100"]
+    assert a100.achievable == pytest.approx(271.2 / 312)
+    assert matmul_efficiency(1024, 10240, a100) == pytest.approx(a100.achievable)  # the measured shape
+    assert matmul_efficiency(256 * 108, 128, a100) == pytest.approx(a100.achievable)  # one full wave: capped
+    small = matmul_efficiency(256, 128 * 10, a100)  # 10 tiles on 108 SMs
+    assert small == pytest.approx(
+        a100.achievable * gemm_efficiency(256, 1280, a100) / gemm_efficiency(1024, 10240, a100)
+    )
+    assert small < 0.1 * a100.achievable
+
+
+def test_op_roofline_and_fused_pointwise():
+    """A GEMM op is priced at its shape's rate or its bytes, whichever is slower; a pointwise run is
+    one kernel of its outside reads and last write; a unit is the sum of its ops."""
+    from profiles.analytic import DEVICE_SPECS, op_seconds
+    from profiles.gemm import GEMM_DEVICES
+    from profiles.ops import Op
+
+    spec, dev = DEVICE_SPECS["h100"], GEMM_DEVICES["h100"]
+    big = Op("mm", 2.0 * 8192**3, 3 * 8192**2 * 2, gemm=(1, 8192, 8192, 8192))
+    assert op_seconds(big, spec, "bf16", dev) == pytest.approx(2.0 * 8192**3 / (989.4e12 * dev.achievable))
+    thin = Op("mm", 2.0 * 8192 * 8192 * 8, (8192 * 8 * 2 + 8192 * 8 * 2 + 8192 * 8192 * 2), gemm=(1, 8192, 8192, 8))
+    assert op_seconds(thin, spec, "bf16", dev) == pytest.approx(thin.bytes / (spec.bandwidth * spec.memory_efficiency))
+    p = analytic_profile("gpt2", overrides=GPT_SMALL, seq_len=2048, device_spec_name="h100")
+    block = p.entries[0].units[1]
+    assert block.backward_s == pytest.approx(block.backward_input_s + block.backward_weight_s)
+    w_gemms = 2 * 2048 * 12 * 1024**2  # the weight-gradient products: 2 x tokens x 12h² weights
+    assert w_gemms / (989.4e12 * dev.achievable) < block.backward_weight_s < 1.5 * w_gemms / (989.4e12 * 0.5)
+
+
+def test_pointwise_run_is_one_kernel():
+    import torch
+
+    from profiles.ops import OpRecorder
+
+    x = torch.empty(1024, 1024, device="meta", dtype=torch.bfloat16)
+    with OpRecorder() as rec:
+        y = torch.nn.functional.gelu(x * 2.0 + 1.0, approximate="tanh")  # several pointwise ops
+        torch.mm(y, x)
+    rec.flush()
+    names = [op.name for op in rec.ops]
+    assert names == ["pointwise", "aten.mm"]
+    assert rec.ops[0].bytes == 2 * x.numel() * 2  # read x, write the result: nothing in between
+
+
+@pytest.mark.parametrize("device", ["a100", "h100"])
+def test_flash_attention_keeps_no_scores_and_halves_causal_flops(device):
+    """A fused kernel keeps no s×s tensors and counts half of QKᵀ and attention over V when causal;
+    math keeps today's counts. The kernel is written into the profile and read back."""
+    kw = {"overrides": GPT_SMALL, "seq_len": 2048, "device_spec_name": device}
+    math_p, flash_p = analytic_profile("gpt2", **kw), analytic_profile("gpt2", attention="flash", **kw)
+    m, f = math_p.entries[0].units[1], flash_p.entries[0].units[1]
+    s, h, a = 2048, 1024, 16
+    assert m.forward_flops - f.forward_flops == pytest.approx(2 * s * s * h, rel=1e-6)  # 4bs²h halved
+    assert m.saved_bytes - f.saved_bytes == a * s * s * 2 - a * s * 4  # bf16 probabilities, not the fp32 lse
+    assert f.saved_bytes < m.saved_bytes / 2
+    assert flash_p.attention == "flash" and math_p.attention == "math"
+
+
+def test_attention_field_round_trip_and_old_profiles(tmp_path):
+    import json
+
+    from profiles.contract import ContractError
+    from profiles.types import load_profile
+
+    p = analytic_profile("gpt2-tiny", attention="efficient", seq_len=64)
+    path = p.save(tmp_path / "p.json")
+    assert load_profile(path).attention == "efficient" and load_profile(path).fused_attention
+    data = json.loads(path.read_text())
+    del data["attention"]  # a profile written before the field: read as math
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = load_profile(tmp_path / "old.json")
+    assert old.attention is None and not old.fused_attention
+    data["attention"] = "cudnn"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ContractError, match="attention"):
+        load_profile(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="--attention"):
+        analytic_profile("gpt2-tiny", attention="cudnn", seq_len=64)

@@ -1,6 +1,9 @@
 """Tensor-parallel unit costs: Korthikanti et al.'s activation bytes (with the paper's own
 numbers), the selective-recompute overhead, the GEMM quantisation model and unit scaling."""
 
+import math
+from dataclasses import replace
+
 import pytest
 
 from profiles.types import UnitCost
@@ -186,3 +189,23 @@ def test_activation_bytes_generalised_to_llama_by_hand():
     assert not TransformerShape.from_config(cfg, seq_len=8, microbatch=1).dropout
     cfg = {"n_embd": 768, "n_head": 12, "vocab_size": 50257, "resid_pdrop": 0.1}
     assert TransformerShape.from_config(cfg, seq_len=8, microbatch=1).dropout
+
+
+def test_analytic_blocks_keep_korthikanti_bytes():
+    """An analytic profile's block keeps Korthikanti et al.'s activation bytes at every degree (the
+    eager model counted on meta keeps more); with a fused attention kernel the s×s term is gone."""
+    from profiles.analytic import analytic_profile
+    from simulator.costs import Layout, Option, Recompute, unit_records
+
+    over = {"n_embd": 512, "n_head": 8, "n_layer": 2, "vocab_size": 4096, "n_positions": 1024, "attn_pdrop": 0.1}
+    for attention in ("math", "flash"):
+        prof = analytic_profile("gpt2", overrides=over, seq_len=1024, device_spec_name="a100", attention=attention)
+        shape = TransformerShape.from_config(prof.model_config, seq_len=1024, microbatch=1, flash=attention == "flash")
+        for t, sp in ((1, False), (2, True)):
+            recs = unit_records(prof, Option("bf16", Recompute.NONE), layout=Layout(tp=t, sequence_parallel=sp))
+            want = block_activation_bytes(shape, t, sequence_parallel=sp)
+            assert recs[1].activation_bytes == math.ceil(want), (attention, t)
+    s, a = 1024, 8
+    assert block_activation_bytes(replace(shape, attention_scores_stored=True)) - block_activation_bytes(
+        shape
+    ) == pytest.approx(5 * a * s * s)

@@ -1,0 +1,82 @@
+"""Device specs for analytic profiles and GPU cluster presets: datasheet peaks, memory, and the
+achievable shares of them that public measurements give (no torch import: the planner's cluster
+presets read these too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DeviceSpec", "DEVICE_SPECS", "HBM_EFFICIENCY", "OPTIMIZER_BYTES_PER_PARAM"]
+
+#: achievable share of the HBM bandwidth: a read kernel measured at 1.80 of the A100 80GB's 2.04
+#: TB/s (88%), about 90% the most any kernel reached in the GTC talk cited there (NVIDIA developer
+#: forum, "Trouble to Reach Peak Bandwidth of A100", 2025)
+HBM_EFFICIENCY = 0.88
+_HBM_SOURCE = "NVIDIA developer forum 'Trouble to Reach Peak Bandwidth of A100': 88% of the datasheet measured"
+#: bytes a mixed-precision AdamW step moves per parameter: the fused kernel reads the fp32 weight,
+#: gradient and two moments (16) and writes the weight and moments (12) (torch's and apex's fused
+#: Adam: one pass over the four tensors), then the 16-bit copy of the weight is made (4 read, 2
+#: written); gradient clipping and zeroing are left out
+OPTIMIZER_BYTES_PER_PARAM = 34
+#: fused attention's share of the 16-bit peak: FlashAttention-2 reaches 50-73% on A100 (Dao,
+#: arXiv:2307.08691, abstract; the range's midpoint is taken) and about 35% on H100 (Shah et al.,
+#: FlashAttention-3, arXiv:2407.08608, §1); FlashAttention-3's 75% on H100 needs its own kernels
+FA2_A100, FA2_H100 = (0.50 + 0.73) / 2, 0.35
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Peak dense FLOP/s per dtype, memory bandwidth (bytes/s) and memory size of one device,
+    with the achievable shares of them (1.0 for a device measured here)."""
+
+    name: str
+    flops: dict[str, float]
+    bandwidth: float
+    memory_bytes: int
+    source: str
+    memory_efficiency: float = 1.0  #: achievable share of ``bandwidth``
+    #: a fused attention kernel's share of the 16-bit peak (flash and efficient alike: no figure is
+    #: published for the memory-efficient kernel, FlashAttention-2's is taken)
+    attention_efficiency: float = 1.0
+    efficiency_source: str = ""
+
+    @property
+    def optimizer_s_per_param(self) -> float:
+        """A mixed-precision AdamW step per parameter, memory-bound: ``OPTIMIZER_BYTES_PER_PARAM``
+        over the achievable bandwidth."""
+        return OPTIMIZER_BYTES_PER_PARAM / (self.bandwidth * self.memory_efficiency)
+
+
+DEVICE_SPECS: dict[str, DeviceSpec] = {
+    "h100": DeviceSpec(
+        "NVIDIA H100 SXM5 80GB",
+        {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
+        3.35e12,
+        80 * 2**30,
+        "NVIDIA H100 Tensor Core GPU datasheet (dense, no sparsity)",
+        HBM_EFFICIENCY,
+        FA2_H100,
+        f"{_HBM_SOURCE}; FlashAttention-2 on H100: FlashAttention-3 paper (arXiv:2407.08608)",
+    ),
+    "h200": DeviceSpec(
+        "NVIDIA H200 SXM 141GB",
+        {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
+        4.8e12,
+        141 * 10**9,
+        "NVIDIA H200 Tensor Core GPU datasheet (dense, no sparsity)",
+        HBM_EFFICIENCY,
+        FA2_H100,
+        f"{_HBM_SOURCE}; FlashAttention-2 on H100 (same SMs): FlashAttention-3 paper (arXiv:2407.08608)",
+    ),
+    "a100": DeviceSpec(
+        "NVIDIA A100 SXM4 80GB",
+        {"fp32": 19.5e12, "bf16": 312e12, "fp16": 312e12},
+        2.039e12,
+        80 * 2**30,
+        "NVIDIA A100 Tensor Core GPU datasheet (dense, no sparsity)",
+        HBM_EFFICIENCY,
+        FA2_A100,
+        f"{_HBM_SOURCE}; FlashAttention-2 on A100: FlashAttention-2 paper (arXiv:2307.08691)",
+    ),
+}

@@ -1,0 +1,83 @@
+"""Data-parallel gradient reduction overlapped with the remaining backward (``Layout.overlap_grad_reduce``),
+on the simulator's communication track, against steps worked out by hand."""
+
+import pytest
+
+from simulator.actions import Action, Kind
+from simulator.collectives import Link
+from simulator.costs import DPComm, DPMode, StageCost
+from simulator.engine import SimInput, simulate
+
+LINK = Link(0.0, 1e9)  # 1 GB/s, no latency: a ring all-reduce of G bytes over 2 ranks takes G / 1e9 s
+
+
+def _one_stage(overlap: bool, grad_bytes: int, microbatches: int = 2):
+    """One pipeline rank, F0 F1 B0 B1 (forward 1 s, backward 2 s each), dp 2."""
+    table = {
+        0: [Action(0, Kind.F, m) for m in range(microbatches)] + [Action(0, Kind.B, m) for m in range(microbatches)]
+    }
+    cost = StageCost(1.0, 2.0, 1.0, 1.0, 0, 0, 0, 0, param_bytes=grad_bytes)
+    comm = DPComm(DPMode.DDP, 2, LINK, overlap=overlap)
+    return simulate(SimInput(table, [cost], dp=2, comm=comm))
+
+
+def test_without_overlap_the_reduction_follows_the_last_backward():
+    # compute 2 x 1 + 2 x 2 = 6 s, then 2(n-1)/n x G / 1e9 = 1 s for G = 1e9
+    assert _one_stage(False, 10**9).step_s == pytest.approx(7.0)
+
+
+def test_overlapped_reduction_hides_behind_the_last_backward():
+    """The reduction starts with the last backward (at 4 s): 1 s of it fits in its 2 s."""
+    tl = _one_stage(True, 10**9)
+    assert tl.step_s == pytest.approx(6.0)
+    (reduce,) = [c for c in tl.collectives if c.kind == "ALL_REDUCE"]
+    assert (reduce.start_s, reduce.end_s) == (pytest.approx(4.0), pytest.approx(6.0))
+
+
+def test_overlapped_reduction_longer_than_the_backward_shows_its_rest():
+    """3 s of reduction from 4 s: the step ends at 7 s, 1 s after the last backward."""
+    assert _one_stage(True, 3 * 10**9).step_s == pytest.approx(7.0)
+    assert _one_stage(False, 3 * 10**9).step_s == pytest.approx(9.0)
+
+
+def test_the_layout_option_reaches_the_plan_and_its_file(tmp_path):
+    """A plan built with the option prices with it, writes it, and reads it back; without it,
+    nothing is written (older plans load unchanged)."""
+    from dataclasses import replace
+
+    from planner import Job
+    from planner.cluster import load_cluster
+    from planner.plan import load_plan
+    from planner.scoring import build_plan
+    from profiles.analytic import analytic_profile
+    from simulator.costs import Layout, Option, Recompute
+
+    prof = analytic_profile("gpt2-tiny", device_spec_name="a100", seq_len=128)
+    path = prof.save(tmp_path / "p.json")
+    cluster = replace(load_cluster("a100"), devices=2)
+    job = Job(global_batch=4, microbatch_size=1, dtypes=("bf16",), schedules=("1F1B",))
+    steps = {}
+    for overlap in (False, True):
+        plan = build_plan(
+            prof, str(path), cluster, job, [(0, prof.num_units)], "1F1B", 1, 2, 2, 1,
+            [Option("bf16", Recompute.NONE)], layout=Layout(dp=2, overlap_grad_reduce=overlap),
+        )  # fmt: skip
+        assert plan.parallelism.overlap_grad_reduce is overlap and plan.cost_model().dp_comm.overlap is overlap
+        assert ("overlap_grad_reduce" in plan.to_dict()) is overlap
+        saved = plan.save(tmp_path / f"plan{overlap}.json")
+        assert load_plan(saved).overlap_grad_reduce is overlap
+        steps[overlap] = plan.predicted.step_s
+    assert steps[True] < steps[False]
+
+
+def test_prefetching_fsdp_gathers_the_first_unit_before_it_starts():
+    """fsdp with overlap: the rank starts after its first unit's gather (1 GB: 0.5 s over 2 ranks at
+    1 GB/s), not the whole stage's (4 GB: 2 s); the rest runs beside the compute."""
+    table = {0: [Action(0, Kind.F, 0), Action(0, Kind.B, 0)]}
+    cost = StageCost(4.0, 8.0, 4.0, 4.0, 0, 0, 0, 0, param_bytes=4 * 10**9, lead_param_bytes=10**9)
+    plain = simulate(SimInput(table, [cost], dp=2, comm=DPComm(DPMode.FSDP, 2, LINK)))
+    ahead = simulate(SimInput(table, [cost], dp=2, comm=DPComm(DPMode.FSDP, 2, LINK, overlap=True)))
+    # plain: gather 2 s, F 4 s, B 8 s, then the reduce-scatter 2 s
+    assert plain.step_s == pytest.approx(16.0)
+    # prefetching: start at 0.5 s, F to 4.5 s, B to 12.5 s; the reduce-scatter (2 s) fits in B
+    assert ahead.step_s == pytest.approx(12.5)
