@@ -679,7 +679,7 @@ def _recipes(best: Plan, job: Job, made: Recipes) -> list[Plan]:
             continue
         if (job.tp and b.tp not in job.tp) or (b.dp > 1 and b.dp_mode.value not in job.dp_modes):
             continue
-        if job.pp and b.pp not in job.pp:
+        if (job.pp and b.pp not in job.pp) or (job.virtual and b.virtual not in job.virtual):
             continue
         if any(st.recompute.value not in job.recompute for st in b.stages):
             continue
