@@ -12,6 +12,7 @@ from profiles.contract import UserError, check_outputs, json_text, write_files
 from profiles.types import DTYPE_TABLE, Profile, load_profile, profile_file
 from simulator import cli as simcli
 from simulator.actions import csv_text
+from simulator.costs import Option, Recompute
 from simulator.engine import simulate
 from simulator.placement import parse_placement
 from simulator.schedules import CUSTOM, SCHEDULES, canonical_name
@@ -38,6 +39,7 @@ from .search import search
 __all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
 
 MAX_TOP = 100  #: the most plans ``--top`` lists
+_ALL_SCHEDULES = ",".join([*SCHEDULES, CUSTOM.name])  #: ``--schedules``' default
 MAX_VIRTUAL_FLAG = 64  #: the most stages per rank ``--virtual`` may allow
 
 
@@ -66,7 +68,7 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
     p.add_argument(
         "--schedules",
-        default=",".join([*SCHEDULES, CUSTOM.name]),
+        default=_ALL_SCHEDULES,
         help="comma list of allowed schedules (default: all seven and Custom)",
     )
     p.add_argument("--pp", type=_ints, default=(), help="allowed pipeline degrees, comma list (default: any)")
@@ -132,6 +134,11 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split",
         help="score this split instead of searching: first unit of stages 1..p-1 (e.g. 5,9), or 'even' with --pp",
+    )
+    p.add_argument(
+        "--stage-options",
+        help="with --split: each stage's precision and recompute, one entry a stage, e.g. "
+        "bf16:full,bf16:none or full,none (default: per stage the fastest of --dtype x --recompute that fits)",
     )
     p.add_argument(
         "--placement",
@@ -257,6 +264,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     bounded("--top", args.top, 1, MAX_TOP)
     bounded("--time-limit", args.time_limit, 0.01, 86400.0, " seconds")
     bounded("--optimizer-bytes", args.optimizer_bytes, 0.0, 1024.0, " bytes per parameter")
+    if args.stage_options and not args.split:
+        raise UserError("--stage-options sets each stage of a given split: add --split (e.g. --split even --pp 4)")
     dtypes = [d for d in (args.dtype or "").split(",") if d]
     if len(set(dtypes)) != len(dtypes):
         raise UserError(f"--dtype {args.dtype}: a dtype is named twice: name each once")
@@ -373,6 +382,26 @@ def _with_placement(args: argparse.Namespace, job: Job, profile: Profile, cluste
     return replace(job, schedules=("Custom",), pp=(pp,), placements=(tuple(placement),)), placement
 
 
+def _stage_options(text: str, job: Job) -> list[Option]:
+    """``--stage-options``: one ``DTYPE:RECOMPUTE``, ``DTYPE`` or ``RECOMPUTE`` a stage (the other
+    from the job's first choice)."""
+    out = []
+    for i, entry in enumerate(x.strip() for x in text.split(",")):
+        dtype, recompute = job.dtypes[0], job.recompute[0]
+        for part in (p.strip().lower() for p in entry.split(":")):
+            if part in DTYPE_TABLE:
+                dtype = part
+            elif part in {r.value for r in Recompute}:
+                recompute = part
+            else:
+                raise UserError(
+                    f"--stage-options entry {i} {entry!r}: give DTYPE:RECOMPUTE, e.g. bf16:full "
+                    f"(dtypes {', '.join(DTYPE_TABLE)}; recompute {', '.join(r.value for r in Recompute)})"
+                )
+        out.append(Option(dtype, Recompute(recompute)))
+    return out
+
+
 def _run_plan(args: argparse.Namespace) -> int:
     _check_flags(args)
     profile_path = profile_file(args.profile)
@@ -400,12 +429,14 @@ def _run_plan(args: argparse.Namespace) -> int:
                 cluster,
                 job,
                 split,
-                job.schedules[0],
+                # the first schedule asked for; 1F1B when --schedules was left at its default (all)
+                job.schedules[0] if args.schedules != _ALL_SCHEDULES else "1F1B",
                 args.microbatches[0] if args.microbatches else None,
                 args.pp[0] if args.pp else None,
                 profile_path=str(profile_path),
                 virtual=args.virtual[0] if args.virtual else 1,
                 placement=placement,
+                stage_options=_stage_options(args.stage_options, job) if args.stage_options else None,
             )
         ]
     else:

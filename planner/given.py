@@ -7,7 +7,7 @@ from pathlib import Path
 
 from profiles.contract import UserError
 from profiles.types import Profile
-from simulator.costs import DPMode, Layout, Option
+from simulator.costs import DPMode, Layout, Option, Recompute
 from simulator.placement import check_placement, most_stages_per_rank
 from simulator.schedules import CUSTOM, schedule_spec
 
@@ -15,7 +15,9 @@ from .baselines import compare
 from .batching import entry_sizes, microbatching
 from .cluster import Cluster, Job
 from .infeasible import InfeasibleError
+from .memory import fitting_options
 from .plan import Plan
+from .pricing import cost_model, job_options
 from .scoring import Schedules, build_plan
 from .splits import even_split
 
@@ -33,9 +35,13 @@ def score_split(
     profile_path: str | Path | None = None,
     virtual: int = 1,
     placement: list[int] | None = None,
+    stage_options: list[Option] | None = None,
 ) -> Plan:
     """Simulate a split the user gives: first unit of stages 1..S-1, or ``"even"`` (with ``pp``).
-    With ``placement`` (stage -> rank) the schedule is ``Custom``, its table ``placement_table``."""
+    With ``placement`` (stage -> rank) the schedule is ``Custom``, its table ``placement_table``.
+    The job's first tp degree, dp mode and sequence-parallel choice make the layout; each stage
+    runs with ``stage_options`` (one a stage), else the fastest of the job's dtypes x recompute
+    modes that fits it (``memory.fitting_options``)."""
     profile_path = str(profile_path or "")
     U = profile.num_units
     spec = CUSTOM if placement else schedule_spec(schedule)
@@ -79,19 +85,43 @@ def score_split(
         dp=dp,
         dp_mode=DPMode(job.dp_modes[0]) if dp > 1 else DPMode.DDP,
         sequence_parallel=tp > 1 and job.sequence_parallel != "off",
+        reshard_after_forward=pp == 1,
     )
     pairs = microbatching(job, dp)
     if microbatches:
         pairs = [(mm, b) for mm, b in pairs if mm == microbatches]
-    dtype = job.dtypes[0]
-    pairs = [(mm, b) for mm, b in pairs if b in entry_sizes(profile, (dtype,))]
+    if stage_options is not None and len(stage_options) != len(bounds):
+        raise UserError(
+            f"--stage-options gives {len(stage_options)} entries but the split has {len(bounds)} stages: "
+            f"give one a stage"
+        )
+    dtypes = {o.dtype for o in stage_options} if stage_options else set(job.dtypes)
+    pairs = [(mm, b) for mm, b in pairs if b in entry_sizes(profile, tuple(dtypes))]
     if not pairs:
         raise UserError(
             f"no profiled microbatch size gives {microbatches or 'any'} microbatches for global batch "
             f"{job.global_batch} on {dp} replicas: adjust --microbatches or --global-batch"
         )
     m, mbs = pairs[0]
-    table = Schedules(job).table(spec.name, pp, m, virtual, tuple(placement) if placement else None)
+    schedules = Schedules(job)
+    placed = tuple(placement) if placement else None
+    table = schedules.table(spec.name, pp, m, virtual, placed)
+    allowed = job_options(job)
+    costs = cost_model(
+        profile, cluster, job, mbs, layout=layout, options=list(dict.fromkeys(allowed + (stage_options or [])))
+    )
+    options = (
+        stage_options
+        or fitting_options(
+            costs,
+            bounds,
+            schedules.model(spec.name, pp, m, virtual, placed).memory,
+            cluster.memory_bytes,
+            job.forward_only,
+            allowed=[allowed] * len(bounds),
+        )
+        or [allowed[0]] * len(bounds)
+    )  # nothing fits: priced as the job's first option, refused below
     p = build_plan(
         profile,
         profile_path,
@@ -103,12 +133,12 @@ def score_split(
         dp,
         m,
         mbs,
-        [Option(dtype)] * len(bounds),
+        options,
         virtual,
         table,
         {"status": "given", "solver": "none"},
-        tuple(placement) if placement else None,
-        layout=layout,
+        placed,
+        costs,
     )
     over = [(r, b) for r, b in enumerate(p.predicted.peak_bytes) if b > cluster.memory_bytes]
     if over:
@@ -120,5 +150,6 @@ def score_split(
             f"{cluster.memory_bytes / 2**30:.2f} GiB: over by "
             f"{(need - cluster.memory_bytes) / 2**30:.2f} GiB; move units off it, raise "
             f"--device-memory or lower the microbatch size"
+            + ("" if all(st.recompute is Recompute.FULL for st in stages) else ", or allow --recompute full")
         )
     return replace(p, baselines=compare(p))

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.actions import Kind, Table, flat_actions, stage_ranks
-from simulator.costs import StageCost
+from simulator.costs import CostModel, Option, StageCost
 
-__all__ = ["Pattern", "memory_pattern", "peak_bytes", "static_bytes"]
+__all__ = ["Pattern", "memory_pattern", "peak_bytes", "static_bytes", "over_cap", "fitting_options"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,59 @@ def peak_bytes(pattern: Pattern, costs: list[StageCost], forward_only: bool = Fa
         )
         out[r] = static[r] + acts
     return out
+
+
+def over_cap(pattern: Pattern, costs: list[StageCost], cap: float, forward_only: bool = False) -> set[int]:
+    """The ranks whose static bytes, or whose peak by the schedule's memory pattern, exceed ``cap``."""
+    rank_of = {s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}
+    over = {r for r, b in static_bytes(rank_of, costs, forward_only).items() if b > cap}
+    if over:  # the weights alone overflow: the activations need not be counted
+        return over
+    return {r for r, b in peak_bytes(pattern, costs, forward_only).items() if b > cap}
+
+
+def fitting_options(
+    model: CostModel,
+    bounds: list[tuple[int, int]],
+    pattern: Pattern,
+    cap: float,
+    forward_only: bool = False,
+    allowed: list[list[Option]] | None = None,
+) -> list[Option] | None:
+    """Per-stage options under which the split ``bounds`` fits ``cap`` on every rank, or None.
+
+    ``allowed``: each stage's choices (default: every option of ``model``). The first option
+    allowed on every stage that fits them all; else, from each stage's fastest option, the stages
+    of every rank over the cap move to their fastest option that holds less, until each rank fits.
+    """
+    n = len(bounds)
+    allowed = allowed or [model.options] * n
+    for option in model.options:
+        if all(option in a for a in allowed) and not over_cap(
+            pattern, model.stage_costs(bounds, [option] * n), cap, forward_only
+        ):
+            return [option] * n
+    priced = {o: model.stage_costs(bounds, [o] * n) for o in model.options}
+    order = {o: i for i, o in enumerate(model.options)}
+    rank_of = {s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}
+
+    def time_s(o: Option, st: int) -> float:
+        c = priced[o][st]
+        return c.forward_s + (0.0 if forward_only else c.backward_s)
+
+    def held(o: Option, st: int) -> int:
+        return priced[o][st].static_bytes + priced[o][st].activation_bytes
+
+    choice = [min(allowed[st], key=lambda o: (time_s(o, st), order[o])) for st in range(n)]
+    while True:
+        over = over_cap(pattern, [priced[o][st] for st, o in enumerate(choice)], cap, forward_only)
+        if not over:
+            return choice
+        moved = False
+        for st in range(n):
+            lighter = [o for o in allowed[st] if rank_of[st] in over and held(o, st) < held(choice[st], st)]
+            if lighter:
+                choice[st] = min(lighter, key=lambda o: (time_s(o, st), order[o]))
+                moved = True
+        if not moved:
+            return None

@@ -54,7 +54,7 @@ from .baselines import Recipes, compare
 from .batching import entry_sizes, microbatching
 from .cluster import Cluster, Job
 from .infeasible import InfeasibleError, infeasible_error
-from .memory import peak_bytes, static_bytes
+from .memory import fitting_options
 from .milp import MILP_NODES, SolverError, StepModel, solve_split
 from .plan import Plan
 from .pricing import cost_model
@@ -416,47 +416,10 @@ def _screen_one(s: _Search, c: Candidate) -> Plan | None:
     return s.build(c, bounds, options, {"status": "balanced split", "solver": "none"})
 
 
-def _over_cap(s: _Search, c: Candidate, stage_costs) -> set[int]:
-    """The ranks whose static bytes, or whose peak by the schedule's memory pattern, exceed a device."""
-    cap = s.cluster.memory_bytes
-    over = {r for r, b in static_bytes(c.rank_of, stage_costs, s.job.forward_only).items() if b > cap}
-    if over:  # the weights alone overflow: no table needed to say so
-        return over
-    return {r for r, b in peak_bytes(s.model(c).memory, stage_costs, s.job.forward_only).items() if b > cap}
-
-
 def _fitting_options(s: _Search, c: Candidate, bounds) -> list[Option] | None:
-    """Per-stage options under which ``bounds`` fits memory: the job's first option that fits every
-    stage; else, from each stage's fastest option, the stages of every rank over the cap moved to
-    their fastest option that holds less, until each rank fits (None when none can)."""
+    """Per-stage options under which ``bounds`` fits memory (``memory.fitting_options``)."""
     costs = s.costs(c.mbs, c.layout)
-    n = c.stages
-    for option in costs.options:
-        if not _over_cap(s, c, costs.stage_costs(bounds, [option] * n)):
-            return [option] * n
-    priced = {o: costs.stage_costs(bounds, [o] * n) for o in costs.options}
-    order = {o: i for i, o in enumerate(costs.options)}
-
-    def time_s(o: Option, st: int) -> float:
-        sc = priced[o][st]
-        return sc.forward_s + (0.0 if s.job.forward_only else sc.backward_s)
-
-    def held(o: Option, st: int) -> int:
-        return priced[o][st].static_bytes + priced[o][st].activation_bytes
-
-    choice = [min(costs.options, key=lambda o: (time_s(o, st), order[o])) for st in range(n)]
-    while True:
-        over = _over_cap(s, c, [priced[o][st] for st, o in enumerate(choice)])
-        if not over:
-            return choice
-        moved = False
-        for st, r in sorted(c.rank_of.items()):
-            lighter = [o for o in costs.options if r in over and held(o, st) < held(choice[st], st)]
-            if lighter:
-                choice[st] = min(lighter, key=lambda o: (time_s(o, st), order[o]))
-                moved = True
-        if not moved:
-            return None
+    return fitting_options(costs, bounds, s.model(c).memory, s.cluster.memory_bytes, s.job.forward_only)
 
 
 def _screen(s: _Search, cands: list[Candidate], keep: int, stats: SearchStats) -> list[Screened]:

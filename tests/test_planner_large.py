@@ -60,3 +60,39 @@ def test_the_published_175b_layout_is_scored_and_the_same_command_writes_the_sam
     plan = load_plan(profiles / "a.json")
     assert (plan.pp, plan.tp, plan.virtual, plan.schedule) == (8, 8, 3, "Interleaved1F1B")
     assert {s.recompute.value for s in plan.stages} == {"full"}
+
+
+def _split(profiles, *extra):
+    out = run_cli(
+        "plan", "l70.json", "--cluster", "h100:8x8", "--global-batch", "512", "--split", "even", "--pp", "4",
+        *extra, "-o", "s.json", cwd=profiles,
+    )  # fmt: skip
+    return out, (load_plan(profiles / "s.json") if out.returncode == 0 else None)
+
+
+def test_a_given_split_honours_every_per_stage_and_layout_choice(profiles):
+    out, plan = _split(profiles, "--tp", "8", "--dp-mode", "fsdp", "--recompute", "full")
+    assert out.returncode == 0, out.stderr
+    assert {s.recompute.value for s in plan.stages} == {"full"}
+    assert (plan.tp, plan.dp_mode.value, plan.sequence_parallel, plan.schedule) == (8, "fsdp", True, "1F1B")
+    full_peak = max(plan.predicted.peak_bytes)
+    out, plan = _split(profiles, "--tp", "8", "--dp-mode", "zero2", "--sequence-parallel", "off",
+                       "--stage-options", "bf16:full,full,full,none")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert [s.recompute.value for s in plan.stages] == ["full", "full", "full", "none"]
+    assert (plan.dp_mode.value, plan.sequence_parallel) == ("zero2", False)
+    assert max(plan.predicted.peak_bytes) > full_peak  # the last stage holds its activations
+    # every recompute mode allowed: each stage the fastest that fits
+    out, plan = _split(profiles, "--tp", "8", "--dp-mode", "fsdp")
+    assert out.returncode == 0, out.stderr
+    assert max(plan.predicted.peak_bytes) <= plan.cluster.memory_bytes
+
+
+def test_a_given_split_that_cannot_fit_names_the_lever_and_a_wrong_stage_count_is_refused(profiles):
+    out, _ = _split(profiles, "--tp", "8", "--recompute", "none")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "needs" in out.stderr and "--recompute full" in out.stderr
+    out, _ = _split(profiles, "--tp", "8", "--stage-options", "full,none")
+    assert out.returncode == 2 and "gives 2 entries but the split has 4 stages" in out.stderr
+    out, _ = _split(profiles, "--tp", "8", "--stage-options", "fp8:full,none,none,none")
+    assert out.returncode == 2 and "--stage-options entry 0" in out.stderr
