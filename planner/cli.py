@@ -28,6 +28,7 @@ from .cluster import (
     parse_bytes,
 )
 from .explain import explain
+from .export import run_it_lines
 from .given import score_split
 from .plan import Plan, load_plan
 from .search import search
@@ -401,7 +402,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         if note.startswith("fitted:"):
             print(f"note: {note}")
     print(f"wrote {written[0]} and {written[1]}")
-    print(f"run it: {plans[0].torchrun_command(str(args.output))}")
+    print("\n".join(run_it_lines(plans[0], args.output)))
     return 0
 
 
