@@ -138,7 +138,7 @@ def _tt_fqns(plan: Plan, name: str) -> list[list[str]]:
     return [[fqn for u in range(s.first, s.end) for fqn in names[u]] for s in plan.stages]
 
 
-def _tt_flavor(plan: Plan, name: str) -> str:
+def _tt_family(plan: Plan, name: str) -> None:
     family = _family(plan)
     if family != "llama":
         raise _refuse(
@@ -147,6 +147,9 @@ def _tt_flavor(plan: Plan, name: str) -> str:
             f"{plan.model_name} is a {family or 'user'} model: this export knows torchtitan {TORCHTITAN_VERSION}'s "
             "llama3 models only",
         )
+
+
+def _tt_flavor(plan: Plan, name: str) -> str:
     c = _profile(plan, name).model_config
     sizes = (
         c.get("hidden_size"),
@@ -182,7 +185,14 @@ def _tt_schedule(plan: Plan, name: str) -> tuple[str, bool]:
     v_shape = schedule_spec("ZBVZeroBubble").stage_to_rank(plan.pp, 2)
     if n == 2 * plan.pp and ranks == [v_shape[s] for s in range(n)]:
         return "ZBVZeroBubble", True  # torchtitan's V placement
-    bad = next(s for s in plan.stages if s.rank != s.index % plan.pp)
+    bad = next((s for s in plan.stages if s.rank != s.index % plan.pp), None)
+    if bad is None:  # the loop, but some ranks hold one stage more than others
+        raise _refuse(
+            name,
+            "stages",
+            f"torchtitan {TORCHTITAN_VERSION} runs as many stages on every pp rank, and this Custom plan has "
+            f"{n} stages on {plan.pp} ranks: re-plan without Custom in --schedules",
+        )
     raise _refuse(
         name,
         f"stages[{bad.index}].rank",
@@ -195,6 +205,7 @@ def torchtitan_parallelism(plan: Plan, name: str = "plan") -> dict[str, object]:
     """The ``ParallelismConfig`` fields of torchtitan 0.3.0 for ``plan`` (a CSV schedule is
     named ``pipeline_parallel_schedule_csv: True`` here; :func:`torchtitan_config` writes it)."""
     _training_only(plan, name, "torchtitan")
+    _tt_family(plan, name)
     if plan.dp_mode in (DPMode.ZERO1, DPMode.ZERO2):
         raise _refuse(
             name,
@@ -276,6 +287,11 @@ def torchtitan_config(plan: Plan, name: str = "plan", module: str = "MODULE") ->
         f"    config.training.global_batch_size = {_global_batch(plan)}",
         f"    config.training.seq_len = {plan.profile.seq_len}",
         f'    config.training.mixed_precision_param = "{_TT_DTYPES[dtype]}"',
+        *(
+            ["    config.training.disable_cuda_graphs = True  # torchtitan runs no CUDA graphs under pipelining"]
+            if plan.pp > 1
+            else []
+        ),
         "    return config",
         "",
     ]
