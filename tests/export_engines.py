@@ -3,10 +3,11 @@
 Run by ``tests/test_export.py`` in a process of its own (torchtitan's imports and the fake
 process groups stay out of the test process); prints one JSON object.
 
-    python tests/export_engines.py torchtitan CONFIG.py
-        loads the config with torchtitan's ConfigManager, builds its model on the meta device and
+    python tests/export_engines.py torchtitan CONFIG.py ...
+        loads each config with torchtitan's ConfigManager, builds its model on the meta device and
         splits it with torchtitan's own pipeline split, once per pp rank (a fake process group of
-        pp ranks): per stage, the rank that builds it and the modules it keeps
+        pp ranks): per stage, the rank that builds it and the modules it keeps; and the sizes of
+        torchtitan's llama3 flavors
     python tests/export_engines.py megatron LAYOUT PP LAYERS
         parses the layout with megatron-core's PipelineParallelLayerLayout: per stage (k on rank
         k % pp), its layers and the offset of its first decoder layer
@@ -102,9 +103,29 @@ def megatron_layout(layout: str, pp: int, layers: int) -> dict:
     return {"virtual": parsed.virtual_pipeline_model_parallel_size, "stages": stages}
 
 
+def torchtitan_flavors() -> dict:
+    """Per llama3 flavor: hidden size, layers, heads, kv heads, FFN width, vocabulary, tied."""
+    from torchtitan.models.llama3 import llama3_configs, model_registry
+
+    out = {}
+    for name in llama3_configs:
+        c = model_registry(name).model
+        a, ffn = c.layers[0].attention, c.layers[0].feed_forward
+        out[name] = [
+            c.dim,
+            len(c.layers),
+            a.n_heads,
+            a.n_kv_heads or a.n_heads,
+            ffn.w1.out_features,
+            c.vocab_size,
+            bool(c.enable_weight_tying),
+        ]
+    return out
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "torchtitan":
-        out = torchtitan_split(argv[1])
+        out = {"configs": {Path(p).stem: torchtitan_split(p) for p in argv[1:]}, "flavors": torchtitan_flavors()}
     elif argv[0] == "megatron":
         out = megatron_layout(argv[1], int(argv[2]), int(argv[3]))
     else:

@@ -154,46 +154,53 @@ def test_a_llama_no_torchtitan_flavor_matches_is_refused(tmp_path):
 
 
 # -- torchtitan: its own config loader and pipeline split -----------------------------------------
-def _torchtitan(config_text: str, tmp_path, stem: str) -> dict:
-    path = tmp_path / f"{stem}.py"
-    path.write_text(config_text)
-    return _engine_check(["torchtitan", str(path)])
-
-
-def _engine_check(args: list[str]) -> dict:
+def _engine_check(args: list[str], cwd) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "export_engines.py"), *args],
         capture_output=True,
         text=True,
         env=env,
-        cwd=args[1].rsplit("/", 1)[0] if args[0] == "torchtitan" else ROOT,
-        timeout=300,
+        cwd=cwd,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    ("schedules", "dp_mode", "extra"),
-    [
-        (("1F1B",), "fsdp", {"pp": (2,)}),
-        (("Interleaved1F1B",), "ddp", {"pp": (2,), "virtual": (2,)}),
-        (("ZBVZeroBubble",), "fsdp", {"pp": (2,)}),
-        (("DualPipeV",), "ddp", {"pp": (4,), "tp": (2,)}),
-        (("Custom",), "ddp", {"pp": (2,), "placements": ((0, 1, 0, 1),)}),
-    ],
-)
-def test_torchtitan_loads_the_config_and_splits_its_llama_as_the_plan_does(
-    profile_path, tmp_path, schedules, dp_mode, extra
-):
+#: (schedules, dp mode, job fields) of the plans torchtitan checks: each placement it knows
+TORCHTITAN_CASES = [
+    (("1F1B",), "fsdp", {"pp": (2,)}),
+    (("Interleaved1F1B",), "ddp", {"pp": (2,), "virtual": (2,)}),
+    (("ZBVZeroBubble",), "fsdp", {"pp": (2,)}),
+    (("DualPipeV",), "ddp", {"pp": (4,), "tp": (2,)}),
+    (("Custom",), "ddp", {"pp": (2,), "placements": ((0, 1, 0, 1),)}),
+]
+
+
+@pytest.fixture(scope="module")
+def torchtitan_checked(profile_path, tmp_path_factory):
+    """The cases' plans and what torchtitan made of their configs (one process loads them all)."""
     _engine("torchtitan")
-    p = next(
-        p
-        for p in _plans(profile_path, top=10, schedules=schedules, dp_modes=(dp_mode,), **extra)
-        if len({(s.recompute, s.dtype) for s in p.stages}) == 1
-    )
-    got = _torchtitan(torchtitan_config(p, "plan.json"), tmp_path, "pipeplan_tt_" + schedules[0].lower())
+    folder = tmp_path_factory.mktemp("torchtitan")
+    plans, files = [], []
+    for i, (schedules, dp_mode, extra) in enumerate(TORCHTITAN_CASES):
+        p = next(
+            p
+            for p in _plans(profile_path, top=10, schedules=schedules, dp_modes=(dp_mode,), **extra)
+            if len({(s.recompute, s.dtype) for s in p.stages}) == 1
+        )
+        path = folder / f"pipeplan_tt_{i}.py"
+        path.write_text(torchtitan_config(p, "plan.json", path.stem))
+        plans.append(p)
+        files.append(str(path))
+    return plans, _engine_check(["torchtitan", *files], folder)
+
+
+@pytest.mark.parametrize("case", range(len(TORCHTITAN_CASES)), ids=[c[0][0] for c in TORCHTITAN_CASES])
+def test_torchtitan_loads_the_config_and_splits_its_llama_as_the_plan_does(torchtitan_checked, case):
+    plans, checked = torchtitan_checked
+    p, got = plans[case], checked["configs"][f"pipeplan_tt_{case}"]
     assert got["flavor"] == "debugmodel"
     # each stage is built on the plan's rank and keeps exactly the plan's units
     assert [s["rank"] for s in got["stages"]] == [s.rank for s in p.stages]
@@ -218,26 +225,11 @@ def test_torchtitan_loads_the_config_and_splits_its_llama_as_the_plan_does(
     assert got["global_batch_size"] == got["local_batch_size"] * p.dp
 
 
-def test_the_flavor_table_matches_torchtitans_own(tmp_path):
+def test_the_flavor_table_matches_torchtitans_own(torchtitan_checked):
     """The sizes export matches a llama against are those torchtitan 0.3.0 builds for each flavor."""
-    _engine("torchtitan")
-    script = (
-        "import json\n"
-        "from torchtitan.models.llama3 import llama3_configs, model_registry\n"
-        "out = {}\n"
-        "for name in llama3_configs:\n"
-        "    c = model_registry(name).model\n"
-        "    a = c.layers[0].attention\n"
-        "    out[name] = [c.dim, len(c.layers), a.n_heads, a.n_kv_heads or a.n_heads,\n"
-        "                 c.layers[0].feed_forward.w1.out_features, c.vocab_size, bool(c.enable_weight_tying)]\n"
-        "print(json.dumps(out))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
     from planner.export import _TT_FLAVORS
 
-    theirs = json.loads(r.stdout.strip().splitlines()[-1])
-    assert {k: list(v[0]) for k, v in _TT_FLAVORS.items()} == theirs
+    assert {k: list(v[0]) for k, v in _TT_FLAVORS.items()} == torchtitan_checked[1]["flavors"]
 
 
 # -- Megatron: its own layout parser ---------------------------------------------------------------
@@ -248,7 +240,7 @@ def test_megatron_parses_the_layout_into_the_plans_stages(profile_path, schedule
     _engine("megatron")
     p = _plans(profile_path, schedules=(schedule,), pp=(pp,), virtual=virtual, dp_modes=("ddp",))[0]
     layout = megatron_layout(p)
-    got = _engine_check(["megatron", layout, str(p.pp), str(DEBUGMODEL["num_hidden_layers"])])
+    got = _engine_check(["megatron", layout, str(p.pp), str(DEBUGMODEL["num_hidden_layers"])], ROOT)
     assert got["virtual"] == p.virtual
     units = p.profile.entries[0].units
     names = {UnitKind.EMBEDDING: "embedding", UnitKind.HEAD: "loss", UnitKind.BLOCK: "decoder"}
