@@ -27,7 +27,7 @@ def torchtitan_split(config_py: str) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
     from torchtitan.config import ConfigManager
-    from torchtitan.distributed.pipeline_parallel import _pipeline_module_split
+    from torchtitan.distributed.pipeline_parallel import _build_pipeline_schedule, _pipeline_module_split
 
     path = Path(config_py)
     sys.path.insert(0, str(path.parent))
@@ -35,7 +35,7 @@ def torchtitan_split(config_py: str) -> dict:
     par = config.parallelism
     with torch.device("meta"):
         model = config.model_spec.model.build()
-    stages = {}
+    stages, schedules = {}, {}
     for rank in range(par.pipeline_parallel_degree):
         dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=par.pipeline_parallel_degree)
         try:
@@ -43,6 +43,19 @@ def torchtitan_split(config_py: str) -> dict:
             built, parts = _pipeline_module_split(
                 model, mesh, par.pipeline_parallel_schedule, torch.device("meta"), par.module_fqns_per_model_part
             )
+            # torchtitan's own schedule for this rank's stages (torch's class, or its runtime
+            # reading the CSV), as its trainer builds it
+            schedule = _build_pipeline_schedule(
+                parallelism=par,
+                local_batch_size=config.training.local_batch_size,
+                stages=built,
+                loss_fn=lambda *args, **kwargs: (None, None),
+            )
+            schedules[rank] = {
+                "class": type(schedule).__name__,
+                "microbatches": schedule._n_microbatches,
+                "actions": {r: len([a for a in acts if a is not None]) for r, acts in schedule.pipeline_order.items()},
+            }
             for stage, part in zip(built, parts):
                 stages[stage.stage_index] = {
                     "rank": rank,
@@ -56,6 +69,7 @@ def torchtitan_split(config_py: str) -> dict:
         "flavor": config.model_spec.flavor,
         "stages": [stages[k] for k in sorted(stages)],
         "schedule": par.pipeline_parallel_schedule,
+        "built": [schedules[r] for r in sorted(schedules)],
         "csv_rows": Path(csv).read_text().strip().splitlines() if csv else None,
         "microbatch_size": par.pipeline_parallel_microbatch_size,
         "tp": par.tensor_parallel_degree,

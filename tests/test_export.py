@@ -34,7 +34,7 @@ from profiles.analytic import analytic_profile
 from profiles.contract import UserError
 from profiles.types import UnitKind
 from simulator.costs import DPMode, Recompute
-from simulator.schedules import CUSTOM, SCHEDULES
+from simulator.schedules import CUSTOM, SCHEDULES, schedule_spec
 
 #: a llama with the sizes of torchtitan 0.3.0's llama3 "debugmodel" flavor (6 blocks, dim 256)
 DEBUGMODEL = {
@@ -168,9 +168,12 @@ def _engine_check(args: list[str], cwd) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-#: (schedules, dp mode, job fields) of the plans torchtitan checks: each placement it knows
+#: (schedules, dp mode, job fields) of the plans torchtitan checks: every schedule, each placement
 TORCHTITAN_CASES = [
+    (("GPipe",), "ddp", {"pp": (2,)}),
     (("1F1B",), "fsdp", {"pp": (2,)}),
+    (("LoopedBFS",), "fsdp", {"pp": (2,), "virtual": (2,)}),
+    (("InterleavedZeroBubble",), "ddp", {"pp": (2,), "virtual": (2,), "tp": (2,)}),
     (("Interleaved1F1B",), "ddp", {"pp": (2,), "virtual": (2,)}),
     (("ZBVZeroBubble",), "fsdp", {"pp": (2,)}),
     (("DualPipeV",), "ddp", {"pp": (4,), "tp": (2,)}),
@@ -208,10 +211,17 @@ def test_torchtitan_loads_the_config_and_splits_its_llama_as_the_plan_does(torch
         (sorted(m, key=["tok_embeddings", "norm", "lm_head"].index), b) for m, b in _expected_modules(p)
     ]
     assert got["torch_schedule_known"]
-    if p.custom_placement:  # torch's classes do not build a Custom table: torchtitan runs the plan's own CSV
+    # every rank builds the schedule with the plan's microbatches: torch's class, or for a Custom
+    # table (torch's classes do not build it) torchtitan's runtime running the plan's own CSV
+    spec = schedule_spec(p.schedule)
+    assert {b["microbatches"] for b in got["built"]} == {p.microbatches}
+    if p.custom_placement:
         assert got["csv_rows"] == [",".join(str(a) for a in p.table[r]) for r in range(p.pp)]
+        assert {b["class"] for b in got["built"]} == {"_PipelineScheduleRuntime"}
+        assert got["built"][0]["actions"] == {str(r): len(p.table[r]) for r in range(p.pp)}
     else:
         assert got["csv_rows"] is None and got["schedule"] == p.schedule
+        assert {b["class"] for b in got["built"]} == {spec.torch_class}
     fsdp = p.dp_mode is DPMode.FSDP
     assert (got["dp_shard"], got["dp_replicate"]) == ((p.dp, 1) if fsdp else (1, p.dp))
     assert (got["tp"], got["sequence_parallel"], got["microbatch_size"]) == (
