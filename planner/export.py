@@ -82,8 +82,9 @@ def _refuse(name: str, field: str, why: str) -> UserError:
     return UserError(f"{name}: field {field}: {why}")
 
 
-def _family(plan: Plan) -> str | None:
-    profile = _profile(plan, "plan")
+def _family(plan: Plan, name: str) -> str | None:
+    """The model type (``llama``, ``gpt2``, ...; ``user`` for a user's model)."""
+    profile = _profile(plan, name)
     return profile.model_config.get("model_type") or family_of(profile.model_name)
 
 
@@ -139,7 +140,7 @@ def _tt_fqns(plan: Plan, name: str) -> list[list[str]]:
 
 
 def _tt_family(plan: Plan, name: str) -> None:
-    family = _family(plan)
+    family = _family(plan, name)
     if family != "llama":
         raise _refuse(
             name,
@@ -324,7 +325,7 @@ def _tt_csv_block(plan: Plan) -> list[str]:
 def megatron_layout(plan: Plan, name: str = "plan") -> str:
     """``--pipeline-model-parallel-layout``: stages in order, ``|`` between them, ``E`` the
     embedding, ``t`` a block, ``L`` the head and loss, ``*n`` a run (stage k runs on rank k % pp)."""
-    family = _family(plan)
+    family = _family(plan, name)
     if family not in _MEGATRON_FAMILIES:
         raise _refuse(
             name,
