@@ -19,6 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# the engines `pipeplan export` writes for (torchtitan, megatron-core), which tests/test_export.py
+# checks the exports with; only `make test` needs them
+$(VENV)/.installed-export: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test,export]"
+	touch $@
+
 demo: install
 	OMP_NUM_THREADS=1 $(PY) -m profiles gpt2-demo --seq-len 128 --microbatch-sizes 1 --repeats 15 \
 		-o $(DEMO)/profile.json
@@ -31,10 +37,10 @@ demo: install
 	$(PY) pipeplan.py validate $(DEMO)/plan.json --steps 5 --warmup 2 --check
 	@echo "artifacts in $(DEMO)/:" && ls $(DEMO)
 
-test: install
+test: install $(VENV)/.installed-export
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+	PIPEPLAN_REQUIRE_EXPORT=1 $(PY) -m pytest
 
 lint: install
 	$(PY) -m ruff check .

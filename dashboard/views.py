@@ -20,8 +20,10 @@ import pandas as pd
 import streamlit as st
 
 from executor.report import disturbance_notes, replayed_step_s
+from planner.export import TORCHTITAN_VERSION, export_text, launch_lines
 from planner.figures import FLOP_CONVENTION, duration, versus
 from planner.plan import Plan
+from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.schedules import SCHEDULES, schedule_spec
 from simulator.timeline import Timeline
@@ -476,12 +478,36 @@ def show_export(ctx: Context) -> None:
         key="dl_sim_trace",
     )
     st.markdown("Run it (the downloaded plan names its profile by absolute path, so save it anywhere here):")
-    st.code(plan.torchrun_command(f"{name}.json"), language="bash")
+    st.code("\n".join(launch_lines(plan, f"{name}.json")), language="bash")
+    _engine_exports(plan, name)
     st.caption(
         "or `pipeplan validate PLAN` to run it and compare with the prediction (writes the measured trace, "
         "shown in the Compare view). Open traces at https://ui.perfetto.dev."
     )
     _run_panel(ctx, plan, path)
+
+
+#: the Export view's engine downloads: (target, label, file suffix, mime)
+_ENGINE_EXPORTS = (
+    ("torchtitan", f"torchtitan {TORCHTITAN_VERSION} config (Python)", "_torchtitan.py", "text/x-python"),
+    ("megatron", "Megatron-LM arguments (bash)", ".megatron.sh", "text/x-shellscript"),
+    ("launch", "launch lines, one per node (bash)", ".launch.sh", "text/x-shellscript"),
+)
+
+
+def _engine_exports(plan: Plan, name: str) -> None:
+    """The plan for the engines people train with (``pipeplan export``): a download each, or the
+    one-line reason an engine cannot express the plan."""
+    st.markdown("For other engines (`pipeplan export PLAN --to torchtitan|megatron|launch`):")
+    cols = st.columns(len(_ENGINE_EXPORTS))
+    stem = re.sub(r"\W", "_", name)
+    for col, (target, label, suffix, mime) in zip(cols, _ENGINE_EXPORTS):
+        try:
+            text = export_text(plan, target, f"{name}.json", name=f"{name}.json", module=f"{stem}_torchtitan")
+        except UserError as e:
+            col.caption(md(f"{label}: {e}"))
+            continue
+        col.download_button(label, text, file_name=f"{stem}{suffix}", mime=mime, key=f"dl_{target}")
 
 
 # -- Run -------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from planner.cluster import MAX_DEVICES
+from planner.export import plan_nodes, run_it_lines
 from planner.plan import Plan, load_plan
 from profiles.clikit import Command, bounded, progress_bar
 from profiles.contract import UserError, check_outputs
@@ -227,36 +228,23 @@ def _check_host(plan, nproc: int, args: argparse.Namespace, worker_args: list[st
     if gpus:
         if nproc <= gpus:
             return
-        have, cap, fix = f"{gpus} GPUs", gpus, ""
+        have, fix = f"{gpus} GPUs", ""
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         most = OVERSUBSCRIBE_MAX_PER_CORE * cores
         if nproc <= cores or (args.oversubscribe and nproc <= most):
             return
-        have, cap = f"{cores} CPU cores", cores
+        have = f"{cores} CPU cores"
         fix = "" if args.oversubscribe else f", or add --oversubscribe (CPU, at most {most} ranks here)"
-    per_node = max(d for d in range(1, cap + 1) if nproc % d == 0)
-    nodes = nproc // per_node
-    cmd = " ".join(
-        [
-            "OMP_NUM_THREADS=1 torchrun",
-            f"--nnodes {nodes} --nproc_per_node {per_node}",
-            f"--rdzv-backend c10d --rdzv-endpoint HOST0:29400 --rdzv-id {args.plan.stem}",
-            "-m executor",
-            *worker_args,
-        ]
-    )
+    # the nodes the plan's cluster has, not this host's cores: the same lines ``pipeplan plan`` prints
+    lines = run_it_lines(plan, args.plan, worker_args[1:])
     out = sys.stderr if getattr(args, "json", False) else sys.stdout
-    print(
-        f"to run {args.plan} on {nodes} nodes of {per_node} ranks (HOST0: the first node's address; the plan, "
-        "its profile and this repository at the same path on every node):",
-        file=out,
-    )
-    for i in range(nodes):
-        print(f"  node {i}: {cmd}", file=out)
+    print("\n".join(lines), file=out)
+    nodes, per_node = plan_nodes(plan)
+    where = f"on {nodes} nodes of {per_node} ranks" if nodes > 1 else f"on a node of {per_node} devices"
     raise UserError(
-        f"{args.plan}: the plan needs {nproc} processes but this host has {have}: launch it on {nodes} nodes "
-        f"with the commands above{fix}"
+        f"{args.plan}: the plan needs {nproc} processes but this host has {have}: launch it {where} "
+        f"with the {'commands' if nodes > 1 else 'command'} above{fix}"
     )
 
 

@@ -31,6 +31,7 @@ from .cluster import (
     parse_bytes,
 )
 from .explain import explain
+from .export import run_it_lines
 from .figures import FLOP_CONVENTION, duration, figures, oom_text, versus
 from .given import score_split
 from .plan import Plan, distinct_plans, load_plan
@@ -466,7 +467,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         if note.startswith(("fitted:", "cluster:")):
             print(f"note: {note}")
     print(f"wrote {written[0]} and {written[1]}")
-    print(f"run it: {plans[0].torchrun_command(str(args.output))}")
+    print("\n".join(run_it_lines(plans[0], args.output)))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -182,13 +181,6 @@ class Plan:
             forward_only=self.job.forward_only,
             comm=costs.dp_comm,
             tied=tuple((sync, costs.tied_sync_s(sync)) for sync in syncs),
-        )
-
-    def torchrun_command(self, plan_path: str = "plan.json") -> str:
-        """The command that runs this plan by hand, to paste in a shell (the path quoted)."""
-        return (
-            f"OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node {self.world_size} "
-            f"-m executor {shlex.quote(str(plan_path))}"
         )
 
     # -- JSON ------------------------------------------------------------------------------

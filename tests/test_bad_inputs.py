@@ -204,6 +204,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("plan-job-dev-zero", [*PLAN, "--job", "/dev/zero"], "not a regular file"),
     ("plan-module-form", [sys.executable, "-m", "planner", "plan", "profile.json", "--top", "0"], "--top"),
     # -- simulate: plan files with one field wrong, and the outputs
+    ("export-missing-plan", [*P, "export", "missing.json", "--to", "launch"], "no such file"),
+    ("export-output-is-plan", [*P, "export", "plan.json", "--to", "launch", "-o", "plan.json"], "is an input"),
+    ("export-output-is-profile", [*P, "export", "plan.json", "--to", "megatron", "-o", "profile.json"], "is an input"),
+    ("export-unknown-target", [*P, "export", "plan.json", "--to", "deepspeed"], "invalid choice"),
+    (
+        "export-model-unknown-to-engine",
+        [*P, "export", "plan.json", "--to", "torchtitan", "-o", "t.py"],
+        "profile.model",
+    ),
+    ("export-output-folder", [*P, "export", "plan.json", "--to", "launch", "-o", "folder"], "folder"),
     ("simulate-output-is-plan", [*SIM, "plan.json", "-o", "plan.json"], "is an input"),
     ("simulate-trace-is-plan", [*SIM, "plan.json", "--trace", "plan.json"], "is an input"),
     ("simulate-trace-is-profile", [*SIM, "plan.json", "--trace", "profile.json"], "is an input"),

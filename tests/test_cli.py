@@ -6,7 +6,7 @@ import json
 
 from conftest import run_cli
 
-SUBCOMMANDS = ["profile", "plan", "simulate", "schedule", "run", "validate", "calibrate", "dashboard"]
+SUBCOMMANDS = ["profile", "plan", "simulate", "schedule", "run", "validate", "calibrate", "export", "dashboard"]
 
 
 def test_help_lists_every_subcommand():

@@ -132,11 +132,15 @@ def test_compare_view_two_gantts_and_error_table(monkeypatch, root):
 
 def test_export_view_downloads_and_torchrun_command(monkeypatch, root, tmp_path):
     at = _ok(_app(monkeypatch, root, "Export").run())
-    assert [b.proto.label for b in at.get("download_button")] == [
-        "plan JSON",
-        "schedule CSV (torch)",
-        "simulated trace (Perfetto JSON)",
-    ]
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels[:3] == ["plan JSON", "schedule CSV (torch)", "simulated trace (Perfetto JSON)"]
+    assert "launch lines, one per node (bash)" in labels
+    # an engine that cannot express the plan says why in one line instead of offering a download
+    for label in ("torchtitan 0.3.0 config (Python)", "Megatron-LM arguments (bash)"):
+        captions = [c.value.replace("\\", "") for c in at.caption]  # shown escaped for Markdown
+        reasons = [c for c in captions if c.startswith(f"{label}: ")]
+        assert (label in labels) != bool(reasons), (label, labels, reasons)
+        assert all(len(r.splitlines()) == 1 and "field " in r for r in reasons)
     assert "torchrun" in at.code[0].value and "-m executor" in at.code[0].value
     _ok(at.radio(key="export_source").set_value("saved plan").run())
     assert "--nproc_per_node 2" in at.code[0].value

@@ -145,24 +145,45 @@ def test_outside_torchrun_says_how_to_launch(tiny_plan_path):
 
 
 def test_plan_bigger_than_this_host_is_refused(tmp_path):
+    """The refusal proposes the plan's own nodes (its cluster's devices per node), not this
+    host's cores: the lines ``pipeplan plan`` prints, one per node, with a thread setting for
+    CPU plans only."""
     from conftest import run_cli
 
     from executor.cli import OVERSUBSCRIBE_MAX_PER_CORE
     from executor.plans import validation_plan
-    from planner.cluster import Cluster
+    from planner.cluster import Cluster, preset_cluster
     from profiles.analytic import analytic_profile
 
     cores = len(os.sched_getaffinity(0))
     big = OVERSUBSCRIBE_MAX_PER_CORE * cores + 1
-    prof = analytic_profile("mlp-tiny", dtypes=("fp32",), seq_len=8, overrides={"depth": big})
+    prof = analytic_profile("mlp-tiny", dtypes=("fp32",), seq_len=8, overrides={"depth": max(big, 16)})
     prof_path = prof.save(tmp_path / "profile.json")
-    for pp, flags in [(cores + 1, []), (big, ["--oversubscribe"])]:
-        plan = validation_plan(prof, prof_path, Cluster(devices=pp, device="cpu"), "GPipe", pp, pp)
+    cases = [
+        (Cluster(devices=cores + 1, device="cpu", devices_per_node=cores + 1), [], 1),  # one node of the plan's
+        (Cluster(devices=big, device="cpu", devices_per_node=1), ["--oversubscribe"], big),  # a rank a node
+        (preset_cluster("h100:2"), [], 2),  # 2 nodes of 8 GPUs, whatever this host has
+    ]
+    for cluster, flags, nodes in cases:
+        pp = cluster.devices
+        plan = validation_plan(prof, prof_path, cluster, "GPipe", pp, pp)
         path = plan.save(tmp_path / f"plan{pp}.json")
         r = run_cli("run", str(path), *flags, timeout=60)
         assert r.returncode == 2, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and f"needs {pp} processes" in r.stderr, r.stderr
-        assert "torchrun --nnodes" in r.stdout and "--rdzv-backend c10d" in r.stdout, r.stdout
+        lines = [x for x in r.stdout.splitlines() if "torchrun" in x]
+        assert len(lines) == nodes, r.stdout
+        per_node = pp // nodes
+        for k, line in enumerate(lines):
+            assert f"--nproc_per_node {per_node} " in line and line.rstrip().endswith(
+                "--report " + str(path.with_suffix(".run.json"))
+            ), line
+            assert ("OMP_NUM_THREADS=1" in line) == (cluster.device == "cpu"), line
+            if nodes == 1:
+                assert "--standalone" in line and "--nnodes" not in line, line
+            else:
+                assert f"--nnodes {nodes} " in line and f"--node_rank {k} " in line, line
+                assert "--rdzv_backend c10d" in line and "--standalone" not in line, line
         assert not path.with_suffix(".run.json").exists()
 
 
