@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from profiles.contract import UserError
 from simulator.actions import ScheduleError
-from simulator.costs import CostModel, Option, Recompute
+from simulator.costs import CostModel, DPMode, Option, Recompute
+from simulator.tensor_parallel import model_tp_degrees
 
 from .batching import entry_sizes
 from .milp import StepModel, min_memory_split
 from .pricing import cost_model
 
 __all__ = ["InfeasibleError", "infeasible_error"]
+
+LEAST_OF = 3  #: refused candidates whose least memory is bounded (smallest microbatch, deepest pipeline first)
 
 
 class InfeasibleError(UserError):
@@ -35,7 +40,7 @@ def infeasible_error(s, infeasible: list[tuple]) -> InfeasibleError:
     # the least memory any refused candidate needs (candidates with the smallest microbatch first)
     need, where = None, None
     seen = set()
-    for c, model in sorted(infeasible, key=lambda cm: (cm[0].mbs, -cm[0].pp))[:8]:
+    for c, model in sorted(infeasible, key=lambda cm: (cm[0].mbs, -cm[0].pp))[:LEAST_OF]:
         key = (c.mbs, c.layout, model.key())
         if key in seen:
             continue
@@ -58,13 +63,32 @@ def infeasible_error(s, infeasible: list[tuple]) -> InfeasibleError:
         costs = cost_model(profile, cluster, job, c.mbs, layout=c.layout, options=options)
         n3 = least(costs, s.model(c))
         levers.append((n3, f"recompute (--recompute) needs {n3 / 2**30:.2f} GiB"))
+    lay = c.layout
+    if lay.dp > 1 and lay.dp_mode is not DPMode.FSDP and "fsdp" not in job.dp_modes:
+        n4 = least(cost_model(profile, cluster, job, c.mbs, layout=replace(lay, dp_mode=DPMode.FSDP)), s.model(c))
+        levers.append((n4, f"--dp-mode fsdp needs {n4 / 2**30:.2f} GiB"))
+    tp2 = 2 * lay.tp
+    if (
+        lay.dp % 2 == 0
+        and tp2 not in job.tp
+        and tp2 in model_tp_degrees(profile.model_config, cluster.devices_per_node)
+    ):
+        wider = replace(lay, tp=tp2, dp=lay.dp // 2, sequence_parallel=True)
+        try:
+            n5 = least(
+                cost_model(profile, cluster, job, c.mbs, layout=wider),
+                s.schedules.model(c.schedule, c.pp, 2 * c.m, c.virtual, c.placement),
+            )
+            levers.append((n5, f"--tp {tp2} needs {n5 / 2**30:.2f} GiB"))
+        except ScheduleError:
+            pass
     smaller = sorted(b for b in entry_sizes(profile, job.dtypes) if b < c.mbs)
     if smaller:
         levers.append((None, f"a microbatch size below {c.mbs} needs less (profile it with --microbatch-sizes)"))
     best_lever = min((lv for lv in levers if lv[0] is not None), default=None, key=lambda lv: lv[0])
     hint = best_lever[1] if best_lever else (levers[0][1] if levers else "add devices")
     return InfeasibleError(
-        f"no plan fits {cluster.memory_bytes / 2**30:.2f} GiB per device: the least any split needs is "
+        f"no plan fits {cluster.memory_bytes / 2**30:.2f} GiB per device: the least found for any split is "
         f"{need / 2**30:.2f} GiB ({c.schedule}, pp={c.pp}, m={c.m}, microbatch size {c.mbs}); "
         f"raise --device-memory to that, or the lever that helps most: {hint}"
     )

@@ -522,13 +522,15 @@ def min_memory_split(
     """The smallest per-device memory any split (and option choice) can run in, and that split
     (within ``nodes``: an upper bound on the least memory when the limit ends the search)."""
     sp = _Split("min_memory", costs, model)
-    peak = sp.prob.add_variable("peak_bytes", lowBound=0)
+    # the peak in GiB: in bytes (1e10 and more) the objective is past the solvers' tolerances, and
+    # HiGHS called a feasible model infeasible (or "optimal" at a bound of 0)
+    peak = sp.prob.add_variable("peak_gib", lowBound=0)
     sp.prob += peak, "peak_memory"
-    sp.memory_rows(peak)
+    sp.memory_rows(peak * 2**30)
     facts = solve(sp.prob, time_limit, solver, nodes=nodes)
     if facts.status not in ANSWERED:
         raise SolverError(f"the {facts.solver} solver ended with status {facts.status} while bounding memory")
-    return float(pulp.value(peak)), sp.bounds()
+    return float(pulp.value(peak)) * 2**30, sp.bounds()
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,22 @@ def test_a_given_split_that_cannot_fit_names_the_lever_and_a_wrong_stage_count_i
     assert out.returncode == 2 and "gives 2 entries but the split has 4 stages" in out.stderr
     out, _ = _split(profiles, "--tp", "8", "--stage-options", "fp8:full,none,none,none")
     assert out.returncode == 2 and "--stage-options entry 0" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, lever",
+    [
+        ((), None),  # the default: every recompute mode, tp and dp mode
+        (("--pp", "4", "--tp", "1", "--dp-mode", "ddp", "--recompute", "none"), "--recompute"),
+    ],
+)
+def test_a_job_nothing_fits_says_how_much_memory_and_which_lever_on_every_path(profiles, extra, lever):
+    out = run_cli(
+        "plan", "l70.json", "--cluster", "h100:8x8", "--global-batch", "512", "--device-memory", "10GiB",
+        *extra, "-o", "x.json", cwd=profiles,
+    )  # fmt: skip
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "no plan fits 10.00 GiB per device: the least found for any split is" in out.stderr
+    assert "the lever that helps most" in out.stderr and "solver ended" not in out.stderr
+    assert lever is None or lever in out.stderr.split("helps most:")[1]
+    assert not (profiles / "x.json").exists()
