@@ -153,7 +153,7 @@ def _timeline(
         peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only, detail)
         if detail:
             memory[r] = curve
-        stats.append(RankStats(r, busy[r], 1.0 - busy[r] / step if step > 0 else 0.0, peak, peak_at))
+        stats.append(RankStats(r, busy[r], max(0.0, 1.0 - busy[r] / step) if step > 0 else 0.0, peak, peak_at))
     if not detail:
         return Timeline(step, tuple(stats), (), (), memory, ())
     events = _events(table, logs, costs, pairs)
