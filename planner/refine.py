@@ -3,8 +3,8 @@
 The MILP's step time is a model (exact for one stage per rank with uniform costs, a model
 for interleaved, zero-bubble and V schedules and for transfers), so the best few answers
 are searched around with the event simulator: the MILP's next-best splits (no-good cuts),
-the even split, and a hill-climb over cut moves from each, within a budget of
-simulations that shrinks as the table grows.
+the even split, and a hill-climb over cut moves and one stage's option at a time from each,
+within a budget of simulations that shrinks as the table grows.
 """
 
 from __future__ import annotations
@@ -47,14 +47,15 @@ def refine(
     actions = sum(len(a) for a in p.table.values())
     budget = max(12, min(200, REFINE_ACTIONS // max(actions, 1)))  # simulations allowed here
     options = [s.option for s in p.stages]
-    seen = {tuple(p.bounds)}
+    seen = {(tuple(p.bounds), tuple(options))}
     best = p
 
-    def score(bounds) -> Plan | None:
+    def score(bounds, opts=None) -> Plan | None:
         nonlocal budget
-        if tuple(bounds) in seen or budget <= 0:
+        opts = list(opts or options)
+        if (tuple(bounds), tuple(opts)) in seen or budget <= 0:
             return None
-        seen.add(tuple(bounds))
+        seen.add((tuple(bounds), tuple(opts)))
         budget -= 1
         stats.simulations += 1
         q = build_plan(
@@ -68,7 +69,7 @@ def refine(
             p.dp,
             p.microbatches,
             p.microbatch_size,
-            options,
+            opts,
             p.virtual,
             p.table,
             {**p.solver, "refined": "neighbourhood"},
@@ -97,18 +98,20 @@ def refine(
     if q is not None:
         starts.append(q)
     # hill-climb from each start: move one cut by up to three units, two cuts by one unit
-    # (same or opposite ways), or, with few cuts, any larger subset by one unit
+    # (same or opposite ways), or, with few cuts, any larger subset by one unit; then change one
+    # stage's option (precision, recompute)
     for start in sorted(starts, key=objective_s):
-        here = _climb(start, score, lambda: budget)
+        here = _climb(start, score, lambda: budget, costs.options)
         if objective_s(here) < objective_s(best):
             best = here
     return best
 
 
-def _climb(best: Plan, score, budget_left) -> Plan:
+def _climb(best: Plan, score, budget_left, choices) -> Plan:
     improved = True
     while improved and budget_left() > 0:
         improved = False
+        opts = [s.option for s in best.stages]
         cuts = [f for f, _ in best.bounds[1:]]
         U = best.stages[-1].end
         n = len(cuts)
@@ -124,7 +127,14 @@ def _climb(best: Plan, score, budget_left) -> Plan:
             edges = [0, *new, U]
             if any(b <= a for a, b in zip(edges, edges[1:])):
                 continue
-            q = score(list(zip(edges[:-1], edges[1:])))
+            q = score(list(zip(edges[:-1], edges[1:])), opts)
+            if q is not None and objective_s(q) < objective_s(best) * (1 - 1e-12):
+                best, improved = q, True
+                break
+        if improved:
+            continue
+        for i, o in ((i, o) for i in range(len(opts)) for o in choices if o != opts[i]):
+            q = score(best.bounds, opts[:i] + [o] + opts[i + 1 :])
             if q is not None and objective_s(q) < objective_s(best) * (1 - 1e-12):
                 best, improved = q, True
                 break

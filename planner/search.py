@@ -251,21 +251,14 @@ def _virtuals(spec: ScheduleSpec, job: Job, pp: int, U: int) -> list[int]:
 
 
 def _specs(job: Job, stats: SearchStats) -> list[ScheduleSpec]:
-    """The job's schedules, less those dominated by another one the job allows."""
+    """The job's schedules (an unknown one is noted and skipped)."""
     specs = []
     for name in job.schedules:
         try:
             specs.append(schedule_spec(name))
         except ScheduleError as e:
             stats.notes.append(f"{name} skipped: {e}")
-    names = {s.name for s in specs}
-    kept = []
-    for spec in specs:
-        if spec.dominated_by in names:
-            stats.notes.append(f"{spec.name} skipped: dominated by {spec.dominated_by}")
-        else:
-            kept.append(spec)
-    return kept
+    return specs
 
 
 def _enumerate(s: _Search, stats: SearchStats) -> list[Candidate]:

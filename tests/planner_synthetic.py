@@ -9,8 +9,26 @@ from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
 from simulator.costs import CostModel, Links, Option, UnitRecord
 
 
-def synthetic_profile(units: list[dict], path: Path, name: str = "synthetic", seq_len: int = 16) -> Path:
-    """``units``: dicts with f, b, params, saved, out (seconds, counts, bytes); I = b * 0.5 + W split."""
+def synthetic_profile(
+    units: list[dict],
+    path: Path,
+    name: str = "synthetic",
+    seq_len: int = 16,
+    config: dict | None = None,
+    dtypes: tuple[str, ...] = ("fp32",),
+) -> Path:
+    """``units``: dicts with f, b, params, saved, out (seconds, counts, bytes); I = b * 0.5 + W split.
+    ``config``: the model config (e.g. attention heads, for tp); each dtype after the first is an
+    entry at half the times and bytes (a 16-bit run of the same chain)."""
+    entries = [_entry(units, dtype, 0.5 if k else 1.0) for k, dtype in enumerate(dtypes)]
+    prof = Profile(
+        name, config or {}, "synthetic", "cpu", seq_len, "analytic", tuple(entries), {"note": "synthetic, for tests"}
+    )
+    prof.save(path)
+    return path
+
+
+def _entry(units: list[dict], dtype: str, scale: float) -> ProfileEntry:
     costs = []
     for i, u in enumerate(units):
         i_share = u.get("i_share", 0.5)
@@ -18,32 +36,21 @@ def synthetic_profile(units: list[dict], path: Path, name: str = "synthetic", se
             UnitCost(
                 u.get("name", f"block{i}"),
                 u.get("kind", "block"),
-                u["f"],
-                u["b"],
-                u["b"] * i_share,
-                u["b"] * (1 - i_share),
+                u["f"] * scale,
+                u["b"] * scale,
+                u["b"] * i_share * scale,
+                u["b"] * (1 - i_share) * scale,
                 u["params"],
-                u["params"] * 4,
-                u["saved"],
-                u["out"],
+                int(u["params"] * 4 * scale),
+                int(u["saved"] * scale),
+                int(u["out"] * scale),
                 0.0,
             )
         )
     whole = WholeModel(
         sum(c.forward_s for c in costs), sum(c.backward_s for c in costs), sum(c.saved_bytes for c in costs)
     )
-    prof = Profile(
-        name,
-        {},
-        "synthetic",
-        "cpu",
-        seq_len,
-        "analytic",
-        (ProfileEntry("fp32", 1, tuple(costs), whole),),
-        {"note": "synthetic, for tests"},
-    )
-    prof.save(path)
-    return path
+    return ProfileEntry(dtype, 1, tuple(costs), whole)
 
 
 def random_units(rng: random.Random, n: int) -> list[dict]:
