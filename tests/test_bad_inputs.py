@@ -332,7 +332,7 @@ def results(base, tmp_path_factory, request) -> dict[str, dict]:
     chosen = {
         item.callspec.params["case"][0]
         for item in request.session.items
-        if hasattr(item, "callspec") and "case" in item.callspec.params
+        if item.path == request.path and hasattr(item, "callspec") and "case" in item.callspec.params
     }
     cases = [c for c in CASES if c[0] in chosen]
     scratch = tmp_path_factory.mktemp("bad-inputs-runs")
