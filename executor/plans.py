@@ -52,7 +52,7 @@ def validation_plan(
         pp, virtual = max(placement) + 1, most_stages_per_rank(placement)
     else:
         table = make_schedule(name, pp, microbatches, virtual)
-    layout = replace(layout or Layout(), reshard_after_forward=pp == 1)  # as Plan.parallelism has it
+    layout = (layout or Layout()).on_pipeline(pp)  # as Plan.parallelism has it
     job = Job(
         global_batch=microbatches * microbatch_size * layout.dp,
         microbatch_size=microbatch_size,

@@ -321,8 +321,7 @@ def torchtitan_style(p: Plan) -> Plan | None:
             dp=dp,
             dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP,
             sequence_parallel=tp > 1,  # torchtitan's TP plan shards the norms' sequence (SequenceParallel)
-            reshard_after_forward=pp == 1,
-        )
+        ).on_pipeline(pp)
         return lambda: _build(p, torchtitan_split(p.profile, pp * v), schedule, pp, v, layout, p.microbatch_size, ac)
 
     return _first_fitting([[attempt(pp, ac)] for ac in acs for pp in degrees if pp >= start])

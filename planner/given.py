@@ -85,8 +85,7 @@ def score_split(
         dp=dp,
         dp_mode=DPMode(job.dp_modes[0]) if dp > 1 else DPMode.DDP,
         sequence_parallel=tp > 1 and job.sequence_parallel != "off",
-        reshard_after_forward=pp == 1,
-    )
+    ).on_pipeline(pp)
     pairs = microbatching(job, dp)
     if microbatches:
         pairs = [(mm, b) for mm, b in pairs if mm == microbatches]

@@ -104,9 +104,8 @@ class Plan:
             dp=self.dp,
             dp_mode=self.dp_mode,
             sequence_parallel=self.sequence_parallel,
-            reshard_after_forward=self.pp == 1,  # fsdp as torchtitan runs it: resharded without pipelining
             overlap_grad_reduce=self.overlap_grad_reduce,
-        )
+        ).on_pipeline(self.pp)
 
     @property
     def schedule_label(self) -> str:

@@ -294,7 +294,7 @@ def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[La
         modes = ("ddp",) if dp == 1 else _undominated_modes(job.dp_modes)
         sps = (False,) if tp == 1 else {"on": (True,), "off": (False,), "auto": (True,)}[job.sequence_parallel]
         out += [
-            Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp, reshard_after_forward=pp == 1)
+            Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp).on_pipeline(pp)
             for mode in dict.fromkeys(modes)
             for sp in sps
         ]

@@ -93,11 +93,18 @@ class Layout:
     #: fsdp: free each unit's gathered weights after its forward and gather again for its backward
     #: (torch's default, torchtitan's without pipelining); False: a stage's weights stay gathered
     #: for the whole step (torchtitan under pipelining)
+    #: (set by ``on_pipeline``, the one place that rule is written)
     reshard_after_forward: bool = False
     #: data-parallel gradient reduction (ddp's all-reduce, zero's and fsdp's reduce-scatter)
     #: overlapped with the remaining backward, as torch DDP's buckets and Megatron's
     #: ``--overlap-grad-reduce`` run it; False: after the rank's last backward
     overlap_grad_reduce: bool = False
+
+    def on_pipeline(self, pp: int) -> Layout:
+        """This layout for a pipeline of ``pp`` ranks. fsdp reshards after each forward only
+        without pipelining, as torchtitan runs it: under pipelining a stage's weights stay gathered
+        for the step, since each unit would otherwise be gathered again for every microbatch."""
+        return replace(self, reshard_after_forward=pp == 1)
 
     @property
     def stride(self) -> int:
