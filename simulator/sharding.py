@@ -26,10 +26,9 @@ syncs gradients on the last microbatch only, so the stage's weights and gradient
 unsharded for the whole step: one all-gather per step before the first F and one reduce-scatter
 after the last backward.
 
-Communication at the end of the step: ddp all-reduces the gradients; zero1 and zero2
-reduce-scatter them and all-gather the updated weights after the optimizer step (as Megatron's
-distributed optimizer does); the optimizer step itself runs on ``1/d`` of the parameters in every
-sharded mode. Times come from :mod:`simulator.collectives`.
+The optimizer step runs on ``1/d`` of the parameters in every sharded mode. What each mode
+communicates is priced once, by the cost layer (``simulator.costs.DPComm``), from
+:mod:`simulator.collectives`.
 """
 
 from __future__ import annotations
@@ -38,18 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .collectives import Algorithm, Link, all_gather_s, all_reduce_s, reduce_scatter_s
-
 __all__ = [
     "DPMode",
     "DP_MODES",
     "StateBytes",
     "state_bytes_per_param",
     "fsdp_gathered_bytes",
-    "fsdp_unshard_s",
-    "fsdp_reduce_grad_s",
-    "StepEndComm",
-    "step_end_comm_s",
     "optimizer_step_s",
 ]
 
@@ -116,49 +109,6 @@ def fsdp_gathered_bytes(
         return float(sum(group_params) * (dtype_bytes + g))
     largest = max(group_params)
     return float((1 + prefetch) * largest * dtype_bytes + largest * g)
-
-
-def fsdp_unshard_s(params: int, d: int, link: Link, *, dtype_bytes: int) -> float:
-    """UNSHARD: all-gather a unit group's weights (``params`` in all) in the compute dtype."""
-    return all_gather_s(d, params * dtype_bytes, link)
-
-
-def fsdp_reduce_grad_s(params: int, d: int, link: Link, *, reduce_bytes: int = 4) -> float:
-    """REDUCE_GRAD: reduce-scatter a unit group's gradients, in the reduce dtype (fp32 by default)."""
-    return reduce_scatter_s(d, params * reduce_bytes, link)
-
-
-@dataclass(frozen=True)
-class StepEndComm:
-    """Data-parallel communication after the last backward of a step, in seconds."""
-
-    grad_s: float  #: gradient all-reduce (ddp) or reduce-scatter (zero1, zero2); 0 for fsdp
-    param_gather_s: float  #: all-gather of the updated weights after the optimizer step (zero1, zero2)
-
-    @property
-    def total_s(self) -> float:
-        return self.grad_s + self.param_gather_s
-
-
-def step_end_comm_s(
-    mode: DPMode,
-    params: int,
-    d: int,
-    link: Link,
-    *,
-    dtype_bytes: int,
-    grad_bytes: int | None = None,
-    algorithm: Algorithm = "ring",
-) -> StepEndComm:
-    """What ``mode`` communicates for ``params`` parameters at the end of a step. fsdp's own
-    reduce-scatters run after each backward (:func:`fsdp_reduce_grad_s`) and are not counted here."""
-    _check(mode, d)
-    g = dtype_bytes if grad_bytes is None else grad_bytes
-    if mode == "ddp":
-        return StepEndComm(all_reduce_s(d, params * g, link, algorithm), 0.0)
-    if mode in ("zero1", "zero2"):
-        return StepEndComm(reduce_scatter_s(d, params * g, link), all_gather_s(d, params * dtype_bytes, link))
-    return StepEndComm(0.0, 0.0)
 
 
 def optimizer_step_s(mode: DPMode, params: int, d: int, seconds_per_param: float) -> float:

@@ -5,11 +5,8 @@ import pytest
 from simulator.collectives import Link
 from simulator.sharding import (
     fsdp_gathered_bytes,
-    fsdp_reduce_grad_s,
-    fsdp_unshard_s,
     optimizer_step_s,
     state_bytes_per_param,
-    step_end_comm_s,
 )
 
 IB = Link(10e-6, 50e9)
@@ -56,23 +53,6 @@ def test_memory_per_rank_of_a_stage_by_hand():
     kept = fsdp_gathered_bytes([LLAMA3_8B_BLOCK] * 4, dtype_bytes=2, grad_bytes=4, reshard_after_forward=False)
     assert kept == n * 6
     assert fsdp_gathered_bytes([], dtype_bytes=2) == 0
-
-
-def test_fsdp_collectives_by_hand():
-    # all-gather 1e9 bf16 parameters over 8 ranks on 50 GB/s: 7*(10us + 2e9/(8*50e9)) = 0.03507 s
-    assert fsdp_unshard_s(10**9, 8, IB, dtype_bytes=2) == pytest.approx(0.03507)
-    # reduce-scatter their fp32 gradients: 7*(10us + 4e9/4e11)
-    assert fsdp_reduce_grad_s(10**9, 8, IB) == pytest.approx(7 * (1e-5 + 1e-2))
-
-
-def test_step_end_comm_by_hand():
-    ddp = step_end_comm_s("ddp", 10**9, 8, IB, dtype_bytes=2)
-    assert ddp.grad_s == pytest.approx(2 * 0.03507) and ddp.param_gather_s == 0
-    z1 = step_end_comm_s("zero1", 10**9, 8, IB, dtype_bytes=2)
-    assert z1.grad_s == pytest.approx(0.03507) and z1.param_gather_s == pytest.approx(0.03507)
-    assert z1.total_s == pytest.approx(ddp.total_s)
-    assert step_end_comm_s("fsdp", 10**9, 8, IB, dtype_bytes=2).total_s == 0
-    assert step_end_comm_s("ddp", 10**9, 1, IB, dtype_bytes=2).total_s == 0
 
 
 def test_optimizer_step_is_sharded():
