@@ -8,6 +8,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 DEMO   ?= runs/demo
+# extra pytest arguments, e.g. PYTEST_ARGS="--order random" (tests/conftest.py)
+PYTEST_ARGS ?=
 
 .PHONY: demo test lint install bench clean
 
@@ -34,7 +36,7 @@ demo: install
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
