@@ -42,6 +42,11 @@ def pytest_report_header(config):
     return f"test order: {order}"
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    if config.getoption("order") != "file":  # the header is not shown under -q
+        terminalreporter.write_line(pytest_report_header(config))
+
+
 def pytest_collection_modifyitems(config, items):
     order = config.getoption("order")
     if order == "reverse":

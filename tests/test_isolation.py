@@ -70,3 +70,6 @@ def test_order_option_reverses_and_replays_a_shuffle():
     shuffled = _collected("--order", "random", "--order-seed", "7")
     assert sorted(shuffled) == sorted(as_written) and shuffled != as_written
     assert _collected("--order", "random", "--order-seed", "7") == shuffled
+    replay = _pytest("--order", "random", "tests/test_sim_formulas.py").stdout  # -q: no header
+    seed = replay.rpartition("--order-seed ")[2].split()[0]
+    assert seed.isdigit() and "passed" in replay, replay[-2000:]
