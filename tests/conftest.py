@@ -1,8 +1,9 @@
 """Shared fixtures: one tiny measured profile and a 2-stage plan of it, made once per session.
 
 Also two guards of test independence: ``--order reverse|random`` runs the tests in another order
-(``--order-seed N`` replays a random one), and every test fails in its teardown if it left
-process-wide state behind that a later test would inherit (``_no_leaked_state``).
+(random: the modules shuffled, and the tests within each; ``--order-seed N`` replays one), and
+every test fails in its teardown if it left process-wide state behind that a later test would
+inherit (``_no_leaked_state``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def pytest_addoption(parser):
         "--order",
         choices=("file", "reverse", "random"),
         default="file",
-        help="the order tests run in: as collected (default), reversed, or shuffled",
+        help="the order tests run in: as collected (default), reversed, or shuffled (modules, and tests within each)",
     )
     group.addoption("--order-seed", type=int, default=None, help="the seed of --order random (default: a new one)")
 
@@ -51,8 +52,17 @@ def pytest_collection_modifyitems(config, items):
     order = config.getoption("order")
     if order == "reverse":
         items.reverse()
-    elif order == "random":
-        random.Random(config.getoption("order_seed")).shuffle(items)
+    elif order == "random":  # modules in a random order, each one's tests shuffled: a module's
+        # fixtures are still made once (shuffling across modules would remake them per test)
+        rng = random.Random(config.getoption("order_seed"))
+        modules: dict[str, list] = {}
+        for item in items:
+            modules.setdefault(item.nodeid.partition("::")[0], []).append(item)
+        groups = list(modules.values())
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+        items[:] = [item for group in groups for item in group]
 
 
 # -- state a test must not leave behind --------------------------------------------------

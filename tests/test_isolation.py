@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import types
+from itertools import groupby
 
 import torch
 from conftest import ROOT, _process_state
@@ -69,6 +70,8 @@ def test_order_option_reverses_and_replays_a_shuffle():
     assert _collected("--order", "reverse") == as_written[::-1]
     shuffled = _collected("--order", "random", "--order-seed", "7")
     assert sorted(shuffled) == sorted(as_written) and shuffled != as_written
+    modules = [i.partition("::")[0] for i in shuffled]
+    assert len({m for m, _ in groupby(modules)}) == len(list(groupby(modules)))  # each module's tests together
     assert _collected("--order", "random", "--order-seed", "7") == shuffled
     replay = _pytest("--order", "random", "tests/test_sim_formulas.py").stdout  # -q: no header
     seed = replay.rpartition("--order-seed ")[2].split()[0]
