@@ -8,6 +8,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 DEMO   ?= runs/demo
+# extra pytest arguments, e.g. PYTEST_ARGS="--order random" (tests/conftest.py)
+PYTEST_ARGS ?=
 
 .PHONY: demo test lint install bench clean
 
@@ -40,7 +42,7 @@ demo: install
 test: install $(VENV)/.installed-export
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	PIPEPLAN_REQUIRE_EXPORT=1 $(PY) -m pytest
+	PIPEPLAN_REQUIRE_EXPORT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
