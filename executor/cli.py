@@ -40,6 +40,14 @@ OVERSUBSCRIBE_MAX_PER_CORE = 4
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _error_text(predicted: float, measured: float) -> str:
+    """Measured against predicted, as a signed percentage; a difference that rounds to nothing reads
+    +0.0% (never -0.0%), and "-" where nothing was predicted."""
+    if not predicted:
+        return "      -"
+    return f"{round((measured - predicted) / predicted, 3) + 0.0:+7.1%}"
+
+
 def launch(
     module: str,
     args: list[str],
@@ -272,9 +280,7 @@ def compare_table(
     data-parallel collectives; a note when other load on the machine disturbed the run or the
     profile the prediction came from."""
 
-    def err(p: float, m: float) -> str:
-        return f"{(m - p) / p:+7.1%}" if p else "      -"
-
+    err = _error_text
     measured = report.timeline
     lines = [
         f"{'':<22} {'predicted':>11} {'measured':>11} {'error':>8}",
@@ -345,7 +351,7 @@ def _comm_lines(plan: Plan, predicted: Timeline, report: RunReport) -> list[str]
         for group in ("tp", "dp"):
             m = meas.get(rank, {}).get(group, 0.0)
             if p[group] or m:
-                err = f"{(m - p[group]) / p[group]:+7.1%}" if p[group] else "      -"
+                err = _error_text(p[group], m)
                 lines.append(f"{f'rank {rank} {group} comm (ms)':<22} {p[group] * 1e3:11.1f} {m * 1e3:11.1f} {err}")
     lines.append(
         "comm: time in tensor-parallel (tp, inside F and B) and sharded data-parallel (dp) collectives "
