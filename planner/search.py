@@ -471,7 +471,8 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
     # each schedule's best candidate first, so that every family the job allows gets its MILP
     firsts = list({x.candidate.schedule: x for x in reversed(order)}.values())
     firsts.sort(key=order.index)
-    order = firsts + [x for x in order if x not in firsts]
+    chosen = {id(x) for x in firsts}
+    order = firsts + [x for x in order if id(x) not in chosen]
     answers: dict[tuple, object] = {}
     large = 0
     for x in order:

@@ -1,12 +1,19 @@
-"""Synthetic Profiles for planner tests: random small chains, written to a file (plans refer to one)."""
+"""Synthetic Profiles for planner tests (random small chains, written to a file: plans refer to one),
+and the exhaustive search the planner is held against."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
+from planner import Job
+from planner.pricing import cost_model, job_options
+from planner.scoring import build_plan, fits
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
-from simulator.costs import CostModel, Links, Option, UnitRecord
+from simulator.actions import ScheduleError
+from simulator.costs import CostModel, DPMode, Layout, Links, Option, UnitRecord
+from simulator.schedules import schedule_spec
 
 
 def synthetic_profile(
@@ -95,3 +102,42 @@ def record_model(rows: list[tuple], bandwidth_Bps: float = float("inf")) -> Cost
             )
         )
     return CostModel(records={Option(): tuple(recs)}, links=Links(bandwidth_Bps=bandwidth_Bps))
+
+
+def _layouts(job: Job, devices: int, pp: int):
+    for tp in job.tp:
+        dp = devices // (pp * tp)
+        for mode in job.dp_modes if dp > 1 else ("ddp",):
+            yield Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=tp > 1).on_pipeline(pp)
+
+
+def exhaustive(profile, path, cluster, job, pp):
+    """The fastest plan that fits among every layout (the job's tp degrees and dp modes on the
+    cluster's devices), schedule, virtual, contiguous split and per-stage option the job allows,
+    each simulated; None when none fits. The reference the planner is tested against."""
+    U, best = profile.num_units, None
+    options = job_options(job)
+    for layout in _layouts(job, cluster.devices, pp):
+        m = job.global_batch // layout.dp
+        costs = cost_model(profile, cluster, job, 1, layout=layout)
+        for name in job.schedules:
+            spec = schedule_spec(name)
+            for v in job.virtual:
+                try:
+                    spec.check(pp, m, v)
+                except ScheduleError:
+                    continue
+                S = spec.num_stages(pp, v)
+                if S > U:
+                    continue
+                for cuts in itertools.combinations(range(1, U), S - 1):
+                    edges = [0, *cuts, U]
+                    bounds = list(zip(edges[:-1], edges[1:]))
+                    for chosen in itertools.product(options, repeat=S):
+                        p = build_plan(
+                            profile, str(path), cluster, job, bounds, name, pp, layout.dp, m, 1, list(chosen), v,
+                            costs=costs,
+                        )  # fmt: skip
+                        if fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):
+                            best = p
+    return best

@@ -5,61 +5,19 @@ of the fastest that fits, and never over the memory cap."""
 
 from __future__ import annotations
 
-import itertools
 import random
 
-from planner_synthetic import random_units, synthetic_profile
+from planner_synthetic import exhaustive, random_units, synthetic_profile
 
 from planner import Cluster, InfeasibleError, Job, search
-from planner.pricing import cost_model, job_options
-from planner.scoring import build_plan, fits
 from profiles.types import load_profile
-from simulator.actions import ScheduleError
-from simulator.costs import DPMode, Layout
-from simulator.schedules import SCHEDULES, schedule_spec
+from simulator.schedules import SCHEDULES
 
 INSTANCES = 200
 FIRST_SEED = 5000
 TOLERANCE = 0.005
 DEVICES = 4  # pp 2 x (tp 1, dp 2 | tp 2, dp 1)
 CONFIG = {"num_attention_heads": 4, "num_key_value_heads": 4, "hidden_size": 64, "vocab_size": 256}
-
-
-def _layouts(job: Job, pp: int):
-    for tp in job.tp:
-        dp = DEVICES // (pp * tp)
-        for mode in job.dp_modes if dp > 1 else ("ddp",):
-            yield Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=tp > 1, reshard_after_forward=pp == 1)
-
-
-def exhaustive(profile, path, cluster, job, pp):
-    """Every layout, schedule, virtual, contiguous split and per-stage option the job allows, simulated."""
-    U, best = profile.num_units, None
-    options = job_options(job)
-    for layout in _layouts(job, pp):
-        m = job.global_batch // layout.dp
-        costs = cost_model(profile, cluster, job, 1, layout=layout)
-        for name in job.schedules:
-            spec = schedule_spec(name)
-            for v in job.virtual:
-                try:
-                    spec.check(pp, m, v)
-                except ScheduleError:
-                    continue
-                S = spec.num_stages(pp, v)
-                if S > U:
-                    continue
-                for cuts in itertools.combinations(range(1, U), S - 1):
-                    edges = [0, *cuts, U]
-                    bounds = list(zip(edges[:-1], edges[1:]))
-                    for chosen in itertools.product(options, repeat=S):
-                        p = build_plan(
-                            profile, str(path), cluster, job, bounds, name, pp, layout.dp, m, 1, list(chosen), v,
-                            costs=costs,
-                        )  # fmt: skip
-                        if fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):
-                            best = p
-    return best
 
 
 def instance(seed: int, tmp_path):

@@ -4,56 +4,17 @@ contiguous split found by simulating every one, and it never exceeds the memory 
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import pytest
-from planner_synthetic import random_units, synthetic_profile
+from planner_synthetic import exhaustive, random_units, synthetic_profile
 
 from planner import Cluster, InfeasibleError, Job, search
-from planner.scoring import build_plan, fits
 from profiles.types import load_profile
-from simulator.actions import ScheduleError
-from simulator.costs import Option
-from simulator.schedules import schedule_spec
 
 INSTANCES = 50
 FIRST_SEED = 1000
 TOLERANCE = 0.005
-
-
-def exhaustive(profile, path, cluster, job, pp, m):
-    """Every contiguous split of every allowed (schedule, virtual), simulated; the fastest that fits."""
-    U, best = profile.num_units, None
-    for name in job.schedules:
-        spec = schedule_spec(name)
-        for v in job.virtual:
-            try:
-                spec.check(pp, m, v)
-            except ScheduleError:
-                continue
-            S = spec.num_stages(pp, v)
-            if S > U:
-                continue
-            for cuts in itertools.combinations(range(1, U), S - 1):
-                edges = [0, *cuts, U]
-                p = build_plan(
-                    profile,
-                    str(path),
-                    cluster,
-                    job,
-                    list(zip(edges[:-1], edges[1:])),
-                    name,
-                    pp,
-                    1,
-                    m,
-                    1,
-                    [Option()] * S,
-                    v,
-                )
-                if fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):
-                    best = p
-    return best
 
 
 def instance(seed: int, tmp_path):
@@ -75,11 +36,11 @@ def test_planner_matches_exhaustive_search(tmp_path):
         rng, path, job, pp, m, links = instance(seed, tmp_path)
         seed += 1
         profile = load_profile(path)
-        free = exhaustive(profile, path, Cluster(devices=pp, memory_bytes=10**15, **links), job, pp, m)
+        free = exhaustive(profile, path, Cluster(devices=pp, memory_bytes=10**15, **links), job, pp)
         peak = max(free.predicted.peak_bytes)
         cap = int(peak * rng.uniform(0.75, 1.1)) if rng.random() < 0.6 else 10**15
         cluster = Cluster(devices=pp, memory_bytes=cap, **links)
-        ref = exhaustive(profile, path, cluster, job, pp, m) if cap < 10**15 else free
+        ref = exhaustive(profile, path, cluster, job, pp) if cap < 10**15 else free
         if ref is None:
             with pytest.raises(InfeasibleError):
                 search(profile, cluster, job, top=1, profile_path=path)
