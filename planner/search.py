@@ -76,7 +76,7 @@ MILP_CANDIDATES = 6  # above that, the MILP runs for this many (at least 2 x top
 #: overrun it is not screened (with a note) unless its table is small (``SMALL_TABLE`` actions,
 #: e.g. every pipeline of one or two ranks), so weak bounds of deep pipelines cannot crowd them out
 SCREEN_ACTIONS = 1_500_000
-SMALL_TABLE = 4096
+SMALL_TABLE = 1024
 PROGRESS_EVERY_S = 0.2  # the screen tells its progress at most this often (display only)
 
 
