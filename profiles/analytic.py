@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.fx
@@ -160,13 +162,15 @@ def op_seconds(op: Op, spec: DeviceSpec, dtype: str, gemm: GemmDevice | None) ->
     return max(op.flops / rate, memory)
 
 
-def _cost(name: str, kind: str, spec: DeviceSpec, dtype: str, c: _Counted, output_bytes: int, gemm) -> UnitCost:
-    fwd = sum(op_seconds(op, spec, dtype, gemm) for op in c.forward)
+def _cost(name: str, kind: str, c: _Counted, output_bytes: int, seconds: Callable[[Op], float]) -> UnitCost:
+    """Unit ``name``'s record from its counted operations, each priced by ``seconds`` (``op_seconds``
+    on one device and dtype)."""
+    fwd = sum(seconds(op) for op in c.forward)
     # the first unit (token ids in) has no input gradient: its whole backward is W
     is_w = [op.weight_grad or not c.has_input_grad for op in c.backward]
-    i_t = sum(op_seconds(op, spec, dtype, gemm) for op, w in zip(c.backward, is_w) if not w)
-    w_t = sum(op_seconds(op, spec, dtype, gemm) for op, w in zip(c.backward, is_w) if w)
-    w_t += op_seconds(Op("grad accumulate", 0.0, 2 * 4 * c.params), spec, dtype, gemm)  # into fp32: read + write
+    i_t = sum(seconds(op) for op, w in zip(c.backward, is_w) if not w)
+    w_t = sum(seconds(op) for op, w in zip(c.backward, is_w) if w)
+    w_t += seconds(Op("grad accumulate", 0.0, 2 * 4 * c.params))  # into fp32: read + write
     return UnitCost(
         name=name,
         kind=kind,
@@ -213,7 +217,16 @@ def analytic_profile(
         )
     signatures = [_signature(model, i) for i in range(len(model.units))]
     gemm = GEMM_DEVICES.get(device_spec_name.lower())
-    entries = _entries(model, signatures, spec, dtypes, microbatch_sizes, seq_len, attention, gemm)
+    entries = _entries(
+        model,
+        signatures,
+        spec=spec,
+        gemm=gemm,
+        dtypes=dtypes,
+        microbatch_sizes=microbatch_sizes,
+        seq_len=seq_len,
+        kernel=attention,
+    )
     return Profile(
         model_name=name,
         model_config=model.config,
@@ -247,10 +260,20 @@ def analytic_profile(
 
 
 def _entries(
-    model: ZooModel, signatures: list, spec: DeviceSpec, dtypes, microbatch_sizes, seq_len: int, kernel: str, gemm
+    model: ZooModel,
+    signatures: list,
+    *,
+    spec: DeviceSpec,
+    gemm: GemmDevice | None,
+    dtypes: tuple[str, ...],
+    microbatch_sizes: tuple[int, ...],
+    seq_len: int,
+    kernel: str,
 ) -> list:
+    """One entry per (dtype, microbatch size): every unit counted on the meta device, priced on ``spec``."""
     entries = []
     for dtype in dtypes:
+        seconds = partial(op_seconds, spec=spec, dtype=dtype, gemm=gemm)
         for mb in sorted(set(microbatch_sizes)):
             inputs, target = model.make_batch(mb, seq_len, 0)
             x = inputs.to("meta")
@@ -264,7 +287,7 @@ def _entries(
                     c = counted[signatures[idx]] = _count_unit(model, idx, x, target, dtype, kernel)
                 x = c.out
                 out_bytes = 0 if idx == len(model.units) - 1 else c.out.numel() * c.out.element_size()
-                units.append(_cost(uname, kind, spec, dtype, c, out_bytes, gemm))
+                units.append(_cost(uname, kind, c, out_bytes, seconds))
             whole = WholeModel(
                 sum(u.forward_s for u in units), sum(u.backward_s for u in units), sum(u.saved_bytes for u in units)
             )

@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -333,80 +334,94 @@ def _peak_bytes(run: _Runner, idx: int, x_in: torch.Tensor) -> int:
     return max(0, torch.cuda.max_memory_allocated() - base)
 
 
-def _profile_entry(
-    model: ZooModel,
-    dtype: str,
-    mb: int,
-    seq_len: int,
-    device: str,
-    repeats: int,
-    warmup: int,
-    budget_s: float | None,
-    tick: Callable[[], None],
-    done: dict,
-    off_cpu: dict,
-) -> ProfileEntry:
-    inputs, target = model.make_batch(mb, seq_len, 0)
-    run = _Runner(model, dtype, inputs.to(device), target.to(device), device)
-    n = len(model.units)
-    samples = {k: [[] for _ in range(n)] for k in TIMES}
-    whole_f, whole_b = [], []
-    t0, cpu0 = time.perf_counter(), time.thread_time()
-    with gc_paused():  # no collection between repeats either: it would cool the caches
-        for r in range(warmup + repeats):
-            _repeat(run, r >= warmup, samples, whole_f, whole_b)
-            tick()
-            # a slow case (bf16 on a CPU without bf16 units) stops early, after 2 timed repeats
-            if budget_s is not None and len(whole_f) >= 2 and time.perf_counter() - t0 > budget_s:
-                break
-    if device == "cpu":  # on CUDA the thread also sleeps in synchronisations, so this says nothing there
-        wall = time.perf_counter() - t0
-        off_cpu[f"{dtype}/mb{mb}"] = round(max(0.0, 1 - (time.thread_time() - cpu0) / wall), 4) if wall else 0.0
+@dataclass(frozen=True, kw_only=True)
+class _Settings:
+    """How every entry of one profile is measured, and where each entry's facts are tallied."""
 
+    device: str
+    seq_len: int
+    repeats: int
+    warmup: int
+    budget_s: float | None
+    done: dict[str, int]  # timed repeats each entry got, by "dtype/mbN"
+    off_cpu: dict[str, float]  # per entry: share of the timing loop the thread was off the CPU
+
+
+def _profile_entry(model: ZooModel, dtype: str, mb: int, how: _Settings, tick: Callable[[], None]) -> ProfileEntry:
+    """Time, then measure, the units of ``model`` for one (dtype, microbatch size); ``tick`` after each repeat."""
+    inputs, target = model.make_batch(mb, how.seq_len, 0)
+    run = _Runner(model, dtype, inputs.to(how.device), target.to(how.device), how.device)
+    samples, whole_f, whole_b = _time_repeats(run, f"{dtype}/mb{mb}", how, tick)
     units: list[UnitCost] = []
     x = run.inputs
-    for idx, unit in enumerate(model.units):
-        x_in = _leaf(x)
-        with count_saved_bytes(exclude=run.params[idx]) as saved:
-            out = run.unit_forward(idx, x_in)
-        del out
-        with flop_counter() as fc:
-            run.unit_forward(idx, x_in)
-        peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
-        with torch.no_grad(), run.autocast:
-            y = unit(x_in)
-        with run.autocast:
-            loss_saved = loss_saved_bytes(run.model.loss_fn, y, run.target) if idx == run.last else 0
-        med = {k: _median_spread(samples[k][idx]) for k in TIMES}
-        units.append(
-            UnitCost(
-                name=model.unit_names[idx],
-                kind=model.unit_kinds[idx],
-                forward_s=med["forward_s"][0],
-                backward_s=med["backward_s"][0],
-                backward_input_s=med["backward_input_s"][0],
-                backward_weight_s=med["backward_weight_s"][0],
-                params=sum(p.numel() for p in unit.parameters()),
-                active_params=model.active_params(idx),
-                param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
-                saved_bytes=int(saved[0]),
-                output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
-                forward_flops=float(fc.get_total_flops()),
-                spread={k: round(v[1], 4) for k, v in med.items()},
-                peak_bytes=peak,
-                loss_saved_bytes=loss_saved,
-            )
-        )
-        x = y.detach()
+    for idx in range(len(model.units)):
+        unit, x = _unit_cost(run, idx, x, samples, how.device)
+        units.append(unit)
     with count_saved_bytes(exclude=run.all_params) as saved:
         with run.autocast:
             loss = model.loss_fn(model.forward(run.inputs), run.target)
     del loss
     run.clear_grads()
-    done[f"{dtype}/mb{mb}"] = len(whole_f)
+    how.done[f"{dtype}/mb{mb}"] = len(whole_f)
     return ProfileEntry(
         dtype, mb, tuple(units), WholeModel(statistics.median(whole_f), statistics.median(whole_b), int(saved[0]))
     )
+
+
+def _time_repeats(
+    run: _Runner, key: str, how: _Settings, tick: Callable[[], None]
+) -> tuple[dict, list[float], list[float]]:
+    """The warm-up and timed repeats: per unit the samples of each time, and the whole model's F and B."""
+    n = len(run.model.units)
+    samples = {k: [[] for _ in range(n)] for k in TIMES}
+    whole_f, whole_b = [], []
+    t0, cpu0 = time.perf_counter(), time.thread_time()
+    with gc_paused():  # no collection between repeats either: it would cool the caches
+        for r in range(how.warmup + how.repeats):
+            _repeat(run, r >= how.warmup, samples, whole_f, whole_b)
+            tick()
+            # a slow case (bf16 on a CPU without bf16 units) stops early, after 2 timed repeats
+            if how.budget_s is not None and len(whole_f) >= 2 and time.perf_counter() - t0 > how.budget_s:
+                break
+    if how.device == "cpu":  # on CUDA the thread also sleeps in synchronisations, so this says nothing there
+        wall = time.perf_counter() - t0
+        how.off_cpu[key] = round(max(0.0, 1 - (time.thread_time() - cpu0) / wall), 4) if wall else 0.0
+    return samples, whole_f, whole_b
+
+
+def _unit_cost(run: _Runner, idx: int, x: torch.Tensor, samples: dict, device: str) -> tuple[UnitCost, torch.Tensor]:
+    """Unit ``idx``'s record from its timing samples and one more pass on input ``x``, and its output."""
+    model, unit = run.model, run.model.units[idx]
+    x_in = _leaf(x)
+    with count_saved_bytes(exclude=run.params[idx]) as saved:
+        out = run.unit_forward(idx, x_in)
+    del out
+    with flop_counter() as fc:
+        run.unit_forward(idx, x_in)
+    peak = _peak_bytes(run, idx, x_in) if device == "cuda" else 0
+    with torch.no_grad(), run.autocast:
+        y = unit(x_in)
+    with run.autocast:
+        loss_saved = loss_saved_bytes(run.model.loss_fn, y, run.target) if idx == run.last else 0
+    med = {k: _median_spread(samples[k][idx]) for k in TIMES}
+    cost = UnitCost(
+        name=model.unit_names[idx],
+        kind=model.unit_kinds[idx],
+        forward_s=med["forward_s"][0],
+        backward_s=med["backward_s"][0],
+        backward_input_s=med["backward_input_s"][0],
+        backward_weight_s=med["backward_weight_s"][0],
+        params=sum(p.numel() for p in unit.parameters()),
+        active_params=model.active_params(idx),
+        param_bytes=sum(p.numel() * p.element_size() for p in unit.parameters()),
+        saved_bytes=int(saved[0]),
+        output_bytes=0 if idx == run.last else y.numel() * y.element_size(),
+        forward_flops=float(fc.get_total_flops()),
+        spread={k: round(v[1], 4) for k, v in med.items()},
+        peak_bytes=peak,
+        loss_saved_bytes=loss_saved,
+    )
+    return cost, y.detach()
 
 
 def profile_model(
@@ -431,23 +446,10 @@ def profile_model(
     ``side_by_side``: CPU only, this many processes train the same model beside the profiler
     while it times (``neighbour.neighbours``), as the other ranks of a host do in a pipeline.
     """
-    for d in dtypes:
-        if d not in DTYPES:
-            raise UserError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
-    if not dtypes or not microbatch_sizes:
-        raise UserError("--dtypes and --microbatch-sizes must name at least one value")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible here; use --device cpu or --analytic")
-    if device == "cuda" and "bf16" in dtypes and not torch.cuda.is_bf16_supported():
-        raise UserError("--dtypes bf16: this GPU has no bf16 support; use fp16 or fp32")
-    if any(m < 1 for m in microbatch_sizes) or seq_len < 1 or repeats < 1 or warmup < 0:
-        raise UserError("--microbatch-sizes, --seq-len and --repeats must be positive, --warmup not negative")
-    if side_by_side and device != "cpu":
-        raise UserError(
-            f"--side-by-side {side_by_side}: for CPU ranks sharing a host; leave it out with "
-            f"--device {device} (each rank has a device of its own)"
-        )
-    check_count(side_by_side)
+    how = _Settings(
+        device=device, seq_len=seq_len, repeats=repeats, warmup=warmup, budget_s=budget_s, done={}, off_cpu={}
+    )
+    _check_request(how, dtypes, microbatch_sizes, side_by_side)
     attention, attention_why = attention_impl(device, dtypes)
     check_fits_here(name, overrides, attention, device)
     model = build_model(name, overrides, seed=seed, attention=attention)
@@ -462,8 +464,6 @@ def profile_model(
     bar = _progress(total, f"profiling {name}") if progress else None
     tick = bar.update if bar is not None else (lambda *a: None)
     t0 = time.perf_counter()
-    done: dict[str, int] = {}
-    off_cpu: dict[str, float] = {}
     beside = (
         neighbours(side_by_side, name, overrides, seq_len, min(microbatch_sizes), attention)
         if side_by_side
@@ -472,9 +472,7 @@ def profile_model(
     try:
         with beside:
             entries = tuple(
-                _profile_entry(model, d, mb, seq_len, device, repeats, warmup, budget_s, tick, done, off_cpu)
-                for d in dtypes
-                for mb in sorted(set(microbatch_sizes))
+                _profile_entry(model, d, mb, how, tick) for d in dtypes for mb in sorted(set(microbatch_sizes))
             )
     finally:
         if bar is not None:
@@ -489,27 +487,75 @@ def profile_model(
         seq_len=seq_len,
         method="measured",
         entries=entries,
-        measurement={
-            "repeats": repeats,
-            "repeats_done": done,
-            "budget_s_per_entry": budget_s,
-            "warmup": warmup,
-            "threads": 1 if device == "cpu" else threads,
-            # processes training the model beside the profiler (the other ranks of a host)
-            "side_by_side": side_by_side,
-            # per entry: share of the timing loop the thread was ready but off the CPU (other load)
-            "off_cpu_fraction": off_cpu,
-            "statistic": "median",
-            "spread": "median absolute deviation / median over the repeats",
-            "attention": attention,
-            "cpu_allocator_keeps_freed_memory": kept,
-            "attention_reason": attention_why,
-            "seed": seed,
-            "torch": torch.__version__,
-            "profiling_s": round(time.perf_counter() - t0, 3),
-            "assumptions": list(ASSUMPTIONS),
-        },
+        measurement=_measurement(
+            how,
+            threads=1 if device == "cpu" else threads,
+            side_by_side=side_by_side,
+            attention=attention,
+            attention_reason=attention_why,
+            kept=kept,
+            seed=seed,
+            seconds=time.perf_counter() - t0,
+        ),
     )
+
+
+def _measurement(
+    how: _Settings,
+    *,
+    threads: int,
+    side_by_side: int,
+    attention: str,
+    attention_reason: str,
+    kept: bool,
+    seed: int,
+    seconds: float,
+) -> dict:
+    """The profile's ``measurement``: how its numbers were taken, for a reader comparing them with a run."""
+    return {
+        "repeats": how.repeats,
+        "repeats_done": how.done,
+        "budget_s_per_entry": how.budget_s,
+        "warmup": how.warmup,
+        "threads": threads,
+        # processes training the model beside the profiler (the other ranks of a host)
+        "side_by_side": side_by_side,
+        # per entry: share of the timing loop the thread was ready but off the CPU (other load)
+        "off_cpu_fraction": how.off_cpu,
+        "statistic": "median",
+        "spread": "median absolute deviation / median over the repeats",
+        "attention": attention,
+        "cpu_allocator_keeps_freed_memory": kept,
+        "attention_reason": attention_reason,
+        "seed": seed,
+        "torch": torch.__version__,
+        "profiling_s": round(seconds, 3),
+        "assumptions": list(ASSUMPTIONS),
+    }
+
+
+def _check_request(
+    how: _Settings, dtypes: tuple[str, ...], microbatch_sizes: tuple[int, ...], side_by_side: int
+) -> None:
+    """Refuse, with the flag to change, a request this host cannot measure."""
+    for d in dtypes:
+        if d not in DTYPES:
+            raise UserError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    if not dtypes or not microbatch_sizes:
+        raise UserError("--dtypes and --microbatch-sizes must name at least one value")
+    device = how.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible here; use --device cpu or --analytic")
+    if device == "cuda" and "bf16" in dtypes and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtypes bf16: this GPU has no bf16 support; use fp16 or fp32")
+    if any(m < 1 for m in microbatch_sizes) or how.seq_len < 1 or how.repeats < 1 or how.warmup < 0:
+        raise UserError("--microbatch-sizes, --seq-len and --repeats must be positive, --warmup not negative")
+    if side_by_side and device != "cpu":
+        raise UserError(
+            f"--side-by-side {side_by_side}: for CPU ranks sharing a host; leave it out with "
+            f"--device {device} (each rank has a device of its own)"
+        )
+    check_count(side_by_side)
 
 
 #: bytes per parameter the profiler holds at once on CPU: fp32 weights and gradients, and

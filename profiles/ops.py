@@ -177,11 +177,23 @@ class OpRecorder(TorchDispatchMode):
         return gemm is None or not self.tokens or gemm[3] == self.tokens  # W reduces over the tokens
 
 
+@dataclass(frozen=True)
+class _Call:
+    """How one attention call runs and where its operations go: a single argument of
+    ``_Attention.apply``, which takes no keywords."""
+
+    causal: bool
+    kernel: str
+    dropout: bool
+    recorder: OpRecorder | None
+
+
 class _Attention(torch.autograd.Function):
     """SDPA as one operation of ``kernel``'s accounting (module docstring)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, kernel: str, dropout: bool, recorder: OpRecorder | None):
+    def forward(ctx, q, k, v, call: _Call):
+        causal, kernel, dropout, recorder = call.causal, call.kernel, call.dropout, call.recorder
         out = q.new_empty((*q.shape[:-1], v.shape[-1]))
         if kernel == "math":
             kept = [q.new_empty((*q.shape[:-1], k.shape[-2]))]  # the probabilities, s_q × s_k per head
@@ -202,7 +214,7 @@ class _Attention(torch.autograd.Function):
         if ctx.recorder is not None:
             for op in _attention_ops(q, k, v, ctx.causal, ctx.kernel, ctx.dropout, backward=True):
                 ctx.recorder.record(op)
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None, None, None, None
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None
 
 
 def _attention_ops(q, k, v, causal: bool, kernel: str, dropout: bool, *, backward: bool) -> list[Op]:
@@ -250,11 +262,12 @@ def attention_kernel(
         raise ValueError(f"attention kernel {kernel!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
     original = functional.scaled_dot_product_attention
 
-    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    # torch's own signature: ``scale`` and ``enable_gqa`` are keyword-only there too
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
         if key.shape[-3] != query.shape[-3] and not enable_gqa:
             raise ValueError("attention: key/value heads differ from query heads without enable_gqa")
         causal = bool(is_causal or attn_mask is not None)
-        return _Attention.apply(query, key, value, causal, kernel, dropout, recorder)
+        return _Attention.apply(query, key, value, _Call(causal, kernel, dropout, recorder))
 
     functional.scaled_dot_product_attention = sdpa
     try:
