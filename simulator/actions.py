@@ -257,6 +257,7 @@ def _check_action(
     a: Action,
     rank: int,
     step: int,
+    *,
     S: int,
     M: int,
     seen: dict[tuple[int, Kind, int], tuple[int, int]],
@@ -323,7 +324,7 @@ def validate_table(
                         f"forward)\n{format_grid(table, rank, step)}"
                     )
             for a in entry if entry.__class__ is Overlap else (entry,):
-                _check_action(table, a, rank, step, S, M, seen, forward_only)
+                _check_action(table, a, rank, step, S=S, M=M, seen=seen, forward_only=forward_only)
                 seen[(a.stage, a.kind, a.microbatch)] = (rank, step)
 
     def end_of(s: int) -> str:  # the grid, the arrow just past the last action of the rank holding s

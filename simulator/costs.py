@@ -38,11 +38,11 @@ from enum import Enum
 
 from profiles.contract import UserError
 from profiles.gemm import GEMM_DEVICES
-from profiles.types import DTYPE_TABLE, Profile, UnitCost
+from profiles.types import DTYPE_TABLE, Profile, ProfileEntry, UnitCost
 
 from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
 from .sharding import fsdp_gathered_bytes, state_bytes_per_param
-from .tensor_parallel import TransformerShape, as_measured, scale_unit
+from .tensor_parallel import TPUnitCost, TransformerShape, as_measured, scale_unit
 
 __all__ = [
     "Recompute",
@@ -274,7 +274,7 @@ def unit_records(
     if dtype is None:
         raise UserError(f"dtype {option.dtype!r}: choose one of {', '.join(DTYPE_TABLE)}")
     entry = profile.entry(option.dtype, microbatch_size)
-    scaled = _per_rank(profile, entry.units, entry.microbatch_size, dtype.bytes, option, layout, links)
+    scaled = _per_rank(profile, entry, dtype.bytes, option, layout, links)
     state = state_bytes_per_param(
         layout.dp_mode.value, layout.dp, dtype_bytes=dtype.bytes, optimizer_bytes_per_param=optimizer_bytes_per_param
     ).total
@@ -316,9 +316,12 @@ def unit_records(
     return tuple(out)
 
 
-def _per_rank(profile: Profile, units, microbatch_size: int, dtype_bytes: int, option: Option, layout: Layout, links):
-    """Each unit's per-rank cost at the layout's tp degree (``tensor_parallel.scale_unit``; at
-    tp 1 without selective recompute, the profile's own figures)."""
+def _per_rank(
+    profile: Profile, entry: ProfileEntry, dtype_bytes: int, option: Option, layout: Layout, links: Links
+) -> list[TPUnitCost]:
+    """Each unit of ``entry`` at its per-rank cost at the layout's tp degree (``tensor_parallel.scale_unit``;
+    at tp 1 without selective recompute, the profile's own figures)."""
+    units, microbatch_size = entry.units, entry.microbatch_size
     selective = option.recompute is Recompute.SELECTIVE
     formula = profile.method == "analytic"  # blocks keep Korthikanti et al.'s bytes (tensor_parallel)
     if layout.tp == 1 and not selective and not (formula and _has_shape(profile)):

@@ -150,7 +150,7 @@ def _timeline(
     for r, log in logs.items():
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
-        peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only, detail)
+        peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only=forward_only, curve=detail)
         if detail:
             memory[r] = curve
         stats.append(RankStats(r, busy[r], max(0.0, 1.0 - busy[r] / step) if step > 0 else 0.0, peak, peak_at))
@@ -300,7 +300,7 @@ def _sends(
 
 
 def _memory(
-    acts: list, log: RankLog, static: int, act: list[int], keep: list[int], forward_only: bool, curve: bool
+    acts: list, log: RankLog, static: int, act: list[int], keep: list[int], *, forward_only: bool, curve: bool
 ) -> tuple[int, float, list[tuple[float, int]]]:
     """One rank's memory: static bytes, plus activations from each F's start until its backward
     frees them. (peak, when it is first reached, the curve: (time, bytes) at each change, or []

@@ -28,6 +28,7 @@ simulator times the table with the plan's own costs and links.
 from __future__ import annotations
 
 import heapq
+from typing import NamedTuple
 
 from .actions import Action, Kind, ScheduleError, Table
 
@@ -96,13 +97,14 @@ def placement_table(
     ends: list[float] = []  # heap: end times of the actions started so far
     table: Table = {r: [] for r in range(ranks)}
     left = {r: 2 * m * len(mine[r]) for r in range(ranks)}
+    progress = _Progress(f_end, b_end, next_f, in_flight, cap, m)  # the same lists, for _pick
     while any(left.values()):
         t = min(free[r] for r in range(ranks) if left[r])
         waiting = []
         for r in range(ranks):
             if not left[r] or free[r] > t:
                 continue
-            a = _pick(mine[r], S, m, t, f_end, b_end, next_f, in_flight, cap)
+            a = _pick(mine[r], t, progress)
             if a is None:
                 waiting.append(r)
                 continue
@@ -128,8 +130,21 @@ def placement_table(
     return table
 
 
-def _pick(stages: list[int], S: int, m: int, t: float, f_end, b_end, next_f, in_flight, cap) -> Action | None:
+class _Progress(NamedTuple):
+    """How far the list schedule has got, per stage (``placement_table``'s lists)."""
+
+    f_end: list[list[float | None]]  # when each F ends (None: not run yet)
+    b_end: list[list[float | None]]  # when each B ends
+    next_f: list[int]  # the next microbatch to forward (in order)
+    in_flight: list[int]  # microbatches forwarded and not yet backward
+    cap: list[int]  # the most microbatches in flight
+    microbatches: int
+
+
+def _pick(stages: list[int], t: float, progress: _Progress) -> Action | None:
     """The rank's action at time ``t``: the oldest ready backward, else the oldest ready forward."""
+    f_end, b_end, next_f, in_flight, cap, m = progress
+    S = len(f_end)
 
     def done(x) -> bool:
         return x is not None and x <= t

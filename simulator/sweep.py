@@ -9,8 +9,9 @@ Layout, for speed: per (stage, microbatch) facts live in flat lists indexed by
 ``stage * M + microbatch`` (``Flow``), which the hot loop (``_advance``) reads and writes
 directly and everything else reads through named methods; per rank only each action's
 start and end are recorded (``RankLog``). A rank blocks about every second action in a
-1F1B table, so ``_advance`` keeps a whole rank's run (F, B, I, W and pairs) in one frame,
-rather than a call per action, and binds the sweep's lists with one unpacking (``_Bound``).
+1F1B table, so ``_advance`` keeps a whole rank's run (F, B, I, W) in one frame, rather
+than a call per action (only the rare Overlap pairs call ``_pair``), and binds the sweep's
+lists with one unpacking (``_Bound``).
 """
 
 from __future__ import annotations
@@ -225,21 +226,14 @@ def _advance(acts: list, r: int, log: RankLog, bound: tuple) -> list[int]:
         try:
             s, k, m = a
         except ValueError:  # an Overlap pair has two fields: rare, so no type test per action
-            out = _pair(a, r, p, t, flow, waits, times)
-            if out is None:
+            free = _pair(a, t, rank=r, position=p, log=log, woken=woken, bound=bound)
+            if free is None:
                 break
-            start, t, fidx, bidx = out
-            en(t)
-            if busy_send:
-                t += fx[a[0][0]] + gx[a[1][0]]
-            for w in (on_output.pop(fidx, None), on_grad.pop(bidx, None)):
-                if w is not None:
-                    woken.append(w)
-            st(start)
+            t = free
             p += 1
             continue
+        idx = s * M + m
         if k is _F:
-            idx = s * M + m
             if out_at[idx] is not None:
                 raise Invalid
             if s:
@@ -261,15 +255,12 @@ def _advance(acts: list, r: int, log: RankLog, bound: tuple) -> list[int]:
                 if w is not None:
                     woken.append(w)
         elif k is _W:
-            idx = s * M + m
             if not w_due[idx]:
                 raise Invalid
             w_due[idx] = False
-            start = t
-            t = t + wdur[s]
+            start, t = t, t + wdur[s]
             en(t)
         else:  # B or I
-            idx = s * M + m
             if out_at[idx] is None or grad_at[idx] is not None:
                 raise Invalid
             if s != last:
@@ -301,10 +292,13 @@ def _advance(acts: list, r: int, log: RankLog, bound: tuple) -> list[int]:
 
 
 def _pair(
-    a: Overlap, r: int, p: int, t: float, flow: Flow, waits: Waits, times: StageTimes
-) -> tuple[float, float, int, int] | None:
-    """Time the Overlap ``a`` at position p of rank r, free at t: (start, end, the indices of its
-    forward and its backward), or None when an input has not arrived (rank r then waits for it)."""
+    a: Overlap, t: float, *, rank: int, position: int, log: RankLog, woken: list[int], bound: tuple
+) -> float | None:
+    """Run the Overlap ``a`` at ``position`` of ``rank``, free at t, as ``_advance`` runs a single
+    action: record its start and end in ``log``, add the ranks it wakes to ``woken``, and return
+    when the rank is free again; or None when an input has not arrived (the rank then waits for it)."""
+    b = _Bound._make(bound)
+    flow, times = b.flow, b.times
     (fs, _, fm), (bs, _, bm) = a
     M = flow.M
     fidx, bidx = fs * M + fm, bs * M + bm
@@ -315,12 +309,12 @@ def _pair(
     if fs:
         ready = out_at[fidx - M]
         if ready is None:
-            waits.on_output[fidx - M] = r
+            b.on_output[fidx - M] = rank
             return None
-    if bs != len(times.forward) - 1:
+    if bs != b.last:
         g = grad_at[bidx + M]
         if g is None:
-            waits.on_grad[bidx + M] = r
+            b.on_grad[bidx + M] = rank
             return None
         if g > ready:
             ready = g
@@ -329,5 +323,11 @@ def _pair(
     end = start + (times.forward[fs] + times.backward[bs] if d is None else d)
     out_at[fidx] = end + times.send_output[fs]
     grad_at[bidx] = end + times.send_grad[bs]
-    flow.f_pos[fidx] = flow.g_pos[bidx] = p
-    return start, end, fidx, bidx
+    flow.f_pos[fidx] = flow.g_pos[bidx] = position
+    log.ends.append(end)
+    free = end + (times.send_output[fs] + times.send_grad[bs]) if b.sends_block else end
+    for w in (b.on_output.pop(fidx, None), b.on_grad.pop(bidx, None)):
+        if w is not None:
+            woken.append(w)
+    log.starts.append(start)
+    return free
