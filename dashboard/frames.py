@@ -14,7 +14,7 @@ from executor.report import RunReport, comm_per_pp_rank, predicted_comm
 from planner.figures import figures
 from planner.plan import Plan
 from profiles.types import ProfileEntry
-from simulator.timeline import Timeline
+from simulator.timeline import Span, Timeline, spans
 
 __all__ = [
     "profile_frame",
@@ -114,65 +114,39 @@ def split_frame(plans: list[Plan], unit_names: list[str], unit_ms: list[float]) 
 
 
 def events_frame(tl: Timeline, label: str = "") -> pd.DataFrame:
-    """Compute actions and sends, one row each: rank, kind, start/end (ms), the action's name."""
-    rows = [
-        {
-            "timeline": label or tl.source,
-            "rank": e.rank,
-            "kind": e.kind,
-            "what": KIND_NAMES[e.kind],
-            "action": f"{e.stage}{e.kind}{e.microbatch}",
-            "stage": e.stage,
-            "microbatch": e.microbatch,
-            "start ms": e.start_s * 1e3,
-            "end ms": e.end_s * 1e3,
-            "ms": (e.end_s - e.start_s) * 1e3,
-        }
-        for e in tl.events
-    ]
+    """Compute actions, one row each: rank, kind, start/end (ms), the action's name."""
+    rows = [_span_row(sp, label or tl.source) for sp in spans(tl) if sp.track == "compute"]
     cols = ["timeline", "rank", "kind", "what", "action", "stage", "microbatch", "start ms", "end ms", "ms"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def transfers_frame(tl: Timeline, label: str = "") -> pd.DataFrame:
-    """Sends between ranks and the data-parallel collectives, one row each, on each rank's
-    communication lane."""
+    """Sends between ranks and the data-parallel collectives (fsdp gathers, reductions; not the
+    optimizer step), one row each, on each rank's communication lane."""
     rows = [
-        {
-            "timeline": label or tl.source,
-            "rank": t.src,
-            "kind": "send",
-            "what": KIND_NAMES["send"],
-            "action": f"send {t.kind}{t.microbatch} {t.src}->{t.dst}",
-            "stage": t.stage,
-            "microbatch": t.microbatch,
-            "start ms": t.start_s * 1e3,
-            "end ms": t.end_s * 1e3,
-            "ms": (t.end_s - t.start_s) * 1e3,
-            "KiB": t.bytes / 1024,
-        }
-        for t in tl.transfers
-    ]
-    # the communication track: data-parallel collectives (fsdp gathers, reductions), in the send lane
-    rows += [
-        {
-            "timeline": label or tl.source,
-            "rank": c.rank,
-            "kind": "send",
-            "what": KIND_NAMES["send"],
-            "action": c.kind,
-            "stage": -1,
-            "microbatch": -1,
-            "start ms": c.start_s * 1e3,
-            "end ms": c.end_s * 1e3,
-            "ms": (c.end_s - c.start_s) * 1e3,
-            "KiB": c.bytes / 1024,
-        }
-        for c in tl.collectives
-        if c.kind != "OPTIMIZER"
+        {**_span_row(sp, label or tl.source), "KiB": sp.bytes / 1024}
+        for sp in spans(tl)
+        if sp.track == "send" or (sp.track == "communication" and sp.kind != "OPTIMIZER")
     ]
     cols = ["timeline", "rank", "kind", "what", "action", "stage", "microbatch", "start ms", "end ms", "ms", "KiB"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _span_row(sp: Span, timeline: str) -> dict:
+    """A span (``simulator.timeline.spans``) as the chart reads it: sends and collectives share the send lane."""
+    kind = sp.kind if sp.track == "compute" else "send"
+    return {
+        "timeline": timeline,
+        "rank": sp.rank,
+        "kind": kind,
+        "what": KIND_NAMES[kind],
+        "action": sp.name,
+        "stage": sp.stage,
+        "microbatch": sp.microbatch,
+        "start ms": sp.start_s * 1e3,
+        "end ms": sp.end_s * 1e3,
+        "ms": (sp.end_s - sp.start_s) * 1e3,
+    }
 
 
 def memory_frame(tl: Timeline, label: str = "") -> pd.DataFrame:

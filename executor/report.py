@@ -16,7 +16,7 @@ from profiles.contract import Fields, read_json, schema_id, write_json
 from profiles.types import OFF_CPU_WARN, Profile
 from simulator.actions import Overlap
 from simulator.engine import simulate
-from simulator.timeline import Timeline
+from simulator.timeline import Timeline, read_span
 
 __all__ = [
     "CheckResult",
@@ -220,9 +220,7 @@ def _comm(f: Fields) -> tuple[CommSpan, ...]:
         return ()
     out = []
     for c in f.objs("comm"):
-        start, end = c.num("start_s", min=None), c.num("end_s", min=None)
-        if end < start:
-            raise c.fail("end_s", f"ends before it starts ({end} < {start})")
+        start, end = read_span(c)
         out.append(
             CommSpan(
                 c.int("rank", min=0),

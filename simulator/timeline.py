@@ -1,4 +1,4 @@
-"""The Timeline contract (simulated or measured) and its Chrome/Perfetto trace export."""
+"""The Timeline contract (simulated or measured), its picture as Spans, and its Chrome/Perfetto trace export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,20 @@ from typing import Any, NamedTuple
 
 from profiles.contract import Fields, read_json, schema_id, write_json
 
-__all__ = ["Event", "Transfer", "Collective", "RankStats", "Timeline", "load_timeline", "trace_events", "write_trace"]
+__all__ = [
+    "Event",
+    "Transfer",
+    "Collective",
+    "RankStats",
+    "Timeline",
+    "load_timeline",
+    "Span",
+    "TRACKS",
+    "spans",
+    "read_span",
+    "trace_events",
+    "write_trace",
+]
 
 KIND, MAJOR = "timeline", 1
 EVENT_KINDS = ("F", "B", "I", "W")
@@ -100,9 +113,7 @@ class Timeline:
         )
         events = []
         for e in f.objs("events"):
-            start, end = e.num("start_s", min=None), e.num("end_s", min=None)
-            if end < start:
-                raise e.fail("end_s", f"ends before it starts ({end} < {start})")
+            start, end = read_span(e)
             events.append(
                 Event(
                     e.int("rank"), e.int("stage"), e.str("kind", choices=EVENT_KINDS), e.int("microbatch"), start, end
@@ -173,6 +184,63 @@ def load_timeline(path: str | Path) -> Timeline:
     return Timeline.from_fields(read_json(path, KIND, MAJOR))
 
 
+#: the lanes of a rank's picture: its actions, its sends, its communication track (the trace's tids)
+TRACKS = ("compute", "send", "communication")
+
+
+class Span(NamedTuple):
+    """One bar of a timeline's picture, on one rank's lane: an action, a send or a collective.
+
+    The one place that names them: the trace export and the dashboard's tables both read these."""
+
+    rank: int  # the rank that runs it (a send's source)
+    track: str  # one of TRACKS
+    name: str  # "2F0", "send F0 0->1", "REDUCE_GRAD"
+    kind: str  # an action's F | B | I | W; a send's F | B; a collective's kind
+    stage: int  # -1 for a collective
+    microbatch: int  # -1 for a collective
+    start_s: float
+    end_s: float
+    bytes: int  # 0 for an action
+
+
+def spans(timeline: Timeline) -> list[Span]:
+    """Every action, then every send, then every collective of ``timeline``, as Spans."""
+    out = [
+        Span(
+            e.rank, "compute", f"{e.stage}{e.kind}{e.microbatch}", e.kind, e.stage, e.microbatch, e.start_s, e.end_s, 0
+        )
+        for e in timeline.events
+    ]
+    out += [
+        Span(
+            t.src,
+            "send",
+            f"send {t.kind}{t.microbatch} {t.src}->{t.dst}",
+            t.kind,
+            t.stage,
+            t.microbatch,
+            t.start_s,
+            t.end_s,
+            t.bytes,
+        )
+        for t in timeline.transfers
+    ]
+    out += [
+        Span(c.rank, "communication", c.kind, c.kind, -1, -1, c.start_s, c.end_s, c.bytes) for c in timeline.collectives
+    ]
+    return out
+
+
+def read_span(f: Fields) -> tuple[float, float]:
+    """A record's ``start_s`` and ``end_s`` (any sign: measured clocks may start before zero),
+    refused with a one-line error when it ends before it starts."""
+    start, end = f.num("start_s", min=None), f.num("end_s", min=None)
+    if end < start:
+        raise f.fail("end_s", f"ends before it starts ({end} < {start})")
+    return start, end
+
+
 def trace_events(timeline: Timeline, label: str = "") -> list[dict[str, Any]]:
     """Chrome/Perfetto ``traceEvents``: pid = rank, tid 0 compute, tid 1 sends, tid 2 collectives;
     microseconds."""
@@ -180,46 +248,25 @@ def trace_events(timeline: Timeline, label: str = "") -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for r in sorted({s.rank for s in timeline.ranks} | {e.rank for e in timeline.events}):
         out.append({"ph": "M", "name": "process_name", "pid": r, "args": {"name": f"rank {r} ({name})"}})
-        out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 0, "args": {"name": "compute"}})
-        out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 1, "args": {"name": "send"}})
-        out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": 2, "args": {"name": "communication"}})
-    for e in timeline.events:
+        for tid, track in enumerate(TRACKS):
+            out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": tid, "args": {"name": track}})
+    for sp in spans(timeline):
+        if sp.track == "compute":
+            cat, args = sp.kind, {"stage": sp.stage, "microbatch": sp.microbatch}
+        elif sp.track == "send":
+            cat, args = "comm", {"bytes": sp.bytes, "stage": sp.stage}
+        else:
+            cat, args = "collective", {"bytes": sp.bytes}
         out.append(
             {
                 "ph": "X",
-                "name": f"{e.stage}{e.kind}{e.microbatch}",
-                "cat": e.kind,
-                "pid": e.rank,
-                "tid": 0,
-                "ts": e.start_s * 1e6,
-                "dur": max(0.0, e.end_s - e.start_s) * 1e6,
-                "args": {"stage": e.stage, "microbatch": e.microbatch},
-            }
-        )
-    for t in timeline.transfers:
-        out.append(
-            {
-                "ph": "X",
-                "name": f"send {t.kind}{t.microbatch} {t.src}->{t.dst}",
-                "cat": "comm",
-                "pid": t.src,
-                "tid": 1,
-                "ts": t.start_s * 1e6,
-                "dur": max(0.0, t.end_s - t.start_s) * 1e6,
-                "args": {"bytes": t.bytes, "stage": t.stage},
-            }
-        )
-    for c in timeline.collectives:
-        out.append(
-            {
-                "ph": "X",
-                "name": c.kind,
-                "cat": "collective",
-                "pid": c.rank,
-                "tid": 2,
-                "ts": c.start_s * 1e6,
-                "dur": max(0.0, c.end_s - c.start_s) * 1e6,
-                "args": {"bytes": c.bytes},
+                "name": sp.name,
+                "cat": cat,
+                "pid": sp.rank,
+                "tid": TRACKS.index(sp.track),
+                "ts": sp.start_s * 1e6,
+                "dur": max(0.0, sp.end_s - sp.start_s) * 1e6,
+                "args": args,
             }
         )
     return out
