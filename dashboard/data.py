@@ -313,7 +313,7 @@ def candidate_timeline(
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def whatif_timeline(
-    schedule: str, pp: int, microbatches: int, virtual: int, f: float, b: float, comm: float
+    schedule: str, pp: int, microbatches: int, virtual: int, *, f: float, b: float, comm: float
 ) -> tuple[Timeline | None, str | None]:
     """Uniform stage costs (like ``pipeplan simulate --schedule``), ``virtual`` stages per rank as the
     schedule places them (ZBV and DualPipeV: two, in a V). Times are in ms per microbatch *per rank*:

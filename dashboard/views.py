@@ -290,7 +290,7 @@ def _whatif(where: str) -> tuple[str, Timeline | None, None, None]:
         "B ms", 0.0, 1e4, 2.0, key=f"{where}_wi_b", help=f"backward time (I + W, half each) {per_rank}"
     )
     comm = c[6].number_input("send ms", 0.0, 1e4, 0.05, key=f"{where}_wi_comm")
-    tl, err = data.whatif_timeline(sched, pp, m, v, f, b, comm)
+    tl, err = data.whatif_timeline(sched, pp, m, v, f=f, b=b, comm=comm)
     if tl is None:
         st.error(md(err))
         return "", None, None, None
