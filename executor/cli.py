@@ -171,13 +171,19 @@ def _check_run_args(plan_path: Path, cfg: RunConfig, extra_outputs: list[tuple[s
 
 
 def _run_plan(
-    plan_path: Path, cfg: RunConfig, *, json_out: bool = False, extra_outputs: list[tuple[str, Path]] = ()
+    plan_path: Path,
+    cfg: RunConfig,
+    *,
+    plan: Plan | None = None,
+    json_out: bool = False,
+    extra_outputs: list[tuple[str, Path]] = (),
 ) -> tuple[int, Path]:
-    """Launch the run of ``plan_path`` (``json_out``: the workers' output goes to stderr); returns
-    torchrun's (or the workers') exit status and the report's path."""
+    """Launch the run of ``plan_path`` (``plan``: that file, already loaded; ``json_out``: the
+    workers' output goes to stderr); returns torchrun's (or the workers') exit status and the
+    report's path."""
     cfg = _check_run_args(plan_path, cfg, extra_outputs)
     report = cfg.report
-    plan = load_plan(plan_path)  # fail here, with one line, before any process starts
+    plan = plan or load_plan(plan_path)  # fail here, with one line, before any process starts
     # the plan's profile is an input too
     check_outputs([plan.profile_file(plan_path.parent)], [("--report", report), *extra_outputs])
     from profiles.zoo import check_trusted  # imports torch: only to run
@@ -350,7 +356,7 @@ def _validate(args: argparse.Namespace) -> int:
     predicted = simulate(plan)
     bar.update()
     bar.set_postfix_str("running")
-    rc, report_path = _run_plan(args.plan, cfg, json_out=args.json, extra_outputs=side)
+    rc, report_path = _run_plan(args.plan, cfg, plan=plan, json_out=args.json, extra_outputs=side)
     if rc != 0 or not report_path.exists():
         bar.close()
         print(

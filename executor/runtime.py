@@ -39,7 +39,7 @@ from torch import nn
 
 from planner.plan import Plan, load_plan
 from profiles.clikit import progress_bar
-from profiles.contract import ContractError, UserError, sha256_of
+from profiles.contract import UserError, sha256_of
 from profiles.materialize import tie_local, tied_paths, unit_materializer
 from profiles.tuning import gc_paused, keep_freed_memory
 from profiles.zoo import ZooModel, build_model, check_trusted
@@ -222,10 +222,7 @@ def run_worker(paths: list[Path], cfg: RunConfig) -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     plans = []
     for path in paths:
-        try:
-            plan = load_plan(path)
-        except ContractError as e:
-            raise UserError(str(e)) from None
+        plan = load_plan(path)  # a ContractError is a UserError: one line, exit 2
         plans.append((path, plan, _validate_launch(plan, path, world, cfg)))
     cuda = torch.cuda.is_available() and plans[0][1].cluster.device != "cpu"
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
