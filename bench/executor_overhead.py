@@ -76,12 +76,16 @@ def worker(plan_path: Path, steps: int, rounds: int) -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     plan = load_plan(plan_path)
-    args = runtime._args([str(plan_path), "--steps", str(steps), "--warmup", "2"])
+    _, cfg = runtime._args([str(plan_path), "--steps", str(steps), "--warmup", "2"])
+    device = torch.device("cpu")
     plain, ours = [], []
     for r in range(rounds):
         plain += _plain_steps(plan, steps, 2)
         report = plan_path.with_name(f"executor.r{r}.run.json")
-        runtime._run(plan, plan_path, report, args, rank, world, torch.device("cpu"), None)
+        ctx = runtime._Context(
+            plan=plan, path=plan_path, report=report, torch_schedule=None, rank=rank, world=world, device=device
+        )
+        runtime._run(ctx, cfg)
         if rank == 0:
             ours += list(load_report(report).step_s)
     dist.barrier()

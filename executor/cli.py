@@ -11,19 +11,20 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from planner.cluster import MAX_DEVICES
 from planner.export import plan_nodes, run_it_lines
 from planner.plan import Plan, load_plan
-from profiles.clikit import Command, bounded, progress_bar
+from profiles.clikit import Command, progress_bar
 from profiles.contract import UserError, check_outputs
 from profiles.types import Profile
 from simulator.engine import simulate
 from simulator.gantt import write_gantt
 from simulator.timeline import Timeline, write_trace
 
+from .config import LAUNCHER, OVERSUBSCRIBE_MAX_PER_CORE, RunConfig, add_flags, worker_argv
 from .report import RunReport, comm_per_pp_rank, disturbance_notes, load_report, predicted_comm, replayed_step_s
 from .status import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, STATUS_DIR_ENV
 
@@ -35,8 +36,6 @@ _ROOT = Path(__file__).resolve().parent.parent
 #: after Ctrl-C, SIGINT or SIGTERM: how long torchrun may take to stop its workers before it is killed
 #: (its workers then see their agent gone and exit within a second, ``runtime._exit_with_agent``)
 STOP_GRACE_S = 5.0
-#: ``--oversubscribe``: CPU ranks per core allowed at most (more is a mistake, not a test)
-OVERSUBSCRIBE_MAX_PER_CORE = 4
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -136,45 +135,16 @@ def _main_thread() -> bool:
 
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", type=Path, help="a Plan JSON file (pipeplan plan)")
-    p.add_argument("--nproc", type=int, help="processes (default: the plan's pp x dp)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
-    p.add_argument("--check", action="store_true", help="compare loss and every gradient with one process")
-    p.add_argument("--report", type=Path, help="RunReport path (default <plan>.run.json)")
-    p.add_argument(
-        "--torch-schedule",
-        metavar="NAME",
-        help="run torch's own schedule class NAME (e.g. 1F1B) on the same stages, for comparison",
-    )
-    p.add_argument(
-        "--data",
-        type=Path,
-        help="tokens: a .bin token file (uint16/uint32, nanoGPT/Megatron), or text (its bytes); default: synthetic",
-    )
-    p.add_argument("--data-dtype", choices=("uint16", "uint32"), help="a .bin file's token width (default: by vocab)")
-    p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank to DIR")
-    p.add_argument(
-        "--oversubscribe",
-        action="store_true",
-        help=f"CPU: allow more ranks than cores (up to {OVERSUBSCRIBE_MAX_PER_CORE} per core; correctness runs)",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="import and run the package.module:function model the plan's profile names, on every rank",
-    )
+    add_flags(p, LAUNCHER)
 
 
-def _worker_args(args: argparse.Namespace, report: Path) -> list[str]:
-    out = [str(args.plan), "--steps", str(args.steps), "--warmup", str(args.warmup), "--report", str(report)]
-    for flag in ("torch_schedule", "data", "data_dtype", "torch_profiler"):
-        if getattr(args, flag, None):
-            out += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    return out + (["--check"] if args.check else []) + (["--trust-remote-code"] if args.trust_remote_code else [])
+#: the parsed arguments that are not run settings: the plan, ``validate``'s ``--json``, the subcommand
+_NOT_SETTINGS = ("plan", "json", "command")
 
 
-#: the most timed (or warm-up) steps a run takes: a run is a check of a plan, not a training job
-MAX_STEPS = 10_000
+def _config(args: argparse.Namespace) -> RunConfig:
+    """The run settings of ``run``/``validate``'s arguments (their bounds checked)."""
+    return RunConfig.from_dict({k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS})
 
 
 def side_files(plan_path: Path) -> list[Path]:
@@ -183,55 +153,64 @@ def side_files(plan_path: Path) -> list[Path]:
     return [Path(f"{stem}.sim.trace.json"), Path(f"{stem}.run.trace.json"), Path(f"{stem}.compare.png")]
 
 
-def _check_run_args(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = ()) -> tuple[Path, Path]:
-    """Flags and paths of ``run``/``validate``, before the plan is read: bounds, and outputs that
-    are neither an input nor unwritable. Returns (plan path, report path)."""
-    bounded("--steps", args.steps, 1, MAX_STEPS)
-    bounded("--warmup", args.warmup, 0, MAX_STEPS)
-    bounded("--nproc", args.nproc, 1, MAX_DEVICES)
-    report = args.report or args.plan.with_suffix(".run.json")
-    inputs = [args.plan, getattr(args, "data", None)]
+def _check_run_args(plan_path: Path, cfg: RunConfig, extra_outputs: list[tuple[str, Path]] = ()) -> RunConfig:
+    """Paths of ``run``/``validate``, before the plan is read: outputs that are neither an input nor
+    unwritable. Returns ``cfg`` with its report path set."""
+    report = cfg.report or plan_path.with_suffix(".run.json")
+    inputs = [plan_path, cfg.data]
     outputs = [("--report", report), *extra_outputs]
     check_outputs(inputs, outputs)
-    if getattr(args, "torch_profiler", None) is not None:
-        d = args.torch_profiler
+    if cfg.torch_profiler is not None:
+        d = cfg.torch_profiler
         if d.exists() and not d.is_dir():
             raise UserError(f"--torch-profiler {d}: not a folder: give a folder for the traces")
         check_outputs(inputs, [("--torch-profiler", d / "trace.json")])
-    data = getattr(args, "data", None)
-    if data is not None and not Path(data).is_file():  # a token file may be large: its size is not capped
-        raise UserError(f"--data {data}: not a regular file: give a text file or a uint16/uint32 .bin token file")
-    return args.plan, report
+    if cfg.data is not None and not Path(cfg.data).is_file():  # a token file may be large: its size is not capped
+        raise UserError(f"--data {cfg.data}: not a regular file: give a text file or a uint16/uint32 .bin token file")
+    return replace(cfg, report=report)
 
 
-def _run_plan(args: argparse.Namespace, extra_outputs: list[tuple[str, Path]] = ()) -> tuple[int, Path]:
-    _, report = _check_run_args(args, extra_outputs)
-    plan = load_plan(args.plan)  # fail here, with one line, before any process starts
+def _run_plan(
+    plan_path: Path,
+    cfg: RunConfig,
+    *,
+    plan: Plan | None = None,
+    json_out: bool = False,
+    extra_outputs: list[tuple[str, Path]] = (),
+) -> tuple[int, Path]:
+    """Launch the run of ``plan_path`` (``plan``: that file, already loaded; ``json_out``: the
+    workers' output goes to stderr); returns torchrun's (or the workers') exit status and the
+    report's path."""
+    cfg = _check_run_args(plan_path, cfg, extra_outputs)
+    report = cfg.report
+    plan = plan or load_plan(plan_path)  # fail here, with one line, before any process starts
     # the plan's profile is an input too
-    check_outputs([plan.profile_file(args.plan.parent)], [("--report", report), *extra_outputs])
+    check_outputs([plan.profile_file(plan_path.parent)], [("--report", report), *extra_outputs])
     from profiles.zoo import check_trusted  # imports torch: only to run
 
-    check_trusted(plan.profile.model_name, args.trust_remote_code, args.plan)
-    nproc = args.nproc or plan.world_size
+    check_trusted(plan.profile.model_name, cfg.trust_remote_code, plan_path)
+    nproc = cfg.nproc or plan.world_size
     if nproc != plan.world_size:
         raise UserError(
             f"--nproc {nproc}: the plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp} x tp {plan.tp})"
         )
-    if getattr(args, "torch_schedule", None):
+    if cfg.torch_schedule:
         from .build import check_torch_schedule  # imports torch: only when asked
 
-        check_torch_schedule(plan, args.torch_schedule)
-    _check_host(plan, nproc, args, _worker_args(args, report))
+        check_torch_schedule(plan, cfg.torch_schedule)
+    argv = [str(plan_path), *worker_argv(cfg)]
+    _check_host(plan, plan_path, nproc, cfg.oversubscribe, argv, json_out)
     if report.exists():
         report.unlink()  # never leave last run's report looking like this one's
-    rc = launch(
-        "executor", _worker_args(args, report), nproc, stdout=sys.stderr if getattr(args, "json", False) else None
-    )
+    rc = launch("executor", argv, nproc, stdout=sys.stderr if json_out else None)
     return rc, report
 
 
-def _check_host(plan, nproc: int, args: argparse.Namespace, worker_args: list[str]) -> None:
-    """Refuse a launch bigger than this host (one line, exit 2), printing the multi-node commands."""
+def _check_host(
+    plan: Plan, plan_path: Path, nproc: int, oversubscribe: bool, worker_args: list[str], json_out: bool
+) -> None:
+    """Refuse a launch bigger than this host (one line, exit 2), printing the multi-node commands
+    (on stderr with ``json_out``)."""
     gpus = _local_gpus() if plan.cluster.device != "cpu" else 0
     if gpus:
         if nproc <= gpus:
@@ -240,18 +219,18 @@ def _check_host(plan, nproc: int, args: argparse.Namespace, worker_args: list[st
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         most = OVERSUBSCRIBE_MAX_PER_CORE * cores
-        if nproc <= cores or (args.oversubscribe and nproc <= most):
+        if nproc <= cores or (oversubscribe and nproc <= most):
             return
         have = f"{cores} CPU cores"
-        fix = "" if args.oversubscribe else f", or add --oversubscribe (CPU, at most {most} ranks here)"
+        fix = "" if oversubscribe else f", or add --oversubscribe (CPU, at most {most} ranks here)"
     # the nodes the plan's cluster has, not this host's cores: the same lines ``pipeplan plan`` prints
-    lines = run_it_lines(plan, args.plan, worker_args[1:])
-    out = sys.stderr if getattr(args, "json", False) else sys.stdout
+    lines = run_it_lines(plan, plan_path, worker_args[1:])
+    out = sys.stderr if json_out else sys.stdout
     print("\n".join(lines), file=out)
     nodes, per_node = plan_nodes(plan)
     where = f"on {nodes} nodes of {per_node} ranks" if nodes > 1 else f"on a node of {per_node} devices"
     raise UserError(
-        f"{args.plan}: the plan needs {nproc} processes but this host has {have}: launch it {where} "
+        f"{plan_path}: the plan needs {nproc} processes but this host has {have}: launch it {where} "
         f"with the {'commands' if nodes > 1 else 'command'} above{fix}"
     )
 
@@ -263,7 +242,7 @@ def _local_gpus() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    rc, _ = _run_plan(args)
+    rc, _ = _run_plan(args.plan, _config(args))
     return rc
 
 
@@ -368,7 +347,8 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> int:
     sim_trace, run_trace, png = side_files(args.plan)
     side = [("side file", sim_trace), ("side file", run_trace), ("side file", png)]
-    _, report_path = _check_run_args(args, side)
+    cfg = _check_run_args(args.plan, _config(args), side)
+    report_path = cfg.report
     existed = {p for _, p in side + [("--report", report_path)] if p.exists()}
     bar = progress_bar(3, "validating", enabled=not args.json)
     bar.set_postfix_str("simulating")
@@ -376,7 +356,7 @@ def _validate(args: argparse.Namespace) -> int:
     predicted = simulate(plan)
     bar.update()
     bar.set_postfix_str("running")
-    rc, report_path = _run_plan(args, side)
+    rc, report_path = _run_plan(args.plan, cfg, plan=plan, json_out=args.json, extra_outputs=side)
     if rc != 0 or not report_path.exists():
         bar.close()
         print(

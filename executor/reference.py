@@ -65,6 +65,7 @@ def reference_step(
     make_unit: MakeUnit,
     loss_fn,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
     device,
     visit: Callable[[int, nn.Module], None],
     keep: set[int],

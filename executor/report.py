@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -118,24 +119,107 @@ class CheckResult:
         )
 
 
-@dataclass(frozen=True)
+def _steps(f: Fields) -> tuple[float, ...]:
+    steps = tuple(f.nums("step_s"))
+    if not steps:
+        raise f.fail("step_s", "must list at least one measured step")
+    return steps
+
+
+def _timeline(f: Fields) -> Timeline:
+    """The file's ``ranks``, ``events`` and ``memory`` as the median step's measured Timeline."""
+    return Timeline.from_fields(
+        Fields(
+            {
+                "step_s": statistics.median(_steps(f)),
+                "ranks": f.raw("ranks"),
+                "events": f.raw("events"),
+                "memory": f.raw("memory", {}),
+                "source": "measured",
+            },
+            f.where,
+            f.prefix,
+        )
+    )
+
+
+def _check(f: Fields) -> CheckResult | None:
+    return CheckResult.from_fields(f.obj("check")) if f.has("check") and f.raw("check") else None
+
+
+def _predicted(f: Fields) -> float | None:
+    return None if f.raw("predicted_step_s", None) is None else f.num("predicted_step_s")
+
+
+def _host_peaks(f: Fields) -> tuple[int, ...]:
+    """``ranks[].host_peak_bytes``, when every rank has one (reports before they were measured: ())."""
+    ranks = f.raw("ranks")
+    if all(isinstance(r, dict) and "host_peak_bytes" in r for r in ranks):
+        return tuple(int(r.get("host_peak_bytes", 0)) for r in ranks if isinstance(r, dict))
+    return ()
+
+
+def _comm(f: Fields) -> tuple[CommSpan, ...]:
+    if not f.has("comm"):
+        return ()
+    out = []
+    for c in f.objs("comm"):
+        start, end = read_span(c)
+        out.append(
+            CommSpan(
+                c.int("rank", min=0),
+                c.int("stage", min=-1),
+                c.str("kind", choices=("F", "B", "I", "W", TAIL)),
+                c.int("microbatch", min=-1),
+                c.str("group", choices=COMM_GROUPS),
+                c.str("op"),
+                start,
+                end,
+            )
+        )
+    return tuple(out)
+
+
+def _losses(f: Fields) -> tuple[float, ...]:
+    raw = f.raw("losses", [])
+    if isinstance(raw, list) and any(isinstance(x, str) for x in raw):
+        return tuple(float(x) if isinstance(x, str) and x in _NONFINITE else x for x in raw)
+    return tuple(f.nums("losses", min=None)) if f.has("losses") else ()
+
+
+def _reads(read: Callable[[Fields], Any], default: Any = dataclasses.MISSING, **kw) -> Any:
+    """A RunReport field and how the file's object gives its value: ``read(fields)``."""
+    return field(default=default, metadata={"read": read}, **kw)
+
+
+def _key(name: str, how: Callable[..., Any] = Fields.str, **kw) -> Callable[[Fields], Any]:
+    """The reader of a top-level key of the file, e.g. ``_key("world_size", Fields.int, min=1)``."""
+    return lambda f: how(f, name, **kw)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunReport:
-    plan_path: str
-    plan_sha256: str
-    world_size: int
-    backend: str
-    device: str
-    step_s: tuple[float, ...]  # measured steps (warm-up excluded)
-    timeline: Timeline  # the median step's events and per-rank stats, source "measured"
-    losses: tuple[float, ...] = ()  # loss per step (all steps, warm-up included)
-    check: CheckResult | None = None  # when --check ran
-    predicted_step_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # schedule runtime, torch version, settings
+    """What a real run measured. Each field says where it comes from in the file (its reader);
+    ``from_fields`` reads them in this order, ``to_dict`` writes the file's layout."""
+
+    plan_path: str = _reads(lambda f: f.obj("plan").str("path"))  # the plan file run, as given
+    plan_sha256: str = _reads(lambda f: f.obj("plan").str("sha256"))  # its content hash
+    world_size: int = _reads(_key("world_size", Fields.int, min=1, max=MAX_DEVICES))  # processes
+    backend: str = _reads(_key("backend"))  # the process groups' backend: gloo | nccl
+    device: str = _reads(_key("device"))  # the device type ranks ran on: cpu | cuda
+    step_s: tuple[float, ...] = _reads(_steps)  # measured steps (warm-up excluded)
+    #: the median step's events and per-rank stats, source "measured"
+    timeline: Timeline = _reads(_timeline)
+    losses: tuple[float, ...] = _reads(_losses, ())  # loss per step (all steps, warm-up included)
+    check: CheckResult | None = _reads(_check, None)  # when --check ran
+    predicted_step_s: float | None = _reads(_predicted, None)
+    #: schedule runtime, torch version, settings
+    extra: dict[str, Any] = _reads(lambda f: f.obj("extra").data if f.has("extra") else {}, default_factory=dict)
     #: per rank: peak resident host memory of the worker process (VmHWM), in ``ranks[]`` of the file
-    host_peak_bytes: tuple[int, ...] = ()
+    host_peak_bytes: tuple[int, ...] = _reads(_host_peaks, ())
     #: the median step's tensor- and data-parallel collectives, every rank's (plans with tp or a
     #: sharded dp mode; empty otherwise, and in reports written before they were measured)
-    comm: tuple[CommSpan, ...] = ()
+    comm: tuple[CommSpan, ...] = _reads(_comm, ())
 
     @property
     def step_s_median(self) -> float:
@@ -176,71 +260,8 @@ class RunReport:
 
     @staticmethod
     def from_fields(f: Fields) -> RunReport:
-        plan = f.obj("plan")
-        steps = tuple(f.nums("step_s"))
-        if not steps:
-            raise f.fail("step_s", "must list at least one measured step")
-        tl = Timeline.from_fields(
-            Fields(
-                {
-                    "step_s": statistics.median(steps),
-                    "ranks": f.raw("ranks"),
-                    "events": f.raw("events"),
-                    "memory": f.raw("memory", {}),
-                    "source": "measured",
-                },
-                f.where,
-                f.prefix,
-            )
-        )
-        pred = f.raw("predicted_step_s", None)
-        if pred is not None:
-            pred = f.num("predicted_step_s")
-        return RunReport(
-            plan.str("path"),
-            plan.str("sha256"),
-            f.int("world_size", min=1, max=MAX_DEVICES),
-            f.str("backend"),
-            f.str("device"),
-            steps,
-            tl,
-            _losses(f),
-            CheckResult.from_fields(f.obj("check")) if f.has("check") and f.raw("check") else None,
-            pred,
-            f.obj("extra").data if f.has("extra") else {},
-            tuple(int(r.get("host_peak_bytes", 0)) for r in f.raw("ranks") if isinstance(r, dict))
-            if all(isinstance(r, dict) and "host_peak_bytes" in r for r in f.raw("ranks"))
-            else (),
-            _comm(f),
-        )
-
-
-def _comm(f: Fields) -> tuple[CommSpan, ...]:
-    if not f.has("comm"):
-        return ()
-    out = []
-    for c in f.objs("comm"):
-        start, end = read_span(c)
-        out.append(
-            CommSpan(
-                c.int("rank", min=0),
-                c.int("stage", min=-1),
-                c.str("kind", choices=("F", "B", "I", "W", TAIL)),
-                c.int("microbatch", min=-1),
-                c.str("group", choices=COMM_GROUPS),
-                c.str("op"),
-                start,
-                end,
-            )
-        )
-    return tuple(out)
-
-
-def _losses(f: Fields) -> tuple[float, ...]:
-    raw = f.raw("losses", [])
-    if isinstance(raw, list) and any(isinstance(x, str) for x in raw):
-        return tuple(float(x) if isinstance(x, str) and x in _NONFINITE else x for x in raw)
-    return tuple(f.nums("losses", min=None)) if f.has("losses") else ()
+        """The report in a file's object: each field by its own reader."""
+        return RunReport(**{x.name: x.metadata["read"](f) for x in dataclasses.fields(RunReport)})
 
 
 _NONFINITE = ("inf", "-inf", "nan")

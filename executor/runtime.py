@@ -39,7 +39,7 @@ from torch import nn
 
 from planner.plan import Plan, load_plan
 from profiles.clikit import progress_bar
-from profiles.contract import ContractError, UserError, sha256_of
+from profiles.contract import UserError, sha256_of
 from profiles.materialize import tie_local, tied_paths, unit_materializer
 from profiles.tuning import gc_paused, keep_freed_memory
 from profiles.zoo import ZooModel, build_model, check_trusted
@@ -55,6 +55,7 @@ from .build import (
     check_torch_schedule,
 )
 from .comm import CommMeter
+from .config import WORKER, RunConfig, add_flags
 from .data import TokenData
 from .parallel import (
     apply_fsdp,
@@ -131,32 +132,31 @@ class _LiveSaved:
         return torch.autograd.graph.saved_tensors_hooks(Holder, lambda h: h.t)
 
 
-def _args(argv: list[str] | None = None) -> argparse.Namespace:
+def _args(argv: list[str] | None = None) -> tuple[list[Path], RunConfig]:
+    """The plan files and the run's settings, from the worker's command line."""
     p = argparse.ArgumentParser(prog="torchrun ... -m executor", description="Run Plans (one process per rank).")
     p.add_argument("plans", type=Path, nargs="+", metavar="PLAN", help="plan files, run one after another")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--check", action="store_true", help="compare loss and gradients with one process")
-    p.add_argument("--report", type=Path, help="RunReport path (one plan only; default <plan>.run.json)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--torch-schedule", metavar="NAME", help="run torch's schedule class NAME instead of the table")
-    p.add_argument(
-        "--data",
-        type=Path,
-        help="tokens: a .bin token file (uint16/uint32), or text (its bytes); default: synthetic tokens",
-    )
-    p.add_argument("--data-dtype", choices=("uint16", "uint32"), help="a .bin file's token width (default: by vocab)")
-    p.add_argument("--torch-profiler", type=Path, metavar="DIR", help="write a torch.profiler trace per rank")
-    p.add_argument("--trust-remote-code", action="store_true", help="run the module:function model a profile names")
-    p.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
-    p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--perturb-grad", type=float, default=0.0, help=argparse.SUPPRESS)  # --check failure tests
-    args = p.parse_args(argv)
-    if args.report and len(args.plans) > 1:
+    add_flags(p, WORKER)
+    args = vars(p.parse_args(argv))
+    plans = args.pop("plans")
+    cfg = RunConfig.from_dict(args)
+    if cfg.report and len(plans) > 1:
         raise UserError("--report names one report: give one plan, or leave --report out")
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError("--steps must be >= 1 and --warmup >= 0")
-    return args
+    return plans, cfg
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Context:
+    """This process's place in the launch and the plan it is running: what every step of one plan
+    on one rank needs besides the settings (``RunConfig``) and its built stages (``_Rank``)."""
+
+    plan: Plan
+    path: Path  # the plan's file
+    report: Path  # where rank 0 writes the RunReport
+    torch_schedule: str | None  # torch's schedule class name (``--torch-schedule``), or None: the plan's table
+    rank: int  # global rank
+    world: int  # processes in the launch
+    device: torch.device
 
 
 def _parallel(plan: Plan) -> tuple[int, str]:
@@ -173,10 +173,10 @@ def _sharded(plan: Plan) -> bool:
     return tp > 1 or mode in _FSDP_MODES
 
 
-def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
+def _validate_launch(plan: Plan, path: Path, world: int, cfg: RunConfig) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
     tp, mode = _parallel(plan)
-    if _sharded(plan) and args.torch_schedule:
+    if _sharded(plan) and cfg.torch_schedule:
         raise UserError(
             f"--torch-schedule: {path} runs tp {tp} / dp mode {mode} on a DeviceMesh, with the plan's own table "
             "only: leave out --torch-schedule"
@@ -202,29 +202,28 @@ def _validate_launch(plan: Plan, path: Path, world: int, args) -> str | None:
             f"{path}: the plan is for model {plan.model_name!r} but its profile is of "
             f"{plan.profile.model_name if plan.profile else '?'}: re-plan"
         )
-    check_trusted(plan.profile.model_name, args.trust_remote_code, path)
-    torch_schedule = check_torch_schedule(plan, args.torch_schedule) if args.torch_schedule else None
-    if args.data and not args.data.is_file():
+    check_trusted(plan.profile.model_name, cfg.trust_remote_code, path)
+    torch_schedule = check_torch_schedule(plan, cfg.torch_schedule) if cfg.torch_schedule else None
+    if cfg.data and not cfg.data.is_file():
         node = os.uname().nodename
-        raise UserError(f"--data {args.data}: no such file on {node}: every node needs the file at this path")
-    if args.data and "vocab_size" not in plan.profile.model_config:
-        raise UserError(f"--data {args.data}: model {plan.profile.model_name} takes no tokens; leave --data out")
-    if args.data:
-        TokenData(args.data, int(plan.profile.model_config["vocab_size"]), args.data_dtype)  # its size and width
+        raise UserError(f"--data {cfg.data}: no such file on {node}: every node needs the file at this path")
+    if cfg.data and "vocab_size" not in plan.profile.model_config:
+        raise UserError(f"--data {cfg.data}: model {plan.profile.model_name} takes no tokens; leave --data out")
+    if cfg.data:
+        TokenData(cfg.data, int(plan.profile.model_config["vocab_size"]), cfg.data_dtype)  # its size and width
     if plan.job.forward_only and torch_schedule:
         raise UserError("--torch-schedule: a forward-only plan runs its own table only")
     return torch_schedule
 
 
-def run_worker(args: argparse.Namespace) -> int:
+def run_worker(paths: list[Path], cfg: RunConfig) -> int:
+    """Run the plans at ``paths`` one after another on this rank (torchrun's environment names it);
+    returns the exit code every rank agrees on."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     plans = []
-    for path in args.plans:
-        try:
-            plan = load_plan(path)
-        except ContractError as e:
-            raise UserError(str(e)) from None
-        plans.append((path, plan, _validate_launch(plan, path, world, args)))
+    for path in paths:
+        plan = load_plan(path)  # a ContractError is a UserError: one line, exit 2
+        plans.append((path, plan, _validate_launch(plan, path, world, cfg)))
     cuda = torch.cuda.is_available() and plans[0][1].cluster.device != "cpu"
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
     if cuda:
@@ -239,8 +238,17 @@ def run_worker(args: argparse.Namespace) -> int:
     code = 0
     try:
         for path, plan, torch_schedule in plans:
-            report = args.report or path.with_suffix(".run.json")
-            code = max(code, _run(plan, path, report, args, rank, world, device, torch_schedule))
+            report = cfg.report or path.with_suffix(".run.json")
+            ctx = _Context(
+                plan=plan,
+                path=path,
+                report=report,
+                torch_schedule=torch_schedule,
+                rank=rank,
+                world=world,
+                device=device,
+            )
+            code = max(code, _run(ctx, cfg))
         dist.barrier()  # clean teardown: nobody destroys the group while another still uses it
     finally:
         if dist.is_initialized():
@@ -248,7 +256,7 @@ def run_worker(args: argparse.Namespace) -> int:
     return code
 
 
-def _layout(plan: Plan, args, rank: int, device: torch.device):
+def _layout(plan: Plan, rank: int, device: torch.device):
     """This rank's pipeline and data-parallel index, its pipeline and data-parallel groups, and the
     tp and dp meshes. Ranks are laid out as the planner prices them (pipeline stages furthest
     apart, tp ranks adjacent on a node): ``rank = (pp_index * dp + dp_index) * tp + tp_index``,
@@ -307,30 +315,22 @@ class _Measured:
     saved_peak: int = 0  # peak bytes saved for backward on the tracked step
 
 
-def _run(
-    plan: Plan,
-    path: Path,
-    report_path: Path,
-    args,
-    rank: int,
-    world: int,
-    device: torch.device,
-    torch_schedule: str | None,
-) -> int:
+def _run(ctx: _Context, cfg: RunConfig) -> int:
     """Build this rank's stages, step them, and write the plan's RunReport (rank 0); returns the
     exit code every rank agrees on."""
-    rk = _build(plan, args, rank, device, torch_schedule)
-    measured = _train(rk, plan, path, args, rank, device)
-    mine = _rank_result(rk, plan, measured, rank, device)
+    rk = _build(ctx, cfg)
+    measured = _train(rk, ctx, cfg)
+    mine = _rank_result(rk, ctx, measured)
     del rk  # free this plan's stages before the next plan's are built
-    return _gather_and_report(plan, path, report_path, args, mine, rank, world, device, torch_schedule)
+    return _gather_and_report(ctx, cfg, mine)
 
 
-def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: str | None) -> _Rank:
+def _build(ctx: _Context, cfg: RunConfig) -> _Rank:
     """This rank's units materialised from the meta model (the others stay meta), tensor and
     data parallelism applied, its stages, schedule, recorder and optimizer."""
+    plan, rank, device = ctx.plan, ctx.rank, ctx.device
     tp, mode = _parallel(plan)
-    pp_rank, dp_rank, pp_group, dp_group, tp_mesh, dp_mesh = _layout(plan, args, rank, device)
+    pp_rank, dp_rank, pp_group, dp_group, tp_mesh, dp_mesh = _layout(plan, rank, device)
     profile = plan.profile
     host_base = _host_bytes("VmRSS")
     model = build_model(
@@ -360,12 +360,12 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
             apply_fsdp(mod, dp_mesh, mode == "fsdp" and plan.parallelism.reshard_after_forward)
     params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
     recorder = Recorder(rank=rank)
-    if args.fail_at_step is not None and rank == args.fail_rank:
-        recorder.fail_at = (args.fail_at_step, rank)
+    if cfg.fail_at_step is not None and rank == cfg.fail_rank:
+        recorder.fail_at = (cfg.fail_at_step, rank)
     for st in stages:
         recorder.wrap(st)
     # forward-only: no loss function, so torch's runtime expects (and validates) no backward
-    schedule = build_schedule(plan, stages, None if forward_only else loss_fn, torch_schedule)
+    schedule = build_schedule(plan, stages, None if forward_only else loss_fn, ctx.torch_schedule)
     recorder.wrap_loss(schedule)
     return _Rank(
         rank=rank,
@@ -381,7 +381,7 @@ def _build(plan: Plan, args, rank: int, device: torch.device, torch_schedule: st
         tied=tied,
         schedule=schedule,
         recorder=recorder,
-        optimizer=build_optimizer(params, mode, dp_group, args.lr) if params and not forward_only else None,
+        optimizer=build_optimizer(params, mode, dp_group, cfg.lr) if params and not forward_only else None,
         loss_scale=loss_scale,
         host_base=host_base,
         comm=_comm_meter(rank, recorder, tp_mesh, dp_mesh) if tp > 1 or mode != "ddp" else None,
@@ -398,22 +398,23 @@ def _comm_meter(rank: int, recorder: Recorder, tp_mesh, dp_mesh) -> CommMeter:
     return CommMeter(rank, groups, lambda: recorder.action)
 
 
-def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.device) -> _Measured:
+def _train(rk: _Rank, ctx: _Context, cfg: RunConfig) -> _Measured:
     """The warm-up and timed steps, each timed from one instant common to every rank."""
+    plan, path, rank, device = ctx.plan, ctx.path, ctx.rank, ctx.device
     profile = plan.profile
     seq_len, batch = profile.seq_len, plan.microbatches * plan.microbatch_size
-    data = TokenData(args.data, int(profile.model_config["vocab_size"]), args.data_dtype) if args.data else None
+    data = TokenData(cfg.data, int(profile.model_config["vocab_size"]), cfg.data_dtype) if cfg.data else None
     tracker = _LiveSaved([local_tensor(p) for p in rk.params])
     # saved-tensor hooks cost Python time per tensor, so memory is counted on an untimed step, and
     # not on step 0 when there is another: torch's first step also runs shape inference
-    track_step = 1 if args.warmup >= 2 else 0
+    track_step = 1 if cfg.warmup >= 2 else 0
     forward_only = plan.job.forward_only
     out = _Measured()
-    prof = _profiler(args, path, rank)
+    prof = _profiler(cfg)
     clock = StepClock()
-    bar = progress_bar(args.warmup + args.steps, path.name, enabled=rank == 0)  # off the clock, rank 0's only
+    bar = progress_bar(cfg.warmup + cfg.steps, path.name, enabled=rank == 0)  # off the clock, rank 0's only
     with bar, gc_paused():  # the profile was timed with it off too
-        for step in range(args.warmup + args.steps):
+        for step in range(cfg.warmup + cfg.steps):
             gc.collect(1)  # young generations only, between steps (off the clock)
             batches = [
                 data.batch(batch, seq_len, step * plan.dp + d)
@@ -426,50 +427,51 @@ def _train(rk: _Rank, plan: Plan, path: Path, args, rank: int, device: torch.dev
             recorder = rk.recorder
             recorder.events, recorder.step, recorder.current, recorder.off_cpu_s = [], step, "", 0.0
             recorder.t0 = t0 = clock.start()
-            if prof is not None and step == args.warmup:
+            if prof is not None and step == cfg.warmup:
                 prof.start()
             meter = rk.comm or nullcontext()
             if rk.comm:
                 rk.comm.t0 = t0
             with tracker.hooks() if step == track_step and not forward_only else nullcontext(), meter:
-                output = _schedule_step(rk, plan, path, x, y, step_losses, step, rank)
+                output = _schedule_step(rk, ctx, x, y, step_losses, step)
             t_sched = time.perf_counter() - t0
             t_opt = 0.0
-            if forward_only and args.check and step == 0:
+            if forward_only and cfg.check and step == 0:
                 out.check = check_outputs(plan, rk.make_unit, output, x, device) if rk.last(plan) else None
             if not forward_only:
                 # the tail's collectives are timed too, the --check reference's are not
-                with meter if not (args.check and step == 0) else nullcontext():
-                    t_opt, check = _after_backward(rk, plan, args, step, batches, step_losses, device)
+                with meter if not (cfg.check and step == 0) else nullcontext():
+                    t_opt, check = _after_backward(rk, ctx, cfg, step, batches, step_losses)
                 out.check = check or out.check
             t_end = time.perf_counter() - t0
-            if prof is not None and step >= args.warmup:
+            if prof is not None and step >= cfg.warmup:
                 prof.step()
             if step_losses:
                 out.losses.append(torch.stack(step_losses).mean().item() / rk.loss_scale)
-            if step >= args.warmup:
+            if step >= cfg.warmup:
                 out.steps.append(t_end)
                 out.events.append(list(recorder.events))
                 out.tails.append(StepTail(t_sched, t_opt, recorder.off_cpu_s))
             if rk.comm:
                 spans = rk.comm.take()
-                if step >= args.warmup:
+                if step >= cfg.warmup:
                     out.comm.append(spans)
             bar.update()
     if prof is not None:
         prof.stop()
-        prof.export_chrome_trace(str(args.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
+        prof.export_chrome_trace(str(cfg.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
     out.saved_peak = tracker.peak
     return out
 
 
-def _schedule_step(rk: _Rank, plan: Plan, path: Path, x, y, losses: list, step: int, rank: int):
+def _schedule_step(rk: _Rank, ctx: _Context, x, y, losses: list, step: int):
     """One step of the schedule; a failure is logged with the rank, step and action, then raised."""
+    plan, path = ctx.plan, ctx.path
     try:
-        return _one_step(rk.schedule, x, y, losses, rk.first, rk.last(plan), plan.job.forward_only)
+        return _one_step(rk, plan, x, y, losses)
     except Exception as e:
         print(
-            f"executor rank {rank}: step {step} failed in {rk.recorder.current or 'the schedule'} "
+            f"executor rank {ctx.rank}: step {step} failed in {rk.recorder.current or 'the schedule'} "
             f"({plan.schedule}, {path}): {type(e).__name__}: {e}",
             file=sys.stderr,
             flush=True,
@@ -479,22 +481,30 @@ def _schedule_step(rk: _Rank, plan: Plan, path: Path, x, y, losses: list, step: 
 
 
 def _after_backward(
-    rk: _Rank, plan: Plan, args, step: int, batches: list, step_losses: list, device: torch.device
+    rk: _Rank, ctx: _Context, cfg: RunConfig, step: int, batches: list, step_losses: list
 ) -> tuple[float, CheckResult | None]:
     """Gradients summed over tied copies and data-parallel replicas, checked against one process
     (``--check``, step 0), then the optimizer step. Returns the optimizer step's time and the
     check's verdict."""
+    plan = ctx.plan
     _sum_tied(rk.tied)
     _finish_grads(rk.params, plan.dp if rk.dp_group is not None else 1, rk.dp_group, rk.loss_scale)
-    if args.perturb_grad and step == 0 and rk.rank == 0 and rk.params:
+    if cfg.perturb_grad and step == 0 and rk.rank == 0 and rk.params:
         g = rk.params[0].grad
         if g is not None:
-            g.view(-1)[0] += args.perturb_grad * g.abs().max()  # tests: --check must catch this
+            g.view(-1)[0] += cfg.perturb_grad * g.abs().max()  # tests: --check must catch this
     check = None
-    if args.check and step == 0:
+    if cfg.check and step == 0:
         grads = GradCheck(plan, rk.mods, rk.stage_indices, tied_paths(rk.model))
         ref_losses = reference_step(
-            plan, rk.make_unit, rk.model.loss_fn, batches, device, grads.visit, grads.units_to_visit(), rk.loss_scale
+            plan,
+            rk.make_unit,
+            rk.model.loss_fn,
+            batches,
+            device=ctx.device,
+            visit=grads.visit,
+            keep=grads.units_to_visit(),
+            loss_scale=rk.loss_scale,
         )
         pipe_loss = torch.stack(step_losses).mean().item() / rk.loss_scale if step_losses else None
         check = grads.result(pipe_loss, ref_losses[rk.dp_rank])
@@ -507,7 +517,8 @@ def _after_backward(
     return time.perf_counter() - t, check
 
 
-def _rank_result(rk: _Rank, plan: Plan, m: _Measured, rank: int, device: torch.device) -> RankResult:
+def _rank_result(rk: _Rank, ctx: _Context, m: _Measured) -> RankResult:
+    plan, device = ctx.plan, ctx.device
     forward_only = plan.job.forward_only
     # weights (+ gradients, + the optimizer's state): this rank's shards
     static = sum(local_tensor(p).numel() * p.element_size() for p in rk.params) * (1 if forward_only else 2)
@@ -520,7 +531,7 @@ def _rank_result(rk: _Rank, plan: Plan, m: _Measured, rank: int, device: torch.d
         )
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else static + m.saved_peak
     return RankResult(
-        rank=rank,
+        rank=ctx.rank,
         steps=m.steps,
         events=m.events,
         tails=m.tails,
@@ -534,30 +545,20 @@ def _rank_result(rk: _Rank, plan: Plan, m: _Measured, rank: int, device: torch.d
     )
 
 
-def _gather_and_report(
-    plan: Plan,
-    path: Path,
-    report_path: Path,
-    args,
-    mine: RankResult,
-    rank: int,
-    world: int,
-    device: torch.device,
-    torch_schedule: str | None,
-) -> int:
+def _gather_and_report(ctx: _Context, cfg: RunConfig, mine: RankResult) -> int:
     """Every rank's results gathered on rank 0, which writes the report and prints its summary;
     the exit code (``EXIT_CHECK_FAILED`` when the check failed) reaches every rank."""
-    gathered = [None] * world if rank == 0 else None
+    gathered = [None] * ctx.world if ctx.rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     code = 0
-    if rank == 0:
-        report = _report(plan, path, args, gathered, world, device, torch_schedule)
-        report.save(report_path)
-        _print_summary(report, report_path)
+    if ctx.rank == 0:
+        report = _report(ctx, cfg, gathered)
+        report.save(ctx.report)
+        _print_summary(report, ctx.report)
         c = report.check
         if c is not None and not c.passed:
             print(
-                f"executor: CHECK FAILED for {path}: {c.why} (max relative {c.what} difference "
+                f"executor: CHECK FAILED for {ctx.path}: {c.why} (max relative {c.what} difference "
                 f"{c.max_rel_diff:.2e} at {c.where or '?'}, tolerance {c.rtol})",
                 file=sys.stderr,
                 flush=True,
@@ -588,13 +589,13 @@ def host_peak_bytes() -> int:
     return _host_bytes("VmHWM")
 
 
-def _one_step(schedule, x, y, losses, first: bool, last: bool, forward_only: bool):
+def _one_step(rk: _Rank, plan: Plan, x, y, losses: list):
     """One step; returns the last stage's output in forward-only mode (else None)."""
-    args = (x,) if first else ()
-    if forward_only:
+    args = (x,) if rk.first else ()
+    if plan.job.forward_only:
         with torch.no_grad():
-            return schedule.eval(*args)
-    schedule.step(*args, **({"target": y, "losses": losses} if last else {}))
+            return rk.schedule.eval(*args)
+    rk.schedule.step(*args, **({"target": y, "losses": losses} if rk.last(plan) else {}))
     return None
 
 
@@ -650,10 +651,10 @@ def _finish_grads(params: list[torch.Tensor], dp: int, dp_group, loss_scale: flo
                 p.grad /= loss_scale
 
 
-def _profiler(args, path: Path, rank: int):
-    if not args.torch_profiler:
+def _profiler(cfg: RunConfig):
+    if not cfg.torch_profiler:
         return None
-    args.torch_profiler.mkdir(parents=True, exist_ok=True)
+    cfg.torch_profiler.mkdir(parents=True, exist_ok=True)
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -686,15 +687,9 @@ class RankResult:
     comm: list[list[CommSpan]] = field(default_factory=list)  # per timed step: tp and dp collectives
 
 
-def _report(
-    plan: Plan,
-    path: Path,
-    args,
-    gathered: list[RankResult],
-    world: int,
-    device: torch.device,
-    torch_schedule: str | None,
-) -> RunReport:
+def _report(ctx: _Context, cfg: RunConfig, gathered: list[RankResult]) -> RunReport:
+    """The plan's RunReport from every rank's results: the median step's events and stats."""
+    plan, torch_schedule = ctx.plan, ctx.torch_schedule
     n = len(gathered[0].steps)
     steps = [max(g.steps[i] for g in gathered) for i in range(n)]
     med = sorted(range(n), key=lambda i: steps[i])[n // 2]
@@ -709,25 +704,25 @@ def _report(
     last = [g.losses for g in gathered if g.losses]  # one per data-parallel replica
     losses = [sum(xs) / len(xs) for xs in zip(*last)] if last else []
     return RunReport(
-        str(path),
-        sha256_of(path),
-        world,
-        "nccl" if device.type == "cuda" else "gloo",
-        device.type,
-        tuple(steps),
-        tl,
-        tuple(losses),
-        CheckResult.merged([g.check for g in gathered if g.check is not None]),
-        plan.predicted.step_s if plan.predicted else None,
+        plan_path=str(ctx.path),
+        plan_sha256=sha256_of(ctx.path),
+        world_size=ctx.world,
+        backend="nccl" if ctx.device.type == "cuda" else "gloo",
+        device=ctx.device.type,
+        step_s=tuple(steps),
+        timeline=tl,
+        losses=tuple(losses),
+        check=CheckResult.merged([g.check for g in gathered if g.check is not None]),
+        predicted_step_s=plan.predicted.step_s if plan.predicted else None,
         host_peak_bytes=tuple(g.host_peak for g in ordered),
         comm=tuple(s for g in ordered if g.comm for s in g.comm[med]),
         extra={
             "runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule else "_PipelineScheduleRuntime",
             "torch": torch.__version__,
-            "warmup": args.warmup,
+            "warmup": cfg.warmup,
             "schedule": plan.schedule,
             "microbatches": plan.microbatches,
-            "data": str(args.data) if args.data else "synthetic",
+            "data": str(cfg.data) if cfg.data else "synthetic",
             "schedule_end_s": [g.tails[med].schedule_s for g in ordered],
             "optimizer_s": [g.tails[med].optimizer_s for g in ordered],
             "params": [g.params for g in ordered],
@@ -771,12 +766,12 @@ def main(argv: list[str] | None = None, agent: int | None = None) -> int:
 
 def _main(argv: list[str] | None, agent: int | None) -> int:
     try:
-        args = _args(argv)
+        plans, cfg = _args(argv)
         if not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")):
             print(_LAUNCH_HINT, file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
         _exit_with_agent(agent or os.getppid())
-        return run_worker(args)
+        return run_worker(plans, cfg)
     except UserError as e:
         print(
             f"executor rank {os.environ.get('RANK', '?')}: error: {' '.join(str(e).split())}",

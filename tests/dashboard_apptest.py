@@ -96,13 +96,13 @@ def synthetic_root(base: Path) -> Path:
         tl, step_s=tl.step_s * slow, events=events, ranks=ranks, transfers=(), source="measured"
     )
     RunReport(
-        "plan.json",
-        sha256_of(run / "plan.json"),
-        2,
-        "gloo",
-        "cpu",
-        (tl.step_s * slow,) * 3,
-        measured,
+        plan_path="plan.json",
+        plan_sha256=sha256_of(run / "plan.json"),
+        world_size=2,
+        backend="gloo",
+        device="cpu",
+        step_s=(tl.step_s * slow,) * 3,
+        timeline=measured,
         losses=(2.0, 1.9, 1.8),
         check=CheckResult(passed=True, max_rel_diff=1e-6, where="stage 0 units.0.w", rtol=1e-4, tensors=4),
         predicted_step_s=tl.step_s,

@@ -87,16 +87,16 @@ def test_timeline_and_report_round_trip(tmp_path):
     tl.save(tmp_path / "t.json")
     assert load_timeline(tmp_path / "t.json") == tl
     rep = RunReport(
-        "plan.json",
-        "ab" * 32,
-        2,
-        "gloo",
-        "cpu",
-        (2.0, 2.2, 1.9),
-        tl.with_source("measured"),
-        (3.0, 2.5),
-        CheckResult(passed=False, max_rel_diff=float("inf"), where="stage 0 units.1.w", rtol=1e-4, why="missing"),
-        1.8,
+        plan_path="plan.json",
+        plan_sha256="ab" * 32,
+        world_size=2,
+        backend="gloo",
+        device="cpu",
+        step_s=(2.0, 2.2, 1.9),
+        timeline=tl.with_source("measured"),
+        losses=(3.0, 2.5),
+        check=CheckResult(passed=False, max_rel_diff=float("inf"), where="stage 0 units.1.w", rtol=1e-4, why="missing"),
+        predicted_step_s=1.8,
     )
     rep.save(tmp_path / "r.json")
     back = load_report(tmp_path / "r.json")

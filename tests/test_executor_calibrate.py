@@ -80,13 +80,13 @@ def test_validate_table_says_when_other_load_took_a_ranks_cpu(tiny_plan_path):
 
     tl = simulate(load_plan(tiny_plan_path))
     quiet = RunReport(
-        "plan.json",
-        "0" * 64,
-        2,
-        "gloo",
-        "cpu",
-        (tl.step_s,),
-        tl.with_source("measured"),
+        plan_path="plan.json",
+        plan_sha256="0" * 64,
+        world_size=2,
+        backend="gloo",
+        device="cpu",
+        step_s=(tl.step_s,),
+        timeline=tl.with_source("measured"),
         extra={"off_cpu_fraction": [0.01, 0.02]},
     )
     assert "off the CPU" not in compare_table(tl, quiet)
@@ -124,7 +124,13 @@ def test_replay_with_the_runs_own_action_times_separates_the_schedule_model_from
     def run_like(tl):  # measured events leave out the per-action overhead the simulator adds
         events = tuple(e._replace(end_s=e.end_s - oh) for e in tl.events)
         return RunReport(
-            "plan.json", "0" * 64, 2, "gloo", "cpu", (tl.step_s,), replace(tl.with_source("measured"), events=events)
+            plan_path="plan.json",
+            plan_sha256="0" * 64,
+            world_size=2,
+            backend="gloo",
+            device="cpu",
+            step_s=(tl.step_s,),
+            timeline=replace(tl.with_source("measured"), events=events),
         )
 
     assert replayed_step_s(plan, run_like(predicted)) == pytest.approx(predicted.step_s, rel=1e-9)
