@@ -203,15 +203,15 @@ def format_plans(plans: list[Plan]) -> str:
         f"{'TFLOP/s/dev':>11} {'MFU':>6}  layout"
     ]
     for i, p in enumerate(plans, 1):
-        pr, fig = p.predicted, figures(p)
+        pr, fig, lay = p.predicted, figures(p), p.layout
         bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
         lines.append(
-            f"{i:>2} {p.schedule_label:<22} {p.pp:>3} {p.tp:>3} {p.dp:>4} {p.dp_mode.value:>5} {p.virtual:>2} "
+            f"{i:>2} {p.schedule_label:<22} {p.pp:>3} {lay.tp:>3} {lay.dp:>4} {lay.dp_mode.value:>5} {p.virtual:>2} "
             f"{p.microbatches:>4} {p.microbatch_size:>4} {duration(pr.step_s):>10} "
             + (f"{pr.latency_s * 1e3:9.2f} {pr.throughput:10.1f} " if serving else "")
             + f"{bubble:7.1%} {fig.peak_bytes_per_device / 2**30:8.2f} {fig.tokens_per_s:11,.0f} "
             f"{fig.tokens_per_s_per_device:10,.1f} {fig.tflops_per_device:11.1f} "
-            f"{'-' if fig.mfu is None else f'{fig.mfu:.1%}':>6}  {p.layout()}"
+            f"{'-' if fig.mfu is None else f'{fig.mfu:.1%}':>6}  {p.pipeline_layout()}"
         )
     c = plans[0].cluster
     lines.append(
