@@ -155,7 +155,7 @@ def show_plan(ctx: Context) -> None:
         return
     rows = pd.DataFrame([frames.candidate_row(i, p, s.memory_bytes) for i, p in enumerate(plans, 1)])
     st.subheader(
-        f"{len(plans)} best plans for {s.devices} devices × {s.memory_gib:g} GiB, global batch {s.global_batch}"
+        f"{len(plans)} best plans for {s.devices} devices × {s.memory_gib:g} GiB, global batch {s.job.global_batch}"
     )
     st.dataframe(
         rows,
