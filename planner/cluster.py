@@ -60,6 +60,7 @@ MAX_GLOBAL_BATCH = 2**20
 #: to hundreds large runs use (e.g. GPT-3 on Megatron: a batch of 1536 over 8 replicas, 192
 #: microbatches of 1; Narayanan et al. 2021), and a table it can simulate in seconds.
 MAX_MICROBATCHES = 1024
+_BPS = " bytes/s (a link moves data)"
 
 _UNITS = {
     "": 1,
@@ -96,22 +97,37 @@ def parse_bytes(text: str | int | float, flag: str = "--device-memory") -> int:
 
 @dataclass(frozen=True)
 class Cluster:
-    name: str = "custom"
-    device: str = "cpu"  #: device kind, informational ("h100", "cpu", ...)
-    devices: int = 2  #: accelerators in all
-    memory_bytes: int = 8 * 2**30  #: usable memory per device
-    devices_per_node: int = 8  #: devices that share the fast intra-node link
-    intra_bandwidth_Bps: float = 1e9  #: point-to-point bandwidth inside a node, bytes/s
-    intra_latency_s: float = 50e-6  #: point-to-point latency inside a node
-    inter_bandwidth_Bps: float = 1e9  #: bandwidth across nodes
-    inter_latency_s: float = 50e-6  #: latency across nodes
-    overlap: bool = True  #: sends overlap compute (False: the sender waits for its send)
-    action_overhead_s: float = 0.0  #: runtime cost of every compute action, in the stage costs (calibrate)
-    optimizer_s_per_param: float = 0.0  #: gradient scaling + AdamW step time per parameter (calibrate)
-    #: bus bandwidth NCCL's collectives reach for large messages inside a node / across nodes
-    #: (bytes/s; 0: collectives priced on the point-to-point link, α-β)
-    intra_collective_Bps: float = 0.0
-    inter_collective_Bps: float = 0.0
+    """The hardware: devices, their memory, and the links between them (``pipeplan calibrate``
+    measures the links and overheads). Each field declared once (``planner.config``)."""
+
+    name: str = setting("custom", "the cluster's name, as plans show it", "str")
+    device: str = setting("cpu", 'device kind, informational ("h100", "cpu", ...)', "str")
+    devices: int = setting(2, "accelerators in all", "int", lo=1, hi=MAX_DEVICES)
+    memory_bytes: int = setting(8 * 2**30, "usable memory per device", "int", lo=1)
+    devices_per_node: int = setting(8, "devices that share the fast intra-node link", "int", lo=1, hi=MAX_DEVICES)
+    intra_bandwidth_Bps: float = setting(
+        1e9, "point-to-point bandwidth inside a node, bytes/s", "num", lo=0.0, positive=True, why=_BPS
+    )
+    intra_latency_s: float = setting(50e-6, "point-to-point latency inside a node", "num", lo=0.0)
+    inter_bandwidth_Bps: float = setting(1e9, "bandwidth across nodes", "num", lo=0.0, positive=True, why=_BPS)
+    inter_latency_s: float = setting(50e-6, "latency across nodes", "num", lo=0.0)
+    overlap: bool = setting(True, "sends overlap compute (False: the sender waits for its send)", "bool")
+    action_overhead_s: float = setting(
+        0.0, "runtime cost of every compute action, in the stage costs (calibrate)", "num", lo=0.0
+    )
+    optimizer_s_per_param: float = setting(
+        0.0, "gradient scaling + AdamW step time per parameter (calibrate)", "num", lo=0.0
+    )
+    intra_collective_Bps: float = setting(
+        0.0,
+        "bus bandwidth NCCL's collectives reach for large messages inside a node (bytes/s; 0: collectives "
+        "priced on the point-to-point link, α-β)",
+        "num",
+        lo=0.0,
+    )
+    inter_collective_Bps: float = setting(
+        0.0, "bus bandwidth NCCL's collectives reach for large messages across nodes (0: as above)", "num", lo=0.0
+    )
 
     def links(self, stride: int = 1) -> Links:
         """Links between pipeline ranks ``stride`` devices apart (``dp`` with tp 1)."""
@@ -135,30 +151,17 @@ class Cluster:
 
     @staticmethod
     def from_fields(f: Fields) -> Cluster:
-        known = {x.name for x in fields(Cluster)}
-        unknown = set(f.data) - known - {"schema"}
-        if unknown:
-            raise f.fail(sorted(unknown)[0], f"unknown field; known fields: {', '.join(sorted(known))}")
-        d = Cluster()
-        for key in ("intra_bandwidth_Bps", "inter_bandwidth_Bps"):
-            if f.has(key) and f.num(key) <= 0:
-                raise f.fail(key, "must be > 0 bytes/s (a link moves data)")
-        return Cluster(
-            name=f.str("name", default=d.name),
-            device=f.str("device", default=d.device),
-            devices=f.int("devices", min=1, max=MAX_DEVICES, default=d.devices),
-            memory_bytes=f.int("memory_bytes", min=1, default=d.memory_bytes),
-            devices_per_node=f.int("devices_per_node", min=1, max=MAX_DEVICES, default=d.devices_per_node),
-            intra_bandwidth_Bps=f.num("intra_bandwidth_Bps", default=d.intra_bandwidth_Bps),
-            intra_latency_s=f.num("intra_latency_s", default=d.intra_latency_s),
-            inter_bandwidth_Bps=f.num("inter_bandwidth_Bps", default=d.inter_bandwidth_Bps),
-            inter_latency_s=f.num("inter_latency_s", default=d.inter_latency_s),
-            intra_collective_Bps=f.num("intra_collective_Bps", default=d.intra_collective_Bps),
-            inter_collective_Bps=f.num("inter_collective_Bps", default=d.inter_collective_Bps),
-            overlap=f.bool("overlap", default=d.overlap),
-            action_overhead_s=f.num("action_overhead_s", default=d.action_overhead_s),
-            optimizer_s_per_param=f.num("optimizer_s_per_param", default=d.optimizer_s_per_param),
-        )
+        """A Cluster from its file's fields (``schema`` aside), each of its declared kind, unknown
+        keys refused, then checked (a one-line error naming the field)."""
+        cluster = read_config(Cluster, {k: v for k, v in f.data.items() if k != "schema"}, f.where, f.prefix)
+        cluster.check(Fields({}, f.where, f.prefix))
+        return cluster
+
+    def check(self, f: Fields | None = None) -> None:
+        """Raise a one-line ContractError at the first value its declaration does not allow."""
+        f = f or Fields({}, "cluster")
+        for name, value, why in config_problems(self):
+            raise f.fail(name, f"is {shown(value)}: {why}")
 
 
 PRESETS_FILE = Path(__file__).with_name("clusters.yaml")  #: node types, their datasheet sources, old names

@@ -86,6 +86,7 @@ class Setting:
     kind: Kind
     lo: float | None = None  #: smallest value (of each item, for lists)
     hi: float | None = None  #: largest value (of each item, for lists)
+    positive: bool = False  #: a number above ``lo``, not equal to it (a bandwidth)
     why: str = ""  #: what the range counts, said in its error, e.g. `` (microbatches per replica)``
     choices: tuple[str, ...] | None = None  #: the names allowed (of each item, for lists)
     nonempty: bool = False  #: a list must name at least one
@@ -201,6 +202,8 @@ def _item_problem(v: Any, s: Setting) -> str | None:
         if not integer and not math.isfinite(v):
             return "expected a finite number"
         lo, hi = s.lo, MAX_INT if s.hi is None else s.hi
+        if s.positive and v <= lo:
+            return f"must be > {_number(lo)}{s.why}"
         if (lo is not None and v < lo) or v > hi:
             span = f"from {_number(lo)} to {_number(hi)}" if s.hi is not None else f">= {_number(lo)}"
             return f"{'each ' if s.kind == 'ints' else ''}must be {span}{s.why}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import pytest
 
 from planner.cli import PLAN
-from planner.cluster import Job
+from planner.cluster import Cluster, Job
 from planner.config import Flag, add_flags, config_problems, flag_values, mirrored, read_config, setting, settings_of
 from profiles.contract import ContractError
 
@@ -33,9 +33,10 @@ def _sample(s) -> object:
     return _SAMPLE[s.kind]
 
 
-def test_every_job_field_is_declared_once_with_its_doc_and_rule():
-    declared = {x.name: s for x, s in settings_of(Job)}
-    assert list(declared) == [x.name for x in fields(Job)]
+@pytest.mark.parametrize("config", [Job, Cluster])
+def test_every_field_is_declared_once_with_its_doc_and_rule(config):
+    declared = {x.name: s for x, s in settings_of(config)}
+    assert list(declared) == [x.name for x in fields(config)]
     for name, s in declared.items():
         assert s.doc and s.kind, name
 
