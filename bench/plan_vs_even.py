@@ -70,7 +70,7 @@ def main() -> int:
     measured: dict[str, list[float]] = {"planned": [], "even": []}
     for name, _, path in order:
         measured[name] += list(load_report(path.with_suffix(".run.json")).step_s)
-    layouts = {k: p.layout() for k, p in plans.items()}
+    layouts = {k: p.pipeline_layout() for k, p in plans.items()}
     predicted = {k: p.predicted.step_s for k, p in plans.items()}
     med = {k: statistics.median(v) for k, v in measured.items()}
     print(f"\n{'plan':<8} {'layout':<22} {'predicted ms':>13} {'measured ms':>12}")

@@ -34,9 +34,9 @@ from dashboard.views import (
     show_plan,
     show_profile,
 )
-from planner.cluster import PRESET_CLUSTERS, preset_cluster
+from planner.cluster import DP_MODE_CHOICES, MAX_GLOBAL_BATCH, PRESET_CLUSTERS, Job, preset_cluster
+from planner.config import mirrored
 from profiles.contract import UserError
-from simulator.costs import DPMode
 from simulator.schedules import CUSTOM, SCHEDULES
 from simulator.tensor_parallel import RECOMPUTE_MODES, recompute_modes
 
@@ -52,9 +52,11 @@ _BOUNDS = {
     "devices": (1, 4096, True),
     "mem": (0.001, 65536.0, False),
     "per_node": (1, 1024, True),
-    "batch": (1, 1 << 20, True),
+    data.WIDGET_KEYS["global_batch"]: (1, MAX_GLOBAL_BATCH, True),
     "limit": (0.0, 600.0, False),
 }
+#: the Job fields the sidebar mirrors (their labels and docs): field name -> declaration
+_JOB = mirrored(Job)
 #: what a new profile re-defaults: the cluster it implies, that cluster's numbers, the profile's dtypes
 _FOLLOW_PROFILE = ("cluster", "devices", "mem", "per_node", "dtypes")
 _log = logging.getLogger("pipeplan.dashboard")
@@ -202,69 +204,7 @@ def _settings(profile_path: str, profile, found: dict[str, list[str]], roots: tu
         base.devices_per_node,
         help="devices that share the cluster's intra-node link; the rest talk over its inter-node link",
     )
-    known = [*SCHEDULES, CUSTOM.name]  # Custom: the planner's family of unequal placements
-    schedules = sb.multiselect(
-        "schedules",
-        known,
-        list(SCHEDULES),
-        key="schedules",
-        help="schedules the planner may choose from (Custom: its own unequal placements, slower to search)",
-    )
-    dtypes = data.profile_dtypes(profile)
-    if not set(st.session_state.get("dtypes", dtypes)) <= set(dtypes):  # another profile's choice
-        del st.session_state["dtypes"]
-    chosen_dtypes = (
-        sb.multiselect(
-            "dtypes",
-            dtypes,
-            dtypes,
-            key="dtypes",
-            help="the profile's precisions the planner may use (default: all of them, as pipeplan plan): with "
-            "several, the MILP chooses one per stage",
-        )
-        or dtypes
-    )
-    recompute = sb.multiselect(
-        "recompute",
-        list(RECOMPUTE_MODES),
-        list(recompute_modes(profile.model_config)),
-        key="recompute",
-        help="activation recompute modes the planner may choose per stage (selective: the attention core "
-        "only, as Megatron; full: every unit)",
-    )
-    tp_options = data.tp_choices(profile, devices, per_node)
-    tp = sb.multiselect(
-        "tensor-parallel degrees",
-        tp_options,
-        tp_options,
-        key="tp",
-        help="degrees that divide the devices per node and the model's attention and key/value heads",
-    )
-    dp_modes = sb.multiselect(
-        "data-parallel modes",
-        [m.value for m in DPMode],
-        [m.value for m in DPMode],
-        key="dp_modes",
-        help="ddp: replicas; zero1/zero2: optimizer state (and gradients) sharded; fsdp: parameters too",
-    )
-    batch = _number("global batch", "batch", 8, help="samples per optimizer step, across data-parallel replicas")
-    sizes = data.common_sizes(profile, chosen_dtypes)
-    mbs = sb.selectbox(
-        "microbatch size",
-        [None, *sizes],
-        key="mbs",
-        format_func=lambda v: "planner chooses" if v is None else str(v),
-        help="the sizes profiled in every chosen dtype",
-    )
-    pp = sb.multiselect(
-        "pipeline degrees",
-        data.pipeline_degrees(profile.num_units, devices),
-        [],
-        key="pp",
-        bind="query-params",
-        placeholder="any",
-        help="limit the search (a 64-device search over every degree can take a minute the first time)",
-    )
+    job = _job_settings(profile, devices, per_node)
     limit = _number(
         "search time limit (s per MILP, 0: none)",
         "limit",
@@ -275,19 +215,56 @@ def _settings(profile_path: str, profile, found: dict[str, list[str]], roots: tu
         "the search is bounded by work, so the same settings give the same plans",
     )
     return data.PlanSettings(
-        devices=devices,
-        memory_gib=mem,
-        devices_per_node=per_node,
+        devices=devices, memory_gib=mem, devices_per_node=per_node, time_limit=limit, base=base, job=job
+    )
+
+
+def _job_settings(profile, devices: int, per_node: int) -> Job:
+    """The sidebar's inputs for the Job fields it mirrors (``mirrored(Job)``), each labelled and
+    explained by the field's own declaration (``planner.cluster.Job``); the others at their defaults."""
+    sb, job = st.sidebar, _JOB
+
+    def key(name: str) -> str:
+        return data.WIDGET_KEYS.get(name, name)
+
+    def pick(name: str, options: list, default: list, **kw) -> list:
+        return sb.multiselect(job[name].label, options, default, key=key(name), help=job[name].doc, **kw)
+
+    # Custom: the planner's family of unequal placements, slower to search: not chosen by default
+    schedules = pick("schedules", [*SCHEDULES, CUSTOM.name], list(SCHEDULES))
+    dtypes = data.profile_dtypes(profile)
+    if not set(st.session_state.get("dtypes", dtypes)) <= set(dtypes):  # another profile's choice
+        del st.session_state["dtypes"]
+    chosen_dtypes = pick("dtypes", dtypes, dtypes) or dtypes  # default: all of them, as pipeplan plan
+    recompute = pick("recompute", list(RECOMPUTE_MODES), list(recompute_modes(profile.model_config)))
+    tp_options = data.tp_choices(profile, devices, per_node)
+    tp = pick("tp", tp_options, tp_options)
+    dp_modes = pick("dp_modes", list(DP_MODE_CHOICES), list(DP_MODE_CHOICES))
+    gb = job["global_batch"]
+    batch = _number(gb.label, key("global_batch"), Job().global_batch, help=gb.doc)
+    mbs = sb.selectbox(
+        job["microbatch_size"].label,
+        [None, *data.common_sizes(profile, chosen_dtypes)],
+        key=key("microbatch_size"),
+        format_func=lambda v: "planner chooses" if v is None else str(v),
+        help=job["microbatch_size"].doc + "; the sizes profiled in every chosen dtype",
+    )
+    pp = pick(
+        "pp",
+        data.pipeline_degrees(profile.num_units, devices),
+        [],
+        bind="query-params",
+        placeholder="any",
+    )
+    return Job(
         schedules=tuple(schedules),
         dtypes=tuple(chosen_dtypes),
         recompute=tuple(recompute),
+        tp=tuple(sorted(t for t in tp if t in tp_options)),
+        dp_modes=tuple(dp_modes),
         global_batch=batch,
         microbatch_size=mbs,
         pp=tuple(sorted(pp)),
-        tp=tuple(sorted(t for t in tp if t in tp_options)),
-        dp_modes=tuple(dp_modes),
-        time_limit=limit,
-        base=base,
     )
 
 

@@ -20,7 +20,16 @@ from pathlib import Path
 import streamlit as st
 
 from executor.report import RunReport, load_report
-from planner.cluster import PRESET_CLUSTERS, Cluster, Job, cluster_for_device, load_cluster, preset_cluster
+from planner.batching import fewest_microbatches
+from planner.cluster import (
+    MAX_MICROBATCHES,
+    PRESET_CLUSTERS,
+    Cluster,
+    Job,
+    cluster_for_device,
+    load_cluster,
+    preset_cluster,
+)
 from planner.plan import Plan, distinct_plans, load_plan
 from planner.search import plan as make_plans
 from profiles.contract import UserError
@@ -59,13 +68,15 @@ __all__ = [
     "TOP",
     "MAX_MICROBATCHES",
     "MAX_WHATIF_ACTIONS",
+    "WIDGET_KEYS",
     "DEFAULT_CLUSTER",
     "DEFAULT_TIME_LIMIT",
     "default_cluster",
 ]
 
 TOP = 5  #: candidates shown per solve
-MAX_MICROBATCHES = 1024  #: most microbatches per pipeline the dashboard asks the planner to consider
+#: a mirrored Job field's sidebar key (and URL parameter) where it is not the field's name
+WIDGET_KEYS = {"global_batch": "batch", "microbatch_size": "mbs"}
 MAX_WHATIF_ACTIONS = 200_000  #: most compute actions in a what-if table (stages x microbatches x kinds)
 DEFAULT_CLUSTER = "cpu-local"  #: the cluster of a profile whose device names no preset
 DEFAULT_TIME_LIMIT = 0.0  #: seconds per MILP; 0: none, as ``pipeplan plan`` without ``--time-limit``
@@ -117,14 +128,9 @@ class PlanSettings:
     devices: int = 2  #: accelerators in all
     memory_gib: float = 8.0  #: usable memory per device, GiB
     devices_per_node: int = 2  #: devices sharing the fast (intra-node) link
-    schedules: tuple[str, ...] = ("1F1B",)  #: schedules the planner may choose from
-    dtypes: tuple[str, ...] = ("fp32",)  #: precisions the planner may choose per stage
-    recompute: tuple[str, ...] = ("none",)  #: recompute modes the planner may choose per stage
-    global_batch: int = 8  #: samples per optimizer step
-    microbatch_size: int | None = None  #: None: the planner chooses among profiled sizes
-    pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that divides the devices)
-    tp: tuple[int, ...] = (1,)  #: allowed tensor-parallel degrees
-    dp_modes: tuple[str, ...] = ("ddp",)  #: allowed data-parallel modes: ddp | zero1 | zero2 | fsdp
+    #: the job: the fields the sidebar mirrors (``planner.config.mirrored(Job)``) as chosen there,
+    #: the others at their defaults
+    job: Job = field(default_factory=Job)
     time_limit: float = DEFAULT_TIME_LIMIT  #: wall seconds per MILP (``pipeplan plan --time-limit``); 0: none
     #: links, latencies and calibrated overheads: a preset or a cluster file; devices, memory and
     #: devices per node above replace the file's
@@ -139,44 +145,33 @@ class PlanSettings:
             self.base, devices=self.devices, memory_bytes=self.memory_bytes, devices_per_node=self.devices_per_node
         )
 
-    def job(self) -> Job:
-        return Job(
-            global_batch=self.global_batch,
-            schedules=self.schedules,
-            dtypes=self.dtypes,
-            microbatch_size=self.microbatch_size,
-            pp=self.pp,
-            recompute=self.recompute,
-            tp=self.tp,
-            dp_modes=self.dp_modes,
-        )
-
 
 def settings_problem(settings: PlanSettings, profile: Profile) -> str | None:
     """Why the dashboard will not solve ``settings`` (one line that says what to change), or None.
 
     The settings arrive from the URL too, so a link like ``?devices=1&batch=1048576`` must not
-    start a search over a million microbatches: the most microbatches any candidate could have
-    (fewest replicas, smallest microbatch) is held to ``MAX_MICROBATCHES``."""
-    s = settings
-    if not s.schedules:
+    start a search over a million microbatches: as ``pipeplan plan``, a job whose every way of
+    cutting the batch makes more than ``MAX_MICROBATCHES`` microbatches per replica
+    (``planner.batching.fewest_microbatches``) is refused, and the search leaves out the
+    candidates that would make more."""
+    s, job = settings, settings.job
+    if not job.schedules:
         return "Choose at least one schedule in the sidebar."
-    if not s.recompute or not s.tp or not s.dp_modes:
+    if not job.recompute or not job.tp or not job.dp_modes:
         return "Choose at least one recompute mode, tensor-parallel degree and data-parallel mode in the sidebar."
-    sizes = common_sizes(profile, s.dtypes)
+    sizes = common_sizes(profile, job.dtypes)
     if not sizes:
-        return f"The profile has no microbatch size measured in all of {', '.join(s.dtypes)}: choose fewer dtypes."
-    degrees = [p for p in (s.pp or pipeline_degrees(profile.num_units, s.devices)) if s.devices % p == 0]
+        return f"The profile has no microbatch size measured in all of {', '.join(job.dtypes)}: choose fewer dtypes."
+    degrees = [p for p in (job.pp or pipeline_degrees(profile.num_units, s.devices)) if s.devices % p == 0]
     if not degrees:
         return f"No pipeline degree divides {s.devices} devices: choose other pipeline degrees or devices."
-    fewest_replicas = max(1, s.devices // (max(degrees) * max(s.tp or (1,))))
-    smallest = s.microbatch_size or sizes[0]
-    most = s.global_batch // (fewest_replicas * smallest)
-    if most > MAX_MICROBATCHES:
+    chosen = [job.microbatch_size] if job.microbatch_size else sizes
+    fewest = fewest_microbatches(job.global_batch, s.devices, chosen)
+    if fewest > MAX_MICROBATCHES:
         return (
-            f"global batch {s.global_batch} on {fewest_replicas} replica(s) of microbatch size {smallest} makes up to "
-            f"{most} microbatches per pipeline; the dashboard plans at most {MAX_MICROBATCHES}: lower the global "
-            f"batch, raise the microbatch size or the devices, or run `pipeplan plan` for this job"
+            f"global batch {job.global_batch} on {s.devices} device(s) in microbatches of at most {max(chosen)} makes "
+            f"at least {fewest:.0f} microbatches per replica; the planner plans at most {MAX_MICROBATCHES}: lower "
+            f"the global batch, raise the microbatch size or the devices, or run `pipeplan plan` for this job"
         )
     return None
 
@@ -292,7 +287,7 @@ def plan_candidates(
         plans = make_plans(
             profile,
             settings.cluster(),
-            settings.job(),
+            settings.job,
             top=top,
             profile_path=profile_path,
             time_limit=settings.time_limit or None,

@@ -72,9 +72,9 @@ def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
         "#": rank,
         "schedule": plan.schedule_label,
         "pp": plan.pp,
-        "tp": plan.tp,
-        "dp": plan.dp,
-        "dp mode": plan.dp_mode.value,
+        "tp": plan.layout.tp,
+        "dp": plan.layout.dp,
+        "dp mode": plan.layout.dp_mode.value,
         "microbatches": plan.microbatches,
         "mb size": plan.microbatch_size,
         "step ms": pred.step_s * 1e3,
@@ -89,7 +89,7 @@ def candidate_row(rank: int, plan: Plan, cap_bytes: int) -> dict:
         "tokens/s per device": fig.tokens_per_s_per_device,
         "TFLOP/s per device": fig.tflops_per_device,
         "MFU %": None if fig.mfu is None else 100 * fig.mfu,
-        "layout": plan.layout(),
+        "layout": plan.pipeline_layout(),
     }
 
 

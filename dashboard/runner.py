@@ -42,7 +42,7 @@ def host_problem(plan: Plan) -> str | None:
     cores = host_cores()
     if plan.world_size > cores:
         return (
-            f"this plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.dp}) and this host has "
+            f"this plan needs {plan.world_size} processes (pp {plan.pp} x dp {plan.layout.dp}) and this host has "
             f"{cores} cores: run it on its cluster with the command below"
         )
     return None

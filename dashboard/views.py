@@ -155,7 +155,7 @@ def show_plan(ctx: Context) -> None:
         return
     rows = pd.DataFrame([frames.candidate_row(i, p, s.memory_bytes) for i, p in enumerate(plans, 1)])
     st.subheader(
-        f"{len(plans)} best plans for {s.devices} devices × {s.memory_gib:g} GiB, global batch {s.global_batch}"
+        f"{len(plans)} best plans for {s.devices} devices × {s.memory_gib:g} GiB, global batch {s.job.global_batch}"
     )
     st.dataframe(
         rows,
@@ -206,7 +206,7 @@ def show_plan(ctx: Context) -> None:
     )
     _chart(c2, charts.bubble_bars(ranks, f"#{pick}: bubble share per rank"), width="stretch")
     st.caption(
-        f"layout {md(plan.layout())} · split at units {plan.split or '—'} · solver "
+        f"layout {md(plan.pipeline_layout())} · split at units {plan.split or '—'} · solver "
         + md(f"{plan.solver.get('solver', '?')} {plan.solver.get('status', '')}")
         + "".join(f" · {md(_versus(b))}" for b in plan.baselines)
     )
@@ -240,7 +240,12 @@ def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Pl
         pick = chosen_index(plans)
         plan = plans[pick - 1]
         tl = data.candidate_timeline(ctx.profile_path, ctx.version, ctx.resolved, ctx.settings, pick - 1)
-        return f"candidate #{pick}: {plan.schedule} {_mesh(plan)} {plan.layout()}", tl, plan, ctx.settings.memory_bytes
+        return (
+            f"candidate #{pick}: {plan.schedule} {_mesh(plan)} {plan.pipeline_layout()}",
+            tl,
+            plan,
+            ctx.settings.memory_bytes,
+        )
     if src == "saved plan":
         path, plan = _saved_plan(ctx, f"{where}_plan_file")
         if plan is None:
@@ -249,7 +254,12 @@ def _pipeline_source(ctx: Context, where: str) -> tuple[str, Timeline | None, Pl
         if tl is None:
             st.error(md(err))
             return "", None, None, None
-        return f"{Path(path).name}: {plan.schedule} {_mesh(plan)} {plan.layout()}", tl, plan, plan.cluster.memory_bytes
+        return (
+            f"{Path(path).name}: {plan.schedule} {_mesh(plan)} {plan.pipeline_layout()}",
+            tl,
+            plan,
+            plan.cluster.memory_bytes,
+        )
     return _whatif(where)
 
 
@@ -455,10 +465,11 @@ def show_export(ctx: Context) -> None:
             return
         name = Path(path).stem
         plan_dir = Path(path).parent
+    lay = plan.layout
     st.markdown(
-        f"**{md(plan.model_name)}**: {plan.schedule}, pp {plan.pp} × dp {plan.dp} ({plan.dp_mode.value}) × tp "
-        f"{plan.tp}{' with sequence parallel' if plan.sequence_parallel else ''}, {plan.microbatches} "
-        f"microbatches of {plan.microbatch_size}, layout {md(plan.layout())}, predicted "
+        f"**{md(plan.model_name)}**: {plan.schedule}, pp {plan.pp} × dp {lay.dp} ({lay.dp_mode.value}) × tp "
+        f"{lay.tp}{' with sequence parallel' if lay.sequence_parallel else ''}, {plan.microbatches} "
+        f"microbatches of {plan.microbatch_size}, layout {md(plan.pipeline_layout())}, predicted "
         f"{plan.predicted.step_s * 1e3:.2f} ms per step"
         if plan.predicted
         else ""
@@ -580,4 +591,4 @@ def _run_progress(target: str) -> None:
 
 def _mesh(plan) -> str:
     """``pp2 x dp4 (fsdp) x tp8``: the plan's parallelism, as titles show it."""
-    return f"pp{plan.pp} x dp{plan.dp} ({plan.dp_mode.value}) x tp{plan.tp}"
+    return f"pp{plan.pp} x dp{plan.layout.dp} ({plan.layout.dp_mode.value}) x tp{plan.layout.tp}"

@@ -168,7 +168,7 @@ def _row(name: str, b: Plan, p: Plan, recipe: str) -> dict:
         "name": name,
         "recipe": recipe,
         "config": _describe(b),
-        "layout": b.layout(),
+        "layout": b.pipeline_layout(),
         "split": b.split,
         "step_s": b.predicted.step_s,
         "speedup": b.predicted.step_s / p.predicted.step_s,

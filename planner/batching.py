@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from profiles.types import Profile
 
 from .cluster import MAX_MICROBATCHES, Job
 
-__all__ = ["microbatching", "entry_sizes"]
+__all__ = ["microbatching", "entry_sizes", "fewest_microbatches"]
 
 
 def microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
@@ -23,6 +25,13 @@ def microbatching(job: Job, dp: int) -> list[tuple[int, int]]:
     if job.microbatches:
         pairs = [(m, b) for m, b in pairs if m in job.microbatches]
     return [(m, b) for m, b in pairs if m <= MAX_MICROBATCHES]  # bounded (planner.cluster)
+
+
+def fewest_microbatches(global_batch: int, devices: int, sizes: Iterable[int]) -> float:
+    """The fewest microbatches per replica any plan can cut ``global_batch`` into on ``devices``:
+    every device a replica, each microbatch of the largest of ``sizes``. More than
+    MAX_MICROBATCHES and no plan exists (``pipeplan plan`` and the dashboard both refuse it)."""
+    return global_batch / (devices * max(sizes))
 
 
 def entry_sizes(profile: Profile, dtypes: tuple[str, ...]) -> set[int]:

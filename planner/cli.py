@@ -15,12 +15,13 @@ from simulator.actions import csv_text
 from simulator.costs import Option, Recompute
 from simulator.engine import simulate
 from simulator.placement import parse_placement
-from simulator.schedules import CUSTOM, SCHEDULES, canonical_name
+from simulator.schedules import canonical_name
 from simulator.tensor_parallel import recompute_modes
 
+from .batching import fewest_microbatches
 from .cluster import (
+    ALL_SCHEDULES,
     MAX_DEVICES,
-    MAX_GLOBAL_BATCH,
     MAX_MICROBATCHES,
     PRESET_CLUSTERS,
     Cluster,
@@ -30,6 +31,7 @@ from .cluster import (
     load_job,
     parse_bytes,
 )
+from .config import add_flags, check_flag_bounds, comma_ints, flag_values
 from .explain import explain
 from .export import run_it_lines
 from .figures import FLOP_CONVENTION, duration, figures, oom_text, versus
@@ -40,15 +42,6 @@ from .search import search
 __all__ = ["PLAN", "SIMULATE", "format_plans", "write_plan_files"]
 
 MAX_TOP = 100  #: the most plans ``--top`` lists
-_ALL_SCHEDULES = ",".join([*SCHEDULES, CUSTOM.name])  #: ``--schedules``' default
-MAX_VIRTUAL_FLAG = 64  #: the most stages per rank ``--virtual`` may allow
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
@@ -65,65 +58,7 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
         f"fields (.yaml/.yml), or a preset: {', '.join(PRESET_CLUSTERS)} (default: one node of the "
         f"profile's device, e.g. h100 for an h100 profile; cpu-local for a CPU profile)",
     )
-    p.add_argument("--global-batch", type=int, default=8, help="samples per optimizer step (default 8)")
-    p.add_argument("--microbatch-size", type=int, help="samples per microbatch (default: planner chooses)")
-    p.add_argument(
-        "--schedules",
-        default=_ALL_SCHEDULES,
-        help="comma list of allowed schedules (default: all seven and Custom)",
-    )
-    p.add_argument("--pp", type=_ints, default=(), help="allowed pipeline degrees, comma list (default: any)")
-    p.add_argument("--microbatches", type=_ints, default=(), help="allowed microbatch counts (default: any)")
-    p.add_argument(
-        "--dtype",
-        help="precision, or a comma list the MILP chooses from per stage (fp32, bf16, fp16; "
-        "default: every dtype the profile has)",
-    )
-    p.add_argument(
-        "--virtual",
-        type=_ints,
-        default=(),
-        help="allowed stages per rank for schedules that take several (default 1..4)",
-    )
-    p.add_argument(
-        "--recompute",
-        nargs="?",
-        const="none,selective,full",
-        help="recompute modes the MILP chooses from per stage: comma list of none, selective, full "
-        "(a bare --recompute: all three; default: every mode valid for the model)",
-    )
-    p.add_argument(
-        "--tp",
-        type=_ints,
-        default=(),
-        help="allowed tensor-parallel degrees, comma list (default: every divisor of the devices per "
-        "node that divides the attention and key/value heads)",
-    )
-    p.add_argument(
-        "--dp-mode",
-        default="ddp,zero1,zero2,fsdp",
-        help="allowed data-parallel modes, comma list of ddp, zero1, zero2, fsdp (default: all)",
-    )
-    p.add_argument(
-        "--sequence-parallel",
-        choices=["on", "off", "auto"],
-        default="auto",
-        help="Megatron sequence parallelism beside tp > 1 (auto: on, as Megatron runs it)",
-    )
-    p.add_argument(
-        "--optimizer-bytes",
-        type=float,
-        default=8.0,
-        help="optimizer state bytes per parameter (default 8: AdamW's two fp32 moments)",
-    )
-    p.add_argument("--forward-only", action="store_true", help="inference: forwards only, weights only")
-    p.add_argument(
-        "--objective",
-        choices=["step", "throughput", "latency"],
-        help="what to minimize: step (training step time; the default), throughput (samples/s, "
-        "the default with --forward-only) or latency (one microbatch through the pipeline); "
-        "throughput and latency need --forward-only",
-    )
+    add_flags(p, Job)  # --global-batch .. --objective: the Job fields this command mirrors (planner/cluster.py)
     p.add_argument("--job", help="a job JSON file (Job fields); flags given explicitly are ignored then")
     p.add_argument(
         "--solver",
@@ -164,18 +99,6 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the best Plan JSON on stdout")
 
 
-def _recompute_modes(flag: str | None, profile) -> tuple[str, ...]:
-    """``--recompute``'s modes; by default every mode valid for the model (selective needs a
-    transformer's shape in its config)."""
-    if flag is not None:
-        modes = tuple(m.strip() for m in flag.split(",") if m.strip())
-        bad = [m for m in modes if m not in ("none", "selective", "full")]
-        if bad or not modes:
-            raise UserError(f"--recompute {flag}: give a comma list of none, selective, full")
-        return modes
-    return recompute_modes(profile.model_config)
-
-
 def _cluster_from(args: argparse.Namespace, profile: Profile) -> Cluster:
     """``--cluster``; without it, a node of the profile's device (``cluster_for_device``), noted in
     its name so the plan says which cluster it assumed."""
@@ -203,15 +126,15 @@ def format_plans(plans: list[Plan]) -> str:
         f"{'TFLOP/s/dev':>11} {'MFU':>6}  layout"
     ]
     for i, p in enumerate(plans, 1):
-        pr, fig = p.predicted, figures(p)
+        pr, fig, lay = p.predicted, figures(p), p.layout
         bubble = sum(pr.bubble_fraction) / len(pr.bubble_fraction)
         lines.append(
-            f"{i:>2} {p.schedule_label:<22} {p.pp:>3} {p.tp:>3} {p.dp:>4} {p.dp_mode.value:>5} {p.virtual:>2} "
+            f"{i:>2} {p.schedule_label:<22} {p.pp:>3} {lay.tp:>3} {lay.dp:>4} {lay.dp_mode.value:>5} {p.virtual:>2} "
             f"{p.microbatches:>4} {p.microbatch_size:>4} {duration(pr.step_s):>10} "
             + (f"{pr.latency_s * 1e3:9.2f} {pr.throughput:10.1f} " if serving else "")
             + f"{bubble:7.1%} {fig.peak_bytes_per_device / 2**30:8.2f} {fig.tokens_per_s:11,.0f} "
             f"{fig.tokens_per_s_per_device:10,.1f} {fig.tflops_per_device:11.1f} "
-            f"{'-' if fig.mfu is None else f'{fig.mfu:.1%}':>6}  {p.layout()}"
+            f"{'-' if fig.mfu is None else f'{fig.mfu:.1%}':>6}  {p.pipeline_layout()}"
         )
     c = plans[0].cluster
     lines.append(
@@ -255,22 +178,21 @@ def write_plan_files(plan: Plan, path: Path) -> list[Path]:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """Bounds of the plan flags, before anything is read or built."""
+    """Bounds of the plan flags, before anything is read or built: each Job flag's own range (its
+    declaration's), then the ranges that depend on other flags."""
     bounded("--devices", args.devices, 1, MAX_DEVICES)
-    bounded("--global-batch", args.global_batch, 1, MAX_GLOBAL_BATCH)
+    check_flag_bounds(Job, args)
     bounded("--microbatch-size", args.microbatch_size, 1, args.global_batch, " (at most --global-batch)")
     bounded("--microbatches", args.microbatches, 1, min(args.global_batch, MAX_MICROBATCHES), " (per replica)")
     bounded("--pp", args.pp, 1, args.devices or MAX_DEVICES, " (at most --devices)")
-    bounded("--virtual", args.virtual, 1, MAX_VIRTUAL_FLAG)
     bounded("--top", args.top, 1, MAX_TOP)
     bounded("--time-limit", args.time_limit, 0.01, 86400.0, " seconds")
-    bounded("--optimizer-bytes", args.optimizer_bytes, 0.0, 1024.0, " bytes per parameter")
     if args.stage_options and not args.split:
         raise UserError("--stage-options sets each stage of a given split: add --split (e.g. --split even --pp 4)")
-    dtypes = [d for d in (args.dtype or "").split(",") if d]
+    dtypes = args.dtypes or ()
     if len(set(dtypes)) != len(dtypes):
-        raise UserError(f"--dtype {args.dtype}: a dtype is named twice: name each once")
-    for name in (s for s in args.schedules.split(",") if s):
+        raise UserError(f"--dtype {','.join(dtypes)}: a dtype is named twice: name each once")
+    for name in args.schedules:
         canonical_name(name)  # unknown names: one line listing the known ones
 
 
@@ -294,7 +216,7 @@ def _check_microbatch_count(profile: Profile, cluster: Cluster, job: Job) -> Non
     """Refuse a job whose every way of cutting the batch makes more than MAX_MICROBATCHES
     microbatches per replica (the search leaves such candidates out)."""
     sizes = [job.microbatch_size] if job.microbatch_size else [e.microbatch_size for e in profile.entries]
-    fewest = job.global_batch / (cluster.devices * max(sizes))
+    fewest = fewest_microbatches(job.global_batch, cluster.devices, sizes)
     if fewest > MAX_MICROBATCHES:
         raise UserError(
             f"--global-batch {job.global_batch} on {cluster.devices} devices in microbatches of at most {max(sizes)} "
@@ -329,34 +251,15 @@ def _cluster_note(plan: Plan, args: argparse.Namespace) -> Plan:
 
 
 def _job_from_flags(args: argparse.Namespace, profile: Profile) -> Job:
-    dtypes = tuple(d for d in (args.dtype or "").split(",") if d) or tuple(
-        dict.fromkeys(e.dtype for e in profile.entries)
-    )
-    for d in dtypes:
-        if d not in DTYPE_TABLE:
-            raise UserError(f"--dtype {d}: choose from {', '.join(DTYPE_TABLE)}")
-    objective = args.objective or ("throughput" if args.forward_only else "step")
-    if objective != "step" and not args.forward_only:
-        raise UserError(
-            f"--objective {objective} ranks serving plans: add --forward-only, or drop it to minimize the training step"
-        )
-    job = Job(
-        global_batch=args.global_batch,
-        microbatch_size=args.microbatch_size,
-        microbatches=args.microbatches,
-        schedules=tuple(s for s in args.schedules.split(",") if s),
-        pp=args.pp,
-        dtypes=dtypes,
-        virtual=args.virtual,
-        recompute=_recompute_modes(args.recompute, profile),
-        tp=args.tp,
-        dp_modes=tuple(m for m in args.dp_mode.split(",") if m),
-        sequence_parallel=args.sequence_parallel,
-        optimizer_bytes_per_param=args.optimizer_bytes,
-        forward_only=args.forward_only,
-        objective=objective,
-    )
-    job.check("flags")
+    """The Job of the flags; where a flag was left out the command decides: every dtype of the
+    profile, every recompute mode valid for the model, throughput for a forward-only job."""
+    values = flag_values(Job, args)
+    values["dtypes"] = args.dtypes or tuple(dict.fromkeys(e.dtype for e in profile.entries))
+    if args.recompute is None:  # selective needs a transformer's shape in the model's config
+        values["recompute"] = recompute_modes(profile.model_config)
+    values["objective"] = args.objective or ("throughput" if args.forward_only else "step")
+    job = Job(**values)
+    job.check(None)
     return job
 
 
@@ -422,7 +325,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     bar.update()
     bar.set_postfix_str("searching" if not args.split else "scoring the split")
     if args.split:
-        split = "even" if args.split == "even" else list(_ints(args.split))
+        split = "even" if args.split == "even" else list(comma_ints(args.split))
         bounded("--split", split if split != "even" else None, 1, profile.num_units - 1, " (a unit index)")
         plans = [
             score_split(
@@ -431,7 +334,7 @@ def _run_plan(args: argparse.Namespace) -> int:
                 job,
                 split,
                 # the first schedule asked for; 1F1B when --schedules was left at its default (all)
-                job.schedules[0] if args.schedules != _ALL_SCHEDULES else "1F1B",
+                job.schedules[0] if args.schedules != ALL_SCHEDULES else "1F1B",
                 args.microbatches[0] if args.microbatches else None,
                 args.pp[0] if args.pp else None,
                 profile_path=str(profile_path),

@@ -26,8 +26,11 @@ from profiles.contract import (
 from profiles.devices import DEVICE_SPECS
 from profiles.types import DTYPES
 from simulator.actions import ScheduleError
-from simulator.costs import Links
+from simulator.costs import DPMode, Links
 from simulator.placement import check_placement
+from simulator.schedules import CUSTOM, SCHEDULES
+
+from .config import Flag, config_problems, read_config, setting, settings_of, shown
 
 __all__ = [
     "Cluster",
@@ -39,6 +42,8 @@ __all__ = [
     "MAX_DEVICES",
     "MAX_GLOBAL_BATCH",
     "MAX_MICROBATCHES",
+    "MAX_VIRTUAL_FLAG",
+    "ALL_SCHEDULES",
     "load_cluster",
     "load_job",
     "parse_bytes",
@@ -55,6 +60,7 @@ MAX_GLOBAL_BATCH = 2**20
 #: to hundreds large runs use (e.g. GPT-3 on Megatron: a batch of 1536 over 8 replicas, 192
 #: microbatches of 1; Narayanan et al. 2021), and a table it can simulate in seconds.
 MAX_MICROBATCHES = 1024
+_BPS = " bytes/s (a link moves data)"
 
 _UNITS = {
     "": 1,
@@ -91,22 +97,37 @@ def parse_bytes(text: str | int | float, flag: str = "--device-memory") -> int:
 
 @dataclass(frozen=True)
 class Cluster:
-    name: str = "custom"
-    device: str = "cpu"  #: device kind, informational ("h100", "cpu", ...)
-    devices: int = 2  #: accelerators in all
-    memory_bytes: int = 8 * 2**30  #: usable memory per device
-    devices_per_node: int = 8  #: devices that share the fast intra-node link
-    intra_bandwidth_Bps: float = 1e9  #: point-to-point bandwidth inside a node, bytes/s
-    intra_latency_s: float = 50e-6  #: point-to-point latency inside a node
-    inter_bandwidth_Bps: float = 1e9  #: bandwidth across nodes
-    inter_latency_s: float = 50e-6  #: latency across nodes
-    overlap: bool = True  #: sends overlap compute (False: the sender waits for its send)
-    action_overhead_s: float = 0.0  #: runtime cost of every compute action, in the stage costs (calibrate)
-    optimizer_s_per_param: float = 0.0  #: gradient scaling + AdamW step time per parameter (calibrate)
-    #: bus bandwidth NCCL's collectives reach for large messages inside a node / across nodes
-    #: (bytes/s; 0: collectives priced on the point-to-point link, α-β)
-    intra_collective_Bps: float = 0.0
-    inter_collective_Bps: float = 0.0
+    """The hardware: devices, their memory, and the links between them (``pipeplan calibrate``
+    measures the links and overheads). Each field declared once (``planner.config``)."""
+
+    name: str = setting("custom", "the cluster's name, as plans show it", "str")
+    device: str = setting("cpu", 'device kind, informational ("h100", "cpu", ...)', "str")
+    devices: int = setting(2, "accelerators in all", "int", lo=1, hi=MAX_DEVICES)
+    memory_bytes: int = setting(8 * 2**30, "usable memory per device", "int", lo=1)
+    devices_per_node: int = setting(8, "devices that share the fast intra-node link", "int", lo=1, hi=MAX_DEVICES)
+    intra_bandwidth_Bps: float = setting(
+        1e9, "point-to-point bandwidth inside a node, bytes/s", "num", lo=0.0, positive=True, why=_BPS
+    )
+    intra_latency_s: float = setting(50e-6, "point-to-point latency inside a node", "num", lo=0.0)
+    inter_bandwidth_Bps: float = setting(1e9, "bandwidth across nodes", "num", lo=0.0, positive=True, why=_BPS)
+    inter_latency_s: float = setting(50e-6, "latency across nodes", "num", lo=0.0)
+    overlap: bool = setting(True, "sends overlap compute (False: the sender waits for its send)", "bool")
+    action_overhead_s: float = setting(
+        0.0, "runtime cost of every compute action, in the stage costs (calibrate)", "num", lo=0.0
+    )
+    optimizer_s_per_param: float = setting(
+        0.0, "gradient scaling + AdamW step time per parameter (calibrate)", "num", lo=0.0
+    )
+    intra_collective_Bps: float = setting(
+        0.0,
+        "bus bandwidth NCCL's collectives reach for large messages inside a node (bytes/s; 0: collectives "
+        "priced on the point-to-point link, α-β)",
+        "num",
+        lo=0.0,
+    )
+    inter_collective_Bps: float = setting(
+        0.0, "bus bandwidth NCCL's collectives reach for large messages across nodes (0: as above)", "num", lo=0.0
+    )
 
     def links(self, stride: int = 1) -> Links:
         """Links between pipeline ranks ``stride`` devices apart (``dp`` with tp 1)."""
@@ -130,30 +151,17 @@ class Cluster:
 
     @staticmethod
     def from_fields(f: Fields) -> Cluster:
-        known = {x.name for x in fields(Cluster)}
-        unknown = set(f.data) - known - {"schema"}
-        if unknown:
-            raise f.fail(sorted(unknown)[0], f"unknown field; known fields: {', '.join(sorted(known))}")
-        d = Cluster()
-        for key in ("intra_bandwidth_Bps", "inter_bandwidth_Bps"):
-            if f.has(key) and f.num(key) <= 0:
-                raise f.fail(key, "must be > 0 bytes/s (a link moves data)")
-        return Cluster(
-            name=f.str("name", default=d.name),
-            device=f.str("device", default=d.device),
-            devices=f.int("devices", min=1, max=MAX_DEVICES, default=d.devices),
-            memory_bytes=f.int("memory_bytes", min=1, default=d.memory_bytes),
-            devices_per_node=f.int("devices_per_node", min=1, max=MAX_DEVICES, default=d.devices_per_node),
-            intra_bandwidth_Bps=f.num("intra_bandwidth_Bps", default=d.intra_bandwidth_Bps),
-            intra_latency_s=f.num("intra_latency_s", default=d.intra_latency_s),
-            inter_bandwidth_Bps=f.num("inter_bandwidth_Bps", default=d.inter_bandwidth_Bps),
-            inter_latency_s=f.num("inter_latency_s", default=d.inter_latency_s),
-            intra_collective_Bps=f.num("intra_collective_Bps", default=d.intra_collective_Bps),
-            inter_collective_Bps=f.num("inter_collective_Bps", default=d.inter_collective_Bps),
-            overlap=f.bool("overlap", default=d.overlap),
-            action_overhead_s=f.num("action_overhead_s", default=d.action_overhead_s),
-            optimizer_s_per_param=f.num("optimizer_s_per_param", default=d.optimizer_s_per_param),
-        )
+        """A Cluster from its file's fields (``schema`` aside), each of its declared kind, unknown
+        keys refused, then checked (a one-line error naming the field)."""
+        cluster = read_config(Cluster, {k: v for k, v in f.data.items() if k != "schema"}, f.where, f.prefix)
+        cluster.check(Fields({}, f.where, f.prefix))
+        return cluster
+
+    def check(self, f: Fields | None = None) -> None:
+        """Raise a one-line ContractError at the first value its declaration does not allow."""
+        f = f or Fields({}, "cluster")
+        for name, value, why in config_problems(self):
+            raise f.fail(name, f"is {shown(value)}: {why}")
 
 
 PRESETS_FILE = Path(__file__).with_name("clusters.yaml")  #: node types, their datasheet sources, old names
@@ -270,30 +278,195 @@ def _read_yaml(path: Path) -> Fields:
     return f
 
 
-@dataclass(frozen=True)
-class Job:
-    """What the user wants trained (or served)."""
+def _old_recompute(raw: Any) -> Any:
+    """plan/1 and older jobs stored a boolean: allow recompute (all three modes) or not."""
+    if isinstance(raw, bool):
+        return list(RECOMPUTE_CHOICES) if raw else ["none"]
+    return raw
 
-    global_batch: int = 8  #: samples per optimizer step, across all data-parallel replicas
-    microbatch_size: int | None = None  #: samples per microbatch (None: the planner chooses)
-    microbatches: tuple[int, ...] = ()  #: allowed microbatch counts per replica (empty: planner chooses)
-    schedules: tuple[str, ...] = ("1F1B",)  #: schedules the planner may choose from
-    pp: tuple[int, ...] = ()  #: allowed pipeline degrees (empty: any that fits)
-    dtypes: tuple[str, ...] = ("fp32",)  #: precisions the planner may choose per stage
-    #: recompute modes the planner may choose per stage: none | selective | full (a stored ``true``
-    #: reads as all three, ``false`` as none)
-    recompute: tuple[str, ...] = ("none",)
-    tp: tuple[int, ...] = (1,)  #: allowed tensor-parallel degrees (empty: every valid one)
-    dp_modes: tuple[str, ...] = ("ddp",)  #: allowed data-parallel modes: ddp | zero1 | zero2 | fsdp
-    sequence_parallel: str = "auto"  #: on | off | auto (auto: on wherever tp > 1, as Megatron runs it)
-    optimizer_bytes_per_param: float = 8.0  #: optimizer state per parameter (AdamW: two fp32 moments)
-    forward_only: bool = False  #: inference: forward actions only, objective latency/throughput
-    virtual: tuple[int, ...] = ()  #: allowed stages per rank for schedules that take several (empty: 1..4)
-    seq_len: int | None = None  #: sequence length; must match the profile's when given
-    objective: str = "step"  #: "step": training step time; "latency"/"throughput": forward-only serving
-    #: stage -> rank maps the search tries as Custom candidates (``--placement``); empty: with Custom
-    #: in ``schedules``, its own family (p ranks, p + 1 stages, the last back on rank 0)
-    placements: tuple[tuple[int, ...], ...] = ()
+
+RECOMPUTE_CHOICES = ("none", "selective", "full")  #: Recompute's values, as a job names them
+DP_MODE_CHOICES = tuple(m.value for m in DPMode)  #: ddp, zero1, zero2, fsdp
+ALL_SCHEDULES = (*SCHEDULES, CUSTOM.name)  #: ``--schedules``' default: every schedule and Custom
+MAX_VIRTUAL_FLAG = 64  #: the most stages per rank ``--virtual`` may allow
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """What the user wants trained (or served). Each field is declared once (``planner.config``):
+    its doc, default and rule, and its ``pipeplan plan`` flag and dashboard label where those
+    mirror it; the JSON reader, the flags and the rules are made from these declarations."""
+
+    global_batch: int = setting(
+        8,
+        "samples per optimizer step, across all data-parallel replicas",
+        "int",
+        lo=1,
+        hi=MAX_GLOBAL_BATCH,
+        flag=Flag(name="--global-batch", default=8, help="samples per optimizer step (default 8)"),
+        label="global batch",
+    )
+    microbatch_size: int | None = setting(
+        None,
+        "samples per microbatch (None: the planner chooses among the profiled sizes)",
+        "int",
+        lo=1,
+        hi=MAX_GLOBAL_BATCH,
+        flag=Flag(name="--microbatch-size", help="samples per microbatch (default: planner chooses)"),
+        label="microbatch size",
+    )
+    microbatches: tuple[int, ...] = setting(
+        (),
+        "allowed microbatch counts per replica (empty: planner chooses)",
+        "ints",
+        lo=1,
+        hi=MAX_MICROBATCHES,
+        why=" (microbatches per replica)",
+        flag=Flag(name="--microbatches", default=(), help="allowed microbatch counts (default: any)"),
+    )
+    schedules: tuple[str, ...] = setting(
+        ("1F1B",),
+        "schedules the planner may choose from (Custom: its own unequal placements, slower to search)",
+        "strs",
+        nonempty=True,
+        flag=Flag(
+            name="--schedules",
+            default=ALL_SCHEDULES,
+            help="comma list of allowed schedules (default: all seven and Custom)",
+        ),
+        label="schedules",
+    )
+    pp: tuple[int, ...] = setting(
+        (),
+        "allowed pipeline degrees (empty: any that fits)",
+        "ints",
+        lo=1,
+        hi=MAX_DEVICES,
+        flag=Flag(name="--pp", default=(), help="allowed pipeline degrees, comma list (default: any)"),
+        label="pipeline degrees",
+    )
+    dtypes: tuple[str, ...] = setting(
+        ("fp32",),
+        "precisions the planner may choose per stage: with several, the MILP chooses one per stage",
+        "strs",
+        choices=DTYPES,
+        flag=Flag(
+            name="--dtype",
+            help="precision, or a comma list the MILP chooses from per stage (fp32, bf16, fp16; "
+            "default: every dtype the profile has)",
+        ),
+        label="dtypes",
+    )
+    recompute: tuple[str, ...] = setting(
+        ("none",),
+        "activation recompute modes the planner may choose per stage: none, selective (the attention "
+        "core only, as Megatron), full (every unit); a stored true reads as all three, false as none",
+        "strs",
+        choices=RECOMPUTE_CHOICES,
+        nonempty=True,
+        legacy=_old_recompute,
+        flag=Flag(
+            name="--recompute",
+            nargs="?",
+            const=RECOMPUTE_CHOICES,
+            help="recompute modes the MILP chooses from per stage: comma list of none, selective, full "
+            "(a bare --recompute: all three; default: every mode valid for the model)",
+        ),
+        label="recompute",
+    )
+    tp: tuple[int, ...] = setting(
+        (1,),
+        "allowed tensor-parallel degrees (empty: every valid one, a divisor of the devices per node "
+        "and of the model's attention and key/value heads)",
+        "ints",
+        lo=1,
+        hi=MAX_DEVICES,
+        flag=Flag(
+            name="--tp",
+            default=(),
+            help="allowed tensor-parallel degrees, comma list (default: every divisor of the devices per "
+            "node that divides the attention and key/value heads)",
+        ),
+        label="tensor-parallel degrees",
+    )
+    dp_modes: tuple[str, ...] = setting(
+        ("ddp",),
+        "allowed data-parallel modes: ddp (replicas), zero1 / zero2 (optimizer state, and gradients, "
+        "sharded), fsdp (parameters too)",
+        "strs",
+        choices=DP_MODE_CHOICES,
+        nonempty=True,
+        flag=Flag(
+            name="--dp-mode",
+            default=DP_MODE_CHOICES,
+            help="allowed data-parallel modes, comma list of ddp, zero1, zero2, fsdp (default: all)",
+        ),
+        label="data-parallel modes",
+    )
+    sequence_parallel: str = setting(
+        "auto",
+        "on | off | auto (auto: on wherever tp > 1, as Megatron runs it)",
+        "str",
+        choices=("on", "off", "auto"),
+        flag=Flag(
+            name="--sequence-parallel",
+            default="auto",
+            choices=("on", "off", "auto"),
+            help="Megatron sequence parallelism beside tp > 1 (auto: on, as Megatron runs it)",
+        ),
+    )
+    optimizer_bytes_per_param: float = setting(
+        8.0,
+        "optimizer state per parameter (AdamW: two fp32 moments)",
+        "num",
+        lo=0.0,
+        flag=Flag(
+            name="--optimizer-bytes",
+            default=8.0,
+            bounds=(0.0, 1024.0),
+            bounds_why=" bytes per parameter",
+            help="optimizer state bytes per parameter (default 8: AdamW's two fp32 moments)",
+        ),
+    )
+    forward_only: bool = setting(
+        False,
+        "inference: forward actions only, objective latency/throughput",
+        "bool",
+        flag=Flag(name="--forward-only", default=False, help="inference: forwards only, weights only"),
+    )
+    virtual: tuple[int, ...] = setting(
+        (),
+        "allowed stages per rank for schedules that take several (empty: 1..4)",
+        "ints",
+        lo=1,
+        hi=MAX_DEVICES,
+        flag=Flag(
+            name="--virtual",
+            default=(),
+            bounds=(1, MAX_VIRTUAL_FLAG),
+            help="allowed stages per rank for schedules that take several (default 1..4)",
+        ),
+    )
+    seq_len: int | None = setting(None, "sequence length; must match the profile's when given", "int", lo=1)
+    objective: str = setting(
+        "step",
+        '"step": training step time; "latency"/"throughput": forward-only serving',
+        "str",
+        choices=("step", "latency", "throughput"),
+        flag=Flag(
+            name="--objective",
+            choices=("step", "throughput", "latency"),
+            help="what to minimize: step (training step time; the default), throughput (samples/s, "
+            "the default with --forward-only) or latency (one microbatch through the pipeline); "
+            "throughput and latency need --forward-only",
+        ),
+    )
+    placements: tuple[tuple[int, ...], ...] = setting(
+        (),
+        "stage -> rank maps the search tries as Custom candidates (``--placement``); empty: with Custom "
+        "in ``schedules``, its own family (p ranks, p + 1 stages, the last back on rank 0)",
+        "int_lists",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -301,92 +474,40 @@ class Job:
 
     @staticmethod
     def from_dict(d: Any, where: str = "job", prefix: str = "") -> Job:
-        """A Job from its JSON fields, each of its declared type (one-line error naming the field)."""
-        f = Fields(d, where, prefix)
-        known = {x.name for x in fields(Job)}
-        for k in f.data:
-            if k not in known:
-                raise f.fail(k, f"unknown field; known fields: {', '.join(sorted(known))}")
-        dflt = Job()
-
-        def ints(key: str, hi: int) -> tuple[int, ...]:
-            items = f.list(key, default=[])
-            wrapped = Fields(dict(enumerate(items)), f.where, f._path(key))
-            return tuple(wrapped.int(i, min=1, max=hi) for i in range(len(items)))
-
-        def strs(key: str, default: tuple[str, ...], choices=None) -> tuple[str, ...]:
-            items = f.list(key, default=list(default))
-            wrapped = Fields(dict(enumerate(items)), f.where, f._path(key))
-            return tuple(wrapped.str(i, choices=choices) for i in range(len(items)))
-
-        def _recompute_field(f: Fields, default: tuple[str, ...]) -> tuple[str, ...]:
-            raw = f.raw("recompute", None)
-            if isinstance(raw, bool):  # plan/1 and older jobs: allow recompute or not
-                return ("none", "selective", "full") if raw else ("none",)
-            return strs("recompute", default, ("none", "selective", "full"))
-
-        placements = []
-        for i, p in enumerate(f.list("placements", default=[])):
-            if not isinstance(p, list):
-                raise f.fail("placements", f"entry {i}: expected a list of ranks, got {type(p).__name__}")
-            wrapped = Fields(dict(enumerate(p)), f.where, f"{f._path('placements')}[{i}]")
-            placements.append(tuple(wrapped.int(j, max=len(p)) for j in range(len(p))))
-        job = Job(
-            global_batch=f.int("global_batch", min=1, max=MAX_GLOBAL_BATCH, default=dflt.global_batch),
-            microbatch_size=f.int("microbatch_size", min=1, max=MAX_GLOBAL_BATCH) if f.has("microbatch_size") else None,
-            microbatches=ints("microbatches", MAX_MICROBATCHES),
-            schedules=strs("schedules", dflt.schedules),
-            pp=ints("pp", MAX_DEVICES),
-            dtypes=strs("dtypes", dflt.dtypes, DTYPES),
-            recompute=_recompute_field(f, dflt.recompute),
-            tp=ints("tp", MAX_DEVICES) if f.has("tp") else dflt.tp,
-            dp_modes=strs("dp_modes", dflt.dp_modes, ("ddp", "zero1", "zero2", "fsdp")),
-            sequence_parallel=f.str("sequence_parallel", choices=("on", "off", "auto"), default=dflt.sequence_parallel),
-            optimizer_bytes_per_param=f.num("optimizer_bytes_per_param", default=dflt.optimizer_bytes_per_param),
-            forward_only=f.bool("forward_only", default=dflt.forward_only),
-            virtual=ints("virtual", MAX_DEVICES),
-            seq_len=f.int("seq_len", min=1) if f.has("seq_len") else None,
-            objective=f.str("objective", choices=("step", "latency", "throughput"), default=dflt.objective),
-            placements=tuple(placements),
-        )
+        """A Job from its JSON fields, each of its declared kind, unknown keys refused, then checked
+        (a one-line error naming the field)."""
+        job = read_config(Job, d, where, prefix)
         job.check(f"{where}: {prefix}" if prefix else where)
         return job
 
-    def check(self, where: str = "job") -> None:
-        """Raise a one-line ContractError naming the field when a value is impossible."""
+    def check(self, where: str | None = "job") -> None:
+        """Raise a one-line ContractError at the first value its declaration does not allow, or that
+        breaks a rule between fields. ``where``: the file (errors name the field), None for flags
+        (errors name the flag)."""
 
-        def bad(name: str, why: str) -> ContractError:
-            return ContractError(f"{where}: field {name}: {why}")
+        def bad(name: str, value: Any, why: str) -> ContractError:
+            if where is None and name in _FLAGS:
+                return ContractError(f"{_FLAGS[name]} {shown(value, as_flag=True)}: {why}")
+            return ContractError(f"{where or 'flags'}: field {name}: is {shown(value)}: {why}")
 
-        if not isinstance(self.global_batch, int) or not 1 <= self.global_batch <= MAX_GLOBAL_BATCH:
-            raise bad("global_batch", f"must be an integer from 1 to {MAX_GLOBAL_BATCH}, got {self.global_batch!r}")
-        if self.microbatch_size is not None and self.microbatch_size < 1:
-            raise bad("microbatch_size", "must be >= 1")
-        if any(x < 1 for x in self.microbatches + self.pp + self.virtual):
-            raise bad("microbatches/pp/virtual", "values must be >= 1")
-        if any(x > MAX_MICROBATCHES for x in self.microbatches):
-            raise bad("microbatches", f"values must be at most {MAX_MICROBATCHES} (microbatches per replica)")
-        if not self.schedules:
-            raise bad("schedules", "name at least one schedule")
-        if self.optimizer_bytes_per_param < 0:
-            raise bad("optimizer_bytes_per_param", "must be >= 0")
-        if self.objective not in ("step", "latency", "throughput"):
-            raise bad("objective", f"is {self.objective!r}: choose step, latency or throughput")
+        for name, value, why in config_problems(self):
+            raise bad(name, value, why)
         for placement in self.placements:
             try:
                 check_placement(list(placement))
             except (ScheduleError, TypeError) as e:
-                raise bad("placements", str(e)) from None
-        if not self.recompute or any(r not in ("none", "selective", "full") for r in self.recompute):
-            raise bad("recompute", f"is {list(self.recompute)}: choose from none, selective, full")
-        if any(not isinstance(t, int) or t < 1 for t in self.tp):
-            raise bad("tp", f"is {list(self.tp)}: tensor-parallel degrees are integers >= 1")
-        if not self.dp_modes or any(m not in ("ddp", "zero1", "zero2", "fsdp") for m in self.dp_modes):
-            raise bad("dp_modes", f"is {list(self.dp_modes)}: choose from ddp, zero1, zero2, fsdp")
-        if self.sequence_parallel not in ("on", "off", "auto"):
-            raise bad("sequence_parallel", f"is {self.sequence_parallel!r}: choose on, off or auto")
+                raise ContractError(f"{where or 'flags'}: field placements: {e}") from None
         if self.objective != "step" and not self.forward_only:
-            raise bad("objective", f"{self.objective} is for forward-only jobs: set forward_only true")
+            raise bad(
+                "objective",
+                self.objective,
+                "ranks serving plans: make the job forward-only (forward_only true, --forward-only), or "
+                "minimize the training step",
+            )
+
+
+#: a Job field's flag (``pipeplan plan``), for errors about values that came from flags
+_FLAGS = {x.name: s.flag.name for x, s in settings_of(Job) if s.flag is not None}
 
 
 def load_job(path: str | Path) -> Job:

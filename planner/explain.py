@@ -41,7 +41,7 @@ def explain(plans: list[Plan]) -> list[str]:
     fig = figures(best)
     lines = [
         f"plan 1 ({best.schedule_label}, pp={best.pp}, tp={best.tp}, dp={best.dp} {best.dp_mode.value}, "
-        f"v={best.virtual}, m={best.microbatches} x {best.microbatch_size}, {best.layout()}) takes "
+        f"v={best.virtual}, m={best.microbatches} x {best.microbatch_size}, {best.pipeline_layout()}) takes "
         f"{duration(best.predicted.step_s)} per step: {fig.tokens_per_s:,.0f} tokens/s "
         f"({fig.tokens_per_s_per_device:,.1f} per device), {fig.tflops_per_device:.1f} model TFLOP/s per device"
         + (f", MFU {fig.mfu:.1%}." if fig.mfu is not None else "."),
@@ -67,7 +67,7 @@ def explain(plans: list[Plan]) -> list[str]:
         d_peak = max(r.predicted.peak_bytes) - peak
         r_bubble = sum(r.predicted.bubble_fraction) / len(r.predicted.bubble_fraction)
         lines.append(
-            f"runner-up ({r.schedule_label}, pp={r.pp}, v={r.virtual}, m={r.microbatches}, {r.layout()}) is "
+            f"runner-up ({r.schedule_label}, pp={r.pp}, v={r.virtual}, m={r.microbatches}, {r.pipeline_layout()}) is "
             f"{r.predicted.step_s / best.predicted.step_s:.3f}× slower: bubbles {r_bubble:.1%} vs "
             f"{bubble:.1%}, peak memory {'+' if d_peak >= 0 else '-'}{_gib(abs(d_peak))}."
         )

@@ -346,7 +346,7 @@ def megatron_layout(plan: Plan, name: str = "plan") -> str:
             f"{'in a V' if spec.placement is Placement.V else 'its own way'}: "
             "re-plan with --schedules 1F1B,Interleaved1F1B",
         )
-    return plan.layout()
+    return plan.pipeline_layout()
 
 
 def _megatron_schedule(plan: Plan, name: str) -> None:

@@ -23,7 +23,7 @@ __all__ = ["StagePlan", "Prediction", "Plan", "load_plan", "distinct_plans"]
 KIND, MAJOR = "plan", 2
 #: plan/1 files (no tp, dp_mode; boolean recompute) still load, as tp 1, ddp, none/full
 READS = (2, 1)
-#: unit kinds shown by their own letter in ``Plan.layout`` (Megatron's pipeline-layout letters)
+#: unit kinds shown by their own letter in ``Plan.pipeline_layout`` (Megatron's pipeline-layout letters)
 _LAYOUT_CODES = {"embedding": "E", "head": "L"}
 
 
@@ -51,13 +51,15 @@ class Prediction:
     latency_s: float = 0.0  # one microbatch through every stage of an idle pipeline (forwards and sends)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     profile_path: str  # as stored: relative to the plan file's folder when saved next to it
     profile_sha256: str
     model_name: str
     pp: int
-    dp: int
+    #: tp, dp, dp mode, sequence parallelism and gradient-reduce overlap, as the cost layer prices
+    #: them; held for this pipeline (``Layout.on_pipeline(pp)``: its reshard rule applied)
+    layout: Layout = field(default_factory=Layout)
     virtual: int
     microbatches: int
     microbatch_size: int
@@ -70,11 +72,31 @@ class Plan:
     solver: dict[str, Any] = field(default_factory=dict)  # status, solver, time_s, gap, objective
     baselines: tuple[dict[str, Any], ...] = ()  # [{name, step_s, speedup}]
     notes: tuple[str, ...] = ()  # explanations
-    tp: int = 1  # tensor-parallel degree inside each stage
-    dp_mode: DPMode = DPMode.DDP  # how the dp replicas hold the training state
-    sequence_parallel: bool = False  # Megatron sequence parallelism beside tp
-    overlap_grad_reduce: bool = False  # dp gradient reduction overlapped with the backward (Layout)
     profile: Profile | None = field(default=None, compare=False, repr=False)  # loaded, not stored
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", self.layout.on_pipeline(self.pp))
+
+    # -- the layout's degrees, read through (the executor reads them off the plan) -----------
+    @property
+    def tp(self) -> int:
+        return self.layout.tp
+
+    @property
+    def dp(self) -> int:
+        return self.layout.dp
+
+    @property
+    def dp_mode(self) -> DPMode:
+        return self.layout.dp_mode
+
+    @property
+    def sequence_parallel(self) -> bool:
+        return self.layout.sequence_parallel
+
+    @property
+    def overlap_grad_reduce(self) -> bool:
+        return self.layout.overlap_grad_reduce
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -93,19 +115,13 @@ class Plan:
 
     @property
     def world_size(self) -> int:
-        return self.pp * self.dp * self.tp
+        return self.pp * self.layout.stride
 
     @property
     def parallelism(self) -> Layout:
-        """tp, dp, dp mode and sequence parallelism, as the cost layer prices them. Ranks are laid
-        out tp innermost, pp outermost: ``rank = (pp_index * dp + dp_index) * tp + tp_index``."""
-        return Layout(
-            tp=self.tp,
-            dp=self.dp,
-            dp_mode=self.dp_mode,
-            sequence_parallel=self.sequence_parallel,
-            overlap_grad_reduce=self.overlap_grad_reduce,
-        ).on_pipeline(self.pp)
+        """``layout`` (its older name). Ranks are laid out tp innermost, pp outermost:
+        ``rank = (pp_index * dp + dp_index) * tp + tp_index``."""
+        return self.layout
 
     @property
     def schedule_label(self) -> str:
@@ -113,7 +129,7 @@ class Plan:
         choose (every name runs the same forwards and backwards), so none is named."""
         return "no pipeline" if self.pp == 1 else self.schedule
 
-    def layout(self) -> str:
+    def pipeline_layout(self) -> str:
         """Megatron-style layout: stages separated by ``|``, e.g. ``E,t*4|t*4,L`` (E an embedding,
         L a head, t any other unit, by the units' kinds)."""
         kinds = [u.kind for u in self.profile.entries[0].units] if self.profile else None
@@ -160,7 +176,7 @@ class Plan:
             self.cluster,
             self.job,
             self.microbatch_size,
-            layout=self.parallelism,
+            layout=self.layout,
             options=[s.option for s in self.stages],
         )
 
@@ -176,7 +192,7 @@ class Plan:
             self.table,
             costs.stage_costs(self.bounds, options),
             costs.links,
-            dp=self.dp,
+            dp=self.layout.dp,
             forward_only=self.job.forward_only,
             comm=costs.dp_comm,
             tied=tuple((sync, costs.tied_sync_s(sync)) for sync in syncs),
@@ -189,11 +205,11 @@ class Plan:
             "schema": schema_id(KIND, MAJOR),
             "profile": {"path": self.profile_path, "sha256": self.profile_sha256, "model": self.model_name},
             "pp": self.pp,
-            "dp": self.dp,
-            "tp": self.tp,
-            "dp_mode": self.dp_mode.value,
-            "sequence_parallel": self.sequence_parallel,
-            **({"overlap_grad_reduce": True} if self.overlap_grad_reduce else {}),
+            "dp": self.layout.dp,
+            "tp": self.layout.tp,
+            "dp_mode": self.layout.dp_mode.value,
+            "sequence_parallel": self.layout.sequence_parallel,
+            **({"overlap_grad_reduce": True} if self.layout.overlap_grad_reduce else {}),
             "virtual": self.virtual,
             "microbatches": self.microbatches,
             "microbatch_size": self.microbatch_size,
@@ -223,7 +239,7 @@ class Plan:
             "job": self.job.to_dict(),
             "solver": self.solver,
             "baselines": list(self.baselines),
-            "layout": self.layout(),
+            "layout": self.pipeline_layout(),
             "notes": list(self.notes),
         }
 
@@ -256,126 +272,149 @@ class Plan:
 
     @staticmethod
     def from_fields(f: Fields) -> Plan:
+        """A Plan from its file's fields, each checked (a one-line error naming the field); plan/1
+        files read as tp 1, ddp, recompute none/full."""
         prof = f.obj("profile")
         v1 = f.data.get("schema") == schema_id(KIND, 1)
-        pp, dp = f.int("pp", min=1, max=MAX_DEVICES), f.int("dp", min=1, max=MAX_DEVICES)
-        tp = 1 if v1 else f.int("tp", min=1, max=MAX_DEVICES, default=1)
-        dp_mode = DPMode(f.str("dp_mode", choices=[m.value for m in DPMode], default="ddp"))
-        sp = f.bool("sequence_parallel", default=False)
+        pp, layout = f.int("pp", min=1, max=MAX_DEVICES), _read_layout(f, v1)
         v = f.int("virtual", min=1, max=MAX_TABLE_ACTIONS)
         m = f.int("microbatches", min=1, max=MAX_GLOBAL_BATCH)
         mbs = f.int("microbatch_size", min=1, max=MAX_GLOBAL_BATCH)
-        stages = []
-        for s in f.objs("stages", nonempty=True):
-            units = s.list("units")
-            if (
-                len(units) != 2
-                or not all(isinstance(u, int) and not isinstance(u, bool) for u in units)
-                or not 0 <= units[0] < units[1]
-            ):
-                raise s.fail("units", f"expected [first, end) with 0 <= first < end, got {units!r}")
-            stages.append(
-                StagePlan(
-                    s.int("index"),
-                    units[0],
-                    units[1],
-                    s.int("rank"),
-                    s.str("dtype", choices=DTYPES, default="fp32"),
-                    _read_recompute(s, v1),
-                )
-            )
-        if [s.index for s in stages] != list(range(len(stages))):
-            raise f.fail("stages", "indices must be 0, 1, 2, ... in order")
-        for a, b in zip(stages, stages[1:]):
-            if a.end != b.first:
-                raise f.fail("stages", f"stage {b.index} starts at unit {b.first} but stage {a.index} ends at {a.end}")
-        if stages[0].first != 0:
-            raise f.fail("stages[0].units", "the first stage must start at unit 0")
-        sched = f.obj("schedule")
-        try:
-            name = canonical_name(sched.str("name"))
-        except ContractError:
-            raise
-        except ValueError as e:
-            raise sched.fail("name", str(e)) from None
-        raw_table = sched.raw("table")
-        if not isinstance(raw_table, dict):
-            raise sched.fail("table", "expected an object mapping rank to actions")
-        try:
-            table = table_from_text(raw_table)
-            validate_table(
-                table, len(stages), m, forward_only=f.obj("job", default={}).data.get("forward_only") is True
-            )
-            owner = stage_ranks(table)
-        except ValueError as e:
-            raise sched.fail("table", str(e).splitlines()[0]) from None
-        for s in stages:
-            if owner.get(s.index) != s.rank:
-                raise f.fail(
-                    f"stages[{s.index}].rank",
-                    f"is {s.rank} but the schedule table runs it on rank {owner.get(s.index)}",
-                )
-        if max(owner.values()) + 1 != pp:
-            raise f.fail("pp", f"is {pp} but the schedule table uses {max(owner.values()) + 1} ranks")
-        idle = sorted(set(range(pp)) - set(owner.values()))
-        if idle:
-            raise sched.fail("table", f"rank {idle[0]} runs no stage: every pipeline rank holds at least one")
-        pred = None
-        if f.has("predicted"):
-            p = f.obj("predicted")
-            pred = Prediction(
-                p.num("step_s"),
-                tuple(p.nums("bubble_fraction")),
-                tuple(int(x) for x in p.nums("peak_bytes")),
-                p.num("throughput", default=0.0),
-                p.num("latency_s", default=0.0),
-            )
+        stages = _read_stages(f, v1)
+        name, table = _read_schedule(f, stages, pp, m)
+        pred = _read_prediction(f.obj("predicted")) if f.has("predicted") else None
         cluster = Cluster.from_fields(f.obj("cluster"))
-        if pp * dp * tp > cluster.devices:
+        world = pp * layout.dp * layout.tp
+        if world > cluster.devices:
             raise f.fail(
                 "dp",
-                f"pp {pp} x dp {dp} x tp {tp} = {pp * dp * tp} processes, "
+                f"pp {pp} x dp {layout.dp} x tp {layout.tp} = {world} processes, "
                 f"more than the cluster's {cluster.devices} devices",
             )
         job = Job.from_dict(f.obj("job", default={}).data, f.where, "job")
-        solver = f.raw("solver", {}) or {}
-        if not isinstance(solver, dict):
-            raise f.fail("solver", f"expected an object, got {type(solver).__name__}")
-        baselines = f.list("baselines", default=[])
-        if not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in baselines):
-            raise f.fail("baselines", "expected a list of objects with a name")
-        for i, b in enumerate(baselines):
-            row = Fields(b, f.where, f"baselines[{i}]")
-            row.num("speedup", default=0.0)
-            row.num("step_s", default=0.0)
-            if not isinstance(b.get("fits_memory", True), bool):
-                raise row.fail("fits_memory", "expected true or false")
-        notes = f.list("notes", default=[])
-        if not all(isinstance(n, str) for n in notes):
-            raise f.fail("notes", "expected a list of strings")
+        solver, baselines, notes = _read_records(f)
         return Plan(
-            prof.str("path"),
-            prof.str("sha256"),
-            prof.str("model", default=""),
-            pp,
-            dp,
-            v,
-            m,
-            mbs,
-            tuple(stages),
-            name,
-            table,
-            cluster,
-            job,
-            pred,
-            solver,
-            tuple(baselines),
-            tuple(notes),
-            tp=tp,
-            dp_mode=dp_mode,
-            sequence_parallel=sp and tp > 1,
-            overlap_grad_reduce=f.bool("overlap_grad_reduce", default=False),
+            profile_path=prof.str("path"),
+            profile_sha256=prof.str("sha256"),
+            model_name=prof.str("model", default=""),
+            pp=pp,
+            layout=replace(layout, overlap_grad_reduce=f.bool("overlap_grad_reduce", default=False)),
+            virtual=v,
+            microbatches=m,
+            microbatch_size=mbs,
+            stages=stages,
+            schedule=name,
+            table=table,
+            cluster=cluster,
+            job=job,
+            predicted=pred,
+            solver=solver,
+            baselines=baselines,
+            notes=notes,
         )
+
+
+def _read_layout(f: Fields, v1: bool) -> Layout:
+    """dp, tp, dp mode and sequence parallelism (on only with tp > 1); plan/1 had tp 1 and ddp."""
+    dp = f.int("dp", min=1, max=MAX_DEVICES)
+    tp = 1 if v1 else f.int("tp", min=1, max=MAX_DEVICES, default=1)
+    dp_mode = DPMode(f.str("dp_mode", choices=[m.value for m in DPMode], default="ddp"))
+    sp = f.bool("sequence_parallel", default=False)
+    return Layout(tp=tp, dp=dp, dp_mode=dp_mode, sequence_parallel=sp and tp > 1)
+
+
+def _read_stages(f: Fields, v1: bool) -> tuple[StagePlan, ...]:
+    """The stages: consecutive unit ranges from unit 0, indexed 0, 1, 2, ... in order."""
+    stages = []
+    for s in f.objs("stages", nonempty=True):
+        units = s.list("units")
+        if (
+            len(units) != 2
+            or not all(isinstance(u, int) and not isinstance(u, bool) for u in units)
+            or not 0 <= units[0] < units[1]
+        ):
+            raise s.fail("units", f"expected [first, end) with 0 <= first < end, got {units!r}")
+        stages.append(
+            StagePlan(
+                s.int("index"),
+                units[0],
+                units[1],
+                s.int("rank"),
+                s.str("dtype", choices=DTYPES, default="fp32"),
+                _read_recompute(s, v1),
+            )
+        )
+    if [s.index for s in stages] != list(range(len(stages))):
+        raise f.fail("stages", "indices must be 0, 1, 2, ... in order")
+    for a, b in zip(stages, stages[1:]):
+        if a.end != b.first:
+            raise f.fail("stages", f"stage {b.index} starts at unit {b.first} but stage {a.index} ends at {a.end}")
+    if stages[0].first != 0:
+        raise f.fail("stages[0].units", "the first stage must start at unit 0")
+    return tuple(stages)
+
+
+def _read_schedule(f: Fields, stages: tuple[StagePlan, ...], pp: int, m: int) -> tuple[str, Table]:
+    """The schedule's name and table: a valid table for these stages and ``m`` microbatches that
+    runs each stage on its rank and keeps every one of the ``pp`` ranks busy."""
+    sched = f.obj("schedule")
+    try:
+        name = canonical_name(sched.str("name"))
+    except ContractError:
+        raise
+    except ValueError as e:
+        raise sched.fail("name", str(e)) from None
+    raw_table = sched.raw("table")
+    if not isinstance(raw_table, dict):
+        raise sched.fail("table", "expected an object mapping rank to actions")
+    try:
+        table = table_from_text(raw_table)
+        validate_table(table, len(stages), m, forward_only=f.obj("job", default={}).data.get("forward_only") is True)
+        owner = stage_ranks(table)
+    except ValueError as e:
+        raise sched.fail("table", str(e).splitlines()[0]) from None
+    for s in stages:
+        if owner.get(s.index) != s.rank:
+            raise f.fail(
+                f"stages[{s.index}].rank",
+                f"is {s.rank} but the schedule table runs it on rank {owner.get(s.index)}",
+            )
+    if max(owner.values()) + 1 != pp:
+        raise f.fail("pp", f"is {pp} but the schedule table uses {max(owner.values()) + 1} ranks")
+    idle = sorted(set(range(pp)) - set(owner.values()))
+    if idle:
+        raise sched.fail("table", f"rank {idle[0]} runs no stage: every pipeline rank holds at least one")
+    return name, table
+
+
+def _read_prediction(p: Fields) -> Prediction:
+    return Prediction(
+        p.num("step_s"),
+        tuple(p.nums("bubble_fraction")),
+        tuple(int(x) for x in p.nums("peak_bytes")),
+        p.num("throughput", default=0.0),
+        p.num("latency_s", default=0.0),
+    )
+
+
+def _read_records(f: Fields) -> tuple[dict[str, Any], tuple[dict[str, Any], ...], tuple[str, ...]]:
+    """The solver's facts (an object), the baselines (objects with a name) and the notes (strings)."""
+    solver = f.raw("solver", {}) or {}
+    if not isinstance(solver, dict):
+        raise f.fail("solver", f"expected an object, got {type(solver).__name__}")
+    baselines = f.list("baselines", default=[])
+    if not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in baselines):
+        raise f.fail("baselines", "expected a list of objects with a name")
+    for i, b in enumerate(baselines):
+        row = Fields(b, f.where, f"baselines[{i}]")
+        row.num("speedup", default=0.0)
+        row.num("step_s", default=0.0)
+        if not isinstance(b.get("fits_memory", True), bool):
+            raise row.fail("fits_memory", "expected true or false")
+    notes = f.list("notes", default=[])
+    if not all(isinstance(n, str) for n in notes):
+        raise f.fail("notes", "expected a list of strings")
+    return solver, tuple(baselines), tuple(notes)
 
 
 def _read_recompute(s: Fields, v1: bool) -> Recompute:
@@ -405,7 +444,7 @@ def distinct_plans(plans: list[Plan]) -> list[Plan]:
         key = (
             p.schedule if p.pp > 1 else None,
             p.pp,
-            p.parallelism,
+            p.layout,
             p.microbatches,
             p.microbatch_size,
             tuple((s.first, s.end, s.rank, s.dtype, s.recompute) for s in p.stages),

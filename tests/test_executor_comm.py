@@ -99,7 +99,7 @@ def test_plain_plans_predict_no_comm_to_compare(tp_run):
     plan, _, _ = tp_run
     pred = predicted_comm(plan, simulate(plan))
     assert set(pred) == {0, 1} and all(v["tp"] > 0 for v in pred.values())
-    plain = replace(plan, tp=1)
+    plain = replace(plan, layout=replace(plan.layout, tp=1))
     assert predicted_comm(plain, simulate(plain)) == {}
 
 
