@@ -119,7 +119,7 @@ def _configs(model: str, profile, prof_path: Path, cluster, ms: list[int], sched
         for name in schedules:
             spec = schedule_spec(name)
             try:
-                p = validation_plan(profile, prof_path, cluster, spec.name, 2, m, _virtual(spec))
+                p = validation_plan(profile, prof_path, cluster, spec.name, 2, m, virtual=_virtual(spec))
             except Exception as e:  # a schedule this (m, units) cannot take: say so, go on
                 print(f"  {model} {spec.name} m={m}: skipped ({str(e).splitlines()[0]})")
                 continue

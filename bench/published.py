@@ -48,8 +48,9 @@ from published_data import (  # noqa: E402
 )
 
 from planner import Job  # noqa: E402
+from planner.candidate import Candidate  # noqa: E402
 from planner.cluster import load_cluster  # noqa: E402
-from planner.scoring import build_plan  # noqa: E402
+from planner.scoring import Context, build_plan  # noqa: E402
 from profiles.analytic import analytic_profile  # noqa: E402
 from simulator.costs import DPMode, Layout, Option, Recompute  # noqa: E402
 
@@ -128,19 +129,10 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     job = Job(global_batch=run.global_batch, microbatch_size=mbs, dtypes=("bf16",), schedules=(schedule,))
     bounds = _bounds(run.layers, run.pp * v)
     plan = build_plan(
-        profile,
-        str(path),
-        cluster,
-        job,
+        Context(profile, str(path), cluster, job),
+        Candidate.named(schedule, pp=run.pp, m=m, mbs=mbs, virtual=v, layout=layout),
         bounds,
-        schedule,
-        run.pp,
-        dp,
-        m,
-        mbs,
         [Option("bf16", rc)] * len(bounds),
-        v,
-        layout=layout,
     )
     step = plan.predicted.step_s
     if run.source == NARAYANAN:

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 
 from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.costs import DPMode, Layout, Option, Recompute
+from simulator.schedules import schedule_spec
 from simulator.tensor_parallel import model_tp_degrees, recompute_modes
 
+from .candidate import Candidate
 from .plan import Plan
-from .scoring import build_plan, fits
+from .scoring import Context, build_plan, fits
 from .splits import even_split, min_max_split
 
 __all__ = [
@@ -151,7 +153,8 @@ def compare(p: Plan, recipes: Recipes | None = None) -> tuple[dict, ...]:
             bounds = split_fn(p.profile, p.pp)
         except UserError:
             continue
-        tries = [[_attempt(p, bounds, "1F1B", p.pp, 1, p.parallelism, rc)] for rc in modes]
+        c = _beside(p, "1F1B", p.pp, p.layout)
+        tries = [[_attempt(p, c, bounds, rc)] for rc in modes]
         b = _first_fitting(tries)
         if b is not None:
             out.append(_row(f"{name}-1F1B", b, p, f"{name} split, cheapest recompute that fits"))
@@ -186,30 +189,25 @@ def _describe(b: Plan) -> str:
     )
 
 
-def _attempt(p: Plan, bounds, schedule: str, pp: int, v: int, layout: Layout, rc: Recompute):
-    """A deferred build of one configuration beside ``p`` (at ``p``'s microbatch size and dtype)."""
-    return lambda: _build(p, bounds, schedule, pp, v, layout, p.microbatch_size, rc)
-
-
-def _build(p: Plan, bounds, schedule: str, pp: int, v: int, layout: Layout, mbs: int, rc: Recompute) -> Plan:
+def _beside(p: Plan, schedule: str, pp: int, layout: Layout, v: int = 1) -> Candidate:
+    """A configuration beside ``p``: at ``p``'s microbatch size, with the microbatches ``p``'s global
+    batch makes on ``layout``'s replicas (checked when it is built)."""
+    mbs = p.microbatch_size
     m = p.job.global_batch // (layout.dp * mbs)
-    if m < 1 or p.job.global_batch % (layout.dp * mbs):
-        raise UserError(f"global batch {p.job.global_batch} does not split into {layout.dp} x {mbs}")
-    return build_plan(
-        p.profile,
-        p.profile_path,
-        replace(p.cluster, devices=pp * layout.dp * layout.tp),
-        p.job,
-        bounds,
-        schedule,
-        pp,
-        layout.dp,
-        m,
-        mbs,
-        [Option(p.stages[0].dtype, rc)] * len(bounds),
-        v,
-        layout=layout,
-    )
+    return Candidate(pp=pp, layout=layout, m=m, mbs=mbs, spec=schedule_spec(schedule), virtual=v)
+
+
+def _attempt(p: Plan, c: Candidate, bounds, rc: Recompute) -> Callable[[], Plan]:
+    """A deferred build of candidate ``c`` beside ``p`` (in ``p``'s dtype, every stage with ``rc``)."""
+    return lambda: _build(p, c, bounds, rc)
+
+
+def _build(p: Plan, c: Candidate, bounds, rc: Recompute) -> Plan:
+    job = p.job
+    if c.m < 1 or job.global_batch % (c.dp * c.mbs):
+        raise UserError(f"global batch {job.global_batch} does not split into {c.dp} x {c.mbs}")
+    ctx = Context(p.profile, p.profile_path, replace(p.cluster, devices=c.pp * c.dp * c.layout.tp), job)
+    return build_plan(ctx, c, bounds, [Option(p.stages[0].dtype, rc)] * len(bounds))
 
 
 def _tp_for(p: Plan, most: int) -> int:
@@ -268,6 +266,7 @@ class _Titan:
     tp: int  #: tensor_parallel_degree
     pp: int  #: pipeline_parallel_degree
     schedule: str  #: pipeline_parallel_schedule (with pp > 1)
+    _: KW_ONLY
     virtual: int  #: stages per rank: torchtitan's default, 2 for a multi-stage schedule
     ac: Recompute  #: activation_checkpoint.mode
 
@@ -280,9 +279,9 @@ class _Titan:
 #: TP 8, PP 8, Interleaved 1F1B the faster schedule), with torchtitan's 2 stages per rank for a
 #: multi-stage schedule (``torchtitan/distributed/pipeline_parallel.py``) and its split rule.
 _TITAN = (
-    _Titan("torchtitan llama3_8b.toml", math.sqrt(8e9 * 70e9), 1, 1, "1F1B", 1, Recompute.SELECTIVE),
-    _Titan("torchtitan llama3_70b.toml", math.sqrt(70e9 * 405e9), 8, 1, "1F1B", 1, Recompute.FULL),
-    _Titan("torchtitan llama3_405b.toml, 3D", math.inf, 8, 8, "Interleaved1F1B", 2, Recompute.FULL),
+    _Titan("torchtitan llama3_8b.toml", math.sqrt(8e9 * 70e9), 1, 1, "1F1B", virtual=1, ac=Recompute.SELECTIVE),
+    _Titan("torchtitan llama3_70b.toml", math.sqrt(70e9 * 405e9), 8, 1, "1F1B", virtual=1, ac=Recompute.FULL),
+    _Titan("torchtitan llama3_405b.toml, 3D", math.inf, 8, 8, "Interleaved1F1B", virtual=2, ac=Recompute.FULL),
 )
 
 
@@ -322,7 +321,7 @@ def torchtitan_style(p: Plan) -> Plan | None:
             dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP,
             sequence_parallel=tp > 1,  # torchtitan's TP plan shards the norms' sequence (SequenceParallel)
         ).on_pipeline(pp)
-        return lambda: _build(p, torchtitan_split(p.profile, pp * v), schedule, pp, v, layout, p.microbatch_size, ac)
+        return lambda: _build(p, _beside(p, schedule, pp, layout, v), torchtitan_split(p.profile, pp * v), ac)
 
     return _first_fitting([[attempt(pp, ac)] for ac in acs for pp in degrees if pp >= start])
 
@@ -351,7 +350,7 @@ def megatron_style(p: Plan) -> Plan | None:
     def attempt(pp: int, schedule: str, v: int, rc: Recompute):
         dp = p.cluster.devices // (pp * tp)
         layout = Layout(tp=tp, dp=dp, dp_mode=DPMode.ZERO1 if dp > 1 else DPMode.DDP, sequence_parallel=tp > 1)
-        return lambda: _build(p, megatron_split(p.profile, pp * v), schedule, pp, v, layout, p.microbatch_size, rc)
+        return lambda: _build(p, _beside(p, schedule, pp, layout, v), megatron_split(p.profile, pp * v), rc)
 
     def group(pp: int, rc: Recompute) -> list:
         if pp == 1:

@@ -336,7 +336,7 @@ def _run_plan(args: argparse.Namespace) -> int:
                 # the first schedule asked for; 1F1B when --schedules was left at its default (all)
                 job.schedules[0] if args.schedules != ALL_SCHEDULES else "1F1B",
                 args.microbatches[0] if args.microbatches else None,
-                args.pp[0] if args.pp else None,
+                pp=args.pp[0] if args.pp else None,
                 profile_path=str(profile_path),
                 virtual=args.virtual[0] if args.virtual else 1,
                 placement=placement,

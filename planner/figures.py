@@ -29,7 +29,7 @@ FLOP_CONVENTION = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Figures:
     """One plan's predicted rates (per second of its predicted step)."""
 

@@ -50,12 +50,12 @@ simulator's peak exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import pulp
 
 from profiles.contract import UserError
-from simulator.costs import CostModel, Option, TiedSync
+from simulator.costs import CostModel, Option, TiedSync, pipeline_latency
 
 from .memory import Pattern
 from .solvers import ANSWERED, SolverError, available_solvers, solve
@@ -85,6 +85,7 @@ class StepModel:
     microbatches: int
     rank_of: tuple[int, ...]  # stage -> rank (Plan.table's placement)
     memory: Pattern  # activations held per rank (from the schedule table)
+    _: KW_ONLY
     split_backward: bool = False  # zero-bubble family: I on the critical path, W fills bubbles
     phased: bool = False  # all forwards before all backwards (ScheduleSpec.steady_state PHASED)
     forward_only: bool = False  # inference: F only, no activations held, weights only
@@ -114,7 +115,7 @@ class StepModel:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SplitResult:
     bounds: list[tuple[int, int]]
     options: list[Option]  # chosen option per stage
@@ -437,7 +438,9 @@ def solve_split(
     (a MIP start); the solver drops it if it breaks a constraint.
     """
     try:
-        return _solve_split(costs, model, memory_bytes, (time_limit, nodes), solver, exclude, start)
+        return _solve_split(
+            costs, model, memory_bytes, limits=(time_limit, nodes), solver=solver, exclude=exclude, start=start
+        )
     except _Contradiction:
         return None  # e.g. a stage forced to one unit that does not fit, or every split excluded
 
@@ -480,14 +483,16 @@ def _cross_rank_cuts(model: StepModel) -> list[int]:
     return [s for s in range(model.stages - 1) if model.rank_of[s] != model.rank_of[s + 1]]
 
 
-def _solve_split(costs, model: StepModel, memory_bytes: int, limits, solver, exclude, start) -> SplitResult | None:
+def _solve_split(
+    costs: CostModel, model: StepModel, memory_bytes: int, *, limits, solver: str, exclude, start
+) -> SplitResult | None:
     sp = _Split("split", costs, model)
     prob, S = sp.prob, sp.S
     # objective: the step; or, for latency, one microbatch through every stage and every
     # forward hand-off (the split moves only the sends)
     if model.latency:
-        cuts = _cross_rank_cuts(model)
-        prob += pulp.lpSum(sp.forward(s) for s in range(S)) + pulp.lpSum(sp.sends(s, False) for s in cuts), "latency"
+        forwards = [sp.forward(s) for s in range(S)]
+        prob += pipeline_latency(forwards, model.rank_of, lambda s: sp.sends(s, backward=False)), "latency"
     else:
         prob += _step_objective(sp), "step_time"
     # memory: static bytes plus the activations the schedule holds, per rank
@@ -507,7 +512,14 @@ def _solve_split(costs, model: StepModel, memory_bytes: int, limits, solver, exc
             f"m={model.microbatches} (no split found within its limit)"
         )
     return SplitResult(
-        sp.bounds(), sp.chosen(), _val(prob.objective), facts.status, facts.solver, facts.time_s, facts.gap, facts.bound
+        bounds=sp.bounds(),
+        options=sp.chosen(),
+        objective=_val(prob.objective),
+        status=facts.status,
+        solver=facts.solver,
+        time_s=facts.time_s,
+        gap=facts.gap,
+        bound=facts.bound,
     )
 
 
@@ -533,7 +545,7 @@ def min_memory_split(
     return float(pulp.value(peak)) * 2**30, sp.bounds()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageTerms:
     """The MILP's per-stage terms at one split, as numbers (to hold against the simulator's)."""
 
@@ -577,11 +589,16 @@ def stage_terms(
     sp.assign(bounds, options)
     stages = [
         StageTerms(
-            *(_val(e) for e in (sp.forward(s), sp.backward(s), sp.input(s), sp.weight(s))),
-            *(_val(e) for e in (sp.static(s), sp.act(s), sp.keep(s))),
-            _val(sends[s]),
-            _val(sp.grad(s)),
-            _val(sp.optimizer(s)),
+            forward_s=_val(sp.forward(s)),
+            backward_s=_val(sp.backward(s)),
+            backward_input_s=_val(sp.input(s)),
+            backward_weight_s=_val(sp.weight(s)),
+            static_bytes=_val(sp.static(s)),
+            activation_bytes=_val(sp.act(s)),
+            keep_bytes=_val(sp.keep(s)),
+            sends_s=_val(sends[s]),
+            grad_bytes=_val(sp.grad(s)),
+            optimizer_s=_val(sp.optimizer(s)),
         )
         for s in range(sp.S)
     ]

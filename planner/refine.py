@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import combinations
 
-from simulator.costs import CostModel
-
-from .milp import StepModel, solve_split
+from .candidate import Candidate
+from .milp import solve_split
 from .plan import Plan
-from .scoring import build_plan, fits, objective_s
+from .scoring import Context, build_plan, fits, objective_s
 from .solvers import ANSWERED
 from .splits import even_split
 
@@ -30,20 +29,14 @@ ALTERNATIVES = 1  # next-best MILP splits (no-good cuts) tried per refined plan 
 REFINE_ACTIONS = 150_000
 
 
-def refine(
-    p: Plan,
-    costs: CostModel,
-    model: StepModel,
-    time_limit: float | None,
-    solver: str,
-    stats,
-    alternatives: int = ALTERNATIVES,
-) -> Plan:
+def refine(ctx: Context, p: Plan, stats, *, alternatives: int = ALTERNATIVES) -> Plan:
     """Best simulated plan among the MILP's next-best splits (``alternatives`` of them) and their cut
-    neighbourhoods. ``costs``: the search's CostModel for ``p``'s microbatch size and ``dp``;
-    ``model``: the MILP's view of ``p``'s schedule; ``stats``: the search's
+    neighbourhoods, all of ``p``'s candidate (``Candidate.of_plan``). ``ctx``: the job's shared
+    inputs (its CostModels, step models, and how its MILPs are solved); ``stats``: the search's
     ``SearchStats`` (simulations and MILPs are counted there). Bounded by a number of simulations
     that shrinks as the table grows, never by the clock."""
+    c = Candidate.of_plan(p)
+    costs, model = ctx.costs(c.mbs, c.layout), ctx.model(c)
     actions = sum(len(a) for a in p.table.values())
     budget = max(12, min(200, REFINE_ACTIONS // max(actions, 1)))  # simulations allowed here
     options = [s.option for s in p.stages]
@@ -58,24 +51,7 @@ def refine(
         seen.add((tuple(bounds), tuple(opts)))
         budget -= 1
         stats.simulations += 1
-        q = build_plan(
-            p.profile,
-            p.profile_path,
-            p.cluster,
-            p.job,
-            bounds,
-            p.schedule,
-            p.pp,
-            p.dp,
-            p.microbatches,
-            p.microbatch_size,
-            opts,
-            p.virtual,
-            p.table,
-            {**p.solver, "refined": "neighbourhood"},
-            p.custom_placement,
-            costs,
-        )
+        q = build_plan(ctx, c, bounds, opts, solver={**p.solver, "refined": "neighbourhood"}, costs=costs)
         return q if fits(q) else None
 
     # the MILP's next-best splits
@@ -84,7 +60,9 @@ def refine(
     for _ in range(alternatives):
         if budget <= 0 or p.solver.get("status") not in ANSWERED:
             break
-        res = solve_split(costs, model, p.cluster.memory_bytes, time_limit=time_limit, solver=solver, exclude=exclude)
+        res = solve_split(
+            costs, model, p.cluster.memory_bytes, time_limit=ctx.time_limit, solver=ctx.solver, exclude=exclude
+        )
         stats.milps += 1
         if res is None:
             break

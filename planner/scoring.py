@@ -1,30 +1,34 @@
 """A split made into a simulated Plan, and what the MILP reads per unit.
 
-Shared by the search, its refinement and ``score_split``: the per-unit options
-(dtype x recompute) the MILP chooses from, the schedule tables and step models of a
-search (built once per (schedule, pp, m, v) and reused by the screen, the MILP and the
-refinement), and ``build_plan``, which turns a split into a Plan and simulates it.
+Shared by the search, its refinement, the baselines, ``score_split`` and the executor's
+validation plans: the schedule tables and step models of a job (``Schedules``: built once per
+(schedule, pp, m, v) and reused by the screen, the MILP and the refinement; the one place
+tables are made), what every plan of a job shares (``Context``), and ``build_plan``, which
+turns a ``Candidate`` cut at a split, with options per stage, into a Plan and simulates it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from profiles.contract import sha256_of
 from profiles.types import Profile
 from simulator.actions import Table, forward_table, stage_ranks
-from simulator.costs import CostModel, Layout, Option
+from simulator.costs import CostModel, Layout, Option, pipeline_latency
 from simulator.engine import SimInput, simulate
 from simulator.placement import placement_table
 from simulator.schedules import SteadyState, canonical_name, make_schedule, schedule_spec
 
+from .candidate import Candidate
 from .cluster import Cluster, Job
 from .memory import memory_pattern
 from .milp import StepModel
 from .plan import Plan, Prediction, StagePlan
+from .pricing import cost_model
 
-__all__ = ["Schedules", "build_plan", "fits", "objective_s"]
+__all__ = ["Schedules", "Context", "build_plan", "fits", "objective_s"]
 
 
 class Schedules:
@@ -78,61 +82,83 @@ def _key(schedule: str, pp: int, m: int, v: int, placement: tuple[int, ...] | No
     return (name, tuple(placement), m) if placement is not None else (name, pp, m, v)
 
 
-def build_plan(
-    profile: Profile,
-    profile_path: str,
-    cluster: Cluster,
-    job: Job,
-    bounds,
-    schedule: str,
-    pp: int,
-    dp: int,
-    m: int,
-    mbs: int,
-    options: list[Option],
-    virtual: int = 1,
-    table: Table | None = None,
-    solver: dict | None = None,
-    placement: tuple[int, ...] | None = None,
-    costs: CostModel | None = None,
-    layout: Layout | None = None,
-) -> Plan:
-    """A Plan for this split, simulated (``predicted`` filled); stages go where the table puts them.
+class Context:
+    """What every plan of one job shares: the profile (and its file), the cluster and the job, the
+    job's schedule tables and step models (``schedules``), its CostModels (built once each), and
+    how its MILPs are solved (``time_limit``: wall seconds per MILP, only when given; ``solver``)."""
 
-    ``costs``: the search's CostModel for this microbatch size and layout (built here when None);
-    ``layout``: tp, dp mode and sequence parallelism (default: the costs', else tp 1 and ddp over ``dp``).
-    ``Custom`` with its ``placement``: the table is (re)ordered by this split's own
-    stage times (``placement_table`` with durations), so a rank holding two stages interleaves
-    them as their costs need."""
-    if table is None:
-        table = Schedules(job).table(schedule, pp, m, virtual, placement)
-    layout = layout or (costs.layout if costs is not None else Layout(dp=dp))
-    if layout.dp != dp:
-        raise ValueError(f"layout {layout} disagrees with dp={dp}")
+    def __init__(
+        self,
+        profile: Profile,
+        profile_path: str,
+        cluster: Cluster,
+        job: Job,
+        *,
+        time_limit: float | None = None,
+        solver: str = "auto",
+    ):
+        self.profile, self.profile_path, self.cluster, self.job = profile, profile_path, cluster, job
+        self.time_limit, self.solver = time_limit, solver
+        self.schedules = Schedules(job)
+        self._costs: dict[tuple[int, Layout], CostModel] = {}
+
+    def costs(self, mbs: int, layout: Layout) -> CostModel:
+        """The job's options at microbatch size ``mbs`` on ``layout`` (built once each)."""
+        if (mbs, layout) not in self._costs:
+            self._costs[mbs, layout] = cost_model(self.profile, self.cluster, self.job, mbs, layout=layout)
+        return self._costs[mbs, layout]
+
+    def table(self, c: Candidate) -> Table:
+        return self.schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement)
+
+    def model(self, c: Candidate) -> StepModel:
+        return self.schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
+
+
+def build_plan(
+    ctx: Context,
+    c: Candidate,
+    bounds: Sequence[tuple[int, int]],
+    options: Sequence[Option],
+    *,
+    solver: dict | None = None,
+    costs: CostModel | None = None,
+    table: Table | None = None,
+) -> Plan:
+    """A Plan of candidate ``c`` cut at ``bounds``, stage ``s`` run with ``options[s]``, simulated
+    (``predicted`` filled); stages go where the candidate's table (``ctx.table``) puts them.
+
+    ``solver``: the facts of whatever chose the split; ``costs``: a CostModel of ``c``'s microbatch
+    size and layout with (at least) the stages' options (built from the plan when None);
+    ``table``: a table of one's own instead of the candidate's. ``Custom``: the table is
+    (re)ordered by this split's own stage times (``placement_table`` with durations), so a rank
+    holding two stages interleaves them as their costs need."""
+    job, layout = ctx.job, c.layout
+    table = table if table is not None else ctx.table(c)
     owner = stage_ranks(table)
     stages = tuple(
         StagePlan(i, f, e, owner[i], o.dtype, o.recompute) for i, ((f, e), o) in enumerate(zip(bounds, options))
     )
     plan = Plan(
-        profile_path=profile_path,
-        profile_sha256=_sha(profile_path),
-        model_name=profile.model_name,
-        pp=pp,
+        profile_path=ctx.profile_path,
+        profile_sha256=_sha(ctx.profile_path),
+        model_name=ctx.profile.model_name,
+        pp=c.pp,
         layout=layout,
-        virtual=virtual,
-        microbatches=m,
-        microbatch_size=mbs,
+        virtual=c.virtual,
+        microbatches=c.m,
+        microbatch_size=c.mbs,
         stages=stages,
-        schedule=canonical_name(schedule),
+        schedule=canonical_name(c.schedule),
         table=table,
-        cluster=cluster,
+        cluster=ctx.cluster,
         job=job,
         solver=solver or {},
-        profile=profile,
+        profile=ctx.profile,
     )
     inp = plan.sim_input(costs)
-    if placement is not None:  # Custom: order by this split's costs
-        ordered = placement_table(list(placement), m, [(c.forward_s, c.backward_s) for c in inp.costs])
+    if c.placement is not None:  # Custom: order by this split's costs
+        ordered = placement_table(list(c.placement), c.m, [(sc.forward_s, sc.backward_s) for sc in inp.costs])
         plan = replace(plan, table=forward_table(ordered) if job.forward_only else ordered)
         inp = replace(inp, table=plan.table)
     tl = simulate(inp, detail=False)
@@ -148,11 +174,13 @@ def build_plan(
 
 
 def _latency_s(inp: SimInput, rank_of: dict[int, int]) -> float:
-    """One microbatch through an idle pipeline: every stage's forward and every send between
-    ranks, as the event engine would time a table of that microbatch alone."""
+    """One microbatch through an idle pipeline (``pipeline_latency``): the stages' forwards and the
+    sends between their ranks."""
     costs, links = inp.costs, inp.links
-    sends = sum(links.transfer_s(rank_of[s], rank_of[s + 1], costs[s].output_bytes) for s in range(len(costs) - 1))
-    return sum(c.forward_s for c in costs) + sends
+    ranks = [rank_of[s] for s in range(len(costs))]
+    return pipeline_latency(
+        [sc.forward_s for sc in costs], ranks, lambda s: links.transfer_s(ranks[s], ranks[s + 1], costs[s].output_bytes)
+    )
 
 
 def objective_s(plan: Plan) -> float:

@@ -45,22 +45,22 @@ from pathlib import Path
 from profiles.contract import UserError
 from profiles.types import Profile
 from simulator.actions import ScheduleError
-from simulator.costs import CostModel, DPMode, Layout, Option
+from simulator.costs import CostModel, DPMode, Layout, Option, pipeline_latency
 from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
 from simulator.tensor_parallel import model_tp_degrees
 
 from .baselines import Recipes, compare
 from .batching import entry_sizes, microbatching
+from .candidate import Candidate
 from .cluster import Cluster, Job
 from .infeasible import InfeasibleError, infeasible_error
 from .memory import fitting_options
 from .milp import MILP_NODES, SolverError, StepModel, solve_split
 from .plan import Plan
-from .pricing import cost_model
 from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN
 from .refine import refine as refine_plan
-from .scoring import Schedules, build_plan, fits, objective_s
+from .scoring import Context, build_plan, fits, objective_s
 from .splits import min_max_split
 
 __all__ = ["plan", "InfeasibleError", "SearchStats", "search"]
@@ -80,7 +80,7 @@ SMALL_TABLE = 1024
 PROGRESS_EVERY_S = 0.2  # the screen tells its progress at most this often (display only)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchStats:
     """What the search did, phase by phase (seconds and counts)."""
 
@@ -107,46 +107,6 @@ class SearchStats:
         self.seconds[phase] += time.perf_counter() - t0
 
 
-@dataclass(frozen=True, kw_only=True)
-class Candidate:
-    """One point of the search space: a schedule at a pipeline degree, microbatching and placement."""
-
-    pp: int
-    layout: Layout  # tp, dp, dp mode, sequence parallelism
-    m: int
-    mbs: int
-    spec: ScheduleSpec
-    virtual: int
-    placement: tuple[int, ...] | None = None  # stage -> rank, for Custom only
-    lower_bound: float = 0.0  # no split of it does better, in the units of the job's objective
-
-    @property
-    def schedule(self) -> str:
-        return self.spec.name
-
-    @property
-    def dp(self) -> int:
-        return self.layout.dp
-
-    @property
-    def stages(self) -> int:
-        if self.placement:
-            return len(self.placement)
-        return self.spec.num_stages(self.pp, self.virtual)
-
-    @property
-    def rank_of(self) -> dict[int, int]:
-        if self.placement:
-            return dict(enumerate(self.placement))
-        return self.spec.stage_to_rank(self.pp, self.virtual)
-
-    def label(self) -> str:
-        where = f" placement={','.join(map(str, self.placement))}" if self.placement else ""
-        lay = self.layout
-        par = f" tp={lay.tp}{'+sp' if lay.sequence_parallel else ''} dp={lay.dp} {lay.dp_mode.value}"
-        return f"{self.schedule} pp={self.pp}{par} v={self.virtual}{where} m={self.m}"
-
-
 @dataclass(frozen=True)
 class Screened:
     """A candidate and its work-balanced split simulated (None: it does not fit)."""
@@ -164,8 +124,9 @@ class Solved:
     failed: list[str]
 
 
-class _Search:
-    """The inputs every phase shares, and the CostModels and schedule tables built once."""
+class _Search(Context):
+    """The inputs every phase shares (``Context``: CostModels and schedule tables built once),
+    the work-balanced splits, and whom to tell the progress."""
 
     def __init__(
         self,
@@ -173,15 +134,13 @@ class _Search:
         profile_path: str,
         cluster: Cluster,
         job: Job,
+        *,
         time_limit: float | None,
         solver: str,
         progress: Callable[[str], None] | None = None,
     ):
-        self.profile, self.profile_path, self.cluster, self.job = profile, profile_path, cluster, job
-        self.time_limit, self.solver = time_limit, solver
+        super().__init__(profile, profile_path, cluster, job, time_limit=time_limit, solver=solver)
         self._progress, self._said = progress, 0.0
-        self.schedules = Schedules(job)
-        self._costs: dict[tuple[int, Layout], CostModel] = {}
         self._splits: dict[tuple, list[tuple[int, int]]] = {}
 
     def say(self, what: str, force: bool = False) -> None:
@@ -190,18 +149,6 @@ class _Search:
         if self._progress is not None and (force or now - self._said >= PROGRESS_EVERY_S):
             self._said = now
             self._progress(what)
-
-    def costs(self, mbs: int, layout: Layout) -> CostModel:
-        """The job's options at microbatch size ``mbs`` on ``layout`` (built once each)."""
-        if (mbs, layout) not in self._costs:
-            self._costs[mbs, layout] = cost_model(self.profile, self.cluster, self.job, mbs, layout=layout)
-        return self._costs[mbs, layout]
-
-    def model(self, c: Candidate) -> StepModel:
-        return self.schedules.model(c.schedule, c.pp, c.m, c.virtual, c.placement)
-
-    def table(self, c: Candidate):
-        return self.schedules.table(c.schedule, c.pp, c.m, c.virtual, c.placement)
 
     def balanced(self, c: Candidate) -> list[tuple[int, int]]:
         """The work-balanced split of the candidate's stage count under the first option (shared)."""
@@ -214,24 +161,7 @@ class _Search:
         return self._splits[key]
 
     def build(self, c: Candidate, bounds, options: list[Option], solver: dict) -> Plan:
-        return build_plan(
-            self.profile,
-            self.profile_path,
-            self.cluster,
-            self.job,
-            bounds,
-            c.schedule,
-            c.pp,
-            c.dp,
-            c.m,
-            c.mbs,
-            options,
-            c.virtual,
-            self.table(c),
-            solver,
-            c.placement,
-            self.costs(c.mbs, c.layout),
-        )
+        return build_plan(self, c, bounds, options, solver=solver, costs=self.costs(c.mbs, c.layout))
 
     def tp_degrees(self) -> list[int]:
         """The job's tensor-parallel degrees, or every one valid for the model and cluster: divisors
@@ -276,7 +206,7 @@ def _enumerate(s: _Search, stats: SearchStats) -> list[Candidate]:
             for m, mbs in microbatching(job, layout.dp):
                 if mbs not in sizes:
                     continue
-                out += _schedule_candidates(job, specs, pp, layout, m, mbs, U, stats)
+                out += _schedule_candidates(job, specs, U, stats, pp=pp, layout=layout, m=m, mbs=mbs)
     return out
 
 
@@ -314,7 +244,9 @@ def _undominated_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(([best] if best else []) + kept)
 
 
-def _schedule_candidates(job: Job, specs, pp: int, layout: Layout, m: int, mbs: int, U: int, stats) -> list[Candidate]:
+def _schedule_candidates(
+    job: Job, specs, U: int, stats: SearchStats, *, pp: int, layout: Layout, m: int, mbs: int
+) -> list[Candidate]:
     if pp == 1:  # no pipeline, no schedule to choose: one candidate under the first plain schedule
         specs = [sp for sp in specs if not sp.custom and sp.min_virtual == 1][:1]
     out = []
@@ -376,8 +308,9 @@ def _lower_bound(costs: CostModel, c: Candidate, forward_only: bool) -> float:
 def _objective_bound(step_lb: float, costs: CostModel, job: Job) -> float:
     """The step's lower bound in the units of ``objective_s``: per sample for throughput; for
     latency, one microbatch's forwards through every unit (sends only add)."""
-    if job.objective == "latency":
-        return sum(min(r.forward_s for r in rs) for rs in zip(*costs.records.values()))
+    if job.objective == "latency":  # every unit its own stage on one rank, at its fastest forward
+        fastest = [min(r.forward_s for r in rs) for rs in zip(*costs.records.values())]
+        return pipeline_latency(fastest, [0] * len(fastest), lambda s: 0.0)
     if job.objective == "throughput":
         return step_lb / job.global_batch
     return step_lb
@@ -550,22 +483,14 @@ def _refine(s: _Search, plans: list[Plan], top: int, refine: int | None, stats: 
     close = [p for p in plans if objective_s(p) <= objective_s(plans[0]) * (1 + REFINE_WITHIN)]
     n = min(len(close), refine if refine is not None else max(top, REFINE_AT_LEAST))
     s.say(f"refining the best {n}", force=True)
-    refined = [
-        refine_plan(
-            p,
-            s.costs(p.microbatch_size, p.parallelism),
-            s.schedules.model(p.schedule, p.pp, p.microbatches, p.virtual, p.custom_placement),
-            s.time_limit,
-            s.solver,
-            stats,
-            ALTERNATIVES
-            if s.profile.num_units * len(p.stages) * len(s.costs(p.microbatch_size, p.parallelism).options)
-            <= SMALL_ALTERNATIVES
-            else 0,
-        )
-        for p in plans[:n]
-    ]
+    refined = [refine_plan(s, p, stats, alternatives=_alternatives(s, p)) for p in plans[:n]]
     return _dedupe(sorted(refined + plans[n:], key=_rank))
+
+
+def _alternatives(s: _Search, p: Plan) -> int:
+    """The MILP's next-best splits the refinement asks for around ``p``: only where its MILP is small."""
+    options = s.costs(p.microbatch_size, p.parallelism).options
+    return ALTERNATIVES if s.profile.num_units * len(p.stages) * len(options) <= SMALL_ALTERNATIVES else 0
 
 
 # -- the search --------------------------------------------------------------------------------------
@@ -576,6 +501,7 @@ def search(
     cluster: Cluster,
     job: Job,
     top: int = 3,
+    *,
     profile_path: str | Path | None = None,
     time_limit: float | None = None,
     solver: str = "auto",
@@ -596,7 +522,7 @@ def search(
             f"profile again with --seq-len {job.seq_len}"
         )
     stats = SearchStats()
-    s = _Search(profile, profile_path, cluster, job, time_limit, solver, progress)
+    s = _Search(profile, profile_path, cluster, job, time_limit=time_limit, solver=solver, progress=progress)
     keep = max(top, 1)
 
     t0 = time.perf_counter()
@@ -649,12 +575,13 @@ def plan(
     cluster: Cluster,
     job: Job,
     top: int = 3,
+    *,
     profile_path: str | Path | None = None,
     time_limit: float | None = None,
     solver: str = "auto",
 ) -> list[Plan]:
     """The ``top`` plans for ``job`` on ``cluster``, best simulated step time first."""
-    return search(profile, cluster, job, top, profile_path, time_limit, solver)[0]
+    return search(profile, cluster, job, top, profile_path=profile_path, time_limit=time_limit, solver=solver)[0]
 
 
 def _rank(p: Plan):

@@ -32,9 +32,10 @@ Assumptions:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import TypeVar
 
 from profiles.contract import UserError
 from profiles.gemm import GEMM_DEVICES
@@ -54,11 +55,14 @@ __all__ = [
     "UnitRecord",
     "StageCost",
     "Links",
+    "pipeline_latency",
     "CostModel",
     "unit_records",
     "stage_costs",
     "check_bounds",
 ]
+
+X = TypeVar("X")  # a number, or a linear expression of one (the MILP's)
 
 
 class Recompute(str, Enum):
@@ -214,6 +218,15 @@ class Links:
         intra = Link(self.latency_s, self.bandwidth_Bps, self.collective_Bps)
         inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps, self.inter_collective_Bps)
         return group_link(ranks, min(self.devices_per_node, 1 << 30), intra, inter)
+
+
+def pipeline_latency(forward: Sequence[X], rank_of: Sequence[int], send: Callable[[int], X]) -> X:
+    """One microbatch through an idle pipeline, as the event engine would time a table of that
+    microbatch alone: every stage's ``forward[s]``, plus ``send(s)``, the hand-off of stage
+    ``s``'s output to stage ``s + 1``, wherever the two sit on different ranks (``rank_of``).
+    The one latency formula: the scoring sums numbers, the MILP its linear expressions."""
+    cuts = [s for s in range(len(forward) - 1) if rank_of[s] != rank_of[s + 1]]
+    return sum(forward) + sum(send(s) for s in cuts)
 
 
 @dataclass(frozen=True)

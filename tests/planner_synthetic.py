@@ -8,8 +8,9 @@ import random
 from pathlib import Path
 
 from planner import Job
+from planner.candidate import Candidate
 from planner.pricing import cost_model, job_options
-from planner.scoring import build_plan, fits
+from planner.scoring import Context, build_plan, fits
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
 from simulator.actions import ScheduleError
 from simulator.costs import CostModel, DPMode, Layout, Links, Option, UnitRecord
@@ -117,6 +118,7 @@ def exhaustive(profile, path, cluster, job, pp):
     each simulated; None when none fits. The reference the planner is tested against."""
     U, best = profile.num_units, None
     options = job_options(job)
+    ctx = Context(profile, str(path), cluster, job)
     for layout in _layouts(job, cluster.devices, pp):
         m = job.global_batch // layout.dp
         costs = cost_model(profile, cluster, job, 1, layout=layout)
@@ -134,10 +136,8 @@ def exhaustive(profile, path, cluster, job, pp):
                     edges = [0, *cuts, U]
                     bounds = list(zip(edges[:-1], edges[1:]))
                     for chosen in itertools.product(options, repeat=S):
-                        p = build_plan(
-                            profile, str(path), cluster, job, bounds, name, pp, layout.dp, m, 1, list(chosen), v,
-                            costs=costs,
-                        )  # fmt: skip
+                        c = Candidate(pp=pp, layout=layout, m=m, mbs=1, spec=spec, virtual=v)
+                        p = build_plan(ctx, c, bounds, list(chosen), costs=costs)
                         if fits(p) and (best is None or p.predicted.step_s < best.predicted.step_s):
                             best = p
     return best

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from planner_synthetic import random_units
 
 from planner import Cluster, Job
+from planner.candidate import Candidate
 from planner.memory import memory_pattern, peak_bytes, static_bytes
 from planner.milp import stage_terms
 from planner.pricing import cost_model
-from planner.scoring import Schedules, build_plan, fits
+from planner.scoring import Context, Schedules, build_plan, fits
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
 from simulator import SimInput, simulate
 from simulator.actions import stage_ranks
@@ -144,9 +145,8 @@ def test_milp_terms_equal_the_simulators_costs(case, tmp_path):
     def plan_at(cap: int):
         tight = Cluster(**{**cluster.to_dict(), "memory_bytes": max(1, cap)})
         where = tuple(placement) if placement else None
-        return build_plan(
-            profile, str(path), tight, job, bounds, name, pp, dp, m, 1, options, v or 1, table, None, where, costs
-        )
+        c = Candidate.named(name, pp=pp, m=m, virtual=v or 1, layout=layout, placement=where)
+        return build_plan(Context(profile, str(path), tight, job), c, bounds, options, table=table, costs=costs)
 
     if placement:  # Custom orders its table by the split's own costs: hold the MILP to that table
         table = plan_at(10**15).table

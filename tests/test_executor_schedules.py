@@ -69,7 +69,7 @@ def _plans(profile_path: Path, pp: int, cases: list[tuple[str, int]], microbatch
     profile = load_profile(profile_path)
     out = []
     for name, v in cases:
-        plan = validation_plan(profile, profile_path, Cluster(devices=pp), name, pp, microbatches, v)
+        plan = validation_plan(profile, profile_path, Cluster(devices=pp), name, pp, microbatches, virtual=v)
         out.append(plan.save(profile_path.parent / f"{name}-pp{pp}.json"))
     return out
 

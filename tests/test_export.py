@@ -62,7 +62,14 @@ def profile_path(tmp_path_factory):
 def _plans(profile_path, cluster: Cluster | None = None, top: int = 3, **job) -> list:
     prof = analytic_profile("llama-tiny", dtypes=("bf16",), seq_len=128, overrides=DEBUGMODEL)
     defaults = {"global_batch": 16, "recompute": ("none", "selective", "full"), "dtypes": ("bf16",), "tp": ()}
-    plans = plan(prof, cluster or preset_cluster("h100"), Job(**{**defaults, **job}), top, str(profile_path), 5)
+    plans = plan(
+        prof,
+        cluster or preset_cluster("h100"),
+        Job(**{**defaults, **job}),
+        top,
+        profile_path=str(profile_path),
+        time_limit=5,
+    )
     return [p.with_profile(prof) for p in plans]
 
 
@@ -134,7 +141,9 @@ def test_what_an_engine_cannot_express_is_refused_naming_the_field(profile_path)
 def test_models_the_engines_do_not_know_are_refused(tmp_path):
     mlp = analytic_profile("mlp-tiny", dtypes=("fp32",), seq_len=8)
     path = mlp.save(tmp_path / "mlp.json")
-    p = plan(mlp, Cluster(devices=2, device="cpu"), Job(global_batch=4, pp=(2,)), 1, str(path), 5)[0]
+    p = plan(
+        mlp, Cluster(devices=2, device="cpu"), Job(global_batch=4, pp=(2,)), 1, profile_path=str(path), time_limit=5
+    )[0]
     p = p.with_profile(mlp)
     with pytest.raises(UserError, match=r"field profile\.model: mlp-tiny is a mlp model: .*llama3 models only"):
         torchtitan_config(p)
@@ -146,7 +155,14 @@ def test_models_the_engines_do_not_know_are_refused(tmp_path):
 def test_a_llama_no_torchtitan_flavor_matches_is_refused(tmp_path):
     tiny = analytic_profile("llama-tiny", dtypes=("bf16",), seq_len=16)
     path = tiny.save(tmp_path / "tiny.json")
-    p = plan(tiny, preset_cluster("h100"), Job(global_batch=8, pp=(2,), dtypes=("bf16",)), 1, str(path), 5)[0]
+    p = plan(
+        tiny,
+        preset_cluster("h100"),
+        Job(global_batch=8, pp=(2,), dtypes=("bf16",)),
+        1,
+        profile_path=str(path),
+        time_limit=5,
+    )[0]
     flavor = r"field profile\.model: no torchtitan 0\.3\.0 llama3 flavor has this model's sizes \(hidden 64, 2 layers"
     with pytest.raises(UserError, match=flavor):
         torchtitan_config(p.with_profile(tiny))

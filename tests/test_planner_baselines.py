@@ -16,10 +16,11 @@ from planner_synthetic import synthetic_profile
 
 from planner import Cluster, Job, load_plan
 from planner.baselines import compare
+from planner.candidate import Candidate
 from planner.cli import format_plans
 from planner.cluster import PRESET_CLUSTERS, cluster_for_device
 from planner.figures import figures, versus
-from planner.scoring import build_plan, fits
+from planner.scoring import Context, build_plan, fits
 from profiles.contract import UserError
 from profiles.types import load_profile
 from simulator.costs import Option, Recompute
@@ -47,7 +48,8 @@ def _plan(profile, path, pp: int, rc: Recompute, schedule: str = "1F1B", cap: fl
     cluster = Cluster(devices=pp, memory_bytes=int(cap * GIB))
     bounds = [(s * 8 // pp, (s + 1) * 8 // pp) for s in range(pp)]
     job = Job(global_batch=m, microbatch_size=1)
-    return build_plan(profile, str(path), cluster, job, bounds, schedule, pp, 1, m, 1, [Option("fp32", rc)] * pp, 1)
+    c = Candidate.named(schedule, pp=pp, m=m)
+    return build_plan(Context(profile, str(path), cluster, job), c, bounds, [Option("fp32", rc)] * pp)
 
 
 def test_a_hand_split_that_ooms_without_recompute_is_priced_with_the_cheapest_that_fits(heavy):

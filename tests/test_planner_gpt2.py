@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner import Cluster, Job, plan, score_split
-from planner.scoring import build_plan
+from planner.candidate import Candidate
+from planner.scoring import Context, build_plan
 from profiles.types import load_profile
 from simulator.costs import Option
 
@@ -21,10 +22,8 @@ def test_gpt2_demo_two_stages_beats_even_by_the_available_margin():
     job = Job(global_batch=8, microbatch_size=1, schedules=("1F1B",), pp=(2,))
     best = plan(profile, cluster, job, top=1, profile_path=GPT2)[0]
     U = profile.num_units
-    every = [
-        build_plan(profile, str(GPT2), cluster, job, [(0, c), (c, U)], "1F1B", 2, 1, 8, 1, [Option()] * 2)
-        for c in range(1, U)
-    ]
+    ctx, two = Context(profile, str(GPT2), cluster, job), Candidate.named("1F1B", pp=2, m=8)
+    every = [build_plan(ctx, two, [(0, c), (c, U)], [Option()] * 2) for c in range(1, U)]
     optimum = min(p.predicted.step_s for p in every)
     even = score_split(profile, cluster, job, "even", "1F1B", pp=2, profile_path=GPT2)
     available = even.predicted.step_s / optimum

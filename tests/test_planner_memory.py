@@ -89,9 +89,10 @@ def test_milp_memory_equals_the_simulated_peak_when_stage_0_defers_its_w(tmp_pat
     from planner_synthetic import random_units, synthetic_profile
 
     from planner import Cluster, Job
+    from planner.candidate import Candidate
     from planner.milp import StepModel, min_memory_split
     from planner.pricing import cost_model
-    from planner.scoring import build_plan
+    from planner.scoring import Context, build_plan
     from profiles.types import load_profile
     from simulator.actions import table_from_text
     from simulator.costs import Option
@@ -103,5 +104,6 @@ def test_milp_memory_equals_the_simulated_peak_when_stage_0_defers_its_w(tmp_pat
     cluster = Cluster(devices=1, memory_bytes=10**15)
     model = StepModel(2, (0, 0), memory_pattern(table), split_backward=True)
     need, bounds = min_memory_split(cost_model(profile, cluster, job, 1), model)
-    p = build_plan(profile, str(path), cluster, job, bounds, "1F1B", 1, 1, 2, 1, [Option()] * 2, 2, table)
+    c = Candidate.named("1F1B", pp=1, m=2, virtual=2)
+    p = build_plan(Context(profile, str(path), cluster, job), c, bounds, [Option()] * 2, table=table)
     assert max(p.predicted.peak_bytes) == need  # both read the same records

@@ -12,9 +12,10 @@ from conftest import run_cli
 from planner_synthetic import synthetic_profile
 
 from planner import Cluster, Job, search
+from planner.candidate import Candidate
 from planner.given import score_split
 from planner.plan import load_plan
-from planner.scoring import build_plan
+from planner.scoring import Context, build_plan
 from profiles.types import load_profile
 from simulator.actions import read_csv, stage_ranks
 from simulator.costs import Option
@@ -31,12 +32,8 @@ def _profile(tmp_path, ms: tuple[float, ...], name: str):
 def _best_contiguous_1f1b(profile, path, m: int) -> float:
     job = Job(global_batch=m, microbatch_size=1)
     U = profile.num_units
-    return min(
-        build_plan(
-            profile, str(path), CLUSTER, job, [(0, c), (c, U)], "1F1B", 2, 1, m, 1, [Option()] * 2
-        ).predicted.step_s
-        for c in range(1, U)
-    )
+    ctx, two = Context(profile, str(path), CLUSTER, job), Candidate.named("1F1B", pp=2, m=m)
+    return min(build_plan(ctx, two, [(0, c), (c, U)], [Option()] * 2).predicted.step_s for c in range(1, U))
 
 
 def test_a_heavy_middle_unit_makes_the_wrap_placement_win(tmp_path):

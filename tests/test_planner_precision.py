@@ -9,7 +9,8 @@ cap, all-bf16 fits but is slow, bf16 for stage 0 and fp32 for stage 1 fits and i
 from __future__ import annotations
 
 from planner import Cluster, Job, search
-from planner.scoring import build_plan, fits
+from planner.candidate import Candidate
+from planner.scoring import Context, build_plan, fits
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel, load_profile
 from simulator.costs import Option
 
@@ -43,9 +44,8 @@ def test_memory_cap_mixes_precisions_and_the_simulator_agrees(tmp_path):
     assert max(best.predicted.peak_bytes) <= CAP  # simulated, with each stage's own dtype
 
     def uniform(dtype, cut):
-        return build_plan(
-            profile, str(path), cluster, job, [(0, cut), (cut, 8)], "1F1B", 2, 1, 4, 1, [Option(dtype), Option(dtype)]
-        )
+        c = Candidate.named("1F1B", pp=2, m=4)
+        return build_plan(Context(profile, str(path), cluster, job), c, [(0, cut), (cut, 8)], [Option(dtype)] * 2)
 
     # one precision for all: fp32 overflows at every split, bf16 fits but is slower than the mix
     assert not any(fits(uniform("fp32", cut)) for cut in range(1, 8))

@@ -7,7 +7,8 @@ import pytest
 from planner_synthetic import synthetic_profile
 
 from planner import Cluster, Job
-from planner.scoring import build_plan
+from planner.candidate import Candidate
+from planner.scoring import Context, build_plan
 from profiles.types import load_profile
 from simulator import simulate
 from simulator.costs import DPMode, Layout, Option
@@ -38,9 +39,8 @@ def test_memory_per_rank_by_dp_mode(profile, mode):
     job = Job(global_batch=4 * D, microbatch_size=1, dp_modes=(mode.value,))
     cluster = Cluster(devices=2 * D, memory_bytes=2**40, devices_per_node=8)
     layout = Layout(dp=D, dp_mode=mode)
-    plan = build_plan(
-        prof, str(path), cluster, job, [(0, 2), (2, 4)], "1F1B", 2, D, 4, 1, [Option()] * 2, layout=layout
-    )
+    c = Candidate.named("1F1B", pp=2, m=4, layout=layout)
+    plan = build_plan(Context(prof, str(path), cluster, job), c, [(0, 2), (2, 4)], [Option()] * 2)
     # 1F1B: stage 0 holds 2 microbatches' activations at its peak, stage 1 one; 2 units per stage
     assert plan.predicted.peak_bytes[0] == pytest.approx(2 * P * PER_PARAM[mode] + 2 * 2 * A, abs=4)
     assert plan.predicted.peak_bytes[1] == pytest.approx(2 * P * PER_PARAM[mode] + 1 * 2 * A, abs=4)
@@ -51,7 +51,8 @@ def test_fsdp_without_pipelining_gathers_the_largest_unit_only(profile):
     job = Job(global_batch=4 * 8, microbatch_size=1, dp_modes=("fsdp",))
     cluster = Cluster(devices=8, memory_bytes=2**40, devices_per_node=8)
     layout = Layout(dp=8, dp_mode=DPMode.FSDP, reshard_after_forward=True)
-    plan = build_plan(prof, str(path), cluster, job, [(0, 4)], "1F1B", 1, 8, 4, 1, [Option()], layout=layout)
+    c = Candidate.named("1F1B", pp=1, m=4, layout=layout)
+    plan = build_plan(Context(prof, str(path), cluster, job), c, [(0, 4)], [Option()])
     # 4 units' sharded state, one unit gathered + one prefetched + its unsharded gradient, 1 in flight
     assert plan.predicted.peak_bytes[0] == pytest.approx(4 * P * 16 / 8 + 3 * P * 4 + 4 * A, abs=4)
 
@@ -61,20 +62,8 @@ def test_collectives_sit_on_the_communication_track(profile):
     cluster = Cluster(devices=2 * D, memory_bytes=2**40, devices_per_node=8, intra_bandwidth_Bps=1e9)
     for mode, kinds in ((DPMode.DDP, {"ALL_REDUCE"}), (DPMode.FSDP, {"UNSHARD", "REDUCE_GRAD"})):
         job = Job(global_batch=4 * D, microbatch_size=1, dp_modes=(mode.value,))
-        plan = build_plan(
-            prof,
-            str(path),
-            cluster,
-            job,
-            [(0, 2), (2, 4)],
-            "1F1B",
-            2,
-            D,
-            4,
-            1,
-            [Option()] * 2,
-            layout=Layout(dp=D, dp_mode=mode),
-        )
+        c = Candidate.named("1F1B", pp=2, m=4, layout=Layout(dp=D, dp_mode=mode))
+        plan = build_plan(Context(prof, str(path), cluster, job), c, [(0, 2), (2, 4)], [Option()] * 2)
         tl = simulate(plan)
         assert {c.kind for c in tl.collectives} == kinds
         # a ring over D ranks: reduce-scatter (D-1)/D of the 2P fp32 gradient bytes at 1 GB/s
@@ -106,7 +95,9 @@ def test_tied_embeddings_cost_one_all_reduce_between_their_ranks(profile, tmp_pa
     tied = load_profile(path)
     cluster = Cluster(devices=2, memory_bytes=2**40, devices_per_node=8, intra_bandwidth_Bps=1e9)
     job = Job(global_batch=4, microbatch_size=1)
-    plan = build_plan(tied, str(path), cluster, job, [(0, 2), (2, 4)], "1F1B", 2, 1, 4, 1, [Option()] * 2)
+    plan = build_plan(
+        Context(tied, str(path), cluster, job), Candidate.named("1F1B", pp=2, m=4), [(0, 2), (2, 4)], [Option()] * 2
+    )
     sync = [c for c in simulate(plan).collectives if c.kind == "ALL_REDUCE"]
     want = 2 * 1 * (50e-6 + P * 4 / 2 / 1e9)  # ring all-reduce over 2 ranks of P fp32 gradients
     assert sorted(c.rank for c in sync) == [0, 1]
@@ -115,5 +106,6 @@ def test_tied_embeddings_cost_one_all_reduce_between_their_ranks(profile, tmp_pa
     model = StepModel(4, (0, 1), memory_pattern(make_schedule("1F1B", 2, 4)))
     terms = stage_terms(costs, model, [(0, 2), (2, 4)], [Option()] * 2)
     assert terms.tail_s[0] == pytest.approx(want, rel=1e-12) and terms.tail_s[1] == pytest.approx(want, rel=1e-12)
-    one = build_plan(tied, str(path), replace(cluster, devices=1), job, [(0, 4)], "1F1B", 1, 1, 4, 1, [Option()])
+    ctx = Context(tied, str(path), replace(cluster, devices=1), job)
+    one = build_plan(ctx, Candidate.named("1F1B", pp=1, m=4), [(0, 4)], [Option()])
     assert not [c for c in simulate(one).collectives if c.kind == "ALL_REDUCE"]

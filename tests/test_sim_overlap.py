@@ -46,9 +46,10 @@ def test_the_layout_option_reaches_the_plan_and_its_file(tmp_path):
     from dataclasses import replace
 
     from planner import Job
+    from planner.candidate import Candidate
     from planner.cluster import load_cluster
     from planner.plan import load_plan
-    from planner.scoring import build_plan
+    from planner.scoring import Context, build_plan
     from profiles.analytic import analytic_profile
     from simulator.costs import Layout, Option, Recompute
 
@@ -58,10 +59,10 @@ def test_the_layout_option_reaches_the_plan_and_its_file(tmp_path):
     job = Job(global_batch=4, microbatch_size=1, dtypes=("bf16",), schedules=("1F1B",))
     steps = {}
     for overlap in (False, True):
+        c = Candidate.named("1F1B", pp=1, m=2, layout=Layout(dp=2, overlap_grad_reduce=overlap))
         plan = build_plan(
-            prof, str(path), cluster, job, [(0, prof.num_units)], "1F1B", 1, 2, 2, 1,
-            [Option("bf16", Recompute.NONE)], layout=Layout(dp=2, overlap_grad_reduce=overlap),
-        )  # fmt: skip
+            Context(prof, str(path), cluster, job), c, [(0, prof.num_units)], [Option("bf16", Recompute.NONE)]
+        )
         assert plan.parallelism.overlap_grad_reduce is overlap and plan.cost_model().dp_comm.overlap is overlap
         assert ("overlap_grad_reduce" in plan.to_dict()) is overlap
         saved = plan.save(tmp_path / f"plan{overlap}.json")
