@@ -17,7 +17,7 @@ from .cluster import Cluster, Job
 from .infeasible import InfeasibleError
 from .memory import fitting_options
 from .plan import Plan
-from .pricing import cost_model, job_options
+from .pricing import cost_model, job_options, job_sequence_parallel, job_tp_degrees
 from .scoring import Schedules, build_plan
 from .splits import even_split
 
@@ -76,7 +76,7 @@ def score_split(
         edges = [0, *cuts, U]
         bounds = list(zip(edges[:-1], edges[1:]))
     pp = max(placement) + 1 if placement else len(bounds) // virtual
-    tp = job.tp[0] if job.tp else 1
+    tp = job_tp_degrees(job, profile, cluster.devices)[0] if job.tp else 1
     if cluster.devices % (pp * tp):
         raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} pipeline ranks x tp {tp}")
     dp = cluster.devices // (pp * tp)
@@ -84,7 +84,7 @@ def score_split(
         tp=tp,
         dp=dp,
         dp_mode=DPMode(job.dp_modes[0]) if dp > 1 else DPMode.DDP,
-        sequence_parallel=tp > 1 and job.sequence_parallel != "off",
+        sequence_parallel=job_sequence_parallel(job, tp, profile)[0],
     ).on_pipeline(pp)
     pairs = microbatching(job, dp)
     if microbatches:
