@@ -31,6 +31,7 @@ from planner.cluster import (
     preset_cluster,
 )
 from planner.plan import Plan, distinct_plans, load_plan
+from planner.pricing import profile_tp_degrees
 from planner.search import plan as make_plans
 from profiles.contract import UserError
 from profiles.types import DTYPES, Profile, load_profile
@@ -38,7 +39,6 @@ from simulator.actions import write_csv
 from simulator.costs import Links, StageCost
 from simulator.engine import SimInput, simulate
 from simulator.schedules import make_schedule, schedule_spec
-from simulator.tensor_parallel import model_tp_degrees
 from simulator.timeline import Timeline, trace_events
 
 from .files import Stamp, check_file, find_files, guarded, stamp, within
@@ -118,7 +118,7 @@ def tp_choices(profile: Profile, devices: int, devices_per_node: int) -> list[in
     """Tensor-parallel degrees the planner accepts for this model on these devices: divisors of the
     devices per node that divide the attention heads and key/value heads (the search's own rule)."""
     within = min(devices, devices_per_node)
-    return [t for t in model_tp_degrees(profile.model_config, within) if devices % t == 0]
+    return [t for t in profile_tp_degrees(profile, within) if devices % t == 0]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ row-parallel pairs (``ColwiseParallel``/``RowwiseParallel``: the f and g operato
 after each row-wise layer's forward and before each column-wise layer's input gradient). The plan
 for a block is the model's own where its Hugging Face config declares one
 (``base_model_tp_plan``: Llama's q/k/v and gate/up projections ``colwise``, o and down
-``rowwise``); GPT-2 declares none, so pipeplan gives it one (``_OWN_PLANS``): its ``Conv1D``
+``rowwise``); GPT-2 declares none, so pipeplan gives it one (``profiles.tp_plans.OWN_PLANS``): its ``Conv1D``
 layers hold their weight as ``[in, out]`` (the transpose of ``nn.Linear``'s), so they get
 ParallelStyles of their own built on ``distribute_module`` (``Conv1DColwise``: weight
 ``Shard(1)``, bias ``Shard(0)``; ``Conv1DRowwise``: weight ``Shard(0)``, bias replicated), and
@@ -77,6 +77,8 @@ from torch.distributed.tensor.parallel import (
 )
 
 from profiles.contract import UserError
+from profiles.tp_plans import block_tp_plan
+from simulator.tensor_parallel import SEQUENCE_PARALLEL_TYPES
 
 __all__ = [
     "TP_COLUMN_ORDER",
@@ -104,20 +106,10 @@ __all__ = [
 #: the permutation, ``stored[..., j] = original[..., order[j]]``
 TP_COLUMN_ORDER = "pipeplan_tp_column_order"
 
-#: plans pipeplan gives models whose config declares none: {model_type: {module suffix: style}}
-_OWN_PLANS = {
-    "gpt2": {
-        "attn.c_attn": "colwise_fused_qkv",
-        "attn.c_proj": "rowwise",
-        "mlp.c_fc": "colwise",
-        "mlp.c_proj": "rowwise",
-    },
-}
 #: model types whose blocks are pre-norm, each norm feeding only column-parallel layers: their
 #: norms' outputs are handed on as one (replicated or gathered) DTensor for all those layers, and
 #: sequence parallelism is run for them (``GatheredSequenceParallel``'s assumption)
-_PRE_NORM_TYPES = frozenset({"gpt2", "llama"})
-_STYLE_NAMES = ("colwise", "rowwise", "colwise_fused_qkv")
+_PRE_NORM_TYPES = SEQUENCE_PARALLEL_TYPES
 
 
 def build_mesh(pp: int, dp: int, tp: int, device_type: str, timeout: timedelta) -> DeviceMesh:
@@ -250,34 +242,13 @@ class TPPlan:
 def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
     """The tensor-parallel plan: for the blocks the Hugging Face config's ``base_model_tp_plan``
     (``layers.*.`` taken off, e.g. ``{"self_attn.q_proj": "colwise", ...}``), else pipeplan's own
-    for the model type (``_OWN_PLANS``: GPT-2); the embedding and head vocabulary-parallel."""
+    for the model type (``profiles.tp_plans.OWN_PLANS``: GPT-2); the embedding and head vocabulary-parallel."""
     model_type = model_config.get("model_type")
-    if not model_type:
-        raise UserError("tp > 1: only Hugging Face models have a tensor-parallel plan; re-plan with --tp 1")
+    block = block_tp_plan(model_type)
     from profiles.zoo_hf import full_config
 
     vocab = int(full_config(model_type, model_config).get("vocab_size") or 0)
-    if model_type in _OWN_PLANS:
-        return TPPlan(dict(_OWN_PLANS[model_type]), vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
-    import transformers
-
-    plan = getattr(transformers.AutoConfig.for_model(model_type), "base_model_tp_plan", None) or {}
-    out = {}
-    for key, style in plan.items():
-        head, sep, rest = key.partition(".*.")
-        if not sep or "." in head:
-            continue  # not a per-layer entry
-        if style not in _STYLE_NAMES:
-            raise UserError(
-                f"tp > 1: {model_type}'s tensor-parallel plan uses {style!r} for {key}, which this executor "
-                "does not run yet: re-plan with --tp 1"
-            )
-        out[rest] = style
-    if not out:
-        raise UserError(
-            f"tp > 1: {model_type} declares no per-layer tensor-parallel plan (base_model_tp_plan): re-plan with --tp 1"
-        )
-    return TPPlan(out, vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
+    return TPPlan(block, vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
 
 
 def check_supported(model_config: dict, tp: int, sequence_parallel: bool, where: str) -> None:

@@ -18,7 +18,7 @@ from .cluster import Cluster, Job
 from .infeasible import InfeasibleError
 from .memory import fitting_options
 from .plan import Plan
-from .pricing import cost_model, job_options
+from .pricing import cost_model, job_options, job_sequence_parallel, job_tp_degrees
 from .scoring import Context, build_plan
 from .splits import even_split
 
@@ -48,7 +48,7 @@ def score_split(
     S, virtual, what = _stages(spec, pp, virtual, placement)
     bounds = _bounds(split, profile.num_units, S, virtual if not placement else None, what)
     pp = max(placement) + 1 if placement else len(bounds) // virtual
-    layout = _layout(cluster, job, pp)
+    layout = _layout(profile, cluster, job, pp)
     if stage_options is not None and len(stage_options) != len(bounds):
         raise UserError(
             f"--stage-options gives {len(stage_options)} entries but the split has {len(bounds)} stages: "
@@ -112,9 +112,10 @@ def _bounds(split: list[int] | str, U: int, S: int | None, virtual: int | None, 
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _layout(cluster: Cluster, job: Job, pp: int) -> Layout:
-    """The job's first tp degree, dp mode and sequence-parallel choice on ``pp`` pipeline ranks."""
-    tp = job.tp[0] if job.tp else 1
+def _layout(profile: Profile, cluster: Cluster, job: Job, pp: int) -> Layout:
+    """The job's first tp degree, dp mode and sequence-parallel choice on ``pp`` pipeline ranks
+    (the degrees and choices the profile's model runs)."""
+    tp = job_tp_degrees(job, profile, cluster.devices)[0] if job.tp else 1
     if cluster.devices % (pp * tp):
         raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} pipeline ranks x tp {tp}")
     dp = cluster.devices // (pp * tp)
@@ -122,7 +123,7 @@ def _layout(cluster: Cluster, job: Job, pp: int) -> Layout:
         tp=tp,
         dp=dp,
         dp_mode=DPMode(job.dp_modes[0]) if dp > 1 else DPMode.DDP,
-        sequence_parallel=tp > 1 and job.sequence_parallel != "off",
+        sequence_parallel=job_sequence_parallel(job, tp, profile)[0],
     ).on_pipeline(pp)
 
 

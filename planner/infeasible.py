@@ -7,11 +7,10 @@ from dataclasses import replace
 from profiles.contract import UserError
 from simulator.actions import ScheduleError
 from simulator.costs import CostModel, DPMode, Option, Recompute
-from simulator.tensor_parallel import model_tp_degrees
 
 from .batching import entry_sizes
 from .milp import StepModel, min_memory_split
-from .pricing import cost_model
+from .pricing import cost_model, profile_tp_degrees
 
 __all__ = ["InfeasibleError", "infeasible_error"]
 
@@ -68,11 +67,7 @@ def infeasible_error(s, infeasible: list[tuple]) -> InfeasibleError:
         n4 = least(cost_model(profile, cluster, job, c.mbs, layout=replace(lay, dp_mode=DPMode.FSDP)), s.model(c))
         levers.append((n4, f"--dp-mode fsdp needs {n4 / 2**30:.2f} GiB"))
     tp2 = 2 * lay.tp
-    if (
-        lay.dp % 2 == 0
-        and tp2 not in job.tp
-        and tp2 in model_tp_degrees(profile.model_config, cluster.devices_per_node)
-    ):
+    if lay.dp % 2 == 0 and tp2 not in job.tp and tp2 in profile_tp_degrees(profile, cluster.devices_per_node):
         wider = replace(lay, tp=tp2, dp=lay.dp // 2, sequence_parallel=True)
         try:
             n5 = least(

@@ -48,7 +48,6 @@ from simulator.actions import ScheduleError
 from simulator.costs import CostModel, DPMode, Layout, Option, pipeline_latency
 from simulator.placement import most_stages_per_rank
 from simulator.schedules import ScheduleSpec, schedule_spec
-from simulator.tensor_parallel import model_tp_degrees
 
 from .baselines import Recipes, compare
 from .batching import entry_sizes, microbatching
@@ -58,6 +57,7 @@ from .infeasible import InfeasibleError, infeasible_error
 from .memory import fitting_options
 from .milp import MILP_NODES, SolverError, StepModel, solve_split
 from .plan import Plan
+from .pricing import job_sequence_parallel, job_tp_degrees
 from .refine import ALTERNATIVES, REFINE_AT_LEAST, REFINE_WITHIN
 from .refine import refine as refine_plan
 from .scoring import Context, build_plan, fits, objective_s
@@ -166,9 +166,7 @@ class _Search(Context):
     def tp_degrees(self) -> list[int]:
         """The job's tensor-parallel degrees, or every one valid for the model and cluster: divisors
         of the devices per node that divide the attention heads and key/value heads."""
-        if self.job.tp:
-            return list(self.job.tp)
-        return model_tp_degrees(self.profile.model_config, min(self.cluster.devices_per_node, self.cluster.devices))
+        return job_tp_degrees(self.job, self.profile, min(self.cluster.devices_per_node, self.cluster.devices))
 
 
 # -- 1. enumerate ------------------------------------------------------------------------------------
@@ -222,7 +220,7 @@ def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[La
             continue
         dp = per_stage // tp
         modes = ("ddp",) if dp == 1 else _undominated_modes(job.dp_modes)
-        sps = (False,) if tp == 1 else {"on": (True,), "off": (False,), "auto": (True,)}[job.sequence_parallel]
+        sps = job_sequence_parallel(job, tp, s.profile)
         out += [
             Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp).on_pipeline(pp)
             for mode in dict.fromkeys(modes)

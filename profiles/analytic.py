@@ -48,6 +48,7 @@ from .devices import DEVICE_SPECS, DeviceSpec
 from .gemm import GEMM_DEVICES, GemmDevice, matmul_efficiency
 from .measure import TORCH_DTYPES, count_saved_bytes, loss_saved_bytes, tied_record
 from .ops import ATTENTION_DROPOUT_KEYS, ATTENTION_KERNELS, Op, OpRecorder, attention_kernel
+from .tp_plans import recorded_tp_plan
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
 
@@ -230,6 +231,7 @@ def analytic_profile(
     return Profile(
         model_name=name,
         model_config=model.config,
+        tp_plan=recorded_tp_plan(model.config.get("model_type")),
         tied=tied_record(model),
         device_name=spec.name,
         device_kind=device_spec_name.lower(),

@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .contract import UserError
 from .neighbour import check_count, neighbours
 from .presets import PRESETS, family_of, layer_key
+from .tp_plans import recorded_tp_plan
 from .tuning import gc_paused, keep_freed_memory
 from .types import DTYPE_TABLE, DTYPES, Profile, ProfileEntry, TiedParams, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
@@ -481,6 +482,7 @@ def profile_model(
     return Profile(
         model_name=name,
         model_config=model.config,
+        tp_plan=recorded_tp_plan(model.config.get("model_type")),
         tied=tied_record(model),
         device_name=_device_name(device),
         device_kind=device,

@@ -212,6 +212,9 @@ class Profile:
     #: ``flash``/``efficient`` keep no s x s scores; None: not recorded (measured profiles, older
     #: analytic ones), read as ``math``
     attention: str | None = None
+    #: the blocks' tensor-parallel plan the executor runs (``profiles.tp_plans``: layer suffix ->
+    #: style); ``{}``: the model cannot be split (tp 1 only); None: not recorded (older profiles)
+    tp_plan: dict[str, str] | None = None
 
     @property
     def fused_attention(self) -> bool:
@@ -321,7 +324,11 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": schema_id(KIND, MAJOR),
-            "model": {"name": self.model_name, "config": self.model_config},
+            "model": {
+                "name": self.model_name,
+                "config": self.model_config,
+                **({"tp_plan": self.tp_plan} if self.tp_plan is not None else {}),
+            },
             "device": {"name": self.device_name, "kind": self.device_kind},
             "seq_len": self.seq_len,
             "method": self.method,
@@ -367,6 +374,11 @@ class Profile:
         config = model.raw("config", {})
         if not isinstance(config, dict):
             raise model.fail("config", "expected an object")
+        tp_plan = model.raw("tp_plan", None)
+        if tp_plan is not None and not (
+            isinstance(tp_plan, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tp_plan.items())
+        ):
+            raise model.fail("tp_plan", "expected an object of layer names to styles")
         measurement = f.raw("measurement", {})
         tied = tuple(
             TiedParams(units=tuple(map(str, g.list("units"))), params=g.int("params"))
@@ -386,6 +398,7 @@ class Profile:
             entries=tuple(entries),
             measurement=measurement if isinstance(measurement, dict) else {},
             attention=f.str("attention", choices=ATTENTION_KERNELS) if f.has("attention") else None,
+            tp_plan=tp_plan,
         )
 
 

@@ -64,6 +64,8 @@ __all__ = [
     "recompute_modes",
     "TransformerShape",
     "model_tp_degrees",
+    "SEQUENCE_PARALLEL_TYPES",
+    "sequence_parallel_choices",
     "GemmDevice",
     "GEMM_DEVICES",
     "TPUnitCost",
@@ -258,6 +260,28 @@ def tp_degrees(devices_per_node: int, heads: int, kv_heads: int) -> list[int]:
     return [
         t for t in range(1, devices_per_node + 1) if devices_per_node % t == 0 and heads % t == 0 and kv_heads % t == 0
     ]
+
+
+#: model types whose blocks are pre-norm with each norm feeding only column-parallel layers, the
+#: blocks whose sequence-parallel form the executor runs (a norm's sequence-sharded output is
+#: gathered once for all the layers it feeds); other blocks (post-norm bert) run tp without it
+SEQUENCE_PARALLEL_TYPES = frozenset({"gpt2", "llama"})
+
+
+def sequence_parallel_choices(setting: str, tp: int, model_config: dict) -> tuple[bool, ...]:
+    """Sequence parallelism a plan at tensor-parallel degree ``tp`` may use under the job's
+    ``setting`` (``on``, ``off`` or ``auto``: on wherever the model's blocks run it, as Megatron
+    runs it beside tp). ``on`` for a model whose blocks do not run it is a ``ValueError``."""
+    if tp == 1 or setting == "off":
+        return (False,)
+    runs = model_config.get("model_type") in SEQUENCE_PARALLEL_TYPES
+    if setting == "on" and not runs:
+        raise ValueError(
+            f"{model_config.get('model_type') or 'this model'}'s blocks do not run sequence parallelism here "
+            f"(it is run for {', '.join(sorted(SEQUENCE_PARALLEL_TYPES))} blocks: pre-norm, each norm feeding "
+            f"only column-parallel layers)"
+        )
+    return (runs,)
 
 
 def model_tp_degrees(model_config: dict, within: int) -> list[int]:

@@ -62,7 +62,7 @@ def test_profile_user_model_and_json(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["model"] == {"name": "tests.user_model:build", "config": {"width": 8}}
+    assert d["model"] == {"name": "tests.user_model:build", "config": {"width": 8}, "tp_plan": {}}
     assert [u["name"] for u in d["entries"][0]["units"]] == ["unit0", "unit1", "unit2"]
     from profiles.types import load_profile
     from profiles.zoo import build_model
