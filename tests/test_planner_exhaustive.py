@@ -17,7 +17,14 @@ INSTANCES = 200
 FIRST_SEED = 5000
 TOLERANCE = 0.005
 DEVICES = 4  # pp 2 x (tp 1, dp 2 | tp 2, dp 1)
-CONFIG = {"num_attention_heads": 4, "num_key_value_heads": 4, "hidden_size": 64, "vocab_size": 256}
+#: a llama-shaped model: its blocks run sequence parallelism, so tp 2 plans carry it (auto)
+CONFIG = {
+    "model_type": "llama",
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "hidden_size": 64,
+    "vocab_size": 256,
+}
 
 
 def instance(seed: int, tmp_path):
