@@ -128,7 +128,7 @@ def measure_runtime(
     from simulator.schedules import make_schedule
 
     from .build import Recorder as _Recorder
-    from .build import StepClock, lower_table
+    from .build import lower_table
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(rank)
@@ -147,20 +147,9 @@ def measure_runtime(
 
         return run
 
-    class Block(nn.Module):
-        """An MLP with a residual (its output is not a view, which torch's I detaches in place)."""
-
-        def __init__(self):
-            super().__init__()
-            self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-            self.math = timed_math(lambda x: self.mlp(x) + x)
-
-        def forward(self, x):
-            return self.math(x)
-
     stages = []
     for s in sorted(i for i, r in owner.items() if r == rank):
-        stages.append(PipelineStage(Block(), s, len(owner), torch.device("cpu")))
+        stages.append(PipelineStage(_Block(width, timed_math), s, len(owner), torch.device("cpu")))
         recorder.wrap(stages[-1])
     backward_fns = {
         n: getattr(torch_stage, n) for n in ("stage_backward", "stage_backward_input", "stage_backward_weight")
@@ -181,40 +170,67 @@ def measure_runtime(
     for n, fn in backward_fns.items():
         setattr(torch_stage, n, timed_math(fn))
     x, y = torch.randn(microbatches, seq, width), torch.randn(microbatches, seq, width)
-    first, last = owner[0], owner[len(owner) - 1]
-    clock = StepClock()
-    per_action, inside, gaps = [], [], {}
     try:
-        for i in range(repeats + 3):
-            recorder.events, waited[:], recorder.off_cpu_s, math[0] = [], [0.0, 0.0], 0.0, 0.0
-            recorder.t0 = t0 = clock.start()
-            cpu0 = time.thread_time()
-            if rank == first == last:
-                sched.step(x, target=y)
-            elif rank == first:
-                sched.step(x)
-            elif rank == last:
-                sched.step(target=y)
-            else:
-                sched.step()
-            step, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
-            compute = sum(b - a for _, _, _, a, b in recorder.events)
-            if i >= 3:
-                # in CPU time: the runtime's own work, without the time other load kept the rank off
-                # its core (on a quiet host the same as step - compute - waits in wall time)
-                runtime_cpu = cpu - (compute - recorder.off_cpu_s) - waited[1]
-                per_action.append(max(0.0, min(runtime_cpu, step - compute - waited[0])) / len(recorder.events))
-                inside.append(max(0.0, compute - recorder.off_cpu_s - math[0]) / len(recorder.events))
-                everyone = [None] * world
-                dist.all_gather_object(everyone, [(rank, *e) for e in recorder.events])
-                for key, gs in crossing_gaps([e for evs in everyone for e in evs], owner).items():
-                    gaps.setdefault(key, []).extend(gs)
+        per_action, inside, gaps = _time_steps(
+            sched, recorder, owner=owner, data=(x, y), waited=waited, math=math, repeats=repeats
+        )
     finally:
         torch_schedules._wait_batch_p2p = wait
         for n, fn in backward_fns.items():
             setattr(torch_stage, n, fn)
     gap = statistics.mean(statistics.median(gs) for gs in gaps.values()) if gaps else 0.0
     return statistics.median(per_action), statistics.median(inside), gap, seq * width * x.element_size()
+
+
+class _Block(nn.Module):
+    """An MLP with a residual (its output is not a view, which torch's I detaches in place), its
+    math run through ``timed`` (the caller's CPU-time counter)."""
+
+    def __init__(self, width: int, timed):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.math = timed(lambda x: self.mlp(x) + x)
+
+    def forward(self, x):
+        return self.math(x)
+
+
+def _time_steps(sched, recorder, *, owner: dict, data: tuple, waited: list, math: list, repeats: int):
+    """Step ``sched`` ``repeats`` times after 3 untimed steps; per step: the runtime's work between
+    actions and inside them, per compute action, and every rank's crossing gaps (``crossing_gaps``).
+    ``waited`` and ``math`` are the counters the caller's wrapped receive wait and math fill."""
+    from .build import StepClock
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x, y = data
+    first, last = owner[0], owner[len(owner) - 1]
+    clock = StepClock()
+    per_action, inside, gaps = [], [], {}
+    for i in range(repeats + 3):
+        recorder.events, waited[:], recorder.off_cpu_s, math[0] = [], [0.0, 0.0], 0.0, 0.0
+        recorder.t0 = t0 = clock.start()
+        cpu0 = time.thread_time()
+        if rank == first == last:
+            sched.step(x, target=y)
+        elif rank == first:
+            sched.step(x)
+        elif rank == last:
+            sched.step(target=y)
+        else:
+            sched.step()
+        step, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+        compute = sum(b - a for _, _, _, a, b in recorder.events)
+        if i >= 3:
+            # in CPU time: the runtime's own work, without the time other load kept the rank off
+            # its core (on a quiet host the same as step - compute - waits in wall time)
+            runtime_cpu = cpu - (compute - recorder.off_cpu_s) - waited[1]
+            per_action.append(max(0.0, min(runtime_cpu, step - compute - waited[0])) / len(recorder.events))
+            inside.append(max(0.0, compute - recorder.off_cpu_s - math[0]) / len(recorder.events))
+            everyone = [None] * world
+            dist.all_gather_object(everyone, [(rank, *e) for e in recorder.events])
+            for key, gs in crossing_gaps([e for evs in everyone for e in evs], owner).items():
+                gaps.setdefault(key, []).extend(gs)
+    return per_action, inside, gaps
 
 
 def measure_optimizer(repeats: int, params: int = 16_000_000) -> float:
