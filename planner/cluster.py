@@ -95,7 +95,7 @@ def parse_bytes(text: str | int | float, flag: str = "--device-memory") -> int:
     return int(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Cluster:
     """The hardware: devices, their memory, and the links between them (``pipeplan calibrate``
     measures the links and overheads). Each field declared once (``planner.config``)."""

@@ -27,7 +27,17 @@ def test_yaml_spec_equals_the_json_one(tmp_path):
     path = tmp_path / "node.yaml"
     path.write_text(YAML)
     got = load_cluster(path)
-    want = Cluster("my-node", "h100", 8, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 1e-5)
+    want = Cluster(
+        name="my-node",
+        device="h100",
+        devices=8,
+        memory_bytes=80 * 2**30,
+        devices_per_node=8,
+        intra_bandwidth_Bps=450e9,
+        intra_latency_s=5e-6,
+        inter_bandwidth_Bps=50e9,
+        inter_latency_s=1e-5,
+    )
     assert got == want
     assert load_cluster(want.save(tmp_path / "node.json")) == want
 

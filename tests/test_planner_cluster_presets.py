@@ -17,15 +17,54 @@ def test_older_names_keep_their_values():
         "optimizer_s_per_param": DEVICE_SPECS["h100"].optimizer_s_per_param,
     }
     assert PRESET_CLUSTERS["h100-node"] == Cluster(
-        "h100-node", "h100", 8, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6, **nccl
+        name="h100-node",
+        device="h100",
+        devices=8,
+        memory_bytes=80 * 2**30,
+        devices_per_node=8,
+        intra_bandwidth_Bps=450e9,
+        intra_latency_s=5e-6,
+        inter_bandwidth_Bps=50e9,
+        inter_latency_s=10e-6,
+        **nccl,
     )
-    assert PRESET_CLUSTERS["h100x64"] == Cluster("h100x64", "h100", 64, 80 * 2**30, 8, 450e9, 5e-6, 50e9, 10e-6, **nccl)
+    assert PRESET_CLUSTERS["h100x64"] == Cluster(
+        name="h100x64",
+        device="h100",
+        devices=64,
+        memory_bytes=80 * 2**30,
+        devices_per_node=8,
+        intra_bandwidth_Bps=450e9,
+        intra_latency_s=5e-6,
+        inter_bandwidth_Bps=50e9,
+        inter_latency_s=10e-6,
+        **nccl,
+    )
     # CPU ranks keep the α-β collectives on their links
-    assert PRESET_CLUSTERS["cpu-local"] == Cluster("cpu-local", "cpu", 2, 8 * 2**30, 2, 1.5e9, 150e-6, 1.5e9, 150e-6)
+    assert PRESET_CLUSTERS["cpu-local"] == Cluster(
+        name="cpu-local",
+        device="cpu",
+        devices=2,
+        memory_bytes=8 * 2**30,
+        devices_per_node=2,
+        intra_bandwidth_Bps=1.5e9,
+        intra_latency_s=150e-6,
+        inter_bandwidth_Bps=1.5e9,
+        inter_latency_s=150e-6,
+    )
     # H200: 141 GB as its datasheet states it (it was 141 GiB before); its own HBM for the optimizer
     nccl["optimizer_s_per_param"] = DEVICE_SPECS["h200"].optimizer_s_per_param
     assert PRESET_CLUSTERS["h200x64"] == Cluster(
-        "h200x64", "h200", 64, 141 * 10**9, 8, 450e9, 5e-6, 50e9, 10e-6, **nccl
+        name="h200x64",
+        device="h200",
+        devices=64,
+        memory_bytes=141 * 10**9,
+        devices_per_node=8,
+        intra_bandwidth_Bps=450e9,
+        intra_latency_s=5e-6,
+        inter_bandwidth_Bps=50e9,
+        inter_latency_s=10e-6,
+        **nccl,
     )
     assert 34 / 3.35e12 < DEVICE_SPECS["h100"].optimizer_s_per_param < 34 / 3.35e12 / 0.85
 
