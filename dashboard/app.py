@@ -37,8 +37,9 @@ from dashboard.views import (
 from planner.cluster import DP_MODE_CHOICES, MAX_GLOBAL_BATCH, PRESET_CLUSTERS, Job, preset_cluster
 from planner.config import mirrored
 from profiles.contract import UserError
+from simulator.modes import RECOMPUTE_MODES
 from simulator.schedules import CUSTOM, SCHEDULES
-from simulator.tensor_parallel import RECOMPUTE_MODES, recompute_modes
+from simulator.tensor_parallel import recompute_modes
 
 VIEWS = {
     "Profile": show_profile,

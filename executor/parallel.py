@@ -384,12 +384,13 @@ def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: boo
         stage.set_force_sum_reduction_for_comms(True)
 
 
-def build_optimizer(params: list[torch.Tensor], dp_mode: str, dp_group, lr: float) -> torch.optim.Optimizer:
-    """AdamW over this rank's parameters; for ``zero1`` torch's ``ZeroRedundancyOptimizer`` over
-    the data-parallel group: each replica keeps the AdamW state of its share of the parameters,
+def build_optimizer(params: list[torch.Tensor], zero_redundancy: bool, dp_group, lr: float) -> torch.optim.Optimizer:
+    """AdamW over this rank's parameters; ``zero_redundancy`` (zero1's
+    ``DPModeSpec.zero_redundancy_optimizer``): torch's ``ZeroRedundancyOptimizer`` over the
+    data-parallel group: each replica keeps the AdamW state of its share of the parameters,
     steps that share, and broadcasts it to the others (ZeRO stage 1; the gradients are
     all-reduced whole before, as ddp's). fsdp and zero2 shard the state with the parameters."""
-    if dp_mode == "zero1":
+    if zero_redundancy:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, process_group=dp_group, lr=lr)

@@ -387,7 +387,7 @@ def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float
     actions' F and B, ``UnitRecord.tp_forward_s``/``tp_backward_s``, summed over its table) and in
     sharded ``dp`` collectives (its UNSHARD and REDUCE_GRAD on ``predicted``'s communication
     track) per step. Empty for a plan with neither tp nor a sharded dp mode."""
-    sharded = plan.dp > 1 and plan.dp_mode.value != "ddp"
+    sharded = plan.dp > 1 and plan.dp_mode.spec.sharded
     if plan.tp == 1 and not sharded:
         return {}
     costs = plan.cost_model()

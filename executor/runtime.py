@@ -43,6 +43,7 @@ from profiles.contract import UserError, sha256_of
 from profiles.materialize import tie_local, tied_paths, unit_materializer
 from profiles.tuning import gc_paused, keep_freed_memory
 from profiles.zoo import ZooModel, build_model, check_trusted
+from simulator.modes import DPMode, DPModeSpec
 from simulator.timeline import Event, RankStats, Timeline
 
 from .build import (
@@ -159,35 +160,34 @@ class _Context:
     device: torch.device
 
 
-def _parallel(plan: Plan) -> tuple[int, str]:
-    """The plan's tp degree and data-parallel mode."""
-    return plan.tp, plan.dp_mode.value
-
-
-_FSDP_MODES = ("zero2", "fsdp")  # sharded by FSDP2; ddp and zero1 all-reduce whole gradients
+def _parallel(plan: Plan) -> tuple[int, DPModeSpec]:
+    """The plan's tp degree and what its data-parallel mode does."""
+    return plan.tp, plan.dp_mode.spec
 
 
 def _sharded(plan: Plan) -> bool:
-    """Whether the plan shards its stages (tp > 1, or fsdp/zero2 over the replicas)."""
+    """Whether the plan shards its stages (tp > 1, or a mode FSDP2's ``fully_shard`` runs)."""
     tp, mode = _parallel(plan)
-    return tp > 1 or mode in _FSDP_MODES
+    return tp > 1 or mode.fully_shard
 
 
 def _validate_launch(plan: Plan, path: Path, world: int, cfg: RunConfig) -> str | None:
     """Everything that can be wrong before compute: fail alike on every rank, one line."""
     tp, mode = _parallel(plan)
+    name = plan.dp_mode.value
     if _sharded(plan) and cfg.torch_schedule:
         raise UserError(
-            f"--torch-schedule: {path} runs tp {tp} / dp mode {mode} on a DeviceMesh, with the plan's own table "
+            f"--torch-schedule: {path} runs tp {tp} / dp mode {name} on a DeviceMesh, with the plan's own table "
             "only: leave out --torch-schedule"
         )
-    if mode == "zero1" and tp > 1:
+    if mode.zero_redundancy_optimizer and tp > 1:
+        others = " or ".join(m.value for m in DPMode if m.spec.sharded and not m.spec.zero_redundancy_optimizer)
         raise UserError(
-            f"{path}: zero1 with tp {tp} is not run by this executor (ZeroRedundancyOptimizer takes whole "
-            "parameters, not tp shards): re-plan with --dp-mode zero2 or fsdp, or with --tp 1"
+            f"{path}: {name} with tp {tp} is not run by this executor (ZeroRedundancyOptimizer takes whole "
+            f"parameters, not tp shards): re-plan with --dp-mode {others}, or with --tp 1"
         )
-    if mode != "ddp" and plan.dp == 1:
-        raise UserError(f"{path}: dp mode {mode} shards over data-parallel replicas: it needs dp > 1; re-plan")
+    if mode.sharded and plan.dp == 1:
+        raise UserError(f"{path}: dp mode {name} shards over data-parallel replicas: it needs dp > 1; re-plan")
     if plan.profile is not None:
         check_supported(plan.profile.model_config, tp, plan.sequence_parallel, str(path))
     need = plan.pp * plan.dp * tp
@@ -266,9 +266,9 @@ def _layout(plan: Plan, rank: int, device: torch.device):
     if dp == 1 and tp == 1:
         return rank, 0, None, None, None, None  # the world group is the pipeline's
     mesh = build_mesh(pp, dp, tp, device.type, timeout=timedelta(seconds=PG_TIMEOUT_S))
-    # ddp and zero1: the executor all-reduces each rank's gradients (its tp shards) over the dp
-    # group; FSDP reduces its own
-    dp_group = mesh["dp"].get_group() if mode not in _FSDP_MODES and dp > 1 else None
+    # modes without fully_shard: the executor all-reduces each rank's gradients (its tp shards)
+    # over the dp group; FSDP reduces its own
+    dp_group = mesh["dp"].get_group() if not mode.fully_shard and dp > 1 else None
     return rank // (dp * tp), (rank // tp) % dp, mesh["pp"].get_group(), dp_group, mesh["tp"], mesh["dp"]
 
 
@@ -354,10 +354,9 @@ def _build(ctx: _Context, cfg: RunConfig) -> _Rank:
     tie_local(model, units, my_units)  # tied copies on this rank: one parameter
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
     tied = _tied_groups(plan, model, units, plan.dp, pp_rank, dp_rank)
-    if mode in _FSDP_MODES:
-        for mod in mods:
-            # fsdp reshards after forward only without pipelining (as the cost layer prices it); zero2 never
-            apply_fsdp(mod, dp_mesh, mode == "fsdp" and plan.parallelism.reshard_after_forward)
+    if mode.fully_shard:
+        for mod in mods:  # resharded after forward as the plan's layout says (its mode's rule)
+            apply_fsdp(mod, dp_mesh, plan.parallelism.reshard_after_forward)
     params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
     recorder = Recorder(rank=rank)
     if cfg.fail_at_step is not None and rank == cfg.fail_rank:
@@ -381,10 +380,12 @@ def _build(ctx: _Context, cfg: RunConfig) -> _Rank:
         tied=tied,
         schedule=schedule,
         recorder=recorder,
-        optimizer=build_optimizer(params, mode, dp_group, cfg.lr) if params and not forward_only else None,
+        optimizer=build_optimizer(params, mode.zero_redundancy_optimizer, dp_group, cfg.lr)
+        if params and not forward_only
+        else None,
         loss_scale=loss_scale,
         host_base=host_base,
-        comm=_comm_meter(rank, recorder, tp_mesh, dp_mesh) if tp > 1 or mode != "ddp" else None,
+        comm=_comm_meter(rank, recorder, tp_mesh, dp_mesh) if tp > 1 or mode.sharded else None,
     )
 
 

@@ -73,7 +73,6 @@ _TT_AC = {Recompute.NONE: "None", Recompute.SELECTIVE: "SelectiveAC.Config()", R
 #: the model types Megatron-LM's GPT model trains (its Llama, Mistral, Mixtral, Qwen and
 #: DeepSeek-V3 recipes, and GPT-2 itself): a decoder of an embedding, blocks and a head
 _MEGATRON_FAMILIES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "deepseek_v3")
-_MEGATRON_FSDP = ["--use-distributed-optimizer", "--use-megatron-fsdp", "--data-parallel-sharding-strategy"]
 _MEGATRON_DTYPES = {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp32": []}
 
 
@@ -207,15 +206,16 @@ def torchtitan_parallelism(plan: Plan, name: str = "plan") -> dict[str, object]:
     named ``pipeline_parallel_schedule_csv: True`` here; :func:`torchtitan_config` writes it)."""
     _training_only(plan, name, "torchtitan")
     _tt_family(plan, name)
-    if plan.dp_mode in (DPMode.ZERO1, DPMode.ZERO2):
+    if not plan.dp_mode.spec.torchtitan:
+        runs = [m.value for m in DPMode if m.spec.torchtitan]
         raise _refuse(
             name,
             "dp_mode",
             f"{plan.dp_mode.value}: torchtitan {TORCHTITAN_VERSION} replicates (ddp) or shards everything (fsdp), "
-            "with no ZeRO-1/2 setting: re-plan with --dp-mode ddp,fsdp",
+            f"with no ZeRO-1/2 setting: re-plan with --dp-mode {','.join(runs)}",
         )
     schedule, csv = _tt_schedule(plan, name)
-    fsdp = plan.dp_mode is DPMode.FSDP
+    fsdp = plan.dp_mode.spec.torchtitan == "shard"
     return {
         "pipeline_parallel_degree": plan.pp,
         "module_fqns_per_model_part": _tt_fqns(plan, name),
@@ -373,23 +373,7 @@ def _megatron_recompute(plan: Plan, name: str) -> list[str]:
 def _megatron_dp(plan: Plan) -> list[str]:
     """ddp: Megatron's default; zero1: its distributed optimizer (optimizer state and master
     weights sharded); zero2/fsdp: Megatron-FSDP with gradients (and parameters) sharded too."""
-    if plan.dp_mode is DPMode.ZERO1:
-        return ["--use-distributed-optimizer"]
-    if plan.dp_mode is DPMode.ZERO2:
-        return [
-            "--use-distributed-optimizer",
-            "--use-megatron-fsdp",
-            "--data-parallel-sharding-strategy",
-            "optim_grads",
-        ]
-    if plan.dp_mode is DPMode.FSDP:
-        return [
-            "--use-distributed-optimizer",
-            "--use-megatron-fsdp",
-            "--data-parallel-sharding-strategy",
-            "optim_grads_params",
-        ]
-    return []
+    return list(plan.dp_mode.spec.megatron_args)
 
 
 def megatron_args(plan: Plan, name: str = "plan") -> str:

@@ -63,9 +63,10 @@ def infeasible_error(s, infeasible: list[tuple]) -> InfeasibleError:
         n3 = least(costs, s.model(c))
         levers.append((n3, f"recompute (--recompute) needs {n3 / 2**30:.2f} GiB"))
     lay = c.layout
-    if lay.dp > 1 and lay.dp_mode is not DPMode.FSDP and "fsdp" not in job.dp_modes:
-        n4 = least(cost_model(profile, cluster, job, c.mbs, layout=replace(lay, dp_mode=DPMode.FSDP)), s.model(c))
-        levers.append((n4, f"--dp-mode fsdp needs {n4 / 2**30:.2f} GiB"))
+    most = max(DPMode, key=lambda m: m.spec.sharded_parts)  # the mode that shards the most state
+    if lay.dp > 1 and lay.dp_mode is not most and most.value not in job.dp_modes:
+        n4 = least(cost_model(profile, cluster, job, c.mbs, layout=replace(lay, dp_mode=most)), s.model(c))
+        levers.append((n4, f"--dp-mode {most.value} needs {n4 / 2**30:.2f} GiB"))
     tp2 = 2 * lay.tp
     if lay.dp % 2 == 0 and tp2 not in job.tp and tp2 in profile_tp_degrees(profile, cluster.devices_per_node):
         wider = replace(lay, tp=tp2, dp=lay.dp // 2, sequence_parallel=True)

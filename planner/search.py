@@ -211,18 +211,17 @@ def _enumerate(s: _Search, stats: SearchStats) -> list[Candidate]:
 def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[Layout]:
     """tp x dp splits of the ``per_stage`` devices a pipeline rank has, with each dp mode and
     sequence-parallel choice the job allows (at dp 1 every mode is ddp; at tp 1 there is no SP).
-    fsdp reshards after each forward without pipelining and keeps a stage gathered with it, as
-    torchtitan does."""
+    Each layout applies its mode's reshard rule for this pipeline (``Layout.on_pipeline``)."""
     job = s.job
     out = []
     for tp in s.tp_degrees():
         if per_stage % tp:
             continue
         dp = per_stage // tp
-        modes = ("ddp",) if dp == 1 else _undominated_modes(job.dp_modes)
+        modes = (DPMode.DDP,) if dp == 1 else _undominated_modes(job.dp_modes)
         sps = job_sequence_parallel(job, tp, s.profile)
         out += [
-            Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=sp).on_pipeline(pp)
+            Layout(tp=tp, dp=dp, dp_mode=mode, sequence_parallel=sp).on_pipeline(pp)
             for mode in dict.fromkeys(modes)
             for sp in sps
         ]
@@ -231,14 +230,15 @@ def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[La
     return out
 
 
-def _undominated_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
-    """The dp modes worth trying: ddp, zero1 and zero2 send the same bytes per step in the cost
-    model (an all-reduce is a reduce-scatter plus an all-gather) and shard ever more state, and a
-    sharded optimizer step is shorter, so the most sharded of them allowed dominates the others;
-    fsdp (gathers before the first forward, least memory) is kept beside it."""
-    order = ("ddp", "zero1", "zero2")
-    kept = [m for m in modes if m not in order]
-    best = max((m for m in modes if m in order), key=order.index, default=None)
+def _undominated_modes(names: tuple[str, ...]) -> tuple[DPMode, ...]:
+    """The dp modes worth trying: the modes that keep whole parameters (ddp, zero1, zero2) send
+    the same bytes per step in the cost model (an all-reduce is a reduce-scatter plus an
+    all-gather) and shard ever more state, and a sharded optimizer step is shorter, so the most
+    sharded of them allowed dominates the others; the parameter-sharding modes (they gather
+    before the first forward, least memory) are kept beside it."""
+    modes = [DPMode(n) for n in names]
+    kept = [m for m in modes if m.spec.shards_params]
+    best = max((m for m in modes if not m.spec.shards_params), key=lambda m: m.spec.sharded_parts, default=None)
     return tuple(([best] if best else []) + kept)
 
 

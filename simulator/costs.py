@@ -34,15 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import TypeVar
 
 from profiles.contract import UserError
 from profiles.gemm import GEMM_DEVICES
 from profiles.types import DTYPE_TABLE, Profile, ProfileEntry, UnitCost
 
-from .collectives import Link, all_gather_s, group_link, group_ranks, reduce_scatter_s, ring_all_reduce_s
-from .sharding import fsdp_gathered_bytes, state_bytes_per_param
+from .collectives import Link, group_link, group_ranks, ring_all_reduce_s
+from .modes import DPMode, Recompute, gathered_bytes
 from .tensor_parallel import TPUnitCost, TransformerShape, as_measured, scale_unit
 
 __all__ = [
@@ -65,25 +64,6 @@ __all__ = [
 X = TypeVar("X")  # a number, or a linear expression of one (the MILP's)
 
 
-class Recompute(str, Enum):
-    """Activation recomputation of a stage: keep everything; redo each block's attention core
-    (Korthikanti et al. 2022's selective recompute); or keep each unit's input only and redo its
-    forward in the backward."""
-
-    NONE = "none"
-    SELECTIVE = "selective"
-    FULL = "full"
-
-
-class DPMode(str, Enum):
-    """How data-parallel replicas hold the training state (see ``simulator/sharding.py``)."""
-
-    DDP = "ddp"  # replicas: every rank holds everything, gradients all-reduced
-    ZERO1 = "zero1"  # optimizer state sharded over dp
-    ZERO2 = "zero2"  # gradients too
-    FSDP = "fsdp"  # parameters too (gathered per step, as torchtitan does under pipelining)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Layout:
     """How a plan spreads over devices besides its pipeline: rank layout
@@ -94,10 +74,10 @@ class Layout:
     dp: int = 1  # data-parallel replicas
     dp_mode: DPMode = DPMode.DDP
     sequence_parallel: bool = False  # Megatron sequence parallelism beside tp (tp > 1 only)
-    #: fsdp: free each unit's gathered weights after its forward and gather again for its backward
-    #: (torch's default, torchtitan's without pipelining); False: a stage's weights stay gathered
-    #: for the whole step (torchtitan under pipelining)
-    #: (set by ``on_pipeline``, the one place that rule is written)
+    #: a parameter-sharding mode frees each unit's gathered weights after its forward and gathers
+    #: them again for its backward (torch's default, torchtitan's without pipelining); False: a
+    #: stage's weights stay gathered for the whole step (torchtitan under pipelining). Set by
+    #: ``on_pipeline`` from the mode's rule
     reshard_after_forward: bool = False
     #: data-parallel gradient reduction (ddp's all-reduce, zero's and fsdp's reduce-scatter)
     #: overlapped with the remaining backward, as torch DDP's buckets and Megatron's
@@ -105,10 +85,9 @@ class Layout:
     overlap_grad_reduce: bool = False
 
     def on_pipeline(self, pp: int) -> Layout:
-        """This layout for a pipeline of ``pp`` ranks. fsdp reshards after each forward only
-        without pipelining, as torchtitan runs it: under pipelining a stage's weights stay gathered
-        for the step, since each unit would otherwise be gathered again for every microbatch."""
-        return replace(self, reshard_after_forward=pp == 1)
+        """This layout for a pipeline of ``pp`` ranks, its mode's reshard rule applied
+        (``DPModeSpec.reshards``)."""
+        return replace(self, reshard_after_forward=self.dp_mode.spec.reshards(pp))
 
     @property
     def stride(self) -> int:
@@ -170,7 +149,8 @@ class StageCost:
     param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
     keep_bytes: int | None = None  # of activation_bytes, held from I until W (None: half, rounded down)
     optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
-    lead_param_bytes: int = 0  # the first unit's gradient bytes (what a prefetching fsdp gathers first)
+    #: the first unit's gradient bytes (what a prefetching parameter-sharding mode gathers first)
+    lead_param_bytes: int = 0
     # DualPipe's F&B: duration of an Overlap pair whose backward is this stage's (its forward is
     # the other stage on the rank). None: not measured, forward_s of that stage + backward_s, as
     # torch's runtime runs an OVERLAP_F_B without a custom overlapped function (one after the other).
@@ -231,36 +211,32 @@ def pipeline_latency(forward: Sequence[X], rank_of: Sequence[int], send: Callabl
 
 @dataclass(frozen=True)
 class DPComm:
-    """Data-parallel communication of one rank's stages per step (``simulator/sharding.py`` says
-    what each mode sends): before the first forward, fsdp all-gathers the weights (``head_s``);
-    after the last backward, ddp all-reduces the gradients, zero1/zero2 reduce-scatter them and
-    all-gather the updated weights, fsdp reduce-scatters them (``tail_s``). Collectives are rings
-    on the data-parallel group's link; a rank with no gradient bytes sends nothing."""
+    """Data-parallel communication of one rank's stages per step, as its mode's ``DPModeSpec``
+    names it: before the first forward (``head_s``: a parameter-sharding mode's gathers) and
+    after the last backward (``tail_s``: the gradients' reduction, and the updated weights'
+    gathers). Collectives are rings on the data-parallel group's link; a rank with no gradient
+    bytes sends nothing."""
 
     mode: DPMode = DPMode.DDP
     dp: int = 1
     link: Link = Link(0.0, float("inf"))
     #: the gradient reduction of each stage starts with its last backward and runs beside the rank's
-    #: remaining backwards (``Layout.overlap_grad_reduce``); fsdp then also prefetches: only a
+    #: remaining backwards (``Layout.overlap_grad_reduce``); a parameter-sharding mode then also prefetches: only a
     #: stage's first unit is gathered before the rank starts, the rest beside its forwards (and,
     #: resharded after forward, gathered again beside its backwards). Contention with compute is
     #: not modelled (no slowdown factor)
     overlap: bool = False
-    regather: bool = False  #: fsdp resharded after forward: the backward gathers the weights again
+    regather: bool = False  #: resharded after forward: the backward gathers the weights again
 
     def head_s(self, grad_bytes: float) -> float:
-        if self.dp <= 1 or not grad_bytes or self.mode is not DPMode.FSDP:
+        if self.dp <= 1 or not grad_bytes:
             return 0.0
-        return all_gather_s(self.dp, grad_bytes, self.link)
+        return self.mode.spec.head_s(self.dp, grad_bytes, self.link)
 
     def tail_s(self, grad_bytes: float) -> float:
         if self.dp <= 1 or not grad_bytes:
             return 0.0
-        if self.mode is DPMode.DDP:
-            return ring_all_reduce_s(self.dp, grad_bytes, self.link)
-        if self.mode is DPMode.FSDP:
-            return reduce_scatter_s(self.dp, grad_bytes, self.link)
-        return reduce_scatter_s(self.dp, grad_bytes, self.link) + all_gather_s(self.dp, grad_bytes, self.link)
+        return self.mode.spec.tail_s(self.dp, grad_bytes, self.link)
 
     def affine(self, which: str) -> tuple[float, float]:
         """``head_s`` or ``tail_s`` as ``(seconds, seconds per byte)`` for a rank with gradients
@@ -288,12 +264,13 @@ def unit_records(
         raise UserError(f"dtype {option.dtype!r}: choose one of {', '.join(DTYPE_TABLE)}")
     entry = profile.entry(option.dtype, microbatch_size)
     scaled = _per_rank(profile, entry, dtype.bytes, option, layout, links)
-    state = state_bytes_per_param(
-        layout.dp_mode.value, layout.dp, dtype_bytes=dtype.bytes, optimizer_bytes_per_param=optimizer_bytes_per_param
+    mode = layout.dp_mode.spec
+    state = mode.state_bytes_per_param(
+        layout.dp, dtype_bytes=dtype.bytes, optimizer_bytes_per_param=optimizer_bytes_per_param
     ).total
-    if layout.dp_mode is DPMode.FSDP and not layout.reshard_after_forward:
+    if mode.shards_params and not layout.reshard_after_forward:
         state += 2 * dtype.bytes  # the stage's weights gathered and its gradients unsharded for the step
-    opt_share = 1 if layout.dp_mode is DPMode.DDP else layout.dp
+    opt_share = layout.dp if mode.shards_optimizer else 1
     out = []
     for i, (u, sc) in enumerate(zip(entry.units, scaled)):
         unit_input = scaled[i - 1].output_bytes if i > 0 else 0
@@ -408,7 +385,7 @@ class CostModel:
     links: Links = field(default_factory=Links)  # between pipeline ranks, placed by the layout's stride
     layout: Layout = Layout()
     forward_only: bool = False
-    #: static bytes every stage holds besides its units' records: fsdp resharding after forward keeps
+    #: static bytes every stage holds besides its units' records: resharding after forward keeps
     #: the largest unit's weights gathered, one more prefetched and its gradient unsharded (the
     #: largest unit of the whole model: a bound for every stage, the same whatever the split)
     stage_static_bytes: int = 0
@@ -444,9 +421,9 @@ class CostModel:
             for o in dict.fromkeys(options)
         }
         gathered = 0
-        if layout.dp_mode is DPMode.FSDP and layout.reshard_after_forward and not forward_only:
+        if layout.reshard_after_forward and not forward_only:
             gathered = max(
-                int(fsdp_gathered_bytes([r.params for r in recs], dtype_bytes=DTYPE_TABLE[o.dtype].bytes))
+                int(gathered_bytes([r.params for r in recs], dtype_bytes=DTYPE_TABLE[o.dtype].bytes))
                 for o, recs in records.items()
             )
         index = {name: i for i, name in enumerate(profile.unit_names)}
@@ -470,8 +447,8 @@ class CostModel:
         """The data-parallel group's communication: devices ``tp`` apart, ``dp`` of them."""
         lay = self.layout
         group = group_ranks("dp", 0, pp=1, dp=lay.dp, tp=lay.tp)
-        regather = lay.dp_mode is DPMode.FSDP and lay.reshard_after_forward
-        return DPComm(lay.dp_mode, lay.dp, self.links.group_link(group), lay.overlap_grad_reduce, regather)
+        link = self.links.group_link(group)
+        return DPComm(lay.dp_mode, lay.dp, link, lay.overlap_grad_reduce, lay.reshard_after_forward)
 
     @property
     def options(self) -> list[Option]:
@@ -523,7 +500,7 @@ class CostModel:
         return self.dp_comm.tail_s(grad_bytes) + optimizer_s
 
     def head_s(self, grad_bytes: int) -> float:
-        """Before a rank's first forward: fsdp's gather of its stages' weights."""
+        """Before a rank's first forward: a parameter-sharding mode's gather of its stages' weights."""
         return 0.0 if self.forward_only else self.dp_comm.head_s(grad_bytes)
 
     def stage_cost(self, index: int, first: int, end: int, option: Option, *, last: bool) -> StageCost:

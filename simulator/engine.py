@@ -38,7 +38,7 @@ from profiles.tuning import gc_paused
 
 from .actions import Kind, Overlap, ScheduleError, Table, flat_actions, format_grid, stage_ranks, validate_table
 from .collectives import Link
-from .costs import DPComm, DPMode, Links, StageCost, TiedSync
+from .costs import DPComm, Links, StageCost, TiedSync
 from .sweep import Invalid, RankLog, Run, StageTimes, stage_times, sweep
 from .timeline import Collective, Event, RankStats, Timeline, Transfer
 
@@ -69,7 +69,7 @@ class SimInput:
             return self.comm
         links = self.dp_links or self.links
         slowest = Link(max(links.latency_s, links.inter_latency_s), min(links.bandwidth_Bps, links.inter_bandwidth_Bps))
-        return DPComm(DPMode.DDP, self.dp, slowest)
+        return DPComm(dp=self.dp, link=slowest)
 
     def grad_bytes(self, owner: dict[int, int]) -> dict[int, int]:
         """Gradient bytes per rank (the data-parallel collectives' payload)."""
@@ -183,7 +183,7 @@ def _collectives(
                 t = max(t, max(logs[q].free for q in sync.ranks if q in logs))
                 out.append(Collective(r, "ALL_REDUCE", t, t + seconds, sync.bytes))
                 t += seconds
-        kind = "ALL_REDUCE" if comm.mode is DPMode.DDP else "REDUCE_GRAD"
+        kind = comm.mode.spec.trace_name
         if comm.overlap and g:
             start, t_end = _overlapped_reduction(inp, r, log, comm, t)
             out.append(Collective(r, kind, start, t_end, g))
@@ -202,7 +202,7 @@ def _head_s(inp: SimInput, comm: DPComm, owner: dict[int, int], table: Table) ->
     """When each rank may start: after fsdp's gather of its weights (of its first stage's first
     unit only when fsdp prefetches, ``DPComm.overlap``)."""
     grads = inp.grad_bytes(owner)
-    if not (comm.overlap and comm.mode is DPMode.FSDP):
+    if not (comm.overlap and comm.mode.spec.shards_params):
         return {r: comm.head_s(g) for r, g in grads.items()}
     out = {}
     for r in grads:
@@ -226,7 +226,7 @@ def _overlapped_reduction(inp: SimInput, r: int, log: RankLog, comm: DPComm, aft
         if a[1] in (_B, _W):
             last[a[0]] = (b, e)
     t, first = 0.0, None
-    if comm.mode is DPMode.FSDP:  # the forward's gathers, after the first unit's
+    if comm.mode.spec.shards_params:  # the forward's gathers, after the first unit's
         lead = sum(inp.costs[s].lead_param_bytes for s in last)
         t = log.start + comm.head_s(max(0, sum(inp.costs[s].param_bytes for s in last) - lead))
     for stage, (b, e) in sorted(last.items(), key=lambda kv: kv[1]):

@@ -51,16 +51,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from profiles.gemm import GEMM_DEVICES, GemmDevice, gemm_efficiency, matmul_efficiency
 from profiles.types import UnitCost
 
 from .collectives import Algorithm, Link, all_gather_s, all_reduce_s, reduce_scatter_s, tp_block_comm_s
+from .modes import RECOMPUTE_MODES, Recompute
 
 __all__ = [
-    "Recompute",
-    "RECOMPUTE_MODES",
     "recompute_modes",
     "TransformerShape",
     "model_tp_degrees",
@@ -80,9 +79,6 @@ __all__ = [
     "scale_unit",
     "as_measured",
 ]
-
-Recompute = Literal["none", "selective", "full"]
-RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
 
 
 def recompute_modes(model_config: dict[str, Any]) -> tuple[str, ...]:

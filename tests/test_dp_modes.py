@@ -1,13 +1,21 @@
-"""Data-parallel state per rank and its communication, against values worked out by hand."""
+"""The data-parallel mode table: state per rank and communication against values worked out by
+hand, and the rule that no product code compares a mode by name outside the table."""
+
+import ast
+from pathlib import Path
 
 import pytest
 
-from simulator.collectives import Link
-from simulator.sharding import (
-    fsdp_gathered_bytes,
-    optimizer_step_s,
-    state_bytes_per_param,
-)
+from simulator.collectives import Link, all_gather_s, reduce_scatter_s, ring_all_reduce_s
+from simulator.modes import DP_MODES, DPMode, gathered_bytes
+
+
+def state_bytes_per_param(mode, d, **kw):
+    return DPMode(mode).spec.state_bytes_per_param(d, **kw)
+
+
+fsdp_gathered_bytes = gathered_bytes
+ROOT = Path(__file__).resolve().parents[1]
 
 IB = Link(10e-6, 50e9)
 # one llama3-8b block: q and o 4096^2 each, k and v 4096*1024 each, gate/up/down 4096*14336 each, two norms
@@ -55,7 +63,39 @@ def test_memory_per_rank_of_a_stage_by_hand():
     assert fsdp_gathered_bytes([], dtype_bytes=2) == 0
 
 
-def test_optimizer_step_is_sharded():
-    assert optimizer_step_s("ddp", 10**9, 8, 1e-12) == pytest.approx(1e-3)
-    for mode in ("zero1", "zero2", "fsdp"):
-        assert optimizer_step_s(mode, 10**9, 8, 1e-12) == pytest.approx(1.25e-4)
+def test_every_mode_has_a_row_and_what_it_sends():
+    assert set(DP_MODES) == set(DPMode)
+    link, d, n = IB, 8, 1e9
+    ddp, z1, z2, fsdp = (DPMode(m).spec for m in ("ddp", "zero1", "zero2", "fsdp"))
+    assert ddp.tail_s(d, n, link) == ring_all_reduce_s(d, n, link) and ddp.head_s(d, n, link) == 0
+    for z in (z1, z2):  # reduce-scatter the gradients, all-gather the updated weights
+        assert z.tail_s(d, n, link) == reduce_scatter_s(d, n, link) + all_gather_s(d, n, link)
+        assert z.head_s(d, n, link) == 0
+    assert fsdp.head_s(d, n, link) == all_gather_s(d, n, link)
+    assert fsdp.tail_s(d, n, link) == reduce_scatter_s(d, n, link)
+    # only a parameter-sharding mode reshards, and only without a pipeline
+    assert [m.value for m in DPMode if m.spec.reshards(1)] == ["fsdp"]
+    assert not any(m.spec.reshards(2) for m in DPMode)
+    assert [m.value for m in DPMode if not m.spec.sharded] == ["ddp"]
+
+
+def _product_files():
+    for d in ("planner", "simulator", "executor", "dashboard", "profiles"):
+        for p in sorted((ROOT / d).glob("*.py")):
+            if p.name != "modes.py":
+                yield p
+
+
+def test_no_mode_is_compared_by_name_outside_the_table():
+    names = {m.value for m in DPMode} | {m.name for m in DPMode}
+    bad = []
+    for path in _product_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            for side in [node.left, *node.comparators]:
+                for leaf in ast.walk(side):
+                    text = leaf.value if isinstance(leaf, ast.Constant) else getattr(leaf, "attr", None)
+                    if text in names and not (isinstance(leaf, ast.Attribute) and leaf.attr.islower()):
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bad, f"dp modes compared by name outside simulator/modes.py: {bad}"
