@@ -22,7 +22,8 @@ Each span is attributed to the action that issued it (``Recorder.action``), or t
 tail when no action was running (stage -1, kind ``tail``). Point-to-point sends and receives
 and collectives on other groups (tied embeddings, the clock) are not timed: the simulator
 prices those elsewhere. The mode sees every op, so it costs a Python call per op: the runtime
-enters it only for plans with tensor or sharded data parallelism.
+enters it only for plans with tensor or data parallelism (ddp's all-reduce of the flattened
+gradients, after the step's last action, is a tail span).
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ on CPU, and would draw other numbers). Host memory then holds one whole unit at 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -374,14 +375,33 @@ def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: boo
 
     reshard = reshard_after_forward
     gloo = dist.get_backend(dp_mesh.get_group()) == "gloo"
-    for unit in stage.units:
-        if any(True for _ in unit.parameters()):
-            fully_shard(unit, mesh=dp_mesh, reshard_after_forward=reshard)
-            if gloo:
+    for group in _fsdp_groups(stage.units):
+        fully_shard(group if len(group) > 1 else group[0], mesh=dp_mesh, reshard_after_forward=reshard)
+        if gloo:
+            for unit in group:
                 unit.set_force_sum_reduction_for_comms(True)
     fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)
     if gloo:  # gloo reduces by sum: FSDP2 then divides by the dp size itself
         stage.set_force_sum_reduction_for_comms(True)
+
+
+def _fsdp_groups(units: Sequence[nn.Module]) -> list[list[nn.Module]]:
+    """The units that hold parameters, in order, one FSDP group each, except units sharing a
+    parameter (tied embeddings with both copies on one stage): FSDP2 manages a parameter in one
+    group only, so those are sharded together (``fully_shard([a, b])``)."""
+    groups: list[list[nn.Module]] = []
+    owner: dict[int, int] = {}  # parameter id -> its group
+    for unit in units:
+        ids = [id(p) for p in unit.parameters()]
+        if not ids:
+            continue
+        g = next((owner[i] for i in ids if i in owner), None)
+        if g is None:
+            g = len(groups)
+            groups.append([])
+        groups[g].append(unit)
+        owner.update(dict.fromkeys(ids, g))
+    return groups
 
 
 def build_optimizer(params: list[torch.Tensor], zero_redundancy: bool, dp_group, lr: float) -> torch.optim.Optimizer:

@@ -385,11 +385,11 @@ def _covered(spans: list[tuple[float, float]]) -> float:
 def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float]]:
     """Predicted: each pipeline rank's seconds in ``tp`` collectives (the cost layer's share of its
     actions' F and B, ``UnitRecord.tp_forward_s``/``tp_backward_s``, summed over its table) and in
-    sharded ``dp`` collectives (its UNSHARD and REDUCE_GRAD on ``predicted``'s communication
-    track) per step. Empty for a plan with neither tp nor a sharded dp mode."""
-    sharded = plan.dp > 1 and plan.dp_mode.spec.sharded
-    if plan.tp == 1 and not sharded:
+    ``dp`` collectives (its gathers and its mode's gradient reduction on ``predicted``'s
+    communication track) per step. Empty for a plan with neither tp nor dp."""
+    if plan.tp == 1 and plan.dp == 1:
         return {}
+    dp_kinds = ("UNSHARD", plan.dp_mode.spec.trace_name)
     costs = plan.cost_model()
     per_stage = {}
     for s in plan.stages:
@@ -399,9 +399,8 @@ def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float
     out = {}
     for rank, actions in plan.table.items():
         tp_s = sum(per_stage[a.stage][a.kind.value] for a in _compute_actions(actions))
-        track = [c for c in predicted.collectives if c.rank == rank and c.kind in ("UNSHARD", "REDUCE_GRAD")]
-        dp_s = sum(c.end_s - c.start_s for c in track)
-        out[rank] = {"tp": tp_s, "dp": dp_s if sharded else 0.0}
+        track = [c for c in predicted.collectives if c.rank == rank and c.kind in dp_kinds]
+        out[rank] = {"tp": tp_s, "dp": sum(c.end_s - c.start_s for c in track)}
     return out
 
 

@@ -292,7 +292,7 @@ class _Rank:
     optimizer: torch.optim.Optimizer | None
     loss_scale: float  # fp16 stages: the loss is scaled up by this and the gradients down
     host_base: int  # resident set before the model was built, bytes
-    comm: CommMeter | None = None  # times tp and dp collectives (plans with tp or sharded dp only)
+    comm: CommMeter | None = None  # times tp and dp collectives (plans with tp or dp only)
 
     @property
     def first(self) -> bool:
@@ -385,7 +385,7 @@ def _build(ctx: _Context, cfg: RunConfig) -> _Rank:
         else None,
         loss_scale=loss_scale,
         host_base=host_base,
-        comm=_comm_meter(rank, recorder, tp_mesh, dp_mesh) if tp > 1 or mode.sharded else None,
+        comm=_comm_meter(rank, recorder, tp_mesh, dp_mesh) if tp > 1 or plan.dp > 1 else None,
     )
 
 

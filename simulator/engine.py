@@ -181,7 +181,7 @@ def _collectives(
         for sync, seconds in inp.tied:  # tied embeddings: their copies' gradients summed first,
             if r in sync.ranks:  # once every holder has finished its backwards
                 t = max(t, max(logs[q].free for q in sync.ranks if q in logs))
-                out.append(Collective(r, "ALL_REDUCE", t, t + seconds, sync.bytes))
+                out.append(Collective(r, "TIED_REDUCE", t, t + seconds, sync.bytes))
                 t += seconds
         kind = comm.mode.spec.trace_name
         if comm.overlap and g:

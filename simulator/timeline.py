@@ -26,7 +26,7 @@ __all__ = [
 KIND, MAJOR = "timeline", 1
 EVENT_KINDS = ("F", "B", "I", "W")
 #: collectives on a rank's communication track, by torch's runtime names where it has them
-COLLECTIVE_KINDS = ("UNSHARD", "REDUCE_GRAD", "ALL_REDUCE", "OPTIMIZER")
+COLLECTIVE_KINDS = ("UNSHARD", "REDUCE_GRAD", "ALL_REDUCE", "TIED_REDUCE", "OPTIMIZER")
 
 
 class Event(NamedTuple):
@@ -57,7 +57,9 @@ class Collective(NamedTuple):
     """One data-parallel collective (or the optimizer step after it) on a rank's communication track."""
 
     rank: int
-    kind: str  # UNSHARD (fsdp gather) | REDUCE_GRAD (fsdp/zero reduce-scatter) | ALL_REDUCE (ddp) | OPTIMIZER
+    #: UNSHARD (a parameter-sharding mode's gather) | REDUCE_GRAD (a sharded mode's reduce-scatter) |
+    #: ALL_REDUCE (ddp) | TIED_REDUCE (tied copies' gradient sum across pipeline ranks) | OPTIMIZER
+    kind: str
     start_s: float
     end_s: float
     bytes: int

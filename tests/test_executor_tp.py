@@ -14,9 +14,10 @@ import torch
 from test_executor_schedules import torchrun
 
 MODELS = ("gpt2-tiny", "llama-tiny")
-#: GPT-2 with its input and output embeddings tied: one copy on each end stage's ranks
+#: GPT-2 with its input and output embeddings tied: one copy on each end stage's ranks, or both on
+#: one stage (dp2-tp2-fsdp: FSDP2 shards the two units together)
 TIED = "gpt2-tiny-tied"
-TIED_LAYOUTS = ("pp2-tp2", "pp2-dp2-fsdp")
+TIED_LAYOUTS = ("pp2-tp2", "pp2-dp2-fsdp", "dp2-tp2-fsdp")
 #: name -> (pp, tp, dp mode, sequence parallel); the planner fills 4 devices (dp = 4 / (pp x tp))
 LAYOUTS = {
     "pp2-tp2": (2, 2, "ddp", False),

@@ -98,7 +98,7 @@ def test_tied_embeddings_cost_one_all_reduce_between_their_ranks(profile, tmp_pa
     plan = build_plan(
         Context(tied, str(path), cluster, job), Candidate.named("1F1B", pp=2, m=4), [(0, 2), (2, 4)], [Option()] * 2
     )
-    sync = [c for c in simulate(plan).collectives if c.kind == "ALL_REDUCE"]
+    sync = [c for c in simulate(plan).collectives if c.kind == "TIED_REDUCE"]
     want = 2 * 1 * (50e-6 + P * 4 / 2 / 1e9)  # ring all-reduce over 2 ranks of P fp32 gradients
     assert sorted(c.rank for c in sync) == [0, 1]
     assert all(c.end_s - c.start_s == pytest.approx(want, rel=1e-12) for c in sync)
@@ -108,4 +108,4 @@ def test_tied_embeddings_cost_one_all_reduce_between_their_ranks(profile, tmp_pa
     assert terms.tail_s[0] == pytest.approx(want, rel=1e-12) and terms.tail_s[1] == pytest.approx(want, rel=1e-12)
     ctx = Context(tied, str(path), replace(cluster, devices=1), job)
     one = build_plan(ctx, Candidate.named("1F1B", pp=1, m=4), [(0, 4)], [Option()])
-    assert not [c for c in simulate(one).collectives if c.kind == "ALL_REDUCE"]
+    assert not [c for c in simulate(one).collectives if c.kind == "TIED_REDUCE"]
