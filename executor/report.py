@@ -385,22 +385,28 @@ def _covered(spans: list[tuple[float, float]]) -> float:
 def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float]]:
     """Predicted: each pipeline rank's seconds in ``tp`` collectives (the cost layer's share of its
     actions' F and B, ``UnitRecord.tp_forward_s``/``tp_backward_s``, summed over its table) and in
-    ``dp`` collectives (its gathers and its mode's gradient reduction on ``predicted``'s
-    communication track) per step. Empty for a plan with neither tp nor dp."""
+    ``dp`` collectives (the weights gathered again inside each backward,
+    ``UnitRecord.dp_backward_s``, and its gathers and its mode's gradient reduction on
+    ``predicted``'s communication track) per step. Empty for a plan with neither tp nor dp."""
     if plan.tp == 1 and plan.dp == 1:
         return {}
     dp_kinds = ("UNSHARD", plan.dp_mode.spec.trace_name)
     costs = plan.cost_model()
-    per_stage = {}
+    tp, dp = {}, {}  # stage -> action kind -> seconds of its collectives inside that action
     for s in plan.stages:
         recs = costs.records[s.option][s.first : s.end]
         fwd, bwd = sum(r.tp_forward_s for r in recs), sum(r.tp_backward_s for r in recs)
-        per_stage[s.index] = {"F": fwd, "B": bwd, "I": bwd, "W": 0.0}
+        tp[s.index] = {"F": fwd, "B": bwd, "I": bwd, "W": 0.0}
+        gather = sum(r.dp_backward_s for r in recs)  # weights gathered again at each backward's start
+        dp[s.index] = {"F": 0.0, "B": gather, "I": gather if s.index else 0.0, "W": 0.0 if s.index else gather}
     out = {}
     for rank, actions in plan.table.items():
-        tp_s = sum(per_stage[a.stage][a.kind.value] for a in _compute_actions(actions))
+        acts = list(_compute_actions(actions))
         track = [c for c in predicted.collectives if c.rank == rank and c.kind in dp_kinds]
-        out[rank] = {"tp": tp_s, "dp": sum(c.end_s - c.start_s for c in track)}
+        out[rank] = {
+            "tp": sum(tp[a.stage][a.kind.value] for a in acts),
+            "dp": sum(c.end_s - c.start_s for c in track) + sum(dp[a.stage][a.kind.value] for a in acts),
+        }
     return out
 
 

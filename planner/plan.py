@@ -187,7 +187,8 @@ class Plan:
         if costs is None:
             costs = self.cost_model()
         options = [s.option for s in self.stages]
-        syncs = costs.tied_syncs(self.bounds, options, {s.index: s.rank for s in self.stages})
+        rank_of = {s.index: s.rank for s in self.stages}
+        syncs = costs.tied_syncs(self.bounds, options, rank_of)
         return SimInput(
             self.table,
             costs.stage_costs(self.bounds, options),
@@ -196,6 +197,7 @@ class Plan:
             forward_only=self.job.forward_only,
             comm=costs.dp_comm,
             tied=tuple((sync, costs.tied_sync_s(sync)) for sync in syncs),
+            tied_once=costs.tied_once(self.bounds, options, rank_of),
         )
 
     # -- JSON ------------------------------------------------------------------------------

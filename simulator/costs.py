@@ -127,6 +127,10 @@ class UnitRecord:
     # of forward_s and of backward_s (input_s): the tensor-parallel collectives inside them
     tp_forward_s: float = 0.0
     tp_backward_s: float = 0.0
+    #: of backward_s (input_s): gathering the unit's weights again, each microbatch, when its
+    #: mode reshards them after the forward and nothing prefetches (``Layout.overlap_grad_reduce``
+    #: off): FSDP2 gathers each unit at the start of its backward
+    dp_backward_s: float = 0.0
 
     def as_first_stage(self) -> UnitRecord:
         """The unit inside stage 0: no input gradient, so I is empty, W is the whole backward
@@ -246,6 +250,11 @@ class DPComm:
         return one - (two - one), two - one
 
 
+def dp_link(layout: Layout, links: Links) -> Link:
+    """The data-parallel group's link: devices ``tp`` apart, ``dp`` of them."""
+    return links.group_link(group_ranks("dp", 0, pp=1, dp=layout.dp, tp=layout.tp))
+
+
 def unit_records(
     profile: Profile,
     option: Option,
@@ -271,6 +280,8 @@ def unit_records(
     if mode.shards_params and not layout.reshard_after_forward:
         state += 2 * dtype.bytes  # the stage's weights gathered and its gradients unsharded for the step
     opt_share = layout.dp if mode.shards_optimizer else 1
+    regather = layout.reshard_after_forward and not layout.overlap_grad_reduce and not forward_only and layout.dp > 1
+    link = dp_link(layout, links) if regather else None
     out = []
     for i, (u, sc) in enumerate(zip(entry.units, scaled)):
         unit_input = scaled[i - 1].output_bytes if i > 0 else 0
@@ -282,13 +293,15 @@ def unit_records(
             # the loss's share of the activations, scaled as they are (tp)
             loss_part = int(u.loss_saved_bytes * act / u.saved_bytes) if u.saved_bytes else 0
         params = sc.params
+        gather = mode.head_s(layout.dp, params * dtype.bytes, link) if regather and params else 0.0
         out.append(
             UnitRecord(
                 forward_s=sc.forward_s + sc.comm_forward_s,
                 backward_s=(u.backward_s * b_scale if u.backward_input_s + u.backward_weight_s else u.backward_s)
                 + extra
-                + sc.comm_backward_s,
-                input_s=sc.backward_input_s + extra + sc.comm_backward_s,
+                + sc.comm_backward_s
+                + gather,
+                input_s=sc.backward_input_s + extra + sc.comm_backward_s + gather,
                 weight_s=sc.backward_weight_s,
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
@@ -301,6 +314,7 @@ def unit_records(
                 tp_forward_s=sc.comm_forward_s,
                 # full recompute redoes the forward's collectives in the backward
                 tp_backward_s=sc.comm_backward_s + (sc.comm_forward_s if option.recompute is Recompute.FULL else 0.0),
+                dp_backward_s=gather,
             )
         )
     return tuple(out)
@@ -446,9 +460,7 @@ class CostModel:
     def dp_comm(self) -> DPComm:
         """The data-parallel group's communication: devices ``tp`` apart, ``dp`` of them."""
         lay = self.layout
-        group = group_ranks("dp", 0, pp=1, dp=lay.dp, tp=lay.tp)
-        link = self.links.group_link(group)
-        return DPComm(lay.dp_mode, lay.dp, link, lay.overlap_grad_reduce, lay.reshard_after_forward)
+        return DPComm(lay.dp_mode, lay.dp, dp_link(lay, self.links), lay.overlap_grad_reduce, lay.reshard_after_forward)
 
     @property
     def options(self) -> list[Option]:
@@ -483,6 +495,31 @@ class CostModel:
             if len(ranks) > 1:
                 out.append(TiedSync(ranks, self.tied_bytes(params, options[stages[0]])))
         return tuple(out)
+
+    def tied_once(
+        self, bounds: Sequence[tuple[int, int]], options: Sequence[Option], rank_of: dict[int, int]
+    ) -> dict[int, tuple[int, int]]:
+        """(static bytes, gradient bytes) each rank holds once although its units count them more
+        than once: a tied parameter's holders on one rank (both in one stage, or a V's two ends)
+        share one parameter, one gradient and one optimizer state, which each holder's record
+        counts. The rank's records' sums less these are what it holds and reduces."""
+        stage_of = [s for s, (first, end) in enumerate(bounds) for _ in range(first, end)]
+        out: dict[int, tuple[int, int]] = {}
+        for units, params in self.tied:
+            by_rank: dict[int, list[int]] = {}
+            for u in units:
+                by_rank.setdefault(rank_of[stage_of[u]], []).append(u)
+            for rank, mine in by_rank.items():
+                if len(mine) < 2:
+                    continue
+                option = options[stage_of[mine[0]]]
+                rec = self.records[option][mine[0]]
+                grad = self.tied_bytes(params, option)
+                per_param = rec.static_bytes / rec.params if rec.params else 0.0
+                static = grad if self.forward_only else int(params // self.layout.tp * per_param)
+                s0, g0 = out.get(rank, (0, 0))
+                out[rank] = (s0 + (len(mine) - 1) * static, g0 + (len(mine) - 1) * grad)
+        return out
 
     def tied_bytes(self, params: int, option: Option) -> int:
         """A tied parameter's gradient bytes per rank (its vocabulary-parallel shard under tp)."""

@@ -109,3 +109,39 @@ def test_tied_embeddings_cost_one_all_reduce_between_their_ranks(profile, tmp_pa
     ctx = Context(tied, str(path), replace(cluster, devices=1), job)
     one = build_plan(ctx, Candidate.named("1F1B", pp=1, m=4), [(0, 4)], [Option()])
     assert not [c for c in simulate(one).collectives if c.kind == "TIED_REDUCE"]
+
+
+def test_tied_copies_on_one_rank_are_held_and_reduced_once(profile, tmp_path):
+    """Both holders of a tied parameter on one rank (one stage, or a V's two ends) share one
+    parameter, gradient and optimizer state: the rank's static bytes and its data-parallel
+    gradient bytes count it once, where the holders on two ranks each hold a copy."""
+    from dataclasses import replace
+
+    from profiles.types import TiedParams
+
+    prof, _ = profile
+    tied = replace(prof, tied=(TiedParams(units=("block0", "block3"), params=P),))
+    path = tmp_path / "tied.json"
+    tied.save(path)
+    tied, untied = load_profile(path), prof
+    job = Job(global_batch=8, microbatch_size=1)
+
+    def peak(p, pp, dp, name, bounds, devices):
+        cluster = Cluster(devices=devices, memory_bytes=2**40, devices_per_node=8)
+        c = Candidate.named(name, pp=pp, m=4, layout=Layout(dp=dp, dp_mode=DPMode.DDP), virtual=2 if "V" in name else 1)
+        plan = build_plan(Context(p, str(path), cluster, job), c, bounds, [Option()] * len(bounds))
+        return plan, simulate(plan)
+
+    # one stage holds both: a copy less than the untied model, in memory and in the dp all-reduce
+    (pt, tl_t), (pu, tl_u) = (peak(p, 1, 2, "1F1B", [(0, 4)], 2) for p in (tied, untied))
+    assert tl_u.ranks[0].peak_bytes - tl_t.ranks[0].peak_bytes == P * PER_PARAM[DPMode.DDP]
+    (red_t,), (red_u,) = ([c for c in tl.collectives if c.kind == "ALL_REDUCE"] for tl in (tl_t, tl_u))
+    assert red_u.bytes - red_t.bytes == P * 4
+    # a V puts stages 0 and 3 on rank 0: block0 and block3 share one copy there, none is summed
+    (pv, tl_v), (_, tl_vu) = (
+        peak(p, 2, 1, "ZBVZeroBubble", [(0, 1), (1, 2), (2, 3), (3, 4)], 2) for p in (tied, untied)
+    )
+    assert {s.rank for s in pv.stages if s.index in (0, 3)} == {0}
+    assert tl_vu.ranks[0].peak_bytes - tl_v.ranks[0].peak_bytes == P * PER_PARAM[DPMode.DDP]
+    assert tl_vu.ranks[1].peak_bytes == tl_v.ranks[1].peak_bytes
+    assert not [c for c in tl_v.collectives if c.kind == "TIED_REDUCE"]
