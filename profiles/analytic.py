@@ -9,7 +9,7 @@ Assumptions (written into the profile's ``measurement``):
 - each operation costs the larger of its FLOP time and its memory time (a roofline per op), and
   a unit's F, I and W are sums of their operations: operations run one after another;
 - a GEMM's FLOP rate is the datasheet peak times ``profiles.gemm.matmul_efficiency``: tile and
-  wave quantisation on the device's SMs times the published maximum achievable matmul share;
+  wave quantisation on the device's SMs times the published sustainable (else achievable) matmul share;
 - memory time is bytes over the datasheet bandwidth times the device's achievable share;
 - attention runs as the profile's kernel (``attention``): ``math`` decomposes into products and
   a softmax and keeps the s x s scores; ``flash`` and ``efficient`` are one fused kernel that keeps

@@ -115,16 +115,31 @@ def test_matmul_efficiency_from_the_published_maximum_and_waves():
     assert small < 0.1 * a100.achievable
 
 
+def test_hopper_gemms_run_at_the_sustained_rate():
+    """Where a sustainable matmul rate is published (H100/H200), GEMMs are priced at it, below the
+    burst rate, and at their full share for the shape it was measured at (one full wave)."""
+    from profiles.gemm import GEMM_DEVICES, gemm_efficiency, matmul_efficiency
+
+    h100 = GEMM_DEVICES["h100"]
+    assert h100 is GEMM_DEVICES["h200"] and "sustainable" in h100.source
+    assert h100.achievable == pytest.approx(745 / 989.5) and h100.achievable < 794.5 / 989.5  # below the burst
+    assert gemm_efficiency(1536, 2816, h100) == 1.0  # 6 x 22 tiles: one wave on 132 SMs
+    assert matmul_efficiency(1536, 2816, h100) == pytest.approx(h100.achievable)
+    assert "burst" in GEMM_DEVICES["a100"].source  # no sustainable figure for the A100: its burst one
+
+
 def test_op_roofline_and_fused_pointwise():
     """A GEMM op is priced at its shape's rate or its bytes, whichever is slower; a pointwise run is
     one kernel of its outside reads and last write; a unit is the sum of its ops."""
     from profiles.analytic import DEVICE_SPECS, op_seconds
-    from profiles.gemm import GEMM_DEVICES
+    from profiles.gemm import GEMM_DEVICES, matmul_efficiency
     from profiles.ops import Op
 
     spec, dev = DEVICE_SPECS["h100"], GEMM_DEVICES["h100"]
     big = Op("mm", 2.0 * 8192**3, 3 * 8192**2 * 2, gemm=(1, 8192, 8192, 8192))
-    assert op_seconds(big, spec, "bf16", dev) == pytest.approx(2.0 * 8192**3 / (989.4e12 * dev.achievable))
+    rate = 989.4e12 * matmul_efficiency(8192, 8192, dev)
+    assert 0.95 * dev.achievable < rate / 989.4e12 <= dev.achievable
+    assert op_seconds(big, spec, "bf16", dev) == pytest.approx(2.0 * 8192**3 / rate)
     thin = Op("mm", 2.0 * 8192 * 8192 * 8, (8192 * 8 * 2 + 8192 * 8 * 2 + 8192 * 8192 * 2), gemm=(1, 8192, 8192, 8))
     assert op_seconds(thin, spec, "bf16", dev) == pytest.approx(thin.bytes / (spec.bandwidth * spec.memory_efficiency))
     p = analytic_profile("gpt2", overrides=GPT_SMALL, seq_len=2048, device_spec_name="h100")
