@@ -198,3 +198,31 @@ def test_attention_field_round_trip_and_old_profiles(tmp_path):
         load_profile(tmp_path / "bad.json")
     with pytest.raises(UserError, match="--attention"):
         analytic_profile("gpt2-tiny", attention="cudnn", seq_len=64)
+
+
+def test_residual_stream_operations_are_recorded_apart():
+    """A GPT block's layer norms and residual adds (with their dropouts) are its residual-stream work:
+    no FLOPs, a tokens × width result; products, attention and the MLP's activation are not."""
+    overrides = {**GPT_SMALL, "attn_pdrop": 0.1, "resid_pdrop": 0.1}
+    block = analytic_profile("gpt2", overrides=overrides, seq_len=2048, device_spec_name="a100").entries[0].units[1]
+    assert 0 < block.residual_forward_s < 0.2 * block.forward_s
+    assert 0 < block.residual_backward_s < 0.2 * block.backward_input_s
+
+    import torch
+
+    from profiles.ops import OpRecorder
+
+    x = torch.empty(4, 1024, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(1024, 4096, device="meta", dtype=torch.bfloat16)
+    with OpRecorder(tokens=4, width=1024) as rec:
+        y = torch.nn.functional.layer_norm(x, (1024,))
+        z = torch.nn.functional.gelu(torch.mm(y, w))  # a 4 × 4096 pointwise run
+        torch.mm(z, w.t()) + x  # back to the width, added to the stream
+    rec.flush()
+    assert [(op.name, op.residual) for op in rec.ops] == [
+        ("aten.native_layer_norm", True),
+        ("aten.mm", False),
+        ("pointwise", False),
+        ("aten.mm", False),
+        ("pointwise", True),
+    ]
