@@ -14,9 +14,10 @@ reach at all, measured and published per device.
   *sustainable* rate (MSMF), measured after the chip has settled at its power cap, which its
   authors give as the rate that matches training, where every GPU of a node computes for minutes.
   A GEMM's efficiency is the device's sustainable share where one is published (else its burst
-  share: an upper bound) times its wave share relative to the wave share of the shape that figure
-  was measured at, capped at that share: the published figure already holds that shape's own
-  quantisation. The figures and their shapes are in ``GEMM_DEVICES``.
+  share at the clock the device sustains at its power limit, where that clock is published)
+  times its wave share relative to the wave share of the shape that figure was measured at,
+  capped at that share: the published figure already holds that shape's own quantisation. The
+  figures and their shapes are in ``GEMM_DEVICES``.
 - **Small GEMMs fall off** through two terms and no third: the wave share (a GEMM of fewer tiles
   than SMs leaves SMs idle; a partial last wave wastes the rest of it) and the memory roofline
   that the caller applies (operands and result over the achievable bandwidth). Kernel launch
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from .devices import A100_SUSTAINED_CLOCK_SHARE, A100_SUSTAINED_CLOCK_SOURCE
 
 __all__ = ["GemmDevice", "GEMM_DEVICES", "gemm_efficiency", "matmul_efficiency"]
 
@@ -58,14 +61,18 @@ class GemmDevice:
 #: SM counts from NVIDIA's datasheets/whitepapers: H100 SXM5 and H200 SXM 132, A100 SXM4 108.
 #: H100/H200 (one die, one power cap): sustainable 745 TFLOP/s of 989.5, the slowest GPU of an 8-GPU
 #: H200 node all computing (the node's median 755), 745 too at 1536x2816x6144 on one GPU; their
-#: burst figure is 794.5 (H100 SXM, 2048x2048x13312). A100 SXM: no sustainable figure is
-#: published, the burst one is taken, 271.2 TFLOP/s of 312 at 1024x10240x5120.
+#: burst figure is 794.5 (H100 SXM, 2048x2048x13312). A100 SXM: no sustainable matmul figure is
+#: published; its burst one, 271.2 TFLOP/s of 312 at 1024x10240x5120 (boost clock), is taken at
+#: the clock the A100 sustains at its power limit (``A100_SUSTAINED_CLOCK_SHARE``).
 _HOPPER = GemmDevice(132, achievable=745 / 989.5, best_shape=(1536, 2816, 6144), source=_MSMF)
 GEMM_DEVICES: dict[str, GemmDevice] = {
     "h100": _HOPPER,
     "h200": _HOPPER,
     "a100": GemmDevice(
-        108, achievable=271.2 / 312, best_shape=(1024, 10240, 5120), source=_MAMF + " (burst: no sustained figure)"
+        108,
+        achievable=271.2 / 312 * A100_SUSTAINED_CLOCK_SHARE,
+        best_shape=(1024, 10240, 5120),
+        source=f"{_MAMF}, at the sustained clock ({A100_SUSTAINED_CLOCK_SOURCE})",
     ),
 }
 

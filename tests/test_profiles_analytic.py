@@ -105,7 +105,7 @@ def test_matmul_efficiency_from_the_published_maximum_and_waves():
     from profiles.gemm import GEMM_DEVICES, gemm_efficiency, matmul_efficiency
 
     a100 = GEMM_DEVICES["a100"]
-    assert a100.achievable == pytest.approx(271.2 / 312)
+    assert a100.achievable == pytest.approx(271.2 / 312 * 1305 / 1410)  # the burst rate at the sustained clock
     assert matmul_efficiency(1024, 10240, a100) == pytest.approx(a100.achievable)  # the measured shape
     assert matmul_efficiency(256 * 108, 128, a100) == pytest.approx(a100.achievable)  # one full wave: capped
     small = matmul_efficiency(256, 128 * 10, a100)  # 10 tiles on 108 SMs
@@ -125,7 +125,17 @@ def test_hopper_gemms_run_at_the_sustained_rate():
     assert h100.achievable == pytest.approx(745 / 989.5) and h100.achievable < 794.5 / 989.5  # below the burst
     assert gemm_efficiency(1536, 2816, h100) == 1.0  # 6 x 22 tiles: one wave on 132 SMs
     assert matmul_efficiency(1536, 2816, h100) == pytest.approx(h100.achievable)
-    assert "burst" in GEMM_DEVICES["a100"].source  # no sustainable figure for the A100: its burst one
+    assert "sustained clock" in GEMM_DEVICES["a100"].source  # no sustainable A100 figure: its burst one, derated
+
+
+def test_a100_burst_figures_at_its_sustained_clock():
+    """The A100's burst measurements (matmul sweep, FlashAttention-2) are taken at the clock it
+    sustains at its power limit: 1305 of 1410 MHz."""
+    from profiles.devices import A100_SUSTAINED_CLOCK_SHARE, DEVICE_SPECS, FA2_A100
+
+    assert A100_SUSTAINED_CLOCK_SHARE == pytest.approx(1305 / 1410)
+    assert DEVICE_SPECS["a100"].attention_efficiency == pytest.approx(FA2_A100 * 1305 / 1410)
+    assert DEVICE_SPECS["h100"].attention_efficiency == 0.35  # no sustained H100 clock is taken
 
 
 def test_op_roofline_and_fused_pointwise():
