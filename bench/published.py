@@ -2,12 +2,12 @@
 
 For every published configuration: an analytic profile of the model's shape on the run's GPU
 (``profiles.analytic``: every operation counted on the meta device and priced as a roofline,
-GEMMs by shape at the device's published sustainable (else burst) matmul rate, attention as the row's
-kernel), the run's own layout as its row states it (tp, pp, dp, schedule, stages per rank,
-microbatch size, recompute, sequence parallelism, dp mode, which communication overlapped
-compute), layers dealt evenly with the embedding on the first stage and the head on the last (as
-Megatron does; Llama 3 gives the first and the last stage one layer fewer), simulated by
-pipeplan's event simulator on the run's cluster
+GEMMs by shape at the device's published sustainable matmul rate (else its burst one at the
+sustained clock), attention as the row's kernel), the run's own layout as its row states it (tp,
+pp, dp, schedule, stages per rank, microbatch size, recompute, sequence parallelism, dp mode,
+which communication overlapped compute), layers dealt evenly with the embedding on the first stage
+and the head on the last (as Megatron does; Llama 3 gives the first and the last stage one layer
+fewer), simulated by pipeplan's event simulator on the run's cluster
 (``planner/clusters.yaml``: NCCL's measured bus bandwidths). The simulated step gives TFLOP/s per
 GPU in the paper's own FLOP count (Narayanan et al.'s Eq. 3 for their Table 1, which counts the
 recomputed forward; model FLOPs, Korthikanti et al.'s Eq. 7, for MFU rows), printed beside the
