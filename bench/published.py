@@ -2,11 +2,12 @@
 
 For every published configuration: an analytic profile of the model's shape on the run's GPU
 (``profiles.analytic``: every operation counted on the meta device and priced as a roofline,
-GEMMs by shape at the device's published maximum achievable matmul rate, attention as the row's
-kernel), the run's own layout as its row states it (tp, pp, dp, schedule, stages per rank,
-microbatch size, recompute, sequence parallelism, dp mode, which communication overlapped
-compute), layers dealt evenly with the embedding on the first stage and the head on the last (as
-Megatron does), simulated by pipeplan's event simulator on the run's cluster
+GEMMs by shape at the device's published sustainable matmul rate (else its burst one at the
+sustained clock), attention as the row's kernel), the run's own layout as its row states it (tp,
+pp, dp, schedule, stages per rank, microbatch size, recompute, sequence parallelism, dp mode,
+which communication overlapped compute), layers dealt evenly with the embedding on the first stage
+and the head on the last (as Megatron does; Llama 3 gives the first and the last stage one layer
+fewer), simulated by pipeplan's event simulator on the run's cluster
 (``planner/clusters.yaml``: NCCL's measured bus bandwidths). The simulated step gives TFLOP/s per
 GPU in the paper's own FLOP count (Narayanan et al.'s Eq. 3 for their Table 1, which counts the
 recomputed forward; model FLOPs, Korthikanti et al.'s Eq. 7, for MFU rows), printed beside the
@@ -19,7 +20,7 @@ Settings a table leaves out come from the run's public launch script (Narayanan 
 assumptions; each row prints where its settings come from. Context parallelism is not modelled:
 the Llama 3 row with CP 16 is listed and skipped.
 
-    python bench/published.py [--rows N]
+    python bench/published.py [--rows N] [--breakdown]
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from planner.candidate import Candidate  # noqa: E402
 from planner.cluster import load_cluster  # noqa: E402
 from planner.scoring import Context, build_plan  # noqa: E402
 from profiles.analytic import analytic_profile  # noqa: E402
+from simulator import simulate  # noqa: E402
 from simulator.costs import DPMode, Layout, Option, Recompute  # noqa: E402
 
 PEAK = {"a100": A100_BF16_PEAK, "h100": H100_BF16_PEAK}
@@ -85,8 +87,13 @@ def _setup(run: PublishedRun) -> tuple[str, int, Recompute, DPMode]:
     return run.schedule, run.virtual, Recompute(run.recompute), DPMode(run.dp_mode)
 
 
-def _bounds(layers: int, stages: int) -> list[tuple[int, int]]:
-    """Blocks dealt evenly (the first stages one more), the embedding first, the head last."""
+def _bounds(layers: int, stages: int, ends_take_a_layer: bool = False) -> list[tuple[int, int]]:
+    """Blocks dealt evenly (the first stages one more), the embedding first, the head last; with
+    ``ends_take_a_layer`` the embedding and the head count as a layer each (Llama 3's balanced ends)."""
+    if ends_take_a_layer:  # units 0 (embedding) .. layers + 1 (head), dealt evenly
+        q, r = divmod(layers + 2, stages)
+        ends = [sum(q + (1 if i < r else 0) for i in range(s + 1)) for s in range(stages)]
+        return list(zip([0, *ends[:-1]], ends))
     q, r = divmod(layers, stages)
     ends, n = [], 0
     for s in range(stages):
@@ -127,7 +134,7 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     )
     m = run.global_batch // (dp * mbs)
     job = Job(global_batch=run.global_batch, microbatch_size=mbs, dtypes=("bf16",), schedules=(schedule,))
-    bounds = _bounds(run.layers, run.pp * v)
+    bounds = _bounds(run.layers, run.pp * v, run.ends_take_a_layer)
     plan = build_plan(
         Context(profile, str(path), cluster, job),
         Candidate.named(schedule, pp=run.pp, m=m, mbs=mbs, virtual=v, layout=layout),
@@ -135,6 +142,7 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
         [Option("bf16", rc)] * len(bounds),
     )
     step = plan.predicted.step_s
+    where = _where_time_goes(plan, m)
     if run.source == NARAYANAN:
         flops = narayanan_flops_per_iteration(run.global_batch, run.seq_len, run.layers, run.hidden, run.vocab)
     elif run.source == TORCHTITAN:
@@ -160,12 +168,32 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
         "overlap": overlap or "none",
         "peak_gib": max(plan.predicted.peak_bytes) / 2**30,
         "capacity_gib": cluster.memory_bytes / 2**30,
+        **where,
     }
+
+
+def _where_time_goes(plan, m: int) -> dict:
+    """Where the busiest rank's step goes: compute (``busy_s``, with the tensor-parallel collectives
+    inside it, ``tp_s``) and the rest of the step (``idle_s``: pipeline bubbles, exposed data-parallel
+    communication and the optimizer step)."""
+    costs = plan.cost_model()
+    tl = simulate(plan.sim_input(costs), detail=False)
+    rank = max(tl.ranks, key=lambda r: r.busy_s)
+    tp = 0.0
+    for st in plan.stages:
+        if st.rank == rank.rank:
+            for u in range(st.first, st.end):
+                rec = costs.record(st.option, u, st.index)
+                tp += m * (rec.tp_forward_s + rec.tp_backward_s)
+    return {"busy_s": rank.busy_s, "tp_s": tp, "idle_s": tl.step_s - rank.busy_s}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=0, help="only the first N rows (default: all)")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="also print where each row's predicted step goes (busiest rank)"
+    )
     args = ap.parse_args()
     rows = [r for r in PUBLISHED if r.cp == 1]
     skipped = [r for r in PUBLISHED if r.cp != 1]
@@ -193,6 +221,8 @@ def main() -> int:
             f"{p['recompute']:<12} {r.attention:<5} {p['dp_mode']:<4} {p['overlap']:<9} {pub} {p['tflops']:6.1f} "
             f"{err} {pub_mfu} {p['mfu']:8.1%} {mem:>11}"
         )
+    if args.breakdown:
+        _print_breakdown(out)
     for r in skipped:
         print(f"skipped: {r.model} on {r.gpus} GPUs, context parallel {r.cp} (not modelled)")
     errs = [abs(p["error"]) for _, p in out if p["error"] is not None]
@@ -210,6 +240,21 @@ def main() -> int:
         if r.settings:
             print(f"settings of {r.model} ({r.gpus} GPUs): {r.settings}")
     return 0
+
+
+def _print_breakdown(out: list) -> None:
+    """Per row: the predicted step of the busiest rank as compute (GEMMs, attention and the rest;
+    tensor-parallel collectives inside it, not overlapped) and the rest of the step, beside the step
+    the published figure implies."""
+    print()
+    print(f"{'model':<13} {'GPUs':>5} {'step s':>7} {'pub s':>7} {'compute':>8} {'of it TP':>8} {'idle':>6}")
+    for r, p in out:
+        pub = p["step_s"] * p["tflops"] / p["published"] if p["published"] else float("nan")
+        print(
+            f"{r.model[:13]:<13} {r.gpus:>5} {p['step_s']:7.2f} {pub:7.2f} {p['busy_s'] / p['step_s']:8.1%} "
+            f"{p['tp_s'] / p['step_s']:8.1%} {p['idle_s'] / p['step_s']:6.1%}"
+        )
+    print("compute: the busiest rank's F, I, W and B (TP collectives inside); idle: bubbles, DP comm, optimizer")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,10 @@ class PublishedRun:
     #: pipeline sends beside compute; False: the sender waits for its send (Megatron-LM's
     #: ``p2p_communication._communicate`` of 2021-22 waited on its batched sends and receives)
     overlap_sends: bool = True
+    #: the first and the last pipeline stage hold one layer fewer, the embedding and the head taking
+    #: their places (Llama 3 §3.3.2); False: layers dealt evenly, the embedding added to the first
+    #: stage and the head to the last (Megatron's default)
+    ends_take_a_layer: bool = False
     settings: str = ""  #: where the settings the table does not print come from
     #: attention and hidden dropout probability the run trained with (Megatron-LM's defaults,
     #: ``--attention-dropout 0.1 --hidden-dropout 0.1``, for the GPT runs, whose activation
@@ -255,12 +259,16 @@ def _llama3(gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         attention="flash",
         microbatch=1,
         schedule="Interleaved1F1B",
-        virtual=2,
+        virtual=(126 + 2) // 16,  # one layer per stage, the embedding and the head a stage each (§3.3.2)
+        ends_take_a_layer=True,
         recompute="none",
         dp_mode="fsdp",
         sequence_parallel=True,
-        settings="the paper's §3.3.2 (interleaved schedule, no activation checkpointing; FSDP not resharded after "
-        "forward); assumed: 2 stages per rank, microbatch 1, sequence parallel beside TP, a fused (flash) attention "
+        settings="the paper's §3.3.2 (interleaved schedule; one layer fewer on the first and the last stage, so "
+        "that 'the first model chunk on the first stage has only the embedding' and the last only the output "
+        "projection and loss: one layer per model chunk, 8 chunks per rank; no activation checkpointing at 8K; "
+        "FSDP not resharded after forward; asynchronous pipeline sends); assumed: microbatch 1, torch's and "
+        "Megatron's default of pp microbatches per round, sequence parallel beside TP, a fused (flash) attention "
         "kernel, no overlap of the FSDP collectives",
     )
 

@@ -9,13 +9,16 @@ Assumptions (written into the profile's ``measurement``):
 - each operation costs the larger of its FLOP time and its memory time (a roofline per op), and
   a unit's F, I and W are sums of their operations: operations run one after another;
 - a GEMM's FLOP rate is the datasheet peak times ``profiles.gemm.matmul_efficiency``: tile and
-  wave quantisation on the device's SMs times the published maximum achievable matmul share;
+  wave quantisation on the device's SMs times the published sustainable (else achievable) matmul share;
 - memory time is bytes over the datasheet bandwidth times the device's achievable share;
 - attention runs as the profile's kernel (``attention``): ``math`` decomposes into products and
   a softmax and keeps the s x s scores; ``flash`` and ``efficient`` are one fused kernel that keeps
   no s x s tensor and does half the products when causal, at the device's published fused
   attention efficiency; attention dropout, when the config asks for it, runs (the zoo builds
   models with dropout off; training runs it), and other dropouts are left out;
+- of F and I, the operations on the residual stream (``profiles/ops.py``: norms, residual adds,
+  hidden dropouts; no FLOPs, a ``tokens × width`` result) are recorded apart (``residual_forward_s``,
+  ``residual_backward_s``): tensor parallelism without sequence parallelism runs them whole;
 - W is the weight-gradient products (a backward product whose output has a parameter's shape
   and reduces over the tokens) plus adding each gradient into fp32 (read + write); I is the rest
   of the backward; B = I + W;
@@ -123,18 +126,20 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
     if x_in.is_floating_point():
         x_in = x_in.to(TORCH_DTYPES[dtype]).requires_grad_(True)
     tokens = x.numel() // x.shape[-1] if x.is_floating_point() and x.dim() > 1 else x.numel()  # activation rows
-    rec = OpRecorder({tuple(p.shape) for p in params if p.dim() >= 2}, tokens)
+    width = x.shape[-1] if x.is_floating_point() and x.dim() > 1 else 0  # the residual stream's
+    rec = OpRecorder({tuple(p.shape) for p in params if p.dim() >= 2}, tokens, width)
     dropout = any(model.config.get(k) for k in ATTENTION_DROPOUT_KEYS)  # as training runs it (the zoo's is off)
     with count_saved_bytes(exclude=params) as saved, attention_kernel(kernel, rec, dropout=dropout), rec:
         out = unit(x_in)
         loss = model.loss_fn(out, target) if last else None
     rec.flush()
     forward, rec.ops, rec.backward = tuple(rec.ops), [], True
+    grad = None if last else torch.ones_like(out)  # what the next unit hands back: not this unit's work
     with rec:
         if last:
             loss.backward()
         else:
-            out.backward(torch.ones_like(out))
+            out.backward(grad)
     rec.flush()
     return _Counted(
         out=out.detach(),
@@ -172,6 +177,7 @@ def _cost(name: str, kind: str, c: _Counted, output_bytes: int, seconds: Callabl
     i_t = sum(seconds(op) for op, w in zip(c.backward, is_w) if not w)
     w_t = sum(seconds(op) for op, w in zip(c.backward, is_w) if w)
     w_t += seconds(Op("grad accumulate", 0.0, 2 * 4 * c.params))  # into fp32: read + write
+    residual_i = sum(seconds(op) for op, w in zip(c.backward, is_w) if not w and op.residual)
     return UnitCost(
         name=name,
         kind=kind,
@@ -186,6 +192,8 @@ def _cost(name: str, kind: str, c: _Counted, output_bytes: int, seconds: Callabl
         output_bytes=output_bytes,
         forward_flops=sum(op.flops for op in c.forward),
         loss_saved_bytes=c.loss_saved,
+        residual_forward_s=sum(seconds(op) for op in c.forward if op.residual),
+        residual_backward_s=residual_i,
     )
 
 

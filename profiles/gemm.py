@@ -7,20 +7,24 @@ reach at all, measured and published per device.
   ``tile_m × tile_n`` tiles, one tile per streaming multiprocessor (SM) at a time, so a GEMM runs
   ``⌈tiles / SMs⌉`` full waves and only the useful share of the tiles those waves could compute
   does work. The tile is the guide's 256×128 example; the SM counts are the datasheets'.
-- **Achievable peak.** No GEMM reaches the datasheet peak. The maximum achievable matmul FLOP/s
-  ("MAMF"), found by sweeping shapes and published per accelerator in stas00/ml-engineering
-  (``compute/accelerator/README.md``, measured with its ``mamf-finder.py``): A100 SXM 271.2
-  TFLOP/s in BF16 (86.9% of 312) at 1024×10240×5120, H100 SXM 794.5 TFLOP/s (80.3% of 989.5) at
-  2048×2048×13312. A GEMM's efficiency is that share times its wave share relative to the wave
-  share of the shape the maximum was measured at, capped at the maximum: the published figure
-  already holds that shape's own quantisation.
+- **Achievable peak.** No GEMM reaches the datasheet peak. The matmul FLOP/s a device reaches at
+  all, found by sweeping shapes with ``mamf-finder.py`` and published per accelerator in
+  stas00/ml-engineering (``compute/accelerator/README.md`` and ``benchmarks/README.md``), comes in
+  two kinds: the maximum *achievable* rate (MAMF), a burst at the boost clock, and the maximum
+  *sustainable* rate (MSMF), measured after the chip has settled at its power cap, which its
+  authors give as the rate that matches training, where every GPU of a node computes for minutes.
+  A GEMM's efficiency is the device's sustainable share where one is published (else its burst
+  share at the clock the device sustains at its power limit, where that clock is published)
+  times its wave share relative to the wave share of the shape that figure was measured at,
+  capped at that share: the published figure already holds that shape's own quantisation. The
+  figures and their shapes are in ``GEMM_DEVICES``.
 - **Small GEMMs fall off** through two terms and no third: the wave share (a GEMM of fewer tiles
   than SMs leaves SMs idle; a partial last wave wastes the rest of it) and the memory roofline
   that the caller applies (operands and result over the achievable bandwidth). Kernel launch
   latency and the prologue of short ``k`` loops are left out.
 
-Assumptions: FP16 runs at BF16's rate (the same tensor-core peak); the H200 has the H100's SMs
-and clocks, so the H100's achievable share is taken for it; FP32 without TF32 has no published
+Assumptions: FP16 runs at BF16's rate (the same tensor-core peak); the H100 and the H200 are one
+die under one power cap, so the H200's sustainable figure serves both; FP32 without TF32 has no published
 sweep, so the 16-bit achievable share is applied to the FP32 peak.
 """
 
@@ -29,9 +33,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .devices import A100_SUSTAINED_CLOCK_SHARE, A100_SUSTAINED_CLOCK_SOURCE
+
 __all__ = ["GemmDevice", "GEMM_DEVICES", "gemm_efficiency", "matmul_efficiency"]
 
 _MAMF = "stas00/ml-engineering, compute/accelerator/README.md, maximum achievable matmul FLOP/s (mamf-finder.py)"
+_MSMF = (
+    "stas00/ml-engineering, compute/accelerator/benchmarks/README.md, maximum sustainable matmul FLOP/s "
+    "(mamf-finder.py): H200 BF16, the slowest GPU of a node with all 8 computing"
+)
 
 
 @dataclass(frozen=True)
@@ -42,16 +52,28 @@ class GemmDevice:
     sms: int  #: streaming multiprocessors, one output tile each at a time
     tile_m: int = 256  #: output tile rows (the guide's 256×128 example tile)
     tile_n: int = 128  #: output tile columns
-    achievable: float = 1.0  #: best measured matmul FLOP/s over the datasheet peak (1: not known)
+    #: best measured matmul FLOP/s over the datasheet peak, sustained where published (1: not known)
+    achievable: float = 1.0
     best_shape: tuple[int, int, int] | None = None  #: (m, n, k) where ``achievable`` was measured
     source: str = ""  #: where ``achievable`` comes from
 
 
 #: SM counts from NVIDIA's datasheets/whitepapers: H100 SXM5 and H200 SXM 132, A100 SXM4 108.
+#: H100/H200 (one die, one power cap): sustainable 745 TFLOP/s of 989.5, the slowest GPU of an 8-GPU
+#: H200 node all computing (the node's median 755), 745 too at 1536x2816x6144 on one GPU; their
+#: burst figure is 794.5 (H100 SXM, 2048x2048x13312). A100 SXM: no sustainable matmul figure is
+#: published; its burst one, 271.2 TFLOP/s of 312 at 1024x10240x5120 (boost clock), is taken at
+#: the clock the A100 sustains at its power limit (``A100_SUSTAINED_CLOCK_SHARE``).
+_HOPPER = GemmDevice(132, achievable=745 / 989.5, best_shape=(1536, 2816, 6144), source=_MSMF)
 GEMM_DEVICES: dict[str, GemmDevice] = {
-    "h100": GemmDevice(132, achievable=794.5 / 989.5, best_shape=(2048, 2048, 13312), source=_MAMF),
-    "h200": GemmDevice(132, achievable=794.5 / 989.5, best_shape=(2048, 2048, 13312), source=_MAMF + " (H100's)"),
-    "a100": GemmDevice(108, achievable=271.2 / 312, best_shape=(1024, 10240, 5120), source=_MAMF),
+    "h100": _HOPPER,
+    "h200": _HOPPER,
+    "a100": GemmDevice(
+        108,
+        achievable=271.2 / 312 * A100_SUSTAINED_CLOCK_SHARE,
+        best_shape=(1024, 10240, 5120),
+        source=f"{_MAMF}, at the sustained clock ({A100_SUSTAINED_CLOCK_SOURCE})",
+    ),
 }
 
 

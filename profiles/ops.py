@@ -14,7 +14,11 @@ What is recorded (a ``TorchDispatchMode`` sees each aten operation autograd runs
   fusion do; tensors inside the run are neither written nor read back;
 - the shape ``(batch, m, n, k)`` of each ``mm``, ``addmm``, ``bmm`` and ``baddbmm``;
 - a backward matrix product whose output has a parameter's shape and whose reduction runs over
-  the tokens is a weight gradient (W); every other backward operation belongs to I.
+  the tokens is a weight gradient (W); every other backward operation belongs to I;
+- an operation without FLOPs whose result is the unit's residual stream (``tokens × width``, the
+  width of the unit's input: layer norms, residual adds, hidden dropouts) is marked ``residual``:
+  Megatron's tensor parallelism runs these whole on every rank unless sequence parallel
+  (Korthikanti et al. 2022, §4.2.2), where the products and the attention are split.
 
 **Attention as the kernel runs it** (:func:`attention_kernel`): SDPA is replaced by one operation
 of the kernel's own accounting. ``math`` is two batched GEMMs in the compute dtype (``QKᵀ`` and
@@ -79,6 +83,7 @@ class Op:
     gemm: tuple[int, int, int, int] | None = None
     attention: bool = False  #: a fused attention kernel (priced at the kernel's own efficiency)
     weight_grad: bool = False  #: a weight-gradient product (W)
+    residual: bool = False  #: no FLOPs, its result the residual stream (``tokens × width``)
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -115,13 +120,15 @@ class OpRecorder(TorchDispatchMode):
     """Records the operations run under it as :class:`Op` values in ``ops``.
 
     ``weight_shapes``: the shapes of the unit's parameters; ``tokens``: rows of the unit's
-    activations; with ``backward`` set, products that make a weight's gradient are marked W."""
+    activations; ``width``: their columns (0: none, nothing is marked ``residual``); with
+    ``backward`` set, products that make a weight's gradient are marked W."""
 
-    def __init__(self, weight_shapes: set[tuple[int, ...]] = frozenset(), tokens: int = 0) -> None:
+    def __init__(self, weight_shapes: set[tuple[int, ...]] = frozenset(), tokens: int = 0, width: int = 0) -> None:
         super().__init__()
         self.ops: list[Op] = []
         self.weight_shapes = weight_shapes
         self.tokens = tokens
+        self.width = width
         self.backward = False
         self._run: dict | None = None  # the pointwise run being fused
 
@@ -133,7 +140,7 @@ class OpRecorder(TorchDispatchMode):
         """Close the pointwise run: one kernel of its outside reads and its last write."""
         run, self._run = self._run, None
         if run is not None:
-            self.ops.append(Op("pointwise", run["flops"], run["read"] + run["write"]))
+            self.ops.append(Op("pointwise", run["flops"], run["read"] + run["write"], residual=run["residual"]))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -153,13 +160,19 @@ class OpRecorder(TorchDispatchMode):
             return out
         moved = float(sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs))
         gemm = _gemm_shape(func, args) if func in _GEMMS else None
-        self.record(Op(str(packet), flops, moved, gemm, weight_grad=self._is_weight_grad(gemm, outs)))
+        residual = not flops and bool(outs) and self._is_residual(outs[0])
+        weight_grad = self._is_weight_grad(gemm, outs)
+        self.record(Op(str(packet), flops, moved, gemm, weight_grad=weight_grad, residual=residual))
         return out
+
+    def _is_residual(self, t: torch.Tensor) -> bool:
+        """``t`` is the residual stream: ``tokens × width``."""
+        return bool(self.width) and t.dim() > 1 and t.shape[-1] == self.width and t.numel() == self.tokens * self.width
 
     def _pointwise(self, ins: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
         run = self._run
         if run is None:
-            run = self._run = {"flops": 0.0, "read": 0.0, "write": 0.0, "made": set(), "seen": set()}
+            run = self._run = {"flops": 0.0, "read": 0.0, "write": 0.0, "made": set(), "seen": set(), "residual": True}
         for t in ins:
             k = _key(t)
             if k not in run["made"] and k not in run["seen"]:
@@ -167,6 +180,7 @@ class OpRecorder(TorchDispatchMode):
                 run["read"] += _nbytes(t)
         run["made"].update(_key(t) for t in outs)
         run["write"] = float(sum(_nbytes(t) for t in outs))
+        run["residual"] = bool(outs) and all(self._is_residual(t) for t in outs)  # the run's last write
 
     def _is_weight_grad(self, gemm, outs: list[torch.Tensor]) -> bool:
         if not self.backward or not outs:

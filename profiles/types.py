@@ -114,6 +114,11 @@ class UnitCost:
     #: the last unit's: of saved_bytes, those its loss saved (the log-probabilities), which a pipeline
     #: runtime frees with the input gradient (I), W not needing them (0 elsewhere and in older profiles)
     loss_saved_bytes: int = 0
+    #: of ``forward_s`` and ``backward_input_s``, the operations on the residual stream (norms,
+    #: residual adds, hidden dropouts), which Megatron-style tensor parallelism runs whole on every
+    #: rank unless sequence parallel (0: not recorded, as in measured profiles)
+    residual_forward_s: float = 0.0
+    residual_backward_s: float = 0.0
 
     def __post_init__(self):
         if self.active_params < 0:
@@ -151,6 +156,8 @@ class UnitCost:
             peak_bytes=f.int("peak_bytes", default=0),
             active_params=f.int("active_params", default=-1),
             loss_saved_bytes=f.int("loss_saved_bytes", default=0),
+            residual_forward_s=f.num("residual_forward_s", default=0.0),
+            residual_backward_s=f.num("residual_backward_s", default=0.0),
         )
 
 

@@ -29,9 +29,21 @@ or RoCE across nodes too) has this curve's shape; ``algorithm`` is NCCL's own ch
 the measurement. A link without ``collective_Bps`` (CPU ranks, calibrated links) keeps the α-β
 forms above.
 
+**Groups that span nodes.** NCCL runs a collective as several rings (channels) at once, each
+crossing the node boundary through its own NIC, so a group with ``k`` ranks on every node reaches
+``k`` NICs' bandwidth, up to the node's NVLink bandwidth: the NCCL maintainers' expected figures
+(NVIDIA/nccl issue #412: one HDR NIC per node gives about its own line rate across nodes; "you can
+add more NICs and you should get more bandwidth, up to ... the NVLink intra-node bandwidth"; and
+NVIDIA/nccl-tests issue #175, four 200 Gb/s NICs per node, 100 GB/s the all-reduce's theoretical
+bus bandwidth across two nodes). A group holding a whole node (data parallelism without tensor
+parallelism) thus runs at the node's network bandwidth, and a group of one GPU per node (the data
+parallelism beside tp 8) at its own NIC's, every tp rank's group running beside the others on
+its own NIC.
+
 Assumptions: links are full duplex and do not contend with other traffic; a group that spans
-nodes runs at the inter-node link's per-GPU share on every step (the ring's slowest hop);
-collectives of size 1 cost nothing.
+nodes runs at ``k`` times the inter-node link's per-GPU share, ``k`` its fewest ranks on one node
+(one in the α-β model, where the link has no collective bandwidth); collectives of size 1 cost
+nothing.
 
 Rank layout (as torchtitan's and Megatron's device meshes order it, tp innermost, pp outermost):
 ``rank = (pp_index * dp + dp_index) * tp + tp_index``.
@@ -195,10 +207,23 @@ def group_ranks(kind: GroupKind, rank: int, *, pp: int, dp: int, tp: int) -> lis
 
 def group_link(ranks: list[int], devices_per_node: int, intra: Link, inter: Link) -> Link:
     """``intra`` when every rank of the group sits on one node (``rank // devices_per_node``), else
-    ``inter`` (whose bandwidth is the per-GPU share of the node's network)."""
+    ``inter`` (whose bandwidth is the per-GPU share of the node's network). On a GPU fabric
+    (``inter.collective_Bps``) a group with ``k`` ranks on each node crosses the node boundary
+    through ``k`` NICs, so its bus bandwidth is ``k`` times the per-GPU share, up to the node's own
+    (``intra.collective_Bps``); ``k`` is the fewest the group has on any of its nodes (module
+    docstring)."""
     if devices_per_node < 1:
         raise ValueError(f"devices_per_node must be >= 1, got {devices_per_node}")
-    return intra if len({r // devices_per_node for r in ranks}) <= 1 else inter
+    per_node: dict[int, int] = {}
+    for r in ranks:
+        per_node[r // devices_per_node] = per_node.get(r // devices_per_node, 0) + 1
+    if len(per_node) <= 1:
+        return intra
+    k = min(per_node.values())
+    if k == 1 or not inter.collective_Bps:
+        return inter
+    busbw = min(k * inter.collective_Bps, intra.collective_Bps or k * inter.collective_Bps)
+    return Link(inter.latency_s, inter.bandwidth_Bps, busbw)
 
 
 def tp_block_comm_s(

@@ -348,7 +348,17 @@ def _per_rank(
     priced: dict[tuple, object] = {}  # identical units (a model's blocks) are priced once
 
     def price(u: UnitCost):
-        key = (u.kind, u.forward_s, u.backward_input_s, u.backward_weight_s, u.saved_bytes, u.params, u.output_bytes)
+        key = (
+            u.kind,
+            u.forward_s,
+            u.backward_input_s,
+            u.backward_weight_s,
+            u.saved_bytes,
+            u.params,
+            u.output_bytes,
+            u.residual_forward_s,
+            u.residual_backward_s,
+        )
         if key not in priced:
             priced[key] = scale_unit(
                 u,

@@ -15,7 +15,11 @@ Model and assumptions:
   share of peak, see ``profiles/gemm.py``). As ``t`` grows the per-rank GEMMs shrink
   (``n = 3h/t``, ``ffn/t``; ``a/t`` heads), waves go partly empty and the efficiency falls.
   The backward GEMMs are taken to scale like the forward ones. Work outside
-  GEMMs (norms, elementwise) is taken to scale like the GEMMs.
+  GEMMs (elementwise, softmax) is taken to scale like the GEMMs, except the work on the residual
+  stream that a profile records apart (``UnitCost.residual_forward_s``/``residual_backward_s``:
+  layer norms, residual adds and hidden dropouts), which every rank runs whole without sequence
+  parallelism and on its ``1/t`` of the sequence with it (Korthikanti et al., §4.2.2: these "non-tensor
+  parallel" parts are replicated across the tensor-parallel group, which sequence parallelism splits).
 - **Activation bytes** per block follow Korthikanti et al., "Reducing Activation Recomputation
   in Large Transformer Models" (MLSys 2023, arXiv:2205.05198), §4.1 and Table 2, which assume
   16-bit activations, 1-byte dropout masks, multi-head attention and a 4h MLP (generalised here
@@ -344,7 +348,19 @@ def scale_unit(
     if comm:
         fwd_c, bwd_c = tp_block_comm_s(t, act, link, sequence_parallel=sp, algorithm=algorithm)
         bwd_c += fwd_c if recompute == "full" else 0.0
-    return _scaled(unit, k, unit.forward_s * k * redo, saved, **per_rank, comm=(fwd_c, bwd_c))
+    whole = 1.0 / t if sp else 1.0  # the residual stream's share of a rank
+    fwd = (unit.forward_s - unit.residual_forward_s) * k + unit.residual_forward_s * whole
+    i_t = (unit.backward_input_s - unit.residual_backward_s) * k + unit.residual_backward_s * whole
+    return TPUnitCost(
+        forward_s=fwd,
+        backward_input_s=i_t,
+        backward_weight_s=unit.backward_weight_s * k,
+        recompute_s=fwd * redo,
+        saved_bytes=saved,
+        **per_rank,
+        comm_forward_s=fwd_c,
+        comm_backward_s=bwd_c,
+    )
 
 
 def as_measured(unit: UnitCost) -> TPUnitCost:

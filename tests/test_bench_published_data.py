@@ -66,7 +66,7 @@ def test_every_row_states_how_it_ran():
         assert r.dp_mode in ("ddp", "fsdp") and r.settings, r.model
         schedule_spec(r.schedule)  # a known schedule
         assert r.microbatch and (r.global_batch // r.dp) % r.microbatch == 0, r.model
-        assert r.virtual >= 1 and r.pp * r.virtual <= r.layers, r.model
+        assert r.virtual >= 1 and r.pp * r.virtual <= r.layers + (2 if r.ends_take_a_layer else 0), r.model
     # the SC'21 script's virtual stages: layers / (pp x layers per virtual stage)
     assert [r.virtual for r in NARAYANAN_2021] == [1, 1, 1, 1, 1, 3, 2, 2, 3, 1]
     assert [r.microbatch for r in NARAYANAN_2021] == [16, 16, 16, 8, 4, 2, 2, 1, 1, 1]
@@ -83,3 +83,22 @@ def test_torchtitan_rows_mfu_follows_from_tokens_per_second():
         mfu = wps * torchtitan_flops_per_token(params, r.layers, r.hidden, r.seq_len) / A100_BF16_PEAK
         assert mfu == pytest.approx(r.peak_fraction, abs=0.003), r.model
         assert r.gpus == r.tp * r.pp * r.dp
+
+
+def test_llama3_layout_is_the_papers_balanced_ends():
+    """Llama 3 §3.3.2: one layer fewer on the first and the last stage, "the first model chunk on the
+    first stage has only the embedding" (and the last only the head): one layer per model chunk."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from published import _bounds
+
+    for r in LLAMA3_2024:
+        assert r.ends_take_a_layer and r.pp * r.virtual == r.layers + 2
+        bounds = _bounds(r.layers, r.pp * r.virtual, r.ends_take_a_layer)
+        assert bounds[0] == (0, 1) and bounds[-1] == (r.layers + 1, r.layers + 2)  # embedding; head
+        assert all(e - f == 1 for f, e in bounds)
+    # Megatron's default: blocks dealt evenly, the embedding with the first, the head with the last
+    assert _bounds(5, 2) == [(0, 4), (4, 7)]
+    assert _bounds(4, 3, True) == [(0, 2), (2, 4), (4, 6)]

@@ -105,7 +105,7 @@ def test_matmul_efficiency_from_the_published_maximum_and_waves():
     from profiles.gemm import GEMM_DEVICES, gemm_efficiency, matmul_efficiency
 
     a100 = GEMM_DEVICES["a100"]
-    assert a100.achievable == pytest.approx(271.2 / 312)
+    assert a100.achievable == pytest.approx(271.2 / 312 * 1305 / 1410)  # the burst rate at the sustained clock
     assert matmul_efficiency(1024, 10240, a100) == pytest.approx(a100.achievable)  # the measured shape
     assert matmul_efficiency(256 * 108, 128, a100) == pytest.approx(a100.achievable)  # one full wave: capped
     small = matmul_efficiency(256, 128 * 10, a100)  # 10 tiles on 108 SMs
@@ -115,16 +115,41 @@ def test_matmul_efficiency_from_the_published_maximum_and_waves():
     assert small < 0.1 * a100.achievable
 
 
+def test_hopper_gemms_run_at_the_sustained_rate():
+    """Where a sustainable matmul rate is published (H100/H200), GEMMs are priced at it, below the
+    burst rate, and at their full share for the shape it was measured at (one full wave)."""
+    from profiles.gemm import GEMM_DEVICES, gemm_efficiency, matmul_efficiency
+
+    h100 = GEMM_DEVICES["h100"]
+    assert h100 is GEMM_DEVICES["h200"] and "sustainable" in h100.source
+    assert h100.achievable == pytest.approx(745 / 989.5) and h100.achievable < 794.5 / 989.5  # below the burst
+    assert gemm_efficiency(1536, 2816, h100) == 1.0  # 6 x 22 tiles: one wave on 132 SMs
+    assert matmul_efficiency(1536, 2816, h100) == pytest.approx(h100.achievable)
+    assert "sustained clock" in GEMM_DEVICES["a100"].source  # no sustainable A100 figure: its burst one, derated
+
+
+def test_a100_burst_figures_at_its_sustained_clock():
+    """The A100's burst measurements (matmul sweep, FlashAttention-2) are taken at the clock it
+    sustains at its power limit: 1305 of 1410 MHz."""
+    from profiles.devices import A100_SUSTAINED_CLOCK_SHARE, DEVICE_SPECS, FA2_A100
+
+    assert A100_SUSTAINED_CLOCK_SHARE == pytest.approx(1305 / 1410)
+    assert DEVICE_SPECS["a100"].attention_efficiency == pytest.approx(FA2_A100 * 1305 / 1410)
+    assert DEVICE_SPECS["h100"].attention_efficiency == 0.35  # no sustained H100 clock is taken
+
+
 def test_op_roofline_and_fused_pointwise():
     """A GEMM op is priced at its shape's rate or its bytes, whichever is slower; a pointwise run is
     one kernel of its outside reads and last write; a unit is the sum of its ops."""
     from profiles.analytic import DEVICE_SPECS, op_seconds
-    from profiles.gemm import GEMM_DEVICES
+    from profiles.gemm import GEMM_DEVICES, matmul_efficiency
     from profiles.ops import Op
 
     spec, dev = DEVICE_SPECS["h100"], GEMM_DEVICES["h100"]
     big = Op("mm", 2.0 * 8192**3, 3 * 8192**2 * 2, gemm=(1, 8192, 8192, 8192))
-    assert op_seconds(big, spec, "bf16", dev) == pytest.approx(2.0 * 8192**3 / (989.4e12 * dev.achievable))
+    rate = 989.4e12 * matmul_efficiency(8192, 8192, dev)
+    assert 0.95 * dev.achievable < rate / 989.4e12 <= dev.achievable
+    assert op_seconds(big, spec, "bf16", dev) == pytest.approx(2.0 * 8192**3 / rate)
     thin = Op("mm", 2.0 * 8192 * 8192 * 8, (8192 * 8 * 2 + 8192 * 8 * 2 + 8192 * 8192 * 2), gemm=(1, 8192, 8192, 8))
     assert op_seconds(thin, spec, "bf16", dev) == pytest.approx(thin.bytes / (spec.bandwidth * spec.memory_efficiency))
     p = analytic_profile("gpt2", overrides=GPT_SMALL, seq_len=2048, device_spec_name="h100")
@@ -183,3 +208,31 @@ def test_attention_field_round_trip_and_old_profiles(tmp_path):
         load_profile(tmp_path / "bad.json")
     with pytest.raises(UserError, match="--attention"):
         analytic_profile("gpt2-tiny", attention="cudnn", seq_len=64)
+
+
+def test_residual_stream_operations_are_recorded_apart():
+    """A GPT block's layer norms and residual adds (with their dropouts) are its residual-stream work:
+    no FLOPs, a tokens × width result; products, attention and the MLP's activation are not."""
+    overrides = {**GPT_SMALL, "attn_pdrop": 0.1, "resid_pdrop": 0.1}
+    block = analytic_profile("gpt2", overrides=overrides, seq_len=2048, device_spec_name="a100").entries[0].units[1]
+    assert 0 < block.residual_forward_s < 0.2 * block.forward_s
+    assert 0 < block.residual_backward_s < 0.2 * block.backward_input_s
+
+    import torch
+
+    from profiles.ops import OpRecorder
+
+    x = torch.empty(4, 1024, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(1024, 4096, device="meta", dtype=torch.bfloat16)
+    with OpRecorder(tokens=4, width=1024) as rec:
+        y = torch.nn.functional.layer_norm(x, (1024,))
+        z = torch.nn.functional.gelu(torch.mm(y, w))  # a 4 × 4096 pointwise run
+        torch.mm(z, w.t()) + x  # back to the width, added to the stream
+    rec.flush()
+    assert [(op.name, op.residual) for op in rec.ops] == [
+        ("aten.native_layer_norm", True),
+        ("aten.mm", False),
+        ("pointwise", False),
+        ("aten.mm", False),
+        ("pointwise", True),
+    ]

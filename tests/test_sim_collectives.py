@@ -91,6 +91,24 @@ def test_group_link_inside_and_across_nodes():
     assert group_link(dp_group, 8, NVLINK, IB) is IB
     # tp=2, dp=4 on 8 per node: a dp group (stride 2) of 4 ranks stays on one node
     assert group_link(group_ranks("dp", 0, pp=8, dp=4, tp=2), 8, NVLINK, IB) is NVLINK
+    # the α-β model (no collective bandwidth) keeps the per-GPU share whatever the group
+    assert group_link(group_ranks("dp", 0, pp=1, dp=32, tp=1), 8, NVLINK, IB) is IB
+
+
+def test_a_group_spanning_nodes_uses_a_nic_per_rank_on_each_node():
+    """NCCL's rings cross the node boundary through as many NICs as the group has ranks per node,
+    up to the node's NVLink bus bandwidth; one rank per node gets its own NIC's share."""
+    nvlink, nic = Link(5e-6, 300e9, 229e9), Link(10e-6, 25e9, 25e9)
+    whole_nodes = group_link(group_ranks("dp", 0, pp=1, dp=64, tp=1), 8, nvlink, nic)
+    assert whole_nodes.collective_Bps == pytest.approx(8 * 25e9)  # below the 229 of NVLink
+    four = group_link(group_ranks("dp", 0, pp=1, dp=32, tp=2), 8, nvlink, nic)  # 4 of each node's 8
+    assert four.collective_Bps == pytest.approx(100e9) and four.latency_s == nic.latency_s
+    assert group_link(group_ranks("dp", 0, pp=1, dp=8, tp=8), 8, nvlink, nic) is nic  # one per node
+    fast_nics = Link(10e-6, 50e9, 50e9)  # 8 x 50 GB/s would pass NVLink's 229: capped there
+    assert group_link(list(range(16)), 8, nvlink, fast_nics).collective_Bps == pytest.approx(229e9)
+    # fewer bytes per second, longer collectives: a whole-node group's all-reduce is 8x faster
+    m = 1e9
+    assert ring_all_reduce_s(64, m, nic) == pytest.approx(8 * ring_all_reduce_s(64, m, whole_nodes))
 
 
 def test_megatron_block_comm_same_bytes_with_sequence_parallel():

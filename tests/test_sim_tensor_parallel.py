@@ -209,3 +209,16 @@ def test_analytic_blocks_keep_korthikanti_bytes():
     assert block_activation_bytes(replace(shape, attention_scores_stored=True)) - block_activation_bytes(
         shape
     ) == pytest.approx(5 * a * s * s)
+
+
+def test_residual_stream_work_runs_whole_without_sequence_parallelism():
+    """Korthikanti et al. §4.2.2: norms, residual adds and hidden dropouts are replicated across the
+    tensor-parallel group; sequence parallelism splits them along the sequence."""
+    u = unit("block", residual_forward_s=0.25, residual_backward_s=0.125)  # of forward 1 s, I 1 s
+    tp = scale_unit(u, GPT3, 8, recompute="full")
+    assert tp.forward_s == pytest.approx(0.75 / 8 + 0.25)
+    assert tp.backward_input_s == pytest.approx(0.875 / 8 + 0.125)
+    assert tp.backward_weight_s == pytest.approx(1 / 8) and tp.recompute_s == tp.forward_s
+    sp = scale_unit(u, GPT3, 8, sequence_parallel=True, recompute="full")
+    assert sp.forward_s == pytest.approx(1 / 8) and sp.backward_input_s == pytest.approx(1 / 8)
+    assert scale_unit(u, GPT3, 1).forward_s == pytest.approx(1.0)
