@@ -23,7 +23,8 @@ tail when no action was running (stage -1, kind ``tail``). Point-to-point sends 
 and collectives on other groups (tied embeddings, the clock) are not timed: the simulator
 prices those elsewhere. The mode sees every op, so it costs a Python call per op: the runtime
 enters it only for plans with tensor or data parallelism (ddp's all-reduce of the flattened
-gradients, after the step's last action, is a tail span).
+gradients, after the step's last action, is a tail span), and only on steps of its own after the
+timed ones (``runtime.METERED_STEPS``), so the step times it sits beside are not its.
 """
 
 from __future__ import annotations

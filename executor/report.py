@@ -217,8 +217,9 @@ class RunReport:
     extra: dict[str, Any] = _reads(lambda f: f.obj("extra").data if f.has("extra") else {}, default_factory=dict)
     #: per rank: peak resident host memory of the worker process (VmHWM), in ``ranks[]`` of the file
     host_peak_bytes: tuple[int, ...] = _reads(_host_peaks, ())
-    #: the median step's tensor- and data-parallel collectives, every rank's (plans with tp or a
-    #: sharded dp mode; empty otherwise, and in reports written before they were measured)
+    #: the tensor- and data-parallel collectives of a metered step after the timed ones, every
+    #: rank's, timed from that step's start (plans with tp or dp; empty otherwise, and in reports
+    #: written before they were measured)
     comm: tuple[CommSpan, ...] = _reads(_comm, ())
 
     @property

@@ -81,6 +81,8 @@ __all__ = [
     "host_peak_bytes",
 ]
 
+#: steps after the timed ones on which a plan with tp or dp times its collectives (``CommMeter``)
+METERED_STEPS = 2
 PG_TIMEOUT_S = 45  # collectives give up after this: every rank exits within 60 s of a failure
 _LAUNCH_HINT = (
     "executor: run this under torchrun, one process per rank: torchrun --nproc_per_node N -m executor PLAN "
@@ -310,7 +312,8 @@ class _Measured:
     events: list[list[tuple]] = field(default_factory=list)
     tails: list[StepTail] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)  # every step's, warm-up included
-    comm: list[list[CommSpan]] = field(default_factory=list)  # per timed step: tp and dp collectives
+    #: per metered step (after the timed ones): its length and its tp and dp collectives
+    comm: list[tuple[float, list[CommSpan]]] = field(default_factory=list)
     check: CheckResult | None = None
     saved_peak: int = 0  # peak bytes saved for backward on the tracked step
 
@@ -400,7 +403,8 @@ def _comm_meter(rank: int, recorder: Recorder, tp_mesh, dp_mesh) -> CommMeter:
 
 
 def _train(rk: _Rank, ctx: _Context, cfg: RunConfig) -> _Measured:
-    """The warm-up and timed steps, each timed from one instant common to every rank."""
+    """The warm-up and timed steps, each timed from one instant common to every rank, then the
+    metered steps of a plan with tp or dp (its collectives timed)."""
     plan, path, rank, device = ctx.plan, ctx.path, ctx.rank, ctx.device
     profile = plan.profile
     seq_len, batch = profile.seq_len, plan.microbatches * plan.microbatch_size
@@ -413,9 +417,13 @@ def _train(rk: _Rank, ctx: _Context, cfg: RunConfig) -> _Measured:
     out = _Measured()
     prof = _profiler(cfg)
     clock = StepClock()
-    bar = progress_bar(cfg.warmup + cfg.steps, path.name, enabled=rank == 0)  # off the clock, rank 0's only
+    timed_end = cfg.warmup + cfg.steps
+    # the comm meter costs a Python call per op, which would slow the timed steps: it runs on
+    # steps of its own after them
+    metered = METERED_STEPS if rk.comm else 0
+    bar = progress_bar(timed_end + metered, path.name, enabled=rank == 0)  # off the clock, rank 0's only
     with bar, gc_paused():  # the profile was timed with it off too
-        for step in range(cfg.warmup + cfg.steps):
+        for step in range(timed_end + metered):
             gc.collect(1)  # young generations only, between steps (off the clock)
             batches = [
                 data.batch(batch, seq_len, step * plan.dp + d)
@@ -430,7 +438,7 @@ def _train(rk: _Rank, ctx: _Context, cfg: RunConfig) -> _Measured:
             recorder.t0 = t0 = clock.start()
             if prof is not None and step == cfg.warmup:
                 prof.start()
-            meter = rk.comm or nullcontext()
+            meter = rk.comm if step >= timed_end else nullcontext()
             if rk.comm:
                 rk.comm.t0 = t0
             with tracker.hooks() if step == track_step and not forward_only else nullcontext(), meter:
@@ -449,20 +457,28 @@ def _train(rk: _Rank, ctx: _Context, cfg: RunConfig) -> _Measured:
                 prof.step()
             if step_losses:
                 out.losses.append(torch.stack(step_losses).mean().item() / rk.loss_scale)
-            if step >= cfg.warmup:
+            if cfg.warmup <= step < timed_end:
                 out.steps.append(t_end)
                 out.events.append(list(recorder.events))
                 out.tails.append(StepTail(t_sched, t_opt, recorder.off_cpu_s))
-            if rk.comm:
-                spans = rk.comm.take()
-                if step >= cfg.warmup:
-                    out.comm.append(spans)
+            if step >= timed_end:
+                out.comm.append((t_end, rk.comm.take()))
             bar.update()
     if prof is not None:
         prof.stop()
         prof.export_chrome_trace(str(cfg.torch_profiler / f"{path.stem}.rank{rank}.trace.json"))
     out.saved_peak = tracker.peak
     return out
+
+
+def _metered_spans(ranks: list[RankResult]) -> tuple[CommSpan, ...]:
+    """Every rank's collectives in the metered step of median length (its slowest rank's)."""
+    metered = [g.comm for g in ranks if g.comm]
+    if not metered:
+        return ()
+    length = [max(m[k][0] for m in metered) for k in range(min(map(len, metered)))]
+    med = sorted(range(len(length)), key=length.__getitem__)[(len(length) - 1) // 2]
+    return tuple(s for m in metered for s in m[med][1])
 
 
 def _schedule_step(rk: _Rank, ctx: _Context, x, y, losses: list, step: int):
@@ -685,7 +701,7 @@ class RankResult:
     check: CheckResult | None  # this rank's --check verdict
     host_peak: int  # peak resident set, bytes
     host_base: int  # resident set before the model was built, bytes
-    comm: list[list[CommSpan]] = field(default_factory=list)  # per timed step: tp and dp collectives
+    comm: list[tuple[float, list[CommSpan]]] = field(default_factory=list)  # per metered step (_Measured)
 
 
 def _report(ctx: _Context, cfg: RunConfig, gathered: list[RankResult]) -> RunReport:
@@ -716,7 +732,7 @@ def _report(ctx: _Context, cfg: RunConfig, gathered: list[RankResult]) -> RunRep
         check=CheckResult.merged([g.check for g in gathered if g.check is not None]),
         predicted_step_s=plan.predicted.step_s if plan.predicted else None,
         host_peak_bytes=tuple(g.host_peak for g in ordered),
-        comm=tuple(s for g in ordered if g.comm for s in g.comm[med]),
+        comm=_metered_spans(ordered),
         extra={
             "runtime": f"torch {TORCH_SCHEDULES[torch_schedule]}" if torch_schedule else "_PipelineScheduleRuntime",
             "torch": torch.__version__,

@@ -56,12 +56,14 @@ def test_tp_collectives_are_recorded_inside_their_actions(tp_run):
         mine = [c for c in report.comm if c.rank == rank]
         # every block all-reduces in its forward and in its backward
         assert {c.kind for c in mine} >= {"F", "B"}, (rank, mine)
-        events = [e for e in report.timeline.events if e.rank == rank]
-        # (on the first step torch's pipelining runs each stage once before any action, to infer
-        # shapes: those collectives are counted in the step's tail)
-        for c in (c for c in mine if c.kind != "tail"):  # issued inside the action it is attributed to
-            ran = [e for e in events if (e.stage, e.kind, e.microbatch) == (c.stage, c.kind, c.microbatch)]
-            assert len(ran) == 1 and ran[0].start_s <= c.start_s <= c.end_s <= ran[0].end_s + 1e-3, (c, ran)
+        events = {(e.stage, e.kind, e.microbatch) for e in report.timeline.events if e.rank == rank}
+        # the spans come from a metered step after the timed ones (the meter slows what it
+        # watches): each is attributed to one of the rank's actions, or to the step's tail
+        for c in (c for c in mine if c.kind != "tail"):
+            assert (c.stage, c.kind, c.microbatch) in events, c
+            assert 0 <= c.start_s <= c.end_s, c
+        spans = sorted((c.start_s, c.end_s) for c in mine)
+        assert all(a[1] <= b[0] + 1e-6 for a, b in zip(spans, spans[1:])), "one rank's collectives overlap"
     per_pp = comm_per_pp_rank(report, plan)
     assert set(per_pp) == {0, 1} and all(v["tp"] > 0 and v["dp"] == 0 for v in per_pp.values()), per_pp
 
