@@ -47,9 +47,19 @@ from torch import nn
 from planner.cluster import PRESET_CLUSTERS
 from profiles.tuning import gc_paused, keep_freed_memory
 
-__all__ = ["main", "fit_bandwidth", "crossing_gaps", "measure_runtime", "measure_optimizer"]
+__all__ = [
+    "main",
+    "fit_bandwidth",
+    "fit_collectives",
+    "crossing_gaps",
+    "measure_runtime",
+    "measure_optimizer",
+    "measure_all_reduce",
+]
 
 SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20)
+#: all-reduce sizes: a few KiB (the fixed cost of a call) up to past a block's weights
+ALL_REDUCE_SIZES = (4 << 10, 256 << 10, 1 << 20, 4 << 20)
 
 
 def fit_bandwidth(samples: list[tuple[int, float]]) -> float:
@@ -61,6 +71,33 @@ def fit_bandwidth(samples: list[tuple[int, float]]) -> float:
     sxx = sum((b - mx) ** 2 for b, _ in samples)
     slope = sum((b - mx) * (t - my) for b, t in samples) / sxx if sxx else 0.0
     return 1.0 / max(slope, 1e-15)
+
+
+def fit_collectives(samples: list[tuple[int, float]], n: int, latency_s: float) -> tuple[float, float]:
+    """``(call_s, ring_Bps)`` of a ring all-reduce over ``n`` ranks from its median times by size:
+    the least-squares line ``t = a + b·M`` is ``call + 2(n-1)α + 2(n-1)/n · M/ring_Bps``
+    (``collectives.ring_all_reduce_s``), ``α`` the link latency already calibrated."""
+    k = 2 * (n - 1)
+    per_byte = 1.0 / fit_bandwidth(samples)
+    mx = sum(b for b, _ in samples) / len(samples)
+    my = sum(t for _, t in samples) / len(samples)
+    call = max(0.0, my - per_byte * mx - k * latency_s)
+    return call, k / n / max(per_byte, 1e-15)
+
+
+def measure_all_reduce(repeats: int) -> list[tuple[int, float]]:
+    """Median time of one all-reduce over every rank (gloo's own, as DDP's and DTensor's), per
+    size, the ranks lined up by a barrier before each; the sizes take turns, round by round."""
+    bufs = {size: torch.zeros(size // 4, dtype=torch.float32) for size in ALL_REDUCE_SIZES}
+    times: dict[int, list[float]] = {size: [] for size in ALL_REDUCE_SIZES}
+    for i in range(repeats + 2):
+        for size, buf in bufs.items():
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(buf)
+            if i >= 2:
+                times[size].append(time.perf_counter() - t0)
+    return [(size, statistics.median(ts)) for size, ts in times.items()]
 
 
 def _links(rank: int, repeats: int) -> list[tuple[int, float]]:
@@ -265,7 +302,7 @@ def main() -> int:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        bar = progress_bar(3, "calibrating", enabled=rank == 0)
+        bar = progress_bar(4, "calibrating", enabled=rank == 0)
         with gc_paused():  # as the executor runs its steps
             bar.set_postfix_str("links")
             samples = _links(rank, repeats)
@@ -275,6 +312,9 @@ def main() -> int:
             bar.update()
             bar.set_postfix_str("optimizer step")
             opt = measure_optimizer(max(5, repeats // 5))
+            bar.update()
+            bar.set_postfix_str("collectives")
+            reduce = measure_all_reduce(repeats)
             bar.update()
         bar.close()
         figures = [None] * world
@@ -288,6 +328,7 @@ def main() -> int:
             # between actions, not inside them (the simulator adds both overheads inside the action)
             lat = max(0.0, gap - between - sent / bw)
             opt = max(f[2] for f in figures)
+            call, ring = fit_collectives(reduce, world, lat)
             base = PRESET_CLUSTERS["cpu-local"]
             cluster = replace(
                 base,
@@ -300,6 +341,8 @@ def main() -> int:
                 inter_bandwidth_Bps=bw,
                 action_overhead_s=overhead,
                 optimizer_s_per_param=opt,
+                collective_call_s=call,
+                ring_Bps=ring,
             )
             cluster.save(out)
             print(f"{'bytes':>10} {'one-way ms':>11}")
@@ -316,6 +359,10 @@ def main() -> int:
                 f"{lat * 1e6:.1f} us"
             )
             print(f"gradient scaling + AdamW step: {opt * 1e9:.2f} ns per parameter")
+            print(
+                f"all-reduce over {world} ranks ({', '.join(f'{s >> 10} KiB {t * 1e3:.3f} ms' for s, t in reduce)}): "
+                f"{call * 1e6:.0f} us per call + its ring steps at {ring / 1e9:.2f} GB/s"
+            )
             print(f"wrote {out}")
         dist.barrier()
     finally:

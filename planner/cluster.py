@@ -128,19 +128,35 @@ class Cluster:
     inter_collective_Bps: float = setting(
         0.0, "bus bandwidth NCCL's collectives reach for large messages across nodes (0: as above)", "num", lo=0.0
     )
+    collective_call_s: float = setting(
+        0.0,
+        "α-β collectives: the fixed time of one call, whatever its size (seconds; gloo's, measured by "
+        "pipeplan calibrate; 0: none)",
+        "num",
+        lo=0.0,
+    )
+    ring_Bps: float = setting(
+        0.0,
+        "α-β collectives: the bandwidth of their ring steps (bytes/s; measured by pipeplan calibrate; 0: the "
+        "point-to-point bandwidth)",
+        "num",
+        lo=0.0,
+    )
 
     def links(self, stride: int = 1) -> Links:
         """Links between pipeline ranks ``stride`` devices apart (``dp`` with tp 1)."""
         return Links(
-            self.intra_latency_s,
-            self.intra_bandwidth_Bps,
-            self.inter_latency_s,
-            self.inter_bandwidth_Bps,
-            self.devices_per_node,
-            self.overlap,
-            stride,
-            self.intra_collective_Bps,
-            self.inter_collective_Bps,
+            latency_s=self.intra_latency_s,
+            bandwidth_Bps=self.intra_bandwidth_Bps,
+            inter_latency_s=self.inter_latency_s,
+            inter_bandwidth_Bps=self.inter_bandwidth_Bps,
+            devices_per_node=self.devices_per_node,
+            overlap=self.overlap,
+            stride=stride,
+            collective_Bps=self.intra_collective_Bps,
+            inter_collective_Bps=self.inter_collective_Bps,
+            collective_call_s=self.collective_call_s,
+            ring_Bps=self.ring_Bps,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,10 @@ measured times hold NCCL's latencies, so no ``α`` is added. Assumptions: all-ga
 reduce-scatter reach all-reduce's bus bandwidth at the same size, and every fabric (InfiniBand
 or RoCE across nodes too) has this curve's shape; ``algorithm`` is NCCL's own choice, already in
 the measurement. A link without ``collective_Bps`` (CPU ranks, calibrated links) keeps the α-β
-forms above.
+forms above, plus a fixed time per call (``Link.call_s``) and with the bandwidth its ring steps
+reach (``Link.ring_Bps``), both measured by ``pipeplan calibrate`` with gloo's own all-reduce:
+gloo spends a fixed time on each call whatever its size, and its ring steps move bytes slower
+than one point-to-point send.
 
 **Groups that span nodes.** NCCL runs a collective as several rings (channels) at once, each
 crossing the node boundary through its own NIC, so a group with ``k`` ranks on every node reaches
@@ -52,7 +55,7 @@ Rank layout (as torchtitan's and Megatron's device meshes order it, tp innermost
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 __all__ = [
@@ -85,10 +88,19 @@ class Link:
     latency_s: float
     bandwidth_Bps: float
     collective_Bps: float = 0.0
+    #: α-β collectives (no ``collective_Bps``): the fixed time of one call, and the bandwidth of
+    #: their ring steps (0: ``bandwidth_Bps``)
+    call_s: float = 0.0
+    ring_Bps: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.latency_s < 0 or not self.bandwidth_Bps > 0 or self.collective_Bps < 0:
-            raise ValueError(f"a link needs latency >= 0, bandwidth > 0 and collective bandwidth >= 0, got {self}")
+        if self.latency_s < 0 or not self.bandwidth_Bps > 0 or min(self.collective_Bps, self.call_s, self.ring_Bps) < 0:
+            raise ValueError(f"a link needs latency >= 0, bandwidth > 0 and collective figures >= 0, got {self}")
+
+    @property
+    def step_Bps(self) -> float:
+        """The bandwidth of one ring step of an α-β collective."""
+        return self.ring_Bps or self.bandwidth_Bps
 
 
 #: vTrain ``trace/a100``: all-reduce bus bandwidth of 8 A100 SXM over NVLink by message bytes
@@ -134,7 +146,9 @@ def ring_all_reduce_s(n: int, nbytes: float, link: Link) -> float:
     _check(n, nbytes)
     if link.collective_Bps:
         return _nccl_s(2 * (n - 1) / n, nbytes, link)
-    return 2 * (n - 1) * (link.latency_s + nbytes / (n * link.bandwidth_Bps))
+    if n == 1:
+        return 0.0
+    return link.call_s + 2 * (n - 1) * (link.latency_s + nbytes / (n * link.step_Bps))
 
 
 def tree_all_reduce_s(n: int, nbytes: float, link: Link) -> float:
@@ -144,7 +158,7 @@ def tree_all_reduce_s(n: int, nbytes: float, link: Link) -> float:
         return 0.0
     if link.collective_Bps:  # NCCL picks its algorithm; the measured bus bandwidth holds the choice
         return _nccl_s(2 * (n - 1) / n, nbytes, link)
-    return 2 * math.ceil(math.log2(n)) * link.latency_s + 2 * nbytes / link.bandwidth_Bps
+    return link.call_s + 2 * math.ceil(math.log2(n)) * link.latency_s + 2 * nbytes / link.step_Bps
 
 
 def all_reduce_s(n: int, nbytes: float, link: Link, algorithm: Algorithm = "ring") -> float:
@@ -162,17 +176,22 @@ def all_reduce_s(n: int, nbytes: float, link: Link, algorithm: Algorithm = "ring
 def reduce_scatter_s(n: int, nbytes: float, link: Link) -> float:
     """Ring reduce-scatter of a ``nbytes`` buffer (each rank keeps ``nbytes/n``): ``(n-1)(α + M/(nβ))``."""
     _check(n, nbytes)
-    if link.collective_Bps:
-        return _nccl_s((n - 1) / n, nbytes, link)
-    return (n - 1) * (link.latency_s + nbytes / (n * link.bandwidth_Bps))
+    return _ring_half(n, nbytes, link)
 
 
 def all_gather_s(n: int, nbytes: float, link: Link) -> float:
     """Ring all-gather into a ``nbytes`` buffer (each rank brings ``nbytes/n``): ``(n-1)(α + M/(nβ))``."""
     _check(n, nbytes)
+    return _ring_half(n, nbytes, link)
+
+
+def _ring_half(n: int, nbytes: float, link: Link) -> float:
+    """Half a ring all-reduce (a reduce-scatter or an all-gather): ``(n-1)(α + M/(nβ))``."""
     if link.collective_Bps:
         return _nccl_s((n - 1) / n, nbytes, link)
-    return (n - 1) * (link.latency_s + nbytes / (n * link.bandwidth_Bps))
+    if n == 1:
+        return 0.0
+    return link.call_s + (n - 1) * (link.latency_s + nbytes / (n * link.step_Bps))
 
 
 def rank_of(pp_index: int, dp_index: int, tp_index: int, *, dp: int, tp: int) -> int:
@@ -223,7 +242,7 @@ def group_link(ranks: list[int], devices_per_node: int, intra: Link, inter: Link
     if k == 1 or not inter.collective_Bps:
         return inter
     busbw = min(k * inter.collective_Bps, intra.collective_Bps or k * inter.collective_Bps)
-    return Link(inter.latency_s, inter.bandwidth_Bps, busbw)
+    return replace(inter, collective_Bps=busbw)
 
 
 def tp_block_comm_s(

@@ -188,6 +188,10 @@ class Links:
     #: (``collectives.Link.collective_Bps``; 0: collectives in the α-β model on the link)
     collective_Bps: float = 0.0
     inter_collective_Bps: float = 0.0
+    #: α-β collectives: the fixed time of one call and the bandwidth of their ring steps
+    #: (``collectives.Link.call_s``/``ring_Bps``; calibrated for gloo)
+    collective_call_s: float = 0.0
+    ring_Bps: float = 0.0
 
     def transfer_s(self, src: int, dst: int, nbytes: int) -> float:
         if src == dst:
@@ -199,8 +203,9 @@ class Links:
 
     def group_link(self, ranks: list[int]) -> Link:
         """The link a collective over devices ``ranks`` runs on: intra-node when they share a node."""
-        intra = Link(self.latency_s, self.bandwidth_Bps, self.collective_Bps)
-        inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps, self.inter_collective_Bps)
+        alpha_beta = {"call_s": self.collective_call_s, "ring_Bps": self.ring_Bps}
+        intra = Link(self.latency_s, self.bandwidth_Bps, self.collective_Bps, **alpha_beta)
+        inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps, self.inter_collective_Bps, **alpha_beta)
         return group_link(ranks, min(self.devices_per_node, 1 << 30), intra, inter)
 
 

@@ -48,7 +48,21 @@ def test_calibrate_writes_the_measured_figures(tmp_path):
     assert data["schema"] == "pipeplan.cluster/1"
     assert 0 < data["action_overhead_s"] < 0.01 and 0 < data["optimizer_s_per_param"] < 1e-7
     assert data["intra_latency_s"] >= 0 and data["intra_bandwidth_Bps"] > 0
-    assert "runtime overhead per compute action" in r.stdout
+    assert data["collective_call_s"] >= 0 and data["ring_Bps"] > 0
+    assert "runtime overhead per compute action" in r.stdout and "per call" in r.stdout
+
+
+def test_collective_fit_recovers_a_call_time_and_a_ring_bandwidth():
+    from executor.calibrate import fit_collectives
+
+    call, ring, alpha = 0.4e-3, 1.5e9, 25e-6
+    for n in (2, 4):
+        k = 2 * (n - 1)
+        samples = [(m, call + k * alpha + k / n * m / ring) for m in (4096, 1 << 20, 4 << 20)]
+        got_call, got_ring = fit_collectives(samples, n, alpha)
+        assert got_call == pytest.approx(call, rel=1e-6) and got_ring == pytest.approx(ring, rel=1e-6)
+    # a latency larger than the intercept leaves no call time, not a negative one
+    assert fit_collectives([(4096, 1e-5), (1 << 20, 1e-3)], 2, 1e-3)[0] == 0.0
 
 
 def test_crossing_gaps_count_only_waited_for_dependencies_across_ranks():

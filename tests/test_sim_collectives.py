@@ -161,3 +161,18 @@ def test_nccl_collectives_reproduce_the_measured_bus_bandwidths():
 def test_links_without_a_collective_bandwidth_keep_alpha_beta():
     plain = Link(1e-4, 1e9)
     assert ring_all_reduce_s(4, 1e6, plain) == pytest.approx(2 * 3 * (1e-4 + 1e6 / (4 * 1e9)))
+
+
+def test_gloo_calls_cost_a_fixed_time_and_ring_steps_their_own_bandwidth():
+    """An α-β link with a calibrated call time and ring bandwidth (gloo): each collective call
+    costs the call time once, whatever its size, and its ring steps move bytes at ``ring_Bps``."""
+    gloo = Link(20e-6, 3e9, call_s=0.5e-3, ring_Bps=1.5e9)
+    # 2 ranks, 4 MB: 0.5 ms + 2 * (20 us + 2 MB / 1.5 GB/s)
+    assert ring_all_reduce_s(2, 4e6, gloo) == pytest.approx(0.5e-3 + 2 * (20e-6 + 2e6 / 1.5e9), rel=1e-12)
+    assert all_gather_s(2, 4e6, gloo) == pytest.approx(0.5e-3 + 20e-6 + 2e6 / 1.5e9, rel=1e-12)
+    assert reduce_scatter_s(4, 4e6, gloo) == pytest.approx(0.5e-3 + 3 * (20e-6 + 1e6 / 1.5e9), rel=1e-12)
+    # a tiny message still pays the call; one rank pays nothing
+    assert ring_all_reduce_s(2, 4, gloo) > 0.5e-3
+    assert ring_all_reduce_s(1, 4e6, gloo) == all_gather_s(1, 4e6, gloo) == 0.0
+    # without them, the point-to-point figures (as before)
+    assert ring_all_reduce_s(2, 4e6, Link(20e-6, 3e9)) == pytest.approx(2 * (20e-6 + 2e6 / 3e9), rel=1e-12)
