@@ -58,8 +58,10 @@ __all__ = [
 ]
 
 SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20)
-#: all-reduce sizes: a few KiB (the fixed cost of a call) up to past a block's weights
-ALL_REDUCE_SIZES = (4 << 10, 256 << 10, 1 << 20, 4 << 20)
+#: all-reduce sizes: a few KiB (the fixed cost of a call), then 1 to 32 MiB (the ring's
+#: bandwidth, up to a small model's gradients, which leave the caches)
+ALL_REDUCE_SIZES = (4 << 10, 256 << 10, 1 << 20, 8 << 20, 32 << 20)
+_SMALL = 1 << 20  #: sizes up to this give the call's time, from it on the ring's bandwidth
 
 
 def fit_bandwidth(samples: list[tuple[int, float]]) -> float:
@@ -74,15 +76,17 @@ def fit_bandwidth(samples: list[tuple[int, float]]) -> float:
 
 
 def fit_collectives(samples: list[tuple[int, float]], n: int, latency_s: float) -> tuple[float, float]:
-    """``(call_s, ring_Bps)`` of a ring all-reduce over ``n`` ranks from its median times by size:
-    the least-squares line ``t = a + b·M`` is ``call + 2(n-1)α + 2(n-1)/n · M/ring_Bps``
-    (``collectives.ring_all_reduce_s``), ``α`` the link latency already calibrated."""
+    """``(call_s, ring_Bps)`` of a ring all-reduce over ``n`` ranks from its median times by size,
+    as ``collectives.ring_all_reduce_s`` prices it: ``call + 2(n-1)α + 2(n-1)/n · M/ring_Bps``,
+    ``α`` the link latency already calibrated. The bandwidth is the least-squares slope over the
+    sizes from 1 MiB (where bytes dominate), the call the intercept of the line over the sizes up
+    to 1 MiB less the ring's latencies."""
     k = 2 * (n - 1)
-    per_byte = 1.0 / fit_bandwidth(samples)
-    mx = sum(b for b, _ in samples) / len(samples)
-    my = sum(t for _, t in samples) / len(samples)
-    call = max(0.0, my - per_byte * mx - k * latency_s)
-    return call, k / n / max(per_byte, 1e-15)
+    per_byte = max(1.0 / fit_bandwidth([s for s in samples if s[0] >= _SMALL]), 1e-15)
+    small = [s for s in samples if s[0] <= _SMALL]
+    slope = 1.0 / fit_bandwidth(small)
+    intercept = sum(t for _, t in small) / len(small) - slope * sum(m for m, _ in small) / len(small)
+    return max(0.0, intercept - k * latency_s), k / n / per_byte
 
 
 def measure_all_reduce(repeats: int) -> list[tuple[int, float]]:
@@ -92,6 +96,7 @@ def measure_all_reduce(repeats: int) -> list[tuple[int, float]]:
     times: dict[int, list[float]] = {size: [] for size in ALL_REDUCE_SIZES}
     for i in range(repeats + 2):
         for size, buf in bufs.items():
+            dist.all_reduce(buf)  # untimed: the size's buffers warm, whatever size ran before
             dist.barrier()
             t0 = time.perf_counter()
             dist.all_reduce(buf)

@@ -58,11 +58,11 @@ def test_collective_fit_recovers_a_call_time_and_a_ring_bandwidth():
     call, ring, alpha = 0.4e-3, 1.5e9, 25e-6
     for n in (2, 4):
         k = 2 * (n - 1)
-        samples = [(m, call + k * alpha + k / n * m / ring) for m in (4096, 1 << 20, 4 << 20)]
+        samples = [(m, call + k * alpha + k / n * m / ring) for m in (4096, 256 << 10, 1 << 20, 8 << 20, 32 << 20)]
         got_call, got_ring = fit_collectives(samples, n, alpha)
         assert got_call == pytest.approx(call, rel=1e-6) and got_ring == pytest.approx(ring, rel=1e-6)
     # a latency larger than the intercept leaves no call time, not a negative one
-    assert fit_collectives([(4096, 1e-5), (1 << 20, 1e-3)], 2, 1e-3)[0] == 0.0
+    assert fit_collectives([(4096, 1e-5), (1 << 20, 1e-3), (8 << 20, 8e-3)], 2, 1e-3)[0] == 0.0
 
 
 def test_crossing_gaps_count_only_waited_for_dependencies_across_ranks():
