@@ -1,6 +1,6 @@
 """``torchrun --nproc_per_node 2 -m executor.calibrate OUT``: measure this machine for the cost model.
 
-Four figures, each measured with what the executor really runs:
+Six figures, each measured with what the executor really runs:
 
 - ``action_overhead_s``: the real ``_PipelineScheduleRuntime`` runs a 1F1B table on MLP
   stages that send 128 KiB activations; per rank, step time minus compute time (wrapped
@@ -25,7 +25,15 @@ Four figures, each measured with what the executor really runs:
   slope of the median one-way time over the size is 1 / bandwidth;
 - ``optimizer_s_per_param``: gradient scaling plus ``torch.optim.AdamW.step`` on a few
   million parameters (past the caches), run on every rank at once as at the end of a real step,
-  in the rank's CPU time (one thread: on a quiet host the same as wall time).
+  in the rank's CPU time (one thread: on a quiet host the same as wall time);
+- ``collective_call_s`` and ``ring_Bps``: gloo's all-reduce over every rank, 4 KiB to 32 MiB
+  (``fit_collectives``);
+- ``tp_layer_s`` and ``tp_layer_backward_s``: the runtime's own time per tensor-parallel layer
+  in a forward and in a backward (DTensor's dispatch, redistributions and hooks around the
+  math): a column- then a row-parallel linear of width 16 over every rank, as the executor
+  splits a block's layers, less the same math without DTensor at one rank's share, and less
+  the forward's one all-reduce, priced as just calibrated (the backward takes no input
+  gradient, so it runs none) (``measure_tp_layer``).
 
 The result is written as a Cluster spec that ``pipeplan plan --cluster`` reads.
 """
@@ -55,6 +63,7 @@ __all__ = [
     "measure_runtime",
     "measure_optimizer",
     "measure_all_reduce",
+    "measure_tp_layer",
 ]
 
 SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20)
@@ -103,6 +112,51 @@ def measure_all_reduce(repeats: int) -> list[tuple[int, float]]:
             if i >= 2:
                 times[size].append(time.perf_counter() - t0)
     return [(size, statistics.median(ts)) for size, ts in times.items()]
+
+
+def _all_reduce_s(n: int, nbytes: float, call: float, ring: float) -> float:
+    """An all-reduce as the cost layer prices it with these figures (no link latency: it is in
+    ``call``, as fitted here)."""
+    from simulator.collectives import Link, ring_all_reduce_s
+
+    return ring_all_reduce_s(n, nbytes, Link(0.0, ring, call_s=call, ring_Bps=ring))
+
+
+def measure_tp_layer(repeats: int, all_reduce_s) -> tuple[float, float]:
+    """Seconds per tensor-parallel layer the runtime adds to a forward and to a backward (module
+    docstring); ``all_reduce_s(nbytes)``: one all-reduce over every rank, as calibrated."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    world, width, tokens = dist.get_world_size(), 16, 128
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    split = parallelize_module(
+        nn.Sequential(nn.Linear(width, 4 * width), nn.Linear(4 * width, width)),
+        mesh,
+        {"0": ColwiseParallel(), "1": RowwiseParallel()},
+    )
+    share = nn.Sequential(nn.Linear(width, 4 * width // world), nn.Linear(4 * width // world, width))
+
+    def passes(model) -> tuple[float, float]:
+        f, b = [], []
+        for i in range(repeats + 3):
+            # no input gradient: the backward then runs no collective, and is the layers' alone
+            x = torch.randn(tokens, width)
+            dist.barrier()
+            t0 = time.perf_counter()
+            y = model(x)
+            t1 = time.perf_counter()
+            y.sum().backward()
+            t2 = time.perf_counter()
+            if i >= 3:
+                f.append(t1 - t0)
+                b.append(t2 - t1)
+        return statistics.median(f), statistics.median(b)
+
+    (tf, tb), (pf, pb) = passes(split), passes(share)
+    reduce = all_reduce_s(tokens * width * 4)  # the row-parallel layer's output
+    return max(0.0, (tf - pf - reduce) / 2), max(0.0, (tb - pb) / 2)
 
 
 def _links(rank: int, repeats: int) -> list[tuple[int, float]]:
@@ -307,7 +361,7 @@ def main() -> int:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        bar = progress_bar(4, "calibrating", enabled=rank == 0)
+        bar = progress_bar(5, "calibrating", enabled=rank == 0)
         with gc_paused():  # as the executor runs its steps
             bar.set_postfix_str("links")
             samples = _links(rank, repeats)
@@ -321,9 +375,13 @@ def main() -> int:
             bar.set_postfix_str("collectives")
             reduce = measure_all_reduce(repeats)
             bar.update()
+            bar.set_postfix_str("tensor-parallel layers")
+            reduce_fit = fit_collectives(reduce, world, 0.0)  # every rank's own, for the subtraction below
+            tp_layer = measure_tp_layer(repeats, lambda m: _all_reduce_s(world, m, *reduce_fit))
+            bar.update()
         bar.close()
         figures = [None] * world
-        dist.all_gather_object(figures, (between, inside, opt))
+        dist.all_gather_object(figures, (between, inside, opt, tp_layer))
         if rank == 0:
             bw = fit_bandwidth(samples)
             between = statistics.median(f[0] for f in figures)
@@ -334,6 +392,8 @@ def main() -> int:
             lat = max(0.0, gap - between - sent / bw)
             opt = max(f[2] for f in figures)
             call, ring = fit_collectives(reduce, world, lat)
+            tp_f = statistics.median(f[3][0] for f in figures)
+            tp_b = statistics.median(f[3][1] for f in figures)
             base = PRESET_CLUSTERS["cpu-local"]
             cluster = replace(
                 base,
@@ -348,6 +408,8 @@ def main() -> int:
                 optimizer_s_per_param=opt,
                 collective_call_s=call,
                 ring_Bps=ring,
+                tp_layer_s=tp_f,
+                tp_layer_backward_s=tp_b,
             )
             cluster.save(out)
             print(f"{'bytes':>10} {'one-way ms':>11}")
@@ -367,6 +429,10 @@ def main() -> int:
             print(
                 f"all-reduce over {world} ranks ({', '.join(f'{s >> 10} KiB {t * 1e3:.3f} ms' for s, t in reduce)}): "
                 f"{call * 1e6:.0f} us per call + its ring steps at {ring / 1e9:.2f} GB/s"
+            )
+            print(
+                f"runtime time per tensor-parallel layer (DTensor, beside the math and the all-reduce): forward "
+                f"{tp_f * 1e6:.0f} us, backward {tp_b * 1e6:.0f} us"
             )
             print(f"wrote {out}")
         dist.barrier()

@@ -135,6 +135,16 @@ class Cluster:
         "num",
         lo=0.0,
     )
+    tp_layer_s: float = setting(
+        0.0,
+        "the runtime's own time per tensor-parallel layer in a forward (seconds: DTensor's dispatch and "
+        "redistributions beside the math; measured by pipeplan calibrate; 0: none)",
+        "num",
+        lo=0.0,
+    )
+    tp_layer_backward_s: float = setting(
+        0.0, "the same in a backward (seconds; measured by pipeplan calibrate; 0: none)", "num", lo=0.0
+    )
     ring_Bps: float = setting(
         0.0,
         "α-β collectives: the bandwidth of their ring steps (bytes/s; measured by pipeplan calibrate; 0: the "

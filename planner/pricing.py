@@ -45,6 +45,7 @@ def cost_model(
         optimizer_s_per_param=cluster.optimizer_s_per_param,
         action_overhead_s=cluster.action_overhead_s,
         forward_only=job.forward_only,
+        tp_layer_s=(cluster.tp_layer_s, cluster.tp_layer_backward_s),
     )
 
 

@@ -255,6 +255,15 @@ class DPComm:
         return one - (two - one), two - one
 
 
+def tp_layers(profile: Profile, kind: str) -> int:
+    """How many layers tensor parallelism splits in a unit of ``kind``: a block's entries in the
+    profile's tensor-parallel plan (``Profile.tp_plan``; none recorded: none counted), the one
+    vocabulary-parallel layer of an embedding or a head, none elsewhere."""
+    if kind == "block":
+        return len(profile.tp_plan or {})
+    return 1 if kind in ("embedding", "head") else 0
+
+
 def dp_link(layout: Layout, links: Links) -> Link:
     """The data-parallel group's link: devices ``tp`` apart, ``dp`` of them."""
     return links.group_link(group_ranks("dp", 0, pp=1, dp=layout.dp, tp=layout.tp))
@@ -270,9 +279,12 @@ def unit_records(
     optimizer_bytes_per_param: float = 8.0,
     optimizer_s_per_param: float = 0.0,
     forward_only: bool = False,
+    tp_layer_s: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[UnitRecord, ...]:
     """One record per unit of ``profile`` under ``option`` on ``layout``, per rank (see the
-    module's assumptions; ``tensor_parallel.scale_unit`` prices tp and selective recompute)."""
+    module's assumptions; ``tensor_parallel.scale_unit`` prices tp and selective recompute).
+    ``tp_layer_s``: the runtime's own time per tensor-parallel layer in a forward and in a
+    backward (calibrated; each unit's layers by :func:`tp_layers`), at tp > 1."""
     dtype = DTYPE_TABLE.get(option.dtype)
     if dtype is None:
         raise UserError(f"dtype {option.dtype!r}: choose one of {', '.join(DTYPE_TABLE)}")
@@ -299,14 +311,19 @@ def unit_records(
             loss_part = int(u.loss_saved_bytes * act / u.saved_bytes) if u.saved_bytes else 0
         params = sc.params
         gather = mode.head_s(layout.dp, params * dtype.bytes, link) if regather and params else 0.0
+        layers = tp_layers(profile, u.kind) if layout.tp > 1 else 0
+        tp_f, tp_b = layers * tp_layer_s[0], layers * tp_layer_s[1]
+        if option.recompute is Recompute.FULL:
+            tp_b += tp_f  # the forward's layers run again
         out.append(
             UnitRecord(
-                forward_s=sc.forward_s + sc.comm_forward_s,
+                forward_s=sc.forward_s + sc.comm_forward_s + tp_f,
                 backward_s=(u.backward_s * b_scale if u.backward_input_s + u.backward_weight_s else u.backward_s)
                 + extra
                 + sc.comm_backward_s
-                + gather,
-                input_s=sc.backward_input_s + extra + sc.comm_backward_s + gather,
+                + gather
+                + tp_b,
+                input_s=sc.backward_input_s + extra + sc.comm_backward_s + gather + tp_b,
                 weight_s=sc.backward_weight_s,
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
@@ -433,6 +450,7 @@ class CostModel:
         optimizer_s_per_param: float = 0.0,
         action_overhead_s: float = 0.0,
         forward_only: bool = False,
+        tp_layer_s: tuple[float, float] = (0.0, 0.0),
     ) -> CostModel:
         """Records of ``options`` on ``layout``; ``links``: the cluster's (their stride is set here)."""
         links = replace(links or Links(), stride=layout.stride)
@@ -446,6 +464,7 @@ class CostModel:
                 optimizer_bytes_per_param=optimizer_bytes_per_param,
                 optimizer_s_per_param=optimizer_s_per_param,
                 forward_only=forward_only,
+                tp_layer_s=tp_layer_s,
             )
             for o in dict.fromkeys(options)
         }
