@@ -3,7 +3,8 @@
 For every published configuration: an analytic profile of the model's shape on the run's GPU
 (``profiles.analytic``: every operation counted on the meta device and priced as a roofline,
 GEMMs by shape at the device's published sustainable matmul rate (else its burst one at the
-sustained clock), attention as the row's kernel), the run's own layout as its row states it (tp,
+sustained clock), attention as the row's kernel, pointwise operations fused or eager as the row ran
+them), the run's own layout as its row states it (tp,
 pp, dp, schedule, stages per rank, microbatch size, recompute, sequence parallelism, dp mode,
 which communication overlapped compute), layers dealt evenly with the embedding on the first stage
 and the head on the last (as Megatron does; Llama 3 gives the first and the last stage one layer
@@ -106,7 +107,7 @@ def _bounds(layers: int, stages: int, ends_take_a_layer: bool = False) -> list[t
 def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
     model, overrides = _shape_overrides(run)
     mbs = run.microbatch or 1
-    key = (model, tuple(sorted(overrides.items())), run.device, mbs, run.attention)
+    key = (model, tuple(sorted(overrides.items())), run.device, mbs, run.attention, run.fusion)
     if key not in cache:
         prof = analytic_profile(
             model,
@@ -116,6 +117,7 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
             seq_len=run.seq_len,
             overrides=overrides,
             attention=run.attention,
+            fusion=run.fusion,
         )
         path = tmp / f"p{len(cache)}.json"
         prof.save(path)
@@ -207,7 +209,7 @@ def main() -> int:
             out.append((r, predict(r, Path(tmp), cache)))
     print(
         f"{'source':<11} {'model':<13} {'GPUs':>5} {'tp':>2} {'pp':>2} {'dp':>3} {'layout':<30} {'recompute':<12} "
-        f"{'attn':<5} {'dp':<4} {'overlap':<9} {'pub TF/s':>8} {'pred':>6} {'error':>7} {'pub %pk':>7} "
+        f"{'attn':<5} {'fuse':<7} {'dp':<4} {'overlap':<9} {'pub TF/s':>8} {'pred':>6} {'error':>7} {'pub %pk':>7} "
         f"{'pred %pk':>8} {'GiB/dev':>11}"
     )
     for r, p in out:
@@ -218,8 +220,8 @@ def main() -> int:
         mem = f"{p['peak_gib']:5.1f}/{p['capacity_gib']:.0f}" + ("!" if p["peak_gib"] > p["capacity_gib"] else " ")
         print(
             f"{src[:11]:<11} {r.model[:13]:<13} {r.gpus:>5} {r.tp:>2} {r.pp:>2} {r.dp:>3} {p['layout']:<30} "
-            f"{p['recompute']:<12} {r.attention:<5} {p['dp_mode']:<4} {p['overlap']:<9} {pub} {p['tflops']:6.1f} "
-            f"{err} {pub_mfu} {p['mfu']:8.1%} {mem:>11}"
+            f"{p['recompute']:<12} {r.attention:<5} {r.fusion:<7} {p['dp_mode']:<4} {p['overlap']:<9} {pub} "
+            f"{p['tflops']:6.1f} {err} {pub_mfu} {p['mfu']:8.1%} {mem:>11}"
         )
     if args.breakdown:
         _print_breakdown(out)

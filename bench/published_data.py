@@ -129,6 +129,10 @@ class PublishedRun:
     #: ``--attention-dropout 0.1 --hidden-dropout 0.1``, for the GPT runs, whose activation
     #: accounting in Korthikanti et al. §4.1 holds the dropout masks; Llama 3 has none)
     dropout: float = 0.0
+    #: how the run's pointwise operations ran (``profiles.ops.FUSIONS``): ``default``, runs of them
+    #: fused (Megatron's fused kernels, a compiler); ``none``, eager PyTorch, each its own kernel;
+    #: ``norm``, eager but the norm layers a fused kernel
+    fusion: str = "default"
 
 
 _SC21 = "Megatron-LM examples/academic_paper_scripts/sc21/run_table_1.sh"
@@ -293,7 +297,7 @@ def llama_params(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, 
     return 2 * vocab * hidden + layers * block + hidden
 
 
-def _torchtitan(model, layers, hidden, heads, kv_heads, ffn, vocab, seq, local_batch, recompute, wps, mfu):
+def _torchtitan(model, config, layers, hidden, heads, kv_heads, ffn, vocab, seq, batch, recompute, norm, wps, mfu):
     params = llama_params(layers, hidden, heads, kv_heads, ffn, vocab)
     flops = torchtitan_flops_per_token(params, layers, hidden, seq)
     return PublishedRun(
@@ -312,25 +316,34 @@ def _torchtitan(model, layers, hidden, heads, kv_heads, ffn, vocab, seq, local_b
         tp=1,
         pp=1,
         dp=64,
-        global_batch=64 * local_batch,
+        global_batch=64 * batch,
         tflops_per_gpu=wps * flops / 1e12,  # derived: tokens/s per GPU x the page's FLOPs per token
         peak_fraction=mfu,
-        microbatch=local_batch,
+        microbatch=batch,
         notes=f"{wps} tokens/s per GPU",
         attention="flash",
         recompute=recompute,
         dp_mode="fsdp",
         overlap_grad_reduce=True,
-        settings="the page's text (FSDP2 alone, local batch, activation checkpointing); assumed: the DGX A100 "
-        "network, SDPA's flash kernel, FSDP2's prefetch and reduce-scatter overlapped with compute",
+        fusion="norm" if norm == "fused_rmsnorm" else "none",  # eager: compile = false
+        settings=f"the page's text (FSDP2 alone, local batch, activation checkpointing); {_TT_CONFIGS}/{config}.toml: "
+        f"compile = false (eager), norm_type = {norm!r}; assumed: the DGX A100 network, SDPA's flash kernel, FSDP2's "
+        "prefetch and reduce-scatter overlapped with compute",
     )
 
 
-#: model, layers, hidden, heads, kv heads, FFN, vocabulary, sequence, local batch, checkpointing, WPS, MFU.
-TORCHTITAN_2024: tuple[PublishedRun, ...] = (
-    _torchtitan("Llama 3 70B", 80, 8192, 64, 8, 28672, 128256, 8192, 1, "full", 331, 0.517),
-    _torchtitan("Llama 2 13B", 40, 5120, 40, 40, 13824, 32000, 4096, 2, "none", 2162, 0.611),
-    _torchtitan("Llama 2 70B", 80, 8192, 64, 8, 28672, 32000, 4096, 2, "full", 353, 0.505),
+#: torchtitan's train configs as of the performance page (commit 157a12c, 2024-04-24)
+_TT_CONFIGS = "torchtitan train_configs at 157a12c (2024-04-24)"
+
+#: model, its train config, layers, hidden, heads, kv heads, FFN, vocabulary, sequence, local batch,
+#: checkpointing, the config's norm_type, WPS, MFU.
+TORCHTITAN_2024: tuple[PublishedRun, ...] = tuple(
+    _torchtitan(*row)
+    for row in (
+        ("Llama 3 70B", "llama3_70b", 80, 8192, 64, 8, 28672, 128256, 8192, 1, "full", "rmsnorm", 331, 0.517),
+        ("Llama 2 13B", "llama2_13b", 40, 5120, 40, 40, 13824, 32000, 4096, 2, "none", "fused_rmsnorm", 2162, 0.611),
+        ("Llama 2 70B", "llama2_70b", 80, 8192, 64, 8, 28672, 32000, 4096, 2, "full", "rmsnorm", 353, 0.505),
+    )
 )
 
 PUBLISHED: tuple[PublishedRun, ...] = NARAYANAN_2021 + KORTHIKANTI_2022 + LLAMA3_2024 + TORCHTITAN_2024

@@ -5,7 +5,9 @@ with a device spec. Nothing runs on the device and no memory is allocated, so
 Assumptions (written into the profile's ``measurement``):
 - every operation a unit runs is recorded on meta tensors (``profiles/ops.py``): its FLOPs as
   torch's FlopCounterMode counts them (matrix products and attention), its bytes moved (inputs
-  and outputs; runs of pointwise operations fused into one kernel), a GEMM's (m, n, k);
+  and outputs; pointwise operations as the profile's ``fusion`` runs them: ``default``, each run of
+  them fused into one kernel; ``none``, eager, each its own kernel; ``norm``, eager but each norm
+  layer one kernel), a GEMM's (m, n, k);
 - each operation costs the larger of its FLOP time and its memory time (a roofline per op), and
   a unit's F, I and W are sums of their operations: operations run one after another;
 - a GEMM's FLOP rate is the datasheet peak times ``profiles.gemm.matmul_efficiency``: tile and
@@ -50,7 +52,7 @@ from .contract import UserError
 from .devices import DEVICE_SPECS, DeviceSpec
 from .gemm import GEMM_DEVICES, GemmDevice, matmul_efficiency
 from .measure import TORCH_DTYPES, count_saved_bytes, loss_saved_bytes, tied_record
-from .ops import ATTENTION_DROPOUT_KEYS, ATTENTION_KERNELS, Op, OpRecorder, attention_kernel
+from .ops import ATTENTION_DROPOUT_KEYS, ATTENTION_KERNELS, FUSIONS, Op, OpRecorder, attention_kernel
 from .tp_plans import recorded_tp_plan
 from .types import DTYPES, Profile, ProfileEntry, UnitCost, WholeModel
 from .zoo import ZooModel, build_model
@@ -117,8 +119,11 @@ class _Counted:
     loss_saved: int  #: bytes the loss alone saves (freed with I in a pipeline runtime)
 
 
-def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, dtype: str, kernel: str) -> _Counted:
-    """Forward and backward of unit ``idx`` on meta, every operation recorded."""
+def _count_unit(
+    model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, dtype: str, kernel: str, fusion: str
+) -> _Counted:
+    """Forward and backward of unit ``idx`` on meta, every operation recorded, pointwise ones as
+    ``fusion`` runs them."""
     unit = copy.deepcopy(model.units[idx]).to(TORCH_DTYPES[dtype])
     params = [p for p in unit.parameters()]
     last = idx == len(model.units) - 1
@@ -127,9 +132,14 @@ def _count_unit(model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor
         x_in = x_in.to(TORCH_DTYPES[dtype]).requires_grad_(True)
     tokens = x.numel() // x.shape[-1] if x.is_floating_point() and x.dim() > 1 else x.numel()  # activation rows
     width = x.shape[-1] if x.is_floating_point() and x.dim() > 1 else 0  # the residual stream's
-    rec = OpRecorder({tuple(p.shape) for p in params if p.dim() >= 2}, tokens, width)
+    rec = OpRecorder({tuple(p.shape) for p in params if p.dim() >= 2}, tokens, width, fusion)
     dropout = any(model.config.get(k) for k in ATTENTION_DROPOUT_KEYS)  # as training runs it (the zoo's is off)
-    with count_saved_bytes(exclude=params) as saved, attention_kernel(kernel, rec, dropout=dropout), rec:
+    with (
+        count_saved_bytes(exclude=params) as saved,
+        attention_kernel(kernel, rec, dropout=dropout),
+        rec.fusing_norms(unit),
+        rec,
+    ):
         out = unit(x_in)
         loss = model.loss_fn(out, target) if last else None
     rec.flush()
@@ -206,11 +216,16 @@ def analytic_profile(
     seq_len: int = 2048,
     overrides: dict | None = None,
     attention: str = "math",
+    fusion: str = "default",
 ) -> Profile:
     """Profile model ``name`` analytically for the device ``device_spec_name``, its attention run
-    by the ``attention`` kernel (``flash``, ``efficient`` or ``math``)."""
+    by the ``attention`` kernel (``flash``, ``efficient`` or ``math``) and its pointwise operations
+    as ``fusion`` says (``default``: runs of them fused; ``none``: eager, each its own kernel;
+    ``norm``: eager, but each norm layer one kernel)."""
     if attention not in ATTENTION_KERNELS:
         raise UserError(f"--attention {attention!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
+    if fusion not in FUSIONS:
+        raise UserError(f"--fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
     for d in dtypes:
         if d not in DTYPES:
             raise UserError(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
@@ -235,6 +250,7 @@ def analytic_profile(
         microbatch_sizes=microbatch_sizes,
         seq_len=seq_len,
         kernel=attention,
+        fusion=fusion,
     )
     return Profile(
         model_name=name,
@@ -261,6 +277,7 @@ def analytic_profile(
             "attention_efficiency": spec.attention_efficiency,
             "efficiency_source": spec.efficiency_source,
             "attention_kernel": attention,  # the Profile field; "attention" names an HF implementation
+            "fusion": fusion,
             "units_counted": len(set(signatures)),
             "torch": torch.__version__,
             "profiling_s": round(time.perf_counter() - t0, 3),
@@ -279,6 +296,7 @@ def _entries(
     microbatch_sizes: tuple[int, ...],
     seq_len: int,
     kernel: str,
+    fusion: str,
 ) -> list:
     """One entry per (dtype, microbatch size): every unit counted on the meta device, priced on ``spec``."""
     entries = []
@@ -294,7 +312,7 @@ def _entries(
                 # identical units (same class, parameter shapes and attention type) are counted once
                 c = counted.get(signatures[idx])
                 if c is None:
-                    c = counted[signatures[idx]] = _count_unit(model, idx, x, target, dtype, kernel)
+                    c = counted[signatures[idx]] = _count_unit(model, idx, x, target, dtype, kernel, fusion)
                 x = c.out
                 out_bytes = 0 if idx == len(model.units) - 1 else c.out.numel() * c.out.element_size()
                 units.append(_cost(uname, kind, c, out_bytes, seconds))

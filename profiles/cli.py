@@ -65,6 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the products) or math (products and softmax, scores kept) (default math)",
     )
     p.add_argument(
+        "--fusion",
+        choices=["default", "none", "norm"],
+        default=None,
+        help="how pointwise operations run, for --analytic: default (each run of them one kernel, as fused "
+        "kernels or a compiler run them), none (eager PyTorch: each its own kernel), norm (eager, but each norm "
+        "layer one kernel) (default default)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -245,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.attention is not None and not args.analytic:
         raise UserError("--attention: the kernel is priced by analytic profiles only: add --analytic")
+    if args.fusion is not None and not args.analytic:
+        raise UserError("--fusion: a measured profile times the kernels as they ran: add --analytic to price them")
     if args.analytic:
         from .analytic import analytic_profile
 
@@ -256,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
             seq_len=args.seq_len,
             overrides=overrides,
             attention=args.attention or "math",
+            fusion=args.fusion or "default",
         )
         device = args.device_spec.lower()
     else:

@@ -8,10 +8,15 @@ What is recorded (a ``TorchDispatchMode`` sees each aten operation autograd runs
   attention kernels; grouped matmuls of routed experts as ``measure.flop_counter`` counts them);
 - bytes moved: each input and output tensor's bytes, once per operation; views, detaches and
   allocations move nothing;
-- **pointwise operations are fused**: a run of consecutive pointwise operations (torch's
-  ``pointwise`` tag) is one kernel that reads the tensors it did not make itself and writes its
-  last result, as Megatron's fused bias-GeLU and bias-dropout-add kernels and the compilers'
-  fusion do; tensors inside the run are neither written nor read back;
+- **pointwise operations as the run fuses them** (``fusion``, :data:`FUSIONS`): ``default``, a run of
+  consecutive pointwise operations (torch's ``pointwise`` tag) is one kernel that reads the tensors
+  it did not make itself and writes its last result, as Megatron's fused bias-GeLU and
+  bias-dropout-add kernels and the compilers' fusion do; tensors inside the run are neither
+  written nor read back. ``none``, eager PyTorch without a compiler: every operation is its own
+  kernel that reads its inputs and writes its output. ``norm``, as ``none`` but each normalisation
+  layer (a module whose class name ends in ``Norm``) is one kernel, forward and backward, that
+  reads what it did not make and writes its last result (a hand-written fused norm kernel such as
+  Apex's or torchtitan's ``fused_rmsnorm``);
 - the shape ``(batch, m, n, k)`` of each ``mm``, ``addmm``, ``bmm`` and ``baddbmm``;
 - a backward matrix product whose output has a parameter's shape and whose reduction runs over
   the tokens is a weight gradient (W); every other backward operation belongs to I;
@@ -53,9 +58,22 @@ from torch.utils.flop_counter import flop_registry
 
 from .types import ATTENTION_KERNELS
 
-__all__ = ["ATTENTION_DROPOUT_KEYS", "ATTENTION_KERNELS", "AttentionKernel", "Op", "OpRecorder", "attention_kernel"]
+__all__ = [
+    "ATTENTION_DROPOUT_KEYS",
+    "ATTENTION_KERNELS",
+    "AttentionKernel",
+    "FUSIONS",
+    "Fusion",
+    "Op",
+    "OpRecorder",
+    "attention_kernel",
+]
 
 AttentionKernel = Literal["flash", "efficient", "math"]
+Fusion = Literal["default", "none", "norm"]
+#: how pointwise operations run (module docstring): runs fused, each its own kernel, or each its
+#: own kernel but the normalisation layers fused
+FUSIONS: tuple[str, ...] = ("default", "none", "norm")
 #: config keys of attention-probability dropout (GPT-2, Llama-style, BERT)
 ATTENTION_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob")
 
@@ -121,16 +139,30 @@ class OpRecorder(TorchDispatchMode):
 
     ``weight_shapes``: the shapes of the unit's parameters; ``tokens``: rows of the unit's
     activations; ``width``: their columns (0: none, nothing is marked ``residual``); with
-    ``backward`` set, products that make a weight's gradient are marked W."""
+    ``backward`` set, products that make a weight's gradient are marked W; ``fusion``: how pointwise
+    operations run (:data:`FUSIONS`; with ``norm``, the unit's norm layers are fused only within
+    :meth:`fusing_norms`)."""
 
-    def __init__(self, weight_shapes: set[tuple[int, ...]] = frozenset(), tokens: int = 0, width: int = 0) -> None:
+    def __init__(
+        self,
+        weight_shapes: set[tuple[int, ...]] = frozenset(),
+        tokens: int = 0,
+        width: int = 0,
+        fusion: Fusion = "default",
+    ) -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
         self.ops: list[Op] = []
         self.weight_shapes = weight_shapes
         self.tokens = tokens
         self.width = width
+        self.fusion = fusion
         self.backward = False
-        self._run: dict | None = None  # the pointwise run being fused
+        self._run: dict | None = None  # the pointwise run (or norm layer) being fused
+        self._norm_depth = 0  # > 0: inside a fused norm layer's forward
+        self._norm_nodes: set = set()  # the autograd nodes of fused norm layers: their backward is fused too
+        self._norm_inputs: set = set()  # the nodes that made the input of the norm layer being run
 
     def record(self, op: Op) -> None:
         self.flush()
@@ -140,7 +172,48 @@ class OpRecorder(TorchDispatchMode):
         """Close the pointwise run: one kernel of its outside reads and its last write."""
         run, self._run = self._run, None
         if run is not None:
-            self.ops.append(Op("pointwise", run["flops"], run["read"] + run["write"], residual=run["residual"]))
+            name = "fused norm" if self.fusion == "norm" else "pointwise"
+            self.ops.append(Op(name, run["flops"], run["read"] + run["write"], residual=run["residual"]))
+
+    @contextmanager
+    def fusing_norms(self, unit: torch.nn.Module) -> Iterator[None]:
+        """Within the block, with ``fusion`` ``norm``, each norm layer of ``unit`` (a module whose class
+        name ends in ``Norm``) runs as one kernel in the forward and one in the backward."""
+        if self.fusion != "norm":
+            yield
+            return
+        handles = []
+        for m in unit.modules():
+            if type(m).__name__.endswith("Norm"):
+                handles.append(m.register_forward_pre_hook(self._enter_norm))
+                handles.append(m.register_forward_hook(self._leave_norm))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _enter_norm(self, module, inputs) -> None:
+        self.flush()
+        self._norm_depth += 1
+        self._norm_inputs = {t.grad_fn for t in _tensors(inputs) if t.grad_fn is not None}
+
+    def _leave_norm(self, module, inputs, output) -> None:
+        self.flush()
+        self._norm_depth -= 1
+        # the layer's autograd nodes: from its output back to the nodes that made its input
+        todo = [t.grad_fn for t in _tensors(output)]
+        while todo:
+            node = todo.pop()
+            if node is None or node in self._norm_nodes or node in self._norm_inputs:
+                continue
+            self._norm_nodes.add(node)
+            todo += [n for n, _ in node.next_functions]
+
+    def _in_norm(self) -> bool:
+        if self._norm_depth:
+            return True
+        return self.backward and bool(self._norm_nodes) and torch._C._current_autograd_node() in self._norm_nodes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -155,8 +228,9 @@ class OpRecorder(TorchDispatchMode):
             flops = _grouped_mm_flops(args, out)
         else:
             flops = 0.0
-        if torch.Tag.pointwise in func.tags and not flops:
-            self._pointwise(ins, outs)
+        pointwise = torch.Tag.pointwise in func.tags and not flops
+        if (pointwise and self.fusion == "default") or (self.fusion == "norm" and self._in_norm()):
+            self._pointwise(ins, outs, flops)
             return out
         moved = float(sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs))
         gemm = _gemm_shape(func, args) if func in _GEMMS else None
@@ -169,10 +243,12 @@ class OpRecorder(TorchDispatchMode):
         """``t`` is the residual stream: ``tokens × width``."""
         return bool(self.width) and t.dim() > 1 and t.shape[-1] == self.width and t.numel() == self.tokens * self.width
 
-    def _pointwise(self, ins: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
+    def _pointwise(self, ins: list[torch.Tensor], outs: list[torch.Tensor], flops: float = 0.0) -> None:
+        """Add an operation to the fused run: a pointwise run, or the norm layer being run."""
         run = self._run
         if run is None:
             run = self._run = {"flops": 0.0, "read": 0.0, "write": 0.0, "made": set(), "seen": set(), "residual": True}
+        run["flops"] += flops
         for t in ins:
             k = _key(t)
             if k not in run["made"] and k not in run["seen"]:

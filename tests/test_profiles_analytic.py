@@ -97,6 +97,15 @@ def test_cli_analytic_writes_the_default_path(tmp_path):
 # -- GEMMs by shape, rooflines per op, attention as the kernel runs it ------------------------
 
 GPT_SMALL = {"n_embd": 1024, "n_head": 16, "n_layer": 2, "vocab_size": 8192, "n_positions": 2048}
+LLAMA_SMALL = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 2,
+    "vocab_size": 8192,
+    "max_position_embeddings": 1024,
+}
 
 
 def test_matmul_efficiency_from_the_published_maximum_and_waves():
@@ -172,6 +181,84 @@ def test_pointwise_run_is_one_kernel():
     names = [op.name for op in rec.ops]
     assert names == ["pointwise", "aten.mm"]
     assert rec.ops[0].bytes == 2 * x.numel() * 2  # read x, write the result: nothing in between
+
+
+def test_unfused_pointwise_each_its_own_kernel():
+    """``fusion="none"`` (eager): each pointwise operation reads its inputs and writes its output."""
+    import torch
+
+    from profiles.ops import OpRecorder
+
+    x = torch.empty(1024, 1024, device="meta", dtype=torch.bfloat16)
+    with OpRecorder(fusion="none") as rec:
+        y = (x * 2.0 + 1.0).relu()  # three pointwise ops
+        torch.mm(y, x)
+    rec.flush()
+    assert [op.name for op in rec.ops] == ["aten.mul", "aten.add", "aten.relu", "aten.mm"]
+    assert [op.bytes for op in rec.ops[:3]] == [2 * x.numel() * 2] * 3  # read one, write one each
+    with pytest.raises(ValueError, match="fusion"):
+        OpRecorder(fusion="some")
+
+
+class _RMSNorm(__import__("torch").nn.Module):
+    """An eager RMSNorm as torchtitan's ``rmsnorm`` and Hugging Face's Llama write it."""
+
+    def __init__(self, dim: int) -> None:
+        import torch
+
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(dim, device="meta"))
+
+    def forward(self, x):
+        import torch
+
+        y = x.float()
+        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)).type_as(x) * self.weight
+
+
+def test_fused_norm_is_one_kernel_forward_and_backward():
+    """``fusion="norm"``: a norm layer is one kernel each way (it reads its input and weight and
+    writes its output), the operations around it each their own kernel; ``none`` runs the norm's
+    operations one by one and moves several times the bytes."""
+    import torch
+
+    from profiles.ops import OpRecorder
+
+    norm = _RMSNorm(1024)
+    x = torch.empty(8, 1024, device="meta", dtype=torch.float32, requires_grad=True)
+    moved = {}
+    for fusion in ("norm", "none"):
+        rec = OpRecorder(fusion=fusion)
+        with rec.fusing_norms(norm), rec:
+            y = norm(x * 2.0).relu()
+        rec.flush()
+        forward = [op.name for op in rec.ops]
+        rec.ops, rec.backward, grad = [], True, torch.ones_like(y)
+        with rec:
+            y.backward(grad)
+        rec.flush()
+        moved[fusion] = sum(op.bytes for op in rec.ops)
+        if fusion == "norm":
+            assert forward == ["aten.mul", "fused norm", "aten.relu"]
+            assert rec.ops[0].name == "aten.threshold_backward" and "fused norm" in [op.name for op in rec.ops]
+            assert rec.ops[-1].name == "aten.mul"  # x * 2's backward, after the norm's
+        else:
+            assert "fused norm" not in forward and forward.count("aten.pow") == 1
+    assert moved["none"] > 2 * moved["norm"]
+
+
+def test_fusion_recorded_and_priced():
+    """The profile records its fusion; eager blocks cost more than fused ones, and a fused norm
+    costs less than the default's norm (whose reduction and casts break its pointwise runs)."""
+    kw = {"overrides": LLAMA_SMALL, "seq_len": 1024, "device_spec_name": "a100", "attention": "flash"}
+    blocks = {f: analytic_profile("llama3-8b", fusion=f, **kw) for f in ("default", "none", "norm")}
+    assert {f: p.measurement["fusion"] for f, p in blocks.items()} == {f: f for f in blocks}
+    d, n, m = (blocks[f].entries[0].units[1] for f in ("default", "none", "norm"))
+    assert n.forward_s > d.forward_s and n.backward_input_s > d.backward_input_s
+    assert m.residual_forward_s < d.residual_forward_s
+    assert n.forward_flops == d.forward_flops == m.forward_flops
+    with pytest.raises(UserError, match="--fusion"):
+        analytic_profile("llama3-8b", fusion="eager", **kw)
 
 
 @pytest.mark.parametrize("device", ["a100", "h100"])
