@@ -117,3 +117,30 @@ def test_sequence_parallel_on_for_a_post_norm_model_is_one_line_exit_2(tmp_path)
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--tp 2" in r.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_the_runtime_time_per_tensor_parallel_layer_is_priced_per_layer_split():
+    """A calibrated time per tensor-parallel layer (forward, backward) is added to each unit by the
+    layers tp splits in it: a block's plan entries, one for the embedding and the head, none at
+    tp 1; full recompute runs the forward's again in the backward."""
+    from planner.pricing import cost_model
+    from simulator.costs import Layout, Option, Recompute, tp_layers
+
+    prof = _profile("llama-tiny")
+    assert prof.tp_plan and tp_layers(prof, "block") == len(prof.tp_plan)
+    base = Cluster(devices=2, memory_bytes=2**34)
+    taxed = replace(base, tp_layer_s=1e-3, tp_layer_backward_s=3e-3)
+    job = Job(global_batch=2, microbatch_size=1)
+    for option in (Option(), Option("fp32", Recompute.FULL)):
+        plain, tp = (
+            cost_model(prof, c, job, 1, layout=Layout(tp=2), options=[option]).records[option] for c in (base, taxed)
+        )
+        for u, a, b in zip(prof.entries[0].units, plain, tp):
+            n = tp_layers(prof, u.kind)
+            assert n == {"embedding": 1, "head": 1}.get(u.kind, n)
+            back = 3e-3 * n + (1e-3 * n if option.recompute is Recompute.FULL else 0.0)
+            assert b.forward_s - a.forward_s == pytest.approx(1e-3 * n)
+            assert b.backward_s - a.backward_s == pytest.approx(back)
+            assert b.input_s - a.input_s == pytest.approx(back)
+    one = cost_model(prof, taxed, job, 1, layout=Layout(tp=1), options=[Option()]).records[Option()]
+    assert one == cost_model(prof, base, job, 1, layout=Layout(tp=1), options=[Option()]).records[Option()]
