@@ -1,6 +1,6 @@
 """``torchrun --nproc_per_node 2 -m executor.calibrate OUT``: measure this machine for the cost model.
 
-Six figures, each measured with what the executor really runs:
+Eight figures, each measured with what the executor really runs:
 
 - ``action_overhead_s``: the real ``_PipelineScheduleRuntime`` runs a 1F1B table on MLP
   stages that send 128 KiB activations; per rank, step time minus compute time (wrapped
@@ -33,7 +33,12 @@ Six figures, each measured with what the executor really runs:
   math): a column- then a row-parallel linear of width 16 over every rank, as the executor
   splits a block's layers, less the same math without DTensor at one rank's share, and less
   the forward's one all-reduce, priced as just calibrated (the backward takes no input
-  gradient, so it runs none) (``measure_tp_layer``).
+  gradient, so it runs none) (``measure_tp_layer``);
+- ``fsdp_unit_s`` and ``fsdp_unit_backward_s``: the runtime's own time per unit FSDP2 shards, in
+  a forward and in a backward (its hooks, its parameters' views, copy-in and copy-out): two
+  small linears, each its own ``fully_shard`` group over every rank, as the executor shards a
+  stage's units, less the same math unsharded, less each unit's all-gather in the forward and
+  its reduce-scatter in the backward, priced as calibrated (``measure_fsdp_unit``).
 
 The result is written as a Cluster spec that ``pipeplan plan --cluster`` reads.
 """
@@ -64,6 +69,7 @@ __all__ = [
     "measure_optimizer",
     "measure_all_reduce",
     "measure_tp_layer",
+    "measure_fsdp_unit",
 ]
 
 SIZES = (256 << 10, 1 << 20, 2 << 20, 4 << 20)
@@ -114,12 +120,12 @@ def measure_all_reduce(repeats: int) -> list[tuple[int, float]]:
     return [(size, statistics.median(ts)) for size, ts in times.items()]
 
 
-def _all_reduce_s(n: int, nbytes: float, call: float, ring: float) -> float:
-    """An all-reduce as the cost layer prices it with these figures (no link latency: it is in
-    ``call``, as fitted here)."""
-    from simulator.collectives import Link, ring_all_reduce_s
+def _all_reduce_s(n: int, nbytes: float, call: float, ring: float, *, half: bool = False) -> float:
+    """An all-reduce (``half``: an all-gather or a reduce-scatter) as the cost layer prices it with
+    these figures (no link latency: it is in ``call``, as fitted here)."""
+    from simulator.collectives import Link, all_gather_s, ring_all_reduce_s
 
-    return ring_all_reduce_s(n, nbytes, Link(0.0, ring, call_s=call, ring_Bps=ring))
+    return (all_gather_s if half else ring_all_reduce_s)(n, nbytes, Link(0.0, ring, call_s=call, ring_Bps=ring))
 
 
 def measure_tp_layer(repeats: int, all_reduce_s) -> tuple[float, float]:
@@ -157,6 +163,47 @@ def measure_tp_layer(repeats: int, all_reduce_s) -> tuple[float, float]:
     (tf, tb), (pf, pb) = passes(split), passes(share)
     reduce = all_reduce_s(tokens * width * 4)  # the row-parallel layer's output
     return max(0.0, (tf - pf - reduce) / 2), max(0.0, (tb - pb) / 2)
+
+
+def measure_fsdp_unit(repeats: int, gather_s) -> tuple[float, float]:
+    """Seconds per ``fully_shard`` unit the runtime adds to a forward and to a backward (module
+    docstring); ``gather_s(nbytes)``: one all-gather (or reduce-scatter) of ``nbytes`` over every
+    rank, as calibrated."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    world, width, tokens, units = dist.get_world_size(), 16, 128, 2
+
+    def model() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(*(nn.Linear(width, width) for _ in range(units)))
+
+    sharded, plain = model(), model()
+    mesh = init_device_mesh("cpu", (world,))
+    for unit in sharded:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True)
+        unit.set_force_sum_reduction_for_comms(True)
+    fully_shard(sharded, mesh=mesh, reshard_after_forward=True)
+    sharded.set_force_sum_reduction_for_comms(True)
+
+    def passes(m) -> tuple[float, float]:
+        f, b = [], []
+        for i in range(repeats + 3):
+            x = torch.randn(tokens, width)
+            dist.barrier()
+            t0 = time.perf_counter()
+            y = m(x)
+            t1 = time.perf_counter()
+            y.sum().backward()
+            t2 = time.perf_counter()
+            if i >= 3:
+                f.append(t1 - t0)
+                b.append(t2 - t1)
+        return statistics.median(f), statistics.median(b)
+
+    (sf, sb), (pf, pb) = passes(sharded), passes(plain)
+    comm = gather_s((width * width + width) * 4)  # one unit's weights, its gradients
+    return max(0.0, (sf - pf) / units - comm), max(0.0, (sb - pb) / units - comm)
 
 
 def _links(rank: int, repeats: int) -> list[tuple[int, float]]:
@@ -361,7 +408,7 @@ def main() -> int:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        bar = progress_bar(5, "calibrating", enabled=rank == 0)
+        bar = progress_bar(6, "calibrating", enabled=rank == 0)
         with gc_paused():  # as the executor runs its steps
             bar.set_postfix_str("links")
             samples = _links(rank, repeats)
@@ -379,9 +426,12 @@ def main() -> int:
             reduce_fit = fit_collectives(reduce, world, 0.0)  # every rank's own, for the subtraction below
             tp_layer = measure_tp_layer(repeats, lambda m: _all_reduce_s(world, m, *reduce_fit))
             bar.update()
+            bar.set_postfix_str("sharded units")
+            fsdp_unit = measure_fsdp_unit(repeats, lambda m: _all_reduce_s(world, m, *reduce_fit, half=True))
+            bar.update()
         bar.close()
         figures = [None] * world
-        dist.all_gather_object(figures, (between, inside, opt, tp_layer))
+        dist.all_gather_object(figures, (between, inside, opt, tp_layer, fsdp_unit))
         if rank == 0:
             bw = fit_bandwidth(samples)
             between = statistics.median(f[0] for f in figures)
@@ -394,6 +444,8 @@ def main() -> int:
             call, ring = fit_collectives(reduce, world, lat)
             tp_f = statistics.median(f[3][0] for f in figures)
             tp_b = statistics.median(f[3][1] for f in figures)
+            fsdp_f = statistics.median(f[4][0] for f in figures)
+            fsdp_b = statistics.median(f[4][1] for f in figures)
             base = PRESET_CLUSTERS["cpu-local"]
             cluster = replace(
                 base,
@@ -410,6 +462,8 @@ def main() -> int:
                 ring_Bps=ring,
                 tp_layer_s=tp_f,
                 tp_layer_backward_s=tp_b,
+                fsdp_unit_s=fsdp_f,
+                fsdp_unit_backward_s=fsdp_b,
             )
             cluster.save(out)
             print(f"{'bytes':>10} {'one-way ms':>11}")
@@ -433,6 +487,10 @@ def main() -> int:
             print(
                 f"runtime time per tensor-parallel layer (DTensor, beside the math and the all-reduce): forward "
                 f"{tp_f * 1e6:.0f} us, backward {tp_b * 1e6:.0f} us"
+            )
+            print(
+                f"runtime time per FSDP-sharded unit (beside the math and its gather or reduce-scatter): forward "
+                f"{fsdp_f * 1e6:.0f} us, backward {fsdp_b * 1e6:.0f} us"
             )
             print(f"wrote {out}")
         dist.barrier()

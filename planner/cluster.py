@@ -145,6 +145,16 @@ class Cluster:
     tp_layer_backward_s: float = setting(
         0.0, "the same in a backward (seconds; measured by pipeplan calibrate; 0: none)", "num", lo=0.0
     )
+    fsdp_unit_s: float = setting(
+        0.0,
+        "the runtime's own time per unit FSDP2 shards, in a forward (seconds: its hooks and parameter "
+        "views beside the math and the gathers; measured by pipeplan calibrate; 0: none)",
+        "num",
+        lo=0.0,
+    )
+    fsdp_unit_backward_s: float = setting(
+        0.0, "the same in a backward (seconds; measured by pipeplan calibrate; 0: none)", "num", lo=0.0
+    )
     ring_Bps: float = setting(
         0.0,
         "α-β collectives: the bandwidth of their ring steps (bytes/s; measured by pipeplan calibrate; 0: the "

@@ -46,6 +46,7 @@ def cost_model(
         action_overhead_s=cluster.action_overhead_s,
         forward_only=job.forward_only,
         tp_layer_s=(cluster.tp_layer_s, cluster.tp_layer_backward_s),
+        fsdp_unit_s=(cluster.fsdp_unit_s, cluster.fsdp_unit_backward_s),
     )
 
 

@@ -280,11 +280,13 @@ def unit_records(
     optimizer_s_per_param: float = 0.0,
     forward_only: bool = False,
     tp_layer_s: tuple[float, float] = (0.0, 0.0),
+    fsdp_unit_s: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[UnitRecord, ...]:
     """One record per unit of ``profile`` under ``option`` on ``layout``, per rank (see the
     module's assumptions; ``tensor_parallel.scale_unit`` prices tp and selective recompute).
     ``tp_layer_s``: the runtime's own time per tensor-parallel layer in a forward and in a
-    backward (calibrated; each unit's layers by :func:`tp_layers`), at tp > 1."""
+    backward (calibrated; each unit's layers by :func:`tp_layers`), at tp > 1. ``fsdp_unit_s``:
+    the same per unit FSDP2 shards (a mode run by ``fully_shard``, dp > 1, a unit with parameters)."""
     dtype = DTYPE_TABLE.get(option.dtype)
     if dtype is None:
         raise UserError(f"dtype {option.dtype!r}: choose one of {', '.join(DTYPE_TABLE)}")
@@ -311,19 +313,22 @@ def unit_records(
             loss_part = int(u.loss_saved_bytes * act / u.saved_bytes) if u.saved_bytes else 0
         params = sc.params
         gather = mode.head_s(layout.dp, params * dtype.bytes, link) if regather and params else 0.0
+        # the runtime's own time around the math: DTensor per tensor-parallel layer, FSDP2 per unit
         layers = tp_layers(profile, u.kind) if layout.tp > 1 else 0
-        tp_f, tp_b = layers * tp_layer_s[0], layers * tp_layer_s[1]
+        sharded = bool(params) and layout.dp > 1 and mode.fully_shard
+        rt_f = layers * tp_layer_s[0] + sharded * fsdp_unit_s[0]
+        rt_b = layers * tp_layer_s[1] + sharded * fsdp_unit_s[1]
         if option.recompute is Recompute.FULL:
-            tp_b += tp_f  # the forward's layers run again
+            rt_b += rt_f  # the forward's layers (and hooks) run again
         out.append(
             UnitRecord(
-                forward_s=sc.forward_s + sc.comm_forward_s + tp_f,
+                forward_s=sc.forward_s + sc.comm_forward_s + rt_f,
                 backward_s=(u.backward_s * b_scale if u.backward_input_s + u.backward_weight_s else u.backward_s)
                 + extra
                 + sc.comm_backward_s
                 + gather
-                + tp_b,
-                input_s=sc.backward_input_s + extra + sc.comm_backward_s + gather + tp_b,
+                + rt_b,
+                input_s=sc.backward_input_s + extra + sc.comm_backward_s + gather + rt_b,
                 weight_s=sc.backward_weight_s,
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
@@ -451,6 +456,7 @@ class CostModel:
         action_overhead_s: float = 0.0,
         forward_only: bool = False,
         tp_layer_s: tuple[float, float] = (0.0, 0.0),
+        fsdp_unit_s: tuple[float, float] = (0.0, 0.0),
     ) -> CostModel:
         """Records of ``options`` on ``layout``; ``links``: the cluster's (their stride is set here)."""
         links = replace(links or Links(), stride=layout.stride)
@@ -465,6 +471,7 @@ class CostModel:
                 optimizer_s_per_param=optimizer_s_per_param,
                 forward_only=forward_only,
                 tp_layer_s=tp_layer_s,
+                fsdp_unit_s=fsdp_unit_s,
             )
             for o in dict.fromkeys(options)
         }

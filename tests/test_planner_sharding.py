@@ -145,3 +145,24 @@ def test_tied_copies_on_one_rank_are_held_and_reduced_once(profile, tmp_path):
     assert tl_vu.ranks[0].peak_bytes - tl_v.ranks[0].peak_bytes == P * PER_PARAM[DPMode.DDP]
     assert tl_vu.ranks[1].peak_bytes == tl_v.ranks[1].peak_bytes
     assert not [c for c in tl_v.collectives if c.kind == "TIED_REDUCE"]
+
+
+def test_the_runtime_time_per_fsdp_unit_is_priced_where_fully_shard_runs(profile):
+    """A calibrated time per FSDP2-sharded unit (forward, backward) is added to every unit with
+    parameters under the modes FSDP2 runs (zero2, fsdp) at dp > 1, and nowhere else."""
+    from dataclasses import replace
+
+    from planner.pricing import cost_model
+
+    prof, _ = profile
+    base = Cluster(devices=D, memory_bytes=2**40, devices_per_node=8)
+    taxed = replace(base, fsdp_unit_s=1e-3, fsdp_unit_backward_s=2e-3)
+    job = Job(global_batch=8, microbatch_size=1)
+    for mode in DPMode:
+        for dp in (1, D):
+            lay = Layout(dp=dp, dp_mode=mode if dp > 1 else DPMode.DDP)
+            plain, taxed_recs = (cost_model(prof, c, job, 1, layout=lay).records[Option()] for c in (base, taxed))
+            added = mode.spec.fully_shard and dp > 1
+            for a, b in zip(plain, taxed_recs):
+                assert b.forward_s - a.forward_s == pytest.approx(1e-3 * added)
+                assert b.backward_s - a.backward_s == pytest.approx(2e-3 * added)
