@@ -152,7 +152,7 @@ def _virtual(spec) -> int:
 
 
 def _configs(
-    model: str, profile, prof_path: Path, cluster, ms: list[int], schedules: list[str], top: int, layouts: bool
+    model: str, profile, prof_path: Path, cluster, *, ms: list[int], schedules: list[str], top: int, layouts: bool
 ):
     from executor.plans import validation_plan
     from planner.cluster import Job
@@ -464,7 +464,9 @@ def main() -> int:
             f"{model}: profiled alone={not profile.measurement.get('side_by_side')}, off-CPU while timing "
             f"{max(off.values(), default=0.0):.1%}"
         )
-        configs += _configs(model, profile, prof_path, cluster, ms, schedules, args.top, args.layouts)
+        configs += _configs(
+            model, profile, prof_path, cluster, ms=ms, schedules=schedules, top=args.top, layouts=args.layouts
+        )
     load_run = _load()
     t_run = time.perf_counter()
     reports = _run(configs, args.out, args.steps, args.warmup, args.rounds)
@@ -487,6 +489,78 @@ def main() -> int:
 #: ``--parallel``: (label, tp, dp, dp mode) of each layout beside pp 2, on 4 CPU ranks
 PARALLEL_LAYOUTS = [("pp2xtp2", 2, 1, "ddp"), ("pp2xdp2-fsdp", 1, 2, "fsdp")]
 PARALLEL_RANKS = 4
+
+
+def _parallel_plans(args, cluster, n: int) -> list:
+    """``--parallel``'s plans: (model, layout label, microbatches, plan) for each model (profiled
+    here unless its profile is in ``--out``), layout of ``PARALLEL_LAYOUTS`` and microbatch count."""
+    from executor.parallel import tp_plan
+    from executor.plans import validation_plan
+    from profiles import load_profile, profile_model
+    from profiles.contract import UserError
+    from simulator.costs import DPMode, Layout
+
+    plans = []
+    for model in args.models.split(","):
+        prof_path = args.out / f"{model}.profile.json"
+        if not prof_path.exists():
+            print(f"profiling {model} ...", flush=True)
+            profile_model(
+                model,
+                seq_len=args.seq_len,
+                microbatch_sizes=(1,),
+                repeats=args.profile_repeats,
+                side_by_side=min(n - 1, (os.cpu_count() or 1) - 1),
+            ).save(prof_path)
+        profile = load_profile(prof_path)
+        for label, tp, dp, mode in PARALLEL_LAYOUTS:
+            if tp > 1:
+                try:
+                    tp_plan(profile.model_config)
+                except UserError as e:
+                    print(f"{model}: {label} left out ({e})", flush=True)
+                    continue
+            layout = Layout(tp=tp, dp=dp, dp_mode=DPMode(mode))
+            for m in map(int, args.microbatches.split(",")):
+                plan = validation_plan(profile, prof_path, cluster, "1F1B", 2, m, layout=layout)
+                plans.append((model, label, m, plan))
+    return plans
+
+
+def _parallel_rows(plans: list, runs: list) -> tuple[list[dict], list[str]]:
+    """``--parallel``'s figures per config (medians over its rounds) and its printed rows."""
+    from executor.report import comm_per_pp_rank, load_report, predicted_comm, replayed_step_s
+    from simulator.engine import simulate
+
+    steps: dict[int, list[float]] = {}
+    model_err: dict[int, list[float]] = {}
+    comm: dict[int, list[tuple[float, float]]] = {}  # per round: measured (tp, dp) seconds, summed over pp ranks
+    off_cpu: dict[int, list[float]] = {}
+    for i, path in runs:
+        report = load_report(path.with_suffix(".run.json"))
+        plan = plans[i][3]
+        steps.setdefault(i, []).extend(report.step_s)
+        model_err.setdefault(i, []).append(report.step_s_median / replayed_step_s(plan, report) - 1)
+        meas = comm_per_pp_rank(report, plan)
+        comm.setdefault(i, []).append(tuple(sum(v[g] for v in meas.values()) for g in ("tp", "dp")))
+        off_cpu.setdefault(i, []).append(max(report.extra.get("off_cpu_fraction") or [0.0]))
+    rows, errors, summary = [], [], []
+    for i, (model, label, m, plan) in enumerate(plans):
+        med = statistics.median(steps[i])
+        pred = plan.predicted.step_s
+        errors.append((med - pred) / pred)
+        p_comm = sum(v["tp"] + v["dp"] for v in predicted_comm(plan, simulate(plan)).values())
+        m_comm = statistics.median(tp + dp for tp, dp in comm[i])
+        rows.append(
+            f"{model:<12} {label:<13} {m:>3} {pred * 1e3:9.1f} {med * 1e3:9.1f} {errors[-1]:+7.1%} "
+            f"{statistics.median(model_err[i]):+7.1%} {p_comm * 1e3:10.1f} {m_comm * 1e3:10.1f} "
+            f"{statistics.median(off_cpu[i]):8.1%}"
+        )
+        summary.append(
+            {"model": model, "layout": label, "microbatches": m, "predicted_s": pred, "measured_s": med}
+            | {"error": errors[-1], "comm_predicted_s": p_comm, "comm_measured_s": m_comm}
+        )
+    return summary, rows
 
 
 def parallel_matrix(argv: list[str]) -> int:
@@ -522,14 +596,7 @@ def parallel_matrix(argv: list[str]) -> int:
     from dataclasses import replace
 
     from executor.cli import launch
-    from executor.parallel import tp_plan
-    from executor.plans import validation_plan
-    from executor.report import comm_per_pp_rank, load_report, predicted_comm, replayed_step_s
     from planner.cluster import load_cluster
-    from profiles import load_profile, profile_model
-    from profiles.contract import UserError
-    from simulator.costs import DPMode, Layout
-    from simulator.engine import simulate
 
     n = PARALLEL_RANKS
     args.out.mkdir(parents=True, exist_ok=True)
@@ -539,30 +606,7 @@ def parallel_matrix(argv: list[str]) -> int:
         print("calibration failed", file=sys.stderr)
         return 1
     cluster = replace(load_cluster(cluster_path), devices=n, devices_per_node=n)  # one host
-    plans = []
-    for model in args.models.split(","):
-        prof_path = args.out / f"{model}.profile.json"
-        if not prof_path.exists():
-            print(f"profiling {model} ...", flush=True)
-            profile_model(
-                model,
-                seq_len=args.seq_len,
-                microbatch_sizes=(1,),
-                repeats=args.profile_repeats,
-                side_by_side=min(n - 1, (os.cpu_count() or 1) - 1),
-            ).save(prof_path)
-        profile = load_profile(prof_path)
-        for label, tp, dp, mode in PARALLEL_LAYOUTS:
-            if tp > 1:
-                try:
-                    tp_plan(profile.model_config)
-                except UserError as e:
-                    print(f"{model}: {label} left out ({e})", flush=True)
-                    continue
-            layout = Layout(tp=tp, dp=dp, dp_mode=DPMode(mode))
-            for m in map(int, args.microbatches.split(",")):
-                plan = validation_plan(profile, prof_path, cluster, "1F1B", 2, m, layout=layout)
-                plans.append((model, label, m, plan))
+    plans = _parallel_plans(args, cluster, n)
     runs = [
         (i, plan.save(args.out / f"{model}-{label}-m{m}.r{r}.json"))
         for r in range(args.rounds)
@@ -574,38 +618,12 @@ def parallel_matrix(argv: list[str]) -> int:
     if rc != 0:
         print(f"the run failed (exit code {rc})", file=sys.stderr)
         return 1
-    steps: dict[int, list[float]] = {}
-    model_err: dict[int, list[float]] = {}
-    comm: dict[int, list[tuple[float, float]]] = {}  # per round: measured (tp, dp) seconds, summed over pp ranks
-    off_cpu: dict[int, list[float]] = {}
-    for i, path in runs:
-        report = load_report(path.with_suffix(".run.json"))
-        plan = plans[i][3]
-        steps.setdefault(i, []).extend(report.step_s)
-        model_err.setdefault(i, []).append(report.step_s_median / replayed_step_s(plan, report) - 1)
-        meas = comm_per_pp_rank(report, plan)
-        comm.setdefault(i, []).append(tuple(sum(v[g] for v in meas.values()) for g in ("tp", "dp")))
-        off_cpu.setdefault(i, []).append(max(report.extra.get("off_cpu_fraction") or [0.0]))
+    summary, rows = _parallel_rows(plans, runs)
     header = (
         f"{'model':<12} {'layout':<13} {'m':>3} {'pred ms':>9} {'meas ms':>9} {'error':>7} {'model':>7} "
         f"{'comm pred':>10} {'comm meas':>10} {'off-CPU':>8}"
     )
-    rows, errors, summary = [], [], []
-    for i, (model, label, m, plan) in enumerate(plans):
-        med = statistics.median(steps[i])
-        pred = plan.predicted.step_s
-        errors.append((med - pred) / pred)
-        p_comm = sum(v["tp"] + v["dp"] for v in predicted_comm(plan, simulate(plan)).values())
-        m_comm = statistics.median(tp + dp for tp, dp in comm[i])
-        rows.append(
-            f"{model:<12} {label:<13} {m:>3} {pred * 1e3:9.1f} {med * 1e3:9.1f} {errors[-1]:+7.1%} "
-            f"{statistics.median(model_err[i]):+7.1%} {p_comm * 1e3:10.1f} {m_comm * 1e3:10.1f} "
-            f"{statistics.median(off_cpu[i]):8.1%}"
-        )
-        summary.append(
-            {"model": model, "layout": label, "microbatches": m, "predicted_s": pred, "measured_s": med}
-            | {"error": errors[-1], "comm_predicted_s": p_comm, "comm_measured_s": m_comm}
-        )
+    errors = [c["error"] for c in summary]
     print(f"\n{header}\n" + "\n".join(rows))
     abs_err = [abs(e) for e in errors]
     med, worst = statistics.median(abs_err), max(abs_err)

@@ -49,7 +49,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -398,100 +398,140 @@ def measure_optimizer(repeats: int, params: int = 16_000_000) -> float:
     return statistics.median(times) / n
 
 
+@dataclass(kw_only=True)
+class _Measured:
+    """What one rank measured (``samples``, the runtime's ``gap`` and ``sent`` are rank 0's use)."""
+
+    samples: list[tuple[int, float]]
+    between: float
+    inside: float
+    gap: float
+    sent: int
+    opt: float
+    reduce: list[tuple[int, float]]
+    tp_layer: tuple[float, float]
+    fsdp_unit: tuple[float, float]
+
+
+def _measure(rank: int, world: int, repeats: int) -> _Measured:
+    """Every measurement of the module docstring on this rank, in turn, under a progress bar."""
+    from profiles.clikit import progress_bar
+
+    bar = progress_bar(6, "calibrating", enabled=rank == 0)
+    with gc_paused():  # as the executor runs its steps
+        bar.set_postfix_str("links")
+        samples = _links(rank, repeats)
+        bar.update()
+        bar.set_postfix_str("runtime overhead")
+        between, inside, gap, sent = measure_runtime(repeats)
+        bar.update()
+        bar.set_postfix_str("optimizer step")
+        opt = measure_optimizer(max(5, repeats // 5))
+        bar.update()
+        bar.set_postfix_str("collectives")
+        reduce = measure_all_reduce(repeats)
+        bar.update()
+        bar.set_postfix_str("tensor-parallel layers")
+        fit = fit_collectives(reduce, world, 0.0)  # every rank's own, for the subtractions below
+        tp_layer = measure_tp_layer(repeats, lambda m: _all_reduce_s(world, m, *fit))
+        bar.update()
+        bar.set_postfix_str("sharded units")
+        fsdp_unit = measure_fsdp_unit(repeats, lambda m: _all_reduce_s(world, m, *fit, half=True))
+        bar.update()
+    bar.close()
+    return _Measured(
+        samples=samples,
+        between=between,
+        inside=inside,
+        gap=gap,
+        sent=sent,
+        opt=opt,
+        reduce=reduce,
+        tp_layer=tp_layer,
+        fsdp_unit=fsdp_unit,
+    )
+
+
+def _cluster(mine: _Measured, ranks: list[_Measured], world: int):
+    """The Cluster spec of rank 0's measurements and every rank's (medians; the optimizer's
+    slowest), and the figures it printed beside them."""
+    bw = fit_bandwidth(mine.samples)
+    between = statistics.median(m.between for m in ranks)
+    inside = statistics.median(m.inside for m in ranks)
+    # the gap runs from one action's end to the next one's start: it holds the runtime's work
+    # between actions, not inside them (the simulator adds both overheads inside the action)
+    lat = max(0.0, mine.gap - between - mine.sent / bw)
+    call, ring = fit_collectives(mine.reduce, world, lat)
+    tp = [statistics.median(m.tp_layer[k] for m in ranks) for k in (0, 1)]
+    fsdp = [statistics.median(m.fsdp_unit[k] for m in ranks) for k in (0, 1)]
+    cluster = replace(
+        PRESET_CLUSTERS["cpu-local"],
+        name="calibrated-local",
+        devices=world,
+        devices_per_node=world,
+        intra_latency_s=lat,
+        intra_bandwidth_Bps=bw,
+        inter_latency_s=lat,
+        inter_bandwidth_Bps=bw,
+        action_overhead_s=between + inside,
+        optimizer_s_per_param=max(m.opt for m in ranks),
+        collective_call_s=call,
+        ring_Bps=ring,
+        tp_layer_s=tp[0],
+        tp_layer_backward_s=tp[1],
+        fsdp_unit_s=fsdp[0],
+        fsdp_unit_backward_s=fsdp[1],
+    )
+    return cluster, between, inside
+
+
+def _print(cluster, mine: _Measured, between: float, inside: float, world: int) -> None:
+    c = cluster
+    print(f"{'bytes':>10} {'one-way ms':>11}")
+    for size, t in mine.samples:
+        print(f"{size:>10} {t * 1e3:11.3f}")
+    print(f"bandwidth (slope of the one-way times): {c.intra_bandwidth_Bps / 1e9:.2f} GB/s")
+    print(
+        f"runtime overhead per compute action: {c.action_overhead_s * 1e6:.1f} us ({between * 1e6:.1f} between "
+        f"actions, {inside * 1e6:.1f} inside them around the math)"
+    )
+    kib = mine.sent >> 10
+    print(
+        f"cross-rank dependency in the runtime ({kib} KiB): {mine.gap * 1e6:.1f} us from producer end to "
+        f"consumer start = overhead between actions + {kib} KiB / bandwidth + link latency "
+        f"{c.intra_latency_s * 1e6:.1f} us"
+    )
+    print(f"gradient scaling + AdamW step: {c.optimizer_s_per_param * 1e9:.2f} ns per parameter")
+    sizes = ", ".join(f"{s >> 10} KiB {t * 1e3:.3f} ms" for s, t in mine.reduce)
+    print(
+        f"all-reduce over {world} ranks ({sizes}): {c.collective_call_s * 1e6:.0f} us per call + its ring steps "
+        f"at {c.ring_Bps / 1e9:.2f} GB/s"
+    )
+    print(
+        f"runtime time per tensor-parallel layer (DTensor, beside the math and the all-reduce): forward "
+        f"{c.tp_layer_s * 1e6:.0f} us, backward {c.tp_layer_backward_s * 1e6:.0f} us"
+    )
+    print(
+        f"runtime time per FSDP-sharded unit (beside the math and its gather or reduce-scatter): forward "
+        f"{c.fsdp_unit_s * 1e6:.0f} us, backward {c.fsdp_unit_backward_s * 1e6:.0f} us"
+    )
+
+
 def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("cluster.json")
     repeats = int(os.environ.get("PIPEPLAN_CALIBRATE_REPEATS", "30"))
     torch.set_num_threads(1)
-    from profiles.clikit import progress_bar
-
     keep_freed_memory()  # as the executor runs
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        bar = progress_bar(6, "calibrating", enabled=rank == 0)
-        with gc_paused():  # as the executor runs its steps
-            bar.set_postfix_str("links")
-            samples = _links(rank, repeats)
-            bar.update()
-            bar.set_postfix_str("runtime overhead")
-            between, inside, gap, sent = measure_runtime(repeats)
-            bar.update()
-            bar.set_postfix_str("optimizer step")
-            opt = measure_optimizer(max(5, repeats // 5))
-            bar.update()
-            bar.set_postfix_str("collectives")
-            reduce = measure_all_reduce(repeats)
-            bar.update()
-            bar.set_postfix_str("tensor-parallel layers")
-            reduce_fit = fit_collectives(reduce, world, 0.0)  # every rank's own, for the subtraction below
-            tp_layer = measure_tp_layer(repeats, lambda m: _all_reduce_s(world, m, *reduce_fit))
-            bar.update()
-            bar.set_postfix_str("sharded units")
-            fsdp_unit = measure_fsdp_unit(repeats, lambda m: _all_reduce_s(world, m, *reduce_fit, half=True))
-            bar.update()
-        bar.close()
-        figures = [None] * world
-        dist.all_gather_object(figures, (between, inside, opt, tp_layer, fsdp_unit))
+        mine = _measure(rank, world, repeats)
+        ranks = [None] * world
+        dist.all_gather_object(ranks, mine)
         if rank == 0:
-            bw = fit_bandwidth(samples)
-            between = statistics.median(f[0] for f in figures)
-            inside = statistics.median(f[1] for f in figures)
-            overhead = between + inside
-            # the gap runs from one action's end to the next one's start: it holds the runtime's work
-            # between actions, not inside them (the simulator adds both overheads inside the action)
-            lat = max(0.0, gap - between - sent / bw)
-            opt = max(f[2] for f in figures)
-            call, ring = fit_collectives(reduce, world, lat)
-            tp_f = statistics.median(f[3][0] for f in figures)
-            tp_b = statistics.median(f[3][1] for f in figures)
-            fsdp_f = statistics.median(f[4][0] for f in figures)
-            fsdp_b = statistics.median(f[4][1] for f in figures)
-            base = PRESET_CLUSTERS["cpu-local"]
-            cluster = replace(
-                base,
-                name="calibrated-local",
-                devices=world,
-                devices_per_node=world,
-                intra_latency_s=lat,
-                intra_bandwidth_Bps=bw,
-                inter_latency_s=lat,
-                inter_bandwidth_Bps=bw,
-                action_overhead_s=overhead,
-                optimizer_s_per_param=opt,
-                collective_call_s=call,
-                ring_Bps=ring,
-                tp_layer_s=tp_f,
-                tp_layer_backward_s=tp_b,
-                fsdp_unit_s=fsdp_f,
-                fsdp_unit_backward_s=fsdp_b,
-            )
+            cluster, between, inside = _cluster(mine, ranks, world)
             cluster.save(out)
-            print(f"{'bytes':>10} {'one-way ms':>11}")
-            for size, t in samples:
-                print(f"{size:>10} {t * 1e3:11.3f}")
-            print(f"bandwidth (slope of the one-way times): {bw / 1e9:.2f} GB/s")
-            print(
-                f"runtime overhead per compute action: {overhead * 1e6:.1f} us ({between * 1e6:.1f} between actions, "
-                f"{inside * 1e6:.1f} inside them around the math)"
-            )
-            print(
-                f"cross-rank dependency in the runtime ({sent >> 10} KiB): {gap * 1e6:.1f} us from producer end to "
-                f"consumer start = overhead between actions + {sent >> 10} KiB / bandwidth + link latency "
-                f"{lat * 1e6:.1f} us"
-            )
-            print(f"gradient scaling + AdamW step: {opt * 1e9:.2f} ns per parameter")
-            print(
-                f"all-reduce over {world} ranks ({', '.join(f'{s >> 10} KiB {t * 1e3:.3f} ms' for s, t in reduce)}): "
-                f"{call * 1e6:.0f} us per call + its ring steps at {ring / 1e9:.2f} GB/s"
-            )
-            print(
-                f"runtime time per tensor-parallel layer (DTensor, beside the math and the all-reduce): forward "
-                f"{tp_f * 1e6:.0f} us, backward {tp_b * 1e6:.0f} us"
-            )
-            print(
-                f"runtime time per FSDP-sharded unit (beside the math and its gather or reduce-scatter): forward "
-                f"{fsdp_f * 1e6:.0f} us, backward {fsdp_b * 1e6:.0f} us"
-            )
+            _print(cluster, mine, between, inside, world)
             print(f"wrote {out}")
         dist.barrier()
     finally:

@@ -120,7 +120,7 @@ class _Counted:
 
 
 def _count_unit(
-    model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, dtype: str, kernel: str, fusion: str
+    model: ZooModel, idx: int, x: torch.Tensor, target: torch.Tensor, *, dtype: str, kernel: str, fusion: str
 ) -> _Counted:
     """Forward and backward of unit ``idx`` on meta, every operation recorded, pointwise ones as
     ``fusion`` runs them."""
@@ -312,7 +312,9 @@ def _entries(
                 # identical units (same class, parameter shapes and attention type) are counted once
                 c = counted.get(signatures[idx])
                 if c is None:
-                    c = counted[signatures[idx]] = _count_unit(model, idx, x, target, dtype, kernel, fusion)
+                    c = counted[signatures[idx]] = _count_unit(
+                        model, idx, x, target, dtype=dtype, kernel=kernel, fusion=fusion
+                    )
                 x = c.out
                 out_bytes = 0 if idx == len(model.units) - 1 else c.out.numel() * c.out.element_size()
                 units.append(_cost(uname, kind, c, out_bytes, seconds))
