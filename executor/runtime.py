@@ -455,7 +455,7 @@ def _train(rk: _Rank, ctx: _Context, cfg: RunConfig) -> _Measured:
             t_end = time.perf_counter() - t0
             if prof is not None and step >= cfg.warmup:
                 prof.step()
-            if step_losses:
+            if step_losses and step < timed_end:  # the report's losses: warm-up and timed steps
                 out.losses.append(torch.stack(step_losses).mean().item() / rk.loss_scale)
             if cfg.warmup <= step < timed_end:
                 out.steps.append(t_end)
