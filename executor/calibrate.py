@@ -79,15 +79,20 @@ ALL_REDUCE_SIZES = (4 << 10, 256 << 10, 1 << 20, 8 << 20, 32 << 20)
 _SMALL = 1 << 20  #: sizes up to this give the call's time, from it on the ring's bandwidth
 
 
-def fit_bandwidth(samples: list[tuple[int, float]]) -> float:
-    """Bytes per second: 1 / the least-squares slope of one-way time over message size (the
-    intercept is not the link latency the runtime pays; ``measure_runtime`` measures that)."""
+def _line(samples: list[tuple[int, float]]) -> tuple[float, float]:
+    """``(intercept, slope)`` of the least-squares line of time over size."""
     n = len(samples)
     mx = sum(b for b, _ in samples) / n
     my = sum(t for _, t in samples) / n
     sxx = sum((b - mx) ** 2 for b, _ in samples)
     slope = sum((b - mx) * (t - my) for b, t in samples) / sxx if sxx else 0.0
-    return 1.0 / max(slope, 1e-15)
+    return my - slope * mx, slope
+
+
+def fit_bandwidth(samples: list[tuple[int, float]]) -> float:
+    """Bytes per second: 1 / the least-squares slope of one-way time over message size (the
+    intercept is not the link latency the runtime pays; ``measure_runtime`` measures that)."""
+    return 1.0 / max(_line(samples)[1], 1e-15)
 
 
 def fit_collectives(samples: list[tuple[int, float]], n: int, latency_s: float) -> tuple[float, float]:
@@ -97,10 +102,8 @@ def fit_collectives(samples: list[tuple[int, float]], n: int, latency_s: float) 
     sizes from 1 MiB (where bytes dominate), the call the intercept of the line over the sizes up
     to 1 MiB less the ring's latencies."""
     k = 2 * (n - 1)
-    per_byte = max(1.0 / fit_bandwidth([s for s in samples if s[0] >= _SMALL]), 1e-15)
-    small = [s for s in samples if s[0] <= _SMALL]
-    slope = 1.0 / fit_bandwidth(small)
-    intercept = sum(t for _, t in small) / len(small) - slope * sum(m for m, _ in small) / len(small)
+    per_byte = max(_line([s for s in samples if s[0] >= _SMALL])[1], 1e-15)
+    intercept = _line([s for s in samples if s[0] <= _SMALL])[0]
     return max(0.0, intercept - k * latency_s), k / n / per_byte
 
 
@@ -128,6 +131,24 @@ def _all_reduce_s(n: int, nbytes: float, call: float, ring: float, *, half: bool
     return (all_gather_s if half else ring_all_reduce_s)(n, nbytes, Link(0.0, ring, call_s=call, ring_Bps=ring))
 
 
+def _timed_passes(model: nn.Module, shape: tuple[int, int], repeats: int) -> tuple[float, float]:
+    """Median seconds of ``model``'s forward and of its backward on an input of ``shape`` (no
+    input gradient), every rank lined up by a barrier before each pair, after 3 untimed."""
+    f, b = [], []
+    for i in range(repeats + 3):
+        x = torch.randn(*shape)
+        dist.barrier()
+        t0 = time.perf_counter()
+        y = model(x)
+        t1 = time.perf_counter()
+        y.sum().backward()
+        t2 = time.perf_counter()
+        if i >= 3:
+            f.append(t1 - t0)
+            b.append(t2 - t1)
+    return statistics.median(f), statistics.median(b)
+
+
 def measure_tp_layer(repeats: int, all_reduce_s) -> tuple[float, float]:
     """Seconds per tensor-parallel layer the runtime adds to a forward and to a backward (module
     docstring); ``all_reduce_s(nbytes)``: one all-reduce over every rank, as calibrated."""
@@ -143,24 +164,8 @@ def measure_tp_layer(repeats: int, all_reduce_s) -> tuple[float, float]:
         {"0": ColwiseParallel(), "1": RowwiseParallel()},
     )
     share = nn.Sequential(nn.Linear(width, 4 * width // world), nn.Linear(4 * width // world, width))
-
-    def passes(model) -> tuple[float, float]:
-        f, b = [], []
-        for i in range(repeats + 3):
-            # no input gradient: the backward then runs no collective, and is the layers' alone
-            x = torch.randn(tokens, width)
-            dist.barrier()
-            t0 = time.perf_counter()
-            y = model(x)
-            t1 = time.perf_counter()
-            y.sum().backward()
-            t2 = time.perf_counter()
-            if i >= 3:
-                f.append(t1 - t0)
-                b.append(t2 - t1)
-        return statistics.median(f), statistics.median(b)
-
-    (tf, tb), (pf, pb) = passes(split), passes(share)
+    # no input gradient: the backward then runs no collective, and is the layers' alone
+    (tf, tb), (pf, pb) = (_timed_passes(m, (tokens, width), repeats) for m in (split, share))
     reduce = all_reduce_s(tokens * width * 4)  # the row-parallel layer's output
     return max(0.0, (tf - pf - reduce) / 2), max(0.0, (tb - pb) / 2)
 
@@ -186,22 +191,7 @@ def measure_fsdp_unit(repeats: int, gather_s) -> tuple[float, float]:
     fully_shard(sharded, mesh=mesh, reshard_after_forward=True)
     sharded.set_force_sum_reduction_for_comms(True)
 
-    def passes(m) -> tuple[float, float]:
-        f, b = [], []
-        for i in range(repeats + 3):
-            x = torch.randn(tokens, width)
-            dist.barrier()
-            t0 = time.perf_counter()
-            y = m(x)
-            t1 = time.perf_counter()
-            y.sum().backward()
-            t2 = time.perf_counter()
-            if i >= 3:
-                f.append(t1 - t0)
-                b.append(t2 - t1)
-        return statistics.median(f), statistics.median(b)
-
-    (sf, sb), (pf, pb) = passes(sharded), passes(plain)
+    (sf, sb), (pf, pb) = (_timed_passes(m, (tokens, width), repeats) for m in (sharded, plain))
     comm = gather_s((width * width + width) * 4)  # one unit's weights, its gradients
     return max(0.0, (sf - pf) / units - comm), max(0.0, (sb - pb) / units - comm)
 

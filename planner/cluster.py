@@ -135,6 +135,13 @@ class Cluster:
         "num",
         lo=0.0,
     )
+    ring_Bps: float = setting(
+        0.0,
+        "α-β collectives: the bandwidth of their ring steps (bytes/s; measured by pipeplan calibrate; 0: the "
+        "point-to-point bandwidth)",
+        "num",
+        lo=0.0,
+    )
     tp_layer_s: float = setting(
         0.0,
         "the runtime's own time per tensor-parallel layer in a forward (seconds: DTensor's dispatch and "
@@ -154,13 +161,6 @@ class Cluster:
     )
     fsdp_unit_backward_s: float = setting(
         0.0, "the same in a backward (seconds; measured by pipeplan calibrate; 0: none)", "num", lo=0.0
-    )
-    ring_Bps: float = setting(
-        0.0,
-        "α-β collectives: the bandwidth of their ring steps (bytes/s; measured by pipeplan calibrate; 0: the "
-        "point-to-point bandwidth)",
-        "num",
-        lo=0.0,
     )
 
     def links(self, stride: int = 1) -> Links:

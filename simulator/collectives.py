@@ -144,11 +144,7 @@ def _check(n: int, nbytes: float) -> None:
 def ring_all_reduce_s(n: int, nbytes: float, link: Link) -> float:
     """Ring all-reduce of ``nbytes`` over ``n`` ranks: ``2(n-1)(α + M/(nβ))`` (NCCL: factor ``2(n-1)/n``)."""
     _check(n, nbytes)
-    if link.collective_Bps:
-        return _nccl_s(2 * (n - 1) / n, nbytes, link)
-    if n == 1:
-        return 0.0
-    return link.call_s + 2 * (n - 1) * (link.latency_s + nbytes / (n * link.step_Bps))
+    return _ring(2, n, nbytes, link)
 
 
 def tree_all_reduce_s(n: int, nbytes: float, link: Link) -> float:
@@ -176,22 +172,24 @@ def all_reduce_s(n: int, nbytes: float, link: Link, algorithm: Algorithm = "ring
 def reduce_scatter_s(n: int, nbytes: float, link: Link) -> float:
     """Ring reduce-scatter of a ``nbytes`` buffer (each rank keeps ``nbytes/n``): ``(n-1)(α + M/(nβ))``."""
     _check(n, nbytes)
-    return _ring_half(n, nbytes, link)
+    return _ring(1, n, nbytes, link)
 
 
 def all_gather_s(n: int, nbytes: float, link: Link) -> float:
     """Ring all-gather into a ``nbytes`` buffer (each rank brings ``nbytes/n``): ``(n-1)(α + M/(nβ))``."""
     _check(n, nbytes)
-    return _ring_half(n, nbytes, link)
+    return _ring(1, n, nbytes, link)
 
 
-def _ring_half(n: int, nbytes: float, link: Link) -> float:
-    """Half a ring all-reduce (a reduce-scatter or an all-gather): ``(n-1)(α + M/(nβ))``."""
+def _ring(passes: int, n: int, nbytes: float, link: Link) -> float:
+    """``passes`` rounds of a ring over ``n`` ranks (2: an all-reduce; 1: a reduce-scatter or an
+    all-gather): NCCL's time at bus-bandwidth factor ``passes(n-1)/n``, or in the α-β model one
+    call plus ``passes(n-1)(α + M/(nβ))``."""
     if link.collective_Bps:
-        return _nccl_s((n - 1) / n, nbytes, link)
+        return _nccl_s(passes * (n - 1) / n, nbytes, link)
     if n == 1:
         return 0.0
-    return link.call_s + (n - 1) * (link.latency_s + nbytes / (n * link.step_Bps))
+    return link.call_s + passes * (n - 1) * (link.latency_s + nbytes / (n * link.step_Bps))
 
 
 def rank_of(pp_index: int, dp_index: int, tp_index: int, *, dp: int, tp: int) -> int:
