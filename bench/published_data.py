@@ -51,6 +51,7 @@ points; Llama 3's GPUs are TP x CP x PP x DP and its batches 16M tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -138,7 +139,7 @@ class PublishedRun:
 _SC21 = "Megatron-LM examples/academic_paper_scripts/sc21/run_table_1.sh"
 
 
-def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg, mbs, layers_per_chunk, ddp):
+def _narayanan(*, params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct, agg, mbs, layers_per_chunk, ddp):
     chunks = layers // (pp * layers_per_chunk) if layers_per_chunk else 1
     return PublishedRun(
         source=NARAYANAN,
@@ -173,11 +174,20 @@ def _narayanan(params_b, heads, hidden, layers, tp, pp, gpus, batch, tflops, pct
     )
 
 
+def _rows(build: Callable[..., PublishedRun], columns: str, rows: Sequence[tuple]) -> tuple[PublishedRun, ...]:
+    """A table's rows, each a tuple in the order of ``columns`` (the paper's), built by keyword."""
+    names = columns.split()
+    if any(len(row) != len(names) for row in rows):
+        raise ValueError(f"a row of {build.__name__} does not have the {len(names)} columns {columns!r}")
+    return tuple(build(**dict(zip(names, row))) for row in rows)
+
+
 #: Table 1: params (B), heads, hidden, layers, TP, PP, GPUs, batch, TFLOP/s per GPU, % of peak, aggregate
 #: PFLOP/s; then from the run script: microbatch size, layers per virtual stage (0: not interleaved), DDP-impl.
-NARAYANAN_2021: tuple[PublishedRun, ...] = tuple(
-    _narayanan(*row)
-    for row in (
+NARAYANAN_2021: tuple[PublishedRun, ...] = _rows(
+    _narayanan,
+    "params_b heads hidden layers tp pp gpus batch tflops pct agg mbs layers_per_chunk ddp",
+    (
         (1.7, 24, 2304, 24, 1, 1, 32, 512, 137, 44, 4.4, 16, 0, "torch"),
         (3.6, 32, 3072, 30, 2, 1, 64, 512, 138, 44, 8.8, 16, 0, "torch"),
         (7.5, 32, 4096, 36, 4, 1, 128, 512, 142, 46, 18.2, 16, 0, "torch"),
@@ -188,11 +198,11 @@ NARAYANAN_2021: tuple[PublishedRun, ...] = tuple(
         (310.1, 128, 16384, 96, 8, 16, 1920, 2160, 155, 50, 297.4, 1, 3, "local"),
         (529.6, 128, 20480, 105, 8, 35, 2520, 2520, 163, 52, 410.2, 1, 1, "local"),
         (1008.0, 160, 25600, 128, 8, 64, 3072, 3072, 163, 52, 502.0, 1, 0, "local"),
-    )
+    ),
 )
 
 
-def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, iteration_s, mfu, hfu, notes=""):
+def _korthikanti(*, model, params_b, heads, hidden, layers, pp, gpus, batch, mb, iteration_s, mfu, hfu, notes=""):
     interleaved = pp > 1 and layers % (3 * pp) == 0  # Table 3: 3 stages per rank for 175B and 530B
     return PublishedRun(
         source=KORTHIKANTI,
@@ -229,16 +239,20 @@ def _korthikanti(model, params_b, heads, hidden, layers, pp, gpus, batch, mb, it
 DP8 = "§6.3: 8-way data parallel, batch per model instance kept; no overlap of the gradient all-reduce"
 
 #: Table 3 configurations with Table 5's "present work" iteration time, MFU and HFU; and §6.3's data-parallel run.
-KORTHIKANTI_2022: tuple[PublishedRun, ...] = (
-    _korthikanti("22B", 22, 64, 6144, 48, 1, 8, 4, 4, 1.10, 0.415, 0.437),
-    _korthikanti("175B (GPT-3)", 175, 96, 12288, 96, 8, 64, 64, 1, 13.75, 0.514, 0.528),
-    _korthikanti("530B (MT-NLG)", 530, 128, 20480, 105, 35, 280, 280, 1, 37.83, 0.560, 0.570),
-    _korthikanti("1T", 1000, 160, 25600, 128, 64, 512, 512, 1, 71.49, 0.563, 0.570),
-    _korthikanti("530B (MT-NLG)", 530, 128, 20480, 105, 35, 2240, 2240, 1, 39.15, 0.542, None, notes=DP8),
+KORTHIKANTI_2022: tuple[PublishedRun, ...] = _rows(
+    _korthikanti,
+    "model params_b heads hidden layers pp gpus batch mb iteration_s mfu hfu notes",
+    (
+        ("22B", 22, 64, 6144, 48, 1, 8, 4, 4, 1.10, 0.415, 0.437, ""),
+        ("175B (GPT-3)", 175, 96, 12288, 96, 8, 64, 64, 1, 13.75, 0.514, 0.528, ""),
+        ("530B (MT-NLG)", 530, 128, 20480, 105, 35, 280, 280, 1, 37.83, 0.560, 0.570, ""),
+        ("1T", 1000, 160, 25600, 128, 64, 512, 512, 1, 71.49, 0.563, 0.570, ""),
+        ("530B (MT-NLG)", 530, 128, 20480, 105, 35, 2240, 2240, 1, 39.15, 0.542, None, DP8),
+    ),
 )
 
 
-def _llama3(gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
+def _llama3(*, gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
     return PublishedRun(
         source=LLAMA3,
         model="Llama 3 405B",
@@ -278,10 +292,14 @@ def _llama3(gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
 
 
 #: Table 4: GPUs, CP, DP, sequence length, batch size per DP, TFLOP/s per GPU, BF16 MFU (TP 8, PP 16 throughout).
-LLAMA3_2024: tuple[PublishedRun, ...] = (
-    _llama3(8192, 1, 64, 8192, 32, 430, 0.43),
-    _llama3(16384, 1, 128, 8192, 16, 400, 0.41),
-    _llama3(16384, 16, 8, 131072, 16, 380, 0.38),
+LLAMA3_2024: tuple[PublishedRun, ...] = _rows(
+    _llama3,
+    "gpus cp dp seq batch_per_dp tflops mfu",
+    (
+        (8192, 1, 64, 8192, 32, 430, 0.43),
+        (16384, 1, 128, 8192, 16, 400, 0.41),
+        (16384, 16, 8, 131072, 16, 380, 0.38),
+    ),
 )
 
 
@@ -297,7 +315,7 @@ def llama_params(layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, 
     return 2 * vocab * hidden + layers * block + hidden
 
 
-def _torchtitan(model, config, layers, hidden, heads, kv_heads, ffn, vocab, seq, batch, recompute, norm, wps, mfu):
+def _torchtitan(*, model, config, layers, hidden, heads, kv_heads, ffn, vocab, seq, batch, recompute, norm, wps, mfu):
     params = llama_params(layers, hidden, heads, kv_heads, ffn, vocab)
     flops = torchtitan_flops_per_token(params, layers, hidden, seq)
     return PublishedRun(
@@ -337,13 +355,14 @@ _TT_CONFIGS = "torchtitan train_configs at 157a12c (2024-04-24)"
 
 #: model, its train config, layers, hidden, heads, kv heads, FFN, vocabulary, sequence, local batch,
 #: checkpointing, the config's norm_type, WPS, MFU.
-TORCHTITAN_2024: tuple[PublishedRun, ...] = tuple(
-    _torchtitan(*row)
-    for row in (
+TORCHTITAN_2024: tuple[PublishedRun, ...] = _rows(
+    _torchtitan,
+    "model config layers hidden heads kv_heads ffn vocab seq batch recompute norm wps mfu",
+    (
         ("Llama 3 70B", "llama3_70b", 80, 8192, 64, 8, 28672, 128256, 8192, 1, "full", "rmsnorm", 331, 0.517),
         ("Llama 2 13B", "llama2_13b", 40, 5120, 40, 40, 13824, 32000, 4096, 2, "none", "fused_rmsnorm", 2162, 0.611),
         ("Llama 2 70B", "llama2_70b", 80, 8192, 64, 8, 28672, 32000, 4096, 2, "full", "rmsnorm", 353, 0.505),
-    )
+    ),
 )
 
 PUBLISHED: tuple[PublishedRun, ...] = NARAYANAN_2021 + KORTHIKANTI_2022 + LLAMA3_2024 + TORCHTITAN_2024
