@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from planner.cluster import MAX_DEVICES
 from planner.plan import Plan
-from profiles.contract import Fields, read_json, schema_id, write_json
+from profiles.contract import Fields, Reader, read_declared, read_json, reads, schema_id, write_json
 from profiles.types import OFF_CPU_WARN, Profile
 from simulator.actions import Overlap
 from simulator.engine import simulate
@@ -119,19 +118,19 @@ class CheckResult:
         )
 
 
-def _steps(f: Fields) -> tuple[float, ...]:
+def _steps(f: Fields, _: Mapping[str, Any]) -> tuple[float, ...]:
     steps = tuple(f.nums("step_s"))
     if not steps:
         raise f.fail("step_s", "must list at least one measured step")
     return steps
 
 
-def _timeline(f: Fields) -> Timeline:
+def _timeline(f: Fields, earlier: Mapping[str, Any]) -> Timeline:
     """The file's ``ranks``, ``events`` and ``memory`` as the median step's measured Timeline."""
     return Timeline.from_fields(
         Fields(
             {
-                "step_s": statistics.median(_steps(f)),
+                "step_s": statistics.median(earlier["step_s"]),
                 "ranks": f.raw("ranks"),
                 "events": f.raw("events"),
                 "memory": f.raw("memory", {}),
@@ -143,15 +142,15 @@ def _timeline(f: Fields) -> Timeline:
     )
 
 
-def _check(f: Fields) -> CheckResult | None:
+def _check(f: Fields, _: Mapping[str, Any]) -> CheckResult | None:
     return CheckResult.from_fields(f.obj("check")) if f.has("check") and f.raw("check") else None
 
 
-def _predicted(f: Fields) -> float | None:
+def _predicted(f: Fields, _: Mapping[str, Any]) -> float | None:
     return None if f.raw("predicted_step_s", None) is None else f.num("predicted_step_s")
 
 
-def _host_peaks(f: Fields) -> tuple[int, ...]:
+def _host_peaks(f: Fields, _: Mapping[str, Any]) -> tuple[int, ...]:
     """``ranks[].host_peak_bytes``, when every rank has one (reports before they were measured: ())."""
     ranks = f.raw("ranks")
     if all(isinstance(r, dict) and "host_peak_bytes" in r for r in ranks):
@@ -159,7 +158,7 @@ def _host_peaks(f: Fields) -> tuple[int, ...]:
     return ()
 
 
-def _comm(f: Fields) -> tuple[CommSpan, ...]:
+def _comm(f: Fields, _: Mapping[str, Any]) -> tuple[CommSpan, ...]:
     if not f.has("comm"):
         return ()
     out = []
@@ -180,21 +179,16 @@ def _comm(f: Fields) -> tuple[CommSpan, ...]:
     return tuple(out)
 
 
-def _losses(f: Fields) -> tuple[float, ...]:
+def _losses(f: Fields, _: Mapping[str, Any]) -> tuple[float, ...]:
     raw = f.raw("losses", [])
     if isinstance(raw, list) and any(isinstance(x, str) for x in raw):
         return tuple(float(x) if isinstance(x, str) and x in _NONFINITE else x for x in raw)
     return tuple(f.nums("losses", min=None)) if f.has("losses") else ()
 
 
-def _reads(read: Callable[[Fields], Any], default: Any = dataclasses.MISSING, **kw) -> Any:
-    """A RunReport field and how the file's object gives its value: ``read(fields)``."""
-    return field(default=default, metadata={"read": read}, **kw)
-
-
-def _key(name: str, how: Callable[..., Any] = Fields.str, **kw) -> Callable[[Fields], Any]:
+def _key(name: str, how: Callable[..., Any] = Fields.str, **kw) -> Reader:
     """The reader of a top-level key of the file, e.g. ``_key("world_size", Fields.int, min=1)``."""
-    return lambda f: how(f, name, **kw)
+    return lambda f, _: how(f, name, **kw)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,25 +196,25 @@ class RunReport:
     """What a real run measured. Each field says where it comes from in the file (its reader);
     ``from_fields`` reads them in this order, ``to_dict`` writes the file's layout."""
 
-    plan_path: str = _reads(lambda f: f.obj("plan").str("path"))  # the plan file run, as given
-    plan_sha256: str = _reads(lambda f: f.obj("plan").str("sha256"))  # its content hash
-    world_size: int = _reads(_key("world_size", Fields.int, min=1, max=MAX_DEVICES))  # processes
-    backend: str = _reads(_key("backend"))  # the process groups' backend: gloo | nccl
-    device: str = _reads(_key("device"))  # the device type ranks ran on: cpu | cuda
-    step_s: tuple[float, ...] = _reads(_steps)  # measured steps (warm-up excluded)
+    plan_path: str = reads(lambda f, _: f.obj("plan").str("path"))  # the plan file run, as given
+    plan_sha256: str = reads(lambda f, _: f.obj("plan").str("sha256"))  # its content hash
+    world_size: int = reads(_key("world_size", Fields.int, min=1, max=MAX_DEVICES))  # processes
+    backend: str = reads(_key("backend"))  # the process groups' backend: gloo | nccl
+    device: str = reads(_key("device"))  # the device type ranks ran on: cpu | cuda
+    step_s: tuple[float, ...] = reads(_steps)  # measured steps (warm-up excluded)
     #: the median step's events and per-rank stats, source "measured"
-    timeline: Timeline = _reads(_timeline)
-    losses: tuple[float, ...] = _reads(_losses, ())  # loss per step (all steps, warm-up included)
-    check: CheckResult | None = _reads(_check, None)  # when --check ran
-    predicted_step_s: float | None = _reads(_predicted, None)
+    timeline: Timeline = reads(_timeline)
+    losses: tuple[float, ...] = reads(_losses, ())  # loss per step (all steps, warm-up included)
+    check: CheckResult | None = reads(_check, None)  # when --check ran
+    predicted_step_s: float | None = reads(_predicted, None)
     #: schedule runtime, torch version, settings
-    extra: dict[str, Any] = _reads(lambda f: f.obj("extra").data if f.has("extra") else {}, default_factory=dict)
+    extra: dict[str, Any] = reads(lambda f, _: f.obj("extra").data if f.has("extra") else {}, default_factory=dict)
     #: per rank: peak resident host memory of the worker process (VmHWM), in ``ranks[]`` of the file
-    host_peak_bytes: tuple[int, ...] = _reads(_host_peaks, ())
+    host_peak_bytes: tuple[int, ...] = reads(_host_peaks, ())
     #: the tensor- and data-parallel collectives of a metered step after the timed ones, every
     #: rank's, timed from that step's start (plans with tp or dp; empty otherwise, and in reports
     #: written before they were measured)
-    comm: tuple[CommSpan, ...] = _reads(_comm, ())
+    comm: tuple[CommSpan, ...] = reads(_comm, ())
 
     @property
     def step_s_median(self) -> float:
@@ -262,7 +256,7 @@ class RunReport:
     @staticmethod
     def from_fields(f: Fields) -> RunReport:
         """The report in a file's object: each field by its own reader."""
-        return RunReport(**{x.name: x.metadata["read"](f) for x in dataclasses.fields(RunReport)})
+        return RunReport(**read_declared(RunReport, f))
 
 
 _NONFINITE = ("inf", "-inf", "nan")

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from profiles.contract import ContractError, Fields, read_json, schema_id, sha256_of, write_json
+from profiles.contract import (
+    ContractError,
+    Fields,
+    Reader,
+    read_declared,
+    read_json,
+    reads,
+    schema_id,
+    sha256_of,
+    write_json,
+)
 from profiles.types import DTYPES, Profile, load_profile
 from simulator.actions import MAX_TABLE_ACTIONS, Table, stage_ranks, table_from_text, table_to_text, validate_table
 from simulator.costs import CostModel, DPMode, Layout, Option, Recompute
@@ -51,27 +62,189 @@ class Prediction:
     latency_s: float = 0.0  # one microbatch through every stage of an idle pipeline (forwards and sends)
 
 
+# -- the file's readers, one per stored field (Plan declares which reads what) ----------------
+def _read_layout(f: Fields, _: Mapping[str, Any]) -> Layout:
+    """dp, tp, dp mode, sequence parallelism (on only with tp > 1) and gradient-reduce overlap;
+    plan/1 had tp 1 and ddp."""
+    dp = f.int("dp", min=1, max=MAX_DEVICES)
+    tp = 1 if _v1(f) else f.int("tp", min=1, max=MAX_DEVICES, default=1)
+    dp_mode = DPMode(f.str("dp_mode", choices=[m.value for m in DPMode], default="ddp"))
+    sp = f.bool("sequence_parallel", default=False)
+    overlap = f.bool("overlap_grad_reduce", default=False)
+    return Layout(tp=tp, dp=dp, dp_mode=dp_mode, sequence_parallel=sp and tp > 1, overlap_grad_reduce=overlap)
+
+
+def _read_stages(f: Fields, _: Mapping[str, Any]) -> tuple[StagePlan, ...]:
+    """The stages: consecutive unit ranges from unit 0, indexed 0, 1, 2, ... in order."""
+    stages = []
+    for s in f.objs("stages", nonempty=True):
+        units = s.list("units")
+        if (
+            len(units) != 2
+            or not all(isinstance(u, int) and not isinstance(u, bool) for u in units)
+            or not 0 <= units[0] < units[1]
+        ):
+            raise s.fail("units", f"expected [first, end) with 0 <= first < end, got {units!r}")
+        stages.append(
+            StagePlan(
+                s.int("index"),
+                units[0],
+                units[1],
+                s.int("rank"),
+                s.str("dtype", choices=DTYPES, default="fp32"),
+                _read_recompute(s, _v1(f)),
+            )
+        )
+    if [s.index for s in stages] != list(range(len(stages))):
+        raise f.fail("stages", "indices must be 0, 1, 2, ... in order")
+    for a, b in zip(stages, stages[1:]):
+        if a.end != b.first:
+            raise f.fail("stages", f"stage {b.index} starts at unit {b.first} but stage {a.index} ends at {a.end}")
+    if stages[0].first != 0:
+        raise f.fail("stages[0].units", "the first stage must start at unit 0")
+    return tuple(stages)
+
+
+def _read_schedule_name(sched: Fields) -> str:
+    try:
+        return canonical_name(sched.str("name"))
+    except ContractError:
+        raise
+    except ValueError as e:
+        raise sched.fail("name", str(e)) from None
+
+
+def _read_table(f: Fields, earlier: Mapping[str, Any]) -> Table:
+    """A valid table for the stages and microbatches read before it, that runs each stage on its
+    rank and keeps every one of the ``pp`` ranks busy."""
+    sched, stages, pp = f.obj("schedule"), earlier["stages"], earlier["pp"]
+    raw_table = sched.raw("table")
+    if not isinstance(raw_table, dict):
+        raise sched.fail("table", "expected an object mapping rank to actions")
+    forward_only = f.obj("job", default={}).data.get("forward_only") is True
+    try:
+        table = table_from_text(raw_table)
+        validate_table(table, len(stages), earlier["microbatches"], forward_only=forward_only)
+        owner = stage_ranks(table)
+    except ValueError as e:
+        raise sched.fail("table", str(e).splitlines()[0]) from None
+    for s in stages:
+        if owner.get(s.index) != s.rank:
+            raise f.fail(
+                f"stages[{s.index}].rank",
+                f"is {s.rank} but the schedule table runs it on rank {owner.get(s.index)}",
+            )
+    if max(owner.values()) + 1 != pp:
+        raise f.fail("pp", f"is {pp} but the schedule table uses {max(owner.values()) + 1} ranks")
+    idle = sorted(set(range(pp)) - set(owner.values()))
+    if idle:
+        raise sched.fail("table", f"rank {idle[0]} runs no stage: every pipeline rank holds at least one")
+    return table
+
+
+def _read_cluster(f: Fields, earlier: Mapping[str, Any]) -> Cluster:
+    """The cluster, with room for the plan's processes."""
+    cluster = Cluster.from_fields(f.obj("cluster"))
+    pp, layout = earlier["pp"], earlier["layout"]
+    world = pp * layout.dp * layout.tp
+    if world > cluster.devices:
+        raise f.fail(
+            "dp",
+            f"pp {pp} x dp {layout.dp} x tp {layout.tp} = {world} processes, "
+            f"more than the cluster's {cluster.devices} devices",
+        )
+    return cluster
+
+
+def _read_prediction(f: Fields, _: Mapping[str, Any]) -> Prediction | None:
+    if not f.has("predicted"):
+        return None
+    p = f.obj("predicted")
+    return Prediction(
+        p.num("step_s"),
+        tuple(p.nums("bubble_fraction")),
+        tuple(int(x) for x in p.nums("peak_bytes")),
+        p.num("throughput", default=0.0),
+        p.num("latency_s", default=0.0),
+    )
+
+
+def _read_solver(f: Fields, _: Mapping[str, Any]) -> dict[str, Any]:
+    """The solver's facts: an object."""
+    solver = f.raw("solver", {}) or {}
+    if not isinstance(solver, dict):
+        raise f.fail("solver", f"expected an object, got {type(solver).__name__}")
+    return solver
+
+
+def _read_baselines(f: Fields, _: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The baselines: objects with a name (and numbers where they hold them)."""
+    baselines = f.list("baselines", default=[])
+    if not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in baselines):
+        raise f.fail("baselines", "expected a list of objects with a name")
+    for i, b in enumerate(baselines):
+        row = Fields(b, f.where, f"baselines[{i}]")
+        row.num("speedup", default=0.0)
+        row.num("step_s", default=0.0)
+        if not isinstance(b.get("fits_memory", True), bool):
+            raise row.fail("fits_memory", "expected true or false")
+    return tuple(baselines)
+
+
+def _read_notes(f: Fields, _: Mapping[str, Any]) -> tuple[str, ...]:
+    notes = f.list("notes", default=[])
+    if not all(isinstance(n, str) for n in notes):
+        raise f.fail("notes", "expected a list of strings")
+    return tuple(notes)
+
+
+def _read_recompute(s: Fields, v1: bool) -> Recompute:
+    """A stage's recompute: ``none|selective|full``; plan/1 stored a boolean (full or none)."""
+    if v1:
+        return Recompute.FULL if s.bool("recompute", default=False) else Recompute.NONE
+    return Recompute(s.str("recompute", choices=[r.value for r in Recompute], default="none"))
+
+
+def _v1(f: Fields) -> bool:
+    """A plan/1 file (no tp or dp mode; boolean recompute)."""
+    return f.data.get("schema") == schema_id(KIND, 1)
+
+
+def _profile_key(key: str, **kw: Any) -> Reader:
+    return lambda f, _: f.obj("profile").str(key, **kw)
+
+
+def _int(key: str, hi: int) -> Reader:
+    return lambda f, _: f.int(key, min=1, max=hi)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    profile_path: str  # as stored: relative to the plan file's folder when saved next to it
-    profile_sha256: str
-    model_name: str
-    pp: int
+    """A plan; each stored field says how its file gives it (its reader, in the order its errors
+    come), ``to_dict`` writes the file's layout. plan/1 files read as tp 1, ddp, recompute
+    none/full."""
+
+    pp: int = reads(_int("pp", MAX_DEVICES))
     #: tp, dp, dp mode, sequence parallelism and gradient-reduce overlap, as the cost layer prices
     #: them; held for this pipeline (``Layout.on_pipeline(pp)``: its reshard rule applied)
-    layout: Layout = field(default_factory=Layout)
-    virtual: int
-    microbatches: int
-    microbatch_size: int
-    stages: tuple[StagePlan, ...]
-    schedule: str
-    table: Table
-    cluster: Cluster
-    job: Job
-    predicted: Prediction | None = None
-    solver: dict[str, Any] = field(default_factory=dict)  # status, solver, time_s, gap, objective
-    baselines: tuple[dict[str, Any], ...] = ()  # [{name, step_s, speedup}]
-    notes: tuple[str, ...] = ()  # explanations
+    layout: Layout = reads(_read_layout, default_factory=Layout)
+    virtual: int = reads(_int("virtual", MAX_TABLE_ACTIONS))
+    microbatches: int = reads(_int("microbatches", MAX_GLOBAL_BATCH))
+    microbatch_size: int = reads(_int("microbatch_size", MAX_GLOBAL_BATCH))
+    stages: tuple[StagePlan, ...] = reads(_read_stages)
+    schedule: str = reads(lambda f, _: _read_schedule_name(f.obj("schedule")))
+    table: Table = reads(_read_table)
+    predicted: Prediction | None = reads(_read_prediction, None)
+    cluster: Cluster = reads(_read_cluster)
+    job: Job = reads(lambda f, _: Job.from_dict(f.obj("job", default={}).data, f.where, "job"))
+    #: status, solver, time_s, gap, objective
+    solver: dict[str, Any] = reads(_read_solver, default_factory=dict)
+    baselines: tuple[dict[str, Any], ...] = reads(_read_baselines, ())  # [{name, step_s, speedup}]
+    notes: tuple[str, ...] = reads(_read_notes, ())  # explanations
+    #: as stored: relative to the plan file's folder when saved next to it
+    profile_path: str = reads(_profile_key("path"))
+    profile_sha256: str = reads(_profile_key("sha256"))
+    model_name: str = reads(_profile_key("model", default=""))
     profile: Profile | None = field(default=None, compare=False, repr=False)  # loaded, not stored
 
     def __post_init__(self) -> None:
@@ -274,156 +447,8 @@ class Plan:
 
     @staticmethod
     def from_fields(f: Fields) -> Plan:
-        """A Plan from its file's fields, each checked (a one-line error naming the field); plan/1
-        files read as tp 1, ddp, recompute none/full."""
-        prof = f.obj("profile")
-        v1 = f.data.get("schema") == schema_id(KIND, 1)
-        pp, layout = f.int("pp", min=1, max=MAX_DEVICES), _read_layout(f, v1)
-        v = f.int("virtual", min=1, max=MAX_TABLE_ACTIONS)
-        m = f.int("microbatches", min=1, max=MAX_GLOBAL_BATCH)
-        mbs = f.int("microbatch_size", min=1, max=MAX_GLOBAL_BATCH)
-        stages = _read_stages(f, v1)
-        name, table = _read_schedule(f, stages, pp, m)
-        pred = _read_prediction(f.obj("predicted")) if f.has("predicted") else None
-        cluster = Cluster.from_fields(f.obj("cluster"))
-        world = pp * layout.dp * layout.tp
-        if world > cluster.devices:
-            raise f.fail(
-                "dp",
-                f"pp {pp} x dp {layout.dp} x tp {layout.tp} = {world} processes, "
-                f"more than the cluster's {cluster.devices} devices",
-            )
-        job = Job.from_dict(f.obj("job", default={}).data, f.where, "job")
-        solver, baselines, notes = _read_records(f)
-        return Plan(
-            profile_path=prof.str("path"),
-            profile_sha256=prof.str("sha256"),
-            model_name=prof.str("model", default=""),
-            pp=pp,
-            layout=replace(layout, overlap_grad_reduce=f.bool("overlap_grad_reduce", default=False)),
-            virtual=v,
-            microbatches=m,
-            microbatch_size=mbs,
-            stages=stages,
-            schedule=name,
-            table=table,
-            cluster=cluster,
-            job=job,
-            predicted=pred,
-            solver=solver,
-            baselines=baselines,
-            notes=notes,
-        )
-
-
-def _read_layout(f: Fields, v1: bool) -> Layout:
-    """dp, tp, dp mode and sequence parallelism (on only with tp > 1); plan/1 had tp 1 and ddp."""
-    dp = f.int("dp", min=1, max=MAX_DEVICES)
-    tp = 1 if v1 else f.int("tp", min=1, max=MAX_DEVICES, default=1)
-    dp_mode = DPMode(f.str("dp_mode", choices=[m.value for m in DPMode], default="ddp"))
-    sp = f.bool("sequence_parallel", default=False)
-    return Layout(tp=tp, dp=dp, dp_mode=dp_mode, sequence_parallel=sp and tp > 1)
-
-
-def _read_stages(f: Fields, v1: bool) -> tuple[StagePlan, ...]:
-    """The stages: consecutive unit ranges from unit 0, indexed 0, 1, 2, ... in order."""
-    stages = []
-    for s in f.objs("stages", nonempty=True):
-        units = s.list("units")
-        if (
-            len(units) != 2
-            or not all(isinstance(u, int) and not isinstance(u, bool) for u in units)
-            or not 0 <= units[0] < units[1]
-        ):
-            raise s.fail("units", f"expected [first, end) with 0 <= first < end, got {units!r}")
-        stages.append(
-            StagePlan(
-                s.int("index"),
-                units[0],
-                units[1],
-                s.int("rank"),
-                s.str("dtype", choices=DTYPES, default="fp32"),
-                _read_recompute(s, v1),
-            )
-        )
-    if [s.index for s in stages] != list(range(len(stages))):
-        raise f.fail("stages", "indices must be 0, 1, 2, ... in order")
-    for a, b in zip(stages, stages[1:]):
-        if a.end != b.first:
-            raise f.fail("stages", f"stage {b.index} starts at unit {b.first} but stage {a.index} ends at {a.end}")
-    if stages[0].first != 0:
-        raise f.fail("stages[0].units", "the first stage must start at unit 0")
-    return tuple(stages)
-
-
-def _read_schedule(f: Fields, stages: tuple[StagePlan, ...], pp: int, m: int) -> tuple[str, Table]:
-    """The schedule's name and table: a valid table for these stages and ``m`` microbatches that
-    runs each stage on its rank and keeps every one of the ``pp`` ranks busy."""
-    sched = f.obj("schedule")
-    try:
-        name = canonical_name(sched.str("name"))
-    except ContractError:
-        raise
-    except ValueError as e:
-        raise sched.fail("name", str(e)) from None
-    raw_table = sched.raw("table")
-    if not isinstance(raw_table, dict):
-        raise sched.fail("table", "expected an object mapping rank to actions")
-    try:
-        table = table_from_text(raw_table)
-        validate_table(table, len(stages), m, forward_only=f.obj("job", default={}).data.get("forward_only") is True)
-        owner = stage_ranks(table)
-    except ValueError as e:
-        raise sched.fail("table", str(e).splitlines()[0]) from None
-    for s in stages:
-        if owner.get(s.index) != s.rank:
-            raise f.fail(
-                f"stages[{s.index}].rank",
-                f"is {s.rank} but the schedule table runs it on rank {owner.get(s.index)}",
-            )
-    if max(owner.values()) + 1 != pp:
-        raise f.fail("pp", f"is {pp} but the schedule table uses {max(owner.values()) + 1} ranks")
-    idle = sorted(set(range(pp)) - set(owner.values()))
-    if idle:
-        raise sched.fail("table", f"rank {idle[0]} runs no stage: every pipeline rank holds at least one")
-    return name, table
-
-
-def _read_prediction(p: Fields) -> Prediction:
-    return Prediction(
-        p.num("step_s"),
-        tuple(p.nums("bubble_fraction")),
-        tuple(int(x) for x in p.nums("peak_bytes")),
-        p.num("throughput", default=0.0),
-        p.num("latency_s", default=0.0),
-    )
-
-
-def _read_records(f: Fields) -> tuple[dict[str, Any], tuple[dict[str, Any], ...], tuple[str, ...]]:
-    """The solver's facts (an object), the baselines (objects with a name) and the notes (strings)."""
-    solver = f.raw("solver", {}) or {}
-    if not isinstance(solver, dict):
-        raise f.fail("solver", f"expected an object, got {type(solver).__name__}")
-    baselines = f.list("baselines", default=[])
-    if not all(isinstance(b, dict) and isinstance(b.get("name"), str) for b in baselines):
-        raise f.fail("baselines", "expected a list of objects with a name")
-    for i, b in enumerate(baselines):
-        row = Fields(b, f.where, f"baselines[{i}]")
-        row.num("speedup", default=0.0)
-        row.num("step_s", default=0.0)
-        if not isinstance(b.get("fits_memory", True), bool):
-            raise row.fail("fits_memory", "expected true or false")
-    notes = f.list("notes", default=[])
-    if not all(isinstance(n, str) for n in notes):
-        raise f.fail("notes", "expected a list of strings")
-    return solver, tuple(baselines), tuple(notes)
-
-
-def _read_recompute(s: Fields, v1: bool) -> Recompute:
-    """A stage's recompute: ``none|selective|full``; plan/1 stored a boolean (full or none)."""
-    if v1:
-        return Recompute.FULL if s.bool("recompute", default=False) else Recompute.NONE
-    return Recompute(s.str("recompute", choices=[r.value for r in Recompute], default="none"))
+        """A Plan from its file's fields, each checked (a one-line error naming the field)."""
+        return Plan(**read_declared(Plan, f))
 
 
 def load_plan(path: str | Path, with_profile: bool = True) -> Plan:

@@ -15,7 +15,8 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "check_outputs",
     "schema_id",
     "sha256_of",
+    "reads",
+    "read_declared",
 ]
 
 #: The largest file any pipeplan command reads: 64 MiB. The biggest real ones are plans with
@@ -361,6 +364,26 @@ class Fields:
         items = self.list(key)
         wrapped = Fields(dict(enumerate(items)), self.where, self._path(key))
         return [wrapped.num(i, min=min) for i in range(len(items))]
+
+
+#: how a file's object gives one field of a contract: ``read(fields, earlier)``, where ``earlier``
+#: holds the values of the fields declared before it (a stage table is checked against the stages)
+Reader = Callable[[Fields, Mapping[str, Any]], Any]
+
+
+def reads(read: Reader, default: Any = MISSING, **kw: Any) -> Any:
+    """A contract dataclass's field declared with its reader (see :func:`read_declared`)."""
+    return field(default=default, metadata={"read": read}, **kw)
+
+
+def read_declared(cls: type, f: Fields) -> dict[str, Any]:
+    """Each field of ``cls`` declared with :func:`reads`, by its reader, in declaration order (the
+    order its errors come in); fields without one keep their defaults."""
+    values: dict[str, Any] = {}
+    for x in fields(cls):
+        if "read" in x.metadata:
+            values[x.name] = x.metadata["read"](f, values)
+    return values
 
 
 def _short(v: Any) -> str:
