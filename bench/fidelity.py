@@ -13,7 +13,7 @@ number of stages per rank above one for the multi-stage ones) with the units cut
 about equal profiled time ("even"), 1F1B with the cut moved one unit either way ("shift-1",
 "shift+1"), the planner's own top plans over all schedules ("planner"), and the other layouts of
 the same 2 ranks ("layout", unless ``--no-layouts``): pp 1 x tp 2 (where the executor can split
-the model) and pp 1 x dp 2 with ddp, zero1 and fsdp. A model named ``NAME-tied`` is NAME profiled
+the model) and pp 1 x dp 2 with ddp, zero1, zero2 and fsdp. A model named ``NAME-tied`` is NAME profiled
 with tied input and output embeddings (``--set tie_word_embeddings=true``). All of them run in
 ONE torchrun launch, the whole matrix ``--rounds`` times in turn, so a burst of outside load does
 not land on one config only.
@@ -74,6 +74,7 @@ LAYOUTS = [
     ("pp1 tp2", 2, 1, "ddp"),
     ("pp1 dp2 ddp", 1, 2, "ddp"),
     ("pp1 dp2 zero1", 1, 2, "zero1"),
+    ("pp1 dp2 zero2", 1, 2, "zero2"),
     ("pp1 dp2 fsdp", 1, 2, "fsdp"),
 ]
 QUICK = {"models": "llama-small,bert-small", "microbatches": "4", "steps": 2, "rounds": 2, "top": 1}
@@ -93,7 +94,7 @@ class Config:
 
 
 def _layout_configs(model: str, profile, prof_path: Path, cluster, m: int) -> list[Config]:
-    """pp 1 with tp 2 or dp 2 (ddp, zero1, fsdp) on the 2 ranks; tp only where the executor has
+    """pp 1 with tp 2 or dp 2 (ddp, zero1, zero2, fsdp) on the 2 ranks; tp only where the executor has
     the model's tensor-parallel plan. dp 2 runs m microbatches per replica (twice the batch)."""
     from executor.plans import validation_plan
     from planner.pricing import profile_tp_degrees
@@ -427,7 +428,7 @@ def main() -> int:
         "--no-layouts",
         dest="layouts",
         action="store_false",
-        help="leave out pp 1 x tp 2 and pp 1 x dp 2 (ddp, zero1, fsdp)",
+        help="leave out pp 1 x tp 2 and pp 1 x dp 2 (ddp, zero1, zero2, fsdp)",
     )
     args = ap.parse_args()
     if args.quick:

@@ -113,7 +113,9 @@ class PublishedRun:
     schedule: str = "1F1B"  #: pipeline schedule (torch's name)
     virtual: int = 1  #: stages per pipeline rank (interleaved schedules)
     recompute: str = "full"  #: activation recomputation: none, selective (Korthikanti et al.) or full
-    dp_mode: str = "ddp"  #: data parallelism: ddp (replicas, gradients all-reduced) or fsdp
+    #: data parallelism (``simulator.modes``): ddp (replicas, gradients all-reduced), zero2 (gradients
+    #: sharded, reduced each microbatch) or fsdp
+    dp_mode: str = "ddp"
     sequence_parallel: bool = False  #: Megatron sequence parallelism beside tp
     #: data-parallel gradient reduction overlapped with the backward (torch DDP's buckets); False:
     #: after the whole forward-backward (Megatron's ``DDP=local`` of 2021)
@@ -273,21 +275,24 @@ def _llama3(*, gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         global_batch=dp * batch_per_dp,
         tflops_per_gpu=tflops,
         peak_fraction=mfu,
-        notes="DP is FSDP; 16M tokens per batch",
+        notes="DP is FSDP as ZeRO-2 (gradients sharded, reduced each microbatch); 16M tokens per batch",
         attention="flash",
         microbatch=1,
         schedule="Interleaved1F1B",
         virtual=(126 + 2) // 16,  # one layer per stage, the embedding and the head a stage each (§3.3.2)
         ends_take_a_layer=True,
         recompute="none",
-        dp_mode="fsdp",
+        dp_mode="zero2",
+        overlap_grad_reduce=True,
         sequence_parallel=True,
         settings="the paper's §3.3.2 (interleaved schedule; one layer fewer on the first and the last stage, so "
         "that 'the first model chunk on the first stage has only the embedding' and the last only the output "
         "projection and loss: one layer per model chunk, 8 chunks per rank; no activation checkpointing at 8K; "
-        "FSDP not resharded after forward; asynchronous pipeline sends); assumed: microbatch 1, torch's and "
-        "Megatron's default of pp microbatches per round, sequence parallel beside TP, a fused (flash) attention "
-        "kernel, no overlap of the FSDP collectives",
+        "FSDP 'shards optimizer states and gradients' but does not reshard the weights after forward, with FP32 "
+        "gradient accumulation and reduce-scatter over the microbatches, its collectives asynchronous; asynchronous "
+        "pipeline sends); assumed: microbatch 1, torch's and Megatron's default of pp microbatches per round, "
+        "sequence parallel beside TP, a fused (flash) attention kernel, the gradients reduced in the model's bf16 "
+        "(the paper: FP32), the overlapped collectives slowing no compute",
     )
 
 

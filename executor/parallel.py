@@ -21,9 +21,12 @@ it: the one place a sharded parameter's gradient is mapped back to the one-proce
 
 The embedding and the head are vocabulary-parallel (``TPPlan.vocab``): ``RowwiseParallel`` on
 the ``nn.Embedding`` of ``vocab_size`` rows (each rank looks up its rows, the output is
-all-reduced) and ``ColwiseParallel`` on the vocabulary-sized ``nn.Linear`` with its logits
-gathered (Hugging Face's own head plan, ``colwise_gather_output``), so the loss runs unchanged.
-Norms stay replicated.
+all-reduced) and ``ColwiseParallel`` on the vocabulary-sized ``nn.Linear``. A training run of a
+language model keeps the head's logits split by vocabulary columns and computes Megatron's
+vocabulary-parallel cross entropy on them (``vocab_parallel_lm_loss``: three all-reduces of a
+value per token, no rank holding ``b·s·V`` logits); a forward-only run, or a model with a loss of
+its own, gathers the logits (Hugging Face's own head plan, ``colwise_gather_output``) and runs its
+loss unchanged. Norms stay replicated.
 
 **Sequence parallel** (``TPPlan.sequence_parallel``, GPT-2 and Llama blocks): each rank holds
 ``1/t`` of the sequence outside the tensor-parallel regions: torch's ``SequenceParallel`` on the
@@ -34,11 +37,8 @@ stage sends) the rank's ``[b, s/t, h]`` share (``apply_tp``).
 
 Execution against the cost model (``simulator/tensor_parallel.py``): per block the same
 collectives (2 all-reduces each way; with sequence parallelism 2 all-gathers and 2
-reduce-scatters each way) and the same bytes between stages. Where they differ: the head
-all-gathers its ``s·b·V`` logits and every tp rank computes the whole cross entropy, where the
-cost model prices Megatron's vocabulary-parallel cross entropy (three all-reduces of one fp32
-value per token; torch's ``loss_parallel`` would keep the logits sharded, but the pipeline
-runtime hands its loss plain tensors); with sequence parallelism the embedding all-reduces its
+reduce-scatters each way), the same vocabulary-parallel loss, and the same bytes between stages.
+Where they differ: with sequence parallelism the embedding all-reduces its
 output and keeps its share (priced: a reduce-scatter), and the norms' weight gradients are
 partial sums, all-reduced when the optimizer reads them (not priced); GPT-2's position
 embedding (``wpe``) stays whole, where the cost model counts every embedding parameter ``/t``.
@@ -101,6 +101,8 @@ __all__ = [
     "local_tensor",
     "plain_tensor",
     "reference_layout",
+    "vocab_start",
+    "vocab_parallel_lm_loss",
 ]
 
 #: attribute of a layer whose output features were permuted before sharding (``FusedQKVColwise``):
@@ -229,18 +231,21 @@ class TPPlan:
     block: dict[str, str]
     #: vocabulary size: an ``nn.Embedding`` with this many rows is split by vocabulary rows
     #: (``RowwiseParallel``, its output all-reduced), an ``nn.Linear`` with this many outputs
-    #: (the head) by vocabulary columns, its logits gathered (Hugging Face's own head plan,
-    #: ``colwise_gather_output``); 0: neither is split
+    #: (the head) by vocabulary columns; 0: neither is split
     vocab: int = 0
     #: Megatron's sequence parallelism: between the tensor-parallel regions (norms, residuals, the
     #: activations sent between stages) each rank holds ``1/t`` of the sequence
     sequence_parallel: bool = False
+    #: the head's logits stay split by vocabulary columns (each rank its ``V/t``), for
+    #: :func:`vocab_parallel_lm_loss`; False: gathered whole on every rank (forward-only runs, and
+    #: losses other than the language-model cross entropy)
+    sharded_logits: bool = False
     #: the blocks are pre-norm (``_PRE_NORM_TYPES``): each norm's output feeds only column-parallel
     #: layers, so it is handed to them as one DTensor and their input gradients are reduced once
     pre_norm: bool = False
 
 
-def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
+def tp_plan(model_config: dict, sequence_parallel: bool = False, *, sharded_logits: bool = False) -> TPPlan:
     """The tensor-parallel plan: for the blocks the Hugging Face config's ``base_model_tp_plan``
     (``layers.*.`` taken off, e.g. ``{"self_attn.q_proj": "colwise", ...}``), else pipeplan's own
     for the model type (``profiles.tp_plans.OWN_PLANS``: GPT-2); the embedding and head vocabulary-parallel."""
@@ -249,7 +254,7 @@ def tp_plan(model_config: dict, sequence_parallel: bool = False) -> TPPlan:
     from profiles.zoo_hf import full_config
 
     vocab = int(full_config(model_type, model_config).get("vocab_size") or 0)
-    return TPPlan(block, vocab, sequence_parallel, model_type in _PRE_NORM_TYPES)
+    return TPPlan(block, vocab, sequence_parallel, sharded_logits, model_type in _PRE_NORM_TYPES)
 
 
 def check_supported(model_config: dict, tp: int, sequence_parallel: bool, where: str) -> None:
@@ -334,7 +339,8 @@ def apply_tp(unit: nn.Module, plan: TPPlan, tp_mesh: DeviceMesh) -> int:
         if plan.vocab and isinstance(module, nn.Embedding) and module.num_embeddings == plan.vocab:
             styles[name], role = RowwiseParallel(input_layouts=Replicate()), "embedding"  # token ids: whole
         elif plan.vocab and isinstance(module, nn.Linear) and module.out_features == plan.vocab:
-            styles[name], role = ColwiseParallel(output_layouts=Replicate()), "head"
+            head = ColwiseParallel() if plan.sharded_logits else ColwiseParallel(output_layouts=Replicate())
+            styles[name], role = head, "head"
         elif sp and _is_norm(module):
             styles[name] = GatheredSequenceParallel()
         elif plan.pre_norm and _is_norm(module):
@@ -356,18 +362,71 @@ def apply_tp(unit: nn.Module, plan: TPPlan, tp_mesh: DeviceMesh) -> int:
     return len(styles)
 
 
+def vocab_start(vocab: int, tp_mesh: DeviceMesh) -> int:
+    """The first vocabulary entry of this tp rank's logits columns: DTensor's ``Shard`` splits a
+    dimension as ``torch.chunk`` does, ``ceil(V/t)`` entries per rank, the last ones fewer."""
+    return tp_mesh.get_local_rank() * -(-vocab // tp_mesh.size())
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Cross entropy over logits split by vocabulary columns, with no rank holding them whole:
+    Megatron-LM's vocabulary-parallel loss (Shoeybi et al. 2019, §3: the parallel GEMM's output
+    fused with the cross entropy, which "reduces the dimension to b x s"). Per token, the forward
+    all-reduces three values over the tp group (the max logit, the sum of exponentials, the
+    target's logit from the rank that holds it); the backward, softmax minus the one-hot target on
+    each rank's own columns, needs none."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, group, start):  # noqa: D102 - torch's signature
+        mine = logits.shape[-1]
+        top = logits.max(dim=-1).values
+        torch.distributed.all_reduce(top, torch.distributed.ReduceOp.MAX, group=group)
+        shifted = logits - top.unsqueeze(-1)
+        exp = shifted.exp()
+        total = exp.sum(dim=-1)
+        torch.distributed.all_reduce(total, group=group)
+        local = labels - start
+        here = (local >= 0) & (local < mine)
+        index = local.clamp(0, mine - 1).unsqueeze(-1)
+        target = torch.where(here, shifted.gather(-1, index).squeeze(-1), torch.zeros_like(total))
+        torch.distributed.all_reduce(target, group=group)
+        counted = labels != _IGNORE_INDEX
+        count = counted.sum().clamp(min=1)
+        ctx.save_for_backward(exp / total.unsqueeze(-1), index, here & counted, counted, count)
+        return ((total.log() - target) * counted).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        softmax, index, hit, counted, count = ctx.saved_tensors
+        g = softmax.clone()
+        g.scatter_add_(-1, index, -hit.to(g.dtype).unsqueeze(-1))
+        return g * (counted.unsqueeze(-1) * grad / count), None, None, None
+
+
+#: the label cross entropy skips (``torch.nn.functional.cross_entropy``'s default)
+_IGNORE_INDEX = -100
+
+
+def vocab_parallel_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, group, start: int) -> torch.Tensor:
+    """``profiles.zoo_hf.lm_loss`` on this rank's vocabulary columns of the logits ``[b, s, V/t]``
+    (from ``start``), equal to it on the whole logits: the mean cross entropy over the tokens."""
+    return _VocabParallelCrossEntropy.apply(logits.flatten(0, 1).float(), labels.flatten(), group, start)
+
+
 def _share_of_sequence(have) -> PrepareModuleOutput:
     """A unit's output (laid out as ``have``) handed on as this rank's share of the sequence."""
     return PrepareModuleOutput(output_layouts=have, desired_output_layouts=Shard(1), use_local_output=True)
 
 
-def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
+def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool, *, sync_each: bool = False) -> None:
     """Shard a stage's parameters, gradients and optimizer state over ``dp_mesh`` with FSDP2's
     ``fully_shard``, in torchtitan's order: each unit, then the stage. ``reshard_after_forward``
     (the plan's layout says: fsdp without pipelining) frees the gathered parameters after each
     forward and gathers them again for backward; otherwise (zero2, and fsdp under pipelining, as
     torchtitan runs it) they stay gathered through the step. ``PipelineStage`` runs the
-    microbatches' backwards without gradient sync and reduce-scatters once, after the last.
+    microbatches' backwards without gradient sync and reduce-scatters once, after the last;
+    ``sync_each`` (zero2: ``DPModeSpec.reduces_each_microbatch``) keeps the sync on, so each
+    unit's gradient is reduce-scattered at every microbatch's backward and accumulated sharded.
     Parameters already sharded by tp (DTensors on the tp mesh) are sharded again over dp (FSDP2's
     2-D layout)."""
     import torch.distributed as dist
@@ -383,6 +442,21 @@ def apply_fsdp(stage: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: boo
     fully_shard(stage, mesh=dp_mesh, reshard_after_forward=reshard)
     if gloo:  # gloo reduces by sum: FSDP2 then divides by the dp size itself
         stage.set_force_sum_reduction_for_comms(True)
+    if sync_each:
+        _keep_gradient_sync(stage)
+
+
+def _keep_gradient_sync(stage: nn.Module) -> None:
+    """Gradient sync stays on whatever ``PipelineStage`` asks: it turns it off before every
+    microbatch's backward but the last (to reduce once a step), which would accumulate whole
+    gradients; kept on, FSDP2's post-backward reduce-scatters each microbatch's into the sharded
+    gradient, as ZeRO-2 does."""
+    keep = stage.set_requires_gradient_sync
+
+    def set_requires_gradient_sync(requires_gradient_sync: bool, *, recurse: bool = True) -> None:
+        keep(True, recurse=recurse)
+
+    stage.set_requires_gradient_sync = set_requires_gradient_sync
 
 
 def _fsdp_groups(units: Sequence[nn.Module]) -> list[list[nn.Module]]:

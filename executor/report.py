@@ -381,7 +381,8 @@ def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float
     """Predicted: each pipeline rank's seconds in ``tp`` collectives (the cost layer's share of its
     actions' F and B, ``UnitRecord.tp_forward_s``/``tp_backward_s``, summed over its table) and in
     ``dp`` collectives (the weights gathered again inside each backward,
-    ``UnitRecord.dp_backward_s``, and its gathers and its mode's gradient reduction on
+    ``UnitRecord.dp_backward_s``, each microbatch's gradients reduced inside it,
+    ``UnitRecord.dp_reduce_s``, and its gathers and its mode's gradient reduction on
     ``predicted``'s communication track) per step. Empty for a plan with neither tp nor dp."""
     if plan.tp == 1 and plan.dp == 1:
         return {}
@@ -393,7 +394,13 @@ def predicted_comm(plan: Plan, predicted: Timeline) -> dict[int, dict[str, float
         fwd, bwd = sum(r.tp_forward_s for r in recs), sum(r.tp_backward_s for r in recs)
         tp[s.index] = {"F": fwd, "B": bwd, "I": bwd, "W": 0.0}
         gather = sum(r.dp_backward_s for r in recs)  # weights gathered again at each backward's start
-        dp[s.index] = {"F": 0.0, "B": gather, "I": gather if s.index else 0.0, "W": 0.0 if s.index else gather}
+        reduce = sum(r.dp_reduce_s for r in recs)  # each microbatch's gradients reduce-scattered (zero2)
+        dp[s.index] = {
+            "F": 0.0,
+            "B": gather + reduce,
+            "I": gather if s.index else 0.0,
+            "W": reduce if s.index else gather + reduce,
+        }
     out = {}
     for rank, actions in plan.table.items():
         acts = list(_compute_actions(actions))

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from profiles.contract import UserError, sha256_of
 from profiles.materialize import tie_local, tied_paths, unit_materializer
 from profiles.tuning import gc_paused, keep_freed_memory
 from profiles.zoo import ZooModel, build_model, check_trusted
+from profiles.zoo_hf import lm_loss
 from simulator.modes import DPMode, DPModeSpec
 from simulator.timeline import Event, RankStats, Timeline
 
@@ -69,6 +71,8 @@ from .parallel import (
     optimizer_state,
     plain_tensor,
     tp_plan,
+    vocab_parallel_lm_loss,
+    vocab_start,
 )
 from .reference import GradCheck, check_outputs, reference_step
 from .report import CheckResult, CommSpan, RunReport
@@ -347,19 +351,22 @@ def _build(ctx: _Context, cfg: RunConfig) -> _Rank:
     stage_indices = sorted(s.index for s in plan.stages if s.rank == pp_rank)
     my_units = {u for s in plan.stages if s.index in stage_indices for u in range(s.first, s.end)}
     units = [make_unit(i, device) if i in my_units else u for i, u in enumerate(model.units)]
+    forward_only = plan.job.forward_only
+    loss_fn = _loss_fn(model, plan, tp_mesh)
     if tp > 1:
-        tp_styles = tp_plan(profile.model_config, plan.sequence_parallel)
+        sharded_logits = loss_fn is not model.loss_fn
+        tp_styles = tp_plan(profile.model_config, plan.sequence_parallel, sharded_logits=sharded_logits)
         for i in my_units:
             apply_tp(units[i], tp_styles, tp_mesh)
-    forward_only = plan.job.forward_only
     loss_scale = FP16_LOSS_SCALE if any(s.dtype == "fp16" for s in plan.stages) and not forward_only else 1.0
-    loss_fn = model.loss_fn if loss_scale == 1.0 else (lambda out, y: model.loss_fn(out, y) * loss_scale)
+    if loss_scale != 1.0:
+        loss_fn = partial(_scaled, loss_fn, loss_scale)
     tie_local(model, units, my_units)  # tied copies on this rank: one parameter
     stages, mods = build_stages(plan, units, pp_rank, device, pp_group)
     tied = _tied_groups(plan, model, units, plan.dp, pp_rank, dp_rank)
     if mode.fully_shard:
         for mod in mods:  # resharded after forward as the plan's layout says (its mode's rule)
-            apply_fsdp(mod, dp_mesh, plan.parallelism.reshard_after_forward)
+            apply_fsdp(mod, dp_mesh, plan.parallelism.reshard_after_forward, sync_each=mode.reduces_each_microbatch)
     params = list({id(p): p for mod in mods for p in mod.parameters()}.values())  # a tied weight once
     recorder = Recorder(rank=rank)
     if cfg.fail_at_step is not None and rank == cfg.fail_rank:
@@ -390,6 +397,21 @@ def _build(ctx: _Context, cfg: RunConfig) -> _Rank:
         host_base=host_base,
         comm=_comm_meter(rank, recorder, tp_mesh, dp_mesh) if tp > 1 or plan.dp > 1 else None,
     )
+
+
+def _loss_fn(model, plan: Plan, tp_mesh) -> Callable:
+    """The model's loss; under tp, when it is the language-model cross entropy of a training run,
+    Megatron's vocabulary-parallel one on each rank's logits columns (what the cost model prices:
+    three all-reduces of a value per token, where gathering the logits would move ``b·s·V``)."""
+    if plan.tp == 1 or plan.job.forward_only or model.loss_fn is not lm_loss:
+        return model.loss_fn
+    vocab = tp_plan(plan.profile.model_config).vocab
+    return partial(vocab_parallel_lm_loss, group=tp_mesh.get_group(), start=vocab_start(vocab, tp_mesh))
+
+
+def _scaled(loss_fn: Callable, scale: float, out, target):
+    """fp16's loss scaling: the loss times ``scale`` (its gradients then unscaled by the optimizer step)."""
+    return loss_fn(out, target) * scale
 
 
 def _comm_meter(rank: int, recorder: Recorder, tp_mesh, dp_mesh) -> CommMeter:

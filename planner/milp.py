@@ -269,6 +269,12 @@ class _Split:
     def static(self, s: int):
         return self.field("static_bytes", s) + self.costs.stage_static_bytes
 
+    def rank_static(self, stages):
+        """A rank's static bytes: its stages', the per-rank ``stage_static_bytes`` counted once
+        (``CostModel.held_once``)."""
+        once = (len(stages) - 1) * self.costs.stage_static_bytes if stages else 0
+        return pulp.lpSum(self.static(s) for s in stages) - once
+
     def act(self, s: int):
         return self.field("activation_bytes", s)
 
@@ -361,7 +367,7 @@ class _Split:
         model, prob = self.model, self.prob
         for r in sorted(set(model.rank_of)):
             stages = model.stages_of(r)
-            static = pulp.lpSum(self.static(s) for s in stages)
+            static = self.rank_static(stages)
             if model.forward_only:
                 _add(prob, static <= cap, f"memory_r{r}")
                 continue
@@ -605,7 +611,7 @@ def stage_terms(
     ranks = sorted(set(model.rank_of))
     peak = {}
     for r in ranks:
-        static = sum(_val(sp.static(s)) for s in model.stages_of(r))
+        static = _val(sp.rank_static(model.stages_of(r)))
         peak[r] = static + (0.0 if model.forward_only else max(_val(h) for h in sp.held(r)))
     rows = [row for name, row in sp.prob.constraints.items() if name.startswith("memory_")]
     admitted = not contradiction and all(row.valid(eps=1e-6) for row in rows)

@@ -370,7 +370,7 @@ class Plan:
             forward_only=self.job.forward_only,
             comm=costs.dp_comm,
             tied=tuple((sync, costs.tied_sync_s(sync)) for sync in syncs),
-            tied_once=costs.tied_once(self.bounds, options, rank_of),
+            held_once=costs.held_once(self.bounds, options, rank_of),
         )
 
     # -- JSON ------------------------------------------------------------------------------

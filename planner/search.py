@@ -231,14 +231,16 @@ def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[La
 
 
 def _undominated_modes(names: tuple[str, ...]) -> tuple[DPMode, ...]:
-    """The dp modes worth trying: the modes that keep whole parameters (ddp, zero1, zero2) send
-    the same bytes per step in the cost model (an all-reduce is a reduce-scatter plus an
-    all-gather) and shard ever more state, and a sharded optimizer step is shorter, so the most
-    sharded of them allowed dominates the others; the parameter-sharding modes (they gather
-    before the first forward, least memory) are kept beside it."""
+    """The dp modes worth trying: the modes that keep whole parameters and reduce once a step
+    (ddp, zero1) send the same bytes per step in the cost model (an all-reduce is a
+    reduce-scatter plus an all-gather) and shard ever more state, and a sharded optimizer step is
+    shorter, so the most sharded of them allowed dominates the others; the modes that reduce
+    every microbatch (zero2: less gradient memory, more traffic) and the parameter-sharding modes
+    (they gather before the first forward, least memory) are kept beside it."""
     modes = [DPMode(n) for n in names]
-    kept = [m for m in modes if m.spec.shards_params]
-    best = max((m for m in modes if not m.spec.shards_params), key=lambda m: m.spec.sharded_parts, default=None)
+    kept = [m for m in modes if m.spec.shards_params or m.spec.reduces_each_microbatch]
+    once = [m for m in modes if m not in kept]
+    best = max(once, key=lambda m: m.spec.sharded_parts, default=None)
     return tuple(([best] if best else []) + kept)
 
 
@@ -388,22 +390,31 @@ def _kth(plans: list[Plan], k: int) -> float:
 # -- 4. solve ----------------------------------------------------------------------------------------
 
 
-def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) -> Solved:
-    """One MILP per distinct (microbatch size, layout, step model), started from the screened
-    split, each answer simulated: for each schedule's best candidate first, then the rest, at most
-    ``max(2 * top, MILP_CANDIDATES)`` of them, and only where the MILP is small enough to close
-    its gap within its node limit (``_milp_size`` up to ``MILP_SIZE``; the others keep their
-    balanced splits, which the refinement searches around). A MILP that ends with no answer leaves
-    its candidate at its screened split, with a note: a candidate is never dropped for the
-    solver's sake. A candidate without a screened split and too large for the MILP is taken as
-    not fitting (``infeasible``), since its balanced split fits under no choice of options."""
-    out = Solved([x.plan for x in screened if x.plan is not None], [], [])
-    order = sorted(screened, key=lambda x: (x.plan is None, objective_s(x.plan) if x.plan else x.candidate.lower_bound))
-    # each schedule's best candidate first, so that every family the job allows gets its MILP
-    firsts = list({x.candidate.schedule: x for x in reversed(order)}.values())
+def _milp_order(screened: list[Screened]) -> tuple[list[Screened], int]:
+    """The candidates in the order they get their MILP, and how many families lead it: each
+    schedule's (and data-parallel mode's) best candidate first, so that every family the job
+    allows gets its MILP (a mode that trades time for memory, zero2 beside ddp, may be the only one
+    whose split fits, and only the MILP's split); then the rest, each by what it may reach: a
+    screened plan's objective, or, whose balanced split does not fit, its bound (a split the MILP
+    finds may fit, and beat the screened plans)."""
+    order = sorted(screened, key=lambda x: objective_s(x.plan) if x.plan else x.candidate.lower_bound)
+    firsts = list({(x.candidate.schedule, x.candidate.layout.dp_mode): x for x in reversed(order)}.values())
     firsts.sort(key=order.index)
     chosen = {id(x) for x in firsts}
-    order = firsts + [x for x in order if id(x) not in chosen]
+    return firsts + [x for x in order if id(x) not in chosen], len(firsts)
+
+
+def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) -> Solved:
+    """One MILP per distinct (microbatch size, layout, step model), started from the screened
+    split, each answer simulated, in ``_milp_order``: at most ``max(2 * top, MILP_CANDIDATES)`` of
+    them (or one per family, if more), and only where the MILP is small enough to close its gap
+    within its node limit (``_milp_size`` up to ``MILP_SIZE``; the others keep their balanced
+    splits, which the refinement searches around). A MILP that ends with no answer leaves its
+    candidate at its screened split, with a note: a candidate is never dropped for the solver's
+    sake. A candidate without a screened split and too large for the MILP is taken as not fitting
+    (``infeasible``), since its balanced split fits under no choice of options."""
+    out = Solved([x.plan for x in screened if x.plan is not None], [], [])
+    order, families = _milp_order(screened)
     answers: dict[tuple, object] = {}
     large = 0
     for x in order:
@@ -413,7 +424,7 @@ def _solve(s: _Search, screened: list[Screened], keep: int, stats: SearchStats) 
             if screen is None:
                 out.infeasible.append((c, s.model(c)))
             continue
-        if stats.milps >= max(2 * keep, MILP_CANDIDATES):
+        if stats.milps >= max(2 * keep, MILP_CANDIDATES, families):
             continue
         if len(out.plans) >= keep and c.lower_bound >= _kth(out.plans, keep):
             continue

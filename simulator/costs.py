@@ -131,6 +131,10 @@ class UnitRecord:
     #: mode reshards them after the forward and nothing prefetches (``Layout.overlap_grad_reduce``
     #: off): FSDP2 gathers each unit at the start of its backward
     dp_backward_s: float = 0.0
+    #: of backward_s (weight_s): reduce-scattering the unit's gradient, each microbatch, when its
+    #: mode reduces every microbatch (``DPModeSpec.reduces_each_microbatch``) and the reduction is
+    #: not overlapped with the following backwards
+    dp_reduce_s: float = 0.0
 
     def as_first_stage(self) -> UnitRecord:
         """The unit inside stage 0: no input gradient, so I is empty, W is the whole backward
@@ -269,6 +273,28 @@ def dp_link(layout: Layout, links: Links) -> Link:
     return links.group_link(group_ranks("dp", 0, pp=1, dp=layout.dp, tp=layout.tp))
 
 
+def _dp_in_backward(layout: Layout, links: Links, forward_only: bool) -> Callable[[float], tuple[float, float]]:
+    """Per unit, by its weight bytes, the data-parallel collectives inside each microbatch's
+    backward: (its weights gathered again, when resharded after forward; its gradient reduced,
+    when the mode reduces every microbatch). None when the layout runs them beside the other
+    backwards (``overlap_grad_reduce``: prefetch, and reduction beside compute), serves, or has one
+    replica."""
+    if layout.overlap_grad_reduce or forward_only or layout.dp == 1:
+        return lambda nbytes: (0.0, 0.0)
+    mode, d, link = layout.dp_mode.spec, layout.dp, dp_link(layout, links)
+    regather, reduce = layout.reshard_after_forward, mode.reduces_each_microbatch
+
+    def collectives(nbytes: float) -> tuple[float, float]:
+        if not nbytes:
+            return 0.0, 0.0
+        return (
+            mode.head_s(d, nbytes, link) if regather else 0.0,
+            mode.each_microbatch_s(d, nbytes, link) if reduce else 0.0,
+        )
+
+    return collectives
+
+
 def unit_records(
     profile: Profile,
     option: Option,
@@ -299,8 +325,7 @@ def unit_records(
     if mode.shards_params and not layout.reshard_after_forward:
         state += 2 * dtype.bytes  # the stage's weights gathered and its gradients unsharded for the step
     opt_share = layout.dp if mode.shards_optimizer else 1
-    regather = layout.reshard_after_forward and not layout.overlap_grad_reduce and not forward_only and layout.dp > 1
-    link = dp_link(layout, links) if regather else None
+    in_backward = _dp_in_backward(layout, links, forward_only)
     out = []
     for i, (u, sc) in enumerate(zip(entry.units, scaled)):
         unit_input = scaled[i - 1].output_bytes if i > 0 else 0
@@ -312,7 +337,7 @@ def unit_records(
             # the loss's share of the activations, scaled as they are (tp)
             loss_part = int(u.loss_saved_bytes * act / u.saved_bytes) if u.saved_bytes else 0
         params = sc.params
-        gather = mode.head_s(layout.dp, params * dtype.bytes, link) if regather and params else 0.0
+        gather, reduce = in_backward(params * dtype.bytes)
         # the runtime's own time around the math: DTensor per tensor-parallel layer, FSDP2 per unit
         layers = tp_layers(profile, u.kind) if layout.tp > 1 else 0
         sharded = bool(params) and layout.dp > 1 and mode.fully_shard
@@ -327,9 +352,10 @@ def unit_records(
                 + extra
                 + sc.comm_backward_s
                 + gather
+                + reduce
                 + rt_b,
                 input_s=sc.backward_input_s + extra + sc.comm_backward_s + gather + rt_b,
-                weight_s=sc.backward_weight_s,
+                weight_s=sc.backward_weight_s + reduce,
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
                 keep_bytes=int(act) - loss_part,  # retained from I to W but the loss (module docstring)
@@ -342,6 +368,7 @@ def unit_records(
                 # full recompute redoes the forward's collectives in the backward
                 tp_backward_s=sc.comm_backward_s + (sc.comm_forward_s if option.recompute is Recompute.FULL else 0.0),
                 dp_backward_s=gather,
+                dp_reduce_s=reduce,
             )
         )
     return tuple(out)
@@ -437,8 +464,10 @@ class CostModel:
     layout: Layout = Layout()
     forward_only: bool = False
     #: static bytes every stage holds besides its units' records: resharding after forward keeps
-    #: the largest unit's weights gathered, one more prefetched and its gradient unsharded (the
-    #: largest unit of the whole model: a bound for every stage, the same whatever the split)
+    #: the largest unit's weights gathered, one more prefetched and its gradient unsharded; a mode
+    #: reducing every microbatch holds the largest unit's whole gradient before its reduce-scatter
+    #: (the largest unit of the whole model: a bound, the same whatever the split; carried by every
+    #: stage's cost and counted once per rank, ``held_once``)
     stage_static_bytes: int = 0
     #: parameters held by several units (tied embeddings): ((unit indices), parameters) each
     tied: tuple[tuple[tuple[int, ...], int], ...] = ()
@@ -481,6 +510,9 @@ class CostModel:
                 int(gathered_bytes([r.params for r in recs], dtype_bytes=DTYPE_TABLE[o.dtype].bytes))
                 for o, recs in records.items()
             )
+        elif layout.dp_mode.spec.reduces_each_microbatch and layout.dp > 1 and not forward_only:
+            # the largest unit's whole gradient, made by its backward, on its way to the reduce-scatter
+            gathered = max(max(r.params for r in recs) * DTYPE_TABLE[o.dtype].bytes for o, recs in records.items())
         index = {name: i for i, name in enumerate(profile.unit_names)}
         tied = tuple((tuple(index[u] for u in g.units), g.params) for g in profile.tied)
         return CostModel(
@@ -537,15 +569,22 @@ class CostModel:
                 out.append(TiedSync(ranks, self.tied_bytes(params, options[stages[0]])))
         return tuple(out)
 
-    def tied_once(
+    def held_once(
         self, bounds: Sequence[tuple[int, int]], options: Sequence[Option], rank_of: dict[int, int]
     ) -> dict[int, tuple[int, int]]:
-        """(static bytes, gradient bytes) each rank holds once although its units count them more
-        than once: a tied parameter's holders on one rank (both in one stage, or a V's two ends)
-        share one parameter, one gradient and one optimizer state, which each holder's record
-        counts. The rank's records' sums less these are what it holds and reduces."""
+        """(static bytes, gradient bytes) each rank holds once although its stages count them more
+        than once: ``stage_static_bytes`` (one unit's gathered weights or whole gradient at a time,
+        per rank, which each stage's cost carries); and a tied parameter's holders on one rank
+        (both in one stage, or a V's two ends) share one parameter, one gradient and one optimizer
+        state, which each holder's record counts. The rank's stages' sums less these are what it
+        holds and reduces."""
         stage_of = [s for s, (first, end) in enumerate(bounds) for _ in range(first, end)]
         out: dict[int, tuple[int, int]] = {}
+        if self.stage_static_bytes:
+            stages_on: dict[int, int] = {}
+            for r in rank_of.values():
+                stages_on[r] = stages_on.get(r, 0) + 1
+            out = {r: ((k - 1) * self.stage_static_bytes, 0) for r, k in stages_on.items() if k > 1}
         for units, params in self.tied:
             by_rank: dict[int, list[int]] = {}
             for u in units:

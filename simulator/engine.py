@@ -64,8 +64,8 @@ class SimInput:
     #: tied parameters' gradient all-reduces among pipeline ranks, with their time each (seconds)
     tied: tuple[tuple[TiedSync, float], ...] = ()
     #: rank -> (static, gradient) bytes its stages' costs count more than once: tied copies on one
-    #: rank hold one parameter (``CostModel.tied_once``)
-    tied_once: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: rank hold one parameter (``CostModel.held_once``)
+    held_once: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def dp_comm(self) -> DPComm:
         if self.comm is not None:
@@ -79,7 +79,7 @@ class SimInput:
         out: dict[int, int] = {}
         for s, r in owner.items():
             out[r] = out.get(r, 0) + self.costs[s].param_bytes
-        for r, (_, grad) in self.tied_once.items():
+        for r, (_, grad) in self.held_once.items():
             if r in out:
                 out[r] -= grad
         return out
@@ -156,7 +156,7 @@ def _timeline(
     for r, log in logs.items():
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
-        static -= inp.tied_once.get(r, (0, 0))[0]
+        static -= inp.held_once.get(r, (0, 0))[0]
         peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only=forward_only, curve=detail)
         if detail:
             memory[r] = curve

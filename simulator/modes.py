@@ -18,6 +18,14 @@ zero2   ``w + (w + m + o)/d``        2 + 14/d
 fsdp    ``(w + w + m + o)/d``        16/d
 ======  ===========================  =================================
 
+A mode that shards the gradients but not the parameters (``zero2``) reduce-scatters each
+microbatch's gradients as its backward makes them, unit by unit, into the rank's sharded
+accumulator (ZeRO-2 as DeepSpeed runs it with gradient accumulation; the Llama 3 paper's FSDP,
+which "shards optimizer states and gradients" but does not reshard the weights after forward,
+§3.3.2): no rank holds a whole gradient for the step, only the unit's being reduced, and the
+step ends by gathering the updated weights. Overlapped (``Layout.overlap_grad_reduce``), those
+reduce-scatters run beside the following backwards and are not charged to them.
+
 A mode that shards the parameters also holds gathered ones while it computes. Resharded after
 forward (torch's ``fully_shard`` default, which pipeplan runs without pipelining), each unit is
 gathered before its forward and again before its backward and freed after: at the peak a rank
@@ -112,6 +120,10 @@ class DPModeSpec:
     head: tuple[str, ...]
     tail: tuple[str, ...]
     trace_name: str  #: the step-end collective's name on the communication track
+    #: collectives at every microbatch's backward, unit by unit, over the unit's gradient bytes:
+    #: ``zero2``'s reduce-scatter into sharded accumulators (see the module docstring; its
+    #: ``tail`` then holds the weights' gather only)
+    each_microbatch: tuple[str, ...] = ()
     #: free gathered weights after each forward when there is no pipeline (then a rank holds one
     #: stage and gathers it twice a step, not twice a microbatch)
     reshards_without_pipeline: bool = False
@@ -154,6 +166,14 @@ class DPModeSpec:
             optimizer=o / by[self.shards_optimizer],
         )
 
+    @property
+    def reduces_each_microbatch(self) -> bool:
+        """Whether no rank holds a whole gradient for the step (each microbatch's is reduced)."""
+        return bool(self.each_microbatch)
+
+    def each_microbatch_s(self, d: int, nbytes: float, link: Link) -> float:
+        return _run(self.each_microbatch, d, nbytes, link)
+
     def head_s(self, d: int, nbytes: float, link: Link) -> float:
         return _run(self.head, d, nbytes, link)
 
@@ -188,13 +208,14 @@ DP_MODES: dict[DPMode, DPModeSpec] = {
         megatron_args=("--use-distributed-optimizer",),
     ),
     DPMode.ZERO2: DPModeSpec(
-        doc="gradients too (ZeRO-2)",
+        doc="gradients too (ZeRO-2: each microbatch's gradients reduce-scattered as they are made)",
         shards_optimizer=True,
         shards_grads=True,
         shards_params=False,
         head=(),
-        tail=("reduce_scatter", "all_gather"),
-        trace_name="REDUCE_GRAD",
+        tail=("all_gather",),
+        trace_name="UNSHARD",
+        each_microbatch=("reduce_scatter",),
         fully_shard=True,
         megatron_args=(
             "--use-distributed-optimizer",

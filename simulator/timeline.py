@@ -57,8 +57,9 @@ class Collective(NamedTuple):
     """One data-parallel collective (or the optimizer step after it) on a rank's communication track."""
 
     rank: int
-    #: UNSHARD (a parameter-sharding mode's gather) | REDUCE_GRAD (a sharded mode's reduce-scatter) |
-    #: ALL_REDUCE (ddp) | TIED_REDUCE (tied copies' gradient sum across pipeline ranks) | OPTIMIZER
+    #: UNSHARD (a gather of weights: fsdp's before the first forward, zero2's at the step's end) |
+    #: REDUCE_GRAD (a sharded mode's reduce-scatter) | ALL_REDUCE (ddp) | TIED_REDUCE (tied copies'
+    #: gradient sum across pipeline ranks) | OPTIMIZER
     kind: str
     start_s: float
     end_s: float

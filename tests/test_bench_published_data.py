@@ -59,11 +59,14 @@ def test_every_row_states_how_it_ran():
     """Attention kernel, recompute, dp mode, schedule and where the settings come from, on every row;
     the microbatches divide each replica's batch and the stages fit the layers."""
     from profiles.types import ATTENTION_KERNELS
+    from simulator.modes import DPMode
     from simulator.schedules import schedule_spec
+
+    modes = [m.value for m in DPMode]
 
     for r in PUBLISHED:
         assert r.attention in ATTENTION_KERNELS and r.recompute in ("none", "selective", "full"), r.model
-        assert r.dp_mode in ("ddp", "fsdp") and r.settings, r.model
+        assert r.dp_mode in modes and r.settings, r.model
         schedule_spec(r.schedule)  # a known schedule
         assert r.microbatch and (r.global_batch // r.dp) % r.microbatch == 0, r.model
         assert r.virtual >= 1 and r.pp * r.virtual <= r.layers + (2 if r.ends_take_a_layer else 0), r.model

@@ -68,9 +68,13 @@ def test_every_mode_has_a_row_and_what_it_sends():
     link, d, n = IB, 8, 1e9
     ddp, z1, z2, fsdp = (DPMode(m).spec for m in ("ddp", "zero1", "zero2", "fsdp"))
     assert ddp.tail_s(d, n, link) == ring_all_reduce_s(d, n, link) and ddp.head_s(d, n, link) == 0
-    for z in (z1, z2):  # reduce-scatter the gradients, all-gather the updated weights
-        assert z.tail_s(d, n, link) == reduce_scatter_s(d, n, link) + all_gather_s(d, n, link)
-        assert z.head_s(d, n, link) == 0
+    # zero1: reduce-scatter the gradients once a step, all-gather the updated weights
+    assert z1.tail_s(d, n, link) == reduce_scatter_s(d, n, link) + all_gather_s(d, n, link)
+    # zero2: each microbatch's gradients reduce-scattered as the backward makes them, then the gather
+    assert z2.each_microbatch_s(d, n, link) == reduce_scatter_s(d, n, link)
+    assert z2.tail_s(d, n, link) == all_gather_s(d, n, link)
+    assert z1.head_s(d, n, link) == z2.head_s(d, n, link) == 0
+    assert [m.value for m in DPMode if m.spec.reduces_each_microbatch] == ["zero2"]
     assert fsdp.head_s(d, n, link) == all_gather_s(d, n, link)
     assert fsdp.tail_s(d, n, link) == reduce_scatter_s(d, n, link)
     # only a parameter-sharding mode reshards, and only without a pipeline

@@ -2,7 +2,7 @@
 ``tp``, ``dp_mode``): tiny GPT-2 and Llama on 4 CPU ranks (gloo) match one process, gradient by
 gradient. One torchrun launch runs every plan (pp 2 x tp 2, pp 2 x dp 2 fsdp, dp 2 x tp 2 with
 ddp and with FSDP over the tp shards, sequence parallelism with pp 2 x tp 2 and with FSDP, pp 2 x
-dp 2 with zero1 and ddp), two steps each."""
+dp 2 with zero1, zero2 and ddp), two steps each."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ LAYOUTS = {
     "dp2-tp2-fsdp-sp": (1, 2, "fsdp", True),
     "pp2-dp2-ddp": (2, 1, "ddp", False),
     "pp2-dp2-zero1": (2, 1, "zero1", False),
+    "pp2-dp2-zero2": (2, 1, "zero2", False),
 }
 
 
@@ -136,6 +137,23 @@ def test_zero1_shards_the_optimizer_state_and_steps_as_ddp(runs, model):
         assert a["peak_bytes"] < b["peak_bytes"], (a, b)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_zero2_reduces_every_microbatch_inside_its_backward(runs, model):
+    """zero2 reduce-scatters each unit's gradient at every microbatch's backward (no rank holds a
+    whole gradient for the step), as the cost layer prices it (``UnitRecord.dp_reduce_s``); the
+    step's tail gathers no gradient."""
+    _, plan, report, _ = runs[model, "pp2-dp2-zero2"]
+    spans = [c for c in report["comm"] if c["group"] == "dp" and "reduce_scatter" in c["op"]]
+    for rank in range(4):
+        mine = [c for c in spans if c["rank"] == rank]
+        stage = next(s for s in plan.stages if s.rank == rank // 2)
+        units = stage.end - stage.first  # each holds parameters
+        assert {c["kind"] for c in mine} <= {"B", "W"}, mine
+        assert len(mine) == plan.microbatches * units, (rank, len(mine), plan.microbatches, units)
+    costs = plan.cost_model()
+    assert all(r.dp_reduce_s > 0 for s in plan.stages for r in costs.records[s.option][s.first : s.end])
+
+
 def test_validate_compares_each_pipeline_rank_with_a_rank_that_ran_it(runs):
     """On the mesh global rank 1 is pipeline rank 0's second tp rank: validate's table sets
     simulated pipeline rank 1 against global rank 2, the first that ran stage 1."""
@@ -235,3 +253,86 @@ def test_block_collectives_are_the_cost_models(fake_tp2, model):
         counts = [Counter(s.op for s in m.take()) for m in meters]
         assert counts == [want[sp], want[sp]], (sp, counts)
         assert y.shape == x.shape  # [b, s/t, h] in and out with sequence parallelism
+
+
+def _vocab_parallel_rank(rank: int, world: int, init: str, out: dict) -> None:
+    """One tp rank of ``test_vocab_parallel_loss_is_the_whole_cross_entropy``."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from executor.parallel import vocab_parallel_lm_loss, vocab_start
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        logits, labels = _vocab_parallel_case()
+        start = vocab_start(logits.shape[-1], mesh)
+        mine = logits.detach()[..., start : start + -(-logits.shape[-1] // world)].clone().requires_grad_()
+        loss = vocab_parallel_lm_loss(mine, labels, group=mesh.get_group(), start=start)
+        loss.backward()
+        out[rank] = (loss.item(), start, mine.grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def _vocab_parallel_case():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 11, generator=g) * 4  # a vocabulary of 11: ranks hold 6 and 5 columns
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    labels[0, 1] = -100  # ignored, as cross_entropy ignores it
+    labels[1, 2] = 10  # the last column, held by the last rank
+    return logits, labels
+
+
+def test_vocab_parallel_loss_is_the_whole_cross_entropy(tmp_path):
+    """Megatron's vocabulary-parallel cross entropy on 2 gloo ranks, each holding its columns of
+    the logits (11 of them: 6 and 5), gives the one-process loss and, column by column, its
+    gradient; an ignored label (-100) counts in neither."""
+    import torch.multiprocessing as mp
+
+    from profiles.zoo_hf import lm_loss
+
+    logits, labels = _vocab_parallel_case()
+    whole = logits.clone().requires_grad_()
+    want = lm_loss(whole, labels)
+    want.backward()
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_vocab_parallel_rank, args=(2, f"file://{tmp_path}/store", out), nprocs=2)
+        got = dict(out)
+    assert sorted(got) == [0, 1]
+    for loss, start, grad in got.values():
+        assert loss == pytest.approx(want.item(), rel=1e-6)
+        torch.testing.assert_close(grad, whole.grad[..., start : start + grad.shape[-1]])
+    assert [got[r][1] for r in (0, 1)] == [0, 6] and got[1][2].shape[-1] == 5
+
+
+def test_the_head_keeps_its_logits_split_for_the_vocab_parallel_loss(fake_tp2):
+    """With ``sharded_logits`` the head's forward moves nothing (each rank its ``ceil(V/t)``
+    logits columns) and the loss all-reduces three values per token, as the cost model prices
+    Megatron's loss; gathered logits (forward-only runs) cost an all-gather of ``b·s·V``."""
+    from executor.comm import CommMeter
+    from executor.parallel import apply_tp, tp_plan, vocab_parallel_lm_loss, vocab_start
+    from profiles.materialize import unit_materializer
+    from profiles.zoo import build_model
+
+    meta = build_model("llama-tiny", seed=0, device="meta")
+    make = unit_materializer(meta, seed=0)
+    group = tuple(torch.distributed.get_process_group_ranks(fake_tp2.get_group()))
+    vocab = tp_plan(meta.config).vocab
+    x = torch.randn(2, 16, 64)
+    for sharded in (True, False):
+        head = make(len(meta.units) - 1, "cpu")
+        apply_tp(head, tp_plan(meta.config, sharded_logits=sharded), fake_tp2)
+        meters = [CommMeter(0, {group: "tp"}, lambda: None) for _ in range(2)]
+        with meters[0]:
+            logits = head(x)
+        assert logits.shape[-1] == (-(-vocab // 2) if sharded else vocab)
+        if sharded:
+            labels = torch.randint(0, vocab, (2, 16))
+            with meters[1]:
+                vocab_parallel_lm_loss(logits, labels, group=fake_tp2.get_group(), start=vocab_start(vocab, fake_tp2))
+        counts = [Counter(s.op for s in m.take()) for m in meters]
+        want = [{}, {"allreduce_": 3}] if sharded else [{"all_gather_into_tensor": 1}, {}]
+        assert counts == want, (sharded, counts)
