@@ -377,7 +377,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     each rank's own columns, needs none."""
 
     @staticmethod
-    def forward(ctx, logits, labels, group, start):  # noqa: D102 - torch's signature
+    def forward(ctx, logits, labels, group, start):
         mine = logits.shape[-1]
         top = logits.max(dim=-1).values
         torch.distributed.all_reduce(top, torch.distributed.ReduceOp.MAX, group=group)
@@ -396,7 +396,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return ((total.log() - target) * counted).sum() / count
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         softmax, index, hit, counted, count = ctx.saved_tensors
         g = softmax.clone()
         g.scatter_add_(-1, index, -hit.to(g.dtype).unsqueeze(-1))

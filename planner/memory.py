@@ -91,18 +91,25 @@ def _pareto(vectors: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
     return [v for v, d in zip(order, dominated) if not d]
 
 
-def static_bytes(rank_of: dict[int, int], costs: list[StageCost], forward_only: bool = False) -> dict[int, int]:
+def static_bytes(
+    rank_of: dict[int, int], costs: list[StageCost], forward_only: bool = False, *, once: int = 0
+) -> dict[int, int]:
     """Bytes per rank before any activation: weights, gradients and optimizer state (weights
-    only when serving). A lower bound on the peak that needs no schedule table."""
+    only when serving). A lower bound on the peak that needs no schedule table. ``once``: bytes
+    every stage's cost carries that a rank holds once (``CostModel.stage_static_bytes``)."""
     out: dict[int, int] = {}
     for s, r in rank_of.items():
-        out[r] = out.get(r, 0) + (costs[s].param_bytes if forward_only else costs[s].static_bytes)
+        held = costs[s].param_bytes if forward_only else costs[s].static_bytes
+        out[r] = out.get(r, 0) + held - (once if r in out and not forward_only else 0)
     return out
 
 
-def peak_bytes(pattern: Pattern, costs: list[StageCost], forward_only: bool = False) -> dict[int, int]:
+def peak_bytes(
+    pattern: Pattern, costs: list[StageCost], forward_only: bool = False, *, once: int = 0
+) -> dict[int, int]:
     """Peak bytes per rank by the pattern (what the MILP bounds), to compare with ``simulate``."""
-    static = static_bytes({s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}, costs, forward_only)
+    rank_of = {s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}
+    static = static_bytes(rank_of, costs, forward_only, once=once)
     out = {}
     for r, vectors in pattern.ranks.items():
         acts = (
@@ -116,13 +123,15 @@ def peak_bytes(pattern: Pattern, costs: list[StageCost], forward_only: bool = Fa
     return out
 
 
-def over_cap(pattern: Pattern, costs: list[StageCost], cap: float, forward_only: bool = False) -> set[int]:
+def over_cap(
+    pattern: Pattern, costs: list[StageCost], cap: float, forward_only: bool = False, *, once: int = 0
+) -> set[int]:
     """The ranks whose static bytes, or whose peak by the schedule's memory pattern, exceed ``cap``."""
     rank_of = {s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}
-    over = {r for r, b in static_bytes(rank_of, costs, forward_only).items() if b > cap}
+    over = {r for r, b in static_bytes(rank_of, costs, forward_only, once=once).items() if b > cap}
     if over:  # the weights alone overflow: the activations need not be counted
         return over
-    return {r for r, b in peak_bytes(pattern, costs, forward_only).items() if b > cap}
+    return {r for r, b in peak_bytes(pattern, costs, forward_only, once=once).items() if b > cap}
 
 
 def fitting_options(
@@ -139,11 +148,11 @@ def fitting_options(
     allowed on every stage that fits them all; else, from each stage's fastest option, the stages
     of every rank over the cap move to their fastest option that holds less, until each rank fits.
     """
-    n = len(bounds)
+    n, once = len(bounds), model.stage_static_bytes
     allowed = allowed or [model.options] * n
     for option in model.options:
         if all(option in a for a in allowed) and not over_cap(
-            pattern, model.stage_costs(bounds, [option] * n), cap, forward_only
+            pattern, model.stage_costs(bounds, [option] * n), cap, forward_only, once=once
         ):
             return [option] * n
     priced = {o: model.stage_costs(bounds, [o] * n) for o in model.options}
@@ -159,7 +168,7 @@ def fitting_options(
 
     choice = [min(allowed[st], key=lambda o: (time_s(o, st), order[o])) for st in range(n)]
     while True:
-        over = over_cap(pattern, [priced[o][st] for st, o in enumerate(choice)], cap, forward_only)
+        over = over_cap(pattern, [priced[o][st] for st, o in enumerate(choice)], cap, forward_only, once=once)
         if not over:
             return choice
         moved = False
