@@ -28,6 +28,9 @@ Eight figures, each measured with what the executor really runs:
   in the rank's CPU time (one thread: on a quiet host the same as wall time);
 - ``collective_call_s`` and ``ring_Bps``: gloo's all-reduce over every rank, 4 KiB to 32 MiB
   (``fit_collectives``);
+- ``scatter_gather_Bps``: gloo's reduce-scatter and all-gather over every rank, 1 to 32 MiB
+  buffers: the bandwidth of their ring steps, which gloo runs apart from its all-reduce and
+  slower (``fit_scatter_gather``);
 - ``tp_layer_s`` and ``tp_layer_backward_s``: the runtime's own time per tensor-parallel layer
   in a forward and in a backward (DTensor's dispatch, redistributions and hooks around the
   math): a column- then a row-parallel linear of width 16 over every rank, as the executor
@@ -49,6 +52,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -111,24 +115,50 @@ def measure_all_reduce(repeats: int) -> list[tuple[int, float]]:
     """Median time of one all-reduce over every rank (gloo's own, as DDP's and DTensor's), per
     size, the ranks lined up by a barrier before each; the sizes take turns, round by round."""
     bufs = {size: torch.zeros(size // 4, dtype=torch.float32) for size in ALL_REDUCE_SIZES}
-    times: dict[int, list[float]] = {size: [] for size in ALL_REDUCE_SIZES}
+    return _timed_collective(lambda size: dist.all_reduce(bufs[size]), ALL_REDUCE_SIZES, repeats)
+
+
+def measure_scatter_gather(repeats: int) -> list[tuple[int, float]]:
+    """Median time of one reduce-scatter and of one all-gather (the ops FSDP2 and ZeRO run) over
+    every rank, per size of the whole buffer from 1 MiB, as ``measure_all_reduce`` times them."""
+    n = dist.get_world_size()
+    sizes = tuple(s for s in ALL_REDUCE_SIZES if s >= _SMALL)
+    whole = {size: torch.zeros(size // 4 // n * n, dtype=torch.float32) for size in sizes}
+    part = {size: torch.zeros(size // 4 // n, dtype=torch.float32) for size in sizes}
+    scatter = _timed_collective(lambda s: dist.reduce_scatter_tensor(part[s], whole[s]), sizes, repeats)
+    gather = _timed_collective(lambda s: dist.all_gather_into_tensor(whole[s], part[s]), sizes, repeats)
+    return scatter + gather
+
+
+def _timed_collective(run: Callable[[int], None], sizes: tuple[int, ...], repeats: int) -> list[tuple[int, float]]:
+    """``run(size)`` timed per size (median), each timed call after an untimed one of its size."""
+    times: dict[int, list[float]] = {size: [] for size in sizes}
     for i in range(repeats + 2):
-        for size, buf in bufs.items():
-            dist.all_reduce(buf)  # untimed: the size's buffers warm, whatever size ran before
+        for size in sizes:
+            run(size)  # untimed: the size's buffers warm, whatever size ran before
             dist.barrier()
             t0 = time.perf_counter()
-            dist.all_reduce(buf)
+            run(size)
             if i >= 2:
                 times[size].append(time.perf_counter() - t0)
     return [(size, statistics.median(ts)) for size, ts in times.items()]
 
 
-def _all_reduce_s(n: int, nbytes: float, call: float, ring: float, *, half: bool = False) -> float:
-    """An all-reduce (``half``: an all-gather or a reduce-scatter) as the cost layer prices it with
-    these figures (no link latency: it is in ``call``, as fitted here)."""
+def fit_scatter_gather(samples: list[tuple[int, float]], n: int) -> float:
+    """The ring-step bandwidth of reduce-scatters and all-gathers from their median times by size
+    of the whole buffer, as ``collectives.reduce_scatter_s`` prices them: ``(n-1)/n · M/β`` per
+    byte (the least-squares slope; the fixed part is the all-reduce's call)."""
+    return (n - 1) / n / max(_line(samples)[1], 1e-15)
+
+
+def _all_reduce_s(n: int, nbytes: float, call: float, ring: float, *, half_Bps: float = 0.0) -> float:
+    """An all-reduce (given ``half_Bps``, the bandwidth of reduce-scatter's and all-gather's ring
+    steps: an all-gather) as the cost layer prices it with these figures (no link latency: it is in
+    ``call``, as fitted here)."""
     from simulator.collectives import Link, all_gather_s, ring_all_reduce_s
 
-    return (all_gather_s if half else ring_all_reduce_s)(n, nbytes, Link(0.0, ring, call_s=call, ring_Bps=ring))
+    link = Link(0.0, ring, call_s=call, ring_Bps=ring, scatter_gather_Bps=half_Bps)
+    return (all_gather_s if half_Bps else ring_all_reduce_s)(n, nbytes, link)
 
 
 def _timed_passes(model: nn.Module, shape: tuple[int, int], repeats: int) -> tuple[float, float]:
@@ -399,6 +429,7 @@ class _Measured:
     sent: int
     opt: float
     reduce: list[tuple[int, float]]
+    halves: list[tuple[int, float]]  #: reduce-scatters' and all-gathers' (size of the whole buffer, seconds)
     tp_layer: tuple[float, float]
     fsdp_unit: tuple[float, float]
 
@@ -407,7 +438,7 @@ def _measure(rank: int, world: int, repeats: int) -> _Measured:
     """Every measurement of the module docstring on this rank, in turn, under a progress bar."""
     from profiles.clikit import progress_bar
 
-    bar = progress_bar(6, "calibrating", enabled=rank == 0)
+    bar = progress_bar(7, "calibrating", enabled=rank == 0)
     with gc_paused():  # as the executor runs its steps
         bar.set_postfix_str("links")
         samples = _links(rank, repeats)
@@ -421,12 +452,16 @@ def _measure(rank: int, world: int, repeats: int) -> _Measured:
         bar.set_postfix_str("collectives")
         reduce = measure_all_reduce(repeats)
         bar.update()
+        bar.set_postfix_str("reduce-scatters and all-gathers")
+        halves = measure_scatter_gather(repeats)
+        bar.update()
         bar.set_postfix_str("tensor-parallel layers")
         fit = fit_collectives(reduce, world, 0.0)  # every rank's own, for the subtractions below
         tp_layer = measure_tp_layer(repeats, lambda m: _all_reduce_s(world, m, *fit))
         bar.update()
         bar.set_postfix_str("sharded units")
-        fsdp_unit = measure_fsdp_unit(repeats, lambda m: _all_reduce_s(world, m, *fit, half=True))
+        half = fit_scatter_gather(halves, world)
+        fsdp_unit = measure_fsdp_unit(repeats, lambda m: _all_reduce_s(world, m, *fit, half_Bps=half))
         bar.update()
     bar.close()
     return _Measured(
@@ -437,6 +472,7 @@ def _measure(rank: int, world: int, repeats: int) -> _Measured:
         sent=sent,
         opt=opt,
         reduce=reduce,
+        halves=halves,
         tp_layer=tp_layer,
         fsdp_unit=fsdp_unit,
     )
@@ -467,6 +503,7 @@ def _cluster(mine: _Measured, ranks: list[_Measured], world: int):
         optimizer_s_per_param=max(m.opt for m in ranks),
         collective_call_s=call,
         ring_Bps=ring,
+        scatter_gather_Bps=fit_scatter_gather(mine.halves, world),
         tp_layer_s=tp[0],
         tp_layer_backward_s=tp[1],
         fsdp_unit_s=fsdp[0],
@@ -497,6 +534,8 @@ def _print(cluster, mine: _Measured, between: float, inside: float, world: int) 
         f"all-reduce over {world} ranks ({sizes}): {c.collective_call_s * 1e6:.0f} us per call + its ring steps "
         f"at {c.ring_Bps / 1e9:.2f} GB/s"
     )
+    halves = ", ".join(f"{s >> 10} KiB {t * 1e3:.3f} ms" for s, t in mine.halves)
+    print(f"reduce-scatters, then all-gathers ({halves}): ring steps at {c.scatter_gather_Bps / 1e9:.2f} GB/s")
     print(
         f"runtime time per tensor-parallel layer (DTensor, beside the math and the all-reduce): forward "
         f"{c.tp_layer_s * 1e6:.0f} us, backward {c.tp_layer_backward_s * 1e6:.0f} us"

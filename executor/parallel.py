@@ -47,9 +47,10 @@ embedding (``wpe``) stays whole, where the cost model counts every embedding par
 over the mesh's dp dimension; with tp > 1 FSDP2 shards the tensor-parallel DTensors again over
 dp (2-D, torchtitan's FSDP + TP). On gloo, FSDP2's reduce-scatter is told to use sum reductions
 (``set_force_sum_reduction_for_comms``; gloo has no average reduction) and divides after.
-``ddp`` and ``zero1`` all-reduce each rank's local gradient shards over the dp group (the
-executor); ``zero1`` then steps with torch's ``ZeroRedundancyOptimizer`` (``build_optimizer``):
-each replica holds the AdamW state of its share of the parameters (tp 1 only).
+``ddp`` all-reduces each rank's local gradient shards over the dp group (the executor);
+``zero1`` steps with ZeRO stage 1 (``build_optimizer``, ``executor.zero``): a reduce-scatter of
+the gradients, each replica's AdamW step on its share of the parameters (it alone holds that
+share's state), an all-gather of the updated weights (tp 1 only).
 
 Order: unlike torchtitan (meta model -> TP -> materialise), a unit is materialised whole and then
 sharded, so its shards are slices of exactly the weights the one-process ``--check`` reference
@@ -478,21 +479,21 @@ def _fsdp_groups(units: Sequence[nn.Module]) -> list[list[nn.Module]]:
     return groups
 
 
-def build_optimizer(params: list[torch.Tensor], zero_redundancy: bool, dp_group, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.Tensor], zero_redundancy: bool, dp_group, lr: float):
     """AdamW over this rank's parameters; ``zero_redundancy`` (zero1's
-    ``DPModeSpec.zero_redundancy_optimizer``): torch's ``ZeroRedundancyOptimizer`` over the
-    data-parallel group: each replica keeps the AdamW state of its share of the parameters,
-    steps that share, and broadcasts it to the others (ZeRO stage 1; the gradients are
-    all-reduced whole before, as ddp's). fsdp and zero2 shard the state with the parameters."""
+    ``DPModeSpec.zero_redundancy_optimizer``): ZeRO stage 1 over the data-parallel group
+    (``executor.zero.ZeroOneAdamW``: each replica keeps the AdamW state of its share of the
+    parameters; the step reduce-scatters the gradients and all-gathers the updated weights). fsdp
+    and zero2 shard the state with the parameters."""
     if zero_redundancy:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
+        from .zero import ZeroOneAdamW
 
-        return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, process_group=dp_group, lr=lr)
+        return ZeroOneAdamW(params, dp_group, lr)
     return torch.optim.AdamW(params, lr=lr)
 
 
-def optimizer_state(opt: torch.optim.Optimizer) -> dict:
-    """The optimizer state this rank holds (``ZeroRedundancyOptimizer``: its local optimizer's)."""
+def optimizer_state(opt) -> dict:
+    """The optimizer state this rank holds (ZeRO-1's: its shards' only)."""
     return getattr(opt, "optim", opt).state
 
 

@@ -189,7 +189,7 @@ def _validate_launch(plan: Plan, path: Path, world: int, cfg: RunConfig) -> str 
     if mode.zero_redundancy_optimizer and tp > 1:
         others = " or ".join(m.value for m in DPMode if m.spec.sharded and not m.spec.zero_redundancy_optimizer)
         raise UserError(
-            f"{path}: {name} with tp {tp} is not run by this executor (ZeroRedundancyOptimizer takes whole "
+            f"{path}: {name} with tp {tp} is not run by this executor (its ZeRO-1 optimizer flattens whole "
             f"parameters, not tp shards): re-plan with --dp-mode {others}, or with --tp 1"
         )
     if mode.sharded and plan.dp == 1:
@@ -527,7 +527,10 @@ def _after_backward(
     check's verdict."""
     plan = ctx.plan
     _sum_tied(rk.tied)
-    _finish_grads(rk.params, plan.dp if rk.dp_group is not None else 1, rk.dp_group, rk.loss_scale)
+    # zero1's optimizer reduce-scatters the gradients itself; --check compares whole mean gradients,
+    # so its step reduces them first (the optimizer then reduces d equal copies: the same mean)
+    reduce = rk.dp_group is not None and (not _parallel(plan)[1].zero_redundancy_optimizer or (cfg.check and step == 0))
+    _finish_grads(rk.params, plan.dp if reduce else 1, rk.dp_group, rk.loss_scale)
     if cfg.perturb_grad and step == 0 and rk.rank == 0 and rk.params:
         g = rk.params[0].grad
         if g is not None:

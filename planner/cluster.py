@@ -142,6 +142,14 @@ class Cluster:
         "num",
         lo=0.0,
     )
+    scatter_gather_Bps: float = setting(
+        0.0,
+        "α-β collectives: the bandwidth of the ring steps of a reduce-scatter or an all-gather, where the "
+        "library runs them apart from its all-reduce (bytes/s; gloo's, measured by pipeplan calibrate; 0: as "
+        "ring_Bps)",
+        "num",
+        lo=0.0,
+    )
     tp_layer_s: float = setting(
         0.0,
         "the runtime's own time per tensor-parallel layer in a forward (seconds: DTensor's dispatch and "
@@ -177,6 +185,7 @@ class Cluster:
             inter_collective_Bps=self.inter_collective_Bps,
             collective_call_s=self.collective_call_s,
             ring_Bps=self.ring_Bps,
+            scatter_gather_Bps=self.scatter_gather_Bps,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,7 +30,10 @@ the measurement. A link without ``collective_Bps`` (CPU ranks, calibrated links)
 forms above, plus a fixed time per call (``Link.call_s``) and with the bandwidth its ring steps
 reach (``Link.ring_Bps``), both measured by ``pipeplan calibrate`` with gloo's own all-reduce:
 gloo spends a fixed time on each call whatever its size, and its ring steps move bytes slower
-than one point-to-point send.
+than one point-to-point send. gloo runs its reduce-scatter and all-gather apart from its
+all-reduce, and slower per byte (over 2 CPU ranks an 80 MB reduce-scatter took about twice an
+80 MB all-reduce's time, where a ring makes it half): their ring steps have their own measured
+bandwidth (``Link.scatter_gather_Bps``).
 
 **Groups that span nodes.** NCCL runs a collective as several rings (channels) at once, each
 crossing the node boundary through its own NIC, so a group with ``k`` ranks on every node reaches
@@ -92,9 +95,16 @@ class Link:
     #: their ring steps (0: ``bandwidth_Bps``)
     call_s: float = 0.0
     ring_Bps: float = 0.0
+    #: α-β reduce-scatters and all-gathers: the bandwidth of their ring steps where the library runs
+    #: them apart from its all-reduce (gloo; 0: ``ring_Bps``'s)
+    scatter_gather_Bps: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.latency_s < 0 or not self.bandwidth_Bps > 0 or min(self.collective_Bps, self.call_s, self.ring_Bps) < 0:
+        if (
+            self.latency_s < 0
+            or not self.bandwidth_Bps > 0
+            or min(self.collective_Bps, self.call_s, self.ring_Bps, self.scatter_gather_Bps) < 0
+        ):
             raise ValueError(f"a link needs latency >= 0, bandwidth > 0 and collective figures >= 0, got {self}")
 
     @property
@@ -189,7 +199,8 @@ def _ring(passes: int, n: int, nbytes: float, link: Link) -> float:
         return _nccl_s(passes * (n - 1) / n, nbytes, link)
     if n == 1:
         return 0.0
-    return link.call_s + passes * (n - 1) * (link.latency_s + nbytes / (n * link.step_Bps))
+    step_Bps = (link.scatter_gather_Bps or link.step_Bps) if passes == 1 else link.step_Bps
+    return link.call_s + passes * (n - 1) * (link.latency_s + nbytes / (n * step_Bps))
 
 
 def rank_of(pp_index: int, dp_index: int, tp_index: int, *, dp: int, tp: int) -> int:

@@ -196,6 +196,7 @@ class Links:
     #: (``collectives.Link.call_s``/``ring_Bps``; calibrated for gloo)
     collective_call_s: float = 0.0
     ring_Bps: float = 0.0
+    scatter_gather_Bps: float = 0.0  #: ``collectives.Link.scatter_gather_Bps``
 
     def transfer_s(self, src: int, dst: int, nbytes: int) -> float:
         if src == dst:
@@ -207,7 +208,11 @@ class Links:
 
     def group_link(self, ranks: list[int]) -> Link:
         """The link a collective over devices ``ranks`` runs on: intra-node when they share a node."""
-        alpha_beta = {"call_s": self.collective_call_s, "ring_Bps": self.ring_Bps}
+        alpha_beta = {
+            "call_s": self.collective_call_s,
+            "ring_Bps": self.ring_Bps,
+            "scatter_gather_Bps": self.scatter_gather_Bps,
+        }
         intra = Link(self.latency_s, self.bandwidth_Bps, self.collective_Bps, **alpha_beta)
         inter = Link(self.inter_latency_s, self.inter_bandwidth_Bps, self.inter_collective_Bps, **alpha_beta)
         return group_link(ranks, min(self.devices_per_node, 1 << 30), intra, inter)

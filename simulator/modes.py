@@ -128,8 +128,9 @@ class DPModeSpec:
     #: stage and gathers it twice a step, not twice a microbatch)
     reshards_without_pipeline: bool = False
     #: executor: each stage wrapped in FSDP2's ``fully_shard`` (else the runtime all-reduces
-    #: whole gradients), and the optimizer torch's ``ZeroRedundancyOptimizer`` (whole parameters:
-    #: not with tp shards) rather than AdamW on the rank's own parameters
+    #: whole gradients), and the optimizer ZeRO-1's (``executor.zero``: it reduce-scatters the
+    #: gradients and all-gathers the updated weights itself; whole parameters, not tp shards)
+    #: rather than AdamW on the rank's own parameters
     fully_shard: bool = False
     zero_redundancy_optimizer: bool = False
     #: torchtitan 0.3.0: the data-parallel degree it sets (``replicate`` or ``shard``), "" when it

@@ -65,6 +65,15 @@ def test_collective_fit_recovers_a_call_time_and_a_ring_bandwidth():
     assert fit_collectives([(4096, 1e-5), (1 << 20, 1e-3), (8 << 20, 8e-3)], 2, 1e-3)[0] == 0.0
 
 
+def test_scatter_gather_fit_recovers_its_ring_bandwidth():
+    from executor.calibrate import fit_scatter_gather
+
+    call, bw = 0.4e-3, 0.7e9
+    for n in (2, 4):
+        samples = [(m, call + (n - 1) / n * m / bw) for m in (1 << 20, 8 << 20, 32 << 20)]
+        assert fit_scatter_gather(samples, n) == pytest.approx(bw, rel=1e-6)
+
+
 def test_crossing_gaps_count_only_waited_for_dependencies_across_ranks():
     from executor.calibrate import crossing_gaps
 

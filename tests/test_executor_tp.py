@@ -128,7 +128,7 @@ def test_sequence_parallel_keeps_less_for_backward(runs, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_zero1_shards_the_optimizer_state_and_steps_as_ddp(runs, model):
-    """zero1 (torch's ZeroRedundancyOptimizer over the dp group): every rank holds less than
+    """zero1 (ZeRO-1 over the dp group, ``executor.zero``): every rank holds less than
     under ddp (its share of the AdamW state), and the second step's loss is ddp's."""
     _, _, ddp, _ = runs[model, "pp2-dp2-ddp"]
     _, _, zero1, _ = runs[model, "pp2-dp2-zero1"]
@@ -336,3 +336,63 @@ def test_the_head_keeps_its_logits_split_for_the_vocab_parallel_loss(fake_tp2):
         counts = [Counter(s.op for s in m.take()) for m in meters]
         want = [{}, {"allreduce_": 3}] if sharded else [{"all_gather_into_tensor": 1}, {}]
         assert counts == want, (sharded, counts)
+
+
+def _zero1_rank(rank: int, world: int, init: str, out: dict) -> None:
+    """One data-parallel rank of ``test_zero1_optimizer_steps_as_adamw_on_the_mean_gradient``."""
+    import torch.distributed as dist
+
+    from executor.zero import ZeroOneAdamW
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        params, grads = _zero1_case()
+        mine = [p.clone() for p in params]
+        opt = ZeroOneAdamW(mine, dist.group.WORLD, lr=0.1)
+        moments = []
+        for step in range(3):
+            for p, g in zip(mine, grads(step, rank)):
+                p.grad = g
+            opt.step()
+            opt.zero_grad()
+            fp32_shard = opt.optim.param_groups[0]["params"][0]
+            moments.append(sum(t.numel() for t in opt.state[fp32_shard].values() if t.dim()))
+        out[rank] = ([p.detach().clone() for p in mine], moments)
+    finally:
+        dist.destroy_process_group()
+
+
+def _zero1_case():
+    g = torch.Generator().manual_seed(5)
+    params = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g), torch.randn(7, generator=g).double()]
+
+    def grads(step: int, rank: int):
+        r = torch.Generator().manual_seed(100 * step + rank)
+        return [torch.randn(p.shape, generator=r, dtype=p.dtype) for p in params]
+
+    return params, grads
+
+
+def test_zero1_optimizer_steps_as_adamw_on_the_mean_gradient(tmp_path):
+    """ZeRO-1 on 2 gloo ranks, each handed its own gradients: after 3 steps every rank holds the
+    parameters AdamW reaches on the mean gradients in one process (two dtypes, 17 and 7 elements:
+    shards padded), while each holds the moments of its half only."""
+    import torch.multiprocessing as mp
+
+    params, grads = _zero1_case()
+    want = [p.clone() for p in params]
+    ref = torch.optim.AdamW(want, lr=0.1)
+    for step in range(3):
+        for i, p in enumerate(want):
+            p.grad = (grads(step, 0)[i] + grads(step, 1)[i]) / 2
+        ref.step()
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_zero1_rank, args=(2, f"file://{tmp_path}/store", out), nprocs=2)
+        got = dict(out)
+    for rank in (0, 1):
+        final, moments = got[rank]
+        for a, b in zip(final, want):
+            torch.testing.assert_close(a, b)
+        assert moments == [2 * 9] * 3  # exp_avg and exp_avg_sq of its ceil(17 / 2) fp32 elements

@@ -176,3 +176,15 @@ def test_gloo_calls_cost_a_fixed_time_and_ring_steps_their_own_bandwidth():
     assert ring_all_reduce_s(1, 4e6, gloo) == all_gather_s(1, 4e6, gloo) == 0.0
     # without them, the point-to-point figures (as before)
     assert ring_all_reduce_s(2, 4e6, Link(20e-6, 3e9)) == pytest.approx(2 * (20e-6 + 2e6 / 3e9), rel=1e-12)
+
+
+def test_gloo_reduce_scatters_and_all_gathers_move_bytes_at_their_own_bandwidth():
+    """gloo runs reduce-scatter and all-gather apart from its all-reduce, slower per byte: with a
+    calibrated ``scatter_gather_Bps`` their ring steps move bytes at it, the all-reduce's at
+    ``ring_Bps``; the call time is the same."""
+    gloo = Link(20e-6, 3e9, call_s=0.5e-3, ring_Bps=1.5e9, scatter_gather_Bps=0.7e9)
+    assert reduce_scatter_s(2, 4e6, gloo) == pytest.approx(0.5e-3 + 20e-6 + 2e6 / 0.7e9, rel=1e-12)
+    assert all_gather_s(4, 4e6, gloo) == pytest.approx(0.5e-3 + 3 * (20e-6 + 1e6 / 0.7e9), rel=1e-12)
+    assert ring_all_reduce_s(2, 4e6, gloo) == pytest.approx(0.5e-3 + 2 * (20e-6 + 2e6 / 1.5e9), rel=1e-12)
+    with pytest.raises(ValueError):
+        Link(20e-6, 3e9, scatter_gather_Bps=-1.0)
