@@ -92,24 +92,24 @@ def _pareto(vectors: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
 
 
 def static_bytes(
-    rank_of: dict[int, int], costs: list[StageCost], forward_only: bool = False, *, once: int = 0
+    rank_of: dict[int, int], costs: list[StageCost], forward_only: bool = False, *, per_rank: int = 0
 ) -> dict[int, int]:
     """Bytes per rank before any activation: weights, gradients and optimizer state (weights
-    only when serving). A lower bound on the peak that needs no schedule table. ``once``: bytes
-    every stage's cost carries that a rank holds once (``CostModel.stage_static_bytes``)."""
+    only when serving). A lower bound on the peak that needs no schedule table. ``per_rank``:
+    bytes every training rank holds once besides its stages' (``CostModel.per_rank_bytes``)."""
     out: dict[int, int] = {}
     for s, r in rank_of.items():
         held = costs[s].param_bytes if forward_only else costs[s].static_bytes
-        out[r] = out.get(r, 0) + held - (once if r in out and not forward_only else 0)
+        out[r] = out.get(r, 0 if forward_only else per_rank) + held
     return out
 
 
 def peak_bytes(
-    pattern: Pattern, costs: list[StageCost], forward_only: bool = False, *, once: int = 0
+    pattern: Pattern, costs: list[StageCost], forward_only: bool = False, *, per_rank: int = 0
 ) -> dict[int, int]:
     """Peak bytes per rank by the pattern (what the MILP bounds), to compare with ``simulate``."""
     rank_of = {s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}
-    static = static_bytes(rank_of, costs, forward_only, once=once)
+    static = static_bytes(rank_of, costs, forward_only, per_rank=per_rank)
     out = {}
     for r, vectors in pattern.ranks.items():
         acts = (
@@ -124,14 +124,14 @@ def peak_bytes(
 
 
 def over_cap(
-    pattern: Pattern, costs: list[StageCost], cap: float, forward_only: bool = False, *, once: int = 0
+    pattern: Pattern, costs: list[StageCost], cap: float, forward_only: bool = False, *, per_rank: int = 0
 ) -> set[int]:
     """The ranks whose static bytes, or whose peak by the schedule's memory pattern, exceed ``cap``."""
     rank_of = {s: r for r, vectors in pattern.ranks.items() for s in vectors[0]}
-    over = {r for r, b in static_bytes(rank_of, costs, forward_only, once=once).items() if b > cap}
+    over = {r for r, b in static_bytes(rank_of, costs, forward_only, per_rank=per_rank).items() if b > cap}
     if over:  # the weights alone overflow: the activations need not be counted
         return over
-    return {r for r, b in peak_bytes(pattern, costs, forward_only, once=once).items() if b > cap}
+    return {r for r, b in peak_bytes(pattern, costs, forward_only, per_rank=per_rank).items() if b > cap}
 
 
 def fitting_options(
@@ -148,11 +148,11 @@ def fitting_options(
     allowed on every stage that fits them all; else, from each stage's fastest option, the stages
     of every rank over the cap move to their fastest option that holds less, until each rank fits.
     """
-    n, once = len(bounds), model.stage_static_bytes
+    n, per_rank = len(bounds), model.per_rank_bytes
     allowed = allowed or [model.options] * n
     for option in model.options:
         if all(option in a for a in allowed) and not over_cap(
-            pattern, model.stage_costs(bounds, [option] * n), cap, forward_only, once=once
+            pattern, model.stage_costs(bounds, [option] * n), cap, forward_only, per_rank=per_rank
         ):
             return [option] * n
     priced = {o: model.stage_costs(bounds, [o] * n) for o in model.options}
@@ -168,7 +168,7 @@ def fitting_options(
 
     choice = [min(allowed[st], key=lambda o: (time_s(o, st), order[o])) for st in range(n)]
     while True:
-        over = over_cap(pattern, [priced[o][st] for st, o in enumerate(choice)], cap, forward_only, once=once)
+        over = over_cap(pattern, [priced[o][st] for st, o in enumerate(choice)], cap, forward_only, per_rank=per_rank)
         if not over:
             return choice
         moved = False

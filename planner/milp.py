@@ -267,13 +267,13 @@ class _Split:
         return self._timed("weight_s", s)
 
     def static(self, s: int):
-        return self.field("static_bytes", s) + self.costs.stage_static_bytes
+        return self.field("static_bytes", s)
 
     def rank_static(self, stages):
-        """A rank's static bytes: its stages', the per-rank ``stage_static_bytes`` counted once
-        (``CostModel.held_once``)."""
-        once = (len(stages) - 1) * self.costs.stage_static_bytes if stages else 0
-        return pulp.lpSum(self.static(s) for s in stages) - once
+        """A rank's static bytes: its stages', and what every rank holds once
+        (``CostModel.per_rank_bytes``)."""
+        once = self.costs.per_rank_bytes if stages and not self.model.forward_only else 0
+        return pulp.lpSum(self.static(s) for s in stages) + once
 
     def act(self, s: int):
         return self.field("activation_bytes", s)

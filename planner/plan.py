@@ -371,6 +371,7 @@ class Plan:
             comm=costs.dp_comm,
             tied=tuple((sync, costs.tied_sync_s(sync)) for sync in syncs),
             held_once=costs.held_once(self.bounds, options, rank_of),
+            per_rank_bytes=costs.per_rank_bytes,
         )
 
     # -- JSON ------------------------------------------------------------------------------

@@ -468,12 +468,12 @@ class CostModel:
     links: Links = field(default_factory=Links)  # between pipeline ranks, placed by the layout's stride
     layout: Layout = Layout()
     forward_only: bool = False
-    #: static bytes every stage holds besides its units' records: resharding after forward keeps
-    #: the largest unit's weights gathered, one more prefetched and its gradient unsharded; a mode
-    #: reducing every microbatch holds the largest unit's whole gradient before its reduce-scatter
-    #: (the largest unit of the whole model: a bound, the same whatever the split; carried by every
-    #: stage's cost and counted once per rank, ``held_once``)
-    stage_static_bytes: int = 0
+    #: static bytes every rank holds once besides its stages' records: resharding after forward
+    #: keeps the largest unit's weights gathered, one more prefetched and its gradient unsharded; a
+    #: mode reducing every microbatch holds the largest unit's whole gradient before its
+    #: reduce-scatter (the largest unit of the whole model: a bound, the same whatever the split).
+    #: No stage's cost carries it: every per-rank sum adds it once
+    per_rank_bytes: int = 0
     #: parameters held by several units (tied embeddings): ((unit indices), parameters) each
     tied: tuple[tuple[tuple[int, ...], int], ...] = ()
 
@@ -526,7 +526,7 @@ class CostModel:
             links=links,
             layout=layout,
             forward_only=forward_only,
-            stage_static_bytes=gathered,
+            per_rank_bytes=gathered,
             tied=tied,
         )
 
@@ -578,18 +578,11 @@ class CostModel:
         self, bounds: Sequence[tuple[int, int]], options: Sequence[Option], rank_of: dict[int, int]
     ) -> dict[int, tuple[int, int]]:
         """(static bytes, gradient bytes) each rank holds once although its stages count them more
-        than once: ``stage_static_bytes`` (one unit's gathered weights or whole gradient at a time,
-        per rank, which each stage's cost carries); and a tied parameter's holders on one rank
-        (both in one stage, or a V's two ends) share one parameter, one gradient and one optimizer
-        state, which each holder's record counts. The rank's stages' sums less these are what it
-        holds and reduces."""
+        than once: a tied parameter's holders on one rank (both in one stage, or a V's two ends)
+        share one parameter, one gradient and one optimizer state, which each holder's record
+        counts. The rank's stages' sums less these are what it holds and reduces."""
         stage_of = [s for s, (first, end) in enumerate(bounds) for _ in range(first, end)]
         out: dict[int, tuple[int, int]] = {}
-        if self.stage_static_bytes:
-            stages_on: dict[int, int] = {}
-            for r in rank_of.values():
-                stages_on[r] = stages_on.get(r, 0) + 1
-            out = {r: ((k - 1) * self.stage_static_bytes, 0) for r, k in stages_on.items() if k > 1}
         for units, params in self.tied:
             by_rank: dict[int, list[int]] = {}
             for u in units:
@@ -635,7 +628,7 @@ class CostModel:
             backward_input_s=sum(r.input_s for r in recs) + oh,
             backward_weight_s=sum(r.weight_s for r in recs) + oh,
             activation_bytes=sum(r.activation_bytes for r in recs),
-            static_bytes=sum(r.static_bytes for r in recs) + self.stage_static_bytes,
+            static_bytes=sum(r.static_bytes for r in recs),
             output_bytes=0 if last else recs[-1].output_bytes,
             input_bytes=0 if index == 0 else recs[0].input_bytes,
             param_bytes=sum(r.grad_bytes for r in recs),

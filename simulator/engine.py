@@ -66,6 +66,8 @@ class SimInput:
     #: rank -> (static, gradient) bytes its stages' costs count more than once: tied copies on one
     #: rank hold one parameter (``CostModel.held_once``)
     held_once: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: static bytes every training rank holds once besides its stages' (``CostModel.per_rank_bytes``)
+    per_rank_bytes: int = 0
 
     def dp_comm(self) -> DPComm:
         if self.comm is not None:
@@ -156,7 +158,7 @@ def _timeline(
     for r, log in logs.items():
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
-        static -= inp.held_once.get(r, (0, 0))[0]
+        static += (0 if forward_only else inp.per_rank_bytes) - inp.held_once.get(r, (0, 0))[0]
         peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only=forward_only, curve=detail)
         if detail:
             memory[r] = curve

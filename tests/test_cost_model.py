@@ -170,7 +170,17 @@ def test_milp_terms_equal_the_simulators_costs(case, tmp_path):
 
     # per-rank memory and the end-of-step tail, against the simulated step
     held_once = costs.held_once(bounds, options, owner)  # per-rank bytes its stages count more than once
-    timeline = simulate(SimInput(table, stage_costs, links, dp=dp, comm=costs.dp_comm, held_once=held_once))
+    timeline = simulate(
+        SimInput(
+            table,
+            stage_costs,
+            links,
+            dp=dp,
+            comm=costs.dp_comm,
+            held_once=held_once,
+            per_rank_bytes=costs.per_rank_bytes,
+        )
+    )
     for r in timeline.ranks:
         assert _close(terms.peak_bytes[r.rank], r.peak_bytes)
         mine = [s for s, o in owner.items() if o == r.rank]
@@ -184,7 +194,7 @@ def test_milp_terms_equal_the_simulators_costs(case, tmp_path):
         cap = max(1, cap)
         admitted = stage_terms(costs, model, bounds, options, cap).admitted
         screened = (
-            max(static_bytes(dict(owner), stage_costs, once=costs.stage_static_bytes).values()) <= cap
-            and max(peak_bytes(model.memory, stage_costs, once=costs.stage_static_bytes).values()) <= cap
+            max(static_bytes(dict(owner), stage_costs, per_rank=costs.per_rank_bytes).values()) <= cap
+            and max(peak_bytes(model.memory, stage_costs, per_rank=costs.per_rank_bytes).values()) <= cap
         )
         assert admitted == fits(plan_at(cap)) == screened, (cap, peak)
