@@ -292,7 +292,8 @@ def _llama3(*, gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         "gradient accumulation and reduce-scatter over the microbatches, its collectives asynchronous; asynchronous "
         "pipeline sends); assumed: microbatch 1, torch's and Megatron's default of pp microbatches per round, "
         "sequence parallel beside TP, a fused (flash) attention kernel, the gradients reduced in the model's bf16 "
-        "(the paper: FP32), the overlapped collectives slowing no compute",
+        "(the paper: FP32), the overlapped collectives slowing the compute beside them by the cited mean factor "
+        "(simulator.costs.OVERLAP_SLOWDOWN)",
     )
 
 

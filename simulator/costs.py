@@ -57,6 +57,8 @@ __all__ = [
     "pipeline_latency",
     "CostModel",
     "unit_records",
+    "OVERLAP_SLOWDOWN",
+    "overlap_slowdown_s",
     "stage_costs",
     "check_bounds",
 ]
@@ -135,6 +137,9 @@ class UnitRecord:
     #: mode reduces every microbatch (``DPModeSpec.reduces_each_microbatch``) and the reduction is
     #: not overlapped with the following backwards
     dp_reduce_s: float = 0.0
+    #: of forward_s and weight_s: the compute's slowdown beside the data-parallel collectives that
+    #: overlap it each microbatch (``overlap_slowdown_s``)
+    contention_s: float = 0.0
 
     def as_first_stage(self) -> UnitRecord:
         """The unit inside stage 0: no input gradient, so I is empty, W is the whole backward
@@ -241,8 +246,8 @@ class DPComm:
     #: the gradient reduction of each stage starts with its last backward and runs beside the rank's
     #: remaining backwards (``Layout.overlap_grad_reduce``); a parameter-sharding mode then also prefetches: only a
     #: stage's first unit is gathered before the rank starts, the rest beside its forwards (and,
-    #: resharded after forward, gathered again beside its backwards). Contention with compute is
-    #: not modelled (no slowdown factor)
+    #: resharded after forward, gathered again beside its backwards). What the collectives run
+    #: beside each microbatch slow the compute (``UnitRecord.contention_s``)
     overlap: bool = False
     regather: bool = False  #: resharded after forward: the backward gathers the weights again
 
@@ -300,6 +305,47 @@ def _dp_in_backward(layout: Layout, links: Links, forward_only: bool) -> Callabl
     return collectives
 
 
+#: compute beside a collective runs this much slower on a GPU: the mean slowdown of GEMM-heavy
+#: training compute (GPT and Llama layers on A100 and H100, and AMD MI250/MI210) while NCCL
+#: collectives run beside it, against the same compute alone (arXiv:2507.03114, "Characterizing
+#: Compute-Communication Overlap in GPU-Accelerated Distributed Deep Learning: Performance and
+#: Power Implications", 2025, abstract: 18.9% on average, 40.0% at most). The collective's kernels
+#: take SMs and memory bandwidth from the compute's
+OVERLAP_SLOWDOWN = 0.189
+
+
+def overlap_slowdown_s(comm_s: float, compute_s: float, slowdown: float = OVERLAP_SLOWDOWN) -> float:
+    """What ``comm_s`` seconds of a collective beside ``compute_s`` seconds of compute add to the
+    compute: while they overlap the compute runs ``1 + slowdown`` times slower, so it loses
+    ``slowdown / (1 + slowdown)`` of each overlapped second; a collective longer than the
+    (slowed) compute overlaps all of it."""
+    return slowdown / (1 + slowdown) * min(comm_s, compute_s * (1 + slowdown))
+
+
+def _dp_beside(layout: Layout, links: Links, forward_only: bool) -> Callable[[float], tuple[float, float]]:
+    """Per unit, by its weight bytes, the data-parallel collectives that run beside each
+    microbatch's compute when the layout overlaps them (``overlap_grad_reduce``) on a GPU fabric
+    (a link with NCCL's bus bandwidth; CPU ranks keep their measured figures): (beside the
+    forward: its weights gathered ahead, when resharded after forward; beside the backward: its
+    weights gathered again, resharded, and its gradient reduced, when the mode reduces every
+    microbatch). A reduction or a gather once a step (ddp, zero1, fsdp's last reduction, weights
+    kept gathered) is not per microbatch and slows no compute here."""
+    link = dp_link(layout, links)
+    if not layout.overlap_grad_reduce or forward_only or layout.dp == 1 or not link.collective_Bps:
+        return lambda nbytes: (0.0, 0.0)
+    mode, d = layout.dp_mode.spec, layout.dp
+    gathers = mode.shards_params and layout.reshard_after_forward
+
+    def collectives(nbytes: float) -> tuple[float, float]:
+        if not nbytes:
+            return 0.0, 0.0
+        gather = mode.head_s(d, nbytes, link) if gathers else 0.0
+        reduce = mode.each_microbatch_s(d, nbytes, link) if mode.reduces_each_microbatch else 0.0
+        return gather, gather + reduce
+
+    return collectives
+
+
 def unit_records(
     profile: Profile,
     option: Option,
@@ -331,6 +377,7 @@ def unit_records(
         state += 2 * dtype.bytes  # the stage's weights gathered and its gradients unsharded for the step
     opt_share = layout.dp if mode.shards_optimizer else 1
     in_backward = _dp_in_backward(layout, links, forward_only)
+    beside = _dp_beside(layout, links, forward_only)
     out = []
     for i, (u, sc) in enumerate(zip(entry.units, scaled)):
         unit_input = scaled[i - 1].output_bytes if i > 0 else 0
@@ -343,6 +390,9 @@ def unit_records(
             loss_part = int(u.loss_saved_bytes * act / u.saved_bytes) if u.saved_bytes else 0
         params = sc.params
         gather, reduce = in_backward(params * dtype.bytes)
+        comm_f, comm_b = beside(params * dtype.bytes)
+        slow_f = overlap_slowdown_s(comm_f, sc.forward_s)
+        slow_b = overlap_slowdown_s(comm_b, sc.backward_input_s + sc.backward_weight_s + extra)
         # the runtime's own time around the math: DTensor per tensor-parallel layer, FSDP2 per unit
         layers = tp_layers(profile, u.kind) if layout.tp > 1 else 0
         sharded = bool(params) and layout.dp > 1 and mode.fully_shard
@@ -352,15 +402,16 @@ def unit_records(
             rt_b += rt_f  # the forward's layers (and hooks) run again
         out.append(
             UnitRecord(
-                forward_s=sc.forward_s + sc.comm_forward_s + rt_f,
+                forward_s=sc.forward_s + sc.comm_forward_s + rt_f + slow_f,
                 backward_s=(u.backward_s * b_scale if u.backward_input_s + u.backward_weight_s else u.backward_s)
                 + extra
                 + sc.comm_backward_s
                 + gather
                 + reduce
-                + rt_b,
+                + rt_b
+                + slow_b,
                 input_s=sc.backward_input_s + extra + sc.comm_backward_s + gather + rt_b,
-                weight_s=sc.backward_weight_s + reduce,
+                weight_s=sc.backward_weight_s + reduce + slow_b,
                 static_bytes=int(params * dtype.bytes if forward_only else params * state),
                 activation_bytes=int(act),
                 keep_bytes=int(act) - loss_part,  # retained from I to W but the loss (module docstring)
@@ -374,6 +425,7 @@ def unit_records(
                 tp_backward_s=sc.comm_backward_s + (sc.comm_forward_s if option.recompute is Recompute.FULL else 0.0),
                 dp_backward_s=gather,
                 dp_reduce_s=reduce,
+                contention_s=slow_f + slow_b,
             )
         )
     return tuple(out)

@@ -3,9 +3,21 @@ on the simulator's communication track, against steps worked out by hand."""
 
 import pytest
 
+from planner.cluster import load_cluster
+from profiles.analytic import analytic_profile
 from simulator.actions import Action, Kind
 from simulator.collectives import Link
-from simulator.costs import DPComm, DPMode, StageCost
+from simulator.costs import (
+    OVERLAP_SLOWDOWN,
+    DPComm,
+    DPMode,
+    Layout,
+    Option,
+    Recompute,
+    StageCost,
+    overlap_slowdown_s,
+    unit_records,
+)
 from simulator.engine import SimInput, simulate
 
 LINK = Link(0.0, 1e9)  # 1 GB/s, no latency: a ring all-reduce of G bytes over 2 ranks takes G / 1e9 s
@@ -47,10 +59,8 @@ def test_the_layout_option_reaches_the_plan_and_its_file(tmp_path):
 
     from planner import Job
     from planner.candidate import Candidate
-    from planner.cluster import load_cluster
     from planner.plan import load_plan
     from planner.scoring import Context, build_plan
-    from profiles.analytic import analytic_profile
     from simulator.costs import Layout, Option, Recompute
 
     prof = analytic_profile("gpt2-tiny", device_spec_name="a100", seq_len=128)
@@ -82,3 +92,46 @@ def test_prefetching_fsdp_gathers_the_first_unit_before_it_starts():
     assert plain.step_s == pytest.approx(16.0)
     # prefetching: start at 0.5 s, F to 4.5 s, B to 12.5 s; the reduce-scatter (2 s) fits in B
     assert ahead.step_s == pytest.approx(12.5)
+
+
+def test_overlap_slowdown_by_hand():
+    """Compute beside a collective runs 1.189x slower (arXiv:2507.03114): 1 s of collective
+    beside 10 s of compute costs 0.189/1.189 s; one longer than the slowed compute slows all of it."""
+    assert OVERLAP_SLOWDOWN == 0.189
+    assert overlap_slowdown_s(1.0, 10.0) == pytest.approx(0.189 / 1.189)
+    assert overlap_slowdown_s(100.0, 2.0) == pytest.approx(2.0 * 0.189)
+    assert overlap_slowdown_s(0.0, 2.0) == 0.0
+
+
+def test_collectives_beside_each_microbatch_slow_the_compute_on_gpus():
+    """zero2's per-microbatch reduce-scatter and resharded fsdp's gathers, overlapped on a GPU
+    fabric, add their slowdown to the compute they run beside; a reduction once a step (ddp), the
+    same collectives not overlapped (then they sit in the compute's time instead), and CPU ranks'
+    measured links add none."""
+    from planner.cluster import load_cluster
+    from profiles.analytic import analytic_profile
+
+    prof = analytic_profile("llama-tiny", device_spec_name="h100", dtypes=("bf16",), seq_len=128)
+    option = Option("bf16", Recompute.NONE)
+    gpu = load_cluster("h100:2").links()
+
+    def records(links, **kw):
+        return unit_records(prof, option, layout=Layout(dp=16, **kw).on_pipeline(1), links=links)
+
+    plain = unit_records(prof, option, layout=Layout(), links=gpu)
+    z2 = records(gpu, dp_mode=DPMode.ZERO2, overlap_grad_reduce=True)
+    mode, link = DPMode.ZERO2.spec, gpu.group_link(list(range(16)))
+    for p, r in zip(plain, z2):
+        if not r.params:
+            continue
+        rs = mode.each_microbatch_s(16, r.grad_bytes, link)
+        assert rs > 0 and r.contention_s == pytest.approx(overlap_slowdown_s(rs, p.backward_s))
+        assert r.weight_s == pytest.approx(p.weight_s + r.contention_s) and r.forward_s == pytest.approx(p.forward_s)
+    fsdp = records(gpu, dp_mode=DPMode.FSDP, overlap_grad_reduce=True)  # pp 1: resharded after forward
+    assert all(r.contention_s > 0 and r.forward_s > p.forward_s for p, r in zip(plain, fsdp) if r.params)
+    for quiet in (
+        records(gpu, dp_mode=DPMode.DDP, overlap_grad_reduce=True),
+        records(gpu, dp_mode=DPMode.ZERO2, overlap_grad_reduce=False),
+        records(load_cluster("cpu-local:8").links(), dp_mode=DPMode.ZERO2, overlap_grad_reduce=True),
+    ):
+        assert all(r.contention_s == 0 for r in quiet)
