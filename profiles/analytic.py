@@ -12,7 +12,9 @@ Assumptions (written into the profile's ``measurement``):
   a unit's F, I and W are sums of their operations: operations run one after another;
 - a GEMM's FLOP rate is the datasheet peak times ``profiles.gemm.matmul_efficiency``: tile and
   wave quantisation on the device's SMs times the published sustainable (else achievable) matmul share;
-- memory time is bytes over the datasheet bandwidth times the device's achievable share;
+- memory time is bytes over the datasheet bandwidth times the device's achievable share; the
+  unfused (math) attention's s x s kernels at the share standard attention reaches in
+  FlashAttention-3's benchmark (``profiles.devices.SCORES_MEMORY_EFFICIENCY``);
 - attention runs as the profile's kernel (``attention``): ``math`` decomposes into products and
   a softmax and keeps the s x s scores; ``flash`` and ``efficient`` are one fused kernel that keeps
   no s x s tensor and does half the products when causal, at the device's published fused
@@ -164,8 +166,9 @@ def _count_unit(
 
 
 def op_seconds(op: Op, spec: DeviceSpec, dtype: str, gemm: GemmDevice | None) -> float:
-    """One operation's roofline: the larger of its FLOP time and its memory time."""
-    memory = op.bytes / (spec.bandwidth * spec.memory_efficiency)
+    """One operation's roofline: the larger of its FLOP time and its memory time (an unfused
+    attention kernel's ``s × s`` traffic at the share of the bandwidth standard attention reaches)."""
+    memory = op.bytes / (spec.scores_bandwidth if op.scores else spec.bandwidth * spec.memory_efficiency)
     if not op.flops:
         return memory
     if op.attention:
@@ -275,6 +278,7 @@ def analytic_profile(
             "matmul_source": gemm.source if gemm is not None else "measured here",
             "memory_efficiency": spec.memory_efficiency,
             "attention_efficiency": spec.attention_efficiency,
+            "scores_memory_efficiency": spec.scores_bandwidth / spec.bandwidth,
             "efficiency_source": spec.efficiency_source,
             "attention_kernel": attention,  # the Profile field; "attention" names an HF implementation
             "fusion": fusion,

@@ -14,6 +14,8 @@ __all__ = [
     "OPTIMIZER_BYTES_PER_PARAM",
     "A100_SUSTAINED_CLOCK_SHARE",
     "A100_SUSTAINED_CLOCK_SOURCE",
+    "SCORES_MEMORY_EFFICIENCY",
+    "standard_attention_bytes",
 ]
 
 #: achievable share of the HBM bandwidth: a read kernel measured at 1.80 of the A100 80GB's 2.04
@@ -30,6 +32,31 @@ OPTIMIZER_BYTES_PER_PARAM = 34
 #: arXiv:2307.08691, abstract; the range's midpoint is taken) and about 35% on H100 (Shah et al.,
 #: FlashAttention-3, arXiv:2407.08608, §1); FlashAttention-3's 75% on H100 needs its own kernels
 FA2_A100, FA2_H100 = (0.50 + 0.73) / 2, 0.35
+
+
+def standard_attention_bytes(batch: int, heads: int, seq: int, head_dim: int, elem: int = 2) -> int:
+    """Bytes the unfused (math) attention forward moves, as ``profiles.ops`` counts them: ``QKᵀ``
+    reads Q and K and writes the ``s × s`` scores, the softmax reads them and writes the
+    probabilities, ``PV`` reads those and V and writes the output."""
+    scores = batch * heads * seq * seq * elem
+    qkvo = 4 * batch * heads * seq * head_dim * elem
+    return 4 * scores + qkvo
+
+
+#: the share of the HBM bandwidth the unfused (math) attention path's ``s × s`` kernels reach: the
+#: forward of standard attention (one GEMM writing the scores, a softmax kernel, one GEMM reading
+#: the probabilities) measured at 119 TFLOP/s on an H100 SXM5 at sequence 2k, head dim 128, no
+#: causal mask, batch × sequence 16k, hidden 2048 (Shah et al., FlashAttention-3, arXiv:2407.08608,
+#: §4.1, Figure 5, "Standard attention"): its FLOPs (``4·b·s²·a·d``) at that rate take 2.31 ms, in
+#: which it moves ``standard_attention_bytes`` (4.56 GB), 59% of the 3.35 TB/s datasheet bandwidth,
+#: where a plain streaming kernel reaches ``HBM_EFFICIENCY``. Every ``s × s`` kernel of the math
+#: path (the products reading or writing the scores, the softmax, attention dropout, forward and
+#: backward) is taken at this share, on every device (no A100 figure is published)
+_STD_ATTENTION = {"batch": 8, "heads": 16, "seq": 2048, "head_dim": 128}
+_STD_ATTENTION_S = 4 * 8 * 2048**2 * 16 * 128 / 119e12
+SCORES_MEMORY_EFFICIENCY = standard_attention_bytes(**_STD_ATTENTION) / _STD_ATTENTION_S / 3.35e12
+_SCORES_SOURCE = "FlashAttention-3 (arXiv:2407.08608) Figure 5: standard attention, H100, 2k, head dim 128"
+
 #: the A100's clock under sustained tensor-core load over its boost clock: NVIDIA takes the A100's
 #: HPL peak at the clock it sustains at its power limit, 1305 MHz, not its 1410 MHz boost. Burst
 #: measurements (the matmul sweep, FlashAttention-2's) ran at the boost clock; a node training for
@@ -56,6 +83,15 @@ class DeviceSpec:
     #: published for the memory-efficient kernel, FlashAttention-2's is taken)
     attention_efficiency: float = 1.0
     efficiency_source: str = ""
+    #: the share of ``bandwidth`` the unfused attention's ``s × s`` kernels reach (None:
+    #: ``memory_efficiency``, as for a device measured here)
+    scores_memory_efficiency: float | None = None
+
+    @property
+    def scores_bandwidth(self) -> float:
+        """Bytes/s the unfused attention's ``s × s`` kernels move."""
+        share = self.memory_efficiency if self.scores_memory_efficiency is None else self.scores_memory_efficiency
+        return self.bandwidth * share
 
     @property
     def optimizer_s_per_param(self) -> float:
@@ -73,7 +109,8 @@ DEVICE_SPECS: dict[str, DeviceSpec] = {
         "NVIDIA H100 Tensor Core GPU datasheet (dense, no sparsity)",
         HBM_EFFICIENCY,
         FA2_H100,
-        f"{_HBM_SOURCE}; FlashAttention-2 on H100: FlashAttention-3 paper (arXiv:2407.08608)",
+        f"{_HBM_SOURCE}; FlashAttention-2 on H100: FlashAttention-3 paper (arXiv:2407.08608); {_SCORES_SOURCE}",
+        SCORES_MEMORY_EFFICIENCY,
     ),
     "h200": DeviceSpec(
         "NVIDIA H200 SXM 141GB",
@@ -83,7 +120,9 @@ DEVICE_SPECS: dict[str, DeviceSpec] = {
         "NVIDIA H200 Tensor Core GPU datasheet (dense, no sparsity)",
         HBM_EFFICIENCY,
         FA2_H100,
-        f"{_HBM_SOURCE}; FlashAttention-2 on H100 (same SMs): FlashAttention-3 paper (arXiv:2407.08608)",
+        f"{_HBM_SOURCE}; FlashAttention-2 on H100 (same SMs): FlashAttention-3 paper (arXiv:2407.08608); "
+        f"{_SCORES_SOURCE}",
+        SCORES_MEMORY_EFFICIENCY,
     ),
     "a100": DeviceSpec(
         "NVIDIA A100 SXM4 80GB",
@@ -94,6 +133,7 @@ DEVICE_SPECS: dict[str, DeviceSpec] = {
         HBM_EFFICIENCY,
         FA2_A100 * A100_SUSTAINED_CLOCK_SHARE,
         f"{_HBM_SOURCE}; FlashAttention-2 on A100: FlashAttention-2 paper (arXiv:2307.08691), at the sustained "
-        f"clock ({A100_SUSTAINED_CLOCK_SOURCE})",
+        f"clock ({A100_SUSTAINED_CLOCK_SOURCE}); {_SCORES_SOURCE} (the H100's share)",
+        SCORES_MEMORY_EFFICIENCY,
     ),
 }

@@ -31,9 +31,10 @@ the probabilities times ``V``, full ``s × s`` products) and one softmax kernel 
 scores and writes the probabilities (scale and mask fused into it, as Megatron's
 ``FusedScaleMaskSoftmax``); it keeps the ``s × s`` probabilities in the compute dtype for the
 backward, which runs four GEMMs and a softmax backward (reads the probabilities and their
-gradient, writes the scores' gradient). ``flash`` and ``efficient`` are one fused kernel that
-keeps only its inputs, its output and the row log-sum-exp (4 bytes per query row and head),
-and counts the FLOPs the FlashAttention benchmarks count (flash-attention
+gradient, writes the scores' gradient); these kernels' ``s × s`` traffic is marked (``Op.scores``)
+and priced at the bandwidth standard attention reaches (``profiles.devices``). ``flash`` and
+``efficient`` are one fused kernel that keeps only its inputs, its output and the row
+log-sum-exp (4 bytes per query row and head), and counts the FLOPs the FlashAttention benchmarks count (flash-attention
 ``benchmarks/benchmark_flash_attention.py``): forward ``4·b·s_q·s_k·a·d``, halved when causal,
 backward 2.5× the forward. A fused call is taken as causal when SDPA is asked for causality or
 given a mask (the zoo's decoders pass their causal mask; an encoder without padding passes
@@ -102,6 +103,7 @@ class Op:
     attention: bool = False  #: a fused attention kernel (priced at the kernel's own efficiency)
     weight_grad: bool = False  #: a weight-gradient product (W)
     residual: bool = False  #: no FLOPs, its result the residual stream (``tokens × width``)
+    scores: bool = False  #: an unfused attention kernel reading or writing the ``s × s`` scores
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -322,21 +324,21 @@ def _attention_ops(q, k, v, causal: bool, kernel: str, dropout: bool, *, backwar
     kb, vb = float(bh * sk * d * elem), float(bh * sk * dv * elem)  # k and v as every query head reads them
 
     def gemm(name, m, n, k_, ins):
-        return Op(name, 2.0 * bh * m * n * k_, ins + bh * m * n * elem, gemm=(bh, m, n, k_))
+        return Op(name, 2.0 * bh * m * n * k_, ins + bh * m * n * elem, gemm=(bh, m, n, k_), scores=True)
 
     mask = scores / elem  # one byte per probability
     if not backward:
         return [
             gemm("attention QK^T", sq, sk, d, qb + kb),
-            Op("attention softmax", 0.0, 2 * scores),
-            *([Op("attention dropout", 0.0, 2 * scores + mask)] if dropout else []),
+            Op("attention softmax", 0.0, 2 * scores, scores=True),
+            *([Op("attention dropout", 0.0, 2 * scores + mask, scores=True)] if dropout else []),
             gemm("attention PV", sq, dv, sk, scores + vb),
         ]
     return [
         gemm("attention dV = P^T dO", sk, dv, sq, scores + ob),
         gemm("attention dP = dO V^T", sq, sk, dv, ob + vb),
-        *([Op("attention dropout backward", 0.0, 2 * scores + mask)] if dropout else []),
-        Op("attention softmax backward", 0.0, 3 * scores),
+        *([Op("attention dropout backward", 0.0, 2 * scores + mask, scores=True)] if dropout else []),
+        Op("attention softmax backward", 0.0, 3 * scores, scores=True),
         gemm("attention dQ = dS K", sq, d, sk, scores + kb),
         gemm("attention dK = dS^T Q", sk, d, sq, scores + qb),
     ]

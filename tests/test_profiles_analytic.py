@@ -275,6 +275,35 @@ def test_flash_attention_keeps_no_scores_and_halves_causal_flops(device):
     assert flash_p.attention == "flash" and math_p.attention == "math"
 
 
+def test_unfused_attention_reproduces_the_standard_attention_benchmark():
+    """The math path's s×s kernels run at the bandwidth share derived from FlashAttention-3's
+    standard-attention measurement (119 TFLOP/s forward, H100, sequence 2k, head dim 128, 16k
+    tokens, hidden 2048): the path as the profiler counts and prices it gives that rate back, the
+    derivation counts the bytes the profiler counts, and a fused kernel's traffic is not slowed."""
+    import torch
+
+    from profiles.analytic import op_seconds
+    from profiles.devices import SCORES_MEMORY_EFFICIENCY, standard_attention_bytes
+    from profiles.gemm import GEMM_DEVICES
+    from profiles.ops import _attention_ops
+
+    spec, dev = DEVICE_SPECS["h100"], GEMM_DEVICES["h100"]
+    q = torch.empty(8, 16, 2048, 128, dtype=torch.bfloat16, device="meta")
+    ops = _attention_ops(q, q, q, False, "math", False, backward=False)
+    assert all(op.scores for op in ops)
+    assert sum(op.bytes for op in ops) == standard_attention_bytes(8, 16, 2048, 128)
+    flops = 4 * 8 * 2048**2 * 16 * 128
+    assert flops / sum(op_seconds(op, spec, "bf16", dev) for op in ops) == pytest.approx(119e12, rel=1e-6)
+    assert 0.55 < SCORES_MEMORY_EFFICIENCY < spec.memory_efficiency
+    for kernel in ("flash", "efficient"):
+        (fused,) = _attention_ops(q, q, q, True, kernel, False, backward=False)
+        assert not fused.scores
+    for name in ("a100", "h200"):  # the one published share on every device
+        assert DEVICE_SPECS[name].scores_bandwidth == pytest.approx(
+            DEVICE_SPECS[name].bandwidth * SCORES_MEMORY_EFFICIENCY
+        )
+
+
 def test_attention_field_round_trip_and_old_profiles(tmp_path):
     import json
 
