@@ -133,6 +133,7 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
         dp_mode=mode if dp > 1 else DPMode.DDP,
         sequence_parallel=run.sequence_parallel,
         overlap_grad_reduce=run.overlap_grad_reduce,
+        grads_fp32=run.grads_fp32,
     )
     m = run.global_batch // (dp * mbs)
     job = Job(global_batch=run.global_batch, microbatch_size=mbs, dtypes=("bf16",), schedules=(schedule,))
@@ -166,7 +167,7 @@ def predict(run: PublishedRun, tmp: Path, cache: dict) -> dict:
         "error": (tflops - published) / published if published else None,
         "layout": f"{schedule} v={v} mb={mbs} m={m}",
         "recompute": rc.value + ("+sp" if layout.sequence_parallel else ""),
-        "dp_mode": layout.dp_mode.value,
+        "dp_mode": layout.dp_mode.value + ("/32" if layout.grads_fp32 else ""),
         "overlap": overlap or "none",
         "peak_gib": max(plan.predicted.peak_bytes) / 2**30,
         "capacity_gib": cluster.memory_bytes / 2**30,
@@ -209,7 +210,7 @@ def main() -> int:
             out.append((r, predict(r, Path(tmp), cache)))
     print(
         f"{'source':<11} {'model':<13} {'GPUs':>5} {'tp':>2} {'pp':>2} {'dp':>3} {'layout':<30} {'recompute':<12} "
-        f"{'attn':<5} {'fuse':<7} {'dp':<4} {'overlap':<9} {'pub TF/s':>8} {'pred':>6} {'error':>7} {'pub %pk':>7} "
+        f"{'attn':<5} {'fuse':<7} {'dp':<8} {'overlap':<9} {'pub TF/s':>8} {'pred':>6} {'error':>7} {'pub %pk':>7} "
         f"{'pred %pk':>8} {'GiB/dev':>11}"
     )
     for r, p in out:
@@ -220,7 +221,7 @@ def main() -> int:
         mem = f"{p['peak_gib']:5.1f}/{p['capacity_gib']:.0f}" + ("!" if p["peak_gib"] > p["capacity_gib"] else " ")
         print(
             f"{src[:11]:<11} {r.model[:13]:<13} {r.gpus:>5} {r.tp:>2} {r.pp:>2} {r.dp:>3} {p['layout']:<30} "
-            f"{p['recompute']:<12} {r.attention:<5} {r.fusion:<7} {p['dp_mode']:<4} {p['overlap']:<9} {pub} "
+            f"{p['recompute']:<12} {r.attention:<5} {r.fusion:<7} {p['dp_mode']:<8} {p['overlap']:<9} {pub} "
             f"{p['tflops']:6.1f} {err} {pub_mfu} {p['mfu']:8.1%} {mem:>11}"
         )
     if args.breakdown:
@@ -236,6 +237,7 @@ def main() -> int:
     over = [r.model for r, p in out if p["peak_gib"] > p["capacity_gib"]]
     print(f"predicted over its device's memory (!): {', '.join(over) if over else 'none'}")
     print("%pk: the paper's FLOPs per GPU over the 16-bit peak (Narayanan et al.: Eq. 3, recompute counted; else MFU)")
+    print("dp: the data-parallel mode; /32: gradients accumulated and reduced in fp32")
     for src in sorted({r.source for r in rows}):
         print(f"source: {src}")
     for r in rows:

@@ -120,6 +120,9 @@ class PublishedRun:
     #: data-parallel gradient reduction overlapped with the backward (torch DDP's buckets); False:
     #: after the whole forward-backward (Megatron's ``DDP=local`` of 2021)
     overlap_grad_reduce: bool = False
+    #: gradients accumulated and reduced in fp32 (``Layout.grads_fp32``); False: in the model's
+    #: 16-bit dtype (Megatron-LM's fp16 runs of 2021-22 without ``--accumulate-allreduce-grads-in-fp32``)
+    grads_fp32: bool = False
     #: pipeline sends beside compute; False: the sender waits for its send (Megatron-LM's
     #: ``p2p_communication._communicate`` of 2021-22 waited on its batched sends and receives)
     overlap_sends: bool = True
@@ -284,6 +287,7 @@ def _llama3(*, gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         recompute="none",
         dp_mode="zero2",
         overlap_grad_reduce=True,
+        grads_fp32=True,
         sequence_parallel=True,
         settings="the paper's §3.3.2 (interleaved schedule; one layer fewer on the first and the last stage, so "
         "that 'the first model chunk on the first stage has only the embedding' and the last only the output "
@@ -291,9 +295,8 @@ def _llama3(*, gpus, cp, dp, seq, batch_per_dp, tflops, mfu) -> PublishedRun:
         "FSDP 'shards optimizer states and gradients' but does not reshard the weights after forward, with FP32 "
         "gradient accumulation and reduce-scatter over the microbatches, its collectives asynchronous; asynchronous "
         "pipeline sends); assumed: microbatch 1, torch's and Megatron's default of pp microbatches per round, "
-        "sequence parallel beside TP, a fused (flash) attention kernel, the gradients reduced in the model's bf16 "
-        "(the paper: FP32), the overlapped collectives slowing the compute beside them by the cited mean factor "
-        "(simulator.costs.OVERLAP_SLOWDOWN)",
+        "sequence parallel beside TP, a fused (flash) attention kernel, the overlapped collectives slowing the "
+        "compute beside them by the cited mean factor (simulator.costs.OVERLAP_SLOWDOWN)",
     )
 
 
@@ -349,9 +352,11 @@ def _torchtitan(*, model, config, layers, hidden, heads, kv_heads, ffn, vocab, s
         recompute=recompute,
         dp_mode="fsdp",
         overlap_grad_reduce=True,
+        grads_fp32=True,  # FSDP2's MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32) at 157a12c
         fusion="norm" if norm == "fused_rmsnorm" else "none",  # eager: compile = false
         settings=f"the page's text (FSDP2 alone, local batch, activation checkpointing); {_TT_CONFIGS}/{config}.toml: "
-        f"compile = false (eager), norm_type = {norm!r}; assumed: the DGX A100 network, SDPA's flash kernel, FSDP2's "
+        f"compile = false (eager), norm_type = {norm!r}; torchtitan/parallelisms/"
+        "parallelize_llama.py: FSDP2 reduce_dtype float32; assumed: the DGX A100 network, SDPA's flash kernel, FSDP2's "
         "prefetch and reduce-scatter overlapped with compute",
     )
 

@@ -34,7 +34,7 @@ from dashboard.views import (
     show_plan,
     show_profile,
 )
-from planner.cluster import DP_MODE_CHOICES, MAX_GLOBAL_BATCH, PRESET_CLUSTERS, Job, preset_cluster
+from planner.cluster import DP_MODE_CHOICES, GRAD_DTYPE_CHOICES, MAX_GLOBAL_BATCH, PRESET_CLUSTERS, Job, preset_cluster
 from planner.config import mirrored
 from profiles.contract import UserError
 from simulator.modes import RECOMPUTE_MODES
@@ -241,6 +241,8 @@ def _job_settings(profile, devices: int, per_node: int) -> Job:
     tp_options = data.tp_choices(profile, devices, per_node)
     tp = pick("tp", tp_options, tp_options)
     dp_modes = pick("dp_modes", list(DP_MODE_CHOICES), list(DP_MODE_CHOICES))
+    grads = job["grad_dtype"]
+    grad_dtype = sb.selectbox(grads.label, list(GRAD_DTYPE_CHOICES), key=key("grad_dtype"), help=grads.doc)
     gb = job["global_batch"]
     batch = _number(gb.label, key("global_batch"), Job().global_batch, help=gb.doc)
     mbs = sb.selectbox(
@@ -263,6 +265,7 @@ def _job_settings(profile, devices: int, per_node: int) -> Job:
         recompute=tuple(recompute),
         tp=tuple(sorted(t for t in tp if t in tp_options)),
         dp_modes=tuple(dp_modes),
+        grad_dtype=grad_dtype,
         global_batch=batch,
         microbatch_size=mbs,
         pp=tuple(sorted(pp)),

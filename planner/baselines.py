@@ -320,6 +320,7 @@ def torchtitan_style(p: Plan) -> Plan | None:
             dp=dp,
             dp_mode=DPMode.FSDP if dp > 1 else DPMode.DDP,
             sequence_parallel=tp > 1,  # torchtitan's TP plan shards the norms' sequence (SequenceParallel)
+            grads_fp32=True,  # its FSDP2 reduce dtype and autocast's fp32 weights: it has no other
         ).on_pipeline(pp)
         return lambda: _build(p, _beside(p, schedule, pp, layout, v), torchtitan_split(p.profile, pp * v), ac)
 
@@ -349,7 +350,13 @@ def megatron_style(p: Plan) -> Plan | None:
 
     def attempt(pp: int, schedule: str, v: int, rc: Recompute):
         dp = p.cluster.devices // (pp * tp)
-        layout = Layout(tp=tp, dp=dp, dp_mode=DPMode.ZERO1 if dp > 1 else DPMode.DDP, sequence_parallel=tp > 1)
+        layout = Layout(
+            tp=tp,
+            dp=dp,
+            dp_mode=DPMode.ZERO1 if dp > 1 else DPMode.DDP,
+            sequence_parallel=tp > 1,
+            grads_fp32=p.layout.grads_fp32,  # Megatron-LM's default for bf16, --grad-reduce-in-bf16 otherwise
+        )
         return lambda: _build(p, _beside(p, schedule, pp, layout, v), megatron_split(p.profile, pp * v), rc)
 
     def group(pp: int, rc: Recompute) -> list:

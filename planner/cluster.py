@@ -26,7 +26,7 @@ from profiles.contract import (
 from profiles.devices import DEVICE_SPECS
 from profiles.types import DTYPES
 from simulator.actions import ScheduleError
-from simulator.costs import DPMode, Links
+from simulator.costs import DPMode, Layout, Links
 from simulator.placement import check_placement
 from simulator.schedules import CUSTOM, SCHEDULES
 
@@ -332,6 +332,7 @@ def _old_recompute(raw: Any) -> Any:
 
 RECOMPUTE_CHOICES = ("none", "selective", "full")  #: Recompute's values, as a job names them
 DP_MODE_CHOICES = tuple(m.value for m in DPMode)  #: ddp, zero1, zero2, fsdp
+GRAD_DTYPE_CHOICES = ("fp32", "stage")  #: ``Job.grad_dtype``: fp32, or the stage's own dtype
 ALL_SCHEDULES = (*SCHEDULES, CUSTOM.name)  #: ``--schedules``' default: every schedule and Custom
 MAX_VIRTUAL_FLAG = 64  #: the most stages per rank ``--virtual`` may allow
 
@@ -460,6 +461,22 @@ class Job:
             help="Megatron sequence parallelism beside tp > 1 (auto: on, as Megatron runs it)",
         ),
     )
+    grad_dtype: str = setting(
+        "fp32",
+        "dtype of 16-bit stages' accumulated gradients and of their data-parallel reduction: fp32 (what "
+        "Megatron-LM does for bf16, torchtitan's FSDP2 reduce dtype, torch autocast's fp32 weights) or stage "
+        "(the stage's own dtype, Megatron-LM's --grad-reduce-in-bf16)",
+        "str",
+        choices=GRAD_DTYPE_CHOICES,
+        flag=Flag(
+            name="--grad-dtype",
+            default="fp32",
+            choices=GRAD_DTYPE_CHOICES,
+            help="16-bit stages' gradients accumulated and reduced in fp32 (default, as Megatron-LM, torchtitan "
+            "and autocast run them) or in the stage's dtype",
+        ),
+        label="gradient dtype",
+    )
     optimizer_bytes_per_param: float = setting(
         8.0,
         "optimizer state per parameter (AdamW: two fp32 moments)",
@@ -512,6 +529,12 @@ class Job:
         "in ``schedules``, its own family (p ranks, p + 1 stages, the last back on rank 0)",
         "int_lists",
     )
+
+    def layout(self, *, tp: int, dp: int, dp_mode: DPMode, sequence_parallel: bool) -> Layout:
+        """A layout this job plans: the given degrees and modes, with the job's gradient dtype."""
+        return Layout(
+            tp=tp, dp=dp, dp_mode=dp_mode, sequence_parallel=sequence_parallel, grads_fp32=self.grad_dtype == "fp32"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -241,6 +241,13 @@ def torchtitan_config(plan: Plan, name: str = "plan", module: str = "MODULE") ->
     dtype = _one(plan, name, "dtype", "torchtitan")
     if dtype not in _TT_DTYPES:
         raise _refuse(name, "stages[0].dtype", f"{dtype}: torchtitan trains in bf16 or fp32 (it has no fp16)")
+    if dtype != "fp32" and not plan.grads_fp32:
+        raise _refuse(
+            name,
+            "grads_fp32",
+            "the plan prices bf16 gradients, and torchtitan keeps them in float32 (fp32 weights under autocast, "
+            'FSDP2 mixed_precision_reduce "float32" only): re-plan with --grad-dtype fp32',
+        )
     recompute = _one(plan, name, "recompute", "torchtitan")
     recipe = _TT_FLAVORS[flavor][1]
     lines = [
@@ -288,6 +295,7 @@ def torchtitan_config(plan: Plan, name: str = "plan", module: str = "MODULE") ->
         f"    config.training.global_batch_size = {_global_batch(plan)}",
         f"    config.training.seq_len = {plan.profile.seq_len}",
         f'    config.training.mixed_precision_param = "{_TT_DTYPES[dtype]}"',
+        '    config.training.mixed_precision_reduce = "float32"  # the gradients as the plan prices them',
         *(
             ["    config.training.disable_cuda_graphs = True  # torchtitan runs no CUDA graphs under pipelining"]
             if plan.pp > 1
@@ -406,6 +414,9 @@ def megatron_args(plan: Plan, name: str = "plan") -> str:
     ]
     if _MEGATRON_DTYPES[dtype]:
         args.append(_MEGATRON_DTYPES[dtype])
+    grads = _megatron_grads(dtype, plan.grads_fp32)
+    if grads:
+        args.append(grads)
     if not plan.profile.model_config.get("tie_word_embeddings", False):
         args.append(["--untie-embeddings-and-output-weights"])
     head = [
@@ -417,6 +428,17 @@ def megatron_args(plan: Plan, name: str = "plan") -> str:
         "MEGATRON_ARGS=(",
     ]
     return "\n".join([*head, *(f"    {' '.join(shlex.quote(a) for a in row)}" for row in args), ")", ""])
+
+
+def _megatron_grads(dtype: str, fp32: bool) -> list[str]:
+    """The argument that makes Megatron-LM accumulate and reduce gradients as the plan prices
+    them: it does so in fp32 for bf16 unless ``--grad-reduce-in-bf16``, in fp16 for fp16 unless
+    ``--accumulate-allreduce-grads-in-fp32``; fp32 stages need nothing."""
+    if dtype == "bf16" and not fp32:
+        return ["--grad-reduce-in-bf16"]
+    if dtype == "fp16" and fp32:
+        return ["--accumulate-allreduce-grads-in-fp32"]
+    return []
 
 
 # -- launch lines for pipeplan's executor ------------------------------------------------------

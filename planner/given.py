@@ -119,7 +119,7 @@ def _layout(profile: Profile, cluster: Cluster, job: Job, pp: int) -> Layout:
     if cluster.devices % (pp * tp):
         raise UserError(f"--devices {cluster.devices} is not a multiple of {pp} pipeline ranks x tp {tp}")
     dp = cluster.devices // (pp * tp)
-    return Layout(
+    return job.layout(
         tp=tp,
         dp=dp,
         dp_mode=DPMode(job.dp_modes[0]) if dp > 1 else DPMode.DDP,

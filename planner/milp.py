@@ -284,6 +284,9 @@ class _Split:
     def grad(self, s: int):
         return self.field("grad_bytes", s)
 
+    def reduced(self, s: int):
+        return self.field("reduced_bytes", s)
+
     def optimizer(self, s: int):
         return self.field("optimizer_s", s)
 
@@ -334,11 +337,14 @@ class _Split:
         then optimizer (affine in bytes)."""
         if self.model.forward_only:
             return pulp.LpAffineExpression()
-        const, per_byte = self.costs.dp_comm.affine("tail_s")
+        const, per_weight, per_grad = self.costs.dp_comm.tail_affine()
         return (
             const
             + self.tied_s(rank)
-            + pulp.lpSum(per_byte * self.grad(s) + self.optimizer(s) for s in self.model.stages_of(rank))
+            + pulp.lpSum(
+                per_weight * self.grad(s) + per_grad * self.reduced(s) + self.optimizer(s)
+                for s in self.model.stages_of(rank)
+            )
         )
 
     def tied_s(self, rank: int) -> float:
@@ -359,7 +365,7 @@ class _Split:
         """Before the rank's first forward: fsdp's gather of its weights (affine in bytes)."""
         if self.model.forward_only:
             return pulp.LpAffineExpression()
-        const, per_byte = self.costs.dp_comm.affine("head_s")
+        const, per_byte = self.costs.dp_comm.head_affine()
         return const + pulp.lpSum(per_byte * self.grad(s) for s in self.model.stages_of(rank))
 
     def memory_rows(self, cap) -> None:

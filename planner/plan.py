@@ -64,14 +64,17 @@ class Prediction:
 
 # -- the file's readers, one per stored field (Plan declares which reads what) ----------------
 def _read_layout(f: Fields, _: Mapping[str, Any]) -> Layout:
-    """dp, tp, dp mode, sequence parallelism (on only with tp > 1) and gradient-reduce overlap;
-    plan/1 had tp 1 and ddp."""
+    """dp, tp, dp mode, sequence parallelism (on only with tp > 1), gradient-reduce overlap and
+    fp32 gradients; plan/1 had tp 1 and ddp."""
     dp = f.int("dp", min=1, max=MAX_DEVICES)
     tp = 1 if _v1(f) else f.int("tp", min=1, max=MAX_DEVICES, default=1)
     dp_mode = DPMode(f.str("dp_mode", choices=[m.value for m in DPMode], default="ddp"))
     sp = f.bool("sequence_parallel", default=False)
     overlap = f.bool("overlap_grad_reduce", default=False)
-    return Layout(tp=tp, dp=dp, dp_mode=dp_mode, sequence_parallel=sp and tp > 1, overlap_grad_reduce=overlap)
+    fp32 = f.bool("grads_fp32", default=False)
+    return Layout(
+        tp=tp, dp=dp, dp_mode=dp_mode, sequence_parallel=sp and tp > 1, overlap_grad_reduce=overlap, grads_fp32=fp32
+    )
 
 
 def _read_stages(f: Fields, _: Mapping[str, Any]) -> tuple[StagePlan, ...]:
@@ -271,6 +274,10 @@ class Plan:
     def overlap_grad_reduce(self) -> bool:
         return self.layout.overlap_grad_reduce
 
+    @property
+    def grads_fp32(self) -> bool:
+        return self.layout.grads_fp32
+
     # -- derived -------------------------------------------------------------------------
     @property
     def bounds(self) -> list[tuple[int, int]]:
@@ -386,6 +393,7 @@ class Plan:
             "dp_mode": self.layout.dp_mode.value,
             "sequence_parallel": self.layout.sequence_parallel,
             **({"overlap_grad_reduce": True} if self.layout.overlap_grad_reduce else {}),
+            **({"grads_fp32": True} if self.layout.grads_fp32 else {}),
             "virtual": self.virtual,
             "microbatches": self.microbatches,
             "microbatch_size": self.microbatch_size,

@@ -221,7 +221,7 @@ def _layouts(s: _Search, pp: int, per_stage: int, stats: SearchStats) -> list[La
         modes = (DPMode.DDP,) if dp == 1 else _undominated_modes(job.dp_modes)
         sps = job_sequence_parallel(job, tp, s.profile)
         out += [
-            Layout(tp=tp, dp=dp, dp_mode=mode, sequence_parallel=sp).on_pipeline(pp)
+            job.layout(tp=tp, dp=dp, dp_mode=mode, sequence_parallel=sp).on_pipeline(pp)
             for mode in dict.fromkeys(modes)
             for sp in sps
         ]
@@ -296,10 +296,11 @@ def _lower_bound(costs: CostModel, c: Candidate, forward_only: bool) -> float:
     lb = c.m * work / c.pp
     if not forward_only:
         # the step is at least the mean over ranks of (busy + all-reduce + optimizer)
-        _, per_byte = costs.dp_comm.affine("tail_s")
-        grad = sum(min(r.grad_bytes for r in rs) for rs in recs)
+        _, per_weight, per_grad = costs.dp_comm.tail_affine()
+        weights = sum(min(r.grad_bytes for r in rs) for rs in recs)
+        grad = sum(min(r.reduced_bytes for r in rs) for rs in recs)
         opt = sum(min(r.optimizer_s for r in rs) for rs in recs)
-        lb += (per_byte * grad + opt) / c.pp
+        lb += (per_weight * weights + per_grad * grad + opt) / c.pp
     if c.spec.fill_drain_bound and c.virtual == 1:
         lb = max(lb, (c.m - 1) * max(work / c.pp, max(per_unit) + per_stage) + work)
     return lb

@@ -85,6 +85,14 @@ class Layout:
     #: overlapped with the remaining backward, as torch DDP's buckets and Megatron's
     #: ``--overlap-grad-reduce`` run it; False: after the rank's last backward
     overlap_grad_reduce: bool = False
+    #: gradients accumulated and reduced in fp32 whatever the stage's dtype (Megatron-LM's default
+    #: for bf16, its ``--grad-reduce-in-bf16`` off; torchtitan's FSDP2 ``reduce_dtype``; the Llama 3
+    #: paper's FSDP); False: in the stage's dtype. A no-op for fp32 stages
+    grads_fp32: bool = False
+
+    def grad_element_bytes(self, dtype_bytes: int) -> int:
+        """Bytes of one accumulated (and reduced) gradient element of a stage in ``dtype_bytes``."""
+        return 4 if self.grads_fp32 else dtype_bytes
 
     def on_pipeline(self, pp: int) -> Layout:
         """This layout for a pipeline of ``pp`` ranks, its mode's reshard rule applied
@@ -123,7 +131,7 @@ class UnitRecord:
     keep_bytes: int  # of those, held from I until W
     output_bytes: int  # activation handed to the next unit (sent when a stage ends here)
     input_bytes: int  # gradient handed back to the previous unit (sent when a stage starts here)
-    grad_bytes: int  # gradient bytes all-reduced across data-parallel replicas
+    grad_bytes: int  # the unit's weight bytes: what a parameter-sharding mode gathers
     params: int
     optimizer_s: float  # end-of-step gradient scaling + optimizer update
     # of forward_s and of backward_s (input_s): the tensor-parallel collectives inside them
@@ -140,6 +148,13 @@ class UnitRecord:
     #: of forward_s and weight_s: the compute's slowdown beside the data-parallel collectives that
     #: overlap it each microbatch (``overlap_slowdown_s``)
     contention_s: float = 0.0
+    #: the unit's gradient bytes as the data-parallel reduction moves them (None: ``grad_bytes``,
+    #: reduced in the weights' dtype; ``Layout.grads_fp32``: 4 per parameter)
+    reduce_bytes: int | None = None
+
+    @property
+    def reduced_bytes(self) -> int:
+        return self.grad_bytes if self.reduce_bytes is None else self.reduce_bytes
 
     def as_first_stage(self) -> UnitRecord:
         """The unit inside stage 0: no input gradient, so I is empty, W is the whole backward
@@ -159,7 +174,7 @@ class StageCost:
     static_bytes: int  # weights + gradients + optimizer state, for the whole step
     output_bytes: int  # activation sent to the next stage (0 for the last)
     input_bytes: int  # gradient sent back to the previous stage (0 for the first)
-    param_bytes: int = 0  # gradient bytes all-reduced across data-parallel replicas
+    param_bytes: int = 0  # weight bytes: what a parameter-sharding mode gathers
     keep_bytes: int | None = None  # of activation_bytes, held from I until W (None: half, rounded down)
     optimizer_s: float = 0.0  # once per step, after the last backward: gradient scaling + optimizer step
     #: the first unit's gradient bytes (what a prefetching parameter-sharding mode gathers first)
@@ -168,10 +183,16 @@ class StageCost:
     # the other stage on the rank). None: not measured, forward_s of that stage + backward_s, as
     # torch's runtime runs an OVERLAP_F_B without a custom overlapped function (one after the other).
     overlap_f_b_s: float | None = None
+    #: gradient bytes the data-parallel reduction moves (None: ``param_bytes``)
+    reduce_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.keep_bytes is None:
             object.__setattr__(self, "keep_bytes", self.activation_bytes // 2)
+
+    @property
+    def reduced_bytes(self) -> int:
+        return self.param_bytes if self.reduce_bytes is None else self.reduce_bytes
 
 
 @dataclass(frozen=True)
@@ -256,17 +277,24 @@ class DPComm:
             return 0.0
         return self.mode.spec.head_s(self.dp, grad_bytes, self.link)
 
-    def tail_s(self, grad_bytes: float) -> float:
+    def tail_s(self, grad_bytes: float, reduce_bytes: float | None = None) -> float:
+        """The reductions over ``reduce_bytes`` of gradients (default ``grad_bytes``), the
+        gathers over ``grad_bytes`` of weights."""
         if self.dp <= 1 or not grad_bytes:
             return 0.0
-        return self.mode.spec.tail_s(self.dp, grad_bytes, self.link)
+        return self.mode.spec.tail_s(self.dp, grad_bytes, self.link, reduce_bytes)
 
-    def affine(self, which: str) -> tuple[float, float]:
-        """``head_s`` or ``tail_s`` as ``(seconds, seconds per byte)`` for a rank with gradients
-        (the collectives are affine in their bytes), for the MILP."""
-        f = getattr(self, which)
-        one, two = f(1.0), f(2.0)
+    def head_affine(self) -> tuple[float, float]:
+        """``head_s`` as ``(seconds, seconds per weight byte)`` for a rank with weights (the
+        collectives are affine in their bytes), for the MILP."""
+        one, two = self.head_s(1.0), self.head_s(2.0)
         return one - (two - one), two - one
+
+    def tail_affine(self) -> tuple[float, float, float]:
+        """``tail_s`` as ``(seconds, per weight byte, per reduced gradient byte)``, for the MILP."""
+        base = self.tail_s(1.0, 1.0)
+        per_weight, per_grad = self.tail_s(2.0, 1.0) - base, self.tail_s(1.0, 2.0) - base
+        return base - per_weight - per_grad, per_weight, per_grad
 
 
 def tp_layers(profile: Profile, kind: str) -> int:
@@ -281,28 +309,6 @@ def tp_layers(profile: Profile, kind: str) -> int:
 def dp_link(layout: Layout, links: Links) -> Link:
     """The data-parallel group's link: devices ``tp`` apart, ``dp`` of them."""
     return links.group_link(group_ranks("dp", 0, pp=1, dp=layout.dp, tp=layout.tp))
-
-
-def _dp_in_backward(layout: Layout, links: Links, forward_only: bool) -> Callable[[float], tuple[float, float]]:
-    """Per unit, by its weight bytes, the data-parallel collectives inside each microbatch's
-    backward: (its weights gathered again, when resharded after forward; its gradient reduced,
-    when the mode reduces every microbatch). None when the layout runs them beside the other
-    backwards (``overlap_grad_reduce``: prefetch, and reduction beside compute), serves, or has one
-    replica."""
-    if layout.overlap_grad_reduce or forward_only or layout.dp == 1:
-        return lambda nbytes: (0.0, 0.0)
-    mode, d, link = layout.dp_mode.spec, layout.dp, dp_link(layout, links)
-    regather, reduce = layout.reshard_after_forward, mode.reduces_each_microbatch
-
-    def collectives(nbytes: float) -> tuple[float, float]:
-        if not nbytes:
-            return 0.0, 0.0
-        return (
-            mode.head_s(d, nbytes, link) if regather else 0.0,
-            mode.each_microbatch_s(d, nbytes, link) if reduce else 0.0,
-        )
-
-    return collectives
 
 
 #: compute beside a collective runs this much slower on a GPU: the mean slowdown of GEMM-heavy
@@ -322,28 +328,50 @@ def overlap_slowdown_s(comm_s: float, compute_s: float, slowdown: float = OVERLA
     return slowdown / (1 + slowdown) * min(comm_s, compute_s * (1 + slowdown))
 
 
-def _dp_beside(layout: Layout, links: Links, forward_only: bool) -> Callable[[float], tuple[float, float]]:
-    """Per unit, by its weight bytes, the data-parallel collectives that run beside each
-    microbatch's compute when the layout overlaps them (``overlap_grad_reduce``) on a GPU fabric
-    (a link with NCCL's bus bandwidth; CPU ranks keep their measured figures): (beside the
-    forward: its weights gathered ahead, when resharded after forward; beside the backward: its
-    weights gathered again, resharded, and its gradient reduced, when the mode reduces every
-    microbatch). A reduction or a gather once a step (ddp, zero1, fsdp's last reduction, weights
-    kept gathered) is not per microbatch and slows no compute here."""
-    link = dp_link(layout, links)
-    if not layout.overlap_grad_reduce or forward_only or layout.dp == 1 or not link.collective_Bps:
-        return lambda nbytes: (0.0, 0.0)
-    mode, d = layout.dp_mode.spec, layout.dp
-    gathers = mode.shards_params and layout.reshard_after_forward
+def _dp_each_microbatch(
+    layout: Layout, links: Links, forward_only: bool
+) -> Callable[[float, float, float, float], tuple[float, float, float, float]]:
+    """Per unit, by its weight bytes, its reduced gradient bytes and its forward and backward
+    compute seconds, the data-parallel collectives of each microbatch: its weights gathered
+    (before the forward, and again before the backward, when resharded after forward) and its
+    gradient reduced (when the mode reduces every microbatch). Not overlapped, the backward's
+    collectives sit inside it: ``(gather, reduce, 0, 0)``, the backward's regather and reduction
+    (the forward's gather is prefetched by nothing and priced at the rank's start). Overlapped
+    (``overlap_grad_reduce``) on a GPU fabric (a link with NCCL's bus bandwidth; CPU ranks keep
+    their measured figures), they run beside the compute and slow it
+    (``overlap_slowdown_s``): ``(0, 0, forward's slowdown, backward's slowdown)``. A reduction or
+    a gather once a step (ddp, zero1, fsdp's last reduction, weights kept gathered) is not per
+    microbatch and slows no compute here. Nothing when serving or with one replica."""
+    mode, d, link = layout.dp_mode.spec, layout.dp, dp_link(layout, links)
+    overlap = layout.overlap_grad_reduce
+    if forward_only or d == 1 or (overlap and not link.collective_Bps):
+        return lambda nbytes, reduce_bytes, forward_s, backward_s: (0.0, 0.0, 0.0, 0.0)
+    regather = mode.shards_params and layout.reshard_after_forward
 
-    def collectives(nbytes: float) -> tuple[float, float]:
+    def collectives(nbytes: float, reduce_bytes: float, forward_s: float, backward_s: float):
         if not nbytes:
-            return 0.0, 0.0
-        gather = mode.head_s(d, nbytes, link) if gathers else 0.0
-        reduce = mode.each_microbatch_s(d, nbytes, link) if mode.reduces_each_microbatch else 0.0
-        return gather, gather + reduce
+            return 0.0, 0.0, 0.0, 0.0
+        gather = mode.head_s(d, nbytes, link) if regather else 0.0
+        reduce = mode.each_microbatch_s(d, reduce_bytes, link) if mode.reduces_each_microbatch else 0.0
+        if not overlap:
+            return gather, reduce, 0.0, 0.0
+        return 0.0, 0.0, overlap_slowdown_s(gather, forward_s), overlap_slowdown_s(gather + reduce, backward_s)
 
     return collectives
+
+
+def _state_per_param(layout: Layout, dtype_bytes: int, optimizer_bytes_per_param: float) -> float:
+    """Static training bytes per parameter per rank under the layout's data-parallel mode: its
+    share of the weights, gradients (``Layout.grads_fp32``: fp32), master weights and optimizer
+    state, plus, for a parameter-sharding mode that keeps a stage gathered for the step, the
+    gathered weights and unsharded gradients."""
+    mode, grad_element = layout.dp_mode.spec, layout.grad_element_bytes(dtype_bytes)
+    state = mode.state_bytes_per_param(
+        layout.dp, dtype_bytes=dtype_bytes, optimizer_bytes_per_param=optimizer_bytes_per_param, grad_bytes=grad_element
+    ).total
+    if mode.shards_params and not layout.reshard_after_forward:
+        state += dtype_bytes + grad_element
+    return state
 
 
 def unit_records(
@@ -370,14 +398,10 @@ def unit_records(
     entry = profile.entry(option.dtype, microbatch_size)
     scaled = _per_rank(profile, entry, dtype.bytes, option, layout, links)
     mode = layout.dp_mode.spec
-    state = mode.state_bytes_per_param(
-        layout.dp, dtype_bytes=dtype.bytes, optimizer_bytes_per_param=optimizer_bytes_per_param
-    ).total
-    if mode.shards_params and not layout.reshard_after_forward:
-        state += 2 * dtype.bytes  # the stage's weights gathered and its gradients unsharded for the step
+    grad_element = layout.grad_element_bytes(dtype.bytes)
+    state = _state_per_param(layout, dtype.bytes, optimizer_bytes_per_param)
     opt_share = layout.dp if mode.shards_optimizer else 1
-    in_backward = _dp_in_backward(layout, links, forward_only)
-    beside = _dp_beside(layout, links, forward_only)
+    dp_collectives = _dp_each_microbatch(layout, links, forward_only)
     out = []
     for i, (u, sc) in enumerate(zip(entry.units, scaled)):
         unit_input = scaled[i - 1].output_bytes if i > 0 else 0
@@ -389,10 +413,10 @@ def unit_records(
             # the loss's share of the activations, scaled as they are (tp)
             loss_part = int(u.loss_saved_bytes * act / u.saved_bytes) if u.saved_bytes else 0
         params = sc.params
-        gather, reduce = in_backward(params * dtype.bytes)
-        comm_f, comm_b = beside(params * dtype.bytes)
-        slow_f = overlap_slowdown_s(comm_f, sc.forward_s)
-        slow_b = overlap_slowdown_s(comm_b, sc.backward_input_s + sc.backward_weight_s + extra)
+        compute_b = sc.backward_input_s + sc.backward_weight_s + extra
+        gather, reduce, slow_f, slow_b = dp_collectives(
+            params * dtype.bytes, params * grad_element, sc.forward_s, compute_b
+        )
         # the runtime's own time around the math: DTensor per tensor-parallel layer, FSDP2 per unit
         layers = tp_layers(profile, u.kind) if layout.tp > 1 else 0
         sharded = bool(params) and layout.dp > 1 and mode.fully_shard
@@ -418,6 +442,7 @@ def unit_records(
                 output_bytes=sc.output_bytes,
                 input_bytes=unit_input,
                 grad_bytes=params * dtype.bytes,
+                reduce_bytes=params * grad_element,
                 params=params,
                 optimizer_s=params * optimizer_s_per_param / opt_share,
                 tp_forward_s=sc.comm_forward_s,
@@ -562,14 +587,22 @@ class CostModel:
             for o in dict.fromkeys(options)
         }
         gathered = 0
+
+        def grad_element(o: Option) -> int:
+            return layout.grad_element_bytes(DTYPE_TABLE[o.dtype].bytes)
+
         if layout.reshard_after_forward and not forward_only:
             gathered = max(
-                int(gathered_bytes([r.params for r in recs], dtype_bytes=DTYPE_TABLE[o.dtype].bytes))
+                int(
+                    gathered_bytes(
+                        [r.params for r in recs], dtype_bytes=DTYPE_TABLE[o.dtype].bytes, grad_bytes=grad_element(o)
+                    )
+                )
                 for o, recs in records.items()
             )
         elif layout.dp_mode.spec.reduces_each_microbatch and layout.dp > 1 and not forward_only:
             # the largest unit's whole gradient, made by its backward, on its way to the reduce-scatter
-            gathered = max(max(r.params for r in recs) * DTYPE_TABLE[o.dtype].bytes for o, recs in records.items())
+            gathered = max(max(r.params for r in recs) * grad_element(o) for o, recs in records.items())
         index = {name: i for i, name in enumerate(profile.unit_names)}
         tied = tuple((tuple(index[u] for u in g.units), g.params) for g in profile.tied)
         return CostModel(
@@ -628,13 +661,14 @@ class CostModel:
 
     def held_once(
         self, bounds: Sequence[tuple[int, int]], options: Sequence[Option], rank_of: dict[int, int]
-    ) -> dict[int, tuple[int, int]]:
-        """(static bytes, gradient bytes) each rank holds once although its stages count them more
-        than once: a tied parameter's holders on one rank (both in one stage, or a V's two ends)
-        share one parameter, one gradient and one optimizer state, which each holder's record
-        counts. The rank's stages' sums less these are what it holds and reduces."""
+    ) -> dict[int, tuple[int, int, int]]:
+        """(static bytes, weight bytes, reduced gradient bytes) each rank holds once although its
+        stages count them more than once: a tied parameter's holders on one rank (both in one
+        stage, or a V's two ends) share one parameter, one gradient and one optimizer state, which
+        each holder's record counts. The rank's stages' sums less these are what it holds, gathers
+        and reduces."""
         stage_of = [s for s, (first, end) in enumerate(bounds) for _ in range(first, end)]
-        out: dict[int, tuple[int, int]] = {}
+        out: dict[int, tuple[int, int, int]] = {}
         for units, params in self.tied:
             by_rank: dict[int, list[int]] = {}
             for u in units:
@@ -644,27 +678,31 @@ class CostModel:
                     continue
                 option = options[stage_of[mine[0]]]
                 rec = self.records[option][mine[0]]
-                grad = self.tied_bytes(params, option)
+                weights = params * DTYPE_TABLE[option.dtype].bytes // self.layout.tp
                 per_param = rec.static_bytes / rec.params if rec.params else 0.0
-                static = grad if self.forward_only else int(params // self.layout.tp * per_param)
-                s0, g0 = out.get(rank, (0, 0))
-                out[rank] = (s0 + (len(mine) - 1) * static, g0 + (len(mine) - 1) * grad)
+                static = weights if self.forward_only else int(params // self.layout.tp * per_param)
+                k = len(mine) - 1
+                s0, w0, g0 = out.get(rank, (0, 0, 0))
+                out[rank] = (s0 + k * static, w0 + k * weights, g0 + k * self.tied_bytes(params, option))
         return out
 
     def tied_bytes(self, params: int, option: Option) -> int:
-        """A tied parameter's gradient bytes per rank (its vocabulary-parallel shard under tp)."""
-        return params * DTYPE_TABLE[option.dtype].bytes // self.layout.tp
+        """A tied parameter's gradient bytes per rank as reduced (its vocabulary-parallel shard under
+        tp, in fp32 when the layout reduces gradients in fp32)."""
+        return params * self.layout.grad_element_bytes(DTYPE_TABLE[option.dtype].bytes) // self.layout.tp
 
     def tied_sync_s(self, sync: TiedSync) -> float:
         """A ring all-reduce among the sync's pipeline ranks, on the link their devices share."""
         link = self.links.group_link([r * self.links.stride for r in sync.ranks])
         return ring_all_reduce_s(len(sync.ranks), sync.bytes, link)
 
-    def tail_s(self, grad_bytes: int, optimizer_s: float) -> float:
-        """After a rank's last backward: its data-parallel communication, then its optimizer step."""
+    def tail_s(self, grad_bytes: int, optimizer_s: float, reduce_bytes: int | None = None) -> float:
+        """After a rank's last backward: its data-parallel communication (gathers over its
+        ``grad_bytes`` of weights, reductions over ``reduce_bytes`` of gradients, default the
+        same), then its optimizer step."""
         if self.forward_only:
             return 0.0
-        return self.dp_comm.tail_s(grad_bytes) + optimizer_s
+        return self.dp_comm.tail_s(grad_bytes, reduce_bytes) + optimizer_s
 
     def head_s(self, grad_bytes: int) -> float:
         """Before a rank's first forward: a parameter-sharding mode's gather of its stages' weights."""
@@ -684,6 +722,7 @@ class CostModel:
             output_bytes=0 if last else recs[-1].output_bytes,
             input_bytes=0 if index == 0 else recs[0].input_bytes,
             param_bytes=sum(r.grad_bytes for r in recs),
+            reduce_bytes=sum(r.reduced_bytes for r in recs),
             lead_param_bytes=recs[0].grad_bytes,
             keep_bytes=sum(r.keep_bytes for r in recs),
             optimizer_s=sum(r.optimizer_s for r in recs),

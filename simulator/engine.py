@@ -63,9 +63,9 @@ class SimInput:
     comm: DPComm | None = None
     #: tied parameters' gradient all-reduces among pipeline ranks, with their time each (seconds)
     tied: tuple[tuple[TiedSync, float], ...] = ()
-    #: rank -> (static, gradient) bytes its stages' costs count more than once: tied copies on one
-    #: rank hold one parameter (``CostModel.held_once``)
-    held_once: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: rank -> (static, weight, reduced gradient) bytes its stages' costs count more than once:
+    #: tied copies on one rank hold one parameter (``CostModel.held_once``)
+    held_once: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     #: static bytes every training rank holds once besides its stages' (``CostModel.per_rank_bytes``)
     per_rank_bytes: int = 0
 
@@ -77,13 +77,20 @@ class SimInput:
         return DPComm(dp=self.dp, link=slowest)
 
     def grad_bytes(self, owner: dict[int, int]) -> dict[int, int]:
-        """Gradient bytes per rank (the data-parallel collectives' payload)."""
+        """Weight bytes per rank (what the data-parallel gathers move)."""
+        return self._per_rank(owner, lambda c: c.param_bytes, 1)
+
+    def reduce_bytes(self, owner: dict[int, int]) -> dict[int, int]:
+        """Gradient bytes per rank as the data-parallel reductions move them."""
+        return self._per_rank(owner, lambda c: c.reduced_bytes, 2)
+
+    def _per_rank(self, owner: dict[int, int], value, held: int) -> dict[int, int]:
         out: dict[int, int] = {}
         for s, r in owner.items():
-            out[r] = out.get(r, 0) + self.costs[s].param_bytes
-        for r, (_, grad) in self.held_once.items():
+            out[r] = out.get(r, 0) + value(self.costs[s])
+        for r, once in self.held_once.items():
             if r in out:
-                out[r] -= grad
+                out[r] -= once[held]
         return out
 
 
@@ -158,7 +165,7 @@ def _timeline(
     for r, log in logs.items():
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
-        static += (0 if forward_only else inp.per_rank_bytes) - inp.held_once.get(r, (0, 0))[0]
+        static += (0 if forward_only else inp.per_rank_bytes) - inp.held_once.get(r, (0, 0, 0))[0]
         peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only=forward_only, curve=detail)
         if detail:
             memory[r] = curve
@@ -180,7 +187,7 @@ def _collectives(
     if forward_only:
         return []
     comm = inp.dp_comm()
-    grads = inp.grad_bytes(owner)
+    grads, reduced = inp.grad_bytes(owner), inp.reduce_bytes(owner)
     out = []
     for r, log in logs.items():
         g = grads.get(r, 0)
@@ -198,7 +205,7 @@ def _collectives(
             out.append(Collective(r, kind, start, t_end, g))
             reduce, t = 0.0, t_end
         else:
-            reduce = comm.tail_s(g)
+            reduce = comm.tail_s(g, reduced.get(r, 0))
             if reduce:
                 out.append(Collective(r, kind, t, t + reduce, g))
         opt_s = inp.optimizer_s + sum(inp.costs[s].optimizer_s for s, o in owner.items() if o == r)
@@ -241,7 +248,7 @@ def _overlapped_reduction(inp: SimInput, r: int, log: RankLog, comm: DPComm, aft
     for stage, (b, e) in sorted(last.items(), key=lambda kv: kv[1]):
         first = b if first is None else first
         g = inp.costs[stage].param_bytes
-        t = max(t, b) + comm.tail_s(g) + (comm.head_s(g) if comm.regather else 0.0)
+        t = max(t, b) + comm.tail_s(g, inp.costs[stage].reduced_bytes) + (comm.head_s(g) if comm.regather else 0.0)
         t = max(t, e)
     return (first if first is not None else after), max(t, after)
 

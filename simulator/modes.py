@@ -3,7 +3,8 @@ as one table (:data:`DP_MODES`) that the cost layer, the search, the baselines, 
 the executor read. Outside this module no code compares a mode by name: it asks the mode's
 :class:`DPModeSpec`. A new data-parallel mode is a row here (and its test).
 
-Static state per parameter: weights and gradients in the stage's dtype (``w`` bytes each), an
+Static state per parameter: weights and gradients in the stage's dtype (``w`` bytes each; the
+gradients in fp32 when the layout accumulates and reduces them in fp32, ``Layout.grads_fp32``), an
 fp32 master copy when the dtype is 16-bit (``m = 4``), and optimizer state (``o``, 8 for AdamW's
 two fp32 moments). A mode divides parts of it by the ``d`` data-parallel ranks (Rajbhandari et
 al., "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", SC'20, §5: stages
@@ -103,6 +104,9 @@ _COLLECTIVES: dict[str, Callable[[int, float, Link], float]] = {
     "reduce_scatter": reduce_scatter_s,
     "all_gather": all_gather_s,
 }
+#: of those, the ones that reduce gradients (over the gradients' bytes, in the reduction's dtype);
+#: the rest gather weights (over the weights' bytes)
+_REDUCTIONS = frozenset({"all_reduce", "reduce_scatter"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,11 +120,12 @@ class DPModeSpec:
     shards_params: bool  #: parameters too: gathered before they compute
     #: collectives on the data-parallel group before the first forward (the weights' gathers) and
     #: after the last backward (the gradients' reduction, and the updated weights' gathers), by
-    #: name in ``_COLLECTIVES``, each over the bytes of the rank's gradients
+    #: name in ``_COLLECTIVES``: a gather over the bytes of the rank's weights, a reduction over
+    #: those of its gradients in the reduction's dtype
     head: tuple[str, ...]
     tail: tuple[str, ...]
     trace_name: str  #: the step-end collective's name on the communication track
-    #: collectives at every microbatch's backward, unit by unit, over the unit's gradient bytes:
+    #: reductions at every microbatch's backward, unit by unit, over the unit's gradient bytes:
     #: ``zero2``'s reduce-scatter into sharded accumulators (see the module docstring; its
     #: ``tail`` then holds the weights' gather only)
     each_microbatch: tuple[str, ...] = ()
@@ -138,6 +143,13 @@ class DPModeSpec:
     torchtitan: str = ""
     megatron_args: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        names = (*self.head, *self.tail, *self.each_microbatch)
+        if unknown := [n for n in names if n not in _COLLECTIVES]:
+            raise ValueError(f"unknown collectives {unknown}: choose from {', '.join(_COLLECTIVES)}")
+        if any(n in _REDUCTIONS for n in self.head) or any(n not in _REDUCTIONS for n in self.each_microbatch):
+            raise ValueError("a mode's head gathers weights and its each_microbatch reduces gradients")
+
     @property
     def sharded(self) -> bool:
         """Whether any training state is divided over the replicas (a sharded mode needs dp > 1)."""
@@ -152,8 +164,12 @@ class DPModeSpec:
         ``pp`` ranks (the one place the rule is written; ``Layout.on_pipeline`` applies it)."""
         return self.reshards_without_pipeline and pp == 1
 
-    def state_bytes_per_param(self, d: int, *, dtype_bytes: int, optimizer_bytes_per_param: float = 8.0) -> StateBytes:
-        """Static bytes per parameter per rank over ``d`` data-parallel ranks."""
+    def state_bytes_per_param(
+        self, d: int, *, dtype_bytes: int, optimizer_bytes_per_param: float = 8.0, grad_bytes: int | None = None
+    ) -> StateBytes:
+        """Static bytes per parameter per rank over ``d`` data-parallel ranks; ``grad_bytes``: an
+        accumulated gradient element's (default: the weights' dtype; 4 when gradients are
+        accumulated and reduced in fp32)."""
         if d < 1:
             raise ValueError(f"data-parallel degree must be >= 1, got {d}")
         w = float(dtype_bytes)
@@ -162,7 +178,7 @@ class DPModeSpec:
         by = {True: d, False: 1}
         return StateBytes(
             weights=w / by[self.shards_params],
-            grads=w / by[self.shards_grads],
+            grads=(w if grad_bytes is None else float(grad_bytes)) / by[self.shards_grads],
             master=m / by[self.shards_optimizer],
             optimizer=o / by[self.shards_optimizer],
         )
@@ -172,18 +188,22 @@ class DPModeSpec:
         """Whether no rank holds a whole gradient for the step (each microbatch's is reduced)."""
         return bool(self.each_microbatch)
 
-    def each_microbatch_s(self, d: int, nbytes: float, link: Link) -> float:
-        return _run(self.each_microbatch, d, nbytes, link)
+    def each_microbatch_s(self, d: int, reduce_bytes: float, link: Link) -> float:
+        """A unit's reductions at one microbatch, over its gradient's ``reduce_bytes``."""
+        return _run(self.each_microbatch, d, 0.0, reduce_bytes, link)
 
     def head_s(self, d: int, nbytes: float, link: Link) -> float:
-        return _run(self.head, d, nbytes, link)
+        """The gathers before the first forward, over ``nbytes`` of weights."""
+        return _run(self.head, d, nbytes, 0.0, link)
 
-    def tail_s(self, d: int, nbytes: float, link: Link) -> float:
-        return _run(self.tail, d, nbytes, link)
+    def tail_s(self, d: int, nbytes: float, link: Link, reduce_bytes: float | None = None) -> float:
+        """After the last backward: the reductions over ``reduce_bytes`` of gradients (default:
+        ``nbytes``, reduced in the weights' dtype), the gathers over ``nbytes`` of weights."""
+        return _run(self.tail, d, nbytes, nbytes if reduce_bytes is None else reduce_bytes, link)
 
 
-def _run(names: tuple[str, ...], d: int, nbytes: float, link: Link) -> float:
-    return sum((_COLLECTIVES[n](d, nbytes, link) for n in names), 0.0)
+def _run(names: tuple[str, ...], d: int, weight_bytes: float, reduce_bytes: float, link: Link) -> float:
+    return sum((_COLLECTIVES[n](d, reduce_bytes if n in _REDUCTIONS else weight_bytes, link) for n in names), 0.0)
 
 
 DP_MODES: dict[DPMode, DPModeSpec] = {

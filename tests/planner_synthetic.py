@@ -13,7 +13,7 @@ from planner.pricing import cost_model, job_options
 from planner.scoring import Context, build_plan, fits
 from profiles.types import Profile, ProfileEntry, UnitCost, WholeModel
 from simulator.actions import ScheduleError
-from simulator.costs import CostModel, DPMode, Layout, Links, Option, UnitRecord
+from simulator.costs import CostModel, DPMode, Links, Option, UnitRecord
 from simulator.schedules import schedule_spec
 
 
@@ -109,7 +109,7 @@ def _layouts(job: Job, devices: int, pp: int):
     for tp in job.tp:
         dp = devices // (pp * tp)
         for mode in job.dp_modes if dp > 1 else ("ddp",):
-            yield Layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=tp > 1).on_pipeline(pp)
+            yield job.layout(tp=tp, dp=dp, dp_mode=DPMode(mode), sequence_parallel=tp > 1).on_pipeline(pp)
 
 
 def exhaustive(profile, path, cluster, job, pp):

@@ -100,6 +100,8 @@ def cases(draw):
         dp_mode=draw(st.sampled_from(list(DPMode))),
         sequence_parallel=tp > 1 and draw(st.booleans()),
         reshard_after_forward=pp == 1,
+        overlap_grad_reduce=draw(st.booleans()),
+        grads_fp32=draw(st.booleans()),
     )
     cluster = Cluster(
         devices=pp * dp * tp,
@@ -185,7 +187,9 @@ def test_milp_terms_equal_the_simulators_costs(case, tmp_path):
         assert _close(terms.peak_bytes[r.rank], r.peak_bytes)
         mine = [s for s, o in owner.items() if o == r.rank]
         grad = sum(stage_costs[s].param_bytes for s in mine)
-        assert _close(terms.tail_s[r.rank], costs.tail_s(grad, sum(stage_costs[s].optimizer_s for s in mine)))
+        reduced = sum(stage_costs[s].reduced_bytes for s in mine)
+        opt = sum(stage_costs[s].optimizer_s for s in mine)
+        assert _close(terms.tail_s[r.rank], costs.tail_s(grad, opt, reduced))
         assert _close(terms.head_s[r.rank], costs.head_s(grad))
 
     # the screen, the refinement and the MILP's memory rows accept the same splits

@@ -103,3 +103,18 @@ def test_no_mode_is_compared_by_name_outside_the_table():
                     if text in names and not (isinstance(leaf, ast.Attribute) and leaf.attr.islower()):
                         bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not bad, f"dp modes compared by name outside simulator/modes.py: {bad}"
+
+
+def test_gradients_in_fp32_double_what_a_bf16_reduction_moves_and_holds():
+    """Gradients accumulated and reduced in fp32 (``Layout.grads_fp32``): the reductions move 4 bytes
+    a parameter, the gathers still the weights' 2; the accumulated gradient is 4 bytes (Megatron's
+    bf16 ddp: 2 + 4 + 4 + 8 = 18 a parameter)."""
+    link, d, n = IB, 8, 1e9
+    z1, fsdp = DPMode.ZERO1.spec, DPMode.FSDP.spec
+    assert z1.tail_s(d, n, link, 2 * n) == reduce_scatter_s(d, 2 * n, link) + all_gather_s(d, n, link)
+    assert z1.tail_s(d, n, link) == z1.tail_s(d, n, link, n)  # default: reduced in the weights' dtype
+    assert fsdp.head_s(d, n, link) == all_gather_s(d, n, link)
+    assert DPMode.ZERO2.spec.each_microbatch_s(d, 2 * n, link) == reduce_scatter_s(d, 2 * n, link)
+    assert state_bytes_per_param("ddp", 4, dtype_bytes=2, grad_bytes=4).total == 18
+    assert state_bytes_per_param("zero2", 4, dtype_bytes=2, grad_bytes=4).total == pytest.approx(2 + 16 / 4)
+    assert state_bytes_per_param("fsdp", 4, dtype_bytes=2, grad_bytes=4).total == pytest.approx(18 / 4)

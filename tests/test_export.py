@@ -357,3 +357,18 @@ def test_export_command_writes_the_file_or_nothing(profile_path, tmp_path):
     r = run_cli("export", str(path), "--to", "torchtitan", "-o", str(target))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "field dp_mode" in r.stderr, r.stderr
     assert not target.exists() and r.stdout == "" and not list(tmp_path.glob("*never*"))  # no temporary left
+
+
+def test_the_gradients_dtype_is_exported_as_priced(profile_path):
+    """A bf16 plan priced with fp32 gradients (the default) exports as torchtitan and Megatron-LM run
+    bf16 by default; one priced with bf16 gradients asks Megatron-LM for them and is refused by
+    torchtitan, which has no bf16 gradients."""
+    fp32 = _plans(profile_path, schedules=("1F1B",), dp_modes=("fsdp",), pp=(2,))[0]
+    assert fp32.grads_fp32
+    assert 'mixed_precision_reduce = "float32"' in torchtitan_config(fp32)
+    assert "--grad-reduce-in-bf16" not in megatron_args(fp32)
+    bf16 = _plans(profile_path, schedules=("1F1B",), dp_modes=("fsdp",), pp=(2,), grad_dtype="stage")[0]
+    assert not bf16.grads_fp32
+    assert "--grad-reduce-in-bf16" in megatron_args(bf16)
+    with pytest.raises(UserError, match=r"field grads_fp32: .*torchtitan keeps them in float32.*--grad-dtype fp32"):
+        torchtitan_config(bf16)

@@ -95,6 +95,7 @@ def test_the_dashboard_mirrors_the_labelled_fields():
         "recompute",
         "tp",
         "dp_modes",
+        "grad_dtype",
     }
     assert set(WIDGET_KEYS) <= set(labelled)
     assert PlanSettings().job == Job()  # the settings hold a Job, not copies of its fields

@@ -135,3 +135,41 @@ def test_collectives_beside_each_microbatch_slow_the_compute_on_gpus():
         records(load_cluster("cpu-local:8").links(), dp_mode=DPMode.ZERO2, overlap_grad_reduce=True),
     ):
         assert all(r.contention_s == 0 for r in quiet)
+
+
+def test_gradients_in_fp32_reach_the_records_the_plan_and_its_file(tmp_path):
+    """``Layout.grads_fp32`` on bf16 stages: each unit reduces 4 bytes a parameter (zero2's
+    per-microbatch reduce-scatter twice the bf16 one's bytes), holds its gradient in fp32, and a
+    plan writes the option and reads it back (a plan without it reads as the stage's dtype)."""
+    from dataclasses import replace
+
+    from planner import Job
+    from planner import plan as make_plans
+    from planner.plan import load_plan
+
+    wide = {"n_embd": 1024, "n_head": 16, "n_layer": 2, "vocab_size": 1024, "n_positions": 128}  # MB-sized units
+    prof = analytic_profile("gpt2", device_spec_name="a100", dtypes=("bf16",), seq_len=128, overrides=wide)
+    gpu = load_cluster("a100:2").links()
+    option = Option("bf16", Recompute.NONE)
+    link = gpu.group_link(list(range(16)))
+    by = {}
+    for fp32 in (False, True):
+        lay = Layout(dp=16, dp_mode=DPMode.ZERO2, grads_fp32=fp32).on_pipeline(2)
+        by[fp32] = unit_records(prof, option, layout=lay, links=gpu)
+    for bf, fp in zip(by[False], by[True]):
+        assert fp.grad_bytes == bf.grad_bytes == 2 * fp.params
+        assert fp.reduced_bytes == 4 * fp.params and bf.reduced_bytes == 2 * fp.params
+        if fp.params:
+            assert fp.dp_reduce_s == pytest.approx(DPMode.ZERO2.spec.each_microbatch_s(16, 4 * fp.params, link))
+            assert fp.dp_reduce_s > bf.dp_reduce_s
+            assert fp.static_bytes - bf.static_bytes == pytest.approx(fp.params * 2 / 16, abs=1)  # sharded gradient
+
+    path = prof.save(tmp_path / "p.json")
+    cluster = replace(load_cluster("a100"), devices=2)
+    for grad_dtype in ("fp32", "stage"):
+        job = Job(global_batch=4, microbatch_size=1, dtypes=("bf16",), schedules=("1F1B",), grad_dtype=grad_dtype)
+        (best,) = make_plans(prof, cluster, job, 1, profile_path=str(path), time_limit=5)
+        fp32 = grad_dtype == "fp32"
+        assert best.grads_fp32 is fp32 and ("grads_fp32" in best.to_dict()) is fp32
+        again = load_plan(best.save(tmp_path / f"plan-{grad_dtype}.json"))
+        assert again.grads_fp32 is fp32 and again.predicted.step_s == pytest.approx(best.predicted.step_s)
