@@ -468,7 +468,8 @@ def show_export(ctx: Context) -> None:
     lay = plan.layout
     st.markdown(
         f"**{md(plan.model_name)}**: {plan.schedule}, pp {plan.pp} × dp {lay.dp} ({lay.dp_mode.value}) × tp "
-        f"{lay.tp}{' with sequence parallel' if lay.sequence_parallel else ''}, {plan.microbatches} "
+        f"{lay.tp}{' with sequence parallel' if lay.sequence_parallel else ''}"
+        f"{', fp32 gradients' if lay.grads_fp32 else ''}, {plan.microbatches} "
         f"microbatches of {plan.microbatch_size}, layout {md(plan.pipeline_layout())}, predicted "
         f"{plan.predicted.step_s * 1e3:.2f} ms per step"
         if plan.predicted
