@@ -11,10 +11,11 @@ Assumptions:
 
 - a stage's time is the sum of its units' times (no fusion across units), plus the runtime's
   fixed cost per compute action (``action_overhead_s``, once per F, B, I and W of a stage);
-- static memory per parameter: weights and gradients in the stage's dtype, plus optimizer
-  state (``optimizer_bytes_per_param``, 8 for AdamW's two fp32 moments) and an fp32 master
-  copy when the dtype is 16-bit: about 16 bytes per parameter either way; a forward-only
-  (serving) job keeps the weights alone;
+- static memory per parameter: weights and gradients in the stage's dtype (the gradients in
+  fp32 under ``Layout.grads_fp32``), plus optimizer state (``optimizer_bytes_per_param``, 8 for
+  AdamW's two fp32 moments) and an fp32 master copy when the dtype is 16-bit: 16 bytes per
+  parameter (18 with bf16 weights and fp32 gradients); a forward-only (serving) job keeps the
+  weights alone; the data-parallel mode shards its parts (``simulator.modes``);
 - full recompute of a unit keeps only its input and adds one forward to its backward;
 - after I, a zero-bubble stage keeps all of each unit's activations until W, as
   ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` takes the input gradients
@@ -26,8 +27,11 @@ Assumptions:
   and its W runs the whole backward, keeping all activations until then (as
   ``torch.distributed.pipelining`` runs it: ``stage_backward_input`` is skipped on stage 0);
 - a transfer between pipeline ranks costs ``latency + bytes / bandwidth`` on the link the
-  rank layout implies (:class:`Links`); the gradient all-reduce across data-parallel
-  replicas is a ring over the slowest link (:func:`allreduce_s`).
+  rank layout implies (:class:`Links`); the data-parallel collectives run on the group's link
+  (:func:`dp_link`), their reductions over the gradients' bytes as reduced, their gathers over
+  the weights';
+- on a GPU fabric, compute beside the data-parallel collectives that overlap it every
+  microbatch runs ``OVERLAP_SLOWDOWN`` slower (a cited mean, :func:`overlap_slowdown_s`).
 """
 
 from __future__ import annotations
