@@ -200,14 +200,15 @@ def _collectives(
                 out.append(Collective(r, "TIED_REDUCE", t, t + seconds, sync.bytes))
                 t += seconds
         kind = comm.mode.spec.trace_name
+        moved = reduced.get(r, 0) if comm.mode.spec.tail_reduces else g  # the track's bytes: what its collective moves
         if comm.overlap and g:
             start, t_end = _overlapped_reduction(inp, r, log, comm, t)
-            out.append(Collective(r, kind, start, t_end, g))
+            out.append(Collective(r, kind, start, t_end, moved))
             reduce, t = 0.0, t_end
         else:
             reduce = comm.tail_s(g, reduced.get(r, 0))
             if reduce:
-                out.append(Collective(r, kind, t, t + reduce, g))
+                out.append(Collective(r, kind, t, t + reduce, moved))
         opt_s = inp.optimizer_s + sum(inp.costs[s].optimizer_s for s, o in owner.items() if o == r)
         if opt_s:
             out.append(Collective(r, "OPTIMIZER", t + reduce, t + reduce + opt_s, 0))

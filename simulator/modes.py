@@ -184,6 +184,11 @@ class DPModeSpec:
         )
 
     @property
+    def tail_reduces(self) -> bool:
+        """Whether the step-end collectives reduce gradients (else they gather weights)."""
+        return any(n in _REDUCTIONS for n in self.tail)
+
+    @property
     def reduces_each_microbatch(self) -> bool:
         """Whether no rank holds a whole gradient for the step (each microbatch's is reduced)."""
         return bool(self.each_microbatch)

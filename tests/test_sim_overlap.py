@@ -173,3 +173,17 @@ def test_gradients_in_fp32_reach_the_records_the_plan_and_its_file(tmp_path):
         assert best.grads_fp32 is fp32 and ("grads_fp32" in best.to_dict()) is fp32
         again = load_plan(best.save(tmp_path / f"plan-{grad_dtype}.json"))
         assert again.grads_fp32 is fp32 and again.predicted.step_s == pytest.approx(best.predicted.step_s)
+
+
+def test_the_reduction_moves_the_gradients_bytes_and_the_gather_the_weights():
+    """A stage whose gradients are reduced in fp32 (2 GB) over weights of 1 GB: ddp's all-reduce
+    takes 2 s over 2 ranks at 1 GB/s and the track says 2 GB; zero2's step-end gather moves the
+    1 GB of weights (0.5 s)."""
+    table = {0: [Action(0, Kind.F, 0), Action(0, Kind.B, 0)]}
+    cost = StageCost(1.0, 2.0, 1.0, 1.0, 0, 0, 0, 0, param_bytes=10**9, reduce_bytes=2 * 10**9)
+    ddp = simulate(SimInput(table, [cost], dp=2, comm=DPComm(DPMode.DDP, 2, LINK)))
+    assert ddp.step_s == pytest.approx(3.0 + 2.0)
+    assert [(c.kind, c.bytes) for c in ddp.collectives] == [("ALL_REDUCE", 2 * 10**9)]
+    zero2 = simulate(SimInput(table, [cost], dp=2, comm=DPComm(DPMode.ZERO2, 2, LINK)))
+    assert zero2.step_s == pytest.approx(3.0 + 0.5)
+    assert [(c.kind, c.bytes) for c in zero2.collectives] == [("UNSHARD", 10**9)]
