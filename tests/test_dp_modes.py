@@ -118,3 +118,17 @@ def test_gradients_in_fp32_double_what_a_bf16_reduction_moves_and_holds():
     assert state_bytes_per_param("ddp", 4, dtype_bytes=2, grad_bytes=4).total == 18
     assert state_bytes_per_param("zero2", 4, dtype_bytes=2, grad_bytes=4).total == pytest.approx(2 + 16 / 4)
     assert state_bytes_per_param("fsdp", 4, dtype_bytes=2, grad_bytes=4).total == pytest.approx(18 / 4)
+
+
+def test_a_mode_row_names_known_collectives_in_their_roles():
+    from simulator.modes import DPModeSpec
+
+    base = dict(doc="x", shards_optimizer=False, shards_grads=False, shards_params=False, trace_name="X")
+    with pytest.raises(ValueError, match="unknown collectives"):
+        DPModeSpec(**base, head=(), tail=("broadcast",))
+    with pytest.raises(ValueError, match="each_microbatch reduces"):
+        DPModeSpec(**base, head=(), tail=(), each_microbatch=("all_gather",))
+    with pytest.raises(ValueError, match="head gathers"):
+        DPModeSpec(**base, head=("reduce_scatter",), tail=())
+    assert DPModeSpec(**base, head=(), tail=("all_reduce",)).tail_reduces
+    assert not DPMode.ZERO2.spec.tail_reduces  # its step ends with the weights' gather
