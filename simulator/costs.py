@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from profiles.contract import UserError
 from profiles.gemm import GEMM_DEVICES
@@ -55,6 +55,7 @@ __all__ = [
     "DPComm",
     "TiedSync",
     "Option",
+    "HeldOnce",
     "UnitRecord",
     "StageCost",
     "Links",
@@ -527,6 +528,14 @@ def _has_shape(profile: Profile) -> bool:
     return all(u.kind in ("embedding", "block", "head") for u in profile.entries[0].units)
 
 
+class HeldOnce(NamedTuple):
+    """Bytes a rank's stages count more than once (tied copies on one rank hold one parameter)."""
+
+    static: int = 0  #: weights, gradient and optimizer state
+    weights: int = 0  #: what the data-parallel gathers move
+    reduced: int = 0  #: what the data-parallel reductions move
+
+
 @dataclass(frozen=True)
 class TiedSync:
     """One tied parameter's gradient all-reduce per step among the pipeline ranks holding it."""
@@ -665,14 +674,13 @@ class CostModel:
 
     def held_once(
         self, bounds: Sequence[tuple[int, int]], options: Sequence[Option], rank_of: dict[int, int]
-    ) -> dict[int, tuple[int, int, int]]:
-        """(static bytes, weight bytes, reduced gradient bytes) each rank holds once although its
-        stages count them more than once: a tied parameter's holders on one rank (both in one
-        stage, or a V's two ends) share one parameter, one gradient and one optimizer state, which
-        each holder's record counts. The rank's stages' sums less these are what it holds, gathers
-        and reduces."""
+    ) -> dict[int, HeldOnce]:
+        """The bytes each rank holds once although its stages count them more than once: a tied
+        parameter's holders on one rank (both in one stage, or a V's two ends) share one
+        parameter, one gradient and one optimizer state, which each holder's record counts. The
+        rank's stages' sums less these are what it holds, gathers and reduces."""
         stage_of = [s for s, (first, end) in enumerate(bounds) for _ in range(first, end)]
-        out: dict[int, tuple[int, int, int]] = {}
+        out: dict[int, HeldOnce] = {}
         for units, params in self.tied:
             by_rank: dict[int, list[int]] = {}
             for u in units:
@@ -686,8 +694,10 @@ class CostModel:
                 per_param = rec.static_bytes / rec.params if rec.params else 0.0
                 static = weights if self.forward_only else int(params // self.layout.tp * per_param)
                 k = len(mine) - 1
-                s0, w0, g0 = out.get(rank, (0, 0, 0))
-                out[rank] = (s0 + k * static, w0 + k * weights, g0 + k * self.tied_bytes(params, option))
+                h = out.get(rank, HeldOnce())
+                out[rank] = HeldOnce(
+                    h.static + k * static, h.weights + k * weights, h.reduced + k * self.tied_bytes(params, option)
+                )
         return out
 
     def tied_bytes(self, params: int, option: Option) -> int:

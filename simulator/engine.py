@@ -38,7 +38,7 @@ from profiles.tuning import gc_paused
 
 from .actions import Kind, Overlap, ScheduleError, Table, flat_actions, format_grid, stage_ranks, validate_table
 from .collectives import Link
-from .costs import DPComm, Links, StageCost, TiedSync
+from .costs import DPComm, HeldOnce, Links, StageCost, TiedSync
 from .sweep import Invalid, RankLog, Run, StageTimes, stage_times, sweep
 from .timeline import Collective, Event, RankStats, Timeline, Transfer
 
@@ -63,9 +63,8 @@ class SimInput:
     comm: DPComm | None = None
     #: tied parameters' gradient all-reduces among pipeline ranks, with their time each (seconds)
     tied: tuple[tuple[TiedSync, float], ...] = ()
-    #: rank -> (static, weight, reduced gradient) bytes its stages' costs count more than once:
-    #: tied copies on one rank hold one parameter (``CostModel.held_once``)
-    held_once: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    #: rank -> the bytes its stages' costs count more than once (``CostModel.held_once``)
+    held_once: dict[int, HeldOnce] = field(default_factory=dict)
     #: static bytes every training rank holds once besides its stages' (``CostModel.per_rank_bytes``)
     per_rank_bytes: int = 0
 
@@ -78,19 +77,19 @@ class SimInput:
 
     def grad_bytes(self, owner: dict[int, int]) -> dict[int, int]:
         """Weight bytes per rank (what the data-parallel gathers move)."""
-        return self._per_rank(owner, lambda c: c.param_bytes, 1)
+        return self._per_rank(owner, lambda c: c.param_bytes, lambda h: h.weights)
 
     def reduce_bytes(self, owner: dict[int, int]) -> dict[int, int]:
         """Gradient bytes per rank as the data-parallel reductions move them."""
-        return self._per_rank(owner, lambda c: c.reduced_bytes, 2)
+        return self._per_rank(owner, lambda c: c.reduced_bytes, lambda h: h.reduced)
 
-    def _per_rank(self, owner: dict[int, int], value, held: int) -> dict[int, int]:
+    def _per_rank(self, owner: dict[int, int], value, held) -> dict[int, int]:
         out: dict[int, int] = {}
         for s, r in owner.items():
             out[r] = out.get(r, 0) + value(self.costs[s])
         for r, once in self.held_once.items():
             if r in out:
-                out[r] -= once[held]
+                out[r] -= held(once)
         return out
 
 
@@ -165,7 +164,7 @@ def _timeline(
     for r, log in logs.items():
         mine = [s for s, o in owner.items() if o == r]
         static = sum(costs[s].param_bytes if forward_only else costs[s].static_bytes for s in mine)
-        static += (0 if forward_only else inp.per_rank_bytes) - inp.held_once.get(r, (0, 0, 0))[0]
+        static += (0 if forward_only else inp.per_rank_bytes) - inp.held_once.get(r, HeldOnce()).static
         peak, peak_at, curve = _memory(table[r], log, static, act, keep, forward_only=forward_only, curve=detail)
         if detail:
             memory[r] = curve
