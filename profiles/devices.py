@@ -52,9 +52,10 @@ def standard_attention_bytes(batch: int, heads: int, seq: int, head_dim: int, el
 #: where a plain streaming kernel reaches ``HBM_EFFICIENCY``. Every ``s × s`` kernel of the math
 #: path (the products reading or writing the scores, the softmax, attention dropout, forward and
 #: backward) is taken at this share, on every device (no A100 figure is published)
-_STD_ATTENTION = {"batch": 8, "heads": 16, "seq": 2048, "head_dim": 128}
-_STD_ATTENTION_S = 4 * 8 * 2048**2 * 16 * 128 / 119e12
-SCORES_MEMORY_EFFICIENCY = standard_attention_bytes(**_STD_ATTENTION) / _STD_ATTENTION_S / 3.35e12
+_H100_BANDWIDTH = 3.35e12  #: bytes/s, the H100 SXM5 datasheet's HBM3 bandwidth
+_B, _A, _S, _D = 8, 16, 2048, 128  #: the benchmark's batch, heads, sequence and head dim
+_STD_ATTENTION_S = 4 * _B * _S**2 * _A * _D / 119e12  #: its forward FLOPs at the measured rate
+SCORES_MEMORY_EFFICIENCY = standard_attention_bytes(_B, _A, _S, _D) / _STD_ATTENTION_S / _H100_BANDWIDTH
 _SCORES_SOURCE = "FlashAttention-3 (arXiv:2407.08608) Figure 5: standard attention, H100, 2k, head dim 128"
 
 #: the A100's clock under sustained tensor-core load over its boost clock: NVIDIA takes the A100's
@@ -104,7 +105,7 @@ DEVICE_SPECS: dict[str, DeviceSpec] = {
     "h100": DeviceSpec(
         "NVIDIA H100 SXM5 80GB",
         {"fp32": 66.9e12, "bf16": 989.4e12, "fp16": 989.4e12},
-        3.35e12,
+        _H100_BANDWIDTH,
         80 * 2**30,
         "NVIDIA H100 Tensor Core GPU datasheet (dense, no sparsity)",
         HBM_EFFICIENCY,
